@@ -1,0 +1,161 @@
+"""The ``crysgen`` command: thin wrappers over tested library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from crysgen.errors import CrysgenError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
+
+    options = PrepareOptions(cell=args.cell, max_sites=args.max_sites, limit=args.limit,
+                             symprec=args.symprec)
+    if not str(args.out).endswith(".npz"):
+        raise CrysgenError(f"--out must end in .npz, got {args.out}")
+    t0 = time.perf_counter()
+    crystals, report = prepare_dataset(args.source, options, workers=args.workers,
+                                       progress=not args.quiet)
+    report_path = write_prepared(crystals, report, args.out)
+    dt = time.perf_counter() - t0
+    dropped = ", ".join(f"{k} {v}" for k, v in report.dropped_by_reason.items()) or "none"
+    print(f"kept {report.n_kept} of {report.n_input} crystals in {dt:.1f} s (dropped: {dropped})")
+    print(f"wrote {args.out} and {report_path}")
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from crysgen.data.download import download_dataset
+
+    paths = download_dataset(args.name, args.out_dir, base_url=args.base_url,
+                             progress=not args.quiet, overwrite=args.overwrite)
+    for p in paths:
+        print(p)
+    print(f"next: crysgen data prepare {paths[0]} --out {Path(args.out_dir) / args.name}_train.npz")
+    return 0
+
+
+def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
+    from crysgen.codec.roundtrip import roundtrip
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.representations.crystens import CrysTensScaling, DecodeOptions
+
+    crystals = CrystalSet.load(args.file)
+    if args.limit is not None:
+        crystals = crystals.subset(slice(0, args.limit))
+    scaling = CrysTensScaling.load(args.scaling) if args.scaling else None
+    options = DecodeOptions(mode=args.mode, symprec=args.symprec)
+    res = roundtrip(crystals, scaling=scaling, options=options, noise=args.noise, seed=args.seed,
+                    workers=args.workers, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(res.summary(), indent=1))
+        return 0
+    print(f"round trip of {args.file} ({args.mode} decode, noise sigma {args.noise:g})")
+    print(f"  crystals          {res.n}")
+    print(f"  matched           {res.matched}  ({100 * res.match_rate:.2f} %, StructureMatcher())")
+    print(f"  decode failures   {res.failures}  {res.failure_reasons or ''}")
+    print(f"  wrong elements    {res.num_elements_mismatch}")
+    for k, v in res.mean_diagnostics.items():
+        print(f"  {k:<17} {v:.4g}")
+    print(f"  encode            {res.encode_per_s:,.0f} crystals/s")
+    print(f"  decode            {res.decode_per_s:,.0f} crystals/s")
+    return 0
+
+
+def _cmd_codec_fit_scaling(args: argparse.Namespace) -> int:
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.representations.crystens import CrysTensScaling
+
+    scaling = CrysTensScaling.fit(CrystalSet.load(args.file))
+    print(f"wrote {scaling.save(args.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``crysgen`` command."""
+    from crysgen import __version__
+    from crysgen.data.download import DATASETS
+    from crysgen.data.prepare import CELL_CONVENTIONS
+    from crysgen.representations.crystens import DECODE_MODES
+
+    parser = argparse.ArgumentParser(
+        prog="crysgen", description="Generative models of inorganic crystal structures."
+    )
+    parser.add_argument("--version", action="version", version=f"crysgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="prepare and download datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("prepare", help="CSV / CIF folder / ASE file -> CrystalSet .npz + report")
+    p.add_argument("source", help="CDVAE-style CSV(.gz), folder of .cif files, or an ASE-readable file")
+    p.add_argument("--out", required=True, help="output FILE.npz (FILE.report.json goes beside it)")
+    p.add_argument("--cell", choices=CELL_CONVENTIONS, default="conventional",
+                   help="cell convention (default: spglib conventional standard cell)")
+    p.add_argument("--max-sites", type=_positive_int, default=52, help="drop larger crystals (52)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="parsing processes (1)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N entries only")
+    p.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance in Å (0.01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_data_prepare)
+
+    p = dsub.add_parser("download", help="download a public benchmark dataset (needs internet)")
+    p.add_argument("name", choices=sorted(DATASETS))
+    p.add_argument("--out-dir", default="data", help="parent folder (default: ./data)")
+    p.add_argument("--base-url", default=None, help="mirror URL (default: the GitHub original)")
+    p.add_argument("--overwrite", action="store_true", help="download files that already exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_data_download)
+
+    codec = sub.add_parser("codec", help="measure the CrysTens codec")
+    csub = codec.add_subparsers(dest="codec_command", required=True)
+    p = csub.add_parser("roundtrip", help="encode, add noise, decode, match with StructureMatcher")
+    p.add_argument("file", help="CrystalSet .npz from `crysgen data prepare`")
+    p.add_argument("--mode", choices=DECODE_MODES, default="auto", help="decoder (auto)")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std, scaled units")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (0)")
+    p.add_argument("--scaling", default=None,
+                   help="scaling JSON or 'paper' (default: fitted on FILE)")
+    p.add_argument("--symprec", type=float, default=None,
+                   help="auto mode: snap decoded crystals to spglib symmetry at this tolerance (Å)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="StructureMatcher processes")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N crystals only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_codec_roundtrip)
+
+    p = csub.add_parser("fit-scaling", help="fit the min-max scaling on a CrystalSet")
+    p.add_argument("file", help="training CrystalSet .npz")
+    p.add_argument("--out", required=True, help="scaling JSON to write")
+    p.set_defaults(func=_cmd_codec_fit_scaling)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``crysgen`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CrysgenError as exc:
+        print(f"crysgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crysgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure, reversible crystal representations (no model code)."""

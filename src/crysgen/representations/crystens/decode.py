@@ -1,0 +1,306 @@
+"""CrysTens tensors -> crystals: result types, checks and the steps both decoders share.
+
+Two decoders build on this module: :mod:`.faithful` (the paper's post-processing, bugs fixed)
+and :mod:`.auto` (no fixed K, periodic, robust atom count). Use :func:`decode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.representations.crystens.layout import (
+    GLOBAL,
+    HEADER,
+    LAYERS,
+    MAX_SITES,
+    N_HEADER,
+    SITE_OFFSET,
+    SIZE,
+)
+from crysgen.representations.crystens.scaling import CrysTensScaling
+
+DecodeMode = Literal["auto", "faithful"]
+DECODE_MODES: tuple[DecodeMode, ...] = ("auto", "faithful")
+
+DIAGNOSTICS = {
+    "num_atoms": "detected number of sites A",
+    "space_group_float": "mean of the 8A space-group copies (not rounded)",
+    "var_lattice_params": "Table 1: variance of the 8A copies of a, b, c, mean over a, b, c (Å²)",
+    "var_lattice_angles": "Table 1: variance of the 8A copies of alpha, beta, gamma (deg²)",
+    "var_space_group": "Table 1: variance of the 8A space-group copies",
+    "var_frac_coords": "Table 1: variance of the 8 copies of x, y, z, mean over sites (frac²)",
+    "coord_agreement": "Table 2: mean |own - consensus| / A over sites and axes (frac)",
+    "pairwise_error": "Table 2: sum |layer 0 - distances of the consensus coords| / A (frac)",
+}
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to turn tensors into crystals.
+
+    Attributes:
+        mode: "faithful" (the paper's post-processing) or "auto" (ours).
+        range_tolerance: a tensor with a value outside [-tol, 1 + tol] is garbage.
+        alpha_threshold: faithful atom count: relative change of alpha that ends the sites.
+        atom_clusters: faithful K-means k for atomic numbers (k = min(k, A)).
+        coord_clusters: faithful K-means k for pooled coordinates (k = min(k, 3A)).
+        symprec: auto only: if set, snap the decoded crystal to the symmetry spglib finds
+            with this tolerance (Å); kept only when the site count does not change.
+        seed: random state of the faithful K-means.
+    """
+
+    mode: DecodeMode = "auto"
+    range_tolerance: float = 0.25
+    alpha_threshold: float = 0.2
+    atom_clusters: int = 3
+    coord_clusters: int = 6
+    symprec: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in DECODE_MODES:
+            raise CrysgenError(
+                f"unknown decode mode {self.mode!r}; choose one of {', '.join(DECODE_MODES)}"
+            )
+        if self.symprec is not None and self.symprec <= 0:
+            raise CrysgenError(f"symprec must be positive, got {self.symprec}")
+
+
+@dataclass
+class DecodeFailure:
+    """A tensor that could not be decoded, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass
+class DecodeResult:
+    """What :func:`decode` returns.
+
+    Attributes:
+        crystals: the decoded crystals, in input order, failures left out.
+        index: int (len(crystals),): input index of each decoded crystal.
+        diagnostics: name (see :data:`DIAGNOSTICS`) -> float64 (N,), NaN where it failed.
+        failures: one entry per tensor that could not be decoded.
+    """
+
+    crystals: CrystalSet
+    index: np.ndarray
+    diagnostics: dict[str, np.ndarray]
+    failures: list[DecodeFailure] = field(default_factory=list)
+
+    @property
+    def n_input(self) -> int:
+        """Number of tensors given."""
+        return len(self.crystals) + len(self.failures)
+
+    def mean_diagnostics(self) -> dict[str, float]:
+        """Mean of every diagnostic over the decoded samples (NaN-aware)."""
+        out = {}
+        for k, v in self.diagnostics.items():
+            ok = np.isfinite(v)
+            out[k] = float(v[ok].mean()) if ok.any() else float("nan")
+        return out
+
+
+def decode(
+    tensors: np.ndarray,
+    scaling: CrysTensScaling,
+    options: DecodeOptions | None = None,
+    *,
+    ids: list[str] | np.ndarray | None = None,
+) -> DecodeResult:
+    """Decode scaled CrysTens tensors into crystals.
+
+    Args:
+        tensors: (N, 4, 64, 64) or (4, 64, 64), channel first, scaled to [0, 1].
+        scaling: the scaling the tensors were made with.
+        options: decoder settings (default: auto mode).
+        ids: one id per tensor for the output crystals; default "0", "1", ...
+
+    Returns:
+        The decoded crystals, per-sample diagnostics and per-sample failures. A bad sample
+        never raises; only a batch of the wrong shape does.
+
+    Raises:
+        CrysgenError: if ``tensors`` does not have shape (N, 4, 64, 64).
+    """
+    from crysgen.representations.crystens import auto, faithful
+
+    options = options or DecodeOptions()
+    t = np.asarray(tensors)
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[1:] != (LAYERS, SIZE, SIZE):
+        raise CrysgenError(
+            f"CrysTens tensors must have shape (N, {LAYERS}, {SIZE}, {SIZE}), got {np.shape(tensors)}"
+        )
+    ids = np.asarray([str(i) for i in range(len(t))] if ids is None else ids, dtype=str)
+    if len(ids) != len(t):
+        raise CrysgenError(f"{len(ids)} ids for {len(t)} tensors")
+    impl = auto.decode_batch if options.mode == "auto" else faithful.decode_batch
+    return impl(t, scaling, options, ids)
+
+
+# ---------------------------------------------------------------------- shared steps
+def check_tensors(hwc: np.ndarray, tolerance: float) -> list[str | None]:
+    """Per-sample garbage checks on scaled (N, 64, 64, 4) tensors; None = fine."""
+    flat = hwc.reshape(len(hwc), -1)
+    finite = np.isfinite(flat).all(1)
+    reasons: list[str | None] = []
+    for i in range(len(hwc)):
+        if not finite[i]:
+            reasons.append("tensor contains NaN or infinite values")
+            continue
+        lo, hi = float(flat[i].min()), float(flat[i].max())
+        if lo == 0.0 and hi == 0.0:
+            reasons.append("empty tensor (all zeros): no atoms")
+        elif lo < -tolerance or hi > 1 + tolerance:
+            reasons.append(f"values outside [0, 1]: min {lo:.3g}, max {hi:.3g}")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def unscale(hwc: np.ndarray, scaling: CrysTensScaling, present: np.ndarray) -> np.ndarray:
+    """Raw values of a scaled (N, 64, 64, 4) batch, for the present sites only.
+
+    Header strips of present sites and adjacency entries between two different present sites
+    are un-scaled; everything else (diagonal, absent rows) keeps its scaled value, as in the
+    authors' code.
+
+    Args:
+        hwc: scaled tensors (N, 64, 64, 4).
+        scaling: the ranges.
+        present: bool (N, 52).
+
+    Returns:
+        float64 (N, 64, 64, 4).
+    """
+    raw = hwc.astype(np.float64)
+    lo, span = scaling.lo(HEADER), scaling.span(HEADER)
+    rows = raw[:, SITE_OFFSET:, :N_HEADER, :]
+    raw[:, SITE_OFFSET:, :N_HEADER, :] = np.where(
+        present[:, :, None, None], rows * span[None, None, :, None] + lo[None, None, :, None], rows
+    )
+    cols = raw[:, :N_HEADER, SITE_OFFSET:, :]
+    raw[:, :N_HEADER, SITE_OFFSET:, :] = np.where(
+        present[:, None, :, None], cols * span[None, :, None, None] + lo[None, :, None, None], cols
+    )
+    pair = present[:, :, None] & present[:, None, :] & ~np.eye(MAX_SITES, dtype=bool)[None]
+    block = raw[:, SITE_OFFSET:, SITE_OFFSET:, :]
+    block[..., 0] = np.where(pair, scaling.unscale(block[..., 0], "length"), block[..., 0])
+    block[..., 1:] = np.where(pair[..., None], scaling.unscale(block[..., 1:], "dir"), block[..., 1:])
+    return raw
+
+
+def header_copies(t: np.ndarray) -> np.ndarray:
+    """The 8 copies of each site's header attributes: (N, 64, 64, 4) -> (N, 52, 11, 8)."""
+    rows = t[:, SITE_OFFSET:, :N_HEADER, :]
+    cols = t[:, :N_HEADER, SITE_OFFSET:, :].transpose(0, 2, 1, 3)
+    return np.concatenate([rows, cols], axis=-1)
+
+
+def table1_variances(copies: np.ndarray, num_atoms: np.ndarray) -> dict[str, np.ndarray]:
+    """The paper's Table 1 variances, computed on raw copies before any consensus.
+
+    Args:
+        copies: raw header copies (N, 52, 11, 8).
+        num_atoms: int (N,), the detected A (0 gives NaN).
+
+    Returns:
+        var_lattice_params (Å²), var_lattice_angles (deg²), var_space_group and
+        var_frac_coords (frac², x, y and z included), each float64 (N,).
+    """
+    a = np.maximum(num_atoms, 1)[:, None]
+    present = (np.arange(MAX_SITES)[None, :] < num_atoms[:, None]).astype(float)
+    m = present[:, :, None, None]
+    # population variance over the 8A copies of each global attribute
+    s1 = (copies * m).sum(axis=(1, 3))
+    s2 = (copies**2 * m).sum(axis=(1, 3))
+    mean = s1 / (8 * a)
+    glob_var = np.maximum(s2 / (8 * a) - mean**2, 0.0)  # (N, 11)
+    site_var = copies[:, :, 1:4, :].var(axis=-1)  # (N, 52, 3)
+    frac_var = (site_var * present[:, :, None]).sum(axis=(1, 2)) / (3 * a[:, 0])
+    out = {
+        "var_lattice_params": glob_var[:, 4:7].mean(1),
+        "var_lattice_angles": glob_var[:, 7:10].mean(1),
+        "var_space_group": glob_var[:, 10],
+        "var_frac_coords": frac_var,
+    }
+    bad = num_atoms < 1
+    for v in out.values():
+        v[bad] = np.nan
+    return out
+
+
+def table2_agreement(
+    own: np.ndarray, final: np.ndarray, layer0: np.ndarray, num_atoms: int
+) -> tuple[float, float]:
+    """The paper's Table 2 quantities for one crystal.
+
+    Args:
+        own: (A, 3) coordinates read from the header (8-copy means).
+        final: (A, 3) consensus coordinates before clustering and wrapping.
+        layer0: (A, A) symmetrised raw layer-0 block (fractional distances).
+        num_atoms: A.
+
+    Returns:
+        (coord_agreement, pairwise_error): mean |own - final| / A, and
+        sum |layer0 - distances(final)| / A (no periodic images, as coded).
+    """
+    a = max(num_atoms, 1)
+    coord = float(np.abs(own - final).mean() / a)
+    d = np.sqrt(((final[:, None, :] - final[None, :, :]) ** 2).sum(-1))
+    return coord, float(np.abs(layer0 - d).sum() / a)
+
+
+def lattice_problem(lattice: np.ndarray) -> str | None:
+    """Why six lattice parameters (Å, degrees) cannot make a cell, or None."""
+    if not np.all(np.isfinite(lattice)):
+        return "impossible lattice: non-finite parameters"
+    a, b, c, al, be, ga = lattice
+    if min(a, b, c) <= 0.1:
+        return f"impossible lattice: length {min(a, b, c):.3g} Å"
+    if not all(0 < x < 180 for x in (al, be, ga)):
+        return f"impossible lattice: angles {al:.1f}, {be:.1f}, {ga:.1f}"
+    ca, cb, cg = np.cos(np.radians([al, be, ga]))
+    if 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg <= 1e-6:
+        return f"impossible lattice: angles {al:.1f}, {be:.1f}, {ga:.1f} give no volume"
+    return None
+
+
+def global_consensus(copies: np.ndarray, num_atoms: np.ndarray) -> np.ndarray:
+    """Mean of the 8A copies of a, b, c, alpha, beta, gamma, sg: (N, 52, 11, 8) -> (N, 7)."""
+    m = (np.arange(MAX_SITES)[None, :] < num_atoms[:, None]).astype(float)
+    s = (copies[:, :, GLOBAL, :] * m[:, :, None, None]).sum(axis=(1, 3))
+    return s / (8 * np.maximum(num_atoms, 1)[:, None])
+
+
+def assemble(
+    rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, int]], ids: np.ndarray
+) -> tuple[CrystalSet, np.ndarray]:
+    """Build the output CrystalSet from (index, Z (A,), frac (A, 3), lattice (6,), sg) rows."""
+    n = len(rows)
+    z = np.zeros((n, MAX_SITES), np.int16)
+    f = np.zeros((n, MAX_SITES, 3))
+    lat = np.zeros((n, 6))
+    sg = np.zeros(n, np.int16)
+    ns = np.zeros(n, np.int16)
+    for k, (_, zs, fs, la, g) in enumerate(rows):
+        z[k, : len(zs)], f[k, : len(zs)], lat[k], sg[k], ns[k] = zs, fs, la, g, len(zs)
+    index = np.array([r[0] for r in rows], dtype=np.int64)
+    crystals = CrystalSet(z, f, lat, sg, ns, ids[index] if n else np.array([], str),
+                          metadata={"source": "crystens.decode"})
+    return crystals, index
+
+
+def empty_diagnostics(n: int) -> dict[str, np.ndarray]:
+    """NaN-filled diagnostics arrays for n samples."""
+    return {k: np.full(n, np.nan) for k in DIAGNOSTICS}
