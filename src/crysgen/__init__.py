@@ -17,4 +17,4 @@ except PackageNotFoundError:  # running from a source tree without installation
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 
-__all__ = ["CrystalSet", "CrysgenError", "__version__"]
+__all__ = ["CrysgenError", "CrystalSet", "__version__"]

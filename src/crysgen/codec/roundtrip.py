@@ -169,7 +169,7 @@ def roundtrip(
                 outcomes.append(o)
                 mbar.update()
     mbar.close()
-    for owner, (ok, why) in zip(owners, outcomes):
+    for owner, (ok, why) in zip(owners, outcomes, strict=True):
         matched[owner] = ok
         if why:
             reasons[why] += 1

@@ -1,0 +1,1 @@
+"""Dataset sources, preparation into CrystalSets, and downloads."""

@@ -29,10 +29,13 @@ class DatasetInfo:
 
 
 DATASETS = {
-    "mp_20": DatasetInfo("mp_20", CDVAE_BASE, "MP-20: 45,231 Materials Project crystals, <= 20 atoms (CDVAE)"),
+    "mp_20": DatasetInfo("mp_20", CDVAE_BASE,
+                         "MP-20: 45,231 Materials Project crystals, <= 20 atoms (CDVAE)"),
     "perov_5": DatasetInfo("perov_5", CDVAE_BASE, "Perov-5: 18,928 cubic perovskites ABX3 (CDVAE)"),
-    "carbon_24": DatasetInfo("carbon_24", CDVAE_BASE, "Carbon-24: 10,153 carbon allotropes, 6-24 atoms (CDVAE)"),
-    "mpts_52": DatasetInfo("mpts_52", DIFFCSP_BASE, "MPTS-52: 40,476 MP crystals <= 52 atoms, time split (DiffCSP)"),
+    "carbon_24": DatasetInfo("carbon_24", CDVAE_BASE,
+                             "Carbon-24: 10,153 carbon allotropes, 6-24 atoms (CDVAE)"),
+    "mpts_52": DatasetInfo("mpts_52", DIFFCSP_BASE,
+                           "MPTS-52: 40,476 MP crystals <= 52 atoms, time split (DiffCSP)"),
 }
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -145,7 +144,8 @@ def prepare_record(record: RawRecord, options: PrepareOptions) -> PreparedCrysta
         return Dropped(record.id, "disordered", "a site has partial or mixed occupancy")
     zs = [getattr(site.specie, "Z", 0) for site in structure]
     if min(zs) < 1 or max(zs) > options.max_z:
-        bad = sorted({str(s.specie) for s, z in zip(structure, zs) if z < 1 or z > options.max_z})
+        pairs = zip(structure, zs, strict=True)
+        bad = sorted({str(s.specie) for s, z in pairs if z < 1 or z > options.max_z})
         return Dropped(record.id, "element_out_of_range", f"element(s) {', '.join(bad)}")
     try:
         structure, space_group = standardize(structure, options)
@@ -308,5 +308,5 @@ def write_prepared(crystals: CrystalSet, report: PrepareReport, out: str | Path)
     report_path = out.with_suffix(".report.json")
     tmp = report_path.with_name(report_path.name + ".part")
     tmp.write_text(report.to_json())
-    os.replace(tmp, report_path)
+    tmp.replace(report_path)
     return report_path

@@ -116,9 +116,9 @@ def group_1d(values: np.ndarray, gap: float, period: float | None = None) -> np.
     v = values[order]
     new = np.concatenate([[True], np.diff(v) >= gap])
     labels_sorted = np.cumsum(new) - 1
-    if period is not None and len(v) > 1 and labels_sorted[-1] > 0:
-        if v[0] + period - v[-1] < gap:  # the last group wraps onto the first
-            labels_sorted[labels_sorted == labels_sorted[-1]] = 0
+    wraps = period is not None and len(v) > 1 and v[0] + period - v[-1] < gap
+    if wraps and labels_sorted[-1] > 0:  # the last group continues the first across the period
+        labels_sorted[labels_sorted == labels_sorted[-1]] = 0
     labels = np.empty_like(labels_sorted)
     labels[order] = labels_sorted
     return labels

@@ -90,7 +90,7 @@ class CrysTensScaling:
         return max(1, int(np.floor(self.ranges["Z"][1])))
 
     def element_log_prior(self) -> np.ndarray:
-        """log p(Z) for Z = 0..max_z (index = Z), Laplace-smoothed site counts; p(0) = 0."""
+        """Log p(Z) for Z = 0..max_z (index = Z), Laplace-smoothed site counts; p(0) = 0."""
         counts = np.ones(self.max_z + 1)
         for z, c in self.element_counts.items():
             if 1 <= z <= self.max_z:
@@ -143,13 +143,13 @@ class CrysTensScaling:
             dist = np.sqrt((diff**2).sum(-1))[pair]
             len_lo, len_hi = min(len_lo, dist.min()), max(len_hi, dist.max())
             dir_max = max(dir_max, float(np.abs(diff[pair]).max()))
-        ranges = {name: _widen(lo, hi) for name, lo, hi in zip(HEADER, header_lo, header_hi)}
+        ranges = {name: _widen(lo, hi) for name, lo, hi in zip(HEADER, header_lo, header_hi, strict=True)}
         ranges["length"] = _widen(len_lo, len_hi) if np.isfinite(len_lo) else PAPER_RANGES["length"]
         ranges["dir"] = (-dir_max, dir_max) if dir_max > 0 else PAPER_RANGES["dir"]
         desc = crystals.metadata.get("source", "CrystalSet")
         zs, counts = np.unique(crystals.atomic_numbers[mask], return_counts=True)
         return cls(ranges=ranges, source=f"fitted on {len(crystals)} crystals of {desc}",
-                   element_counts={int(z): int(c) for z, c in zip(zs, counts)})
+                   element_counts={int(z): int(c) for z, c in zip(zs, counts, strict=True)})
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from crysgen.cli import main
+from tests.conftest import FILES
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for name in ("NaCl", "SrTiO3", "ZnO_wurtzite", "broken"):
+        shutil.copy(FILES / f"{name}.cif", folder)
+    out = tmp_path / "set.npz"
+    assert main(["data", "prepare", str(folder), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_prepare_writes_npz_and_report(prepared, capsys):
+    report = json.loads(prepared.with_suffix(".report.json").read_text())
+    assert report["n_kept"] == 3 and report["dropped_by_reason"] == {"unparsable": 1}
+
+
+def test_roundtrip_json(prepared, capsys):
+    assert main(["codec", "roundtrip", str(prepared), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 3 and out["matched"] == 3 and out["match_rate"] == 1.0
+    assert "var_lattice_params" in out["mean_diagnostics"]
+
+
+def test_roundtrip_text_with_noise_and_saved_scaling(prepared, tmp_path, capsys):
+    scaling = tmp_path / "scaling.json"
+    assert main(["codec", "fit-scaling", str(prepared), "--out", str(scaling)]) == 0
+    assert main(["codec", "roundtrip", str(prepared), "--scaling", str(scaling),
+                 "--noise", "0.003", "--mode", "faithful", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "matched" in text and "crystals/s" in text
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["codec", "roundtrip", str(tmp_path / "none.npz")]) == 2
+    assert "no such CrystalSet" in capsys.readouterr().err
+    assert main(["data", "prepare", str(FILES), "--out", str(tmp_path / "x.txt")]) == 2
+    assert "must end in .npz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", str(FILES), "--out", "x.npz", "--cell", "weird"])
+
+
+def test_console_script_runs():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crysgen", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("crysgen ")
