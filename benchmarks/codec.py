@@ -1,0 +1,241 @@
+"""Benchmark of dataset preparation and the CrysTens codec -> benchmarks/results/codec.json.
+
+Three phases, each written into its own section of the JSON with the exact command, git commit,
+machine and date (a phase can run on another machine than the others):
+
+* ``prepare``: `crysgen data prepare` of every split of perov_5, carbon_24 and mp_20 with 2
+  workers (counts kept/dropped, seconds), plus the 7.5k-row timing (first 7,500 rows of mp_20
+  val, the most expensive cells).
+* ``throughput``: encode and decode speed in one process with one thread.
+* ``roundtrip``: match rates of encode -> noise -> decode -> StructureMatcher() on all splits
+  together, auto and faithful, noise sigma in {0, 0.003, 0.01, 0.03}; faithful broken down by
+  whether a crystal has > 3 elements or > 6 distinct coordinate values.
+
+Usage::
+
+    python benchmarks/codec.py --phase prepare --shared ../shared
+    python benchmarks/codec.py --phase throughput
+    python benchmarks/codec.py --phase roundtrip --workers 16
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crysgen import CrystalSet, __version__
+from crysgen.codec.roundtrip import roundtrip
+from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
+from crysgen.representations.crystens import CrysTensScaling, DecodeOptions, decode, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "codec.json"
+DATASETS = {
+    "perov_5": ("train_poscar", "val", "test"),
+    "carbon_24": ("train_poscar", "val", "test"),
+    "mp_20": ("train_partial", "val", "test"),
+}
+NOISES = (0.0, 0.003, 0.01, 0.03)
+
+
+def machine() -> dict:
+    info = {"hostname": platform.node(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
+                            if ln.startswith("Model name")), "unknown")
+    except (OSError, subprocess.CalledProcessError):
+        info["cpu"] = platform.processor() or "unknown"
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        info["gpu_present_not_used"] = gpu
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("CRYSGEN_COMMIT", "unknown")
+
+
+def stamp() -> dict:
+    return {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "commit": commit(),
+        "crysgen_version": __version__,
+        "machine": machine(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_section(name: str, section: dict) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[name] = section
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.part")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(RESULTS)
+    print(f"wrote section {name!r} of {RESULTS}")
+
+
+def split_path(work: Path, dataset: str, split: str) -> Path:
+    return work / f"{dataset}_{split}.npz"
+
+
+def load_all(work: Path, dataset: str, limit: int | None = None) -> CrystalSet:
+    sets = [CrystalSet.load(split_path(work, dataset, s)) for s in DATASETS[dataset]]
+    cs = CrystalSet.concatenate(sets)
+    return cs.subset(slice(0, limit)) if limit else cs
+
+
+def phase_prepare(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    out: dict = {"workers": 2, "cell": "conventional", "max_sites": 52, "datasets": {}}
+    for dataset, splits in DATASETS.items():
+        out["datasets"][dataset] = {}
+        for split in splits:
+            src = Path(args.shared) / "data" / dataset / f"{split}.csv.gz"
+            t0 = time.perf_counter()
+            cs, report = prepare_dataset(src, PrepareOptions(), workers=2, progress=False)
+            write_prepared(cs, report, split_path(work, dataset, split))
+            seconds = time.perf_counter() - t0
+            out["datasets"][dataset][split] = {
+                "n_input": report.n_input, "n_kept": report.n_kept,
+                "dropped_by_reason": report.dropped_by_reason, "seconds": round(seconds, 2),
+                "crystals_per_s": round(report.n_input / seconds, 1),
+            }
+            print(dataset, split, out["datasets"][dataset][split], flush=True)
+    src = Path(args.shared) / "data" / "mp_20" / "val.csv.gz"
+    t0 = time.perf_counter()
+    cs, report = prepare_dataset(src, PrepareOptions(limit=7500), workers=2, progress=False)
+    seconds = time.perf_counter() - t0
+    out["csv_7500_rows"] = {"source": "mp_20/val.csv.gz, first 7500 rows", "workers": 2,
+                            "n_kept": report.n_kept, "seconds": round(seconds, 2),
+                            "target_seconds": 120, "met": seconds < 120}
+    print(out["csv_7500_rows"])
+    write_section("prepare", out | stamp())
+
+
+def phase_throughput(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    out: dict = {"threads": 1, "targets": {"encode_per_s": 10000, "decode_auto_per_s": 200},
+                 "datasets": {}}
+    for dataset in DATASETS:
+        cs = load_all(work, dataset)
+        scaling = CrysTensScaling.fit(cs)
+        t0 = time.perf_counter()
+        for s in range(0, len(cs), 1024):
+            encode(cs.subset(slice(s, s + 1024)), scaling)
+        enc = len(cs) / (time.perf_counter() - t0)
+        sub = cs.subset(slice(0, args.decode_n))
+        tensors = encode(sub, scaling)
+        rates = {}
+        for mode, n in (("auto", len(sub)), ("faithful", min(len(sub), args.faithful_n))):
+            t0 = time.perf_counter()
+            for s in range(0, n, 256):
+                decode(tensors[s : min(s + 256, n)], scaling, DecodeOptions(mode=mode))
+            rates[mode] = n / (time.perf_counter() - t0)
+        out["datasets"][dataset] = {
+            "n_encoded": len(cs), "encode_per_s": round(enc), "n_decoded_auto": len(sub),
+            "decode_auto_per_s": round(rates["auto"], 1),
+            "n_decoded_faithful": min(len(sub), args.faithful_n),
+            "decode_faithful_per_s": round(rates["faithful"], 1),
+            "mean_sites": round(float(cs.num_sites.mean()), 2),
+        }
+        print(dataset, out["datasets"][dataset], flush=True)
+    write_section("throughput", out | stamp())
+
+
+def crystal_flags(cs: CrystalSet) -> dict[str, np.ndarray]:
+    many_elements = np.array([len(np.unique(cs.atomic_numbers[i, : cs.num_sites[i]])) > 3
+                              for i in range(len(cs))])
+    many_coords = np.array([
+        len(np.unique(np.round(cs.frac_coords[i, : cs.num_sites[i]].ravel(), 5))) > 6
+        for i in range(len(cs))
+    ])
+    return {"gt3_elements": many_elements, "gt6_coord_values": many_coords}
+
+
+def phase_roundtrip(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    out: dict = {"workers": args.workers, "matcher": "pymatgen StructureMatcher() defaults",
+                 "scaling": "fitted on the round-tripped set (CLI default)",
+                 "noise": "i.i.d. Gaussian added to every entry of the scaled tensor, no clipping",
+                 "targets": {"auto_clean": 0.999, "auto_noise_0.01": 0.95}, "datasets": {}}
+    modes = args.modes.split(",")
+    for dataset in args.datasets.split(","):
+        cs = load_all(work, dataset, args.limit)
+        scaling = CrysTensScaling.fit(cs)
+        flags = crystal_flags(cs)
+        runs = []
+        for mode in modes:
+            for noise in NOISES:
+                t0 = time.perf_counter()
+                res = roundtrip(cs, scaling=scaling, options=DecodeOptions(mode=mode),
+                                noise=noise, seed=0, workers=args.workers, progress=False)
+                row = res.summary() | {"wall_s": round(time.perf_counter() - t0, 1)}
+                if mode == "faithful":
+                    m = res.matched_mask
+                    row["by_kind"] = {
+                        name: {"n": int(f.sum()),
+                               "match_rate": float(m[f].mean()) if f.any() else None}
+                        for name, f in (*flags.items(),
+                                        ("neither", ~flags["gt3_elements"] & ~flags["gt6_coord_values"]))
+                    }
+                runs.append(row)
+                print(dataset, mode, noise, f"{res.match_rate:.4f}", res.failure_reasons, flush=True)
+        out["datasets"][dataset] = {
+            "n": len(cs), "splits": list(DATASETS[dataset]),
+            "n_gt3_elements": int(flags["gt3_elements"].sum()),
+            "n_gt6_coord_values": int(flags["gt6_coord_values"].sum()),
+            "runs": runs,
+        } | stamp()
+        # merge: datasets measured in earlier invocations (maybe elsewhere) are kept
+        old = json.loads(RESULTS.read_text()).get("roundtrip", {}) if RESULTS.exists() else {}
+        merged = old | {k: v for k, v in out.items() if k != "datasets"}
+        merged["datasets"] = old.get("datasets", {}) | out["datasets"]
+        write_section("roundtrip", merged)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--phase", choices=("prepare", "throughput", "roundtrip"), required=True)
+    p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared folder")
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / ".work"),
+                   help="where prepared CrystalSets are kept")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--modes", default="auto,faithful")
+    p.add_argument("--limit", type=int, default=None, help="first N crystals (smoke runs)")
+    p.add_argument("--decode-n", type=int, default=5000, help="crystals decoded for throughput")
+    p.add_argument("--faithful-n", type=int, default=1000, help="... in faithful mode")
+    args = p.parse_args()
+    {"prepare": phase_prepare, "throughput": phase_throughput,
+     "roundtrip": phase_roundtrip}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
