@@ -189,3 +189,20 @@ def test_property_random_structures_roundtrip(params):
     np.testing.assert_array_equal(out.atomic_numbers, cs.atomic_numbers)
     np.testing.assert_allclose(out.lattice, cs.lattice, atol=1e-3)
     assert _periodic_close(out.frac_coords[0, : len(zs)], cs.frac_coords[0, : len(zs)], 1e-4)
+
+
+def test_snap_elements_pools_same_element_sites_under_noise():
+    from crysgen.representations.crystens.auto import snap_elements
+
+    log_prior = np.log(np.r_[0.0, np.full(94, 1 / 94)])
+    truth = np.array([26] * 2 + [8] * 8)
+    rng = np.random.default_rng(4)
+    sigma = 0.4
+    hits_pooled = hits_rounded = 0
+    for _ in range(200):
+        est = truth + rng.normal(0, sigma, truth.shape)
+        hits_pooled += np.array_equal(snap_elements(est, sigma, log_prior), truth)
+        hits_rounded += np.array_equal(np.rint(est), truth)
+    assert hits_pooled > 160 and hits_rounded < 60
+    clean = np.array([7.0000001, 8.0, 8.0, 9.0])
+    assert snap_elements(clean, 1e-6, log_prior).tolist() == [7, 8, 8, 9]

@@ -57,3 +57,12 @@ def test_bad_scaling_files(tmp_path):
     d["ranges"]["a"] = {"min": 5.0, "max": 1.0}
     with pytest.raises(CrysgenError, match="invalid"):
         CrysTensScaling.from_dict(d)
+
+
+def test_priors_for_the_auto_decoder(hand_built):
+    s = CrysTensScaling.fit(hand_built)
+    assert s.num_elements_counts == {2: 3, 3: 1, 4: 1}  # NaCl, ZnO, MgO-P1 | SrTiO3 | LiFePO
+    lp = s.num_elements_log_prior()
+    assert np.isneginf(lp[0]) and lp[2] > lp[3] == lp[4] > lp[5]
+    lz = s.element_log_prior()
+    assert len(lz) == s.max_z + 1 and lz[12] == lz.max()  # Mg: 34 of 73 sites

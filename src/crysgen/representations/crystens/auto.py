@@ -14,9 +14,10 @@ single alpha column. This decoder instead:
    ``e_ij = o_i - d_ij``; each estimate is first unwrapped to the image nearest ``o_j``, so
    sites near a cell face are averaged periodically. The paper's blend is this formula with
    fixed weights.
-4. **Elements**: per-site means, grouped when they are closer than the noise allows (1-D
-   single-linkage with a gap of min(0.5, 3 sigma_Z)), each group's mean rounded. Clean tensors
-   give exact integers, so nothing is merged; noisy ones pool the copies of same-element sites.
+4. **Elements**: a maximum-a-posteriori choice of the crystal's element set (see
+   :func:`snap_elements`): sites are pooled when the noise cannot tell them apart, with the
+   training set's element frequencies and numbers of distinct elements as priors. Clean tensors
+   give exact integers (plain rounding); noisy ones pool the copies of same-element sites.
 5. **Coordinate values**: pooled 1-D values grouped on the circle with a noise-derived gap
    (at least 1e-5, at most 0.01) and snapped to the group's circular mean.
 6. Optional snapping to the symmetry spglib finds (``DecodeOptions.symprec``).
@@ -124,33 +125,63 @@ def group_1d(values: np.ndarray, gap: float, period: float | None = None) -> np.
     return labels
 
 
-def snap_elements(z: np.ndarray, sigma_z: float, log_prior: np.ndarray) -> np.ndarray:
-    """Integer atomic numbers from per-site estimates.
+def _best_element(values: np.ndarray, sigma: float, log_prior: np.ndarray) -> tuple[int, float]:
+    """MAP element of sites sharing one element, and their Gaussian log-likelihood at it."""
+    cand = np.arange(len(log_prior))
+    loglik = -((values[:, None] - cand[None, :]) ** 2).sum(0) / (2 * sigma**2)
+    best = int(np.argmax(log_prior + loglik))
+    return best, float(loglik[best])
 
-    Sites whose estimates the noise cannot tell apart are pooled; each pool takes the maximum
-    a-posteriori element under a Gaussian likelihood (std ``sigma_z / sqrt(pool size)``) and
-    the training-set element prior. Without noise this is plain rounding.
+
+def snap_elements(
+    z: np.ndarray, sigma_z: float, log_prior: np.ndarray, log_prior_k: np.ndarray | None = None
+) -> np.ndarray:
+    """Integer atomic numbers from per-site estimates: a MAP choice of the crystal's element set.
+
+    Model: the crystal has K distinct elements (prior ``log_prior_k`` from the training set);
+    each site takes one of them (uniformly); its estimate is Gaussian around it with std
+    ``sigma_z``; each element's identity has the training-set prior ``log_prior``. Search:
+    start from groups of sites whose estimates the noise cannot tell apart (1-D single linkage,
+    gap min(0.5, 3 sigma)), give each group its MAP element, then greedily merge neighbouring
+    groups while ``sum loglik + log p(K) - A log K`` increases. Without noise (sigma < 1e-3)
+    this is plain rounding.
 
     Args:
         z: (A,) per-site means of the 8 copies.
         sigma_z: std of one site's estimate (atomic-number units).
         log_prior: log p(Z) for Z = 0..zmax.
+        log_prior_k: log p(K) for K = 0..; uniform when None.
 
     Returns:
         int16 (A,) in 1..zmax.
     """
     zmax = len(log_prior) - 1
-    gap = min(0.5, 3.0 * sigma_z)
-    labels = group_1d(z, gap) if gap > 0 else np.arange(len(z))
-    size = np.bincount(labels)
-    means = np.bincount(labels, weights=z) / size
     if sigma_z < 1e-3:
-        best = np.rint(means)
-    else:
-        cand = np.arange(zmax + 1)[None, :]
-        logp = log_prior[None, :] - size[:, None] * (means[:, None] - cand) ** 2 / (2 * sigma_z**2)
-        best = logp.argmax(axis=1)
-    return np.clip(best[labels], 1, zmax).astype(np.int16)
+        return np.clip(np.rint(z), 1, zmax).astype(np.int16)
+    labels = group_1d(z, min(0.5, 3.0 * sigma_z))
+    groups = sorted((np.nonzero(labels == g)[0] for g in np.unique(labels)),
+                    key=lambda g: float(z[g].mean()))
+    n_sites = len(z)
+
+    def score(gs: list[np.ndarray]) -> tuple[float, list[int]]:
+        picks = [_best_element(z[g], sigma_z, log_prior) for g in gs]
+        k = len({e for e, _ in picks})
+        prior_k = log_prior_k[min(k, len(log_prior_k) - 1)] if log_prior_k is not None else 0.0
+        return sum(ll for _, ll in picks) + prior_k - n_sites * np.log(k), [e for e, _ in picks]
+
+    current, elements = score(groups)
+    while len(groups) > 1:
+        trials = [[*groups[:i], np.concatenate([groups[i], groups[i + 1]]), *groups[i + 2 :]]
+                  for i in range(len(groups) - 1)]
+        scored = [score(t) for t in trials]
+        best = int(np.argmax([sc for sc, _ in scored]))
+        if scored[best][0] <= current:
+            break
+        groups, (current, elements) = trials[best], scored[best]
+    out = np.empty(n_sites, dtype=np.int16)
+    for g, e in zip(groups, elements, strict=True):
+        out[g] = e
+    return np.clip(out, 1, zmax)
 
 
 def snap_coords(frac: np.ndarray, sigma_p: float) -> np.ndarray:
@@ -232,6 +263,7 @@ def decode_batch(
     pos = consensus_coords(header[..., 1:4], block[..., 1:], num_atoms, w_own, w_diff)
     r_z = scaling.span(["Z"])[0]
     log_prior = scaling.element_log_prior()
+    log_prior_k = scaling.num_elements_log_prior() if scaling.num_elements_counts else None
     rows, failures = [], []
     for i in range(n):
         a = int(num_atoms[i])
@@ -246,7 +278,7 @@ def decode_batch(
         diag["coord_agreement"][i], diag["pairwise_error"][i] = table2_agreement(
             own, final, (layer0 + layer0.T) / 2, a
         )
-        z = snap_elements(header[i, :a, 0], sigma[i] * r_z / np.sqrt(8), log_prior)
+        z = snap_elements(header[i, :a, 0], sigma[i] * r_z / np.sqrt(8), log_prior, log_prior_k)
         sigma_p = float(sigma[i] / np.sqrt((w_own + w_diff * a).min()))
         frac = snap_coords(final, sigma_p)
         keep = dedupe(z, frac)

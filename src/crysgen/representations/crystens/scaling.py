@@ -51,11 +51,14 @@ class CrysTensScaling:
         source: where the ranges come from ("paper" or the fitted data's description).
         element_counts: atomic number -> number of sites seen when fitting (empty for the
             preset). The auto decoder uses it as a prior when noise makes Z ambiguous.
+        num_elements_counts: number of distinct elements -> number of crystals seen when
+            fitting; the auto decoder's prior on how many elements a crystal has.
     """
 
     ranges: dict[str, tuple[float, float]]
     source: str = "custom"
     element_counts: dict[int, int] = field(default_factory=dict)
+    num_elements_counts: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [f for f in FEATURES if f not in self.ranges]
@@ -95,6 +98,16 @@ class CrysTensScaling:
         for z, c in self.element_counts.items():
             if 1 <= z <= self.max_z:
                 counts[z] += c
+        counts[0] = 0.0
+        with np.errstate(divide="ignore"):
+            return np.log(counts / counts.sum())
+
+    def num_elements_log_prior(self, k_max: int = 52) -> np.ndarray:
+        """Log p(K) for K = 0..k_max distinct elements (Laplace-smoothed crystal counts); p(0) = 0."""
+        counts = np.ones(k_max + 1)
+        for k, c in self.num_elements_counts.items():
+            if 1 <= k <= k_max:
+                counts[k] += c
         counts[0] = 0.0
         with np.errstate(divide="ignore"):
             return np.log(counts / counts.sum())
@@ -148,8 +161,13 @@ class CrysTensScaling:
         ranges["dir"] = (-dir_max, dir_max) if dir_max > 0 else PAPER_RANGES["dir"]
         desc = crystals.metadata.get("source", "CrystalSet")
         zs, counts = np.unique(crystals.atomic_numbers[mask], return_counts=True)
+        z_sorted = np.sort(np.where(mask, crystals.atomic_numbers, 0), axis=1)
+        distinct = ((np.diff(z_sorted, axis=1) != 0) & (z_sorted[:, :-1] > 0)).sum(1)
+        distinct += z_sorted[:, -1] > 0  # an empty crystal has 0 elements
+        ks, kc = np.unique(distinct, return_counts=True)
         return cls(ranges=ranges, source=f"fitted on {len(crystals)} crystals of {desc}",
-                   element_counts={int(z): int(c) for z, c in zip(zs, counts, strict=True)})
+                   element_counts={int(z): int(c) for z, c in zip(zs, counts, strict=True)},
+                   num_elements_counts={int(k): int(c) for k, c in zip(ks, kc, strict=True)})
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +177,9 @@ class CrysTensScaling:
             "version": 1,
             "source": self.source,
             "element_counts": {str(k): v for k, v in sorted(self.element_counts.items())},
+            "num_elements_counts": {
+                str(k): v for k, v in sorted(self.num_elements_counts.items())
+            },
             "ranges": {k: {"min": float(v[0]), "max": float(v[1])} for k, v in self.ranges.items()},
         }
 
@@ -179,7 +200,9 @@ class CrysTensScaling:
         except (KeyError, TypeError, ValueError) as exc:
             raise CrysgenError(f"malformed scaling ranges: {exc}") from exc
         counts = {int(k): int(v) for k, v in data.get("element_counts", {}).items()}
-        return cls(ranges=ranges, source=str(data.get("source", "custom")), element_counts=counts)
+        k_counts = {int(k): int(v) for k, v in data.get("num_elements_counts", {}).items()}
+        return cls(ranges=ranges, source=str(data.get("source", "custom")), element_counts=counts,
+                   num_elements_counts=k_counts)
 
     @classmethod
     def load(cls, path: str | Path) -> CrysTensScaling:

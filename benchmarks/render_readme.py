@@ -1,0 +1,91 @@
+"""Write the README results tables from benchmarks/results/*.json (never by hand).
+
+Usage: python benchmarks/render_readme.py   (rewrites the block between the results markers)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def codec_tables(data: dict) -> list[str]:
+    lines: list[str] = []
+    rt = data.get("roundtrip", {}).get("datasets", {})
+    if rt:
+        noises = sorted({r["noise"] for d in rt.values() for r in d["runs"]})
+        lines += ["**CrysTens round trip** (encode → Gaussian noise σ in scaled units → decode → "
+                  "`StructureMatcher()`; all splits; targets: auto clean ≥ 99.9 %, auto σ = 0.01 ≥ 95 %)",
+                  "",
+                  "| dataset | crystals | decoder | " + " | ".join(
+                      "clean" if s == 0 else f"σ = {s:g}" for s in noises) + " |",
+                  "|---|---|---|" + "---|" * len(noises)]
+        for name, d in rt.items():
+            for mode in ("auto", "faithful"):
+                runs = {r["noise"]: r for r in d["runs"] if r["mode"] == mode}
+                if runs:
+                    cells = [pct(runs[s]["match_rate"]) if s in runs else "–" for s in noises]
+                    lines.append(f"| {name} | {d['n']} | {mode} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Faithful mode, clean tensors, by kind of crystal (its K-means uses k = 3 elements "
+                     "and k = 6 coordinate values):")
+        lines += ["", "| dataset | > 3 elements: n, match | > 6 coordinate values: n, match | "
+                  "neither: n, match |", "|---|---|---|---|"]
+        for name, d in rt.items():
+            run = next((r for r in d["runs"] if r["mode"] == "faithful" and r["noise"] == 0), None)
+            if run and "by_kind" in run:
+                k = run["by_kind"]
+                cells = [f"{k[c]['n']}, {pct(k[c]['match_rate'])}"
+                         for c in ("gt3_elements", "gt6_coord_values", "neither")]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        machines = {d["machine"]["cpu"] for d in rt.values()}
+        lines += ["", f"Round trips measured on: {', '.join(sorted(machines))}.", ""]
+    tp = data.get("throughput")
+    if tp:
+        lines += [f"**Throughput, one process, one thread** ({tp['machine']['cpu']}; targets: "
+                  "encode ≥ 10,000/s, auto decode ≥ 200/s)", "",
+                  "| dataset | mean sites | encode /s | auto decode /s | faithful decode /s |",
+                  "|---|---|---|---|---|"]
+        for name, d in tp["datasets"].items():
+            lines.append(f"| {name} | {d['mean_sites']} | {d['encode_per_s']:,} | "
+                         f"{d['decode_auto_per_s']:,} | {d['decode_faithful_per_s']:,} |")
+        lines.append("")
+    pr = data.get("prepare")
+    if pr:
+        lines += [f"**`crysgen data prepare`**, 2 workers, conventional cells, ≤ 52 sites "
+                  f"({pr['machine']['cpu']}, {pr['machine']['cpu_count']} cores)", "",
+                  "| dataset | split | rows | kept | dropped | crystals/s |", "|---|---|---|---|---|---|"]
+        for name, splits in pr["datasets"].items():
+            for split, d in splits.items():
+                dropped = ", ".join(f"{k}: {v}" for k, v in d["dropped_by_reason"].items()) or "0"
+                lines.append(f"| {name} | {split} | {d['n_input']} | {d['n_kept']} | {dropped} | "
+                             f"{d['crystals_per_s']} |")
+        c = pr["csv_7500_rows"]
+        lines += ["", f"7,500-row CSV ({c['source']}): {c['seconds']} s with 2 workers "
+                  f"(target < {c['target_seconds']} s).", ""]
+    return lines
+
+
+def main() -> None:
+    data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
+    block = "\n".join([START, "", *codec_tables(data), END])
+    text = README.read_text()
+    if START in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.replace("RESULTS_TABLE", block)
+    README.write_text(text)
+    print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()
