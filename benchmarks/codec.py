@@ -16,6 +16,7 @@ Usage::
     python benchmarks/codec.py --phase prepare --shared ../shared
     python benchmarks/codec.py --phase throughput
     python benchmarks/codec.py --phase roundtrip --workers 16
+    python benchmarks/codec.py --phase merge --inputs other_machine/codec.json
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def phase_throughput(args: argparse.Namespace) -> None:
         cs = load_all(work, dataset)
         scaling = CrysTensScaling.fit(cs)
         t0 = time.perf_counter()
-        for s in range(0, len(cs), 1024):
-            encode(cs.subset(slice(s, s + 1024)), scaling)
+        for s in range(0, len(cs), 4096):  # slices bound the output memory (~270 MB)
+            encode(cs.subset(slice(s, s + 4096)), scaling)
         enc = len(cs) / (time.perf_counter() - t0)
         sub = cs.subset(slice(0, args.decode_n))
         tensors = encode(sub, scaling)
@@ -211,18 +212,45 @@ def phase_roundtrip(args: argparse.Namespace) -> None:
             "n": len(cs), "splits": list(DATASETS[dataset]),
             "n_gt3_elements": int(flags["gt3_elements"].sum()),
             "n_gt6_coord_values": int(flags["gt6_coord_values"].sum()),
-            "runs": runs,
-        } | stamp()
-        # merge: datasets measured in earlier invocations (maybe elsewhere) are kept
+            "runs": [r | stamp() for r in runs],
+        }
         old = json.loads(RESULTS.read_text()).get("roundtrip", {}) if RESULTS.exists() else {}
-        merged = old | {k: v for k, v in out.items() if k != "datasets"}
-        merged["datasets"] = old.get("datasets", {}) | out["datasets"]
-        write_section("roundtrip", merged)
+        write_section("roundtrip", merge_roundtrip(old, out))
+
+
+def merge_roundtrip(old: dict, new: dict) -> dict:
+    """Merge two roundtrip sections: runs are keyed by (dataset, mode, noise), newer wins.
+
+    Runs without their own stamp inherit their dataset's (older result files).
+    """
+    merged = old | {k: v for k, v in new.items() if k != "datasets"}
+    datasets = {name: dict(d) for name, d in old.get("datasets", {}).items()}
+    for name, d in new.get("datasets", {}).items():
+        stamp_keys = ("command", "commit", "crysgen_version", "machine", "date")
+        runs = {}
+        for src in (datasets.get(name, {}), d):
+            for r in src.get("runs", []):
+                r = {k: src[k] for k in stamp_keys if k in src} | r
+                runs[(r["mode"], r["noise"])] = r
+        entry = {k: v for k, v in (datasets.get(name, {}) | d).items() if k not in stamp_keys}
+        entry["runs"] = [runs[k] for k in sorted(runs)]
+        datasets[name] = entry
+    merged["datasets"] = datasets
+    return merged
+
+
+def phase_merge(args: argparse.Namespace) -> None:
+    section = json.loads(RESULTS.read_text()).get("roundtrip", {}) if RESULTS.exists() else {}
+    for path in args.inputs:
+        section = merge_roundtrip(section, json.loads(Path(path).read_text())["roundtrip"])
+    write_section("roundtrip", section)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--phase", choices=("prepare", "throughput", "roundtrip"), required=True)
+    p.add_argument("--phase", choices=("prepare", "throughput", "roundtrip", "merge"), required=True)
+    p.add_argument("--inputs", nargs="*", default=[],
+                   help="merge: codec.json files from other machines whose roundtrip runs to add")
     p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared folder")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".work"),
                    help="where prepared CrystalSets are kept")
@@ -234,7 +262,7 @@ def main() -> None:
     p.add_argument("--faithful-n", type=int, default=1000, help="... in faithful mode")
     args = p.parse_args()
     {"prepare": phase_prepare, "throughput": phase_throughput,
-     "roundtrip": phase_roundtrip}[args.phase](args)
+     "roundtrip": phase_roundtrip, "merge": phase_merge}[args.phase](args)
 
 
 if __name__ == "__main__":
