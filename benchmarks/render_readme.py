@@ -52,31 +52,6 @@ def codec_tables(data: dict) -> list[str]:
                          for c in ("gt3_elements", "gt6_coord_values", "neither")]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         machines = {describe(r["machine"]) for d in rt.values() for r in d["runs"]}
-        lines += ["**CrysTens round trip** (encode → Gaussian noise σ in scaled units → decode → "
-                  "`StructureMatcher()`; all splits; targets: auto clean ≥ 99.9 %, auto σ = 0.01 ≥ 95 %)",
-                  "",
-                  "| dataset | crystals | decoder | " + " | ".join(
-                      "clean" if s == 0 else f"σ = {s:g}" for s in noises) + " |",
-                  "|---|---|---|" + "---|" * len(noises)]
-        for name, d in rt.items():
-            for mode in ("auto", "faithful"):
-                runs = {r["noise"]: r for r in d["runs"] if r["mode"] == mode}
-                if runs:
-                    cells = [pct(runs[s]["match_rate"]) if s in runs else "–" for s in noises]
-                    lines.append(f"| {name} | {d['n']} | {mode} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append("Faithful mode, clean tensors, by kind of crystal (its K-means uses k = 3 elements "
-                     "and k = 6 coordinate values):")
-        lines += ["", "| dataset | > 3 elements: n, match | > 6 coordinate values: n, match | "
-                  "neither: n, match |", "|---|---|---|---|"]
-        for name, d in rt.items():
-            run = next((r for r in d["runs"] if r["mode"] == "faithful" and r["noise"] == 0), None)
-            if run and "by_kind" in run:
-                k = run["by_kind"]
-                cells = [f"{k[c]['n']}, {pct(k[c]['match_rate'])}"
-                         for c in ("gt3_elements", "gt6_coord_values", "neither")]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        machines = {describe(r["machine"]) for d in rt.values() for r in d["runs"]}
         lines += ["", f"Round trips measured on: {', '.join(sorted(machines))}.", ""]
     tp = data.get("throughput")
     if tp:

@@ -23,7 +23,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
 
     options = PrepareOptions(cell=args.cell, max_sites=args.max_sites, limit=args.limit,
-                             symprec=args.symprec)
+                             symprec=args.symprec, max_z=args.max_z)
     if not str(args.out).endswith(".npz"):
         raise CrysgenError(f"--out must end in .npz, got {args.out}")
     t0 = time.perf_counter()
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="parsing processes (1)")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N entries only")
     p.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance in Å (0.01)")
+    p.add_argument("--max-z", type=_positive_int, default=99,
+                   help="drop crystals with heavier elements (99: the paper's CrysTens scaling)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_prepare)
 

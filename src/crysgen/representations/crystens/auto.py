@@ -34,12 +34,11 @@ from crysgen.representations.crystens.decode import (
     DecodeFailure,
     DecodeOptions,
     DecodeResult,
-    assemble,
-    check_tensors,
-    empty_diagnostics,
+    finish_batch,
     global_consensus,
     header_copies,
     lattice_problem,
+    start_batch,
     table1_variances,
     table2_agreement,
     unscale,
@@ -241,12 +240,9 @@ def decode_batch(
     tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray
 ) -> DecodeResult:
     """Auto decode of a (N, 4, 64, 64) batch; see the module docstring."""
-    hwc = tensors.transpose(0, 2, 3, 1)
-    n = len(hwc)
-    diag = empty_diagnostics(n)
-    reasons = check_tensors(hwc, options.range_tolerance)
+    safe, reasons, diag = start_batch(tensors, options)
+    n = len(safe)
     ok = np.array([r is None for r in reasons])
-    safe = np.where(ok[:, None, None, None], hwc, 0.0).astype(np.float64)
     scaled_copies = header_copies(safe)
     num_atoms = np.where(ok, detect_num_atoms(scaled_copies), 0)
     sigma = noise_level(scaled_copies, num_atoms)
@@ -292,7 +288,4 @@ def decode_batch(
         rows.append((i, z, frac, lattice, sg))
         diag["num_atoms"][i] = a
         diag["space_group_float"][i] = glob[i, 6]
-    crystals, index = assemble(rows, ids)
-    for k in ("var_lattice_params", "var_lattice_angles", "var_space_group", "var_frac_coords"):
-        diag[k][[f.index for f in failures]] = np.nan
-    return DecodeResult(crystals=crystals, index=index, diagnostics=diag, failures=failures)
+    return finish_batch(rows, failures, diag, ids)

@@ -301,6 +301,31 @@ def assemble(
     return crystals, index
 
 
-def empty_diagnostics(n: int) -> dict[str, np.ndarray]:
-    """NaN-filled diagnostics arrays for n samples."""
-    return {k: np.full(n, np.nan) for k in DIAGNOSTICS}
+def start_batch(
+    tensors: np.ndarray, options: DecodeOptions
+) -> tuple[np.ndarray, list[str | None], dict[str, np.ndarray]]:
+    """Common first step of both decoders.
+
+    Returns:
+        The batch as (N, 64, 64, 4) float64 with garbage samples zeroed, the per-sample
+        garbage reasons (None = fine), and NaN-filled diagnostics arrays.
+    """
+    hwc = tensors.transpose(0, 2, 3, 1)
+    reasons = check_tensors(hwc, options.range_tolerance)
+    ok = np.array([r is None for r in reasons])
+    safe = np.where(ok[:, None, None, None], hwc, 0.0).astype(np.float64)
+    return safe, reasons, {k: np.full(len(hwc), np.nan) for k in DIAGNOSTICS}
+
+
+def finish_batch(
+    rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, int]],
+    failures: list[DecodeFailure],
+    diagnostics: dict[str, np.ndarray],
+    ids: np.ndarray,
+) -> DecodeResult:
+    """Common last step of both decoders: failures get NaN diagnostics; crystals are built."""
+    failed = [f.index for f in failures]
+    for v in diagnostics.values():
+        v[failed] = np.nan
+    crystals, index = assemble(rows, ids)
+    return DecodeResult(crystals=crystals, index=index, diagnostics=diagnostics, failures=failures)

@@ -19,11 +19,10 @@ from crysgen.representations.crystens.decode import (
     DecodeFailure,
     DecodeOptions,
     DecodeResult,
-    assemble,
-    check_tensors,
-    empty_diagnostics,
+    finish_batch,
     header_copies,
     lattice_problem,
+    start_batch,
     table1_variances,
     table2_agreement,
     unscale,
@@ -91,18 +90,14 @@ def decode_batch(
     tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray
 ) -> DecodeResult:
     """Faithful decode of a (N, 4, 64, 64) batch; see the module docstring."""
-    hwc = tensors.transpose(0, 2, 3, 1)
-    n = len(hwc)
-    diag = empty_diagnostics(n)
-    reasons = check_tensors(hwc, options.range_tolerance)
-    ok = np.array([r is None for r in reasons])
+    safe, reasons, diag = start_batch(tensors, options)
+    n = len(safe)
     # step 0: a row is present (and un-scaled) if any of its entries is non-zero
-    safe = np.where(ok[:, None, None, None], hwc, 0.0)
     present = (safe[:, SITE_OFFSET:, :, :] != 0).any(axis=(2, 3))
     raw = unscale(safe, scaling, present)
     num_atoms = np.array([detect_num_atoms(raw[i], options.alpha_threshold) for i in range(n)])
     copies = header_copies(raw)
-    diag.update({k: np.where(ok, v, np.nan) for k, v in table1_variances(copies, num_atoms).items()})
+    diag.update(table1_variances(copies, num_atoms))
     rows, failures = [], []
     zmax = scaling.max_z
     for i in range(n):
@@ -138,7 +133,4 @@ def decode_batch(
         rows.append((i, z[keep].astype(np.int16), wrap_unit(coords[keep]), lattice, sg))
         diag["num_atoms"][i] = a
         diag["space_group_float"][i] = sg_float
-    crystals, index = assemble(rows, ids)
-    for k in ("var_lattice_params", "var_lattice_angles", "var_space_group", "var_frac_coords"):
-        diag[k][[f.index for f in failures]] = np.nan
-    return DecodeResult(crystals=crystals, index=index, diagnostics=diag, failures=failures)
+    return finish_batch(rows, failures, diag, ids)
