@@ -186,16 +186,19 @@ def phase_roundtrip(args: argparse.Namespace) -> None:
                  "scaling": "fitted on the round-tripped set (CLI default)",
                  "noise": "i.i.d. Gaussian added to every entry of the scaled tensor, no clipping",
                  "targets": {"auto_clean": 0.999, "auto_noise_0.01": 0.95}, "datasets": {}}
-    modes = args.modes.split(",")
+    configs = {"auto": ("auto", "map"), "faithful": ("faithful", "map"),
+               "auto-round": ("auto", "round")}
+    modes = [configs[m] for m in args.modes.split(",")]
     for dataset in args.datasets.split(","):
         cs = load_all(work, dataset, args.limit)
         scaling = CrysTensScaling.fit(cs)
         flags = crystal_flags(cs)
         runs = []
-        for mode in modes:
+        for mode, elements in modes:
             for noise in NOISES:
                 t0 = time.perf_counter()
-                res = roundtrip(cs, scaling=scaling, options=DecodeOptions(mode=mode),
+                res = roundtrip(cs, scaling=scaling,
+                                options=DecodeOptions(mode=mode, elements=elements),
                                 noise=noise, seed=0, workers=args.workers, progress=False)
                 row = res.summary() | {"wall_s": round(time.perf_counter() - t0, 1)}
                 if mode == "faithful":
@@ -219,7 +222,9 @@ def phase_roundtrip(args: argparse.Namespace) -> None:
 
 
 def merge_roundtrip(old: dict, new: dict) -> dict:
-    """Merge two roundtrip sections: runs are keyed by (dataset, mode, noise), newer wins.
+    """Merge two roundtrip sections: runs are keyed by (dataset, mode, elements, noise).
+
+    Newer runs replace older ones with the same key.
 
     Runs without their own stamp inherit their dataset's (older result files).
     """
@@ -231,7 +236,7 @@ def merge_roundtrip(old: dict, new: dict) -> dict:
         for src in (datasets.get(name, {}), d):
             for r in src.get("runs", []):
                 r = {k: src[k] for k in stamp_keys if k in src} | r
-                runs[(r["mode"], r["noise"])] = r
+                runs[(r["mode"], r.get("elements", "map"), r["noise"])] = r
         entry = {k: v for k, v in (datasets.get(name, {}) | d).items() if k not in stamp_keys}
         entry["runs"] = [runs[k] for k in sorted(runs)]
         datasets[name] = entry
@@ -256,7 +261,8 @@ def main() -> None:
                    help="where prepared CrystalSets are kept")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--modes", default="auto,faithful")
+    p.add_argument("--modes", default="auto,faithful,auto-round",
+                   help="auto, faithful, auto-round (auto with per-site rounding of Z: ablation)")
     p.add_argument("--limit", type=int, default=None, help="first N crystals (smoke runs)")
     p.add_argument("--decode-n", type=int, default=5000, help="crystals decoded for throughput")
     p.add_argument("--faithful-n", type=int, default=1000, help="... in faithful mode")

@@ -34,11 +34,13 @@ def codec_tables(data: dict) -> list[str]:
                       "clean" if s == 0 else f"σ = {s:g}" for s in noises) + " |",
                   "|---|---|---|" + "---|" * len(noises)]
         for name, d in rt.items():
-            for mode in ("auto", "faithful"):
-                runs = {r["noise"]: r for r in d["runs"] if r["mode"] == mode}
+            for mode, elements, label in (("auto", "map", "auto"), ("faithful", "map", "faithful"),
+                                          ("auto", "round", "auto, Z rounded per site (ablation)")):
+                runs = {r["noise"]: r for r in d["runs"]
+                        if r["mode"] == mode and r.get("elements", "map") == elements}
                 if runs:
                     cells = [pct(runs[s]["match_rate"]) if s in runs else "–" for s in noises]
-                    lines.append(f"| {name} | {d['n']} | {mode} | " + " | ".join(cells) + " |")
+                    lines.append(f"| {name} | {d['n']} | {label} | " + " | ".join(cells) + " |")
         lines.append("")
         lines.append("Faithful mode, clean tensors, by kind of crystal (its K-means uses k = 3 elements "
                      "and k = 6 coordinate values):")

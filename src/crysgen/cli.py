@@ -57,21 +57,22 @@ def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     if args.limit is not None:
         crystals = crystals.subset(slice(0, args.limit))
     scaling = CrysTensScaling.load(args.scaling) if args.scaling else None
-    options = DecodeOptions(mode=args.mode, symprec=args.symprec)
+    options = DecodeOptions(mode=args.mode, symprec=args.symprec, elements=args.elements)
     res = roundtrip(crystals, scaling=scaling, options=options, noise=args.noise, seed=args.seed,
                     workers=args.workers, progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(res.summary(), indent=1))
         return 0
     print(f"round trip of {args.file} ({args.mode} decode, noise sigma {args.noise:g})")
-    print(f"  crystals          {res.n}")
-    print(f"  matched           {res.matched}  ({100 * res.match_rate:.2f} %, StructureMatcher())")
-    print(f"  decode failures   {res.failures}  {res.failure_reasons or ''}")
-    print(f"  wrong elements    {res.num_elements_mismatch}")
+    print(f"  crystals           {res.n}")
+    print(f"  matched            {res.matched}  ({100 * res.match_rate:.2f} %, StructureMatcher())")
+    print(f"  decode failures    {res.failures}  {res.failure_reasons or ''}")
+    print(f"  wrong elements     {res.num_elements_mismatch}")
+    print(f"  wrong atom count   {res.atom_count_errors}")
     for k, v in res.mean_diagnostics.items():
-        print(f"  {k:<17} {v:.4g}")
-    print(f"  encode            {res.encode_per_s:,.0f} crystals/s")
-    print(f"  decode            {res.decode_per_s:,.0f} crystals/s")
+        print(f"  {k:<18} {v:.4g}")
+    print(f"  encode             {res.encode_per_s:,.0f} crystals/s")
+    print(f"  decode             {res.decode_per_s:,.0f} crystals/s")
     return 0
 
 
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scaling JSON or 'paper' (default: fitted on FILE)")
     p.add_argument("--symprec", type=float, default=None,
                    help="auto mode: snap decoded crystals to spglib symmetry at this tolerance (Å)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="StructureMatcher processes")
+    p.add_argument("--elements", choices=("map", "round"), default="map",
+                   help="auto mode: MAP element set (default) or per-site rounding (ablation)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N crystals only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

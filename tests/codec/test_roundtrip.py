@@ -22,7 +22,7 @@ def perov_small():
 def test_clean_auto_roundtrip_matches_everything(perov_small):
     res = roundtrip(perov_small, progress=False)
     assert res.n == 60 and res.matched == 60 and res.match_rate == 1.0
-    assert res.failures == 0 and res.num_elements_mismatch == 0
+    assert res.failures == 0 and res.num_elements_mismatch == 0 and res.atom_count_errors == 0
     assert res.encode_per_s > 0 and res.decode_per_s > 0
     assert res.mean_diagnostics["var_lattice_params"] < 1e-8
     assert set(res.summary()) >= {"n", "matched", "match_rate", "failures", "mean_diagnostics",
@@ -44,6 +44,13 @@ def test_faithful_mode_and_paper_scaling(perov_small):
     assert res.mode == "faithful" and res.failures == 0
     # perov_5 often has 4 elements (mixed anions): k = 3 merges two of them
     assert 0 < res.match_rate < 1 and res.num_elements_mismatch > 0
+
+
+def test_element_rule_ablation_option(perov_small):
+    res = roundtrip(perov_small, options=DecodeOptions(elements="round"), progress=False)
+    assert res.elements == "round" and res.match_rate == 1.0
+    with pytest.raises(CrysgenError, match="element rule"):
+        DecodeOptions(elements="vote")  # type: ignore[arg-type]
 
 
 def test_negative_noise_is_refused(perov_small):

@@ -40,6 +40,9 @@ class RoundtripResult:
         noise: std of the Gaussian noise added to the scaled tensors.
         seed: noise seed.
         num_elements_mismatch: decoded crystals whose element multiset differs from the original.
+        atom_count_errors: decoded crystals whose detected number of sites A differs from the
+            original's.
+        elements: the auto decoder's element rule.
         matched_mask: bool (n,) per crystal (not serialised by :meth:`summary`).
     """
 
@@ -55,6 +58,8 @@ class RoundtripResult:
     noise: float
     seed: int
     num_elements_mismatch: int = 0
+    atom_count_errors: int = 0
+    elements: str = "map"
     matched_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -99,6 +104,7 @@ class _ChunkOutcome:
     encode_s: float
     decode_s: float
     elements_mismatch: int
+    atom_count_errors: int
 
 
 def _roundtrip_chunk(job: tuple) -> _ChunkOutcome:
@@ -116,13 +122,15 @@ def _roundtrip_chunk(job: tuple) -> _ChunkOutcome:
     matched = np.zeros(len(part), bool)
     reasons = [f.reason.split(":")[0] for f in res.failures]
     mismatch = 0
+    detected = res.diagnostics["num_atoms"][res.index]
+    wrong_a = int((detected != part.num_sites[res.index]).sum())
     for j, i in enumerate(res.index):
         orig, dec = _crystal_tuple(part, int(i)), _crystal_tuple(res.crystals, j)
         mismatch += not np.array_equal(np.sort(orig[0]), np.sort(dec[0]))
         matched[i], why = _match_one(orig, dec)
         if why:
             reasons.append(why)
-    return _ChunkOutcome(matched, reasons, res.diagnostics, t_enc, t_dec, mismatch)
+    return _ChunkOutcome(matched, reasons, res.diagnostics, t_enc, t_dec, mismatch, wrong_a)
 
 
 def roundtrip(
@@ -204,5 +212,7 @@ def roundtrip(
         noise=noise,
         seed=seed,
         num_elements_mismatch=sum(o.elements_mismatch for o in outcomes),
+        atom_count_errors=sum(o.atom_count_errors for o in outcomes),
+        elements=options.elements,
         matched_mask=matched,
     )

@@ -274,7 +274,10 @@ def decode_batch(
         diag["coord_agreement"][i], diag["pairwise_error"][i] = table2_agreement(
             own, final, (layer0 + layer0.T) / 2, a
         )
-        z = snap_elements(header[i, :a, 0], sigma[i] * r_z / np.sqrt(8), log_prior, log_prior_k)
+        if options.elements == "round":
+            z = np.clip(np.rint(header[i, :a, 0]), 1, len(log_prior) - 1).astype(np.int16)
+        else:
+            z = snap_elements(header[i, :a, 0], sigma[i] * r_z / np.sqrt(8), log_prior, log_prior_k)
         sigma_p = float(sigma[i] / np.sqrt((w_own + w_diff * a).min()))
         frac = snap_coords(final, sigma_p)
         keep = dedupe(z, frac)

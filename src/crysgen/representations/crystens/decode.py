@@ -26,6 +26,8 @@ from crysgen.representations.crystens.scaling import CrysTensScaling
 
 DecodeMode = Literal["auto", "faithful"]
 DECODE_MODES: tuple[DecodeMode, ...] = ("auto", "faithful")
+ElementRule = Literal["map", "round"]
+ELEMENT_RULES: tuple[ElementRule, ...] = ("map", "round")
 
 DIAGNOSTICS = {
     "num_atoms": "detected number of sites A",
@@ -52,6 +54,8 @@ class DecodeOptions:
         symprec: auto only: if set, snap the decoded crystal to the symmetry spglib finds
             with this tolerance (Å); kept only when the site count does not change.
         seed: random state of the faithful K-means.
+        elements: auto only: "map" (default: MAP element set with the training priors) or
+            "round" (each site's 8-copy mean rounded; the naive baseline, for ablations).
     """
 
     mode: DecodeMode = "auto"
@@ -61,8 +65,13 @@ class DecodeOptions:
     coord_clusters: int = 6
     symprec: float | None = None
     seed: int = 0
+    elements: ElementRule = "map"
 
     def __post_init__(self) -> None:
+        if self.elements not in ELEMENT_RULES:
+            raise CrysgenError(
+                f"unknown element rule {self.elements!r}; choose one of {', '.join(ELEMENT_RULES)}"
+            )
         if self.mode not in DECODE_MODES:
             raise CrysgenError(
                 f"unknown decode mode {self.mode!r}; choose one of {', '.join(DECODE_MODES)}"
