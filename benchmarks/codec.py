@@ -224,7 +224,7 @@ def phase_roundtrip(args: argparse.Namespace) -> None:
 def merge_roundtrip(old: dict, new: dict) -> dict:
     """Merge two roundtrip sections: runs are keyed by (dataset, mode, elements, noise).
 
-    Newer runs replace older ones with the same key.
+    Of two runs with the same key, the one measured later (its "date") is kept.
 
     Runs without their own stamp inherit their dataset's (older result files).
     """
@@ -236,7 +236,9 @@ def merge_roundtrip(old: dict, new: dict) -> dict:
         for src in (datasets.get(name, {}), d):
             for r in src.get("runs", []):
                 r = {k: src[k] for k in stamp_keys if k in src} | r
-                runs[(r["mode"], r.get("elements", "map"), r["noise"])] = r
+                key = (r["mode"], r.get("elements", "map"), r["noise"])
+                if key not in runs or r.get("date", "") >= runs[key].get("date", ""):
+                    runs[key] = r
         entry = {k: v for k, v in (datasets.get(name, {}) | d).items() if k not in stamp_keys}
         entry["runs"] = [runs[k] for k in sorted(runs)]
         datasets[name] = entry
