@@ -85,6 +85,18 @@ def _cmd_codec_fit_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from crysgen.training.config import load_config
+    from crysgen.training.diffusion import train_diffusion
+
+    config = None if args.resume else load_config(args.config)
+    model_dir = train_diffusion(args.data, args.out, config=config, val=args.val,
+                                max_steps=args.max_steps, devices=args.devices, resume=args.resume,
+                                progress=not args.quiet, max_minutes=args.max_minutes)
+    print(f"model directory: {model_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crysgen`` command."""
     from crysgen import __version__
@@ -140,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_codec_roundtrip)
+
+    train = sub.add_parser("train", help="train a generative model")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+    p = tsub.add_parser("diffusion", help="CrysTens diffusion model (Lightning; bf16 on GPU)")
+    p.add_argument("--data", required=True, help="training CrystalSet .npz")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--val", default=None, help="validation CrystalSet .npz (EMA loss is logged)")
+    p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="override optim.max_steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
+    p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_diffusion)
 
     p = csub.add_parser("fit-scaling", help="fit the min-max scaling on a CrystalSet")
     p.add_argument("file", help="training CrystalSet .npz")

@@ -1,0 +1,1 @@
+"""Networks (tensor -> tensor); they know nothing about losses or schedules."""

@@ -1,0 +1,1 @@
+"""Training objectives, kept beside the models they train."""

@@ -1,0 +1,1 @@
+"""Pipelines: model + sampler -> tensors -> decode -> crystals."""

@@ -1,0 +1,1 @@
+"""Training loops (PyTorch Lightning), run configs and data modules."""

@@ -1,0 +1,190 @@
+"""`crysgen train diffusion`: Lightning training of the CrysTens denoiser, with EMA and resume.
+
+A run directory holds ``config.yaml`` (resolved), ``scaling.json``, ``checkpoints/`` (Lightning,
+every ``checkpoint_every`` steps, plus ``last.ckpt``), ``logs/`` (CSV) and ``model/`` (the model
+directory exported from the EMA weights at every checkpoint and at the end).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.models.model_dir import data_fingerprint
+from crysgen.models.unet2d import build_unet
+from crysgen.objectives.diffusion import diffusion_loss, to_model_range
+from crysgen.pipelines.diffusion import DiffusionModel
+from crysgen.representations.crystens import CrysTensScaling, encode
+from crysgen.training.config import DiffusionTrainConfig, save_config
+
+
+class DiffusionModule(L.LightningModule):
+    """Denoiser + DDPM objective + EMA copy of the weights (the one used for sampling)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = DiffusionTrainConfig.from_dict(config)
+        self.unet = build_unet(self.cfg.unet)
+        self.ema = torch.optim.swa_utils.AveragedModel(
+            self.unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.optim.ema_decay)
+        )
+        self.ema.requires_grad_(False)
+        self.scheduler = self.cfg.diffusion.scheduler()
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One DDPM step on a batch of [0, 1] tensors."""
+        loss = diffusion_loss(self.unet, self.scheduler, to_model_range(batch[0]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, sync_dist=False)
+        return loss
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        """EMA model's loss on validation tensors (the same noise and timesteps every time)."""
+        gen = torch.Generator(device="cpu").manual_seed(batch_idx)
+        loss = diffusion_loss(self.ema.module, self.scheduler, to_model_range(batch[0]), generator=gen)
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the EMA weights after every optimiser step."""
+        self.ema.update_parameters(self.unet)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with linear warm-up."""
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        warm = max(1, o.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ExportModel(Callback):
+    """Write the EMA weights as a model directory whenever a checkpoint is saved."""
+
+    def __init__(self, out: Path, scaling: CrysTensScaling, data: dict[str, Any]) -> None:
+        self.out, self.scaling, self.data = out, scaling, data
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Export on the main process only."""
+        if trainer.is_global_zero:
+            export_model(pl_module, self.scaling, self.data | {"step": int(trainer.global_step)},
+                         self.out)
+
+
+def export_model(module: DiffusionModule, scaling: CrysTensScaling, data: dict[str, Any],
+                 out: Path) -> Path:
+    """Save the module's EMA weights as a model directory."""
+    model = DiffusionModel(module.ema.module, module.cfg.unet, module.cfg.diffusion, scaling, data)
+    return model.save_pretrained(out)
+
+
+def _tensors(crystals: CrystalSet, scaling: CrysTensScaling) -> torch.Tensor:
+    return torch.from_numpy(encode(crystals, scaling))
+
+
+def train_diffusion(
+    data: str | Path,
+    out: str | Path,
+    *,
+    config: DiffusionTrainConfig | None = None,
+    val: str | Path | None = None,
+    max_steps: int | None = None,
+    devices: int = 1,
+    resume: bool = False,
+    accelerator: str = "auto",
+    progress: bool = True,
+    max_minutes: float | None = None,
+) -> Path:
+    """Train a CrysTens diffusion model; returns the exported model directory.
+
+    Args:
+        data: training CrystalSet (.npz).
+        out: run directory.
+        config: run settings (defaults if None); on resume the saved config is used.
+        val: optional validation CrystalSet; its loss (EMA weights) is logged at checkpoints.
+        max_steps: overrides ``config.optim.max_steps``.
+        devices: GPUs (DDP when > 1) or CPU processes.
+        resume: continue from ``out/checkpoints/last.ckpt`` at the same step, optimiser and EMA.
+        accelerator: Lightning accelerator ("auto", "cpu", "gpu").
+        progress: show the progress bar.
+        max_minutes: stop (checkpoint and export) after this wall time, whatever the step.
+
+    Raises:
+        CrysgenError: for a missing file, or resume without a checkpoint.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    from crysgen.training.config import load_config
+
+    out = Path(out)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise CrysgenError(f"--resume: no checkpoint at {last}")
+        config = load_config(out / "config.yaml")
+    elif last.exists():
+        raise CrysgenError(f"{out} already holds a run; pass --resume to continue it or use a new --out")
+    config = config or DiffusionTrainConfig()
+    if max_steps is not None:
+        o = config.optim
+        config = DiffusionTrainConfig(config.unet, config.diffusion,
+                                      type(o)(**{**o.__dict__, "max_steps": max_steps}))
+    crystals = CrystalSet.load(data)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    scaling_path = out / "scaling.json"
+    scaling = CrysTensScaling.load(scaling_path) if resume else CrysTensScaling.fit(crystals)
+    scaling.save(scaling_path)
+    fingerprint = data_fingerprint(crystals, Path(data).name)
+    L.seed_everything(config.optim.seed, workers=True)
+    train_ds = torch.utils.data.TensorDataset(_tensors(crystals, scaling))
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=config.optim.batch_size, shuffle=True,
+                                         drop_last=len(train_ds) > config.optim.batch_size)
+    val_loader = None
+    if val is not None:
+        val_ds = torch.utils.data.TensorDataset(_tensors(CrystalSet.load(val), scaling))
+        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=config.optim.batch_size)
+    use_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    precision = config.optim.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if use_gpu else "32-true"
+    o = config.optim
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=o.checkpoint_every,
+                           save_last=True, save_top_k=-1, filename="step{step:07d}",
+                           auto_insert_metric_name=False)
+    trainer = L.Trainer(
+        max_steps=o.max_steps,
+        max_time={"minutes": max_minutes} if max_minutes else None,
+        accelerator="gpu" if use_gpu else "cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision=precision,
+        callbacks=[ckpt, ExportModel(out / "model", scaling, fingerprint)],
+        logger=CSVLogger(out, name="logs", version=0),
+        log_every_n_steps=o.log_every,
+        gradient_clip_val=o.grad_clip or None,
+        enable_progress_bar=progress,
+        val_check_interval=min(o.checkpoint_every, max(1, len(loader))) if val_loader else None,
+        check_val_every_n_epoch=None if val_loader else 1,
+        limit_val_batches=8 if val_loader else 0,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    module = DiffusionModule(config.to_dict())
+    trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        export_model(module, scaling, fingerprint | {"step": int(trainer.global_step)},
+                     out / "model")
+        (out / "train_summary.json").write_text(json.dumps(
+            {"global_step": int(trainer.global_step), "data": fingerprint,
+             "final_train_loss": float(np.asarray(trainer.callback_metrics.get("train_loss", np.nan)))},
+            indent=1) + "\n")
+    return out / "model"
