@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 SHARED ?= ../shared
+# the CPU wheel; on a CUDA machine install the matching torch build first (see pytorch.org)
+TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 DEMO := demo
 
@@ -10,6 +12,7 @@ DEMO := demo
 $(BIN)/crysgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 

@@ -97,6 +97,24 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from crysgen.sampling import SampleOptions, sample_to_dir
+
+    if args.model is None:
+        raise CrysgenError("no bundled default model ships with this version yet; "
+                           "pass a MODEL_DIR (e.g. RUN_DIR/model from `crysgen train diffusion`)")
+    options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                            decode_mode=args.decode_mode, chunk_size=args.chunk_size,
+                            save_tensors=args.save_tensors)
+    summary = sample_to_dir(args.model, args.out, options, device=args.device,
+                            batch_size=args.batch_size, progress=not args.quiet)
+    print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
+          f"{summary.failure_reasons or ''}); {summary.crystals_per_s} crystals/s")
+    print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
+          f"summary in {Path(args.out) / 'summary.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crysgen`` command."""
     from crysgen import __version__
@@ -152,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_codec_roundtrip)
+
+    p = sub.add_parser("sample", help="sample crystals from a model directory (resumable)")
+    p.add_argument("model", nargs="?", default=None, help="model directory")
+    p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (50)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--chunk-size", type=_positive_int, default=256,
+                   help="samples per resumable chunk (part of the options a resume must match)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--decode-mode", choices=DECODE_MODES, default="auto")
+    p.add_argument("--save-tensors", action="store_true", help="also keep the raw tensors (.npz)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sample)
 
     train = sub.add_parser("train", help="train a generative model")
     tsub = train.add_subparsers(dest="train_command", required=True)

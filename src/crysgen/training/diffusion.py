@@ -160,7 +160,7 @@ def train_diffusion(
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=o.checkpoint_every,
                            save_last=True, save_top_k=-1, filename="step{step:07d}",
                            auto_insert_metric_name=False)
-    trainer = L.Trainer(
+    trainer = L.Trainer(  # validation only when a val set is given
         max_steps=o.max_steps,
         max_time={"minutes": max_minutes} if max_minutes else None,
         accelerator="gpu" if use_gpu else "cpu",
@@ -168,7 +168,7 @@ def train_diffusion(
         strategy="ddp" if devices > 1 else "auto",
         precision=precision,
         callbacks=[ckpt, ExportModel(out / "model", scaling, fingerprint)],
-        logger=CSVLogger(out, name="logs", version=0),
+        logger=CSVLogger(out, name="logs"),  # a resumed run logs to the next version_N
         log_every_n_steps=o.log_every,
         gradient_clip_val=o.grad_clip or None,
         enable_progress_bar=progress,

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crysgen import CrysgenError
+from crysgen.crystal_set import CrystalSet
+from crysgen.models.unet2d import UNetConfig, build_unet
+from crysgen.objectives.diffusion import DiffusionConfig, diffusion_loss, to_model_range
+from crysgen.pipelines.diffusion import DiffusionModel
+from crysgen.training.config import DiffusionTrainConfig, load_config
+from crysgen.training.diffusion import train_diffusion
+from tests.conftest import load_cif
+
+TINY = {"unet": {"block_out_channels": [8, 16], "attention": [False, True],
+                 "norm_num_groups": 4, "layers_per_block": 1},
+        "optim": {"batch_size": 4, "max_steps": 4, "checkpoint_every": 2, "log_every": 1,
+                  "warmup_steps": 1, "lr": 2e-3}}
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO"]
+    cs = CrystalSet.from_structures([load_cif(n) for n in names], ids=names, max_sites=52)
+    return cs.save(tmp_path / "tiny.npz")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_loss_falls_on_a_fixed_batch(prediction):
+    torch.manual_seed(0)
+    cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY["unet"].items()},
+                     sample_size=16)
+    unet = build_unet(cfg)
+    sched = DiffusionConfig(prediction=prediction).scheduler()
+    x0 = to_model_range(torch.rand(4, 4, 16, 16))
+    opt = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    first = diffusion_loss(unet, sched, x0, generator=torch.Generator().manual_seed(1)).item()
+    for _ in range(30):
+        loss = diffusion_loss(unet, sched, x0, generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = diffusion_loss(unet, sched, x0, generator=torch.Generator().manual_seed(1)).item()
+    assert np.isfinite(last) and last < first
+
+
+def test_train_resume_and_export(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    cfg = DiffusionTrainConfig.from_dict(TINY)
+    model_dir = train_diffusion(tiny_set, run, config=cfg, progress=False, accelerator="cpu")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    with pytest.raises(CrysgenError, match="already holds a run"):
+        train_diffusion(tiny_set, run, config=cfg, progress=False, accelerator="cpu")
+    train_diffusion(tiny_set, run, resume=True, max_steps=6, progress=False, accelerator="cpu")
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 6
+    # the optimizer state went on from step 4 (Adam's step counter), it did not restart
+    steps = [s["step"] for s in resumed["optimizer_states"][0]["state"].values()]
+    assert all(float(s) == 6 for s in steps)
+    model = DiffusionModel.from_pretrained(model_dir)
+    assert model.data["count"] == 4 and model.data["step"] == 6
+    assert (run / "config.yaml").exists() and load_config(run / "config.yaml").optim.max_steps == 6
+
+
+def test_bad_config_is_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  batch_sise: 3\n")
+    with pytest.raises(CrysgenError, match="batch_sise"):
+        load_config(p)
+    with pytest.raises(CrysgenError, match="prediction"):
+        DiffusionConfig(prediction="noise")  # type: ignore[arg-type]
