@@ -62,7 +62,13 @@ def test_train_resume_and_export(tiny_set, tmp_path):
     assert all(float(s) == 6 for s in steps)
     model = DiffusionModel.from_pretrained(model_dir)
     assert model.data["count"] == 4 and model.data["step"] == 6
-    assert (run / "config.yaml").exists() and load_config(run / "config.yaml").optim.max_steps == 6
+    assert load_config(run / "config.yaml").optim.max_steps == 6  # resolved config is kept
+    # a wall-clock stop between periodic checkpoints still leaves last.ckpt at the stop step
+    train_diffusion(tiny_set, run, resume=True, max_steps=9, max_minutes=1e-6, progress=False,
+                    accelerator="cpu")
+    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 6 < stopped < 9
+    assert DiffusionModel.from_pretrained(model_dir).data["step"] == stopped
 
 
 def test_bad_config_is_refused(tmp_path):

@@ -8,6 +8,7 @@ directory exported from the EMA weights at every checkpoint and at the end).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,23 @@ class DiffusionModule(L.LightningModule):
         warm = max(1, o.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class WallClockStop(Callback):
+    """Stop after ``minutes`` of this invocation (Lightning's ``max_time`` counts resumed time)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.limit = minutes * 60.0
+        self.start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Ask the trainer to stop once the time is up."""
+        if time.monotonic() - self.start > self.limit:
+            trainer.should_stop = True
 
 
 class ExportModel(Callback):
@@ -162,12 +180,12 @@ def train_diffusion(
                            auto_insert_metric_name=False)
     trainer = L.Trainer(  # validation only when a val set is given
         max_steps=o.max_steps,
-        max_time={"minutes": max_minutes} if max_minutes else None,
         accelerator="gpu" if use_gpu else "cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         precision=precision,
-        callbacks=[ckpt, ExportModel(out / "model", scaling, fingerprint)],
+        callbacks=[ckpt, ExportModel(out / "model", scaling, fingerprint),
+                   *([WallClockStop(max_minutes)] if max_minutes else [])],
         logger=CSVLogger(out, name="logs"),  # a resumed run logs to the next version_N
         log_every_n_steps=o.log_every,
         gradient_clip_val=o.grad_clip or None,
@@ -180,6 +198,7 @@ def train_diffusion(
     )
     module = DiffusionModule(config.to_dict())
     trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume else None)
+    trainer.save_checkpoint(last)  # a time-limited stop must resume from where it stopped
     if trainer.is_global_zero:
         export_model(module, scaling, fingerprint | {"step": int(trainer.global_step)},
                      out / "model")
