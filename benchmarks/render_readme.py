@@ -97,7 +97,7 @@ def diffusion_quick_table() -> list[str]:
         m = d["mean_diagnostics"]
         name = path.stem.removeprefix("diffusion_").removesuffix("_quick")
         lines.append(
-            f"| [{name}]({path.relative_to(ROOT / 'benchmarks')}) | {d['model_data'].get('step', '?')} | "
+            f"| [{name}]({path.relative_to(ROOT)}) | {d['model_data'].get('step', '?')} | "
             f"{d['gpu']} | {d['sample_and_decode_seconds']} s | {d['decode_failures']} | "
             f"{pct(d['valid_rate_of_all'])} | " + " | ".join(f"{m[k]:.3g}" for k in keys) + " |")
     paper = json.loads(paths[0].read_text())["paper_diffusion_row"]
