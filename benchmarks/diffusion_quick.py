@@ -13,22 +13,12 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from codec import ROOT, stamp
+from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.diffusion import DiffusionModel, sample_tensors
 from crysgen.representations.crystens import DecodeOptions, decode
-
-
-def structurally_valid(cs, i: int) -> bool:
-    s = cs.to_structure(i)
-    if s.volume < 0.1:
-        return False
-    if len(s) < 2:
-        return True
-    d = s.distance_matrix
-    return bool(d[np.triu_indices(len(s), 1)].min() >= 0.5)
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
     t0 = time.perf_counter()
     res = decode(tensors, model.scaling, DecodeOptions(mode="auto"))
     t_decode = time.perf_counter() - t0
-    valid = [structurally_valid(res.crystals, i) for i in range(len(res.crystals))]
+    valid = [structurally_valid(res.crystals.to_structure(i)) for i in range(len(res.crystals))]
     reasons: dict[str, int] = {}
     for f in res.failures:
         key = f.reason.split(":")[0]

@@ -1,0 +1,1 @@
+"""Metrics for generated crystals (CDVAE's definitions; see reference/anchors.md §1a)."""
