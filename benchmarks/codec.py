@@ -40,6 +40,7 @@ import numpy as np
 
 from crysgen import CrystalSet, __version__
 from crysgen.codec.roundtrip import roundtrip
+from crysgen.crystal_set import write_text_atomic
 from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
 from crysgen.representations.crystens import CrysTensScaling, DecodeOptions, decode, encode
 
@@ -96,9 +97,7 @@ def write_section(name: str, section: dict) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data[name] = section
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.part")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(RESULTS)
+    write_text_atomic(RESULTS, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote section {name!r} of {RESULTS}")
 
 

@@ -99,10 +99,6 @@ def main() -> None:
     png = ROOT / "benchmarks" / "results" / f"diffusion_{args.name}_distributions.png"
     plot(gen_d, ref_d, ks, png)
     diag = res.mean_diagnostics()
-    reasons: dict[str, int] = {}
-    for f in res.failures:
-        key = f.reason.split(":")[0]
-        reasons[key] = reasons.get(key, 0) + 1
     compositions = {tuple(sorted(cs.atomic_numbers[i, : cs.num_sites[i]])) for i in range(len(cs))}
     out = {
         "model": str(args.model), "model_data": model.data, "reference": str(args.reference),
@@ -111,7 +107,7 @@ def main() -> None:
         "table1_2": {k: diag[k] for k in PAPER_ROW}, "paper_diffusion_row": PAPER_ROW,
         "at_or_below_paper": {k: bool(diag[k] <= v) for k, v in PAPER_ROW.items()},
         "decode_failures": len(res.failures), "failure_rate": len(res.failures) / args.n,
-        "failure_reasons": reasons,
+        "failure_reasons": res.failure_counts(),
         "structurally_valid_rate": float(valid.sum() / args.n), "validity_target": 0.9,
         "distinct_compositions": len(compositions),
         "distinct_space_groups": len(set(cs.space_group.tolist())),

@@ -43,17 +43,13 @@ def main() -> None:
     res = decode(tensors, model.scaling, DecodeOptions(mode="auto"))
     t_decode = time.perf_counter() - t0
     valid = [structurally_valid(res.crystals.to_structure(i)) for i in range(len(res.crystals))]
-    reasons: dict[str, int] = {}
-    for f in res.failures:
-        key = f.reason.split(":")[0]
-        reasons[key] = reasons.get(key, 0) + 1
     out = {
         "model": str(args.model), "model_data": model.data, "n": args.n, "sampler": args.sampler,
         "steps": args.steps, "device": args.device,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "sample_seconds": round(t_sample, 2), "decode_seconds": round(t_decode, 2),
         "sample_and_decode_seconds": round(t_sample + t_decode, 2),
-        "decode_failures": len(res.failures), "failure_reasons": reasons,
+        "decode_failures": len(res.failures), "failure_reasons": res.failure_counts(),
         "structurally_valid": int(sum(valid)), "valid_rate_of_all": sum(valid) / args.n,
         "mean_diagnostics": res.mean_diagnostics(),
         "paper_diffusion_row": {"var_lattice_params": 0.35, "var_lattice_angles": 0.846,

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from crysgen.crystal_set import write_npz_atomic
+from crysgen.crystal_set import write_npz_atomic, write_text_atomic
 from crysgen.errors import CrysgenError
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult, decode
+from crysgen.representations.crystens.decode import failure_kind
 
 FIELDS = ("id", "formula", "num_sites", "decoded_space_group", "spglib_space_group", "failure",
           *DIAGNOSTICS, "cif")
@@ -69,12 +70,6 @@ class SampleSummary:
     out: str
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _spglib_number(structure: Any) -> int:
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -102,7 +97,7 @@ def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path) -> list[dict[s
             j = position[i]
             structure = res.crystals.to_structure(j)
             cif = cif_dir / f"{ident}.cif"
-            _atomic_write(cif, str(CifWriter(structure)))
+            write_text_atomic(cif, str(CifWriter(structure)))
             row.update(formula=structure.composition.reduced_formula, num_sites=len(structure),
                        decoded_space_group=int(res.crystals.space_group[j]),
                        spglib_space_group=_spglib_number(structure), cif=f"cifs/{cif.name}")
@@ -115,7 +110,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def sample_to_dir(
@@ -155,7 +150,7 @@ def sample_to_dir(
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
     else:
-        _atomic_write(config_path, json.dumps(wanted, indent=1) + "\n")
+        write_text_atomic(config_path, json.dumps(wanted, indent=1) + "\n")
     model = DiffusionModel.from_pretrained(model_dir)
     decode_options = DecodeOptions(mode=options.decode_mode)  # type: ignore[arg-type]
     n_chunks = -(-options.n // options.chunk_size)
@@ -192,7 +187,7 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         with (out / "chunks" / f"chunk_{k:05d}.csv").open(newline="") as fh:
             rows.extend(csv.DictReader(fh))
     _write_csv(out / "samples.csv", rows)  # type: ignore[arg-type]
-    failures = Counter(r["failure"].split(":")[0] for r in rows if r["failure"])
+    failures = Counter(failure_kind(r["failure"]) for r in rows if r["failure"])
     diag = {k: np.array([float(r[k]) for r in rows]) for k in DIAGNOSTICS}
     summary = SampleSummary(
         n=len(rows),
@@ -206,6 +201,6 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         crystals_per_s=round(produced / seconds, 3) if seconds > 0 and produced else float("nan"),
         out=str(out),
     )
-    _atomic_write(out / "summary.json", json.dumps(asdict(summary) | {"options": asdict(options)},
+    write_text_atomic(out / "summary.json", json.dumps(asdict(summary) | {"options": asdict(options)},
                                                    indent=1) + "\n")
     return summary

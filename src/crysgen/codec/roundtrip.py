@@ -20,6 +20,7 @@ from crysgen.representations.crystens import (
     decode,
     encode,
 )
+from crysgen.representations.crystens.decode import failure_kind
 
 
 @dataclass
@@ -120,7 +121,7 @@ def _roundtrip_chunk(job: tuple) -> _ChunkOutcome:
     res = decode(tensors, scaling, options, ids=part.ids)
     t_dec = time.perf_counter() - t0
     matched = np.zeros(len(part), bool)
-    reasons = [f.reason.split(":")[0] for f in res.failures]
+    reasons = [failure_kind(f.reason) for f in res.failures]
     mismatch = 0
     detected = res.diagnostics["num_atoms"][res.index]
     wrong_a = int((detected != part.num_sites[res.index]).sum())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from crysgen.crystal_set import CrystalSet, wrap_unit
+from crysgen.crystal_set import CrystalSet, wrap_unit, write_text_atomic
 from crysgen.data.sources import RawRecord, read_source
 from crysgen.errors import CrysgenError
 
@@ -305,8 +305,4 @@ def write_prepared(crystals: CrystalSet, report: PrepareReport, out: str | Path)
     if out.suffix != ".npz":
         raise CrysgenError(f"--out must end in .npz, got {out}")
     crystals.save(out)
-    report_path = out.with_suffix(".report.json")
-    tmp = report_path.with_name(report_path.name + ".part")
-    tmp.write_text(report.to_json())
-    tmp.replace(report_path)
-    return report_path
+    return write_text_atomic(out.with_suffix(".report.json"), report.to_json())

@@ -109,6 +109,13 @@ class DecodeResult:
         """Number of tensors given."""
         return len(self.crystals) + len(self.failures)
 
+    def failure_counts(self) -> dict[str, int]:
+        """Number of failures per kind of reason (the text before the first colon)."""
+        counts: dict[str, int] = {}
+        for f in self.failures:
+            counts[failure_kind(f.reason)] = counts.get(failure_kind(f.reason), 0) + 1
+        return dict(sorted(counts.items()))
+
     def mean_diagnostics(self) -> dict[str, float]:
         """Mean of every diagnostic over the decoded samples (NaN-aware)."""
         out = {}
@@ -116,6 +123,11 @@ class DecodeResult:
             ok = np.isfinite(v)
             out[k] = float(v[ok].mean()) if ok.any() else float("nan")
         return out
+
+
+def failure_kind(reason: str) -> str:
+    """The kind of a failure reason: the text before its details (before the first colon)."""
+    return reason.split(":")[0]
 
 
 def decode(
