@@ -174,13 +174,13 @@ def check_tensors(hwc: np.ndarray, tolerance: float) -> list[str | None]:
     """Per-sample garbage checks on scaled (N, 64, 64, 4) tensors; None = fine."""
     flat = hwc.reshape(len(hwc), -1)
     finite = np.isfinite(flat).all(1)
+    safe = np.where(finite[:, None], flat, 0.0)
+    lows, highs = safe.min(1), safe.max(1)
     reasons: list[str | None] = []
-    for i in range(len(hwc)):
-        if not finite[i]:
+    for ok, lo, hi in zip(finite, lows.tolist(), highs.tolist(), strict=True):
+        if not ok:
             reasons.append("tensor contains NaN or infinite values")
-            continue
-        lo, hi = float(flat[i].min()), float(flat[i].max())
-        if lo == 0.0 and hi == 0.0:
+        elif lo == 0.0 and hi == 0.0:
             reasons.append("empty tensor (all zeros): no atoms")
         elif lo < -tolerance or hi > 1 + tolerance:
             reasons.append(f"values outside [0, 1]: min {lo:.3g}, max {hi:.3g}")

@@ -15,7 +15,7 @@ def header_values(crystals: CrystalSet) -> np.ndarray:
 
     Rows of empty slots are 0.
     """
-    c = crystals.with_max_sites(MAX_SITES)
+    c = crystals if crystals.max_sites == MAX_SITES else crystals.with_max_sites(MAX_SITES)
     n = len(c)
     glob = np.concatenate([c.lattice, c.space_group[:, None].astype(float)], axis=1)
     head = np.concatenate(
@@ -58,8 +58,8 @@ def encode(
     span = scaling.span(HEADER)
     len_lo, len_hi = scaling.ranges["length"]
     dir_lo, dir_hi = scaling.ranges["dir"]
-    head_all = header_values(crystals)
     padded = crystals.with_max_sites(MAX_SITES)
+    head_all = header_values(padded)
     mask_all, frac_all = padded.site_mask, padded.frac_coords
     # crystals of similar size go together, so each block computes only its occupied corner
     order = np.argsort(crystals.num_sites, kind="stable")
