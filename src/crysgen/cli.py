@@ -104,7 +104,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise CrysgenError("no bundled default model ships with this version yet; "
                            "pass a MODEL_DIR (e.g. RUN_DIR/model from `crysgen train diffusion`)")
     options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                            decode_mode=args.decode_mode, chunk_size=args.chunk_size,
+                            decode_mode=args.decode_mode, symprec=args.symprec,
+                            chunk_size=args.chunk_size,
                             save_tensors=args.save_tensors)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet)
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--decode-mode", choices=DECODE_MODES, default="auto")
+    p.add_argument("--symprec", type=float, default=None,
+                   help="auto decode: snap crystals to spglib symmetry at this tolerance (Å)")
     p.add_argument("--save-tensors", action="store_true", help="also keep the raw tensors (.npz)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sample)

@@ -38,13 +38,18 @@ FIELDS = ("id", "formula", "num_sites", "decoded_space_group", "spglib_space_gro
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """Options of `crysgen sample` (all of them decide which crystals come out)."""
+    """Options of `crysgen sample` (all of them decide which crystals come out).
+
+    ``symprec`` (auto decoding only) snaps each decoded crystal to the symmetry spglib finds
+    at that tolerance in Å, when that keeps its number of sites.
+    """
 
     n: int
     steps: int = 50
     sampler: str = "ddim"
     seed: int = 0
     decode_mode: str = "auto"
+    symprec: float | None = None
     chunk_size: int = 256
     save_tensors: bool = False
 
@@ -152,7 +157,8 @@ def sample_to_dir(
     else:
         write_text_atomic(config_path, json.dumps(wanted, indent=1) + "\n")
     model = DiffusionModel.from_pretrained(model_dir)
-    decode_options = DecodeOptions(mode=options.decode_mode)  # type: ignore[arg-type]
+    decode_options = DecodeOptions(mode=options.decode_mode,  # type: ignore[arg-type]
+                                   symprec=options.symprec)
     n_chunks = -(-options.n // options.chunk_size)
     done_before = sum((out / "chunks" / f"chunk_{k:05d}.csv").exists() for k in range(n_chunks))
     bar = tqdm(total=options.n, desc="sample", unit="crystal", disable=not progress)

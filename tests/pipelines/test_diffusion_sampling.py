@@ -87,3 +87,7 @@ def test_sample_cli_writes_cifs(model_dir, tmp_path, capsys):
     for r in rows:
         assert (r["failure"] != "") != (tmp_path / "s" / "cifs" / f"{r['id']}.cif").exists()
     assert main(["sample", "-n", "3", "--out", str(tmp_path / "x")]) == 2
+    assert main(["sample", str(model_dir), "-n", "2", "--steps", "2", "--symprec", "0.1",
+                 "--out", str(tmp_path / "sym"), "--quiet"]) == 0
+    config = json.loads((tmp_path / "sym" / "sample_config.json").read_text())
+    assert config["options"]["symprec"] == 0.1
