@@ -20,7 +20,6 @@ from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
 from crysgen.representations.crystens import CrysTensScaling
 
 if TYPE_CHECKING:
-    import torch
     from diffusers import UNet2DModel
 
 Sampler = Literal["ddpm", "ddim", "dpmsolver"]
@@ -103,13 +102,17 @@ def sample_tensors(
     Returns:
         float32 (n, 4, 64, 64) in [0, 1].
     """
+    import inspect
+
     import torch
 
     if steps < 1:
         raise CrysgenError(f"--steps must be at least 1, got {steps}")
     sched = make_scheduler(model.diffusion, sampler)
-    unet = model.unet.to(device).eval()
     gen = torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    # stochastic schedulers draw their noise from the CPU generator (diffusers moves it)
+    step_kwargs = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
+    unet = model.unet.to(device).eval()
     size = model.unet_config.sample_size
     shape_c = model.unet_config.channels
     out = []
@@ -122,17 +125,6 @@ def sample_tensors(
             with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=dtype,
                                                  enabled=device.startswith("cuda")):
                 pred = unet(sched.scale_model_input(x, t), t).sample
-            x = _step(sched, pred.float(), t, x, gen)
+            x = sched.step(pred.float(), t, x, **step_kwargs).prev_sample
         out.append(to_unit_range(x).float().cpu().numpy())
     return np.concatenate(out, axis=0) if out else np.zeros((0, shape_c, size, size), np.float32)
-
-
-def _step(sched: Any, pred: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
-          gen: torch.Generator) -> torch.Tensor:
-    """One scheduler step; stochastic schedulers draw their noise from the CPU generator."""
-    import inspect
-
-    kwargs = {}
-    if "generator" in inspect.signature(sched.step).parameters:  # diffusers moves CPU noise
-        kwargs["generator"] = gen
-    return sched.step(pred, t, x, **kwargs).prev_sample

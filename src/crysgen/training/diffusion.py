@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,7 @@ def train_diffusion(
         raise CrysgenError(f"{out} already holds a run; pass --resume to continue it or use a new --out")
     config = config or DiffusionTrainConfig()
     if max_steps is not None:
-        o = config.optim
-        config = DiffusionTrainConfig(config.unet, config.diffusion,
-                                      type(o)(**{**o.__dict__, "max_steps": max_steps}))
+        config = replace(config, optim=replace(config.optim, max_steps=max_steps))
     crystals = CrystalSet.load(data)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -198,10 +197,10 @@ def train_diffusion(
     )
     module = DiffusionModule(config.to_dict())
     trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume else None)
-    trainer.save_checkpoint(last)  # a time-limited stop must resume from where it stopped
+    # a time-limited stop must resume from where it stopped; saving also exports the model
+    # directory through ExportModel
+    trainer.save_checkpoint(last)
     if trainer.is_global_zero:
-        export_model(module, scaling, fingerprint | {"step": int(trainer.global_step)},
-                     out / "model")
         (out / "train_summary.json").write_text(json.dumps(
             {"global_step": int(trainer.global_step), "data": fingerprint,
              "final_train_loss": float(np.asarray(trainer.callback_metrics.get("train_loss", np.nan)))},
