@@ -4,9 +4,12 @@ For N samples (default 1,000, DDIM 50 steps): the paper's Table 1/2 quantities b
 row, decode failures, structural validity (CDVAE: distances >= 0.5 Å, volume >= 0.1 Å³), distinct
 compositions and space groups, K-S statistics (scipy ``ks_2samp``) against the reference (test)
 set for a, b, c, alpha, beta, gamma, space group and atomic number, with overlay plots like the
-paper's Figs 4-6; speed: sampling at 50 DDIM steps and at 1000 DDPM steps (on a subset), decode.
+paper's Figs 4-6; speed: sampling at 50 DDIM steps and at 1000 DDPM steps (on a subset), decode;
+training speed from the run directories' train_summary.json (``--run``, one per stage).
+MODEL is any directory `crysgen sample` takes (single-stage or cascade).
 
-Usage: python benchmarks/diffusion.py RUN_DIR/model --reference test.npz --name mp_20 --device cuda
+Usage: python benchmarks/diffusion.py RUN_DIR/model --reference test.npz --name mp_20 --device cuda \
+    --run RUN_DIR
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +26,7 @@ from scipy.stats import ks_2samp
 from codec import ROOT, stamp
 from crysgen import CrystalSet
 from crysgen.evaluation.validity import structurally_valid
-from crysgen.pipelines.diffusion import DiffusionModel, sample_tensors
+from crysgen.pipelines.generators import Generator, load_generator
 from crysgen.representations.crystens import DecodeOptions, decode
 
 PAPER_ROW = {"var_lattice_params": 0.35, "var_lattice_angles": 0.846, "var_space_group": 4.56,
@@ -38,12 +42,28 @@ def distributions(cs: CrystalSet) -> dict[str, np.ndarray]:
     return out
 
 
-def timed_sample(model: DiffusionModel, n: int, **kw) -> tuple[np.ndarray, float]:
+def timed_sample(model: Generator, n: int, **kw) -> tuple[np.ndarray, float]:
     if kw.get("device", "cpu").startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    x = sample_tensors(model, n, **kw)
+    x = model.sample(n, **kw)
     return x, time.perf_counter() - t0
+
+
+def training_speed(run_dirs: list[str]) -> dict[str, dict]:
+    """Per run directory: its config's stage and the speed of its last training invocation."""
+    import yaml
+
+    out = {}
+    for run in run_dirs:
+        summary = json.loads((Path(run) / "train_summary.json").read_text())
+        config = yaml.safe_load((Path(run) / "config.yaml").read_text())
+        last = summary["runs"][-1] if summary.get("runs") else {}
+        out[Path(run).name] = {"stage": config.get("stage", {}).get("role", "single"),
+                               "global_step": summary["global_step"],
+                               "batch_size": config["optim"]["batch_size"],
+                               "final_train_loss": summary.get("final_train_loss"), **last}
+    return out
 
 
 def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], ks: dict, path) -> None:
@@ -77,14 +97,15 @@ def main() -> None:
     p.add_argument("--ddpm-n", type=int, default=100, help="samples for the 1000-step timing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--run", action="append", default=[],
+                   help="training run directory (repeat for a cascade's stages): training speed")
     args = p.parse_args()
 
-    model = DiffusionModel.from_pretrained(args.model)
+    model = load_generator(args.model)
     kw = {"device": args.device, "batch_size": args.batch_size}
-    sample_tensors(model, 8, steps=2, **kw)  # warm-up
+    model.sample(8, steps=2, **kw)  # warm-up
     tensors, t_ddim = timed_sample(model, args.n, steps=args.steps, sampler="ddim", seed=0, **kw)
-    _, t_ddpm = timed_sample(model, args.ddpm_n, steps=model.diffusion.timesteps, sampler="ddpm",
-                             seed=1, **kw)
+    _, t_ddpm = timed_sample(model, args.ddpm_n, steps=1000, sampler="ddpm", seed=1, **kw)
     t0 = time.perf_counter()
     res = decode(tensors, model.scaling, DecodeOptions(mode="auto"))
     t_decode = time.perf_counter() - t0
@@ -101,7 +122,8 @@ def main() -> None:
     diag = res.mean_diagnostics()
     compositions = {tuple(sorted(cs.atomic_numbers[i, : cs.num_sites[i]])) for i in range(len(cs))}
     out = {
-        "model": str(args.model), "model_data": model.data, "reference": str(args.reference),
+        "model": str(args.model), "model_kind": type(model).__name__, "model_data": model.data,
+        "training": training_speed(args.run), "reference": str(args.reference),
         "n": args.n, "steps": args.steps, "device": args.device,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "table1_2": {k: diag[k] for k in PAPER_ROW}, "paper_diffusion_row": PAPER_ROW,

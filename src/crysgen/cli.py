@@ -100,9 +100,6 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from crysgen.sampling import SampleOptions, sample_to_dir
 
-    if args.model is None:
-        raise CrysgenError("no bundled default model ships with this version yet; "
-                           "pass a MODEL_DIR (e.g. RUN_DIR/model from `crysgen train diffusion`)")
     options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                             decode_mode=args.decode_mode, symprec=args.symprec,
                             chunk_size=args.chunk_size,
@@ -113,6 +110,21 @@ def _cmd_sample(args: argparse.Namespace) -> int:
           f"{summary.failure_reasons or ''}); {summary.crystals_per_s} crystals/s")
     print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
           f"summary in {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _cmd_model_export(args: argparse.Namespace) -> int:
+    from crysgen.training.diffusion import export_checkpoint
+
+    print(f"model directory: {export_checkpoint(args.run, args.out, step=args.step)}")
+    return 0
+
+
+def _cmd_model_cascade(args: argparse.Namespace) -> int:
+    from crysgen.pipelines.cascade import assemble_cascade
+
+    out = assemble_cascade(args.base, args.sr, args.out, aug_sample=args.aug_sample)
+    print(f"cascade model directory: {out}")
     return 0
 
 
@@ -173,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_codec_roundtrip)
 
     p = sub.add_parser("sample", help="sample crystals from a model directory (resumable)")
-    p.add_argument("model", nargs="?", default=None, help="model directory")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model directory (default: the bundled mp_20 diffusion model)")
     p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (50)")
@@ -203,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_diffusion)
+
+    model = sub.add_parser("model", help="assemble model directories")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    p = msub.add_parser("cascade", help="base + super-resolution stage -> one cascade model directory")
+    p.add_argument("base", help="model directory of the base stage (RUN_DIR/model)")
+    p.add_argument("sr", help="model directory of the super-resolution stage")
+    p.add_argument("--out", required=True, help="cascade directory to write (new or empty)")
+    p.add_argument("--aug-sample", type=float, default=None,
+                   help="noise level of the SR conditioning when sampling, fraction of T "
+                        "(default: the SR stage's stage.aug_sample)")
+    p.set_defaults(func=_cmd_model_cascade)
+    p = msub.add_parser("export", help="a run's checkpoint (EMA weights) -> model directory")
+    p.add_argument("run", help="run directory of `crysgen train diffusion`")
+    p.add_argument("--step", type=int, default=None,
+                   help="export checkpoints/stepNNNNNNN.ckpt (default: last.ckpt)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.set_defaults(func=_cmd_model_export)
 
     p = csub.add_parser("fit-scaling", help="fit the min-max scaling on a CrystalSet")
     p.add_argument("file", help="training CrystalSet .npz")

@@ -119,7 +119,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def sample_to_dir(
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     out: str | Path,
     options: SampleOptions,
     *,
@@ -130,7 +130,7 @@ def sample_to_dir(
     """Sample ``options.n`` crystals from a model directory into ``out`` (resumable).
 
     Args:
-        model_dir: a model directory (any kind crysgen can sample).
+        model_dir: a model directory (any kind crysgen can sample); None: the bundled model.
         out: output folder.
         options: what to sample.
         device: "cpu" or "cuda" (does not change which crystals come out beyond float noise).
@@ -142,13 +142,15 @@ def sample_to_dir(
     """
     from tqdm.auto import tqdm
 
-    from crysgen.pipelines.diffusion import DiffusionModel, sample_tensors
+    from crysgen.pipelines.generators import DEFAULT_MODEL, load_generator
 
+    model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
+    model = load_generator(model_dir)  # fails before anything is written for a bad directory
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
     config_path = out / "sample_config.json"
-    wanted = {"model": str(Path(model_dir).resolve()), "options": asdict(options)}
+    wanted = {"model": str(model_dir.resolve()), "options": asdict(options)}
     if config_path.exists():
         have = json.loads(config_path.read_text())
         if have != wanted:
@@ -156,7 +158,6 @@ def sample_to_dir(
                                "use a new --out or the same options to resume")
     else:
         write_text_atomic(config_path, json.dumps(wanted, indent=1) + "\n")
-    model = DiffusionModel.from_pretrained(model_dir)
     decode_options = DecodeOptions(mode=options.decode_mode,  # type: ignore[arg-type]
                                    symprec=options.symprec)
     n_chunks = -(-options.n // options.chunk_size)
@@ -171,8 +172,8 @@ def sample_to_dir(
         if csv_path.exists():
             bar.update(size)
             continue
-        tensors = sample_tensors(model, size, steps=options.steps, sampler=options.sampler,  # type: ignore[arg-type]
-                                 seed=[options.seed, k], device=device, batch_size=batch_size)
+        tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
+                               seed=[options.seed, k], device=device, batch_size=batch_size)
         ids = [f"sample_{start + i:06d}" for i in range(size)]
         res = decode(tensors, model.scaling, decode_options, ids=ids)
         if options.save_tensors:

@@ -49,7 +49,12 @@ def test_loss_falls_on_a_fixed_batch(prediction):
 def test_train_resume_and_export(tiny_set, tmp_path):
     run = tmp_path / "run"
     cfg = DiffusionTrainConfig.from_dict(TINY)
-    model_dir = train_diffusion(tiny_set, run, config=cfg, progress=False, accelerator="cpu")
+    model_dir = train_diffusion(tiny_set, run, config=cfg, val=tiny_set, progress=False,
+                                accelerator="cpu")
+    import csv
+
+    metrics = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in metrics if r.get("val_loss")] == [1, 3]  # every 2 steps
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
     with pytest.raises(CrysgenError, match="already holds a run"):
@@ -69,6 +74,19 @@ def test_train_resume_and_export(tiny_set, tmp_path):
     stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 6 < stopped < 9
     assert DiffusionModel.from_pretrained(model_dir).data["step"] == stopped
+    import json
+
+    # a periodic checkpoint exports to the same weights the run exported at that step
+    from crysgen.cli import main
+
+    assert main(["model", "export", str(run), "--step", "4", "--out", str(tmp_path / "at4")]) == 0
+    at4 = DiffusionModel.from_pretrained(tmp_path / "at4")
+    assert at4.data["step"] == 4 and at4.data["count"] == 4
+    assert main(["model", "export", str(run), "--step", "5", "--out", str(tmp_path / "x")]) == 2
+    runs = json.loads((run / "train_summary.json").read_text())["runs"]
+    assert [r["end_step"] for r in runs] == [4, 6, stopped]
+    assert [r["steps"] for r in runs] == [4, 2, stopped - 6]
+    assert all(r["samples_per_s"] > 0 and r["device"] == "cpu" for r in runs)
 
 
 def test_bad_config_is_refused(tmp_path):

@@ -20,7 +20,8 @@ from crysgen.representations.crystens import CrysTensScaling
 if TYPE_CHECKING:
     import torch
 
-_FORMAT = "crysgen.model"
+FORMAT = "crysgen.model"
+"""The ``format`` field of every model directory's config.json."""
 
 
 @dataclass
@@ -68,7 +69,7 @@ def save_model_dir(
         .contiguous()
         for k, v in state_dict.items()
     }
-    meta = {"format": _FORMAT, "kind": kind, "crysgen_version": __version__, "config": config,
+    meta = {"format": FORMAT, "kind": kind, "crysgen_version": __version__, "config": config,
             "data": data}
     for name, write in (
         ("weights.safetensors", lambda p: save_file(tensors, str(p))),
@@ -90,16 +91,10 @@ def load_model_dir(path: str | Path) -> ModelFiles:
     from safetensors.torch import load_file
 
     path = Path(path)
-    missing = [n for n in ("config.json", "weights.safetensors", "scaling.json")
-               if not (path / n).is_file()]
+    meta = read_model_meta(path)
+    missing = [n for n in ("weights.safetensors", "scaling.json") if not (path / n).is_file()]
     if missing:
         raise CrysgenError(f"{path} is not a crysgen model directory (missing {', '.join(missing)})")
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise CrysgenError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
-    if meta.get("format") != _FORMAT:
-        raise CrysgenError(f"{path / 'config.json'} is not a crysgen model config")
     return ModelFiles(
         kind=meta["kind"],
         config=meta["config"],
@@ -108,6 +103,25 @@ def load_model_dir(path: str | Path) -> ModelFiles:
         data=meta.get("data", {}),
         crysgen_version=meta.get("crysgen_version", "unknown"),
     )
+
+
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a model directory of any kind (``meta["kind"]`` picks the loader).
+
+    Raises:
+        CrysgenError: if it is missing, not JSON, or not a crysgen model config.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "is not a crysgen model directory"
+        raise CrysgenError(f"{path} {what} (missing config.json)")
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CrysgenError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "kind" not in meta:
+        raise CrysgenError(f"{path / 'config.json'} is not a crysgen model config")
+    return meta
 
 
 def data_fingerprint(crystals: Any, name: str) -> dict[str, Any]:

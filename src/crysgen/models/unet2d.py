@@ -80,4 +80,6 @@ def build_unet(cfg: UNetConfig) -> UNet2DModel:
         up_block_types=up,
         norm_num_groups=cfg.norm_num_groups,
         dropout=cfg.dropout,
+        # a super-resolution stage also embeds its conditioning's noise level (class_labels)
+        class_embed_type="timestep" if cfg.cond_channels else None,
     )

@@ -78,6 +78,7 @@ def diffusion_loss(
     x0: torch.Tensor,
     *,
     cond: torch.Tensor | None = None,
+    class_labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Mean squared error of the network's prediction at a random timestep.
@@ -87,6 +88,8 @@ def diffusion_loss(
         scheduler: the training scheduler (its ``prediction_type`` sets the target).
         x0: clean tensors in [-1, 1], (B, C, H, W).
         cond: extra input channels (B, C', H, W) concatenated to x_t (cascade SR stage).
+        class_labels: (B,) integers for the network's class embedding (the SR stage's
+            conditioning noise level).
         generator: random source for t and the noise.
 
     Returns:
@@ -109,5 +112,5 @@ def diffusion_loss(
     else:
         target = x0
     inp = x_t if cond is None else torch.cat([x_t, cond], dim=1)
-    pred = model(inp, t).sample
+    pred = model(inp, t, class_labels=class_labels).sample
     return F.mse_loss(pred.float(), target.float())

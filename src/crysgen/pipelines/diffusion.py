@@ -16,6 +16,7 @@ import numpy as np
 from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet2d import UNetConfig, build_unet
+from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
 from crysgen.representations.crystens import CrysTensScaling
 
@@ -29,23 +30,31 @@ KIND = "diffusion"
 
 @dataclass
 class DiffusionModel:
-    """A trained CrysTens diffusion model: denoiser, schedule, scaling, data fingerprint."""
+    """A trained CrysTens diffusion model: denoiser, schedule, scaling, data fingerprint.
+
+    ``stage`` says whether it is a whole 64×64 model or one stage of a cascade (see
+    :mod:`crysgen.objectives.cascade`); only single-stage models sample crystals on their own.
+    """
 
     unet: UNet2DModel
     unet_config: UNetConfig
     diffusion: DiffusionConfig
     scaling: CrysTensScaling
     data: dict[str, Any] = field(default_factory=dict)
+    stage: StageConfig = field(default_factory=StageConfig)
 
     @classmethod
     def create(cls, unet_config: UNetConfig, diffusion: DiffusionConfig,
-               scaling: CrysTensScaling, data: dict[str, Any] | None = None) -> DiffusionModel:
+               scaling: CrysTensScaling, data: dict[str, Any] | None = None,
+               stage: StageConfig | None = None) -> DiffusionModel:
         """A new, untrained model."""
-        return cls(build_unet(unet_config), unet_config, diffusion, scaling, dict(data or {}))
+        return cls(build_unet(unet_config), unet_config, diffusion, scaling, dict(data or {}),
+                   stage or StageConfig())
 
     def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
         """Write the model directory (see :mod:`crysgen.models.model_dir`)."""
-        config = {"unet": self.unet_config.to_dict(), "diffusion": self.diffusion.to_dict()}
+        config = {"unet": self.unet_config.to_dict(), "diffusion": self.diffusion.to_dict(),
+                  "stage": self.stage.to_dict()}
         return save_model_dir(path, kind=KIND, config=config, state_dict=self.unet.state_dict(),
                               scaling=self.scaling, data=self.data, half=half)
 
@@ -56,11 +65,19 @@ class DiffusionModel:
         if files.kind != KIND:
             raise CrysgenError(f"{path} holds a {files.kind!r} model, not a diffusion model")
         model = cls.create(UNetConfig.from_dict(files.config["unet"]),
-                           DiffusionConfig(**files.config["diffusion"]), files.scaling, files.data)
+                           DiffusionConfig(**files.config["diffusion"]), files.scaling, files.data,
+                           StageConfig(**files.config.get("stage", {})))
         state = {k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()}
         model.unet.load_state_dict(state)
         model.unet.eval()
         return model
+
+    def sample(self, n: int, **kwargs: Any) -> np.ndarray:
+        """``n`` CrysTens tensors, float32 (n, 4, 64, 64) in [0, 1]; see :func:`sample_tensors`."""
+        if self.stage.role != "single":
+            raise CrysgenError(f"this model is the {self.stage.role!r} stage of a cascade; sample "
+                               "from the cascade directory (`crysgen model cascade BASE SR --out DIR`)")
+        return sample_tensors(self, n, **kwargs)
 
 
 def make_scheduler(diffusion: DiffusionConfig, sampler: Sampler) -> Any:
@@ -77,6 +94,60 @@ def make_scheduler(diffusion: DiffusionConfig, sampler: Sampler) -> Any:
     return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
 
+def _generator(seed: int | list[int]) -> Any:
+    import torch
+
+    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+
+
+def denoise(
+    model: DiffusionModel,
+    b: int,
+    *,
+    steps: int,
+    sampler: Sampler,
+    generator: Any,
+    device: str,
+    cond: Any = None,
+    class_labels: Any = None,
+) -> Any:
+    """Run one model's reverse process from fresh noise: (b, C, s, s) in [-1, 1] on ``device``.
+
+    Args:
+        model: the stage to run.
+        b: batch size.
+        steps: sampler steps (DDPM uses its training timesteps when steps >= T).
+        sampler: "ddpm", "ddim" or "dpmsolver".
+        generator: CPU ``torch.Generator`` for the initial and per-step noise.
+        device: "cpu" or "cuda".
+        cond: extra input channels (an SR stage's conditioning), (b, C', s, s) on ``device``.
+        class_labels: (b,) integers for the class embedding (the conditioning's noise level).
+    """
+    import inspect
+
+    import torch
+
+    if steps < 1:
+        raise CrysgenError(f"--steps must be at least 1, got {steps}")
+    sched = make_scheduler(model.diffusion, sampler)
+    # stochastic schedulers draw their noise from the CPU generator (diffusers moves it)
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
+    unet = model.unet.to(device).eval()
+    size, channels = model.unet_config.sample_size, model.unet_config.channels
+    on_gpu = device.startswith("cuda")
+    sched.set_timesteps(min(steps, model.diffusion.timesteps))
+    x = torch.randn((b, channels, size, size), generator=generator).to(device) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(x, t)
+        if cond is not None:
+            inp = torch.cat([inp, cond], dim=1)
+        with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
+                                             enabled=on_gpu):
+            pred = unet(inp, t, class_labels=class_labels).sample
+        x = sched.step(pred.float(), t, x, **step_kwargs).prev_sample
+    return x
+
+
 def sample_tensors(
     model: DiffusionModel,
     n: int,
@@ -87,7 +158,7 @@ def sample_tensors(
     device: str = "cpu",
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Draw ``n`` CrysTens tensors.
+    """Draw ``n`` CrysTens tensors from a single-stage model.
 
     Args:
         model: the trained model.
@@ -102,29 +173,9 @@ def sample_tensors(
     Returns:
         float32 (n, 4, 64, 64) in [0, 1].
     """
-    import inspect
-
-    import torch
-
-    if steps < 1:
-        raise CrysgenError(f"--steps must be at least 1, got {steps}")
-    sched = make_scheduler(model.diffusion, sampler)
-    gen = torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-    # stochastic schedulers draw their noise from the CPU generator (diffusers moves it)
-    step_kwargs = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
-    unet = model.unet.to(device).eval()
-    size = model.unet_config.sample_size
-    shape_c = model.unet_config.channels
-    out = []
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        sched.set_timesteps(min(steps, model.diffusion.timesteps))
-        x = torch.randn((b, shape_c, size, size), generator=gen).to(device) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=dtype,
-                                                 enabled=device.startswith("cuda")):
-                pred = unet(sched.scale_model_input(x, t), t).sample
-            x = sched.step(pred.float(), t, x, **step_kwargs).prev_sample
-        out.append(to_unit_range(x).float().cpu().numpy())
-    return np.concatenate(out, axis=0) if out else np.zeros((0, shape_c, size, size), np.float32)
+    gen = _generator(seed)
+    out = [to_unit_range(denoise(model, min(batch_size, n - start), steps=steps, sampler=sampler,
+                                 generator=gen, device=device)).float().cpu().numpy()
+           for start in range(0, n, batch_size)]
+    size, channels = model.unet_config.sample_size, model.unet_config.channels
+    return np.concatenate(out, axis=0) if out else np.zeros((0, channels, size, size), np.float32)

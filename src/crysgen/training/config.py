@@ -9,7 +9,9 @@ from typing import Any
 
 from crysgen.errors import CrysgenError
 from crysgen.models.unet2d import UNetConfig
+from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig
+from crysgen.representations.crystens.layout import SIZE
 
 
 @dataclass(frozen=True)
@@ -45,25 +47,40 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    """Everything `crysgen train diffusion` needs besides the data."""
+    """Everything `crysgen train diffusion` needs besides the data.
+
+    ``stage`` makes the model a single 64×64 model (default) or one stage of a cascade; the
+    network's input size and channels must fit the stage (checked here, not at step 1 on a GPU).
+    """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+
+    def __post_init__(self) -> None:
+        role, u = self.stage.role, self.unet
+        size = self.stage.low_res if role == "base" else SIZE
+        if u.sample_size != size:
+            raise CrysgenError(f"a {role!r} stage needs unet.sample_size {size}, got {u.sample_size}")
+        cond = u.channels if role == "sr" else 0
+        if u.cond_channels != cond:
+            raise CrysgenError(f"a {role!r} stage needs unet.cond_channels {cond}, got {u.cond_channels}")
 
     def to_dict(self) -> dict[str, Any]:
         """Resolved, JSON/YAML-serialisable form."""
         return {"unet": self.unet.to_dict(), "diffusion": self.diffusion.to_dict(),
-                "optim": asdict(self.optim)}
+                "optim": asdict(self.optim), "stage": self.stage.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionTrainConfig:
         """Build from a nested dict (unknown keys are an error, so typos do not pass silently)."""
         data = dict(data or {})
-        unknown = set(data) - {"unet", "diffusion", "optim"}
+        unknown = set(data) - {"unet", "diffusion", "optim", "stage"}
         if unknown:
             raise CrysgenError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        for name, klass in (("diffusion", DiffusionConfig), ("optim", OptimConfig)):
+        for name, klass in (("diffusion", DiffusionConfig), ("optim", OptimConfig),
+                            ("stage", StageConfig)):
             bad = set(data.get(name, {}) or {}) - {f.name for f in fields(klass)}
             if bad:
                 raise CrysgenError(f"unknown key(s) in {name}: {', '.join(sorted(bad))}")
@@ -72,6 +89,7 @@ class DiffusionTrainConfig:
                 unet=UNetConfig.from_dict(data.get("unet") or {}),
                 diffusion=DiffusionConfig(**(data.get("diffusion") or {})),
                 optim=OptimConfig(**(data.get("optim") or {})),
+                stage=StageConfig(**(data.get("stage") or {})),
             )
         except TypeError as exc:
             raise CrysgenError(f"bad config: {exc}") from exc

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from crysgen.crystal_set import CrystalSet
+from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import data_fingerprint
 from crysgen.models.unet2d import build_unet
-from crysgen.objectives.diffusion import diffusion_loss, to_model_range
+from crysgen.objectives.cascade import stage_loss
+from crysgen.objectives.diffusion import to_model_range
 from crysgen.pipelines.diffusion import DiffusionModel
 from crysgen.representations.crystens import CrysTensScaling, encode
 from crysgen.training.config import DiffusionTrainConfig, save_config
@@ -42,16 +43,17 @@ class DiffusionModule(L.LightningModule):
         self.ema.requires_grad_(False)
         self.scheduler = self.cfg.diffusion.scheduler()
 
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One DDPM step on a batch of [0, 1] tensors."""
-        loss = diffusion_loss(self.unet, self.scheduler, to_model_range(batch[0]))
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """One DDPM step of this stage on a batch of [0, 1] tensors, (B, 4, 64, 64)."""
+        loss = stage_loss(self.unet, self.scheduler, to_model_range(batch), self.cfg.stage)
         self.log("train_loss", loss, prog_bar=True, on_step=True, sync_dist=False)
         return loss
 
-    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         """EMA model's loss on validation tensors (the same noise and timesteps every time)."""
         gen = torch.Generator(device="cpu").manual_seed(batch_idx)
-        loss = diffusion_loss(self.ema.module, self.scheduler, to_model_range(batch[0]), generator=gen)
+        loss = stage_loss(self.ema.module, self.scheduler, to_model_range(batch), self.cfg.stage,
+                          generator=gen)
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -65,6 +67,29 @@ class DiffusionModule(L.LightningModule):
         warm = max(1, o.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Throughput(Callback):
+    """Training speed of this invocation: optimiser steps and tensors per second (all devices)."""
+
+    def __init__(self) -> None:
+        self.start, self.step0, self.result = 0.0, 0, {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock after setup and checkpoint restore."""
+        self.start, self.step0 = time.perf_counter(), int(trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record steps, seconds and samples/s."""
+        seconds = time.perf_counter() - self.start
+        steps = int(trainer.global_step) - self.step0
+        batch = pl_module.cfg.optim.batch_size * trainer.world_size
+        self.result = {"steps": steps, "seconds": round(seconds, 2), "global_batch": batch,
+                       "steps_per_s": round(steps / seconds, 3) if seconds else None,
+                       "samples_per_s": round(steps * batch / seconds, 1) if seconds else None,
+                       "device": (torch.cuda.get_device_name() if pl_module.device.type == "cuda"
+                                  else "cpu"),
+                       "devices": trainer.world_size, "precision": str(trainer.precision)}
 
 
 class WallClockStop(Callback):
@@ -101,12 +126,70 @@ class ExportModel(Callback):
 def export_model(module: DiffusionModule, scaling: CrysTensScaling, data: dict[str, Any],
                  out: Path) -> Path:
     """Save the module's EMA weights as a model directory."""
-    model = DiffusionModel(module.ema.module, module.cfg.unet, module.cfg.diffusion, scaling, data)
+    model = DiffusionModel(module.ema.module, module.cfg.unet, module.cfg.diffusion, scaling, data,
+                           stage=module.cfg.stage)
     return model.save_pretrained(out)
 
 
-def _tensors(crystals: CrystalSet, scaling: CrysTensScaling) -> torch.Tensor:
-    return torch.from_numpy(encode(crystals, scaling))
+class TensorBatches(torch.utils.data.Dataset):
+    """Encoded tensors held in memory, handed out a whole batch at a time.
+
+    ``__getitems__`` makes the DataLoader gather a batch with one index operation instead of
+    stacking ``batch_size`` single tensors (the per-step cost that bounded GPU throughput).
+    """
+
+    def __init__(self, tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tensors[i]
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.tensors[torch.as_tensor(indices)]
+
+
+def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None) -> Path:
+    """Export the EMA weights of one of a run's checkpoints as a model directory.
+
+    This is how a checkpoint is selected on validation loss (``logs/*/metrics.csv``) or compared
+    at an equal step budget, instead of taking the run's last state.
+
+    Args:
+        run: run directory of `crysgen train diffusion`.
+        out: model directory to write.
+        step: the checkpoint ``checkpoints/stepNNNNNNN.ckpt`` to export (None: ``last.ckpt``).
+
+    Raises:
+        CrysgenError: if the run or the checkpoint does not exist.
+    """
+    run = Path(run)
+    name = "last.ckpt" if step is None else f"step{step:07d}.ckpt"
+    ckpt = run / "checkpoints" / name
+    if not ckpt.is_file():
+        have = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if run.is_dir() else []
+        raise CrysgenError(f"no checkpoint {ckpt}" + (f" (have: {', '.join(have)})" if have else ""))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module = DiffusionModule(state["hyper_parameters"]["config"])
+    module.load_state_dict(state["state_dict"])
+    data = json.loads((run / "model" / "config.json").read_text())["data"] if (
+        run / "model" / "config.json").is_file() else {}
+    return export_model(module, CrysTensScaling.load(run / "scaling.json"),
+                        data | {"step": int(state["global_step"])}, Path(out))
+
+
+def _as_batch(batch: torch.Tensor) -> torch.Tensor:
+    return batch
+
+
+def _loader(crystals: CrystalSet, scaling: CrysTensScaling, batch_size: int, *,
+            shuffle: bool) -> torch.utils.data.DataLoader:
+    ds = TensorBatches(torch.from_numpy(encode(crystals, scaling)))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                                       drop_last=shuffle and len(ds) > batch_size,
+                                       collate_fn=_as_batch)
 
 
 def train_diffusion(
@@ -162,13 +245,10 @@ def train_diffusion(
     scaling.save(scaling_path)
     fingerprint = data_fingerprint(crystals, Path(data).name)
     L.seed_everything(config.optim.seed, workers=True)
-    train_ds = torch.utils.data.TensorDataset(_tensors(crystals, scaling))
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=config.optim.batch_size, shuffle=True,
-                                         drop_last=len(train_ds) > config.optim.batch_size)
+    loader = _loader(crystals, scaling, config.optim.batch_size, shuffle=True)
     val_loader = None
     if val is not None:
-        val_ds = torch.utils.data.TensorDataset(_tensors(CrystalSet.load(val), scaling))
-        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=config.optim.batch_size)
+        val_loader = _loader(CrystalSet.load(val), scaling, config.optim.batch_size, shuffle=False)
     use_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     precision = config.optim.precision
     if precision == "auto":
@@ -177,19 +257,20 @@ def train_diffusion(
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=o.checkpoint_every,
                            save_last=True, save_top_k=-1, filename="step{step:07d}",
                            auto_insert_metric_name=False)
+    speed = Throughput()
     trainer = L.Trainer(  # validation only when a val set is given
         max_steps=o.max_steps,
         accelerator="gpu" if use_gpu else "cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         precision=precision,
-        callbacks=[ckpt, ExportModel(out / "model", scaling, fingerprint),
+        callbacks=[ckpt, speed, ExportModel(out / "model", scaling, fingerprint),
                    *([WallClockStop(max_minutes)] if max_minutes else [])],
         logger=CSVLogger(out, name="logs"),  # a resumed run logs to the next version_N
         log_every_n_steps=o.log_every,
         gradient_clip_val=o.grad_clip or None,
         enable_progress_bar=progress,
-        val_check_interval=min(o.checkpoint_every, max(1, len(loader))) if val_loader else None,
+        val_check_interval=o.checkpoint_every if val_loader else None,  # steps, across epochs
         check_val_every_n_epoch=None if val_loader else 1,
         limit_val_batches=8 if val_loader else 0,
         num_sanity_val_steps=0,
@@ -200,9 +281,12 @@ def train_diffusion(
     # a time-limited stop must resume from where it stopped; saving also exports the model
     # directory through ExportModel
     trainer.save_checkpoint(last)
-    if trainer.is_global_zero:
-        (out / "train_summary.json").write_text(json.dumps(
+    if trainer.is_global_zero:  # one entry per invocation, so a resumed run keeps its history
+        summary_path = out / "train_summary.json"
+        history = json.loads(summary_path.read_text()).get("runs", []) if summary_path.exists() else []
+        history.append(speed.result | {"end_step": int(trainer.global_step)})
+        write_text_atomic(summary_path, json.dumps(
             {"global_step": int(trainer.global_step), "data": fingerprint,
-             "final_train_loss": float(np.asarray(trainer.callback_metrics.get("train_loss", np.nan)))},
-            indent=1) + "\n")
+             "final_train_loss": float(np.asarray(trainer.callback_metrics.get("train_loss", np.nan))),
+             "runs": history}, indent=1) + "\n")
     return out / "model"

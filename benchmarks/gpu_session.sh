@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One GPU lease of the diffusion issue: five concurrent training runs (mp_20 single stage, the mp_20
+# cascade's two stages, carbon_24, perov_5), then their benchmarks. Run on the device machine from
+# the repository root, with .whl_min and benchmarks/.work carried:
+#   bash benchmarks/gpu_session.sh launch MINUTES   # install, start the runs detached, watch ~9 min
+#   bash benchmarks/gpu_session.sh watch SECONDS    # watch; copy the mp_20 model to $OUT
+#   bash benchmarks/gpu_session.sh finish           # wait for the runs, export, benchmark, pack $OUT
+# CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
+set -u
+R=/tmp/runs
+W=benchmarks/.work
+export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
+OUT=${OUT:-/tmp/out}
+
+install() {
+  [ -d /tmp/site/pymatgen ] && return
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl_min/*.whl && rm -f /tmp/site/pynvml.py
+}
+
+train() {  # name config train val minutes
+  mkdir -p $R
+  setsid nohup python3 -m crysgen train diffusion --data $W/$3.npz --val $W/$4.npz --out $R/$1 \
+    --config configs/$2.yaml --max-minutes $5 --quiet > $R/$1.log 2>&1 < /dev/null &
+}
+
+progress() {
+  nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
+  for d in $R/*/; do
+    n=$(basename $d)
+    m=$(ls $d/logs/*/metrics.csv 2>/dev/null | tail -1)
+    echo "$n: $( [ -n "$m" ] && tail -1 $m ) | ckpts: $(ls $d/checkpoints 2>/dev/null | tail -2 | tr '\n' ' ')"
+    tail -2 $R/$n.log | grep -i -E "error|traceback" && tail -20 $R/$n.log
+  done
+}
+
+watch() {  # seconds
+  local end=$((SECONDS + $1))
+  while [ $SECONDS -lt $end ]; do sleep 60; echo "--- t+${SECONDS}s"; progress; done
+}
+
+case "$1" in
+  launch)
+    install || exit 1
+    nvidia-smi
+    train mp20_single diffusion_mp20_small mp_20_train_partial mp_20_val "$2"
+    train mp20_base cascade_mp20_base mp_20_train_partial mp_20_val "$2"
+    train mp20_sr cascade_mp20_sr mp_20_train_partial mp_20_val "$2"
+    train carbon24 diffusion_carbon24 carbon_24_train_poscar carbon_24_val "$2"
+    train perov5 diffusion_perov5 perov_5_train_poscar perov_5_val "$2"
+    watch 510
+    ;;
+  watch)
+    watch "$2"
+    [ -f $R/mp20_single/model/weights.safetensors ] && tar cf $OUT/mp20_single_model.tar -C $R/mp20_single model
+    ;;
+  finish)
+    install || exit 1
+    while pgrep -f "crysgen train" > /dev/null; do sleep 10; done
+    progress
+    # the step budget all three mp_20 runs reached: single stage vs cascade compared there
+    S=$(for n in mp20_single mp20_base mp20_sr; do
+          ls $R/$n/checkpoints | sed -n 's/^step0*\([0-9]*\)\.ckpt$/\1/p' | sort -n | tail -1
+        done | sort -n | head -1)
+    echo "common step budget: $S"
+    M=/tmp/models
+    mkdir -p $M
+    for n in mp20_single mp20_base mp20_sr; do
+      python3 -m crysgen model export $R/$n --step "$S" --out $M/${n}_at_step
+    done
+    python3 -m crysgen model cascade $M/mp20_base_at_step $M/mp20_sr_at_step --out $M/mp20_cascade_at_step
+    B="python3 benchmarks/diffusion.py --device cuda --ddpm-n 50"
+    $B $R/mp20_single/model --reference $W/mp_20_test.npz --name mp_20 --run $R/mp20_single
+    $B $M/mp20_single_at_step --reference $W/mp_20_test.npz --name mp_20_stage_single --run $R/mp20_single
+    $B $M/mp20_cascade_at_step --reference $W/mp_20_test.npz --name mp_20_stage_cascade \
+      --run $R/mp20_base --run $R/mp20_sr
+    $B $R/carbon24/model --reference $W/carbon_24_test.npz --name carbon_24 --run $R/carbon24
+    $B $R/perov5/model --reference $W/perov_5_test.npz --name perov_5 --run $R/perov5
+    tar cf $OUT/results.tar benchmarks/results
+    tar cf $OUT/logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R .
+    tar cf $OUT/mp20_single_model.tar -C $R/mp20_single model
+    tar cf $OUT/mp20_cascade_base.tar -C $M mp20_cascade_at_step/base mp20_cascade_at_step/config.json mp20_cascade_at_step/scaling.json
+    tar cf $OUT/mp20_cascade_sr.tar -C $M mp20_cascade_at_step/sr
+    tar cf $OUT/carbon24_model.tar -C $R/carbon24 model
+    tar cf $OUT/perov5_model.tar -C $R/perov5 model
+    ls -la $OUT
+    ;;
+esac

@@ -1,0 +1,48 @@
+"""Loading any trained crysgen generator from its directory, and the bundled default model.
+
+Every generator exposes ``scaling`` (its CrysTens scaling), ``data`` (the fingerprint of its
+training data) and ``sample(n, *, steps, sampler, seed, device, batch_size)`` returning float32
+CrysTens tensors (n, 4, 64, 64) in [0, 1]; the model directory's ``kind`` picks the class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from crysgen.errors import CrysgenError
+from crysgen.models.model_dir import read_model_meta
+from crysgen.representations.crystens import CrysTensScaling
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "crystens_diffusion_mp20"
+"""The model that ships inside the package (a single-stage diffusion model trained on mp_20)."""
+
+
+class Generator(Protocol):
+    """What `crysgen sample` needs from a model."""
+
+    scaling: CrysTensScaling
+    data: dict[str, Any]
+
+    def sample(self, n: int, **kwargs: Any) -> np.ndarray:
+        """``n`` tensors, float32 (n, 4, 64, 64) in [0, 1]."""
+
+
+def load_generator(path: str | Path | None = None) -> Generator:
+    """Load the generator in ``path`` (None: the bundled default model).
+
+    Raises:
+        CrysgenError: for a missing or malformed directory or an unknown kind.
+    """
+    from crysgen.pipelines.cascade import CascadeModel
+    from crysgen.pipelines.diffusion import DiffusionModel
+
+    loaders = {"diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained}
+    path = DEFAULT_MODEL if path is None else Path(path)
+    kind = read_model_meta(path)["kind"]
+    if kind not in loaders:
+        raise CrysgenError(f"{path} holds a {kind!r} model, which this crysgen version cannot "
+                           f"sample (known kinds: {', '.join(sorted(loaders))})")
+    return loaders[kind](path)
