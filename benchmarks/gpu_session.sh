@@ -5,6 +5,10 @@
 #   bash benchmarks/gpu_session.sh launch MINUTES   # install, start the runs detached, watch ~9 min
 #   bash benchmarks/gpu_session.sh watch SECONDS    # watch; copy the mp_20 model to $OUT
 #   bash benchmarks/gpu_session.sh finish           # wait for the runs, export, benchmark, pack $OUT
+# A second lease warm-starts one run alone from a model directory brought back by the first:
+#   bash benchmarks/gpu_session.sh warm NAME CONFIG TRAIN VAL INIT_MODEL_DIR MINUTES
+#   bash benchmarks/gpu_session.sh watch SECONDS NAME
+#   bash benchmarks/gpu_session.sh finish-one NAME BENCH_NAME REFERENCE
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
 set -u
 R=/tmp/runs
@@ -18,10 +22,15 @@ install() {
     .whl_min/*.whl && rm -f /tmp/site/pynvml.py
 }
 
-train() {  # name config train val minutes
+train() {  # name config train val minutes [more options]
   mkdir -p $R
   setsid nohup python3 -m crysgen train diffusion --data $W/$3.npz --val $W/$4.npz --out $R/$1 \
-    --config configs/$2.yaml --max-minutes $5 --quiet > $R/$1.log 2>&1 < /dev/null &
+    --config configs/$2.yaml --max-minutes $5 --quiet "${@:6}" > $R/$1.log 2>&1 < /dev/null &
+}
+
+wait_runs() {
+  while pgrep -f "crysgen train" > /dev/null; do sleep 10; done
+  progress
 }
 
 progress() {
@@ -50,14 +59,29 @@ case "$1" in
     train perov5 diffusion_perov5 perov_5_train_poscar perov_5_val "$2"
     watch 510
     ;;
+  warm)
+    install || exit 1
+    nvidia-smi
+    train "$2" "$3" "$4" "$5" "$7" --init "$6"
+    watch 510
+    ;;
   watch)
     watch "$2"
-    [ -f $R/mp20_single/model/weights.safetensors ] && tar cf $OUT/mp20_single_model.tar -C $R/mp20_single model
+    n=${3:-mp20_single}
+    [ -f $R/$n/model/weights.safetensors ] && tar cf $OUT/${n}_model.tar -C $R/$n model
+    ;;
+  finish-one)
+    install || exit 1
+    wait_runs
+    python3 benchmarks/diffusion.py --device cuda --ddpm-n 50 $R/$2/model --reference $W/$4.npz \
+      --name "$3" --run $R/$2
+    tar cf $OUT/results.tar benchmarks/results
+    tar cf $OUT/logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R .
+    tar cf $OUT/$2_model.tar -C $R/$2 model
     ;;
   finish)
     install || exit 1
-    while pgrep -f "crysgen train" > /dev/null; do sleep 10; done
-    progress
+    wait_runs
     # the step budget all three mp_20 runs reached: single stage vs cascade compared there
     S=$(for n in mp20_single mp20_base mp20_sr; do
           ls $R/$n/checkpoints | sed -n 's/^step0*\([0-9]*\)\.ckpt$/\1/p' | sort -n | tail -1

@@ -92,7 +92,8 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     config = None if args.resume else load_config(args.config)
     model_dir = train_diffusion(args.data, args.out, config=config, val=args.val,
                                 max_steps=args.max_steps, devices=args.devices, resume=args.resume,
-                                progress=not args.quiet, max_minutes=args.max_minutes)
+                                progress=not args.quiet, max_minutes=args.max_minutes,
+                                init=args.init)
     print(f"model directory: {model_dir}")
     return 0
 
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
     p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
+    p.add_argument("--init", default=None,
+                   help="warm start a new run from a model directory's weights (fresh optimiser)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_diffusion)
 

@@ -96,3 +96,20 @@ def test_bad_config_is_refused(tmp_path):
         load_config(p)
     with pytest.raises(CrysgenError, match="prediction"):
         DiffusionConfig(prediction="noise")  # type: ignore[arg-type]
+
+
+def test_warm_start_from_a_model_directory(tiny_set, tmp_path):
+    cfg = DiffusionTrainConfig.from_dict(TINY)
+    first = train_diffusion(tiny_set, tmp_path / "a", config=cfg, progress=False, accelerator="cpu")
+    zero = DiffusionTrainConfig.from_dict(TINY | {"optim": TINY["optim"] | {"lr": 0.0}})
+    # lr 0: the warm-started weights come through unchanged, so init really loaded them
+    second = train_diffusion(tiny_set, tmp_path / "b", config=zero, init=first, progress=False,
+                             accelerator="cpu")
+    a, b = DiffusionModel.from_pretrained(first), DiffusionModel.from_pretrained(second)
+    for (k, va), vb in zip(a.unet.state_dict().items(), b.unet.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=k)
+    assert b.data["init"]["step"] == 4 and b.data["step"] == 4
+    other = DiffusionTrainConfig.from_dict(TINY | {"unet": TINY["unet"] | {"layers_per_block": 2}})
+    with pytest.raises(CrysgenError, match="differs"):
+        train_diffusion(tiny_set, tmp_path / "c", config=other, init=first, progress=False,
+                        accelerator="cpu")

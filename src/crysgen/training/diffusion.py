@@ -180,6 +180,19 @@ def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = No
                         data | {"step": int(state["global_step"])}, Path(out))
 
 
+def _init_model(init: str | Path, config: DiffusionTrainConfig, crystals: CrystalSet,
+                fingerprint: dict[str, Any]) -> DiffusionModel:
+    model = DiffusionModel.from_pretrained(init)
+    if model.unet_config != config.unet or model.stage != config.stage:
+        raise CrysgenError(f"--init {init}: its network or stage config differs from this run's")
+    if model.data.get("sha256") != fingerprint["sha256"]:
+        import warnings
+
+        warnings.warn(f"--init {init} was trained on other data ({model.data.get('name')}); "
+                      "its CrysTens scaling is refitted on this data", stacklevel=3)
+    return model
+
+
 def _as_batch(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
@@ -204,6 +217,7 @@ def train_diffusion(
     accelerator: str = "auto",
     progress: bool = True,
     max_minutes: float | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train a CrysTens diffusion model; returns the exported model directory.
 
@@ -218,6 +232,9 @@ def train_diffusion(
         accelerator: Lightning accelerator ("auto", "cpu", "gpu").
         progress: show the progress bar.
         max_minutes: stop (checkpoint and export) after this wall time, whatever the step.
+        init: warm start: a model directory whose (EMA) weights initialise both the network and
+            its EMA copy; the optimiser starts afresh at step 0. Its network config must equal
+            this run's. Recorded in the exported model's data fingerprint.
 
     Raises:
         CrysgenError: for a missing file, or resume without a checkpoint.
@@ -244,6 +261,13 @@ def train_diffusion(
     scaling = CrysTensScaling.load(scaling_path) if resume else CrysTensScaling.fit(crystals)
     scaling.save(scaling_path)
     fingerprint = data_fingerprint(crystals, Path(data).name)
+    if init is not None and resume:
+        raise CrysgenError("--init starts a new run from a model's weights; it cannot be combined "
+                           "with --resume")
+    init_model = _init_model(init, config, crystals, fingerprint) if init is not None else None
+    if init_model is not None:
+        fingerprint["init"] = {"model": str(init), "step": init_model.data.get("step"),
+                               **({"init": init_model.data["init"]} if "init" in init_model.data else {})}
     L.seed_everything(config.optim.seed, workers=True)
     loader = _loader(crystals, scaling, config.optim.batch_size, shuffle=True)
     val_loader = None
@@ -277,6 +301,9 @@ def train_diffusion(
         enable_model_summary=False,
     )
     module = DiffusionModule(config.to_dict())
+    if init_model is not None:
+        module.unet.load_state_dict(init_model.unet.state_dict())
+        module.ema.module.load_state_dict(init_model.unet.state_dict())
     trainer.fit(module, loader, val_loader, ckpt_path=str(last) if resume else None)
     # a time-limited stop must resume from where it stopped; saving also exports the model
     # directory through ExportModel
