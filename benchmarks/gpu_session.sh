@@ -9,6 +9,11 @@
 #   bash benchmarks/gpu_session.sh warm NAME CONFIG TRAIN VAL INIT_MODEL_DIR MINUTES
 #   bash benchmarks/gpu_session.sh watch SECONDS NAME
 #   bash benchmarks/gpu_session.sh finish-one NAME BENCH_NAME REFERENCE
+# One run alone on the GPU (the bundled default model): start it, watch it (each watch copies its
+# model directory to $OUT), then benchmark it; a later lease warm-starts it with --init:
+#   bash benchmarks/gpu_session.sh one NAME CONFIG TRAIN VAL MINUTES [--init MODEL_DIR]
+#   bash benchmarks/gpu_session.sh watch SECONDS NAME
+#   bash benchmarks/gpu_session.sh finish-one NAME BENCH_NAME REFERENCE [SYMPREC]
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
 set -u
 R=/tmp/runs
@@ -59,6 +64,13 @@ case "$1" in
     train perov5 diffusion_perov5 perov_5_train_poscar perov_5_val "$2"
     watch 510
     ;;
+  one)
+    install || exit 1
+    nvidia-smi
+    train "$2" "$3" "$4" "$5" "$6" "${@:7}"
+    watch 500
+    [ -f $R/$2/model/weights.safetensors ] && tar cf $OUT/${2}_model.tar -C $R/$2 model
+    ;;
   warm)
     install || exit 1
     nvidia-smi
@@ -74,7 +86,7 @@ case "$1" in
     install || exit 1
     wait_runs
     python3 benchmarks/diffusion.py --device cuda --ddpm-n 50 $R/$2/model --reference $W/$4.npz \
-      --name "$3" --run $R/$2
+      --name "$3" --run $R/$2 ${5:+--symprec $5}
     tar cf $OUT/results.tar benchmarks/results
     tar cf $OUT/logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R .
     tar cf $OUT/$2_model.tar -C $R/$2 model
