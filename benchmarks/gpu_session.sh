@@ -50,7 +50,10 @@ progress() {
 
 watch() {  # seconds
   local end=$((SECONDS + $1))
-  while [ $SECONDS -lt $end ]; do sleep 60; echo "--- t+${SECONDS}s"; progress; done
+  while [ $SECONDS -lt $end ]; do
+    sleep 60; echo "--- t+${SECONDS}s"; progress
+    pgrep -f "crysgen train" > /dev/null || { echo "no training process left"; break; }
+  done
 }
 
 case "$1" in

@@ -63,8 +63,7 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW with linear warm-up."""
         o = self.cfg.optim
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=o.lr, weight_decay=o.weight_decay,
-                                fused=self.device.type == "cuda")  # one kernel, not one per tensor
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         warm = max(1, o.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
