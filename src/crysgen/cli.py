@@ -105,8 +105,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             decode_mode=args.decode_mode, symprec=args.symprec,
                             chunk_size=args.chunk_size,
                             save_tensors=args.save_tensors)
+    batch_size = args.batch_size or (256 if args.device.startswith("cuda") else 16)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
-                            batch_size=args.batch_size, progress=not args.quiet)
+                            batch_size=batch_size, progress=not args.quiet)
     print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
           f"{summary.failure_reasons or ''}); {summary.crystals_per_s} crystals/s")
     print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
@@ -192,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (50)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="tensors per forward pass (default: 256 on cuda, 16 on cpu, where small "
+                        "batches are faster)")
     p.add_argument("--chunk-size", type=_positive_int, default=256,
                    help="samples per resumable chunk (part of the options a resume must match)")
     p.add_argument("--seed", type=int, default=0)
