@@ -115,6 +115,47 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from crysgen.data.structures import load_inputs
+    from crysgen.properties.predict import predict_properties
+    from crysgen.properties.registry import DEFAULT_MODELS, available_models, load_property_model
+
+    names = (list(DEFAULT_MODELS) if args.models is None
+             else available_models(args.models_dir) if args.models == "all"
+             else [n.strip() for n in args.models.split(",") if n.strip()])
+    models = {n: load_property_model(n, args.models_dir) for n in names}  # fail before reading inputs
+    crystals = load_inputs(args.input)
+    res = predict_properties(crystals, models, batch_size=args.batch_size, device=args.device,
+                             progress=not args.quiet)
+    bad = sum(1 for r in res.rows if r["problem"])
+    n = len(res.rows)
+    if args.out:
+        res.to_csv(args.out)
+        print(f"{n - bad} of {n} crystals predicted ({bad} with a problem) by {len(models)} models "
+              f"in {res.seconds_featurize + res.seconds_predict:.1f} s; wrote {args.out}")
+    else:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=res.columns)
+        writer.writeheader()
+        writer.writerows(res.rows)
+    return 0
+
+
+def _cmd_train_property(args: argparse.Namespace) -> int:
+    from crysgen.training.property import PropertyTrainConfig, train_property
+
+    config = PropertyTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, classification=args.classification)
+    model_dir = train_property(args.data, args.out, target=args.target, config=config, val=args.val,
+                               init=args.init, freeze_conv=args.freeze_conv,
+                               models_dir=args.models_dir, unit=args.unit, progress=not args.quiet)
+    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_")}
+    print(f"held-out ({metrics['n_val']} crystals): {shown}; model directory: {model_dir}")
+    return 0
+
+
 def _cmd_model_export(args: argparse.Namespace) -> int:
     from crysgen.training.diffusion import export_checkpoint
 
@@ -222,6 +263,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm start a new run from a model directory's weights (fresh optimiser)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_diffusion)
+
+    p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned)")
+    p.add_argument("--data", required=True, help="training CrystalSet .npz with the target column")
+    p.add_argument("--target", required=True, help="property column kept by `crysgen data prepare`")
+    p.add_argument("--out", required=True, help="run directory (new)")
+    p.add_argument("--val", default=None,
+                   help="CrystalSet for the held-out metrics (default: 10 %% of --data, seeded)")
+    p.add_argument("--init", default=None,
+                   help="start the graph layers from this property model (name or directory)")
+    p.add_argument("--freeze-conv", action="store_true", help="keep the --init graph layers fixed")
+    p.add_argument("--unit", default="", help="the target's unit, e.g. eV/atom")
+    p.add_argument("--classification", action="store_true", help="0/1 target: train a classifier")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-dir", default=None,
+                   help="where model names and atom_init.json are found (default: $CRYSGEN_MODELS_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_property)
+
+    p = sub.add_parser("predict", help="predict properties of crystals with CGCNN models")
+    p.add_argument("input", nargs="+",
+                   help="CIF file(s), a folder of CIFs, a `crysgen sample` output, a CrystalSet .npz, "
+                        "a CSV or an ASE file")
+    p.add_argument("--models", default=None,
+                   help="comma-separated model names or directories, or 'all' (default: the seven "
+                        "pre-trained cgcnn regressors and the metal/semiconductor classifier)")
+    p.add_argument("--models-dir", default=None,
+                   help="where models are found by name (default: $CRYSGEN_MODELS_DIR)")
+    p.add_argument("--out", default=None, help="CSV to write (default: print to stdout)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     model = sub.add_parser("model", help="assemble model directories")
     msub = model.add_subparsers(dest="model_command", required=True)

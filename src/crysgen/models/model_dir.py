@@ -31,7 +31,7 @@ class ModelFiles:
     kind: str
     config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
-    scaling: CrysTensScaling
+    scaling: CrysTensScaling | None
     data: dict[str, Any]
     crysgen_version: str
 
@@ -42,7 +42,7 @@ def save_model_dir(
     kind: str,
     config: dict[str, Any],
     state_dict: dict[str, torch.Tensor],
-    scaling: CrysTensScaling,
+    scaling: CrysTensScaling | None,
     data: dict[str, Any],
     half: bool = True,
 ) -> Path:
@@ -53,7 +53,8 @@ def save_model_dir(
         kind: model kind ("diffusion", "gan", ...), used to pick the loader.
         config: constructor arguments and settings needed to rebuild the model.
         state_dict: parameters.
-        scaling: the CrysTens scaling of the training data.
+        scaling: the CrysTens scaling of the training data (None for models that take no
+            CrysTens input, such as property predictors).
         data: fingerprint of the training data (name, count, sha256).
         half: store floating-point weights as fp16.
     """
@@ -71,19 +72,20 @@ def save_model_dir(
     }
     meta = {"format": FORMAT, "kind": kind, "crysgen_version": __version__, "config": config,
             "data": data}
-    for name, write in (
-        ("weights.safetensors", lambda p: save_file(tensors, str(p))),
-        ("scaling.json", lambda p: scaling.save(p)),
-        ("config.json", lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")),
-    ):
+    writers = [("weights.safetensors", lambda p: save_file(tensors, str(p))),
+               *([("scaling.json", lambda p: scaling.save(p))] if scaling is not None else []),
+               ("config.json", lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n"))]
+    for name, write in writers:
         tmp = path / f".{name}.part"
         write(tmp)
         tmp.replace(path / name)
     return path
 
 
-def load_model_dir(path: str | Path) -> ModelFiles:
+def load_model_dir(path: str | Path, *, needs_scaling: bool = True) -> ModelFiles:
     """Read a model directory written by :func:`save_model_dir`.
+
+    ``needs_scaling``: the model reads CrysTens tensors, so ``scaling.json`` must be there.
 
     Raises:
         CrysgenError: if the directory or one of its files is missing or malformed.
@@ -92,14 +94,15 @@ def load_model_dir(path: str | Path) -> ModelFiles:
 
     path = Path(path)
     meta = read_model_meta(path)
-    missing = [n for n in ("weights.safetensors", "scaling.json") if not (path / n).is_file()]
+    needed = ("weights.safetensors", "scaling.json") if needs_scaling else ("weights.safetensors",)
+    missing = [n for n in needed if not (path / n).is_file()]
     if missing:
         raise CrysgenError(f"{path} is not a crysgen model directory (missing {', '.join(missing)})")
     return ModelFiles(
         kind=meta["kind"],
         config=meta["config"],
         state_dict=load_file(str(path / "weights.safetensors")),
-        scaling=CrysTensScaling.load(path / "scaling.json"),
+        scaling=CrysTensScaling.load(path / "scaling.json") if (path / "scaling.json").is_file() else None,
         data=meta.get("data", {}),
         crysgen_version=meta.get("crysgen_version", "unknown"),
     )

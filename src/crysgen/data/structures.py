@@ -1,0 +1,64 @@
+"""Any crystal input a user hands to a command, as (id, Structure or reason) pairs.
+
+Used by commands that read crystals but do not prepare a dataset (``crysgen predict``, and the
+evaluation commands): a CIF, several CIFs, a folder of CIFs, a ``crysgen sample`` output folder
+(its ``cifs/``), a CrystalSet ``.npz``, a CDVAE-style CSV or an ASE-readable file. A structure
+that cannot be parsed keeps its id and gets a reason instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crysgen.errors import CrysgenError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+
+@dataclass
+class InputCrystal:
+    """One input crystal: its id, and either the structure or why there is none."""
+
+    id: str
+    structure: Structure | None
+    problem: str | None = None
+
+
+def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
+    """Read crystals from one or more inputs (see the module docstring), in input order.
+
+    Raises:
+        CrysgenError: if an input does not exist or is of no known kind.
+    """
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.data.prepare import _parse_text, _short
+    from crysgen.data.sources import read_source
+
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    out: list[InputCrystal] = []
+    for item in items:
+        path = Path(item)
+        if not path.exists():
+            raise CrysgenError(f"input not found: {path}")
+        if path.suffix == ".npz":
+            cs = CrystalSet.load(path)
+            out += [InputCrystal(str(cs.ids[i]), cs.to_structure(i)) for i in range(len(cs))]
+            continue
+        if path.is_dir() and (path / "cifs").is_dir() and (path / "sample_config.json").is_file():
+            path = path / "cifs"  # a `crysgen sample` output folder
+        for rec in read_source(path).records:
+            if rec.structure is not None:
+                out.append(InputCrystal(rec.id, rec.structure))
+                continue
+            try:
+                structure = _parse_text(rec.text or "", rec.fmt or "cif")
+            except Exception as exc:  # a broken file becomes a reason in its row
+                out.append(InputCrystal(rec.id, None, f"unparsable: {_short(exc)}"))
+                continue
+            problem = None if structure.is_ordered else "disordered (partial occupancies)"
+            out.append(InputCrystal(rec.id, None if problem else structure, problem))
+    return out
