@@ -35,3 +35,15 @@ def load_cif(name: str):
 @pytest.fixture
 def perov_csv() -> Path:
     return shared_file("perov_5", "val.csv.gz")
+
+
+CGCNN_DIR = SHARED / "pretrained" / "cgcnn"
+
+
+@pytest.fixture
+def cgcnn_dir(monkeypatch) -> Path:
+    """The pre-trained cgcnn folder, also set as $CRYSGEN_MODELS_DIR (skips when absent)."""
+    if not (CGCNN_DIR / "atom_init.json").is_file():
+        pytest.skip(f"pre-trained cgcnn models not found: {CGCNN_DIR}")
+    monkeypatch.setenv("CRYSGEN_MODELS_DIR", str(CGCNN_DIR))
+    return CGCNN_DIR
