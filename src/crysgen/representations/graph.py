@@ -2,7 +2,7 @@
 
 Each atom is a node with the element's feature vector (``atom_init.json``: 92 binary entries per
 element); each atom keeps its ``max_neighbors`` nearest periodic neighbours within ``radius`` Å,
-sorted by distance; a crystal with fewer neighbours pads with neighbour 0 at distance
+sorted by distance (ties: by element, so the result does not depend on site order); a crystal with fewer neighbours pads with neighbour 0 at distance
 ``radius + 1`` Å (as cgcnn's ``CIFData`` does). Distances are expanded in Gaussians centred on
 0, 0.2, ..., 8 Å (41 values, width = step). Neighbour search is pymatgen's vectorised
 ``get_neighbor_list``; there is no Python loop over pairs.
@@ -76,8 +76,12 @@ def build_graph(structure: Structure, options: GraphOptions | None = None) -> Cr
                            "element per site")
     center, neighbor, _, dist = structure.get_neighbor_list(options.radius)
     m = options.max_neighbors
-    # sort by (center, distance, neighbour index) so ties are broken the same way every time
-    order = np.lexsort((neighbor, np.round(dist, 8), center))
+    z = np.array([site.specie.Z for site in structure], dtype=np.int64)
+    # sort by (center, distance, neighbour's element, neighbour index): where the 12th neighbour
+    # ties with others of another element (SrTiO3's O sees 4 Sr and 8 O at a/sqrt(2)), the kept
+    # elements no longer depend on site order or on round-off from the orientation, as they do
+    # with cgcnn's distance-only sort
+    order = np.lexsort((neighbor, z[neighbor], np.round(dist, 6), center))
     center, neighbor, dist = center[order], neighbor[order], dist[order]
     counts = np.bincount(center, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -87,7 +91,6 @@ def build_graph(structure: Structure, options: GraphOptions | None = None) -> Cr
     d = np.full((n, m), options.radius + 1.0)
     idx[center[keep], rank[keep]] = neighbor[keep]
     d[center[keep], rank[keep]] = dist[keep]
-    z = np.array([site.specie.Z for site in structure], dtype=np.int64)
     return CrystalGraph(z, idx, d)
 
 
