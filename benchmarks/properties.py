@@ -93,8 +93,19 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--speed-n", type=int, default=2000)
     p.add_argument("--phase", choices=("train", "speed", "all"), default="all")
+    p.add_argument("--results", default=str(RESULTS), help="JSON to update")
+    p.add_argument("--merge", default=None,
+                   help="copy the predict_speed entries (and their run stamp) of this JSON in, then stop")
     args = p.parse_args()
-    out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = Path(args.results)
+    out = json.loads(results.read_text()) if results.exists() else {}
+    if args.merge:
+        other = json.loads(Path(args.merge).read_text())
+        for key, entry in other.get("predict_speed", {}).items():
+            out.setdefault("predict_speed", {})[key] = entry | {"run": other.get("last_run_speed")}
+        write_text_atomic(results, json.dumps(out, indent=1, sort_keys=True) + "\n")
+        print(f"merged {args.merge} into {results}")
+        return
     t0 = time.perf_counter()
     if args.phase in ("train", "all"):
         phase_train(args, out)
@@ -103,8 +114,8 @@ def main() -> None:
     out["published"] = PUBLISHED
     out[f"last_run_{args.phase}"] = stamp() | {"seconds": round(time.perf_counter() - t0, 1),
                                                "epochs": args.epochs}
-    write_text_atomic(RESULTS, json.dumps(out, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS}")
+    write_text_atomic(results, json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
