@@ -73,6 +73,9 @@ def machine() -> dict:
 
 
 def commit() -> str:
+    # the device machine's copy of the tree carries a stale .git: a run there names its commit
+    if os.environ.get("CRYSGEN_COMMIT"):
+        return os.environ["CRYSGEN_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -80,7 +83,7 @@ def commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("CRYSGEN_COMMIT", "unknown")
+        return "unknown"
 
 
 def stamp() -> dict:
