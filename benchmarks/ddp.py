@@ -41,11 +41,13 @@ def main() -> None:
     summary = json.loads((Path(args.run) / "train_summary.json").read_text())
     model = load_generator(Path(args.run) / "model")
     x = model.sample(8, steps=5, device="cuda", batch_size=8)
-    out = {"devices": args.devices, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    out = {"devices": args.devices, "gpus": gpus,
            "returncodes": [first.returncode, second.returncode], "global_step": summary["global_step"],
            "expected_step": args.steps + args.more, "invocations": summary["runs"],
            "resumed_from_step": summary["runs"][0]["end_step"] if summary["runs"] else None,
-           "exported_model_step": model.data.get("step"), "sample_finite": bool(torch.isfinite(torch.from_numpy(x)).all()),
+           "exported_model_step": model.data.get("step"),
+           "sample_finite": bool(torch.isfinite(torch.from_numpy(x)).all()),
            "config": args.config} | stamp()
     path = ROOT / "benchmarks" / "results" / "diffusion_ddp.json"
     path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")

@@ -42,6 +42,11 @@ def distributions(cs: CrystalSet) -> dict[str, np.ndarray]:
     return out
 
 
+def num_elements(cs: CrystalSet) -> np.ndarray:
+    """Distinct elements per crystal."""
+    return np.array([len(set(cs.atomic_numbers[i, : cs.num_sites[i]].tolist())) for i in range(len(cs))])
+
+
 def timed_sample(model: Generator, n: int, **kw) -> tuple[np.ndarray, float]:
     if kw.get("device", "cpu").startswith("cuda"):
         torch.cuda.synchronize()
@@ -97,7 +102,12 @@ def score(res, ref_d: dict[str, np.ndarray], n: int) -> dict:
         r = ks_2samp(gen_d[name], ref_d[name])
         ks[name] = {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
     compositions = {tuple(sorted(cs.atomic_numbers[i, : cs.num_sites[i]])) for i in range(len(cs))}
-    return {"decode_failures": len(res.failures), "failure_rate": len(res.failures) / n,
+    k_gen, k_ref = num_elements(cs), ref_d["num_elements"]
+    return {"num_elements": {"generated_median": float(np.median(k_gen)), "generated_max": int(k_gen.max()),
+                             "reference_median": float(np.median(k_ref)), "reference_max": int(k_ref.max()),
+                             "generated_share_above_reference_max": float((k_gen > k_ref.max()).mean()),
+                             "ks_statistic": float(ks_2samp(k_gen, k_ref).statistic)},
+            "decode_failures": len(res.failures), "failure_rate": len(res.failures) / n,
             "failure_reasons": res.failure_counts(),
             "structurally_valid_rate": float(valid.sum() / n),
             "distinct_compositions": len(compositions),
@@ -128,7 +138,8 @@ def main() -> None:
     t0 = time.perf_counter()
     res = decode(tensors, model.scaling, DecodeOptions(mode="auto"))
     t_decode = time.perf_counter() - t0
-    ref_d = distributions(CrystalSet.load(args.reference))
+    ref_cs = CrystalSet.load(args.reference)
+    ref_d = distributions(ref_cs) | {"num_elements": num_elements(ref_cs)}
     scores = score(res, ref_d, args.n)
     png = ROOT / "benchmarks" / "results" / f"diffusion_{args.name}_distributions.png"
     plot(distributions(res.crystals), ref_d, scores["ks"], png)

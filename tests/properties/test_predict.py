@@ -54,7 +54,7 @@ def test_predict_cli_writes_one_row_per_structure_with_reasons(cgcnn_dir, tmp_pa
     assert main(["predict", str(FILES), "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["id"] for r in rows] == sorted(p.stem for p in FILES.glob("*.cif"))
-    assert list(rows[0])[0] == "id"
+    assert next(iter(rows[0])) == "id"
     assert {"formation_energy_per_atom_eV_per_atom", "band_gap_eV", "bulk_modulus_GPa",
             "p_metal", "problem"} <= set(rows[0])
     good = [r for r in rows if not r["problem"]]

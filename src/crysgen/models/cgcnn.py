@@ -59,7 +59,7 @@ class ConvLayer(nn.Module):
         self.softplus = nn.Softplus()
 
     def forward(self, atom: torch.Tensor, nbr_fea: torch.Tensor, nbr_idx: torch.Tensor) -> torch.Tensor:
-        """atom (A, F), nbr_fea (A, M, G), nbr_idx (A, M) -> (A, F)."""
+        """Atom (A, F), nbr_fea (A, M, G), nbr_idx (A, M) -> (A, F)."""
         n, m = nbr_idx.shape
         z = torch.cat([atom[:, None, :].expand(n, m, atom.shape[1]), atom[nbr_idx], nbr_fea], dim=2)
         gated = self.bn1(self.fc_full(z).view(n * m, -1)).view(n, m, -1)

@@ -101,7 +101,7 @@ def predict_properties(crystals: list[InputCrystal], models: dict[str, PropertyM
          "problem": p or ""} for c, p in zip(crystals, problems, strict=True)]
     columns = ["id", "formula"]
     gap_column = None
-    for name, model in tqdm(models.items(), desc="predict", unit="model", disable=not progress):
+    for _name, model in tqdm(models.items(), desc="predict", unit="model", disable=not progress):
         pred = model.predict([graphs[i] for i in ok], batch_size=batch_size, device=device)
         if model.is_classifier:
             names = [f"p_{c}" for c in (model.classes or range(pred.shape[1]))]

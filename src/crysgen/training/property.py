@@ -189,7 +189,7 @@ def train_property(
     rng = np.random.default_rng(config.seed)
     if val is None:
         perm = rng.permutation(len(graphs))
-        n_val = max(1, int(round(config.val_fraction * len(graphs))))
+        n_val = max(1, round(config.val_fraction * len(graphs)))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         val_graphs, y_val = [graphs[i] for i in val_idx], y[val_idx]
         graphs, y = [graphs[i] for i in train_idx], y[train_idx]
