@@ -2,8 +2,9 @@
 
 Each atom is a node with the element's feature vector (``atom_init.json``: 92 binary entries per
 element); each atom keeps its ``max_neighbors`` nearest periodic neighbours within ``radius`` Å,
-sorted by distance (ties: by element, so the result does not depend on site order); a crystal with fewer neighbours pads with neighbour 0 at distance
-``radius + 1`` Å (as cgcnn's ``CIFData`` does). Distances are expanded in Gaussians centred on
+sorted by distance (ties: by element, so the result does not depend on site order); an atom
+with fewer neighbours pads with neighbour 0 at distance ``radius + 1`` Å (as cgcnn's
+``CIFData`` does). Distances are expanded in Gaussians centred on
 0, 0.2, ..., 8 Å (41 values, width = step). Neighbour search is pymatgen's vectorised
 ``get_neighbor_list``; there is no Python loop over pairs.
 """
