@@ -25,21 +25,14 @@ from scipy.stats import ks_2samp
 
 from codec import ROOT, stamp
 from crysgen import CrystalSet
+from crysgen.evaluation.distributions import KS_NAMES, distributions, ks_statistics
+from crysgen.evaluation.distributions import overlay_plot as plot
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.generators import Generator, load_generator
 from crysgen.representations.crystens import DecodeOptions, decode
 
 PAPER_ROW = {"var_lattice_params": 0.35, "var_lattice_angles": 0.846, "var_space_group": 4.56,
              "var_frac_coords": 4.36e-4, "coord_agreement": 5.51e-4, "pairwise_error": 0.473}
-KS_NAMES = ("a", "b", "c", "alpha", "beta", "gamma", "space_group", "atomic_number")
-
-
-def distributions(cs: CrystalSet) -> dict[str, np.ndarray]:
-    """Per-crystal lattice parameters and space group; per-site atomic numbers."""
-    out = {name: cs.lattice[:, k] for k, name in enumerate(KS_NAMES[:6])}
-    out["space_group"] = cs.space_group.astype(float)
-    out["atomic_number"] = cs.atomic_numbers[cs.site_mask].astype(float)
-    return out
 
 
 def num_elements(cs: CrystalSet) -> np.ndarray:
@@ -71,36 +64,12 @@ def training_speed(run_dirs: list[str]) -> dict[str, dict]:
     return out
 
 
-def plot(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], ks: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 3, figsize=(12, 10))
-    for ax, name in zip(axes.ravel(), KS_NAMES, strict=False):
-        lo = min(np.percentile(gen[name], 0.5), np.percentile(ref[name], 0.5))
-        hi = max(np.percentile(gen[name], 99.5), np.percentile(ref[name], 99.5))
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
-        ax.hist(ref[name], bins=bins, density=True, alpha=0.5, label="reference (test)")
-        ax.hist(gen[name], bins=bins, density=True, alpha=0.5, label="generated")
-        ax.set_title(f"{name}: K-S D = {ks[name]['statistic']:.3f}")
-    axes.ravel()[-1].axis("off")
-    axes.ravel()[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def score(res, ref_d: dict[str, np.ndarray], n: int) -> dict:
     """Decode failures, structural validity, distinct compositions / space groups, K-S vs reference."""
     cs = res.crystals
     valid = np.array([structurally_valid(cs.to_structure(i)) for i in range(len(cs))])
     gen_d = distributions(cs)
-    ks = {}
-    for name in KS_NAMES:
-        r = ks_2samp(gen_d[name], ref_d[name])
-        ks[name] = {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
+    ks = ks_statistics(gen_d, {k: ref_d[k] for k in KS_NAMES})
     compositions = {tuple(sorted(cs.atomic_numbers[i, : cs.num_sites[i]])) for i in range(len(cs))}
     k_gen, k_ref = num_elements(cs), ref_d["num_elements"]
     return {"num_elements": {"generated_median": float(np.median(k_gen)), "generated_max": int(k_gen.max()),

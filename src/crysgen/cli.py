@@ -142,6 +142,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from crysgen.evaluation.suite import FAMILIES, EvalOptions, evaluate, write_report
+
+    if args.stability:
+        raise CrysgenError("--stability (CHGNet relaxation, energy above hull, S.U.N.) is not "
+                           "implemented yet; run without it")
+    cut = None
+    if args.cov_cutoffs:
+        try:
+            s_cut, c_cut = (float(x) for x in args.cov_cutoffs.split(","))
+        except ValueError as exc:
+            raise CrysgenError(f"--cov-cutoffs takes STRUCT,COMP, got {args.cov_cutoffs!r}") from exc
+        cut = (s_cut, c_cut)
+    metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else FAMILIES
+    options = EvalOptions(metrics=metrics, cov_cutoffs=cut, dataset=args.dataset,
+                          property_model=args.property_model, models_dir=args.models_dir,
+                          workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
+                          device=args.device)
+    ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet)
+    write_report(ev, args.out, title=f"crysgen evaluate: {args.samples}", options=options)
+    print(f"{'metric':<20} {'value':>10} {'n':>7}")
+    for name, m in ev.metrics.items():
+        if isinstance(m["value"], dict):
+            shown = " ".join(f"{k}={v['statistic']:.3f}" for k, v in sorted(m["value"].items()))
+            print(f"{name:<20} {shown}")
+        else:
+            print(f"{name:<20} {m['value']:>10.4g} {m['n']:>7}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}, structures.csv and report.html "
+          f"({ev.seconds['total']:.0f} s)")
+    return 0
+
+
 def _cmd_train_property(args: argparse.Namespace) -> int:
     from crysgen.training.property import PropertyTrainConfig, train_property
 
@@ -283,6 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where model names and atom_init.json are found (default: $CRYSGEN_MODELS_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_property)
+
+    p = sub.add_parser("evaluate", help="score generated crystals (validity, coverage, novelty, ...)")
+    p.add_argument("samples", help="a `crysgen sample` output folder, a folder of CIFs or a CrystalSet .npz")
+    p.add_argument("--train", required=True, help="training CrystalSet .npz (novelty)")
+    p.add_argument("--reference", required=True, help="reference CrystalSet .npz (the test split)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated families: validity,distributions,coverage,novelty,properties")
+    p.add_argument("--cov-cutoffs", default=None, help="STRUCT,COMP fingerprint cut-offs")
+    p.add_argument("--dataset", default=None, choices=("mp_20", "perov_5", "carbon_24"),
+                   help="CDVAE cut-offs of this dataset (default: guessed from --reference)")
+    p.add_argument("--property-model", default=None,
+                   help="property model for CDVAE's W(property), e.g. formation_energy")
+    p.add_argument("--models-dir", default=None, help="default: $CRYSGEN_MODELS_DIR")
+    p.add_argument("--workers", type=_positive_int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
+    p.add_argument("--reference-limit", type=_positive_int, default=None,
+                   help="a seeded random subset of N reference crystals")
+    p.add_argument("--stability", action="store_true", help="CHGNet stability (not implemented yet)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict properties of crystals with CGCNN models")
     p.add_argument("input", nargs="+",

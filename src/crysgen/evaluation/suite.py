@@ -1,0 +1,385 @@
+"""`crysgen evaluate`: score generated crystals against training and reference data, per structure.
+
+Metric families (each a small named unit; a failure inside one structure becomes a reason in
+its row of ``structures.csv``, never a failed run):
+
+- ``validity``: CDVAE structural (distances >= 0.5 Å, volume >= 0.1 Å³) and compositional
+  (SMACT) validity.
+- ``distributions``: the seed's K-S statistics of a, b, c, α, β, γ, space group (spglib,
+  0.1 Å) and atomic number, with overlay plots; CDVAE's Wasserstein distances of density and of
+  the number of elements over up to 1,000 valid samples.
+- ``coverage``: CDVAE's COV-R / COV-P with CrystalNN + Magpie fingerprints.
+- ``novelty``: uniqueness within the samples and novelty against the training set
+  (StructureMatcher, :mod:`crysgen.evaluation.novelty`).
+- ``properties``: with a models directory, the seven pre-trained CGCNN regressors on samples and
+  reference (K-S + violin plots, the seed's Fig. 7) and, with ``property_model``, CDVAE's
+  Wasserstein distance of that predicted property.
+
+Stability (CHGNet relaxation, energy above hull, S.U.N.) is not part of this version.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.data.structures import InputCrystal, load_inputs
+from crysgen.errors import CrysgenError
+
+FAMILIES = ("validity", "distributions", "coverage", "novelty", "properties")
+CGCNN_REGRESSORS = ("formation_energy", "final_energy", "band_gap", "fermi_energy", "bulk_modulus",
+                    "shear_modulus", "poisson_ratio")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `crysgen evaluate` computes.
+
+    Attributes:
+        metrics: metric families to run (see the module docstring).
+        cov_cutoffs: (structure, composition) fingerprint cut-offs; None: CDVAE's for the
+            dataset named by ``dataset`` (or found in the reference file name).
+        dataset: mp_20, perov_5 or carbon_24 (cut-offs); None: guessed from the reference name.
+        property_model: model whose predicted property enters CDVAE's W(property).
+        models_dir: where property models are found (default: $CRYSGEN_MODELS_DIR).
+        workers: processes for fingerprints.
+        limit: evaluate only the first N samples.
+        reference_limit: use a seeded random subset of N reference crystals.
+        n_wasserstein: valid samples drawn for the Wasserstein distances (CDVAE: 1,000).
+        seed: seeds every random subset.
+        device: "cpu" or "cuda" for the property models.
+    """
+
+    metrics: tuple[str, ...] = FAMILIES
+    cov_cutoffs: tuple[float, float] | None = None
+    dataset: str | None = None
+    property_model: str | None = None
+    models_dir: str | None = None
+    workers: int = 1
+    limit: int | None = None
+    reference_limit: int | None = None
+    n_wasserstein: int = 1000
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        bad = set(self.metrics) - set(FAMILIES)
+        if bad:
+            raise CrysgenError(f"unknown metric famil{'ies' if len(bad) > 1 else 'y'}: "
+                               f"{', '.join(sorted(bad))} (known: {', '.join(FAMILIES)})")
+
+
+@dataclass
+class Evaluation:
+    """The outcome: metrics (each with the number of structures it used) and per-structure rows."""
+
+    metrics: dict[str, dict[str, Any]]
+    rows: list[dict[str, Any]]
+    plots: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _metric(value: float, n: int, **extra: Any) -> dict[str, Any]:
+    return {"value": value, "n": int(n), **extra}
+
+
+def _guarded(fn: Callable[[Any], Any], x: Any) -> tuple[Any, str | None]:
+    try:
+        return fn(x), None
+    except Exception as exc:  # one structure's failure is recorded, not raised
+        return None, f"{type(exc).__name__}: {str(exc)[:150]}"
+
+
+def _fingerprints(structure: Any) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    import warnings
+
+    from crysgen.evaluation.fingerprints import composition_fingerprint, structure_fingerprint
+
+    warnings.simplefilter("ignore")
+    s, err = _guarded(structure_fingerprint, structure)
+    if err:
+        return None, None, f"structure fingerprint failed: {err}"
+    c, err = _guarded(composition_fingerprint, structure)
+    if err:
+        return None, None, f"composition fingerprint failed: {err}"
+    return s, c, None
+
+
+def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool) -> list:
+    from tqdm.auto import tqdm
+
+    if workers <= 1 or len(items) < 8:
+        return [fn(x) for x in tqdm(items, desc=desc, disable=not progress, leave=False)]
+    with ProcessPoolExecutor(workers) as pool:
+        chunk = max(1, len(items) // (workers * 8))
+        return list(tqdm(pool.map(fn, items, chunksize=chunk), total=len(items), desc=desc,
+                         disable=not progress, leave=False))
+
+
+def _spacegroup(structure: Any) -> int:
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    return int(SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_number())
+
+
+def _guess_dataset(path: str | Path) -> str | None:
+    name = Path(path).name.lower()
+    return next((d for d in ("mp_20", "perov_5", "carbon_24") if d in name), None)
+
+
+def evaluate(samples: str | Path | list[str | Path], train: str | Path, reference: str | Path,
+             options: EvalOptions | None = None, *, progress: bool = True) -> Evaluation:
+    """Run the chosen metric families; see the module docstring.
+
+    Raises:
+        CrysgenError: for missing inputs, unknown families or cut-offs that cannot be found.
+    """
+    from crysgen.evaluation.compositional import TooManyCombinations, smact_valid
+    from crysgen.evaluation.validity import structurally_valid
+
+    o = options or EvalOptions()
+    t0 = time.perf_counter()
+    gen = load_inputs(samples)[: o.limit]
+    if not gen:
+        raise CrysgenError(f"no crystals in {samples}")
+    ref_cs = CrystalSet.load(reference)
+    rng = np.random.default_rng(o.seed)
+    if o.reference_limit and o.reference_limit < len(ref_cs):
+        ref_cs = ref_cs.subset(np.sort(rng.choice(len(ref_cs), o.reference_limit, replace=False)))
+    ref = [ref_cs.to_structure(i) for i in range(len(ref_cs))]
+    seconds: dict[str, float] = {"load": time.perf_counter() - t0}
+    rows = [{"id": c.id, "formula": c.structure.composition.reduced_formula if c.structure else "",
+             "num_sites": len(c.structure) if c.structure else "", "problem": c.problem or ""}
+            for c in gen]
+    ok = [i for i, c in enumerate(gen) if c.structure is not None]
+    structs = {i: gen[i].structure for i in ok}
+    metrics: dict[str, dict[str, Any]] = {"n_samples": _metric(len(gen), len(gen)),
+                                          "n_reference": _metric(len(ref), len(ref))}
+    plots: dict[str, str] = {}
+
+    # per-structure basics used by several families
+    t = time.perf_counter()
+    struct_valid = np.zeros(len(gen), dtype=bool)
+    comp_valid = np.zeros(len(gen), dtype=bool)
+    for i in ok:
+        s = structs[i]
+        v, err = _guarded(structurally_valid, s)
+        struct_valid[i] = bool(v)
+        rows[i]["struct_valid"] = bool(v) if err is None else ""
+        if err:
+            rows[i]["struct_valid_reason"] = err
+        try:
+            comp_valid[i] = smact_valid([site.specie.Z for site in s])
+            rows[i]["comp_valid"] = bool(comp_valid[i])
+        except TooManyCombinations as exc:
+            rows[i]["comp_valid"], rows[i]["comp_valid_reason"] = "", str(exc)
+        except Exception as exc:
+            rows[i]["comp_valid"], rows[i]["comp_valid_reason"] = "", f"{type(exc).__name__}: {exc}"
+        rows[i]["num_elements"] = len(s.composition.elements)
+        rows[i]["density_g_cm3"], _ = _guarded(lambda x: float(x.density), s)
+        a, b, c_, al, be, ga = (*s.lattice.abc, *s.lattice.angles)
+        rows[i].update(a=a, b=b, c=c_, alpha=al, beta=be, gamma=ga)
+        sg, err = _guarded(_spacegroup, s)
+        rows[i]["space_group"] = sg if sg else ""
+        if err:
+            rows[i]["space_group_reason"] = err
+    seconds["basics"] = time.perf_counter() - t
+    n = len(gen)
+    if "validity" in o.metrics:
+        metrics["struct_valid"] = _metric(float(struct_valid.sum() / n), n)
+        metrics["comp_valid"] = _metric(float(comp_valid.sum() / n), n,
+                                        undecided=sum(1 for r in rows if r.get("comp_valid") == ""))
+        metrics["valid"] = _metric(float((struct_valid & comp_valid).sum() / n), n)
+
+    fp_ok = np.zeros(len(gen), dtype=bool)
+    if "coverage" in o.metrics:
+        t = time.perf_counter()
+        cut = o.cov_cutoffs
+        dataset = o.dataset or _guess_dataset(reference)
+        if cut is None:
+            from crysgen.evaluation.coverage import COV_CUTOFFS
+
+            if dataset not in COV_CUTOFFS:
+                raise CrysgenError("coverage needs fingerprint cut-offs: pass --cov-cutoffs STRUCT,COMP "
+                                   f"or --dataset one of {', '.join(COV_CUTOFFS)}")
+            cut = COV_CUTOFFS[dataset]
+        cand = [i for i in ok if struct_valid[i] and comp_valid[i]]
+        fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress)
+        ref_fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress)
+        from crysgen.evaluation.coverage import coverage
+        from crysgen.evaluation.fingerprints import fit_comp_scaler
+
+        gs, gc, keep = [], [], []
+        for i, (s_fp, c_fp, err) in zip(cand, fps, strict=True):
+            if err:
+                rows[i]["fingerprint_reason"] = err
+                continue
+            fp_ok[i] = True
+            keep.append(i)
+            gs.append(s_fp)
+            gc.append(c_fp)
+        rs = np.array([f[0] for f in ref_fps if f[2] is None])
+        rc = np.array([f[1] for f in ref_fps if f[2] is None])
+        mean, std = fit_comp_scaler(rc)
+        cov = coverage(np.array(gs).reshape(len(gs), -1), (np.array(gc).reshape(len(gc), -1) - mean) / std,
+                       rs, (rc - mean) / std, n_generated=n, struct_cutoff=cut[0], comp_cutoff=cut[1])
+        metrics["cov_recall"] = _metric(cov.recall, cov.n_reference, cutoffs=list(cut))
+        metrics["cov_precision"] = _metric(cov.precision, cov.n_generated, cutoffs=list(cut),
+                                           fingerprinted_valid=cov.n_valid_fingerprinted)
+        seconds["coverage"] = time.perf_counter() - t
+    # CDVAE's "valid": comp and struct valid and (when computed) fingerprintable
+    valid = struct_valid & comp_valid & (fp_ok if "coverage" in o.metrics else True)
+    valid_idx = np.flatnonzero(valid)
+    draw = (np.sort(rng.choice(valid_idx, o.n_wasserstein, replace=False))
+            if len(valid_idx) > o.n_wasserstein else valid_idx)
+
+    if "distributions" in o.metrics:
+        t = time.perf_counter()
+        from crysgen.evaluation.distributions import distributions, ks_statistics, overlay_plot, wasserstein
+
+        ref_d = distributions(ref_cs)
+        sv = [i for i in ok if struct_valid[i]]
+        gen_d = {k: np.array([float(rows[i][k]) for i in sv if rows[i].get(k, "") != ""])
+                 for k in ("a", "b", "c", "alpha", "beta", "gamma", "space_group")}
+        gen_d["atomic_number"] = np.array([site.specie.Z for i in sv for site in structs[i]], float)
+        ks = ks_statistics(gen_d, ref_d)
+        metrics["ks"] = _metric(ks, len(sv))
+        png = io.BytesIO()
+        overlay_plot(gen_d, ref_d, ks, png)
+        plots["distributions"] = base64.b64encode(png.getvalue()).decode()
+        ref_density = np.array([s.density for s in ref])
+        ref_nel = np.array([len(s.composition.elements) for s in ref])
+        metrics["wdist_density"] = _metric(wasserstein([rows[i]["density_g_cm3"] for i in draw], ref_density),
+                                           len(draw))
+        metrics["wdist_num_elems"] = _metric(wasserstein([rows[i]["num_elements"] for i in draw], ref_nel),
+                                             len(draw))
+        seconds["distributions"] = time.perf_counter() - t
+
+    if "novelty" in o.metrics:
+        t = time.perf_counter()
+        from crysgen.evaluation.novelty import MATCHER_SETTINGS, novel_mask, unique_mask
+
+        train_cs = CrystalSet.load(train)
+        train_structs = [train_cs.to_structure(i) for i in range(len(train_cs))]
+        sv = [i for i in ok if struct_valid[i]]
+        uniq = unique_mask([structs[i] for i in sv])
+        nov = novel_mask([structs[i] for i in sv], train_structs)
+        for k, i in enumerate(sv):
+            rows[i]["unique"], rows[i]["novel"] = bool(uniq[k]), bool(nov[k])
+        metrics["unique"] = _metric(float(uniq.mean()) if len(sv) else float("nan"), len(sv),
+                                    matcher=MATCHER_SETTINGS, among="structurally valid samples")
+        metrics["novel"] = _metric(float(nov.mean()) if len(sv) else float("nan"), len(sv),
+                                   matcher=MATCHER_SETTINGS, against=f"{Path(train).name} ({len(train_cs)})")
+        metrics["unique_and_novel"] = _metric(float((uniq & nov).mean()) if len(sv) else float("nan"), len(sv))
+        seconds["novelty"] = time.perf_counter() - t
+
+    if "properties" in o.metrics:
+        t = time.perf_counter()
+        metrics.update(_properties(o, gen, ok, rows, ref, draw, plots))
+        seconds["properties"] = time.perf_counter() - t
+    for r in rows:
+        r.setdefault("problem", "")
+    seconds["total"] = time.perf_counter() - t0
+    return Evaluation(metrics, rows, plots, {k: round(v, 2) for k, v in seconds.items()})
+
+
+def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],
+                ref: list[Any], draw: np.ndarray, plots: dict[str, str]) -> dict[str, dict[str, Any]]:
+    from crysgen.evaluation.distributions import ks_statistics, wasserstein
+    from crysgen.properties.predict import column_name, featurize
+    from crysgen.properties.registry import load_property_model, models_dir
+
+    try:
+        models_dir(o.models_dir)
+    except CrysgenError as exc:
+        return {"properties_skipped": _metric(float("nan"), 0, reason=str(exc))}
+    names = list(CGCNN_REGRESSORS) + ([o.property_model] if o.property_model and
+                                      o.property_model not in CGCNN_REGRESSORS else [])
+    graphs, problems = featurize([gen[i] for i in ok])
+    good = [k for k, g in enumerate(graphs) if g is not None]
+    for k, p in enumerate(problems):
+        if p:
+            rows[ok[k]]["property_reason"] = p
+    ref_graphs, _ = featurize([InputCrystal(str(i), s) for i, s in enumerate(ref)])
+    ref_graphs = [g for g in ref_graphs if g is not None]
+    gen_p, ref_p, out = {}, {}, {}
+    for name in names:
+        model = load_property_model(name, o.models_dir)
+        col = column_name(model.target, model.unit)
+        pred = model.predict([graphs[k] for k in good], device=o.device)
+        for k, v in zip(good, pred, strict=True):
+            rows[ok[k]][col] = float(v)
+        gen_p[col] = pred
+        ref_p[col] = model.predict(ref_graphs, device=o.device)
+        if name == o.property_model:
+            chosen = np.array([rows[i].get(col, np.nan) for i in draw], float)
+            out["wdist_prop"] = _metric(wasserstein(chosen, ref_p[col]), int(np.isfinite(chosen).sum()),
+                                        model=name, column=col)
+    out["property_ks"] = _metric(ks_statistics(gen_p, ref_p), len(good), models=names)
+    plots["properties"] = _violins(gen_p, ref_p)
+    return out
+
+
+def _violins(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in gen if len(gen[k]) and len(ref[k])]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(2.6 * max(1, len(names)), 4))
+    for ax, name in zip(np.atleast_1d(axes), names, strict=False):
+        ax.violinplot([ref[name], gen[name]], showmedians=True)
+        ax.set_xticks([1, 2], ["reference", "generated"], fontsize=8)
+        ax.set_title(name, fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOptions) -> Path:
+    """``metrics.json``, ``structures.csv`` and ``report.html`` in ``out`` (each written atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"options": asdict(options), "seconds": ev.seconds, "pid": os.getpid()}
+    write_text_atomic(out / "metrics.json", json.dumps({"metrics": ev.metrics, **meta}, indent=1,
+                                                       default=float) + "\n")
+    columns: list[str] = []
+    for r in ev.rows:
+        columns += [k for k in r if k not in columns]
+    columns = [c for c in columns if c != "problem"] + ["problem"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(ev.rows)
+    write_text_atomic(out / "structures.csv", buf.getvalue())
+    table = "".join(f"<tr><td>{k}</td><td>{_fmt(v['value'])}</td><td>{v['n']}</td></tr>"
+                    for k, v in ev.metrics.items() if not isinstance(v["value"], dict))
+    ks = "".join(f"<h3>K-S: {k}</h3><table>" + "".join(
+        f"<tr><td>{n}</td><td>{_fmt(s['statistic'])}</td></tr>" for n, s in sorted(v["value"].items()))
+        + "</table>" for k, v in ev.metrics.items() if isinstance(v["value"], dict))
+    imgs = "".join(f'<h2>{k}</h2><img src="data:image/png;base64,{b64}">' for k, b64 in ev.plots.items())
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            "<style>body{font-family:sans-serif;max-width:1200px}td{padding:2px 10px}</style></head>"
+            f"<body><h1>{title}</h1><table><tr><th>metric</th><th>value</th><th>n</th></tr>{table}"
+            f"</table>{ks}{imgs}<p>Per structure: structures.csv. Timings (s): {ev.seconds}</p>"
+            "</body></html>")
+    return write_text_atomic(out / "report.html", html)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
