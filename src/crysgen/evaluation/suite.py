@@ -282,7 +282,8 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
                                     matcher=MATCHER_SETTINGS, among="structurally valid samples")
         metrics["novel"] = _metric(float(nov.mean()) if len(sv) else float("nan"), len(sv),
                                    matcher=MATCHER_SETTINGS, against=f"{Path(train).name} ({len(train_cs)})")
-        metrics["unique_and_novel"] = _metric(float((uniq & nov).mean()) if len(sv) else float("nan"), len(sv))
+        both = float((uniq & nov).mean()) if len(sv) else float("nan")
+        metrics["unique_and_novel"] = _metric(both, len(sv))
         seconds["novelty"] = time.perf_counter() - t
 
     if "properties" in o.metrics:

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crysgen.cli import main
+from crysgen.crystal_set import CrystalSet
+from crysgen.evaluation.compositional import smact_valid
+from crysgen.evaluation.coverage import coverage
+from crysgen.evaluation.distributions import wasserstein
+from crysgen.evaluation.novelty import novel_mask, unique_mask
+from crysgen.evaluation.validity import structurally_valid
+from tests.conftest import FILES, load_cif
+
+
+def nacl() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_two_atoms_0_3_angstrom_apart_are_invalid():
+    s = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.06, 0, 0]])
+    assert not structurally_valid(s) and structurally_valid(nacl())
+
+
+def test_compositional_validity_follows_charge_neutrality():
+    assert smact_valid([11, 17])  # NaCl
+    assert not smact_valid([11, 17, 17])  # NaCl2
+    assert smact_valid([6] * 8)  # one element
+    assert smact_valid([29, 30])  # an all-metal alloy
+    assert smact_valid([38, 22, 8, 8, 8])  # SrTiO3
+
+
+def test_a_structure_matches_its_supercell_and_rotation_and_a_shifted_copy_is_not_unique():
+    s = load_cif("SrTiO3")
+    rotated = Structure(Lattice(s.lattice.matrix[[1, 2, 0]]), s.species, s.frac_coords[:, [1, 2, 0]])
+    shifted = Structure(s.lattice, s.species, (s.frac_coords + 0.25) % 1.0)
+    assert unique_mask([s, s * (2, 1, 1), rotated, shifted, nacl()]).tolist() == [True, False, False,
+                                                                                  False, True]
+    assert novel_mask([shifted, nacl()], [s]).tolist() == [False, True]
+
+
+def test_coverage_of_identical_sets_is_complete_and_far_sets_are_not_covered():
+    rng = np.random.default_rng(0)
+    s, c = rng.random((20, 5)), rng.random((20, 7))
+    cov = coverage(s, c, s, c, n_generated=20, struct_cutoff=0.01, comp_cutoff=0.01)
+    assert cov.recall == 1.0 and cov.precision == 1.0
+    far = coverage(s + 10, c, s, c, n_generated=40, struct_cutoff=0.4, comp_cutoff=10)
+    assert far.recall == 0.0 and far.precision == 0.0
+    half = coverage(s, c, s, c, n_generated=40, struct_cutoff=0.01, comp_cutoff=0.01)
+    assert half.precision == 0.5  # invalid generated crystals count in the denominator
+
+
+def test_wasserstein_is_zero_for_equal_samples_and_the_shift_otherwise():
+    x = np.array([1.0, 2.0, 3.0])
+    assert wasserstein(x, x) == 0.0 and wasserstein(x + 0.5, x) == pytest.approx(0.5)
+
+
+def test_evaluate_cli_gives_every_structure_a_row_and_broken_ones_a_reason(tmp_path, cgcnn_dir):
+    ref = CrystalSet.from_structures([nacl(), load_cif("SrTiO3"), load_cif("ZnO_wurtzite")], max_sites=52)
+    ref.save(tmp_path / "ref.npz")
+    out = tmp_path / "report"
+    assert main(["evaluate", str(FILES), "--train", str(tmp_path / "ref.npz"), "--reference",
+                 str(tmp_path / "ref.npz"), "--out", str(out), "--cov-cutoffs", "0.4,10",
+                 "--property-model", "formation_energy", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    n_files = len(list(FILES.glob("*.cif")))
+    assert metrics["n_samples"]["value"] == n_files
+    for name in ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
+                 "unique", "novel", "wdist_prop", "ks", "property_ks"):
+        assert name in metrics, name
+    # the three reference crystals are among the files: recalled, not novel
+    assert metrics["cov_recall"]["value"] == 1.0
+    rows = (out / "structures.csv").read_text().splitlines()
+    assert len(rows) == n_files + 1
+    broken = next(r for r in rows if r.startswith("broken,"))
+    assert "unparsable" in broken
+    assert (out / "report.html").read_text().count("data:image/png;base64") == 2
