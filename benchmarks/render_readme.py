@@ -136,6 +136,33 @@ def properties_table() -> list[str]:
     return [*lines, ""]
 
 
+def eval_sanity_table() -> list[str]:
+    paths = sorted((ROOT / "benchmarks" / "results").glob("eval_sanity_*.json"))
+    if not paths:
+        return []
+    cols = ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
+            "wdist_num_elems", "wdist_prop", "unique", "novel")
+    lines = ["**Evaluation sanity** (`benchmarks/eval_sanity.py`: a seeded subset of the test split "
+             "scored as if generated; training = train split, reference = val split; "
+             "metrics computed on the n shown in the JSON)", "",
+             "| dataset | samples | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(#elem) | "
+             "W(prop) | unique | novel |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        d = json.loads(path.read_text())
+        m = d["metrics"]
+
+        def cell(k: str, m: dict = m) -> str:
+            if k not in m:
+                return "–"
+            v = m[k]["value"]
+            return pct(v) if k in ("struct_valid", "comp_valid", "cov_recall", "cov_precision",
+                                   "unique", "novel") else f"{v:.4g}"
+
+        lines.append(f"| [{d['dataset']}]({path.relative_to(ROOT)}) | {m['n_samples']['value']} | "
+                     + " | ".join(cell(k) for k in cols) + " |")
+    return [*lines, ""]
+
+
 def diffusion_table() -> list[str]:
     paths = sorted(p for p in (ROOT / "benchmarks" / "results").glob("diffusion_*.json")
                    if "table1_2" in json.loads(p.read_text()))
@@ -175,7 +202,7 @@ def diffusion_table() -> list[str]:
 def main() -> None:
     data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
     block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ddp_line(),
-                       *properties_table(), END])
+                       *properties_table(), *eval_sanity_table(), END])
     text = README.read_text()
     if START in text:
         head, rest = text.split(START, 1)
