@@ -86,7 +86,9 @@ def test_sample_cli_writes_cifs(model_dir, tmp_path, capsys):
     assert len(rows) == 3
     for r in rows:
         assert (r["failure"] != "") != (tmp_path / "s" / "cifs" / f"{r['id']}.cif").exists()
-    assert main(["sample", "-n", "3", "--out", str(tmp_path / "x")]) == 2
+    # a model directory that does not exist is a clear error, and nothing is written
+    assert main(["sample", str(tmp_path / "no_model"), "-n", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["sample", str(model_dir), "-n", "2", "--steps", "2", "--symprec", "0.1",
                  "--out", str(tmp_path / "sym"), "--quiet"]) == 0
     config = json.loads((tmp_path / "sym" / "sample_config.json").read_text())

@@ -50,7 +50,7 @@ def test_prediction_is_invariant_to_rotation_translation_order_and_supercell(for
     s = load_cif("SrTiO3")
     rot = torch.linalg.matrix_exp(torch.tensor([[0, -0.3, 0.2], [0.3, 0, -0.5], [-0.2, 0.5, 0]])).numpy()
     rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
-    shifted = Structure(s.lattice, s.species, ([*s.frac_coords, 0.13, 0.41, 0.77]) % 1.0)
+    shifted = Structure(s.lattice, s.species, (s.frac_coords + np.array([0.13, 0.41, 0.77])) % 1.0)
     order = np.random.default_rng(0).permutation(len(s))
     permuted = Structure(s.lattice, [s.species[i] for i in order], s.frac_coords[order])
     supercell = s * (2, 1, 1)
