@@ -42,7 +42,8 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         crystals = load_inputs(out)
         valid = sum(structurally_valid(c.structure) for c in crystals if c.structure is not None)
-    result = {"sample_command": " ".join(["crysgen sample -n 64 --out DIR", *args.extra]), "seconds": round(seconds, 1),
+    result = {"sample_command": " ".join(["crysgen sample -n 64 --out DIR", *args.extra]),
+              "seconds": round(seconds, 1),
               "target_seconds": 120, "met": seconds <= 120, "torch_threads": torch.get_num_threads(),
               "decoded": summary["decoded"], "structurally_valid": int(valid),
               "options": summary["options"]} | stamp()

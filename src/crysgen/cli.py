@@ -105,9 +105,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             decode_mode=args.decode_mode, symprec=args.symprec,
                             chunk_size=args.chunk_size,
                             save_tensors=args.save_tensors)
-    batch_size = args.batch_size or (256 if args.device.startswith("cuda") else 16)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
-                            batch_size=batch_size, progress=not args.quiet)
+                            batch_size=args.batch_size, progress=not args.quiet)
     print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
           f"{summary.failure_reasons or ''}); {summary.crystals_per_s} crystals/s")
     print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
@@ -208,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     from crysgen import __version__
     from crysgen.data.download import DATASETS
     from crysgen.data.prepare import CELL_CONVENTIONS
+    from crysgen.evaluation.coverage import COV_CUTOFFS
     from crysgen.representations.crystens import DECODE_MODES
 
     parser = argparse.ArgumentParser(
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None,
                    help="comma-separated families: validity,distributions,coverage,novelty,properties")
     p.add_argument("--cov-cutoffs", default=None, help="STRUCT,COMP fingerprint cut-offs")
-    p.add_argument("--dataset", default=None, choices=("mp_20", "perov_5", "carbon_24"),
+    p.add_argument("--dataset", default=None, choices=sorted(COV_CUTOFFS),
                    help="CDVAE cut-offs of this dataset (default: guessed from --reference)")
     p.add_argument("--property-model", default=None,
                    help="property model for CDVAE's W(property), e.g. formation_energy")

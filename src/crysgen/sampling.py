@@ -75,13 +75,18 @@ class SampleSummary:
     out: str
 
 
-def _spglib_number(structure: Any) -> int:
+def spglib_space_group(structure: Any, symprec: float = 0.1) -> int:
+    """The space-group number spglib finds at ``symprec`` Å (raises where spglib gives up)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
+
+
+def _spglib_number(structure: Any) -> int:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return int(SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_number())
+        return spglib_space_group(structure)
     except Exception:  # spglib gives up on some generated cells
         return 0
 
@@ -124,7 +129,7 @@ def sample_to_dir(
     options: SampleOptions,
     *,
     device: str = "cpu",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> SampleSummary:
     """Sample ``options.n`` crystals from a model directory into ``out`` (resumable).
@@ -134,7 +139,8 @@ def sample_to_dir(
         out: output folder.
         options: what to sample.
         device: "cpu" or "cuda" (does not change which crystals come out beyond float noise).
-        batch_size: tensors per forward pass.
+        batch_size: tensors per forward pass (None: 256 on cuda, 16 on cpu, where small
+            batches measured faster on 2 cores).
         progress: show a progress bar with crystals/s.
 
     Raises:
@@ -146,6 +152,7 @@ def sample_to_dir(
 
     model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
+    batch_size = batch_size or (256 if device.startswith("cuda") else 16)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)

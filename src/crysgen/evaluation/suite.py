@@ -24,7 +24,6 @@ import base64
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +36,7 @@ import numpy as np
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
+from crysgen.sampling import spglib_space_group
 
 FAMILIES = ("validity", "distributions", "coverage", "novelty", "properties")
 CGCNN_REGRESSORS = ("formation_energy", "final_energy", "band_gap", "fermi_energy", "bulk_modulus",
@@ -128,15 +128,11 @@ def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool) -> 
                          disable=not progress, leave=False))
 
 
-def _spacegroup(structure: Any) -> int:
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    return int(SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_number())
-
-
 def _guess_dataset(path: str | Path) -> str | None:
+    from crysgen.evaluation.coverage import COV_CUTOFFS
+
     name = Path(path).name.lower()
-    return next((d for d in ("mp_20", "perov_5", "carbon_24") if d in name), None)
+    return next((d for d in COV_CUTOFFS if d in name), None)
 
 
 def evaluate(samples: str | Path | list[str | Path], train: str | Path, reference: str | Path,
@@ -191,7 +187,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
         rows[i]["density_g_cm3"], _ = _guarded(lambda x: float(x.density), s)
         a, b, c_, al, be, ga = (*s.lattice.abc, *s.lattice.angles)
         rows[i].update(a=a, b=b, c=c_, alpha=al, beta=be, gamma=ga)
-        sg, err = _guarded(_spacegroup, s)
+        sg, err = _guarded(spglib_space_group, s)
         rows[i]["space_group"] = sg if sg else ""
         if err:
             rows[i]["space_group_reason"] = err
@@ -356,7 +352,7 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
     """``metrics.json``, ``structures.csv`` and ``report.html`` in ``out`` (each written atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"options": asdict(options), "seconds": ev.seconds, "pid": os.getpid()}
+    meta = {"options": asdict(options), "seconds": ev.seconds}
     write_text_atomic(out / "metrics.json", json.dumps({"metrics": ev.metrics, **meta}, indent=1,
                                                        default=float) + "\n")
     columns: list[str] = []

@@ -121,7 +121,7 @@ class PropertyModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def graphs_with_target(crystals: CrystalSet, target: str) -> tuple[list[CrystalGraph], np.ndarray, list[str]]:
+def graphs_with_target(crystals: CrystalSet, target: str) -> tuple[list[CrystalGraph], np.ndarray]:
     """Graphs and values of the crystals whose ``target`` is known (NaN rows are left out).
 
     Raises:
@@ -135,7 +135,7 @@ def graphs_with_target(crystals: CrystalSet, target: str) -> tuple[list[CrystalG
     if len(keep) < 2:
         raise CrysgenError(f"property {target!r} has fewer than 2 known values")
     graphs = [build_graph(crystals.to_structure(int(i))) for i in keep]
-    return graphs, y[keep], [str(crystals.ids[i]) for i in keep]
+    return graphs, y[keep]
 
 
 def train_property(
@@ -185,7 +185,7 @@ def train_property(
         raise CrysgenError("--freeze-conv needs --init (the layers to freeze come from that model)")
     t_start = time.perf_counter()
     cs = CrystalSet.load(data)
-    graphs, y, _ = graphs_with_target(cs, target)
+    graphs, y = graphs_with_target(cs, target)
     rng = np.random.default_rng(config.seed)
     if val is None:
         perm = rng.permutation(len(graphs))
@@ -194,7 +194,7 @@ def train_property(
         val_graphs, y_val = [graphs[i] for i in val_idx], y[val_idx]
         graphs, y = [graphs[i] for i in train_idx], y[train_idx]
     else:
-        val_graphs, y_val, _ = graphs_with_target(CrystalSet.load(val), target)
+        val_graphs, y_val = graphs_with_target(CrystalSet.load(val), target)
     if config.classification and not set(np.unique(y)) <= {0.0, 1.0}:
         raise CrysgenError(f"classification needs a 0/1 target; {target!r} has other values")
     L.seed_everything(config.seed, workers=True)
