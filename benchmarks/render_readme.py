@@ -187,12 +187,13 @@ def diffusion_table() -> list[str]:
             return " / ".join(f"{ks[n]['statistic']:.2f}" for n in names)
 
         lines.append(
-            f"| [{name}]({path.relative_to(ROOT)}) ([plot]({d['plot']})) | "
+            f"| [{name}]({path.relative_to(ROOT)}) ([plot]({d['plot']}))"
+            + (f", {d['n']} samples" if d["n"] != 1000 else "") + " | "
             f"{steps(d['model_data'])} | {pct(d['structurally_valid_rate'])} | "
             f"{d['decode_failures']} | " + " | ".join(f"{m[k]:.3g}" for k in keys)
             + f" | {trio(('a', 'b', 'c'))} | {trio(('alpha', 'beta', 'gamma'))} | "
             f"{trio(('space_group', 'atomic_number'))} | {sp['sample_and_decode_seconds']} s on "
-            f"{d['gpu']} (target ≤ 60 s) |")
+            f"{d['gpu'] or 'CPU, ' + d['machine']['cpu']} (target ≤ 60 s, on an H100) |")
     paper = json.loads(paths[0].read_text())["paper_diffusion_row"]
     lines.append("| paper (diffusion) | 250k per U-Net | – | – | "
                  + " | ".join(f"{paper[k]:.3g}" for k in keys) + " | – | – | – | – |")
