@@ -26,6 +26,7 @@ from scipy.stats import ks_2samp
 from codec import ROOT, stamp
 from crysgen import CrystalSet
 from crysgen.evaluation.distributions import KS_NAMES, distributions, ks_statistics
+from crysgen.evaluation.diversity import mode_collapse_check
 from crysgen.evaluation.distributions import overlay_plot as plot
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.generators import Generator, load_generator
@@ -65,12 +66,16 @@ def training_speed(run_dirs: list[str]) -> dict[str, dict]:
 
 
 def score(res, ref_d: dict[str, np.ndarray], n: int) -> dict:
-    """Decode failures, structural validity, distinct compositions / space groups, K-S vs reference."""
+    """Decode failures, structural validity, distinct compositions / space groups, K-S vs reference.
+
+    Distinct compositions are reduced formulas (results written before 2026-11-22 counted
+    distinct whole-cell compositions).
+    """
     cs = res.crystals
     valid = np.array([structurally_valid(cs.to_structure(i)) for i in range(len(cs))])
     gen_d = distributions(cs)
     ks = ks_statistics(gen_d, {k: ref_d[k] for k in KS_NAMES})
-    compositions = {tuple(sorted(cs.atomic_numbers[i, : cs.num_sites[i]])) for i in range(len(cs))}
+    collapse = mode_collapse_check(cs, n)
     k_gen, k_ref = num_elements(cs), ref_d["num_elements"]
     return {"num_elements": {"generated_median": float(np.median(k_gen)), "generated_max": int(k_gen.max()),
                              "reference_median": float(np.median(k_ref)), "reference_max": int(k_ref.max()),
@@ -79,8 +84,9 @@ def score(res, ref_d: dict[str, np.ndarray], n: int) -> dict:
             "decode_failures": len(res.failures), "failure_rate": len(res.failures) / n,
             "failure_reasons": res.failure_counts(),
             "structurally_valid_rate": float(valid.sum() / n),
-            "distinct_compositions": len(compositions),
-            "distinct_space_groups": len(set(cs.space_group.tolist())), "ks": ks}
+            "distinct_compositions": collapse["distinct_compositions"],  # reduced formulas
+            "distinct_space_groups": collapse["distinct_space_groups"], "mode_collapse": collapse,
+            "ks": ks}
 
 
 def main() -> None:

@@ -98,6 +98,21 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_adversarial(args: argparse.Namespace) -> int:
+    from crysgen.training.adversarial import train_adversarial
+    from crysgen.training.config import AdversarialTrainConfig, load_config
+
+    config = None
+    if not args.resume and args.config is not None:
+        config = load_config(args.config, AdversarialTrainConfig)
+    model_dir = train_adversarial(args.data, args.out, kind=args.train_command, config=config,
+                                  max_steps=args.max_steps, devices=args.devices,
+                                  resume=args.resume, progress=not args.quiet,
+                                  max_minutes=args.max_minutes)
+    print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from crysgen.sampling import SampleOptions, sample_to_dir
 
@@ -261,10 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample crystals from a model directory (resumable)")
     p.add_argument("model", nargs="?", default=None,
-                   help="model directory (default: the bundled mp_20 diffusion model)")
+                   help="model directory of any kind: diffusion, cascade, gan, wgan; a training "
+                        "run directory is taken to mean its model/ (default: the bundled mp_20 "
+                        "diffusion model)")
     p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (50)")
+    p.add_argument("--steps", type=_positive_int, default=50,
+                   help="diffusion sampler steps (50; GANs ignore it)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="tensors per forward pass (default: 256 on cuda, 16 on cpu, where small "
@@ -295,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm start a new run from a model directory's weights (fresh optimiser)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_diffusion)
+
+    for kind, what in (("gan", "the paper's vanilla GAN (BCE, Adam 1e-5, batch 64)"),
+                       ("wgan", "the paper's WGAN-GP (λ 10, 5 critic steps, Adam 1e-4 β (0, 0.9))")):
+        p = tsub.add_parser(kind, help=f"{what}; Lightning, bf16 on GPU")
+        p.add_argument("--data", required=True, help="training CrystalSet .npz")
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--config", default=None,
+                       help="YAML config with net/optim sections (default: the authors' settings)")
+        p.add_argument("--max-steps", type=_positive_int, default=None,
+                       help="override optim.max_steps (generator updates)")
+        p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
+        p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
+        p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=_cmd_train_adversarial)
 
     p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned)")
     p.add_argument("--data", required=True, help="training CrystalSet .npz with the target column")

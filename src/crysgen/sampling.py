@@ -135,7 +135,8 @@ def sample_to_dir(
     """Sample ``options.n`` crystals from a model directory into ``out`` (resumable).
 
     Args:
-        model_dir: a model directory (any kind crysgen can sample); None: the bundled model.
+        model_dir: a model directory (any kind crysgen can sample) or a training run directory
+            (its ``model/``); None: the bundled model.
         out: output folder.
         options: what to sample.
         device: "cpu" or "cuda" (does not change which crystals come out beyond float noise).
@@ -148,9 +149,9 @@ def sample_to_dir(
     """
     from tqdm.auto import tqdm
 
-    from crysgen.pipelines.generators import DEFAULT_MODEL, load_generator
+    from crysgen.pipelines.generators import load_generator, resolve_model_dir
 
-    model_dir = DEFAULT_MODEL if model_dir is None else Path(model_dir)
+    model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
     batch_size = batch_size or (256 if device.startswith("cuda") else 16)
     out = Path(out)

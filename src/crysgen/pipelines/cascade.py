@@ -24,7 +24,8 @@ from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import FORMAT, read_model_meta
 from crysgen.objectives.cascade import StageConfig, augment_condition
 from crysgen.objectives.diffusion import to_unit_range
-from crysgen.pipelines.diffusion import DiffusionModel, Sampler, _generator, denoise
+from crysgen.pipelines.diffusion import DiffusionModel, Sampler, denoise
+from crysgen.pipelines.generators import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
 
 KIND = "cascade"
@@ -111,7 +112,7 @@ class CascadeModel:
         """
         import torch
 
-        gen = _generator(seed)
+        gen = torch_generator(seed)
         size = self.sr.unet_config.sample_size
         t_aug = self.sr.stage.aug_timestep(self.sr.diffusion.timesteps, self.aug_sample)
         out = []

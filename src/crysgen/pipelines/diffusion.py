@@ -16,6 +16,7 @@ import numpy as np
 from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet2d import UNetConfig, build_unet
+from crysgen.pipelines.generators import torch_generator
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
 from crysgen.representations.crystens import CrysTensScaling
@@ -94,12 +95,6 @@ def make_scheduler(diffusion: DiffusionConfig, sampler: Sampler) -> Any:
     return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
 
-def _generator(seed: int | list[int]) -> Any:
-    import torch
-
-    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-
-
 def denoise(
     model: DiffusionModel,
     b: int,
@@ -173,7 +168,7 @@ def sample_tensors(
     Returns:
         float32 (n, 4, 64, 64) in [0, 1].
     """
-    gen = _generator(seed)
+    gen = torch_generator(seed)
     out = [to_unit_range(denoise(model, min(batch_size, n - start), steps=steps, sampler=sampler,
                                  generator=gen, device=device)).float().cpu().numpy()
            for start in range(0, n, batch_size)]

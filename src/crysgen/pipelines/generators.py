@@ -2,7 +2,8 @@
 
 Every generator exposes ``scaling`` (its CrysTens scaling), ``data`` (the fingerprint of its
 training data) and ``sample(n, *, steps, sampler, seed, device, batch_size)`` returning float32
-CrysTens tensors (n, 4, 64, 64) in [0, 1]; the model directory's ``kind`` picks the class.
+CrysTens tensors (n, 4, 64, 64) in [0, 1]; the model directory's ``kind`` picks the class
+(diffusion, cascade, gan, wgan; the GANs ignore ``steps`` and ``sampler``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "crystens_d
 """The model that ships inside the package (a single-stage diffusion model trained on mp_20)."""
 
 
+def torch_generator(seed: int | list[int]) -> Any:
+    """A CPU ``torch.Generator`` seeded from an int or a list of ints (e.g. ``[seed, chunk]``).
+
+    Every generator draws its noise from one, so samples do not depend on the device's random
+    stream.
+    """
+    import torch
+
+    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+
+
 class Generator(Protocol):
     """What `crysgen sample` needs from a model."""
 
@@ -30,17 +42,29 @@ class Generator(Protocol):
         """``n`` tensors, float32 (n, 4, 64, 64) in [0, 1]."""
 
 
+def resolve_model_dir(path: str | Path | None) -> Path:
+    """The model directory ``path`` names: itself, a training run's ``model/``, or the default."""
+    if path is None:
+        return DEFAULT_MODEL
+    path = Path(path)
+    if not (path / "config.json").exists() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
+
+
 def load_generator(path: str | Path | None = None) -> Generator:
-    """Load the generator in ``path`` (None: the bundled default model).
+    """Load the generator in ``path`` (a model or training-run directory; None: the default).
 
     Raises:
         CrysgenError: for a missing or malformed directory or an unknown kind.
     """
+    from crysgen.pipelines.adversarial import AdversarialModel
     from crysgen.pipelines.cascade import CascadeModel
     from crysgen.pipelines.diffusion import DiffusionModel
 
-    loaders = {"diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained}
-    path = DEFAULT_MODEL if path is None else Path(path)
+    loaders = {"diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained,
+               "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained}
+    path = resolve_model_dir(path)
     kind = read_model_meta(path)["kind"]
     if kind not in loaders:
         raise CrysgenError(f"{path} holds a {kind!r} model, which this crysgen version cannot "

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from crysgen.errors import CrysgenError
+from crysgen.models.adversarial import AdversarialNetConfig
 from crysgen.models.unet2d import UNetConfig
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig
@@ -76,14 +77,8 @@ class DiffusionTrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> DiffusionTrainConfig:
         """Build from a nested dict (unknown keys are an error, so typos do not pass silently)."""
         data = dict(data or {})
-        unknown = set(data) - {"unet", "diffusion", "optim", "stage"}
-        if unknown:
-            raise CrysgenError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        for name, klass in (("diffusion", DiffusionConfig), ("optim", OptimConfig),
-                            ("stage", StageConfig)):
-            bad = set(data.get(name, {}) or {}) - {f.name for f in fields(klass)}
-            if bad:
-                raise CrysgenError(f"unknown key(s) in {name}: {', '.join(sorted(bad))}")
+        _check_keys(data, {"unet": UNetConfig, "diffusion": DiffusionConfig, "optim": OptimConfig,
+                           "stage": StageConfig})
         try:
             return cls(
                 unet=UNetConfig.from_dict(data.get("unet") or {}),
@@ -95,10 +90,108 @@ class DiffusionTrainConfig:
             raise CrysgenError(f"bad config: {exc}") from exc
 
 
-def load_config(path: str | Path | None) -> DiffusionTrainConfig:
-    """Read a YAML (or JSON) config file; None gives the defaults."""
+@dataclass(frozen=True)
+class AdversarialOptimConfig:
+    """Optimiser and loop settings of a GAN or WGAN-GP run.
+
+    Attributes:
+        batch_size: tensors per step (per device); each critic update draws a fresh batch.
+        lr: Adam learning rate (both networks).
+        betas: Adam betas.
+        eps: Adam epsilon (Keras's default 1e-7).
+        n_critic: critic updates per generator update (WGAN-GP; the GAN takes its two
+            discriminator updates, real then fake, per iteration, as the Keras code does).
+        gp_weight: gradient-penalty weight λ (WGAN-GP).
+        max_steps: generator updates (iterations) in total; a resumed run continues up to it.
+        checkpoint_every: iterations between checkpoints (and model exports).
+        log_every: iterations between log lines.
+        seed: seeds everything.
+        precision: "auto" (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision string;
+            the gradient penalty is always computed in float32.
+    """
+
+    batch_size: int = 64
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-7
+    n_critic: int = 1
+    gp_weight: float = 10.0
+    max_steps: int = 42000
+    checkpoint_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2 or self.n_critic < 1 or self.batch_size < 1:
+            raise CrysgenError("optim: betas needs 2 values; n_critic and batch_size must be >= 1")
+
+
+ADVERSARIAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # seed code §3.1: Adam 1e-5 (β1 0.9), batch 64, 100 epochs of floor(floor(N/64)/2)
+    # iterations (100 × 420 = 42,000 for the paper's 53,856 crystals)
+    "gan": {"batch_size": 64, "lr": 1e-5, "betas": (0.9, 0.999), "n_critic": 1, "max_steps": 42000},
+    # §3.2: Adam 1e-4, β (0, 0.9), λ 10, 5 critic steps, batch 256 (the signature default);
+    # paper Appendix B.2: 100 epochs of floor(53856 / 256) = 210 generator steps
+    "wgan": {"batch_size": 256, "lr": 1e-4, "betas": (0.0, 0.9), "n_critic": 5, "max_steps": 21000},
+}
+"""Per-kind optimiser defaults, from the authors' code."""
+
+
+@dataclass(frozen=True)
+class AdversarialTrainConfig:
+    """Everything `crysgen train gan|wgan` needs besides the data."""
+
+    net: AdversarialNetConfig = field(default_factory=AdversarialNetConfig)
+    optim: AdversarialOptimConfig = field(default_factory=AdversarialOptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.net.kind == "gan" and self.optim.n_critic != 1:
+            raise CrysgenError("the vanilla GAN takes one discriminator iteration per generator "
+                               f"step (n_critic 1), got {self.optim.n_critic}")
+
+    @classmethod
+    def default(cls, kind: str) -> AdversarialTrainConfig:
+        """The authors' settings for ``kind`` ("gan" or "wgan")."""
+        return cls.from_dict({"net": {"kind": kind}})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved, JSON/YAML-serialisable form."""
+        optim = asdict(self.optim) | {"betas": list(self.optim.betas)}
+        return {"net": self.net.to_dict(), "optim": optim}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdversarialTrainConfig:
+        """Build from a nested dict; unset optimiser keys take the defaults of ``net.kind``."""
+        data = dict(data or {})
+        _check_keys(data, {"net": AdversarialNetConfig, "optim": AdversarialOptimConfig})
+        try:
+            net = AdversarialNetConfig(**(data.get("net") or {}))
+            optim = AdversarialOptimConfig(**(ADVERSARIAL_DEFAULTS[net.kind] | (data.get("optim") or {})))
+        except TypeError as exc:
+            raise CrysgenError(f"bad config: {exc}") from exc
+        return cls(net=net, optim=optim)
+
+
+def _check_keys(data: dict[str, Any], sections: dict[str, type]) -> None:
+    """Unknown sections or keys are an error, so typos do not pass silently."""
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise CrysgenError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    for name, klass in sections.items():
+        bad = set(data.get(name, {}) or {}) - {f.name for f in fields(klass)}
+        if bad:
+            raise CrysgenError(f"unknown key(s) in {name}: {', '.join(sorted(bad))}")
+
+
+Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig)
+
+
+def load_config(path: str | Path | None, klass: type[Config] = DiffusionTrainConfig) -> Config:
+    """Read a YAML (or JSON) config file into ``klass``; None gives its defaults."""
     if path is None:
-        return DiffusionTrainConfig()
+        return klass.from_dict({})
     import yaml
 
     path = Path(path)
@@ -108,10 +201,10 @@ def load_config(path: str | Path | None) -> DiffusionTrainConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise CrysgenError(f"{path} is not valid YAML: {exc}") from exc
-    return DiffusionTrainConfig.from_dict(data or {})
+    return klass.from_dict(data or {})
 
 
-def save_config(config: DiffusionTrainConfig, path: str | Path) -> Path:
+def save_config(config: DiffusionTrainConfig | AdversarialTrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML."""
     import yaml
 

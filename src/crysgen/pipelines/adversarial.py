@@ -1,0 +1,76 @@
+"""A trained GAN or WGAN-GP generator as a crysgen model: save, load, sample (noise -> tensors).
+
+The model directory's ``kind`` is "gan" or "wgan"; it holds the generator only (the
+discriminator/critic stays in the run's checkpoints). Sampling runs the generator in eval mode
+(BatchNorm with its running statistics, as Keras's ``predict`` does) on z ~ N(0, I) drawn from a
+seeded CPU generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crysgen.errors import CrysgenError
+from crysgen.models.adversarial import KINDS, AdversarialNetConfig, build_generator
+from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.pipelines.generators import torch_generator
+from crysgen.representations.crystens import CrysTensScaling
+from crysgen.representations.crystens.layout import LAYERS, SIZE
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass
+class AdversarialModel:
+    """Generator network, its config, the CrysTens scaling and the training-data fingerprint."""
+
+    generator: nn.Module
+    net: AdversarialNetConfig
+    scaling: CrysTensScaling
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
+        """Write the model directory (see :mod:`crysgen.models.model_dir`)."""
+        return save_model_dir(path, kind=self.net.kind, config={"net": self.net.to_dict()},
+                              state_dict=self.generator.state_dict(), scaling=self.scaling,
+                              data=self.data, half=half)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> AdversarialModel:
+        """Load a "gan" or "wgan" model directory."""
+        files = load_model_dir(path)
+        if files.kind not in KINDS:
+            raise CrysgenError(f"{path} holds a {files.kind!r} model, not a GAN or WGAN-GP")
+        net = AdversarialNetConfig(**files.config["net"])
+        generator = build_generator(net)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()}
+        generator.load_state_dict(state)
+        generator.eval()
+        return cls(generator, net, files.scaling, files.data)
+
+    def sample(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu",
+               batch_size: int = 256, **_: Any) -> np.ndarray:
+        """``n`` CrysTens tensors, float32 (n, 4, 64, 64) in [0, 1].
+
+        Args:
+            n: number of tensors.
+            seed: seeds the CPU generator that draws z, so samples do not depend on the device.
+            device: "cpu" or "cuda".
+            batch_size: tensors per forward pass.
+            **_: diffusion sampler options (``steps``, ``sampler``), which a GAN does not use.
+        """
+        import torch
+
+        gen = torch_generator(seed)
+        net = self.generator.to(device).eval()
+        out = []
+        for start in range(0, n, batch_size):
+            z = torch.randn((min(batch_size, n - start), self.net.latent_dim), generator=gen)
+            with torch.no_grad():
+                out.append(net(z.to(device)).squeeze(1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, LAYERS, SIZE, SIZE), np.float32)

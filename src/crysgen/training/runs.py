@@ -1,0 +1,255 @@
+"""What every CrysTens training run shares: its directory, data loader, trainer and callbacks.
+
+A run directory holds ``config.yaml`` (resolved), ``scaling.json``, ``checkpoints/`` (Lightning,
+every ``checkpoint_every`` iterations, plus ``last.ckpt``), ``logs/`` (CSV, one ``version_N``
+per invocation), ``model/`` (the model directory, exported at every checkpoint and at the end),
+``train_summary.json`` (speed of every invocation) and ``curves.png`` (the logged losses).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.errors import CrysgenError
+from crysgen.models.model_dir import data_fingerprint
+from crysgen.representations.crystens import CrysTensScaling, encode
+from crysgen.training.config import Config, load_config, save_config
+
+
+@dataclass
+class Run:
+    """An opened run directory: its resolved config, data, scaling and data fingerprint."""
+
+    out: Path
+    config: Any
+    crystals: CrystalSet
+    scaling: CrysTensScaling
+    fingerprint: dict[str, Any]
+    resume: bool
+
+    @property
+    def last(self) -> Path:
+        """The checkpoint a resumed run continues from."""
+        return self.out / "checkpoints" / "last.ckpt"
+
+
+def open_run(data: str | Path, out: str | Path, config: Config | None, klass: type[Config], *,
+             resume: bool, override: Callable[[Config], Config] = lambda c: c) -> Run:
+    """Check, create or reopen a run directory, before any training starts.
+
+    Args:
+        data: training CrystalSet (.npz).
+        out: run directory.
+        config: the new run's settings (None: defaults); ignored on resume, where the saved
+            ``config.yaml`` is used.
+        klass: the config class.
+        resume: continue the run in ``out``.
+        override: applied to the config (command-line overrides such as ``--max-steps``).
+
+    Raises:
+        CrysgenError: resume without a checkpoint, a new run into a used directory, or a
+            missing data file.
+    """
+    out = Path(out)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise CrysgenError(f"--resume: no checkpoint at {last}")
+        config = load_config(out / "config.yaml", klass)
+    elif last.exists():
+        raise CrysgenError(f"{out} already holds a run; pass --resume to continue it or use a new --out")
+    config = override(config or klass.from_dict({}))
+    crystals = CrystalSet.load(data)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    scaling_path = out / "scaling.json"
+    scaling = CrysTensScaling.load(scaling_path) if resume else CrysTensScaling.fit(crystals)
+    scaling.save(scaling_path)
+    return Run(out, config, crystals, scaling, data_fingerprint(crystals, Path(data).name), resume)
+
+
+class TensorBatches(torch.utils.data.Dataset):
+    """Encoded tensors held in memory, handed out a whole batch at a time.
+
+    ``__getitems__`` makes the DataLoader gather a batch with one index operation instead of
+    stacking ``batch_size`` single tensors (the per-step cost that bounded GPU throughput).
+    """
+
+    def __init__(self, tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tensors[i]
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.tensors[torch.as_tensor(indices)]
+
+
+def _as_batch(batch: torch.Tensor) -> torch.Tensor:
+    return batch
+
+
+def tensor_loader(crystals: CrystalSet, scaling: CrysTensScaling, batch_size: int, *,
+                  shuffle: bool) -> torch.utils.data.DataLoader:
+    """Batches of scaled CrysTens tensors (B, 4, 64, 64) in [0, 1]."""
+    ds = TensorBatches(torch.from_numpy(encode(crystals, scaling)))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                                       drop_last=shuffle and len(ds) > batch_size,
+                                       collate_fn=_as_batch)
+
+
+class Throughput(Callback):
+    """Training speed of this invocation: iterations and training tensors per second (all devices).
+
+    Args:
+        steps_per_iteration: optimiser steps per iteration (Lightning's ``global_step`` counts
+            every optimiser's steps: 1 for diffusion, 3 for the GAN, n_critic + 1 for WGAN-GP).
+        samples_per_iteration: training tensors one device reads per iteration.
+    """
+
+    def __init__(self, steps_per_iteration: int = 1, samples_per_iteration: int = 1) -> None:
+        self.k, self.samples = steps_per_iteration, samples_per_iteration
+        self.start, self.step0, self.result = 0.0, 0, {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock after setup and checkpoint restore."""
+        self.start, self.step0 = time.perf_counter(), int(trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record iterations, seconds and samples/s."""
+        seconds = time.perf_counter() - self.start
+        steps = (int(trainer.global_step) - self.step0) // self.k
+        batch = self.samples * trainer.world_size
+        self.result = {"steps": steps, "seconds": round(seconds, 2), "global_batch": batch,
+                       "steps_per_s": round(steps / seconds, 3) if seconds else None,
+                       "samples_per_s": round(steps * batch / seconds, 1) if seconds else None,
+                       "device": (torch.cuda.get_device_name() if pl_module.device.type == "cuda"
+                                  else "cpu"),
+                       "devices": trainer.world_size, "precision": str(trainer.precision)}
+
+
+class WallClockStop(Callback):
+    """Stop after ``minutes`` of this invocation (Lightning's ``max_time`` counts resumed time)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.limit = minutes * 60.0
+        self.start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Ask the trainer to stop once the time is up."""
+        if time.monotonic() - self.start > self.limit:
+            trainer.should_stop = True
+
+
+class ExportModel(Callback):
+    """Write the model directory whenever a checkpoint is saved (main process only).
+
+    ``export(module, data, out)`` writes it; ``data`` is the fingerprint plus the step.
+    """
+
+    def __init__(self, out: Path, data: dict[str, Any],
+                 export: Callable[[L.LightningModule, dict[str, Any], Path], Path]) -> None:
+        self.out, self.data, self.export = out, data, export
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Export on the main process only."""
+        if trainer.is_global_zero:
+            self.export(pl_module, self.data | {"step": pl_module.iteration(trainer)}, self.out)
+
+
+def precision_for(setting: str, use_gpu: bool) -> str:
+    """Lightning precision: "auto" is bf16-mixed on a GPU and 32-true on the CPU."""
+    if setting == "auto":
+        return "bf16-mixed" if use_gpu else "32-true"
+    return setting
+
+
+def fit(
+    run: Run,
+    module: L.LightningModule,
+    loader: torch.utils.data.DataLoader,
+    *,
+    max_iterations: int,
+    checkpoint_every: int,
+    log_every: int,
+    precision: str,
+    steps_per_iteration: int = 1,
+    batches_per_iteration: int = 1,
+    samples_per_iteration: int,
+    export: Callable[[L.LightningModule, dict[str, Any], Path], Path],
+    devices: int = 1,
+    accelerator: str = "auto",
+    progress: bool = True,
+    max_minutes: float | None = None,
+    val_loader: torch.utils.data.DataLoader | None = None,
+    gradient_clip_val: float | None = None,
+) -> Path:
+    """Train ``module`` with Lightning, checkpoint, export, summarise and plot; returns ``model/``.
+
+    Iterations are what the user counts (diffusion steps, generator updates); Lightning counts
+    optimiser steps, ``steps_per_iteration`` of them per iteration, so limits and checkpoint
+    intervals are converted here; the log interval counts batches (``batches_per_iteration``
+    per iteration). ``module.iteration(trainer)`` gives the iteration for exports.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    from crysgen.training.curves import plot_training_curves
+
+    out, k = run.out, steps_per_iteration
+    use_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=checkpoint_every * k,
+                           save_last=True, save_top_k=-1, filename="step{step:07d}",
+                           auto_insert_metric_name=False)
+    speed = Throughput(k, samples_per_iteration)
+    trainer = L.Trainer(  # validation only when a val set is given
+        max_steps=max_iterations * k,
+        accelerator="gpu" if use_gpu else "cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision=precision_for(precision, use_gpu),
+        callbacks=[ckpt, speed, ExportModel(out / "model", run.fingerprint, export),
+                   *([WallClockStop(max_minutes)] if max_minutes else [])],
+        logger=CSVLogger(out, name="logs"),  # a resumed run logs to the next version_N
+        log_every_n_steps=log_every * batches_per_iteration,  # Lightning counts batches here
+        gradient_clip_val=gradient_clip_val,
+        enable_progress_bar=progress,
+        val_check_interval=checkpoint_every * k if val_loader else None,  # steps, across epochs
+        check_val_every_n_epoch=None if val_loader else 1,
+        limit_val_batches=8 if val_loader else 0,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader, val_loader, ckpt_path=str(run.last) if run.resume else None)
+    # a time-limited stop must resume from where it stopped; saving also exports the model
+    # directory through ExportModel
+    trainer.save_checkpoint(run.last)
+    if trainer.is_global_zero:  # one entry per invocation, so a resumed run keeps its history
+        summary_path = out / "train_summary.json"
+        history = json.loads(summary_path.read_text()).get("runs", []) if summary_path.exists() else []
+        history.append(speed.result | {"end_step": module.iteration(trainer)})
+        losses = {name: float(np.asarray(v)) for name, v in trainer.callback_metrics.items()
+                  if name.endswith("loss")}
+        write_text_atomic(summary_path, json.dumps(
+            {"global_step": module.iteration(trainer), "data": run.fingerprint,
+             "final_train_loss": losses.get("train_loss", float("nan")), "final_losses": losses,
+             "runs": history}, indent=1) + "\n")
+        plot_training_curves(out)
+    return out / "model"
