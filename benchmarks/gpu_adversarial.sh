@@ -32,10 +32,9 @@ progress() {
   done
 }
 
-pack() {
-  for k in gan wgan; do
-    [ -d $R/$k/model ] && tar cf $OUT/${k}_run.tar -C $R --exclude checkpoints $k
-  done
+pack() {  # $OUT takes files of up to 16 MiB: the runs (without checkpoints) in 15 MB pieces
+  rm -f $OUT/runs.tar.*
+  tar cf - -C $R --exclude checkpoints gan wgan gan.log wgan.log | split -b 15M - $OUT/runs.tar.
 }
 
 case "$1" in
@@ -47,19 +46,19 @@ case "$1" in
     end=$((SECONDS + ${5:-480}))
     while [ $SECONDS -lt $end ]; do
       sleep 60; echo "--- t+${SECONDS}s"; progress
-      pgrep -f "crysgen train" > /dev/null || { echo "no training process left"; break; }
+      pgrep -f "python3 -m [c]rysgen train" > /dev/null || { echo "no training process left"; break; }
     done
     pack
     ;;
   finish)
-    while pgrep -f "crysgen train" > /dev/null; do sleep 10; done
+    while pgrep -f "python3 -m [c]rysgen train" > /dev/null; do sleep 10; done
     progress
     tail -3 $R/gan.log $R/wgan.log
     cd benchmarks && python3 compare_models.py --dataset mp_20 --reference .work/mp_20_test.npz \
       --model gan=$R/gan --model wgan=$R/wgan \
       --model diffusion=../src/crysgen/pretrained/crystens_diffusion_mp20 \
       --budget-from diffusion=results/diffusion_mp_20_default.json && cd ..
-    cp benchmarks/results/compare_models_mp_20* $OUT/
+    tar cf $OUT/compare.tar benchmarks/results/compare_models_mp_20*
     pack
     ;;
 esac
