@@ -26,8 +26,8 @@ from scipy.stats import ks_2samp
 from codec import ROOT, stamp
 from crysgen import CrystalSet
 from crysgen.evaluation.distributions import KS_NAMES, distributions, ks_statistics
-from crysgen.evaluation.diversity import mode_collapse_check
 from crysgen.evaluation.distributions import overlay_plot as plot
+from crysgen.evaluation.diversity import mode_collapse_check
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.generators import Generator, load_generator
 from crysgen.representations.crystens import DecodeOptions, decode

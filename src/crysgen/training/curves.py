@@ -1,9 +1,9 @@
 """Training curves of a run directory: every logged loss against the iteration, as one PNG.
 
 Reads all ``logs/version_*/metrics.csv`` of a run (a resumed run logs to the next version), so
-the curves span every invocation. Losses go in the first panel (log scale when all positive);
-other logged figures (the WGAN critic's Wasserstein estimate, discriminator outputs) each get a
-panel of their own.
+the curves span every invocation. Losses go in the first panel (log scale when all positive),
+the GAN discriminator's mean outputs (``*_prob``) in the next; other logged figures (the WGAN
+critic's Wasserstein estimate) each get a panel of their own.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def plot_training_curves(run: str | Path, path: str | Path | None = None) -> Pat
     series = read_metrics(run)
     if not series:
         return None
-    losses = sorted(n for n in series if n.endswith("loss") or n == "gradient_penalty")
-    others = sorted(n for n in series if n not in losses)
-    panels = ([losses] if losses else []) + [[n] for n in others]
+    losses = sorted(n for n in series if "loss" in n or n == "gradient_penalty")
+    probs = sorted(n for n in series if n.endswith("_prob"))  # discriminator outputs
+    others = sorted(n for n in series if n not in losses and n not in probs)
+    panels = [p for p in (losses, probs) if p] + [[n] for n in others]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, names in zip(axes[0], panels, strict=True):
         for name in names:
@@ -63,7 +64,7 @@ def plot_training_curves(run: str | Path, path: str | Path | None = None) -> Pat
         if names is losses and all((series[n][1] > 0).all() for n in names):
             ax.set_yscale("log")
         ax.set_xlabel("iteration")
-        ax.set_title(", ".join(names) if len(names) == 1 else "losses")
+        ax.set_title(names[0] if len(names) == 1 else "losses" if names is losses else "mean D output")
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize=8)

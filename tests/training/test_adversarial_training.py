@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from crysgen import CrysgenError
+from crysgen.cli import main
+from crysgen.crystal_set import CrystalSet
+from crysgen.pipelines.adversarial import AdversarialModel
+from crysgen.pipelines.generators import load_generator
+from crysgen.representations.crystens import CrysTensScaling, decode
+from crysgen.training.adversarial import AdversarialModule, train_adversarial
+from crysgen.training.config import AdversarialTrainConfig
+from crysgen.training.runs import tensor_loader
+from tests.conftest import load_cif
+
+
+def tiny(kind: str, **optim) -> AdversarialTrainConfig:
+    return AdversarialTrainConfig.from_dict(
+        {"net": {"kind": kind, "width": 0.125},
+         "optim": {"batch_size": 4, "max_steps": 2, "checkpoint_every": 1, "log_every": 1, **optim}})
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO"]
+    cs = CrystalSet.from_structures([load_cif(n) for n in names], ids=names, max_sites=52)
+    return CrystalSet.concatenate([cs, cs]).save(tmp_path / "tiny.npz")
+
+
+@pytest.mark.parametrize("kind", ["gan", "wgan"])
+def test_a_few_steps_change_both_networks_and_keep_losses_finite(kind, tiny_set):
+    L.seed_everything(0)
+    config = tiny(kind, n_critic=1 if kind == "gan" else 2, max_steps=2)
+    module = AdversarialModule(config.to_dict())
+    before = {k: v.clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+    cs = CrystalSet.load(tiny_set)
+    loader = tensor_loader(cs, CrysTensScaling.fit(cs), 4, shuffle=True)
+    trainer = L.Trainer(max_steps=2 * module.steps_per_iteration, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, loader)
+    assert module.iteration(trainer) == 2
+    after = module.state_dict()
+    for net in ("generator.", "critic."):
+        changed = [k for k in before if k.startswith(net) and not torch.equal(before[k], after[k])]
+        assert changed, f"{net} weights did not move"
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" in k}
+    assert "g_loss" in losses and all(np.isfinite(v) for v in losses.values())
+
+
+def test_train_resume_export_and_curves(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    model_dir = train_adversarial(tiny_set, run, config=tiny("wgan", n_critic=2), progress=False,
+                                  accelerator="cpu")
+    rows = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
+    assert [float(r["iteration"]) for r in rows] == [1.0, 2.0]
+    assert {"critic_loss", "gradient_penalty", "wasserstein_estimate", "g_loss"} <= set(rows[0])
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert (run / "curves.png").stat().st_size > 1000
+    with pytest.raises(CrysgenError, match="already holds a run"):
+        train_adversarial(tiny_set, run, kind="wgan", progress=False, accelerator="cpu")
+    train_adversarial(tiny_set, run, resume=True, max_steps=3, progress=False, accelerator="cpu")
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["global_step"] == 3 and [r["steps"] for r in summary["runs"]] == [2, 1]
+    assert json.loads((model_dir / "config.json").read_text())["data"]["step"] == 3
+
+
+def test_kind_must_match_the_config(tiny_set, tmp_path):
+    with pytest.raises(CrysgenError, match="config says kind 'wgan'"):
+        train_adversarial(tiny_set, tmp_path / "r", kind="gan", config=tiny("wgan"),
+                          progress=False, accelerator="cpu")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    with pytest.raises(CrysgenError, match="n_critic 1"):
+        AdversarialTrainConfig.from_dict({"net": {"kind": "gan"}, "optim": {"n_critic": 5}})
+    with pytest.raises(CrysgenError, match="unknown key"):
+        AdversarialTrainConfig.from_dict({"optim": {"learning_rate": 1.0}})
+
+
+def test_defaults_are_the_authors():
+    gan, wgan = AdversarialTrainConfig.default("gan"), AdversarialTrainConfig.default("wgan")
+    assert (gan.optim.lr, gan.optim.batch_size, gan.optim.betas[0]) == (1e-5, 64, 0.9)
+    assert (wgan.optim.lr, wgan.optim.betas, wgan.optim.n_critic, wgan.optim.gp_weight) == (
+        1e-4, (0.0, 0.9), 5, 10.0)
+    assert gan.net.latent_dim == wgan.net.latent_dim == 128
+
+
+@pytest.mark.parametrize("kind", ["gan", "wgan"])
+def test_save_load_gives_identical_samples(kind, tmp_path):
+    torch.manual_seed(0)
+    from crysgen.models.adversarial import AdversarialNetConfig, build_generator
+
+    cs = CrystalSet.from_structures([load_cif("NaCl"), load_cif("SrTiO3")], max_sites=52)
+    net = AdversarialNetConfig(kind=kind, width=0.125)
+    model = AdversarialModel(build_generator(net).eval(), net, CrysTensScaling.fit(cs), {"name": "t"})
+    path = model.save_pretrained(tmp_path / "m", half=False)
+    loaded = load_generator(path)
+    a = model.sample(5, seed=3, batch_size=5)
+    assert a.shape == (5, 4, 64, 64) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, loaded.sample(5, seed=3, batch_size=5))
+    # the batch size changes float rounding only (LayerNorm over a handful of channels at this
+    # tiny width amplifies it to ~1e-4)
+    np.testing.assert_allclose(a, loaded.sample(5, seed=3, batch_size=2), atol=1e-3)
+    assert not np.allclose(a, loaded.sample(5, seed=4))
+    res = decode(a, loaded.scaling)
+    assert len(res.crystals) + len(res.failures) == 5
+
+
+def test_cli_trains_and_samples_from_the_run_directory(tiny_set, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "samples"
+    cfg = tmp_path / "gan.yaml"
+    cfg.write_text("net: {kind: gan, width: 0.125}\noptim: {batch_size: 4, checkpoint_every: 1}\n")
+    assert main(["train", "gan", "--data", str(tiny_set), "--out", str(run), "--config", str(cfg),
+                 "--max-steps", "1", "--quiet"]) == 0
+    assert main(["sample", str(run), "-n", "3", "--out", str(out), "--quiet"]) == 0
+    assert "3 samples decoded" in capsys.readouterr().out.replace("of 3 ", "")
+    assert len(list((out / "cifs").glob("*.cif"))) + sum(
+        1 for r in csv.DictReader((out / "samples.csv").open()) if r["failure"]) == 3
