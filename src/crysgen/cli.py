@@ -159,9 +159,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from crysgen.evaluation.suite import FAMILIES, EvalOptions, evaluate, write_report
 
-    if args.stability:
-        raise CrysgenError("--stability (CHGNet relaxation, energy above hull, S.U.N.) is not "
-                           "implemented yet; run without it")
     cut = None
     if args.cov_cutoffs:
         try:
@@ -170,10 +167,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise CrysgenError(f"--cov-cutoffs takes STRUCT,COMP, got {args.cov_cutoffs!r}") from exc
         cut = (s_cut, c_cut)
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else FAMILIES
+    if args.stability and "stability" not in metrics:
+        metrics = (*metrics, "stability")
     options = EvalOptions(metrics=metrics, cov_cutoffs=cut, dataset=args.dataset,
                           property_model=args.property_model, models_dir=args.models_dir,
                           workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
-                          device=args.device)
+                          device=args.device, relax_steps=args.relax_steps,
+                          relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir)
     ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet)
     write_report(ev, args.out, title=f"crysgen evaluate: {args.samples}", options=options)
     print(f"{'metric':<20} {'value':>10} {'n':>7}")
@@ -367,7 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
     p.add_argument("--reference-limit", type=_positive_int, default=None,
                    help="a seeded random subset of N reference crystals")
-    p.add_argument("--stability", action="store_true", help="CHGNet stability (not implemented yet)")
+    p.add_argument("--stability", action="store_true",
+                   help="also run CHGNet stability: relaxation, energy above the train+reference "
+                        "hull, stable and S.U.N. rates (slow on a CPU; use --device cuda)")
+    p.add_argument("--relax-steps", type=_positive_int, default=500, help="FIRE steps at most (500)")
+    p.add_argument("--relax-time-limit", type=float, default=120.0,
+                   help="seconds per relaxation before it is stopped with a reason (120)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache of reference energies (default $CRYSGEN_CACHE or ~/.cache/crysgen)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

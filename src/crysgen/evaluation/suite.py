@@ -15,7 +15,11 @@ its row of ``structures.csv``, never a failed run):
   reference (K-S + violin plots, the seed's Fig. 7) and, with ``property_model``, CDVAE's
   Wasserstein distance of that predicted property.
 
-Stability (CHGNet relaxation, energy above hull, S.U.N.) is not part of this version.
+- ``stability`` (off by default, `--stability`): CHGNet relaxation of every structurally valid
+  sample (energy per atom, RMSD, volume change, per-structure time limit), energy above the hull
+  of the training + reference crystals evaluated with the same potential (cached on disk by the
+  data's hash), stable rates (≤ 0.1 and ≤ 0.0 eV/atom) and S.U.N.; see
+  :mod:`crysgen.evaluation.stability`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from crysgen.errors import CrysgenError
 from crysgen.sampling import spglib_space_group
 
 FAMILIES = ("validity", "distributions", "coverage", "novelty", "properties")
+"""The families run by default."""
+ALL_FAMILIES = (*FAMILIES, "stability")
+"""Every family (stability needs CHGNet time: minutes on a GPU for 1,000 structures)."""
 CGCNN_REGRESSORS = ("formation_energy", "final_energy", "band_gap", "fermi_energy", "bulk_modulus",
                     "shear_modulus", "poisson_ratio")
 
@@ -59,7 +66,12 @@ class EvalOptions:
         reference_limit: use a seeded random subset of N reference crystals.
         n_wasserstein: valid samples drawn for the Wasserstein distances (CDVAE: 1,000).
         seed: seeds every random subset.
-        device: "cpu" or "cuda" for the property models.
+        device: "cpu" or "cuda" for the property models and CHGNet.
+        relax_steps: CHGNet FIRE steps at most per structure.
+        relax_fmax: force convergence (eV/Å).
+        relax_time_limit_s: wall-clock limit per relaxation (s).
+        cache_dir: where the reference hull's energies are cached (default $CRYSGEN_CACHE or
+            ~/.cache/crysgen).
     """
 
     metrics: tuple[str, ...] = FAMILIES
@@ -73,12 +85,16 @@ class EvalOptions:
     n_wasserstein: int = 1000
     seed: int = 0
     device: str = "cpu"
+    relax_steps: int = 500
+    relax_fmax: float = 0.1
+    relax_time_limit_s: float = 120.0
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        bad = set(self.metrics) - set(FAMILIES)
+        bad = set(self.metrics) - set(ALL_FAMILIES)
         if bad:
             raise CrysgenError(f"unknown metric famil{'ies' if len(bad) > 1 else 'y'}: "
-                               f"{', '.join(sorted(bad))} (known: {', '.join(FAMILIES)})")
+                               f"{', '.join(sorted(bad))} (known: {', '.join(ALL_FAMILIES)})")
 
 
 @dataclass
@@ -286,6 +302,16 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
         t = time.perf_counter()
         metrics.update(_properties(o, gen, ok, rows, ref, draw, plots))
         seconds["properties"] = time.perf_counter() - t
+
+    if "stability" in o.metrics:
+        t = time.perf_counter()
+        sv = [i for i in ok if struct_valid[i]]
+        metrics.update(_stability(o, [structs[i] for i in sv], [rows[i] for i in sv], n, train,
+                                  ref_cs, "novelty" in o.metrics, plots, progress))
+        for i in ok:
+            if not struct_valid[i]:
+                rows[i]["relax_reason"] = "not relaxed: structurally invalid"
+        seconds["stability"] = time.perf_counter() - t
     for r in rows:
         r.setdefault("problem", "")
     seconds["total"] = time.perf_counter() - t0
@@ -327,6 +353,94 @@ def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: li
     out["property_ks"] = _metric(ks_statistics(gen_p, ref_p), len(good), models=names)
     plots["properties"] = _violins(gen_p, ref_p)
     return out
+
+
+def _relax_one(args: tuple[Any, Any]) -> Any:
+    from crysgen.evaluation.stability import relax
+
+    structure, options = args
+    return relax(structure, options)
+
+
+def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]], n: int,
+               train: str | Path, ref_cs: CrystalSet, with_novelty: bool, plots: dict[str, str],
+               progress: bool) -> dict[str, dict[str, Any]]:
+    """Relax, place on the reference hull, count stable and S.U.N. (over all ``n`` samples)."""
+    from crysgen.evaluation.stability import (
+        STABLE_THRESHOLDS,
+        ReferenceHull,
+        RelaxOptions,
+        check_device,
+        stability_rates,
+    )
+
+    check_device(o.device)
+    ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
+                      device=o.device)
+    relaxed = _map(_relax_one, [(s, ro) for s in structures], o.workers, "CHGNet relaxation",
+                   progress)
+    for row, r, s in zip(rows, relaxed, structures, strict=True):
+        row.update(r.row())
+        if r.structure is not None:
+            row["volume_change"] = r.structure.volume / s.volume - 1.0
+    needed = {el.symbol for s in structures for el in s.composition.elements}
+    hull = ReferenceHull.build([CrystalSet.load(train), ref_cs], needed, options=ro,
+                               cache_dir=o.cache_dir, progress=progress)
+    placed = hull.e_above_hull([r.structure if r.structure is not None else s
+                                for r, s in zip(relaxed, structures, strict=True)],
+                               [r.energy_per_atom for r in relaxed])
+    e_hull = np.full(n, np.nan)
+    un = np.zeros(n, dtype=bool)
+    for k, (row, (e, reason)) in enumerate(zip(rows, placed, strict=True)):
+        row["e_above_hull_eV_atom"] = e if e is not None else ""
+        if reason:
+            row["e_above_hull_reason"] = reason
+        e_hull[k] = np.nan if e is None else e
+        un[k] = bool(row.get("unique")) and bool(row.get("novel"))
+    rates = stability_rates(e_hull, un if with_novelty else None, n)
+    ok_e = e_hull[np.isfinite(e_hull)]
+    rmsd = np.array([r.rmsd for r in relaxed if r.rmsd is not None], float)
+    terminal_sources = {k: v["source"] for k, v in hull.terminals.items()}
+    out = {f"stable_e_hull_le_{thr:g}": _metric(rates[f"stable_{thr:g}".replace(".", "p")], n,
+                                                 computed_on=len(ok_e))
+           for thr in STABLE_THRESHOLDS}
+    if with_novelty:
+        for thr in STABLE_THRESHOLDS:
+            key = f"{thr:g}".replace(".", "p")
+            out[f"sun_e_hull_le_{thr:g}"] = _metric(rates[f"sun_{key}"], n)
+    out["mean_e_above_hull"] = _metric(float(ok_e.mean()) if len(ok_e) else float("nan"), len(ok_e),
+                                       unit="eV/atom")
+    out["median_e_above_hull"] = _metric(float(np.median(ok_e)) if len(ok_e) else float("nan"),
+                                         len(ok_e), unit="eV/atom")
+    out["mean_relax_rmsd"] = _metric(float(rmsd.mean()) if len(rmsd) else float("nan"), len(rmsd),
+                                     unit="Å")
+    out["relax_converged"] = _metric(float(np.mean([r.converged for r in relaxed])) if relaxed
+                                     else float("nan"), len(relaxed))
+    out["hull_reference"] = _metric(float(len(hull.formulas)), len(hull.formulas),
+                                    potential="CHGNet (bundled weights, raw energies)",
+                                    terminals=terminal_sources)
+    if len(ok_e):
+        plots["stability"] = _histogram(ok_e, "energy above hull (eV/atom)", STABLE_THRESHOLDS)
+    return out
+
+
+def _histogram(values: np.ndarray, label: str, lines: tuple[float, ...]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(np.clip(values, -1, 3), bins=60)
+    for x in lines:
+        ax.axvline(x, color="k", ls="--", lw=1)
+    ax.set_xlabel(label + " (clipped to [-1, 3])")
+    ax.set_ylabel("structures")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _violins(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:

@@ -1,0 +1,390 @@
+"""Stability with the CHGNet universal potential: relaxation, energy above hull, S.U.N.
+
+Without DFT, "stable" means stable according to one ML potential, used the same way for the
+generated crystals and for the reference they are compared with:
+
+* **Relaxation** (:func:`relax`): ASE's FIRE on a ``FrechetCellFilter`` (positions and cell)
+  with CHGNet's ASE calculator, until max force < ``fmax`` or ``steps``, with a wall-clock limit
+  per structure. A structure whose energy is not finite, or whose volume grows or shrinks more
+  than ``max_volume_ratio``-fold, is reported as exploded. The RMSD is the root mean square of
+  the atoms' displacements (Å, minimum image, in the relaxed cell, rigid translation removed);
+  relaxation keeps the atom order, so no structure matching is involved.
+* **Reference energies** (:func:`reference_energies`): CHGNet's static energy of every training
+  and reference crystal (their geometries are DFT-relaxed already), in batches, cached on disk
+  under a key made of the data's hash and the CHGNet version.
+* **Terminal (elemental) references** (:func:`elemental_references`): the lowest energy per atom
+  among the elemental crystals of the data and CHGNet-relaxed candidates built with ASE (its
+  reference crystal structure where it has one, fcc, bcc, and a dimer in a 10 Å box). Data sets
+  such as perov_5 hold no elemental crystal at all, and mp_20 lacks 26 elements, so without
+  these no hull could be closed; where the candidates miss the true ground state the terminal
+  is too high and E_hull comes out too low (too stable): a stated approximation.
+* **Energy above hull** (:func:`energies_above_hull`): a pymatgen ``PhaseDiagram`` per chemical
+  system from the reference entries whose elements lie inside it, plus the terminals; negative
+  values (below the reference hull) are kept. Stable = E_hull ≤ 0.1 eV/atom (MatterGen) and
+  ≤ 0.0 (Matbench Discovery), both reported; S.U.N. = stable, unique and novel.
+
+CHGNet's raw energies are used for all entries (no MP2020 corrections): the hull is internally
+consistent but not the Materials Project's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crysgen.crystal_set import CrystalSet, write_npz_atomic
+from crysgen.errors import CrysgenError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+MIN_VOLUME_PER_ATOM = 1.0
+"""Å³: cells with less room per atom are refused before CHGNet sees them."""
+
+STABLE_THRESHOLDS = (0.1, 0.0)
+"""eV/atom: MatterGen's stability threshold and Matbench Discovery's."""
+
+
+@dataclass(frozen=True)
+class RelaxOptions:
+    """How structures are relaxed.
+
+    Attributes:
+        fmax: force convergence criterion (eV/Å).
+        steps: FIRE steps at most.
+        time_limit_s: wall-clock limit per structure (s); the structure gets a reason when hit.
+        max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
+        device: "cpu" or "cuda".
+    """
+
+    fmax: float = 0.1
+    steps: int = 500
+    time_limit_s: float = 120.0
+    max_volume_ratio: float = 5.0
+    device: str = "cpu"
+
+
+@dataclass
+class Relaxation:
+    """One structure's relaxation (energies in eV/atom, RMSD in Å, None where not available)."""
+
+    initial_energy_per_atom: float | None
+    energy_per_atom: float | None
+    rmsd: float | None
+    steps: int
+    converged: bool
+    seconds: float
+    structure: Structure | None = None
+    reason: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The per-structure columns."""
+        d = asdict(self)
+        d.pop("structure")
+        return {f"relax_{k}" if k in ("steps", "converged", "seconds", "reason") else k: v
+                for k, v in d.items()}
+
+
+_MODEL: dict[str, Any] = {}
+
+
+def load_chgnet(device: str = "cpu") -> Any:
+    """CHGNet's bundled pre-trained model (no network needed), loaded once per process."""
+    if device not in _MODEL:
+        import warnings
+
+        from chgnet.model import CHGNet
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _MODEL[device] = CHGNet.load(verbose=False, use_device=device)
+    return _MODEL[device]
+
+
+def displacement_rmsd(initial: Structure, relaxed: Structure) -> float:
+    """RMS displacement (Å) between two orderings of the same atoms, in the relaxed cell.
+
+    Fractional differences are wrapped to the nearest image, mapped into Cartesian space with
+    the relaxed lattice, and the mean displacement (rigid translation) is removed.
+    """
+    df = relaxed.frac_coords - initial.frac_coords
+    df -= np.round(df)
+    d = df @ relaxed.lattice.matrix
+    d -= d.mean(axis=0)
+    return float(np.sqrt((d ** 2).sum(axis=1).mean()))
+
+
+def relax(structure: Structure, options: RelaxOptions | None = None, *,
+          relax_cell: bool = True) -> Relaxation:
+    """Relax one structure with CHGNet (see the module docstring); never raises for bad input."""
+    import warnings
+
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from chgnet.model.dynamics import CHGNetCalculator
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    o = options or RelaxOptions()
+    t0 = time.monotonic()
+    initial_e, steps, converged = None, 0, False
+    volume = float(abs(np.linalg.det(structure.lattice.matrix))) if len(structure) else 0.0
+    if not np.isfinite(volume) or volume / max(len(structure), 1) < MIN_VOLUME_PER_ATOM:
+        # CHGNet's neighbour search on a (nearly) flat cell does not finish
+        return Relaxation(None, None, None, 0, False, 0.0, None,
+                          f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            atoms = AseAtomsAdaptor.get_atoms(structure)
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints the device every time
+                atoms.calc = CHGNetCalculator(model=load_chgnet(o.device), use_device=o.device,
+                                              on_isolated_atoms="ignore")
+            n = len(atoms)
+            initial_e = float(atoms.get_potential_energy()) / n
+            if not np.isfinite(initial_e):
+                return Relaxation(None, None, None, 0, False, time.monotonic() - t0, None,
+                                  "exploded: energy is not finite")
+            v0 = atoms.get_volume()
+            opt = FIRE(FrechetCellFilter(atoms) if relax_cell else atoms, logfile=None)
+            reason = None
+            for converged in opt.irun(fmax=o.fmax, steps=o.steps):
+                steps = opt.nsteps
+                ratio = atoms.get_volume() / v0
+                if not (1 / o.max_volume_ratio < ratio < o.max_volume_ratio):
+                    reason = f"exploded: volume changed {ratio:.3g}-fold"
+                    break
+                if time.monotonic() - t0 > o.time_limit_s:
+                    reason = f"time limit {o.time_limit_s:g} s reached after {steps} steps"
+                    break
+            energy = float(atoms.get_potential_energy()) / n
+            if reason is None and not np.isfinite(energy):
+                reason = "exploded: energy is not finite"
+            relaxed = AseAtomsAdaptor.get_structure(atoms)
+    except Exception as exc:  # a structure CHGNet cannot handle gets a reason, not a crash
+        return Relaxation(initial_e, None, None, steps, False, time.monotonic() - t0, None,
+                          f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
+    seconds = time.monotonic() - t0
+    if reason is not None and reason.startswith("exploded"):
+        return Relaxation(initial_e, None, None, steps, False, seconds, None, reason)
+    return Relaxation(initial_e, energy, displacement_rmsd(structure, relaxed), steps,
+                      bool(converged) and reason is None, seconds, relaxed, reason)
+
+
+def _cache_key(crystals: CrystalSet) -> str:
+    import chgnet
+
+    from crysgen.models.model_dir import data_fingerprint
+
+    return f"chgnet{chgnet.__version__}_{data_fingerprint(crystals, '')['sha256'][:20]}"
+
+
+def default_cache_dir() -> Path:
+    """``$CRYSGEN_CACHE`` or ``~/.cache/crysgen``."""
+    import os
+
+    return Path(os.environ.get("CRYSGEN_CACHE", Path.home() / ".cache" / "crysgen"))
+
+
+def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = 64,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
+    """CHGNet static energy per atom (eV/atom) of every crystal, cached by the data's hash.
+
+    Returns:
+        (N,) float64; NaN where CHGNet failed on a crystal.
+    """
+    from tqdm.auto import tqdm
+
+    cache = Path(cache_dir or default_cache_dir()) / "hull" / f"{_cache_key(crystals)}.npz"
+    if cache.is_file():
+        return np.load(cache)["energy_per_atom"]
+    model = load_chgnet(device)
+    out = np.full(len(crystals), np.nan)
+    bar = tqdm(total=len(crystals), desc="CHGNet reference energies", disable=not progress,
+               leave=False)
+    for start in range(0, len(crystals), batch_size):
+        idx = range(start, min(start + batch_size, len(crystals)))
+        structs = [crystals.to_structure(i) for i in idx]
+        try:
+            preds = model.predict_structure(structs, task="e", batch_size=batch_size)
+            out[list(idx)] = [float(p["e"]) for p in preds]
+        except Exception:  # fall back to one at a time, so one bad crystal costs only itself
+            for i, s in zip(idx, structs, strict=True):
+                try:
+                    out[i] = float(model.predict_structure(s, task="e")["e"])
+                except Exception:
+                    out[i] = np.nan
+        bar.update(len(idx))
+    bar.close()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_npz_atomic(cache, {"energy_per_atom": out})
+    return out
+
+
+def _candidates(symbol: str) -> list[tuple[str, Any, bool]]:
+    """ASE-built elemental structures: (label, atoms, relax the cell?)."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.data import atomic_numbers, covalent_radii
+
+    r = float(covalent_radii[atomic_numbers[symbol]])
+    out: list[tuple[str, Any, bool]] = []
+    try:
+        out.append(("reference", bulk(symbol), True))
+    except Exception:  # ASE has no crystal reference state for this element
+        pass
+    out.append(("fcc", bulk(symbol, "fcc", a=2 * np.sqrt(2) * r * 1.1), True))
+    out.append(("bcc", bulk(symbol, "bcc", a=4 * r * 1.1 / np.sqrt(3)), True))
+    out.append(("dimer", Atoms(f"{symbol}2", positions=[(5, 5, 5), (5, 5, 5 + 2 * r)],
+                               cell=(10, 10, 10), pbc=True), False))
+    return out
+
+
+def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
+                         options: RelaxOptions | None = None, cache_dir: str | Path | None = None,
+                         ) -> dict[str, dict[str, Any]]:
+    """Lowest energy per atom for each element: the data's elemental crystals or ASE candidates.
+
+    Args:
+        symbols: elements needed.
+        data_terminals: lowest CHGNet energy per atom among the data's elemental crystals.
+        options: relaxation settings for the candidates.
+        cache_dir: where relaxed candidates' energies are cached (per CHGNet version).
+
+    Returns:
+        symbol -> {"energy_per_atom", "source"} for every symbol (NaN energy if all failed).
+    """
+    import chgnet
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cache = Path(cache_dir or default_cache_dir()) / "hull" / f"elements_chgnet{chgnet.__version__}.json"
+    known: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    o = options or RelaxOptions()
+    changed = False
+    out = {}
+    for sym in sorted(symbols):
+        if sym not in known:
+            known[sym] = {}
+            for label, atoms, cell in _candidates(sym):
+                r = relax(AseAtomsAdaptor.get_structure(atoms), o, relax_cell=cell)
+                if r.energy_per_atom is not None and np.isfinite(r.energy_per_atom):
+                    known[sym][label] = r.energy_per_atom
+            changed = True
+        options_e = {f"ase {k}": v for k, v in known[sym].items()}
+        if sym in data_terminals:
+            options_e["data"] = data_terminals[sym]
+        if options_e:
+            source = min(options_e, key=options_e.get)
+            out[sym] = {"energy_per_atom": options_e[source], "source": source}
+        else:
+            out[sym] = {"energy_per_atom": float("nan"), "source": "none"}
+    if changed:
+        from crysgen.crystal_set import write_text_atomic
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+@dataclass
+class ReferenceHull:
+    """Reference entries (composition, CHGNet energy) and elemental terminals for E_hull."""
+
+    formulas: list[dict[str, float]]
+    energy_per_atom: np.ndarray
+    terminals: dict[str, dict[str, Any]]
+
+    @classmethod
+    def build(cls, sets: list[CrystalSet], needed: set[str], *, options: RelaxOptions | None = None,
+              batch_size: int = 64, cache_dir: str | Path | None = None,
+              progress: bool = True) -> ReferenceHull:
+        """Energies of every crystal of ``sets`` plus terminals for every element in ``needed``."""
+        from pymatgen.core import Element
+
+        o = options or RelaxOptions()
+        formulas, energies = [], []
+        for cs in sets:
+            e = reference_energies(cs, device=o.device, batch_size=batch_size, cache_dir=cache_dir,
+                                   progress=progress)
+            for i in range(len(cs)):
+                if not np.isfinite(e[i]):
+                    continue
+                zs, counts = np.unique(cs.atomic_numbers[i, : cs.num_sites[i]], return_counts=True)
+                formulas.append({Element.from_Z(int(z)).symbol: float(c)
+                                 for z, c in zip(zs, counts, strict=True)})
+                energies.append(e[i])
+        data_terminals: dict[str, float] = {}
+        for f, e in zip(formulas, energies, strict=True):
+            if len(f) == 1:
+                sym = next(iter(f))
+                data_terminals[sym] = min(e, data_terminals.get(sym, np.inf))
+        needed = needed | {s for f in formulas for s in f}
+        terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir)
+        return cls(formulas, np.asarray(energies, float), terminals)
+
+    def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],
+                     ) -> list[tuple[float | None, str | None]]:
+        """E_hull (eV/atom, negative below the reference hull) or a reason, per structure."""
+        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+        from pymatgen.core import Composition
+
+        by_system: dict[frozenset[str], Any] = {}
+        element_sets = [frozenset(f) for f in self.formulas]
+        out: list[tuple[float | None, str | None]] = []
+        for s, e in zip(structures, energies_per_atom, strict=True):
+            if e is None or not np.isfinite(e):
+                out.append((None, "no relaxed energy"))
+                continue
+            system = frozenset(el.symbol for el in s.composition.elements)
+            missing = [x for x in system if not np.isfinite(
+                self.terminals.get(x, {}).get("energy_per_atom", np.nan))]
+            if missing:
+                out.append((None, f"no elemental reference for {', '.join(sorted(missing))}"))
+                continue
+            if system not in by_system:
+                entries = [PDEntry(Composition({x: 1}), self.terminals[x]["energy_per_atom"])
+                           for x in system]
+                entries += [PDEntry(Composition(f), float(self.energy_per_atom[k]) * sum(f.values()))
+                            for k, f in enumerate(self.formulas) if element_sets[k] <= system]
+                by_system[system] = PhaseDiagram(entries)
+            entry = PDEntry(s.composition, float(e) * len(s))
+            try:
+                _, ehull = by_system[system].get_decomp_and_e_above_hull(entry, allow_negative=True)
+                out.append((float(ehull), None))
+            except Exception as exc:
+                out.append((None, f"hull failed: {type(exc).__name__}: {str(exc)[:100]}"))
+        return out
+
+
+def stability_rates(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int) -> dict[str, Any]:
+    """Stable (≤ 0.1 and ≤ 0.0 eV/atom) and S.U.N. rates over all ``n`` samples.
+
+    Args:
+        e_hull: (n,) energies above hull, NaN where unknown (counts as not stable).
+        unique_novel: (n,) bool, or None when novelty was not computed.
+        n: number of samples (the denominator).
+    """
+    e = np.asarray(e_hull, float)
+    out: dict[str, Any] = {}
+    for thr in STABLE_THRESHOLDS:
+        stable = np.nan_to_num(e, nan=np.inf) <= thr
+        key = f"{thr:g}".replace(".", "p")
+        out[f"stable_{key}"] = float(stable.sum() / n) if n else float("nan")
+        if unique_novel is not None:
+            out[f"sun_{key}"] = float((stable & unique_novel).sum() / n) if n else float("nan")
+    return out
+
+
+def check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without one, before any work starts."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CrysgenError("--device cuda: no CUDA device on this machine")

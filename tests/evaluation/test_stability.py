@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.evaluation import stability
+from crysgen.evaluation.stability import (
+    ReferenceHull,
+    displacement_rmsd,
+    reference_energies,
+    relax,
+    stability_rates,
+)
+from tests.conftest import load_cif
+
+
+def test_relaxing_strained_nacl_lowers_its_energy():
+    strained = load_cif("NaCl")
+    strained.apply_strain(0.05)
+    r = relax(strained)
+    assert r.reason is None and r.converged
+    assert r.energy_per_atom < r.initial_energy_per_atom - 0.005
+    # the cell shrinks back towards rock salt's 5.6-5.7 Å
+    assert r.structure.volume < strained.volume
+    assert 5.4 < r.structure.lattice.a < 5.9
+
+
+def test_a_broken_structure_gets_a_reason_not_a_crash():
+    flat = Structure(Lattice([[4, 0, 0], [0, 4, 0], [0, 0, 1e-9]]), ["Na", "Cl"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    r = relax(flat)
+    assert r.reason and r.energy_per_atom is None
+    assert r.row()["relax_reason"] == r.reason
+
+
+def test_time_limit_stops_with_a_reason():
+    s = load_cif("triclinic_LiFePO")
+    s.perturb(0.2, 0.1)
+    r = relax(s, stability.RelaxOptions(time_limit_s=0.0, fmax=1e-4))
+    assert r.reason and "time limit" in r.reason and not r.converged
+    assert r.energy_per_atom is not None  # the energy where it stopped is kept
+
+
+def test_displacement_rmsd_known_values():
+    s = load_cif("NaCl")
+    shifted = s.copy()
+    shifted.translate_sites(range(len(s)), [0.1, 0.0, 0.0])  # rigid translation: not a change
+    assert displacement_rmsd(s, shifted) == pytest.approx(0.0, abs=1e-9)
+    moved = s.copy()
+    moved.translate_sites([0], [0.9, 0.9, 0.9], frac_coords=False)  # wraps fine, one atom moves
+    d = np.sqrt(3 * 0.9 ** 2)
+    n = len(s)  # after removing the mean, one atom moved by d(1 - 1/n), the others by d/n
+    expected = np.sqrt(((d * (1 - 1 / n)) ** 2 + (n - 1) * (d / n) ** 2) / n)
+    assert displacement_rmsd(s, moved) == pytest.approx(expected, rel=1e-6)
+
+
+def _hull(formulas, energies, terminals):
+    return ReferenceHull(formulas, np.array(energies, float),
+                         {k: {"energy_per_atom": v, "source": "test"} for k, v in terminals.items()})
+
+
+def test_energy_above_hull_by_hand():
+    hull = _hull([{"Na": 1, "Cl": 1}], [-2.0], {"Na": -1.0, "Cl": -1.0})
+    nacl = load_cif("NaCl")  # 8 atoms, Na4Cl4
+    out = hull.e_above_hull([nacl, nacl, nacl], [-2.0, -1.9, -2.5])
+    assert [round(e, 6) for e, _ in out] == [0.0, 0.1, -0.5]
+    # Na3Cl: halfway between Na (-1) and NaCl (-2) along the hull is -1.5 eV/atom at x_Cl = 0.25
+    na3cl = Structure(Lattice.cubic(5), ["Na", "Na", "Na", "Cl"],
+                      [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    (e, reason), = hull.e_above_hull([na3cl], [-1.2])
+    assert reason is None and e == pytest.approx(0.3)
+
+
+def test_missing_reference_and_missing_energy_are_reasons():
+    hull = _hull([], [], {"Na": -1.0, "Cl": float("nan")})
+    nacl = load_cif("NaCl")
+    (e1, r1), (e2, r2) = hull.e_above_hull([nacl, nacl], [-2.0, None])
+    assert e1 is None and "no elemental reference for Cl" in r1
+    assert e2 is None and r2 == "no relaxed energy"
+
+
+def test_stability_rates_count_over_all_samples():
+    e = np.array([-0.2, 0.0, 0.05, 0.3, np.nan])
+    un = np.array([True, False, True, True, True])
+    rates = stability_rates(e, un, n=5)
+    assert rates["stable_0p1"] == pytest.approx(3 / 5) and rates["stable_0"] == pytest.approx(2 / 5)
+    assert rates["sun_0p1"] == pytest.approx(2 / 5) and rates["sun_0"] == pytest.approx(1 / 5)
+    assert "sun_0" not in stability_rates(e, None, n=5)
+
+
+def test_reference_energies_are_cached_by_data(tmp_path, monkeypatch):
+    cs = CrystalSet.from_structures([load_cif("NaCl"), load_cif("SrTiO3")], max_sites=52)
+    first = reference_energies(cs, cache_dir=tmp_path, progress=False)
+    assert first.shape == (2,) and np.isfinite(first).all()
+    assert -4.5 < first[0] < -3.0  # CHGNet: about -3.7 eV/atom for rock salt NaCl
+
+    def no_model(*a, **k):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(stability, "load_chgnet", no_model)
+    np.testing.assert_array_equal(reference_energies(cs, cache_dir=tmp_path, progress=False), first)
+
+
+def test_evaluate_with_stability_writes_per_structure_columns(tmp_path):
+    import chgnet
+
+    from crysgen.evaluation.suite import EvalOptions, evaluate
+
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite"]
+    cs = CrystalSet.from_structures([load_cif(n) for n in names], ids=names, max_sites=52)
+    samples = cs.save(tmp_path / "samples.npz")
+    train = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52).save(tmp_path / "train.npz")
+    # terminal energies given in the cache (relaxing every elemental candidate takes minutes)
+    cache = tmp_path / "cache" / "hull" / f"elements_chgnet{chgnet.__version__}.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({x: {"fcc": -1.0} for x in ["Na", "Cl", "Sr", "Ti", "O", "Zn"]}))
+    ev = evaluate(samples, train, samples, EvalOptions(metrics=("validity", "novelty", "stability"),
+                                                       cache_dir=str(tmp_path / "cache"),
+                                                       relax_steps=20), progress=False)
+    for row in ev.rows:
+        assert row["energy_per_atom"] < 0 and row["e_above_hull_eV_atom"] != ""
+    # the samples are in the reference: none may sit above its own hull
+    assert all(float(r["e_above_hull_eV_atom"]) <= 1e-3 + 0.05 for r in ev.rows)
+    m = ev.metrics
+    assert m["stable_e_hull_le_0.1"]["value"] == 1.0 and m["stable_e_hull_le_0.1"]["n"] == 3
+    assert m["sun_e_hull_le_0.1"]["value"] == pytest.approx(2 / 3)  # NaCl is in train: not novel
+    assert m["hull_reference"]["terminals"]["Na"] == "ase fcc"
