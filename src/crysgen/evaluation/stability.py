@@ -154,7 +154,7 @@ def relax(structure: Structure, options: RelaxOptions | None = None, *,
             v0 = atoms.get_volume()
             opt = FIRE(FrechetCellFilter(atoms) if relax_cell else atoms, logfile=None)
             reason = None
-            for converged in opt.irun(fmax=o.fmax, steps=o.steps):
+            for converged in opt.irun(fmax=o.fmax, steps=o.steps):  # noqa: B007 (kept after the loop)
                 steps = opt.nsteps
                 ratio = atoms.get_volume() / v0
                 if not (1 / o.max_volume_ratio < ratio < o.max_volume_ratio):
@@ -235,10 +235,8 @@ def _candidates(symbol: str) -> list[tuple[str, Any, bool]]:
 
     r = float(covalent_radii[atomic_numbers[symbol]])
     out: list[tuple[str, Any, bool]] = []
-    try:
+    with contextlib.suppress(Exception):  # ASE has no crystal reference state for some elements
         out.append(("reference", bulk(symbol), True))
-    except Exception:  # ASE has no crystal reference state for this element
-        pass
     out.append(("fcc", bulk(symbol, "fcc", a=2 * np.sqrt(2) * r * 1.1), True))
     out.append(("bcc", bulk(symbol, "bcc", a=4 * r * 1.1 / np.sqrt(3)), True))
     out.append(("dimer", Atoms(f"{symbol}2", positions=[(5, 5, 5), (5, 5, 5 + 2 * r)],
@@ -248,14 +246,16 @@ def _candidates(symbol: str) -> list[tuple[str, Any, bool]]:
 
 def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
                          options: RelaxOptions | None = None, cache_dir: str | Path | None = None,
-                         ) -> dict[str, dict[str, Any]]:
+                         progress: bool = True) -> dict[str, dict[str, Any]]:
     """Lowest energy per atom for each element: the data's elemental crystals or ASE candidates.
 
     Args:
         symbols: elements needed.
         data_terminals: lowest CHGNet energy per atom among the data's elemental crystals.
         options: relaxation settings for the candidates.
-        cache_dir: where relaxed candidates' energies are cached (per CHGNet version).
+        cache_dir: where relaxed candidates' energies are cached (per CHGNet version), written
+            after every element.
+        progress: show a progress bar.
 
     Returns:
         symbol -> {"energy_per_atom", "source"} for every symbol (NaN energy if all failed).
@@ -265,17 +265,22 @@ def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
 
     cache = Path(cache_dir or default_cache_dir()) / "hull" / f"elements_chgnet{chgnet.__version__}.json"
     known: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    from tqdm.auto import tqdm
+
+    from crysgen.crystal_set import write_text_atomic
+
     o = options or RelaxOptions()
-    changed = False
     out = {}
+    todo = sorted(symbols - set(known))
+    for sym in tqdm(todo, desc="CHGNet elemental references", disable=not progress, leave=False):
+        known[sym] = {}
+        for label, atoms, cell in _candidates(sym):
+            r = relax(AseAtomsAdaptor.get_structure(atoms), o, relax_cell=cell)
+            if r.energy_per_atom is not None and np.isfinite(r.energy_per_atom):
+                known[sym][label] = r.energy_per_atom
+        cache.parent.mkdir(parents=True, exist_ok=True)  # after every element: an interrupted
+        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")  # run keeps it
     for sym in sorted(symbols):
-        if sym not in known:
-            known[sym] = {}
-            for label, atoms, cell in _candidates(sym):
-                r = relax(AseAtomsAdaptor.get_structure(atoms), o, relax_cell=cell)
-                if r.energy_per_atom is not None and np.isfinite(r.energy_per_atom):
-                    known[sym][label] = r.energy_per_atom
-            changed = True
         options_e = {f"ase {k}": v for k, v in known[sym].items()}
         if sym in data_terminals:
             options_e["data"] = data_terminals[sym]
@@ -284,11 +289,6 @@ def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
             out[sym] = {"energy_per_atom": options_e[source], "source": source}
         else:
             out[sym] = {"energy_per_atom": float("nan"), "source": "none"}
-    if changed:
-        from crysgen.crystal_set import write_text_atomic
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -325,7 +325,8 @@ class ReferenceHull:
                 sym = next(iter(f))
                 data_terminals[sym] = min(e, data_terminals.get(sym, np.inf))
         needed = needed | {s for f in formulas for s in f}
-        terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir)
+        terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir,
+                                         progress=progress)
         return cls(formulas, np.asarray(energies, float), terminals)
 
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],

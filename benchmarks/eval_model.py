@@ -1,0 +1,82 @@
+"""Every metric family on samples of a trained generator -> benchmarks/results/eval_<name>_<dataset>.json.
+
+Samples N crystals with `crysgen sample` (timed), then runs `crysgen evaluate` with all families
+including CHGNet stability, against the dataset's train split (novelty, hull) and test split
+(reference; ``--reference-limit`` seeded subset for coverage/distances, and for the hull). The
+JSON holds every metric with its n, the seconds of each family (the speed of the suite on this
+machine) and the published CDVAE-benchmark rows of reference/anchors.md for the dataset.
+
+Usage (GPU machine)::
+
+    CRYSGEN_MODELS_DIR=.cgcnn python benchmarks/eval_model.py src/crysgen/pretrained/crystens_diffusion_mp20 \
+        --name diffusion_default --dataset mp_20 --device cuda --workers 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from codec import ROOT, stamp
+from crysgen.crystal_set import write_text_atomic
+from crysgen.evaluation.suite import ALL_FAMILIES, EvalOptions, evaluate, write_report
+from crysgen.sampling import SampleOptions, sample_to_dir
+from eval_sanity import TRAIN
+
+PUBLISHED = {  # reference/anchors.md §1b (labelled R there: recalled, not re-read): struct valid,
+    # comp valid, COV-R, COV-P, W(density), W(property), W(#elements)
+    "mp_20": {"CDVAE": [100.0, 86.70, 99.15, 99.49, 0.6875, 0.2778, 1.432],
+              "DiffCSP": [100.0, 83.25, 99.71, 99.76, 0.3502, 0.1247, 0.3398]},
+    "perov_5": {"CDVAE": [100.0, 98.59, 99.45, 98.46, 0.1258, 0.0264, 0.0628],
+                "DiffCSP": [100.0, 98.85, 99.74, 98.27, 0.1110, 0.0263, 0.0128],
+                "Cond-DFC-VAE (Court et al.)": [73.60, 82.95, 73.92, 10.13, 2.268, 4.111, 0.8373]},
+}
+COLUMNS = ["struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
+           "wdist_prop", "wdist_num_elems"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--name", required=True)
+    p.add_argument("--dataset", required=True, choices=sorted(TRAIN))
+    p.add_argument("--work", default="benchmarks/.work")
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--reference-limit", type=int, default=1000)
+    p.add_argument("--property-model", default="formation_energy")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--cache-dir", default="benchmarks/.work/cache")
+    args = p.parse_args()
+    work = Path(args.work)
+    out = work / f"eval_{args.name}_{args.dataset}"
+    t0 = time.perf_counter()
+    summary = sample_to_dir(args.model, out / "samples", SampleOptions(n=args.n), device=args.device,
+                            progress=False)
+    sample_s = time.perf_counter() - t0
+    options = EvalOptions(metrics=ALL_FAMILIES, dataset=args.dataset, property_model=args.property_model,
+                          workers=args.workers, reference_limit=args.reference_limit,
+                          device=args.device, cache_dir=args.cache_dir)
+    ev = evaluate(out / "samples", work / f"{TRAIN[args.dataset]}.npz",
+                  work / f"{args.dataset}_test.npz", options, progress=False)
+    write_report(ev, out / "report", title=f"{args.name} on {args.dataset}", options=options)
+    result = {"model": args.model, "dataset": args.dataset, "n": args.n,
+              "training_data": f"{TRAIN[args.dataset]}.npz (mp_20: the partial train split, 57 %)",
+              "sampling": {"seconds": round(sample_s, 1), "decoded": summary.decoded,
+                           "failures": summary.failures},
+              "metrics": ev.metrics, "seconds": ev.seconds,
+              "published": {"columns": COLUMNS, "rows": PUBLISHED.get(args.dataset, {}),
+                            "source": "reference/anchors.md §1b (label R)"},
+              "options": {k: v for k, v in vars(args).items()}} | stamp()
+    path = ROOT / "benchmarks" / "results" / f"eval_{args.name}_{args.dataset}.json"
+    write_text_atomic(path, json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
+    print(json.dumps({k: (v["value"] if not isinstance(v["value"], dict) else "...")
+                      for k, v in ev.metrics.items()}, indent=0))
+    print(json.dumps(ev.seconds), f"sampling {sample_s:.0f} s")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
