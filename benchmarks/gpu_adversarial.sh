@@ -5,17 +5,7 @@
 #   bash benchmarks/gpu_adversarial.sh launch MINUTES GAN_ITERS WGAN_ITERS  # install, start, watch
 #   bash benchmarks/gpu_adversarial.sh finish                               # wait, compare, pack $OUT
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
-set -u
-R=/tmp/runs
-W=benchmarks/.work
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
-OUT=${OUT:-/tmp/out}
-
-install() {
-  [ -d /tmp/site/pymatgen ] && return
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl_min/*.whl && rm -f /tmp/site/pynvml.py
-}
+source benchmarks/gpu_env.sh
 
 train() {  # kind minutes iterations
   mkdir -p $R

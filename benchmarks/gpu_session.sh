@@ -15,17 +15,7 @@
 #   bash benchmarks/gpu_session.sh watch SECONDS NAME
 #   bash benchmarks/gpu_session.sh finish-one NAME BENCH_NAME REFERENCE [SYMPREC]
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
-set -u
-R=/tmp/runs
-W=benchmarks/.work
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
-OUT=${OUT:-/tmp/out}
-
-install() {
-  [ -d /tmp/site/pymatgen ] && return
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl_min/*.whl && rm -f /tmp/site/pynvml.py
-}
+source benchmarks/gpu_env.sh
 
 train() {  # name config train val minutes [more options]
   mkdir -p $R

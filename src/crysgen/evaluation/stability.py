@@ -363,6 +363,11 @@ class ReferenceHull:
         return out
 
 
+def threshold_key(thr: float) -> str:
+    """The suffix naming a threshold in :func:`stability_rates` keys: 0.1 -> "0p1", 0.0 -> "0"."""
+    return f"{thr:g}".replace(".", "p")
+
+
 def stability_rates(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int) -> dict[str, Any]:
     """Stable (≤ 0.1 and ≤ 0.0 eV/atom) and S.U.N. rates over all ``n`` samples.
 
@@ -375,7 +380,7 @@ def stability_rates(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int)
     out: dict[str, Any] = {}
     for thr in STABLE_THRESHOLDS:
         stable = np.nan_to_num(e, nan=np.inf) <= thr
-        key = f"{thr:g}".replace(".", "p")
+        key = threshold_key(thr)
         out[f"stable_{key}"] = float(stable.sum() / n) if n else float("nan")
         if unique_novel is not None:
             out[f"sun_{key}"] = float((stable & unique_novel).sum() / n) if n else float("nan")

@@ -372,6 +372,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         RelaxOptions,
         check_device,
         stability_rates,
+        threshold_key,
     )
 
     check_device(o.device)
@@ -401,13 +402,12 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     ok_e = e_hull[np.isfinite(e_hull)]
     rmsd = np.array([r.rmsd for r in relaxed if r.rmsd is not None], float)
     terminal_sources = {k: v["source"] for k, v in hull.terminals.items()}
-    out = {f"stable_e_hull_le_{thr:g}": _metric(rates[f"stable_{thr:g}".replace(".", "p")], n,
+    out = {f"stable_e_hull_le_{thr:g}": _metric(rates[f"stable_{threshold_key(thr)}"], n,
                                                  computed_on=len(ok_e))
            for thr in STABLE_THRESHOLDS}
     if with_novelty:
         for thr in STABLE_THRESHOLDS:
-            key = f"{thr:g}".replace(".", "p")
-            out[f"sun_e_hull_le_{thr:g}"] = _metric(rates[f"sun_{key}"], n)
+            out[f"sun_e_hull_le_{thr:g}"] = _metric(rates[f"sun_{threshold_key(thr)}"], n)
     out["mean_e_above_hull"] = _metric(float(ok_e.mean()) if len(ok_e) else float("nan"), len(ok_e),
                                        unit="eV/atom")
     out["median_e_above_hull"] = _metric(float(np.median(ok_e)) if len(ok_e) else float("nan"),

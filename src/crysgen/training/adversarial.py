@@ -18,7 +18,6 @@ The run directory is described in :mod:`crysgen.training.runs`; ``model/`` holds
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +172,12 @@ def train_adversarial(
     if config is None and kind is not None and not resume:
         config = AdversarialTrainConfig.default(kind)
 
-    def override(c: AdversarialTrainConfig) -> AdversarialTrainConfig:
+    def same_kind(c: AdversarialTrainConfig) -> None:
         if kind is not None and c.net.kind != kind:
             raise CrysgenError(f"this is a {kind!r} run but its config says kind {c.net.kind!r}")
-        return c if max_steps is None else replace(c, optim=replace(c.optim, max_steps=max_steps))
 
-    run = open_run(data, out, config, AdversarialTrainConfig, resume=resume, override=override)
+    run = open_run(data, out, config, AdversarialTrainConfig, resume=resume, max_steps=max_steps,
+                   validate=same_kind)
     o = run.config.optim
     L.seed_everything(o.seed, workers=True)
     loader = tensor_loader(run.crystals, run.scaling, o.batch_size, shuffle=True)

@@ -7,7 +7,6 @@ weights, exported at every checkpoint and at the end.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +155,7 @@ def train_diffusion(
     if init is not None and resume:
         raise CrysgenError("--init starts a new run from a model's weights; it cannot be combined "
                            "with --resume")
-
-    def override(c: DiffusionTrainConfig) -> DiffusionTrainConfig:
-        return c if max_steps is None else replace(c, optim=replace(c.optim, max_steps=max_steps))
-
-    run = open_run(data, out, config, DiffusionTrainConfig, resume=resume, override=override)
+    run = open_run(data, out, config, DiffusionTrainConfig, resume=resume, max_steps=max_steps)
     config, fingerprint = run.config, run.fingerprint
     init_model = _init_model(init, config, run.crystals, fingerprint) if init is not None else None
     if init_model is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ class Run:
 
 
 def open_run(data: str | Path, out: str | Path, config: Config | None, klass: type[Config], *,
-             resume: bool, override: Callable[[Config], Config] = lambda c: c) -> Run:
+             resume: bool, max_steps: int | None = None,
+             validate: Callable[[Config], None] = lambda c: None) -> Run:
     """Check, create or reopen a run directory, before any training starts.
 
     Args:
@@ -55,7 +56,8 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
             ``config.yaml`` is used.
         klass: the config class.
         resume: continue the run in ``out``.
-        override: applied to the config (command-line overrides such as ``--max-steps``).
+        max_steps: overrides ``config.optim.max_steps`` (``--max-steps``).
+        validate: raises for a config this trainer cannot run (before anything is written).
 
     Raises:
         CrysgenError: resume without a checkpoint, a new run into a used directory, or a
@@ -69,7 +71,10 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
         config = load_config(out / "config.yaml", klass)
     elif last.exists():
         raise CrysgenError(f"{out} already holds a run; pass --resume to continue it or use a new --out")
-    config = override(config or klass.from_dict({}))
+    config = config or klass.from_dict({})
+    validate(config)
+    if max_steps is not None:
+        config = replace(config, optim=replace(config.optim, max_steps=max_steps))
     crystals = CrystalSet.load(data)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
