@@ -75,6 +75,31 @@ def test_energy_above_hull_by_hand():
     assert reason is None and e == pytest.approx(0.3)
 
 
+def test_hull_linear_program_agrees_with_pymatgen_phase_diagram():
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    rng = np.random.default_rng(0)
+    els = ["Li", "Fe", "P", "O"]
+    formulas = [{x: float(c) for x, c in zip(els, rng.integers(0, 4, 4), strict=True) if c}
+                for _ in range(40)]
+    formulas = [f for f in formulas if len(f) >= 2]
+    energies = list(-3 + rng.normal(0, 0.5, len(formulas)))
+    terminals = {x: float(-1 - rng.random()) for x in els}
+    hull = _hull(formulas, energies, terminals)
+    pd = PhaseDiagram([PDEntry(Composition({x: 1}), e) for x, e in terminals.items()]
+                      + [PDEntry(Composition(f), e * sum(f.values()))
+                         for f, e in zip(formulas, energies, strict=True)])
+    probes = [Structure(Lattice.cubic(6), sp, rng.random((len(sp), 3)))
+              for sp in (["Li", "Fe", "P", "O", "O", "O", "O"], ["Fe", "O", "O"], ["Li", "P", "P"],
+                         ["Li", "Fe", "Fe", "O", "O", "O"])]
+    e_probe = list(-2.5 + rng.normal(0, 0.5, len(probes)))
+    ours = hull.e_above_hull(probes, e_probe)
+    for s, e, (ehull, reason) in zip(probes, e_probe, ours, strict=True):
+        _, ref = pd.get_decomp_and_e_above_hull(PDEntry(s.composition, e * len(s)), allow_negative=True)
+        assert reason is None and ehull == pytest.approx(ref, abs=1e-6)
+
+
 def test_missing_reference_and_missing_energy_are_reasons():
     hull = _hull([], [], {"Na": -1.0, "Cl": float("nan")})
     nacl = load_cif("NaCl")

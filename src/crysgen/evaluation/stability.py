@@ -18,9 +18,11 @@ generated crystals and for the reference they are compared with:
   such as perov_5 hold no elemental crystal at all, and mp_20 lacks 26 elements, so without
   these no hull could be closed; where the candidates miss the true ground state the terminal
   is too high and E_hull comes out too low (too stable): a stated approximation.
-* **Energy above hull** (:func:`energies_above_hull`): a pymatgen ``PhaseDiagram`` per chemical
-  system from the reference entries whose elements lie inside it, plus the terminals; negative
-  values (below the reference hull) are kept. Stable = E_hull ≤ 0.1 eV/atom (MatterGen) and
+* **Energy above hull** (:meth:`ReferenceHull.e_above_hull`): the energy per atom minus the
+  lower convex envelope of the reference entries inside the structure's chemical system plus the
+  terminals, at its composition — what a pymatgen ``PhaseDiagram`` gives, computed as a linear
+  program (:func:`hull_energy`) because qhull in 6–14-element systems took minutes per system;
+  negative values (below the reference hull) are kept. Stable = E_hull ≤ 0.1 eV/atom (MatterGen) and
   ≤ 0.0 (Matbench Discovery), both reported; S.U.N. = stable, unique and novel.
 
 CHGNet's raw energies are used for all entries (no MP2020 corrections): the hull is internally
@@ -332,35 +334,71 @@ class ReferenceHull:
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],
                      ) -> list[tuple[float | None, str | None]]:
         """E_hull (eV/atom, negative below the reference hull) or a reason, per structure."""
-        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-        from pymatgen.core import Composition
 
-        by_system: dict[frozenset[str], Any] = {}
-        element_sets = [frozenset(f) for f in self.formulas]
+        symbols = sorted({x for f in self.formulas for x in f} | set(self.terminals))
+        column = {x: j for j, x in enumerate(symbols)}
+        term = [x for x in symbols if np.isfinite(self.terminals.get(x, {}).get("energy_per_atom", np.nan))]
+        # every entry as a fractional composition row over ``symbols``; terminals first
+        comp = np.zeros((len(term) + len(self.formulas), len(symbols)))
+        energy = np.empty(len(comp))
+        for k, x in enumerate(term):
+            comp[k, column[x]] = 1.0
+            energy[k] = self.terminals[x]["energy_per_atom"]
+        for k, f in enumerate(self.formulas, start=len(term)):
+            total = sum(f.values())
+            for x, c in f.items():
+                comp[k, column[x]] = c / total
+            energy[k] = self.energy_per_atom[k - len(term)]
         out: list[tuple[float | None, str | None]] = []
         for s, e in zip(structures, energies_per_atom, strict=True):
             if e is None or not np.isfinite(e):
                 out.append((None, "no relaxed energy"))
                 continue
-            system = frozenset(el.symbol for el in s.composition.elements)
-            missing = [x for x in system if not np.isfinite(
-                self.terminals.get(x, {}).get("energy_per_atom", np.nan))]
+            target = {el.symbol: float(a) for el, a in s.composition.fractional_composition.items()}
+            missing = [x for x in target if x not in term]
             if missing:
                 out.append((None, f"no elemental reference for {', '.join(sorted(missing))}"))
                 continue
-            if system not in by_system:
-                entries = [PDEntry(Composition({x: 1}), self.terminals[x]["energy_per_atom"])
-                           for x in system]
-                entries += [PDEntry(Composition(f), float(self.energy_per_atom[k]) * sum(f.values()))
-                            for k, f in enumerate(self.formulas) if element_sets[k] <= system]
-                by_system[system] = PhaseDiagram(entries)
-            entry = PDEntry(s.composition, float(e) * len(s))
             try:
-                _, ehull = by_system[system].get_decomp_and_e_above_hull(entry, allow_negative=True)
-                out.append((float(ehull), None))
-            except Exception as exc:
+                out.append((float(e) - hull_energy(target, comp, energy, column), None))
+            except Exception as exc:  # noqa: BLE001 - one structure's failure is its reason
                 out.append((None, f"hull failed: {type(exc).__name__}: {str(exc)[:100]}"))
         return out
+
+
+def hull_energy(target: dict[str, float], comp: np.ndarray, energy: np.ndarray,
+                column: dict[str, int]) -> float:
+    """Energy per atom of the convex hull at a composition, by linear programming.
+
+    The hull energy at composition ``c`` is ``min Σ x_k e_k`` over phase fractions ``x ≥ 0`` with
+    ``Σ x_k c_k = c`` — the lower convex envelope that pymatgen's ``PhaseDiagram`` builds with
+    qhull, evaluated at one point. Solved with scipy's HiGHS; unlike a qhull hull in a
+    (n_elements − 1)-dimensional space it stays fast for the 6–14-element compositions that
+    generators produce.
+
+    Args:
+        target: fractional composition of the structure, element → fraction (sums to 1).
+        comp: (n_entries, n_symbols) fractional compositions of the reference entries,
+            including one pure-element row for every element of ``target``.
+        energy: (n_entries,) energy per atom of each entry, eV/atom.
+        column: element symbol → column of ``comp``.
+
+    Returns:
+        The hull energy per atom, eV/atom.
+    """
+    from scipy.optimize import linprog
+
+    inside = np.ones(len(comp), bool)
+    outside = [j for x, j in column.items() if x not in target]
+    if outside:
+        inside = ~(comp[:, outside] > 0).any(axis=1)
+    cols = [column[x] for x in target]
+    a_eq = comp[inside][:, cols].T
+    b_eq = np.array([target[x] for x in target])
+    res = linprog(energy[inside], A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+    if not res.success:
+        raise CrysgenError(f"hull linear program: {res.message}")
+    return float(res.fun)
 
 
 def threshold_key(thr: float) -> str:
