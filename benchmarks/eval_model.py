@@ -49,32 +49,49 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--cache-dir", default="benchmarks/.work/cache")
+    p.add_argument("--samples", help="a `crysgen sample` folder of MODEL made earlier, or its .npz "
+                   "packed by pack_samples.py (the sampling time is then not measured here)")
+    p.add_argument("--metrics", default=",".join(ALL_FAMILIES), help="families (default: all)")
+    p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     args = p.parse_args()
     work = Path(args.work)
-    out = work / f"eval_{args.name}_{args.dataset}"
-    t0 = time.perf_counter()
-    summary = sample_to_dir(args.model, out / "samples", SampleOptions(n=args.n), device=args.device,
-                            progress=False)
-    sample_s = time.perf_counter() - t0
-    options = EvalOptions(metrics=ALL_FAMILIES, dataset=args.dataset, property_model=args.property_model,
+    out = work / f"eval_{args.name}_{args.dataset}{args.suffix}"
+    if args.samples:
+        samples = Path(args.samples)
+        if samples.suffix == ".npz":  # packed by pack_samples.py
+            side = json.loads(samples.with_suffix(".sample.json").read_text())
+            meta, config = side["summary"], side["sample_config"]
+        else:
+            meta = json.loads((samples / "summary.json").read_text())
+            config = json.loads((samples / "sample_config.json").read_text())
+        sampling = {"seconds": None, "decoded": meta.get("decoded"), "failures": meta.get("failures"),
+                    "folder": str(samples), "sampled_from": config["model"],
+                    "sample_options": config["options"]}
+    else:
+        samples = out / "samples"
+        t0 = time.perf_counter()
+        summary = sample_to_dir(args.model, samples, SampleOptions(n=args.n), device=args.device,
+                                progress=False)
+        sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
+                    "failures": summary.failures}
+    options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset, property_model=args.property_model,
                           workers=args.workers, reference_limit=args.reference_limit,
                           device=args.device, cache_dir=args.cache_dir)
-    ev = evaluate(out / "samples", work / f"{TRAIN[args.dataset]}.npz",
+    ev = evaluate(samples, work / f"{TRAIN[args.dataset]}.npz",
                   work / f"{args.dataset}_test.npz", options, progress=False)
     write_report(ev, out / "report", title=f"{args.name} on {args.dataset}", options=options)
     result = {"model": args.model, "dataset": args.dataset, "n": args.n,
               "training_data": f"{TRAIN[args.dataset]}.npz (mp_20: the partial train split, 57 %)",
-              "sampling": {"seconds": round(sample_s, 1), "decoded": summary.decoded,
-                           "failures": summary.failures},
+              "sampling": sampling,
               "metrics": ev.metrics, "seconds": ev.seconds,
               "published": {"columns": COLUMNS, "rows": PUBLISHED.get(args.dataset, {}),
                             "source": "reference/anchors.md §1b (label R)"},
               "options": {k: v for k, v in vars(args).items()}} | stamp()
-    path = ROOT / "benchmarks" / "results" / f"eval_{args.name}_{args.dataset}.json"
+    path = ROOT / "benchmarks" / "results" / f"eval_{args.name}_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
     print(json.dumps({k: (v["value"] if not isinstance(v["value"], dict) else "...")
                       for k, v in ev.metrics.items()}, indent=0))
-    print(json.dumps(ev.seconds), f"sampling {sample_s:.0f} s")
+    print(json.dumps(ev.seconds), f"sampling {sampling['seconds']} s")
     print(f"wrote {path}")
 
 
