@@ -49,8 +49,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--cache-dir", default="benchmarks/.work/cache")
-    p.add_argument("--samples", help="a `crysgen sample` folder of MODEL made earlier, or its .npz "
-                   "packed by pack_samples.py (the sampling time is then not measured here)")
+    p.add_argument("--samples", help="a `crysgen sample` folder of MODEL made earlier (the sampling "
+                   "time is then not measured here)")
     p.add_argument("--metrics", default=",".join(ALL_FAMILIES), help="families (default: all)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     args = p.parse_args()
@@ -58,12 +58,8 @@ def main() -> None:
     out = work / f"eval_{args.name}_{args.dataset}{args.suffix}"
     if args.samples:
         samples = Path(args.samples)
-        if samples.suffix == ".npz":  # packed by pack_samples.py
-            side = json.loads(samples.with_suffix(".sample.json").read_text())
-            meta, config = side["summary"], side["sample_config"]
-        else:
-            meta = json.loads((samples / "summary.json").read_text())
-            config = json.loads((samples / "sample_config.json").read_text())
+        meta = json.loads((samples / "summary.json").read_text())
+        config = json.loads((samples / "sample_config.json").read_text())
         sampling = {"seconds": None, "decoded": meta.get("decoded"), "failures": meta.get("failures"),
                     "folder": str(samples), "sampled_from": config["model"],
                     "sample_options": config["options"]}
