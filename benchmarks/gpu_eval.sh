@@ -7,7 +7,7 @@ NAME=$1; MODEL=$2; DATASET=${3:-mp_20}
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn
 OUT=${OUT:-/tmp/out}
-[ -d /tmp/site/chgnet ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+[ -d /tmp/site/palettable ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
   --target /tmp/site .whl_eval2/*.whl && rm -f /tmp/site/pynvml.py; }
 mkdir -p benchmarks/.work/evalsamples
 tar xzf benchmarks/.work/evalpack/$NAME.tgz -C benchmarks/.work/evalsamples
