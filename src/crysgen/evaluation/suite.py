@@ -133,12 +133,18 @@ def _fingerprints(structure: Any) -> tuple[np.ndarray | None, np.ndarray | None,
     return s, c, None
 
 
-def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool) -> list:
+def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
+         spawn: bool = False) -> list:
+    """``fn`` over ``items`` in ``workers`` processes; ``spawn`` for workers that use CUDA (a
+    forked child cannot re-initialise CUDA once the parent has used it)."""
+    import multiprocessing
+
     from tqdm.auto import tqdm
 
     if workers <= 1 or len(items) < 8:
         return [fn(x) for x in tqdm(items, desc=desc, disable=not progress, leave=False)]
-    with ProcessPoolExecutor(workers) as pool:
+    context = multiprocessing.get_context("spawn") if spawn else None
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
         chunk = max(1, len(items) // (workers * 8))
         return list(tqdm(pool.map(fn, items, chunksize=chunk), total=len(items), desc=desc,
                          disable=not progress, leave=False))
@@ -379,7 +385,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device)
     relaxed = _map(_relax_one, [(s, ro) for s in structures], o.workers, "CHGNet relaxation",
-                   progress)
+                   progress, spawn=o.device.startswith("cuda"))
     for row, r, s in zip(rows, relaxed, structures, strict=True):
         row.update(r.row())
         if r.structure is not None:
