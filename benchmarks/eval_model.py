@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--samples", help="a `crysgen sample` folder of MODEL made earlier (the sampling "
                    "time is then not measured here)")
     p.add_argument("--metrics", default=",".join(ALL_FAMILIES), help="families (default: all)")
+    p.add_argument("--relax-steps", type=int, default=500, help="CHGNet FIRE steps per structure")
+    p.add_argument("--relax-time-limit", type=float, default=120.0, help="seconds per relaxation")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     args = p.parse_args()
     work = Path(args.work)
@@ -72,7 +74,8 @@ def main() -> None:
                     "failures": summary.failures}
     options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset, property_model=args.property_model,
                           workers=args.workers, reference_limit=args.reference_limit,
-                          device=args.device, cache_dir=args.cache_dir)
+                          device=args.device, cache_dir=args.cache_dir, relax_steps=args.relax_steps,
+                          relax_time_limit_s=args.relax_time_limit)
     ev = evaluate(samples, work / f"{TRAIN[args.dataset]}.npz",
                   work / f"{args.dataset}_test.npz", options, progress=False)
     write_report(ev, out / "report", title=f"{args.name} on {args.dataset}", options=options)

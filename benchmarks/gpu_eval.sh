@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Run benchmarks/eval_model.py on the GPU machine for sample folders carried as
-# benchmarks/.work/evalpack/NAME.tgz (made with `tar czf NAME.tgz NAME` in evalsamples/).
-# Usage: bash benchmarks/gpu_eval.sh NAME MODEL [DATASET]   (carry .whl_eval2 .cgcnn and the data)
+# Run benchmarks/eval_model.py on the GPU machine, detached, for sample folders carried as
+# benchmarks/.work/evalpack/NAME.tgz (made with `tar czf NAME.tgz NAME` in evalsamples/), one
+# after the other; waits up to WAIT seconds, then copies every finished result and the logs to $OUT.
+# Usage: WAIT=560 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
+# (carry .whl_eval2 .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
 set -u
-NAME=$1; MODEL=$2; DATASET=${3:-mp_20}
+JOBS=$1; DATASET=${2:-mp_20}; shift 2; EXTRA="$*"
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn
 OUT=${OUT:-/tmp/out}
 [ -d /tmp/site/palettable ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-  --target /tmp/site .whl_eval2/*.whl && rm -f /tmp/site/pynvml.py; }
-mkdir -p benchmarks/.work/evalsamples
-tar xzf benchmarks/.work/evalpack/$NAME.tgz -C benchmarks/.work/evalsamples
-python3 benchmarks/eval_model.py "$MODEL" --name "$NAME" --dataset "$DATASET" --device cuda \
-  --workers 14 --samples benchmarks/.work/evalsamples/$NAME 2>&1 | grep -v Warning | tail -40
-cp benchmarks/results/eval_${NAME}_${DATASET}.json "$OUT"/ 2>/dev/null
-tar czf "$OUT"/report_${NAME}_${DATASET}.tgz -C benchmarks/.work eval_${NAME}_${DATASET}/report 2>/dev/null
-ls -la "$OUT"
+  --target /tmp/site .whl_eval2/*.whl 2>&1 | grep -v "already exists"; rm -f /tmp/site/pynvml.py; }
+mkdir -p benchmarks/.work/evalsamples /tmp/evallogs
+if ! pgrep -f "[e]val_model.py" >/dev/null; then
+  setsid nohup bash -c "
+  for job in $JOBS; do
+    name=\${job%%=*}; model=\${job#*=}
+    [ -f benchmarks/results/eval_\${name}_$DATASET.json ] && continue
+    tar xzf benchmarks/.work/evalpack/\$name.tgz -C benchmarks/.work/evalsamples
+    python3 benchmarks/eval_model.py \$model --name \$name --dataset $DATASET --device cuda \
+      --workers 14 --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
+  done" > /tmp/evallogs/driver.log 2>&1 &
+fi
+end=$((SECONDS + ${WAIT:-540}))
+while [ $SECONDS -lt $end ] && pgrep -f "[e]val_model.py" >/dev/null; do sleep 10; done
+cp benchmarks/results/eval_*_${DATASET}.json "$OUT"/ 2>/dev/null
+for d in benchmarks/.work/eval_*_${DATASET}/report; do
+  [ -f $d/metrics.json ] && tar czf "$OUT"/report_$(basename $(dirname $d)).tgz $d
+done
+for f in /tmp/evallogs/*.log; do echo "== $f"; grep -v "Warning\|warn\|N.A" $f | tail -8; done
+ls "$OUT"
