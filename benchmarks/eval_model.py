@@ -72,7 +72,8 @@ def main() -> None:
                                 progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures}
-    options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset, property_model=args.property_model,
+    options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset,
+                          property_model=args.property_model,
                           workers=args.workers, reference_limit=args.reference_limit,
                           device=args.device, cache_dir=args.cache_dir, relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit)

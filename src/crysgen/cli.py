@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from crysgen.errors import CrysgenError
@@ -113,13 +114,37 @@ def _cmd_train_adversarial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_voxel(args: argparse.Namespace) -> int:
+    from crysgen.training.config import VoxelTrainConfig, load_config
+    from crysgen.training.voxel import train_voxel
+
+    config = None
+    condition = getattr(args, "condition", None)
+    if not args.resume and (args.config is not None or condition):
+        config = (load_config(args.config, VoxelTrainConfig) if args.config
+                  else VoxelTrainConfig.default(args.train_command))
+        if condition:
+            config = replace(config, condition=condition)
+    model_dir = train_voxel(args.data, args.out, kind=args.train_command, config=config,
+                            segmenter=getattr(args, "segmenter", None), max_steps=args.max_steps,
+                            devices=args.devices, resume=args.resume, progress=not args.quiet,
+                            max_minutes=args.max_minutes)
+    print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from crysgen.sampling import SampleOptions, sample_to_dir
 
-    options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, seed=args.seed,
+    n = args.points if args.interpolate else args.n
+    if n is None:
+        raise CrysgenError("-n is required (or --interpolate A B --points K)")
+    options = SampleOptions(n=n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                             decode_mode=args.decode_mode, symprec=args.symprec,
                             chunk_size=args.chunk_size,
-                            save_tensors=args.save_tensors)
+                            save_tensors=args.save_tensors, condition=args.condition,
+                            around=args.around, sigma2=args.sigma,
+                            interpolate=tuple(args.interpolate) if args.interpolate else None)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet)
     print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
@@ -276,11 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample crystals from a model directory (resumable)")
     p.add_argument("model", nargs="?", default=None,
-                   help="model directory of any kind: diffusion, cascade, gan, wgan; a training "
+                   help="model directory of any kind: diffusion, cascade, gan, wgan, voxel_vae; a training "
                         "run directory is taken to mean its model/ (default: the bundled mp_20 "
                         "diffusion model)")
-    p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
+    p.add_argument("-n", type=_positive_int, default=None, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--condition", type=int, default=None,
+                   help="voxel VAE: condition decile class 0..9 (default: random per sample, or the base's)")
+    p.add_argument("--around", default=None, metavar="DATA.npz:ID|CIF",
+                   help="voxel VAE: sample around this base crystal (targeted sampling)")
+    p.add_argument("--sigma", type=float, default=0.5,
+                   help="voxel VAE: latent variance σ² around the base (0.5)")
+    p.add_argument("--interpolate", nargs=2, default=None, metavar=("A", "B"),
+                   help="voxel VAE: decode points on the latent line between two crystals "
+                        "(DATA.npz:ID or CIF)")
+    p.add_argument("--points", type=_positive_int, default=10, help="points of --interpolate (10)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="diffusion sampler steps (50; GANs ignore it)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")
@@ -328,6 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=_cmd_train_adversarial)
+
+    for kind, what in (("segmenter", "Court et al.'s 3-D UNet segmenter of voxel grids (train it first)"),
+                       ("vae", "Court et al.'s conditional DFC-VAE on voxel grids (needs --segmenter)")):
+        p = tsub.add_parser(kind, help=f"{what}; Lightning, bf16 on GPU")
+        p.add_argument("--data", required=True, help="training CrystalSet .npz (orthogonal cells are used)")
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--config", default=None, help="YAML config (default: the authors' settings)")
+        if kind == "vae":
+            p.add_argument("--segmenter", default=None, help="the trained segmenter's model directory")
+            p.add_argument("--condition", default=None,
+                           help="property to condition on (default: formation_energy_per_atom)")
+        p.add_argument("--max-steps", type=_positive_int, default=None, help="override optim.max_steps")
+        p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
+        p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
+        p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=_cmd_train_voxel)
 
     p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned)")
     p.add_argument("--data", required=True, help="training CrystalSet .npz with the target column")

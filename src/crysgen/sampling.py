@@ -41,7 +41,10 @@ class SampleOptions:
     """Options of `crysgen sample` (all of them decide which crystals come out).
 
     ``symprec`` (auto decoding only) snaps each decoded crystal to the symmetry spglib finds
-    at that tolerance in Å, when that keeps its number of sites.
+    at that tolerance in Å, when that keeps its number of sites. ``condition``, ``around``,
+    ``sigma2`` and ``interpolate`` are for voxel VAE models (:mod:`crysgen.pipelines.voxel`):
+    the condition decile class, a base crystal (``DATA.npz:ID`` or a CIF) to sample around with
+    latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points).
     """
 
     n: int
@@ -52,6 +55,10 @@ class SampleOptions:
     symprec: float | None = None
     chunk_size: int = 256
     save_tensors: bool = False
+    condition: int | None = None
+    around: str | None = None
+    sigma2: float = 0.5
+    interpolate: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -153,12 +160,13 @@ def sample_to_dir(
 
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
+    voxel_kwargs = _voxel_kwargs(model, options, device)  # so do bad voxel options
     batch_size = batch_size or (256 if device.startswith("cuda") else 16)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
     config_path = out / "sample_config.json"
-    wanted = {"model": str(model_dir.resolve()), "options": asdict(options)}
+    wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "options": asdict(options)}))
     if config_path.exists():
         have = json.loads(config_path.read_text())
         if have != wanted:
@@ -180,12 +188,16 @@ def sample_to_dir(
         if csv_path.exists():
             bar.update(size)
             continue
-        tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
-                               seed=[options.seed, k], device=device, batch_size=batch_size)
         ids = [f"sample_{start + i:06d}" for i in range(size)]
-        res = decode(tensors, model.scaling, decode_options, ids=ids)
-        if options.save_tensors:
-            write_npz_atomic(out / "chunks" / f"chunk_{k:05d}.npz", {"tensors": tensors})
+        if voxel_kwargs is not None:  # models that decode themselves
+            res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size,
+                                 ids=ids, offset=start, total=options.n, **voxel_kwargs)
+        else:
+            tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
+                                   seed=[options.seed, k], device=device, batch_size=batch_size)
+            res = decode(tensors, model.scaling, decode_options, ids=ids)
+            if options.save_tensors:
+                write_npz_atomic(out / "chunks" / f"chunk_{k:05d}.npz", {"tensors": tensors})
         _write_csv(csv_path, _chunk_rows(res, ids, out / "cifs"))  # last: marks the chunk done
         produced += size
         bar.update(size)
@@ -193,6 +205,29 @@ def sample_to_dir(
     bar.close()
     seconds = time.perf_counter() - t0
     return _summarize(out, n_chunks, options, done_before, seconds, produced)
+
+
+def _voxel_kwargs(model: Any, options: SampleOptions, device: str) -> dict[str, Any] | None:
+    """The voxel sampling arguments for a model with ``generate``.
+
+    None for CrysTens models, which refuse voxel options.
+    """
+    voxel_opts = (options.condition is not None or options.around is not None
+                  or options.interpolate is not None)
+    if not hasattr(model, "generate"):
+        if voxel_opts:
+            raise CrysgenError("--condition, --around and --interpolate apply to voxel VAE models only")
+        return None
+    if options.around is not None and options.interpolate is not None:
+        raise CrysgenError("--around and --interpolate exclude each other")
+    kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2}
+    if options.around is not None:
+        kwargs["around"], kwargs["condition"] = model.base(options.around, options.condition, device=device)
+    if options.interpolate is not None:
+        (mu_a, c_a), (mu_b, _) = (model.base(r, options.condition, device=device)
+                                  for r in options.interpolate)
+        kwargs["line"], kwargs["condition"] = (mu_a, mu_b), c_a
+    return kwargs
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,

@@ -334,7 +334,6 @@ class ReferenceHull:
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],
                      ) -> list[tuple[float | None, str | None]]:
         """E_hull (eV/atom, negative below the reference hull) or a reason, per structure."""
-
         symbols = sorted({x for f in self.formulas for x in f} | set(self.terminals))
         column = {x: j for j, x in enumerate(symbols)}
         term = [x for x in symbols if np.isfinite(self.terminals.get(x, {}).get("energy_per_atom", np.nan))]
@@ -361,7 +360,7 @@ class ReferenceHull:
                 continue
             try:
                 out.append((float(e) - hull_energy(target, comp, energy, column), None))
-            except Exception as exc:  # noqa: BLE001 - one structure's failure is its reason
+            except Exception as exc:
                 out.append((None, f"hull failed: {type(exc).__name__}: {str(exc)[:100]}"))
         return out
 

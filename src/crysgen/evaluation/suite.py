@@ -135,8 +135,11 @@ def _fingerprints(structure: Any) -> tuple[np.ndarray | None, np.ndarray | None,
 
 def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
          spawn: bool = False) -> list:
-    """``fn`` over ``items`` in ``workers`` processes; ``spawn`` for workers that use CUDA (a
-    forked child cannot re-initialise CUDA once the parent has used it)."""
+    """``fn`` over ``items`` in ``workers`` processes.
+
+    ``spawn`` for workers that use CUDA: a forked child cannot re-initialise CUDA once the
+    parent has used it.
+    """
     import multiprocessing
 
     from tqdm.auto import tqdm

@@ -61,9 +61,11 @@ def load_generator(path: str | Path | None = None) -> Generator:
     from crysgen.pipelines.adversarial import AdversarialModel
     from crysgen.pipelines.cascade import CascadeModel
     from crysgen.pipelines.diffusion import DiffusionModel
+    from crysgen.pipelines.voxel import VoxelModel
 
     loaders = {"diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained,
-               "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained}
+               "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained,
+               "voxel_vae": VoxelModel.from_pretrained}
     path = resolve_model_dir(path)
     kind = read_model_meta(path)["kind"]
     if kind not in loaders:

@@ -118,8 +118,11 @@ def voxel_centres(lengths: np.ndarray, config: VoxelConfig = VoxelConfig()) -> n
 
 def _sites_with_images(crystals: CrystalSet, config: VoxelConfig,
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cartesian positions (N, M, 3), Z (N, M; 0 = padding) and σ (N, M) of every site and
-    periodic image whose Gaussian reaches the box (within 4σ of it)."""
+    """Sites and periodic images whose Gaussians reach the box (within 4σ of it).
+
+    Returns:
+        Cartesian positions (N, M, 3) in Å, Z (N, M; 0 = padding) and σ (N, M) in Å.
+    """
     radii = ionic_radii(config.fallback_radius)
     shifts = np.array(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")).reshape(3, -1).T  # (27, 3)
     lengths = crystals.lattice[:, :3]
@@ -209,7 +212,7 @@ class VoxelGrids:
 
     @property
     def occupancy(self) -> np.ndarray:
-        """bool (N, G, G, G): voxels that belong to a site."""
+        """Bool (N, G, G, G): voxels that belong to a site."""
         return self.species > 0
 
 

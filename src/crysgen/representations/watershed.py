@@ -65,7 +65,7 @@ def _convexity(mask: np.ndarray) -> float:
         warnings.simplefilter("ignore")
         try:
             hull = convex_hull_image(mask)
-        except Exception:  # noqa: BLE001 - degenerate component: treat as convex
+        except Exception:
             return 1.0
     return 1.0 if not hull.any() else float(mask.sum()) / float(hull.sum())
 
@@ -83,7 +83,7 @@ def segment(binary: np.ndarray, options: WatershedOptions = WatershedOptions(), 
     from skimage.morphology import ball
     from skimage.segmentation import watershed
 
-    labels, n = ndimage.label(binary)
+    labels, _ = ndimage.label(binary)
     regions: list[np.ndarray] = []
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
@@ -151,6 +151,8 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
         occupancy: float (G, G, G) occupancy probability (or a bool map).
         species: int (G, G, G) predicted Z per voxel (0 = background).
         lengths: (3,) cell lengths along array axes 0, 1, 2, Å.
+        config: the grid constants the maps were made with.
+        options: see :class:`WatershedOptions`.
     """
     lengths = np.asarray(lengths, float)
     binary = np.asarray(occupancy) >= options.threshold
@@ -227,6 +229,8 @@ def decode(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndarray, *,
         occupancy: float (N, G, G, G) occupancy probabilities.
         species: int (N, G, G, G) predicted Z.
         lengths: (N, 3) cell lengths, Å (from :func:`~crysgen.representations.voxel.read_lattice`).
+        config: the grid constants the maps were made with.
+        options: see :class:`WatershedOptions`.
         max_sites: padded size of the result (default: config.max_sites).
         ids: one id per grid (default "0", "1", ...).
     """
@@ -240,7 +244,7 @@ def decode(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndarray, *,
             continue
         try:
             sites = sites_from_maps(occupancy[i], species[i], lengths[i], config, options)
-        except Exception as exc:  # noqa: BLE001 - one grid's failure is its reason
+        except Exception as exc:
             failures.append((i, f"watershed failed: {type(exc).__name__}: {exc}"))
             continue
         regions[i] = sites.regions

@@ -174,6 +174,100 @@ class AdversarialTrainConfig:
         return cls(net=net, optim=optim)
 
 
+VOXEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # seed_code.md §6.3: Adam 3e-6, batch 10, 50 epochs; §6.4: Adam 5e-4, batch 20, 50 epochs
+    "segmenter": {"batch_size": 10, "lr": 3e-6, "max_steps": 50000},
+    "vae": {"batch_size": 20, "lr": 5e-4, "max_steps": 25000},
+}
+"""Per-kind optimiser defaults of the voxel pipeline, from the authors' code."""
+
+
+@dataclass(frozen=True)
+class VoxelOptimConfig:
+    """Optimiser and loop settings of a voxel segmenter or VAE run.
+
+    Attributes:
+        batch_size: crystals per step (per device).
+        lr: Adam learning rate.
+        max_steps: optimiser steps in total (a resumed run continues up to it).
+        rotate: random 90° rotations of every training grid (the authors' augmentation).
+        checkpoint_every: steps between checkpoints (and model exports).
+        log_every: steps between log lines.
+        seed: seeds everything.
+        precision: "auto" (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision string.
+        workers: processes that voxelise the training set before training (0: all CPUs).
+    """
+
+    batch_size: int = 10
+    lr: float = 3e-6
+    max_steps: int = 50000
+    rotate: bool = True
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    precision: str = "auto"
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class VoxelTrainConfig:
+    """Everything `crysgen train segmenter|vae` needs besides the data.
+
+    Attributes:
+        kind: "segmenter" or "vae".
+        width: multiplier of the networks' filter counts (1.0 = the authors').
+        voxel: grid constants (seed_code.md §6.2).
+        condition: the VAE's condition property (a CrystalSet property name).
+        num_conditions: quantile classes of the condition (10 deciles).
+        alpha: weight of the deep-feature-consistent loss.
+        beta: weight of the KL term.
+        segmenter: the trained segmenter's model directory (VAE runs; its features are the DFC
+            loss and it is copied into the VAE's model directory).
+        optim: optimiser settings (defaults per kind: :data:`VOXEL_DEFAULTS`).
+    """
+
+    kind: str = "segmenter"
+    width: float = 1.0
+    voxel: dict[str, Any] = field(default_factory=dict)
+    condition: str = "formation_energy_per_atom"
+    num_conditions: int = 10
+    alpha: float = 0.5
+    beta: float = 3e-4
+    segmenter: str = ""
+    optim: VoxelOptimConfig = field(default_factory=VoxelOptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in VOXEL_DEFAULTS:
+            raise CrysgenError(f"voxel kind must be one of {', '.join(VOXEL_DEFAULTS)}, got {self.kind!r}")
+        if self.num_conditions < 2:
+            raise CrysgenError("num_conditions must be at least 2")
+
+    @classmethod
+    def default(cls, kind: str) -> VoxelTrainConfig:
+        """The authors' settings for ``kind``."""
+        return cls.from_dict({"kind": kind})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved, YAML-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VoxelTrainConfig:
+        """Build from a nested dict; unset optimiser keys take the defaults of ``kind``."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CrysgenError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        _check_keys({"optim": data.get("optim") or {}}, {"optim": VoxelOptimConfig})
+        kind = data.get("kind", "segmenter")
+        try:
+            optim = VoxelOptimConfig(**(VOXEL_DEFAULTS.get(kind, {}) | (data.get("optim") or {})))
+            return cls(**{k: v for k, v in data.items() if k != "optim"}, optim=optim)
+        except TypeError as exc:
+            raise CrysgenError(f"bad config: {exc}") from exc
+
+
 def _check_keys(data: dict[str, Any], sections: dict[str, type]) -> None:
     """Unknown sections or keys are an error, so typos do not pass silently."""
     unknown = set(data) - set(sections)
@@ -185,7 +279,7 @@ def _check_keys(data: dict[str, Any], sections: dict[str, type]) -> None:
             raise CrysgenError(f"unknown key(s) in {name}: {', '.join(sorted(bad))}")
 
 
-Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig)
+Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig)
 
 
 def load_config(path: str | Path | None, klass: type[Config] = DiffusionTrainConfig) -> Config:

@@ -34,7 +34,7 @@ class Run:
     out: Path
     config: Any
     crystals: CrystalSet
-    scaling: CrysTensScaling
+    scaling: Any  # CrysTensScaling, or the representation state of another trainer
     fingerprint: dict[str, Any]
     resume: bool
 
@@ -46,7 +46,10 @@ class Run:
 
 def open_run(data: str | Path, out: str | Path, config: Config | None, klass: type[Config], *,
              resume: bool, max_steps: int | None = None,
-             validate: Callable[[Config], None] = lambda c: None) -> Run:
+             validate: Callable[[Config], None] = lambda c: None,
+             fit_scaling: Callable[[CrystalSet, Config], Any] | None = None,
+             load_scaling: Callable[[Path], Any] = CrysTensScaling.load,
+             scaling_file: str = "scaling.json") -> Run:
     """Check, create or reopen a run directory, before any training starts.
 
     Args:
@@ -58,6 +61,11 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
         resume: continue the run in ``out``.
         max_steps: overrides ``config.optim.max_steps`` (``--max-steps``).
         validate: raises for a config this trainer cannot run (before anything is written).
+        fit_scaling: fits the representation's state (``.save(path)``) on the data and config
+            (default: the CrysTens scaling); ``load_scaling`` reads it back on resume from
+            ``scaling_file`` in the run directory.
+        load_scaling: see ``fit_scaling``.
+        scaling_file: see ``fit_scaling``.
 
     Raises:
         CrysgenError: resume without a checkpoint, a new run into a used directory, or a
@@ -78,8 +86,9 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
     crystals = CrystalSet.load(data)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    scaling_path = out / "scaling.json"
-    scaling = CrysTensScaling.load(scaling_path) if resume else CrysTensScaling.fit(crystals)
+    scaling_path = out / scaling_file
+    fit_scaling = fit_scaling or (lambda cs, _: CrysTensScaling.fit(cs))
+    scaling = load_scaling(scaling_path) if resume else fit_scaling(crystals, config)
     scaling.save(scaling_path)
     return Run(out, config, crystals, scaling, data_fingerprint(crystals, Path(data).name), resume)
 

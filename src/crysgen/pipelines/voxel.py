@@ -1,0 +1,284 @@
+"""The voxel pipeline's models: segmenter and conditional VAE, saved, loaded and sampled.
+
+A ``voxel_segmenter`` model directory holds the UNet; a ``voxel_vae`` directory holds the VAE
+and, in ``segmenter/``, a copy of the segmenter it was trained against, so one directory is
+enough to sample. ``voxel.json`` (:class:`VoxelSpec`) holds the grid constants, the condition
+property and its decile edges, and the class weights.
+
+Sampling (:meth:`VoxelModel.generate`): latents → decoder → (density, coordinates) grids → UNet
+→ watershed (:mod:`crysgen.representations.watershed`) → crystals. Latents come from
+N(0, I) with a chosen condition decile (random by default), from N(μ_base, σ²) around an encoded
+base crystal keeping its decile (Court et al.'s targeted sampling; σ² = 0.5), or on the straight
+line between two encoded crystals (latent interpolation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.errors import CrysgenError
+from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.models.unet3d import UNet3D
+from crysgen.models.voxel_vae import VoxelVAE
+from crysgen.pipelines.generators import torch_generator
+from crysgen.representations.voxel import VoxelConfig, coordinate_channels, density, read_lattice
+from crysgen.representations.watershed import WatershedOptions, decode
+
+SPEC_FILE = "voxel.json"
+
+
+@dataclass
+class VoxelSpec:
+    """What a voxel model needs besides its weights.
+
+    Attributes:
+        voxel: grid constants.
+        condition: name of the condition property ("" for a segmenter).
+        edges: the property's decile edges (9 values for 10 classes), from the training data.
+        class_weights: (95,) inverse-frequency species weights (background 0).
+    """
+
+    voxel: VoxelConfig = field(default_factory=VoxelConfig)
+    condition: str = ""
+    edges: list[float] = field(default_factory=list)
+    class_weights: list[float] = field(default_factory=list)
+
+    @property
+    def num_conditions(self) -> int:
+        """Condition classes (len(edges) + 1)."""
+        return len(self.edges) + 1
+
+    def condition_class(self, values: np.ndarray) -> np.ndarray:
+        """Int (N,): the decile class of each property value."""
+        values = np.asarray(values, float)
+        if not np.all(np.isfinite(values)):
+            raise CrysgenError(f"{int((~np.isfinite(values)).sum())} crystal(s) lack the condition "
+                               f"property {self.condition!r}")
+        return np.searchsorted(np.asarray(self.edges), values, side="right")
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON."""
+        d = {"voxel": self.voxel.to_dict(), "condition": self.condition, "edges": self.edges,
+             "class_weights": self.class_weights}
+        return write_text_atomic(Path(path), json.dumps(d, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> VoxelSpec:
+        """Read :meth:`save`'s JSON."""
+        d = json.loads(Path(path).read_text())
+        return cls(VoxelConfig.from_dict(d["voxel"]), d["condition"], list(d["edges"]),
+                   list(d["class_weights"]))
+
+
+def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> torch.Tensor:
+    """Float (N, n) one-hot rows."""
+    c = torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device)
+    return torch.nn.functional.one_hot(c, n).float()
+
+
+def model_inputs(crystals: CrystalSet, config: VoxelConfig) -> np.ndarray:
+    """float32 (N, 4, G, G, G): density + coordinate channels of orthogonal crystals."""
+    return np.concatenate([density(crystals, config)[:, None],
+                           coordinate_channels(crystals.lattice[:, :3], config)], axis=1)
+
+
+def save_voxel_dir(path: str | Path, *, kind: str, net: torch.nn.Module, spec: VoxelSpec,
+                   data: dict[str, Any]) -> Path:
+    """Model directory with ``voxel.json`` beside the weights."""
+    path = save_model_dir(path, kind=kind, config={"net": net.config}, state_dict=net.state_dict(),
+                          scaling=None, data=data)
+    spec.save(path / SPEC_FILE)
+    return path
+
+
+def load_segmenter(path: str | Path) -> tuple[UNet3D, VoxelSpec]:
+    """A ``voxel_segmenter`` model directory's UNet (eval mode) and spec."""
+    files = load_model_dir(path, needs_scaling=False)
+    if files.kind != "voxel_segmenter":
+        raise CrysgenError(f"{path} holds a {files.kind!r} model, not a voxel segmenter")
+    net = UNet3D(**files.config["net"])
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()})
+    return net.eval(), VoxelSpec.load(Path(path) / SPEC_FILE)
+
+
+@dataclass
+class VoxelModel:
+    """A conditional VAE with its segmenter: everything `crysgen sample` needs for voxels."""
+
+    vae: VoxelVAE
+    segmenter: UNet3D
+    spec: VoxelSpec
+    data: dict[str, Any] = field(default_factory=dict)
+    scaling: None = None  # voxel models decode themselves (no CrysTens scaling)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """The ``voxel_vae`` directory plus ``segmenter/``."""
+        path = save_voxel_dir(path, kind="voxel_vae", net=self.vae, spec=self.spec, data=self.data)
+        save_voxel_dir(path / "segmenter", kind="voxel_segmenter", net=self.segmenter, spec=self.spec,
+                       data=self.data)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> VoxelModel:
+        """Load a ``voxel_vae`` directory."""
+        files = load_model_dir(path, needs_scaling=False)
+        if files.kind != "voxel_vae":
+            raise CrysgenError(f"{path} holds a {files.kind!r} model, not a voxel VAE")
+        vae = VoxelVAE(**files.config["net"])
+        vae.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in files.state_dict.items()})
+        segmenter, _ = load_segmenter(Path(path) / "segmenter")
+        return cls(vae.eval(), segmenter, VoxelSpec.load(Path(path) / SPEC_FILE), files.data)
+
+    # ---------------------------------------------------------------- latents
+    def encode(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu",
+               batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """μ and log σ² (N, latent) of crystals with the given condition classes."""
+        vae = self.vae.to(device).eval()
+        x = model_inputs(crystals, self.spec.voxel)
+        mus, logvars = [], []
+        with torch.no_grad():
+            for s in range(0, len(x), batch_size):
+                c = one_hot(classes[s:s + batch_size], self.spec.num_conditions, device)
+                mu, lv = vae.encode(torch.from_numpy(x[s:s + batch_size]).to(device), c)
+                mus.append(mu.float().cpu().numpy())
+                logvars.append(lv.float().cpu().numpy())
+        return np.concatenate(mus), np.concatenate(logvars)
+
+    def latents(self, n: int, *, seed: int | list[int] = 0, condition: int | None = None,
+                around: np.ndarray | None = None, sigma2: float = 0.5,
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Latents (n, latent) and condition classes (n,).
+
+        Args:
+            n: how many.
+            seed: seeds the CPU generator.
+            condition: decile class 0..9 for every sample; None: random per sample.
+            around: μ of a base crystal (latent,): z ~ N(μ, σ²) instead of N(0, I).
+            sigma2: the variance around the base.
+        """
+        gen = torch_generator(seed)
+        latent = self.vae.config["latent"]
+        eps = torch.randn((n, latent), generator=gen).numpy()
+        k = self.spec.num_conditions
+        if condition is None:
+            classes = torch.randint(0, k, (n,), generator=gen).numpy()
+        else:
+            if not 0 <= condition < k:
+                raise CrysgenError(f"condition must be a decile class 0..{k - 1}, got {condition}")
+            classes = np.full(n, condition)
+        z = eps if around is None else np.asarray(around)[None] + np.sqrt(sigma2) * eps
+        return z.astype(np.float32), classes
+
+    # ---------------------------------------------------------------- decoding
+    def decode_grids(self, z: np.ndarray, classes: np.ndarray, *, device: str = "cpu",
+                     batch_size: int = 64) -> np.ndarray:
+        """float32 (n, 4, G, G, G) decoded grids."""
+        vae = self.vae.to(device).eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(z), batch_size):
+                c = one_hot(classes[s:s + batch_size], self.spec.num_conditions, device)
+                zb = torch.from_numpy(z[s:s + batch_size]).to(device)
+                out.append(vae.decode(zb, c).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 4, *(self.spec.voxel.grid,) * 3), np.float32)
+
+    def to_crystals(self, grids: np.ndarray, *, device: str = "cpu", batch_size: int = 32,
+                    options: WatershedOptions = WatershedOptions(), ids: list[str] | None = None) -> Any:
+        """Segment grids (n, 4, G, G, G) and decode them (a ``VoxelDecodeResult``)."""
+        occupancy, species = segment_grids(self.segmenter, grids, device=device, batch_size=batch_size)
+        lengths = read_lattice(grids[:, 1:], self.spec.voxel)
+        return decode(occupancy, species, lengths, config=self.spec.voxel, options=options, ids=ids)
+
+    def base(self, ref: str, condition: int | None = None, *, device: str = "cpu") -> tuple[np.ndarray, int]:
+        """μ (latent,) and condition class of a base crystal.
+
+        Args:
+            ref: ``DATA.npz:ID`` (a crystal of a CrystalSet; its class comes from the condition
+                property when the set has it) or a CIF file.
+            condition: the class to use (needed when ``ref`` carries no property value).
+            device: where to run the encoder.
+        """
+        cs = load_reference(ref)
+        if condition is None:
+            values = cs.properties.get(self.spec.condition, np.array([np.nan]))
+            if not np.isfinite(values[0]):
+                raise CrysgenError(f"{ref} has no {self.spec.condition!r} value: "
+                                   "pass --condition 0..9")
+            condition = int(self.spec.condition_class(cs.properties[self.spec.condition])[0])
+        mu, _ = self.encode(cs, np.array([condition]), device=device)
+        return mu[0], condition
+
+    def generate(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu", batch_size: int = 64,
+                 ids: list[str] | None = None, condition: int | None = None,
+                 around: np.ndarray | None = None, sigma2: float = 0.5,
+                 line: tuple[np.ndarray, np.ndarray] | None = None, offset: int = 0, total: int = 0,
+                 **_: Any) -> Any:
+        """``n`` crystals: latents → grids → segmentation → watershed (a DecodeResult).
+
+        ``line`` = (μ_A, μ_B) puts sample ``offset + i`` of ``total`` at t = (offset + i)/(total − 1)
+        on the segment between them (latent interpolation); otherwise see :meth:`latents`.
+        """
+        if line is not None:
+            t = (offset + np.arange(n)) / max(total - 1, 1)
+            z = ((1 - t)[:, None] * line[0][None] + t[:, None] * line[1][None]).astype(np.float32)
+            classes = np.full(n, 0 if condition is None else condition)
+        else:
+            z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2)
+        grids = self.decode_grids(z, classes, device=device, batch_size=batch_size)
+        return as_decode_result(self.to_crystals(grids, device=device, ids=ids), n)
+
+
+def load_reference(ref: str) -> CrystalSet:
+    """One crystal from ``DATA.npz:ID`` or a CIF file, as a CrystalSet of length 1."""
+    if ":" in ref and ref.split(":", 1)[0].endswith(".npz"):
+        path, ident = ref.split(":", 1)
+        cs = CrystalSet.load(path)
+        hit = np.flatnonzero(cs.ids == ident)
+        if not len(hit):
+            raise CrysgenError(f"no crystal with id {ident!r} in {path}")
+        return cs.subset(hit[:1])
+    if not Path(ref).is_file():
+        raise CrysgenError(f"base crystal {ref!r}: give DATA.npz:ID or a CIF file")
+    from pymatgen.core import Structure
+
+    try:
+        structure = Structure.from_file(ref)
+    except Exception as exc:
+        raise CrysgenError(f"cannot read {ref}: {exc}") from exc
+    return CrystalSet.from_structures([structure], ids=[Path(ref).stem])
+
+
+def segment_grids(segmenter: UNet3D, grids: np.ndarray, *, device: str = "cpu", batch_size: int = 32,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Occupancy probabilities float32 (n, G, G, G) and species argmax uint8 (n, G, G, G)."""
+    net = segmenter.to(device).eval()
+    occ, spc = [], []
+    with torch.no_grad():
+        for s in range(0, len(grids), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(grids[s:s + batch_size])).to(device)
+            logits, occ_logits = net(x)
+            occ.append(torch.sigmoid(occ_logits.float()).cpu().numpy())
+            spc.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
+    g = grids.shape[-1]
+    if not occ:
+        return np.zeros((0, g, g, g), np.float32), np.zeros((0, g, g, g), np.uint8)
+    return np.concatenate(occ), np.concatenate(spc)
+
+
+def as_decode_result(res: Any, n: int) -> Any:
+    """A watershed result as the CrysTens ``DecodeResult`` that `crysgen sample` writes out."""
+    from crysgen.representations.crystens import DIAGNOSTICS, DecodeResult
+    from crysgen.representations.crystens.decode import DecodeFailure
+
+    diagnostics = {k: np.full(n, np.nan) for k in DIAGNOSTICS}
+    diagnostics["num_atoms"][res.index] = res.crystals.num_sites
+    return DecodeResult(res.crystals, res.index, diagnostics,
+                        [DecodeFailure(i, r) for i, r in res.failures])

@@ -1,0 +1,277 @@
+"""`crysgen train segmenter|vae`: the voxel pipeline of Court et al. with Lightning.
+
+The training set is voxelised once, in ``optim.workers`` processes (density as float16, species
+as uint8: 100 kB per crystal at G = 32); coordinate channels are rebuilt on the device from the
+cell lengths, and each crystal gets a random rotation of three 90° turns per step
+(``optim.rotate``; seed_code.md §6.2 used 10 fixed rotations per crystal), applied to all its
+grids alike.
+
+* segmenter: UNet3D, weighted cross-entropy over species (inverse-frequency class weights,
+  background 0, actually applied) + occupancy BCE.
+* vae: the conditional VAE, condition = decile class of ``condition`` (edges from the training
+  data), loss = MSE + α·DFC + β·KL with the frozen segmenter's features; the exported model
+  directory carries the segmenter so it can be sampled alone.
+
+Run directories are those of :mod:`crysgen.training.runs`, with ``voxel.json`` in place of
+``scaling.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.models.unet3d import UNet3D
+from crysgen.models.voxel_vae import VoxelVAE
+from crysgen.objectives.voxel import class_weights, segmentation_loss, vae_loss
+from crysgen.pipelines.voxel import (
+    SPEC_FILE,
+    VoxelModel,
+    VoxelSpec,
+    load_segmenter,
+    one_hot,
+    save_voxel_dir,
+)
+from crysgen.representations.voxel import VoxelConfig, density, random_rotation, species_map, unusable_reason
+from crysgen.training.config import VoxelTrainConfig
+from crysgen.training.runs import fit, open_run
+
+
+def _voxelise_chunk(args: tuple[CrystalSet, VoxelConfig]) -> tuple[np.ndarray, np.ndarray]:
+    cs, config = args
+    return density(cs, config).astype(np.float16), species_map(cs, config)
+
+
+def voxelise(crystals: CrystalSet, config: VoxelConfig, *, workers: int = 0, chunk: int = 64,
+             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Density float16 (N, G, G, G) and species uint8 (N, G, G, G) of every crystal, in parallel."""
+    from tqdm.auto import tqdm
+
+    workers = workers or os.cpu_count() or 1
+    parts = [(crystals.subset(np.arange(s, min(s + chunk, len(crystals)))), config)
+             for s in range(0, len(crystals), chunk)]
+    if workers <= 1 or len(parts) == 1:
+        done = [_voxelise_chunk(p) for p in tqdm(parts, desc="voxelise", disable=not progress)]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            done = list(tqdm(pool.map(_voxelise_chunk, parts), total=len(parts), desc="voxelise",
+                             disable=not progress))
+    return np.concatenate([d for d, _ in done]), np.concatenate([s for _, s in done])
+
+
+def usable(crystals: CrystalSet, config: VoxelConfig) -> CrystalSet:
+    """The orthogonal crystals of a set; raises when none is left."""
+    reasons = unusable_reason(crystals, config)
+    keep = np.asarray([r is None for r in reasons])
+    if not keep.any():
+        raise CrysgenError(f"none of the {len(crystals)} crystals can be voxelised, e.g.: {reasons[0]}")
+    return crystals.subset(np.flatnonzero(keep))
+
+
+class VoxelBatches(torch.utils.data.Dataset):
+    """Voxelised crystals handed out a whole batch at a time (dict of tensors)."""
+
+    def __init__(self, dens: np.ndarray, species: np.ndarray, lengths: np.ndarray,
+                 classes: np.ndarray) -> None:
+        self.t = {"density": torch.from_numpy(dens), "species": torch.from_numpy(species),
+                  "lengths": torch.from_numpy(lengths.astype(np.float32)),
+                  "condition": torch.from_numpy(classes.astype(np.int64))}
+
+    def __len__(self) -> int:
+        return len(self.t["density"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.t.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return {k: v[idx] for k, v in self.t.items()}
+
+
+def _as_batch(batch: Any) -> Any:
+    return batch
+
+
+def device_inputs(batch: dict[str, torch.Tensor], config: VoxelConfig, *, rotate: bool,
+                  generator: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network input (B, 4, G, G, G) and species (B, G, G, G), rotated per crystal when asked.
+
+    The coordinate channels are rebuilt from the cell lengths on the batch's device.
+    """
+    dens = batch["density"].float()
+    lengths = batch["lengths"]
+    g = dens.shape[-1]
+    ramp = torch.arange(g, device=dens.device, dtype=torch.float32) * (config.span / g)
+    coords = [(lengths[:, k, None] * ramp).view(-1, *[g if a == k else 1 for a in range(3)])
+              .expand(-1, g, g, g) for k in range(3)]
+    x = torch.cat([dens[:, None], *(c[:, None] for c in coords)], 1)
+    species = batch["species"].long()
+    if rotate:
+        rng = generator or np.random.default_rng()
+        xs, ss = [], []
+        for i in range(len(x)):
+            xi, si = x[i], species[i]
+            for a, b in random_rotation(rng):
+                xi, si = torch.rot90(xi, 1, (1 + a, 1 + b)), torch.rot90(si, 1, (a, b))
+            xs.append(xi)
+            ss.append(si)
+        x, species = torch.stack(xs), torch.stack(ss)
+    return x.contiguous(), species.contiguous()
+
+
+class VoxelModule(L.LightningModule):
+    """Segmenter or conditional VAE (with a frozen segmenter for the feature loss)."""
+
+    def __init__(self, config: dict[str, Any], spec: dict[str, Any], segmenter_state: dict | None = None,
+                 segmenter_config: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config, "spec": spec, "segmenter_config": segmenter_config})
+        self.cfg = VoxelTrainConfig.from_dict(config)
+        self.voxel = VoxelConfig.from_dict(spec["voxel"])
+        self.register_buffer("weights", torch.tensor(spec["class_weights"], dtype=torch.float32))
+        self.rng = np.random.default_rng(self.cfg.optim.seed)
+        if self.cfg.kind == "segmenter":
+            self.net: torch.nn.Module = UNet3D(width=self.cfg.width)
+            self.frozen = None
+        else:
+            self.net = VoxelVAE(grid=self.voxel.grid, num_conditions=self.cfg.num_conditions,
+                                width=self.cfg.width)
+            self.frozen = UNet3D(**(segmenter_config or {}))
+            if segmenter_state is not None:
+                self.frozen.load_state_dict(segmenter_state)
+            self.frozen.requires_grad_(False)
+
+    def iteration(self, trainer: L.Trainer) -> int:
+        """Optimiser steps done."""
+        return int(trainer.global_step)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One step of the segmentation or VAE loss."""
+        x, species = device_inputs(batch, self.voxel, rotate=self.cfg.optim.rotate, generator=self.rng)
+        if self.frozen is None:
+            logits, occ = self.net(x)
+            loss, parts = segmentation_loss(logits, occ, species, self.weights)
+        else:
+            self.frozen.eval()
+            cond = one_hot(batch["condition"], self.cfg.num_conditions, x.device)
+            recon, mu, logvar = self.net(x, cond)
+            with torch.no_grad():
+                fx = self.frozen.features(x)
+            fr = self.frozen.features(recon)
+            loss, parts = vae_loss(x, recon, mu, logvar, fx, fr, alpha=self.cfg.alpha, beta=self.cfg.beta)
+        self.log("train_loss", loss, prog_bar=True)
+        for k, v in parts.items():
+            self.log(f"{k}_loss", v)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam (the authors' optimiser)."""
+        return torch.optim.Adam(self.net.parameters(), lr=self.cfg.optim.lr)
+
+
+def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
+    voxel = VoxelConfig.from_dict(config.voxel)
+    cs = usable(crystals, voxel)
+    edges: list[float] = []
+    if config.kind == "vae":
+        if config.condition not in cs.properties:
+            have = ", ".join(sorted(cs.properties)) or "none"
+            raise CrysgenError(f"the training data has no property {config.condition!r} to condition on "
+                               f"(it has: {have}); label it first or set condition in the config")
+        values = cs.properties[config.condition]
+        if not np.all(np.isfinite(values)):
+            raise CrysgenError(f"{int((~np.isfinite(values)).sum())} training crystals lack "
+                               f"{config.condition!r}; train on labelled crystals only")
+        q = np.linspace(0, 1, config.num_conditions + 1)[1:-1]
+        edges = [float(e) for e in np.quantile(values, q)]
+    weights = class_weights(species_map(cs.subset(np.arange(min(len(cs), 2000))), voxel))
+    return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist())
+
+
+def train_voxel(
+    data: str | Path,
+    out: str | Path,
+    *,
+    kind: str | None = None,
+    config: VoxelTrainConfig | None = None,
+    segmenter: str | Path | None = None,
+    max_steps: int | None = None,
+    devices: int = 1,
+    resume: bool = False,
+    accelerator: str = "auto",
+    progress: bool = True,
+    max_minutes: float | None = None,
+) -> Path:
+    """Train the segmenter or the conditional VAE; returns the exported model directory.
+
+    Args:
+        data: training CrystalSet (.npz); non-orthogonal crystals are left out (with a count).
+        out: run directory.
+        kind: "segmenter" or "vae" (with ``config`` None: the authors' settings for it).
+        config: run settings; on resume the saved config is used.
+        segmenter: the segmenter model directory for a VAE run (overrides ``config.segmenter``).
+        max_steps: overrides ``config.optim.max_steps``.
+        devices: GPUs (DDP when > 1) or CPU processes.
+        resume: continue from ``out/checkpoints/last.ckpt``.
+        accelerator: Lightning accelerator ("auto", "cpu", "gpu").
+        progress: show progress bars.
+        max_minutes: stop (checkpoint and export) after this wall time.
+
+    Raises:
+        CrysgenError: bad kind, missing segmenter for a VAE, missing condition labels, no usable
+            crystal, or resume without a checkpoint.
+    """
+    if config is None and kind is not None and not resume:
+        config = VoxelTrainConfig.default(kind)
+    if config is not None and segmenter is not None:
+        config = replace(config, segmenter=str(segmenter))
+
+    def check(c: VoxelTrainConfig) -> None:
+        if kind is not None and c.kind != kind:
+            raise CrysgenError(f"this is a {kind!r} run but its config says kind {c.kind!r}")
+        if c.kind == "vae" and not c.segmenter:
+            raise CrysgenError("a VAE run needs the trained segmenter: --segmenter MODEL_DIR")
+        if c.kind == "vae":
+            load_segmenter(c.segmenter)  # fails here, before anything is written
+
+    run = open_run(data, out, config, VoxelTrainConfig, resume=resume, max_steps=max_steps, validate=check,
+                   fit_scaling=_fit_spec, load_scaling=VoxelSpec.load, scaling_file=SPEC_FILE)
+    c: VoxelTrainConfig = run.config
+    o = c.optim
+    L.seed_everything(o.seed, workers=True)
+    spec: VoxelSpec = run.scaling
+    cs = usable(run.crystals, spec.voxel)
+    if len(cs) < len(run.crystals) and progress:
+        print(f"{len(run.crystals) - len(cs)} of {len(run.crystals)} crystals left out (not orthogonal "
+              f"or more than {spec.voxel.max_sites} sites)")
+    dens, species = voxelise(cs, spec.voxel, workers=o.workers, progress=progress)
+    classes = (spec.condition_class(cs.properties[spec.condition]) if c.kind == "vae"
+               else np.zeros(len(cs), int))
+    loader = torch.utils.data.DataLoader(VoxelBatches(dens, species, cs.lattice[:, :3], classes),
+                                         batch_size=o.batch_size, shuffle=True,
+                                         drop_last=len(cs) > o.batch_size, collate_fn=_as_batch)
+    seg_state, seg_config, seg_net = None, None, None
+    if c.kind == "vae":
+        seg_net, _ = load_segmenter(c.segmenter)
+        seg_state, seg_config = seg_net.state_dict(), seg_net.config
+    module = VoxelModule(c.to_dict(), {"voxel": spec.voxel.to_dict(), "class_weights": spec.class_weights},
+                         seg_state, seg_config)
+
+    def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
+        if c.kind == "segmenter":
+            return save_voxel_dir(path, kind="voxel_segmenter", net=m.net, spec=spec, data=d)
+        return VoxelModel(m.net, m.frozen, spec, d).save_pretrained(path)
+
+    return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
+               log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
+               export=export, devices=devices, accelerator=accelerator, progress=progress,
+               max_minutes=max_minutes)
