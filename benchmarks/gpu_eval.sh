@@ -6,11 +6,10 @@
 # (carry .whl_eval2 .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
 set -u
 JOBS=$1; DATASET=${2:-mp_20}; shift 2; EXTRA="$*"
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
+WHEELS=.whl_eval2 INSTALL_MARKER=smact
+source benchmarks/gpu_env.sh
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn
-OUT=${OUT:-/tmp/out}
-[ -d /tmp/site/palettable ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-  --target /tmp/site .whl_eval2/*.whl 2>&1 | grep -v "already exists"; rm -f /tmp/site/pynvml.py; }
+install
 mkdir -p benchmarks/.work/evalsamples /tmp/evallogs
 if ! pgrep -f "[e]val_model.py" >/dev/null; then
   setsid nohup bash -c "

@@ -242,6 +242,15 @@ def _cmd_model_cascade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(p: argparse.ArgumentParser, steps_help: str = "override optim.max_steps") -> None:
+    """The options every `crysgen train` model kind shares: length, devices, resume, quiet."""
+    p.add_argument("--max-steps", type=_positive_int, default=None, help=steps_help)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
+    p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crysgen`` command."""
     from crysgen import __version__
@@ -340,13 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--val", default=None, help="validation CrystalSet .npz (EMA loss is logged)")
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="override optim.max_steps")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
-    p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--init", default=None,
                    help="warm start a new run from a model directory's weights (fresh optimiser)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_train_diffusion)
 
     for kind, what in (("gan", "the paper's vanilla GAN (BCE, Adam 1e-5, batch 64)"),
@@ -356,12 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="run directory")
         p.add_argument("--config", default=None,
                        help="YAML config with net/optim sections (default: the authors' settings)")
-        p.add_argument("--max-steps", type=_positive_int, default=None,
-                       help="override optim.max_steps (generator updates)")
-        p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
-        p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
-        p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_run_options(p, "override optim.max_steps (generator updates)")
         p.set_defaults(func=_cmd_train_adversarial)
 
     for kind, what in (("segmenter", "Court et al.'s 3-D UNet segmenter of voxel grids (train it first)"),
@@ -374,11 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--segmenter", default=None, help="the trained segmenter's model directory")
             p.add_argument("--condition", default=None,
                            help="property to condition on (default: formation_energy_per_atom)")
-        p.add_argument("--max-steps", type=_positive_int, default=None, help="override optim.max_steps")
-        p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
-        p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
-        p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_run_options(p)
         p.set_defaults(func=_cmd_train_voxel)
 
     p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned)")

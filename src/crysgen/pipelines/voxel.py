@@ -28,7 +28,7 @@ from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.pipelines.generators import torch_generator
-from crysgen.representations.voxel import VoxelConfig, coordinate_channels, density, read_lattice
+from crysgen.representations.voxel import VoxelConfig, network_input, read_lattice
 from crysgen.representations.watershed import WatershedOptions, decode
 
 SPEC_FILE = "voxel.json"
@@ -81,12 +81,6 @@ def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> 
     """Float (N, n) one-hot rows."""
     c = torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device)
     return torch.nn.functional.one_hot(c, n).float()
-
-
-def model_inputs(crystals: CrystalSet, config: VoxelConfig) -> np.ndarray:
-    """float32 (N, 4, G, G, G): density + coordinate channels of orthogonal crystals."""
-    return np.concatenate([density(crystals, config)[:, None],
-                           coordinate_channels(crystals.lattice[:, :3], config)], axis=1)
 
 
 def save_voxel_dir(path: str | Path, *, kind: str, net: torch.nn.Module, spec: VoxelSpec,
@@ -142,7 +136,7 @@ class VoxelModel:
                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """μ and log σ² (N, latent) of crystals with the given condition classes."""
         vae = self.vae.to(device).eval()
-        x = model_inputs(crystals, self.spec.voxel)
+        x = network_input(crystals, self.spec.voxel)
         mus, logvars = [], []
         with torch.no_grad():
             for s in range(0, len(x), batch_size):

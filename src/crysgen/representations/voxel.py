@@ -216,6 +216,12 @@ class VoxelGrids:
         return self.species > 0
 
 
+def network_input(crystals: CrystalSet, config: VoxelConfig = VoxelConfig()) -> np.ndarray:
+    """float32 (N, 4, G, G, G): density and the three coordinate channels (no checks)."""
+    return np.concatenate([density(crystals, config)[:, None],
+                           coordinate_channels(crystals.lattice[:, :3], config)], axis=1)
+
+
 def encode(crystals: CrystalSet, config: VoxelConfig = VoxelConfig()) -> VoxelGrids:
     """Voxelise orthogonal crystals (module docstring).
 
@@ -226,9 +232,7 @@ def encode(crystals: CrystalSet, config: VoxelConfig = VoxelConfig()) -> VoxelGr
     if bad:
         i, r = bad[0]
         raise CrysgenError(f"{len(bad)} crystal(s) cannot be voxelised, e.g. {crystals.ids[i]}: {r}")
-    inputs = np.concatenate([density(crystals, config)[:, None],
-                             coordinate_channels(crystals.lattice[:, :3], config)], axis=1)
-    return VoxelGrids(inputs, species_map(crystals, config))
+    return VoxelGrids(network_input(crystals, config), species_map(crystals, config))
 
 
 def read_lattice(coords: np.ndarray, config: VoxelConfig = VoxelConfig()) -> np.ndarray:
