@@ -49,6 +49,17 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_label(args: argparse.Namespace) -> int:
+    from crysgen.properties.label import label_file
+
+    report = label_file(args.data, args.model, args.property, args.out, overwrite=args.overwrite,
+                        device=args.device)
+    print(f"{args.property}: {report.n_predicted} predicted, {report.n_kept} known kept, "
+          f"{report.n_failed} could not be featurised")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     from crysgen.codec.roundtrip import roundtrip
     from crysgen.crystal_set import CrystalSet
@@ -288,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="download files that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_download)
+
+    p = dsub.add_parser("label", help="fill a property of a CrystalSet with a property model's predictions")
+    p.add_argument("data", help="CrystalSet .npz")
+    p.add_argument("--model", required=True, help="property model directory (crysgen train property)")
+    p.add_argument("--property", required=True, help="property key to fill, e.g. heat_ref")
+    p.add_argument("--out", required=True, help="labelled CrystalSet .npz (the input is left as is)")
+    p.add_argument("--overwrite", action="store_true", help="also replace values that are known")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=_cmd_data_label)
 
     codec = sub.add_parser("codec", help="measure the CrysTens codec")
     csub = codec.add_subparsers(dest="codec_command", required=True)
