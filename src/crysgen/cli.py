@@ -157,7 +157,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             around=args.around, sigma2=args.sigma,
                             interpolate=tuple(args.interpolate) if args.interpolate else None)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
-                            batch_size=args.batch_size, progress=not args.quiet)
+                            batch_size=args.batch_size, progress=not args.quiet,
+                            workers=args.workers)
     print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
           f"{summary.failure_reasons or ''}); {summary.crystals_per_s} crystals/s")
     print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
@@ -359,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symprec", type=float, default=None,
                    help="auto decode: snap crystals to spglib symmetry at this tolerance (Å)")
     p.add_argument("--save-tensors", action="store_true", help="also keep the raw tensors (.npz)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="voxel VAE: watershed processes (1; does not change the crystals)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sample)
 

@@ -138,6 +138,7 @@ def sample_to_dir(
     device: str = "cpu",
     batch_size: int | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> SampleSummary:
     """Sample ``options.n`` crystals from a model directory into ``out`` (resumable).
 
@@ -150,6 +151,8 @@ def sample_to_dir(
         batch_size: tensors per forward pass (None: 256 on cuda, 16 on cpu, where small
             batches measured faster on 2 cores).
         progress: show a progress bar with crystals/s.
+        workers: decoding processes for models that decode themselves (the voxel watershed);
+            does not change which crystals come out.
 
     Raises:
         CrysgenError: if ``out`` holds a run with other options.
@@ -191,7 +194,8 @@ def sample_to_dir(
         ids = [f"sample_{start + i:06d}" for i in range(size)]
         if voxel_kwargs is not None:  # models that decode themselves
             res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size,
-                                 ids=ids, offset=start, total=options.n, **voxel_kwargs)
+                                 ids=ids, offset=start, total=options.n, workers=workers,
+                                 **voxel_kwargs)
         else:
             tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
                                    seed=[options.seed, k], device=device, batch_size=batch_size)

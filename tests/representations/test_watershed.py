@@ -53,6 +53,10 @@ def test_ground_truth_round_trip_on_real_perovskites():
     matched = sum(sm.fit(res.crystals.to_structure(j), crystals.to_structure(i))
                   for j, i in enumerate(res.index))
     assert matched >= 10  # measured 93 / 100 on perov_5 val
+    two = W.decode(g.occupancy.astype(float), g.species, V.read_lattice(g.inputs[:, 1:]), workers=2)
+    assert np.array_equal(two.index, res.index) and two.failures == res.failures
+    assert np.array_equal(two.crystals.atomic_numbers, res.crystals.atomic_numbers)
+    assert np.allclose(two.crystals.frac_coords, res.crystals.frac_coords)
 
 
 def test_empty_and_bad_maps_give_reasons():

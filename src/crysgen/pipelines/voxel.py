@@ -185,11 +185,13 @@ class VoxelModel:
         return np.concatenate(out) if out else np.zeros((0, 4, *(self.spec.voxel.grid,) * 3), np.float32)
 
     def to_crystals(self, grids: np.ndarray, *, device: str = "cpu", batch_size: int = 32,
-                    options: WatershedOptions = WatershedOptions(), ids: list[str] | None = None) -> Any:
-        """Segment grids (n, 4, G, G, G) and decode them (a ``VoxelDecodeResult``)."""
+                    options: WatershedOptions = WatershedOptions(), ids: list[str] | None = None,
+                    workers: int = 1) -> Any:
+        """Segment grids (n, 4, G, G, G) and decode them (watershed in ``workers`` processes)."""
         occupancy, species = segment_grids(self.segmenter, grids, device=device, batch_size=batch_size)
         lengths = read_lattice(grids[:, 1:], self.spec.voxel)
-        return decode(occupancy, species, lengths, config=self.spec.voxel, options=options, ids=ids)
+        return decode(occupancy, species, lengths, config=self.spec.voxel, options=options, ids=ids,
+                      workers=workers)
 
     def base(self, ref: str, condition: int | None = None, *, device: str = "cpu") -> tuple[np.ndarray, int]:
         """μ (latent,) and condition class of a base crystal.
@@ -214,7 +216,7 @@ class VoxelModel:
                  ids: list[str] | None = None, condition: int | None = None,
                  around: np.ndarray | None = None, sigma2: float = 0.5,
                  line: tuple[np.ndarray, np.ndarray] | None = None, offset: int = 0, total: int = 0,
-                 **_: Any) -> Any:
+                 workers: int = 1, **_: Any) -> Any:
         """``n`` crystals: latents → grids → segmentation → watershed (a DecodeResult).
 
         ``line`` = (μ_A, μ_B) puts sample ``offset + i`` of ``total`` at t = (offset + i)/(total − 1)
@@ -227,7 +229,7 @@ class VoxelModel:
         else:
             z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2)
         grids = self.decode_grids(z, classes, device=device, batch_size=batch_size)
-        return as_decode_result(self.to_crystals(grids, device=device, ids=ids), n)
+        return as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers), n)
 
 
 def load_reference(ref: str) -> CrystalSet:

@@ -63,7 +63,7 @@ def label_property(crystals: CrystalSet, model: PropertyModel, name: str, *, ove
         try:
             graphs.append(build_graph(crystals.to_structure(int(i))))
             ok.append(int(i))
-        except Exception:  # noqa: BLE001 - a crystal that cannot be featurised stays unlabelled
+        except Exception:
             continue
     if ok:
         values[ok] = model.predict(graphs, batch_size=batch_size, device=device)
