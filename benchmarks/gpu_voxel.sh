@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPU leases of the voxel issue (Court et al. on perov_5). Run on the device machine from the
 # repository root with .whl_min and the perov_5 npz files of benchmarks/.work carried:
-#   bash benchmarks/gpu_voxel.sh segmenter MINUTES   # install, train (or resume) the UNet segmenter
-#   bash benchmarks/gpu_voxel.sh vae MINUTES         # train (or resume) the conditional DFC-VAE
+#   bash benchmarks/gpu_voxel.sh segmenter MINUTES   # install, train the UNet segmenter, pack it
+#   bash benchmarks/gpu_voxel.sh vae MINUTES         # train the conditional DFC-VAE, pack it
 #   bash benchmarks/gpu_voxel.sh bench [ARGS]        # benchmarks/voxel.py on the trained pair
-#   bash benchmarks/gpu_voxel.sh pack                # the exported models into $OUT (15 MB pieces)
-# A carried benchmarks/.work/voxel_runs/{segmenter,vae} (a previous lease's export) is used when
-# /tmp/runs has none. CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
+# The machine may be a fresh one at every call, so each training call packs its exported model
+# (and logs) into $OUT as $kind.tar.* pieces of 15 MB; unpacked here under benchmarks/.work/voxel_runs/
+# and carried back, they are what the next call uses. CRYSGEN_COMMIT must hold the commit being run
+# (the device copy has no .git).
 source benchmarks/gpu_env.sh
 DATA=$W/perov_5_train_labelled.npz
+V=$W/voxel_runs  # carried exports of earlier calls
 
 train() {  # kind minutes [extra args]
   local kind=$1 minutes=$2; shift 2
@@ -18,6 +20,14 @@ train() {  # kind minutes [extra args]
     --max-minutes $minutes $resume --quiet "$@" 2>&1 | grep -v -E "Warning|warn\(|deprecated" | tee -a $OUT/$kind.log
   cp $R/$kind/train_summary.json $OUT/${kind}_summary.json 2>/dev/null
   ls $R/$kind/logs/*/metrics.csv > /dev/null 2>&1 && cp $(ls $R/$kind/logs/*/metrics.csv | tail -1) $OUT/${kind}_metrics.csv
+  # the VAE's segmenter/ copy is left out: it is the segmenter's model, carried beside it
+  tar cf - -C $R --exclude checkpoints --exclude vae/model/segmenter $kind | split -b 15M - $OUT/$kind.tar.
+}
+
+vae_model() {  # the VAE model directory with its segmenter copy restored
+  local d=$V/vae/model
+  [ -d $d/segmenter ] || cp -r $V/segmenter/model $d/segmenter
+  echo $d
 }
 
 mkdir -p $R $OUT
@@ -29,17 +39,12 @@ case "$1" in
     ;;
   vae)
     install || exit 1
-    train vae "$2" --segmenter $R/segmenter/model
+    train vae "$2" --segmenter $V/segmenter/model
     ;;
   bench)
     install || exit 1
     shift
-    python3 benchmarks/voxel.py --model $R/vae/model --device cuda "$@"
+    python3 benchmarks/voxel.py --model $(vae_model) --device cuda "$@"
     cp benchmarks/results/voxel_perov_5* $OUT/ 2>/dev/null
-    ;;
-  pack)  # both models in one tar (the VAE's segmenter/ copy left out: it is the segmenter's model)
-    rm -f $OUT/models.tar.*
-    tar cf - -C $R --exclude checkpoints --exclude vae/model/segmenter segmenter vae \
-      | split -b 15M - $OUT/models.tar.
     ;;
 esac
