@@ -79,7 +79,8 @@ class VoxelSpec:
 
 def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> torch.Tensor:
     """Float (N, n) one-hot rows."""
-    c = torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device)
+    c = (classes.to(device=device, dtype=torch.long) if isinstance(classes, torch.Tensor)
+         else torch.as_tensor(np.asarray(classes), dtype=torch.long, device=device))
     return torch.nn.functional.one_hot(c, n).float()
 
 
