@@ -3,6 +3,9 @@
 # repository root with .whl_min and the perov_5 npz files of benchmarks/.work carried:
 #   bash benchmarks/gpu_voxel.sh segmenter MINUTES   # install, train the UNet segmenter, pack it
 #   bash benchmarks/gpu_voxel.sh vae MINUTES         # train the conditional DFC-VAE, pack it
+#   bash benchmarks/gpu_voxel.sh continue MINUTES    # both warm-started from the carried exports, side
+#                                                    # by side on the GPU (the VAE's feature loss keeps
+#                                                    # the carried segmenter), packed as above
 #   bash benchmarks/gpu_voxel.sh bench [ARGS]        # benchmarks/voxel.py on the trained pair
 # The machine may be a fresh one at every call, so each training call packs its exported model
 # (and logs) into $OUT as $kind.tar.* pieces of 15 MB; unpacked here under benchmarks/.work/voxel_runs/
@@ -40,6 +43,15 @@ case "$1" in
   vae)
     install || exit 1
     train vae "$2" --segmenter $V/segmenter/model
+    ;;
+  continue)
+    install || exit 1
+    R=/tmp/runs_continued
+    mkdir -p $R
+    train segmenter "$2" --init $V/segmenter/model > /dev/null &
+    train vae "$2" --segmenter $V/segmenter/model --init $(vae_model) > /dev/null &
+    wait
+    tail -2 $OUT/segmenter.log $OUT/vae.log
     ;;
   bench)
     install || exit 1

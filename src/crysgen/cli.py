@@ -131,11 +131,13 @@ def _cmd_train_voxel(args: argparse.Namespace) -> int:
 
     config = None
     condition = getattr(args, "condition", None)
-    if not args.resume and (args.config is not None or condition):
+    if not args.resume and (args.config is not None or condition or args.init):
         config = (load_config(args.config, VoxelTrainConfig) if args.config
                   else VoxelTrainConfig.default(args.train_command))
         if condition:
             config = replace(config, condition=condition)
+        if args.init:
+            config = replace(config, init=args.init)
     model_dir = train_voxel(args.data, args.out, kind=args.train_command, config=config,
                             segmenter=getattr(args, "segmenter", None), max_steps=args.max_steps,
                             devices=args.devices, resume=args.resume, progress=not args.quiet,
@@ -397,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--segmenter", default=None, help="the trained segmenter's model directory")
             p.add_argument("--condition", default=None,
                            help="property to condition on (default: formation_energy_per_atom)")
+        p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                       help=f"start from the weights of an exported {kind} model (fresh optimiser)")
         _add_run_options(p)
         p.set_defaults(func=_cmd_train_voxel)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,10 @@ from crysgen.errors import CrysgenError
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.objectives.voxel import class_weights, segmentation_loss, vae_loss
-from crysgen.pipelines.voxel import VoxelModel, one_hot
+from crysgen.pipelines.voxel import VoxelModel, load_segmenter, one_hot
 from crysgen.representations.voxel import VoxelConfig, encode
 from crysgen.training.config import VoxelTrainConfig
-from crysgen.training.voxel import VoxelBatches, device_inputs, train_voxel
+from crysgen.training.voxel import VoxelBatches, device_inputs, init_weights, train_voxel
 from tests.conftest import load_cif, shared_file
 
 
@@ -84,6 +86,13 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
     seg = train_voxel(perov, tmp_path / "seg", config=VoxelTrainConfig.from_dict(
         {"kind": "segmenter", "width": 0.125, "optim": small}), progress=False)
     assert (seg / "voxel.json").is_file()
+    warm = VoxelTrainConfig.from_dict({"kind": "segmenter", "width": 0.125, "init": str(seg), "optim": small})
+    state = init_weights(warm)
+    assert all(torch.equal(state[k], v) for k, v in load_segmenter(seg)[0].state_dict().items())
+    with pytest.raises(CrysgenError, match="does not fit"):
+        init_weights(replace(warm, width=0.25))
+    one_step = replace(warm, optim=replace(warm.optim, max_steps=1))
+    assert (train_voxel(perov, tmp_path / "warm", config=one_step, progress=False) / "voxel.json").is_file()
     with pytest.raises(CrysgenError, match="segmenter"):
         train_voxel(perov, tmp_path / "bad", kind="vae", progress=False)
     with pytest.raises(CrysgenError, match="no property 'nope'"):

@@ -197,6 +197,31 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
     return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist())
 
 
+def init_weights(config: VoxelTrainConfig) -> dict[str, torch.Tensor]:
+    """The network weights of ``config.init`` (an exported model of ``config.kind``).
+
+    Raises:
+        CrysgenError: the directory holds another kind, or weights of another network shape.
+    """
+    if config.kind == "segmenter":
+        net: torch.nn.Module = load_segmenter(config.init)[0]
+        fresh: torch.nn.Module = UNet3D(width=config.width)
+    else:
+        try:
+            net = VoxelModel.from_pretrained(config.init).vae
+        except CrysgenError as exc:
+            raise CrysgenError(f"--init {config.init}: {exc}") from exc
+        fresh = VoxelVAE(grid=VoxelConfig.from_dict(config.voxel).grid, num_conditions=config.num_conditions,
+                         width=config.width)
+    state = net.state_dict()
+    try:
+        fresh.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CrysgenError(f"--init {config.init} does not fit this run's network (width, conditions): "
+                           f"{str(exc).splitlines()[0]}") from exc
+    return state
+
+
 def train_voxel(
     data: str | Path,
     out: str | Path,
@@ -242,6 +267,8 @@ def train_voxel(
             raise CrysgenError("a VAE run needs the trained segmenter: --segmenter MODEL_DIR")
         if c.kind == "vae":
             load_segmenter(c.segmenter)  # fails here, before anything is written
+        if c.init:
+            init_weights(c)
 
     run = open_run(data, out, config, VoxelTrainConfig, resume=resume, max_steps=max_steps, validate=check,
                    fit_scaling=_fit_spec, load_scaling=VoxelSpec.load, scaling_file=SPEC_FILE)
@@ -265,6 +292,8 @@ def train_voxel(
         seg_state, seg_config = seg_net.state_dict(), seg_net.config
     module = VoxelModule(c.to_dict(), {"voxel": spec.voxel.to_dict(), "class_weights": spec.class_weights},
                          seg_state, seg_config)
+    if c.init and not run.resume:
+        module.net.load_state_dict(init_weights(c))
 
     def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
         if c.kind == "segmenter":
