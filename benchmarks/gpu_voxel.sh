@@ -51,12 +51,14 @@ case "$1" in
     train segmenter "$2" --init $V/segmenter/model > /dev/null &
     train vae "$2" --segmenter $V/segmenter/model --init $(vae_model) > /dev/null &
     wait
-    tail -2 $OUT/segmenter.log $OUT/vae.log
+    tail -n 2 $OUT/segmenter.log $OUT/vae.log
     ;;
   bench)
     install || exit 1
     shift
-    python3 benchmarks/voxel.py --model $(vae_model) --device cuda "$@"
-    cp benchmarks/results/voxel_perov_5* $OUT/ 2>/dev/null
+    python3 benchmarks/voxel.py --model $(vae_model) --device cuda --samples-out $R/voxel_vae \
+      --out $OUT/voxel_perov_5.json "$@"
+    cp benchmarks/results/voxel_perov_5_latent.png $OUT/ 2>/dev/null
+    tar czf $OUT/voxel_vae_samples.tgz -C $R voxel_vae
     ;;
 esac

@@ -174,13 +174,17 @@ def latent(model: VoxelModel, test: CrystalSet, args) -> dict:
             "interpolation": {"from": forms[a], "to": forms[b], "path": path}}
 
 
-def training_speed(runs: Path) -> dict:
-    out = {}
-    for kind in ("segmenter", "vae"):
-        f = runs / kind / "train_summary.json"
-        if f.exists():
-            d = json.loads(f.read_text())
-            out[kind] = {"steps": d["global_step"], "final_losses": d.get("final_losses"), "runs": d["runs"]}
+def training_speed(runs: list[Path]) -> dict:
+    """Steps, losses and samples/s of each run directory (in training order: a warm-started
+    continuation follows the run it started from)."""
+    out: dict = {"segmenter": [], "vae": []}
+    for root in runs:
+        for kind in out:
+            f = root / kind / "train_summary.json"
+            if f.exists():
+                d = json.loads(f.read_text())
+                out[kind].append({"dir": os.path.relpath(root / kind, ROOT), "steps": d["global_step"],
+                                  "final_losses": d.get("final_losses"), "runs": d["runs"]})
     return out
 
 
@@ -191,7 +195,8 @@ def main() -> None:
     p.add_argument("--test", default=str(WORK / "perov_5_test.npz"))
     p.add_argument("--property-model",
                    default=str(WORK / "property_runs/perov_5_heat_ref_formation_energy/model"))
-    p.add_argument("--runs", default=str(WORK / "voxel_runs"), help="run dirs with train_summary.json")
+    p.add_argument("--runs", default=f"{WORK / 'voxel_runs_first'},{WORK / 'voxel_runs'}",
+                   help="comma-separated folders holding segmenter/ and vae/ runs (train_summary.json)")
     p.add_argument("--stages", default="training,reconstruction,generation,funnel,latent")
     p.add_argument("--n-recon", type=int, default=1000)
     p.add_argument("--n-samples", type=int, default=1000)
@@ -210,7 +215,7 @@ def main() -> None:
     test = CrystalSet.load(args.test)
     test = test.subset(np.flatnonzero(np.isfinite(test.properties[model.spec.condition])))
     if "training" in stages:
-        _write(out, "training", training_speed(Path(args.runs)))
+        _write(out, "training", training_speed([Path(r) for r in args.runs.split(",")]))
     if "reconstruction" in stages:
         held_out = test.subset(np.arange(min(len(test), args.n_recon)))
         _write(out, "reconstruction", reconstruction(model, held_out, args))
