@@ -33,6 +33,12 @@ def test_lattice_read_back_is_exact_on_clean_grids_and_after_rotation():
     assert V.read_lattice(grids.inputs[:, 1:])[0] == pytest.approx([4.0, 5.0, 6.5], abs=1e-9)
     turned = V.rotate(grids.inputs, ((0, 1),))
     assert V.read_lattice(turned[:, 1:])[0] == pytest.approx([5.0, 4.0, 6.5], abs=1e-9)
+    # a decoded-looking grid whose channel 1 leaks into axis 0: channel 0 still gets axis 0
+    mixed = grids.inputs[:, 1:].copy()
+    mixed[:, 1] += 1.5 * mixed[:, 0]  # steeper along axis 0 than along its own axis 1
+    got = V.read_lattice(mixed)[0]
+    assert got[0] == pytest.approx(4.0) and got[1] == pytest.approx(5.0) and got[2] == pytest.approx(6.5)
+    assert np.isnan(V.read_lattice(np.full_like(mixed, np.nan))).all()
 
 
 def test_rotation_keeps_all_channels_consistent():

@@ -238,21 +238,30 @@ def encode(crystals: CrystalSet, config: VoxelConfig = VoxelConfig()) -> VoxelGr
 def read_lattice(coords: np.ndarray, config: VoxelConfig = VoxelConfig()) -> np.ndarray:
     """Cell lengths (N, 3) in Å along array axes 0, 1, 2, from coordinate channels (N, 3, G, G, G).
 
-    Each channel's profile (averaged over the other two axes) along the axis it varies most on is
-    fitted with a straight line; its slope is one voxel, 1.5·L/G. Exact on clean grids (no 1/32
-    bias, seed_code.md §6.5), robust to noise in decoded ones, and correct after 90° rotations,
-    which move a channel's ramp to another axis or reverse it.
+    Each channel's profile (averaged over the other two axes) along each axis is fitted with a
+    straight line; the slope along the channel's own axis is one voxel, 1.5·L/G. Channels are
+    given to axes by the assignment that maximises the summed |slope| (a permutation, so two
+    channels never claim one axis, as they can in a noisy decoded grid). Exact on clean grids
+    (no 1/32 bias, seed_code.md §6.5), robust to noise in decoded ones, and correct after 90°
+    rotations, which move a channel's ramp to another axis or reverse it. NaN where a grid is not
+    finite.
     """
+    from scipy.optimize import linear_sum_assignment
+
     coords = np.asarray(coords, np.float64)
     n, g = len(coords), coords.shape[-1]
     out = np.full((n, 3), np.nan)
     x = np.arange(g) - (g - 1) / 2
+    slopes = np.empty((n, 3, 3))  # (N, channel, axis)
     for c in range(3):
         profiles = np.stack([coords[:, c].mean(axis=tuple(a for a in (1, 2, 3) if a != ax + 1))
                              for ax in range(3)], axis=1)  # (N, 3 axes, G)
-        slopes = (profiles * x).sum(-1) / (x ** 2).sum()
-        axis = np.abs(slopes).argmax(1)
-        out[np.arange(n), axis] = np.abs(slopes[np.arange(n), axis]) * g / config.span
+        slopes[:, c] = (profiles * x).sum(-1) / (x ** 2).sum()
+    for i in range(n):
+        if not np.all(np.isfinite(slopes[i])):
+            continue
+        channels, axes = linear_sum_assignment(-np.abs(slopes[i]))
+        out[i, axes] = np.abs(slopes[i, channels, axes]) * g / config.span
     return out
 
 
