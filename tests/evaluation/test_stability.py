@@ -13,6 +13,7 @@ from crysgen.evaluation.stability import (
     displacement_rmsd,
     reference_energies,
     relax,
+    relax_batch,
     stability_rates,
 )
 from tests.conftest import load_cif
@@ -43,6 +44,27 @@ def test_time_limit_stops_with_a_reason():
     r = relax(s, stability.RelaxOptions(time_limit_s=0.0, fmax=1e-4))
     assert r.reason and "time limit" in r.reason and not r.converged
     assert r.energy_per_atom is not None  # the energy where it stopped is kept
+
+
+@pytest.mark.slow
+def test_batched_relaxation_matches_one_at_a_time_and_keeps_reasons():
+    strained = load_cif("NaCl")
+    strained.apply_strain(0.05)
+    perturbed = load_cif("NaCl")
+    perturbed.apply_strain(-0.03)
+    perturbed.perturb(0.05)
+    flat = Structure(Lattice([[4, 0, 0], [0, 4, 0], [0, 0, 1e-9]]), ["Na", "Cl"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    options = stability.RelaxOptions(steps=40)
+    batch = relax_batch([strained, flat, perturbed], options)
+    assert len(batch) == 3
+    assert batch[1].reason and "degenerate" in batch[1].reason and batch[1].energy_per_atom is None
+    for got, s in zip((batch[0], batch[2]), (strained, perturbed), strict=True):
+        alone = relax(s, options)
+        assert got.reason == alone.reason and got.steps == alone.steps and got.converged == alone.converged
+        assert got.energy_per_atom == pytest.approx(alone.energy_per_atom, abs=2e-3)
+        assert got.rmsd == pytest.approx(alone.rmsd, abs=2e-2)
+    assert batch[0].converged and batch[0].energy_per_atom < batch[0].initial_energy_per_atom - 0.005
 
 
 def test_displacement_rmsd_known_values():

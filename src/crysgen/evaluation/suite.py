@@ -16,7 +16,8 @@ its row of ``structures.csv``, never a failed run):
   Wasserstein distance of that predicted property.
 
 - ``stability`` (off by default, `--stability`): CHGNet relaxation of every structurally valid
-  sample (energy per atom, RMSD, volume change, per-structure time limit), energy above the hull
+  sample (energy per atom, RMSD, volume change, per-structure time limit; batched: each worker
+  relaxes up to 64 structures in lockstep, one CHGNet call per FIRE step), energy above the hull
   of the training + reference crystals evaluated with the same potential (cached on disk by the
   data's hash), stable rates (≤ 0.1 and ≤ 0.0 eV/atom) and S.U.N.; see
   :mod:`crysgen.evaluation.stability`.
@@ -134,8 +135,8 @@ def _fingerprints(structure: Any) -> tuple[np.ndarray | None, np.ndarray | None,
 
 
 def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
-         spawn: bool = False) -> list:
-    """``fn`` over ``items`` in ``workers`` processes.
+         spawn: bool = False, min_items: int = 8) -> list:
+    """``fn`` over ``items`` in ``workers`` processes (in this one below ``min_items`` items).
 
     ``spawn`` for workers that use CUDA: a forked child cannot re-initialise CUDA once the
     parent has used it.
@@ -144,7 +145,7 @@ def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
 
     from tqdm.auto import tqdm
 
-    if workers <= 1 or len(items) < 8:
+    if workers <= 1 or len(items) < min_items:
         return [fn(x) for x in tqdm(items, desc=desc, disable=not progress, leave=False)]
     context = multiprocessing.get_context("spawn") if spawn else None
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -364,11 +365,33 @@ def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: li
     return out
 
 
-def _relax_one(args: tuple[Any, Any]) -> Any:
-    from crysgen.evaluation.stability import relax
+RELAX_BATCH = 64
+"""Structures relaxed in lockstep by one worker (one batched CHGNet call per FIRE step)."""
 
-    structure, options = args
-    return relax(structure, options)
+
+def _relax_chunk(args: tuple[list[Any], Any]) -> list[Any]:
+    from crysgen.evaluation.stability import relax_batch
+
+    structures, options = args
+    return relax_batch(structures, options)
+
+
+def _relax_all(structures: list[Any], options: Any, workers: int, progress: bool) -> list[Any]:
+    """Relaxations of all structures, in input order.
+
+    Interleaved chunks (similar mixes of sizes), one batched relaxation per chunk, chunks spread
+    over ``workers`` processes (spawned on CUDA).
+    """
+    if not structures:
+        return []
+    k = max(workers, -(-len(structures) // RELAX_BATCH))
+    chunks = [structures[j::k] for j in range(k) if structures[j::k]]
+    done = _map(_relax_chunk, [(c, options) for c in chunks], workers, "CHGNet relaxation", progress,
+                spawn=options.device.startswith("cuda"), min_items=2)
+    out: list[Any] = [None] * len(structures)
+    for j, part in enumerate(done):
+        out[j::len(chunks)] = part
+    return out
 
 
 def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]], n: int,
@@ -387,8 +410,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     check_device(o.device)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device)
-    relaxed = _map(_relax_one, [(s, ro) for s in structures], o.workers, "CHGNet relaxation",
-                   progress, spawn=o.device.startswith("cuda"))
+    relaxed = _relax_all(structures, ro, o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
         row.update(r.row())
         if r.structure is not None:
