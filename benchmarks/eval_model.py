@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--relax-steps", type=int, default=500, help="CHGNet FIRE steps per structure")
     p.add_argument("--relax-time-limit", type=float, default=120.0, help="seconds per relaxation")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
+    p.add_argument("--progress", action="store_true", help="progress bars (stderr) for every family")
     args = p.parse_args()
     work = Path(args.work)
     out = work / f"eval_{args.name}_{args.dataset}{args.suffix}"
@@ -78,7 +79,7 @@ def main() -> None:
                           device=args.device, cache_dir=args.cache_dir, relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit)
     ev = evaluate(samples, work / f"{TRAIN[args.dataset]}.npz",
-                  work / f"{args.dataset}_test.npz", options, progress=False)
+                  work / f"{args.dataset}_test.npz", options, progress=args.progress)
     write_report(ev, out / "report", title=f"{args.name} on {args.dataset}", options=options)
     result = {"model": args.model, "dataset": args.dataset, "n": args.n,
               "training_data": f"{TRAIN[args.dataset]}.npz (mp_20: the partial train split, 57 %)",

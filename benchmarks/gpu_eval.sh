@@ -2,7 +2,8 @@
 # Run benchmarks/eval_model.py on the GPU machine, detached, for sample folders carried as
 # benchmarks/.work/evalpack/NAME.tgz (made with `tar czf NAME.tgz NAME` in evalsamples/), one
 # after the other; waits up to WAIT seconds, then copies every finished result and the logs to $OUT.
-# Usage: WAIT=560 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
+# Usage: WAIT=560 WORKERS=4 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
+# (14 CUDA workers with batched relaxation filled the H100's 80 GB on the GAN samples: default 4)
 # (carry .whl_eval2 .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
 set -u
 JOBS=$1; DATASET=${2:-mp_20}; shift 2; EXTRA="$*"
@@ -18,7 +19,7 @@ if ! pgrep -f "[e]val_model.py" >/dev/null; then
     [ -f benchmarks/results/eval_\${name}_$DATASET.json ] && continue
     tar xzf benchmarks/.work/evalpack/\$name.tgz -C benchmarks/.work/evalsamples
     python3 benchmarks/eval_model.py \$model --name \$name --dataset $DATASET --device cuda \
-      --workers 14 --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
+      --workers ${WORKERS:-4} --progress --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
   done" > /tmp/evallogs/driver.log 2>&1 &
 fi
 end=$((SECONDS + ${WAIT:-540}))
@@ -27,5 +28,5 @@ cp benchmarks/results/eval_*_${DATASET}.json "$OUT"/ 2>/dev/null
 for d in benchmarks/.work/eval_*_${DATASET}/report; do
   [ -f $d/metrics.json ] && tar czf "$OUT"/report_$(basename $(dirname $d)).tgz $d
 done
-for f in /tmp/evallogs/*.log; do echo "== $f"; grep -v "Warning\|warn\|N.A" $f | tail -8; done
+for f in /tmp/evallogs/*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v "Warning\|warn\|N.A" | tail -8; done
 ls "$OUT"
