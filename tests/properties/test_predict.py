@@ -33,6 +33,20 @@ def test_inputs_from_files_folders_and_crystal_sets(tmp_path):
         ["NaCl", "SrTiO3"]
 
 
+def test_a_sample_folder_lists_its_undecoded_samples_with_the_reason(tmp_path):
+    folder = tmp_path / "samples"
+    (folder / "cifs").mkdir(parents=True)
+    (folder / "sample_config.json").write_text("{}")
+    load_cif("NaCl").to(filename=str(folder / "cifs" / "sample_000001.cif"))
+    (folder / "samples.csv").write_text("id,formula,failure,cif\n"
+                                        "sample_000000,,lattice read-back failed: lengths [0.2],\n"
+                                        "sample_000001,NaCl,,cifs/sample_000001.cif\n")
+    got = load_inputs(folder)
+    assert [c.id for c in got] == ["sample_000000", "sample_000001"]
+    assert got[0].structure is None and got[0].problem.startswith("not decoded: lattice read-back")
+    assert got[1].structure is not None and got[1].problem is None
+
+
 def _tiny(target: str, unit: str, mean: float) -> PropertyModel:
     torch.manual_seed(0)
     net = CGCNN(config=CGCNNConfig(atom_feature_len=8, n_conv=1), atom_features=torch.rand(101, 8))

@@ -48,8 +48,11 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
             cs = CrystalSet.load(path)
             out += [InputCrystal(str(cs.ids[i]), cs.to_structure(i)) for i in range(len(cs))]
             continue
+        failed: list[InputCrystal] = []
         if path.is_dir() and (path / "cifs").is_dir() and (path / "sample_config.json").is_file():
-            path = path / "cifs"  # a `crysgen sample` output folder
+            failed = _undecoded_samples(path)  # a `crysgen sample` output folder: its failures count
+            path = path / "cifs"
+        start = len(out)
         for rec in read_source(path).records:
             if rec.structure is not None:
                 out.append(InputCrystal(rec.id, rec.structure))
@@ -61,4 +64,22 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
                 continue
             problem = None if structure.is_ordered else "disordered (partial occupancies)"
             out.append(InputCrystal(rec.id, None if problem else structure, problem))
+        if failed:  # samples in id order, the undecoded ones with their reason
+            out[start:] = sorted(out[start:] + failed, key=lambda c: c.id)
     return out
+
+
+def _undecoded_samples(folder: Path) -> list[InputCrystal]:
+    """The samples of a `crysgen sample` folder that did not decode (from its samples.csv).
+
+    They are samples all the same: metrics over "all samples" (CDVAE's validity) count them as
+    failures, with the decoder's reason.
+    """
+    import csv
+
+    table = folder / "samples.csv"
+    if not table.is_file():
+        return []
+    with table.open(newline="") as f:
+        return [InputCrystal(row["id"], None, f"not decoded: {row['failure']}")
+                for row in csv.DictReader(f) if row.get("failure")]
