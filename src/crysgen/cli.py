@@ -131,15 +131,14 @@ def _cmd_train_voxel(args: argparse.Namespace) -> int:
 
     config = None
     condition = getattr(args, "condition", None)
-    if not args.resume and (args.config is not None or condition or args.init):
+    if not args.resume and (args.config is not None or condition):
         config = (load_config(args.config, VoxelTrainConfig) if args.config
                   else VoxelTrainConfig.default(args.train_command))
         if condition:
             config = replace(config, condition=condition)
-        if args.init:
-            config = replace(config, init=args.init)
     model_dir = train_voxel(args.data, args.out, kind=args.train_command, config=config,
-                            segmenter=getattr(args, "segmenter", None), max_steps=args.max_steps,
+                            segmenter=getattr(args, "segmenter", None), init=args.init,
+                            max_steps=args.max_steps,
                             devices=args.devices, resume=args.resume, progress=not args.quiet,
                             max_minutes=args.max_minutes)
     print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")

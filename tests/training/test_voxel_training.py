@@ -86,13 +86,16 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
     seg = train_voxel(perov, tmp_path / "seg", config=VoxelTrainConfig.from_dict(
         {"kind": "segmenter", "width": 0.125, "optim": small}), progress=False)
     assert (seg / "voxel.json").is_file()
-    warm = VoxelTrainConfig.from_dict({"kind": "segmenter", "width": 0.125, "init": str(seg), "optim": small})
-    state = init_weights(warm)
+    warm = VoxelTrainConfig.from_dict({"kind": "segmenter", "width": 0.125, "optim": small})
+    state = init_weights(warm, seg)
     assert all(torch.equal(state[k], v) for k, v in load_segmenter(seg)[0].state_dict().items())
     with pytest.raises(CrysgenError, match="does not fit"):
-        init_weights(replace(warm, width=0.25))
+        init_weights(replace(warm, width=0.25), seg)
     one_step = replace(warm, optim=replace(warm.optim, max_steps=1))
-    assert (train_voxel(perov, tmp_path / "warm", config=one_step, progress=False) / "voxel.json").is_file()
+    assert (train_voxel(perov, tmp_path / "warm", config=one_step, init=seg, progress=False)
+            / "voxel.json").is_file()
+    with pytest.raises(CrysgenError, match="cannot be combined"):
+        train_voxel(perov, tmp_path / "warm", init=seg, resume=True, progress=False)
     with pytest.raises(CrysgenError, match="segmenter"):
         train_voxel(perov, tmp_path / "bad", kind="vae", progress=False)
     with pytest.raises(CrysgenError, match="no property 'nope'"):

@@ -223,8 +223,6 @@ class VoxelTrainConfig:
         beta: weight of the KL term.
         segmenter: the trained segmenter's model directory (VAE runs; its features are the DFC
             loss and it is copied into the VAE's model directory).
-        init: an exported model directory of the same kind whose weights start the run (a warm
-            start with a fresh optimiser, e.g. to continue a run on a machine without its checkpoint).
         optim: optimiser settings (defaults per kind: :data:`VOXEL_DEFAULTS`).
     """
 
@@ -236,7 +234,6 @@ class VoxelTrainConfig:
     alpha: float = 0.5
     beta: float = 3e-4
     segmenter: str = ""
-    init: str = ""
     optim: VoxelOptimConfig = field(default_factory=VoxelOptimConfig)
 
     def __post_init__(self) -> None:

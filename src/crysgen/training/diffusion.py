@@ -152,10 +152,7 @@ def train_diffusion(
     Raises:
         CrysgenError: for a missing file, or resume without a checkpoint.
     """
-    if init is not None and resume:
-        raise CrysgenError("--init starts a new run from a model's weights; it cannot be combined "
-                           "with --resume")
-    run = open_run(data, out, config, DiffusionTrainConfig, resume=resume, max_steps=max_steps)
+    run = open_run(data, out, config, DiffusionTrainConfig, resume=resume, max_steps=max_steps, init=init)
     config, fingerprint = run.config, run.fingerprint
     init_model = _init_model(init, config, run.crystals, fingerprint) if init is not None else None
     if init_model is not None:

@@ -45,7 +45,7 @@ class Run:
 
 
 def open_run(data: str | Path, out: str | Path, config: Config | None, klass: type[Config], *,
-             resume: bool, max_steps: int | None = None,
+             resume: bool, max_steps: int | None = None, init: str | Path | None = None,
              validate: Callable[[Config], None] = lambda c: None,
              fit_scaling: Callable[[CrystalSet, Config], Any] | None = None,
              load_scaling: Callable[[Path], Any] = CrysTensScaling.load,
@@ -60,6 +60,8 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
         klass: the config class.
         resume: continue the run in ``out``.
         max_steps: overrides ``config.optim.max_steps`` (``--max-steps``).
+        init: the model directory a new run is warm-started from (``--init``), if any; only
+            checked here (it cannot be combined with ``resume``).
         validate: raises for a config this trainer cannot run (before anything is written).
         fit_scaling: fits the representation's state (``.save(path)``) on the data and config
             (default: the CrysTens scaling); ``load_scaling`` reads it back on resume from
@@ -69,8 +71,11 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
 
     Raises:
         CrysgenError: resume without a checkpoint, a new run into a used directory, or a
-            missing data file.
+            missing data file, or ``init`` with ``resume``.
     """
+    if init is not None and resume:
+        raise CrysgenError("--init starts a new run from a model's weights; it cannot be combined "
+                           "with --resume")
     out = Path(out)
     last = out / "checkpoints" / "last.ckpt"
     if resume:

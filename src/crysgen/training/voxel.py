@@ -197,27 +197,27 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
     return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist())
 
 
-def init_weights(config: VoxelTrainConfig) -> dict[str, torch.Tensor]:
-    """The network weights of ``config.init`` (an exported model of ``config.kind``).
+def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights of ``init``, an exported model of ``config.kind``.
 
     Raises:
         CrysgenError: the directory holds another kind, or weights of another network shape.
     """
     if config.kind == "segmenter":
-        net: torch.nn.Module = load_segmenter(config.init)[0]
+        net: torch.nn.Module = load_segmenter(init)[0]
         fresh: torch.nn.Module = UNet3D(width=config.width)
     else:
         try:
-            net = VoxelModel.from_pretrained(config.init).vae
+            net = VoxelModel.from_pretrained(init).vae
         except CrysgenError as exc:
-            raise CrysgenError(f"--init {config.init}: {exc}") from exc
+            raise CrysgenError(f"--init {init}: {exc}") from exc
         fresh = VoxelVAE(grid=VoxelConfig.from_dict(config.voxel).grid, num_conditions=config.num_conditions,
                          width=config.width)
     state = net.state_dict()
     try:
         fresh.load_state_dict(state)
     except RuntimeError as exc:
-        raise CrysgenError(f"--init {config.init} does not fit this run's network (width, conditions): "
+        raise CrysgenError(f"--init {init} does not fit this run's network (width, conditions): "
                            f"{str(exc).splitlines()[0]}") from exc
     return state
 
@@ -229,6 +229,7 @@ def train_voxel(
     kind: str | None = None,
     config: VoxelTrainConfig | None = None,
     segmenter: str | Path | None = None,
+    init: str | Path | None = None,
     max_steps: int | None = None,
     devices: int = 1,
     resume: bool = False,
@@ -244,6 +245,9 @@ def train_voxel(
         kind: "segmenter" or "vae" (with ``config`` None: the authors' settings for it).
         config: run settings; on resume the saved config is used.
         segmenter: the segmenter model directory for a VAE run (overrides ``config.segmenter``).
+        init: warm start: an exported model of the same kind whose weights start the network;
+            the optimiser starts afresh at step 0 (e.g. to continue a run on a machine without
+            its checkpoint). Recorded in the exported model's data fingerprint.
         max_steps: overrides ``config.optim.max_steps``.
         devices: GPUs (DDP when > 1) or CPU processes.
         resume: continue from ``out/checkpoints/last.ckpt``.
@@ -260,18 +264,22 @@ def train_voxel(
     if config is not None and segmenter is not None:
         config = replace(config, segmenter=str(segmenter))
 
+    loaded: dict[str, Any] = {}  # what check() loads is kept: each model directory is read once
+
     def check(c: VoxelTrainConfig) -> None:
         if kind is not None and c.kind != kind:
             raise CrysgenError(f"this is a {kind!r} run but its config says kind {c.kind!r}")
         if c.kind == "vae" and not c.segmenter:
             raise CrysgenError("a VAE run needs the trained segmenter: --segmenter MODEL_DIR")
-        if c.kind == "vae":
-            load_segmenter(c.segmenter)  # fails here, before anything is written
-        if c.init:
-            init_weights(c)
+        if c.kind == "vae":  # fails here, before anything is written
+            loaded["segmenter"] = load_segmenter(c.segmenter)[0]
+        if init is not None:
+            loaded["init"] = init_weights(c, init)
 
-    run = open_run(data, out, config, VoxelTrainConfig, resume=resume, max_steps=max_steps, validate=check,
-                   fit_scaling=_fit_spec, load_scaling=VoxelSpec.load, scaling_file=SPEC_FILE)
+    run = open_run(data, out, config, VoxelTrainConfig, resume=resume, max_steps=max_steps, init=init,
+                   validate=check, fit_scaling=_fit_spec, load_scaling=VoxelSpec.load, scaling_file=SPEC_FILE)
+    if init is not None:
+        run.fingerprint["init"] = {"model": str(init)}
     c: VoxelTrainConfig = run.config
     o = c.optim
     L.seed_everything(o.seed, workers=True)
@@ -286,14 +294,13 @@ def train_voxel(
     loader = torch.utils.data.DataLoader(VoxelBatches(dens, species, cs.lattice[:, :3], classes),
                                          batch_size=o.batch_size, shuffle=True,
                                          drop_last=len(cs) > o.batch_size, collate_fn=_as_batch)
-    seg_state, seg_config, seg_net = None, None, None
+    seg_state, seg_config = None, None
     if c.kind == "vae":
-        seg_net, _ = load_segmenter(c.segmenter)
-        seg_state, seg_config = seg_net.state_dict(), seg_net.config
+        seg_state, seg_config = loaded["segmenter"].state_dict(), loaded["segmenter"].config
     module = VoxelModule(c.to_dict(), {"voxel": spec.voxel.to_dict(), "class_weights": spec.class_weights},
                          seg_state, seg_config)
-    if c.init and not run.resume:
-        module.net.load_state_dict(init_weights(c))
+    if "init" in loaded:
+        module.net.load_state_dict(loaded["init"])
 
     def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
         if c.kind == "segmenter":
