@@ -17,6 +17,14 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f} %"
 
 
+def metric_cell(metrics: dict, key: str) -> str:
+    """A suite metric for a table: rates in %, distances (``wdist_*``) as numbers, – when absent."""
+    if key not in metrics or isinstance(metrics[key]["value"], dict):
+        return "–"
+    v = metrics[key]["value"]
+    return f"{v:.4g}" if key.startswith("wdist") else pct(v)
+
+
 def describe(m: dict) -> str:
     host = m.get("gpu_present_not_used", "no GPU")
     return f"{m['cpu']} ({m['cpu_count']} cores; {host} host, GPU not used)"
@@ -150,16 +158,8 @@ def eval_sanity_table() -> list[str]:
     for path in paths:
         d = json.loads(path.read_text())
         m = d["metrics"]
-
-        def cell(k: str, m: dict = m) -> str:
-            if k not in m:
-                return "–"
-            v = m[k]["value"]
-            return pct(v) if k in ("struct_valid", "comp_valid", "cov_recall", "cov_precision",
-                                   "unique", "novel") else f"{v:.4g}"
-
         lines.append(f"| [{d['dataset']}]({path.relative_to(ROOT)}) | {m['n_samples']['value']} | "
-                     + " | ".join(cell(k) for k in cols) + " |")
+                     + " | ".join(metric_cell(m, k) for k in cols) + " |")
     return [*lines, ""]
 
 
@@ -214,15 +214,8 @@ def eval_models_table() -> list[str]:
     for path in paths:
         d = json.loads(path.read_text())
         m = d["metrics"]
-
-        def cell(k: str, m: dict = m) -> str:
-            if k not in m or isinstance(m[k]["value"], dict):
-                return "–"
-            v = m[k]["value"]
-            return f"{v:.4g}" if k.startswith("wdist") else pct(v)
-
         lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)}) | {d['dataset']} | "
-                     + " | ".join(cell(k) for k in cols) + " |")
+                     + " | ".join(metric_cell(m, k) for k in cols) + " |")
     return [*lines, ""]
 
 

@@ -24,7 +24,7 @@ def _variant(base, swap=None, drop=None, squash=False):
 
 
 class _StubModel:
-    """Decodes every latent batch into the same hand-made candidates (one sample fails)."""
+    """Generates the same hand-made candidates every time (one sample fails)."""
 
     def __init__(self, candidates: CrystalSet) -> None:
         self.spec = VoxelSpec(VoxelConfig(), "heat_ref", [float(e) for e in np.linspace(-3, 1, 9)], [])
@@ -33,16 +33,9 @@ class _StubModel:
     def encode(self, crystals, classes, **_):
         return np.zeros((len(crystals), 4)), np.zeros((len(crystals), 4))
 
-    def latents(self, n, *, seed, condition, around, sigma2):
-        return np.zeros((n, 4), np.float32), np.full(n, condition)
-
-    def decode_grids(self, z, classes, **_):
-        return np.zeros((len(z), 1))
-
-    def to_crystals(self, grids, **_):
+    def generate(self, n, **_):
         k = len(self.candidates)
-        return VoxelDecodeResult(self.candidates, np.arange(k), np.ones(len(grids), int),
-                                 [(k, "no atom found")])
+        return VoxelDecodeResult(self.candidates, np.arange(k), np.ones(n, int), [(k, "no atom found")])
 
 
 class _StubProperty:

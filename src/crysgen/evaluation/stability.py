@@ -123,6 +123,18 @@ def displacement_rmsd(initial: Structure, relaxed: Structure) -> float:
     return float(np.sqrt((d ** 2).sum(axis=1).mean()))
 
 
+def _degenerate(structure: Structure) -> Relaxation | None:
+    """The "not relaxed" result of a (nearly) flat cell; None for a usable cell.
+
+    CHGNet's neighbour search on a flat cell does not finish.
+    """
+    volume = float(abs(np.linalg.det(structure.lattice.matrix))) if len(structure) else 0.0
+    if np.isfinite(volume) and volume / max(len(structure), 1) >= MIN_VOLUME_PER_ATOM:
+        return None
+    return Relaxation(None, None, None, 0, False, 0.0, None,
+                      f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms")
+
+
 def relax(structure: Structure, options: RelaxOptions | None = None, *,
           relax_cell: bool = True) -> Relaxation:
     """Relax one structure with CHGNet (see the module docstring); never raises for bad input."""
@@ -136,11 +148,9 @@ def relax(structure: Structure, options: RelaxOptions | None = None, *,
     o = options or RelaxOptions()
     t0 = time.monotonic()
     initial_e, steps, converged = None, 0, False
-    volume = float(abs(np.linalg.det(structure.lattice.matrix))) if len(structure) else 0.0
-    if not np.isfinite(volume) or volume / max(len(structure), 1) < MIN_VOLUME_PER_ATOM:
-        # CHGNet's neighbour search on a (nearly) flat cell does not finish
-        return Relaxation(None, None, None, 0, False, 0.0, None,
-                          f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms")
+    flat = _degenerate(structure)
+    if flat is not None:
+        return flat
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -235,10 +245,8 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     done: list[Relaxation | None] = [None] * len(structures)
     states: list[dict[str, Any]] = []
     for i, structure in enumerate(structures):
-        volume = float(abs(np.linalg.det(structure.lattice.matrix))) if len(structure) else 0.0
-        if not np.isfinite(volume) or volume / max(len(structure), 1) < MIN_VOLUME_PER_ATOM:
-            done[i] = Relaxation(None, None, None, 0, False, 0.0, None,
-                                 f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms")
+        done[i] = _degenerate(structure)
+        if done[i] is not None:
             continue
         atoms = AseAtomsAdaptor.get_atoms(structure)
         target = FrechetCellFilter(atoms) if relax_cell else atoms

@@ -25,6 +25,7 @@ import numpy as np
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.novelty import novel_mask, unique_mask
 from crysgen.evaluation.validity import structurally_valid
+from crysgen.properties.predict import predict_structures
 
 STEPS = ("sampled", "decoded", "valid", "same_stoichiometry", "novel", "property_match", "unique")
 
@@ -59,23 +60,6 @@ class FunnelResult:
         return d
 
 
-def predict_property(model: Any, structures: list[Any], *, device: str = "cpu") -> np.ndarray:
-    """A property model's prediction for each structure (NaN where it cannot featurise one)."""
-    from crysgen.representations.graph import build_graph
-
-    out = np.full(len(structures), np.nan)
-    graphs, ok = [], []
-    for i, s in enumerate(structures):
-        try:
-            graphs.append(build_graph(s))
-            ok.append(i)
-        except Exception:
-            continue
-    if ok:
-        out[ok] = model.predict(graphs, device=device)
-    return out
-
-
 def targeted_funnel(model: Any, base: CrystalSet, training: list[Any], property_model: Any, *,
                     n: int = 1000, sigma2: float = 0.5, tolerance: float = 0.2, seed: int = 0,
                     device: str = "cpu", batch_size: int = 256, workers: int = 1) -> FunnelResult:
@@ -98,33 +82,30 @@ def targeted_funnel(model: Any, base: CrystalSet, training: list[Any], property_
     """
     import time
 
-    from pymatgen.core import Composition
-
     t0 = time.perf_counter()
     spec = model.spec
     base_structure = base.to_structure(0)
     value = float(base.properties.get(spec.condition, np.array([np.nan]))[0])
     if not np.isfinite(value):
-        value = float(predict_property(property_model, [base_structure], device=device)[0])
+        value = float(predict_structures(property_model, [base_structure], device=device)[0][0])
     condition = int(spec.condition_class(np.array([value]))[0])
     mu, _ = model.encode(base, np.array([condition]), device=device)
-    z, classes = model.latents(n, seed=seed, condition=condition, around=mu[0], sigma2=sigma2)
-    grids = model.decode_grids(z, classes, device=device, batch_size=batch_size)
-    res = model.to_crystals(grids, device=device, batch_size=batch_size,
-                            ids=[f"sample_{i:06d}" for i in range(n)], workers=workers)
+    res = model.generate(n, seed=seed, device=device, batch_size=batch_size, condition=condition,
+                         around=mu[0], sigma2=sigma2, ids=[f"sample_{i:06d}" for i in range(n)],
+                         workers=workers)
     cs = res.crystals
     counts = {"sampled": n, "decoded": len(cs)}
     structures = cs.to_structures()
     keep = np.array([structurally_valid(s) for s in structures], bool)
     counts["valid"] = int(keep.sum())
-    anon = Composition(base_structure.composition).anonymized_formula
+    anon = base_structure.composition.anonymized_formula
     keep &= np.array([s.composition.anonymized_formula == anon for s in structures], bool)
     counts["same_stoichiometry"] = int(keep.sum())
     idx = np.flatnonzero(keep)
     novel = novel_mask([structures[i] for i in idx], training)
     idx = idx[novel]
     counts["novel"] = len(idx)
-    pred = predict_property(property_model, [structures[i] for i in idx], device=device)
+    pred, _ = predict_structures(property_model, [structures[i] for i in idx], device=device)
     close = np.abs(pred - value) <= tolerance * abs(value)
     idx, pred = idx[close], pred[close]
     counts["property_match"] = len(idx)

@@ -16,7 +16,7 @@ import numpy as np
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 from crysgen.properties.model import PropertyModel
-from crysgen.representations.graph import build_graph
+from crysgen.properties.predict import predict_structures
 
 
 @dataclass
@@ -58,18 +58,13 @@ def label_property(crystals: CrystalSet, model: PropertyModel, name: str, *, ove
     n = len(crystals)
     values = crystals.properties.get(name, np.full(n, np.nan)).copy()
     todo = np.arange(n) if overwrite else np.flatnonzero(~np.isfinite(values))
-    graphs, ok = [], []
-    for i in todo:
-        try:
-            graphs.append(build_graph(crystals.to_structure(int(i))))
-            ok.append(int(i))
-        except Exception:
-            continue
-    if ok:
-        values[ok] = model.predict(graphs, batch_size=batch_size, device=device)
+    pred, featurised = predict_structures(model, [crystals.to_structure(int(i)) for i in todo],
+                                          device=device, batch_size=batch_size)
+    values[todo[featurised]] = pred[featurised]
     out = crystals.subset(slice(None))
     out.properties[name] = values
-    report = LabelReport(name, len(ok), n - len(todo), len(todo) - len(ok))
+    n_ok = int(featurised.sum())
+    report = LabelReport(name, n_ok, n - len(todo), len(todo) - n_ok)
     meta = dict(out.metadata.get("labelled", {}))
     meta[name] = {"model": source, "target": model.target, "unit": model.unit,
                   "n_predicted": report.n_predicted, "n_kept": report.n_kept, "n_failed": report.n_failed,

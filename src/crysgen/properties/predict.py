@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from crysgen.crystal_set import write_text_atomic
 from crysgen.data.structures import InputCrystal
 from crysgen.properties.model import PropertyModel
 from crysgen.representations.graph import CrystalGraph, build_graph
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 BLANKED_BY_ZERO_GAP = ("dielectric", "refractive")
 """Targets (by prefix) that Court's rule blanks where the predicted band gap is <= 0."""
@@ -76,6 +79,29 @@ def featurize(crystals: list[InputCrystal]) -> tuple[list[CrystalGraph | None], 
             graphs.append(None)
             problems.append(f"featurization failed: {type(exc).__name__}: {exc}")
     return graphs, problems
+
+
+def predict_structures(model: PropertyModel, structures: list[Structure], *, device: str = "cpu",
+                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One regression model's prediction for each pymatgen structure.
+
+    Returns:
+        float (N,) predictions (NaN where the structure could not be featurised) and bool (N,)
+        True where it was.
+    """
+    out = np.full(len(structures), np.nan)
+    graphs, ok = [], []
+    for i, s in enumerate(structures):
+        try:
+            graphs.append(build_graph(s))
+            ok.append(i)
+        except Exception:  # a structure that cannot be featurised keeps NaN
+            continue
+    if ok:
+        out[ok] = model.predict(graphs, batch_size=batch_size, device=device)
+    featurised = np.zeros(len(structures), bool)
+    featurised[ok] = True
+    return out, featurised
 
 
 def predict_properties(crystals: list[InputCrystal], models: dict[str, PropertyModel], *,
