@@ -54,7 +54,9 @@ DATASETS = {
 NOISES = (0.0, 0.003, 0.01, 0.03)
 
 
-def machine() -> dict:
+def machine(device: str | None = None) -> dict:
+    """Host, CPU and GPU of this run; ``gpu_used`` from ``device`` when given, else from whether
+    this process initialised CUDA (a run whose CUDA work happens in workers should pass it)."""
     info = {"hostname": platform.node(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "platform": platform.platform()}
     try:
@@ -66,7 +68,12 @@ def machine() -> dict:
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                              capture_output=True, text=True, check=True).stdout.strip()
-        info["gpu_present_not_used"] = gpu
+        info["gpu"] = gpu
+        if device is not None:
+            info["gpu_used"] = device.startswith("cuda")
+        else:
+            torch = sys.modules.get("torch")
+            info["gpu_used"] = bool(torch is not None and torch.cuda.is_initialized())
     except (OSError, subprocess.CalledProcessError):
         pass
     return info
@@ -86,12 +93,13 @@ def commit() -> str:
         return "unknown"
 
 
-def stamp() -> dict:
+def stamp(device: str | None = None) -> dict:
+    """Command, commit, version, machine (see :func:`machine` for ``device``) and UTC date."""
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "commit": commit(),
         "crysgen_version": __version__,
-        "machine": machine(),
+        "machine": machine(device),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

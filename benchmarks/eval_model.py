@@ -87,7 +87,7 @@ def main() -> None:
               "metrics": ev.metrics, "seconds": ev.seconds,
               "published": {"columns": COLUMNS, "rows": PUBLISHED.get(args.dataset, {}),
                             "source": "reference/anchors.md §1b (label R)"},
-              "options": {k: v for k, v in vars(args).items()}} | stamp()
+              "options": {k: v for k, v in vars(args).items()}} | stamp(args.device)
     path = ROOT / "benchmarks" / "results" / f"eval_{args.name}_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
     print(json.dumps({k: (v["value"] if not isinstance(v["value"], dict) else "...")

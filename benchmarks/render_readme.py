@@ -26,8 +26,9 @@ def metric_cell(metrics: dict, key: str) -> str:
 
 
 def describe(m: dict) -> str:
-    host = m.get("gpu_present_not_used", "no GPU")
-    return f"{m['cpu']} ({m['cpu_count']} cores; {host} host, GPU not used)"
+    host = m.get("gpu", m.get("gpu_present_not_used", "no GPU"))  # older files: gpu_present_not_used
+    used = "GPU used" if m.get("gpu_used") else "GPU not used"
+    return f"{m['cpu']} ({m['cpu_count']} cores; {host} host, {used})"
 
 
 def codec_tables(data: dict) -> list[str]:
