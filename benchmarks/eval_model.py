@@ -53,6 +53,8 @@ def main() -> None:
                    "time is then not measured here)")
     p.add_argument("--metrics", default=",".join(ALL_FAMILIES), help="families (default: all)")
     p.add_argument("--relax-steps", type=int, default=500, help="CHGNet FIRE steps per structure")
+    p.add_argument("--relax-workers", type=int, default=None, help="relaxation processes (default --workers)")
+    p.add_argument("--relax-batch", type=int, default=16, help="structures per CHGNet forward pass")
     p.add_argument("--relax-time-limit", type=float, default=120.0, help="seconds per relaxation")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     p.add_argument("--progress", action="store_true", help="progress bars (stderr) for every family")
@@ -77,7 +79,8 @@ def main() -> None:
                           property_model=args.property_model,
                           workers=args.workers, reference_limit=args.reference_limit,
                           device=args.device, cache_dir=args.cache_dir, relax_steps=args.relax_steps,
-                          relax_time_limit_s=args.relax_time_limit)
+                          relax_time_limit_s=args.relax_time_limit, relax_workers=args.relax_workers,
+                          relax_batch_size=args.relax_batch)
     ev = evaluate(samples, work / f"{TRAIN[args.dataset]}.npz",
                   work / f"{args.dataset}_test.npz", options, progress=args.progress)
     write_report(ev, out / "report", title=f"{args.name} on {args.dataset}", options=options)

@@ -1,11 +1,12 @@
 """Speed and memory of batched CHGNet relaxation -> benchmarks/results/relax_speed.json.
 
 Takes the structurally valid crystals of a sample folder (or any input `crysgen evaluate`
-reads), and for each batch size relaxes that many of them with ``relax_batch`` for a fixed number
-of FIRE steps, in this one process. Records wall seconds, structure-steps/s (the relaxation's
-throughput: one structure-step = one CHGNet evaluation and one FIRE step of one structure), the
-seconds spent building graphs vs. in the model, and on CUDA the peak memory PyTorch allocated and
-reserved. The numbers size ``--workers`` and the chunk size of the suite's stability family.
+reads), and for each batch size relaxes that many of them with ``relax_batch`` (all in one
+forward pass per step) for a fixed number of FIRE steps, in this one process. Records wall
+seconds, structure-steps/s (the relaxation's throughput: one structure-step = one CHGNet
+evaluation and one FIRE step of one structure), the seconds spent building graphs vs. in the
+model, and on CUDA the peak memory PyTorch allocated and reserved. The numbers size the suite's
+relaxation workers and ``RelaxOptions.batch_size``.
 
 Usage (GPU machine)::
 
@@ -87,7 +88,7 @@ def main() -> None:
         t0 = time.perf_counter()
         relaxed = stability.relax_batch(structures[:b],
                                         stability.RelaxOptions(steps=args.steps, device=args.device,
-                                                               time_limit_s=1e9))
+                                                               time_limit_s=1e9, batch_size=b))
         wall = time.perf_counter() - t0
         steps = sum(r.steps for r in relaxed) + sum(1 for r in relaxed if r.energy_per_atom is not None)
         run = {"batch": b, "steps": args.steps, "wall_s": round(wall, 2),

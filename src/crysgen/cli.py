@@ -211,7 +211,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           property_model=args.property_model, models_dir=args.models_dir,
                           workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
                           device=args.device, relax_steps=args.relax_steps,
-                          relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir)
+                          relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir,
+                          relax_workers=args.relax_workers, relax_batch_size=args.relax_batch)
     ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet)
     write_report(ev, args.out, title=f"crysgen evaluate: {args.samples}", options=options)
     print(f"{'metric':<20} {'value':>10} {'n':>7}")
@@ -447,8 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relax-steps", type=_positive_int, default=500, help="FIRE steps at most (500)")
     p.add_argument("--relax-time-limit", type=float, default=120.0,
                    help="seconds per relaxation before it is stopped with a reason (120)")
+    p.add_argument("--relax-workers", type=_positive_int, default=None,
+                   help="processes for the relaxation (default: --workers; on a GPU each holds a "
+                        "CUDA context and about 0.3 GB per structure of its forward batch)")
+    p.add_argument("--relax-batch", type=_positive_int, default=16,
+                   help="structures per CHGNet forward pass (16)")
     p.add_argument("--cache-dir", default=None,
-                   help="cache of reference energies (default $CRYSGEN_CACHE or ~/.cache/crysgen)")
+                   help="cache of reference energies and fingerprints "
+                        "(default $CRYSGEN_CACHE or ~/.cache/crysgen)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -78,3 +78,51 @@ def test_evaluate_cli_gives_every_structure_a_row_and_broken_ones_a_reason(tmp_p
     broken = next(r for r in rows if r.startswith("broken,"))
     assert "unparsable" in broken
     assert (out / "report.html").read_text().count("data:image/png;base64") == 2
+
+
+def test_reference_fingerprints_are_cached_and_a_broken_cache_is_recomputed(tmp_path):
+    from crysgen.evaluation.suite import EvalOptions, evaluate
+
+    ref = CrystalSet.from_structures([nacl(), load_cif("SrTiO3"), load_cif("ZnO_wurtzite")], max_sites=52)
+    ref.save(tmp_path / "ref.npz")
+    o = EvalOptions(metrics=("validity", "coverage"), cov_cutoffs=(0.4, 10.0), cache_dir=str(tmp_path / "c"))
+    first = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz", o, progress=False)
+    cached = list((tmp_path / "c" / "fingerprints").glob("*.npz"))
+    assert len(cached) == 1
+    again = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz", o, progress=False)
+    cached[0].write_bytes(b"not an npz")
+    rebuilt = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz", o, progress=False)
+    for ev in (again, rebuilt):
+        for key in ("cov_recall", "cov_precision"):
+            assert ev.metrics[key] == first.metrics[key]
+    assert first.metrics["cov_recall"]["value"] == 1.0
+    np.load(cached[0]).close()  # rewritten as a readable cache
+
+
+def test_basics_in_worker_processes_equal_the_serial_ones(tmp_path):
+    from crysgen.evaluation.suite import EvalOptions, evaluate
+
+    ref = CrystalSet.from_structures([nacl()], max_sites=52)
+    ref.save(tmp_path / "ref.npz")
+    serial, parallel = (evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
+                                 EvalOptions(metrics=("validity",), workers=w), progress=False)
+                        for w in (1, 2))
+    assert len(list(FILES.glob("*.cif"))) >= 8  # enough for _map to use the processes
+    assert serial.rows == parallel.rows
+    assert serial.metrics == parallel.metrics
+
+
+def test_a_sample_set_with_no_valid_crystal_gets_zero_coverage_not_a_crash(tmp_path):
+    from crysgen.evaluation.suite import EvalOptions, evaluate
+
+    close = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.06, 0, 0]])  # 0.3 Å apart
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    close.to(filename=str(samples / "close.cif"))
+    ref = CrystalSet.from_structures([nacl(), load_cif("SrTiO3")], max_sites=52)
+    ref.save(tmp_path / "ref.npz")
+    ev = evaluate(samples, tmp_path / "ref.npz", tmp_path / "ref.npz",
+                  EvalOptions(metrics=("validity", "coverage"), cov_cutoffs=(0.4, 10.0)), progress=False)
+    assert ev.metrics["struct_valid"]["value"] == 0.0
+    assert ev.metrics["cov_recall"]["value"] == 0.0
+    assert ev.metrics["cov_precision"]["value"] == 0.0

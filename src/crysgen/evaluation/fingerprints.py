@@ -16,6 +16,8 @@ import numpy as np
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
+VERSION = 1
+"""Bumped when the fingerprints change: keys the suite's cache of reference fingerprints."""
 _STRUCT = None
 _COMP = None
 

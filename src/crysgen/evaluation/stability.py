@@ -64,6 +64,10 @@ class RelaxOptions:
         time_limit_s: wall-clock limit per structure (s); the structure gets a reason when hit.
         max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
         device: "cpu" or "cuda".
+        batch_size: structures per CHGNet forward pass in :func:`relax_batch`. Bounds memory:
+            CHGNet keeps the autograd graph of forces and stress (``create_graph=True``), about
+            0.3 GB per 50-atom structure (measured: ``benchmarks/results/relax_speed.json``); larger
+            batches are not faster on an H100.
     """
 
     fmax: float = 0.1
@@ -71,6 +75,7 @@ class RelaxOptions:
     time_limit_s: float = 120.0
     max_volume_ratio: float = 5.0
     device: str = "cpu"
+    batch_size: int = 16
 
 
 @dataclass
@@ -193,7 +198,8 @@ STRESS_WEIGHT = 1 / 160.21766208
 """GPa → eV/Å³ (CHGNet predicts stress in GPa; ASE wants eV/Å³), as CHGNet's ASE calculator."""
 
 
-def _predict_batch(model: Any, atoms_list: list[Any], device: str) -> list[dict[str, Any] | str]:
+def _predict_batch(model: Any, atoms_list: list[Any], device: str,
+                   batch_size: int = 16) -> list[dict[str, Any] | str]:
     """CHGNet energy/forces/stress of many structures in one forward pass (a reason per failure)."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -209,7 +215,7 @@ def _predict_batch(model: Any, atoms_list: list[Any], device: str) -> list[dict[
     if not graphs:
         return out
     try:
-        preds = model.predict_graph(graphs, task="efs", batch_size=len(graphs))
+        preds = model.predict_graph(graphs, task="efs", batch_size=batch_size)
         preds = [preds] if isinstance(preds, dict) else preds
     except Exception:
         preds = []
@@ -229,9 +235,9 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
 
     The same relaxation as :func:`relax` (ASE's FIRE on a ``FrechetCellFilter``, the same
     convergence, step limit, explosion test and reasons) but the model sees all unfinished
-    structures of a step in one forward pass: per-structure calls spend most of their time in
-    kernel launches on a GPU. Each structure's ``seconds`` and time limit count its share of each
-    step's wall time. Never raises for bad input.
+    structures of a step together, in forward passes of ``options.batch_size``: per-structure
+    calls spend most of their time in kernel launches on a GPU. Each structure's ``seconds`` and
+    time limit count its share of each step's wall time. Never raises for bad input.
     """
     import warnings
 
@@ -260,7 +266,7 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
         active = states
         while active:
             t0 = time.monotonic()
-            preds = _predict_batch(model, [st["atoms"] for st in active], o.device)
+            preds = _predict_batch(model, [st["atoms"] for st in active], o.device, o.batch_size)
             share = (time.monotonic() - t0) / len(active)
             still = []
             for st, p in zip(active, preds, strict=True):

@@ -62,7 +62,9 @@ class EvalOptions:
         dataset: mp_20, perov_5 or carbon_24 (cut-offs); None: guessed from the reference name.
         property_model: model whose predicted property enters CDVAE's W(property).
         models_dir: where property models are found (default: $CRYSGEN_MODELS_DIR).
-        workers: processes for fingerprints.
+        workers: processes for the per-structure work (validity, fingerprints, relaxation).
+        relax_workers: processes for the CHGNet relaxation when it should differ from
+            ``workers`` (on a GPU each holds a CUDA context and its batches' memory).
         limit: evaluate only the first N samples.
         reference_limit: use a seeded random subset of N reference crystals.
         n_wasserstein: valid samples drawn for the Wasserstein distances (CDVAE: 1,000).
@@ -71,8 +73,9 @@ class EvalOptions:
         relax_steps: CHGNet FIRE steps at most per structure.
         relax_fmax: force convergence (eV/Å).
         relax_time_limit_s: wall-clock limit per relaxation (s).
-        cache_dir: where the reference hull's energies are cached (default $CRYSGEN_CACHE or
-            ~/.cache/crysgen).
+        relax_batch_size: structures per CHGNet forward pass (bounds GPU memory).
+        cache_dir: where the reference hull's energies and reference fingerprints are cached
+            (default $CRYSGEN_CACHE or ~/.cache/crysgen).
     """
 
     metrics: tuple[str, ...] = FAMILIES
@@ -81,6 +84,7 @@ class EvalOptions:
     property_model: str | None = None
     models_dir: str | None = None
     workers: int = 1
+    relax_workers: int | None = None
     limit: int | None = None
     reference_limit: int | None = None
     n_wasserstein: int = 1000
@@ -89,6 +93,7 @@ class EvalOptions:
     relax_steps: int = 500
     relax_fmax: float = 0.1
     relax_time_limit_s: float = 120.0
+    relax_batch_size: int = 16
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -154,6 +159,82 @@ def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
                          disable=not progress, leave=False))
 
 
+def _basics(s: Any) -> tuple[dict[str, Any], bool, bool]:
+    """One structure's basics: validity, composition, density, cell and space group.
+
+    Returns:
+        (row values with the reasons of what failed, structurally valid, compositionally valid).
+    """
+    from crysgen.evaluation.compositional import TooManyCombinations, smact_valid
+    from crysgen.evaluation.validity import structurally_valid
+
+    row: dict[str, Any] = {}
+    v, err = _guarded(structurally_valid, s)
+    row["struct_valid"] = bool(v) if err is None else ""
+    if err:
+        row["struct_valid_reason"] = err
+    comp = False
+    try:
+        comp = smact_valid([site.specie.Z for site in s])
+        row["comp_valid"] = bool(comp)
+    except TooManyCombinations as exc:
+        row["comp_valid"], row["comp_valid_reason"] = "", str(exc)
+    except Exception as exc:
+        row["comp_valid"], row["comp_valid_reason"] = "", f"{type(exc).__name__}: {exc}"
+    row["num_elements"] = len(s.composition.elements)
+    row["density_g_cm3"], _ = _guarded(lambda x: float(x.density), s)
+    a, b, c, al, be, ga = (*s.lattice.abc, *s.lattice.angles)
+    row.update(a=a, b=b, c=c, alpha=al, beta=be, gamma=ga)
+    sg, err = _guarded(spglib_space_group, s)
+    row["space_group"] = sg if sg else ""
+    if err:
+        row["space_group_reason"] = err
+    return row, bool(v), bool(comp)
+
+
+def _reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
+                            progress: bool) -> list[tuple[np.ndarray | None, np.ndarray | None, str | None]]:
+    """:func:`_fingerprints` of every reference crystal, cached on disk by the data's hash.
+
+    Every model is scored against the same reference set, and its fingerprints cost as much as
+    the samples' (CrystalNN). The cache lives in ``<cache_dir>/fingerprints/`` under a key of the
+    reference data's hash and the fingerprint and matminer versions; a cache that cannot be read
+    is recomputed.
+    """
+    import matminer
+
+    from crysgen.evaluation.fingerprints import VERSION
+    from crysgen.evaluation.stability import default_cache_dir
+    from crysgen.models.model_dir import data_fingerprint
+
+    key = f"v{VERSION}_matminer{matminer.__version__}_{data_fingerprint(ref_cs, '')['sha256'][:20]}"
+    path = Path(o.cache_dir or default_cache_dir()) / "fingerprints" / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                ok, st, co, reasons = z["ok"], z["structure"], z["composition"], z["reason"]
+            if len(ok) == len(ref):
+                return [(st[k], co[k], None) if ok[k] else (None, None, str(reasons[k]))
+                        for k in range(len(ref))]
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable: recompute and overwrite
+    fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress)
+    good = [f for f in fps if f[2] is None]
+    if good:
+        ok = np.array([f[2] is None for f in fps])
+        st = np.zeros((len(fps), *np.shape(good[0][0])))
+        co = np.zeros((len(fps), *np.shape(good[0][1])))
+        for k, f in enumerate(fps):
+            if f[2] is None:
+                st[k], co[k] = f[0], f[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, ok=ok, structure=st, composition=co,
+                 reason=np.array([f[2] or "" for f in fps]))
+        tmp.replace(path)
+    return fps
+
+
 def _guess_dataset(path: str | Path) -> str | None:
     from crysgen.evaluation.coverage import COV_CUTOFFS
 
@@ -168,9 +249,6 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
     Raises:
         CrysgenError: for missing inputs, unknown families or cut-offs that cannot be found.
     """
-    from crysgen.evaluation.compositional import TooManyCombinations, smact_valid
-    from crysgen.evaluation.validity import structurally_valid
-
     o = options or EvalOptions()
     t0 = time.perf_counter()
     gen = load_inputs(samples)[: o.limit]
@@ -191,32 +269,14 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
                                           "n_reference": _metric(len(ref), len(ref))}
     plots: dict[str, str] = {}
 
-    # per-structure basics used by several families
+    # per-structure basics used by several families (SMACT's enumeration is the slow part)
     t = time.perf_counter()
     struct_valid = np.zeros(len(gen), dtype=bool)
     comp_valid = np.zeros(len(gen), dtype=bool)
-    for i in ok:
-        s = structs[i]
-        v, err = _guarded(structurally_valid, s)
-        struct_valid[i] = bool(v)
-        rows[i]["struct_valid"] = bool(v) if err is None else ""
-        if err:
-            rows[i]["struct_valid_reason"] = err
-        try:
-            comp_valid[i] = smact_valid([site.specie.Z for site in s])
-            rows[i]["comp_valid"] = bool(comp_valid[i])
-        except TooManyCombinations as exc:
-            rows[i]["comp_valid"], rows[i]["comp_valid_reason"] = "", str(exc)
-        except Exception as exc:
-            rows[i]["comp_valid"], rows[i]["comp_valid_reason"] = "", f"{type(exc).__name__}: {exc}"
-        rows[i]["num_elements"] = len(s.composition.elements)
-        rows[i]["density_g_cm3"], _ = _guarded(lambda x: float(x.density), s)
-        a, b, c_, al, be, ga = (*s.lattice.abc, *s.lattice.angles)
-        rows[i].update(a=a, b=b, c=c_, alpha=al, beta=be, gamma=ga)
-        sg, err = _guarded(spglib_space_group, s)
-        rows[i]["space_group"] = sg if sg else ""
-        if err:
-            rows[i]["space_group_reason"] = err
+    for i, (row, sv_i, cv_i) in zip(ok, _map(_basics, [structs[i] for i in ok], o.workers,
+                                             "validity and cell", progress), strict=True):
+        rows[i].update(row)
+        struct_valid[i], comp_valid[i] = sv_i, cv_i
     seconds["basics"] = time.perf_counter() - t
     n = len(gen)
     if "validity" in o.metrics:
@@ -239,7 +299,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
             cut = COV_CUTOFFS[dataset]
         cand = [i for i in ok if struct_valid[i] and comp_valid[i]]
         fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress)
-        ref_fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress)
+        ref_fps = _reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
         from crysgen.evaluation.fingerprints import fit_comp_scaler
 
@@ -255,8 +315,10 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
         rs = np.array([f[0] for f in ref_fps if f[2] is None])
         rc = np.array([f[1] for f in ref_fps if f[2] is None])
         mean, std = fit_comp_scaler(rc)
-        cov = coverage(np.array(gs).reshape(len(gs), -1), (np.array(gc).reshape(len(gc), -1) - mean) / std,
-                       rs, (rc - mean) / std, n_generated=n, struct_cutoff=cut[0], comp_cutoff=cut[1])
+        gs_a = np.array(gs).reshape(len(gs), rs.shape[1])  # (0, Fs) when nothing is valid
+        gc_a = np.array(gc).reshape(len(gc), rc.shape[1])
+        cov = coverage(gs_a, (gc_a - mean) / std, rs, (rc - mean) / std, n_generated=n,
+                       struct_cutoff=cut[0], comp_cutoff=cut[1])
         metrics["cov_recall"] = _metric(cov.recall, cov.n_reference, cutoffs=list(cut))
         metrics["cov_precision"] = _metric(cov.precision, cov.n_generated, cutoffs=list(cut),
                                            fingerprinted_valid=cov.n_valid_fingerprinted)
@@ -369,24 +431,30 @@ RELAX_BATCH = 64
 """Structures relaxed in lockstep by one worker (one batched CHGNet call per FIRE step)."""
 
 
-def _relax_chunk(args: tuple[list[Any], Any]) -> list[Any]:
+def _relax_chunk(args: tuple[list[Any], Any, int]) -> list[Any]:
+    import os
+
+    import torch
+
     from crysgen.evaluation.stability import relax_batch
 
-    structures, options = args
+    structures, options, workers = args
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # workers share the cores
     return relax_batch(structures, options)
 
 
 def _relax_all(structures: list[Any], options: Any, workers: int, progress: bool) -> list[Any]:
     """Relaxations of all structures, in input order.
 
-    Interleaved chunks (similar mixes of sizes), one batched relaxation per chunk, chunks spread
-    over ``workers`` processes (spawned on CUDA).
+    Interleaved chunks (similar mixes of sizes), one batched relaxation per chunk, as many chunks
+    as a multiple of ``workers`` so that every round keeps all workers busy (spawned on CUDA).
     """
     if not structures:
         return []
-    k = max(workers, -(-len(structures) // RELAX_BATCH))
+    workers = max(1, workers)
+    k = workers * -(-len(structures) // (workers * RELAX_BATCH))
     chunks = [structures[j::k] for j in range(k) if structures[j::k]]
-    done = _map(_relax_chunk, [(c, options) for c in chunks], workers, "CHGNet relaxation", progress,
+    done = _map(_relax_chunk, [(c, options, workers) for c in chunks], workers, "CHGNet relaxation", progress,
                 spawn=options.device.startswith("cuda"), min_items=2)
     out: list[Any] = [None] * len(structures)
     for j, part in enumerate(done):
@@ -409,8 +477,8 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
 
     check_device(o.device)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
-                      device=o.device)
-    relaxed = _relax_all(structures, ro, o.workers, progress)
+                      device=o.device, batch_size=o.relax_batch_size)
+    relaxed = _relax_all(structures, ro, o.relax_workers or o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
         row.update(r.row())
         if r.structure is not None:
