@@ -2,14 +2,15 @@
 # Run benchmarks/eval_model.py on the GPU machine, detached, for sample folders carried as
 # benchmarks/.work/evalpack/NAME.tgz (made with `tar czf NAME.tgz NAME` in evalsamples/), one
 # after the other; waits up to WAIT seconds, then copies every finished result and the logs to $OUT.
-# Usage: WAIT=560 WORKERS=14 RELAX_WORKERS=12 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
-# (each CUDA relaxation worker holds ~5 GB with forward batches of 16: benchmarks/results/relax_speed.json)
+# Usage: WAIT=560 WORKERS=14 RELAX_WORKERS=8 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
+# (12 relaxation workers with forward batches of 16 filled the H100's 80 GB and 32 of 275 GAN
+#  structures failed out of memory, while the GPU was at 99 %: 8 workers by default)
 # (carry .whl_eval2 .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
 set -u
 JOBS=$1; DATASET=${2:-mp_20}; shift 2; EXTRA="$*"
 WHEELS=.whl_eval2 INSTALL_MARKER=smact
 source benchmarks/gpu_env.sh
-export CRYSGEN_MODELS_DIR=$PWD/.cgcnn
+export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 install
 pgrep -f "[n]vidia-smi --query" >/dev/null || \
   nohup nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 5 > "$OUT"/gpu_memory.csv 2>&1 &
@@ -21,7 +22,7 @@ if ! pgrep -f "[e]val_model.py" >/dev/null; then
     [ -f benchmarks/results/eval_\${name}_$DATASET.json ] && continue
     tar xzf benchmarks/.work/evalpack/\$name.tgz -C benchmarks/.work/evalsamples
     python3 benchmarks/eval_model.py \$model --name \$name --dataset $DATASET --device cuda \
-      --workers ${WORKERS:-14} --relax-workers ${RELAX_WORKERS:-12} --progress --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
+      --workers ${WORKERS:-14} --relax-workers ${RELAX_WORKERS:-8} --progress --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
   done" > /tmp/evallogs/driver.log 2>&1 &
 fi
 end=$((SECONDS + ${WAIT:-540}))

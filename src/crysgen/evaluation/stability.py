@@ -217,7 +217,11 @@ def _predict_batch(model: Any, atoms_list: list[Any], device: str,
     try:
         preds = model.predict_graph(graphs, task="efs", batch_size=batch_size)
         preds = [preds] if isinstance(preds, dict) else preds
-    except Exception:
+    except Exception:  # e.g. out of memory: free the failed batch's cache, then one at a time
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
         preds = []
         for g in graphs:
             try:
