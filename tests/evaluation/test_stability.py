@@ -67,6 +67,25 @@ def test_batched_relaxation_matches_one_at_a_time_and_keeps_reasons():
     assert batch[0].converged and batch[0].energy_per_atom < batch[0].initial_energy_per_atom - 0.005
 
 
+def test_inference_grads_give_chgnets_own_forces_and_stress_and_restore_autograd():
+    import torch
+
+    s = load_cif("SrTiO3")
+    s.perturb(0.05)
+    s.apply_strain(0.02)
+    model = stability.load_chgnet("cpu")
+    graph = model.graph_converter(s)
+    reference = model.predict_graph(graph, task="efs")
+    original = torch.autograd.grad
+    with stability.inference_grads():
+        assert torch.autograd.grad is not original
+        fast = model.predict_graph(graph, task="efs")
+    assert torch.autograd.grad is original
+    assert np.abs(reference["f"]).max() > 0.05  # a perturbed cell: forces worth comparing
+    for key, tol in (("e", 1e-5), ("f", 1e-4), ("s", 1e-3)):
+        np.testing.assert_allclose(fast[key], reference[key], atol=tol)
+
+
 def test_displacement_rmsd_known_values():
     s = load_cif("NaCl")
     shifted = s.copy()
