@@ -39,6 +39,8 @@ def main() -> None:
         runs.append({"file": str(path.relative_to(ROOT)), "model": d["options"].get("name"),
                      "dataset": d["dataset"], "n_samples": n, "structurally_valid": valid,
                      "device": d["options"].get("device"), "workers": d["options"].get("workers"),
+                     "relax_workers": d["options"].get("relax_workers") or d["options"].get("workers"),
+                     "relax_steps": d["options"].get("relax_steps"),
                      "machine": d.get("machine"), "commit": d.get("commit"), "families": families,
                      "stability_included": "stability" in d["seconds"],
                      "target_10_min_on_gpu": (total <= 600 if gpu and "stability" in d["seconds"] else None)})

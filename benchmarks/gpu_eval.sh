@@ -2,9 +2,9 @@
 # Run benchmarks/eval_model.py on the GPU machine, detached, for sample folders carried as
 # benchmarks/.work/evalpack/NAME.tgz (made with `tar czf NAME.tgz NAME` in evalsamples/), one
 # after the other; waits up to WAIT seconds, then copies every finished result and the logs to $OUT.
-# Usage: WAIT=560 WORKERS=14 RELAX_WORKERS=8 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
-# (12 relaxation workers with forward batches of 16 filled the H100's 80 GB and 32 of 275 GAN
-#  structures failed out of memory, while the GPU was at 99 %: 8 workers by default)
+# Usage: WAIT=560 WORKERS=14 RELAX_WORKERS=14 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
+# (before inference_grads, 12 relaxation workers filled the H100's 80 GB and 32 of 275 GAN
+#  relaxations failed out of memory; with it, 14 workers peak at 31 GB: results/gpu_logs/)
 # (carry .whl_eval2 .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
 set -u
 JOBS=$1; DATASET=${2:-mp_20}; shift 2; EXTRA="$*"
@@ -22,7 +22,7 @@ if ! pgrep -f "[e]val_model.py" >/dev/null; then
     [ -f benchmarks/results/eval_\${name}_$DATASET.json ] && continue
     tar xzf benchmarks/.work/evalpack/\$name.tgz -C benchmarks/.work/evalsamples
     python3 benchmarks/eval_model.py \$model --name \$name --dataset $DATASET --device cuda \
-      --workers ${WORKERS:-14} --relax-workers ${RELAX_WORKERS:-8} --progress --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
+      --workers ${WORKERS:-14} --relax-workers ${RELAX_WORKERS:-14} --progress --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
   done" > /tmp/evallogs/driver.log 2>&1 &
 fi
 end=$((SECONDS + ${WAIT:-540}))

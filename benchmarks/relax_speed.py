@@ -5,7 +5,8 @@ reads), and for each batch size relaxes that many of them with ``relax_batch`` (
 forward pass per step) for a fixed number of FIRE steps, in this one process. Records wall
 seconds, structure-steps/s (the relaxation's throughput: one structure-step = one CHGNet
 evaluation and one FIRE step of one structure), the seconds spent building graphs vs. in the
-model, and on CUDA the peak memory PyTorch allocated and reserved. The numbers size the suite's
+model, and on CUDA the peak memory PyTorch allocated and reserved; each batch size twice: as the
+suite relaxes (``inference_grads``) and with CHGNet's own ``create_graph=True``. The numbers size the suite's
 relaxation workers and ``RelaxOptions.batch_size``.
 
 Usage (GPU machine)::
@@ -17,6 +18,7 @@ Usage (GPU machine)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -62,10 +64,10 @@ def main() -> None:
     predict = stability._predict_batch
     forward = type(stability.load_chgnet(args.device).graph_converter).forward
 
-    def timed_predict(model, atoms_list, device):  # graphs + model, one batched step
+    def timed_predict(*a, **k):  # graphs + model, one batched step
         t = time.perf_counter()
         try:
-            return predict(model, atoms_list, device)
+            return predict(*a, **k)
         finally:
             timing["model"] += time.perf_counter() - t
 
@@ -80,7 +82,10 @@ def main() -> None:
     type(stability.load_chgnet(args.device).graph_converter).forward = timed_graph
     runs = []
     stability.relax_batch(structures[:2], stability.RelaxOptions(steps=2, device=args.device))  # warm-up
-    for b in sizes:
+    fast_grads = stability.inference_grads
+    for b, graph_of_grads in [(b, g) for b in sizes for g in (False, True)]:
+        # graph_of_grads: CHGNet's own create_graph=True (inference_grads switched off)
+        stability.inference_grads = contextlib.nullcontext if graph_of_grads else fast_grads
         timing.update(graph=0.0, model=0.0)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -91,7 +96,7 @@ def main() -> None:
                                                                time_limit_s=1e9, batch_size=b))
         wall = time.perf_counter() - t0
         steps = sum(r.steps for r in relaxed) + sum(1 for r in relaxed if r.energy_per_atom is not None)
-        run = {"batch": b, "steps": args.steps, "wall_s": round(wall, 2),
+        run = {"batch": b, "create_graph": graph_of_grads, "steps": args.steps, "wall_s": round(wall, 2),
                "structure_steps": steps, "structure_steps_per_s": round(steps / wall, 1),
                "graph_s": round(timing["graph"], 2),
                "model_s_excluding_graph": round(timing["model"] - timing["graph"], 2),

@@ -64,10 +64,9 @@ class RelaxOptions:
         time_limit_s: wall-clock limit per structure (s); the structure gets a reason when hit.
         max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
         device: "cpu" or "cuda".
-        batch_size: structures per CHGNet forward pass in :func:`relax_batch`. Bounds memory:
-            CHGNet keeps the autograd graph of forces and stress (``create_graph=True``), about
-            0.3 GB per 50-atom structure (measured: ``benchmarks/results/relax_speed.json``); larger
-            batches are not faster on an H100.
+        batch_size: structures per CHGNet forward pass in :func:`relax_batch`; bounds memory
+            (on the H100, 14 relaxation processes with batches of 16 peaked at 31 GB on the GAN's
+            52-atom samples: ``benchmarks/results/gpu_logs/``).
     """
 
     fmax: float = 0.1
@@ -122,8 +121,9 @@ def inference_grads() -> Any:
     CHGNet's forward takes forces and stress with ``torch.autograd.grad(..., create_graph=True)``
     so that training can differentiate them; a relaxation never does. Inside this block
     ``torch.autograd.grad`` runs with ``create_graph=False``: the same numbers (within float
-    noise), 2-5x faster on a CPU and far less memory (see ``benchmarks/results/relax_speed.json``).
-    The original function is restored on exit.
+    noise), faster on a CPU (``benchmarks/results/relax_speed.json``) and with less GPU memory
+    (8 relaxation processes on the diffusion samples: 39 GB before, 15 GB after;
+    ``benchmarks/results/gpu_logs/``). The original function is restored on exit.
     """
     import torch
 
