@@ -158,6 +158,16 @@ def test_stability_rates_count_over_all_samples():
     assert "sun_0" not in stability_rates(e, None, n=5)
 
 
+def test_unconverged_and_implausibly_low_structures_are_not_stable():
+    e = np.array([-3.0, -0.2, 0.05, 0.05, 0.3])
+    converged = np.array([True, True, False, True, True])
+    rates = stability_rates(e, np.ones(5, bool), n=5, converged=converged)
+    assert rates["stable_0p1"] == pytest.approx(2 / 5)  # -0.2 and the converged 0.05
+    assert rates["stable_0"] == pytest.approx(1 / 5)
+    assert rates["excluded_implausible"] == 1
+    assert rates["excluded_unconverged_0p1"] == 1 and rates["excluded_unconverged_0"] == 0
+
+
 def test_reference_energies_are_cached_by_data(tmp_path, monkeypatch):
     cs = CrystalSet.from_structures([load_cif("NaCl"), load_cif("SrTiO3")], max_sites=52)
     first = reference_energies(cs, cache_dir=tmp_path, progress=False)

@@ -52,6 +52,10 @@ MIN_VOLUME_PER_ATOM = 1.0
 
 STABLE_THRESHOLDS = (0.1, 0.0)
 """eV/atom: MatterGen's stability threshold and Matbench Discovery's."""
+IMPLAUSIBLE_BELOW = -0.5
+"""eV/atom: an energy this far below the reference hull is taken for an artefact (a hole of the
+potential for an unphysical structure, or a hull that lacks the system's phases) and not counted
+as stable; new stable crystals against a Materials Project hull lie within ~0.1 eV/atom of it."""
 
 
 @dataclass(frozen=True)
@@ -574,20 +578,31 @@ def threshold_key(thr: float) -> str:
     return f"{thr:g}".replace(".", "p")
 
 
-def stability_rates(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int) -> dict[str, Any]:
+def stability_rates(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int,
+                    converged: np.ndarray | None = None) -> dict[str, Any]:
     """Stable (≤ 0.1 and ≤ 0.0 eV/atom) and S.U.N. rates over all ``n`` samples.
 
+    A structure counts as stable when its energy above hull is at most the threshold, at least
+    :data:`IMPLAUSIBLE_BELOW`, and (when ``converged`` is given) its relaxation converged: the
+    energy of a structure still moving is not that of a minimum. The numbers left out for each
+    reason are returned too (``excluded_implausible``, ``excluded_unconverged_<key>``).
+
     Args:
-        e_hull: (n,) energies above hull, NaN where unknown (counts as not stable).
+        e_hull: (n,) energies above hull (eV/atom), NaN where unknown (counts as not stable).
         unique_novel: (n,) bool, or None when novelty was not computed.
         n: number of samples (the denominator).
+        converged: (n,) bool, whether each relaxation converged; None: not required.
     """
-    e = np.asarray(e_hull, float)
-    out: dict[str, Any] = {}
+    e = np.nan_to_num(np.asarray(e_hull, float), nan=np.inf)
+    plausible = e >= IMPLAUSIBLE_BELOW
+    done = np.ones(len(e), bool) if converged is None else np.asarray(converged, bool)
+    out: dict[str, Any] = {"excluded_implausible": int((~plausible).sum())}
     for thr in STABLE_THRESHOLDS:
-        stable = np.nan_to_num(e, nan=np.inf) <= thr
+        below = plausible & (e <= thr)
+        stable = below & done
         key = threshold_key(thr)
         out[f"stable_{key}"] = float(stable.sum() / n) if n else float("nan")
+        out[f"excluded_unconverged_{key}"] = int((below & ~done).sum())
         if unique_novel is not None:
             out[f"sun_{key}"] = float((stable & unique_novel).sum() / n) if n else float("nan")
     return out

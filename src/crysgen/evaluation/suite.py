@@ -467,6 +467,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
                progress: bool) -> dict[str, dict[str, Any]]:
     """Relax, place on the reference hull, count stable and S.U.N. (over all ``n`` samples)."""
     from crysgen.evaluation.stability import (
+        IMPLAUSIBLE_BELOW,
         STABLE_THRESHOLDS,
         ReferenceHull,
         RelaxOptions,
@@ -491,19 +492,26 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
                                [r.energy_per_atom for r in relaxed])
     e_hull = np.full(n, np.nan)
     un = np.zeros(n, dtype=bool)
-    for k, (row, (e, reason)) in enumerate(zip(rows, placed, strict=True)):
+    converged = np.zeros(n, dtype=bool)
+    for k, (row, (e, reason), r) in enumerate(zip(rows, placed, relaxed, strict=True)):
         row["e_above_hull_eV_atom"] = e if e is not None else ""
+        if e is not None and e < IMPLAUSIBLE_BELOW:
+            reason = (f"implausible: {-e:.3g} eV/atom below the hull (a hole of the potential or "
+                      "missing hull phases); not counted as stable")
         if reason:
             row["e_above_hull_reason"] = reason
         e_hull[k] = np.nan if e is None else e
         un[k] = bool(row.get("unique")) and bool(row.get("novel"))
-    rates = stability_rates(e_hull, un if with_novelty else None, n)
+        converged[k] = r.converged
+    rates = stability_rates(e_hull, un if with_novelty else None, n, converged)
     ok_e = e_hull[np.isfinite(e_hull)]
     rmsd = np.array([r.rmsd for r in relaxed if r.rmsd is not None], float)
     terminal_sources = {k: v["source"] for k, v in hull.terminals.items()}
-    out = {f"stable_e_hull_le_{thr:g}": _metric(rates[f"stable_{threshold_key(thr)}"], n,
-                                                 computed_on=len(ok_e))
-           for thr in STABLE_THRESHOLDS}
+    out = {f"stable_e_hull_le_{thr:g}": _metric(
+        rates[f"stable_{threshold_key(thr)}"], n, computed_on=len(ok_e),
+        requires=f"converged relaxation, E_hull >= {IMPLAUSIBLE_BELOW:g} eV/atom",
+        excluded_unconverged=rates[f"excluded_unconverged_{threshold_key(thr)}"],
+        excluded_implausible=rates["excluded_implausible"]) for thr in STABLE_THRESHOLDS}
     if with_novelty:
         for thr in STABLE_THRESHOLDS:
             out[f"sun_e_hull_le_{thr:g}"] = _metric(rates[f"sun_{threshold_key(thr)}"], n)
