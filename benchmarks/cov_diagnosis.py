@@ -25,12 +25,12 @@ from codec import ROOT, stamp
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.evaluation.coverage import COV_CUTOFFS
 from crysgen.evaluation.fingerprints import fit_comp_scaler
-from crysgen.evaluation.suite import EvalOptions, _reference_fingerprints
+from crysgen.evaluation.suite import EvalOptions, reference_fingerprints
 
 
 def fingerprints(cs: CrystalSet, options: EvalOptions) -> tuple[np.ndarray, np.ndarray]:
     """(structure, composition) fingerprints of the crystals that have both (cached by data hash)."""
-    fps = _reference_fingerprints(cs, [cs.to_structure(i) for i in range(len(cs))], options, True)
+    fps = reference_fingerprints(cs, [cs.to_structure(i) for i in range(len(cs))], options, True)
     good = [f for f in fps if f[2] is None]
     return np.array([f[0] for f in good]), np.array([f[1] for f in good])
 

@@ -192,7 +192,7 @@ def _basics(s: Any) -> tuple[dict[str, Any], bool, bool]:
     return row, bool(v), bool(comp)
 
 
-def _reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
+def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
                             progress: bool) -> list[tuple[np.ndarray | None, np.ndarray | None, str | None]]:
     """:func:`_fingerprints` of every reference crystal, cached on disk by the data's hash.
 
@@ -299,7 +299,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
             cut = COV_CUTOFFS[dataset]
         cand = [i for i in ok if struct_valid[i] and comp_valid[i]]
         fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress)
-        ref_fps = _reference_fingerprints(ref_cs, ref, o, progress)
+        ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
         from crysgen.evaluation.fingerprints import fit_comp_scaler
 
