@@ -208,6 +208,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.stability and "stability" not in metrics:
         metrics = (*metrics, "stability")
     options = EvalOptions(metrics=metrics, cov_cutoffs=cut, dataset=args.dataset,
+                          comp_scaler_from=args.comp_scaler_from,
                           property_model=args.property_model, models_dir=args.models_dir,
                           workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
                           device=args.device, relax_steps=args.relax_steps,
@@ -432,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None,
                    help="comma-separated families: validity,distributions,coverage,novelty,properties")
     p.add_argument("--cov-cutoffs", default=None, help="STRUCT,COMP fingerprint cut-offs")
+    p.add_argument("--comp-scaler-from", default=None,
+                   help="CrystalSet .npz whose Magpie statistics standardise composition fingerprints "
+                        "(default: the reference's; a broad set such as mp_20 suits narrow references)")
     p.add_argument("--dataset", default=None, choices=sorted(COV_CUTOFFS),
                    help="CDVAE cut-offs of this dataset (default: guessed from --reference)")
     p.add_argument("--property-model", default=None,

@@ -126,3 +126,31 @@ def test_a_sample_set_with_no_valid_crystal_gets_zero_coverage_not_a_crash(tmp_p
     assert ev.metrics["struct_valid"]["value"] == 0.0
     assert ev.metrics["cov_recall"]["value"] == 0.0
     assert ev.metrics["cov_precision"]["value"] == 0.0
+
+
+def test_comp_scaler_from_the_reference_itself_changes_nothing_and_is_recorded(tmp_path):
+    from crysgen.errors import CrysgenError
+    from crysgen.evaluation.suite import EvalOptions, evaluate
+
+    ref = CrystalSet.from_structures([nacl(), load_cif("SrTiO3"), load_cif("ZnO_wurtzite")], max_sites=52)
+    ref.save(tmp_path / "ref.npz")
+    broad = CrystalSet.from_structures([load_cif(n) for n in ("SrTiO3", "ZnO_wurtzite", "NaCl")] + [nacl()],
+                                       max_sites=52)
+    broad.save(tmp_path / "broad.npz")
+    base = EvalOptions(metrics=("validity", "coverage"), cov_cutoffs=(0.4, 1.0))
+    own = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz", base, progress=False)
+    same = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
+                    EvalOptions(**{**base.__dict__, "comp_scaler_from": str(tmp_path / "ref.npz")}),
+                    progress=False)
+    other = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
+                     EvalOptions(**{**base.__dict__, "comp_scaler_from": str(tmp_path / "broad.npz")}),
+                     progress=False)
+    assert own.metrics["cov_recall"]["comp_scaler"] == "reference"
+    assert same.metrics["cov_recall"]["comp_scaler"] == "ref.npz (3 crystals)"
+    assert other.metrics["cov_recall"]["comp_scaler"] == "broad.npz (4 crystals)"
+    for key in ("cov_recall", "cov_precision"):
+        assert same.metrics[key]["value"] == own.metrics[key]["value"]
+    with pytest.raises(CrysgenError, match="comp-scaler-from"):
+        evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
+                 EvalOptions(**{**base.__dict__, "comp_scaler_from": str(tmp_path / "missing.npz")}),
+                 progress=False)
