@@ -46,6 +46,8 @@ def main() -> None:
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--reference-limit", type=int, default=1000)
     p.add_argument("--property-model", default="formation_energy")
+    p.add_argument("--comp-scaler-from", default=None, help="CrystalSet whose Magpie statistics "
+                   "standardise composition fingerprints (default: the reference's)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--cache-dir", default="benchmarks/.work/cache")
@@ -76,6 +78,7 @@ def main() -> None:
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures}
     options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset,
+                          comp_scaler_from=args.comp_scaler_from,
                           property_model=args.property_model,
                           workers=args.workers, reference_limit=args.reference_limit,
                           device=args.device, cache_dir=args.cache_dir, relax_steps=args.relax_steps,
