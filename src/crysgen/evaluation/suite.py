@@ -207,6 +207,16 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
     the samples' (CrystalNN). The cache lives in ``<cache_dir>/fingerprints/`` under a key of the
     reference data's hash and the fingerprint and matminer versions; a cache that cannot be read
     is recomputed.
+
+    Args:
+        ref_cs: the reference crystals (their hash keys the cache).
+        ref: the same crystals as pymatgen structures, in the same order.
+        o: options (``workers``, ``cache_dir``).
+        progress: show a progress bar while computing.
+
+    Returns:
+        Per crystal: (structure fingerprint (61,), composition fingerprint (132,), None), or
+        (None, None, reason) where a fingerprint failed.
     """
     import matminer
 
@@ -237,9 +247,28 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, ok=ok, structure=st, composition=co,
-                 reason=np.array([f[2] or "" for f in fps]))
+                            reason=np.array([f[2] or "" for f in fps]))
         tmp.replace(path)
     return fps
+
+
+def _comp_scaler(o: EvalOptions, ref_comp: np.ndarray,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """Mean and std (132,) standardising Magpie fingerprints, and where they come from.
+
+    From a seeded subset of ``o.comp_scaler_from`` (a broad set, as CDVAE's fixed constants) when
+    given, else from the reference's own composition fingerprints ``ref_comp`` (R, 132).
+    """
+    from crysgen.evaluation.fingerprints import fit_comp_scaler
+
+    if not o.comp_scaler_from:
+        return (*fit_comp_scaler(ref_comp), "reference")
+    cs = CrystalSet.load(o.comp_scaler_from)
+    if len(cs) > SCALER_CRYSTALS:
+        cs = cs.subset(np.sort(np.random.default_rng(0).choice(len(cs), SCALER_CRYSTALS, replace=False)))
+    fps = reference_fingerprints(cs, [cs.to_structure(i) for i in range(len(cs))], o, progress)
+    mean, std = fit_comp_scaler(np.array([f[1] for f in fps if f[2] is None]))
+    return mean, std, f"{Path(o.comp_scaler_from).name} ({len(cs)} crystals)"
 
 
 def _guess_dataset(path: str | Path) -> str | None:
@@ -310,7 +339,6 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
         fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress)
         ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
-        from crysgen.evaluation.fingerprints import fit_comp_scaler
 
         gs, gc, keep = [], [], []
         for i, (s_fp, c_fp, err) in zip(cand, fps, strict=True):
@@ -323,18 +351,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
             gc.append(c_fp)
         rs = np.array([f[0] for f in ref_fps if f[2] is None])
         rc = np.array([f[1] for f in ref_fps if f[2] is None])
-        if o.comp_scaler_from:  # a broad set's statistics, as CDVAE's fixed constants
-            scaler_cs = CrystalSet.load(o.comp_scaler_from)
-            if len(scaler_cs) > SCALER_CRYSTALS:
-                pick = np.random.default_rng(0).choice(len(scaler_cs), SCALER_CRYSTALS, replace=False)
-                scaler_cs = scaler_cs.subset(np.sort(pick))
-            scaler_fps = reference_fingerprints(
-                scaler_cs, [scaler_cs.to_structure(i) for i in range(len(scaler_cs))], o, progress)
-            mean, std = fit_comp_scaler(np.array([f[1] for f in scaler_fps if f[2] is None]))
-            scaler = f"{Path(o.comp_scaler_from).name} ({len(scaler_cs)} crystals)"
-        else:
-            mean, std = fit_comp_scaler(rc)
-            scaler = "reference"
+        mean, std, scaler = _comp_scaler(o, rc, progress)
         gs_a = np.array(gs).reshape(len(gs), rs.shape[1])  # (0, Fs) when nothing is valid
         gc_a = np.array(gc).reshape(len(gc), rc.shape[1])
         cov = coverage(gs_a, (gc_a - mean) / std, rs, (rc - mean) / std, n_generated=n,
@@ -450,7 +467,8 @@ def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: li
 
 
 RELAX_BATCH = 64
-"""Structures relaxed in lockstep by one worker (one batched CHGNet call per FIRE step)."""
+"""Structures relaxed in lockstep by one worker at most (CHGNet passes of
+``EvalOptions.relax_batch_size`` per FIRE step); more structures make more rounds of chunks."""
 
 
 def _relax_chunk(args: tuple[list[Any], Any, int]) -> list[Any]:
@@ -461,8 +479,12 @@ def _relax_chunk(args: tuple[list[Any], Any, int]) -> list[Any]:
     from crysgen.evaluation.stability import relax_batch
 
     structures, options, workers = args
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # workers share the cores
-    return relax_batch(structures, options)
+    try:
+        return relax_batch(structures, options)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _relax_all(structures: list[Any], options: Any, workers: int, progress: bool) -> list[Any]:
@@ -476,8 +498,8 @@ def _relax_all(structures: list[Any], options: Any, workers: int, progress: bool
     workers = max(1, workers)
     k = workers * -(-len(structures) // (workers * RELAX_BATCH))
     chunks = [structures[j::k] for j in range(k) if structures[j::k]]
-    done = _map(_relax_chunk, [(c, options, workers) for c in chunks], workers, "CHGNet relaxation", progress,
-                spawn=options.device.startswith("cuda"), min_items=2)
+    done = _map(_relax_chunk, [(c, options, workers) for c in chunks], workers, "CHGNet relaxation",
+                progress, spawn=options.device.startswith("cuda"), min_items=2)
     out: list[Any] = [None] * len(structures)
     for j, part in enumerate(done):
         out[j::len(chunks)] = part
