@@ -23,29 +23,18 @@ import numpy as np
 
 from codec import stamp
 from crysgen.crystal_set import write_text_atomic
-from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW, STABLE_THRESHOLDS, stability_rates, threshold_key
+from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW
+from crysgen.evaluation.suite import stable_metrics
 
 
 def recount(rows: list[dict[str, str]]) -> dict[str, dict]:
     """The stable/S.U.N. metrics of the suite, from ``structures.csv`` rows (all samples)."""
-    n = len(rows)
     e = np.array([float(r["e_above_hull_eV_atom"]) if r.get("e_above_hull_eV_atom") else np.nan
                   for r in rows])
     converged = np.array([r.get("relax_converged") == "True" for r in rows])
     un = np.array([r.get("unique") == "True" and r.get("novel") == "True" for r in rows])
     with_novelty = any(r.get("unique") for r in rows)
-    rates = stability_rates(e, un if with_novelty else None, n, converged)
-    out = {}
-    for thr in STABLE_THRESHOLDS:
-        key = threshold_key(thr)
-        out[f"stable_e_hull_le_{thr:g}"] = {
-            "value": rates[f"stable_{key}"], "n": n, "computed_on": int(np.isfinite(e).sum()),
-            "requires": f"converged relaxation, E_hull >= {IMPLAUSIBLE_BELOW:g} eV/atom",
-            "excluded_unconverged": rates[f"excluded_unconverged_{key}"],
-            "excluded_implausible": rates["excluded_implausible"]}
-        if with_novelty:
-            out[f"sun_e_hull_le_{thr:g}"] = {"value": rates[f"sun_{key}"], "n": n}
-    return out
+    return stable_metrics(e, un if with_novelty else None, len(rows), converged)
 
 
 def main() -> None:

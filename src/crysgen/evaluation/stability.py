@@ -243,22 +243,21 @@ def _predict_batch(model: Any, atoms_list: list[Any], device: str,
             out.append(f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
     if not graphs:
         return out
-    try:
-        with inference_grads():
+    with inference_grads():
+        try:
             preds = model.predict_graph(graphs, task="efs", batch_size=batch_size)
-        preds = [preds] if isinstance(preds, dict) else preds
-    except Exception:  # e.g. out of memory: free the failed batch's cache, then one at a time
-        if device.startswith("cuda"):
-            import torch
+            preds = [preds] if isinstance(preds, dict) else preds
+        except Exception:  # e.g. out of memory: free the failed batch's cache, then one at a time
+            if device.startswith("cuda"):
+                import torch
 
-            torch.cuda.empty_cache()
-        preds = []
-        for g in graphs:
-            try:
-                with inference_grads():
+                torch.cuda.empty_cache()
+            preds = []
+            for g in graphs:
+                try:
                     preds.append(model.predict_graph(g, task="efs"))
-            except Exception as exc:
-                preds.append(f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
+                except Exception as exc:
+                    preds.append(f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
     for k, p in zip(where, preds, strict=True):
         out[k] = p
     return out

@@ -506,6 +506,36 @@ def _relax_all(structures: list[Any], options: Any, workers: int, progress: bool
     return out
 
 
+def stable_metrics(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int,
+                   converged: np.ndarray) -> dict[str, dict[str, Any]]:
+    """The suite's stable and S.U.N. metrics (see :func:`stability.stability_rates`).
+
+    Args:
+        e_hull: (n,) energies above hull (eV/atom), NaN where unknown.
+        unique_novel: (n,) bool, or None when novelty was not computed (no S.U.N. metrics).
+        n: number of samples (the denominator).
+        converged: (n,) bool, whether each relaxation converged.
+    """
+    from crysgen.evaluation.stability import (
+        IMPLAUSIBLE_BELOW,
+        STABLE_THRESHOLDS,
+        stability_rates,
+        threshold_key,
+    )
+
+    rates = stability_rates(e_hull, unique_novel, n, converged)
+    computed_on = int(np.isfinite(np.asarray(e_hull, float)).sum())
+    out = {f"stable_e_hull_le_{thr:g}": _metric(
+        rates[f"stable_{threshold_key(thr)}"], n, computed_on=computed_on,
+        requires=f"converged relaxation, E_hull >= {IMPLAUSIBLE_BELOW:g} eV/atom",
+        excluded_unconverged=rates[f"excluded_unconverged_{threshold_key(thr)}"],
+        excluded_implausible=rates["excluded_implausible"]) for thr in STABLE_THRESHOLDS}
+    if unique_novel is not None:
+        for thr in STABLE_THRESHOLDS:
+            out[f"sun_e_hull_le_{thr:g}"] = _metric(rates[f"sun_{threshold_key(thr)}"], n)
+    return out
+
+
 def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]], n: int,
                train: str | Path, ref_cs: CrystalSet, with_novelty: bool, plots: dict[str, str],
                progress: bool) -> dict[str, dict[str, Any]]:
@@ -516,8 +546,6 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         ReferenceHull,
         RelaxOptions,
         check_device,
-        stability_rates,
-        threshold_key,
     )
 
     check_device(o.device)
@@ -547,18 +575,10 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         e_hull[k] = np.nan if e is None else e
         un[k] = bool(row.get("unique")) and bool(row.get("novel"))
         converged[k] = r.converged
-    rates = stability_rates(e_hull, un if with_novelty else None, n, converged)
+    out = stable_metrics(e_hull, un if with_novelty else None, n, converged)
     ok_e = e_hull[np.isfinite(e_hull)]
     rmsd = np.array([r.rmsd for r in relaxed if r.rmsd is not None], float)
     terminal_sources = {k: v["source"] for k, v in hull.terminals.items()}
-    out = {f"stable_e_hull_le_{thr:g}": _metric(
-        rates[f"stable_{threshold_key(thr)}"], n, computed_on=len(ok_e),
-        requires=f"converged relaxation, E_hull >= {IMPLAUSIBLE_BELOW:g} eV/atom",
-        excluded_unconverged=rates[f"excluded_unconverged_{threshold_key(thr)}"],
-        excluded_implausible=rates["excluded_implausible"]) for thr in STABLE_THRESHOLDS}
-    if with_novelty:
-        for thr in STABLE_THRESHOLDS:
-            out[f"sun_e_hull_le_{thr:g}"] = _metric(rates[f"sun_{threshold_key(thr)}"], n)
     out["mean_e_above_hull"] = _metric(float(ok_e.mean()) if len(ok_e) else float("nan"), len(ok_e),
                                        unit="eV/atom")
     out["median_e_above_hull"] = _metric(float(np.median(ok_e)) if len(ok_e) else float("nan"),
