@@ -5,9 +5,10 @@ reads), and for each batch size relaxes that many of them with ``relax_batch`` (
 forward pass per step) for a fixed number of FIRE steps, in this one process. Records wall
 seconds, structure-steps/s (the relaxation's throughput: one structure-step = one CHGNet
 evaluation and one FIRE step of one structure), the seconds spent building graphs vs. in the
-model, and on CUDA the peak memory PyTorch allocated and reserved; each batch size twice: as the
-suite relaxes (``inference_grads``) and with CHGNet's own ``create_graph=True``. The numbers size the suite's
-relaxation workers and ``RelaxOptions.batch_size``.
+model, and on CUDA the peak memory PyTorch allocated and reserved; each batch size with each
+``--engine``: ``crysgen`` (what the suite uses: ``chgnet_batch.predict_efs``, whole-batch tensors)
+and ``chgnet`` (CHGNet's own ``predict_graph`` under ``inference_grads``, which the suite used
+before). The numbers size the suite's relaxation workers and ``RelaxOptions.batch_size``.
 
 Usage (GPU machine)::
 
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import io
 import json
+import pstats
 import time
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import numpy as np
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
 from crysgen.data.structures import load_inputs
-from crysgen.evaluation import stability
+from crysgen.evaluation import chgnet_batch, stability
 from crysgen.evaluation.validity import structurally_valid
 
 RESULTS = ROOT / "benchmarks" / "results" / "relax_speed.json"
@@ -45,6 +49,13 @@ def graph_sizes(structures: list, device: str) -> dict[str, float]:
             "volume_A3_per_atom": float(np.mean([s.volume / len(s) for s in structures]))}
 
 
+def chgnet_predict(model, graphs, device, batch_size=16):
+    """CHGNet's own batched prediction (its per-crystal loops), without ``create_graph``."""
+    with stability.inference_grads():
+        preds = model.predict_graph([g.to(device) for g in graphs], task="efs", batch_size=batch_size)
+    return [preds] if isinstance(preds, dict) else preds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples")
@@ -52,6 +63,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", default="16,64", help="comma-separated batch sizes")
     p.add_argument("--steps", type=int, default=30, help="FIRE steps per structure")
+    p.add_argument("--engine", default="crysgen,chgnet",
+                   help="comma-separated: crysgen (chgnet_batch) and/or chgnet (predict_graph)")
+    p.add_argument("--profile", help="append cProfile's statistics of each run (cumulative and "
+                   "own time) to this text file")
     args = p.parse_args()
     import torch
 
@@ -82,21 +97,30 @@ def main() -> None:
     type(stability.load_chgnet(args.device).graph_converter).forward = timed_graph
     runs = []
     stability.relax_batch(structures[:2], stability.RelaxOptions(steps=2, device=args.device))  # warm-up
-    fast_grads = stability.inference_grads
-    for b, graph_of_grads in [(b, g) for b in sizes for g in (False, True)]:
-        # graph_of_grads: CHGNet's own create_graph=True (inference_grads switched off)
-        stability.inference_grads = contextlib.nullcontext if graph_of_grads else fast_grads
+    engines = {"crysgen": chgnet_batch.predict_efs, "chgnet": chgnet_predict}
+    for b, engine in [(b, e) for b in sizes for e in args.engine.split(",")]:
+        chgnet_batch.predict_efs = engines[engine]
         timing.update(graph=0.0, model=0.0)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        profiler = cProfile.Profile() if args.profile else None
         t0 = time.perf_counter()
-        relaxed = stability.relax_batch(structures[:b],
-                                        stability.RelaxOptions(steps=args.steps, device=args.device,
-                                                               time_limit_s=1e9, batch_size=b))
+        with profiler or contextlib.nullcontext():
+            relaxed = stability.relax_batch(structures[:b],
+                                            stability.RelaxOptions(steps=args.steps, device=args.device,
+                                                                   time_limit_s=1e9, batch_size=b))
         wall = time.perf_counter() - t0
+        if profiler is not None:
+            text = io.StringIO()
+            stats = pstats.Stats(profiler, stream=text)
+            print(f"== {engine}, batch {b}, {args.steps} steps, wall {wall:.1f} s", file=text)
+            stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("tottime").print_stats(25)
+            with Path(args.profile).open("a") as f:
+                f.write(text.getvalue())
         steps = sum(r.steps for r in relaxed) + sum(1 for r in relaxed if r.energy_per_atom is not None)
-        run = {"batch": b, "create_graph": graph_of_grads, "steps": args.steps, "wall_s": round(wall, 2),
+        run = {"batch": b, "engine": engine, "steps": args.steps, "wall_s": round(wall, 2),
                "structure_steps": steps, "structure_steps_per_s": round(steps / wall, 1),
                "graph_s": round(timing["graph"], 2),
                "model_s_excluding_graph": round(timing["model"] - timing["graph"], 2),

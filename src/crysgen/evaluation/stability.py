@@ -229,35 +229,39 @@ STRESS_WEIGHT = 1 / 160.21766208
 
 def _predict_batch(model: Any, atoms_list: list[Any], device: str,
                    batch_size: int = 16) -> list[dict[str, Any] | str]:
-    """CHGNet energy/forces/stress of many structures in one forward pass (a reason per failure)."""
+    """CHGNet energy/forces/stress of many structures, batch-wise (a reason per failure).
+
+    Uses :func:`crysgen.evaluation.chgnet_batch.predict_efs` (whole-batch tensors, one gradient
+    pass); a failed batch (e.g. out of memory) is retried one structure at a time.
+    """
     from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crysgen.evaluation.chgnet_batch import predict_efs
 
     out: list[dict[str, Any] | str] = []
     graphs, where = [], []
     for k, atoms in enumerate(atoms_list):
         try:
-            graphs.append(model.graph_converter(AseAtomsAdaptor.get_structure(atoms)).to(device))
+            graphs.append(model.graph_converter(AseAtomsAdaptor.get_structure(atoms)))
             where.append(k)
             out.append("")
         except Exception as exc:
             out.append(f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
     if not graphs:
         return out
-    with inference_grads():
-        try:
-            preds = model.predict_graph(graphs, task="efs", batch_size=batch_size)
-            preds = [preds] if isinstance(preds, dict) else preds
-        except Exception:  # e.g. out of memory: free the failed batch's cache, then one at a time
-            if device.startswith("cuda"):
-                import torch
+    try:
+        preds: list[Any] = predict_efs(model, graphs, device, batch_size)
+    except Exception:  # e.g. out of memory: free the failed batch's cache, then one at a time
+        if device.startswith("cuda"):
+            import torch
 
-                torch.cuda.empty_cache()
-            preds = []
-            for g in graphs:
-                try:
-                    preds.append(model.predict_graph(g, task="efs"))
-                except Exception as exc:
-                    preds.append(f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
+            torch.cuda.empty_cache()
+        preds = []
+        for g in graphs:
+            try:
+                preds.extend(predict_efs(model, [g], device))
+            except Exception as exc:
+                preds.append(f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}")
     for k, p in zip(where, preds, strict=True):
         out[k] = p
     return out

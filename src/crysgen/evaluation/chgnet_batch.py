@@ -1,0 +1,149 @@
+"""CHGNet energies, forces and stresses of many crystals with a constant number of GPU kernels.
+
+CHGNet's own batching (``BatchedGraph.from_graphs`` and ``CHGNet.predict_graph``) loops over the
+crystals of a batch in Python: per crystal it moves ten tensors to the device, builds the strained
+lattice, the Cartesian coordinates, the bond and angle bases, reads the volume back to the host,
+and after the forward pass copies energy, forces and stress back one crystal at a time. On a GPU
+these hundreds of tiny kernels and synchronisations per crystal — and as many in the backward
+pass that gives forces and stress — are the relaxation's cost, not the network:
+``benchmarks/results/relax_speed.json`` measured ~9 ms per crystal and step on the H100 for any
+batch size from 16 to 600.
+
+:func:`predict_efs` does the same computation with whole-batch tensors: the graphs' index arrays
+are concatenated (with their offsets) on the host and moved once, the lattices are strained and
+applied per atom and per bond by indexing a ``(B, 3, 3)`` stack, CHGNet's own bond and angle
+encoders and message-passing layers (``CHGNet._compute``) run once on the batch, and forces and
+stress come from one ``torch.autograd.grad`` (without ``create_graph``: nothing differentiates
+them further). The numbers are CHGNet's to float32 rounding (``tests/evaluation/test_chgnet_batch.py``
+compares them with ``CHGNet.predict_graph``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+GPA_PER_EV_A3 = 160.21766208
+"""Stress unit conversion, as CHGNet: eV/Å³ → GPa."""
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    """Exclusive prefix sums: where each graph's rows start in the concatenation."""
+    return [0, *np.cumsum(sizes)[:-1].tolist()] if sizes else []
+
+
+def _host_batch(graphs: Sequence[Any]) -> dict[str, Any]:
+    """The graphs' arrays concatenated on the host, with indices shifted into the batch.
+
+    Returns:
+        dict of CPU tensors: ``z`` (N,) atomic numbers, ``frac`` (N, 3), ``lattice`` (B, 3, 3) Å,
+        ``owner`` (N,) crystal of each atom, ``atom_graph`` (E, 2) and ``image`` (E, 3) of the
+        directed bonds, ``bond_owner`` (E,), ``u2d`` (U,) and ``d2u`` (E,) between directed and
+        undirected bonds, ``bond_graph`` (K, 5) of the angles (atom, undirected, directed,
+        undirected, directed), and ``n_atoms`` (B,) as a list.
+    """
+    import torch
+
+    n_atoms = [int(g.atomic_number.shape[0]) for g in graphs]
+    atom_graphs = [g.atom_graph.reshape(-1, 2) for g in graphs]
+    n_directed = [int(a.shape[0]) for a in atom_graphs]
+    n_undirected = [int(g.undirected2directed.shape[0]) for g in graphs]
+    atom_off, dir_off, und_off = _offsets(n_atoms), _offsets(n_directed), _offsets(n_undirected)
+    bond_graphs = []
+    for g, a, d, u in zip(graphs, atom_off, dir_off, und_off, strict=True):
+        bg = g.bond_graph.reshape(-1, 5)
+        if len(bg):
+            bond_graphs.append(bg + bg.new_tensor([a, u, d, u, d]))
+    owner = torch.repeat_interleave(torch.arange(len(graphs)), torch.tensor(n_atoms))
+    atom_graph = torch.cat([ag + a for ag, a in zip(atom_graphs, atom_off, strict=True)])
+    return {
+        "z": torch.cat([g.atomic_number for g in graphs]),
+        "frac": torch.cat([g.atom_frac_coord for g in graphs]),
+        "lattice": torch.stack([g.lattice for g in graphs]),
+        "owner": owner,
+        "atom_graph": atom_graph,
+        "image": torch.cat([g.neighbor_image.reshape(-1, 3) for g in graphs]),
+        "bond_owner": owner[atom_graph[:, 0].long()],
+        "u2d": torch.cat([g.undirected2directed + d for g, d in zip(graphs, dir_off, strict=True)]),
+        "d2u": torch.cat([g.directed2undirected + u for g, u in zip(graphs, und_off, strict=True)]),
+        "bond_graph": (torch.cat(bond_graphs) if bond_graphs
+                       else torch.zeros((0, 5), dtype=atom_graph.dtype)),
+        "n_atoms": n_atoms,
+    }
+
+
+def _forward(model: Any, graphs: Sequence[Any], device: str) -> tuple[Any, Any, Any, list[int]]:
+    """Energy per atom (B,), forces (N, 3) in eV/Å and stress (B, 3, 3) in GPa of one batch."""
+    import torch
+    from chgnet.model.model import BatchedGraph
+
+    h = _host_batch(graphs)
+    t = {k: v.to(device, non_blocking=True) for k, v in h.items() if k != "n_atoms"}
+    n_batch = len(graphs)
+    with torch.enable_grad():
+        strain = torch.zeros((n_batch, 3, 3), device=device, requires_grad=True)
+        lattice = t["lattice"] @ (torch.eye(3, device=device) + strain)
+        volume = torch.linalg.det(lattice).abs()
+        cart = torch.einsum("ni,nij->nj", t["frac"], lattice[t["owner"]])
+        ag = t["atom_graph"].long()
+        neighbor = cart[ag[:, 1]] + torch.einsum("ei,eij->ej", t["image"], lattice[t["bond_owner"]])
+        # the image shift is applied above with each bond's own lattice; CHGNet's encoder then
+        # adds zero @ identity and expands the lengths exactly as in from_graphs
+        bond_ag, bond_bg, bond_vectors = model.bond_basis_expansion(
+            center=cart[ag[:, 0]], neighbor=neighbor, undirected2directed=t["u2d"],
+            image=torch.zeros_like(t["image"]), lattice=torch.eye(3, device=device))
+        bg = t["bond_graph"]
+        if len(bg):
+            angle_bases = model.angle_basis_expansion(bond_vectors[bg[:, 2].long()],
+                                                      bond_vectors[bg[:, 4].long()])
+            batched_bond_graph = bg[:, [0, 1, 3]]
+        else:
+            angle_bases, batched_bond_graph = torch.tensor([]), torch.tensor([])
+        batch = BatchedGraph(
+            atomic_numbers=t["z"], bond_bases_ag=bond_ag, bond_bases_bg=bond_bg,
+            angle_bases=angle_bases, batched_atom_graph=t["atom_graph"],
+            batched_bond_graph=batched_bond_graph, atom_owners=t["owner"].to(torch.int32),
+            directed2undirected=t["d2u"], atom_positions=[cart], strains=[strain], volumes=volume)
+        energy = model._compute(batch)["e"]  # eV/atom when the model is intensive
+        n = torch.tensor(h["n_atoms"], device=device, dtype=energy.dtype)
+        total = energy * n if model.is_intensive else energy
+        grad_pos, grad_strain = torch.autograd.grad(total.sum(), [cart, strain])
+    if model.composition_model is not None:
+        comp = torch.zeros((n_batch, model.composition_model.max_num_elements), device=device)
+        comp.index_put_((t["owner"], t["z"].long() - 1), torch.ones_like(t["frac"][:, 0]),
+                        accumulate=True)
+        if model.composition_model.is_intensive:
+            comp = comp / n[:, None]
+        with torch.no_grad():
+            energy = energy.detach() + model.composition_model._get_energy(comp)
+    if not model.is_intensive:
+        energy = energy / n
+    stress = grad_strain / volume[:, None, None] * GPA_PER_EV_A3
+    return energy.detach(), -grad_pos, stress.detach(), h["n_atoms"]
+
+
+def predict_efs(model: Any, graphs: Sequence[Any], device: str = "cpu",
+                batch_size: int = 64) -> list[dict[str, np.ndarray]]:
+    """CHGNet's ``predict_graph(graphs, task="efs")`` computed batch-wise (see module docstring).
+
+    Args:
+        model: a loaded ``chgnet.model.CHGNet`` on ``device``.
+        graphs: CHGNet ``CrystalGraph`` objects (on the host).
+        device: where the model is.
+        batch_size: crystals per forward pass.
+
+    Returns:
+        one dict per graph, like CHGNet's: ``e`` energy (eV/atom, 0-d array), ``f`` forces
+        (n_atoms, 3) eV/Å, ``s`` stress (3, 3) GPa.
+    """
+    out: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(graphs), batch_size):
+        energy, forces, stress, n_atoms = _forward(model, graphs[start:start + batch_size], device)
+        e, f, s = (x.cpu().numpy() for x in (energy, forces, stress))
+        for k, part in enumerate(np.split(f, np.cumsum(n_atoms)[:-1])):
+            out.append({"e": e[k], "f": part, "s": s[k]})
+    return out

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crysgen.evaluation import stability
+from crysgen.evaluation.chgnet_batch import predict_efs
+from tests.conftest import load_cif
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = stability.load_chgnet("cpu")
+    m.graph_converter.set_isolated_atom_response("ignore")
+    return m
+
+
+def _crystals() -> list[Structure]:
+    """Perturbed, strained crystals of different sizes, plus one whose atoms have no neighbours."""
+    out = []
+    for k, name in enumerate(("SrTiO3", "NaCl", "SrTiO3")):
+        s = load_cif(name)
+        if k == 2:
+            s.make_supercell([2, 1, 1])
+        s.perturb(0.05, min_distance=0.01)
+        s.apply_strain([0.02, -0.01, 0.03])
+        out.append(s)
+    out.append(Structure(Lattice.cubic(12.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    return out
+
+
+def test_batched_prediction_equals_chgnets_own(model):
+    np.random.seed(0)
+    crystals = _crystals()
+    graphs = [model.graph_converter(s) for s in crystals]
+    reference = model.predict_graph(graphs, task="efs", batch_size=16)
+    for batch_size in (2, 16):  # across batch boundaries and all in one
+        got = predict_efs(model, graphs, "cpu", batch_size=batch_size)
+        assert len(got) == len(crystals)
+        for g, r, s in zip(got, reference, crystals, strict=True):
+            assert g["f"].shape == (len(s), 3) and g["s"].shape == (3, 3)
+            for key, tol in (("e", 1e-5), ("f", 1e-4), ("s", 1e-3)):
+                np.testing.assert_allclose(g[key], r[key], atol=tol)
+    assert np.abs(reference[0]["f"]).max() > 0.05  # perturbed cells: forces worth comparing
+    np.testing.assert_array_equal(got[-1]["f"], 0.0)  # isolated atoms: no force, no stress
+    np.testing.assert_array_equal(got[-1]["s"], 0.0)
+
+
+def test_stress_keeps_its_sign_for_a_left_handed_cell(model):
+    right = load_cif("NaCl")
+    right.apply_strain(0.03)
+    left = Structure(Lattice(right.lattice.matrix[[1, 0, 2]]), right.species,
+                     right.frac_coords[:, [1, 0, 2]])
+    assert np.linalg.det(left.lattice.matrix) < 0
+    r, lft = predict_efs(model, [model.graph_converter(s) for s in (right, left)], "cpu")
+    assert r["e"] == pytest.approx(lft["e"], abs=1e-5)
+    # a stretched cell pulls back (positive, tensile stress in CHGNet's and ASE's sign) either
+    # way; CHGNet's own predict_graph flips the sign for a left-handed lattice (signed volume)
+    assert np.trace(r["s"]) > 1.0
+    np.testing.assert_allclose(np.diag(lft["s"]), np.diag(r["s"])[[1, 0, 2]], atol=1e-3)
