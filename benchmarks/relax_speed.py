@@ -96,6 +96,8 @@ def main() -> None:
     stability._predict_batch = timed_predict
     type(stability.load_chgnet(args.device).graph_converter).forward = timed_graph
     runs = []
+    name = args.name or Path(args.samples).name
+    sizes_of_graphs = graph_sizes(structures[:64], args.device)
     stability.relax_batch(structures[:2], stability.RelaxOptions(steps=2, device=args.device))  # warm-up
     engines = {"crysgen": chgnet_batch.predict_efs, "chgnet": chgnet_predict}
     for b, engine in [(b, e) for b in sizes for e in args.engine.split(",")]:
@@ -130,12 +132,12 @@ def main() -> None:
             run["peak_reserved_GB"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
         print(json.dumps(run), flush=True)
         runs.append(run)
-    name = args.name or Path(args.samples).name
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data[f"{name}_{args.device}"] = {"samples": args.samples, "valid_structures": len(structures),
-                                     "graph_sizes_first_64": graph_sizes(structures[:64], args.device),
-                                     "runs": runs} | stamp(args.device)
-    write_text_atomic(RESULTS, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        # written after every run, so a run cut short by a time limit keeps the finished ones
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data[f"{name}_{args.device}"] = {"samples": args.samples, "valid_structures": len(structures),
+                                         "graph_sizes_first_64": sizes_of_graphs,
+                                         "runs": runs} | stamp(args.device)
+        write_text_atomic(RESULTS, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")
 
 
