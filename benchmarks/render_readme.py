@@ -212,7 +212,9 @@ def eval_models_table() -> list[str]:
              "– = family not run in that file; 1,000 samples each, rates over all of them; mp_20 "
              "generators trained on the partial train split (57 %), which is also the novelty and "
              "hull set; stability: CHGNet relaxation of the structurally valid samples, ≤ 300 FIRE "
-             "steps, E_hull against CHGNet static energies of train + test crystals)", "",
+             "steps, E_hull against CHGNet static energies of train + test crystals; cells under 3 Å³ "
+             "per atom are not relaxed: most of the voxel VAE's, whose decoded lattices are too "
+             "small)", "",
              "| model | dataset | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(prop) | W(#elem) | "
              "stable ≤0.1 | S.U.N. |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     published: dict[str, dict] = {}

@@ -454,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per relaxation before it is stopped with a reason (120)")
     p.add_argument("--relax-workers", type=_positive_int, default=None,
                    help="processes for the relaxation (default: --workers; on a GPU each holds a "
-                        "CUDA context and about 0.3 GB per structure of its forward batch)")
-    p.add_argument("--relax-batch", type=_positive_int, default=16,
-                   help="structures per CHGNet forward pass (16)")
+                        "CUDA context and ~25 MB per structure of its forward batch)")
+    p.add_argument("--relax-batch", type=_positive_int, default=64,
+                   help="structures per CHGNet forward pass (64)")
     p.add_argument("--cache-dir", default=None,
                    help="cache of reference energies and fingerprints "
                         "(default $CRYSGEN_CACHE or ~/.cache/crysgen)")

@@ -38,6 +38,19 @@ def test_a_broken_structure_gets_a_reason_not_a_crash():
     assert r.row()["relax_reason"] == r.reason
 
 
+def test_an_impossibly_dense_cell_is_refused_but_the_densest_real_ones_are_not():
+    # the voxel VAE's shrunken cells: 2 atoms in 4 Å³; diamond (5.7 Å³/atom) must still relax
+    dense = Structure(Lattice.cubic(4 ** (1 / 3)), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    r = relax_batch([dense], stability.RelaxOptions(steps=1))[0]
+    assert r.reason and r.reason.startswith("degenerate cell") and r.steps == 0
+    diamond = Structure(Lattice.cubic(3.567), ["C"] * 8,
+                        [[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0], [0.75, 0.75, 0.25],
+                         [0.5, 0, 0.5], [0.75, 0.25, 0.75], [0, 0.5, 0.5], [0.25, 0.75, 0.75]])
+    assert diamond.volume / len(diamond) < 6
+    r = relax_batch([diamond], stability.RelaxOptions(steps=1))[0]
+    assert r.reason is None and r.energy_per_atom is not None
+
+
 def test_time_limit_stops_with_a_reason():
     s = load_cif("triclinic_LiFePO")
     s.perturb(0.2, 0.1)

@@ -47,8 +47,13 @@ from crysgen.errors import CrysgenError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-MIN_VOLUME_PER_ATOM = 1.0
-"""Å³: cells with less room per atom are refused before CHGNet sees them."""
+MIN_VOLUME_PER_ATOM = 3.0
+"""Å³: cells with less room per atom are refused before CHGNet sees them (reason "degenerate
+cell"). The densest crystals of the mp_20 and perov_5 test sets have 7.2 and 7.5 Å³ per atom
+(diamond 5.7); denser generated cells (the voxel VAE's shrunken lattices: median 0.94 Å³/atom)
+are not crystals to relax, and their neighbour lists of hundreds of atoms per site made one
+relaxation take minutes on the H100 machine. Flat cells (CHGNet's neighbour search on them does
+not finish) are refused by the same test."""
 
 STABLE_THRESHOLDS = (0.1, 0.0)
 """eV/atom: MatterGen's stability threshold and Matbench Discovery's."""
@@ -69,8 +74,8 @@ class RelaxOptions:
         max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
         device: "cpu" or "cuda".
         batch_size: structures per CHGNet forward pass in :func:`relax_batch`; bounds memory
-            (on the H100, 14 relaxation processes with batches of 16 peaked at 31 GB on the GAN's
-            52-atom samples: ``benchmarks/results/gpu_logs/``).
+            (about 1.6 GB on the H100 for 64 of the diffusion model's 22-atom samples,
+            ``benchmarks/results/relax_speed.json``).
     """
 
     fmax: float = 0.1
@@ -78,7 +83,7 @@ class RelaxOptions:
     time_limit_s: float = 120.0
     max_volume_ratio: float = 5.0
     device: str = "cpu"
-    batch_size: int = 16
+    batch_size: int = 64
 
 
 @dataclass
@@ -158,15 +163,16 @@ def displacement_rmsd(initial: Structure, relaxed: Structure) -> float:
 
 
 def _degenerate(structure: Structure) -> Relaxation | None:
-    """The "not relaxed" result of a (nearly) flat cell; None for a usable cell.
+    """The "not relaxed" result of a flat or impossibly dense cell; None for a usable cell.
 
-    CHGNet's neighbour search on a flat cell does not finish.
+    See :data:`MIN_VOLUME_PER_ATOM`.
     """
     volume = float(abs(np.linalg.det(structure.lattice.matrix))) if len(structure) else 0.0
     if np.isfinite(volume) and volume / max(len(structure), 1) >= MIN_VOLUME_PER_ATOM:
         return None
     return Relaxation(None, None, None, 0, False, 0.0, None,
-                      f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms")
+                      f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms "
+                      f"(< {MIN_VOLUME_PER_ATOM:g} Å³ per atom)")
 
 
 def relax(structure: Structure, options: RelaxOptions | None = None, *,
@@ -228,7 +234,7 @@ STRESS_WEIGHT = 1 / 160.21766208
 
 
 def _predict_batch(model: Any, atoms_list: list[Any], device: str,
-                   batch_size: int = 16) -> list[dict[str, Any] | str]:
+                   batch_size: int = 64) -> list[dict[str, Any] | str]:
     """CHGNet energy/forces/stress of many structures, batch-wise (a reason per failure).
 
     Uses :func:`crysgen.evaluation.chgnet_batch.predict_efs` (whole-batch tensors, one gradient

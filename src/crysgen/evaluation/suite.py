@@ -100,7 +100,7 @@ class EvalOptions:
     relax_steps: int = 500
     relax_fmax: float = 0.1
     relax_time_limit_s: float = 120.0
-    relax_batch_size: int = 16
+    relax_batch_size: int = 64
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
