@@ -5,9 +5,9 @@ crystals of a batch in Python: per crystal it moves ten tensors to the device, b
 lattice, the Cartesian coordinates, the bond and angle bases, reads the volume back to the host,
 and after the forward pass copies energy, forces and stress back one crystal at a time. On a GPU
 these hundreds of tiny kernels and synchronisations per crystal — and as many in the backward
-pass that gives forces and stress — are the relaxation's cost, not the network:
-``benchmarks/results/relax_speed.json`` measured ~9 ms per crystal and step on the H100 for any
-batch size from 16 to 600.
+pass that gives forces and stress — are the relaxation's cost, not the network: 7–9 ms of
+model time per crystal and step on the H100 at batches of 16, 64 and 600
+(``benchmarks/results/relax_speed.json``, ``benchmarks/results/profiles/``), 1.0–1.2 ms here.
 
 :func:`predict_efs` does the same computation with whole-batch tensors: the graphs' index arrays
 are concatenated (with their offsets) on the host and moved once, the lattices are strained and

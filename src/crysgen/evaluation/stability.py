@@ -278,9 +278,10 @@ def _frechet_filter(atoms: Any) -> Any:
 
     :func:`relax_batch` reads them for its convergence test and FIRE reads them again in its step;
     each reading takes a matrix logarithm and nine Fréchet derivatives of the exponential
-    (scipy), which were a third of a relaxation step's time on the H100 machine's CPU
-    (``benchmarks/results/profiles/``). The cache is keyed on the calculator object, so it holds
-    only while each step's results come in a new calculator (as ``relax_batch`` attaches them).
+    (scipy); the two readings were 47 % of a relaxation step's time on the H100 machine's CPU
+    (``benchmarks/results/profiles/relax_diffusion_default_cuda_chgnet_batch.txt``). The cache
+    is keyed on the calculator object, so it holds only while each step's results come in a new
+    calculator (as ``relax_batch`` attaches them).
     """
     from ase.filters import FrechetCellFilter
 
