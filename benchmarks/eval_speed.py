@@ -3,8 +3,8 @@
 Reads every ``benchmarks/results/eval_<model>_<dataset>*.json`` written by ``eval_model.py``
 (sanity files excluded) and writes ``benchmarks/results/eval_speed.json``: for each file, the
 machine, device and workers it ran with, and per metric family the seconds and the throughput
-in samples/s (samples submitted to the suite; the stability family also per relaxed structure,
-i.e. per structurally valid sample). The issue's target — the full suite on 1,000 structures in
+in samples/s (samples submitted to the suite; the stability family also per structure relaxed
+to the end, i.e. with an RMSD). The issue's target — the full suite on 1,000 structures in
 ≤ 10 minutes on the GPU machine — is checked where a GPU file with the stability family exists.
 
 Usage: python benchmarks/eval_speed.py
@@ -32,7 +32,9 @@ def main() -> None:
         for fam, sec in d["seconds"].items():
             row = {"seconds": sec, "samples_per_s": round(n / sec, 2) if sec else None}
             if fam == "stability" and sec:
-                row["relaxed_structures_per_s"] = round(valid / sec, 3)
+                relaxed = d["metrics"].get("mean_relax_rmsd", {}).get("n", valid)
+                row["relaxed_structures"] = relaxed
+                row["relaxed_structures_per_s"] = round(relaxed / sec, 3)
             families[fam] = row
         total = d["seconds"].get("total")
         gpu = d["options"].get("device", "cpu").startswith("cuda")
@@ -45,7 +47,8 @@ def main() -> None:
                      "stability_included": "stability" in d["seconds"],
                      "target_10_min_on_gpu": (total <= 600 if gpu and "stability" in d["seconds"] else None)})
     out = {"runs": runs, "definition": "samples/s = samples submitted / family wall seconds; "
-           "relaxed_structures_per_s = structurally valid samples / stability seconds"} | stamp()
+           "relaxed_structures_per_s = structures relaxed to the end (with an RMSD; cells refused as "
+           "degenerate and failed relaxations not counted) / stability seconds"} | stamp()
     path = RESULTS / "eval_speed.json"
     write_text_atomic(path, json.dumps(out, indent=1, sort_keys=True) + "\n")
     for r in runs:
