@@ -43,6 +43,7 @@ import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_npz_atomic
 from crysgen.errors import CrysgenError
+from crysgen.evaluation.chgnet_batch import GPA_PER_EV_A3
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -130,9 +131,12 @@ def inference_grads() -> Any:
     CHGNet's forward takes forces and stress with ``torch.autograd.grad(..., create_graph=True)``
     so that training can differentiate them; a relaxation never does. Inside this block
     ``torch.autograd.grad`` runs with ``create_graph=False``: the same numbers (within float
-    noise), faster on a CPU (``benchmarks/results/relax_speed.json``) and with less GPU memory
-    (8 relaxation processes on the diffusion samples: 39 GB before, 15 GB after;
-    ``benchmarks/results/gpu_logs/``). The original function is restored on exit.
+    noise), faster and with less memory. Used where CHGNet's own forward runs a relaxation
+    (:func:`relax`, through its ASE calculator); :func:`relax_batch` goes through
+    :mod:`crysgen.evaluation.chgnet_batch`, which never builds that graph. When the suite still
+    relaxed through CHGNet's batching, this took 8 relaxation processes on the diffusion samples
+    from 39 GB to 15 GB of GPU memory (``benchmarks/results/gpu_logs/``). The original function
+    is restored on exit.
     """
     import torch
 
@@ -229,7 +233,7 @@ def relax(structure: Structure, options: RelaxOptions | None = None, *,
                       bool(converged) and reason is None, seconds, relaxed, reason)
 
 
-STRESS_WEIGHT = 1 / 160.21766208
+STRESS_WEIGHT = 1 / GPA_PER_EV_A3
 """GPa → eV/Å³ (CHGNet predicts stress in GPa; ASE wants eV/Å³), as CHGNet's ASE calculator."""
 
 
