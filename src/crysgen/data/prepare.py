@@ -6,8 +6,6 @@ Every entry either becomes one crystal of the output CrystalSet or is dropped wi
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -17,6 +15,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, wrap_unit, write_text_atomic
+from crysgen.data.guards import (
+    MIN_SITE_DISTANCE,
+    InputProblem,
+    check_symprec,
+    close_sites_problem,
+    dumps_strict,
+    parse_structure,
+    short,
+    spacegroup_analyzer,
+    structure_problem,
+)
+from crysgen.data.parallel import robust_map
 from crysgen.data.sources import RawRecord, read_source
 from crysgen.errors import CrysgenError
 
@@ -27,7 +37,12 @@ CellConvention = Literal["conventional", "primitive", "as-is"]
 CELL_CONVENTIONS: tuple[CellConvention, ...] = ("conventional", "primitive", "as-is")
 
 DROP_REASONS = {
-    "unparsable": "the structure text could not be parsed",
+    "unparsable": "the structure text could not be parsed (the parser's message follows)",
+    "degenerate_lattice": "non-finite, negative, zero, absurd or flat cell (checked before spglib)",
+    "bad_coordinates": "non-finite fractional coordinates",
+    "zero_occupancy": "a site with occupancy 0 or below (pymatgen would delete it silently)",
+    "close_sites": "two sites closer than --min-distance (coincident atoms)",
+    "worker_died": "the process working on the entry died (a crash in native code)",
     "disordered": "partial occupancy or mixed-species sites",
     "too_many_sites": "more sites than --max-sites after cell conversion",
     "element_out_of_range": "an element outside Z = 1..max_z (or a dummy species)",
@@ -47,6 +62,8 @@ class PrepareOptions:
         symprec: spglib distance tolerance in Å for space group and standardisation.
         angle_tolerance: spglib angle tolerance in degrees.
         limit: keep only the first ``limit`` source entries.
+        min_distance: drop crystals with two sites closer than this (Å, periodic images
+            included; CDVAE's structural validity uses the same 0.5 Å).
     """
 
     cell: CellConvention = "conventional"
@@ -55,8 +72,14 @@ class PrepareOptions:
     symprec: float = 0.01
     angle_tolerance: float = 5.0
     limit: int | None = None
+    min_distance: float = MIN_SITE_DISTANCE
 
     def __post_init__(self) -> None:
+        check_symprec(self.symprec)
+        if not 0 < self.angle_tolerance <= 180:
+            raise CrysgenError(f"angle tolerance must be in (0, 180] degrees, got {self.angle_tolerance}")
+        if not 0 <= self.min_distance < 10:
+            raise CrysgenError(f"--min-distance must be in [0, 10) Å, got {self.min_distance}")
         if self.cell not in CELL_CONVENTIONS:
             raise CrysgenError(
                 f"unknown cell convention {self.cell!r}; choose one of {', '.join(CELL_CONVENTIONS)}"
@@ -102,7 +125,7 @@ class PrepareReport:
 
     def to_json(self) -> str:
         """Serialise with sorted keys (byte-reproducible)."""
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+        return dumps_strict(asdict(self), indent=1, sort_keys=True) + "\n"
 
 
 def standardize(structure: Structure, options: PrepareOptions) -> tuple[Structure, int]:
@@ -115,11 +138,12 @@ def standardize(structure: Structure, options: PrepareOptions) -> tuple[Structur
     Returns:
         The structure in the requested cell, sites sorted in pymatgen's order (increasing
         electronegativity, stable within an element), and its space-group number.
-    """
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    sga = SpacegroupAnalyzer(structure, symprec=options.symprec,
-                             angle_tolerance=options.angle_tolerance)
+    Raises:
+        InputProblem: for a cell spglib cannot be given (checked before it is).
+    """
+    sga = spacegroup_analyzer(structure, symprec=options.symprec,
+                              angle_tolerance=options.angle_tolerance)
     space_group = int(sga.get_space_group_number())
     if options.cell == "conventional":
         structure = sga.get_conventional_standard_structure()
@@ -135,9 +159,15 @@ def prepare_record(record: RawRecord, options: PrepareOptions) -> PreparedCrysta
         if record.problem is not None:
             return Dropped(record.id, "unparsable", record.problem)
         try:
-            structure = _parse_text(record.text or "", record.fmt or "cif")
+            structure = parse_structure(record.text or "", record.fmt or "cif")
+        except InputProblem as exc:
+            return Dropped(record.id, exc.kind, exc.detail)
         except Exception as exc:  # pymatgen raises many types on broken text
-            return Dropped(record.id, "unparsable", _short(exc))
+            return Dropped(record.id, "unparsable", short(exc))
+    else:
+        problem = structure_problem(structure)
+        if problem is not None:
+            return Dropped(record.id, problem.kind, problem.detail)
     if len(structure) == 0:
         return Dropped(record.id, "unparsable", "no sites")
     if not structure.is_ordered:
@@ -147,10 +177,15 @@ def prepare_record(record: RawRecord, options: PrepareOptions) -> PreparedCrysta
         pairs = zip(structure, zs, strict=True)
         bad = sorted({str(s.specie) for s, z in pairs if z < 1 or z > options.max_z})
         return Dropped(record.id, "element_out_of_range", f"element(s) {', '.join(bad)}")
+    problem = close_sites_problem(structure, options.min_distance) if options.min_distance else None
+    if problem is not None:
+        return Dropped(record.id, problem.kind, problem.detail)
     try:
         structure, space_group = standardize(structure, options)
+    except InputProblem as exc:
+        return Dropped(record.id, exc.kind, exc.detail)
     except Exception as exc:  # spglib failure on pathological cells
-        return Dropped(record.id, "symmetry_failed", _short(exc))
+        return Dropped(record.id, "symmetry_failed", short(exc))
     if len(structure) > options.max_sites:
         return Dropped(
             record.id, "too_many_sites",
@@ -165,21 +200,6 @@ def prepare_record(record: RawRecord, options: PrepareOptions) -> PreparedCrysta
     )
 
 
-def _parse_text(text: str, fmt: str) -> Structure:
-    from pymatgen.core import Structure
-
-    if not text.strip():
-        raise ValueError("empty structure text")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Structure.from_str(text, fmt=fmt)
-
-
-def _short(exc: BaseException) -> str:
-    msg = f"{type(exc).__name__}: {exc}".strip()
-    return msg if len(msg) <= 200 else msg[:197] + "..."
-
-
 _WORKER_OPTIONS: PrepareOptions | None = None
 
 
@@ -192,6 +212,11 @@ def _init_worker(options: PrepareOptions) -> None:
 def _work(record: RawRecord) -> PreparedCrystal | Dropped:
     assert _WORKER_OPTIONS is not None
     return prepare_record(record, _WORKER_OPTIONS)
+
+
+def _died(record: RawRecord, reason: str) -> Dropped:
+    kind, _, detail = reason.partition(": ")
+    return Dropped(record.id, kind, detail)
 
 
 def prepare_dataset(
@@ -229,13 +254,10 @@ def prepare_dataset(
         for rec in records:
             results.append(_work(rec))
             bar.update()
-    else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    else:  # a worker that dies (native crash) costs its entries a reason, not the run
         chunk = max(1, min(64, len(records) // (workers * 8)))
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-            for res in pool.imap(_work, records, chunksize=chunk):
-                results.append(res)
-                bar.update()
+        results = robust_map(_work, records, workers=workers, died=_died, chunksize=chunk,
+                             initializer=_init_worker, initargs=(options,), on_done=bar.update)
     bar.close()
 
     kept_idx = [i for i, r in enumerate(results) if isinstance(r, PreparedCrystal)]

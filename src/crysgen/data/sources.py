@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from crysgen.data.guards import block_ids, decode_text, split_cif_blocks
 from crysgen.errors import CrysgenError
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ def read_source(source: str | Path, limit: int | None = None) -> Source:
 
     Args:
         source: a CSV (plain or ``.gz``) with a ``cif`` or ``poscar`` column, a folder of
-            ``.cif`` files, a single ``.cif`` file, or any file ASE reads (e.g. extxyz).
+            ``.cif`` files, a single ``.cif`` file, or any file ASE reads (e.g. extxyz). A CIF
+            file with several data blocks gives one record per block, ids ``file:block``.
         limit: keep only the first ``limit`` records.
 
     Returns:
@@ -79,9 +81,9 @@ def read_source(source: str | Path, limit: int | None = None) -> Source:
     if name.endswith((".csv", ".csv.gz")):
         return _read_csv(path, limit)
     if name.endswith(".cif"):
-        text = path.read_text(errors="replace")
-        rec = RawRecord(id=path.stem, text=text, fmt="cif")
-        return Source([rec], [], "cif", str(path), _sha256_file(path))
+        records = cif_records(path.stem, decode_text(path.read_bytes()))
+        records = records[:limit] if limit is not None else records
+        return Source(records, [], "cif", str(path), _sha256_file(path))
     return _read_ase(path, limit)
 
 
@@ -109,15 +111,17 @@ def _read_csv(path: Path, limit: int | None) -> Source:
     ]
     values = {c: df[c].to_numpy(dtype=float) for c in prop_cols}
     texts = df[struct_col].tolist()
-    records = [
-        RawRecord(
-            id=ids[i],
-            text=texts[i] if isinstance(texts[i], str) else "",
-            fmt=struct_col,  # type: ignore[arg-type]
-            properties={c: float(values[c][i]) for c in prop_cols},
-        )
-        for i in range(len(df))
-    ]
+    records = []
+    for i in range(len(df)):
+        text = texts[i] if isinstance(texts[i], str) else ""
+        props = {c: float(values[c][i]) for c in prop_cols}
+        if struct_col == "cif":  # a cell with several data blocks gives one record per block
+            for rec in cif_records(ids[i], text):
+                rec.properties = dict(props)
+                records.append(rec)
+        else:
+            records.append(RawRecord(id=ids[i], text=text, fmt=struct_col,  # type: ignore[arg-type]
+                                     properties=props))
     return Source(records, prop_cols, f"csv:{struct_col}", str(path), _sha256_file(path))
 
 
@@ -125,14 +129,23 @@ def _read_cif_folder(path: Path, limit: int | None) -> Source:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".cif" and p.is_file())
     if not files:
         raise CrysgenError(f"folder {path} holds no .cif files")
-    files = files[:limit] if limit is not None else files
     digest = hashlib.sha256()
-    records = []
+    records: list[RawRecord] = []
     for f in files:
+        if limit is not None and len(records) >= limit:
+            break
         raw = f.read_bytes()
         digest.update(f.name.encode() + b"\0" + raw)
-        records.append(RawRecord(id=f.stem, text=raw.decode(errors="replace"), fmt="cif"))
+        records += cif_records(f.stem, decode_text(raw))
+    records = records[:limit] if limit is not None else records
     return Source(records, [], "cif-folder", str(path), digest.hexdigest())
+
+
+def cif_records(stem: str, text: str) -> list[RawRecord]:
+    """One record per data block of a CIF file: id ``stem``, or ``stem:block`` for several."""
+    blocks = split_cif_blocks(text)
+    ids = block_ids(stem, [name for name, _ in blocks])
+    return [RawRecord(id=i, text=t, fmt="cif") for i, (_, t) in zip(ids, blocks, strict=True)]
 
 
 def _read_ase(path: Path, limit: int | None) -> Source:

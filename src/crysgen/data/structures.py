@@ -8,11 +8,12 @@ that cannot be parsed keeps its id and gets a reason instead of stopping the run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crysgen.data.guards import InputProblem, element_problem, parse_structure, short, structure_problem
 from crysgen.errors import CrysgenError
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
         CrysgenError: if an input does not exist or is of no known kind.
     """
     from crysgen.crystal_set import CrystalSet
-    from crysgen.data.prepare import _parse_text, _short
     from crysgen.data.sources import read_source
 
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -46,7 +46,7 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
             raise CrysgenError(f"input not found: {path}")
         if path.suffix == ".npz":
             cs = CrystalSet.load(path)
-            out += [InputCrystal(str(cs.ids[i]), cs.to_structure(i)) for i in range(len(cs))]
+            out += [_checked(str(cs.ids[i]), lambda i=i, cs=cs: cs.to_structure(i)) for i in range(len(cs))]
             continue
         failed: list[InputCrystal] = []
         if path.is_dir() and (path / "cifs").is_dir() and (path / "sample_config.json").is_file():
@@ -54,19 +54,36 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
             path = path / "cifs"
         start = len(out)
         for rec in read_source(path).records:
-            if rec.structure is not None:
-                out.append(InputCrystal(rec.id, rec.structure))
-                continue
-            try:
-                structure = _parse_text(rec.text or "", rec.fmt or "cif")
-            except Exception as exc:  # a broken file becomes a reason in its row
-                out.append(InputCrystal(rec.id, None, f"unparsable: {_short(exc)}"))
-                continue
-            problem = None if structure.is_ordered else "disordered (partial occupancies)"
-            out.append(InputCrystal(rec.id, None if problem else structure, problem))
+            if rec.structure is None and rec.problem is not None:
+                out.append(InputCrystal(rec.id, None, f"unparsable: {rec.problem}"))
+            elif rec.structure is not None:
+                out.append(_checked(rec.id, lambda rec=rec: rec.structure))
+            else:
+                out.append(_checked(rec.id, lambda rec=rec: parse_structure(rec.text or "",
+                                                                            rec.fmt or "cif")))
         if failed:  # samples in id order, the undecoded ones with their reason
             out[start:] = sorted(out[start:] + failed, key=lambda c: c.id)
     return out
+
+
+def _checked(ident: str, build: Callable[[], Structure]) -> InputCrystal:
+    """An input crystal from ``build()``, or its id with the reason it cannot be used.
+
+    Reasons: the kinds of :mod:`crysgen.data.guards` (``degenerate_lattice``, ``unknown_element``,
+    ``zero_occupancy``, ``unparsable`` with the parser's message, ...) and ``disordered``.
+    """
+    try:
+        structure = build()
+    except InputProblem as exc:
+        return InputCrystal(ident, None, str(exc))
+    except Exception as exc:  # a broken file becomes a reason in its row
+        return InputCrystal(ident, None, f"unparsable: {short(exc)}")
+    problem = structure_problem(structure) or element_problem(structure)
+    if problem is not None:
+        return InputCrystal(ident, None, str(problem))
+    if not structure.is_ordered:
+        return InputCrystal(ident, None, "disordered (partial occupancies)")
+    return InputCrystal(ident, structure)
 
 
 def _undecoded_samples(folder: Path) -> list[InputCrystal]:
