@@ -21,12 +21,14 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from crysgen.data.guards import check_output_file
     from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
 
     options = PrepareOptions(cell=args.cell, max_sites=args.max_sites, limit=args.limit,
-                             symprec=args.symprec, max_z=args.max_z)
-    if not str(args.out).endswith(".npz"):
-        raise CrysgenError(f"--out must end in .npz, got {args.out}")
+                             symprec=args.symprec, max_z=args.max_z, min_distance=args.min_distance)
+    check_output_file(args.out, suffix=".npz")
+    if not Path(args.source).exists():
+        raise CrysgenError(f"source not found: {args.source}")
     t0 = time.perf_counter()
     crystals, report = prepare_dataset(args.source, options, workers=args.workers,
                                        progress=not args.quiet)
@@ -50,8 +52,12 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_label(args: argparse.Namespace) -> int:
+    from crysgen.data.guards import check_device, check_input_file, check_output_file
     from crysgen.properties.label import label_file
 
+    check_device(args.device)  # before the model loads
+    check_input_file(args.data, "DATA")
+    check_output_file(args.out, suffix=".npz")
     report = label_file(args.data, args.model, args.property, args.out, overwrite=args.overwrite,
                         device=args.device)
     print(f"{args.property}: {report.n_predicted} predicted, {report.n_kept} known kept, "
@@ -63,13 +69,15 @@ def _cmd_data_label(args: argparse.Namespace) -> int:
 def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     from crysgen.codec.roundtrip import roundtrip
     from crysgen.crystal_set import CrystalSet
+    from crysgen.data.guards import check_input_file
     from crysgen.representations.crystens import CrysTensScaling, DecodeOptions
 
+    check_input_file(args.file, "FILE")
+    options = DecodeOptions(mode=args.mode, symprec=args.symprec, elements=args.elements)
     crystals = CrystalSet.load(args.file)
     if args.limit is not None:
         crystals = crystals.subset(slice(0, args.limit))
     scaling = CrysTensScaling.load(args.scaling) if args.scaling else None
-    options = DecodeOptions(mode=args.mode, symprec=args.symprec, elements=args.elements)
     res = roundtrip(crystals, scaling=scaling, options=options, noise=args.noise, seed=args.seed,
                     workers=args.workers, progress=not (args.quiet or args.json))
     if args.json:
@@ -90,8 +98,11 @@ def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
 
 def _cmd_codec_fit_scaling(args: argparse.Namespace) -> int:
     from crysgen.crystal_set import CrystalSet
+    from crysgen.data.guards import check_input_file, check_output_file
     from crysgen.representations.crystens import CrysTensScaling
 
+    check_input_file(args.file, "FILE")
+    check_output_file(args.out, suffix=".json")
     scaling = CrysTensScaling.fit(CrystalSet.load(args.file))
     print(f"wrote {scaling.save(args.out)}")
     return 0
@@ -168,10 +179,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from crysgen.data.guards import check_device, check_output_file
     from crysgen.data.structures import load_inputs
     from crysgen.properties.predict import predict_properties
     from crysgen.properties.registry import DEFAULT_MODELS, available_models, load_property_model
 
+    check_device(args.device)  # options, inputs and output before any model loads
+    if args.out:
+        check_output_file(args.out)
+    for item in args.input:
+        if not Path(item).exists():
+            raise CrysgenError(f"input not found: {item}")
     names = (list(DEFAULT_MODELS) if args.models is None
              else available_models(args.models_dir) if args.models == "all"
              else [n.strip() for n in args.models.split(",") if n.strip()])
@@ -195,6 +213,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from crysgen.data.guards import check_output_dir
     from crysgen.evaluation.suite import FAMILIES, EvalOptions, evaluate, write_report
 
     cut = None
@@ -214,6 +233,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           device=args.device, relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir,
                           relax_workers=args.relax_workers, relax_batch_size=args.relax_batch)
+    check_output_dir(args.out)  # before any work (issue 22)
     ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet)
     write_report(ev, args.out, title=f"crysgen evaluate: {args.samples}", options=options)
     print(f"{'metric':<20} {'value':>10} {'n':>7}")
@@ -290,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sites", type=_positive_int, default=52, help="drop larger crystals (52)")
     p.add_argument("--workers", type=_positive_int, default=1, help="parsing processes (1)")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N entries only")
-    p.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance in Å (0.01)")
+    p.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance in Å, > 0 (0.01)")
+    p.add_argument("--min-distance", type=float, default=0.5,
+                   help="drop crystals with two sites closer than this, in Å (0.5; 0: no check)")
     p.add_argument("--max-z", type=_positive_int, default=99,
                    help="drop crystals with heavier elements (99: the paper's CrysTens scaling)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
