@@ -121,6 +121,18 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_atoms(args: argparse.Namespace) -> int:
+    from crysgen.training.atoms import train_atom_diffusion
+    from crysgen.training.config import AtomTrainConfig, load_config
+
+    config = None if args.resume else load_config(args.config, AtomTrainConfig)
+    model_dir = train_atom_diffusion(args.data, args.out, config=config, val=args.val,
+                                     max_steps=args.max_steps, devices=args.devices, resume=args.resume,
+                                     progress=not args.quiet, max_minutes=args.max_minutes, init=args.init)
+    print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
 def _cmd_train_adversarial(args: argparse.Namespace) -> int:
     from crysgen.training.adversarial import train_adversarial
     from crysgen.training.config import AdversarialTrainConfig, load_config
@@ -160,14 +172,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from crysgen.sampling import SampleOptions, sample_to_dir
 
     n = args.points if args.interpolate else args.n
+    if n is None and args.compositions:
+        from crysgen.crystal_set import CrystalSet
+
+        if not Path(args.compositions).is_file():
+            raise CrysgenError(f"--compositions: no such file {args.compositions}")
+        n = len(CrystalSet.load(args.compositions)) * args.per_target
     if n is None:
-        raise CrysgenError("-n is required (or --interpolate A B --points K)")
+        raise CrysgenError("-n is required (or --interpolate A B --points K, or --compositions FILE)")
     options = SampleOptions(n=n, steps=args.steps, sampler=args.sampler, seed=args.seed,
                             decode_mode=args.decode_mode, symprec=args.symprec,
                             chunk_size=args.chunk_size,
                             save_tensors=args.save_tensors, condition=args.condition,
                             around=args.around, sigma2=args.sigma,
-                            interpolate=tuple(args.interpolate) if args.interpolate else None)
+                            interpolate=tuple(args.interpolate) if args.interpolate else None,
+                            formula=args.formula, num_atoms=args.num_atoms,
+                            compositions=args.compositions, per_target=args.per_target)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)
@@ -371,8 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxel VAE: decode points on the latent line between two crystals "
                         "(DATA.npz:ID or CIF)")
     p.add_argument("--points", type=_positive_int, default=10, help="points of --interpolate (10)")
+    p.add_argument("--formula", default=None,
+                   help="atom diffusion: sample crystals of exactly this composition, e.g. LiFePO4")
+    p.add_argument("--num-atoms", type=_positive_int, default=None,
+                   help="atom diffusion with --formula: sites per cell (a multiple of the formula's; "
+                        "default: drawn from the training distribution)")
+    p.add_argument("--compositions", default=None, metavar="TARGETS.npz",
+                   help="atom diffusion: one sample per crystal of this CrystalSet with its elements "
+                        "(crystal structure prediction; samples.csv names each sample's target)")
+    p.add_argument("--per-target", type=_positive_int, default=1,
+                   help="samples per target of --compositions (1)")
     p.add_argument("--steps", type=_positive_int, default=50,
-                   help="diffusion sampler steps (50; GANs ignore it)")
+                   help="diffusion sampler steps (50; GANs ignore it; atom diffusion: Heun steps)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="tensors per forward pass (default: 256 on cuda, 16 on cpu, where small "
@@ -401,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm start a new run from a model directory's weights (fresh optimiser)")
     _add_run_options(p)
     p.set_defaults(func=_cmd_train_diffusion)
+
+    p = tsub.add_parser("atom-diffusion",
+                        help="crysgen's diffusion transformer over atoms (EDM; Lightning, bf16 on GPU)")
+    p.add_argument("--data", required=True, help="training CrystalSet .npz (cells are Niggli-reduced)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--val", default=None, help="validation CrystalSet .npz (EMA loss is logged)")
+    p.add_argument("--config", default=None,
+                   help="YAML config with net/edm/optim/data sections (default: built-in defaults)")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                   help="warm start a new run from a model directory's weights (fresh optimiser)")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_train_atoms)
 
     for kind, what in (("gan", "the paper's vanilla GAN (BCE, Adam 1e-5, batch 64)"),
                        ("wgan", "the paper's WGAN-GP (λ 10, 5 critic steps, Adam 1e-4 β (0, 0.9))")):

@@ -32,7 +32,7 @@ from crysgen.errors import CrysgenError
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult, decode
 from crysgen.representations.crystens.decode import failure_kind
 
-FIELDS = ("id", "formula", "num_sites", "decoded_space_group", "spglib_space_group", "failure",
+FIELDS = ("id", "target", "formula", "num_sites", "decoded_space_group", "spglib_space_group", "failure",
           *DIAGNOSTICS, "cif")
 
 
@@ -45,6 +45,9 @@ class SampleOptions:
     ``sigma2`` and ``interpolate`` are for voxel VAE models (:mod:`crysgen.pipelines.voxel`):
     the condition decile class, a base crystal (``DATA.npz:ID`` or a CIF) to sample around with
     latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points).
+    ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
+    CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
+    elements of every sample: atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
     """
 
     n: int
@@ -59,6 +62,10 @@ class SampleOptions:
     around: str | None = None
     sigma2: float = 0.5
     interpolate: tuple[str, str] | None = None
+    formula: str | None = None
+    num_atoms: int | None = None
+    compositions: str | None = None
+    per_target: int = 1
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -98,7 +105,8 @@ def _spglib_number(structure: Any) -> int:
         return 0
 
 
-def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path) -> list[dict[str, Any]]:
+def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
+                targets: list[str] | None = None) -> list[dict[str, Any]]:
     from pymatgen.io.cif import CifWriter
 
     rows = []
@@ -107,6 +115,7 @@ def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path) -> list[dict[s
     for i, ident in enumerate(ids):
         row: dict[str, Any] = {k: "" for k in FIELDS}
         row["id"] = ident
+        row["target"] = targets[i] if targets else ""
         row.update({k: float(res.diagnostics[k][i]) for k in DIAGNOSTICS})
         if i in failure:
             row["failure"] = failure[i]
@@ -163,7 +172,8 @@ def sample_to_dir(
 
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
-    voxel_kwargs = _voxel_kwargs(model, options, device)  # so do bad voxel options
+    gen_kwargs = _generate_kwargs(model, options, device)  # so do bad model-specific options
+    compositions = gen_kwargs.get("compositions") if gen_kwargs else None
     batch_size = batch_size or (256 if device.startswith("cuda") else 16)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -192,17 +202,18 @@ def sample_to_dir(
             bar.update(size)
             continue
         ids = [f"sample_{start + i:06d}" for i in range(size)]
-        if voxel_kwargs is not None:  # models that decode themselves
+        if gen_kwargs is not None:  # models that decode themselves
             res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size,
                                  ids=ids, offset=start, total=options.n, workers=workers,
-                                 **voxel_kwargs)
+                                 **gen_kwargs)
         else:
             tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
                                    seed=[options.seed, k], device=device, batch_size=batch_size)
             res = decode(tensors, model.scaling, decode_options, ids=ids)
             if options.save_tensors:
                 write_npz_atomic(out / "chunks" / f"chunk_{k:05d}.npz", {"tensors": tensors})
-        _write_csv(csv_path, _chunk_rows(res, ids, out / "cifs"))  # last: marks the chunk done
+        targets = compositions.targets[start:start + size] if compositions is not None else None
+        _write_csv(csv_path, _chunk_rows(res, ids, out / "cifs", targets))  # last: marks the chunk done
         produced += size
         bar.update(size)
         bar.set_postfix(crystals_per_s=f"{produced / (time.perf_counter() - t0):.1f}")
@@ -211,16 +222,25 @@ def sample_to_dir(
     return _summarize(out, n_chunks, options, done_before, seconds, produced)
 
 
-def _voxel_kwargs(model: Any, options: SampleOptions, device: str) -> dict[str, Any] | None:
-    """The voxel sampling arguments for a model with ``generate``.
+def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[str, Any] | None:
+    """The ``generate`` arguments of a model that decodes itself (voxel VAE, atom diffusion).
 
-    None for CrysTens models, which refuse voxel options.
+    None for CrysTens models. Options of another kind of model are refused here, before any
+    sampling.
     """
+    from crysgen.pipelines.atoms import AtomDiffusionModel
+    from crysgen.pipelines.voxel import VoxelModel
+
     voxel_opts = (options.condition is not None or options.around is not None
                   or options.interpolate is not None)
-    if not hasattr(model, "generate"):
-        if voxel_opts:
-            raise CrysgenError("--condition, --around and --interpolate apply to voxel VAE models only")
+    atom_opts = options.formula is not None or options.compositions is not None or options.num_atoms
+    if voxel_opts and not isinstance(model, VoxelModel):
+        raise CrysgenError("--condition, --around and --interpolate apply to voxel VAE models only")
+    if atom_opts and not isinstance(model, AtomDiffusionModel):
+        raise CrysgenError("--formula, --num-atoms and --compositions apply to atom diffusion models only")
+    if isinstance(model, AtomDiffusionModel):
+        return {"steps": options.steps, "compositions": _compositions(model, options)}
+    if not isinstance(model, VoxelModel):
         return None
     if options.around is not None and options.interpolate is not None:
         raise CrysgenError("--around and --interpolate exclude each other")
@@ -232,6 +252,28 @@ def _voxel_kwargs(model: Any, options: SampleOptions, device: str) -> dict[str, 
                                   for r in options.interpolate)
         kwargs["line"], kwargs["condition"] = (mu_a, mu_b), c_a
     return kwargs
+
+
+def _compositions(model: Any, options: SampleOptions) -> Any:
+    """The elements of every sample of an atom diffusion model, or None (de novo)."""
+    from crysgen.crystal_set import CrystalSet
+
+    if options.formula is not None and options.compositions is not None:
+        raise CrysgenError("--formula and --compositions exclude each other")
+    if options.num_atoms is not None and options.formula is None:
+        raise CrysgenError("--num-atoms goes with --formula")
+    if options.formula is not None:
+        return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
+                                               seed=[options.seed, 2])
+    if options.compositions is not None:
+        if not Path(options.compositions).is_file():
+            raise CrysgenError(f"--compositions: no such file {options.compositions}")
+        comps = model.compositions_from_targets(CrystalSet.load(options.compositions), options.per_target)
+        if len(comps.targets) != options.n:
+            raise CrysgenError(f"--compositions gives {len(comps.targets)} samples "
+                               f"({options.per_target} per target), not -n {options.n}")
+        return comps
+    return None
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,

@@ -59,13 +59,14 @@ def load_generator(path: str | Path | None = None) -> Generator:
         CrysgenError: for a missing or malformed directory or an unknown kind.
     """
     from crysgen.pipelines.adversarial import AdversarialModel
+    from crysgen.pipelines.atoms import AtomDiffusionModel
     from crysgen.pipelines.cascade import CascadeModel
     from crysgen.pipelines.diffusion import DiffusionModel
     from crysgen.pipelines.voxel import VoxelModel
 
     loaders = {"diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained,
                "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained,
-               "voxel_vae": VoxelModel.from_pretrained}
+               "voxel_vae": VoxelModel.from_pretrained, "atom_diffusion": AtomDiffusionModel.from_pretrained}
     path = resolve_model_dir(path)
     kind = read_model_meta(path)["kind"]
     if kind not in loaders:

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import AdversarialNetConfig
+from crysgen.models.atom_transformer import AtomNetConfig
 from crysgen.models.unet2d import UNetConfig
+from crysgen.objectives.atom_edm import AtomEDMConfig
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig
 from crysgen.representations.crystens.layout import SIZE
@@ -279,7 +281,60 @@ def _check_keys(data: dict[str, Any], sections: dict[str, type]) -> None:
             raise CrysgenError(f"unknown key(s) in {name}: {', '.join(sorted(bad))}")
 
 
-Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig)
+@dataclass(frozen=True)
+class AtomDataConfig:
+    """How an atom diffusion run reads its crystals.
+
+    Attributes:
+        max_atoms: S, sites per crystal at most (0: the training set's largest).
+        niggli: Niggli-reduce every cell before encoding (as DiffCSP and CDVAE do).
+        translate: shift each training crystal by a random vector every step (the data are
+            invariant to it; the network's coordinate features are not).
+    """
+
+    max_atoms: int = 0
+    niggli: bool = True
+    translate: bool = True
+
+
+@dataclass(frozen=True)
+class AtomTrainConfig:
+    """Everything `crysgen train atom-diffusion` needs besides the data.
+
+    ``compile`` runs the network's training forward through ``torch.compile``.
+    """
+
+    net: AtomNetConfig = field(default_factory=AtomNetConfig)
+    edm: AtomEDMConfig = field(default_factory=AtomEDMConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(batch_size=256, lr=3e-4, ema_decay=0.9995,
+                                                                 warmup_steps=1000, max_steps=100000,
+                                                                 checkpoint_every=2000))
+    data: AtomDataConfig = field(default_factory=AtomDataConfig)
+    compile: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved, JSON/YAML-serialisable form."""
+        return {"net": self.net.to_dict(), "edm": self.edm.to_dict(), "optim": asdict(self.optim),
+                "data": asdict(self.data), "compile": self.compile}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AtomTrainConfig:
+        """Build from a nested dict; unknown keys are an error, unset optimiser keys keep the
+        atom-diffusion defaults."""
+        data = dict(data or {})
+        compile_ = bool(data.pop("compile", False))
+        _check_keys(data, {"net": AtomNetConfig, "edm": AtomEDMConfig, "optim": OptimConfig,
+                           "data": AtomDataConfig})
+        try:
+            optim = asdict(cls().optim) | (data.get("optim") or {})
+            return cls(net=AtomNetConfig(**(data.get("net") or {})),
+                       edm=AtomEDMConfig(**(data.get("edm") or {})), optim=OptimConfig(**optim),
+                       data=AtomDataConfig(**(data.get("data") or {})), compile=compile_)
+        except TypeError as exc:
+            raise CrysgenError(f"bad config: {exc}") from exc
+
+
+Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig, AtomTrainConfig)
 
 
 def load_config(path: str | Path | None, klass: type[Config] = DiffusionTrainConfig) -> Config:

@@ -1,0 +1,198 @@
+"""A diffusion transformer over atom tokens plus one lattice token.
+
+Tokens: one per site (element code + Fourier features of its fractional coordinates) and one for
+the lattice. There is no positional encoding over atoms, so the network is permutation
+equivariant: permuting the input sites permutes the outputs. Geometry enters attention as a
+learned bias per head and layer from the pairs' periodic coordinate differences (Fourier
+features of wrap(x_i - x_j)) and their Cartesian distances in the current (noisy) cell, which is
+invariant to a common shift of all fractional coordinates. Time (the noise level) and a "types are
+given" flag condition every block through adaLN-Zero (DiT).
+
+Inputs and outputs are plain tensors; the EDM preconditioning lives in
+:mod:`crysgen.objectives.atom_edm`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AtomNetConfig:
+    """Constructor arguments of :class:`AtomTransformer`.
+
+    Attributes:
+        type_dim: length of an element code (D).
+        d_model: token width.
+        n_layers: transformer blocks.
+        n_heads: attention heads.
+        mlp_ratio: hidden width of each block's MLP, in multiples of ``d_model``.
+        n_freqs: Fourier frequencies per axis of the site coordinates (k = 1..n_freqs).
+        edge_freqs: Fourier frequencies per axis of the pair differences.
+        edge_rbf: Gaussian radial basis functions of pair distances (0-10 Å).
+        edge_hidden: width of the pair-bias MLP.
+    """
+
+    type_dim: int = 39
+    d_model: int = 256
+    n_layers: int = 12
+    n_heads: int = 8
+    mlp_ratio: float = 4.0
+    n_freqs: int = 8
+    edge_freqs: int = 6
+    edge_rbf: int = 16
+    edge_hidden: int = 128
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+def fourier(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(..., 3) periodic coordinates -> (..., 6n): sin and cos of 2πk·x for k = 1..n."""
+    k = torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
+    ang = 2 * math.pi * x[..., None] * k  # (..., 3, n)
+    return torch.cat([ang.sin(), ang.cos()], -1).flatten(-2)
+
+
+def timestep_embedding(c: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) scalars -> (B, dim) sinusoidal features (frequencies 1 … 1000)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=c.device, dtype=torch.float32) / half)
+    ang = c.float()[:, None] * freqs * 100.0
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+def lattice_matrix(params: torch.Tensor) -> torch.Tensor:
+    """(B, 6) a, b, c (Å), α, β, γ (radians) -> (B, 3, 3) row vectors (pymatgen's convention).
+
+    Angles are clamped to 20-160° and the third vector's height to ≥ 1e-3 so that a noisy
+    lattice still gives finite distances.
+    """
+    a, b, c = params[:, 0], params[:, 1], params[:, 2]
+    al, be, ga = (params[:, 3:].clamp(math.radians(20), math.radians(160))).unbind(-1)
+    ca, cb, cg, sg = al.cos(), be.cos(), ga.cos(), ga.sin()
+    zero = torch.zeros_like(a)
+    cx = c * cb
+    cy = c * (ca - cb * cg) / sg
+    cz = (c**2 - cx**2 - cy**2).clamp_min(1e-6).sqrt()
+    return torch.stack([torch.stack([a, zero, zero], -1),
+                        torch.stack([b * cg, b * sg, zero], -1),
+                        torch.stack([cx, cy, cz], -1)], 1)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero conditioning and an additive attention bias."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d), cond (B, d), bias (B, heads, T, T) additive (−inf for masked keys)."""
+        b, t, d = x.shape
+        s1, sc1, g1, s2, sc2, g2 = self.ada(cond).chunk(6, -1)
+        h = _modulate(self.norm1(x), s1, sc1)
+        q, k, v = self.qkv(h).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        x = x + g1[:, None] * self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + g2[:, None] * self.mlp(_modulate(self.norm2(x), s2, sc2))
+
+
+class AtomTransformer(nn.Module):
+    """Denoiser of (element codes, fractional coordinates, lattice features).
+
+    ``forward`` takes per-part network inputs (already scaled by the objective) and returns raw
+    outputs of the same shapes: ``types`` (B, S, D), ``frac`` (B, S, 3), ``lattice`` (B, 6).
+    """
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        self.config = AtomNetConfig(**config).to_dict()
+        c = AtomNetConfig(**config)
+        d = c.d_model
+        self.cfg = c
+        self.type_in = nn.Linear(c.type_dim, d)
+        self.coord_in = nn.Linear(6 * c.n_freqs, d)
+        self.lattice_in = nn.Linear(6, d)
+        self.lattice_token = nn.Parameter(torch.zeros(d))
+        self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.given = nn.Embedding(2, d)
+        edge_in = 6 * c.edge_freqs + c.edge_rbf
+        self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
+                                  nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
+        self.blocks = nn.ModuleList([Block(d, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.type_out = nn.Linear(d, c.type_dim)
+        self.coord_out = nn.Linear(d, 3)
+        self.lattice_out = nn.Linear(d, 6)
+        for lin in (self.ada_out[1], self.type_out, self.coord_out, self.lattice_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.register_buffer("rbf_centers", torch.linspace(0.0, 10.0, c.edge_rbf), persistent=False)
+
+    def pair_bias(self, frac: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L·H, S+1, S+1) attention biases (token 0 is the lattice; −inf at padded keys)."""
+        c = self.cfg
+        diff = frac[:, :, None] - frac[:, None, :]
+        diff = diff - torch.round(diff)  # wrapped to [-0.5, 0.5]
+        dist = torch.linalg.norm(torch.einsum("bijk,bkl->bijl", diff, cell), dim=-1)
+        width = 10.0 / max(c.edge_rbf - 1, 1)
+        rbf = torch.exp(-(((dist[..., None] - self.rbf_centers) / width) ** 2))
+        e = self.edge(torch.cat([fourier(diff, c.edge_freqs), rbf], -1))  # (B, S, S, L·H)
+        b, s = mask.shape
+        bias = e.new_zeros(b, s + 1, s + 1, e.shape[-1])
+        bias[:, 1:, 1:] = e
+        keys = torch.cat([mask.new_ones(b, 1), mask], 1)
+        bias = bias.masked_fill(~keys[:, None, :, None], float("-inf"))
+        return bias.permute(0, 3, 1, 2)
+
+    def forward(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor,
+                c_noise: torch.Tensor, given: torch.Tensor, cell: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Denoise one batch.
+
+        Args:
+            types: (B, S, D) scaled noisy element codes.
+            frac: (B, S, 3) noisy fractional coordinates in [0, 1).
+            lattice: (B, 6) scaled noisy lattice features.
+            mask: bool (B, S), real sites.
+            c_noise: (B,) noise-level embedding input (EDM: ln σ / 4).
+            given: bool (B,), the element codes are clean (composition given).
+            cell: (B, 3, 3) the current cell in Å (for pair distances).
+
+        Returns:
+            Raw outputs for types (B, S, D), coordinates (B, S, 3) and lattice (B, 6).
+        """
+        c = self.cfg
+        b, s, _ = types.shape
+        atoms = self.type_in(types) + self.coord_in(fourier(frac, c.n_freqs))
+        lat = (self.lattice_in(lattice) + self.lattice_token)[:, None]
+        x = torch.cat([lat, atoms], 1)
+        cond = self.time(timestep_embedding(c_noise, c.d_model)) + self.given(given.long())
+        bias = self.pair_bias(frac, cell, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond, bias[:, i])
+        shift, scale = self.ada_out(cond).chunk(2, -1)
+        x = _modulate(self.norm_out(x), shift, scale)
+        return self.type_out(x[:, 1:]), self.coord_out(x[:, 1:]), self.lattice_out(x[:, 0])

@@ -1,0 +1,177 @@
+"""EDM preconditioning and loss for atom sets (Karras et al. 2022), with periodic coordinates.
+
+Three parts share one noise level σ per crystal: element codes and lattice features are
+Euclidean and take EDM's preconditioning with their own σ_data; fractional coordinates live on
+the torus, so their noise is wrapped (x_t = wrap(x + σ n)) and the network predicts the periodic
+displacement towards the clean point, D = x_t + c_out(σ) F, with the loss taken on the wrapped
+difference. With ``csp_fraction`` of the crystals the element codes are given clean (σ = 0 for
+that part, a flag tells the network), so one model does both de novo generation and crystal
+structure prediction (composition → structure).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from crysgen.errors import CrysgenError
+from crysgen.models.atom_transformer import lattice_matrix
+
+
+@dataclass(frozen=True)
+class AtomEDMConfig:
+    """Noise distribution, σ_data per part, loss weights and the sampler's defaults.
+
+    Attributes:
+        p_mean: mean of ln σ during training.
+        p_std: std of ln σ during training.
+        sigma_data_coords: σ_data of the periodic displacements (0.29 = std of U[-½, ½]).
+        sigma_data_lattice: σ_data of the standardised lattice features.
+        weights: loss weights of (types, coordinates, lattice).
+        csp_fraction: share of training crystals whose element codes are given clean.
+        sigma_min: smallest σ of the sampling schedule.
+        sigma_max: largest σ of the sampling schedule.
+        rho: Karras schedule exponent.
+        s_churn: EDM stochastic churn (0 = deterministic Heun).
+    """
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data_coords: float = 0.29
+    sigma_data_lattice: float = 1.0
+    weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
+    csp_fraction: float = 0.3
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    s_churn: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if len(self.weights) != 3 or min(self.weights) < 0:
+            raise CrysgenError("edm.weights takes three non-negative numbers: types, coords, lattice")
+        if not 0.0 <= self.csp_fraction <= 1.0:
+            raise CrysgenError(f"edm.csp_fraction must be in [0, 1], got {self.csp_fraction}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self) | {"weights": list(self.weights)}
+
+
+class Parts(NamedTuple):
+    """One batch of atom sets: element codes (B, S, D), coordinates (B, S, 3), lattice (B, 6)."""
+
+    types: torch.Tensor
+    frac: torch.Tensor
+    lattice: torch.Tensor
+
+
+@dataclass
+class Constants:
+    """Data statistics the denoiser needs (from the model's AtomSetSpec), as tensors."""
+
+    type_sigma: float
+    lattice_mean: torch.Tensor = field(default_factory=lambda: torch.zeros(6))
+    lattice_std: torch.Tensor = field(default_factory=lambda: torch.ones(6))
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Constants:
+        """From an :class:`~crysgen.representations.atoms.AtomSetSpec`."""
+        return cls(float(spec.type_sigma), torch.tensor(spec.lattice_mean, dtype=torch.float32),
+                   torch.tensor(spec.lattice_std, dtype=torch.float32))
+
+
+def wrap(x: torch.Tensor) -> torch.Tensor:
+    """Into [0, 1)."""
+    return x - torch.floor(x)
+
+
+def wrap_centered(x: torch.Tensor) -> torch.Tensor:
+    """Into [-½, ½): the shortest periodic displacement."""
+    return x - torch.round(x)
+
+
+def _precond(sigma: torch.Tensor, sd: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's c_skip, c_out, c_in for σ (any shape)."""
+    s2 = sigma**2 + sd**2
+    return sd**2 / s2, sigma * sd / s2.sqrt(), 1 / s2.sqrt()
+
+
+def current_cell(lattice_t: torch.Tensor, mask: torch.Tensor, consts: Constants) -> torch.Tensor:
+    """(B, 3, 3) Å: the cell that the noisy lattice features describe (clamped to be finite)."""
+    raw = lattice_t.float() * consts.lattice_std.to(lattice_t.device) + consts.lattice_mean.to(lattice_t.device)
+    n = mask.sum(1).clamp_min(1).float()
+    lengths = torch.exp((raw[:, :3] + n.log()[:, None] / 3).clamp(math.log(0.5), math.log(50.0)))
+    return lattice_matrix(torch.cat([lengths, raw[:, 3:]], -1))
+
+
+def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Tensor, given: torch.Tensor,
+            cfg: AtomEDMConfig, consts: Constants, *, raw: bool = False) -> Any:
+    """The denoised estimate D(x_t; σ) of every part (or the raw network outputs).
+
+    Args:
+        net: an :class:`~crysgen.models.atom_transformer.AtomTransformer`.
+        xt: noisy parts (coordinates already wrapped); given element codes are clean.
+        sigma: (B,) noise levels.
+        mask: bool (B, S) real sites.
+        given: bool (B,) element codes given clean.
+        cfg: the EDM settings.
+        consts: data statistics.
+        raw: also return the raw outputs (for the loss).
+    """
+    st = torch.where(given, torch.zeros_like(sigma), sigma)[:, None, None]
+    sl = sigma[:, None]
+    skip_t, out_t, in_t = _precond(st, consts.type_sigma)
+    skip_l, out_l, in_l = _precond(sl, cfg.sigma_data_lattice)
+    _, out_c, _ = _precond(sigma[:, None, None], cfg.sigma_data_coords)
+    cell = current_cell(xt.lattice, mask, consts)
+    f_t, f_c, f_l = net(xt.types * in_t, xt.frac, xt.lattice * in_l, mask,
+                        sigma.log() / 4, given, cell)
+    f_t, f_c, f_l = f_t.float(), f_c.float(), f_l.float()
+    d = Parts(skip_t * xt.types + out_t * f_t, xt.frac + out_c * f_c, skip_l * xt.lattice + out_l * f_l)
+    return (d, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l)) if raw else d
+
+
+def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMConfig, consts: Constants,
+             *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """EDM loss of one batch: weighted sum of the three parts' losses, and each part's.
+
+    Each part's loss is the mean squared error of the raw output against its EDM target
+    (equivalently λ(σ)·|D − x|², which weighs every σ alike); padding sites never count, and the
+    types' loss skips crystals whose element codes were given.
+    """
+    b, dev = mask.shape[0], mask.device
+
+    def randn(*shape: int) -> torch.Tensor:  # a CPU generator makes the noise device-independent
+        if generator is None:
+            return torch.randn(*shape, device=dev)
+        return torch.randn(*shape, generator=generator, device="cpu").to(dev)
+
+    sigma = (randn(b) * cfg.p_std + cfg.p_mean).exp()
+    given = (torch.rand(b, generator=generator, device="cpu" if generator is not None else dev)
+             < cfg.csp_fraction).to(dev)
+    m = mask[..., None].float()
+    n_t = randn(*x0.types.shape) * sigma[:, None, None]
+    xt = Parts(torch.where(given[:, None, None], x0.types, x0.types + n_t) * m,
+               wrap(x0.frac + randn(*x0.frac.shape) * sigma[:, None, None]) * m,
+               x0.lattice + randn(*x0.lattice.shape) * sigma[:, None])
+    _, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l) = denoise(
+        net, xt, sigma, mask, given, cfg, consts, raw=True)
+    target_t = (x0.types - skip_t * xt.types) / out_t.clamp_min(1e-8)
+    target_c = wrap_centered(x0.frac - xt.frac) / out_c
+    target_l = (x0.lattice - skip_l * xt.lattice) / out_l
+    per_site = m.sum((1, 2)).clamp_min(1)
+    loss_t = ((f_t - target_t) ** 2 * m).sum((1, 2)) / (per_site * x0.types.shape[-1])
+    loss_c = ((f_c - target_c) ** 2 * m).sum((1, 2)) / (per_site * 3)
+    loss_l = ((f_l - target_l) ** 2).mean(1)
+    free = (~given).float()
+    lt = (loss_t * free).sum() / free.sum().clamp_min(1)
+    lc, ll = loss_c.mean(), loss_l.mean()
+    w = cfg.weights
+    total = (w[0] * lt + w[1] * lc + w[2] * ll) / sum(w)
+    return total, {"loss_types": lt.detach(), "loss_coords": lc.detach(), "loss_lattice": ll.detach()}

@@ -1,0 +1,277 @@
+"""crysgen's atom diffusion transformer: the saved model and its sampling loop.
+
+A model directory of kind ``atom_diffusion`` holds ``config.json`` (network and EDM settings),
+``weights.safetensors`` (EMA weights) and ``atoms.json`` (the :class:`AtomSetSpec`: allowed
+elements, lattice statistics, the training histogram of site counts).
+
+Sampling: the number of sites comes from the training histogram (de novo) or from a composition;
+element codes and lattice start as N(0, σ_max²) noise and coordinates uniform on the torus; the
+Karras σ schedule comes from diffusers' ``EDMEulerScheduler``; each step is EDM's Heun step (with
+optional churn), where the coordinates move along the periodic displacement and are wrapped back
+into [0, 1). With a composition, the element codes are held at their clean values (crystal
+structure prediction) and the decoder takes the elements as given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.models.atom_transformer import AtomNetConfig, AtomTransformer
+from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
+from crysgen.pipelines.generators import torch_generator
+from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode, parse_formula
+
+KIND = "atom_diffusion"
+SPEC_FILE = "atoms.json"
+
+
+@dataclass
+class Compositions:
+    """What to sample under composition control: elements per sample, and the target of each.
+
+    Attributes:
+        atomic_numbers: int (n, S), 0 = no site.
+        targets: the id of the crystal each sample is meant to reproduce ("" if none).
+    """
+
+    atomic_numbers: np.ndarray
+    targets: list[str]
+
+
+@dataclass
+class AtomDiffusionModel:
+    """A trained atom diffusion transformer: network, EDM settings, spec, data fingerprint."""
+
+    net: AtomTransformer
+    edm: AtomEDMConfig
+    spec: AtomSetSpec
+    data: dict[str, Any] = field(default_factory=dict)
+    scaling: None = None  # decodes itself (no CrysTens scaling)
+
+    def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
+        """Write the model directory."""
+        path = save_model_dir(path, kind=KIND, config={"net": self.net.config, "edm": self.edm.to_dict()},
+                              state_dict=self.net.state_dict(), scaling=None, data=self.data, half=half)
+        self.spec.save(Path(path) / SPEC_FILE)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> AtomDiffusionModel:
+        """Load a model directory (weights in float32)."""
+        files = load_model_dir(path, needs_scaling=False)
+        if files.kind != KIND:
+            raise CrysgenError(f"{path} holds a {files.kind!r} model, not an atom diffusion model")
+        if not (Path(path) / SPEC_FILE).is_file():
+            raise CrysgenError(f"{path} is not a complete atom diffusion model (missing {SPEC_FILE})")
+        net = AtomTransformer(**files.config["net"])
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in files.state_dict.items()})
+        return cls(net.eval(), AtomEDMConfig(**files.config["edm"]), AtomSetSpec.load(Path(path) / SPEC_FILE),
+                   files.data)
+
+    # ------------------------------------------------------------------ compositions
+    def compositions_from_formula(self, formula: str, n: int, *, num_atoms: int | None = None,
+                                  seed: int | list[int] = 0) -> Compositions:
+        """``n`` samples of one formula; the site count is ``num_atoms`` or drawn per sample.
+
+        Without ``num_atoms``, each sample's number of formula units is drawn from the training
+        histogram of site counts restricted to multiples of the formula's size.
+
+        Raises:
+            CrysgenError: for a bad formula, or a site count that is not a multiple of the
+                formula's or exceeds the model's maximum (elements unseen in training: a warning).
+        """
+        counts = parse_formula(formula)
+        self._warn_unseen(set(counts), formula)
+        size, s = sum(counts.values()), self.spec.max_atoms
+        if num_atoms is not None:
+            if num_atoms % size or num_atoms > s or num_atoms < 1:
+                raise CrysgenError(f"--num-atoms {num_atoms} is not a multiple of {formula}'s {size} "
+                                   f"atoms up to the model's {s} sites")
+            units = np.full(n, num_atoms // size)
+        else:
+            mult = np.arange(1, s // size + 1)
+            if not len(mult):
+                raise CrysgenError(f"{formula} has {size} atoms; the model makes at most {s} sites")
+            weights = np.asarray(self.spec.num_atoms_counts, float)[mult * size] + 1e-3
+            gen = torch_generator(seed)
+            units = mult[torch.multinomial(torch.as_tensor(weights / weights.sum()), n, replacement=True,
+                                           generator=gen).numpy()]
+        z = np.zeros((n, s), np.int64)
+        cell = np.concatenate([np.full(c, el) for el, c in sorted(counts.items())])
+        for i, u in enumerate(units):
+            z[i, :u * size] = np.tile(cell, u)
+        return Compositions(z, [formula] * n)
+
+    def compositions_from_targets(self, targets: CrystalSet, per_target: int = 1) -> Compositions:
+        """One row per (target, repeat): each target crystal's elements and site count.
+
+        Raises:
+            CrysgenError: for targets with more sites than the model's maximum (elements unseen in
+                training: a warning).
+        """
+        s = self.spec.max_atoms
+        too_big = targets.num_sites > s
+        if too_big.any():
+            raise CrysgenError(f"{int(too_big.sum())} target crystals have more than the model's {s} sites")
+        self._warn_unseen({int(v) for v in np.unique(targets.atomic_numbers)} - {0}, "the targets")
+        z = np.zeros((len(targets), s), np.int64)
+        w = min(s, targets.atomic_numbers.shape[1])
+        z[:, :w] = targets.atomic_numbers[:, :w]
+        return Compositions(np.repeat(z, per_target, axis=0),
+                            [str(t) for t in np.repeat(targets.ids, per_target)])
+
+    def _warn_unseen(self, elements: set[int], what: str) -> None:
+        """Warn about elements the model never saw in training (they keep their code; expect less)."""
+        unseen = sorted(elements - set(self.spec.elements))
+        if unseen:
+            import warnings
+
+            from pymatgen.core import Element
+
+            names = ", ".join(Element.from_Z(z).symbol for z in unseen)
+            warnings.warn(f"{what}: the model never saw {names} in training", stacklevel=3)
+
+    def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
+        """int (n,) site counts from the training histogram."""
+        p = torch.as_tensor(np.asarray(self.spec.num_atoms_counts, float))
+        return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
+
+    # ------------------------------------------------------------------ sampling
+    def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
+                    batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
+                    progress: bool = False) -> AtomSets:
+        """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
+
+        Args:
+            n: how many.
+            steps: Heun steps (about 2 network evaluations each).
+            seed: seeds the CPU generator all noise comes from (so the device does not matter).
+            device: where the network runs.
+            batch_size: crystals per forward pass.
+            atomic_numbers: int (n, S) given elements per sample (composition control), or None.
+            progress: a progress bar over batches.
+        """
+        from tqdm.auto import tqdm
+
+        s = self.spec.max_atoms
+        gen = torch_generator(seed)
+        if atomic_numbers is None:
+            num = self.draw_num_atoms(n, seed=[*np.atleast_1d(seed).tolist(), 1])
+            mask = np.arange(s)[None] < num[:, None]
+            z = None
+        else:
+            z = np.asarray(atomic_numbers, np.int64)
+            mask = z > 0
+        codes = torch.as_tensor(self.spec.codes())
+        net = self.net.to(device).eval()
+        consts = Constants.from_spec(self.spec)
+        out_t, out_f, out_l = [], [], []
+        for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
+            m = torch.as_tensor(mask[start:start + batch_size])
+            b = len(m)
+            noise = (torch.randn(b, s, codes.shape[1], generator=gen), torch.rand(b, s, 3, generator=gen),
+                     torch.randn(b, 6, generator=gen))
+            given = None if z is None else codes[torch.as_tensor(z[start:start + batch_size])]
+            steps_noise = (torch.randn(steps, b, s * (codes.shape[1] + 3) + 6, generator=gen)
+                           if self.edm.s_churn > 0 else None)
+            with torch.no_grad():
+                x = edm_heun(net, noise, m, given, self.edm, consts, steps=steps, device=device,
+                             churn_noise=steps_noise)
+            out_t.append(x.types.cpu().numpy())
+            out_f.append(x.frac.cpu().numpy())
+            out_l.append(x.lattice.cpu().numpy())
+        cat = (lambda a, shape: np.concatenate(a) if a else np.zeros(shape, np.float32))
+        return AtomSets(cat(out_t, (0, s, codes.shape[1])), cat(out_f, (0, s, 3)), cat(out_l, (0, 6)),
+                        mask, np.zeros_like(mask, np.int64) if z is None else z)
+
+    def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
+                 batch_size: int = 256, ids: list[str] | None = None,
+                 compositions: Compositions | None = None, offset: int = 0, **_: Any) -> Any:
+        """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
+
+        ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample.
+        """
+        from crysgen.pipelines.voxel import as_decode_result
+
+        z = None if compositions is None else compositions.atomic_numbers[offset:offset + n]
+        sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
+                                atomic_numbers=z)
+        res = decode(sets, self.spec, ids=ids, atomic_numbers=z)
+        return as_decode_result(res, n)
+
+    def encode(self, crystals: CrystalSet) -> AtomSets:
+        """The model's encoding of crystals (in the cells given)."""
+        return encode(crystals, self.spec)
+
+
+def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor,
+             given: torch.Tensor | None, cfg: AtomEDMConfig, consts: Constants, *, steps: int,
+             device: str, churn_noise: torch.Tensor | None = None) -> Parts:
+    """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on atom sets.
+
+    Args:
+        net: the denoiser.
+        noise: unit normal element codes (B, S, D), uniform coordinates (B, S, 3), unit normal
+            lattice (B, 6), drawn by the caller (CPU generator).
+        mask: bool (B, S).
+        given: (B, S, D) clean element codes to hold fixed, or None.
+        cfg: EDM settings (σ range, ρ, churn).
+        consts: data statistics.
+        steps: number of σ levels before 0.
+        device: where to run.
+        churn_noise: (steps, B, S·(D+3)+6) unit normals for the churn (used when s_churn > 0).
+
+    Returns:
+        The final denoised parts (coordinates in [0, 1)).
+    """
+    from diffusers import EDMEulerScheduler
+
+    sched = EDMEulerScheduler(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.to(torch.float64).tolist()
+    mask = mask.to(device)
+    m = mask[..., None].float()
+    b = len(mask)
+    is_given = torch.full((b,), given is not None, device=device)
+    types = given.to(device) if given is not None else noise[0].to(device) * sigmas[0]
+    x = Parts(types * m, noise[1].to(device) * m, noise[2].to(device) * sigmas[0])
+    gamma_max = min(cfg.s_churn / steps, 2**0.5 - 1)
+
+    def d_of(x: Parts, sigma: float) -> Parts:
+        """dx/dσ (the coordinates' along the periodic displacement)."""
+        s = torch.full((b,), sigma, device=device)
+        den = denoise(net, x, s, mask, is_given, cfg, consts)
+        dt = (x.types - den.types) / sigma if given is None else torch.zeros_like(x.types)
+        return Parts(dt * m, -(den.frac - x.frac) / sigma * m, (x.lattice - den.lattice) / sigma)
+
+    for i in range(steps):
+        sig, nxt = sigmas[i], sigmas[i + 1]
+        if gamma_max > 0 and churn_noise is not None:  # raise σ a little by adding fresh noise
+            hat = sig * (1 + gamma_max)
+            k = (hat**2 - sig**2) ** 0.5
+            eps = churn_noise[i].to(device)
+            nt, nc = x.types[0].numel(), x.frac[0].numel()
+            kt = 0.0 if given is not None else k
+            x = Parts(x.types + kt * eps[:, :nt].view_as(x.types) * m,
+                      wrap(x.frac + k * eps[:, nt:nt + nc].view_as(x.frac)) * m,
+                      x.lattice + k * eps[:, nt + nc:])
+            sig = hat
+        d1 = d_of(x, sig)
+        step = nxt - sig
+        x1 = Parts(x.types + step * d1.types, wrap(x.frac + step * d1.frac) * m, x.lattice + step * d1.lattice)
+        if nxt > 0:
+            d2 = d_of(x1, nxt)
+            x1 = Parts(x.types + step * (d1.types + d2.types) / 2,
+                       wrap(x.frac + step * (d1.frac + d2.frac) / 2) * m,
+                       x.lattice + step * (d1.lattice + d2.lattice) / 2)
+        x = x1
+    return x

@@ -1,0 +1,310 @@
+"""Crystals as sets of atoms: element codes, periodic fractional coordinates and a lattice vector.
+
+This is the representation of crysgen's own generator (:mod:`crysgen.models.atom_transformer`).
+Each crystal of at most ``S`` sites becomes:
+
+- ``types`` float32 (N, S, D): a continuous code per element, the one-hot of its period (7) next
+  to the one-hot of its column in the 32-column periodic table (s 2, f 14, d 10, p 6), centred by
+  the training mean. Neighbouring atomic numbers are far apart (the codes of two elements differ in
+  two or four entries) while elements of one column share half their code; decoding picks the
+  nearest code among the elements allowed (those seen in training, or those a formula gives), so
+  noise never turns an element into a neighbouring Z by a small shift.
+- ``frac`` float32 (N, S, 3): fractional coordinates in [0, 1) (a point on the 3-torus).
+- ``lattice`` float32 (N, 6): ln a, ln b, ln c minus ln(num_sites^(1/3)) (Å; length scale per
+  atom) and α, β, γ in radians, standardised with the training mean and std. Lattice parameters
+  are invariant to rotations; :func:`niggli_reduce` makes the cell choice unique up to ties.
+- ``mask`` bool (N, S): real sites.
+
+Everything here is a pure function of numpy arrays and the fitted :class:`AtomSetSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+import numpy as np
+
+from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.errors import CrysgenError
+
+MAX_Z = 103
+"""Heaviest element with a code (Lr)."""
+CODE_DIM = 7 + 32
+"""Length of an element code: period one-hot (7) + 32-column one-hot."""
+
+
+@lru_cache(maxsize=1)
+def element_code_table() -> np.ndarray:
+    """float32 (MAX_Z + 1, CODE_DIM): row Z is element Z's {0, 1} code (row 0 is all zeros).
+
+    The column of the 32-column table: s block 0-1, f block 2-15 (La-Yb, Ac-No), d block
+    16-25 (groups 3-12, Lu and Lr included), p block 26-31 (groups 13-18, He included).
+    """
+    from pymatgen.core import Element
+
+    table = np.zeros((MAX_Z + 1, CODE_DIM), np.float32)
+    seen: dict[tuple[int, int], int] = {}
+    for z in range(1, MAX_Z + 1):
+        el = Element.from_Z(z)
+        period = int(el.row) if el.block != "f" else (6 if z < 89 else 7)
+        if el.block == "f":
+            column = 2 + z - (57 if z < 89 else 89)
+        elif el.block == "s" and el.group <= 2:
+            column = el.group - 1
+        else:
+            column = int(el.group) + 13
+        if (period, column) in seen:  # pragma: no cover - a pymatgen table change
+            raise RuntimeError(f"elements {seen[(period, column)]} and {z} share a code")
+        seen[(period, column)] = z
+        table[z, period - 1] = 1.0
+        table[z, 7 + column] = 1.0
+    return table
+
+
+def parse_formula(formula: str) -> dict[int, int]:
+    """Atomic number -> count of a reduced or full formula ("Fe2O3", "LiFePO4").
+
+    Raises:
+        CrysgenError: for text that is not a formula, an unknown element or a fractional count.
+    """
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(formula)
+    except Exception as exc:  # pymatgen raises ValueError/KeyError/... for bad text
+        raise CrysgenError(f"--formula {formula!r} is not a chemical formula ({exc})") from exc
+    counts: dict[int, int] = {}
+    for el, amount in comp.items():
+        z = getattr(el, "Z", None)
+        if type(el).__name__ == "DummySpecies" or z is None or not 1 <= z <= MAX_Z:
+            name = getattr(el, "symbol", str(el))
+            raise CrysgenError(f"--formula {formula!r}: {name} is not an element crysgen knows (H to Lr)")
+        if abs(amount - round(amount)) > 1e-6 or round(amount) < 1:
+            raise CrysgenError(f"--formula {formula!r}: the count of {el} must be a positive integer")
+        counts[int(z)] = counts.get(int(z), 0) + round(amount)
+    if not counts:
+        raise CrysgenError(f"--formula {formula!r} names no element")
+    return counts
+
+
+@dataclass
+class AtomSetSpec:
+    """What encoding and decoding need, fitted on a training set and saved beside a model.
+
+    Attributes:
+        max_atoms: S, the most sites a crystal may have.
+        elements: atomic numbers seen in training (decoding chooses among them).
+        code_mean: (CODE_DIM,) mean element code over training sites (subtracted).
+        type_sigma: std of the centred codes (the types' σ_data).
+        lattice_mean: (6,) mean of the unstandardised lattice features.
+        lattice_std: (6,) their std.
+        num_atoms_counts: (max_atoms + 1,) training crystals per number of sites.
+    """
+
+    max_atoms: int
+    elements: list[int]
+    code_mean: list[float]
+    type_sigma: float
+    lattice_mean: list[float]
+    lattice_std: list[float]
+    num_atoms_counts: list[int] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, crystals: CrystalSet, max_atoms: int | None = None) -> AtomSetSpec:
+        """Fit on a training CrystalSet (``max_atoms`` default: its largest crystal).
+
+        Raises:
+            CrysgenError: for an empty set, an element beyond Lr, or a crystal above ``max_atoms``.
+        """
+        if len(crystals) == 0:
+            raise CrysgenError("cannot fit an atom-set spec on an empty CrystalSet")
+        n = crystals.num_sites.astype(int)
+        max_atoms = int(max_atoms or n.max())
+        if n.max() > max_atoms:
+            raise CrysgenError(f"{int((n > max_atoms).sum())} crystals have more than {max_atoms} sites")
+        z = crystals.atomic_numbers[crystals.atomic_numbers > 0].astype(int)
+        if z.max() > MAX_Z:
+            raise CrysgenError(f"element Z={z.max()} has no code (at most {MAX_Z})")
+        codes = element_code_table()[z]
+        mean = codes.mean(0)
+        feats = _lattice_features(crystals.lattice, n)
+        std = feats.std(0)
+        return cls(max_atoms=max_atoms, elements=sorted({int(v) for v in z}),
+                   code_mean=[float(v) for v in mean], type_sigma=float((codes - mean).std()),
+                   lattice_mean=[float(v) for v in feats.mean(0)],
+                   lattice_std=[float(v) if v > 1e-6 else 1.0 for v in std],
+                   num_atoms_counts=np.bincount(n, minlength=max_atoms + 1).tolist())
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON (atomically)."""
+        return write_text_atomic(Path(path), json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> AtomSetSpec:
+        """Read :meth:`save`'s JSON."""
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise CrysgenError(f"{path} is not an atom-set spec: {exc}") from exc
+
+    def codes(self) -> np.ndarray:
+        """float32 (MAX_Z + 1, CODE_DIM): centred codes of every element."""
+        return element_code_table() - np.asarray(self.code_mean, np.float32)
+
+
+@dataclass
+class AtomSets:
+    """Encoded crystals (see the module docstring for shapes and units)."""
+
+    types: np.ndarray
+    frac: np.ndarray
+    lattice: np.ndarray
+    mask: np.ndarray
+    atomic_numbers: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.mask)
+
+
+def _lattice_features(lattice: np.ndarray, num_sites: np.ndarray) -> np.ndarray:
+    """(N, 6): ln a, ln b, ln c - ln(n)/3, angles in radians (unstandardised)."""
+    lat = np.asarray(lattice, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lengths = np.log(lat[:, :3]) - np.log(np.maximum(num_sites, 1))[:, None] / 3.0
+    return np.concatenate([lengths, np.radians(lat[:, 3:])], axis=1)
+
+
+def encode(crystals: CrystalSet, spec: AtomSetSpec) -> AtomSets:
+    """CrystalSet -> :class:`AtomSets` with S = ``spec.max_atoms``.
+
+    Raises:
+        CrysgenError: for a crystal with more sites than S or a non-positive lattice length.
+    """
+    n, s = len(crystals), spec.max_atoms
+    ns = crystals.num_sites.astype(int)
+    if len(crystals) and ns.max() > s:
+        raise CrysgenError(f"{int((ns > s).sum())} crystals have more than {s} sites")
+    if np.any(crystals.lattice[:, :3] <= 0) or not np.all(np.isfinite(crystals.lattice)):
+        raise CrysgenError("lattice lengths must be positive and finite")
+    width = min(s, crystals.atomic_numbers.shape[1])
+    z = np.zeros((n, s), np.int64)
+    z[:, :width] = crystals.atomic_numbers[:, :width]
+    frac = np.zeros((n, s, 3), np.float32)
+    frac[:, :width] = np.mod(crystals.frac_coords[:, :width], 1.0)
+    mask = z > 0
+    types = spec.codes()[np.minimum(z, MAX_Z)] * mask[..., None]
+    feats = (_lattice_features(crystals.lattice, ns) - np.asarray(spec.lattice_mean)) / np.asarray(
+        spec.lattice_std)
+    return AtomSets(types.astype(np.float32), frac * mask[..., None], feats.astype(np.float32), mask, z)
+
+
+def lattice_parameters(features: np.ndarray, num_sites: np.ndarray, spec: AtomSetSpec) -> np.ndarray:
+    """Standardised lattice features (N, 6) -> a, b, c (Å), α, β, γ (degrees)."""
+    raw = np.asarray(features, np.float64) * np.asarray(spec.lattice_std) + np.asarray(spec.lattice_mean)
+    with np.errstate(over="ignore"):
+        lengths = np.exp(raw[:, :3] + np.log(np.maximum(num_sites, 1))[:, None] / 3.0)
+    return np.concatenate([lengths, np.degrees(raw[:, 3:])], axis=1)
+
+
+def nearest_elements(types: np.ndarray, allowed: list[int], spec: AtomSetSpec) -> np.ndarray:
+    """int (..., ) atomic numbers: for each code in ``types`` (..., D), the nearest allowed one."""
+    allowed_z = np.asarray(sorted(allowed), np.int64)
+    table = spec.codes()[allowed_z]  # (K, D)
+    d2 = ((np.asarray(types, np.float32)[..., None, :] - table) ** 2).sum(-1)
+    return allowed_z[np.argmin(d2, axis=-1)]
+
+
+@dataclass
+class AtomDecodeResult:
+    """Decoded crystals with the input index of each and a reason for every failure."""
+
+    crystals: CrystalSet
+    index: np.ndarray
+    failures: list[tuple[int, str]]
+
+
+def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
+           atomic_numbers: np.ndarray | None = None) -> AtomDecodeResult:
+    """:class:`AtomSets` (as sampled: ``types`` may be noisy codes) -> crystals.
+
+    Args:
+        sets: encoded or generated arrays; ``sets.atomic_numbers`` is ignored.
+        spec: the model's spec (allowed elements, lattice statistics).
+        ids: one id per input (default ``sample_i``).
+        atomic_numbers: int (N, S) elements to use as given (composition-conditioned sampling:
+            no nearest-code snapping); None snaps ``types`` to the spec's elements.
+
+    A sample fails (with a reason, never an exception) for non-finite numbers, no site, or a
+    lattice that is no real cell (lengths outside 0.5-1000 Å, or angles that give no volume).
+    """
+    n = len(sets)
+    ids = list(ids) if ids is not None else [f"sample_{i}" for i in range(n)]
+    mask = np.asarray(sets.mask, bool)
+    num = mask.sum(1)
+    z = (np.asarray(atomic_numbers, np.int64) if atomic_numbers is not None
+         else nearest_elements(sets.types, spec.elements, spec)) * mask
+    params = lattice_parameters(sets.lattice, num, spec)
+    failures: list[tuple[int, str]] = []
+    keep: list[int] = []
+    for i in range(n):
+        reason = _failure(sets, params[i], num[i], i)
+        if reason:
+            failures.append((i, reason))
+        else:
+            keep.append(i)
+    keep_a = np.asarray(keep, np.int64)
+    s = spec.max_atoms
+    order = np.argsort(~mask, axis=1, kind="stable")  # real sites first, in their order
+    zz = np.take_along_axis(z, order, 1)[keep_a] if len(keep_a) else np.zeros((0, s), np.int64)
+    ff = (np.take_along_axis(np.mod(sets.frac, 1.0), order[..., None], 1)[keep_a] if len(keep_a)
+          else np.zeros((0, s, 3)))
+    ff = np.where(zz[..., None] > 0, ff, 0.0)
+    crystals = CrystalSet(atomic_numbers=zz, frac_coords=ff, lattice=params[keep_a],
+                          space_group=np.zeros(len(keep_a), np.int16), num_sites=num[keep_a],
+                          ids=np.asarray([ids[i] for i in keep], dtype=str),
+                          metadata={"source": "atom_set_decode"})
+    return AtomDecodeResult(crystals, keep_a, failures)
+
+
+def _failure(sets: AtomSets, params: np.ndarray, num: int, i: int) -> str:
+    if num == 0:
+        return "no_atoms: the sample has no site"
+    arrays = (sets.types[i][sets.mask[i]], sets.frac[i][sets.mask[i]], sets.lattice[i])
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        return "not_finite: NaN or infinite values in the sample"
+    a, b, c, al, be, ga = params
+    if not (0.5 <= min(a, b, c) and max(a, b, c) <= 1000.0):
+        return f"impossible_lattice: lengths {a:.3g}, {b:.3g}, {c:.3g} Å"
+    ca, cb, cg = np.cos(np.radians([al, be, ga]))
+    vol2 = 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg
+    if not (0 < al < 180 and 0 < be < 180 and 0 < ga < 180) or vol2 <= 1e-4:
+        return f"impossible_lattice: angles {al:.1f}, {be:.1f}, {ga:.1f}° give no volume"
+    return ""
+
+
+def niggli_reduce(crystals: CrystalSet) -> CrystalSet:
+    """The same crystals in their Niggli-reduced cells (pymatgen), as DiffCSP and CDVAE use.
+
+    Sites keep their order; a crystal pymatgen cannot reduce keeps its cell. The reduced basis is
+    an integer combination M of the old one, so fractional coordinates map exactly (f M^-1).
+    """
+    from pymatgen.core import Lattice
+
+    lattice = crystals.lattice.copy()
+    frac = crystals.frac_coords.copy()
+    for i in range(len(crystals)):
+        k = int(crystals.num_sites[i])
+        lat = Lattice.from_parameters(*crystals.lattice[i])
+        try:
+            red = lat.get_niggli_reduced_lattice()  # expressed in the original frame
+        except Exception:  # pymatgen's reduction can fail to converge on degenerate cells
+            continue
+        m = np.rint(red.matrix @ np.linalg.inv(lat.matrix))
+        lattice[i] = red.parameters
+        frac[i, :k] = np.mod(crystals.frac_coords[i, :k] @ np.linalg.inv(m), 1.0)
+    out = CrystalSet(crystals.atomic_numbers, frac, lattice, crystals.space_group, crystals.num_sites,
+                     crystals.ids, dict(crystals.properties), dict(crystals.metadata))
+    out.metadata["cell"] = "niggli"
+    return out

@@ -1,0 +1,190 @@
+"""`crysgen train atom-diffusion`: Lightning training of the atom diffusion transformer.
+
+The run directory is the shared one (:mod:`crysgen.training.runs`) with ``atoms.json`` (the
+:class:`~crysgen.representations.atoms.AtomSetSpec`) in place of a CrysTens scaling; ``model/``
+holds the EMA weights, exported at every checkpoint and at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.models.atom_transformer import AtomTransformer
+from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, wrap
+from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
+from crysgen.representations.atoms import CODE_DIM, AtomSetSpec, encode, niggli_reduce
+from crysgen.training.config import AtomTrainConfig
+from crysgen.training.runs import fit, open_run
+
+
+class AtomBatches(torch.utils.data.Dataset):
+    """Encoded atom sets in memory, handed out a whole batch at a time (one index operation)."""
+
+    def __init__(self, crystals: CrystalSet, spec: AtomSetSpec) -> None:
+        sets = encode(crystals, spec)
+        self.parts = (torch.from_numpy(sets.types), torch.from_numpy(sets.frac),
+                      torch.from_numpy(sets.lattice), torch.from_numpy(sets.mask))
+
+    def __len__(self) -> int:
+        return len(self.parts[3])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(p[i] for p in self.parts)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(indices)
+        return tuple(p[idx] for p in self.parts)
+
+
+def _as_batch(batch: Any) -> Any:
+    return batch
+
+
+def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
+                shuffle: bool) -> torch.utils.data.DataLoader:
+    """Batches (types (B, S, D), frac (B, S, 3), lattice (B, 6), mask (B, S))."""
+    ds = AtomBatches(crystals, spec)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                                       drop_last=shuffle and len(ds) > batch_size, collate_fn=_as_batch)
+
+
+class AtomDiffusionModule(L.LightningModule):
+    """Denoiser + EDM loss + EMA copy of the weights (the one exported and sampled)."""
+
+    def __init__(self, config: dict[str, Any], spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config, "spec": spec})
+        self.cfg = AtomTrainConfig.from_dict(config)
+        self.spec = AtomSetSpec(**spec)
+        self.net = AtomTransformer(**(self.cfg.net.to_dict() | {"type_dim": CODE_DIM}))
+        self.ema = torch.optim.swa_utils.AveragedModel(
+            self.net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.optim.ema_decay))
+        self.ema.requires_grad_(False)
+        self.consts = Constants.from_spec(self.spec)
+        # compiled forward kept outside the module tree, so state_dict keys stay plain
+        object.__setattr__(self, "_forward", torch.compile(self.net) if self.cfg.compile else self.net)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        """One EDM step on a batch, each crystal shifted by a random vector."""
+        types, frac, lattice, mask = batch
+        if self.cfg.data.translate:
+            frac = wrap(frac + torch.rand(len(frac), 1, 3, device=frac.device)) * mask[..., None]
+        loss, parts = edm_loss(self._forward, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts)
+        self.log("train_loss", loss, prog_bar=True, on_step=True)
+        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        """EMA model's loss on validation crystals (the same noise every time)."""
+        types, frac, lattice, mask = batch
+        gen = torch.Generator(device="cpu").manual_seed(batch_idx)
+        loss, parts = edm_loss(self.ema.module, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts,
+                               generator=gen)
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        self.log_dict({f"val_{k}": v for k, v in parts.items()}, sync_dist=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the EMA weights after every optimiser step."""
+        self.ema.update_parameters(self.net)
+
+    def iteration(self, trainer: L.Trainer) -> int:
+        """Optimiser steps taken."""
+        return int(trainer.global_step)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW (fused on CUDA) with linear warm-up."""
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay,
+                                fused=torch.cuda.is_available())
+        warm = max(1, o.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def export_model(module: AtomDiffusionModule, data: dict[str, Any], out: Path) -> Path:
+    """Save the module's EMA weights as an ``atom_diffusion`` model directory."""
+    return AtomDiffusionModel(module.ema.module, module.cfg.edm, module.spec, data).save_pretrained(out)
+
+
+def _fit_spec(holder: dict[str, CrystalSet]) -> Any:
+    def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
+        holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
+        return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None)
+    return fit_spec
+
+
+def train_atom_diffusion(
+    data: str | Path,
+    out: str | Path,
+    *,
+    config: AtomTrainConfig | None = None,
+    val: str | Path | None = None,
+    max_steps: int | None = None,
+    devices: int = 1,
+    resume: bool = False,
+    accelerator: str = "auto",
+    progress: bool = True,
+    max_minutes: float | None = None,
+    init: str | Path | None = None,
+) -> Path:
+    """Train an atom diffusion transformer; returns the exported model directory.
+
+    Args:
+        data: training CrystalSet (.npz), any cell convention (Niggli-reduced here by default).
+        out: run directory.
+        config: run settings (defaults if None); on resume the saved config is used.
+        val: optional validation CrystalSet; the EMA model's loss is logged at checkpoints.
+        max_steps: overrides ``config.optim.max_steps``.
+        devices: GPUs (DDP when > 1) or CPU processes.
+        resume: continue from ``out/checkpoints/last.ckpt`` (same step, optimiser and EMA).
+        accelerator: Lightning accelerator ("auto", "cpu", "gpu").
+        progress: show the progress bar.
+        max_minutes: stop (checkpoint and export) after this wall time.
+        init: warm start from an ``atom_diffusion`` model directory with the same network config
+            (weights into the network and its EMA copy; fresh optimiser; the spec of ``init`` is
+            kept so the encodings agree).
+
+    Raises:
+        CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
+            ``data.max_atoms``, or an ``init`` model with another network.
+    """
+    holder: dict[str, CrystalSet] = {}
+    init_model = AtomDiffusionModel.from_pretrained(init) if init is not None else None
+    fit_spec = _fit_spec(holder)
+    if init_model is not None:
+        def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
+            holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
+            return init_model.spec
+    run = open_run(data, out, config, AtomTrainConfig, resume=resume, max_steps=max_steps, init=init,
+                   fit_scaling=fit_spec, load_scaling=AtomSetSpec.load, scaling_file=SPEC_FILE)
+    config, spec = run.config, run.scaling
+    crystals = holder.get("reduced") or (niggli_reduce(run.crystals) if config.data.niggli else run.crystals)
+    if init_model is not None:
+        if init_model.net.config != AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config:
+            raise CrysgenError(f"--init {init}: its network config differs from this run's")
+        run.fingerprint["init"] = {"model": str(init), "step": init_model.data.get("step")}
+    o = config.optim
+    L.seed_everything(o.seed, workers=True)
+    loader = atom_loader(crystals, spec, o.batch_size, shuffle=True)
+    val_loader = None
+    if val is not None:
+        vs = CrystalSet.load(val)
+        vs = vs.subset(np.flatnonzero(vs.num_sites <= spec.max_atoms))
+        val_loader = atom_loader(niggli_reduce(vs) if config.data.niggli else vs, spec, o.batch_size,
+                                 shuffle=False)
+    module = AtomDiffusionModule(config.to_dict(), asdict(spec))
+    if init_model is not None:
+        module.net.load_state_dict(init_model.net.state_dict())
+        module.ema.module.load_state_dict(init_model.net.state_dict())
+    return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
+               log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
+               export=export_model, devices=devices, accelerator=accelerator, progress=progress,
+               max_minutes=max_minutes, val_loader=val_loader, gradient_clip_val=o.grad_clip or None)
