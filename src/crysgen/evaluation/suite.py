@@ -28,10 +28,8 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.data.guards import check_device, check_input_file, dumps_strict, space_group_number
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
-from crysgen.sampling import spglib_space_group
 
 SCALER_CRYSTALS = 1000
 """Crystals of ``EvalOptions.comp_scaler_from`` whose fingerprints give the Magpie statistics."""
@@ -147,23 +145,38 @@ def _fingerprints(structure: Any) -> tuple[np.ndarray | None, np.ndarray | None,
 
 
 def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
-         spawn: bool = False, min_items: int = 8) -> list:
+         spawn: bool = False, min_items: int = 8,
+         died: Callable[[Any, str], Any] | None = None) -> list:
     """``fn`` over ``items`` in ``workers`` processes (in this one below ``min_items`` items).
 
     ``spawn`` for workers that use CUDA: a forked child cannot re-initialise CUDA once the
-    parent has used it.
+    parent has used it. An item whose worker process dies (a crash in native code) gets
+    ``died(item, reason)``; without ``died`` the run stops with an error (never hangs).
     """
     import multiprocessing
 
     from tqdm.auto import tqdm
 
+    from crysgen.data.parallel import robust_map
+
     if workers <= 1 or len(items) < min_items:
         return [fn(x) for x in tqdm(items, desc=desc, disable=not progress, leave=False)]
+
+    def _stop(_item: Any, reason: str) -> Any:
+        raise CrysgenError(f"{desc}: {reason}")
+
     context = multiprocessing.get_context("spawn") if spawn else None
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        chunk = max(1, len(items) // (workers * 8))
-        return list(tqdm(pool.map(fn, items, chunksize=chunk), total=len(items), desc=desc,
-                         disable=not progress, leave=False))
+    with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
+        return robust_map(fn, items, workers=workers, died=died or _stop, context=context,
+                          chunksize=max(1, len(items) // (workers * 8)), on_done=bar.update)
+
+
+def _basics_died(_s: Any, reason: str) -> tuple[dict[str, Any], bool, bool]:
+    return {"struct_valid": "", "struct_valid_reason": reason}, False, False
+
+
+def _fingerprints_died(_s: Any, reason: str) -> tuple[None, None, str]:
+    return None, None, reason
 
 
 def _basics(s: Any) -> tuple[dict[str, Any], bool, bool]:
@@ -192,7 +205,7 @@ def _basics(s: Any) -> tuple[dict[str, Any], bool, bool]:
     row["density_g_cm3"], _ = _guarded(lambda x: float(x.density), s)
     a, b, c, al, be, ga = (*s.lattice.abc, *s.lattice.angles)
     row.update(a=a, b=b, c=c, alpha=al, beta=be, gamma=ga)
-    sg, err = _guarded(spglib_space_group, s)
+    sg, err = _guarded(space_group_number, s)
     row["space_group"] = sg if sg else ""
     if err:
         row["space_group_reason"] = err
@@ -235,7 +248,8 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
                         for k in range(len(ref))]
         except (OSError, KeyError, ValueError):
             pass  # unreadable: recompute and overwrite
-    fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress)
+    fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress,
+               died=_fingerprints_died)
     good = [f for f in fps if f[2] is None]
     if good:
         ok = np.array([f[2] is None for f in fps])
@@ -287,6 +301,10 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
     """
     o = options or EvalOptions()
     t0 = time.perf_counter()
+    check_device(o.device)  # every named file and the device before any long work
+    check_input_file(reference, "--reference")
+    if "novelty" in o.metrics or "stability" in o.metrics:
+        check_input_file(train, "--train")
     gen = load_inputs(samples)[: o.limit]
     if not gen:
         raise CrysgenError(f"no crystals in {samples}")
@@ -312,7 +330,8 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
     struct_valid = np.zeros(len(gen), dtype=bool)
     comp_valid = np.zeros(len(gen), dtype=bool)
     for i, (row, sv_i, cv_i) in zip(ok, _map(_basics, [structs[i] for i in ok], o.workers,
-                                             "validity and cell", progress), strict=True):
+                                             "validity and cell", progress, died=_basics_died),
+                                    strict=True):
         rows[i].update(row)
         struct_valid[i], comp_valid[i] = sv_i, cv_i
     seconds["basics"] = time.perf_counter() - t
@@ -336,7 +355,8 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
                                    f"or --dataset one of {', '.join(COV_CUTOFFS)}")
             cut = COV_CUTOFFS[dataset]
         cand = [i for i in ok if struct_valid[i] and comp_valid[i]]
-        fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress)
+        fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress,
+                   died=_fingerprints_died)
         ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
 
@@ -638,8 +658,8 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"options": asdict(options), "seconds": ev.seconds}
-    write_text_atomic(out / "metrics.json", json.dumps({"metrics": ev.metrics, **meta}, indent=1,
-                                                       default=float) + "\n")
+    write_text_atomic(out / "metrics.json", dumps_strict({"metrics": ev.metrics, **meta}, indent=1,
+                                                         default=str) + "\n")  # NaN -> null
     columns: list[str] = []
     for r in ev.rows:
         columns += [k for k in r if k not in columns]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crysgen.crystal_set import write_text_atomic
+from crysgen.data.guards import element_problem, structure_problem
 from crysgen.data.structures import InputCrystal
 from crysgen.properties.model import PropertyModel
 from crysgen.representations.graph import CrystalGraph, build_graph
@@ -69,6 +70,11 @@ def featurize(crystals: list[InputCrystal]) -> tuple[list[CrystalGraph | None], 
             graphs.append(None)
             problems.append(c.problem)
             continue
+        problem = structure_problem(c.structure) or element_problem(c.structure)
+        if problem is not None:  # never hand a degenerate cell to the neighbour search
+            graphs.append(None)
+            problems.append(str(problem))
+            continue
         try:
             g = build_graph(c.structure)
             if g.atomic_numbers.max() > 100:
@@ -92,6 +98,8 @@ def predict_structures(model: PropertyModel, structures: list[Structure], *, dev
     out = np.full(len(structures), np.nan)
     graphs, ok = [], []
     for i, s in enumerate(structures):
+        if structure_problem(s) is not None:  # a degenerate cell keeps NaN
+            continue
         try:
             graphs.append(build_graph(s))
             ok.append(i)

@@ -219,13 +219,14 @@ def symmetrize(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """Snap a crystal to spglib's refined cell; None if that changes the number of sites."""
     from pymatgen.core import Lattice, Structure
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from crysgen.data.guards import spacegroup_analyzer
 
     st = Structure(Lattice.from_parameters(*lattice), z.tolist(), frac)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sga = SpacegroupAnalyzer(st, symprec=symprec)
+            sga = spacegroup_analyzer(st, symprec=symprec)  # checks the cell before spglib
             ref = sga.get_refined_structure().get_sorted_structure()
             sg = int(sga.get_space_group_number())
     except Exception:  # spglib gives up on some noisy cells: keep the unsymmetrised crystal

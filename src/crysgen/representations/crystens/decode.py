@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet
+from crysgen.data.guards import check_symprec
 from crysgen.errors import CrysgenError
 from crysgen.representations.crystens.layout import (
     GLOBAL,
@@ -76,8 +77,8 @@ class DecodeOptions:
             raise CrysgenError(
                 f"unknown decode mode {self.mode!r}; choose one of {', '.join(DECODE_MODES)}"
             )
-        if self.symprec is not None and self.symprec <= 0:
-            raise CrysgenError(f"symprec must be positive, got {self.symprec}")
+        if self.symprec is not None:
+            check_symprec(self.symprec, "symprec")  # NaN and <= 0 refused
 
 
 @dataclass
@@ -147,7 +148,8 @@ def decode(
 
     Returns:
         The decoded crystals, per-sample diagnostics and per-sample failures. A bad sample
-        never raises; only a batch of the wrong shape does.
+        never raises; only a batch of the wrong shape does. An empty batch (0, 4, 64, 64)
+        gives an empty result.
 
     Raises:
         CrysgenError: if ``tensors`` does not have shape (N, 4, 64, 64).
@@ -165,6 +167,8 @@ def decode(
     ids = np.asarray([str(i) for i in range(len(t))] if ids is None else ids, dtype=str)
     if len(ids) != len(t):
         raise CrysgenError(f"{len(ids)} ids for {len(t)} tensors")
+    if len(t) == 0:  # an empty batch decodes to an empty result
+        return finish_batch([], [], {k: np.zeros(0) for k in DIAGNOSTICS}, ids)
     impl = auto.decode_batch if options.mode == "auto" else faithful.decode_batch
     return impl(t, scaling, options, ids)
 
