@@ -247,7 +247,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.stability and "stability" not in metrics:
         metrics = (*metrics, "stability")
     options = EvalOptions(metrics=metrics, cov_cutoffs=cut, dataset=args.dataset,
-                          comp_scaler_from=args.comp_scaler_from,
+                          comp_scaler=args.comp_scaler, comp_scaler_from=args.comp_scaler_from,
+                          cov_over=args.cov_over, smact_tables=args.smact_tables,
+                          csp_validity=args.csp_validity, csp_metre=not args.no_metre,
                           property_model=args.property_model, models_dir=args.models_dir,
                           workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
                           device=args.device, relax_steps=args.relax_steps,
@@ -491,17 +493,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score generated crystals (validity, coverage, novelty, ...)")
     p.add_argument("samples", help="a `crysgen sample` output folder, a folder of CIFs or a CrystalSet .npz")
-    p.add_argument("--train", required=True, help="training CrystalSet .npz (novelty)")
-    p.add_argument("--reference", required=True, help="reference CrystalSet .npz (the test split)")
+    p.add_argument("--train", default=None,
+                   help="training CrystalSet .npz (needed by novelty and stability)")
+    p.add_argument("--reference", required=True,
+                   help="reference CrystalSet .npz (the test split; for csp: the target crystals)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--metrics", default=None,
-                   help="comma-separated families: validity,distributions,coverage,novelty,properties")
+                   help="comma-separated families: validity,distributions,coverage,novelty,properties "
+                        "(the default), stability, csp (samples that name their targets: match rate, "
+                        "RMSE, cRMSE, METRe)")
     p.add_argument("--cov-cutoffs", default=None, help="STRUCT,COMP fingerprint cut-offs")
+    p.add_argument("--comp-scaler", default="cdvae",
+                   help="what standardises Magpie composition fingerprints for COV: cdvae (CDVAE's "
+                        "fixed constants, default), reference (the reference's own statistics) or a "
+                        "CrystalSet .npz whose statistics are used")
+    p.add_argument("--cov-over", choices=("all", "valid"), default="all",
+                   help="generated crystals COV uses: all with fingerprints (CDVAE, default) or only "
+                        "the valid ones")
+    p.add_argument("--smact-tables", choices=("smact-2.2.1", "installed"), default="smact-2.2.1",
+                   help="oxidation states and electronegativities of compositional validity "
+                        "(CDVAE's SMACT 2.2.1, default; or the installed smact)")
+    p.add_argument("--csp-validity", choices=("cdvae", "structural", "none"), default="cdvae",
+                   help="what makes a CSP sample valid (cdvae: DiffCSP's check, default)")
+    p.add_argument("--no-metre", action="store_true", help="csp: skip OMatG's METRe matches")
     p.add_argument("--comp-scaler-from", default=None,
-                   help="CrystalSet .npz whose Magpie statistics standardise composition fingerprints "
-                        "(default: the reference's; a broad set such as mp_20 suits narrow references)")
+                   help="the older spelling of --comp-scaler FILE")
     p.add_argument("--dataset", default=None, choices=sorted(COV_CUTOFFS),
-                   help="CDVAE cut-offs of this dataset (default: guessed from --reference)")
+                   help="CDVAE cut-offs of this dataset (default: guessed from the --reference name, "
+                        "else mp_20's with a printed note)")
     p.add_argument("--property-model", default=None,
                    help="property model for CDVAE's W(property), e.g. formation_energy")
     p.add_argument("--models-dir", default=None, help="default: $CRYSGEN_MODELS_DIR")

@@ -137,7 +137,7 @@ def test_comp_scaler_from_the_reference_itself_changes_nothing_and_is_recorded(t
     broad = CrystalSet.from_structures([load_cif(n) for n in ("SrTiO3", "ZnO_wurtzite", "NaCl")] + [nacl()],
                                        max_sites=52)
     broad.save(tmp_path / "broad.npz")
-    base = EvalOptions(metrics=("validity", "coverage"), cov_cutoffs=(0.4, 1.0))
+    base = EvalOptions(metrics=("validity", "coverage"), cov_cutoffs=(0.4, 1.0), comp_scaler="reference")
     own = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz", base, progress=False)
     same = evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
                     EvalOptions(**{**base.__dict__, "comp_scaler_from": str(tmp_path / "ref.npz")}),
@@ -150,7 +150,7 @@ def test_comp_scaler_from_the_reference_itself_changes_nothing_and_is_recorded(t
     assert other.metrics["cov_recall"]["comp_scaler"] == "broad.npz (4 crystals)"
     for key in ("cov_recall", "cov_precision"):
         assert same.metrics[key]["value"] == own.metrics[key]["value"]
-    with pytest.raises(CrysgenError, match="comp-scaler-from"):
+    with pytest.raises(CrysgenError, match="comp-scaler"):
         evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
                  EvalOptions(**{**base.__dict__, "comp_scaler_from": str(tmp_path / "missing.npz")}),
                  progress=False)

@@ -1,4 +1,4 @@
-"""COV-R and COV-P exactly as CDVAE's ``compute_cov`` computes them, and its per-dataset cut-offs."""
+"""COV-R and COV-P as CDVAE's ``compute_cov`` computes them, and its per-dataset cut-offs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 
 COV_CUTOFFS = {"mp_20": (0.4, 10.0), "perov_5": (0.2, 4.0), "carbon_24": (0.2, 4.0)}
 """(structure, composition) fingerprint distance cut-offs of CDVAE's ``COV_Cutoffs``."""
+DEFAULT_DATASET = "mp_20"
+"""Whose cut-offs a reference set of no known dataset gets (with a printed note)."""
 
 
 @dataclass
@@ -17,19 +19,21 @@ class Coverage:
     recall: float
     precision: float
     n_generated: int
-    n_valid_fingerprinted: int
+    n_fingerprinted: int
     n_reference: int
 
 
 def coverage(gen_struct: np.ndarray, gen_comp: np.ndarray, ref_struct: np.ndarray, ref_comp: np.ndarray,
              *, n_generated: int, struct_cutoff: float, comp_cutoff: float) -> Coverage:
-    """COV-R / COV-P from fingerprints of the valid generated crystals and of the reference.
+    """COV-R / COV-P from fingerprints of generated crystals and of the reference.
 
-    As in CDVAE, recall takes the nearest generated crystal by structure and by composition
-    separately; precision divides by all generated crystals, invalid ones included.
+    As in CDVAE's ``compute_cov``, the generated side is every crystal whose fingerprints could be
+    computed (valid or not; the suite's ``cov_over="valid"`` passes only the valid ones), recall
+    takes the nearest generated crystal by structure and by composition separately, and
+    precision divides by all generated crystals, those without fingerprints included.
 
     Args:
-        gen_struct: (G, Fs) structure fingerprints of valid generated crystals.
+        gen_struct: (G, Fs) structure fingerprints of the generated crystals used.
         gen_comp: (G, Fc) standardised composition fingerprints of the same crystals.
         ref_struct: (R, Fs) reference structure fingerprints.
         ref_comp: (R, Fc) standardised reference composition fingerprints.

@@ -8,12 +8,18 @@ its row of ``structures.csv``, never a failed run):
 - ``distributions``: the seed's K-S statistics of a, b, c, α, β, γ, space group (spglib,
   0.1 Å) and atomic number, with overlay plots; CDVAE's Wasserstein distances of density and of
   the number of elements over up to 1,000 valid samples.
-- ``coverage``: CDVAE's COV-R / COV-P with CrystalNN + Magpie fingerprints.
+- ``coverage``: CDVAE's COV-R / COV-P with CrystalNN + Magpie fingerprints, over every generated
+  crystal whose fingerprints can be computed (``cov_over="valid"``: the valid ones only), Magpie
+  standardised with CDVAE's fixed constants (``comp_scaler``).
 - ``novelty``: uniqueness within the samples and novelty against the training set
   (StructureMatcher, :mod:`crysgen.evaluation.novelty`).
 - ``properties``: with a models directory, the seven pre-trained CGCNN regressors on samples and
   reference (K-S + violin plots, the seed's Fig. 7) and, with ``property_model``, CDVAE's
   Wasserstein distance of that predicted property.
+
+- ``csp`` (off by default): crystal structure prediction scoring of samples that name their
+  target crystals in the reference set (:mod:`crysgen.evaluation.csp`): DiffCSP's match rate and
+  RMSE (best of k), OMatG's cRMSE and METRe, one row per target in ``structures.csv``.
 
 - ``stability`` (off by default, `--stability`): CHGNet relaxation of every structurally valid
   sample (energy per atom, RMSD, volume change, per-structure time limit; batched: each worker
@@ -28,9 +34,11 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +53,12 @@ SCALER_CRYSTALS = 1000
 """Crystals of ``EvalOptions.comp_scaler_from`` whose fingerprints give the Magpie statistics."""
 FAMILIES = ("validity", "distributions", "coverage", "novelty", "properties")
 """The families run by default."""
-ALL_FAMILIES = (*FAMILIES, "stability")
+ALL_FAMILIES = (*FAMILIES, "stability", "csp")
 """Every family (stability needs CHGNet time: minutes on a GPU for 1,000 structures)."""
+NEEDS_TRAIN = ("novelty", "stability")
+"""Families that need the training set (novelty against it; the hull is built from it)."""
+COV_OVER = ("all", "valid")
+"""Generated crystals COV uses: every one with fingerprints (CDVAE), or only the valid ones."""
 CGCNN_REGRESSORS = ("formation_energy", "final_energy", "band_gap", "fermi_energy", "bulk_modulus",
                     "shear_modulus", "poisson_ratio")
 
@@ -59,11 +71,21 @@ class EvalOptions:
         metrics: metric families to run (see the module docstring).
         cov_cutoffs: (structure, composition) fingerprint cut-offs; None: CDVAE's for the
             dataset named by ``dataset`` (or found in the reference file name).
-        dataset: mp_20, perov_5 or carbon_24 (cut-offs); None: guessed from the reference name.
-        comp_scaler_from: a CrystalSet (.npz) whose Magpie statistics standardise the composition
-            fingerprints (a seeded subset of ``SCALER_CRYSTALS``); None: the reference's own. A
-            narrow reference (perov_5) stretches composition distances: its sanity COV-R is 60 %
-            with its own statistics and 89 % with mp_20's (benchmarks/cov_diagnosis.py).
+        dataset: mp_20, perov_5 or carbon_24 (cut-offs); None: guessed from the reference name,
+            and mp_20's cut-offs with a printed note when the name says nothing.
+        comp_scaler: what standardises the Magpie composition fingerprints: ``"cdvae"`` (CDVAE's
+            fixed constants, ``data/cdvae_comp_scaler.json``), ``"reference"`` (the reference's
+            own statistics; a narrow reference such as perov_5 stretches composition distances:
+            sanity COV-R 60 % with its own, 89 % with mp_20's, benchmarks/cov_diagnosis.py) or the
+            path of a CrystalSet (.npz) whose statistics are used (a seeded subset of
+            ``SCALER_CRYSTALS``).
+        comp_scaler_from: the older spelling of ``comp_scaler=FILE`` (wins when given).
+        cov_over: ``"all"`` (CDVAE's ``compute_cov``: every generated crystal with fingerprints)
+            or ``"valid"`` (only structurally and compositionally valid ones).
+        smact_tables: oxidation states and electronegativities of the compositional validity:
+            ``"smact-2.2.1"`` (CDVAE's) or ``"installed"`` (the installed smact release).
+        csp_validity: what makes a CSP sample valid (:data:`crysgen.evaluation.csp.VALIDITY`).
+        csp_metre: also compute OMatG's METRe for CSP.
         property_model: model whose predicted property enters CDVAE's W(property).
         models_dir: where property models are found (default: $CRYSGEN_MODELS_DIR).
         workers: processes for the per-structure work (validity, fingerprints, relaxation).
@@ -85,7 +107,12 @@ class EvalOptions:
     metrics: tuple[str, ...] = FAMILIES
     cov_cutoffs: tuple[float, float] | None = None
     dataset: str | None = None
+    comp_scaler: str = "cdvae"
     comp_scaler_from: str | None = None
+    cov_over: str = "all"
+    smact_tables: str = "smact-2.2.1"
+    csp_validity: str = "cdvae"
+    csp_metre: bool = True
     property_model: str | None = None
     models_dir: str | None = None
     workers: int = 1
@@ -106,6 +133,17 @@ class EvalOptions:
         if bad:
             raise CrysgenError(f"unknown metric famil{'ies' if len(bad) > 1 else 'y'}: "
                                f"{', '.join(sorted(bad))} (known: {', '.join(ALL_FAMILIES)})")
+        if self.cov_over not in COV_OVER:
+            raise CrysgenError(f"cov_over must be one of {', '.join(COV_OVER)}, got {self.cov_over!r}")
+        from crysgen.evaluation.compositional import TABLES
+
+        if self.smact_tables not in TABLES:
+            raise CrysgenError(f"smact_tables must be one of {', '.join(TABLES)}, got {self.smact_tables!r}")
+
+    @property
+    def scaler(self) -> str:
+        """``"cdvae"``, ``"reference"`` or a CrystalSet path (``comp_scaler_from`` wins)."""
+        return self.comp_scaler_from or self.comp_scaler
 
 
 @dataclass
@@ -116,6 +154,8 @@ class Evaluation:
     rows: list[dict[str, Any]]
     plots: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Further per-item tables written next to structures.csv (name -> rows)."""
 
 
 def _metric(value: float, n: int, **extra: Any) -> dict[str, Any]:
@@ -179,13 +219,17 @@ def _fingerprints_died(_s: Any, reason: str) -> tuple[None, None, str]:
     return None, None, reason
 
 
-def _basics(s: Any) -> tuple[dict[str, Any], bool, bool]:
+def _basics(s: Any, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], bool, bool]:
     """One structure's basics: validity, composition, density, cell and space group.
+
+    Args:
+        s: the structure.
+        tables: SMACT tables of the compositional validity.
 
     Returns:
         (row values with the reasons of what failed, structurally valid, compositionally valid).
     """
-    from crysgen.evaluation.compositional import TooManyCombinations, smact_valid
+    from crysgen.evaluation.compositional import smact_valid
     from crysgen.evaluation.validity import structurally_valid
 
     row: dict[str, Any] = {}
@@ -195,10 +239,8 @@ def _basics(s: Any) -> tuple[dict[str, Any], bool, bool]:
         row["struct_valid_reason"] = err
     comp = False
     try:
-        comp = smact_valid([site.specie.Z for site in s])
+        comp = smact_valid([site.specie.Z for site in s], tables=tables)
         row["comp_valid"] = bool(comp)
-    except TooManyCombinations as exc:
-        row["comp_valid"], row["comp_valid_reason"] = "", str(exc)
     except Exception as exc:
         row["comp_valid"], row["comp_valid_reason"] = "", f"{type(exc).__name__}: {exc}"
     row["num_elements"] = len(s.composition.elements)
@@ -270,19 +312,51 @@ def _comp_scaler(o: EvalOptions, ref_comp: np.ndarray,
                  progress: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """Mean and std (132,) standardising Magpie fingerprints, and where they come from.
 
-    From a seeded subset of ``o.comp_scaler_from`` (a broad set, as CDVAE's fixed constants) when
-    given, else from the reference's own composition fingerprints ``ref_comp`` (R, 132).
+    CDVAE's fixed constants (``o.scaler == "cdvae"``), the reference's own composition
+    fingerprints ``ref_comp`` (R, 132) (``"reference"``), or a seeded subset of a CrystalSet file.
     """
-    from crysgen.evaluation.fingerprints import fit_comp_scaler
+    from crysgen.evaluation.fingerprints import cdvae_comp_scaler, fit_comp_scaler
 
-    if not o.comp_scaler_from:
+    if o.scaler == "cdvae":
+        return (*cdvae_comp_scaler(), "cdvae (CompScalerMeans/Stds, cdvae/common/constants.py)")
+    if o.scaler == "reference":
         return (*fit_comp_scaler(ref_comp), "reference")
-    cs = CrystalSet.load(o.comp_scaler_from)
+    cs = CrystalSet.load(o.scaler)
     if len(cs) > SCALER_CRYSTALS:
         cs = cs.subset(np.sort(np.random.default_rng(0).choice(len(cs), SCALER_CRYSTALS, replace=False)))
     fps = reference_fingerprints(cs, [cs.to_structure(i) for i in range(len(cs))], o, progress)
     mean, std = fit_comp_scaler(np.array([f[1] for f in fps if f[2] is None]))
-    return mean, std, f"{Path(o.comp_scaler_from).name} ({len(cs)} crystals)"
+    return mean, std, f"{Path(o.scaler).name} ({len(cs)} crystals)"
+
+
+def _csp(samples: str | Path | list[str | Path], reference: str | Path, o: EvalOptions,
+         progress: bool) -> Evaluation:
+    """The ``csp`` family: samples that name their targets, scored against the reference set."""
+    from crysgen.evaluation.csp import MATCHER, load_csp_samples, score_csp
+
+    t0 = time.perf_counter()
+    items = [samples] if isinstance(samples, (str, Path)) else list(samples)
+    gen = [c for item in items for c in load_csp_samples(item)][: o.limit]
+    res = score_csp(gen, CrystalSet.load(reference), validity=o.csp_validity, metre=o.csp_metre,
+                    workers=o.workers, smact_tables=o.smact_tables, progress=progress)
+    common = {"k": res.k, "validity": res.validity, "require_valid_target": res.require_valid_target}
+    metrics = {
+        "csp_match_rate": _metric(res.match_rate, res.n_targets, matcher=MATCHER, **common,
+                                  samples_per_target=res.samples_per_target,
+                                  invalid_samples=res.n_invalid_samples,
+                                  invalid_targets=res.n_invalid_targets,
+                                  timeouts=res.n_timeouts, targets_in_file=res.n_targets_in_file,
+                                  samples_with_unknown_target=res.n_unknown_target),
+        "csp_rmse": _metric(res.rmse, round(res.match_rate * res.n_targets), **common,
+                            over="matched targets (normalised by (V/N)^(1/3))"),
+        "csp_crmse": _metric(res.crmse, res.n_targets, **common, unmatched=f"stol = {MATCHER['stol']}"),
+    }
+    if o.csp_metre:
+        metrics["csp_metre"] = _metric(res.metre, res.n_targets, **common)
+        metrics["csp_metre_rmse"] = _metric(res.metre_rmse, round(res.metre * res.n_targets), **common)
+        metrics["csp_metre_crmse"] = _metric(res.metre_crmse, res.n_targets, **common)
+    metrics["csp_n_samples"] = _metric(res.n_samples, res.n_samples)
+    return Evaluation(metrics, res.rows, seconds={**res.seconds, "total": round(time.perf_counter() - t0, 2)})
 
 
 def _guess_dataset(path: str | Path) -> str | None:
@@ -292,25 +366,39 @@ def _guess_dataset(path: str | Path) -> str | None:
     return next((d for d in COV_CUTOFFS if d in name), None)
 
 
-def evaluate(samples: str | Path | list[str | Path], train: str | Path, reference: str | Path,
+def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, reference: str | Path,
              options: EvalOptions | None = None, *, progress: bool = True) -> Evaluation:
     """Run the chosen metric families; see the module docstring.
 
+    Args:
+        samples: generated crystals (a `crysgen sample` folder, CIFs or a CrystalSet .npz).
+        train: the training CrystalSet; needed only by ``NEEDS_TRAIN`` families.
+        reference: the reference CrystalSet (the test split; CSP: the target crystals).
+        options: what to compute.
+        progress: show progress bars.
+
     Raises:
-        CrysgenError: for missing inputs, unknown families or cut-offs that cannot be found.
+        CrysgenError: for missing inputs, unknown families or options.
     """
     o = options or EvalOptions()
     t0 = time.perf_counter()
     check_device(o.device)  # every named file and the device before any long work
     check_input_file(reference, "--reference")
-    if "novelty" in o.metrics or "stability" in o.metrics:
+    needs = [f for f in NEEDS_TRAIN if f in o.metrics]
+    if needs and train is None:
+        raise CrysgenError(f"{' and '.join(needs)} need{'s' if len(needs) == 1 else ''} the training set: "
+                           f"pass --train TRAIN.npz, or leave {' and '.join(needs)} out of --metrics")
+    if needs:
         check_input_file(train, "--train")
+    if o.scaler not in ("cdvae", "reference") and not Path(o.scaler).is_file():  # before any long work
+        raise CrysgenError(f"--comp-scaler: neither cdvae, reference nor a CrystalSet file: {o.scaler}")
+    csp = _csp(samples, reference, o, progress) if "csp" in o.metrics else None
+    if set(o.metrics) == {"csp"} and csp is not None:
+        return csp
     gen = load_inputs(samples)[: o.limit]
     if not gen:
         raise CrysgenError(f"no crystals in {samples}")
     ref_cs = CrystalSet.load(reference)
-    if o.comp_scaler_from and not Path(o.comp_scaler_from).is_file():  # before any long work
-        raise CrysgenError(f"--comp-scaler-from: no such CrystalSet file: {o.comp_scaler_from}")
     rng = np.random.default_rng(o.seed)
     if o.reference_limit and o.reference_limit < len(ref_cs):
         ref_cs = ref_cs.subset(np.sort(rng.choice(len(ref_cs), o.reference_limit, replace=False)))
@@ -329,7 +417,8 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
     t = time.perf_counter()
     struct_valid = np.zeros(len(gen), dtype=bool)
     comp_valid = np.zeros(len(gen), dtype=bool)
-    for i, (row, sv_i, cv_i) in zip(ok, _map(_basics, [structs[i] for i in ok], o.workers,
+    for i, (row, sv_i, cv_i) in zip(ok, _map(partial(_basics, tables=o.smact_tables),
+                                             [structs[i] for i in ok], o.workers,
                                              "validity and cell", progress, died=_basics_died),
                                     strict=True):
         rows[i].update(row)
@@ -345,45 +434,50 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
     fp_ok = np.zeros(len(gen), dtype=bool)
     if "coverage" in o.metrics:
         t = time.perf_counter()
-        cut = o.cov_cutoffs
-        dataset = o.dataset or _guess_dataset(reference)
+        cut, cut_source = o.cov_cutoffs, "--cov-cutoffs"
         if cut is None:
-            from crysgen.evaluation.coverage import COV_CUTOFFS
+            from crysgen.evaluation.coverage import COV_CUTOFFS, DEFAULT_DATASET
 
-            if dataset not in COV_CUTOFFS:
-                raise CrysgenError("coverage needs fingerprint cut-offs: pass --cov-cutoffs STRUCT,COMP "
-                                   f"or --dataset one of {', '.join(COV_CUTOFFS)}")
+            dataset = o.dataset or _guess_dataset(reference)
+            cut_source = f"CDVAE's {dataset}" if dataset else f"CDVAE's {DEFAULT_DATASET} (default)"
+            if dataset is None:
+                print(f"note: {Path(reference).name} is not a known dataset (mp_20, perov_5, carbon_24): "
+                      f"coverage uses mp_20's cut-offs {COV_CUTOFFS[DEFAULT_DATASET]}; "
+                      "pass --dataset or --cov-cutoffs STRUCT,COMP to choose", file=sys.stderr)
+                dataset = DEFAULT_DATASET
             cut = COV_CUTOFFS[dataset]
-        cand = [i for i in ok if struct_valid[i] and comp_valid[i]]
+        # CDVAE's compute_cov: every generated crystal whose fingerprints can be computed
+        cand = ok if o.cov_over == "all" else [i for i in ok if struct_valid[i] and comp_valid[i]]
         fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress,
                    died=_fingerprints_died)
         ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
+        from crysgen.evaluation.fingerprints import standardise
 
-        gs, gc, keep = [], [], []
+        gs, gc = [], []
         for i, (s_fp, c_fp, err) in zip(cand, fps, strict=True):
             if err:
                 rows[i]["fingerprint_reason"] = err
                 continue
             fp_ok[i] = True
-            keep.append(i)
             gs.append(s_fp)
             gc.append(c_fp)
         rs = np.array([f[0] for f in ref_fps if f[2] is None])
         rc = np.array([f[1] for f in ref_fps if f[2] is None])
         mean, std, scaler = _comp_scaler(o, rc, progress)
-        gs_a = np.array(gs).reshape(len(gs), rs.shape[1])  # (0, Fs) when nothing is valid
+        gs_a = np.array(gs).reshape(len(gs), rs.shape[1])  # (0, Fs) when nothing has fingerprints
         gc_a = np.array(gc).reshape(len(gc), rc.shape[1])
-        cov = coverage(gs_a, (gc_a - mean) / std, rs, (rc - mean) / std, n_generated=n,
+        cov = coverage(gs_a, standardise(gc_a, mean, std), rs, standardise(rc, mean, std), n_generated=n,
                        struct_cutoff=cut[0], comp_cutoff=cut[1])
-        metrics["cov_recall"] = _metric(cov.recall, cov.n_reference, cutoffs=list(cut),
-                                        comp_scaler=scaler)
-        metrics["cov_precision"] = _metric(cov.precision, cov.n_generated, cutoffs=list(cut),
-                                           fingerprinted_valid=cov.n_valid_fingerprinted,
-                                           comp_scaler=scaler)
+        extra = {"cutoffs": list(cut), "cutoffs_from": cut_source, "comp_scaler": scaler,
+                 "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
+        metrics["cov_recall"] = _metric(cov.recall, cov.n_reference, **extra)
+        metrics["cov_precision"] = _metric(cov.precision, cov.n_generated, **extra)
         seconds["coverage"] = time.perf_counter() - t
     # CDVAE's "valid": comp and struct valid and (when computed) fingerprintable
     valid = struct_valid & comp_valid & (fp_ok if "coverage" in o.metrics else True)
+    if "validity" in o.metrics and "coverage" in o.metrics:
+        metrics["valid"] = _metric(float(valid.sum() / n), n, requires="struct, comp and fingerprints")
     valid_idx = np.flatnonzero(valid)
     draw = (np.sort(rng.choice(valid_idx, o.n_wasserstein, replace=False))
             if len(valid_idx) > o.n_wasserstein else valid_idx)
@@ -445,8 +539,13 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path, referenc
         seconds["stability"] = time.perf_counter() - t
     for r in rows:
         r.setdefault("problem", "")
+    tables = {}
+    if csp is not None:  # with other families: CSP's per-target rows in their own table
+        metrics.update(csp.metrics)
+        tables["csp_targets.csv"] = csp.rows
+        seconds["csp"] = csp.seconds["total"]
     seconds["total"] = time.perf_counter() - t0
-    return Evaluation(metrics, rows, plots, {k: round(v, 2) for k, v in seconds.items()})
+    return Evaluation(metrics, rows, plots, {k: round(v, 2) for k, v in seconds.items()}, tables)
 
 
 def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],
@@ -660,15 +759,16 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
     meta = {"options": asdict(options), "seconds": ev.seconds}
     write_text_atomic(out / "metrics.json", dumps_strict({"metrics": ev.metrics, **meta}, indent=1,
                                                          default=str) + "\n")  # NaN -> null
-    columns: list[str] = []
-    for r in ev.rows:
-        columns += [k for k in r if k not in columns]
-    columns = [c for c in columns if c != "problem"] + ["problem"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows(ev.rows)
-    write_text_atomic(out / "structures.csv", buf.getvalue())
+    for name, rows in {"structures.csv": ev.rows, **ev.tables}.items():
+        columns: list[str] = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+        columns = [c for c in columns if c != "problem"] + ["problem"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(out / name, buf.getvalue())
     table = "".join(f"<tr><td>{k}</td><td>{_fmt(v['value'])}</td><td>{v['n']}</td></tr>"
                     for k, v in ev.metrics.items() if not isinstance(v["value"], dict))
     ks = "".join(f"<h3>K-S: {k}</h3><table>" + "".join(

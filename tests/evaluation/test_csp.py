@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.core.operations import SymmOp
+
+from crysgen.cli import main
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.evaluation.csp import CSPSample, load_csp_samples, score_csp
+from tests.conftest import load_cif
+
+A = 4.0  # Å, the CsCl-type cells below
+
+
+def rocksalt() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def cscl_type(shift: float = 0.0, species=("Na", "Cl")) -> Structure:
+    """Two sites in a cube of A Å; the second one moved by ``shift`` Å along x."""
+    return Structure(Lattice.cubic(A), list(species), [[0, 0, 0], [0.5 + shift / A, 0.5, 0.5]])
+
+
+def cscl_rms(shift: float) -> float:
+    """pymatgen's normalised RMS for ``cscl_type(shift)`` against ``cscl_type()``, by hand.
+
+    The matcher removes the mean translation, so each of the 2 sites is off by shift/2; the
+    normalisation is (V/N)^(1/3) = (A³/2)^(1/3).
+    """
+    return (shift / 2) / (A**3 / 2) ** (1 / 3)
+
+
+def targets(*structures: Structure, ids: list[str]) -> CrystalSet:
+    return CrystalSet.from_structures(list(structures), ids=ids, max_sites=52)
+
+
+def test_a_rotated_supercell_with_a_shifted_origin_matches_its_target_with_zero_rms():
+    t = load_cif("triclinic_LiFePO")
+    moved = t * (2, 1, 1)
+    moved.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 37.0))
+    moved = Structure(moved.lattice, moved.species, (moved.frac_coords + np.array([0.13, 0.4, 0.71])) % 1.0)
+    res = score_csp([CSPSample("s", "t", moved)], targets(t, ids=["t"]), validity="structural",
+                    progress=False)
+    assert res.match_rate == 1.0 and res.rmse == pytest.approx(0.0, abs=1e-6)
+    assert res.rows[0]["matched"] and res.rows[0]["best_sample"] == "s"
+
+
+def test_a_wrong_composition_is_a_miss_and_the_rms_follows_the_displacement():
+    res = score_csp([CSPSample("kcl", "a", cscl_type(species=("K", "Cl"))),
+                     CSPSample("near", "b", cscl_type(0.2))],
+                    targets(cscl_type(), cscl_type(), ids=["a", "b"]), validity="structural",
+                    metre=False, progress=False)
+    rows = {r["id"]: r for r in res.rows}
+    assert not rows["a"]["matched"] and rows["a"]["problem"] == "no match"
+    assert rows["b"]["rms_dist"] == pytest.approx(cscl_rms(0.2), rel=1e-6)
+    assert res.match_rate == 0.5
+
+
+def test_invalid_samples_are_misses_even_when_they_would_match():
+    nacl2 = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
+    close = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.06, 0, 0]])  # 0.3 Å apart
+    tgt = targets(nacl2, close, cscl_type(), ids=["nacl2", "close", "c"])
+    samples = [CSPSample("s1", "nacl2", nacl2.copy()), CSPSample("s2", "close", close.copy()),
+               CSPSample("s3", "c", problem="not decoded: no atoms")]
+    cdvae = score_csp(samples, tgt, require_valid_target=False, progress=False)
+    rows = {r["id"]: r for r in cdvae.rows}
+    assert cdvae.match_rate == 0.0 and cdvae.n_invalid_samples == 3
+    assert "SMACT" in rows["nacl2"]["problem"] and "0.5" in rows["close"]["problem"]
+    assert "not decoded" in rows["c"]["problem"]
+    structural = score_csp(samples, tgt, validity="structural", require_valid_target=False, progress=False)
+    assert [r["matched"] for r in structural.rows] == [True, False, False]
+
+
+def test_with_one_sample_per_target_an_invalid_target_is_a_miss_as_in_diffcsp():
+    nacl2 = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
+    res = score_csp([CSPSample("s", "t", nacl2.copy())], targets(nacl2, ids=["t"]), progress=False)
+    assert res.require_valid_target and res.match_rate == 0.0 and res.n_invalid_targets == 1
+    assert res.rows[0]["problem"] == "target invalid: composition not SMACT-valid"
+    assert res.rows[0]["target_valid"] is False
+
+
+def test_best_of_k_takes_the_closest_matching_sample():
+    samples = [CSPSample(f"s{k}", "t", s) for k, s in
+               enumerate([cscl_type(0.3), cscl_type(0.05), cscl_type(species=("K", "Cl")), cscl_type(0.15)])]
+    res = score_csp(samples, targets(cscl_type(), ids=["t"]), validity="structural", progress=False)
+    assert res.k == 4 and res.samples_per_target == {4: 1} and not res.require_valid_target
+    assert res.rows[0]["best_sample"] == "s1"
+    assert res.rmse == pytest.approx(cscl_rms(0.05), rel=1e-6)
+
+
+def test_crmse_and_metre_by_hand_with_polymorphs_and_an_unmatched_target():
+    # case 1: two NaCl polymorphs, each sample is the *other* polymorph of the one it names
+    tgt = targets(rocksalt(), cscl_type(), ids=["rs", "cs"])
+    swapped = [CSPSample("a", "rs", cscl_type(0.1)), CSPSample("b", "cs", rocksalt())]
+    res = score_csp(swapped, tgt, validity="structural", progress=False)
+    assert res.match_rate == 0.0 and np.isnan(res.rmse)
+    assert res.crmse == pytest.approx(0.5)  # both unmatched: stol
+    assert res.metre == 1.0  # every target is matched by some sample of its composition
+    assert res.metre_rmse == pytest.approx((0.0 + cscl_rms(0.1)) / 2, abs=1e-6)
+    assert res.metre_crmse == pytest.approx((0.0 + cscl_rms(0.1)) / 2, abs=1e-6)
+    # case 2: three targets: matched at 0.2 Å, unmatched (wrong composition), unmatched (no structure)
+    tgt = targets(cscl_type(), cscl_type(), cscl_type(), ids=["x", "y", "z"])
+    res = score_csp([CSPSample("1", "x", cscl_type(0.2)), CSPSample("2", "y", cscl_type(species=("K", "Cl"))),
+                     CSPSample("3", "z", problem="failed")], tgt, validity="structural", progress=False)
+    r = cscl_rms(0.2)
+    assert res.match_rate == pytest.approx(1 / 3) and res.rmse == pytest.approx(r, rel=1e-6)
+    assert res.crmse == pytest.approx((r + 0.5 + 0.5) / 3, rel=1e-6)
+    # METRe: sample 1 also matches y and z (same composition) at the same distance
+    assert res.metre == 1.0 and res.metre_crmse == pytest.approx(r, rel=1e-6)
+
+
+def test_worker_processes_give_the_serial_result():
+    tgt = targets(*[cscl_type() for _ in range(6)], ids=[f"t{i}" for i in range(6)])
+    samples = [CSPSample(f"s{i}", f"t{i}", cscl_type(0.05 * i)) for i in range(6)]
+    serial = score_csp(samples, tgt, validity="structural", progress=False)
+    parallel = score_csp(samples, tgt, validity="structural", workers=2, progress=False)
+    assert serial.rows == parallel.rows
+
+
+def test_a_sample_folder_names_targets_and_the_cli_scores_it_without_train(tmp_path, capsys):
+    folder = tmp_path / "samples"
+    (folder / "cifs").mkdir(parents=True)
+    cscl_type(0.1).to(filename=str(folder / "cifs" / "0.cif"))
+    cscl_type().to(filename=str(folder / "cifs" / "2.cif"))
+    with (folder / "samples.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "formula", "failure", "cif", "target"])
+        w.writeheader()
+        w.writerows([{"id": "0", "failure": "", "cif": "cifs/0.cif", "target": "t0"},
+                     {"id": "1", "failure": "no atoms", "cif": "", "target": "t1"},
+                     {"id": "2", "failure": "", "cif": "cifs/2.cif", "target": ""}])  # de novo
+    loaded = load_csp_samples(folder)
+    assert [(s.id, s.target, s.problem) for s in loaded] == [("0", "t0", None),
+                                                             ("1", "t1", "not decoded: no atoms")]
+    targets(cscl_type(), cscl_type(), ids=["t0", "t1"]).save(tmp_path / "targets.npz")
+    out = tmp_path / "report"
+    assert main(["evaluate", str(folder), "--reference", str(tmp_path / "targets.npz"), "--metrics", "csp",
+                 "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["csp_match_rate"]["value"] == 0.5 and metrics["csp_match_rate"]["n"] == 2
+    with (out / "structures.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["t0", "t1"] and rows[0]["matched"] == "True"
+    assert main(["evaluate", str(folder), "--reference", str(tmp_path / "targets.npz"), "--metrics",
+                 "validity,novelty", "--out", str(tmp_path / "r2"), "--quiet"]) != 0
+    assert "novelty needs the training set: pass --train" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_a_crystal_set_whose_ids_are_targets_gives_best_of_k_and_unknown_targets_are_refused(tmp_path):
+    gen = CrystalSet.from_structures([cscl_type(0.2), cscl_type(0.1)], ids=["t", "t"], max_sites=52)
+    gen.save(tmp_path / "gen.npz")
+    loaded = load_csp_samples(tmp_path / "gen.npz")
+    assert [(s.id, s.target) for s in loaded] == [("t#0", "t"), ("t#1", "t")]
+    res = score_csp(loaded, targets(cscl_type(), ids=["t"]), validity="structural", progress=False)
+    assert res.rows[0]["best_sample"] == "t#1"
+    with pytest.raises(CrysgenError, match="no sample names"):
+        score_csp(loaded, targets(cscl_type(), ids=["other"]), progress=False)
