@@ -100,10 +100,9 @@ class AtomDiffusionModule(L.LightningModule):
         return int(trainer.global_step)
 
     def configure_optimizers(self) -> Any:
-        """AdamW (fused on CUDA) with linear warm-up."""
+        """AdamW with linear warm-up (fused AdamW refuses Lightning's gradient clipping)."""
         o = self.cfg.optim
-        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay,
-                                fused=torch.cuda.is_available())
+        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         warm = max(1, o.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
