@@ -57,3 +57,22 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "crysgen", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.startswith("crysgen ")
+
+
+def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    from crysgen.data import prepare
+
+    monkeypatch.setattr(prepare, "read_source", lambda *a, **k: pytest.fail("source read"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for argv, said in (
+        (["--symprec", "-1"], "symprec"), (["--symprec", "nan"], "symprec"),
+        (["--min-distance", "-1"], "min-distance"),
+    ):
+        assert main(["data", "prepare", str(FILES), "--out", str(tmp_path / "o.npz"), *argv]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["data", "prepare", str(FILES), "--out", str(a_file / "o.npz")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["evaluate", str(FILES), "--train", str(a_file), "--reference", str(a_file),
+                 "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -130,3 +130,38 @@ def test_existing_output_survives_a_failed_prepare(tmp_path):
 
     assert main(["data", "prepare", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert out.read_bytes() == b"precious"
+
+
+# ---------------------------------------------------------------------- bad input (issue 22)
+def _bad_folder(tmp_path):
+    from tests.data.cifs import DEGENERATE, NACL_SITES, cif_text, write_folder
+
+    cifs = {f"bad_{k}": cif_text(v) for k, v in DEGENERATE.items()}
+    cifs.update({f"good_{k}": cif_text() for k in range(6)})
+    cifs["two_blocks"] = cif_text(block="first") + cif_text(block="second")
+    cifs["occupancy_zero"] = cif_text(occupancies=[0] + [1] * 7)
+    cifs["coincident"] = cif_text(sites=[*NACL_SITES, ("Na", 0.501, 0.5, 0.5)])  # 0.0056 Å from a Cl
+    cifs["negative"] = cif_text((-5.64, 5.64, 5.64, 90, 90, 90))
+    return write_folder(tmp_path / "cifs", cifs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_bad_entry_gets_its_own_reason_and_nothing_crashes(tmp_path, workers):
+    folder = _bad_folder(tmp_path)
+    cs, report = prepare_dataset(folder, PrepareOptions(), workers=workers, progress=False)
+    reasons = {d.id: d.reason for d in report.dropped}
+    assert reasons == {"bad_nan_length": "degenerate_lattice", "bad_inf_length": "degenerate_lattice",
+                       "bad_zero_angle": "degenerate_lattice", "bad_angle_180": "degenerate_lattice",
+                       "occupancy_zero": "zero_occupancy", "coincident": "close_sites",
+                       "negative": "degenerate_lattice"}
+    assert all(d.detail for d in report.dropped)
+    assert "0.00564 Å apart" in next(d.detail for d in report.dropped if d.id == "coincident")
+    assert sorted(cs.ids.tolist()) == [f"good_{k}" for k in range(6)] + [
+        "two_blocks:first", "two_blocks:second"]
+    assert report.n_input == 15 and report.n_kept + len(report.dropped) == report.n_input
+
+
+def test_symprec_must_be_positive():
+    for bad in (-1.0, 0.0, float("nan")):
+        with pytest.raises(CrysgenError, match="symprec"):
+            PrepareOptions(symprec=bad)

@@ -112,3 +112,34 @@ def test_smape_is_symmetric_and_zero_for_perfect():
     y, p = np.array([1.0, 2.0, 0.0]), np.array([1.0, 2.0, 0.0])
     assert smape(y, p) == 0.0
     assert smape(np.array([1.0]), np.array([3.0])) == pytest.approx(100.0)
+
+
+def test_degenerate_cells_and_unknown_elements_get_a_problem_not_numbers(tmp_path):
+    from tests.data.cifs import DEGENERATE, NACL_SITES, cif_text, write_folder
+
+    cifs = {f"bad_{k}": cif_text(v) for k, v in DEGENERATE.items()}
+    cifs["unknown_element"] = cif_text(sites=[("Xx", 0, 0, 0), *NACL_SITES[1:]])
+    cifs["good"] = cif_text()
+    folder = write_folder(tmp_path / "cifs", cifs)
+    res = predict_properties(load_inputs(folder), {"e": _tiny("energy", "eV", 1.0)})
+    rows = {r["id"]: r for r in res.rows}
+    for name in DEGENERATE:
+        assert rows[f"bad_{name}"]["problem"].startswith("degenerate_lattice"), name
+        assert rows[f"bad_{name}"]["energy_eV"] == ""
+    assert rows["unknown_element"]["problem"].startswith("unknown_element")
+    assert rows["unknown_element"]["energy_eV"] == ""
+    assert rows["good"]["problem"] == "" and rows["good"]["energy_eV"] != ""
+
+
+def test_predict_checks_options_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from crysgen.properties import registry
+
+    monkeypatch.setattr(registry, "load_property_model", lambda *a, **k: pytest.fail("model loaded"))
+    nacl = str(FILES / "NaCl.cif")
+    (tmp_path / "a_folder").mkdir()
+    for argv, said in ((["--device", "bogus"], "--device"), (["--out", str(tmp_path / "a_folder")], "folder"),
+                       (["--device", "cuda:99"], "--device")):
+        assert main(["predict", nacl, "--quiet", *argv]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing.cif"), "--quiet"]) == 2
+    assert "input not found" in capsys.readouterr().err

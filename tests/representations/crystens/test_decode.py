@@ -207,3 +207,10 @@ def test_snap_elements_pools_same_element_sites_under_noise():
     assert hits_pooled > 160 and hits_rounded < 60
     clean = np.array([7.0000001, 8.0, 8.0, 9.0])
     assert snap_elements(clean, 1e-6, log_prior).tolist() == [7, 8, 8, 9]
+
+
+@pytest.mark.parametrize("mode", ["auto", "faithful"])
+def test_an_empty_batch_decodes_to_an_empty_result(mode):
+    res = decode(np.zeros((0, 4, 64, 64), np.float32), CrysTensScaling.paper(), DecodeOptions(mode=mode))
+    assert len(res.crystals) == 0 and res.failures == [] and res.n_input == 0
+    assert all(len(v) == 0 for v in res.diagnostics.values())

@@ -1,0 +1,63 @@
+"""How `crysgen evaluate` reads its inputs (issue 22): bad crystals get reasons, never a crash."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from crysgen import CrysgenError, CrystalSet
+from crysgen.evaluation.suite import EvalOptions, evaluate, write_report
+from tests.conftest import load_cif
+from tests.data.cifs import DEGENERATE, NACL_SITES, cif_text, write_folder
+
+
+def _inputs(tmp_path):
+    cifs = {f"bad_{k}": cif_text(v) for k, v in DEGENERATE.items()}
+    cifs.update({f"good_{k}": cif_text() for k in range(9)})  # enough for the worker pool
+    cifs["unknown_element"] = cif_text(sites=[("Xx", 0, 0, 0), *NACL_SITES[1:]])
+    cifs["occupancy_zero"] = cif_text(occupancies=[0] + [1] * 7)
+    cifs["coincident"] = cif_text(sites=[*NACL_SITES, ("Na", 0.501, 0.5, 0.5)])
+    folder = write_folder(tmp_path / "cifs", cifs)
+    ref = tmp_path / "ref.npz"
+    CrystalSet.from_structures([load_cif("NaCl"), load_cif("SrTiO3")], max_sites=52).save(ref)
+    return folder, ref
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_crystals_get_a_reason_in_their_row(tmp_path, workers):
+    folder, ref = _inputs(tmp_path)
+    ev = evaluate(folder, ref, ref, EvalOptions(metrics=("validity",), workers=workers), progress=False)
+    rows = {r["id"]: r for r in ev.rows}
+    assert len(rows) == 16
+    for name in DEGENERATE:
+        assert rows[f"bad_{name}"]["problem"].startswith("degenerate_lattice:"), name
+    assert rows["unknown_element"]["problem"].startswith("unknown_element: not an element: Xx")
+    assert rows["occupancy_zero"]["problem"].startswith("zero_occupancy:")
+    assert rows["coincident"]["problem"] == "" and rows["coincident"]["struct_valid"] is False
+    assert all(rows[f"good_{k}"]["struct_valid"] is True for k in range(9))
+    assert ev.metrics["struct_valid"]["value"] == pytest.approx(9 / 16)
+
+
+def test_metrics_json_is_strict(tmp_path):
+    folder, ref = _inputs(tmp_path)
+    ev = evaluate(folder, ref, ref, EvalOptions(metrics=("validity",)), progress=False)
+    ev.metrics["nothing"] = {"value": float("nan"), "n": 0}
+    write_report(ev, tmp_path / "out", title="t", options=EvalOptions(metrics=("validity",)))
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["metrics"]["nothing"]["value"] is None
+    with (tmp_path / "out" / "structures.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 16
+
+
+def test_files_and_device_are_checked_before_any_work(tmp_path, monkeypatch):
+    from crysgen.evaluation import suite
+
+    folder, ref = _inputs(tmp_path)
+    monkeypatch.setattr(suite, "load_inputs", lambda *a: pytest.fail("inputs read before the checks"))
+    with pytest.raises(CrysgenError, match="--train"):
+        evaluate(folder, tmp_path / "missing.npz", ref, EvalOptions(metrics=("novelty",)), progress=False)
+    with pytest.raises(CrysgenError, match="--device"):
+        evaluate(folder, ref, ref, EvalOptions(metrics=("validity",), device="bogus"), progress=False)
