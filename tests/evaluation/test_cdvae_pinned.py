@@ -33,7 +33,8 @@ def _sets() -> tuple[dict[str, Structure], dict[str, Structure]]:
         return Structure.from_spacegroup("Pm-3m", Lattice.cubic(a), [x, "Ti", "O"],
                                          [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
 
-    zro2 = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.07), ["Zr", "O"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    zro2 = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.07), ["Zr", "O"],
+                                     [[0, 0, 0], [0.25, 0.25, 0.25]])
     nacl2 = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
     generated = {
         "nacl": rocksalt(5.64, "Na", "Cl"), "sto": perovskite(3.905, "Sr"),
@@ -71,7 +72,8 @@ def files(tmp_path_factory):
 
 
 def _run(files, **options):
-    o = EvalOptions(metrics=("validity", "coverage", "distributions"), cache_dir=str(files / "cache"), **options)
+    o = EvalOptions(metrics=("validity", "coverage", "distributions"), cache_dir=str(files / "cache"),
+                    **options)
     return evaluate(files / "gen.npz", None, files / "own_crystals.npz", o, progress=False)
 
 
