@@ -69,10 +69,8 @@ def _cmd_data_label(args: argparse.Namespace) -> int:
 def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     from crysgen.codec.roundtrip import roundtrip
     from crysgen.crystal_set import CrystalSet
-    from crysgen.data.guards import check_input_file
     from crysgen.representations.crystens import CrysTensScaling, DecodeOptions
 
-    check_input_file(args.file, "FILE")
     options = DecodeOptions(mode=args.mode, symprec=args.symprec, elements=args.elements)
     crystals = CrystalSet.load(args.file)
     if args.limit is not None:
