@@ -1,4 +1,6 @@
-"""Sampling speed and quick quality of an atom diffusion model -> benchmarks/results/atom_diffusion_<dataset>.json.
+"""Sampling speed and quick quality of an atom diffusion model.
+
+Writes benchmarks/results/atom_diffusion_<dataset>.json.
 
 Three `crysgen sample` runs from one model directory: 1,000 de novo samples (kept for
 `crysgen evaluate`), 10,000 de novo samples timed end to end (sampling, decoding, CIFs and
@@ -8,7 +10,8 @@ distances >= 0.5 Å, volume >= 0.1 Å³), median number of elements, seconds, cr
 
 Usage (GPU machine)::
 
-    python benchmarks/atom_diffusion.py RUN/model --device cuda --steps 50 --out benchmarks/.work/atomsamples \
+    python benchmarks/atom_diffusion.py RUN/model --device cuda --steps 50 \
+        --out benchmarks/.work/atomsamples \
         --csp benchmarks/.work/mp_20_asis_test.npz
 """
 

@@ -7,20 +7,27 @@ import pytest
 
 from crysgen import CrysgenError
 from crysgen.models.model_dir import read_model_meta
-from crysgen.pipelines.generators import DEFAULT_MODEL, load_generator
+from crysgen.pipelines.generators import CRYSTENS_MODEL, DEFAULT_MODEL, load_generator
 from crysgen.representations.crystens import decode
 
 
-def test_bundled_model_ships_small_and_complete():
-    meta = read_model_meta(DEFAULT_MODEL)
-    assert meta["kind"] == "diffusion"
-    assert meta["data"]["name"] == "mp_20_train_partial.npz" and meta["data"]["count"] > 10_000
-    size = (DEFAULT_MODEL / "weights.safetensors").stat().st_size
-    assert size <= 25 * 2**20  # the 25 MB limit for a committed model
+@pytest.mark.parametrize(("path", "kind", "data"), [
+    (DEFAULT_MODEL, "atom_diffusion", "mp_20_asis_train_partial.npz"),
+    (CRYSTENS_MODEL, "diffusion", "mp_20_train_partial.npz")])
+def test_bundled_models_ship_small_and_complete(path, kind, data):
+    meta = read_model_meta(path)
+    assert meta["kind"] == kind
+    assert meta["data"]["name"] == data and meta["data"]["count"] > 10_000
+    size = (path / "weights.safetensors").stat().st_size
+    assert size <= 25 * 10**6  # the 25 MB limit for a committed model
 
 
-def test_bundled_model_samples_real_crystals():
-    model = load_generator(None)
+def test_default_model_is_the_atom_model():
+    assert type(load_generator(None)).__name__ == "AtomDiffusionModel"
+
+
+def test_bundled_crystens_model_samples_real_crystals():
+    model = load_generator(CRYSTENS_MODEL)
     x = model.sample(4, steps=5, sampler="ddim", seed=0, batch_size=4)
     assert x.shape == (4, 4, 64, 64) and np.isfinite(x).all()
     res = decode(x, model.scaling)

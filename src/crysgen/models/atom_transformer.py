@@ -108,7 +108,7 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d), cond (B, d), bias (B, heads, T, T) additive (−inf for masked keys)."""
+        """X (B, T, d), cond (B, d), bias (B, heads, T, T) additive (−inf for masked keys)."""
         b, t, d = x.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(cond).chunk(6, -1)
         h = _modulate(self.norm1(x), s1, sc1)

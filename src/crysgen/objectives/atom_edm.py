@@ -104,7 +104,8 @@ def _precond(sigma: torch.Tensor, sd: float) -> tuple[torch.Tensor, torch.Tensor
 
 def current_cell(lattice_t: torch.Tensor, mask: torch.Tensor, consts: Constants) -> torch.Tensor:
     """(B, 3, 3) Å: the cell that the noisy lattice features describe (clamped to be finite)."""
-    raw = lattice_t.float() * consts.lattice_std.to(lattice_t.device) + consts.lattice_mean.to(lattice_t.device)
+    dev = lattice_t.device
+    raw = lattice_t.float() * consts.lattice_std.to(dev) + consts.lattice_mean.to(dev)
     n = mask.sum(1).clamp_min(1).float()
     lengths = torch.exp((raw[:, :3] + n.log()[:, None] / 3).clamp(math.log(0.5), math.log(50.0)))
     return lattice_matrix(torch.cat([lengths, raw[:, 3:]], -1))

@@ -23,7 +23,7 @@ import torch
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.models.atom_transformer import AtomNetConfig, AtomTransformer
+from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
 from crysgen.pipelines.generators import torch_generator
@@ -141,7 +141,7 @@ class AtomDiffusionModel:
             warnings.warn(f"{what}: the model never saw {names} in training", stacklevel=3)
 
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
-        """int (n,) site counts from the training histogram."""
+        """Int (n,) site counts from the training histogram."""
         p = torch.as_tensor(np.asarray(self.spec.num_atoms_counts, float))
         return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
 
@@ -189,7 +189,8 @@ class AtomDiffusionModel:
             out_t.append(x.types.cpu().numpy())
             out_f.append(x.frac.cpu().numpy())
             out_l.append(x.lattice.cpu().numpy())
-        cat = (lambda a, shape: np.concatenate(a) if a else np.zeros(shape, np.float32))
+        def cat(a, shape):
+            return (np.concatenate(a) if a else np.zeros(shape, np.float32))
         return AtomSets(cat(out_t, (0, s, codes.shape[1])), cat(out_f, (0, s, 3)), cat(out_l, (0, 6)),
                         mask, np.zeros_like(mask, np.int64) if z is None else z)
 
@@ -267,7 +268,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             sig = hat
         d1 = d_of(x, sig)
         step = nxt - sig
-        x1 = Parts(x.types + step * d1.types, wrap(x.frac + step * d1.frac) * m, x.lattice + step * d1.lattice)
+        x1 = Parts(x.types + step * d1.types, wrap(x.frac + step * d1.frac) * m,
+                   x.lattice + step * d1.lattice)
         if nxt > 0:
             d2 = d_of(x1, nxt)
             x1 = Parts(x.types + step * (d1.types + d2.types) / 2,

@@ -24,6 +24,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
@@ -209,7 +210,7 @@ def lattice_parameters(features: np.ndarray, num_sites: np.ndarray, spec: AtomSe
 
 
 def nearest_elements(types: np.ndarray, allowed: list[int], spec: AtomSetSpec) -> np.ndarray:
-    """int (..., ) atomic numbers: for each code in ``types`` (..., D), the nearest allowed one."""
+    """Int (..., ) atomic numbers: for each code in ``types`` (..., D), the nearest allowed one."""
     allowed_z = np.asarray(sorted(allowed), np.int64)
     table = spec.codes()[allowed_z]  # (K, D)
     d2 = ((np.asarray(types, np.float32)[..., None, :] - table) ** 2).sum(-1)
@@ -275,7 +276,7 @@ def _failure(sets: AtomSets, params: np.ndarray, num: int, i: int) -> str:
     if not all(np.all(np.isfinite(a)) for a in arrays):
         return "not_finite: NaN or infinite values in the sample"
     a, b, c, al, be, ga = params
-    if not (0.5 <= min(a, b, c) and max(a, b, c) <= 1000.0):
+    if not (min(a, b, c) >= 0.5 and max(a, b, c) <= 1000.0):
         return f"impossible_lattice: lengths {a:.3g}, {b:.3g}, {c:.3g} Å"
     ca, cb, cg = np.cos(np.radians([al, be, ga]))
     vol2 = 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg

@@ -319,8 +319,10 @@ class AtomTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AtomTrainConfig:
-        """Build from a nested dict; unknown keys are an error, unset optimiser keys keep the
-        atom-diffusion defaults."""
+        """Build from a nested dict (unknown keys are an error).
+
+        Unset optimiser keys keep the atom-diffusion defaults.
+        """
         data = dict(data or {})
         compile_ = bool(data.pop("compile", False))
         _check_keys(data, {"net": AtomNetConfig, "edm": AtomEDMConfig, "optim": OptimConfig,

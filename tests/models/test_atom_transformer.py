@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import torch
+
+from crysgen.models.atom_transformer import AtomTransformer, lattice_matrix
+
+TINY = {"type_dim": 39, "d_model": 32, "n_layers": 2, "n_heads": 4, "edge_hidden": 16}
+
+
+def _net_and_batch(seed: int = 0):
+    torch.manual_seed(seed)
+    net = AtomTransformer(**TINY)
+    for p in net.parameters():  # adaLN-Zero starts at zero output: make every path matter
+        torch.nn.init.normal_(p, std=0.2)
+    b, s = 3, 6
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    x = (torch.randn(b, s, 39), torch.rand(b, s, 3), torch.randn(b, 6), mask, torch.randn(b),
+         torch.tensor([False, True, False]),
+         lattice_matrix(torch.tensor([[4.0, 5, 6, 1.5, 1.6, 1.7]]).repeat(b, 1)))
+    return net.eval(), x
+
+
+def test_permuting_sites_permutes_outputs():
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    perm = torch.tensor([2, 0, 3, 1, 4, 5])  # the real sites of crystal 0 and 1 are shuffled
+    out = net(t, f, lat, m, c, g, cell)
+    outp = net(t[:, perm], f[:, perm], lat, m[:, perm], c, g, cell)
+    torch.testing.assert_close(outp[0][:2], out[0][:2, perm], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outp[1][:2], out[1][:2, perm], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outp[2], out[2], atol=1e-5, rtol=1e-4)  # lattice token: invariant
+
+
+def test_padding_sites_never_reach_real_ones():
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    out = net(t, f, lat, m, c, g, cell)
+    t2, f2 = t.clone(), f.clone()
+    t2[~m] = 100 * torch.randn(int((~m).sum()), 39)
+    f2[~m] = torch.rand(int((~m).sum()), 3)
+    out2 = net(t2, f2, lat, m, c, g, cell)
+    for a, b in zip(out, out2, strict=False):
+        if a.dim() == 3:
+            torch.testing.assert_close(a[m], b[m])
+        else:
+            torch.testing.assert_close(a, b)
+
+
+def test_pair_bias_is_invariant_to_a_common_shift_but_not_to_moving_one_atom():
+    net, (_t, f, _lat, m, _c, _g, cell) = _net_and_batch()
+    bias = net.pair_bias(f, cell, m)
+    shifted = torch.remainder(f + torch.tensor([0.37, 0.81, 0.05]), 1.0)
+    torch.testing.assert_close(net.pair_bias(shifted, cell, m), bias, atol=1e-4, rtol=1e-4)
+    moved = f.clone()
+    moved[0, 0] += 0.2
+    assert not torch.allclose(net.pair_bias(moved, cell, m)[0], bias[0], atol=1e-3)
+
+
+def test_lattice_matrix_has_pymatgens_metric():
+    from pymatgen.core import Lattice
+
+    params = [3.1, 4.2, 5.3, 80.0, 95.0, 110.0]
+    want = Lattice.from_parameters(*params).metric_tensor  # orientation-free: distances agree
+    got = lattice_matrix(torch.tensor([params[:3] + [p * torch.pi / 180 for p in params[3:]]],
+                                      dtype=torch.float64))[0]
+    torch.testing.assert_close(got @ got.T, torch.tensor(want), atol=1e-9, rtol=1e-9)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from crysgen import CrysgenError
+from crysgen.cli import main
+from crysgen.crystal_set import CrystalSet
+from crysgen.data.structures import load_inputs
+from crysgen.evaluation.validity import structurally_valid
+from crysgen.models.atom_transformer import AtomTransformer
+from crysgen.objectives.atom_edm import AtomEDMConfig
+from crysgen.pipelines.atoms import AtomDiffusionModel
+from crysgen.pipelines.generators import DEFAULT_MODEL
+from crysgen.representations.atoms import AtomSetSpec
+from crysgen.sampling import SampleOptions, sample_to_dir
+from tests.conftest import load_cif
+
+NAMES = ("NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO")
+
+
+@pytest.fixture(scope="module")
+def crystals() -> CrystalSet:
+    return CrystalSet.from_structures([load_cif(n) for n in NAMES], ids=list(NAMES))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, crystals):
+    torch.manual_seed(0)
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16)
+    for p in net.parameters():  # a random (not zero-output) network: samples vary with the noise
+        torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.zeros_(net.lattice_out.weight)  # lattices shrink to the training mean: cells decode
+    torch.nn.init.zeros_(net.lattice_out.bias)
+    model = AtomDiffusionModel(net, AtomEDMConfig(), AtomSetSpec.fit(crystals, max_atoms=30), {"name": "t"})
+    return model.save_pretrained(tmp_path_factory.mktemp("m") / "model", half=False)
+
+
+def _rows(folder):
+    with (folder / "samples.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_formula_samples_have_exactly_that_composition(model_dir, tmp_path):
+    sample_to_dir(model_dir, tmp_path / "s", SampleOptions(n=6, steps=6, formula="SrTiO3"), progress=False)
+    rows = _rows(tmp_path / "s")
+    assert len(rows) == 6 and all(r["target"] == "SrTiO3" for r in rows)
+    decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
+    assert decoded, "no sample decoded"
+    for s in decoded:
+        assert s.composition.reduced_formula == "SrTiO3" and len(s) % 5 == 0
+
+
+def test_num_atoms_fixes_the_cell_size(model_dir, tmp_path):
+    sample_to_dir(model_dir, tmp_path / "s", SampleOptions(n=3, steps=6, formula="NaCl", num_atoms=8),
+                  progress=False)
+    assert {r["num_sites"] for r in _rows(tmp_path / "s") if not r["failure"]} == {"8"}
+
+
+def test_compositions_name_their_targets(model_dir, crystals, tmp_path):
+    crystals.save(tmp_path / "t.npz")
+    sample_to_dir(model_dir, tmp_path / "s", SampleOptions(n=8, steps=6, compositions=str(tmp_path / "t.npz"),
+                                                           per_target=2), progress=False)
+    rows = _rows(tmp_path / "s")
+    assert [r["target"] for r in rows] == [n for n in NAMES for _ in range(2)]
+    for r in rows:
+        if not r["failure"]:
+            want = crystals.to_structure(NAMES.index(r["target"])).composition.reduced_formula
+            assert r["formula"] == want
+
+
+def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
+    opts = SampleOptions(n=6, steps=6, chunk_size=2, seed=5)
+    sample_to_dir(model_dir, tmp_path / "full", opts, progress=False)
+    sample_to_dir(model_dir, tmp_path / "cut", opts, progress=False)
+    (tmp_path / "cut" / "chunks" / "chunk_00001.csv").unlink()  # the run stopped in chunk 1
+    (tmp_path / "cut" / "samples.csv").unlink()
+    summary = sample_to_dir(model_dir, tmp_path / "cut", opts, progress=False)
+    assert summary.chunks_done_before == 2
+    assert (tmp_path / "cut" / "samples.csv").read_text() == (tmp_path / "full" / "samples.csv").read_text()
+    for cif in (tmp_path / "full" / "cifs").glob("*.cif"):
+        assert (tmp_path / "cut" / "cifs" / cif.name).read_text() == cif.read_text()
+    formulas = {r["formula"] for r in _rows(tmp_path / "full")}
+    assert len(formulas) > 1  # samples differ from each other (the noise reaches the output)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--formula", "Xx2O"], "Xx is not an element"),
+    (["--formula", "Fe2O3", "--num-atoms", "7"], "not a multiple"),
+    (["--formula", "Fe2O3", "--num-atoms", "35"], "not a multiple"),
+    (["--num-atoms", "4"], "goes with --formula"),
+])
+def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, args, message):
+    rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "samples.csv").exists()
+
+
+def test_crystens_models_refuse_composition_options(tmp_path):
+    from crysgen.pipelines.generators import CRYSTENS_MODEL
+
+    with pytest.raises(CrysgenError, match="atom diffusion models only"):
+        sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, formula="NaCl"), progress=False)
+
+
+def test_bundled_model_samples_real_crystals(tmp_path):
+    """16 CPU samples of the bundled model look like mp_20 crystals: few elements, no clashes.
+
+    Noise in place of the network gives ~8 distinct elements per crystal (the site count drawn
+    from mp_20, each site a random element) and overlapping atoms.
+    """
+    model = AtomDiffusionModel.from_pretrained(DEFAULT_MODEL)
+    res = model.generate(16, steps=20, seed=0, batch_size=16)
+    structures = [res.crystals.to_structure(i) for i in range(len(res.crystals))]
+    valid = sum(structurally_valid(s) for s in structures)
+    elements = np.median([len(s.composition.elements) for s in structures])
+    assert valid >= 12 and elements <= 4, (valid, elements)

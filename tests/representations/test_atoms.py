@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.representations.atoms import (
+    AtomSetSpec,
+    decode,
+    element_code_table,
+    encode,
+    nearest_elements,
+    niggli_reduce,
+    parse_formula,
+)
+from tests.conftest import load_cif
+
+
+@pytest.fixture(scope="module")
+def crystals() -> CrystalSet:
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO"]
+    return CrystalSet.from_structures([load_cif(n) for n in names], ids=names)
+
+
+def test_element_codes_are_unique_and_keep_columns_together():
+    table = element_code_table()[1:]
+    assert len({tuple(r) for r in table}) == len(table)  # every element its own code
+    assert np.all(table.sum(1) == 2)  # one period + one column
+    # Na and K share their column (half the code); Na and its neighbour Mg share only the period
+    na, k, mg = element_code_table()[[11, 19, 12]]
+    assert (na * k).sum() == 1 and (na * mg).sum() == 1 and np.abs(na - k).sum() == 2
+    assert np.abs(element_code_table()[57] - element_code_table()[58]).sum() == 2  # La != Ce
+
+
+def test_round_trip_keeps_every_crystal(crystals):
+    spec = AtomSetSpec.fit(crystals, max_atoms=32)
+    sets = encode(crystals, spec)
+    assert sets.types.shape == (4, 32, 39) and sets.frac.shape == (4, 32, 3) and sets.lattice.shape == (4, 6)
+    assert sets.mask.sum() == crystals.num_sites.sum()
+    res = decode(sets, spec, ids=list(crystals.ids))
+    assert not res.failures
+    np.testing.assert_allclose(res.crystals.lattice, crystals.lattice, rtol=1e-5)
+    sm = StructureMatcher()
+    for i in range(len(crystals)):
+        a, b = crystals.to_structure(i), res.crystals.to_structure(i)
+        assert a.composition == b.composition and sm.fit(a, b)
+
+
+def test_noisy_codes_snap_to_the_right_elements(crystals):
+    spec = AtomSetSpec.fit(crystals)
+    sets = encode(crystals, spec)
+    noisy = sets.types + np.random.default_rng(0).normal(0, 0.15, sets.types.shape).astype(np.float32)
+    z = nearest_elements(noisy, spec.elements, spec) * sets.mask
+    assert np.array_equal(z, sets.atomic_numbers)
+
+
+def test_decode_with_given_elements_keeps_them(crystals):
+    spec = AtomSetSpec.fit(crystals)
+    sets = encode(crystals, spec)
+    sets.types[:] = 0.0  # codes carry nothing: the given elements must win
+    res = decode(sets, spec, atomic_numbers=sets.atomic_numbers)
+    assert np.array_equal(res.crystals.atomic_numbers[:, :20], crystals.atomic_numbers[:, :20])
+
+
+def test_decode_gives_reasons_not_exceptions(crystals):
+    spec = AtomSetSpec.fit(crystals)
+    sets = encode(crystals, spec)
+    sets.lattice[0, 0] = 50.0  # a length of e^(50 σ): no real cell
+    sets.frac[1, 0, 0] = np.nan
+    sets.mask[2] = False
+    res = decode(sets, spec)
+    reasons = dict(res.failures)
+    assert set(reasons) == {0, 1, 2}
+    assert reasons[0].startswith("impossible_lattice") and reasons[1].startswith("not_finite")
+    assert reasons[2].startswith("no_atoms")
+    assert list(res.index) == [3]
+
+
+def test_niggli_reduction_keeps_the_crystal():
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice.from_parameters(4, 5, 6, 90, 90, 90), ["Na", "Cl"], [[0, 0, 0], [0.3, 0.2, 0.6]])
+    basis = np.array([[1, 0, 0], [1, 1, 0], [0, 2, 1]])  # unimodular: the same lattice, skewed cell
+    skewed = Structure(Lattice(basis @ s.lattice.matrix), s.species, s.cart_coords,
+                       coords_are_cartesian=True)
+    assert max(skewed.lattice.abc) > 10
+    cs = CrystalSet.from_structures([skewed], ids=["x"])
+    red = niggli_reduce(cs)
+    assert sorted(red.lattice[0, :3]) == pytest.approx([4, 5, 6], abs=1e-6)
+    assert StructureMatcher().fit(red.to_structure(0), s)
+
+
+def test_parse_formula_errors():
+    assert parse_formula("Fe2O3") == {26: 2, 8: 3}
+    for bad in ("Xx2O", "Fe0.5O", "", "Fe2O3)"):
+        with pytest.raises(CrysgenError):
+            parse_formula(bad)
