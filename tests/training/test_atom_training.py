@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crysgen import CrysgenError
+from crysgen.crystal_set import CrystalSet
+from crysgen.pipelines.atoms import AtomDiffusionModel
+from crysgen.training.atoms import train_atom_diffusion
+from crysgen.training.config import AtomTrainConfig
+from tests.conftest import load_cif
+
+TINY = {"net": {"d_model": 32, "n_layers": 2, "n_heads": 4, "edge_hidden": 16},
+        "optim": {"batch_size": 2, "max_steps": 4, "checkpoint_every": 2, "log_every": 1,
+                  "warmup_steps": 1, "lr": 1e-3}}
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO"]
+    return CrystalSet.from_structures([load_cif(n) for n in names], ids=names).save(tmp_path / "tiny.npz")
+
+
+def test_train_resume_export_and_init(tiny_set, tmp_path):
+    cfg = AtomTrainConfig.from_dict(TINY)
+    model_dir = train_atom_diffusion(tiny_set, tmp_path / "run", config=cfg, max_steps=2, accelerator="cpu",
+                                     progress=False)
+    first = AtomDiffusionModel.from_pretrained(model_dir)
+    assert first.data["step"] == 2 and first.spec.max_atoms == 8  # the largest training crystal
+    model_dir = train_atom_diffusion(tiny_set, tmp_path / "run", resume=True, max_steps=4, accelerator="cpu",
+                                     progress=False)
+    resumed = AtomDiffusionModel.from_pretrained(model_dir)
+    assert resumed.data["step"] == 4
+    changed = [not torch.equal(a, b) for a, b in zip(first.net.parameters(), resumed.net.parameters())]
+    assert any(changed)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert [r["end_step"] for r in summary["runs"]] == [2, 4]
+    warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=cfg, max_steps=1, accelerator="cpu",
+                                progress=False, init=model_dir)
+    assert AtomDiffusionModel.from_pretrained(warm).data["init"]["step"] == 4
+
+
+def test_bad_configs_are_refused(tiny_set, tmp_path):
+    with pytest.raises(CrysgenError, match="unknown key"):
+        AtomTrainConfig.from_dict({"net": {"width": 3}})
+    with pytest.raises(CrysgenError, match="csp_fraction"):
+        AtomTrainConfig.from_dict({"edm": {"csp_fraction": 2}})
+    with pytest.raises(CrysgenError, match="more than 4 sites"):
+        train_atom_diffusion(tiny_set, tmp_path / "r", config=AtomTrainConfig.from_dict(
+            TINY | {"data": {"max_atoms": 4}}), accelerator="cpu", progress=False)
