@@ -118,3 +118,15 @@ def test_bundled_model_samples_real_crystals(tmp_path):
     valid = sum(structurally_valid(s) for s in structures)
     elements = np.median([len(s.composition.elements) for s in structures])
     assert valid >= 12 and elements <= 4, (valid, elements)
+
+
+def test_summary_counts_structurally_valid_crystals(model_dir, tmp_path):
+    summary = sample_to_dir(model_dir, tmp_path / "s", SampleOptions(n=12, steps=4, seed=2), progress=False)
+    by_cif = {c.id: structurally_valid(c.structure) for c in load_inputs(tmp_path / "s")
+              if c.structure is not None}
+    assert summary.structurally_valid == sum(by_cif.values())
+    assert 0 < summary.structurally_valid < summary.decoded  # a random network makes some clashes
+    import json
+
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["structurally_valid"] == \
+        summary.structurally_valid

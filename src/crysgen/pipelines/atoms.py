@@ -148,7 +148,7 @@ class AtomDiffusionModel:
     # ------------------------------------------------------------------ sampling
     def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
-                    progress: bool = False) -> AtomSets:
+                    progress: bool = False, on_batch: Any = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -159,6 +159,7 @@ class AtomDiffusionModel:
             batch_size: crystals per forward pass.
             atomic_numbers: int (n, S) given elements per sample (composition control), or None.
             progress: a progress bar over batches.
+            on_batch: called with the number of crystals after every batch (for a caller's bar).
         """
         from tqdm.auto import tqdm
 
@@ -189,6 +190,8 @@ class AtomDiffusionModel:
             out_t.append(x.types.cpu().numpy())
             out_f.append(x.frac.cpu().numpy())
             out_l.append(x.lattice.cpu().numpy())
+            if on_batch is not None:
+                on_batch(b)
         def cat(a, shape):
             return (np.concatenate(a) if a else np.zeros(shape, np.float32))
         return AtomSets(cat(out_t, (0, s, codes.shape[1])), cat(out_f, (0, s, 3)), cat(out_l, (0, 6)),
@@ -196,7 +199,8 @@ class AtomDiffusionModel:
 
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
-                 compositions: Compositions | None = None, offset: int = 0, **_: Any) -> Any:
+                 compositions: Compositions | None = None, offset: int = 0, on_batch: Any = None,
+                 **_: Any) -> Any:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample.
@@ -205,7 +209,7 @@ class AtomDiffusionModel:
 
         z = None if compositions is None else compositions.atomic_numbers[offset:offset + n]
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
-                                atomic_numbers=z)
+                                atomic_numbers=z, on_batch=on_batch)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z)
         return as_decode_result(res, n)
 
