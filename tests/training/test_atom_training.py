@@ -33,7 +33,8 @@ def test_train_resume_export_and_init(tiny_set, tmp_path):
                                      progress=False)
     resumed = AtomDiffusionModel.from_pretrained(model_dir)
     assert resumed.data["step"] == 4
-    changed = [not torch.equal(a, b) for a, b in zip(first.net.parameters(), resumed.net.parameters())]
+    changed = [not torch.equal(a, b)
+               for a, b in zip(first.net.parameters(), resumed.net.parameters(), strict=True)]
     assert any(changed)
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert [r["end_step"] for r in summary["runs"]] == [2, 4]
