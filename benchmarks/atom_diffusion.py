@@ -40,13 +40,15 @@ def quick(folder: Path, n: int) -> dict:
             "median_elements": float(np.median(elements)) if elements else float("nan")}
 
 
-def run(model: str, out: Path, options: SampleOptions, device: str, batch: int) -> dict:
+def run(model: str, out: Path, options: SampleOptions, device: str, batch: int, workers: int) -> dict:
     t0 = time.perf_counter()
-    summary = sample_to_dir(model, out, options, device=device, batch_size=batch, progress=False)
+    summary = sample_to_dir(model, out, options, device=device, batch_size=batch, progress=False,
+                            workers=workers)
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 2), "crystals_per_s": round(options.n / seconds, 1),
             "failures": summary.failure_reasons, "options": {"n": options.n, "steps": options.steps,
-                                                             "chunk_size": options.chunk_size}}
+                                                             "chunk_size": options.chunk_size},
+            "workers": workers}
 
 
 def main() -> None:
@@ -59,20 +61,22 @@ def main() -> None:
     p.add_argument("--out", required=True, help="work folder for the sample folders")
     p.add_argument("--csp", default=None, help="target CrystalSet: one sample per crystal")
     p.add_argument("--speed-n", type=int, default=10000)
+    p.add_argument("--workers", type=int, default=8, help="processes writing CIFs and checking crystals")
     args = p.parse_args()
     out = Path(args.out)
     result: dict = {"model": args.model, "dataset": args.dataset, "steps": args.steps}
     denovo = SampleOptions(n=1000, steps=args.steps, chunk_size=1000)
-    result["denovo_1000"] = run(args.model, out / "denovo", denovo, args.device, args.batch)
+    result["denovo_1000"] = run(args.model, out / "denovo", denovo, args.device, args.batch, args.workers)
     result["denovo_1000"] |= quick(out / "denovo", 1000)
     speed = SampleOptions(n=args.speed_n, steps=args.steps, seed=1, chunk_size=args.speed_n)
-    result["speed"] = run(args.model, out / "speed", speed, args.device, args.batch)
+    result["speed"] = run(args.model, out / "speed", speed, args.device, args.batch, args.workers)
     if args.csp:
         from crysgen.crystal_set import CrystalSet
 
         n = len(CrystalSet.load(args.csp))
         csp = SampleOptions(n=n, steps=args.steps, compositions=args.csp, chunk_size=2048)
-        result["csp"] = run(args.model, out / "csp", csp, args.device, args.batch) | {"targets": args.csp}
+        result["csp"] = (run(args.model, out / "csp", csp, args.device, args.batch, args.workers)
+                         | {"targets": args.csp})
     result |= stamp(args.device)
     path = ROOT / "benchmarks" / "results" / f"atom_diffusion_{args.dataset}.json"
     write_text_atomic(path, json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -417,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto decode: snap crystals to spglib symmetry at this tolerance (Å)")
     p.add_argument("--save-tensors", action="store_true", help="also keep the raw tensors (.npz)")
     p.add_argument("--workers", type=_positive_int, default=1,
-                   help="voxel VAE: watershed processes (1; does not change the crystals)")
+                   help="processes that write CIFs and check crystals, and the voxel VAE's watershed "
+                        "(1; does not change the crystals)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sample)
 

@@ -130,3 +130,12 @@ def test_summary_counts_structurally_valid_crystals(model_dir, tmp_path):
 
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["structurally_valid"] == \
         summary.structurally_valid
+
+
+def test_worker_processes_write_the_same_rows_and_cifs(model_dir, tmp_path):
+    opts = SampleOptions(n=10, steps=4, seed=4)
+    sample_to_dir(model_dir, tmp_path / "one", opts, progress=False)
+    sample_to_dir(model_dir, tmp_path / "two", opts, progress=False, workers=2)
+    assert (tmp_path / "one" / "samples.csv").read_text() == (tmp_path / "two" / "samples.csv").read_text()
+    cifs = sorted((tmp_path / "one" / "cifs").glob("*.cif"))
+    assert cifs and all((tmp_path / "two" / "cifs" / c.name).read_text() == c.read_text() for c in cifs)
