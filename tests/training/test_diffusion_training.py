@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,9 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.models.unet2d import UNetConfig, build_unet
 from crysgen.objectives.diffusion import DiffusionConfig, diffusion_loss, to_model_range
 from crysgen.pipelines.diffusion import DiffusionModel
-from crysgen.training.config import DiffusionTrainConfig, load_config
-from crysgen.training.diffusion import train_diffusion
+from crysgen.representations.crystens import CrysTensScaling
+from crysgen.training.config import DiffusionTrainConfig, load_config, save_config
+from crysgen.training.diffusion import export_checkpoint, train_diffusion
 from tests.conftest import load_cif
 
 TINY = {"unet": {"block_out_channels": [8, 16], "attention": [False, True],
@@ -55,12 +58,12 @@ def test_train_resume_and_export(tiny_set, tmp_path):
 
     metrics = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
     assert [int(r["step"]) for r in metrics if r.get("val_loss")] == [1, 3]  # every 2 steps
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
     with pytest.raises(CrysgenError, match="already holds a run"):
         train_diffusion(tiny_set, run, config=cfg, progress=False, accelerator="cpu")
     train_diffusion(tiny_set, run, resume=True, max_steps=6, progress=False, accelerator="cpu")
-    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6
     # the optimizer state went on from step 4 (Adam's step counter), it did not restart
     steps = [s["step"] for s in resumed["optimizer_states"][0]["state"].values()]
@@ -71,7 +74,7 @@ def test_train_resume_and_export(tiny_set, tmp_path):
     # a wall-clock stop between periodic checkpoints still leaves last.ckpt at the stop step
     train_diffusion(tiny_set, run, resume=True, max_steps=9, max_minutes=1e-6, progress=False,
                     accelerator="cpu")
-    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 6 < stopped < 9
     assert DiffusionModel.from_pretrained(model_dir).data["step"] == stopped
     import json
@@ -113,3 +116,31 @@ def test_warm_start_from_a_model_directory(tiny_set, tmp_path):
     with pytest.raises(CrysgenError, match="differs"):
         train_diffusion(tiny_set, tmp_path / "c", config=other, init=first, progress=False,
                         accelerator="cpu")
+
+
+class _Payload:
+    """Unpickling this makes a directory: the sign that a checkpoint ran code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_is_never_unpickled_as_code(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    marker = tmp_path / "code_ran"
+    torch.save({"global_step": 1, "state_dict": {}, "hyper_parameters": {"config": {}},
+                "epoch": 0, "payload": _Payload(marker)}, run / "checkpoints" / "last.ckpt")
+    # `crysgen model export` of a user-named run directory
+    with pytest.raises(CrysgenError, match=r"cannot read .* as a training checkpoint"):
+        export_checkpoint(run, tmp_path / "out")
+    assert not marker.exists()
+    # `crysgen train diffusion --resume` of the same directory (Lightning loads the checkpoint)
+    save_config(DiffusionTrainConfig.from_dict(TINY), run / "config.yaml")
+    CrysTensScaling.fit(CrystalSet.load(tiny_set)).save(run / "scaling.json")
+    with pytest.raises(Exception, match=r"[Ww]eights only load failed|Unsupported global"):
+        train_diffusion(tiny_set, run, resume=True, progress=False, accelerator="cpu")
+    assert not marker.exists()

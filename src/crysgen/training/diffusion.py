@@ -96,7 +96,10 @@ def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = No
     if not ckpt.is_file():
         have = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if run.is_dir() else []
         raise CrysgenError(f"no checkpoint {ckpt}" + (f" (have: {', '.join(have)})" if have else ""))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    try:  # a user-named file: tensors and plain containers only, never pickled code
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CrysgenError(f"cannot read {ckpt} as a training checkpoint: {exc}") from exc
     module = DiffusionModule(state["hyper_parameters"]["config"])
     module.load_state_dict(state["state_dict"])
     data = json.loads((run / "model" / "config.json").read_text())["data"] if (

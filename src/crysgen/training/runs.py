@@ -257,7 +257,10 @@ def fit(
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
-    trainer.fit(module, loader, val_loader, ckpt_path=str(run.last) if run.resume else None)
+    # weights_only: a resumed checkpoint holds tensors and plain containers only (the configs
+    # are saved as dicts), so no pickled code in a user-named run directory is ever run
+    trainer.fit(module, loader, val_loader, ckpt_path=str(run.last) if run.resume else None,
+                weights_only=True)
     # a time-limited stop must resume from where it stopped; saving also exports the model
     # directory through ExportModel
     trainer.save_checkpoint(run.last)
