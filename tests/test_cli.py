@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -76,3 +77,36 @@ def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", str(FILES), "--train", str(a_file), "--reference", str(a_file),
                  "--out", str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_importing_crysgen_leaves_the_environment_alone():
+    import subprocess
+    import sys
+
+    # every module of the package, in a fresh interpreter; torch and lightning set variables of
+    # their own when imported, so they come first
+    code = ("import os, pkgutil, importlib, torch, lightning\n"
+            "before = dict(os.environ)\n"
+            "import crysgen\n"
+            "for m in pkgutil.walk_packages(crysgen.__path__, 'crysgen.'):\n"
+            "    if m.name != 'crysgen.__main__':\n"
+            "        importlib.import_module(m.name)\n"
+            "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}\n"
+            "print(sorted(changed))\n")
+    env = {k: v for k, v in os.environ.items() if k != "SPGLIB_WARNING"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_command_silences_spglib_only_while_it_runs(monkeypatch):
+    import crysgen.cli as cli
+
+    seen = []
+    monkeypatch.delenv("SPGLIB_WARNING", raising=False)
+    monkeypatch.setattr(cli, "_cmd_data_prepare",
+                        lambda args: seen.append(os.environ.get("SPGLIB_WARNING")) or 0)
+    assert main(["data", "prepare", "x", "--out", "x.npz"]) == 0
+    assert seen == ["OFF"] and "SPGLIB_WARNING" not in os.environ
+    monkeypatch.setenv("SPGLIB_WARNING", "ON")  # the user's own setting wins
+    assert main(["data", "prepare", "x", "--out", "x.npz"]) == 0
+    assert seen == ["OFF", "ON"]

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from importlib.metadata import PackageNotFoundError, version
-
-# spglib prints C-level debug lines ("ssm_get_exact_positions failed") for every noisy cell;
-# they are not errors. Set SPGLIB_WARNING=ON to see them.
-os.environ.setdefault("SPGLIB_WARNING", "OFF")
 
 try:
     __version__ = version("crysgen")

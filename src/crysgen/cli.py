@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -243,8 +245,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise CrysgenError(f"--cov-cutoffs takes STRUCT,COMP, got {args.cov_cutoffs!r}") from exc
         cut = (s_cut, c_cut)
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else FAMILIES
-    if args.stability and "stability" not in metrics:
-        metrics = (*metrics, "stability")
+    if (args.stability or args.potential != "chgnet") and "stability" not in metrics:
+        metrics = (*metrics, "stability")  # --potential sevennet|both implies --stability
     options = EvalOptions(metrics=metrics, cov_cutoffs=cut, dataset=args.dataset,
                           comp_scaler=args.comp_scaler, comp_scaler_from=args.comp_scaler_from,
                           cov_over=args.cov_over, smact_tables=args.smact_tables,
@@ -253,7 +255,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
                           device=args.device, relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir,
-                          relax_workers=args.relax_workers, relax_batch_size=args.relax_batch)
+                          relax_workers=args.relax_workers, relax_batch_size=args.relax_batch,
+                          potential=args.potential)
     check_output_dir(args.out)  # before any work (issue 22)
     ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet)
     write_report(ev, args.out, title=f"crysgen evaluate: {args.samples}", options=options)
@@ -540,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA context and ~25 MB per structure of its forward batch)")
     p.add_argument("--relax-batch", type=_positive_int, default=64,
                    help="structures per CHGNet forward pass (64)")
+    p.add_argument("--potential", default="chgnet",
+                   help="what rates stability: chgnet (default), sevennet (SevenNet-0's static "
+                        "energies of the CHGNet-relaxed structures and of the hull; needs "
+                        "pip install 'crysgen[potentials]') or both (E_hull under each, both "
+                        "stable rates and their agreement)")
     p.add_argument("--cache-dir", default=None,
                    help="cache of reference energies and fingerprints "
                         "(default $CRYSGEN_CACHE or ~/.cache/crysgen)")
@@ -585,12 +593,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_spglib() -> Iterator[None]:
+    """Silence spglib's C-level warnings for the command, unless the user set SPGLIB_WARNING.
+
+    spglib prints lines such as "ssm_get_exact_positions failed" for every noisy cell; they are
+    not errors. The variable is set here, for the command and its worker processes, and not at
+    ``import crysgen``, so a program that imports the library keeps its environment.
+    """
+    if "SPGLIB_WARNING" in os.environ:
+        yield
+        return
+    os.environ["SPGLIB_WARNING"] = "OFF"
+    try:
+        yield
+    finally:
+        os.environ.pop("SPGLIB_WARNING", None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``crysgen`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with _quiet_spglib():
+            return int(args.func(args))
     except CrysgenError as exc:
         print(f"crysgen: error: {exc}", file=sys.stderr)
         return 2
