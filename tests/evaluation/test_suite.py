@@ -61,3 +61,23 @@ def test_files_and_device_are_checked_before_any_work(tmp_path, monkeypatch):
         evaluate(folder, tmp_path / "missing.npz", ref, EvalOptions(metrics=("novelty",)), progress=False)
     with pytest.raises(CrysgenError, match="--device"):
         evaluate(folder, ref, ref, EvalOptions(metrics=("validity",), device="bogus"), progress=False)
+
+
+def test_the_html_report_escapes_every_text_it_shows(tmp_path):
+    from crysgen.evaluation.suite import Evaluation
+
+    evil = "runs/</title><script>alert(1)</script>&co"
+    ev = Evaluation(metrics={"struct_valid": {"value": 0.5, "n": 2},
+                             "ks_<b>x</b>": {"value": {"<i>prop": {"statistic": 0.25}}, "n": 2}},
+                    rows=[{"id": "a", "problem": ""}], plots={"<u>plot": "iVBORw0KGgo="},
+                    seconds={"validity": 0.5})
+    write_report(ev, tmp_path, title=f"crysgen evaluate: {evil}", options=EvalOptions(metrics=("validity",)))
+    html = (tmp_path / "report.html").read_text()
+    assert "<script>" not in html and "<b>" not in html and "<i>" not in html and "<u>" not in html
+    assert html.count("<title>") == html.count("</title>") == 1
+    escaped = "runs/&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt;&amp;co"
+    assert f"<title>crysgen evaluate: {escaped}</title>" in html
+    assert f"<h1>crysgen evaluate: {escaped}</h1>" in html
+    assert "K-S: ks_&lt;b&gt;x&lt;/b&gt;" in html and "<td>&lt;i&gt;prop</td><td>0.25</td>" in html
+    assert "<tr><td>struct_valid</td><td>0.5</td><td>2</td></tr>" in html
+    assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in html

@@ -1,0 +1,57 @@
+"""The HTML page of an evaluation: metrics table, K-S tables and plots, rendered through jinja2.
+
+Every value that enters the page (the title, which names the user's sample path; metric names;
+property names; values) is HTML-escaped by the template engine (``autoescape``), so a path such
+as ``runs/<script>`` shows as text and cannot change the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import Environment
+
+_PAGE = """<!doctype html><html><head><meta charset='utf-8'><title>{{ title }}</title>
+<style>body{font-family:sans-serif;max-width:1200px}td{padding:2px 10px}</style></head>
+<body><h1>{{ title }}</h1>
+<table><tr><th>metric</th><th>value</th><th>n</th></tr>
+{%- for name, value, n in table %}
+<tr><td>{{ name }}</td><td>{{ value }}</td><td>{{ n }}</td></tr>
+{%- endfor %}
+</table>
+{%- for name, rows in ks %}
+<h3>K-S: {{ name }}</h3><table>
+{%- for prop, statistic in rows %}<tr><td>{{ prop }}</td><td>{{ statistic }}</td></tr>{% endfor -%}
+</table>
+{%- endfor %}
+{%- for name, png in plots %}
+<h2>{{ name }}</h2><img src="data:image/png;base64,{{ png }}">
+{%- endfor %}
+<p>Per structure: structures.csv. Timings (s): {{ seconds }}</p>
+</body></html>
+"""
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_html(metrics: dict[str, dict[str, Any]], plots: dict[str, str], seconds: dict[str, float],
+                *, title: str) -> str:
+    """The report page.
+
+    Args:
+        metrics: name -> ``{"value": number or {property: {"statistic": ...}}, "n": count}``;
+            dict values are the K-S tables.
+        plots: name -> base64 PNG.
+        seconds: timings per family, in seconds.
+        title: page title and heading (plain text; escaped here).
+
+    Returns:
+        The HTML text.
+    """
+    table = [(k, _fmt(v["value"]), v["n"]) for k, v in metrics.items() if not isinstance(v["value"], dict)]
+    ks = [(k, [(n, _fmt(s["statistic"])) for n, s in sorted(v["value"].items())])
+          for k, v in metrics.items() if isinstance(v["value"], dict)]
+    template = Environment(autoescape=True).from_string(_PAGE)
+    return template.render(title=title, table=table, ks=ks, plots=list(plots.items()), seconds=seconds)
