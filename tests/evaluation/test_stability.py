@@ -195,8 +195,6 @@ def test_reference_energies_are_cached_by_data(tmp_path, monkeypatch):
 
 
 def test_evaluate_with_stability_writes_per_structure_columns(tmp_path):
-    import chgnet
-
     from crysgen.evaluation.suite import EvalOptions, evaluate
 
     names = ["NaCl", "SrTiO3", "ZnO_wurtzite"]
@@ -204,7 +202,8 @@ def test_evaluate_with_stability_writes_per_structure_columns(tmp_path):
     samples = cs.save(tmp_path / "samples.npz")
     train = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52).save(tmp_path / "train.npz")
     # terminal energies given in the cache (relaxing every elemental candidate takes minutes)
-    cache = tmp_path / "cache" / "hull" / f"elements_chgnet{chgnet.__version__}.json"
+    cache = stability.elements_cache_path(tmp_path / "cache", "chgnet",
+                                          stability.RelaxOptions(steps=20))
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps({x: {"fcc": -1.0} for x in ["Na", "Cl", "Sr", "Ti", "O", "Zn"]}))
     ev = evaluate(samples, train, samples, EvalOptions(metrics=("validity", "novelty", "stability"),

@@ -386,12 +386,38 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     return [r for r in done if r is not None]
 
 
-def _cache_key(crystals: CrystalSet) -> str:
-    import chgnet
-
+def _cache_key(crystals: CrystalSet, potential: str = "chgnet") -> str:
+    """The potential's name and version and the data's hash (static energies: no relax settings)."""
+    from crysgen.evaluation.potentials import potential_id
     from crysgen.models.model_dir import data_fingerprint
 
-    return f"chgnet{chgnet.__version__}_{data_fingerprint(crystals, '')['sha256'][:20]}"
+    return f"{potential_id(potential)}_{data_fingerprint(crystals, '')['sha256'][:20]}"
+
+
+def relax_key(options: RelaxOptions) -> str:
+    """The relaxation settings that change a relaxed energy, for cache keys.
+
+    Force criterion, step limit, explosion ratio and time limit: a short ``--relax-steps`` run
+    must not leave terminal energies that a later full run would take for its own. Device and
+    batch size change only float noise and speed, and are left out.
+    """
+    o = options
+    return f"fmax{o.fmax:g}_steps{o.steps}_vol{o.max_volume_ratio:g}_t{o.time_limit_s:g}"
+
+
+def elements_cache_path(cache_dir: str | Path | None, potential: str, options: RelaxOptions) -> Path:
+    """Where the elemental candidates' energies under ``potential`` are cached.
+
+    CHGNet's file holds the relaxed candidates (energies and structures); another potential's
+    holds its static energies of those CHGNet-relaxed structures, so its name carries both
+    potentials' versions and the relaxation settings.
+    """
+    from crysgen.evaluation.potentials import potential_id
+
+    chg = f"{potential_id('chgnet')}_{relax_key(options)}"
+    name = (f"elements_{chg}.json" if potential == "chgnet"
+            else f"elements_{potential_id(potential)}_on_{chg}.json")
+    return Path(cache_dir or default_cache_dir()) / "hull" / name
 
 
 def default_cache_dir() -> Path:
@@ -402,33 +428,39 @@ def default_cache_dir() -> Path:
 
 
 def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = 64,
-                       cache_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
-    """CHGNet static energy per atom (eV/atom) of every crystal, cached by the data's hash.
+                       cache_dir: str | Path | None = None, progress: bool = True,
+                       potential: str = "chgnet") -> np.ndarray:
+    """Static energy per atom (eV/atom) of every crystal with ``potential``, cached on disk.
+
+    The cache key is the potential's name and version and the data's hash; a cache file that
+    cannot be read, or holds another number of crystals, is recomputed.
 
     Returns:
-        (N,) float64; NaN where CHGNet failed on a crystal.
+        (N,) float64; NaN where the potential failed on a crystal.
     """
     from tqdm.auto import tqdm
 
-    cache = Path(cache_dir or default_cache_dir()) / "hull" / f"{_cache_key(crystals)}.npz"
+    from crysgen.evaluation.potentials import static_energies
+
+    cache = Path(cache_dir or default_cache_dir()) / "hull" / f"{_cache_key(crystals, potential)}.npz"
     if cache.is_file():
-        return np.load(cache)["energy_per_atom"]
-    model = load_chgnet(device)
+        try:
+            with np.load(cache) as z:
+                cached = z["energy_per_atom"]
+            if cached.shape == (len(crystals),):
+                return cached
+        except (OSError, KeyError, ValueError, EOFError):
+            pass  # unreadable: recompute and overwrite
+    if potential == "chgnet":
+        load_chgnet(device)  # fails here, before the loop, when the model cannot be loaded
     out = np.full(len(crystals), np.nan)
-    bar = tqdm(total=len(crystals), desc="CHGNet reference energies", disable=not progress,
+    label = "CHGNet" if potential == "chgnet" else potential
+    bar = tqdm(total=len(crystals), desc=f"{label} reference energies", disable=not progress,
                leave=False)
     for start in range(0, len(crystals), batch_size):
-        idx = range(start, min(start + batch_size, len(crystals)))
-        structs = [crystals.to_structure(i) for i in idx]
-        try:
-            preds = model.predict_structure(structs, task="e", batch_size=batch_size)
-            out[list(idx)] = [float(p["e"]) for p in preds]
-        except Exception:  # fall back to one at a time, so one bad crystal costs only itself
-            for i, s in zip(idx, structs, strict=True):
-                try:
-                    out[i] = float(model.predict_structure(s, task="e")["e"])
-                except Exception:
-                    out[i] = np.nan
+        idx = list(range(start, min(start + batch_size, len(crystals))))
+        out[idx] = static_energies([crystals.to_structure(i) for i in idx], potential, device=device,
+                                   batch_size=batch_size)
         bar.update(len(idx))
     bar.close()
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -453,44 +485,107 @@ def _candidates(symbol: str) -> list[tuple[str, Any, bool]]:
     return out
 
 
-def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
-                         options: RelaxOptions | None = None, cache_dir: str | Path | None = None,
-                         progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Lowest energy per atom for each element: the data's elemental crystals or ASE candidates.
+def _read_json(path: Path) -> dict[str, Any]:
+    """A cache file's JSON object, or {} when it is missing or cannot be read."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
-    Args:
-        symbols: elements needed.
-        data_terminals: lowest CHGNet energy per atom among the data's elemental crystals.
-        options: relaxation settings for the candidates.
-        cache_dir: where relaxed candidates' energies are cached (per CHGNet version), written
-            after every element.
-        progress: show a progress bar.
+
+def relaxed_candidates(symbols: set[str], *, options: RelaxOptions | None = None,
+                       cache_dir: str | Path | None = None,
+                       progress: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+    """CHGNet-relaxed elemental candidates (:func:`_candidates`) of every symbol, cached on disk.
 
     Returns:
-        symbol -> {"energy_per_atom", "source"} for every symbol (NaN energy if all failed).
+        symbol -> label -> {"energy_per_atom": eV/atom, "structure": pymatgen dict or None}; a
+        candidate whose relaxation failed is left out. The cache
+        (:func:`elements_cache_path`) is written after every element, so an interrupted run
+        keeps what it relaxed.
     """
-    import chgnet
     from pymatgen.io.ase import AseAtomsAdaptor
-
-    cache = Path(cache_dir or default_cache_dir()) / "hull" / f"elements_chgnet{chgnet.__version__}.json"
-    known: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
     from tqdm.auto import tqdm
 
     from crysgen.crystal_set import write_text_atomic
 
     o = options or RelaxOptions()
-    out = {}
-    todo = sorted(symbols - set(known))
-    for sym in tqdm(todo, desc="CHGNet elemental references", disable=not progress, leave=False):
+    cache = elements_cache_path(cache_dir, "chgnet", o)
+    known: dict[str, dict[str, Any]] = _read_json(cache)
+    for sym in tqdm(sorted(symbols - set(known)), desc="CHGNet elemental references",
+                    disable=not progress, leave=False):
         known[sym] = {}
         for label, atoms, cell in _candidates(sym):
             r = relax(AseAtomsAdaptor.get_structure(atoms), o, relax_cell=cell)
             if r.energy_per_atom is not None and np.isfinite(r.energy_per_atom):
-                known[sym][label] = r.energy_per_atom
-        cache.parent.mkdir(parents=True, exist_ok=True)  # after every element: an interrupted
-        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")  # run keeps it
+                known[sym][label] = {"energy_per_atom": r.energy_per_atom,
+                                     "structure": r.structure.as_dict() if r.structure else None}
+        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    # a bare number is an energy without its structure (hand-written caches in tests)
+    return {sym: {label: v if isinstance(v, dict) else {"energy_per_atom": float(v), "structure": None}
+                  for label, v in known[sym].items()} for sym in symbols}
+
+
+def _rescored_candidates(candidates: dict[str, dict[str, dict[str, Any]]], potential: str, *,
+                         options: RelaxOptions, cache_dir: str | Path | None,
+                         batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """``potential``'s static energies of the CHGNet-relaxed candidates, cached per element."""
+    from pymatgen.core import Structure
+
+    from crysgen.crystal_set import write_text_atomic
+    from crysgen.evaluation.potentials import static_energies
+
+    cache = elements_cache_path(cache_dir, potential, options)
+    known: dict[str, dict[str, float]] = _read_json(cache)
+    todo = [(sym, label, Structure.from_dict(v["structure"]))
+            for sym in sorted(set(candidates) - set(known))
+            for label, v in sorted(candidates[sym].items()) if v.get("structure")]
+    energies = static_energies([t[2] for t in todo], potential, device=options.device,
+                               batch_size=batch_size)
+    for sym in set(candidates) - set(known):
+        known[sym] = {}
+    for (sym, label, _), e in zip(todo, energies, strict=True):
+        if np.isfinite(e):
+            known[sym][label] = float(e)
+    if todo:
+        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return {sym: known[sym] for sym in candidates}
+
+
+def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
+                         options: RelaxOptions | None = None, cache_dir: str | Path | None = None,
+                         progress: bool = True, potential: str = "chgnet",
+                         batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Lowest energy per atom for each element: the data's elemental crystals or ASE candidates.
+
+    Args:
+        symbols: elements needed.
+        data_terminals: lowest energy per atom (under ``potential``) among the data's elemental
+            crystals.
+        options: relaxation settings for the candidates (CHGNet relaxes them for every potential).
+        cache_dir: where the candidates' energies are cached (:func:`elements_cache_path`: keyed
+            by the potentials' versions and the relaxation settings).
+        progress: show a progress bar.
+        potential: ``"chgnet"`` (the relaxed energies) or the second potential (its static
+            energies of the CHGNet-relaxed candidates).
+        batch_size: structures per forward pass of the second potential.
+
+    Returns:
+        symbol -> {"energy_per_atom", "source"} for every symbol (NaN energy if all failed).
+    """
+    o = options or RelaxOptions()
+    cands = relaxed_candidates(symbols, options=o, cache_dir=cache_dir, progress=progress)
+    if potential == "chgnet":
+        energies = {sym: {label: v["energy_per_atom"] for label, v in c.items()} for sym, c in cands.items()}
+    else:
+        energies = _rescored_candidates(cands, potential, options=o, cache_dir=cache_dir,
+                                        batch_size=batch_size)
+    out = {}
     for sym in sorted(symbols):
-        options_e = {f"ase {k}": v for k, v in known[sym].items()}
+        options_e = {f"ase {k}": v for k, v in energies[sym].items()}
         if sym in data_terminals:
             options_e["data"] = data_terminals[sym]
         if options_e:
@@ -512,15 +607,19 @@ class ReferenceHull:
     @classmethod
     def build(cls, sets: list[CrystalSet], needed: set[str], *, options: RelaxOptions | None = None,
               batch_size: int = 64, cache_dir: str | Path | None = None,
-              progress: bool = True) -> ReferenceHull:
-        """Energies of every crystal of ``sets`` plus terminals for every element in ``needed``."""
+              progress: bool = True, potential: str = "chgnet") -> ReferenceHull:
+        """Energies of every crystal of ``sets`` plus terminals for every element in ``needed``.
+
+        ``potential`` gives every energy of the hull (reference crystals: static, as they are
+        DFT-relaxed; terminals: relaxed by CHGNet, then scored by ``potential``).
+        """
         from pymatgen.core import Element
 
         o = options or RelaxOptions()
         formulas, energies = [], []
         for cs in sets:
             e = reference_energies(cs, device=o.device, batch_size=batch_size, cache_dir=cache_dir,
-                                   progress=progress)
+                                   progress=progress, potential=potential)
             for i in range(len(cs)):
                 if not np.isfinite(e[i]):
                     continue
@@ -535,7 +634,7 @@ class ReferenceHull:
                 data_terminals[sym] = min(e, data_terminals.get(sym, np.inf))
         needed = needed | {s for f in formulas for s in f}
         terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir,
-                                         progress=progress)
+                                         progress=progress, potential=potential, batch_size=batch_size)
         return cls(formulas, np.asarray(energies, float), terminals)
 
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],
@@ -633,12 +732,57 @@ def stability_rates(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int,
     out: dict[str, Any] = {"excluded_implausible": int((~plausible).sum())}
     for thr in STABLE_THRESHOLDS:
         below = plausible & (e <= thr)
-        stable = below & done
+        stable = stable_mask(e_hull, converged, thr)
         key = threshold_key(thr)
         out[f"stable_{key}"] = float(stable.sum() / n) if n else float("nan")
         out[f"excluded_unconverged_{key}"] = int((below & ~done).sum())
         if unique_novel is not None:
             out[f"sun_{key}"] = float((stable & unique_novel).sum() / n) if n else float("nan")
+    return out
+
+
+def stable_mask(e_hull: np.ndarray, converged: np.ndarray | None = None,
+                threshold: float = 0.1) -> np.ndarray:
+    """Which samples count as stable at ``threshold`` (eV/atom), by :func:`stability_rates`'s rule.
+
+    E_hull at most ``threshold``, at least :data:`IMPLAUSIBLE_BELOW`, and (when ``converged`` is
+    given) a converged relaxation; NaN is not stable.
+    """
+    e = np.nan_to_num(np.asarray(e_hull, float), nan=np.inf)
+    done = np.ones(len(e), bool) if converged is None else np.asarray(converged, bool)
+    return (e >= IMPLAUSIBLE_BELOW) & (e <= threshold) & done
+
+
+def agreement(e_first: np.ndarray, e_second: np.ndarray, converged: np.ndarray | None = None,
+              threshold: float = 0.1) -> dict[str, Any]:
+    """How two potentials' energies above hull agree, over the samples both could place.
+
+    Args:
+        e_first: (n,) E_hull under the first potential (eV/atom), NaN where unknown.
+        e_second: (n,) E_hull under the second potential, NaN where unknown.
+        converged: (n,) bool, whether each relaxation converged (the stable rule's condition).
+        threshold: the stable threshold of the confusion table (eV/atom).
+
+    Returns:
+        ``n``: samples with both E_hull finite; ``spearman``: rank correlation of the two E_hull
+        over them (NaN below 2 samples or when one side is constant); ``both_stable``,
+        ``first_only``, ``second_only``, ``neither``: the 2×2 confusion of the stable verdicts
+        (:func:`stable_mask`) over the same samples; ``agree``: the fraction on the diagonal.
+    """
+    a, b = np.asarray(e_first, float), np.asarray(e_second, float)
+    both = np.isfinite(a) & np.isfinite(b)
+    n = int(both.sum())
+    rho = float("nan")
+    if n >= 2 and np.ptp(a[both]) > 0 and np.ptp(b[both]) > 0:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr(a[both], b[both]).statistic)
+    sa = stable_mask(a, converged, threshold)[both]
+    sb = stable_mask(b, converged, threshold)[both]
+    out = {"n": n, "spearman": rho, "threshold": threshold,
+           "both_stable": int((sa & sb).sum()), "first_only": int((sa & ~sb).sum()),
+           "second_only": int((~sa & sb).sum()), "neither": int((~sa & ~sb).sum())}
+    out["agree"] = (out["both_stable"] + out["neither"]) / n if n else float("nan")
     return out
 
 

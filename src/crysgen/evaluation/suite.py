@@ -100,6 +100,10 @@ class EvalOptions:
         relax_fmax: force convergence (eV/Å).
         relax_time_limit_s: wall-clock limit per relaxation (s).
         relax_batch_size: structures per CHGNet forward pass (bounds GPU memory).
+        potential: what rates stability: ``"chgnet"`` (default), ``"sevennet"`` (SevenNet-0's
+            static energies of the CHGNet-relaxed structures and of the hull references; needs
+            ``pip install 'crysgen[potentials]'``) or ``"both"`` (each sample gets E_hull under
+            both, with both stable rates and their agreement).
         cache_dir: where the reference hull's energies and reference fingerprints are cached
             (default $CRYSGEN_CACHE or ~/.cache/crysgen).
     """
@@ -127,6 +131,7 @@ class EvalOptions:
     relax_time_limit_s: float = 120.0
     relax_batch_size: int = 64
     cache_dir: str | None = None
+    potential: str = "chgnet"
 
     def __post_init__(self) -> None:
         bad = set(self.metrics) - set(ALL_FAMILIES)
@@ -136,7 +141,11 @@ class EvalOptions:
         if self.cov_over not in COV_OVER:
             raise CrysgenError(f"cov_over must be one of {', '.join(COV_OVER)}, got {self.cov_over!r}")
         from crysgen.evaluation.compositional import TABLES
+        from crysgen.evaluation.potentials import POTENTIAL_CHOICES
 
+        if self.potential not in POTENTIAL_CHOICES:
+            raise CrysgenError(f"--potential must be one of {', '.join(POTENTIAL_CHOICES)}, "
+                               f"got {self.potential!r}")
         if self.smact_tables not in TABLES:
             raise CrysgenError(f"smact_tables must be one of {', '.join(TABLES)}, got {self.smact_tables!r}")
 
@@ -156,6 +165,8 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Further per-item tables written next to structures.csv (name -> rows)."""
+    relaxed: dict[int, Any] = field(default_factory=dict)
+    """Row index -> relaxed pymatgen structure (stability), written as ``relaxed.extxyz``."""
 
 
 def _metric(value: float, n: int, **extra: Any) -> dict[str, Any]:
@@ -390,6 +401,10 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
                            f"pass --train TRAIN.npz, or leave {' and '.join(needs)} out of --metrics")
     if needs:
         check_input_file(train, "--train")
+    if "stability" in o.metrics:
+        from crysgen.evaluation.potentials import check_potential
+
+        check_potential(o.potential)  # the second potential's package, before any long work
     if o.scaler not in ("cdvae", "reference") and not Path(o.scaler).is_file():  # before any long work
         raise CrysgenError(f"--comp-scaler: neither cdvae, reference nor a CrystalSet file: {o.scaler}")
     csp = _csp(samples, reference, o, progress) if "csp" in o.metrics else None
@@ -531,21 +546,26 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
     if "stability" in o.metrics:
         t = time.perf_counter()
         sv = [i for i in ok if struct_valid[i]]
-        metrics.update(_stability(o, [structs[i] for i in sv], [rows[i] for i in sv], n, train,
-                                  ref_cs, "novelty" in o.metrics, plots, progress))
+        stab, relaxed_s = _stability(o, [structs[i] for i in sv], [rows[i] for i in sv], n, train,
+                                     ref_cs, "novelty" in o.metrics, plots, progress)
+        metrics.update(stab)
+        relaxed = {i: r for i, r in zip(sv, relaxed_s, strict=True) if r is not None}
         for i in ok:
             if not struct_valid[i]:
                 rows[i]["relax_reason"] = "not relaxed: structurally invalid"
         seconds["stability"] = time.perf_counter() - t
     for r in rows:
         r.setdefault("problem", "")
+    if "stability" not in o.metrics:
+        relaxed = {}
     tables = {}
     if csp is not None:  # with other families: CSP's per-target rows in their own table
         metrics.update(csp.metrics)
         tables["csp_targets.csv"] = csp.rows
         seconds["csp"] = csp.seconds["total"]
     seconds["total"] = time.perf_counter() - t0
-    return Evaluation(metrics, rows, plots, {k: round(v, 2) for k, v in seconds.items()}, tables)
+    return Evaluation(metrics, rows, plots, {k: round(v, 2) for k, v in seconds.items()}, tables,
+                      relaxed)
 
 
 def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],
@@ -655,12 +675,91 @@ def stable_metrics(e_hull: np.ndarray, unique_novel: np.ndarray | None, n: int,
     return out
 
 
+def _column(potential: str) -> str:
+    """The suffix of a potential's columns and metrics: "" for CHGNet (unchanged names)."""
+    return "" if potential == "chgnet" else f"_{potential}"
+
+
+def rate_with(potential: str, hull: Any, relaxed_structures: list[Any], energies: list[float | None],
+              rows: list[dict[str, Any]], n: int, converged: np.ndarray,
+              unique_novel: np.ndarray | None) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    """Place structures on one potential's hull: per-row columns and the stable/S.U.N. metrics.
+
+    Args:
+        potential: whose energies these are (names the columns: CHGNet's keep their old names,
+            ``e_above_hull_eV_atom``; another's get its name, ``e_above_hull_sevennet_eV_atom``).
+        hull: the :class:`~crysgen.evaluation.stability.ReferenceHull` in that potential's energies.
+        relaxed_structures: the CHGNet-relaxed structures (the inputs where none).
+        energies: their energies per atom under ``potential`` (eV/atom), None where unknown.
+        rows: their rows (updated in place).
+        n: number of samples (the denominator of the rates).
+        converged: (n,) bool, whether each relaxation converged (first ``len(rows)`` used).
+        unique_novel: (n,) bool, or None without novelty (no S.U.N.).
+
+    Returns:
+        ((n,) E_hull with NaN where unknown, metrics).
+    """
+    from crysgen.evaluation.potentials import describe
+    from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW
+
+    suffix = _column(potential)
+    placed = hull.e_above_hull(relaxed_structures, energies)
+    e_hull = np.full(n, np.nan)
+    for k, (row, (e, reason)) in enumerate(zip(rows, placed, strict=True)):
+        row[f"e_above_hull{suffix}_eV_atom"] = e if e is not None else ""
+        if e is not None and e < IMPLAUSIBLE_BELOW:
+            reason = (f"implausible: {-e:.3g} eV/atom below the hull (a hole of the potential or "
+                      "missing hull phases); not counted as stable")
+        if reason:
+            row[f"e_above_hull{suffix}_reason"] = reason
+        e_hull[k] = np.nan if e is None else e
+    out = {f"{k}{suffix}": v for k, v in stable_metrics(e_hull, unique_novel, n, converged).items()}
+    ok_e = e_hull[np.isfinite(e_hull)]
+    out[f"mean_e_above_hull{suffix}"] = _metric(float(ok_e.mean()) if len(ok_e) else float("nan"),
+                                                len(ok_e), unit="eV/atom")
+    out[f"median_e_above_hull{suffix}"] = _metric(float(np.median(ok_e)) if len(ok_e) else float("nan"),
+                                                  len(ok_e), unit="eV/atom")
+    out[f"hull_reference{suffix}"] = _metric(
+        float(len(hull.formulas)), len(hull.formulas),
+        potential="CHGNet (bundled weights, raw energies)" if potential == "chgnet" else describe(potential),
+        terminals={k: v["source"] for k, v in hull.terminals.items()})
+    return e_hull, out
+
+
+def agreement_metrics(first: np.ndarray, second: np.ndarray, converged: np.ndarray,
+                      names: tuple[str, str] = ("chgnet", "sevennet")) -> dict[str, dict[str, Any]]:
+    """Spearman rank correlation of two potentials' E_hull and their 2×2 confusion at 0.1 eV/atom.
+
+    See :func:`crysgen.evaluation.stability.agreement`; the confusion's cells are named after
+    the potentials (``both_stable``, ``<first>_only``, ``<second>_only``, ``neither``).
+    """
+    from crysgen.evaluation.stability import agreement
+
+    a = agreement(first, second, converged, threshold=0.1)
+    over = "samples with E_hull under both potentials"
+    return {
+        "e_hull_spearman": _metric(a["spearman"], a["n"], potentials=list(names), over=over),
+        "stable_agreement_0.1": _metric(
+            a["agree"], a["n"], potentials=list(names), over=over,
+            confusion={"both_stable": a["both_stable"], f"{names[0]}_only": a["first_only"],
+                       f"{names[1]}_only": a["second_only"], "neither": a["neither"]},
+            rule="E_hull <= 0.1 eV/atom, converged relaxation, not implausible"),
+    }
+
+
 def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]], n: int,
                train: str | Path, ref_cs: CrystalSet, with_novelty: bool, plots: dict[str, str],
-               progress: bool) -> dict[str, dict[str, Any]]:
-    """Relax, place on the reference hull, count stable and S.U.N. (over all ``n`` samples)."""
+               progress: bool) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+    """Relax, place on the reference hull(s), count stable and S.U.N. (over all ``n`` samples).
+
+    CHGNet relaxes every structure; each potential of ``o.potential`` then rates the relaxed
+    structures on a hull of its own energies (see :func:`rate_with`).
+
+    Returns:
+        (metrics, the relaxed structure of each of ``structures``, None where none).
+    """
+    from crysgen.evaluation.potentials import check_potential, static_energies
     from crysgen.evaluation.stability import (
-        IMPLAUSIBLE_BELOW,
         STABLE_THRESHOLDS,
         ReferenceHull,
         RelaxOptions,
@@ -668,6 +767,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     )
 
     check_device(o.device)
+    potentials = check_potential(o.potential)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device, batch_size=o.relax_batch_size)
     relaxed = _relax_all(structures, ro, o.relax_workers or o.workers, progress)
@@ -676,42 +776,46 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         if r.structure is not None:
             row["volume_change"] = r.structure.volume / s.volume - 1.0
     needed = {el.symbol for s in structures for el in s.composition.elements}
-    hull = ReferenceHull.build([CrystalSet.load(train), ref_cs], needed, options=ro,
-                               cache_dir=o.cache_dir, progress=progress)
-    placed = hull.e_above_hull([r.structure if r.structure is not None else s
-                                for r, s in zip(relaxed, structures, strict=True)],
-                               [r.energy_per_atom for r in relaxed])
-    e_hull = np.full(n, np.nan)
     un = np.zeros(n, dtype=bool)
     converged = np.zeros(n, dtype=bool)
-    for k, (row, (e, reason), r) in enumerate(zip(rows, placed, relaxed, strict=True)):
-        row["e_above_hull_eV_atom"] = e if e is not None else ""
-        if e is not None and e < IMPLAUSIBLE_BELOW:
-            reason = (f"implausible: {-e:.3g} eV/atom below the hull (a hole of the potential or "
-                      "missing hull phases); not counted as stable")
-        if reason:
-            row["e_above_hull_reason"] = reason
-        e_hull[k] = np.nan if e is None else e
+    for k, (row, r) in enumerate(zip(rows, relaxed, strict=True)):
         un[k] = bool(row.get("unique")) and bool(row.get("novel"))
         converged[k] = r.converged
-    out = stable_metrics(e_hull, un if with_novelty else None, n, converged)
-    ok_e = e_hull[np.isfinite(e_hull)]
+    final = [r.structure if r.structure is not None else s for r, s in zip(relaxed, structures, strict=True)]
+    sets = [CrystalSet.load(train), ref_cs]
+    out: dict[str, dict[str, Any]] = {}
+    e_hulls: dict[str, np.ndarray] = {}
+    for pot in potentials:
+        hull = ReferenceHull.build(sets, needed, options=ro, batch_size=o.relax_batch_size,
+                                   cache_dir=o.cache_dir, progress=progress, potential=pot)
+        if pot == "chgnet":
+            energies: list[float | None] = [r.energy_per_atom for r in relaxed]
+        else:
+            has = [k for k, r in enumerate(relaxed)
+                   if r.structure is not None and r.energy_per_atom is not None]
+            static = static_energies([relaxed[k].structure for k in has], pot, device=o.device,
+                                     batch_size=o.relax_batch_size)
+            energies = [None] * len(relaxed)
+            for k, e in zip(has, static, strict=True):
+                energies[k] = float(e) if np.isfinite(e) else None
+                rows[k][f"energy_per_atom_{pot}"] = energies[k] if energies[k] is not None else ""
+        e_hulls[pot], rated = rate_with(pot, hull, final, energies, rows, n, converged,
+                                        un if with_novelty else None)
+        out.update(rated)
+    if len(e_hulls) == 2:
+        out.update(agreement_metrics(e_hulls["chgnet"], e_hulls[potentials[1]], converged,
+                                     ("chgnet", potentials[1])))
     rmsd = np.array([r.rmsd for r in relaxed if r.rmsd is not None], float)
-    terminal_sources = {k: v["source"] for k, v in hull.terminals.items()}
-    out["mean_e_above_hull"] = _metric(float(ok_e.mean()) if len(ok_e) else float("nan"), len(ok_e),
-                                       unit="eV/atom")
-    out["median_e_above_hull"] = _metric(float(np.median(ok_e)) if len(ok_e) else float("nan"),
-                                         len(ok_e), unit="eV/atom")
     out["mean_relax_rmsd"] = _metric(float(rmsd.mean()) if len(rmsd) else float("nan"), len(rmsd),
                                      unit="Å")
     out["relax_converged"] = _metric(float(np.mean([r.converged for r in relaxed])) if relaxed
                                      else float("nan"), len(relaxed))
-    out["hull_reference"] = _metric(float(len(hull.formulas)), len(hull.formulas),
-                                    potential="CHGNet (bundled weights, raw energies)",
-                                    terminals=terminal_sources)
+    first = e_hulls[potentials[0]]
+    ok_e = first[np.isfinite(first)]
     if len(ok_e):
-        plots["stability"] = _histogram(ok_e, "energy above hull (eV/atom)", STABLE_THRESHOLDS)
-    return out
+        plots["stability"] = _histogram(ok_e, f"energy above hull (eV/atom, {potentials[0]})",
+                                        STABLE_THRESHOLDS)
+    return out, [r.structure for r in relaxed]
 
 
 def _histogram(values: np.ndarray, label: str, lines: tuple[float, ...]) -> str:
@@ -760,16 +864,165 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
     write_text_atomic(out / "metrics.json", dumps_strict({"metrics": ev.metrics, **meta}, indent=1,
                                                          default=str) + "\n")  # NaN -> null
     for name, rows in {"structures.csv": ev.rows, **ev.tables}.items():
-        columns: list[str] = []
-        for r in rows:
-            columns += [k for k in r if k not in columns]
-        columns = [c for c in columns if c != "problem"] + ["problem"]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(out / name, buf.getvalue())
-    from crysgen.evaluation.report import render_html
-
-    html = render_html(ev.metrics, ev.plots, ev.seconds, title=title)
+        _write_rows(out / name, rows)
+    if ev.relaxed:
+        write_relaxed(out / RELAXED_FILE, ev.relaxed, ev.rows)
+    table = "".join(f"<tr><td>{k}</td><td>{_fmt(v['value'])}</td><td>{v['n']}</td></tr>"
+                    for k, v in ev.metrics.items() if not isinstance(v["value"], dict))
+    ks = "".join(f"<h3>K-S: {k}</h3><table>" + "".join(
+        f"<tr><td>{n}</td><td>{_fmt(s['statistic'])}</td></tr>" for n, s in sorted(v["value"].items()))
+        + "</table>" for k, v in ev.metrics.items() if isinstance(v["value"], dict))
+    imgs = "".join(f'<h2>{k}</h2><img src="data:image/png;base64,{b64}">' for k, b64 in ev.plots.items())
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            "<style>body{font-family:sans-serif;max-width:1200px}td{padding:2px 10px}</style></head>"
+            f"<body><h1>{title}</h1><table><tr><th>metric</th><th>value</th><th>n</th></tr>{table}"
+            f"</table>{ks}{imgs}<p>Per structure: structures.csv. Timings (s): {ev.seconds}</p>"
+            "</body></html>")
     return write_text_atomic(out / "report.html", html)
+
+
+RELAXED_FILE = "relaxed.extxyz"
+"""The CHGNet-relaxed structures of a report (beside structures.csv), for a later re-score."""
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV (columns in order of appearance, ``problem`` last), atomically."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    columns = [c for c in columns if c != "problem"] + ["problem"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_relaxed(path: Path, relaxed: dict[int, Any], rows: list[dict[str, Any]]) -> None:
+    """Relaxed structures as extended XYZ; each frame's ``row`` is its row of structures.csv.
+
+    Written through a ``.part`` file and a rename; the ``id`` of the row goes along.
+    """
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = []
+    for i in sorted(relaxed):
+        atoms = AseAtomsAdaptor.get_atoms(relaxed[i])
+        atoms.info = {"row": int(i), "id": str(rows[i].get("id", i))}
+        frames.append(atoms)
+    tmp = path.with_name(path.name + ".part")
+    write(tmp, frames, format="extxyz")
+    tmp.replace(path)
+
+
+def read_relaxed(path: Path) -> dict[int, Any]:
+    """:func:`write_relaxed`'s file back: row index -> pymatgen structure."""
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = read(path, index=":", format="extxyz")
+    return {int(a.info["row"]): AseAtomsAdaptor.get_structure(a) for a in frames}
+
+
+def rescore_report(report: str | Path, train: str | Path, reference: str | Path, *,
+                   potential: str = "sevennet", device: str | None = None,
+                   cache_dir: str | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Rate an existing evaluation's relaxed structures with another potential, in place.
+
+    Reads ``structures.csv``, ``metrics.json`` (its options: relaxation settings, reference
+    subset) and ``relaxed.extxyz`` of a report folder written with the stability family,
+    builds the hull of ``train`` + ``reference`` in ``potential``'s energies (terminals: CHGNet-
+    relaxed candidates re-scored, as in ``crysgen evaluate --potential both``), places every
+    relaxed structure on it, and rewrites ``structures.csv`` (the potential's columns) and
+    ``metrics.json`` (its stable and S.U.N. rates; with CHGNet's E_hull in the rows, their
+    agreement) atomically. No relaxation is repeated, except for elemental candidates missing
+    from the cache.
+
+    Args:
+        report: the report folder.
+        train: the training CrystalSet the evaluation used.
+        reference: the reference CrystalSet it used (its ``reference_limit`` subset is redrawn
+            with its seed).
+        potential: the potential that re-scores.
+        device: where the potential runs (default: the evaluation's).
+        cache_dir: energy caches (default: the evaluation's, else $CRYSGEN_CACHE).
+        progress: progress bars.
+
+    Returns:
+        The new metrics.
+
+    Raises:
+        CrysgenError: a report without relaxed structures, or an unknown/missing potential.
+    """
+    import json
+
+    from crysgen.evaluation.potentials import POTENTIALS, check_potential, static_energies
+    from crysgen.evaluation.stability import ReferenceHull, RelaxOptions
+
+    if potential not in POTENTIALS:
+        raise CrysgenError(f"rescore: potential must be one of {', '.join(POTENTIALS)}, got {potential!r}")
+    check_potential(potential)
+    report = Path(report)
+    relaxed_path = report / RELAXED_FILE
+    if not relaxed_path.is_file():
+        raise CrysgenError(f"{report}: no {RELAXED_FILE}; evaluate again with the stability family "
+                           "(reports keep their relaxed structures since this version)")
+    check_input_file(train, "--train")
+    check_input_file(reference, "--reference")
+    with (report / "structures.csv").open(newline="") as f:
+        rows: list[dict[str, Any]] = list(csv.DictReader(f))
+    saved = json.loads((report / "metrics.json").read_text())
+    opts = saved.get("options", {})
+    device = device or opts.get("device", "cpu")
+    ro = RelaxOptions(fmax=opts.get("relax_fmax", 0.1), steps=opts.get("relax_steps", 500),
+                      time_limit_s=opts.get("relax_time_limit_s", 120.0), device=device,
+                      batch_size=opts.get("relax_batch_size", 64))
+    ref_cs = CrystalSet.load(reference)
+    limit = opts.get("reference_limit")
+    if limit and limit < len(ref_cs):  # the subset evaluate() drew: the same generator, first draw
+        rng = np.random.default_rng(opts.get("seed", 0))
+        ref_cs = ref_cs.subset(np.sort(rng.choice(len(ref_cs), limit, replace=False)))
+    relaxed = read_relaxed(relaxed_path)
+    idx = sorted(relaxed)
+    structures = [relaxed[i] for i in idx]
+    sub = [rows[i] for i in idx]
+    n = len(rows)
+    converged = np.zeros(n, bool)
+    un = np.zeros(n, bool)
+    for k, r in enumerate(sub):
+        converged[k] = r.get("relax_converged") == "True"
+        un[k] = r.get("unique") == "True" and r.get("novel") == "True"
+    with_novelty = any(r.get("unique") for r in rows)
+    needed = {el.symbol for s in structures for el in s.composition.elements}
+    hull = ReferenceHull.build([CrystalSet.load(train), ref_cs], needed, options=ro,
+                               batch_size=ro.batch_size, cache_dir=cache_dir or opts.get("cache_dir"),
+                               progress=progress, potential=potential)
+    if potential == "chgnet":
+        energies: list[float | None] = [float(r["energy_per_atom"]) if r.get("energy_per_atom") else None
+                                        for r in sub]
+    else:
+        static = static_energies(structures, potential, device=device, batch_size=ro.batch_size)
+        energies = [float(e) if np.isfinite(e) and r.get("energy_per_atom") else None
+                    for e, r in zip(static, sub, strict=True)]
+        for r, e in zip(sub, energies, strict=True):
+            r[f"energy_per_atom_{potential}"] = e if e is not None else ""
+    e_hull, metrics = rate_with(potential, hull, structures, energies, sub, n, converged,
+                                un if with_novelty else None)
+    if potential != "chgnet" and any(r.get("e_above_hull_eV_atom") for r in sub):
+        first = np.full(n, np.nan)
+        for k, r in enumerate(sub):
+            first[k] = float(r["e_above_hull_eV_atom"]) if r.get("e_above_hull_eV_atom") else np.nan
+        metrics.update(agreement_metrics(first, e_hull, converged, ("chgnet", potential)))
+    for r in rows:
+        r.setdefault("problem", "")
+    _write_rows(report / "structures.csv", rows)
+    saved["metrics"].update(metrics)
+    saved.setdefault("rescored", []).append({"potential": potential, "train": str(train),
+                                             "reference": str(reference), "device": device})
+    write_text_atomic(report / "metrics.json", dumps_strict(saved, indent=1, default=str) + "\n")
+    return metrics
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,200 @@
+"""Static energies (eV/atom) of crystals with one of the stability family's potentials.
+
+Two universal interatomic potentials rate stability, both with weights that ship inside their
+PyPI wheels (no download at run time, ``HF_HUB_OFFLINE=1`` is enough):
+
+* ``chgnet``: CHGNet 0.3.0 (package ``chgnet``, BSD-3-Clause): the core dependency, used for every
+  relaxation (:mod:`crysgen.evaluation.stability`).
+* ``sevennet``: SevenNet-0 (11Jul2024 checkpoint, package ``sevenn``, an optional extra:
+  ``pip install 'crysgen[potentials]'``): an independent equivariant network (NequIP
+  architecture) trained on the same MPtrj data. It re-scores the CHGNet-relaxed structures and
+  the hull references with static energies, so each sample gets a second E_hull.
+  ``sevenn`` is imported only when this potential is asked for (``--potential sevennet|both``);
+  nothing else in crysgen imports it.
+
+The two are not interchangeable number for number: CHGNet learned MPtrj's MP2020-*corrected*
+energies, SevenNet-0 the raw PBE(+U) ones, so a chloride or oxide differs by the anion correction
+(NaCl: SevenNet -3.38, CHGNet -3.67 eV/atom; -0.614 eV per Cl closes all but 0.02 of it). Each
+potential's hull is built from its own energies only, so each E_hull is internally consistent;
+what differs between them is what the corrections and the two fits change.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crysgen.errors import CrysgenError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pymatgen.core import Structure
+
+POTENTIALS = ("chgnet", "sevennet")
+"""The potentials that give static energies."""
+POTENTIAL_CHOICES = (*POTENTIALS, "both")
+"""What ``--potential`` accepts: one potential, or CHGNet and the second one."""
+SECOND = "sevennet"
+"""The second potential (re-scores CHGNet's relaxations)."""
+SEVENNET_MODEL = "7net-0"
+"""SevenNet's name of the bundled SevenNet-0 (11Jul2024) checkpoint (10 MB inside the wheel)."""
+
+_PACKAGE = {"chgnet": "chgnet", "sevennet": "sevenn"}
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def check_potential(name: str) -> tuple[str, ...]:
+    """The potentials ``--potential name`` needs; refuses an unknown name or a missing package.
+
+    Runs before any work: nothing is imported (``importlib.util.find_spec`` only).
+
+    Raises:
+        CrysgenError: unknown name, or the second potential's package is not installed.
+    """
+    if name not in POTENTIAL_CHOICES:
+        raise CrysgenError(f"--potential must be one of {', '.join(POTENTIAL_CHOICES)}, got {name!r}")
+    needed = POTENTIALS if name == "both" else (name,)
+    for p in needed:
+        if importlib.util.find_spec(_PACKAGE[p]) is None:
+            raise CrysgenError(f"--potential {name}: the {p} potential needs the '{_PACKAGE[p]}' package; "
+                               "install it with: pip install 'crysgen[potentials]'")
+    return needed
+
+
+def potential_id(name: str) -> str:
+    """Name and version of a potential's package and model, for cache keys.
+
+    ``chgnet`` gives ``chgnet<version>`` (the key CHGNet's caches always had);
+    ``sevennet`` gives ``sevennet<sevenn version>-7net-0``.
+    """
+    if name not in POTENTIALS:
+        raise CrysgenError(f"unknown potential {name!r} (known: {', '.join(POTENTIALS)})")
+    version = importlib.metadata.version(_PACKAGE[name])
+    return f"chgnet{version}" if name == "chgnet" else f"sevennet{version}-{SEVENNET_MODEL}"
+
+
+def describe(name: str) -> str:
+    """One line naming the potential's model and package version (for metrics.json)."""
+    if name == "chgnet":
+        return f"CHGNet 0.3.0 weights in chgnet {importlib.metadata.version('chgnet')} (raw energies)"
+    return (f"SevenNet-0 (11Jul2024) weights in sevenn {importlib.metadata.version('sevenn')} "
+            "(raw energies; static, on the CHGNet-relaxed structures)")
+
+
+def load_sevennet(device: str = "cpu") -> tuple[Any, float, set[int]]:
+    """SevenNet-0 from the checkpoint inside the ``sevenn`` wheel, loaded once per process.
+
+    Returns:
+        (model in batch mode and eval mode on ``device``, cutoff in Å, known atomic numbers).
+    """
+    key = ("sevennet", device)
+    if key not in _MODELS:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import sevenn._keys as keys
+            from sevenn.util import model_from_checkpoint, pretrained_name_to_path
+
+            path = pretrained_name_to_path(SEVENNET_MODEL)  # a file inside the package, no network
+            model, config = model_from_checkpoint(path)
+        model.set_is_batch_data(True)
+        model.eval()
+        model.to(device)
+        _MODELS[key] = (model, float(config[keys.CUTOFF]), {int(z) for z in config[keys.TYPE_MAP]})
+    return _MODELS[key]
+
+
+def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size: int) -> np.ndarray:
+    """SevenNet-0 energy per atom of each structure, ``batch_size`` structures per forward pass."""
+    import warnings
+
+    import sevenn._keys as keys
+    import torch
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+    from torch_geometric.data import Batch
+
+    model, cutoff, known = load_sevennet(device)
+    out = np.full(len(structures), np.nan)
+    graphs, where = [], []
+    for k, s in enumerate(structures):
+        if not len(s) or any(site.specie.Z not in known for site in s):
+            continue  # an element the model was not trained on: NaN, as a failed CHGNet call
+        try:
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            graphs.append(AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, cutoff)))
+            where.append(k)
+        except Exception:  # a structure that cannot be graphed keeps NaN
+            continue
+
+    def run(chunk: list[Any]) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = Batch.from_data_list(chunk).to(device)
+            res = model(batch)  # forces come with it (the model's last module); energies are used
+        total = res[keys.PRED_TOTAL_ENERGY].detach().reshape(-1)
+        n = res[keys.NUM_ATOMS].detach().reshape(-1).to(total.dtype)
+        return (total / n).cpu().numpy().astype(float)
+
+    for start in range(0, len(graphs), batch_size):
+        chunk, idx = graphs[start:start + batch_size], where[start:start + batch_size]
+        try:
+            out[idx] = run(chunk)
+        except Exception:  # e.g. out of memory: one at a time, so a bad structure costs only itself
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            for g, k in zip(chunk, idx, strict=True):
+                try:
+                    out[k] = run([g])[0]
+                except Exception:
+                    out[k] = np.nan
+    return out
+
+
+def _chgnet_energies(structures: Sequence[Structure], device: str, batch_size: int) -> np.ndarray:
+    from crysgen.evaluation.stability import load_chgnet
+
+    model = load_chgnet(device)
+    out = np.full(len(structures), np.nan)
+    for start in range(0, len(structures), batch_size):
+        idx = list(range(start, min(start + batch_size, len(structures))))
+        chunk = [structures[i] for i in idx]
+        try:
+            preds = model.predict_structure(chunk, task="e", batch_size=batch_size)
+            out[idx] = [float(p["e"]) for p in preds]
+        except Exception:  # one at a time, so one bad crystal costs only itself
+            for i, s in zip(idx, chunk, strict=True):
+                try:
+                    out[i] = float(model.predict_structure(s, task="e")["e"])
+                except Exception:
+                    out[i] = np.nan
+    return out
+
+
+def static_energies(structures: Sequence[Structure], potential: str, *, device: str = "cpu",
+                    batch_size: int = 64) -> np.ndarray:
+    """Static (unrelaxed) energy per atom of each structure with ``potential``.
+
+    Args:
+        structures: pymatgen structures (the geometry is used as given).
+        potential: ``"chgnet"`` or ``"sevennet"``.
+        device: ``"cpu"`` or ``"cuda"``.
+        batch_size: structures per forward pass.
+
+    Returns:
+        (N,) float64 energies in eV/atom; NaN where the potential failed on a structure (or, for
+        SevenNet-0, the structure holds an element outside its 89).
+    """
+    check_potential(potential)
+    if potential == "both":
+        raise CrysgenError("static_energies takes one potential, not 'both'")
+    if not len(structures):
+        return np.zeros(0)
+    fn = _chgnet_energies if potential == "chgnet" else _sevennet_energies
+    return fn(structures, device, batch_size)
