@@ -867,17 +867,9 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
         _write_rows(out / name, rows)
     if ev.relaxed:
         write_relaxed(out / RELAXED_FILE, ev.relaxed, ev.rows)
-    table = "".join(f"<tr><td>{k}</td><td>{_fmt(v['value'])}</td><td>{v['n']}</td></tr>"
-                    for k, v in ev.metrics.items() if not isinstance(v["value"], dict))
-    ks = "".join(f"<h3>K-S: {k}</h3><table>" + "".join(
-        f"<tr><td>{n}</td><td>{_fmt(s['statistic'])}</td></tr>" for n, s in sorted(v["value"].items()))
-        + "</table>" for k, v in ev.metrics.items() if isinstance(v["value"], dict))
-    imgs = "".join(f'<h2>{k}</h2><img src="data:image/png;base64,{b64}">' for k, b64 in ev.plots.items())
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            "<style>body{font-family:sans-serif;max-width:1200px}td{padding:2px 10px}</style></head>"
-            f"<body><h1>{title}</h1><table><tr><th>metric</th><th>value</th><th>n</th></tr>{table}"
-            f"</table>{ks}{imgs}<p>Per structure: structures.csv. Timings (s): {ev.seconds}</p>"
-            "</body></html>")
+    from crysgen.evaluation.report import render_html
+
+    html = render_html(ev.metrics, ev.plots, ev.seconds, title=title)
     return write_text_atomic(out / "report.html", html)
 
 
@@ -1022,7 +1014,3 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
                                              "reference": str(reference), "device": device})
     write_text_atomic(report / "metrics.json", dumps_strict(saved, indent=1, default=str) + "\n")
     return metrics
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
