@@ -187,7 +187,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             around=args.around, sigma2=args.sigma,
                             interpolate=tuple(args.interpolate) if args.interpolate else None,
                             formula=args.formula, num_atoms=args.num_atoms,
-                            compositions=args.compositions, per_target=args.per_target)
+                            compositions=args.compositions, per_target=args.per_target,
+                            space_group=args.space_group, guidance=args.guidance)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)
@@ -405,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(crystal structure prediction; samples.csv names each sample's target)")
     p.add_argument("--per-target", type=_positive_int, default=1,
                    help="samples per target of --compositions (1)")
+    p.add_argument("--space-group", type=int, default=None,
+                   help="atom diffusion models trained with space groups: sample this one (1-230)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight of --space-group (1: conditional model alone)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="diffusion sampler steps (50; GANs ignore it; atom diffusion: Heun steps)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")

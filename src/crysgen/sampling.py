@@ -48,7 +48,8 @@ class SampleOptions:
     latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points).
     ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
     CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
-    elements of every sample: atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
+    elements of every sample; ``space_group`` (1-230) with classifier-free ``guidance`` asks for a
+    space group: atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
     """
 
     n: int
@@ -67,6 +68,8 @@ class SampleOptions:
     num_atoms: int | None = None
     compositions: str | None = None
     per_target: int = 1
+    space_group: int | None = None
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -272,13 +275,17 @@ def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[st
 
     voxel_opts = (options.condition is not None or options.around is not None
                   or options.interpolate is not None)
-    atom_opts = options.formula is not None or options.compositions is not None or options.num_atoms
+    atom_opts = (options.formula is not None or options.compositions is not None or options.num_atoms
+                 or options.space_group is not None)
     if voxel_opts and not isinstance(model, VoxelModel):
         raise CrysgenError("--condition, --around and --interpolate apply to voxel VAE models only")
     if atom_opts and not isinstance(model, AtomDiffusionModel):
-        raise CrysgenError("--formula, --num-atoms and --compositions apply to atom diffusion models only")
+        raise CrysgenError("--formula, --num-atoms, --compositions and --space-group apply to atom "
+                           "diffusion models only")
     if isinstance(model, AtomDiffusionModel):
-        return {"steps": options.steps, "compositions": _compositions(model, options)}
+        model.check_space_group(options.space_group)  # refused here, before any sampling
+        return {"steps": options.steps, "compositions": _compositions(model, options),
+                "space_group": options.space_group, "guidance": options.guidance}
     if not isinstance(model, VoxelModel):
         return None
     if options.around is not None and options.interpolate is not None:

@@ -139,3 +139,37 @@ def test_worker_processes_write_the_same_rows_and_cifs(model_dir, tmp_path):
     assert (tmp_path / "one" / "samples.csv").read_text() == (tmp_path / "two" / "samples.csv").read_text()
     cifs = sorted((tmp_path / "one" / "cifs").glob("*.cif"))
     assert cifs and all((tmp_path / "two" / "cifs" / c.name).read_text() == c.read_text() for c in cifs)
+
+
+@pytest.fixture(scope="module")
+def sg_model(crystals):
+    torch.manual_seed(1)
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16, space_groups=True)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.zeros_(net.lattice_out.weight)
+    torch.nn.init.zeros_(net.lattice_out.bias)
+    return AtomDiffusionModel(net, AtomEDMConfig(), AtomSetSpec.fit(crystals, max_atoms=30), {"name": "t"})
+
+
+def test_guidance_without_a_condition_is_unconditional_sampling(sg_model):
+    plain = sg_model.sample_sets(4, steps=4, seed=3)
+    same = sg_model.sample_sets(4, steps=4, seed=3, guidance=3.0)  # no space group: w is unused
+    none = sg_model.sample_sets(4, steps=4, seed=3, space_group=None)
+    for a in (same, none):
+        np.testing.assert_array_equal(a.frac, plain.frac)
+        np.testing.assert_array_equal(a.types, plain.types)
+
+
+def test_space_group_guidance_changes_the_samples_and_w1_is_the_conditional_model(sg_model):
+    plain = sg_model.sample_sets(4, steps=4, seed=3)
+    cond = sg_model.sample_sets(4, steps=4, seed=3, space_group=225)
+    strong = sg_model.sample_sets(4, steps=4, seed=3, space_group=225, guidance=3.0)
+    assert not np.allclose(cond.types, plain.types) and not np.allclose(strong.types, cond.types)
+
+
+def test_space_group_needs_a_model_trained_with_it(model_dir, sg_model, tmp_path):
+    with pytest.raises(CrysgenError, match="without space-group"):
+        sample_to_dir(model_dir, tmp_path / "o", SampleOptions(n=2, space_group=225), progress=False)
+    with pytest.raises(CrysgenError, match="1-230"):
+        sg_model.check_space_group(231)

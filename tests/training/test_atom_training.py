@@ -51,3 +51,13 @@ def test_bad_configs_are_refused(tiny_set, tmp_path):
     with pytest.raises(CrysgenError, match="more than 4 sites"):
         train_atom_diffusion(tiny_set, tmp_path / "r", config=AtomTrainConfig.from_dict(
             TINY | {"data": {"max_atoms": 4}}), accelerator="cpu", progress=False)
+
+
+def test_space_group_conditioned_training_runs(tiny_set, tmp_path):
+    cfg = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"space_groups": True}})
+    model_dir = train_atom_diffusion(tiny_set, tmp_path / "run", config=cfg, max_steps=2, accelerator="cpu",
+                                     progress=False)
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    assert model.net.cfg.space_groups and model.net.space_group is not None
+    sets = model.sample_sets(2, steps=2, space_group=225, guidance=2.0)
+    assert sets.frac.shape == (2, 8, 3)

@@ -37,6 +37,8 @@ class AtomNetConfig:
         edge_freqs: Fourier frequencies per axis of the pair differences.
         edge_rbf: Gaussian radial basis functions of pair distances (0-10 Å).
         edge_hidden: width of the pair-bias MLP.
+        space_groups: condition on the space group (an embedding of 1-230, 0 = none given)
+            for classifier-free guidance; False: no such input.
     """
 
     type_dim: int = 39
@@ -48,6 +50,7 @@ class AtomNetConfig:
     edge_freqs: int = 6
     edge_rbf: int = 16
     edge_hidden: int = 128
+    space_groups: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -137,6 +140,7 @@ class AtomTransformer(nn.Module):
         self.lattice_token = nn.Parameter(torch.zeros(d))
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.given = nn.Embedding(2, d)
+        self.space_group = nn.Embedding(231, d) if c.space_groups else None
         edge_in = 6 * c.edge_freqs + c.edge_rbf
         self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
@@ -169,7 +173,7 @@ class AtomTransformer(nn.Module):
 
     def forward(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor,
                 c_noise: torch.Tensor, given: torch.Tensor, cell: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                space_group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Denoise one batch.
 
         Args:
@@ -180,6 +184,7 @@ class AtomTransformer(nn.Module):
             c_noise: (B,) noise-level embedding input (EDM: ln σ / 4).
             given: bool (B,), the element codes are clean (composition given).
             cell: (B, 3, 3) the current cell in Å (for pair distances).
+            space_group: int (B,) 1-230, 0 = not given (only for ``space_groups`` networks).
 
         Returns:
             Raw outputs for types (B, S, D), coordinates (B, S, 3) and lattice (B, 6).
@@ -190,6 +195,9 @@ class AtomTransformer(nn.Module):
         lat = (self.lattice_in(lattice) + self.lattice_token)[:, None]
         x = torch.cat([lat, atoms], 1)
         cond = self.time(timestep_embedding(c_noise, c.d_model)) + self.given(given.long())
+        if self.space_group is not None:
+            sg = space_group if space_group is not None else torch.zeros_like(given, dtype=torch.long)
+            cond = cond + self.space_group(sg.long())
         bias = self.pair_bias(frac, cell, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
         for i, block in enumerate(self.blocks):
             x = block(x, cond, bias[:, i])

@@ -36,6 +36,9 @@ class AtomEDMConfig:
         sigma_max: largest σ of the sampling schedule.
         rho: Karras schedule exponent.
         s_churn: EDM stochastic churn (0 = deterministic Heun).
+        cond_dropout: share of training crystals whose space group is withheld (0 given), so
+            that a space-group network learns the unconditional model too (classifier-free
+            guidance).
     """
 
     p_mean: float = -1.2
@@ -48,13 +51,15 @@ class AtomEDMConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     s_churn: float = 0.0
+    cond_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
         if len(self.weights) != 3 or min(self.weights) < 0:
             raise CrysgenError("edm.weights takes three non-negative numbers: types, coords, lattice")
-        if not 0.0 <= self.csp_fraction <= 1.0:
-            raise CrysgenError(f"edm.csp_fraction must be in [0, 1], got {self.csp_fraction}")
+        for name in ("csp_fraction", "cond_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
 
@@ -112,7 +117,8 @@ def current_cell(lattice_t: torch.Tensor, mask: torch.Tensor, consts: Constants)
 
 
 def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Tensor, given: torch.Tensor,
-            cfg: AtomEDMConfig, consts: Constants, *, raw: bool = False) -> Any:
+            cfg: AtomEDMConfig, consts: Constants, *, raw: bool = False,
+            space_group: torch.Tensor | None = None) -> Any:
     """The denoised estimate D(x_t; σ) of every part (or the raw network outputs).
 
     Args:
@@ -124,6 +130,7 @@ def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Te
         cfg: the EDM settings.
         consts: data statistics.
         raw: also return the raw outputs (for the loss).
+        space_group: int (B,) 1-230 or 0 (not given), for space-group networks.
     """
     st = torch.where(given, torch.zeros_like(sigma), sigma)[:, None, None]
     sl = sigma[:, None]
@@ -131,20 +138,23 @@ def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Te
     skip_l, out_l, in_l = _precond(sl, cfg.sigma_data_lattice)
     _, out_c, _ = _precond(sigma[:, None, None], cfg.sigma_data_coords)
     cell = current_cell(xt.lattice, mask, consts)
-    f_t, f_c, f_l = net(xt.types * in_t, xt.frac, xt.lattice * in_l, mask,
-                        sigma.log() / 4, given, cell)
+    extra = {} if space_group is None else {"space_group": space_group}
+    f_t, f_c, f_l = net(xt.types * in_t, xt.frac, xt.lattice * in_l, mask, sigma.log() / 4, given, cell,
+                        **extra)
     f_t, f_c, f_l = f_t.float(), f_c.float(), f_l.float()
     d = Parts(skip_t * xt.types + out_t * f_t, xt.frac + out_c * f_c, skip_l * xt.lattice + out_l * f_l)
     return (d, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l)) if raw else d
 
 
 def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMConfig, consts: Constants,
-             *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             *, generator: torch.Generator | None = None, space_group: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """EDM loss of one batch: weighted sum of the three parts' losses, and each part's.
 
     Each part's loss is the mean squared error of the raw output against its EDM target
     (equivalently λ(σ)·|D − x|², which weighs every σ alike); padding sites never count, and the
-    types' loss skips crystals whose element codes were given.
+    types' loss skips crystals whose element codes were given. ``space_group`` (B,) conditions a
+    space-group network; ``cfg.cond_dropout`` of the crystals get 0 (none) instead.
     """
     b, dev = mask.shape[0], mask.device
 
@@ -161,8 +171,12 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     xt = Parts(torch.where(given[:, None, None], x0.types, x0.types + n_t) * m,
                wrap(x0.frac + randn(*x0.frac.shape) * sigma[:, None, None]) * m,
                x0.lattice + randn(*x0.lattice.shape) * sigma[:, None])
+    if space_group is not None:
+        where = "cpu" if generator is not None else dev
+        drop = torch.rand(b, generator=generator, device=where) < cfg.cond_dropout
+        space_group = torch.where(drop.to(dev), torch.zeros_like(space_group), space_group)
     _, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l) = denoise(
-        net, xt, sigma, mask, given, cfg, consts, raw=True)
+        net, xt, sigma, mask, given, cfg, consts, raw=True, space_group=space_group)
     target_t = (x0.types - skip_t * xt.types) / out_t.clamp_min(1e-8)
     target_c = wrap_centered(x0.frac - xt.frac) / out_c
     target_l = (x0.lattice - skip_l * xt.lattice) / out_l

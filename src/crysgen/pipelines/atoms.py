@@ -140,6 +140,16 @@ class AtomDiffusionModel:
             names = ", ".join(Element.from_Z(z).symbol for z in unseen)
             warnings.warn(f"{what}: the model never saw {names} in training", stacklevel=3)
 
+    def check_space_group(self, space_group: int | None) -> None:
+        """Refuse a space group this model cannot sample (CrysgenError); None passes."""
+        if space_group is None:
+            return
+        if not self.net.cfg.space_groups:
+            raise CrysgenError("this model was trained without space-group conditioning "
+                               "(net.space_groups); --space-group needs one that was")
+        if not 1 <= int(space_group) <= 230:
+            raise CrysgenError(f"--space-group must be 1-230, got {space_group}")
+
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""
         p = torch.as_tensor(np.asarray(self.spec.num_atoms_counts, float))
@@ -148,7 +158,8 @@ class AtomDiffusionModel:
     # ------------------------------------------------------------------ sampling
     def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
-                    progress: bool = False, on_batch: Any = None) -> AtomSets:
+                    progress: bool = False, on_batch: Any = None, space_group: int | None = None,
+                    guidance: float = 1.0) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -160,9 +171,17 @@ class AtomDiffusionModel:
             atomic_numbers: int (n, S) given elements per sample (composition control), or None.
             progress: a progress bar over batches.
             on_batch: called with the number of crystals after every batch (for a caller's bar).
+            space_group: 1-230: sample that space group (classifier-free guidance; the model
+                must have been trained with ``net.space_groups``); None: unconditional.
+            guidance: the guidance weight w: D = D_none + w (D_group - D_none); 1 uses the
+                conditional denoiser alone (one network evaluation).
+
+        Raises:
+            CrysgenError: for a space group outside 1-230 or a model without space-group input.
         """
         from tqdm.auto import tqdm
 
+        self.check_space_group(space_group)
         s = self.spec.max_atoms
         gen = torch_generator(seed)
         if atomic_numbers is None:
@@ -186,7 +205,7 @@ class AtomDiffusionModel:
                            if self.edm.s_churn > 0 else None)
             with torch.no_grad():
                 x = edm_heun(net, noise, m, given, self.edm, consts, steps=steps, device=device,
-                             churn_noise=steps_noise)
+                             churn_noise=steps_noise, space_group=space_group, guidance=guidance)
             out_t.append(x.types.cpu().numpy())
             out_f.append(x.frac.cpu().numpy())
             out_l.append(x.lattice.cpu().numpy())
@@ -200,16 +219,18 @@ class AtomDiffusionModel:
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
                  compositions: Compositions | None = None, offset: int = 0, on_batch: Any = None,
-                 **_: Any) -> Any:
+                 space_group: int | None = None, guidance: float = 1.0, **_: Any) -> Any:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
-        ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample.
+        ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
+        ``space_group`` and ``guidance``: see :meth:`sample_sets`.
         """
         from crysgen.pipelines.voxel import as_decode_result
 
         z = None if compositions is None else compositions.atomic_numbers[offset:offset + n]
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
-                                atomic_numbers=z, on_batch=on_batch)
+                                atomic_numbers=z, on_batch=on_batch, space_group=space_group,
+                                guidance=guidance)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z)
         return as_decode_result(res, n)
 
@@ -220,7 +241,8 @@ class AtomDiffusionModel:
 
 def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor,
              given: torch.Tensor | None, cfg: AtomEDMConfig, consts: Constants, *, steps: int,
-             device: str, churn_noise: torch.Tensor | None = None) -> Parts:
+             device: str, churn_noise: torch.Tensor | None = None, space_group: int | None = None,
+             guidance: float = 1.0) -> Parts:
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on atom sets.
 
     Args:
@@ -234,6 +256,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
         steps: number of σ levels before 0.
         device: where to run.
         churn_noise: (steps, B, S·(D+3)+6) unit normals for the churn (used when s_churn > 0).
+        space_group: condition every sample on this space group (None: unconditional).
+        guidance: classifier-free guidance weight (1: the conditional denoiser alone).
 
     Returns:
         The final denoised parts (coordinates in [0, 1)).
@@ -254,7 +278,14 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
     def d_of(x: Parts, sigma: float) -> Parts:
         """dx/dσ (the coordinates' along the periodic displacement)."""
         s = torch.full((b,), sigma, device=device)
-        den = denoise(net, x, s, mask, is_given, cfg, consts)
+        if space_group is None:
+            den = denoise(net, x, s, mask, is_given, cfg, consts)
+        else:
+            sg = torch.full((b,), int(space_group), device=device, dtype=torch.long)
+            den = denoise(net, x, s, mask, is_given, cfg, consts, space_group=sg)
+            if guidance != 1.0:
+                none = denoise(net, x, s, mask, is_given, cfg, consts, space_group=torch.zeros_like(sg))
+                den = Parts(*(u + guidance * (c - u) for c, u in zip(den, none, strict=True)))
         dt = (x.types - den.types) / sigma if given is None else torch.zeros_like(x.types)
         return Parts(dt * m, -(den.frac - x.frac) / sigma * m, (x.lattice - den.lattice) / sigma)
 

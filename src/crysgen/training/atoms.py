@@ -31,7 +31,8 @@ class AtomBatches(torch.utils.data.Dataset):
     def __init__(self, crystals: CrystalSet, spec: AtomSetSpec) -> None:
         sets = encode(crystals, spec)
         self.parts = (torch.from_numpy(sets.types), torch.from_numpy(sets.frac),
-                      torch.from_numpy(sets.lattice), torch.from_numpy(sets.mask))
+                      torch.from_numpy(sets.lattice), torch.from_numpy(sets.mask),
+                      torch.from_numpy(crystals.space_group.astype(np.int64)))
 
     def __len__(self) -> int:
         return len(self.parts[3])
@@ -50,7 +51,7 @@ def _as_batch(batch: Any) -> Any:
 
 def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
                 shuffle: bool) -> torch.utils.data.DataLoader:
-    """Batches (types (B, S, D), frac (B, S, 3), lattice (B, 6), mask (B, S))."""
+    """Batches (types (B, S, D), frac (B, S, 3), lattice (B, 6), mask (B, S), space group (B,))."""
     ds = AtomBatches(crystals, spec)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
                                        drop_last=shuffle and len(ds) > batch_size, collate_fn=_as_batch)
@@ -74,20 +75,21 @@ class AtomDiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         """One EDM step on a batch, each crystal shifted by a random vector."""
-        types, frac, lattice, mask = batch
+        types, frac, lattice, mask, sg = batch
         if self.cfg.data.translate:
             frac = wrap(frac + torch.rand(len(frac), 1, 3, device=frac.device)) * mask[..., None]
-        loss, parts = edm_loss(self._forward, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts)
+        loss, parts = edm_loss(self._forward, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts,
+                               space_group=sg if self.cfg.net.space_groups else None)
         self.log("train_loss", loss, prog_bar=True, on_step=True)
         self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """EMA model's loss on validation crystals (the same noise every time)."""
-        types, frac, lattice, mask = batch
+        types, frac, lattice, mask, sg = batch
         gen = torch.Generator(device="cpu").manual_seed(batch_idx)
         loss, parts = edm_loss(self.ema.module, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts,
-                               generator=gen)
+                               generator=gen, space_group=sg if self.cfg.net.space_groups else None)
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({f"val_{k}": v for k, v in parts.items()}, sync_dist=True)
 
