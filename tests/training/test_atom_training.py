@@ -61,3 +61,16 @@ def test_space_group_conditioned_training_runs(tiny_set, tmp_path):
     assert model.net.cfg.space_groups and model.net.space_group is not None
     sets = model.sample_sets(2, steps=2, space_group=225, guidance=2.0)
     assert sets.frac.shape == (2, 8, 3)
+
+
+def test_init_may_switch_on_space_groups_only(tiny_set, tmp_path):
+    base = train_atom_diffusion(tiny_set, tmp_path / "base", config=AtomTrainConfig.from_dict(TINY),
+                                max_steps=1, accelerator="cpu", progress=False)
+    sg = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"space_groups": True}})
+    warm = train_atom_diffusion(tiny_set, tmp_path / "sg", config=sg, max_steps=1, accelerator="cpu",
+                                progress=False, init=base)
+    assert AtomDiffusionModel.from_pretrained(warm).net.cfg.space_groups
+    wider = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"d_model": 64}})
+    with pytest.raises(CrysgenError, match="differs"):
+        train_atom_diffusion(tiny_set, tmp_path / "w", config=wider, max_steps=1, accelerator="cpu",
+                             progress=False, init=base)

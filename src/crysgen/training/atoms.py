@@ -149,9 +149,10 @@ def train_atom_diffusion(
         accelerator: Lightning accelerator ("auto", "cpu", "gpu").
         progress: show the progress bar.
         max_minutes: stop (checkpoint and export) after this wall time.
-        init: warm start from an ``atom_diffusion`` model directory with the same network config
-            (weights into the network and its EMA copy; fresh optimiser; the spec of ``init`` is
-            kept so the encodings agree).
+        init: warm start from an ``atom_diffusion`` model directory with the same network config,
+            except that ``net.space_groups`` may be switched on (the new embedding starts from
+            its initialisation); weights go into the network and its EMA copy, the optimiser
+            starts afresh, and the spec of ``init`` is kept so the encodings agree.
 
     Raises:
         CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
@@ -169,8 +170,10 @@ def train_atom_diffusion(
     config, spec = run.config, run.scaling
     crystals = holder.get("reduced") or (niggli_reduce(run.crystals) if config.data.niggli else run.crystals)
     if init_model is not None:
-        if init_model.net.config != AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config:
-            raise CrysgenError(f"--init {init}: its network config differs from this run's")
+        want = AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config
+        if init_model.net.config | {"space_groups": want["space_groups"]} != want:
+            raise CrysgenError(f"--init {init}: its network config differs from this run's "
+                               "(only space_groups may be switched on)")
         run.fingerprint["init"] = {"model": str(init), "step": init_model.data.get("step")}
     o = config.optim
     L.seed_everything(o.seed, workers=True)
@@ -182,9 +185,11 @@ def train_atom_diffusion(
         val_loader = atom_loader(niggli_reduce(vs) if config.data.niggli else vs, spec, o.batch_size,
                                  shuffle=False)
     module = AtomDiffusionModule(config.to_dict(), asdict(spec))
-    if init_model is not None:
-        module.net.load_state_dict(init_model.net.state_dict())
-        module.ema.module.load_state_dict(init_model.net.state_dict())
+    if init_model is not None:  # a new space-group embedding starts from its initialisation
+        for net in (module.net, module.ema.module):
+            missing, unexpected = net.load_state_dict(init_model.net.state_dict(), strict=False)
+            if unexpected or any(not k.startswith("space_group.") for k in missing):
+                raise CrysgenError(f"--init {init}: weights do not fit ({missing + unexpected})")
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
                log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
                export=export_model, devices=devices, accelerator=accelerator, progress=progress,
