@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The atom diffusion transformer on the GPU machine: train (detached), sample, evaluate.
+# DATASET (default mp_20) picks the data and configs/atom_diffusion_<dataset without _>.yaml; its
+# CrystalSets are made here on the CPU first (as-given cells; S = 20 / 5 / 24):
+#   crysgen data prepare ../shared/data/mp_20/train_partial.csv.gz --out benchmarks/.work/mp_20_asis_train.npz \
+#       --cell as-is --max-sites 20   (and val, test; perov_5 and carbon_24: train_poscar.csv.gz)
 # Carry .whl (pymatgen/spglib/diffusers/chgnet + smact/matminer wheels), .cgcnn, .snap (the
 # committed code, `git archive` of HEAD, so concurrent uncommitted edits never run) and
-# benchmarks/.work (mp_20_asis_{train_partial,val,test}.npz). CRYSGEN_COMMIT names the commit.
+# benchmarks/.work (<dataset>_asis_{train,val,test}.npz). CRYSGEN_COMMIT names the commit.
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability
 set -u
-R=/tmp/runs; W=benchmarks/.work; S=$PWD/.snap
+R=/tmp/runs; W=benchmarks/.work; S=$PWD/.snap; D=${DATASET:-mp_20}
 export PYTHONPATH=/tmp/site:$S/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
@@ -28,6 +32,8 @@ pack() {  # the exported model and the run's records
   [ -f $R/atoms/model/config.json ] || return
   tar czf $OUT/atoms_run.tgz -C $R atoms/model atoms/config.yaml atoms/atoms.json atoms/logs \
     $( [ -f $R/atoms/train_summary.json ] && echo atoms/train_summary.json atoms/curves.png ) atoms.log
+  # files come back at most 16 MiB each: cat atoms_run.tgz.part_* > atoms_run.tgz
+  (cd $OUT && split -b 15m atoms_run.tgz atoms_run.tgz.part_ && rm atoms_run.tgz)
 }
 watch() {
   end=$((SECONDS + $1))
@@ -38,22 +44,24 @@ case $1 in
 launch)
   install; mkdir -p $R
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
-  setsid nohup python3 -m crysgen train atom-diffusion --data $W/mp_20_asis_train_partial.npz \
-    --val $W/mp_20_asis_val.npz --out $R/atoms --config $S/configs/atom_diffusion_mp20.yaml \
-    --max-minutes $2 --quiet > $R/atoms.log 2>&1 < /dev/null &
+  setsid nohup python3 -m crysgen train atom-diffusion --data $W/${D}_asis_train.npz \
+    --val $W/${D}_asis_val.npz --out $R/atoms --config $S/configs/atom_diffusion_${D//_/}.yaml \
+    --max-minutes $2 --quiet ${INIT:+--init $INIT} > $R/atoms.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
 sample)
   M=$R/atoms/model
-  python3 $S/benchmarks/atom_diffusion.py $M --device cuda --steps $2 --out $W/atomsamples --csp $W/mp_20_asis_test.npz
-  cp $S/benchmarks/results/atom_diffusion_mp_20*.json $OUT/ 2>/dev/null
+  python3 $S/benchmarks/atom_diffusion.py $M --dataset $D --device cuda --steps $2 --out $W/atomsamples \
+    --csp $W/${D}_asis_test.npz --workers 14
+  cp $S/benchmarks/results/atom_diffusion_$D*.json $OUT/ 2>/dev/null
   tar czf $OUT/atomsamples.tgz -C $W atomsamples/denovo atomsamples/csp/samples.csv atomsamples/csp/cifs ;;
 eval)
-  cp $W/mp_20_asis_train_partial.npz $W/mp_20_train_partial.npz; cp $W/mp_20_asis_test.npz $W/mp_20_test.npz
-  python3 $S/benchmarks/eval_model.py $R/atoms/model --name $2 --dataset mp_20 --device cuda --workers 14 \
+  T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
+  cp $W/${D}_asis_train.npz $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
+  python3 $S/benchmarks/eval_model.py $R/atoms/model --name $2 --dataset $D --device cuda --workers 14 \
     --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress --samples $W/atomsamples/denovo 2>&1 \
     | tr '\r' '\n' | grep -v -i "warn" | tail -40
-  cp $S/benchmarks/results/eval_$2_mp_20.json $OUT/
-  tar czf $OUT/eval_report.tgz $W/eval_$2_mp_20/report/metrics.json $W/eval_$2_mp_20/report/structures.csv ;;
+  cp $S/benchmarks/results/eval_$2_$D.json $OUT/
+  tar czf $OUT/eval_report.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv ;;
 esac
 ls -la $OUT
