@@ -10,7 +10,7 @@ Writes (or updates, one section per stage) ``benchmarks/results/voxel_perov_5.js
   ``crysgen sample`` folder (evaluate it with ``benchmarks/eval_model.py --samples``), decode rate,
   structural validity at 0.5 Å, crystals/s including segmentation and watershed.
 * ``funnel``: ``--funnel-bases`` training crystals (random, seeded) × ``--funnel-n`` samples around
-  each (σ² 0.5, the base's condition), Court Table 2's filters (:mod:`crysgen.pipelines.funnel`).
+  each (σ² 0.5, the base's condition), Court Table 2's filters (:mod:`crysgen.evaluation.funnel`).
 * ``latent``: t-SNE of μ of test crystals coloured by heat_ref (``voxel_perov_5_latent.png``) and a
   latent interpolation between two test crystals.
 * ``training``: samples/s and steps of the segmenter and VAE runs (their ``train_summary.json``).
@@ -115,7 +115,7 @@ def generation(args) -> dict:
 
 
 def funnel(model: VoxelModel, train: CrystalSet, args) -> dict:
-    from crysgen.pipelines.funnel import average_counts, targeted_funnel
+    from crysgen.evaluation.funnel import average_counts, targeted_funnel
     from crysgen.properties.model import PropertyModel
 
     prop = PropertyModel.from_pretrained(args.property_model)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet
-from crysgen.pipelines.funnel import STEPS, average_counts, targeted_funnel
+from crysgen.evaluation.funnel import STEPS, average_counts, targeted_funnel
 from crysgen.pipelines.voxel import VoxelSpec
 from crysgen.representations.voxel import VoxelConfig
 from crysgen.representations.watershed import VoxelDecodeResult
