@@ -21,6 +21,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,10 @@ def _spglib_number(structure: Any) -> int:
         return 0
 
 
+COINCIDENT = 0.01
+"""Å: two decoded atoms closer than this are one site to a CIF reader (the sample fails)."""
+
+
 def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
                 targets: list[str] | None = None, workers: int = 1) -> list[dict[str, Any]]:
     """One samples.csv row per input (CIFs written on the way), in ``workers`` processes.
@@ -141,6 +146,12 @@ def _row(job: tuple[dict[str, Any], Any, Path]) -> dict[str, Any]:
     row, structure, cif_dir = job
     if structure is None:
         return row
+    if len(structure) > 1:
+        d = structure.distance_matrix
+        close = int((d[np.triu_indices(len(structure), 1)] < COINCIDENT).sum())
+        if close:  # a CIF reader would merge them into one site of occupancy > 1
+            return row | {"failure": f"coincident_sites: {close} pair(s) of atoms closer than "
+                                     f"{COINCIDENT} Å (no CIF written)"}
     cif = cif_dir / f"{row['id']}.cif"
     write_text_atomic(cif, str(CifWriter(structure)))
     return row | {"formula": structure.composition.reduced_formula, "num_sites": len(structure),
@@ -181,8 +192,8 @@ def sample_to_dir(
         batch_size: tensors per forward pass (None: 256 on cuda, 16 on cpu, where small
             batches measured faster on 2 cores).
         progress: show a progress bar with crystals/s.
-        workers: processes that write CIFs and check each crystal (and the voxel watershed);
-            does not change which crystals come out.
+        workers: processes that decode CrysTens tensors, write CIFs and check each crystal (and
+            run the voxel watershed); does not change which crystals come out.
 
     Raises:
         CrysgenError: if ``out`` holds a run with other options.
@@ -232,7 +243,7 @@ def sample_to_dir(
         else:
             tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
                                    seed=[options.seed, k], device=device, batch_size=batch_size)
-            res = decode(tensors, model.scaling, decode_options, ids=ids)
+            res = decode_in_parts(tensors, model.scaling, decode_options, ids=ids, workers=workers)
             if options.save_tensors:
                 write_npz_atomic(out / "chunks" / f"chunk_{k:05d}.npz", {"tensors": tensors})
         targets = compositions.targets[start:start + size] if compositions is not None else None
@@ -245,6 +256,53 @@ def sample_to_dir(
     bar.close()
     seconds = time.perf_counter() - t0
     return _summarize(out, n_chunks, options, done_before, seconds, produced)
+
+
+def decode_in_parts(tensors: np.ndarray, scaling: Any, options: DecodeOptions, *, ids: list[str],
+                    workers: int = 1) -> DecodeResult:
+    """Decode (N, 4, 64, 64) CrysTens tensors in ``workers`` processes.
+
+    Contiguous parts go to the processes and come back in input order: the same result as
+    :func:`~crysgen.representations.crystens.decode` in one process. A part whose process dies
+    gets a ``worker_died`` failure for each of its tensors.
+    """
+    from crysgen.data.parallel import robust_map
+
+    n = len(tensors)
+    if workers <= 1 or n < 2:
+        return decode(tensors, scaling, options, ids=ids)
+    bounds = np.linspace(0, n, min(n, 4 * workers) + 1).astype(int)
+    parts = [(tensors[a:b], scaling, options, ids[a:b], a) for a, b in pairwise(bounds)]
+    done = robust_map(_decode_part, parts, workers=workers, died=_decode_part_died)
+    return _merge_results(done)
+
+
+def _decode_part(part: tuple[Any, ...]) -> tuple[int, DecodeResult]:
+    tensors, scaling, options, ids, start = part
+    return start, decode(tensors, scaling, options, ids=ids)
+
+
+def _decode_part_died(part: tuple[Any, ...], reason: str) -> tuple[int, DecodeResult]:
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.representations.crystens.decode import DecodeFailure
+
+    tensors, _, _, _, start = part
+    k, s = len(tensors), tensors.shape[-1] - 12
+    empty = CrystalSet(np.zeros((0, s)), np.zeros((0, s, 3)), np.zeros((0, 6)), np.zeros(0), np.zeros(0),
+                       np.zeros(0, str))
+    return start, DecodeResult(empty, np.zeros(0, np.int64), {key: np.full(k, np.nan) for key in DIAGNOSTICS},
+                               [DecodeFailure(i, reason) for i in range(k)])
+
+
+def _merge_results(done: list[tuple[int, DecodeResult]]) -> DecodeResult:
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.representations.crystens.decode import DecodeFailure
+
+    return DecodeResult(
+        CrystalSet.concatenate([r.crystals for _, r in done]),
+        np.concatenate([r.index + start for start, r in done]).astype(np.int64),
+        {k: np.concatenate([r.diagnostics[k] for _, r in done]) for k in DIAGNOSTICS},
+        [DecodeFailure(f.index + start, f.reason) for start, r in done for f in r.failures])
 
 
 def _reports_batches(model: Any) -> bool:
