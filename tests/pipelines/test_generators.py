@@ -30,11 +30,17 @@ def test_bundled_crystens_model_samples_real_crystals():
     model = load_generator(CRYSTENS_MODEL)
     x = model.sample(4, steps=5, sampler="ddim", seed=0, batch_size=4)
     assert x.shape == (4, 4, 64, 64) and np.isfinite(x).all()
+    # seeded golden slice (torch 2.13, CPU): the header row of the first sample, every channel
+    golden = [[0.1813, 0.0314, 0.1040, 0.0729], [0.0770, 0.0022, 0.0387, 0.0],
+              [0.0467, 0.0106, 0.0203, 0.0775], [0.0414, 0.0, 0.0320, 0.0]]
+    np.testing.assert_allclose(x[0, :, 0, :4], golden, atol=2e-3)
+    # what the network learned: the 52 x 52 pairwise blocks of a CrysTens are symmetric; a trained
+    # model's samples are far closer to symmetric than noise (uniform noise: mean |B - B^T| = 1/3;
+    # this model at 5 steps: 0.10-0.19 per channel)
+    block = x[:, :, 12:, 12:]
+    assert np.abs(block - block.transpose(0, 1, 3, 2)).mean() < 0.22
     res = decode(x, model.scaling)
-    assert len(res.crystals) + len(res.failures) == 4
-    # a trained model's samples decode (an untrained one gives noise that mostly fails or
-    # yields cells with no sensible lattice); at least one crystal with positive volume
-    assert len(res.crystals) >= 1
+    assert len(res.crystals) == 4 and not res.failures  # all four decode at this seed
     assert all(res.crystals.to_structure(i).volume > 1.0 for i in range(len(res.crystals)))
 
 
