@@ -59,7 +59,8 @@ def main() -> None:
         "relax_rmsd_angstrom": {"n": len(rmsd), "quantiles": quantiles(rmsd),
                                 "share_below_0.15": round(float(np.mean(rmsd < 0.15)), 4)},
         "e_above_hull_eV_atom": {"n": len(e_hull), "quantiles": quantiles(e_hull),
-                                 "share_at_or_below_0_of_all_1000": round(float(np.sum(e_hull <= 0)) / 1000, 4)},
+                                 "share_at_or_below_0_of_all_1000":
+                                     round(float(np.sum(e_hull <= 0)) / 1000, 4)},
         "sources": [str(gpu.relative_to(ROOT)), str(cpu.relative_to(ROOT)), args.test],
     } | stamp()
     path = ROOT / "benchmarks" / "results" / "atom_diffusion_mp_20_stats.json"
