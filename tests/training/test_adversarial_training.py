@@ -127,6 +127,9 @@ def test_cli_trains_and_samples_from_the_run_directory(tiny_set, tmp_path, capsy
     assert main(["train", "gan", "--data", str(tiny_set), "--out", str(run), "--config", str(cfg),
                  "--max-steps", "1", "--quiet"]) == 0
     assert main(["sample", str(run), "-n", "3", "--out", str(out), "--quiet"]) == 0
-    assert "3 samples decoded" in capsys.readouterr().out.replace("of 3 ", "")
-    assert len(list((out / "cifs").glob("*.cif"))) + sum(
-        1 for r in csv.DictReader((out / "samples.csv").open()) if r["failure"]) == 3
+    assert "of 3 samples decoded" in capsys.readouterr().out
+    # a one-step GAN puts atoms on top of each other: such samples fail with a reason (no CIF a
+    # reader cannot parse back); every sample has a CIF or a reason, never both
+    rows = list(csv.DictReader((out / "samples.csv").open()))
+    assert len(rows) == 3 and all(bool(r["cif"]) != bool(r["failure"]) for r in rows)
+    assert {r["id"] for r in rows if r["cif"]} == {p.stem for p in (out / "cifs").glob("*.cif")}
