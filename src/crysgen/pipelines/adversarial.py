@@ -17,7 +17,7 @@ import numpy as np
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import KINDS, AdversarialNetConfig, build_generator
 from crysgen.models.model_dir import load_model_dir, save_model_dir
-from crysgen.pipelines.generators import torch_generator
+from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.representations.crystens.layout import LAYERS, SIZE
 

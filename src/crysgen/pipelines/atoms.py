@@ -26,7 +26,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
-from crysgen.pipelines.generators import torch_generator
+from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode, parse_formula
 
 KIND = "atom_diffusion"

@@ -25,7 +25,7 @@ from crysgen.models.model_dir import FORMAT, read_model_meta
 from crysgen.objectives.cascade import StageConfig, augment_condition
 from crysgen.objectives.diffusion import to_unit_range
 from crysgen.pipelines.diffusion import DiffusionModel, Sampler, denoise
-from crysgen.pipelines.generators import torch_generator
+from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
 
 KIND = "cascade"

@@ -18,7 +18,7 @@ from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet2d import UNetConfig, build_unet
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
-from crysgen.pipelines.generators import torch_generator
+from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
 
 if TYPE_CHECKING:

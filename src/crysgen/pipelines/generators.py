@@ -28,17 +28,6 @@ CRYSTENS_MODEL = PRETRAINED / "crystens_diffusion_mp20"
 """The bundled CrysTens diffusion model (single stage, mp_20 partial train split)."""
 
 
-def torch_generator(seed: int | list[int]) -> Any:
-    """A CPU ``torch.Generator`` seeded from an int or a list of ints (e.g. ``[seed, chunk]``).
-
-    Every generator draws its noise from one, so samples do not depend on the device's random
-    stream.
-    """
-    import torch
-
-    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-
-
 class Generator(Protocol):
     """What `crysgen sample` needs from a model."""
 

@@ -27,7 +27,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
-from crysgen.pipelines.generators import torch_generator
+from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.voxel import VoxelConfig, network_input, read_lattice
 from crysgen.representations.watershed import WatershedOptions, decode
 
