@@ -22,39 +22,15 @@ from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, wrap
 from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
 from crysgen.representations.atoms import CODE_DIM, AtomSetSpec, encode, niggli_reduce
 from crysgen.training.config import AtomTrainConfig
-from crysgen.training.runs import fit, open_run
-
-
-class AtomBatches(torch.utils.data.Dataset):
-    """Encoded atom sets in memory, handed out a whole batch at a time (one index operation)."""
-
-    def __init__(self, crystals: CrystalSet, spec: AtomSetSpec) -> None:
-        sets = encode(crystals, spec)
-        self.parts = (torch.from_numpy(sets.types), torch.from_numpy(sets.frac),
-                      torch.from_numpy(sets.lattice), torch.from_numpy(sets.mask),
-                      torch.from_numpy(crystals.space_group.astype(np.int64)))
-
-    def __len__(self) -> int:
-        return len(self.parts[3])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        return tuple(p[i] for p in self.parts)
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        idx = torch.as_tensor(indices)
-        return tuple(p[idx] for p in self.parts)
-
-
-def _as_batch(batch: Any) -> Any:
-    return batch
+from crysgen.training.runs import adamw_with_warmup, batch_loader, ema_copy, fit, open_run
 
 
 def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
                 shuffle: bool) -> torch.utils.data.DataLoader:
     """Batches (types (B, S, D), frac (B, S, 3), lattice (B, 6), mask (B, S), space group (B,))."""
-    ds = AtomBatches(crystals, spec)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
-                                       drop_last=shuffle and len(ds) > batch_size, collate_fn=_as_batch)
+    sets = encode(crystals, spec)
+    parts = (sets.types, sets.frac, sets.lattice, sets.mask, crystals.space_group.astype(np.int64))
+    return batch_loader(*(torch.from_numpy(p) for p in parts), batch_size=batch_size, shuffle=shuffle)
 
 
 class AtomDiffusionModule(L.LightningModule):
@@ -66,9 +42,7 @@ class AtomDiffusionModule(L.LightningModule):
         self.cfg = AtomTrainConfig.from_dict(config)
         self.spec = AtomSetSpec(**spec)
         self.net = AtomTransformer(**(self.cfg.net.to_dict() | {"type_dim": CODE_DIM}))
-        self.ema = torch.optim.swa_utils.AveragedModel(
-            self.net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.optim.ema_decay))
-        self.ema.requires_grad_(False)
+        self.ema = ema_copy(self.net, self.cfg.optim.ema_decay)
         self.consts = Constants.from_spec(self.spec)
         # compiled forward kept outside the module tree, so state_dict keys stay plain
         object.__setattr__(self, "_forward", torch.compile(self.net) if self.cfg.compile else self.net)
@@ -102,24 +76,13 @@ class AtomDiffusionModule(L.LightningModule):
         return int(trainer.global_step)
 
     def configure_optimizers(self) -> Any:
-        """AdamW with linear warm-up (fused AdamW refuses Lightning's gradient clipping)."""
-        o = self.cfg.optim
-        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        warm = max(1, o.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        """AdamW with linear warm-up."""
+        return adamw_with_warmup(self.net.parameters(), self.cfg.optim)
 
 
 def export_model(module: AtomDiffusionModule, data: dict[str, Any], out: Path) -> Path:
     """Save the module's EMA weights as an ``atom_diffusion`` model directory."""
     return AtomDiffusionModel(module.ema.module, module.cfg.edm, module.spec, data).save_pretrained(out)
-
-
-def _fit_spec(holder: dict[str, CrystalSet]) -> Any:
-    def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
-        holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
-        return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None)
-    return fit_spec
 
 
 def train_atom_diffusion(
@@ -158,13 +121,14 @@ def train_atom_diffusion(
         CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
             ``data.max_atoms``, or an ``init`` model with another network.
     """
-    holder: dict[str, CrystalSet] = {}
+    holder: dict[str, CrystalSet] = {}  # the reduced cells, so a new run reduces them once
     init_model = AtomDiffusionModel.from_pretrained(init) if init is not None else None
-    fit_spec = _fit_spec(holder)
-    if init_model is not None:
-        def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
-            holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
+
+    def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
+        holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
+        if init_model is not None:  # keep the encoding the weights were trained with
             return init_model.spec
+        return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None)
     run = open_run(data, out, config, AtomTrainConfig, resume=resume, max_steps=max_steps, init=init,
                    fit_scaling=fit_spec, load_scaling=AtomSetSpec.load, scaling_file=SPEC_FILE)
     config, spec = run.config, run.scaling

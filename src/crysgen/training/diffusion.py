@@ -21,7 +21,7 @@ from crysgen.objectives.diffusion import to_model_range
 from crysgen.pipelines.diffusion import DiffusionModel
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import DiffusionTrainConfig
-from crysgen.training.runs import fit, open_run, tensor_loader
+from crysgen.training.runs import adamw_with_warmup, ema_copy, fit, open_run, tensor_loader
 
 
 class DiffusionModule(L.LightningModule):
@@ -32,10 +32,7 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg = DiffusionTrainConfig.from_dict(config)
         self.unet = build_unet(self.cfg.unet)
-        self.ema = torch.optim.swa_utils.AveragedModel(
-            self.unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.optim.ema_decay)
-        )
-        self.ema.requires_grad_(False)
+        self.ema = ema_copy(self.unet, self.cfg.optim.ema_decay)
         self.scheduler = self.cfg.diffusion.scheduler()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -61,11 +58,7 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """AdamW with linear warm-up."""
-        o = self.cfg.optim
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        warm = max(1, o.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(self.unet.parameters(), self.cfg.optim)
 
 
 def export_model(module: DiffusionModule, scaling: CrysTensScaling, data: dict[str, Any],

@@ -103,32 +103,66 @@ class TensorBatches(torch.utils.data.Dataset):
 
     ``__getitems__`` makes the DataLoader gather a batch with one index operation instead of
     stacking ``batch_size`` single tensors (the per-step cost that bounded GPU throughput).
+    Several tensors with the same first dimension give a tuple per batch, one tensor a tensor.
     """
 
-    def __init__(self, tensors: torch.Tensor) -> None:
+    def __init__(self, *tensors: torch.Tensor) -> None:
         self.tensors = tensors
 
     def __len__(self) -> int:
-        return len(self.tensors)
+        return len(self.tensors[0])
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.tensors[i]
+    def _take(self, index: Any) -> Any:
+        parts = tuple(t[index] for t in self.tensors)
+        return parts if len(parts) > 1 else parts[0]
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return self.tensors[torch.as_tensor(indices)]
+    def __getitem__(self, i: int) -> Any:
+        return self._take(i)
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        return self._take(torch.as_tensor(indices))
 
 
-def _as_batch(batch: torch.Tensor) -> torch.Tensor:
+def _as_batch(batch: Any) -> Any:
     return batch
+
+
+def batch_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
+    """A DataLoader over in-memory tensors (:class:`TensorBatches`).
+
+    A shuffled one drops the last incomplete batch when there is more than one.
+    """
+    ds = TensorBatches(*tensors)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                                       drop_last=shuffle and len(ds) > batch_size,
+                                       collate_fn=_as_batch)
 
 
 def tensor_loader(crystals: CrystalSet, scaling: CrysTensScaling, batch_size: int, *,
                   shuffle: bool) -> torch.utils.data.DataLoader:
     """Batches of scaled CrysTens tensors (B, 4, 64, 64) in [0, 1]."""
-    ds = TensorBatches(torch.from_numpy(encode(crystals, scaling)))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
-                                       drop_last=shuffle and len(ds) > batch_size,
-                                       collate_fn=_as_batch)
+    return batch_loader(torch.from_numpy(encode(crystals, scaling)), batch_size=batch_size,
+                        shuffle=shuffle)
+
+
+def ema_copy(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """A frozen exponential-moving-average copy of ``net`` (update it after every step)."""
+    ema = torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
+    ema.requires_grad_(False)
+    return ema
+
+
+def adamw_with_warmup(params: Any, optim: Any) -> dict[str, Any]:
+    """AdamW with a linear warm-up, as Lightning's ``configure_optimizers`` returns it.
+
+    ``optim`` gives ``lr``, ``weight_decay`` and ``warmup_steps``. Not the fused AdamW: Lightning
+    refuses gradient clipping with it under bf16.
+    """
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    warm = max(1, optim.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class Throughput(Callback):
