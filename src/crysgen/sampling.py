@@ -141,21 +141,20 @@ def _row(job: tuple[dict[str, Any], Any, Path]) -> dict[str, Any]:
     """Finish one row: write the CIF, add formula, sites, validity and spglib's space group."""
     from pymatgen.io.cif import CifWriter
 
-    from crysgen.evaluation.validity import structurally_valid
+    from crysgen.evaluation.validity import pair_distances, structurally_valid
 
     row, structure, cif_dir = job
     if structure is None:
         return row
-    if len(structure) > 1:
-        d = structure.distance_matrix
-        close = int((d[np.triu_indices(len(structure), 1)] < COINCIDENT).sum())
-        if close:  # a CIF reader would merge them into one site of occupancy > 1
-            return row | {"failure": f"coincident_sites: {close} pair(s) of atoms closer than "
-                                     f"{COINCIDENT} Å (no CIF written)"}
+    distances = pair_distances(structure)  # computed once: coincident sites and validity
+    close = int((distances < COINCIDENT).sum())
+    if close:  # a CIF reader would merge them into one site of occupancy > 1
+        return row | {"failure": f"coincident_sites: {close} pair(s) of atoms closer than "
+                                 f"{COINCIDENT} Å (no CIF written)"}
     cif = cif_dir / f"{row['id']}.cif"
     write_text_atomic(cif, str(CifWriter(structure)))
     return row | {"formula": structure.composition.reduced_formula, "num_sites": len(structure),
-                  "structurally_valid": int(structurally_valid(structure)),
+                  "structurally_valid": int(structurally_valid(structure, distances=distances)),
                   "spglib_space_group": _spglib_number(structure), "cif": f"cifs/{cif.name}"}
 
 
