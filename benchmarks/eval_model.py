@@ -32,6 +32,8 @@ PUBLISHED = {  # reference/anchors.md §1b (labelled R there: recalled, not re-r
     "perov_5": {"CDVAE": [100.0, 98.59, 99.45, 98.46, 0.1258, 0.0264, 0.0628],
                 "DiffCSP": [100.0, 98.85, 99.74, 98.27, 0.1110, 0.0263, 0.0128],
                 "Cond-DFC-VAE (Court et al.)": [73.60, 82.95, 73.92, 10.13, 2.268, 4.111, 0.8373]},
+    "carbon_24": {"CDVAE": [100.0, None, 99.80, 83.08, 0.1407, 0.2850, None],  # composition metrics
+                  "DiffCSP": [100.0, None, 99.90, 97.27, 0.0805, 0.0820, None]},  # undefined: None
 }
 COLUMNS = ["struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
            "wdist_prop", "wdist_num_elems"]

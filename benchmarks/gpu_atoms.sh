@@ -11,8 +11,10 @@
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability
+#   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders)
 set -u
 R=/tmp/runs; W=benchmarks/.work; S=$PWD/.snap; D=${DATASET:-mp_20}
+RUN=atoms_$D; A=$W/atomsamples_$D  # one run directory and sample folder per dataset
 export PYTHONPATH=/tmp/site:$S/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
@@ -23,17 +25,17 @@ install() {
 }
 progress() {
   nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
-  m=$(ls $R/atoms/logs/*/metrics.csv 2>/dev/null | tail -1)
+  m=$(ls $R/$RUN/logs/*/metrics.csv 2>/dev/null | tail -1)
   [ -n "$m" ] && { head -1 $m; grep -v ",,,,,,,,$" $m | tail -2; grep val_loss -A0 $m >/dev/null; awk -F, '$7!=""' $m | tail -1; }
-  ls $R/atoms/checkpoints 2>/dev/null | tail -2 | tr '\n' ' '; echo
-  grep -iE "error|traceback" $R/atoms.log | head -5
+  ls $R/$RUN/checkpoints 2>/dev/null | tail -2 | tr '\n' ' '; echo
+  grep -iE "error|traceback" $R/$RUN.log | head -5
 }
 pack() {  # the exported model and the run's records
-  [ -f $R/atoms/model/config.json ] || return
-  tar czf $OUT/atoms_run.tgz -C $R atoms/model atoms/config.yaml atoms/atoms.json atoms/logs \
-    $( [ -f $R/atoms/train_summary.json ] && echo atoms/train_summary.json atoms/curves.png ) atoms.log
-  # files come back at most 16 MiB each: cat atoms_run.tgz.part_* > atoms_run.tgz
-  (cd $OUT && split -b 15m atoms_run.tgz atoms_run.tgz.part_ && rm atoms_run.tgz)
+  [ -f $R/$RUN/model/config.json ] || return
+  tar czf $OUT/$RUN.tgz -C $R $RUN/model $RUN/config.yaml $RUN/atoms.json $RUN/logs \
+    $( [ -f $R/$RUN/train_summary.json ] && echo $RUN/train_summary.json $RUN/curves.png ) $RUN.log
+  # files come back at most 16 MiB each: cat $RUN.tgz.part_* > $RUN.tgz
+  (cd $OUT && split -b 15m $RUN.tgz $RUN.tgz.part_ && rm $RUN.tgz)
 }
 watch() {
   end=$((SECONDS + $1))
@@ -45,21 +47,21 @@ launch)
   install; mkdir -p $R
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
   setsid nohup python3 -m crysgen train atom-diffusion --data $W/${D}_asis_train.npz \
-    --val $W/${D}_asis_val.npz --out $R/atoms --config $S/configs/atom_diffusion_${D//_/}.yaml \
-    --max-minutes $2 --quiet ${INIT:+--init $INIT} > $R/atoms.log 2>&1 < /dev/null &
+    --val $W/${D}_asis_val.npz --out $R/$RUN --config $S/configs/atom_diffusion_${D//_/}.yaml \
+    --max-minutes $2 --quiet ${INIT:+--init $INIT} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
 sample)
-  M=$R/atoms/model
-  python3 $S/benchmarks/atom_diffusion.py $M --dataset $D --device cuda --steps $2 --out $W/atomsamples \
+  M=$R/$RUN/model
+  python3 $S/benchmarks/atom_diffusion.py $M --dataset $D --device cuda --steps $2 --out $A \
     --csp $W/${D}_asis_test.npz --workers 14
   cp $S/benchmarks/results/atom_diffusion_$D*.json $OUT/ 2>/dev/null
-  tar czf $OUT/atomsamples.tgz -C $W atomsamples/denovo atomsamples/csp/samples.csv atomsamples/csp/cifs ;;
+  tar czf $OUT/atomsamples_$D.tgz -C $W atomsamples_$D/denovo atomsamples_$D/csp/samples.csv atomsamples_$D/csp/cifs ;;
 eval)
   T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
   cp $W/${D}_asis_train.npz $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
-  python3 $S/benchmarks/eval_model.py $R/atoms/model --name $2 --dataset $D --device cuda --workers 14 \
-    --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress --samples $W/atomsamples/denovo 2>&1 \
+  python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 \
+    --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress --samples $A/denovo ${METRICS:+--metrics $METRICS} 2>&1 \
     | tr '\r' '\n' | grep -v -i "warn" | tail -40
   cp $S/benchmarks/results/eval_$2_$D.json $OUT/
   tar czf $OUT/eval_report.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv ;;
