@@ -6,21 +6,26 @@
 #       --cell as-is --max-sites 20   (and val, test; perov_5 and carbon_24: train_poscar.csv.gz)
 # Carry .whl (pymatgen/spglib/diffusers/chgnet + smact/matminer wheels), .cgcnn, .snap (the
 # committed code, `git archive` of HEAD, so concurrent uncommitted edits never run) and
-# benchmarks/.work (<dataset>_asis_{train,val,test}.npz). CRYSGEN_COMMIT names the commit.
+# benchmarks/.work (<dataset>_asis_{train,val,test}.npz; WORK=<folder> carries a smaller one instead).
+# CRYSGEN_COMMIT names the commit.
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability
 #   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders)
 set -u
-R=/tmp/runs; W=benchmarks/.work; S=$PWD/.snap; D=${DATASET:-mp_20}
+R=/tmp/runs; W=${WORK:-benchmarks/.work}; S=$PWD/.snap; D=${DATASET:-mp_20}
 RUN=atoms_$D; A=$W/atomsamples_$D  # one run directory and sample folder per dataset
 export PYTHONPATH=/tmp/site:$S/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
-install() {
-  [ -d /tmp/site/smact ] && return
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | grep -v "already exists"
+install() {  # every wheel of the carried wheel folders (.whl, or .whl_train then .whl_eval) not yet installed
+  mkdir -p /tmp/site; touch /tmp/site/.installed
+  for w in .whl*/*.whl; do
+    [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed || continue
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$w" 2>&1 \
+      | grep -v "already exists"; basename $w >> /tmp/site/.installed
+  done
   rm -f /tmp/site/pynvml.py
 }
 progress() {
@@ -43,6 +48,12 @@ watch() {
   progress; pack
 }
 case $1 in
+install) install ;;
+sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained calls) -> /tmp/sweep.log
+  install
+  setsid nohup python3 $S/benchmarks/atom_csp_sweep.py $2 --targets $W/${D}_asis_test.npz --n ${N:-1000} \
+    --steps ${STEPS:-50,200} --churn ${CHURN:-0,10,40} --device cuda --workers 10 > /tmp/sweep.log 2>&1 < /dev/null &
+  sleep 5; tail -3 /tmp/sweep.log ;;
 launch)
   install; mkdir -p $R
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
@@ -60,7 +71,7 @@ sample)
 eval)
   T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
   cp $W/${D}_asis_train.npz $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
-  python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 \
+  python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 --work $W \
     --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress --samples $A/denovo ${METRICS:+--metrics $METRICS} 2>&1 \
     | tr '\r' '\n' | grep -v -i "warn" | tail -40
   cp $S/benchmarks/results/eval_$2_$D.json $OUT/
