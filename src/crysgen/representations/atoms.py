@@ -3,9 +3,9 @@
 This is the representation of crysgen's own generator (:mod:`crysgen.models.atom_transformer`).
 Each crystal of at most ``S`` sites becomes:
 
-- ``types`` float32 (N, S, D): a continuous code per element, the one-hot of its period (7) next
-  to the one-hot of its column in the 32-column periodic table (s 2, f 14, d 10, p 6), centred by
-  the training mean. Neighbouring atomic numbers are far apart (the codes of two elements differ in
+- ``types`` float32 (N, S, D): a continuous code per element (:mod:`crysgen.representations.elements`:
+  the one-hot of its period (7) next to the one-hot of its column in the 32-column periodic table),
+  centred by the training mean. Neighbouring atomic numbers are far apart (their codes differ in
   two or four entries) while elements of one column share half their code; decoding picks the
   nearest code among the elements allowed (those seen in training, or those a formula gives), so
   noise never turns an element into a neighbouring Z by a small shift.
@@ -22,46 +22,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.errors import CrysgenError
-
-MAX_Z = 103
-"""Heaviest element with a code (Lr)."""
-CODE_DIM = 7 + 32
-"""Length of an element code: period one-hot (7) + 32-column one-hot."""
-
-
-@lru_cache(maxsize=1)
-def element_code_table() -> np.ndarray:
-    """float32 (MAX_Z + 1, CODE_DIM): row Z is element Z's {0, 1} code (row 0 is all zeros).
-
-    The column of the 32-column table: s block 0-1, f block 2-15 (La-Yb, Ac-No), d block
-    16-25 (groups 3-12, Lu and Lr included), p block 26-31 (groups 13-18, He included).
-    """
-    from pymatgen.core import Element
-
-    table = np.zeros((MAX_Z + 1, CODE_DIM), np.float32)
-    seen: dict[tuple[int, int], int] = {}
-    for z in range(1, MAX_Z + 1):
-        el = Element.from_Z(z)
-        period = int(el.row) if el.block != "f" else (6 if z < 89 else 7)
-        if el.block == "f":
-            column = 2 + z - (57 if z < 89 else 89)
-        elif el.block == "s" and el.group <= 2:
-            column = el.group - 1
-        else:
-            column = int(el.group) + 13
-        if (period, column) in seen:  # pragma: no cover - a pymatgen table change
-            raise RuntimeError(f"elements {seen[(period, column)]} and {z} share a code")
-        seen[(period, column)] = z
-        table[z, period - 1] = 1.0
-        table[z, 7 + column] = 1.0
-    return table
+from crysgen.representations.elements import MAX_Z, element_code_table, nearest_rows
 
 
 def parse_formula(formula: str) -> dict[int, int]:
@@ -212,9 +179,7 @@ def lattice_parameters(features: np.ndarray, num_sites: np.ndarray, spec: AtomSe
 def nearest_elements(types: np.ndarray, allowed: list[int], spec: AtomSetSpec) -> np.ndarray:
     """Int (..., ) atomic numbers: for each code in ``types`` (..., D), the nearest allowed one."""
     allowed_z = np.asarray(sorted(allowed), np.int64)
-    table = spec.codes()[allowed_z]  # (K, D)
-    d2 = ((np.asarray(types, np.float32)[..., None, :] - table) ** 2).sum(-1)
-    return allowed_z[np.argmin(d2, axis=-1)]
+    return nearest_rows(types, spec.codes()[allowed_z], allowed_z)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, wrap
 from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
-from crysgen.representations.atoms import CODE_DIM, AtomSetSpec, encode, niggli_reduce
+from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce
+from crysgen.representations.elements import CODE_DIM
 from crysgen.training.config import AtomTrainConfig
 from crysgen.training.runs import adamw_with_warmup, batch_loader, ema_copy, fit, open_run
 

@@ -14,10 +14,13 @@ single alpha column. This decoder instead:
    ``e_ij = o_i - d_ij``; each estimate is first unwrapped to the image nearest ``o_j``, so
    sites near a cell face are averaged periodically. The paper's blend is this formula with
    fixed weights.
-4. **Elements**: a maximum-a-posteriori choice of the crystal's element set (see
-   :func:`snap_elements`): sites are pooled when the noise cannot tell them apart, with the
-   training set's element frequencies and numbers of distinct elements as priors. Clean tensors
-   give exact integers (plain rounding); noisy ones pool the copies of same-element sites.
+4. **Elements**: with a layout that has element codes, each site's element is the allowed
+   element (seen in training) nearest to its 2 code copies and 8 Z copies together
+   (:func:`code_elements`): codes of different elements are >= sqrt(2) apart, so noise that moves
+   Z by a whole atomic number leaves the element intact. Without codes, a maximum-a-posteriori
+   choice of the crystal's element set (see :func:`snap_elements`): sites are pooled when the
+   noise cannot tell them apart, with the training set's element frequencies and numbers of
+   distinct elements as priors. Clean tensors give exact integers either way.
 5. **Coordinate values**: pooled 1-D values grouped on the circle with a noise-derived gap
    (at least 1e-5, at most 0.01) and snapped to the group's circular mean.
 6. Optional snapping to the symmetry spglib finds (``DecodeOptions.symprec``).
@@ -34,6 +37,7 @@ from crysgen.representations.crystens.decode import (
     DecodeFailure,
     DecodeOptions,
     DecodeResult,
+    code_copies,
     finish_batch,
     global_consensus,
     header_copies,
@@ -43,8 +47,9 @@ from crysgen.representations.crystens.decode import (
     table2_agreement,
     unscale,
 )
-from crysgen.representations.crystens.layout import GLOBAL, MAX_SITES, SITE_OFFSET
+from crysgen.representations.crystens.layout import GLOBAL
 from crysgen.representations.crystens.scaling import CrysTensScaling
+from crysgen.representations.elements import element_code_table, nearest_rows
 
 _MIN_SIGNAL = 1e-6
 
@@ -53,14 +58,15 @@ def detect_num_atoms(scaled_copies: np.ndarray) -> np.ndarray:
     """Number of present sites by least squares over the per-crystal attribute copies.
 
     Args:
-        scaled_copies: scaled header copies (N, 52, 11, 8).
+        scaled_copies: scaled header copies (N, S, 11, 8).
 
     Returns:
-        int (N,) in 0..52; 0 when no row carries a signal.
+        int (N,) in 0..S; 0 when no row carries a signal.
     """
-    h = scaled_copies[:, :, GLOBAL, :].reshape(len(scaled_copies), MAX_SITES, -1)
+    sites = scaled_copies.shape[1]
+    h = scaled_copies[:, :, GLOBAL, :].reshape(len(scaled_copies), sites, -1)
     cum = np.cumsum(h, axis=1)
-    score = (cum**2).sum(-1) / np.arange(1, MAX_SITES + 1)[None, :]
+    score = (cum**2).sum(-1) / np.arange(1, sites + 1)[None, :]
     best = score.argmax(axis=1)
     signal = score[np.arange(len(h)), best] / h.shape[-1]
     return np.where(signal > _MIN_SIGNAL, best + 1, 0)
@@ -68,8 +74,8 @@ def detect_num_atoms(scaled_copies: np.ndarray) -> np.ndarray:
 
 def noise_level(scaled_copies: np.ndarray, num_atoms: np.ndarray) -> np.ndarray:
     """Per-sample noise std in scaled units from the spread of the 8 copies of present rows."""
-    present = np.arange(MAX_SITES)[None, :] < num_atoms[:, None]
-    var = scaled_copies.var(axis=-1, ddof=1).mean(-1)  # (N, 52)
+    present = np.arange(scaled_copies.shape[1])[None, :] < num_atoms[:, None]
+    var = scaled_copies.var(axis=-1, ddof=1).mean(-1)  # (N, S)
     count = np.maximum(present.sum(1), 1)
     return np.sqrt((var * present).sum(1) / count)
 
@@ -80,17 +86,18 @@ def consensus_coords(
     """Least-squares positions from own coordinates and pairwise differences (periodic).
 
     Args:
-        own: (N, 52, 3) raw own coordinates (8-copy means).
-        diff: (N, 52, 52, 3) raw differences, row minus column.
+        own: (N, S, 3) raw own coordinates (8-copy means).
+        diff: (N, S, S, 3) raw differences, row minus column.
         num_atoms: int (N,).
         w_own: (3,) weight of an own coordinate (inverse variance per scaled noise²).
         w_diff: (3,) weight of a pairwise difference.
 
     Returns:
-        (N, 52, 3) positions near ``own`` (not wrapped); rows >= A are 0.
+        (N, S, 3) positions near ``own`` (not wrapped); rows >= A are 0.
     """
-    present = np.arange(MAX_SITES)[None, :] < num_atoms[:, None]
-    pair = present[:, :, None] & present[:, None, :] & ~np.eye(MAX_SITES, dtype=bool)[None]
+    sites = own.shape[1]
+    present = np.arange(sites)[None, :] < num_atoms[:, None]
+    pair = present[:, :, None] & present[:, None, :] & ~np.eye(sites, dtype=bool)[None]
     d = (diff - diff.transpose(0, 2, 1, 3)) / 2  # estimate of x_i - x_j
     est = own[:, :, None, :] - d  # site i's estimate of site j: (N, i, j, 3)
     delta = est - own[:, None, :, :]
@@ -183,6 +190,30 @@ def snap_elements(
     return np.clip(out, 1, zmax)
 
 
+def code_elements(codes: np.ndarray, z_scaled: np.ndarray, scaling: CrysTensScaling) -> np.ndarray:
+    """Each site's element: the allowed element nearest to its code and Z copies together.
+
+    Every copy has the same Gaussian noise in scaled units, so the log-likelihood of element e
+    is ``-(2 |c - code(e)|² + 8 (z - z(e))²) / 2σ²`` with c and z the means of the 2 code copies
+    and the 8 (scaled) Z copies: a nearest-row search in a space where both are weighted by
+    the square root of their number of copies.
+
+    Args:
+        codes: (..., 39, 2) the code copies of each site (scaled units, code entries in {0, 1}).
+        z_scaled: (...,) mean of the 8 scaled Z copies of each site.
+        scaling: the scaling (Z range, allowed elements: those seen when fitting).
+
+    Returns:
+        int16 (...,) atomic numbers among ``scaling.allowed_elements()``.
+    """
+    allowed = scaling.allowed_elements()
+    table = np.concatenate([np.sqrt(2.0) * element_code_table()[allowed],
+                            np.sqrt(8.0) * scaling.scale(allowed.astype(float), "Z")[:, None]], axis=1)
+    points = np.concatenate([np.sqrt(2.0) * codes.mean(-1),
+                             np.sqrt(8.0) * np.asarray(z_scaled)[..., None]], axis=-1)
+    return nearest_rows(points, table, allowed).astype(np.int16)
+
+
 def snap_coords(frac: np.ndarray, sigma_p: float) -> np.ndarray:
     """Snap pooled fractional coordinates (A, 3) to shared values (circular groups)."""
     values = wrap_unit(frac).ravel()
@@ -240,23 +271,27 @@ def symmetrize(
 def decode_batch(
     tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray
 ) -> DecodeResult:
-    """Auto decode of a (N, 4, 64, 64) batch; see the module docstring."""
+    """Auto decode of a (N, 4, size, size) batch; see the module docstring."""
+    layout = scaling.layout
     safe, reasons, diag = start_batch(tensors, options)
     n = len(safe)
     ok = np.array([r is None for r in reasons])
-    scaled_copies = header_copies(safe)
+    scaled_copies = header_copies(safe, layout)
     num_atoms = np.where(ok, detect_num_atoms(scaled_copies), 0)
     sigma = noise_level(scaled_copies, num_atoms)
-    present = np.arange(MAX_SITES)[None, :] < num_atoms[:, None]
+    present = np.arange(layout.sites)[None, :] < num_atoms[:, None]
     raw = unscale(safe, scaling, present)
-    copies = header_copies(raw)
+    copies = header_copies(raw, layout)
+    coded = None
+    if layout.element_code and options.elements == "map":
+        coded = code_elements(code_copies(safe, layout), scaled_copies[..., 0, :].mean(-1), scaling)
     diag.update(table1_variances(copies, num_atoms))
-    header = copies.mean(-1)  # (N, 52, 11)
+    header = copies.mean(-1)  # (N, S, 11)
     glob = global_consensus(copies, num_atoms)  # (N, 7)
     r_x = scaling.span(["x", "y", "z"])
     r_d = scaling.span(["dir"])[0]
     w_own, w_diff = 8.0 / r_x**2, 2.0 / r_d**2
-    block = raw[:, SITE_OFFSET:, SITE_OFFSET:, :]
+    block = raw[:, layout.site_offset:, layout.site_offset:, :]
     pos = consensus_coords(header[..., 1:4], block[..., 1:], num_atoms, w_own, w_diff)
     r_z = scaling.span(["Z"])[0]
     log_prior = scaling.element_log_prior()
@@ -275,7 +310,9 @@ def decode_batch(
         diag["coord_agreement"][i], diag["pairwise_error"][i] = table2_agreement(
             own, final, (layer0 + layer0.T) / 2, a
         )
-        if options.elements == "round":
+        if coded is not None:
+            z = coded[i, :a]
+        elif options.elements == "round":
             z = np.clip(np.rint(header[i, :a, 0]), 1, len(log_prior) - 1).astype(np.int16)
         else:
             z = snap_elements(header[i, :a, 0], sigma[i] * r_z / np.sqrt(8), log_prior, log_prior_k)
@@ -292,4 +329,4 @@ def decode_batch(
         rows.append((i, z, frac, lattice, sg))
         diag["num_atoms"][i] = a
         diag["space_group_float"][i] = glob[i, 6]
-    return finish_batch(rows, failures, diag, ids)
+    return finish_batch(rows, failures, diag, ids, layout.sites)

@@ -15,15 +15,15 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.data.guards import check_symprec
 from crysgen.errors import CrysgenError
 from crysgen.representations.crystens.layout import (
+    CODE_ROW,
+    CODE_ROWS,
     GLOBAL,
     HEADER,
-    LAYERS,
-    MAX_SITES,
     N_HEADER,
-    SITE_OFFSET,
-    SIZE,
+    CrysTensLayout,
 )
 from crysgen.representations.crystens.scaling import CrysTensScaling
+from crysgen.representations.elements import CODE_DIM
 
 DecodeMode = Literal["auto", "faithful"]
 DECODE_MODES: tuple[DecodeMode, ...] = ("auto", "faithful")
@@ -55,8 +55,10 @@ class DecodeOptions:
         symprec: auto only: if set, snap the decoded crystal to the symmetry spglib finds
             with this tolerance (Å); kept only when the site count does not change.
         seed: random state of the faithful K-means.
-        elements: auto only: "map" (default: MAP element set with the training priors) or
-            "round" (each site's 8-copy mean rounded; the naive baseline, for ablations).
+        elements: auto only: "map" (default: with element codes in the layout, the allowed
+            element nearest to each site's code and Z; without, the MAP element set with the
+            training priors) or "round" (each site's 8-copy Z mean rounded; the naive baseline,
+            for ablations).
     """
 
     mode: DecodeMode = "auto"
@@ -141,18 +143,19 @@ def decode(
     """Decode scaled CrysTens tensors into crystals.
 
     Args:
-        tensors: (N, 4, 64, 64) or (4, 64, 64), channel first, scaled to [0, 1].
-        scaling: the scaling the tensors were made with.
+        tensors: (N, 4, size, size) or (4, size, size), channel first, scaled to [0, 1]; size
+            is the scaling's layout's (64 for the paper's).
+        scaling: the scaling the tensors were made with (its layout gives their shape).
         options: decoder settings (default: auto mode).
         ids: one id per tensor for the output crystals; default "0", "1", ...
 
     Returns:
         The decoded crystals, per-sample diagnostics and per-sample failures. A bad sample
-        never raises; only a batch of the wrong shape does. An empty batch (0, 4, 64, 64)
+        never raises; only a batch of the wrong shape does. An empty batch (0, 4, size, size)
         gives an empty result.
 
     Raises:
-        CrysgenError: if ``tensors`` does not have shape (N, 4, 64, 64).
+        CrysgenError: if ``tensors`` does not have shape (N, 4, size, size).
     """
     from crysgen.representations.crystens import auto, faithful
 
@@ -160,22 +163,25 @@ def decode(
     t = np.asarray(tensors)
     if t.ndim == 3:
         t = t[None]
-    if t.ndim != 4 or t.shape[1:] != (LAYERS, SIZE, SIZE):
+    shape = scaling.layout.shape()
+    if t.ndim != 4 or t.shape[1:] != shape:
         raise CrysgenError(
-            f"CrysTens tensors must have shape (N, {LAYERS}, {SIZE}, {SIZE}), got {np.shape(tensors)}"
+            f"CrysTens tensors of this scaling's layout ({scaling.layout.sites} sites"
+            f"{', element codes' if scaling.layout.element_code else ''}) must have shape "
+            f"(N, {', '.join(map(str, shape))}), got {np.shape(tensors)}"
         )
     ids = np.asarray([str(i) for i in range(len(t))] if ids is None else ids, dtype=str)
     if len(ids) != len(t):
         raise CrysgenError(f"{len(ids)} ids for {len(t)} tensors")
     if len(t) == 0:  # an empty batch decodes to an empty result
-        return finish_batch([], [], {k: np.zeros(0) for k in DIAGNOSTICS}, ids)
+        return finish_batch([], [], {k: np.zeros(0) for k in DIAGNOSTICS}, ids, scaling.layout.sites)
     impl = auto.decode_batch if options.mode == "auto" else faithful.decode_batch
     return impl(t, scaling, options, ids)
 
 
 # ---------------------------------------------------------------------- shared steps
 def check_tensors(hwc: np.ndarray, tolerance: float) -> list[str | None]:
-    """Per-sample garbage checks on scaled (N, 64, 64, 4) tensors; None = fine."""
+    """Per-sample garbage checks on scaled (N, size, size, 4) tensors; None = fine."""
     flat = hwc.reshape(len(hwc), -1)
     finite = np.isfinite(flat).all(1)
     safe = np.where(finite[:, None], flat, 0.0)
@@ -194,49 +200,69 @@ def check_tensors(hwc: np.ndarray, tolerance: float) -> list[str | None]:
 
 
 def unscale(hwc: np.ndarray, scaling: CrysTensScaling, present: np.ndarray) -> np.ndarray:
-    """Raw values of a scaled (N, 64, 64, 4) batch, for the present sites only.
+    """Raw values of a scaled (N, size, size, 4) batch, for the present sites only.
 
     Header strips of present sites and adjacency entries between two different present sites
-    are un-scaled; everything else (diagonal, absent rows) keeps its scaled value, as in the
-    authors' code.
+    are un-scaled; everything else (diagonal, absent rows, element codes) keeps its scaled value,
+    as in the authors' code.
 
     Args:
-        hwc: scaled tensors (N, 64, 64, 4).
-        scaling: the ranges.
-        present: bool (N, 52).
+        hwc: scaled tensors (N, size, size, 4).
+        scaling: the ranges and layout.
+        present: bool (N, S).
 
     Returns:
-        float64 (N, 64, 64, 4).
+        float64 (N, size, size, 4).
     """
+    o = scaling.layout.site_offset
     raw = hwc.astype(np.float64)
     lo, span = scaling.lo(HEADER), scaling.span(HEADER)
-    rows = raw[:, SITE_OFFSET:, :N_HEADER, :]
-    raw[:, SITE_OFFSET:, :N_HEADER, :] = np.where(
+    rows = raw[:, o:, :N_HEADER, :]
+    raw[:, o:, :N_HEADER, :] = np.where(
         present[:, :, None, None], rows * span[None, None, :, None] + lo[None, None, :, None], rows
     )
-    cols = raw[:, :N_HEADER, SITE_OFFSET:, :]
-    raw[:, :N_HEADER, SITE_OFFSET:, :] = np.where(
+    cols = raw[:, :N_HEADER, o:, :]
+    raw[:, :N_HEADER, o:, :] = np.where(
         present[:, None, :, None], cols * span[None, :, None, None] + lo[None, :, None, None], cols
     )
-    pair = present[:, :, None] & present[:, None, :] & ~np.eye(MAX_SITES, dtype=bool)[None]
-    block = raw[:, SITE_OFFSET:, SITE_OFFSET:, :]
+    pair = present[:, :, None] & present[:, None, :] & ~np.eye(present.shape[1], dtype=bool)[None]
+    block = raw[:, o:, o:, :]
     block[..., 0] = np.where(pair, scaling.unscale(block[..., 0], "length"), block[..., 0])
     block[..., 1:] = np.where(pair[..., None], scaling.unscale(block[..., 1:], "dir"), block[..., 1:])
     return raw
 
 
-def header_copies(t: np.ndarray) -> np.ndarray:
-    """The 8 copies of each site's header attributes: (N, 64, 64, 4) -> (N, 52, 11, 8)."""
-    rows = t[:, SITE_OFFSET:, :N_HEADER, :]
-    cols = t[:, :N_HEADER, SITE_OFFSET:, :].transpose(0, 2, 1, 3)
+def header_copies(t: np.ndarray, layout: CrysTensLayout) -> np.ndarray:
+    """The 8 copies of each site's header attributes: (N, size, size, 4) -> (N, S, 11, 8)."""
+    o = layout.site_offset
+    rows = t[:, o:, :N_HEADER, :]
+    cols = t[:, :N_HEADER, o:, :].transpose(0, 2, 1, 3)
     return np.concatenate([rows, cols], axis=-1)
+
+
+def code_copies(t: np.ndarray, layout: CrysTensLayout) -> np.ndarray:
+    """The 2 copies of each site's element code: (N, size, size, 4) -> (N, S, 39, 2).
+
+    Entry ``c`` is read from code row ``c // 4``, layer ``c % 4`` of the row strip and of the
+    column strip (see :mod:`crysgen.representations.crystens.layout`).
+
+    Raises:
+        CrysgenError: if the layout has no element code.
+    """
+    if not layout.element_code:
+        raise CrysgenError("this CrysTens layout has no element code rows")
+    o, n, s = layout.site_offset, len(t), layout.sites
+    code = slice(CODE_ROW, CODE_ROW + CODE_ROWS)
+    rows = t[:, o:, code, :].reshape(n, s, -1)[..., :CODE_DIM]  # (N, S, rows*4): c = 4 r + l
+    cols = t[:, code, o:, :].transpose(0, 2, 1, 3).reshape(n, s, -1)[..., :CODE_DIM]
+    return np.stack([rows, cols], axis=-1)
 
 
 def table1_variances(copies: np.ndarray, num_atoms: np.ndarray) -> dict[str, np.ndarray]:
     """The paper's Table 1 variances, computed on raw copies before any consensus.
 
     Args:
-        copies: raw header copies (N, 52, 11, 8).
+        copies: raw header copies (N, S, 11, 8).
         num_atoms: int (N,), the detected A (0 gives NaN).
 
     Returns:
@@ -244,7 +270,7 @@ def table1_variances(copies: np.ndarray, num_atoms: np.ndarray) -> dict[str, np.
         var_frac_coords (frac², x, y and z included), each float64 (N,).
     """
     a = np.maximum(num_atoms, 1)[:, None]
-    present = (np.arange(MAX_SITES)[None, :] < num_atoms[:, None]).astype(float)
+    present = (np.arange(copies.shape[1])[None, :] < num_atoms[:, None]).astype(float)
     m = present[:, :, None, None]
     # population variance over the 8A copies of each global attribute
     s1 = (copies * m).sum(axis=(1, 3))
@@ -302,19 +328,19 @@ def lattice_problem(lattice: np.ndarray) -> str | None:
 
 
 def global_consensus(copies: np.ndarray, num_atoms: np.ndarray) -> np.ndarray:
-    """Mean of the 8A copies of a, b, c, alpha, beta, gamma, sg: (N, 52, 11, 8) -> (N, 7)."""
-    m = (np.arange(MAX_SITES)[None, :] < num_atoms[:, None]).astype(float)
+    """Mean of the 8A copies of a, b, c, alpha, beta, gamma, sg: (N, S, 11, 8) -> (N, 7)."""
+    m = (np.arange(copies.shape[1])[None, :] < num_atoms[:, None]).astype(float)
     s = (copies[:, :, GLOBAL, :] * m[:, :, None, None]).sum(axis=(1, 3))
     return s / (8 * np.maximum(num_atoms, 1)[:, None])
 
 
 def assemble(
-    rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, int]], ids: np.ndarray
+    rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, int]], ids: np.ndarray, sites: int
 ) -> tuple[CrystalSet, np.ndarray]:
-    """Build the output CrystalSet from (index, Z (A,), frac (A, 3), lattice (6,), sg) rows."""
+    """The output CrystalSet (S = ``sites``) from (index, Z (A,), frac (A, 3), lattice, sg) rows."""
     n = len(rows)
-    z = np.zeros((n, MAX_SITES), np.int16)
-    f = np.zeros((n, MAX_SITES, 3))
+    z = np.zeros((n, sites), np.int16)
+    f = np.zeros((n, sites, 3))
     lat = np.zeros((n, 6))
     sg = np.zeros(n, np.int16)
     ns = np.zeros(n, np.int16)
@@ -332,7 +358,7 @@ def start_batch(
     """Common first step of both decoders.
 
     Returns:
-        The batch as (N, 64, 64, 4) float64 with garbage samples zeroed, the per-sample
+        The batch as (N, size, size, 4) float64 with garbage samples zeroed, the per-sample
         garbage reasons (None = fine), and NaN-filled diagnostics arrays.
     """
     hwc = tensors.transpose(0, 2, 3, 1)
@@ -347,10 +373,14 @@ def finish_batch(
     failures: list[DecodeFailure],
     diagnostics: dict[str, np.ndarray],
     ids: np.ndarray,
+    sites: int,
 ) -> DecodeResult:
-    """Common last step of both decoders: failures get NaN diagnostics; crystals are built."""
+    """Common last step of both decoders: failures get NaN diagnostics; crystals are built.
+
+    ``sites`` is S, the width of the output CrystalSet.
+    """
     failed = [f.index for f in failures]
     for v in diagnostics.values():
         v[failed] = np.nan
-    crystals, index = assemble(rows, ids)
+    crystals, index = assemble(rows, ids, sites)
     return DecodeResult(crystals=crystals, index=index, diagnostics=diagnostics, failures=failures)

@@ -27,26 +27,27 @@ from crysgen.representations.crystens.decode import (
     table2_agreement,
     unscale,
 )
-from crysgen.representations.crystens.layout import ALPHA, MAX_SITES, SITE_OFFSET
+from crysgen.representations.crystens.layout import ALPHA, SITE_OFFSET
 from crysgen.representations.crystens.scaling import CrysTensScaling
 
 
-def detect_num_atoms(raw: np.ndarray, threshold: float) -> int:
+def detect_num_atoms(raw: np.ndarray, threshold: float, offset: int = SITE_OFFSET) -> int:
     """Step 1: sites end at the first row whose alpha differs from site 0's by >= threshold.
 
     Args:
-        raw: one un-scaled tensor (64, 64, 4).
+        raw: one un-scaled tensor (size, size, 4).
         threshold: relative change (0.2 in the paper).
+        offset: row of site 0 (12 in the paper's layout).
 
     Returns:
-        A in 0..52 (0 when site 0's alpha is 0 or not finite).
+        A in 0..S (0 when site 0's alpha is 0 or not finite).
     """
-    alpha = raw[SITE_OFFSET:, ALPHA, 0]
+    alpha = raw[offset:, ALPHA, 0]
     ref = alpha[0]
     if not np.isfinite(ref) or ref == 0:
         return 0
     breaks = np.nonzero(np.abs(alpha[1:] - ref) / abs(ref) >= threshold)[0]
-    return int(breaks[0]) + 1 if len(breaks) else MAX_SITES
+    return int(breaks[0]) + 1 if len(breaks) else len(alpha)
 
 
 def symmetrize_block(block: np.ndarray) -> np.ndarray:
@@ -89,14 +90,19 @@ def _kmeans_snap(values: np.ndarray, k: int, seed: int) -> np.ndarray:
 def decode_batch(
     tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray
 ) -> DecodeResult:
-    """Faithful decode of a (N, 4, 64, 64) batch; see the module docstring."""
+    """Faithful decode of a (N, 4, size, size) batch; see the module docstring.
+
+    Any layout decodes; element codes, when there are any, are not read (the paper had none).
+    """
+    layout = scaling.layout
+    o = layout.site_offset
     safe, reasons, diag = start_batch(tensors, options)
     n = len(safe)
     # step 0: a row is present (and un-scaled) if any of its entries is non-zero
-    present = (safe[:, SITE_OFFSET:, :, :] != 0).any(axis=(2, 3))
+    present = (safe[:, o:, :, :] != 0).any(axis=(2, 3))
     raw = unscale(safe, scaling, present)
-    num_atoms = np.array([detect_num_atoms(raw[i], options.alpha_threshold) for i in range(n)])
-    copies = header_copies(raw)
+    num_atoms = np.array([detect_num_atoms(raw[i], options.alpha_threshold, o) for i in range(n)])
+    copies = header_copies(raw, layout)
     diag.update(table1_variances(copies, num_atoms))
     rows, failures = [], []
     zmax = scaling.max_z
@@ -114,11 +120,11 @@ def decode_batch(
         if problem:
             failures.append(DecodeFailure(i, problem))
             continue
-        block = symmetrize_block(raw[i, SITE_OFFSET : SITE_OFFSET + a, SITE_OFFSET : SITE_OFFSET + a])
+        block = symmetrize_block(raw[i, o : o + a, o : o + a])
         own = header[:, 1:4]  # step 5
         # step 6: site i predicts site j at own_i - block[i, j]; every site gets A estimates
         est = (own[:, None, :] - block[:, :, 1:]).mean(axis=0)
-        w = 1.0 / (SITE_OFFSET + a)  # step 7
+        w = 1.0 / (SITE_OFFSET + a)  # step 7: the paper's constant 12 + A, whatever the layout
         final = w * own + (1 - w) * est
         diag["coord_agreement"][i], diag["pairwise_error"][i] = table2_agreement(
             own, final, block[..., 0], a
@@ -133,4 +139,4 @@ def decode_batch(
         rows.append((i, z[keep].astype(np.int16), wrap_unit(coords[keep]), lattice, sg))
         diag["num_atoms"][i] = a
         diag["space_group_float"][i] = sg_float
-    return finish_batch(rows, failures, diag, ids)
+    return finish_batch(rows, failures, diag, ids, layout.sites)

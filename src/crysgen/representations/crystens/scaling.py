@@ -4,6 +4,13 @@ The paper's ``avg_std`` normalisation is exactly min-max scaling with the traini
 max; only entries of present sites are scaled, the diagonal and empty rows stay 0. A scaling is
 fitted on a training CrystalSet, saved as JSON next to every model, and the paper's ranges are
 available as the ``paper`` preset.
+
+The scaling is the codec's fitted state, so it also carries the tensor's
+:class:`~crysgen.representations.crystens.layout.CrysTensLayout` (number of site rows, element
+codes): ``encode`` and ``decode`` read the shape from it, and a model directory's
+``scaling.json`` tells every later stage which layout the model was trained on. A file written
+before layouts existed has the paper's (52 sites, no element code). Element codes are already in
+[0, 1] and are not rescaled.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import numpy as np
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.representations.crystens.layout import HEADER
+from crysgen.representations.crystens.layout import HEADER, CrysTensLayout
+from crysgen.representations.elements import MAX_Z
 
 FEATURES = (*HEADER, "length", "dir")
 """Header attributes, then the adjacency block: layer 0 ("length") and layers 1-3 ("dir")."""
@@ -53,12 +61,14 @@ class CrysTensScaling:
             preset). The auto decoder uses it as a prior when noise makes Z ambiguous.
         num_elements_counts: number of distinct elements -> number of crystals seen when
             fitting; the auto decoder's prior on how many elements a crystal has.
+        layout: the tensor's shape (site rows, element codes); the paper's by default.
     """
 
     ranges: dict[str, tuple[float, float]]
     source: str = "custom"
     element_counts: dict[int, int] = field(default_factory=dict)
     num_elements_counts: dict[int, int] = field(default_factory=dict)
+    layout: CrysTensLayout = field(default_factory=CrysTensLayout)
 
     def __post_init__(self) -> None:
         missing = [f for f in FEATURES if f not in self.ranges]
@@ -92,6 +102,11 @@ class CrysTensScaling:
         """The largest atomic number this scaling covers (at least 1)."""
         return max(1, int(np.floor(self.ranges["Z"][1])))
 
+    def allowed_elements(self) -> np.ndarray:
+        """int64 atomic numbers a decoder may choose: those seen when fitting (or 1..max_z)."""
+        seen = [z for z in self.element_counts if 1 <= z <= min(self.max_z, MAX_Z)]
+        return np.array(sorted(seen) if seen else range(1, min(self.max_z, MAX_Z) + 1), np.int64)
+
     def element_log_prior(self) -> np.ndarray:
         """Log p(Z) for Z = 0..max_z (index = Z), Laplace-smoothed site counts; p(0) = 0."""
         counts = np.ones(self.max_z + 1)
@@ -114,12 +129,13 @@ class CrysTensScaling:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def paper(cls) -> CrysTensScaling:
-        """The authors' ranges (seed_code.md §1.5)."""
-        return cls(ranges=dict(PAPER_RANGES), source="paper")
+    def paper(cls, layout: CrysTensLayout | None = None) -> CrysTensScaling:
+        """The authors' ranges (seed_code.md §1.5), with the paper's layout unless given."""
+        return cls(ranges=dict(PAPER_RANGES), source="paper", layout=layout or CrysTensLayout())
 
     @classmethod
-    def fit(cls, crystals: CrystalSet, *, chunk: int = 2048) -> CrysTensScaling:
+    def fit(cls, crystals: CrystalSet, *, layout: CrysTensLayout | None = None,
+            chunk: int = 2048) -> CrysTensScaling:
         """Fit min and max of every feature on the present sites of a training set.
 
         Constant features (every crystal has alpha = 90 degrees, or only carbon) get the range
@@ -128,13 +144,17 @@ class CrysTensScaling:
 
         Args:
             crystals: the training crystals.
+            layout: the tensor layout to record (default: the paper's 52 sites, no element code).
             chunk: crystals per vectorised block (bounds memory for the pairwise features).
 
         Raises:
-            CrysgenError: for an empty set.
+            CrysgenError: for an empty set, a crystal with more sites than ``layout.sites``, or
+                (with element codes) an element beyond Lr.
         """
+        layout = layout or CrysTensLayout()
         if len(crystals) == 0 or int(crystals.num_sites.max()) == 0:
             raise CrysgenError("cannot fit a scaling on an empty CrystalSet")
+        check_fits(crystals, layout)
         mask = crystals.site_mask
         header_lo = np.full(len(HEADER), np.inf)
         header_hi = np.full(len(HEADER), -np.inf)
@@ -167,7 +187,8 @@ class CrysTensScaling:
         ks, kc = np.unique(distinct, return_counts=True)
         return cls(ranges=ranges, source=f"fitted on {len(crystals)} crystals of {desc}",
                    element_counts={int(z): int(c) for z, c in zip(zs, counts, strict=True)},
-                   num_elements_counts={int(k): int(c) for k, c in zip(ks, kc, strict=True)})
+                   num_elements_counts={int(k): int(c) for k, c in zip(ks, kc, strict=True)},
+                   layout=layout)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +202,7 @@ class CrysTensScaling:
                 str(k): v for k, v in sorted(self.num_elements_counts.items())
             },
             "ranges": {k: {"min": float(v[0]), "max": float(v[1])} for k, v in self.ranges.items()},
+            "layout": self.layout.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -202,7 +224,7 @@ class CrysTensScaling:
         counts = {int(k): int(v) for k, v in data.get("element_counts", {}).items()}
         k_counts = {int(k): int(v) for k, v in data.get("num_elements_counts", {}).items()}
         return cls(ranges=ranges, source=str(data.get("source", "custom")), element_counts=counts,
-                   num_elements_counts=k_counts)
+                   num_elements_counts=k_counts, layout=CrysTensLayout.from_dict(data.get("layout")))
 
     @classmethod
     def load(cls, path: str | Path) -> CrysTensScaling:
@@ -230,3 +252,21 @@ def _widen(lo: float, hi: float) -> tuple[float, float]:
         return lo, hi
     half = abs(lo) if lo != 0 else 1.0
     return lo - half, lo + half
+
+
+def check_fits(crystals: CrystalSet, layout: CrysTensLayout) -> None:
+    """Raise a clear error if some crystal cannot be written in ``layout``.
+
+    Raises:
+        CrysgenError: for a crystal with more sites than ``layout.sites``, or (with element codes)
+            an element beyond Lr, which has no code.
+    """
+    if len(crystals) and int(crystals.num_sites.max()) > layout.sites:
+        n = int((crystals.num_sites > layout.sites).sum())
+        raise CrysgenError(
+            f"this CrysTens layout holds at most {layout.sites} sites; {n} crystal(s) have more "
+            f"(largest {int(crystals.num_sites.max())}): choose more sites (--sites) or filter "
+            f"with `crysgen data prepare --max-sites {layout.sites}`")
+    if layout.element_code and len(crystals) and int(crystals.atomic_numbers.max()) > MAX_Z:
+        raise CrysgenError(f"element Z={int(crystals.atomic_numbers.max())} has no element code "
+                           f"(at most {MAX_Z}); drop it with `crysgen data prepare --max-z`")
