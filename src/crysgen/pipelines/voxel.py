@@ -43,12 +43,15 @@ class VoxelSpec:
         condition: name of the condition property ("" for a segmenter).
         edges: the property's decile edges (9 values for 10 classes), from the training data.
         class_weights: (95,) inverse-frequency species weights (background 0).
+        channel_weights: (4,) weights of the VAE's MSE channels fitted on the training set
+            (``channel_weights: variance`` in the run config); empty: the plain mean.
     """
 
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
     condition: str = ""
     edges: list[float] = field(default_factory=list)
     class_weights: list[float] = field(default_factory=list)
+    channel_weights: list[float] = field(default_factory=list)
 
     @property
     def num_conditions(self) -> int:
@@ -66,7 +69,7 @@ class VoxelSpec:
     def save(self, path: str | Path) -> Path:
         """Write as JSON."""
         d = {"voxel": self.voxel.to_dict(), "condition": self.condition, "edges": self.edges,
-             "class_weights": self.class_weights}
+             "class_weights": self.class_weights, "channel_weights": self.channel_weights}
         return write_text_atomic(Path(path), json.dumps(d, indent=1) + "\n")
 
     @classmethod
@@ -74,7 +77,7 @@ class VoxelSpec:
         """Read :meth:`save`'s JSON."""
         d = json.loads(Path(path).read_text())
         return cls(VoxelConfig.from_dict(d["voxel"]), d["condition"], list(d["edges"]),
-                   list(d["class_weights"]))
+                   list(d["class_weights"]), list(d.get("channel_weights", [])))
 
 
 def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> torch.Tensor:

@@ -235,33 +235,90 @@ def encode(crystals: CrystalSet, config: VoxelConfig = VoxelConfig()) -> VoxelGr
     return VoxelGrids(network_input(crystals, config), species_map(crystals, config))
 
 
-def read_lattice(coords: np.ndarray, config: VoxelConfig = VoxelConfig()) -> np.ndarray:
+LATTICE_READBACKS = ("level", "slope")
+"""How :func:`read_lattice` turns a fitted coordinate channel into a length (its docstring)."""
+
+
+def fit_coordinate_channels(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares plane fit of every coordinate channel over the whole grid.
+
+    Each channel ``v`` is fitted as ``v(i, j, k) ≈ c0 + s_0·x_i + s_1·x_j + s_2·x_k`` with the
+    centred voxel indices ``x = i - (G - 1)/2``. The design is orthogonal, so the fit is exact in
+    closed form: ``c0`` is the channel's mean over all G³ voxels and ``s_a`` the slope of its
+    profile along axis ``a`` (averaged over the other two axes).
+
+    Args:
+        coords: (N, 3, G, G, G) coordinate channels, Å.
+
+    Returns:
+        Levels (N, 3) in Å (channel means) and slopes (N, 3 channels, 3 axes) in Å per voxel.
+    """
+    coords = np.asarray(coords, np.float64)
+    g = coords.shape[-1]
+    x = np.arange(g) - (g - 1) / 2
+    levels = coords.mean(axis=(2, 3, 4))
+    slopes = np.empty((len(coords), 3, 3))
+    for c in range(3):
+        for ax in range(3):
+            profile = coords[:, c].mean(axis=tuple(a for a in (1, 2, 3) if a != ax + 1))  # (N, G)
+            slopes[:, c, ax] = (profile * x).sum(-1) / (x ** 2).sum()
+    return levels, slopes
+
+
+def read_lattice(coords: np.ndarray, config: VoxelConfig = VoxelConfig(), *,
+                 method: str = "level") -> np.ndarray:
     """Cell lengths (N, 3) in Å along array axes 0, 1, 2, from coordinate channels (N, 3, G, G, G).
 
-    Each channel's profile (averaged over the other two axes) along each axis is fitted with a
-    straight line; the slope along the channel's own axis is one voxel, 1.5·L/G. Channels are
-    given to axes by the assignment that maximises the summed |slope| (a permutation, so two
-    channels never claim one axis, as they can in a noisy decoded grid). Exact on clean grids
-    (no 1/32 bias, seed_code.md §6.5), robust to noise in decoded ones, and correct after 90°
-    rotations, which move a channel's ramp to another axis or reverse it. NaN where a grid is not
-    finite.
+    Every channel is fitted over the whole grid (:func:`fit_coordinate_channels`). Channels are
+    given to array axes by the assignment that maximises the summed |slope| (a permutation, so
+    two channels never claim one axis), which follows the 90° rotations of
+    :func:`rotate`. The length then comes from
+
+    * ``"level"`` (default): the channel's mean, which is ``1.5·L·(G - 1)/(2G)`` for a ramp
+      ``i·1.5·L/G`` running along any axis in either direction, and for any blend of such ramps.
+      A decoder that is unsure of a rotated grid's orientation outputs such a blend (the
+      MSE-optimal guess), whose slope shrinks towards 0 while its mean stays put (the average
+      over the authors' rotation augmentation of a cell's channels reads back as a fraction of
+      the cell by slope; ``rotation_average`` in benchmarks/results/voxel_lattice_cpu.json).
+    * ``"slope"``: the slope along the assigned axis, ``1.5·L/G`` per voxel (the estimator before
+      issue 21; insensitive to a constant offset of a channel, but shrinks with such blends).
+
+    Both are exact on clean grids (no 1/32 bias, seed_code.md §6.5). NaN where a grid is not finite.
+
+    Args:
+        coords: (N, 3, G, G, G) coordinate channels, Å (decoded or encoded).
+        config: the grid constants (span, G).
+        method: one of :data:`LATTICE_READBACKS`.
+
+    Raises:
+        CrysgenError: an unknown method.
     """
     from scipy.optimize import linear_sum_assignment
 
-    coords = np.asarray(coords, np.float64)
-    n, g = len(coords), coords.shape[-1]
-    out = np.full((n, 3), np.nan)
-    x = np.arange(g) - (g - 1) / 2
-    slopes = np.empty((n, 3, 3))  # (N, channel, axis)
-    for c in range(3):
-        profiles = np.stack([coords[:, c].mean(axis=tuple(a for a in (1, 2, 3) if a != ax + 1))
-                             for ax in range(3)], axis=1)  # (N, 3 axes, G)
-        slopes[:, c] = (profiles * x).sum(-1) / (x ** 2).sum()
-    for i in range(n):
-        if not np.all(np.isfinite(slopes[i])):
+    if method not in LATTICE_READBACKS:
+        raise CrysgenError(f"lattice read-back must be one of {', '.join(LATTICE_READBACKS)}, got {method!r}")
+    levels, slopes = fit_coordinate_channels(coords)
+    g = np.shape(coords)[-1]
+    out = np.full((len(levels), 3), np.nan)
+    for i in range(len(levels)):
+        if not (np.all(np.isfinite(slopes[i])) and np.all(np.isfinite(levels[i]))):
             continue
         channels, axes = linear_sum_assignment(-np.abs(slopes[i]))
-        out[i, axes] = np.abs(slopes[i, channels, axes]) * g / config.span
+        if method == "level":
+            out[i, axes] = levels[i, channels] * 2 * g / (config.span * (g - 1))
+        else:
+            out[i, axes] = np.abs(slopes[i, channels, axes]) * g / config.span
+    return out
+
+
+def rotated_lengths(lengths: np.ndarray, rotation: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Cell lengths along array axes 0, 1, 2 after :func:`rotate` turned the grid, (..., 3) Å.
+
+    A 90° turn in the plane (a, b) swaps what lies along axes a and b.
+    """
+    out = np.array(lengths, float, copy=True)
+    for a, b in rotation:
+        out[..., [a, b]] = out[..., [b, a]]
     return out
 
 

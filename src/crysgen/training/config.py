@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +14,7 @@ from crysgen.models.unet2d import UNetConfig
 from crysgen.objectives.atom_edm import AtomEDMConfig
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig
-from crysgen.representations.crystens.layout import SIZE
+from crysgen.representations.crystens.layout import CrysTensLayout
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,23 @@ class DiffusionTrainConfig:
 
     ``stage`` makes the model a single 64×64 model (default) or one stage of a cascade; the
     network's input size and channels must fit the stage (checked here, not at step 1 on a GPU).
+    ``crystens`` is the tensor layout (site rows S, element codes; the paper's by default): a
+    single model's ``unet.sample_size`` is its size unless the YAML sets it (then they must agree);
+    cascade stages need the paper's layout.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    crystens: CrysTensLayout = field(default_factory=CrysTensLayout)
 
     def __post_init__(self) -> None:
         role, u = self.stage.role, self.unet
-        size = self.stage.low_res if role == "base" else SIZE
+        if role != "single" and not self.crystens.is_paper:
+            raise CrysgenError(f"a cascade's {role!r} stage needs the paper's CrysTens layout "
+                               "(52 sites, no element code)")
+        size = self.stage.low_res if role == "base" else self.crystens.size
         if u.sample_size != size:
             raise CrysgenError(f"a {role!r} stage needs unet.sample_size {size}, got {u.sample_size}")
         cond = u.channels if role == "sr" else 0
@@ -73,20 +80,34 @@ class DiffusionTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Resolved, JSON/YAML-serialisable form."""
         return {"unet": self.unet.to_dict(), "diffusion": self.diffusion.to_dict(),
-                "optim": asdict(self.optim), "stage": self.stage.to_dict()}
+                "optim": asdict(self.optim), "stage": self.stage.to_dict(),
+                "crystens": self.crystens.to_dict()}
+
+    def with_layout(self, layout: CrysTensLayout) -> DiffusionTrainConfig:
+        """This config for another CrysTens layout (a single model's input size follows it)."""
+        return replace(self, crystens=layout, unet=replace(self.unet, sample_size=layout.size))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionTrainConfig:
-        """Build from a nested dict (unknown keys are an error, so typos do not pass silently)."""
+        """Build from a nested dict (unknown keys are an error, so typos do not pass silently).
+
+        A single model's ``unet.sample_size`` defaults to the ``crystens`` layout's size.
+        """
         data = dict(data or {})
         _check_keys(data, {"unet": UNetConfig, "diffusion": DiffusionConfig, "optim": OptimConfig,
-                           "stage": StageConfig})
+                           "stage": StageConfig, "crystens": CrysTensLayout})
         try:
+            layout = CrysTensLayout.from_dict(data.get("crystens"))
+            stage = StageConfig(**(data.get("stage") or {}))
+            unet = dict(data.get("unet") or {})
+            if stage.role == "single":
+                unet.setdefault("sample_size", layout.size)
             return cls(
-                unet=UNetConfig.from_dict(data.get("unet") or {}),
+                unet=UNetConfig.from_dict(unet),
                 diffusion=DiffusionConfig(**(data.get("diffusion") or {})),
                 optim=OptimConfig(**(data.get("optim") or {})),
-                stage=StageConfig(**(data.get("stage") or {})),
+                stage=stage,
+                crystens=layout,
             )
         except TypeError as exc:
             raise CrysgenError(f"bad config: {exc}") from exc
@@ -225,6 +246,16 @@ class VoxelTrainConfig:
         beta: weight of the KL term.
         segmenter: the trained segmenter's model directory (VAE runs; its features are the DFC
             loss and it is copied into the VAE's model directory).
+        coordinates: how a rotated training grid gets its coordinate channels: "rotated" (the
+            authors': the channel values turn with the grid, so a channel may ramp along any axis
+            in either direction and the decoder must also encode the orientation) or "grid"
+            (rebuilt after the turn from the lengths that now lie along each axis: channel k
+            always ramps up along array axis k, as on an unrotated grid).
+        channel_weights: weights of the 4 channels in the VAE's MSE: "uniform" (the authors'
+            plain mean), "variance" (density 1, each coordinate channel the ratio of the
+            density's across-crystal variance per voxel to its own, fitted on the training set
+            and saved in voxel.json; the coordinate channels then count as much as the density)
+            or 4 numbers.
         optim: optimiser settings (defaults per kind: :data:`VOXEL_DEFAULTS`).
     """
 
@@ -236,6 +267,8 @@ class VoxelTrainConfig:
     alpha: float = 0.5
     beta: float = 3e-4
     segmenter: str = ""
+    coordinates: str = "rotated"
+    channel_weights: str | list[float] = "uniform"
     optim: VoxelOptimConfig = field(default_factory=VoxelOptimConfig)
 
     def __post_init__(self) -> None:
@@ -243,6 +276,14 @@ class VoxelTrainConfig:
             raise CrysgenError(f"voxel kind must be one of {', '.join(VOXEL_DEFAULTS)}, got {self.kind!r}")
         if self.num_conditions < 2:
             raise CrysgenError("num_conditions must be at least 2")
+        if self.coordinates not in ("rotated", "grid"):
+            raise CrysgenError(f"coordinates must be 'rotated' or 'grid', got {self.coordinates!r}")
+        w = self.channel_weights
+        if isinstance(w, str):
+            if w not in ("uniform", "variance"):
+                raise CrysgenError(f"channel_weights must be 'uniform', 'variance' or 4 numbers, got {w!r}")
+        elif len(w) != 4 or not all(isinstance(v, int | float) and v >= 0 for v in w):
+            raise CrysgenError(f"channel_weights as numbers must be 4 non-negative values, got {w!r}")
 
     @classmethod
     def default(cls, kind: str) -> VoxelTrainConfig:

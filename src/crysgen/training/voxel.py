@@ -4,13 +4,16 @@ The training set is voxelised once, in ``optim.workers`` processes (density as f
 as uint8: 100 kB per crystal at G = 32); coordinate channels are rebuilt on the device from the
 cell lengths, and each crystal gets a random rotation of three 90° turns per step
 (``optim.rotate``; seed_code.md §6.2 used 10 fixed rotations per crystal), applied to all its
-grids alike.
+grids alike. With ``coordinates: grid`` the coordinate channels are rebuilt after the turn from
+the lengths that now lie along each axis instead of being turned with the grid (issue 21: turned
+channels make the decoder guess the orientation, and a guess blends ramps into flat channels).
 
 * segmenter: UNet3D, weighted cross-entropy over species (inverse-frequency class weights,
   background 0, actually applied) + occupancy BCE.
 * vae: the conditional VAE, condition = decile class of ``condition`` (edges from the training
-  data), loss = MSE + α·DFC + β·KL with the frozen segmenter's features; the exported model
-  directory carries the segmenter so it can be sampled alone.
+  data), loss = MSE + α·DFC + β·KL with the frozen segmenter's features (MSE channels weighted
+  by ``channel_weights``); the exported model directory carries the segmenter so it can be
+  sampled alone.
 
 Run directories are those of :mod:`crysgen.training.runs`, with ``voxel.json`` in place of
 ``scaling.json``.
@@ -32,7 +35,7 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
-from crysgen.objectives.voxel import class_weights, segmentation_loss, vae_loss
+from crysgen.objectives.voxel import channel_weights, class_weights, segmentation_loss, vae_loss
 from crysgen.pipelines.voxel import (
     SPEC_FILE,
     VoxelModel,
@@ -41,7 +44,15 @@ from crysgen.pipelines.voxel import (
     one_hot,
     save_voxel_dir,
 )
-from crysgen.representations.voxel import VoxelConfig, density, random_rotation, species_map, unusable_reason
+from crysgen.representations.voxel import (
+    VoxelConfig,
+    density,
+    network_input,
+    random_rotation,
+    rotated_lengths,
+    species_map,
+    unusable_reason,
+)
 from crysgen.training.config import VoxelTrainConfig
 from crysgen.training.runs import fit, open_run
 
@@ -101,30 +112,54 @@ def _as_batch(batch: Any) -> Any:
     return batch
 
 
+def coordinate_grids(lengths: torch.Tensor, config: VoxelConfig, grid: int) -> torch.Tensor:
+    """(B, 3, G, G, G) coordinate channels of cells with ``lengths`` (B, 3) Å along array axes 0-2.
+
+    Channel k is ``i·1.5·L_k/G`` along array axis k (the torch twin of
+    :func:`~crysgen.representations.voxel.coordinate_channels`).
+    """
+    g = grid
+    ramp = torch.arange(g, device=lengths.device, dtype=torch.float32) * (config.span / g)
+    coords = [(lengths[:, k, None].float() * ramp).view(-1, *[g if a == k else 1 for a in range(3)])
+              .expand(-1, g, g, g) for k in range(3)]
+    return torch.stack(coords, 1)
+
+
 def device_inputs(batch: dict[str, torch.Tensor], config: VoxelConfig, *, rotate: bool,
-                  generator: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: np.random.Generator | None = None, coordinates: str = "rotated",
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Network input (B, 4, G, G, G) and species (B, G, G, G), rotated per crystal when asked.
 
-    The coordinate channels are rebuilt from the cell lengths on the batch's device.
+    The coordinate channels are rebuilt from the cell lengths on the batch's device. With
+    ``coordinates="rotated"`` (the authors') they are turned with the density, values unchanged;
+    with ``"grid"`` the density and species are turned and the coordinate channels built
+    afterwards from the lengths that then lie along each axis (:func:`rotated_lengths`), so
+    channel k always ramps up along axis k.
     """
     dens = batch["density"].float()
-    lengths = batch["lengths"]
+    lengths = batch["lengths"].float()
     g = dens.shape[-1]
-    ramp = torch.arange(g, device=dens.device, dtype=torch.float32) * (config.span / g)
-    coords = [(lengths[:, k, None] * ramp).view(-1, *[g if a == k else 1 for a in range(3)])
-              .expand(-1, g, g, g) for k in range(3)]
-    x = torch.cat([dens[:, None], *(c[:, None] for c in coords)], 1)
     species = batch["species"].long()
-    if rotate:
-        rng = generator or np.random.default_rng()
-        xs, ss = [], []
-        for i in range(len(x)):
-            xi, si = x[i], species[i]
-            for a, b in random_rotation(rng):
-                xi, si = torch.rot90(xi, 1, (1 + a, 1 + b)), torch.rot90(si, 1, (a, b))
-            xs.append(xi)
-            ss.append(si)
-        x, species = torch.stack(xs), torch.stack(ss)
+    if not rotate:
+        return torch.cat([dens[:, None], coordinate_grids(lengths, config, g)], 1).contiguous(), species
+    rng = generator or np.random.default_rng()
+    rotations = [random_rotation(rng) for _ in range(len(dens))]
+    if coordinates == "grid":
+        x = dens[:, None]
+        turned = torch.stack([torch.from_numpy(rotated_lengths(lengths[i].cpu().numpy(), r))
+                              for i, r in enumerate(rotations)]).to(lengths)
+    else:
+        x = torch.cat([dens[:, None], coordinate_grids(lengths, config, g)], 1)
+    xs, ss = [], []
+    for i, rotation in enumerate(rotations):
+        xi, si = x[i], species[i]
+        for a, b in rotation:
+            xi, si = torch.rot90(xi, 1, (1 + a, 1 + b)), torch.rot90(si, 1, (a, b))
+        xs.append(xi)
+        ss.append(si)
+    x, species = torch.stack(xs), torch.stack(ss)
+    if coordinates == "grid":
+        x = torch.cat([x, coordinate_grids(turned, config, g)], 1)
     return x.contiguous(), species.contiguous()
 
 
@@ -138,6 +173,8 @@ class VoxelModule(L.LightningModule):
         self.cfg = VoxelTrainConfig.from_dict(config)
         self.voxel = VoxelConfig.from_dict(spec["voxel"])
         self.register_buffer("weights", torch.tensor(spec["class_weights"], dtype=torch.float32))
+        cw = spec.get("channel_weights") or []
+        self.register_buffer("channel_weights", torch.tensor(cw, dtype=torch.float32) if cw else None)
         self.rng = np.random.default_rng(self.cfg.optim.seed)
         if self.cfg.kind == "segmenter":
             self.net: torch.nn.Module = UNet3D(width=self.cfg.width)
@@ -156,7 +193,8 @@ class VoxelModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One step of the segmentation or VAE loss."""
-        x, species = device_inputs(batch, self.voxel, rotate=self.cfg.optim.rotate, generator=self.rng)
+        x, species = device_inputs(batch, self.voxel, rotate=self.cfg.optim.rotate, generator=self.rng,
+                                   coordinates=self.cfg.coordinates)
         if self.frozen is None:
             logits, occ = self.net(x)
             loss, parts = segmentation_loss(logits, occ, species, self.weights)
@@ -164,10 +202,13 @@ class VoxelModule(L.LightningModule):
             self.frozen.eval()
             cond = one_hot(batch["condition"], self.cfg.num_conditions, x.device)
             recon, mu, logvar = self.net(x, cond)
-            with torch.no_grad():
-                fx = self.frozen.features(x)
-            fr = self.frozen.features(recon)
-            loss, parts = vae_loss(x, recon, mu, logvar, fx, fr, alpha=self.cfg.alpha, beta=self.cfg.beta)
+            fx = fr = None
+            if self.cfg.alpha:
+                with torch.no_grad():
+                    fx = self.frozen.features(x)
+                fr = self.frozen.features(recon)
+            loss, parts = vae_loss(x, recon, mu, logvar, fx, fr, alpha=self.cfg.alpha, beta=self.cfg.beta,
+                                   weights=self.channel_weights)
         self.log("train_loss", loss, prog_bar=True)
         for k, v in parts.items():
             self.log(f"{k}_loss", v)
@@ -194,7 +235,18 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
         q = np.linspace(0, 1, config.num_conditions + 1)[1:-1]
         edges = [float(e) for e in np.quantile(values, q)]
     weights = class_weights(species_map(cs.subset(np.arange(min(len(cs), 2000))), voxel))
-    return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist())
+    w = config.channel_weights
+    if config.kind != "vae" or w == "uniform":
+        channels: list[float] = []
+    elif w == "variance":
+        if len(cs) < 2:
+            raise CrysgenError("channel_weights: variance needs at least 2 training crystals")
+        # 256 crystals (134 MB of float32 grids at G = 32) fix the ratios to a few per cent
+        channels = channel_weights(network_input(cs.subset(np.arange(min(len(cs), 256))), voxel)).tolist()
+    else:
+        channels = [float(v) for v in w]
+    return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist(),
+                     channels)
 
 
 def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.Tensor]:
@@ -297,8 +349,8 @@ def train_voxel(
     seg_state, seg_config = None, None
     if c.kind == "vae":
         seg_state, seg_config = loaded["segmenter"].state_dict(), loaded["segmenter"].config
-    module = VoxelModule(c.to_dict(), {"voxel": spec.voxel.to_dict(), "class_weights": spec.class_weights},
-                         seg_state, seg_config)
+    module = VoxelModule(c.to_dict(), {"voxel": spec.voxel.to_dict(), "class_weights": spec.class_weights,
+                                       "channel_weights": spec.channel_weights}, seg_state, seg_config)
     if "init" in loaded:
         module.net.load_state_dict(loaded["init"])
 
