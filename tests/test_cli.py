@@ -110,3 +110,41 @@ def test_the_command_silences_spglib_only_while_it_runs(monkeypatch):
     monkeypatch.setenv("SPGLIB_WARNING", "ON")  # the user's own setting wins
     assert main(["data", "prepare", "x", "--out", "x.npz"]) == 0
     assert seen == ["OFF", "ON"]
+
+
+def test_evaluate_quiet_writes_per_family_and_stability_timings_to_metrics_json(tmp_path, capsys,
+                                                                                 monkeypatch):
+    from crysgen import CrystalSet
+    from crysgen.evaluation import stability, suite
+    from tests.conftest import load_cif
+
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite"]
+    samples = CrystalSet.from_structures([load_cif(n) for n in names], ids=names,
+                                         max_sites=52).save(tmp_path / "samples.npz")
+    train = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52).save(tmp_path / "train.npz")
+    cache = stability.elements_cache_path(tmp_path / "cache", "chgnet", stability.RelaxOptions(steps=3))
+    cache.parent.mkdir(parents=True)  # terminal energies given (relaxing candidates is not the point)
+    cache.write_text(json.dumps({x: {"fcc": -1.0} for x in ["Na", "Cl", "Sr", "Ti", "O", "Zn"]}))
+    out = tmp_path / "report"
+    during = []
+    relax_all = suite._relax_all
+
+    def watched(*a, **k):  # what a user reading metrics.json sees while the relaxation runs
+        during.append(json.loads((out / "metrics.json").read_text()))
+        return relax_all(*a, **k)
+
+    monkeypatch.setattr(suite, "_relax_all", watched)
+    assert main(["evaluate", str(samples), "--train", str(train), "--reference", str(samples),
+                 "--out", str(out), "--metrics", "validity,distributions,novelty,stability",
+                 "--relax-steps", "3", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert "it/s" not in capsys.readouterr().err  # quiet: no progress bars
+    assert during[0]["status"] == "running" and during[0]["running"] == ["stability", "stability.relax"]
+    assert {"load", "basics", "distributions", "novelty"} <= set(during[0]["seconds"])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["status"] == "complete" and saved["metrics"]["n_samples"]["value"] == 3
+    seconds = saved["seconds"]
+    for step in ("load", "basics", "distributions", "novelty", "stability", "stability.relax",
+                 "stability.hull_chgnet.reference_energies", "stability.hull_chgnet.terminals", "total"):
+        assert seconds[step] >= 0, step
+    parts = [v for k, v in seconds.items() if k.startswith("stability.")]
+    assert sum(parts) <= seconds["stability"] + 0.05 <= seconds["total"] + 0.05

@@ -8,11 +8,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crysgen.errors import CrysgenError
+
+if TYPE_CHECKING:
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.representations.crystens.layout import CrysTensLayout
 
 
 def _positive_int(text: str) -> int:
@@ -68,6 +73,35 @@ def _cmd_data_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sites(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _add_layout_options(p: argparse.ArgumentParser) -> None:
+    """--sites and --element-code: the CrysTens layout (representations.crystens.layout)."""
+    p.add_argument("--sites", type=_sites, default=None,
+                   help="CrysTens site rows S (tensor side 12 + S, +10 with element codes), or "
+                        "'auto': the data's largest crystal (default: the config's, else the paper's 52)")
+    p.add_argument("--element-code", action=argparse.BooleanOptionalAction, default=None,
+                   help="header rows with each site's element code (period + group one-hot), "
+                        "decoded by snapping to the nearest element (default: the config's, else off)")
+
+
+def _layout(args: argparse.Namespace, crystals: Callable[[], CrystalSet],
+            current: CrysTensLayout | None = None) -> CrysTensLayout:
+    """The CrysTens layout: --sites/--element-code over ``current`` (default: the paper's).
+
+    ``crystals`` gives the data, read only for ``--sites auto``.
+    """
+    from crysgen.representations.crystens.layout import CrysTensLayout
+
+    current = current or CrysTensLayout()
+    code = current.element_code if args.element_code is None else args.element_code
+    if args.sites == "auto":
+        return CrysTensLayout.fitting(crystals().num_sites, element_code=code)
+    return CrysTensLayout(sites=current.sites if args.sites is None else args.sites, element_code=code)
+
+
 def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     from crysgen.codec.roundtrip import roundtrip
     from crysgen.crystal_set import CrystalSet
@@ -77,7 +111,11 @@ def _cmd_codec_roundtrip(args: argparse.Namespace) -> int:
     crystals = CrystalSet.load(args.file)
     if args.limit is not None:
         crystals = crystals.subset(slice(0, args.limit))
-    scaling = CrysTensScaling.load(args.scaling) if args.scaling else None
+    if args.scaling:
+        scaling = CrysTensScaling.load(args.scaling)
+        scaling = replace(scaling, layout=_layout(args, lambda: crystals, scaling.layout))
+    else:
+        scaling = CrysTensScaling.fit(crystals, layout=_layout(args, lambda: crystals))
     res = roundtrip(crystals, scaling=scaling, options=options, noise=args.noise, seed=args.seed,
                     workers=args.workers, progress=not (args.quiet or args.json))
     if args.json:
@@ -103,16 +141,22 @@ def _cmd_codec_fit_scaling(args: argparse.Namespace) -> int:
 
     check_input_file(args.file, "FILE")
     check_output_file(args.out, suffix=".json")
-    scaling = CrysTensScaling.fit(CrystalSet.load(args.file))
+    crystals = CrystalSet.load(args.file)
+    scaling = CrysTensScaling.fit(crystals, layout=_layout(args, lambda: crystals))
     print(f"wrote {scaling.save(args.out)}")
     return 0
 
 
 def _cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from crysgen.crystal_set import CrystalSet
     from crysgen.training.config import load_config
     from crysgen.training.diffusion import train_diffusion
 
     config = None if args.resume else load_config(args.config)
+    if args.sites is not None or args.element_code is not None:
+        if args.resume:
+            raise CrysgenError("--sites/--element-code set a new run's layout; a resumed run keeps its own")
+        config = config.with_layout(_layout(args, lambda: CrystalSet.load(args.data), config.crystens))
     model_dir = train_diffusion(args.data, args.out, config=config, val=args.val,
                                 max_steps=args.max_steps, devices=args.devices, resume=args.resume,
                                 progress=not args.quiet, max_minutes=args.max_minutes,
@@ -259,7 +303,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           relax_workers=args.relax_workers, relax_batch_size=args.relax_batch,
                           potential=args.potential)
     check_output_dir(args.out)  # before any work (issue 22)
-    ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet)
+    # metrics.json says which step is running and how long each took, until the report replaces it
+    ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet,
+                  status_file=Path(args.out) / "metrics.json")
     write_report(ev, args.out, title=f"crysgen evaluate: {args.samples}", options=options)
     print(f"{'metric':<20} {'value':>10} {'n':>7}")
     for name, m in ev.metrics.items():
@@ -372,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symprec", type=float, default=None,
                    help="auto mode: snap decoded crystals to spglib symmetry at this tolerance (Å)")
     p.add_argument("--elements", choices=("map", "round"), default="map",
-                   help="auto mode: MAP element set (default) or per-site rounding (ablation)")
+                   help="auto mode: nearest element code (element-code layouts) or MAP element set "
+                        "(default), or per-site rounding of Z (ablation)")
+    _add_layout_options(p)
     p.add_argument("--workers", type=_positive_int, default=1, help="processes")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N crystals only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -439,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     p.add_argument("--init", default=None,
                    help="warm start a new run from a model directory's weights (fresh optimiser)")
+    _add_layout_options(p)
     _add_run_options(p)
     p.set_defaults(func=_cmd_train_diffusion)
 
@@ -594,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("fit-scaling", help="fit the min-max scaling on a CrystalSet")
     p.add_argument("file", help="training CrystalSet .npz")
     p.add_argument("--out", required=True, help="scaling JSON to write")
+    _add_layout_options(p)
     p.set_defaults(func=_cmd_codec_fit_scaling)
     return parser
 

@@ -217,3 +217,128 @@ def test_evaluate_with_stability_writes_per_structure_columns(tmp_path):
     assert m["stable_e_hull_le_0.1"]["value"] == 1.0 and m["stable_e_hull_le_0.1"]["n"] == 3
     assert m["sun_e_hull_le_0.1"]["value"] == pytest.approx(2 / 3)  # NaCl is in train: not novel
     assert m["hull_reference"]["terminals"]["Na"] == "ase fcc"
+
+
+# ---------------------------------------------------------------- cold start: terminals and caches
+BATCH_VS_ALONE_TOLERANCE = 1e-4
+"""eV/atom. The lockstep batch and a lone relaxation run the same FIRE steps on the same CHGNet
+model; only float32 rounding of the batched forward differs (measured on these cells: at most
+3e-6 eV/atom after 3-5 steps). A candidate relaxed without its cell (the wrong flag) differs by
+0.3-0.6 eV/atom, a different number of steps by > 1e-3."""
+
+
+def _two_candidates(symbol):
+    """A cell-relaxed fcc Cu and a fixed-box Si dimer: the two kinds the batch mixes."""
+    keep = {"Cu": "fcc", "Si": "dimer"}[symbol]
+    return [c for c in _ORIGINAL_CANDIDATES(symbol) if c[0] == keep]
+
+
+_ORIGINAL_CANDIDATES = stability._candidates
+
+
+@pytest.mark.slow
+def test_batched_terminal_candidates_match_one_by_one_relaxations(tmp_path, monkeypatch):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    monkeypatch.setattr(stability, "_candidates", _two_candidates)
+    calls = []
+    original = stability.relax_batch
+
+    def counting(structures, options, **kw):
+        calls.append(len(structures))
+        return original(structures, options, **kw)
+
+    monkeypatch.setattr(stability, "relax_batch", counting)
+    options = stability.RelaxOptions(steps=3)
+    got = stability.relaxed_candidates({"Cu", "Si"}, options=options, cache_dir=tmp_path, progress=False)
+    assert calls == [2]  # both elements' candidates in one lockstep batch, not one by one
+    for sym, (label, atoms, cell) in (("Cu", _two_candidates("Cu")[0]), ("Si", _two_candidates("Si")[0])):
+        alone = relax(AseAtomsAdaptor.get_structure(atoms), options, relax_cell=cell)
+        assert got[sym][label]["energy_per_atom"] == pytest.approx(alone.energy_per_atom,
+                                                                   abs=BATCH_VS_ALONE_TOLERANCE)
+        assert got[sym][label]["structure"] is not None
+
+
+def _fake_batch(calls):
+    """A stand-in for relax_batch whose energy says how many steps it was given (no CHGNet)."""
+    from crysgen.evaluation.stability import Relaxation
+
+    def fake(structures, options, relax_cell=True):
+        calls.append(options.steps)
+        return [Relaxation(-1.0, -float(options.steps), 0.0, options.steps, True, 0.0, s)
+                for s in structures]
+
+    return fake
+
+
+def test_a_short_relaxation_run_does_not_poison_a_later_full_one(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(stability, "relax_batch", _fake_batch(calls))
+    short = stability.relaxed_candidates({"Cu"}, options=stability.RelaxOptions(steps=20),
+                                         cache_dir=tmp_path, progress=False)
+    full = stability.relaxed_candidates({"Cu"}, options=stability.RelaxOptions(steps=500),
+                                        cache_dir=tmp_path, progress=False)
+    assert calls == [20, 500]  # the full run relaxed again instead of reading the short run's file
+    assert {v["energy_per_atom"] for v in short["Cu"].values()} == {-20.0}
+    assert {v["energy_per_atom"] for v in full["Cu"].values()} == {-500.0}
+    again = stability.relaxed_candidates({"Cu"}, options=stability.RelaxOptions(steps=500),
+                                         cache_dir=tmp_path, progress=False)
+    assert calls == [20, 500]  # the same settings read the cache
+    assert {v["energy_per_atom"] for v in again["Cu"].values()} == {-500.0}
+
+
+def test_cache_keys_change_with_every_setting_that_changes_the_energies(tmp_path, monkeypatch):
+    from crysgen.evaluation import potentials
+
+    base = stability.RelaxOptions()
+    path = stability.elements_cache_path(tmp_path, "chgnet", base)
+    changed = [stability.RelaxOptions(steps=20), stability.RelaxOptions(fmax=0.05),
+               stability.RelaxOptions(time_limit_s=30.0), stability.RelaxOptions(max_volume_ratio=3.0)]
+    paths = {stability.elements_cache_path(tmp_path, "chgnet", o) for o in changed}
+    assert path not in paths and len(paths) == len(changed)
+    # device and batch size change only speed and float noise: the same file
+    assert stability.elements_cache_path(tmp_path, "chgnet",
+                                         stability.RelaxOptions(device="cuda", batch_size=8)) == path
+    monkeypatch.setattr(stability, "TERMINALS_VERSION", stability.TERMINALS_VERSION + 1)
+    assert stability.elements_cache_path(tmp_path, "chgnet", base) != path
+    monkeypatch.undo()
+    # another version of the potential: other terminal and reference-energy caches
+    cs = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52)
+    key = stability._cache_key(cs, "chgnet")
+    real = potentials.potential_id
+    monkeypatch.setattr(potentials, "potential_id", lambda name: real(name) + ".post1")
+    assert stability.elements_cache_path(tmp_path, "chgnet", base) != path
+    assert stability._cache_key(cs, "chgnet") != key
+
+
+@pytest.mark.parametrize("content", ['{"Cu": {"fcc": {"energy_per_atom": -3.7', "[1, 2]",
+                                     '{"Cu": "fcc"}', '{"Cu": {"fcc": {"structure": null}}}',
+                                     '{"Cu": {"fcc": {"energy_per_atom": -3.7, "structure": 5}}}'])
+def test_a_corrupt_elements_cache_is_recomputed_with_a_warning(tmp_path, monkeypatch, capsys, content):
+    calls = []
+    monkeypatch.setattr(stability, "relax_batch", _fake_batch(calls))
+    options = stability.RelaxOptions(steps=7)
+    path = stability.elements_cache_path(tmp_path, "chgnet", options)
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    got = stability.relaxed_candidates({"Cu"}, options=options, cache_dir=tmp_path, progress=False)
+    assert calls == [7] and {v["energy_per_atom"] for v in got["Cu"].values()} == {-7.0}
+    assert f"cache file {path}" in capsys.readouterr().err
+    assert json.loads(path.read_text())["Cu"]["fcc"]["energy_per_atom"] == -7.0  # rewritten whole
+
+
+def test_a_corrupt_reference_energy_cache_is_recomputed_with_a_warning(tmp_path, capsys):
+    cs = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52)
+    first = reference_energies(cs, cache_dir=tmp_path, progress=False)
+    path = tmp_path / "hull" / f"{stability._cache_key(cs)}.npz"
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"not a zip file"):  # a truncated zip: BadZipFile
+        path.write_bytes(damaged)
+        np.testing.assert_allclose(reference_energies(cs, cache_dir=tmp_path, progress=False), first,
+                                   atol=1e-6)
+        assert "cannot be read" in capsys.readouterr().err
+        with np.load(path) as z:  # overwritten with a good file
+            np.testing.assert_allclose(z["energy_per_atom"], first, atol=1e-6)
+    stability.write_npz_atomic(path, {"energy_per_atom": np.zeros(3)})  # another data set's size
+    np.testing.assert_allclose(reference_energies(cs, cache_dir=tmp_path, progress=False), first, atol=1e-6)
+    assert "holds (3,) energies for 1 crystals" in capsys.readouterr().err

@@ -81,3 +81,39 @@ def test_the_html_report_escapes_every_text_it_shows(tmp_path):
     assert "K-S: ks_&lt;b&gt;x&lt;/b&gt;" in html and "<td>&lt;i&gt;prop</td><td>0.25</td>" in html
     assert "<tr><td>struct_valid</td><td>0.5</td><td>2</td></tr>" in html
     assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in html
+
+
+def test_a_failed_run_leaves_a_status_that_says_where_it_stopped(tmp_path, monkeypatch):
+    from crysgen.evaluation import suite
+
+    folder, ref = _inputs(tmp_path)
+
+    def broken(*a, **k):
+        raise RuntimeError("relaxation engine broke")
+
+    monkeypatch.setattr(suite, "_relax_all", broken)
+    status = tmp_path / "out" / "metrics.json"
+    with pytest.raises(RuntimeError, match="engine broke"):
+        evaluate(folder, ref, ref, EvalOptions(metrics=("validity", "stability")), progress=False,
+                 status_file=status)
+    saved = json.loads(status.read_text())
+    assert saved["status"] == "failed" and "engine broke" in saved["error"]
+    assert saved["running"] == ["stability", "stability.relax"]
+    assert {"load", "basics"} <= set(saved["seconds"]) and "metrics" not in saved
+
+
+def test_a_corrupt_reference_fingerprint_cache_is_recomputed_with_a_warning(tmp_path, capsys):
+    from crysgen.evaluation.suite import reference_fingerprints
+
+    cs = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52)
+    ref = [cs.to_structure(0)]
+    o = EvalOptions(cache_dir=str(tmp_path))
+    first = reference_fingerprints(cs, ref, o, progress=False)
+    (path,) = (tmp_path / "fingerprints").glob("*.npz")
+    assert "pymatgen" in path.name  # CrystalNN's package version is part of the key
+    path.write_bytes(path.read_bytes()[:100])  # truncated zip: BadZipFile, not an OSError
+    again = reference_fingerprints(cs, ref, o, progress=False)
+    assert "cannot be read" in capsys.readouterr().err
+    assert again[0][2] is None and (again[0][0] == first[0][0]).all()
+    assert len(reference_fingerprints(cs, ref, o, progress=False)) == 1  # the rewritten file reads
+    assert capsys.readouterr().err == ""

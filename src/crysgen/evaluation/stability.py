@@ -11,10 +11,12 @@ generated crystals and for the reference they are compared with:
   relaxation keeps the atom order, so no structure matching is involved.
 * **Reference energies** (:func:`reference_energies`): CHGNet's static energy of every training
   and reference crystal (their geometries are DFT-relaxed already), in batches, cached on disk
-  under a key made of the data's hash and the CHGNet version.
+  under a key made of the data's hash and the potential's name and version.
 * **Terminal (elemental) references** (:func:`elemental_references`): the lowest energy per atom
   among the elemental crystals of the data and CHGNet-relaxed candidates built with ASE (its
-  reference crystal structure where it has one, fcc, bcc, and a dimer in a 10 Å box). Data sets
+  reference crystal structure where it has one, fcc, bcc, and a dimer in a 10 Å box), all
+  relaxed together in one lockstep batch and cached under a key of the potentials' versions,
+  the relaxation settings and the candidates' version (:func:`elements_cache_path`). Data sets
   such as perov_5 hold no elemental crystal at all, and mp_20 lacks 26 elements, so without
   these no hull could be closed; where the candidates miss the true ground state the terminal
   is too high and E_hull comes out too low (too stable): a stated approximation.
@@ -34,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +50,11 @@ from crysgen.errors import CrysgenError
 from crysgen.evaluation.chgnet_batch import GPA_PER_EV_A3
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pymatgen.core import Structure
+
+    from crysgen.evaluation.timing import StepTimer
 
 MIN_VOLUME_PER_ATOM = 3.0
 """Å³: cells with less room per atom are refused before CHGNet sees them (reason "degenerate
@@ -300,7 +308,7 @@ def _frechet_filter(atoms: Any) -> Any:
 
 
 def relax_batch(structures: list[Structure], options: RelaxOptions | None = None, *,
-                relax_cell: bool = True) -> list[Relaxation]:
+                relax_cell: bool | Sequence[bool] = True) -> list[Relaxation]:
     """Relax many structures in lockstep, one batched CHGNet call per FIRE step.
 
     The same relaxation as :func:`relax` (ASE's FIRE on a ``FrechetCellFilter``, the same
@@ -308,6 +316,12 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     structures of a step together, in forward passes of ``options.batch_size``: per-structure
     calls spend most of their time in kernel launches on a GPU. Each structure's ``seconds`` and
     time limit count its share of each step's wall time. Never raises for bad input.
+
+    Args:
+        structures: the structures to relax.
+        options: relaxation settings.
+        relax_cell: relax the cell as well as the positions; one flag for all, or one per
+            structure (elemental candidates mix bulk cells and dimers in a fixed box).
     """
     import warnings
 
@@ -317,6 +331,9 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     from pymatgen.io.ase import AseAtomsAdaptor
 
     o = options or RelaxOptions()
+    cells = [relax_cell] * len(structures) if isinstance(relax_cell, bool) else list(relax_cell)
+    if len(cells) != len(structures):
+        raise CrysgenError(f"relax_batch: {len(cells)} relax_cell flags for {len(structures)} structures")
     done: list[Relaxation | None] = [None] * len(structures)
     states: list[dict[str, Any]] = []
     for i, structure in enumerate(structures):
@@ -324,7 +341,7 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
         if done[i] is not None:
             continue
         atoms = AseAtomsAdaptor.get_atoms(structure)
-        target = _frechet_filter(atoms) if relax_cell else atoms
+        target = _frechet_filter(atoms) if cells[i] else atoms
         states.append({"i": i, "atoms": atoms, "target": target, "opt": FIRE(target, logfile=None),
                        "v0": atoms.get_volume(), "initial": None, "energy": None, "steps": 0,
                        "seconds": 0.0, "converged": False, "reason": None})
@@ -394,6 +411,13 @@ def _cache_key(crystals: CrystalSet, potential: str = "chgnet") -> str:
     return f"{potential_id(potential)}_{data_fingerprint(crystals, '')['sha256'][:20]}"
 
 
+TERMINALS_VERSION = 2
+"""Version of how the elemental candidates are built and relaxed, part of their cache key: bump
+it when :func:`_candidates` or the relaxation engine changes the energies. 1: one :func:`relax`
+per candidate; 2: all candidates in one lockstep :func:`relax_batch` (energies within float and
+FIRE-trajectory noise of 1's, and a time limit counted as a share of each batched step)."""
+
+
 def relax_key(options: RelaxOptions) -> str:
     """The relaxation settings that change a relaxed energy, for cache keys.
 
@@ -410,11 +434,15 @@ def elements_cache_path(cache_dir: str | Path | None, potential: str, options: R
 
     CHGNet's file holds the relaxed candidates (energies and structures); another potential's
     holds its static energies of those CHGNet-relaxed structures, so its name carries both
-    potentials' versions and the relaxation settings.
+    potentials' versions. Both names carry everything else that changes the energies: the
+    relaxation settings (:func:`relax_key`), :data:`TERMINALS_VERSION` and the ASE version (ASE
+    builds the candidates and runs FIRE).
     """
+    import ase
+
     from crysgen.evaluation.potentials import potential_id
 
-    chg = f"{potential_id('chgnet')}_{relax_key(options)}"
+    chg = f"{potential_id('chgnet')}_{relax_key(options)}_v{TERMINALS_VERSION}_ase{ase.__version__}"
     name = (f"elements_{chg}.json" if potential == "chgnet"
             else f"elements_{potential_id(potential)}_on_{chg}.json")
     return Path(cache_dir or default_cache_dir()) / "hull" / name
@@ -427,13 +455,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CRYSGEN_CACHE", Path.home() / ".cache" / "crysgen"))
 
 
+CACHE_READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile)
+"""What reading a damaged ``.npz`` cache raises (a truncated zip is a ``BadZipFile``, which is
+not an ``OSError``; a file that is not a zip makes ``np.load`` try pickle: ``ValueError``)."""
+
+
+def cache_unreadable(path: Path, why: str) -> None:
+    """Say on stderr that a cache file is ignored and recomputed (never silently, never a crash).
+
+    Printed rather than ``warnings.warn``: warnings may be filtered out by the time a cache is
+    read, and a recomputation can take minutes that the user should be able to account for.
+    """
+    print(f"warning: cache file {path} {why}; recomputing it (it will be overwritten)",
+          file=sys.stderr)
+
+
 def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = 64,
                        cache_dir: str | Path | None = None, progress: bool = True,
                        potential: str = "chgnet") -> np.ndarray:
     """Static energy per atom (eV/atom) of every crystal with ``potential``, cached on disk.
 
     The cache key is the potential's name and version and the data's hash; a cache file that
-    cannot be read, or holds another number of crystals, is recomputed.
+    cannot be read, or holds another number of crystals, is recomputed with a warning on stderr
+    (:func:`cache_unreadable`) and overwritten atomically.
 
     Returns:
         (N,) float64; NaN where the potential failed on a crystal.
@@ -446,11 +490,12 @@ def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size:
     if cache.is_file():
         try:
             with np.load(cache) as z:
-                cached = z["energy_per_atom"]
+                cached = np.asarray(z["energy_per_atom"], float)
             if cached.shape == (len(crystals),):
                 return cached
-        except (OSError, KeyError, ValueError, EOFError):
-            pass  # unreadable: recompute and overwrite
+            cache_unreadable(cache, f"holds {cached.shape} energies for {len(crystals)} crystals")
+        except CACHE_READ_ERRORS as exc:
+            cache_unreadable(cache, f"cannot be read ({type(exc).__name__}: {str(exc)[:100]})")
     if potential == "chgnet":
         load_chgnet(device)  # fails here, before the loop, when the model cannot be loaded
     out = np.full(len(crystals), np.nan)
@@ -463,7 +508,6 @@ def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size:
                                    batch_size=batch_size)
         bar.update(len(idx))
     bar.close()
-    cache.parent.mkdir(parents=True, exist_ok=True)
     write_npz_atomic(cache, {"energy_per_atom": out})
     return out
 
@@ -485,15 +529,36 @@ def _candidates(symbol: str) -> list[tuple[str, Any, bool]]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A cache file's JSON object, or {} when it is missing or cannot be read."""
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _read_elements_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """An elements cache file (symbol -> label -> entry), or {} when missing or unreadable.
+
+    An entry is a number (an energy, eV/atom) or ``{"energy_per_atom": number, "structure":
+    pymatgen dict or None}``. A file that is not such JSON (truncated, edited, another format)
+    is reported (:func:`cache_unreadable`) and treated as empty, so everything is recomputed.
+    """
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        for sym, labels in data.items():
+            if not isinstance(labels, dict):
+                raise ValueError(f"{sym}: not an object of candidates")
+            for label, v in labels.items():
+                energy = v.get("energy_per_atom") if isinstance(v, dict) else v
+                if not _is_number(energy):
+                    raise ValueError(f"{sym} {label}: no energy")
+                if isinstance(v, dict) and not isinstance(v.get("structure"), (dict, type(None))):
+                    raise ValueError(f"{sym} {label}: structure is not a pymatgen dict")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        cache_unreadable(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:100]})")
         return {}
-    return data if isinstance(data, dict) else {}
+    return data
 
 
 def relaxed_candidates(symbols: set[str], *, options: RelaxOptions | None = None,
@@ -501,25 +566,33 @@ def relaxed_candidates(symbols: set[str], *, options: RelaxOptions | None = None
                        progress: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
     """CHGNet-relaxed elemental candidates (:func:`_candidates`) of every symbol, cached on disk.
 
+    The candidates of every symbol missing from the cache are relaxed together, in one lockstep
+    :func:`relax_batch` (bulk cells with their cell, dimers in their fixed box): on a GPU one
+    batched CHGNet call per FIRE step for all of them instead of one relaxation after another.
+    The cache (:func:`elements_cache_path`) is written atomically once the batch is done.
+
     Returns:
         symbol -> label -> {"energy_per_atom": eV/atom, "structure": pymatgen dict or None}; a
-        candidate whose relaxation failed is left out. The cache
-        (:func:`elements_cache_path`) is written after every element, so an interrupted run
-        keeps what it relaxed.
+        candidate whose relaxation failed is left out.
     """
     from pymatgen.io.ase import AseAtomsAdaptor
-    from tqdm.auto import tqdm
 
     from crysgen.crystal_set import write_text_atomic
 
     o = options or RelaxOptions()
     cache = elements_cache_path(cache_dir, "chgnet", o)
-    known: dict[str, dict[str, Any]] = _read_json(cache)
-    for sym in tqdm(sorted(symbols - set(known)), desc="CHGNet elemental references",
-                    disable=not progress, leave=False):
-        known[sym] = {}
-        for label, atoms, cell in _candidates(sym):
-            r = relax(AseAtomsAdaptor.get_structure(atoms), o, relax_cell=cell)
+    known: dict[str, dict[str, Any]] = _read_elements_cache(cache)
+    missing = sorted(symbols - set(known))
+    if missing:
+        todo = [(sym, label, AseAtomsAdaptor.get_structure(atoms), cell)
+                for sym in missing for label, atoms, cell in _candidates(sym)]
+        if progress:
+            print(f"CHGNet: relaxing {len(todo)} elemental candidates of {len(missing)} elements "
+                  f"in one batch ({o.steps} FIRE steps at most)", file=sys.stderr)
+        results = relax_batch([t[2] for t in todo], o, relax_cell=[t[3] for t in todo])
+        for sym in missing:
+            known[sym] = {}
+        for (sym, label, _, _), r in zip(todo, results, strict=True):
             if r.energy_per_atom is not None and np.isfinite(r.energy_per_atom):
                 known[sym][label] = {"energy_per_atom": r.energy_per_atom,
                                      "structure": r.structure.as_dict() if r.structure else None}
@@ -539,7 +612,7 @@ def _rescored_candidates(candidates: dict[str, dict[str, dict[str, Any]]], poten
     from crysgen.evaluation.potentials import static_energies
 
     cache = elements_cache_path(cache_dir, potential, options)
-    known: dict[str, dict[str, float]] = _read_json(cache)
+    known: dict[str, dict[str, Any]] = _read_elements_cache(cache)
     todo = [(sym, label, Structure.from_dict(v["structure"]))
             for sym in sorted(set(candidates) - set(known))
             for label, v in sorted(candidates[sym].items()) if v.get("structure")]
@@ -552,7 +625,8 @@ def _rescored_candidates(candidates: dict[str, dict[str, dict[str, Any]]], poten
             known[sym][label] = float(e)
     if todo:
         write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
-    return {sym: known[sym] for sym in candidates}
+    return {sym: {label: float(v["energy_per_atom"] if isinstance(v, dict) else v)
+                  for label, v in known[sym].items()} for sym in candidates}
 
 
 def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
@@ -568,7 +642,7 @@ def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
         options: relaxation settings for the candidates (CHGNet relaxes them for every potential).
         cache_dir: where the candidates' energies are cached (:func:`elements_cache_path`: keyed
             by the potentials' versions and the relaxation settings).
-        progress: show a progress bar.
+        progress: say on stderr when candidates are relaxed.
         potential: ``"chgnet"`` (the relaxed energies) or the second potential (its static
             energies of the CHGNet-relaxed candidates).
         batch_size: structures per forward pass of the second potential.
@@ -607,19 +681,25 @@ class ReferenceHull:
     @classmethod
     def build(cls, sets: list[CrystalSet], needed: set[str], *, options: RelaxOptions | None = None,
               batch_size: int = 64, cache_dir: str | Path | None = None,
-              progress: bool = True, potential: str = "chgnet") -> ReferenceHull:
+              progress: bool = True, potential: str = "chgnet",
+              timer: StepTimer | None = None) -> ReferenceHull:
         """Energies of every crystal of ``sets`` plus terminals for every element in ``needed``.
 
         ``potential`` gives every energy of the hull (reference crystals: static, as they are
-        DFT-relaxed; terminals: relaxed by CHGNet, then scored by ``potential``).
+        DFT-relaxed; terminals: relaxed by CHGNet, then scored by ``potential``). With a
+        ``timer``, the two parts are timed as ``stability.hull_<potential>.reference_energies``
+        and ``stability.hull_<potential>.terminals``.
         """
         from pymatgen.core import Element
+
+        from crysgen.evaluation.timing import timed
 
         o = options or RelaxOptions()
         formulas, energies = [], []
         for cs in sets:
-            e = reference_energies(cs, device=o.device, batch_size=batch_size, cache_dir=cache_dir,
-                                   progress=progress, potential=potential)
+            with timed(timer, f"stability.hull_{potential}.reference_energies"):
+                e = reference_energies(cs, device=o.device, batch_size=batch_size, cache_dir=cache_dir,
+                                       progress=progress, potential=potential)
             for i in range(len(cs)):
                 if not np.isfinite(e[i]):
                     continue
@@ -633,8 +713,10 @@ class ReferenceHull:
                 sym = next(iter(f))
                 data_terminals[sym] = min(e, data_terminals.get(sym, np.inf))
         needed = needed | {s for f in formulas for s in f}
-        terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir,
-                                         progress=progress, potential=potential, batch_size=batch_size)
+        with timed(timer, f"stability.hull_{potential}.terminals"):
+            terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir,
+                                             progress=progress, potential=potential,
+                                             batch_size=batch_size)
         return cls(formulas, np.asarray(energies, float), terminals)
 
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],

@@ -271,8 +271,8 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
 
     Every model is scored against the same reference set, and its fingerprints cost as much as
     the samples' (CrystalNN). The cache lives in ``<cache_dir>/fingerprints/`` under a key of the
-    reference data's hash and the fingerprint and matminer versions; a cache that cannot be read
-    is recomputed.
+    reference data's hash and the fingerprint, matminer and pymatgen (CrystalNN) versions; a cache
+    that cannot be read is recomputed with a warning on stderr and overwritten atomically.
 
     Args:
         ref_cs: the reference crystals (their hash keys the cache).
@@ -284,13 +284,16 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
         Per crystal: (structure fingerprint (61,), composition fingerprint (132,), None), or
         (None, None, reason) where a fingerprint failed.
     """
+    import importlib.metadata
+
     import matminer
 
     from crysgen.evaluation.fingerprints import VERSION
-    from crysgen.evaluation.stability import default_cache_dir
+    from crysgen.evaluation.stability import CACHE_READ_ERRORS, cache_unreadable, default_cache_dir
     from crysgen.models.model_dir import data_fingerprint
 
-    key = f"v{VERSION}_matminer{matminer.__version__}_{data_fingerprint(ref_cs, '')['sha256'][:20]}"
+    versions = f"v{VERSION}_matminer{matminer.__version__}_pymatgen{importlib.metadata.version('pymatgen')}"
+    key = f"{versions}_{data_fingerprint(ref_cs, '')['sha256'][:20]}"
     path = Path(o.cache_dir or default_cache_dir()) / "fingerprints" / f"{key}.npz"
     if path.exists():
         try:
@@ -299,8 +302,9 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
             if len(ok) == len(ref):
                 return [(st[k], co[k], None) if ok[k] else (None, None, str(reasons[k]))
                         for k in range(len(ref))]
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable: recompute and overwrite
+            cache_unreadable(path, f"holds {len(ok)} crystals' fingerprints for {len(ref)}")
+        except CACHE_READ_ERRORS as exc:  # unreadable: recompute and overwrite
+            cache_unreadable(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:100]})")
     fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress,
                died=_fingerprints_died)
     good = [f for f in fps if f[2] is None]
@@ -378,8 +382,15 @@ def _guess_dataset(path: str | Path) -> str | None:
 
 
 def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, reference: str | Path,
-             options: EvalOptions | None = None, *, progress: bool = True) -> Evaluation:
+             options: EvalOptions | None = None, *, progress: bool = True,
+             status_file: str | Path | None = None) -> Evaluation:
     """Run the chosen metric families; see the module docstring.
+
+    Every family and the slow parts inside it are timed (:mod:`crysgen.evaluation.timing`):
+    ``Evaluation.seconds`` holds them (``"stability"``, ``"stability.relax"``, ...) and
+    ``"total"``. With ``status_file``, the times so far and the step now running are rewritten
+    there whenever a step starts or ends (``"status": "running"``), and the error when the run
+    fails (``"status": "failed"``), whether or not progress bars are shown.
 
     Args:
         samples: generated crystals (a `crysgen sample` folder, CIFs or a CrystalSet .npz).
@@ -387,12 +398,28 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
         reference: the reference CrystalSet (the test split; CSP: the target crystals).
         options: what to compute.
         progress: show progress bars.
+        status_file: where the running status is written (`crysgen evaluate`: the report's
+            ``metrics.json``, replaced by :func:`write_report` at the end).
 
     Raises:
         CrysgenError: for missing inputs, unknown families or options.
     """
-    o = options or EvalOptions()
-    t0 = time.perf_counter()
+    from crysgen.evaluation.timing import FAILED, StepTimer
+
+    timer = StepTimer(Path(status_file) if status_file is not None else None)
+    try:
+        return _evaluate(samples, train, reference, options or EvalOptions(), progress, timer)
+    except BaseException as exc:  # the status says where it stopped, then the error goes on
+        if timer.seconds or timer.running:  # not for a refusal before any work
+            timer.write(FAILED, f"{type(exc).__name__}: {str(exc)[:300]}")
+        raise
+
+
+def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, reference: str | Path,
+              o: EvalOptions, progress: bool, timer: Any) -> Evaluation:
+    """:func:`evaluate`'s work, each step timed by ``timer`` (a ``timing.StepTimer``)."""
+    from crysgen.evaluation.timing import timed
+
     check_device(o.device)  # every named file and the device before any long work
     check_input_file(reference, "--reference")
     needs = [f for f in NEEDS_TRAIN if f in o.metrics]
@@ -407,9 +434,13 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
         check_potential(o.potential)  # the second potential's package, before any long work
     if o.scaler not in ("cdvae", "reference") and not Path(o.scaler).is_file():  # before any long work
         raise CrysgenError(f"--comp-scaler: neither cdvae, reference nor a CrystalSet file: {o.scaler}")
-    csp = _csp(samples, reference, o, progress) if "csp" in o.metrics else None
+    csp = None
+    if "csp" in o.metrics:
+        with timed(timer, "csp"):
+            csp = _csp(samples, reference, o, progress)
     if set(o.metrics) == {"csp"} and csp is not None:
         return csp
+    timer.begin("load")
     gen = load_inputs(samples)[: o.limit]
     if not gen:
         raise CrysgenError(f"no crystals in {samples}")
@@ -418,7 +449,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
     if o.reference_limit and o.reference_limit < len(ref_cs):
         ref_cs = ref_cs.subset(np.sort(rng.choice(len(ref_cs), o.reference_limit, replace=False)))
     ref = [ref_cs.to_structure(i) for i in range(len(ref_cs))]
-    seconds: dict[str, float] = {"load": time.perf_counter() - t0}
+    timer.end("load")
     rows = [{"id": c.id, "formula": c.structure.composition.reduced_formula if c.structure else "",
              "num_sites": len(c.structure) if c.structure else "", "problem": c.problem or ""}
             for c in gen]
@@ -429,7 +460,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
     plots: dict[str, str] = {}
 
     # per-structure basics used by several families (SMACT's enumeration is the slow part)
-    t = time.perf_counter()
+    timer.begin("basics")
     struct_valid = np.zeros(len(gen), dtype=bool)
     comp_valid = np.zeros(len(gen), dtype=bool)
     for i, (row, sv_i, cv_i) in zip(ok, _map(partial(_basics, tables=o.smact_tables),
@@ -438,7 +469,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
                                     strict=True):
         rows[i].update(row)
         struct_valid[i], comp_valid[i] = sv_i, cv_i
-    seconds["basics"] = time.perf_counter() - t
+    timer.end("basics")
     n = len(gen)
     if "validity" in o.metrics:
         metrics["struct_valid"] = _metric(float(struct_valid.sum() / n), n)
@@ -448,7 +479,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
 
     fp_ok = np.zeros(len(gen), dtype=bool)
     if "coverage" in o.metrics:
-        t = time.perf_counter()
+        timer.begin("coverage")
         cut, cut_source = o.cov_cutoffs, "--cov-cutoffs"
         if cut is None:
             from crysgen.evaluation.coverage import COV_CUTOFFS, DEFAULT_DATASET
@@ -463,9 +494,11 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
             cut = COV_CUTOFFS[dataset]
         # CDVAE's compute_cov: every generated crystal whose fingerprints can be computed
         cand = ok if o.cov_over == "all" else [i for i in ok if struct_valid[i] and comp_valid[i]]
-        fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress,
-                   died=_fingerprints_died)
-        ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
+        with timed(timer, "coverage.fingerprints"):
+            fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress,
+                       died=_fingerprints_died)
+        with timed(timer, "coverage.reference_fingerprints"):
+            ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
         from crysgen.evaluation.fingerprints import standardise
 
@@ -488,7 +521,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
                  "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
         metrics["cov_recall"] = _metric(cov.recall, cov.n_reference, **extra)
         metrics["cov_precision"] = _metric(cov.precision, cov.n_generated, **extra)
-        seconds["coverage"] = time.perf_counter() - t
+        timer.end("coverage")
     # CDVAE's "valid": comp and struct valid and (when computed) fingerprintable
     valid = struct_valid & comp_valid & (fp_ok if "coverage" in o.metrics else True)
     if "validity" in o.metrics and "coverage" in o.metrics:
@@ -498,7 +531,7 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
             if len(valid_idx) > o.n_wasserstein else valid_idx)
 
     if "distributions" in o.metrics:
-        t = time.perf_counter()
+        timer.begin("distributions")
         from crysgen.evaluation.distributions import distributions, ks_statistics, overlay_plot, wasserstein
 
         ref_d = distributions(ref_cs)
@@ -517,10 +550,10 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
                                            len(draw))
         metrics["wdist_num_elems"] = _metric(wasserstein([rows[i]["num_elements"] for i in draw], ref_nel),
                                              len(draw))
-        seconds["distributions"] = time.perf_counter() - t
+        timer.end("distributions")
 
     if "novelty" in o.metrics:
-        t = time.perf_counter()
+        timer.begin("novelty")
         from crysgen.evaluation.novelty import MATCHER_SETTINGS, novel_mask, unique_mask
 
         train_cs = CrystalSet.load(train)
@@ -536,24 +569,24 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
                                    matcher=MATCHER_SETTINGS, against=f"{Path(train).name} ({len(train_cs)})")
         both = float((uniq & nov).mean()) if len(sv) else float("nan")
         metrics["unique_and_novel"] = _metric(both, len(sv))
-        seconds["novelty"] = time.perf_counter() - t
+        timer.end("novelty")
 
     if "properties" in o.metrics:
-        t = time.perf_counter()
+        timer.begin("properties")
         metrics.update(_properties(o, gen, ok, rows, ref, draw, plots))
-        seconds["properties"] = time.perf_counter() - t
+        timer.end("properties")
 
     if "stability" in o.metrics:
-        t = time.perf_counter()
+        timer.begin("stability")
         sv = [i for i in ok if struct_valid[i]]
         stab, relaxed_s = _stability(o, [structs[i] for i in sv], [rows[i] for i in sv], n, train,
-                                     ref_cs, "novelty" in o.metrics, plots, progress)
+                                     ref_cs, "novelty" in o.metrics, plots, progress, timer)
         metrics.update(stab)
         relaxed = {i: r for i, r in zip(sv, relaxed_s, strict=True) if r is not None}
         for i in ok:
             if not struct_valid[i]:
                 rows[i]["relax_reason"] = "not relaxed: structurally invalid"
-        seconds["stability"] = time.perf_counter() - t
+        timer.end("stability")
     for r in rows:
         r.setdefault("problem", "")
     if "stability" not in o.metrics:
@@ -562,10 +595,8 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
     if csp is not None:  # with other families: CSP's per-target rows in their own table
         metrics.update(csp.metrics)
         tables["csp_targets.csv"] = csp.rows
-        seconds["csp"] = csp.seconds["total"]
-    seconds["total"] = time.perf_counter() - t0
-    return Evaluation(metrics, rows, plots, {k: round(v, 2) for k, v in seconds.items()}, tables,
-                      relaxed)
+    return Evaluation(metrics, rows, plots, {**timer.rounded(), "total": round(timer.elapsed(), 2)},
+                      tables, relaxed)
 
 
 def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],
@@ -749,11 +780,14 @@ def agreement_metrics(first: np.ndarray, second: np.ndarray, converged: np.ndarr
 
 def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]], n: int,
                train: str | Path, ref_cs: CrystalSet, with_novelty: bool, plots: dict[str, str],
-               progress: bool) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+               progress: bool, timer: Any = None) -> tuple[dict[str, dict[str, Any]], list[Any]]:
     """Relax, place on the reference hull(s), count stable and S.U.N. (over all ``n`` samples).
 
     CHGNet relaxes every structure; each potential of ``o.potential`` then rates the relaxed
-    structures on a hull of its own energies (see :func:`rate_with`).
+    structures on a hull of its own energies (see :func:`rate_with`). With a ``timer``
+    (:class:`~crysgen.evaluation.timing.StepTimer`) the parts are timed: ``stability.relax``,
+    ``stability.hull_<potential>.reference_energies`` / ``.terminals``,
+    ``stability.<potential>_static`` (the second potential's energies of the relaxed samples).
 
     Returns:
         (metrics, the relaxed structure of each of ``structures``, None where none).
@@ -765,12 +799,14 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         RelaxOptions,
         check_device,
     )
+    from crysgen.evaluation.timing import timed
 
     check_device(o.device)
     potentials = check_potential(o.potential)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device, batch_size=o.relax_batch_size)
-    relaxed = _relax_all(structures, ro, o.relax_workers or o.workers, progress)
+    with timed(timer, "stability.relax"):
+        relaxed = _relax_all(structures, ro, o.relax_workers or o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
         row.update(r.row())
         if r.structure is not None:
@@ -787,14 +823,15 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     e_hulls: dict[str, np.ndarray] = {}
     for pot in potentials:
         hull = ReferenceHull.build(sets, needed, options=ro, batch_size=o.relax_batch_size,
-                                   cache_dir=o.cache_dir, progress=progress, potential=pot)
+                                   cache_dir=o.cache_dir, progress=progress, potential=pot, timer=timer)
         if pot == "chgnet":
             energies: list[float | None] = [r.energy_per_atom for r in relaxed]
         else:
             has = [k for k, r in enumerate(relaxed)
                    if r.structure is not None and r.energy_per_atom is not None]
-            static = static_energies([relaxed[k].structure for k in has], pot, device=o.device,
-                                     batch_size=o.relax_batch_size)
+            with timed(timer, f"stability.{pot}_static"):
+                static = static_energies([relaxed[k].structure for k in has], pot, device=o.device,
+                                         batch_size=o.relax_batch_size)
             energies = [None] * len(relaxed)
             for k, e in zip(has, static, strict=True):
                 energies[k] = float(e) if np.isfinite(e) else None
@@ -860,7 +897,9 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
     """``metrics.json``, ``structures.csv`` and ``report.html`` in ``out`` (each written atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"options": asdict(options), "seconds": ev.seconds}
+    from crysgen.evaluation.timing import COMPLETE
+
+    meta = {"status": COMPLETE, "options": asdict(options), "seconds": ev.seconds}
     write_text_atomic(out / "metrics.json", dumps_strict({"metrics": ev.metrics, **meta}, indent=1,
                                                          default=str) + "\n")  # NaN -> null
     for name, rows in {"structures.csv": ev.rows, **ev.tables}.items():
