@@ -12,7 +12,8 @@ watershed: the lattice is all this looks at). Writes ``benchmarks/results/voxel_
 * ``rotation_average``: a 4 Å cubic cell's coordinate channels averaged over the authors' rotation
   augmentation (what an MSE-trained decoder outputs when it cannot tell the orientation), read
   back by slope and by level (:func:`~crysgen.representations.voxel.read_lattice`).
-* ``variants``: per training variant (``coordinates`` × ``channel_weights``), the losses at the
+* ``variants``: per training variant (``coordinates``, ``channel_weights``, ``channel_scale``
+  of :class:`~crysgen.training.config.VoxelTrainConfig`), the losses at the
   end, and on the test slice: the lattice MAE of μ-reconstructions by both read-backs, the
   decoded channels' slope along their own axis and mean level relative to the truth, the
   density and coordinate MSE, the mean KL; and the median lattice length of random samples
@@ -51,9 +52,13 @@ from crysgen.training.voxel import train_voxel
 
 WORK = ROOT / "benchmarks" / ".work"
 OUT = ROOT / "benchmarks" / "results" / "voxel_lattice_cpu.json"
-VARIANTS = {"authors": {"coordinates": "rotated", "channel_weights": "uniform"},
-            "grid_coordinates": {"coordinates": "grid", "channel_weights": "uniform"},
-            "grid_coordinates+variance_weights": {"coordinates": "grid", "channel_weights": "variance"}}
+VARIANTS = {
+    "authors": {"coordinates": "rotated", "channel_weights": "uniform", "channel_scale": "none"},
+    "rms_scale": {"coordinates": "rotated", "channel_weights": "uniform", "channel_scale": "rms"},
+    "rms_scale+grid_coordinates": {"coordinates": "grid", "channel_weights": "uniform",
+                                   "channel_scale": "rms"},
+    "rms_scale+grid_coordinates+variance_weights": {"coordinates": "grid", "channel_weights": "variance",
+                                                    "channel_scale": "rms"}}
 
 
 def channel_statistics(crystals: CrystalSet) -> dict:
@@ -152,7 +157,8 @@ def main() -> None:
             summary = json.loads((Path(tmp) / name / "train_summary.json").read_text())
             model = VoxelModel.from_pretrained(model_dir)
             row = {**VARIANTS[name], "train_seconds": round(seconds, 1),
-                   "channel_weights_fitted": model.spec.channel_weights,
+                   "channel_weights_fitted": [round(v, 3) for v in model.spec.channel_weights],
+                   "channel_scale_fitted": [round(v, 3) for v in model.spec.channel_scale],
                    "final_losses": summary.get("final_losses"), **measure(model, test, args.n_random)}
             print(name, json.dumps(row))
             result["variants"][name] = row

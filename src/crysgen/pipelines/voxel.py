@@ -45,6 +45,8 @@ class VoxelSpec:
         class_weights: (95,) inverse-frequency species weights (background 0).
         channel_weights: (4,) weights of the VAE's MSE channels fitted on the training set
             (``channel_weights: variance`` in the run config); empty: the plain mean.
+        channel_scale: (4,) divisors of the grid channels on their way into the VAE (the VAE
+            sees and outputs grid / scale; ``channel_scale: rms`` in the run config); empty: 1.
     """
 
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
@@ -52,11 +54,16 @@ class VoxelSpec:
     edges: list[float] = field(default_factory=list)
     class_weights: list[float] = field(default_factory=list)
     channel_weights: list[float] = field(default_factory=list)
+    channel_scale: list[float] = field(default_factory=list)
 
     @property
     def num_conditions(self) -> int:
         """Condition classes (len(edges) + 1)."""
         return len(self.edges) + 1
+
+    def scale(self, channels: int = 4) -> np.ndarray:
+        """float32 (channels,): what the VAE's grids are divided by (ones without channel_scale)."""
+        return np.asarray(self.channel_scale or [1.0] * channels, np.float32)
 
     def condition_class(self, values: np.ndarray) -> np.ndarray:
         """Int (N,): the decile class of each property value."""
@@ -69,7 +76,8 @@ class VoxelSpec:
     def save(self, path: str | Path) -> Path:
         """Write as JSON."""
         d = {"voxel": self.voxel.to_dict(), "condition": self.condition, "edges": self.edges,
-             "class_weights": self.class_weights, "channel_weights": self.channel_weights}
+             "class_weights": self.class_weights, "channel_weights": self.channel_weights,
+             "channel_scale": self.channel_scale}
         return write_text_atomic(Path(path), json.dumps(d, indent=1) + "\n")
 
     @classmethod
@@ -77,7 +85,8 @@ class VoxelSpec:
         """Read :meth:`save`'s JSON."""
         d = json.loads(Path(path).read_text())
         return cls(VoxelConfig.from_dict(d["voxel"]), d["condition"], list(d["edges"]),
-                   list(d["class_weights"]), list(d.get("channel_weights", [])))
+                   list(d["class_weights"]), list(d.get("channel_weights", [])),
+                   list(d.get("channel_scale", [])))
 
 
 def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> torch.Tensor:
@@ -140,7 +149,7 @@ class VoxelModel:
                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """μ and log σ² (N, latent) of crystals with the given condition classes."""
         vae = self.vae.to(device).eval()
-        x = network_input(crystals, self.spec.voxel)
+        x = network_input(crystals, self.spec.voxel) / self.spec.scale()[:, None, None, None]
         mus, logvars = [], []
         with torch.no_grad():
             for s in range(0, len(x), batch_size):
@@ -178,14 +187,15 @@ class VoxelModel:
     # ---------------------------------------------------------------- decoding
     def decode_grids(self, z: np.ndarray, classes: np.ndarray, *, device: str = "cpu",
                      batch_size: int = 64) -> np.ndarray:
-        """float32 (n, 4, G, G, G) decoded grids."""
+        """float32 (n, 4, G, G, G) decoded grids (density, electrons/Å³; coordinates, Å)."""
         vae = self.vae.to(device).eval()
+        scale = self.spec.scale()[:, None, None, None]
         out = []
         with torch.no_grad():
             for s in range(0, len(z), batch_size):
                 c = one_hot(classes[s:s + batch_size], self.spec.num_conditions, device)
                 zb = torch.from_numpy(z[s:s + batch_size]).to(device)
-                out.append(vae.decode(zb, c).float().cpu().numpy())
+                out.append(vae.decode(zb, c).float().cpu().numpy() * scale)
         return np.concatenate(out) if out else np.zeros((0, 4, *(self.spec.voxel.grid,) * 3), np.float32)
 
     def to_crystals(self, grids: np.ndarray, *, device: str = "cpu", batch_size: int = 32,

@@ -255,7 +255,12 @@ class VoxelTrainConfig:
             plain mean), "variance" (density 1, each coordinate channel the ratio of the
             density's across-crystal variance per voxel to its own, fitted on the training set
             and saved in voxel.json; the coordinate channels then count as much as the density)
-            or 4 numbers.
+            or 4 numbers. Fitted on the grids the VAE sees (after ``channel_scale``).
+        channel_scale: what the VAE's grids are divided by: "none" (the authors': electrons/Å³
+            and Å as they are, several times the unit scale of the decoder's final BatchNorm →
+            ReLU, which Adam's lr-sized steps take thousands of steps to stretch) or "rms"
+            (each channel's root mean square over training grids, saved in voxel.json; the
+            decoder then outputs grid / rms).
         optim: optimiser settings (defaults per kind: :data:`VOXEL_DEFAULTS`).
     """
 
@@ -269,6 +274,7 @@ class VoxelTrainConfig:
     segmenter: str = ""
     coordinates: str = "rotated"
     channel_weights: str | list[float] = "uniform"
+    channel_scale: str = "none"
     optim: VoxelOptimConfig = field(default_factory=VoxelOptimConfig)
 
     def __post_init__(self) -> None:
@@ -278,6 +284,8 @@ class VoxelTrainConfig:
             raise CrysgenError("num_conditions must be at least 2")
         if self.coordinates not in ("rotated", "grid"):
             raise CrysgenError(f"coordinates must be 'rotated' or 'grid', got {self.coordinates!r}")
+        if self.channel_scale not in ("none", "rms"):
+            raise CrysgenError(f"channel_scale must be 'none' or 'rms', got {self.channel_scale!r}")
         w = self.channel_weights
         if isinstance(w, str):
             if w not in ("uniform", "variance"):

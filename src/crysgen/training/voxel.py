@@ -175,6 +175,8 @@ class VoxelModule(L.LightningModule):
         self.register_buffer("weights", torch.tensor(spec["class_weights"], dtype=torch.float32))
         cw = spec.get("channel_weights") or []
         self.register_buffer("channel_weights", torch.tensor(cw, dtype=torch.float32) if cw else None)
+        scale = spec.get("channel_scale") or [1.0] * 4
+        self.register_buffer("channel_scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1, 1))
         self.rng = np.random.default_rng(self.cfg.optim.seed)
         if self.cfg.kind == "segmenter":
             self.net: torch.nn.Module = UNet3D(width=self.cfg.width)
@@ -201,14 +203,15 @@ class VoxelModule(L.LightningModule):
         else:
             self.frozen.eval()
             cond = one_hot(batch["condition"], self.cfg.num_conditions, x.device)
-            recon, mu, logvar = self.net(x, cond)
+            scaled = x / self.channel_scale  # what the VAE sees and outputs (channel_scale)
+            recon, mu, logvar = self.net(scaled, cond)
             fx = fr = None
-            if self.cfg.alpha:
+            if self.cfg.alpha:  # the UNet sees grids in electrons/Å³ and Å
                 with torch.no_grad():
                     fx = self.frozen.features(x)
-                fr = self.frozen.features(recon)
-            loss, parts = vae_loss(x, recon, mu, logvar, fx, fr, alpha=self.cfg.alpha, beta=self.cfg.beta,
-                                   weights=self.channel_weights)
+                fr = self.frozen.features(recon * self.channel_scale)
+            loss, parts = vae_loss(scaled, recon, mu, logvar, fx, fr, alpha=self.cfg.alpha,
+                                   beta=self.cfg.beta, weights=self.channel_weights)
         self.log("train_loss", loss, prog_bar=True)
         for k, v in parts.items():
             self.log(f"{k}_loss", v)
@@ -236,17 +239,23 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
         edges = [float(e) for e in np.quantile(values, q)]
     weights = class_weights(species_map(cs.subset(np.arange(min(len(cs), 2000))), voxel))
     w = config.channel_weights
-    if config.kind != "vae" or w == "uniform":
-        channels: list[float] = []
-    elif w == "variance":
-        if len(cs) < 2:
-            raise CrysgenError("channel_weights: variance needs at least 2 training crystals")
-        # 256 crystals (134 MB of float32 grids at G = 32) fix the ratios to a few per cent
-        channels = channel_weights(network_input(cs.subset(np.arange(min(len(cs), 256))), voxel)).tolist()
-    else:
+    scale: list[float] = []
+    channels: list[float] = []
+    if config.kind == "vae" and (w == "variance" or config.channel_scale == "rms"):
+        # 256 crystals (134 MB of float32 grids at G = 32) fix these to a few per cent
+        x = network_input(cs.subset(np.arange(min(len(cs), 256))), voxel)
+        if config.channel_scale == "rms":
+            rms = np.sqrt((x.astype(np.float64) ** 2).mean(axis=(0, 2, 3, 4)))
+            scale = [float(v) if v > 0 else 1.0 for v in rms]
+            x = x / np.asarray(scale, np.float32)[:, None, None, None]
+        if w == "variance":
+            if len(x) < 2:
+                raise CrysgenError("channel_weights: variance needs at least 2 training crystals")
+            channels = channel_weights(x).tolist()
+    if config.kind == "vae" and not isinstance(w, str):
         channels = [float(v) for v in w]
     return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist(),
-                     channels)
+                     channels, scale)
 
 
 def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.Tensor]:
@@ -350,7 +359,8 @@ def train_voxel(
     if c.kind == "vae":
         seg_state, seg_config = loaded["segmenter"].state_dict(), loaded["segmenter"].config
     module = VoxelModule(c.to_dict(), {"voxel": spec.voxel.to_dict(), "class_weights": spec.class_weights,
-                                       "channel_weights": spec.channel_weights}, seg_state, seg_config)
+                                       "channel_weights": spec.channel_weights,
+                                       "channel_scale": spec.channel_scale}, seg_state, seg_config)
     if "init" in loaded:
         module.net.load_state_dict(loaded["init"])
 
