@@ -17,7 +17,8 @@ watershed: the lattice is all this looks at). Writes ``benchmarks/results/voxel_
   end, and on the test slice: the lattice MAE of μ-reconstructions by both read-backs, the
   decoded channels' slope along their own axis and mean level relative to the truth, the
   density and coordinate MSE, the mean KL; and the median lattice length of random samples
-  (z ~ N(0, I), random decile) by both read-backs.
+  (z ~ N(0, I), random decile) by both read-backs; the decoder's final BatchNorm weight and bias
+  per channel (Adam moves each by about lr per step from 1 and 0).
 
 Example (2 CPU cores, ~10 minutes)::
 
@@ -111,6 +112,9 @@ def measure(model: VoxelModel, test: CrystalSet, n_random: int) -> dict:
         got = read_lattice(rand[:, 1:], model.spec.voxel, method=m)
         out[f"random_median_length_{m}_A"] = round(float(np.nanmedian(got)), 3)
     out["test_median_length_A"] = round(float(np.median(truth)), 3)
+    bn = model.vae.decoder[-2]  # the decoder's last BatchNorm, before the ReLU: its output scale
+    out["final_batchnorm_weight"] = [round(float(v), 3) for v in bn.weight]
+    out["final_batchnorm_bias"] = [round(float(v), 3) for v in bn.bias]
     return out
 
 
