@@ -259,7 +259,7 @@ def sample_to_dir(
 
 def decode_in_parts(tensors: np.ndarray, scaling: Any, options: DecodeOptions, *, ids: list[str],
                     workers: int = 1) -> DecodeResult:
-    """Decode (N, 4, 64, 64) CrysTens tensors in ``workers`` processes.
+    """Decode (N, 4, size, size) CrysTens tensors (the scaling's layout) in ``workers`` processes.
 
     Contiguous parts go to the processes and come back in input order: the same result as
     :func:`~crysgen.representations.crystens.decode` in one process. A part whose process dies
@@ -285,8 +285,8 @@ def _decode_part_died(part: tuple[Any, ...], reason: str) -> tuple[int, DecodeRe
     from crysgen.crystal_set import CrystalSet
     from crysgen.representations.crystens.decode import DecodeFailure
 
-    tensors, _, _, _, start = part
-    k, s = len(tensors), tensors.shape[-1] - 12
+    tensors, scaling, _, _, start = part
+    k, s = len(tensors), scaling.layout.sites
     empty = CrystalSet(np.zeros((0, s)), np.zeros((0, s, 3)), np.zeros((0, 6)), np.zeros(0), np.zeros(0),
                        np.zeros(0, str))
     return start, DecodeResult(empty, np.zeros(0, np.int64), {key: np.full(k, np.nan) for key in DIAGNOSTICS},

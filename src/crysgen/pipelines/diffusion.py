@@ -20,6 +20,7 @@ from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
+from crysgen.representations.crystens.layout import CrysTensLayout
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
@@ -33,8 +34,11 @@ KIND = "diffusion"
 class DiffusionModel:
     """A trained CrysTens diffusion model: denoiser, schedule, scaling, data fingerprint.
 
-    ``stage`` says whether it is a whole 64×64 model or one stage of a cascade (see
+    ``stage`` says whether it is a whole model or one stage of a cascade (see
     :mod:`crysgen.objectives.cascade`); only single-stage models sample crystals on their own.
+    A single model's tensors have the CrysTens layout of its scaling (``scaling.layout``: S site
+    rows, element codes; the paper's 64×64 for models saved before layouts existed); the
+    directory's config.json records it too (``config["crystens"]``).
     """
 
     unet: UNet2DModel
@@ -48,14 +52,22 @@ class DiffusionModel:
     def create(cls, unet_config: UNetConfig, diffusion: DiffusionConfig,
                scaling: CrysTensScaling, data: dict[str, Any] | None = None,
                stage: StageConfig | None = None) -> DiffusionModel:
-        """A new, untrained model."""
-        return cls(build_unet(unet_config), unet_config, diffusion, scaling, dict(data or {}),
-                   stage or StageConfig())
+        """A new, untrained model.
+
+        Raises:
+            CrysgenError: if a single model's input size is not its scaling's layout size.
+        """
+        stage = stage or StageConfig()
+        if stage.role == "single" and unet_config.sample_size != scaling.layout.size:
+            raise CrysgenError(f"the network takes {unet_config.sample_size}² tensors but the "
+                               f"scaling's CrysTens layout ({scaling.layout.sites} sites) makes "
+                               f"{scaling.layout.size}²")
+        return cls(build_unet(unet_config), unet_config, diffusion, scaling, dict(data or {}), stage)
 
     def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
         """Write the model directory (see :mod:`crysgen.models.model_dir`)."""
         config = {"unet": self.unet_config.to_dict(), "diffusion": self.diffusion.to_dict(),
-                  "stage": self.stage.to_dict()}
+                  "stage": self.stage.to_dict(), "crystens": self.scaling.layout.to_dict()}
         return save_model_dir(path, kind=KIND, config=config, state_dict=self.unet.state_dict(),
                               scaling=self.scaling, data=self.data, half=half)
 
@@ -65,6 +77,11 @@ class DiffusionModel:
         files = load_model_dir(path)
         if files.kind != KIND:
             raise CrysgenError(f"{path} holds a {files.kind!r} model, not a diffusion model")
+        # directories saved before layouts existed have neither entry: the paper's layout
+        layout = CrysTensLayout.from_dict(files.config.get("crystens"))
+        if layout != files.scaling.layout:
+            raise CrysgenError(f"{path}: config.json's CrysTens layout {layout.to_dict()} differs "
+                               f"from scaling.json's {files.scaling.layout.to_dict()}")
         model = cls.create(UNetConfig.from_dict(files.config["unet"]),
                            DiffusionConfig(**files.config["diffusion"]), files.scaling, files.data,
                            StageConfig(**files.config.get("stage", {})))
@@ -74,7 +91,7 @@ class DiffusionModel:
         return model
 
     def sample(self, n: int, **kwargs: Any) -> np.ndarray:
-        """``n`` CrysTens tensors, float32 (n, 4, 64, 64) in [0, 1]; see :func:`sample_tensors`."""
+        """``n`` CrysTens tensors, float32 (n, 4, size, size) in [0, 1]; see :func:`sample_tensors`."""
         if self.stage.role != "single":
             raise CrysgenError(f"this model is the {self.stage.role!r} stage of a cascade; sample "
                                "from the cascade directory (`crysgen model cascade BASE SR --out DIR`)")
@@ -166,7 +183,7 @@ def sample_tensors(
         batch_size: tensors per forward pass.
 
     Returns:
-        float32 (n, 4, 64, 64) in [0, 1].
+        float32 (n, 4, size, size) in [0, 1]; size is the model's layout's (64 for the paper's).
     """
     gen = torch_generator(seed)
     out = [to_unit_range(denoise(model, min(batch_size, n - start), steps=steps, sampler=sampler,

@@ -36,7 +36,7 @@ class DiffusionModule(L.LightningModule):
         self.scheduler = self.cfg.diffusion.scheduler()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """One DDPM step of this stage on a batch of [0, 1] tensors, (B, 4, 64, 64)."""
+        """One DDPM step of this stage on a batch of [0, 1] tensors, (B, 4, size, size)."""
         loss = stage_loss(self.unet, self.scheduler, to_model_range(batch), self.cfg.stage)
         self.log("train_loss", loss, prog_bar=True, on_step=True, sync_dist=False)
         return loss
@@ -104,8 +104,9 @@ def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = No
 def _init_model(init: str | Path, config: DiffusionTrainConfig, crystals: CrystalSet,
                 fingerprint: dict[str, Any]) -> DiffusionModel:
     model = DiffusionModel.from_pretrained(init)
-    if model.unet_config != config.unet or model.stage != config.stage:
-        raise CrysgenError(f"--init {init}: its network or stage config differs from this run's")
+    if (model.unet_config != config.unet or model.stage != config.stage
+            or model.scaling.layout != config.crystens):
+        raise CrysgenError(f"--init {init}: its network, stage or CrysTens layout differs from this run's")
     if model.data.get("sha256") != fingerprint["sha256"]:
         import warnings
 
@@ -133,7 +134,9 @@ def train_diffusion(
     Args:
         data: training CrystalSet (.npz).
         out: run directory.
-        config: run settings (defaults if None); on resume the saved config is used.
+        config: run settings (defaults if None); on resume the saved config is used. Its
+            ``crystens`` layout (site rows S, element codes) is the tensors' shape; the scaling
+            fitted on ``data`` records it.
         val: optional validation CrystalSet; its loss (EMA weights) is logged at checkpoints.
         max_steps: overrides ``config.optim.max_steps``.
         devices: GPUs (DDP when > 1) or CPU processes.
@@ -148,8 +151,11 @@ def train_diffusion(
     Raises:
         CrysgenError: for a missing file, or resume without a checkpoint.
     """
-    run = open_run(data, out, config, DiffusionTrainConfig, resume=resume, max_steps=max_steps, init=init)
+    run = open_run(data, out, config, DiffusionTrainConfig, resume=resume, max_steps=max_steps, init=init,
+                   fit_scaling=lambda cs, cfg: CrysTensScaling.fit(cs, layout=cfg.crystens))
     config, fingerprint = run.config, run.fingerprint
+    if run.scaling.layout != config.crystens:  # a run resumed across a layout change
+        raise CrysgenError(f"{out}: scaling.json's CrysTens layout differs from config.yaml's")
     init_model = _init_model(init, config, run.crystals, fingerprint) if init is not None else None
     if init_model is not None:
         fingerprint["init"] = {"model": str(init), "step": init_model.data.get("step"),

@@ -47,6 +47,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from crysgen.errors import CrysgenError
 from crysgen.representations.elements import CODE_DIM
 
@@ -110,6 +112,18 @@ class CrysTensLayout:
     def shape(self) -> tuple[int, int, int]:
         """Channel-first shape of one tensor: ``(4, size, size)``."""
         return (LAYERS, self.size, self.size)
+
+    @classmethod
+    def fitting(cls, num_sites: Any, *, element_code: bool = False) -> CrysTensLayout:
+        """The smallest layout that holds crystals of ``num_sites`` (int array): S = the largest.
+
+        Raises:
+            CrysgenError: for no crystals.
+        """
+        sizes = np.asarray(num_sites)
+        if sizes.size == 0 or int(sizes.max()) < 1:
+            raise CrysgenError("cannot choose CrysTens sites from an empty CrystalSet")
+        return cls(sites=int(sizes.max()), element_code=element_code)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
