@@ -8,14 +8,18 @@ machine and date (a phase can run on another machine than the others):
   val, the most expensive cells).
 * ``throughput``: encode and decode speed in one process with one thread.
 * ``roundtrip``: match rates of encode -> noise -> decode -> StructureMatcher() on all splits
-  together, auto and faithful, noise sigma in {0, 0.003, 0.01, 0.03}; faithful broken down by
-  whether a crystal has > 3 elements or > 6 distinct coordinate values.
+  together (or ``--splits``), auto and faithful, noise sigma in {0, 0.003, 0.01, 0.03} (or
+  ``--noises``); faithful broken down by whether a crystal has > 3 elements or > 6 distinct
+  coordinate values. ``--sites`` and ``--element-code`` choose the CrysTens layout (each run
+  records it; runs of different layouts are kept apart), ``--out`` another result file.
 
 Usage::
 
     python benchmarks/codec.py --phase prepare --shared ../shared
     python benchmarks/codec.py --phase throughput
     python benchmarks/codec.py --phase roundtrip --workers 16
+    python benchmarks/codec.py --phase roundtrip --element-code --splits test --noises 0,0.01 \
+        --out benchmarks/results/codec_element_code.json
     python benchmarks/codec.py --phase merge --inputs other_machine/codec.json
 """
 
@@ -43,6 +47,7 @@ from crysgen.codec.roundtrip import roundtrip
 from crysgen.crystal_set import write_text_atomic
 from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
 from crysgen.representations.crystens import CrysTensScaling, DecodeOptions, decode, encode
+from crysgen.representations.crystens.layout import CrysTensLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "codec.json"
@@ -104,20 +109,21 @@ def stamp(device: str | None = None) -> dict:
     }
 
 
-def write_section(name: str, section: dict) -> None:
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def write_section(name: str, section: dict, results: Path = RESULTS) -> None:
+    data = json.loads(results.read_text()) if results.exists() else {}
     data[name] = section
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS, json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"wrote section {name!r} of {RESULTS}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"wrote section {name!r} of {results}")
 
 
 def split_path(work: Path, dataset: str, split: str) -> Path:
     return work / f"{dataset}_{split}.npz"
 
 
-def load_all(work: Path, dataset: str, limit: int | None = None) -> CrystalSet:
-    sets = [CrystalSet.load(split_path(work, dataset, s)) for s in DATASETS[dataset]]
+def load_all(work: Path, dataset: str, limit: int | None = None,
+             splits: tuple[str, ...] | None = None) -> CrystalSet:
+    sets = [CrystalSet.load(split_path(work, dataset, s)) for s in splits or DATASETS[dataset]]
     cs = CrystalSet.concatenate(sets)
     return cs.subset(slice(0, limit)) if limit else cs
 
@@ -190,8 +196,18 @@ def crystal_flags(cs: CrystalSet) -> dict[str, np.ndarray]:
     return {"gt3_elements": many_elements, "gt6_coord_values": many_coords}
 
 
+def layout_key(run: dict) -> tuple[int, bool]:
+    """(sites, element_code) of a run; runs recorded before layouts are the paper's."""
+    layout = run.get("layout", {})
+    return int(layout.get("sites", 52)), bool(layout.get("element_code", False))
+
+
 def phase_roundtrip(args: argparse.Namespace) -> None:
     work = Path(args.work)
+    results = Path(args.out)
+    layout = CrysTensLayout(sites=args.sites, element_code=args.element_code)
+    splits = tuple(args.splits.split(",")) if args.splits else None
+    noises = tuple(float(v) for v in args.noises.split(","))
     out: dict = {"workers": args.workers, "matcher": "pymatgen StructureMatcher() defaults",
                  "scaling": "fitted on the round-tripped set (CLI default)",
                  "noise": "i.i.d. Gaussian added to every entry of the scaled tensor, no clipping",
@@ -200,17 +216,19 @@ def phase_roundtrip(args: argparse.Namespace) -> None:
                "auto-round": ("auto", "round")}
     modes = [configs[m] for m in args.modes.split(",")]
     for dataset in args.datasets.split(","):
-        cs = load_all(work, dataset, args.limit)
-        scaling = CrysTensScaling.fit(cs)
+        cs = load_all(work, dataset, args.limit, splits)
+        scaling = CrysTensScaling.fit(cs, layout=layout)
         flags = crystal_flags(cs)
         runs = []
         for mode, elements in modes:
-            for noise in NOISES:
+            for noise in noises:
                 t0 = time.perf_counter()
                 res = roundtrip(cs, scaling=scaling,
                                 options=DecodeOptions(mode=mode, elements=elements),
                                 noise=noise, seed=0, workers=args.workers, progress=False)
-                row = res.summary() | {"wall_s": round(time.perf_counter() - t0, 1)}
+                row = res.summary() | {"wall_s": round(time.perf_counter() - t0, 1),
+                                       "layout": layout.to_dict(),
+                                       "splits": list(splits or DATASETS[dataset])}
                 if mode == "faithful":
                     m = res.matched_mask
                     row["by_kind"] = {
@@ -222,17 +240,17 @@ def phase_roundtrip(args: argparse.Namespace) -> None:
                 runs.append(row)
                 print(dataset, mode, noise, f"{res.match_rate:.4f}", res.failure_reasons, flush=True)
         out["datasets"][dataset] = {
-            "n": len(cs), "splits": list(DATASETS[dataset]),
+            "n": len(cs), "splits": list(splits or DATASETS[dataset]),
             "n_gt3_elements": int(flags["gt3_elements"].sum()),
             "n_gt6_coord_values": int(flags["gt6_coord_values"].sum()),
             "runs": [r | stamp() for r in runs],
         }
-        old = json.loads(RESULTS.read_text()).get("roundtrip", {}) if RESULTS.exists() else {}
-        write_section("roundtrip", merge_roundtrip(old, out))
+        old = json.loads(results.read_text()).get("roundtrip", {}) if results.exists() else {}
+        write_section("roundtrip", merge_roundtrip(old, out), results)
 
 
 def merge_roundtrip(old: dict, new: dict) -> dict:
-    """Merge two roundtrip sections: runs are keyed by (dataset, mode, elements, noise).
+    """Merge two roundtrip sections: runs are keyed by (dataset, layout, mode, elements, noise).
 
     Of two runs with the same key, the one measured later (its "date") is kept.
 
@@ -246,7 +264,7 @@ def merge_roundtrip(old: dict, new: dict) -> dict:
         for src in (datasets.get(name, {}), d):
             for r in src.get("runs", []):
                 r = {k: src[k] for k in stamp_keys if k in src} | r
-                key = (r["mode"], r.get("elements", "map"), r["noise"])
+                key = (*layout_key(r), r["mode"], r.get("elements", "map"), r["noise"])
                 if key not in runs or r.get("date", "") >= runs[key].get("date", ""):
                     runs[key] = r
         entry = {k: v for k, v in (datasets.get(name, {}) | d).items() if k not in stamp_keys}
@@ -276,6 +294,12 @@ def main() -> None:
     p.add_argument("--modes", default="auto,faithful,auto-round",
                    help="auto, faithful, auto-round (auto with per-site rounding of Z: ablation)")
     p.add_argument("--limit", type=int, default=None, help="first N crystals (smoke runs)")
+    p.add_argument("--splits", default=None, help="roundtrip: comma-separated splits (default: all)")
+    p.add_argument("--noises", default=",".join(map(str, NOISES)), help="roundtrip: noise sigmas")
+    p.add_argument("--sites", type=int, default=52, help="roundtrip: CrysTens site rows S (52)")
+    p.add_argument("--element-code", action="store_true",
+                   help="roundtrip: CrysTens layout with element codes in the header")
+    p.add_argument("--out", default=str(RESULTS), help="roundtrip: result JSON (codec.json)")
     p.add_argument("--decode-n", type=int, default=5000, help="crystals decoded for throughput")
     p.add_argument("--faithful-n", type=int, default=1000, help="... in faithful mode")
     args = p.parse_args()
