@@ -1,26 +1,147 @@
-"""Speed of the evaluation suite, from the per-family wall times of the model evaluations.
+"""Speed of `crysgen evaluate`, cold or warm -> benchmarks/results/eval_speed.json.
 
-Reads every ``benchmarks/results/eval_<model>_<dataset>*.json`` written by ``eval_model.py``
-(sanity files excluded) and writes ``benchmarks/results/eval_speed.json``: for each file, the
-machine, device and workers it ran with, and per metric family the seconds and the throughput
-in samples/s (samples submitted to the suite; the stability family also per structure relaxed
-to the end, i.e. with an RMSD). The issue's target — the full suite on 1,000 structures in
-≤ 10 minutes on the GPU machine — is checked where a GPU file with the stability family exists.
+**Measure** (the default): runs the full ``crysgen evaluate`` — every family (validity,
+distributions, coverage, novelty, properties, stability with ``--potential both``: CHGNet
+relaxation, CHGNet and SevenNet-0 hulls; not csp, as de novo samples name no target) — in a fresh
+process on the first N samples of a `crysgen sample` folder, against mp_20's train split (the
+partial one, 57 %: novelty and hull) and its full test split (reference: coverage, distances,
+hull). With ``--cold`` the cache folder (``--cache-dir``, also ``$CRYSGEN_CACHE`` of the run) is
+emptied first, so reference energies, elemental terminals and reference fingerprints are all
+computed, as on a machine that has never seen the data; without it the caches a previous run left
+are used (warm). The wall time of the whole command (imports, model loading and all) and the
+per-family and per-step seconds from the report's ``metrics.json`` go into one record of
+``benchmarks/results/eval_speed<suffix>.json`` with ``cold``, N, the device, the exact evaluate
+command and this script's command, commit, versions, machine and date; a record with the same
+cold/N/device replaces the earlier one, others are kept. The issue's targets (one H200, cold,
+both potentials: 1,000 samples <= 300 s, 10,000 <= 1,500 s) are checked where N matches.
 
-Usage: python benchmarks/eval_speed.py
+Usage (GPU machine, repository root; ``sevenn`` installed, the CGCNN models in ``.cgcnn`` or
+``$CRYSGEN_MODELS_DIR``; the data files made by ``benchmarks/codec.py --phase prepare``)::
+
+    python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 1000 --device cuda \\
+        --workers 14 --relax-workers 4 --relax-batch 64 --cold
+    python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 1000 --device cuda \\
+        --workers 14 --relax-workers 4 --relax-batch 64
+
+(the first cold, the second warm on the caches the first left). CPU smoke test::
+
+    python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 20 --device cpu \\
+        --workers 2 --relax-steps 20 --reference-limit 200 --suffix _cpu --cold
+
+**Summarise** (``--summarize``): the per-family wall times of the model evaluations written by
+``eval_model.py`` (every ``eval_<model>_<dataset>*.json``, sanity files excluded) ->
+``benchmarks/results/eval_speed_models.json`` (samples/s per family, relaxed structures/s).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
 
 RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / ".work"
+FAMILIES = "validity,distributions,coverage,novelty,properties,stability"
+"""Every family but csp (de novo samples name no target crystal)."""
+TARGETS_S = {1000: 300.0, 10000: 1500.0}
+"""Issue 19 item 4: N samples -> seconds on one H200, cold, every family, both potentials."""
+MARKER = ".eval_speed_cache"
+"""A file this script puts in the cache folders it makes; --cold empties only such a folder."""
 
 
-def main() -> None:
+def fresh_cache(path: Path) -> None:
+    """Empty ``path`` for a cold run (only a folder this script made, or a missing/empty one)."""
+    if path.exists() and any(path.iterdir()) and not (path / MARKER).is_file():
+        sys.exit(f"--cold: {path} is not empty and was not made by this script; "
+                 "pass another --cache-dir (it is emptied)")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("made by benchmarks/eval_speed.py; emptied by --cold\n")
+
+
+def cache_files(path: Path) -> list[str]:
+    """The cache files under ``path`` (relative), the marker left out."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Run `crysgen evaluate` cold or warm and write its record (see the module docstring)."""
+    cache = Path(args.cache_dir).resolve()
+    if args.cold:
+        fresh_cache(cache)
+    elif not cache.is_dir() or not cache_files(cache):
+        sys.exit(f"warm run: no caches in {cache}; run with --cold first (same --cache-dir)")
+    before = cache_files(cache)
+    out = Path(args.out or WORK / f"eval_speed_{'cold' if args.cold else 'warm'}{args.suffix}")
+    shutil.rmtree(out, ignore_errors=True)
+    models = args.models_dir or os.environ.get("CRYSGEN_MODELS_DIR") or str(ROOT / ".cgcnn")
+    cmd = ["crysgen", "evaluate", args.samples, "--train", args.train, "--reference", args.reference,
+           "--out", str(out), "--metrics", FAMILIES, "--potential", args.potential,
+           "--dataset", "mp_20", "--property-model", "formation_energy", "--models-dir", models,
+           "--limit", str(args.n), "--device", args.device, "--workers", str(args.workers),
+           "--relax-batch", str(args.relax_batch), "--relax-steps", str(args.relax_steps),
+           "--cache-dir", str(cache), "--quiet"]
+    if args.relax_workers:
+        cmd += ["--relax-workers", str(args.relax_workers)]
+    if args.reference_limit:
+        cmd += ["--reference-limit", str(args.reference_limit)]
+    env = {**os.environ, "CRYSGEN_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    print(shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "crysgen", *cmd[1:]], env=env, cwd=ROOT, check=False)
+    wall = time.perf_counter() - t0
+    saved = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    if proc.returncode != 0 or saved.get("status") != "complete":
+        sys.exit(f"crysgen evaluate failed (exit {proc.returncode}); its status: "
+                 f"{json.dumps({k: saved.get(k) for k in ('status', 'running', 'error', 'seconds')})}")
+    seconds = saved["seconds"]
+    m = saved["metrics"]
+    value = {k: m[k]["value"] for k in ("n_samples", "n_reference", "struct_valid", "cov_recall",
+                                        "stable_e_hull_le_0.1", "stable_e_hull_le_0.1_sevennet",
+                                        "e_hull_spearman") if k in m}
+    record = {
+        "cold": bool(args.cold), "n": args.n, "device": args.device, "potential": args.potential,
+        "wall_seconds": round(wall, 1),
+        "families_seconds": {k: v for k, v in seconds.items() if "." not in k},
+        "steps_seconds": {k: v for k, v in seconds.items() if "." in k},
+        "evaluate_command": shlex.join(cmd),
+        "options": {k: saved["options"].get(k) for k in ("workers", "relax_workers", "relax_batch_size",
+                                                         "relax_steps", "relax_fmax", "relax_time_limit_s",
+                                                         "reference_limit", "potential", "device")},
+        "caches_before": len(before), "caches_after": cache_files(cache),
+        "properties": "skipped: " + m["properties_skipped"]["reason"] if "properties_skipped" in m
+        else "CGCNN", "values": value,
+    } | stamp(args.device)
+    target = TARGETS_S.get(args.n)
+    if target is not None:
+        record["target"] = {"seconds": target, "met": wall <= target,
+                            "applies": "one H200, cold, both potentials (issue 19 item 4)"}
+    path = RESULTS / f"eval_speed{args.suffix}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    runs = [r for r in data.get("runs", []) if not isinstance(r, dict) or
+            (r.get("cold"), r.get("n"), r.get("device")) != (record["cold"], args.n, args.device)]
+    data = {"runs": [*runs, record],
+            "definition": "wall_seconds: the whole `crysgen evaluate` process (imports, model loading, "
+                          "every family); families_seconds/steps_seconds: its metrics.json timings; "
+                          "cold: the cache folder emptied first (reference energies, elemental "
+                          "terminals and reference fingerprints computed)"}
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(json.dumps({"cold": record["cold"], "wall_seconds": record["wall_seconds"],
+                      **record["families_seconds"]}))
+    print(f"wrote {path}")
+
+
+def summarize() -> None:
+    """The per-family speed of every model evaluation -> eval_speed_models.json."""
     runs = []
     for path in sorted(RESULTS.glob("eval_*.json")):
         if path.name.startswith(("eval_sanity", "eval_speed")):
@@ -30,6 +151,8 @@ def main() -> None:
         valid = round(d["metrics"].get("struct_valid", {}).get("value", float("nan")) * n)
         families = {}
         for fam, sec in d["seconds"].items():
+            if "." in fam:  # a step inside a family
+                continue
             row = {"seconds": sec, "samples_per_s": round(n / sec, 2) if sec else None}
             if fam == "stability" and sec:
                 relaxed = d["metrics"].get("mean_relax_rmsd", {}).get("n", valid)
@@ -49,11 +172,44 @@ def main() -> None:
     out = {"runs": runs, "definition": "samples/s = samples submitted / family wall seconds; "
            "relaxed_structures_per_s = structures relaxed to the end (with an RMSD; cells refused as "
            "degenerate and failed relaxations not counted) / stability seconds"} | stamp()
-    path = RESULTS / "eval_speed.json"
+    path = RESULTS / "eval_speed_models.json"
     write_text_atomic(path, json.dumps(out, indent=1, sort_keys=True) + "\n")
     for r in runs:
         print(r["file"], {k: v["samples_per_s"] for k, v in r["families"].items()})
     print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("samples", nargs="?", help="a `crysgen sample` folder (or CIFs, or a CrystalSet .npz)")
+    p.add_argument("-n", type=int, default=1000, help="evaluate the first N samples (1000)")
+    p.add_argument("--cold", action="store_true", help="empty --cache-dir first (a cold start)")
+    p.add_argument("--train", default=str(WORK / "mp_20_train_partial.npz"))
+    p.add_argument("--reference", default=str(WORK / "mp_20_test.npz"))
+    p.add_argument("--reference-limit", type=int, default=None,
+                   help="a seeded subset of the reference (default: all of it, as CDVAE)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--workers", type=int, default=8, help="processes for the per-structure work")
+    p.add_argument("--relax-workers", type=int, default=None,
+                   help="relaxation processes (default --workers)")
+    p.add_argument("--relax-batch", type=int, default=64, help="structures per potential forward pass")
+    p.add_argument("--relax-steps", type=int, default=500, help="FIRE steps at most (500, the default)")
+    p.add_argument("--potential", default="both", choices=("chgnet", "sevennet", "both"))
+    p.add_argument("--models-dir", default=None, help="CGCNN models (default $CRYSGEN_MODELS_DIR or .cgcnn)")
+    p.add_argument("--cache-dir", default=str(WORK / "eval_speed_cache"),
+                   help="the run's cache folder (emptied by --cold)")
+    p.add_argument("--out", default=None,
+                   help="report folder (default benchmarks/.work/eval_speed_<cold|warm><suffix>)")
+    p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
+    p.add_argument("--summarize", action="store_true",
+                   help="summarise the eval_model.py results instead (eval_speed_models.json)")
+    args = p.parse_args()
+    if args.summarize:
+        summarize()
+    elif args.samples is None:
+        p.error("give a sample folder to measure, or --summarize")
+    else:
+        measure(args)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,15 @@ def test_stress_keeps_its_sign_for_a_left_handed_cell(model):
     # way; CHGNet's own predict_graph flips the sign for a left-handed lattice (signed volume)
     assert np.trace(r["s"]) > 1.0
     np.testing.assert_allclose(np.diag(lft["s"]), np.diag(r["s"])[[1, 0, 2]], atol=1e-3)
+
+
+def test_energies_without_gradients_equal_chgnets_own(model):
+    from crysgen.evaluation.chgnet_batch import predict_energies
+    from crysgen.evaluation.potentials import static_energies
+
+    crystals = _crystals()
+    graphs = [model.graph_converter(s) for s in crystals]
+    reference = [float(r["e"]) for r in model.predict_graph(graphs, task="e", batch_size=16)]
+    for batch_size in (3, 16):  # across a batch boundary and all in one
+        np.testing.assert_allclose(predict_energies(model, graphs, "cpu", batch_size), reference, atol=1e-5)
+    np.testing.assert_allclose(static_energies(crystals, "chgnet", batch_size=3), reference, atol=1e-5)

@@ -76,16 +76,20 @@ def _host_batch(graphs: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _forward(model: Any, graphs: Sequence[Any], device: str) -> tuple[Any, Any, Any, list[int]]:
-    """Energy per atom (B,), forces (N, 3) in eV/Å and stress (B, 3, 3) in GPa of one batch."""
+def _forward(model: Any, graphs: Sequence[Any], device: str,
+             forces: bool = True) -> tuple[Any, Any, Any, list[int]]:
+    """Energy per atom (B,), forces (N, 3) in eV/Å and stress (B, 3, 3) in GPa of one batch.
+
+    With ``forces=False`` only the energy: no gradient pass (forces and stress are None).
+    """
     import torch
     from chgnet.model.model import BatchedGraph
 
     h = _host_batch(graphs)
     t = {k: v.to(device, non_blocking=True) for k, v in h.items() if k != "n_atoms"}
     n_batch = len(graphs)
-    with torch.enable_grad():
-        strain = torch.zeros((n_batch, 3, 3), device=device, requires_grad=True)
+    with torch.enable_grad() if forces else torch.no_grad():
+        strain = torch.zeros((n_batch, 3, 3), device=device, requires_grad=forces)
         lattice = t["lattice"] @ (torch.eye(3, device=device) + strain)
         volume = torch.linalg.det(lattice).abs()
         cart = torch.einsum("ni,nij->nj", t["frac"], lattice[t["owner"]])
@@ -110,8 +114,9 @@ def _forward(model: Any, graphs: Sequence[Any], device: str) -> tuple[Any, Any, 
             directed2undirected=t["d2u"], atom_positions=[cart], strains=[strain], volumes=volume)
         energy = model._compute(batch)["e"]  # eV/atom when the model is intensive
         n = torch.tensor(h["n_atoms"], device=device, dtype=energy.dtype)
-        total = energy * n if model.is_intensive else energy
-        grad_pos, grad_strain = torch.autograd.grad(total.sum(), [cart, strain])
+        if forces:
+            total = energy * n if model.is_intensive else energy
+            grad_pos, grad_strain = torch.autograd.grad(total.sum(), [cart, strain])
     if model.composition_model is not None:
         comp = torch.zeros((n_batch, model.composition_model.max_num_elements), device=device)
         comp.index_put_((t["owner"], t["z"].long() - 1), torch.ones_like(t["frac"][:, 0]),
@@ -122,6 +127,8 @@ def _forward(model: Any, graphs: Sequence[Any], device: str) -> tuple[Any, Any, 
             energy = energy.detach() + model.composition_model._get_energy(comp)
     if not model.is_intensive:
         energy = energy / n
+    if not forces:
+        return energy.detach(), None, None, h["n_atoms"]
     stress = grad_strain / volume[:, None, None] * GPA_PER_EV_A3
     return energy.detach(), -grad_pos, stress.detach(), h["n_atoms"]
 
@@ -146,4 +153,28 @@ def predict_efs(model: Any, graphs: Sequence[Any], device: str = "cpu",
         e, f, s = (x.cpu().numpy() for x in (energy, forces, stress))
         for k, part in enumerate(np.split(f, np.cumsum(n_atoms)[:-1])):
             out.append({"e": e[k], "f": part, "s": s[k]})
+    return out
+
+
+def predict_energies(model: Any, graphs: Sequence[Any], device: str = "cpu",
+                     batch_size: int = 64) -> np.ndarray:
+    """CHGNet's energy per atom (eV/atom) of each graph, batch-wise, without forces or stress.
+
+    The static energies of reference crystals need no gradient: the same whole-batch forward as
+    :func:`predict_efs` without the backward pass. Equal to ``CHGNet.predict_graph(task="e")``
+    to float32 rounding (``tests/evaluation/test_chgnet_batch.py``).
+
+    Args:
+        model: a loaded ``chgnet.model.CHGNet`` on ``device``.
+        graphs: CHGNet ``CrystalGraph`` objects (on the host).
+        device: where the model is.
+        batch_size: crystals per forward pass.
+
+    Returns:
+        (len(graphs),) float64 energies per atom.
+    """
+    out = np.zeros(len(graphs))
+    for start in range(0, len(graphs), batch_size):
+        energy, _, _, _ = _forward(model, graphs[start:start + batch_size], device, forces=False)
+        out[start:start + len(energy)] = energy.cpu().numpy()
     return out

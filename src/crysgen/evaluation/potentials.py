@@ -158,22 +158,39 @@ def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size:
 
 
 def _chgnet_energies(structures: Sequence[Structure], device: str, batch_size: int) -> np.ndarray:
+    """CHGNet energy per atom of each structure, by whole-batch forward passes without gradients.
+
+    :func:`crysgen.evaluation.chgnet_batch.predict_energies` instead of CHGNet's own
+    ``predict_structure``, whose per-crystal Python loop dominated the cold start's reference
+    energies on a GPU (tens of thousands of crystals). A failed batch is retried one structure at
+    a time, so one bad crystal costs only itself (NaN).
+    """
+    from crysgen.evaluation.chgnet_batch import predict_energies
     from crysgen.evaluation.stability import load_chgnet
 
     model = load_chgnet(device)
     out = np.full(len(structures), np.nan)
-    for start in range(0, len(structures), batch_size):
-        idx = list(range(start, min(start + batch_size, len(structures))))
-        chunk = [structures[i] for i in idx]
+    graphs, where = [], []
+    for k, s in enumerate(structures):
         try:
-            preds = model.predict_structure(chunk, task="e", batch_size=batch_size)
-            out[idx] = [float(p["e"]) for p in preds]
-        except Exception:  # one at a time, so one bad crystal costs only itself
-            for i, s in zip(idx, chunk, strict=True):
+            graphs.append(model.graph_converter(s))
+            where.append(k)
+        except Exception:  # a structure CHGNet cannot graph (e.g. isolated atoms) keeps NaN
+            continue
+    for start in range(0, len(graphs), batch_size):
+        chunk, idx = graphs[start:start + batch_size], where[start:start + batch_size]
+        try:
+            out[idx] = predict_energies(model, chunk, device, batch_size)
+        except Exception:  # e.g. out of memory: one at a time
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+            for g, k in zip(chunk, idx, strict=True):
                 try:
-                    out[i] = float(model.predict_structure(s, task="e")["e"])
+                    out[k] = predict_energies(model, [g], device)[0]
                 except Exception:
-                    out[i] = np.nan
+                    out[k] = np.nan
     return out
 
 
