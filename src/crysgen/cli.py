@@ -228,7 +228,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             decode_mode=args.decode_mode, symprec=args.symprec,
                             chunk_size=args.chunk_size,
                             save_tensors=args.save_tensors, condition=args.condition,
-                            around=args.around, sigma2=args.sigma,
+                            around=args.around, sigma2=args.sigma, prior=args.prior,
                             interpolate=tuple(args.interpolate) if args.interpolate else None,
                             formula=args.formula, num_atoms=args.num_atoms,
                             compositions=args.compositions, per_target=args.per_target,
@@ -440,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxel VAE: sample around this base crystal (targeted sampling)")
     p.add_argument("--sigma", type=float, default=0.5,
                    help="voxel VAE: latent variance σ² around the base (0.5)")
+    p.add_argument("--prior", choices=("standard", "posterior"), default="standard",
+                   help="voxel VAE: random latents from N(0, I) (the authors') or from the Gaussian "
+                        "matched to the training crystals' posteriors (latent_prior.npz)")
     p.add_argument("--interpolate", nargs=2, default=None, metavar=("A", "B"),
                    help="voxel VAE: decode points on the latent line between two crystals "
                         "(DATA.npz:ID or CIF)")

@@ -46,7 +46,9 @@ class SampleOptions:
     at that tolerance in Å, when that keeps its number of sites. ``condition``, ``around``,
     ``sigma2`` and ``interpolate`` are for voxel VAE models (:mod:`crysgen.pipelines.voxel`):
     the condition decile class, a base crystal (``DATA.npz:ID`` or a CIF) to sample around with
-    latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points).
+    latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points);
+    ``prior`` ("standard" N(0, I) or "posterior", the Gaussian matched to the training posteriors)
+    is where a voxel VAE's other latents come from.
     ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
     CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
     elements of every sample; ``space_group`` (1-230) with classifier-free ``guidance`` asks for a
@@ -64,6 +66,7 @@ class SampleOptions:
     condition: int | None = None
     around: str | None = None
     sigma2: float = 0.5
+    prior: str = "standard"
     interpolate: tuple[str, str] | None = None
     formula: str | None = None
     num_atoms: int | None = None
@@ -331,11 +334,11 @@ def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[st
     from crysgen.pipelines.voxel import VoxelModel
 
     voxel_opts = (options.condition is not None or options.around is not None
-                  or options.interpolate is not None)
+                  or options.interpolate is not None or options.prior != "standard")
     atom_opts = (options.formula is not None or options.compositions is not None or options.num_atoms
                  or options.space_group is not None)
     if voxel_opts and not isinstance(model, VoxelModel):
-        raise CrysgenError("--condition, --around and --interpolate apply to voxel VAE models only")
+        raise CrysgenError("--condition, --around, --interpolate and --prior apply to voxel VAE models only")
     if atom_opts and not isinstance(model, AtomDiffusionModel):
         raise CrysgenError("--formula, --num-atoms, --compositions and --space-group apply to atom "
                            "diffusion models only")
@@ -347,7 +350,10 @@ def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[st
         return None
     if options.around is not None and options.interpolate is not None:
         raise CrysgenError("--around and --interpolate exclude each other")
-    kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2}
+    kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2,
+                              "prior": options.prior}
+    if options.around is None and options.interpolate is None:
+        model.latents(1, prior=options.prior)  # an unknown prior or a missing prior file: refused here
     if options.around is not None:
         kwargs["around"], kwargs["condition"] = model.base(options.around, options.condition, device=device)
     if options.interpolate is not None:

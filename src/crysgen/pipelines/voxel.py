@@ -9,7 +9,11 @@ Sampling (:meth:`VoxelModel.generate`): latents → decoder → (density, coordi
 → watershed (:mod:`crysgen.representations.watershed`) → crystals. Latents come from
 N(0, I) with a chosen condition decile (random by default), from N(μ_base, σ²) around an encoded
 base crystal keeping its decile (Court et al.'s targeted sampling; σ² = 0.5), or on the straight
-line between two encoded crystals (latent interpolation).
+line between two encoded crystals (latent interpolation). With ``prior="posterior"`` random
+latents come instead from the Gaussian matched to the training crystals' posteriors
+(:class:`LatentPrior`, ``latent_prior.npz``, written with every trained VAE): a VAE whose KL is
+hundreds of nats has an aggregate posterior far from N(0, I), so N(0, I) draws decode off the
+data (issue 21).
 """
 
 from __future__ import annotations
@@ -32,6 +36,53 @@ from crysgen.representations.voxel import VoxelConfig, network_input, read_latti
 from crysgen.representations.watershed import WatershedOptions, decode
 
 SPEC_FILE = "voxel.json"
+PRIOR_FILE = "latent_prior.npz"
+PRIORS = ("standard", "posterior")
+"""Where random latents come from: N(0, I) (the authors') or the posterior-matched Gaussian."""
+
+
+@dataclass
+class LatentPrior:
+    """A Gaussian matched to the aggregate posterior of training crystals.
+
+    Attributes:
+        mean: (latent,) the mean of the posterior means μ.
+        chol: (latent, latent) lower Cholesky factor of cov(μ) + diag(mean σ²), i.e. the
+            covariance of z = μ + σ·ε over the training crystals.
+        n: crystals it was fitted on.
+    """
+
+    mean: np.ndarray
+    chol: np.ndarray
+    n: int
+
+    @classmethod
+    def fit(cls, mu: np.ndarray, logvar: np.ndarray) -> LatentPrior:
+        """From posterior means and log-variances (N, latent), N ≥ 2."""
+        mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
+        if len(mu) < 2:
+            raise CrysgenError("a posterior-matched prior needs at least 2 encoded crystals")
+        cov = np.cov(mu, rowvar=False) + np.diag(np.exp(logvar).mean(0))
+        chol = np.linalg.cholesky(cov + 1e-6 * np.eye(len(cov)))
+        return cls(mu.mean(0), chol, len(mu))
+
+    def sample(self, eps: np.ndarray) -> np.ndarray:
+        """Latents (n, latent) from standard-normal draws ``eps`` (n, latent)."""
+        return self.mean[None] + np.asarray(eps, np.float64) @ self.chol.T
+
+    def save(self, path: str | Path) -> Path:
+        """Write as ``.npz`` (atomically: written beside, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, mean=self.mean, chol=self.chol, n=self.n)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentPrior:
+        """Read :meth:`save`'s file."""
+        with np.load(path) as f:
+            return cls(f["mean"], f["chol"], int(f["n"]))
 
 
 @dataclass
@@ -124,13 +175,29 @@ class VoxelModel:
     spec: VoxelSpec
     data: dict[str, Any] = field(default_factory=dict)
     scaling: None = None  # voxel models decode themselves (no CrysTens scaling)
+    prior: LatentPrior | None = None
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """The ``voxel_vae`` directory plus ``segmenter/``."""
+        """The ``voxel_vae`` directory plus ``segmenter/`` (and ``latent_prior.npz`` when fitted)."""
         path = save_voxel_dir(path, kind="voxel_vae", net=self.vae, spec=self.spec, data=self.data)
         save_voxel_dir(path / "segmenter", kind="voxel_segmenter", net=self.segmenter, spec=self.spec,
                        data=self.data)
+        if self.prior is not None:
+            self.prior.save(path / PRIOR_FILE)
         return path
+
+    def fit_prior(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu") -> LatentPrior:
+        """Fit (and keep) the posterior-matched prior on crystals with their condition classes.
+
+        The VAE's train/eval mode is left as it was (this runs from inside training exports).
+        """
+        was_training = self.vae.training
+        try:
+            mu, logvar = self.encode(crystals, classes, device=device)
+        finally:
+            self.vae.train(was_training)
+        self.prior = LatentPrior.fit(mu, logvar)
+        return self.prior
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> VoxelModel:
@@ -142,7 +209,9 @@ class VoxelModel:
         vae.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in files.state_dict.items()})
         segmenter, _ = load_segmenter(Path(path) / "segmenter")
-        return cls(vae.eval(), segmenter, VoxelSpec.load(Path(path) / SPEC_FILE), files.data)
+        prior_file = Path(path) / PRIOR_FILE
+        prior = LatentPrior.load(prior_file) if prior_file.is_file() else None
+        return cls(vae.eval(), segmenter, VoxelSpec.load(Path(path) / SPEC_FILE), files.data, prior=prior)
 
     # ---------------------------------------------------------------- latents
     def encode(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu",
@@ -160,7 +229,7 @@ class VoxelModel:
         return np.concatenate(mus), np.concatenate(logvars)
 
     def latents(self, n: int, *, seed: int | list[int] = 0, condition: int | None = None,
-                around: np.ndarray | None = None, sigma2: float = 0.5,
+                around: np.ndarray | None = None, sigma2: float = 0.5, prior: str = "standard",
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Latents (n, latent) and condition classes (n,).
 
@@ -168,9 +237,19 @@ class VoxelModel:
             n: how many.
             seed: seeds the CPU generator.
             condition: decile class 0..9 for every sample; None: random per sample.
-            around: μ of a base crystal (latent,): z ~ N(μ, σ²) instead of N(0, I).
+            around: μ of a base crystal (latent,): z ~ N(μ, σ²) instead of the prior.
             sigma2: the variance around the base.
+            prior: one of :data:`PRIORS`, for latents not drawn around a base.
+
+        Raises:
+            CrysgenError: an unknown prior, a posterior prior the model directory lacks, or a bad
+                condition class.
         """
+        if prior not in PRIORS:
+            raise CrysgenError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        if prior == "posterior" and around is None and self.prior is None:
+            raise CrysgenError(f"this model directory has no {PRIOR_FILE} (trained before issue 21): "
+                               "sample with the standard prior, or retrain / --init to fit one")
         gen = torch_generator(seed)
         latent = self.vae.config["latent"]
         eps = torch.randn((n, latent), generator=gen).numpy()
@@ -181,7 +260,12 @@ class VoxelModel:
             if not 0 <= condition < k:
                 raise CrysgenError(f"condition must be a decile class 0..{k - 1}, got {condition}")
             classes = np.full(n, condition)
-        z = eps if around is None else np.asarray(around)[None] + np.sqrt(sigma2) * eps
+        if around is not None:
+            z = np.asarray(around)[None] + np.sqrt(sigma2) * eps
+        elif prior == "posterior":
+            z = self.prior.sample(eps)
+        else:
+            z = eps
         return z.astype(np.float32), classes
 
     # ---------------------------------------------------------------- decoding
@@ -228,7 +312,7 @@ class VoxelModel:
 
     def generate(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu", batch_size: int = 64,
                  ids: list[str] | None = None, condition: int | None = None,
-                 around: np.ndarray | None = None, sigma2: float = 0.5,
+                 around: np.ndarray | None = None, sigma2: float = 0.5, prior: str = "standard",
                  line: tuple[np.ndarray, np.ndarray] | None = None, offset: int = 0, total: int = 0,
                  workers: int = 1, **_: Any) -> Any:
         """``n`` crystals: latents → grids → segmentation → watershed (a DecodeResult).
@@ -241,7 +325,8 @@ class VoxelModel:
             z = ((1 - t)[:, None] * line[0][None] + t[:, None] * line[1][None]).astype(np.float32)
             classes = np.full(n, 0 if condition is None else condition)
         else:
-            z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2)
+            z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2,
+                                      prior=prior)
         grids = self.decode_grids(z, classes, device=device, batch_size=batch_size)
         return as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers), n)
 

@@ -13,7 +13,8 @@ channels make the decoder guess the orientation, and a guess blends ramps into f
 * vae: the conditional VAE, condition = decile class of ``condition`` (edges from the training
   data), loss = MSE + α·DFC + β·KL with the frozen segmenter's features (MSE channels weighted
   by ``channel_weights``); the exported model directory carries the segmenter so it can be
-  sampled alone.
+  sampled alone, and the posterior-matched prior fitted on the first :data:`PRIOR_CRYSTALS`
+  training crystals (``latent_prior.npz``, for ``prior="posterior"`` sampling).
 
 Run directories are those of :mod:`crysgen.training.runs`, with ``voxel.json`` in place of
 ``scaling.json``.
@@ -55,6 +56,9 @@ from crysgen.representations.voxel import (
 )
 from crysgen.training.config import VoxelTrainConfig
 from crysgen.training.runs import fit, open_run
+
+PRIOR_CRYSTALS = 1024
+"""Training crystals (the first ones) whose posteriors fit a VAE's ``latent_prior.npz`` at export."""
 
 
 def _voxelise_chunk(args: tuple[CrystalSet, VoxelConfig]) -> tuple[np.ndarray, np.ndarray]:
@@ -364,10 +368,14 @@ def train_voxel(
     if "init" in loaded:
         module.net.load_state_dict(loaded["init"])
 
+    prior_idx = np.arange(min(len(cs), PRIOR_CRYSTALS))
+
     def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
         if c.kind == "segmenter":
             return save_voxel_dir(path, kind="voxel_segmenter", net=m.net, spec=spec, data=d)
-        return VoxelModel(m.net, m.frozen, spec, d).save_pretrained(path)
+        model = VoxelModel(m.net, m.frozen, spec, d)
+        model.fit_prior(cs.subset(prior_idx), classes[prior_idx], device=str(m.device))
+        return model.save_pretrained(path)
 
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
                log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
