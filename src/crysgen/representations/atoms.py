@@ -57,6 +57,11 @@ def parse_formula(formula: str) -> dict[int, int]:
     return counts
 
 
+def _positive(std: float) -> float:
+    """A data σ that can divide: 1 where the data do not vary (e.g. one element in all crystals)."""
+    return std if std > 1e-6 else 1.0
+
+
 @dataclass
 class AtomSetSpec:
     """What encoding and decoding need, fitted on a training set and saved beside a model.
@@ -100,9 +105,9 @@ class AtomSetSpec:
         feats = _lattice_features(crystals.lattice, n)
         std = feats.std(0)
         return cls(max_atoms=max_atoms, elements=sorted({int(v) for v in z}),
-                   code_mean=[float(v) for v in mean], type_sigma=float((codes - mean).std()),
+                   code_mean=[float(v) for v in mean], type_sigma=_positive(float((codes - mean).std())),
                    lattice_mean=[float(v) for v in feats.mean(0)],
-                   lattice_std=[float(v) if v > 1e-6 else 1.0 for v in std],
+                   lattice_std=[_positive(float(v)) for v in std],
                    num_atoms_counts=np.bincount(n, minlength=max_atoms + 1).tolist())
 
     def save(self, path: str | Path) -> Path:
