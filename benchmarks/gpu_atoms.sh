@@ -21,11 +21,12 @@ export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segment
 OUT=${OUT:-/tmp/out}
 install() {  # every wheel of the carried wheel folders (.whl, or .whl_train then .whl_eval) not yet installed
   mkdir -p /tmp/site; touch /tmp/site/.installed
-  for w in .whl*/*.whl; do
-    [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed || continue
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$w" 2>&1 \
-      | grep -v "already exists"; basename $w >> /tmp/site/.installed
-  done
+  new=$(for w in .whl*/*.whl; do [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed && echo $w; done)
+  [ -z "$new" ] && return
+  # one pip call per batch: --target skips a package folder that exists (pymatgen and pymatgen_core share one)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $new 2>&1 \
+    | grep -v "already exists"
+  for w in $new; do basename $w >> /tmp/site/.installed; done
   rm -f /tmp/site/pynvml.py
 }
 progress() {
