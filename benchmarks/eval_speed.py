@@ -26,7 +26,7 @@ Usage (GPU machine, repository root; ``sevenn`` installed, the CGCNN models in `
 (the first cold, the second warm on the caches the first left). CPU smoke test::
 
     python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 20 --device cpu \\
-        --workers 2 --relax-steps 20 --reference-limit 200 --suffix _cpu --cold
+        --workers 1 --relax-steps 20 --train-limit 300 --reference-limit 200 --suffix _cpu --cold
 
 **Summarise** (``--summarize``): the per-family wall times of the model evaluations written by
 ``eval_model.py`` (every ``eval_<model>_<dataset>*.json``, sanity files excluded) ->
@@ -83,8 +83,14 @@ def measure(args: argparse.Namespace) -> None:
     before = cache_files(cache)
     out = Path(args.out or WORK / f"eval_speed_{'cold' if args.cold else 'warm'}{args.suffix}")
     shutil.rmtree(out, ignore_errors=True)
+    train = args.train
+    if args.train_limit:  # the first K training crystals (a small hull for a CPU smoke test)
+        from crysgen.crystal_set import CrystalSet
+
+        train = str(WORK / f"{Path(args.train).stem}_first{args.train_limit}.npz")
+        CrystalSet.load(args.train).subset(slice(0, args.train_limit)).save(train)
     models = args.models_dir or os.environ.get("CRYSGEN_MODELS_DIR") or str(ROOT / ".cgcnn")
-    cmd = ["crysgen", "evaluate", args.samples, "--train", args.train, "--reference", args.reference,
+    cmd = ["crysgen", "evaluate", args.samples, "--train", train, "--reference", args.reference,
            "--out", str(out), "--metrics", FAMILIES, "--potential", args.potential,
            "--dataset", "mp_20", "--property-model", "formation_energy", "--models-dir", models,
            "--limit", str(args.n), "--device", args.device, "--workers", str(args.workers),
@@ -110,6 +116,7 @@ def measure(args: argparse.Namespace) -> None:
                                         "e_hull_spearman") if k in m}
     record = {
         "cold": bool(args.cold), "n": args.n, "device": args.device, "potential": args.potential,
+        "train_limit": args.train_limit,
         "wall_seconds": round(wall, 1),
         "families_seconds": {k: v for k, v in seconds.items() if "." not in k},
         "steps_seconds": {k: v for k, v in seconds.items() if "." in k},
@@ -185,6 +192,8 @@ def main() -> None:
     p.add_argument("-n", type=int, default=1000, help="evaluate the first N samples (1000)")
     p.add_argument("--cold", action="store_true", help="empty --cache-dir first (a cold start)")
     p.add_argument("--train", default=str(WORK / "mp_20_train_partial.npz"))
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="only the first K training crystals (CPU smoke tests; default: all)")
     p.add_argument("--reference", default=str(WORK / "mp_20_test.npz"))
     p.add_argument("--reference-limit", type=int, default=None,
                    help="a seeded subset of the reference (default: all of it, as CDVAE)")

@@ -71,10 +71,18 @@ class StepTimer:
         return {k: round(v, 2) for k, v in self.seconds.items()}
 
     def status(self, state: str = RUNNING, error: str | None = None) -> dict[str, Any]:
-        """The status file's content: state, running steps, their seconds so far, elapsed time."""
+        """The status file's content: state, running steps, their seconds so far, elapsed time.
+
+        The times are those of the moment of writing, which ``updated`` gives (UTC): the file
+        is rewritten when a step starts or ends, not while one runs.
+        """
+        import datetime as dt
+
         now = time.perf_counter()
         out: dict[str, Any] = {
-            "status": state, "running": list(self.running),
+            "status": state,
+            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "running": list(self.running),
             "running_for_s": {k: round(now - self._begun[k], 2) for k in self.running if k in self._begun},
             "seconds": self.rounded(), "elapsed_s": round(self.elapsed(), 2)}
         if error:
