@@ -30,6 +30,18 @@ PUBLISHED = {  # (dataset, k) -> rows; source: ../shared/reference/anchors.md §
         {"model": "Crystalite", "match_rate": 66.1, "rmse": 0.033,
          "source": "joshrosie/crystalite@a0b18ea README.md, via anchors.md §9 (label V)"},
     ],
+    ("perov_5", 1): [
+        {"model": "CDVAE", "match_rate": 45.31, "rmse": 0.1138, "source": "DiffCSP Table 1, via anchors.md §2 (label R)"},
+        {"model": "DiffCSP", "match_rate": 52.02, "rmse": 0.0760,
+         "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
+        {"model": "FlowMM", "match_rate": 53.15, "rmse": 0.0992, "source": "FlowMM, via anchors.md §2 (label R)"},
+    ],
+    ("carbon_24", 1): [
+        {"model": "CDVAE", "match_rate": 17.09, "rmse": 0.2969, "source": "DiffCSP Table 1, via anchors.md §2 (label R)"},
+        {"model": "DiffCSP", "match_rate": 17.54, "rmse": 0.2759,
+         "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
+        {"model": "FlowMM", "match_rate": 23.47, "rmse": 0.4122, "source": "FlowMM, via anchors.md §2 (label R)"},
+    ],
     ("mp_20", 20): [
         {"model": "DiffCSP", "match_rate": 77.93, "rmse": 0.0492,
          "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
