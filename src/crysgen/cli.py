@@ -232,7 +232,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             interpolate=tuple(args.interpolate) if args.interpolate else None,
                             formula=args.formula, num_atoms=args.num_atoms,
                             compositions=args.compositions, per_target=args.per_target,
-                            space_group=args.space_group, guidance=args.guidance)
+                            space_group=args.space_group, guidance=args.guidance, churn=args.churn)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)
@@ -461,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="atom diffusion models trained with space groups: sample this one (1-230)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance weight of --space-group (1: conditional model alone)")
+    p.add_argument("--churn", type=float, default=None,
+                   help="atom diffusion: EDM's S_churn, fresh noise before every step (0: deterministic; "
+                        "default: the model's setting)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="diffusion sampler steps (50; GANs ignore it; atom diffusion: Heun steps)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")

@@ -52,7 +52,8 @@ class SampleOptions:
     ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
     CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
     elements of every sample; ``space_group`` (1-230) with classifier-free ``guidance`` asks for a
-    space group: atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
+    space group; ``churn`` is EDM's S_churn (None: the model's): atom diffusion models only
+    (:mod:`crysgen.pipelines.atoms`).
     """
 
     n: int
@@ -74,12 +75,15 @@ class SampleOptions:
     per_target: int = 1
     space_group: int | None = None
     guidance: float = 1.0
+    churn: float | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise CrysgenError(f"-n must be at least 1, got {self.n}")
         if self.chunk_size < 1:
             raise CrysgenError(f"chunk size must be at least 1, got {self.chunk_size}")
+        if self.churn is not None and not self.churn >= 0:
+            raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
 
 
 @dataclass
@@ -336,16 +340,16 @@ def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[st
     voxel_opts = (options.condition is not None or options.around is not None
                   or options.interpolate is not None or options.prior != "standard")
     atom_opts = (options.formula is not None or options.compositions is not None or options.num_atoms
-                 or options.space_group is not None)
+                 or options.space_group is not None or options.churn is not None)
     if voxel_opts and not isinstance(model, VoxelModel):
         raise CrysgenError("--condition, --around, --interpolate and --prior apply to voxel VAE models only")
     if atom_opts and not isinstance(model, AtomDiffusionModel):
-        raise CrysgenError("--formula, --num-atoms, --compositions and --space-group apply to atom "
-                           "diffusion models only")
+        raise CrysgenError("--formula, --num-atoms, --compositions, --space-group and --churn apply to "
+                           "atom diffusion models only")
     if isinstance(model, AtomDiffusionModel):
         model.check_space_group(options.space_group)  # refused here, before any sampling
         return {"steps": options.steps, "compositions": _compositions(model, options),
-                "space_group": options.space_group, "guidance": options.guidance}
+                "space_group": options.space_group, "guidance": options.guidance, "churn": options.churn}
     if not isinstance(model, VoxelModel):
         return None
     if options.around is not None and options.interpolate is not None:

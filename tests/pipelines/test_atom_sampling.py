@@ -92,11 +92,20 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     (["--formula", "Fe2O3", "--num-atoms", "7"], "not a multiple"),
     (["--formula", "Fe2O3", "--num-atoms", "35"], "not a multiple"),
     (["--num-atoms", "4"], "goes with --formula"),
+    (["--churn", "-1"], "--churn must be at least 0"),
 ])
 def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, args, message):
     rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
     assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o" / "samples.csv").exists()
+
+
+def test_churn_zero_is_the_deterministic_default_and_churn_changes_the_samples(model_dir):
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    assert model.edm.s_churn == 0
+    base, zero, churned = (model.sample_sets(4, steps=4, seed=3, churn=c) for c in (None, 0.0, 40.0))
+    np.testing.assert_array_equal(base.frac, zero.frac)
+    assert np.abs(churned.frac - base.frac).max() > 1e-3
 
 
 def test_crystens_models_refuse_composition_options(tmp_path):

@@ -14,7 +14,7 @@ structure prediction) and the decoder takes the elements as given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ class AtomDiffusionModel:
     def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
-                    guidance: float = 1.0) -> AtomSets:
+                    guidance: float = 1.0, churn: float | None = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -175,13 +175,19 @@ class AtomDiffusionModel:
                 must have been trained with ``net.space_groups``); None: unconditional.
             guidance: the guidance weight w: D = D_none + w (D_group - D_none); 1 uses the
                 conditional denoiser alone (one network evaluation).
+            churn: EDM's S_churn (fresh noise before every step, σ raised by up to √2; 0:
+                deterministic); None: the model's own setting.
 
         Raises:
-            CrysgenError: for a space group outside 1-230 or a model without space-group input.
+            CrysgenError: for a space group outside 1-230, a model without space-group input or
+                a negative churn.
         """
         from tqdm.auto import tqdm
 
         self.check_space_group(space_group)
+        if churn is not None and not churn >= 0:
+            raise CrysgenError(f"--churn must be at least 0, got {churn}")
+        edm = self.edm if churn is None else replace(self.edm, s_churn=float(churn))
         s = self.spec.max_atoms
         gen = torch_generator(seed)
         if atomic_numbers is None:
@@ -202,9 +208,9 @@ class AtomDiffusionModel:
                      torch.randn(b, 6, generator=gen))
             given = None if z is None else codes[torch.as_tensor(z[start:start + batch_size])]
             steps_noise = (torch.randn(steps, b, s * (codes.shape[1] + 3) + 6, generator=gen)
-                           if self.edm.s_churn > 0 else None)
+                           if edm.s_churn > 0 else None)
             with torch.no_grad():
-                x = edm_heun(net, noise, m, given, self.edm, consts, steps=steps, device=device,
+                x = edm_heun(net, noise, m, given, edm, consts, steps=steps, device=device,
                              churn_noise=steps_noise, space_group=space_group, guidance=guidance)
             out_t.append(x.types.cpu().numpy())
             out_f.append(x.frac.cpu().numpy())
@@ -219,18 +225,19 @@ class AtomDiffusionModel:
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
                  compositions: Compositions | None = None, offset: int = 0, on_batch: Any = None,
-                 space_group: int | None = None, guidance: float = 1.0, **_: Any) -> Any:
+                 space_group: int | None = None, guidance: float = 1.0, churn: float | None = None,
+                 **_: Any) -> Any:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
-        ``space_group`` and ``guidance``: see :meth:`sample_sets`.
+        ``space_group``, ``guidance`` and ``churn``: see :meth:`sample_sets`.
         """
         from crysgen.pipelines.voxel import as_decode_result
 
         z = None if compositions is None else compositions.atomic_numbers[offset:offset + n]
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
-                                guidance=guidance)
+                                guidance=guidance, churn=churn)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z)
         return as_decode_result(res, n)
 
