@@ -80,12 +80,12 @@ def reconstruction(model: VoxelModel, test: CrystalSet, args) -> dict:
     mu, _ = model.encode(test, classes, device=args.device)
     grids = model.decode_grids(mu, classes, device=args.device)
     occ, spc = segment_grids(model.segmenter, grids, device=args.device, batch_size=64)
-    lengths = read_lattice(grids[:, 1:], model.spec.voxel)
+    lengths = read_lattice(grids[:, 1:], model.spec.voxel, method=model.spec.readback)
     res = decode(occ, spc, lengths, config=model.spec.voxel, workers=args.workers)
     out["vae"] = summarize(compare(res.crystals, res.index, test), len(test),
                            voxel_recall(occ, spc, g.species)).to_dict() | {
         "density_mse": round(float(((grids[:, 0] - g.inputs[:, 0]) ** 2).mean()), 5),
-        "failures": _reasons(res.failures)}
+        "failures": _reasons(res.failures), "lattice_readback": model.spec.readback}
     return out
 
 
@@ -101,7 +101,8 @@ def generation(args) -> dict:
     out_dir = Path(args.samples_out)
     if out_dir.exists():
         raise SystemExit(f"{out_dir} exists: give a new --samples-out (the timing needs a fresh run)")
-    summary, sec = _timed(sample_to_dir, args.model, out_dir, SampleOptions(n=args.n_samples, seed=0),
+    summary, sec = _timed(sample_to_dir, args.model, out_dir,
+                          SampleOptions(n=args.n_samples, seed=0, prior=args.prior),
                           device=args.device, progress=False, workers=args.workers)
     from crysgen.data.structures import load_inputs
 
@@ -111,7 +112,8 @@ def generation(args) -> dict:
             "validity_percent_of_samples": round(100 * valid / args.n_samples, 2),
             "seconds": round(sec, 2), "crystals_per_s": round(args.n_samples / sec, 1),
             "samples_dir": os.path.relpath(Path(out_dir).resolve(), ROOT),
-            "failure_reasons": summary.failure_reasons, "condition": "random decile class per sample"}
+            "failure_reasons": summary.failure_reasons, "condition": "random decile class per sample",
+            "prior": args.prior}
 
 
 def funnel(model: VoxelModel, train: CrystalSet, args) -> dict:
@@ -205,6 +207,8 @@ def main() -> None:
     p.add_argument("--funnel-n", type=int, default=1000)
     p.add_argument("--n-latent", type=int, default=2000)
     p.add_argument("--points", type=int, default=10)
+    p.add_argument("--prior", default="standard", choices=("standard", "posterior"),
+                   help="generation: random latents from N(0, I) or the posterior-matched prior")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", default=str(RESULTS / "voxel_perov_5.json"))

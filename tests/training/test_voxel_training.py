@@ -24,6 +24,7 @@ from crysgen.representations.voxel import (
     rotated_lengths,
     species_map,
 )
+from crysgen.sampling import SampleOptions, sample_to_dir
 from crysgen.training.config import VoxelTrainConfig
 from crysgen.training.voxel import VoxelBatches, VoxelModule, device_inputs, init_weights, train_voxel
 from tests.conftest import load_cif, shared_file
@@ -198,6 +199,7 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
     assert model.spec.channel_scale == pytest.approx(np.sqrt((x.astype(np.float64) ** 2).mean((0, 2, 3, 4))),
                                                      rel=1e-4)
     assert model.spec.channel_weights[0] == 1.0 and len(model.spec.channel_weights) == 4
+    assert model.spec.readback == "slope"  # grid coordinates: no orientation blends to survive
     z, cls = model.latents(2, seed=0)
     with torch.no_grad():  # decoded grids come back in electrons/Å³ and Å
         raw = model.vae.eval().decode(torch.from_numpy(z), one_hot(cls, 10)).numpy()
@@ -211,9 +213,12 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
     assert zp == pytest.approx(model.prior.sample(model.latents(4, seed=0)[0]), abs=1e-4)
     with pytest.raises(CrysgenError, match="prior must be one of"):
         model.latents(1, prior="uniform")
-    model.prior = None
+    summary = sample_to_dir(vae_dir, tmp_path / "posterior", SampleOptions(n=2, prior="posterior"),
+                            progress=False)
+    assert summary.n == 2 and summary.decoded + summary.failures == 2
+    (vae_dir / "latent_prior.npz").unlink()
     with pytest.raises(CrysgenError, match=r"no latent_prior\.npz"):
-        model.latents(1, prior="posterior")
+        sample_to_dir(vae_dir, tmp_path / "none", SampleOptions(n=2, prior="posterior"), progress=False)
     res = model.generate(3, seed=0, condition=4)
     assert len(res.crystals) + len(res.failures) == 3  # an untrained model: reasons, no crash
     cs = CrystalSet.load(perov)

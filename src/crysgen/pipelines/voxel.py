@@ -98,6 +98,11 @@ class VoxelSpec:
             (``channel_weights: variance`` in the run config); empty: the plain mean.
         channel_scale: (4,) divisors of the grid channels on their way into the VAE (the VAE
             sees and outputs grid / scale; ``channel_scale: rms`` in the run config); empty: 1.
+        readback: how decoded coordinate channels become lengths (:func:`read_lattice`'s
+            method): "level" for a VAE trained on the authors' turned channels (its decoder may
+            blend orientations, which shrinks slopes but keeps levels), "slope" for one trained
+            with ``coordinates: grid`` (no orientation to blend; the slope is insensitive to a
+            channel's offset, which the decoder's final BatchNorm bias is slow to learn).
     """
 
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
@@ -106,6 +111,7 @@ class VoxelSpec:
     class_weights: list[float] = field(default_factory=list)
     channel_weights: list[float] = field(default_factory=list)
     channel_scale: list[float] = field(default_factory=list)
+    readback: str = "level"
 
     @property
     def num_conditions(self) -> int:
@@ -128,7 +134,7 @@ class VoxelSpec:
         """Write as JSON."""
         d = {"voxel": self.voxel.to_dict(), "condition": self.condition, "edges": self.edges,
              "class_weights": self.class_weights, "channel_weights": self.channel_weights,
-             "channel_scale": self.channel_scale}
+             "channel_scale": self.channel_scale, "readback": self.readback}
         return write_text_atomic(Path(path), json.dumps(d, indent=1) + "\n")
 
     @classmethod
@@ -137,7 +143,7 @@ class VoxelSpec:
         d = json.loads(Path(path).read_text())
         return cls(VoxelConfig.from_dict(d["voxel"]), d["condition"], list(d["edges"]),
                    list(d["class_weights"]), list(d.get("channel_weights", [])),
-                   list(d.get("channel_scale", [])))
+                   list(d.get("channel_scale", [])), d.get("readback", "level"))
 
 
 def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> torch.Tensor:
@@ -287,7 +293,7 @@ class VoxelModel:
                     workers: int = 1) -> Any:
         """Segment grids (n, 4, G, G, G) and decode them (watershed in ``workers`` processes)."""
         occupancy, species = segment_grids(self.segmenter, grids, device=device, batch_size=batch_size)
-        lengths = read_lattice(grids[:, 1:], self.spec.voxel)
+        lengths = read_lattice(grids[:, 1:], self.spec.voxel, method=self.spec.readback)
         return decode(occupancy, species, lengths, config=self.spec.voxel, options=options, ids=ids,
                       workers=workers)
 

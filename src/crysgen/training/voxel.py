@@ -259,7 +259,7 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
     if config.kind == "vae" and not isinstance(w, str):
         channels = [float(v) for v in w]
     return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist(),
-                     channels, scale)
+                     channels, scale, readback="slope" if config.coordinates == "grid" else "level")
 
 
 def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.Tensor]:
