@@ -33,6 +33,9 @@ class OptimConfig:
         seed: seeds everything.
         precision: "auto" (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision string.
         grad_clip: gradient-norm clip (0 = off).
+        lr_decay: after warm-up, "none" (constant rate) or "cosine" (to ``lr * lr_min_ratio`` at
+            ``max_steps``, then held there).
+        lr_min_ratio: the cosine's final fraction of ``lr``.
     """
 
     batch_size: int = 64
@@ -46,6 +49,14 @@ class OptimConfig:
     seed: int = 0
     precision: str = "auto"
     grad_clip: float = 1.0
+    lr_decay: str = "none"
+    lr_min_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.lr_decay not in ("none", "cosine"):
+            raise CrysgenError(f"optim.lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise CrysgenError(f"optim.lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
 
 
 @dataclass(frozen=True)

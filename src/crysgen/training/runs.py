@@ -9,6 +9,7 @@ per invocation), ``model/`` (the model directory, exported at every checkpoint a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -156,13 +157,29 @@ def ema_copy(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Averag
 def adamw_with_warmup(params: Any, optim: Any) -> dict[str, Any]:
     """AdamW with a linear warm-up, as Lightning's ``configure_optimizers`` returns it.
 
-    ``optim`` gives ``lr``, ``weight_decay`` and ``warmup_steps``. Not the fused AdamW: Lightning
-    refuses gradient clipping with it under bf16.
+    ``optim`` gives ``lr``, ``weight_decay``, ``warmup_steps`` and the decay after it (see
+    :func:`lr_factor`). Not the fused AdamW: Lightning refuses gradient clipping with it under bf16.
     """
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    warm = max(1, optim.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, optim))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor(step: int, optim: Any) -> float:
+    """The learning rate at optimiser step ``step`` as a fraction of ``optim.lr``.
+
+    Linear warm-up over ``warmup_steps``; then 1 (``lr_decay`` "none") or a cosine from 1 to
+    ``lr_min_ratio`` at ``max_steps``, held after it.
+    """
+    warm = max(1, optim.warmup_steps)
+    if step + 1 < warm:
+        return (step + 1) / warm
+    if optim.lr_decay == "none":
+        return 1.0
+    span = max(1, optim.max_steps - warm)
+    progress = min(1.0, (step + 1 - warm) / span)
+    floor = optim.lr_min_ratio
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class Throughput(Callback):

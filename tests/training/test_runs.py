@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from crysgen import CrysgenError
+from crysgen.training.config import OptimConfig
+from crysgen.training.runs import adamw_with_warmup, lr_factor
+
+
+def test_warm_up_then_constant_by_default():
+    optim = OptimConfig(warmup_steps=10, max_steps=100)
+    assert lr_factor(0, optim) == pytest.approx(0.1)
+    assert lr_factor(4, optim) == pytest.approx(0.5)
+    assert [lr_factor(s, optim) for s in (9, 50, 99, 500)] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_cosine_decay_reaches_its_floor_at_max_steps_and_holds_it():
+    optim = OptimConfig(warmup_steps=10, max_steps=110, lr_decay="cosine", lr_min_ratio=0.1)
+    assert lr_factor(9, optim) == pytest.approx(1.0)
+    assert lr_factor(59, optim) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(109, optim) == pytest.approx(0.1)
+    assert lr_factor(1000, optim) == pytest.approx(0.1)
+    rates = [lr_factor(s, optim) for s in range(9, 110)]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_the_scheduler_lightning_steps_follows_the_factor():
+    optim = OptimConfig(lr=1e-3, warmup_steps=2, max_steps=12, lr_decay="cosine", lr_min_ratio=0.0)
+    p = torch.nn.Parameter(torch.zeros(1))
+    conf = adamw_with_warmup([p], optim)
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(14):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[1] == pytest.approx(1e-3)
+    assert seen[11] == pytest.approx(0.0, abs=1e-12) and seen[13] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kw", [{"lr_decay": "linear"}, {"lr_min_ratio": 1.5}])
+def test_bad_schedule_settings_are_refused(kw):
+    with pytest.raises(CrysgenError, match=r"optim\.lr_"):
+        OptimConfig(**kw)
