@@ -12,7 +12,8 @@ each run a subprocess with a timeout:
 - ``decode`` (both modes) of bad tensor batches, in a child process: every tensor decoded or
   failed with a reason; an empty batch gives an empty result.
 - bad options, devices and paths in every subcommand of this package's data/codec/evaluate/
-  predict parts: exit status 2 with a message, no traceback, before any heavy work.
+  predict/sample parts: exit status 2 with a message, no traceback, before any heavy work; a
+  refused `sample` run leaves its output folder absent or empty.
 
 Counts: process crashes (killed by a signal), hangs (timeouts), tracebacks, silent changes and
 entries without a reason; each should be 0. Writes benchmarks/results/fuzz.json.
@@ -26,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -401,6 +403,56 @@ def option_cases(work: Path, folder: Path, ref: Path) -> list[tuple[str, list[st
         ("predict --out below a file", [*pr, "--out", str(a_file / "p.csv")]),
         ("predict missing input", ["predict", str(work / "nope.cif"), "--quiet"]),
         ("predict unknown model", [*pr[:2], "--models", "no_such_model", "--quiet"]),
+        *sample_cases(work, a_file),
+    ]
+
+
+SAMPLE_OUT = "s_opt"
+"""The folder every bad `crysgen sample` run is pointed at: it must stay absent or empty."""
+
+
+def sample_cases(work: Path, a_file: Path) -> list[tuple[str, list[str]]]:
+    """Bad `crysgen sample` options, for the bundled atom model and the bundled CrysTens model."""
+    from crysgen.pipelines.generators import CRYSTENS_MODEL, DEFAULT_MODEL
+
+    s = ["sample", str(DEFAULT_MODEL), "--out", str(work / SAMPLE_OUT), "--quiet"]
+    c = ["sample", str(CRYSTENS_MODEL), "-n", "2", "--out", str(work / SAMPLE_OUT), "--quiet"]
+    return [
+        ("sample -n 0", [*s, "-n", "0"]),
+        ("sample -n -5", [*s, "-n", "-5"]),
+        ("sample -n missing", s),
+        ("sample --steps 0", [*s, "-n", "2", "--steps", "0"]),
+        ("sample --chunk-size 0", [*s, "-n", "2", "--chunk-size", "0"]),
+        ("sample --batch-size -1", [*s, "-n", "2", "--batch-size", "-1"]),
+        ("sample --workers 0", [*s, "-n", "2", "--workers", "0"]),
+        ("sample --sampler bogus", [*s, "-n", "2", "--sampler", "bogus"]),
+        ("sample --device bogus", [*s, "-n", "2", "--device", "bogus"]),
+        ("sample --device cuda (none here)", [*s, "-n", "2", "--device", "cuda"]),
+        ("sample --out a file", ["sample", str(DEFAULT_MODEL), "-n", "2", "--out", str(a_file), "--quiet"]),
+        ("sample missing model", ["sample", str(work / "no_model"), "-n", "2", "--out",
+                                  str(work / SAMPLE_OUT), "--quiet"]),
+        ("sample model dir is a file", ["sample", str(a_file), "-n", "2", "--out", str(work / SAMPLE_OUT),
+                                        "--quiet"]),
+        ("sample --formula unknown element", [*s, "-n", "2", "--formula", "Xx2O3"]),
+        ("sample --formula empty", [*s, "-n", "2", "--formula", ""]),
+        ("sample --formula lowercase", [*s, "-n", "2", "--formula", "fe2o3"]),
+        ("sample --formula too many sites", [*s, "-n", "2", "--formula", "Fe30O45"]),
+        ("sample --num-atoms not a multiple", [*s, "-n", "2", "--formula", "Fe2O3", "--num-atoms", "7"]),
+        ("sample --num-atoms without formula", [*s, "-n", "2", "--num-atoms", "4"]),
+        ("sample --formula and --compositions", [*s, "-n", "2", "--formula", "NaCl", "--compositions",
+                                                 str(work / "ref.npz")]),
+        ("sample --compositions missing file", [*s, "--compositions", str(work / "nope.npz")]),
+        ("sample --compositions not a CrystalSet", [*s, "--compositions", str(a_file)]),
+        ("sample --per-target 0", [*s, "--compositions", str(work / "ref.npz"), "--per-target", "0"]),
+        ("sample --space-group without model support", [*s, "-n", "2", "--space-group", "225"]),
+        ("sample --space-group 0", [*s, "-n", "2", "--space-group", "0"]),
+        ("sample --churn -1", [*s, "-n", "2", "--churn", "-1"]),
+        ("sample --churn nan", [*s, "-n", "2", "--churn", "nan"]),
+        ("sample --symprec -1", [*c, "--symprec", "-1"]),
+        ("sample --decode-mode bogus", [*c, "--decode-mode", "bogus"]),
+        ("sample CrysTens --formula", [*c, "--formula", "NaCl"]),
+        ("sample CrysTens --churn", [*c, "--churn", "10"]),
+        ("sample atom model --condition", [*s, "-n", "2", "--condition", "3"]),
     ]
 
 
@@ -491,14 +543,18 @@ def main() -> None:
         r = run([*CRYSGEN, *cmd], 120, {**env, "CRYSGEN_MODELS_DIR": str(CGCNN)})
         r["case"] = label
         r["refused_with_message"] = r["rc"] == 2 and bool(r["stderr_tail"]) and not r["traceback"]
+        left = work / SAMPLE_OUT  # a refused sample run writes nothing
+        r["wrote_samples"] = left.exists() and any(left.iterdir())
+        shutil.rmtree(left, ignore_errors=True)
         option_runs.append(r)
         runs.append(r)
     stages["options"] = {
         "entries": len(option_runs),
         "without_reason": sum(1 for r in option_runs if not r["refused_with_message"]),
-        "silent_changes": 0,
+        "silent_changes": sum(r["wrote_samples"] for r in option_runs),
         "max_seconds": max(r["seconds"] for r in option_runs),
-        "cases": [{k: r[k] for k in ("case", "rc", "seconds", "refused_with_message", "stderr_tail")}
+        "cases": [{k: r[k] for k in ("case", "rc", "seconds", "refused_with_message", "wrote_samples",
+                                     "stderr_tail")}
                   for r in option_runs],
     }
     print(f"options: {len(option_runs)} runs", flush=True)

@@ -202,12 +202,18 @@ def sample_to_dir(
             run the voxel watershed); does not change which crystals come out.
 
     Raises:
-        CrysgenError: if ``out`` holds a run with other options.
+        CrysgenError: if ``out`` holds a run with other options or is a file, for a device torch
+            cannot use here, and for bad options (all before anything is written).
     """
     from tqdm.auto import tqdm
 
+    from crysgen.data.guards import check_device, check_output_dir
     from crysgen.pipelines.generators import load_generator, resolve_model_dir
 
+    device = check_device(device)
+    check_output_dir(out)
+    decode_options = DecodeOptions(mode=options.decode_mode,  # type: ignore[arg-type]
+                                   symprec=options.symprec)
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
     gen_kwargs = _generate_kwargs(model, options, device)  # so do bad model-specific options
@@ -225,8 +231,6 @@ def sample_to_dir(
                                "use a new --out or the same options to resume")
     else:
         write_text_atomic(config_path, json.dumps(wanted, indent=1) + "\n")
-    decode_options = DecodeOptions(mode=options.decode_mode,  # type: ignore[arg-type]
-                                   symprec=options.symprec)
     n_chunks = -(-options.n // options.chunk_size)
     done_before = sum((out / "chunks" / f"chunk_{k:05d}.csv").exists() for k in range(n_chunks))
     bar = tqdm(total=options.n, desc="sample", unit="crystal", disable=not progress)

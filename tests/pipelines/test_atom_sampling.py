@@ -182,3 +182,23 @@ def test_space_group_needs_a_model_trained_with_it(model_dir, sg_model, tmp_path
         sample_to_dir(model_dir, tmp_path / "o", SampleOptions(n=2, space_group=225), progress=False)
     with pytest.raises(CrysgenError, match="1-230"):
         sg_model.check_space_group(231)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"device": "bogus"}, "use cpu, cuda or cuda:N"),
+    ({"device": "cuda:99"}, "cuda:99"),
+    ({"options": SampleOptions(n=2, symprec=-1.0)}, "symprec"),
+])
+def test_bad_device_or_decode_options_are_refused_before_anything_is_written(model_dir, tmp_path, kwargs,
+                                                                            message):
+    args = {"options": SampleOptions(n=2, steps=2), "device": "cpu", **kwargs}
+    with pytest.raises(CrysgenError, match=message):
+        sample_to_dir(model_dir, tmp_path / "o", args["options"], device=args["device"], progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_output_path_that_is_a_file_is_refused(model_dir, tmp_path):
+    (tmp_path / "f").write_text("keep me")
+    with pytest.raises(CrysgenError, match="is a file, not a folder"):
+        sample_to_dir(model_dir, tmp_path / "f", SampleOptions(n=2, steps=2), progress=False)
+    assert (tmp_path / "f").read_text() == "keep me"
