@@ -12,7 +12,8 @@
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability
-#   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders)
+#   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders;
+#    CONFIG another training YAML, INIT a model to start from)
 set -u
 R=/tmp/runs; W=${WORK:-benchmarks/.work}; S=$PWD/.snap; D=${DATASET:-mp_20}
 RUN=atoms_$D; A=$W/atomsamples_$D  # one run directory and sample folder per dataset
@@ -59,7 +60,7 @@ launch)
   install; mkdir -p $R
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
   setsid nohup python3 -m crysgen train atom-diffusion --data $W/${D}_asis_train.npz \
-    --val $W/${D}_asis_val.npz --out $R/$RUN --config $S/configs/atom_diffusion_${D//_/}.yaml \
+    --val $W/${D}_asis_val.npz --out $R/$RUN --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} \
     --max-minutes $2 --quiet ${INIT:+--init $INIT} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
