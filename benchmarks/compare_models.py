@@ -36,14 +36,9 @@ from crysgen.models.model_dir import read_model_meta
 from crysgen.pipelines.generators import load_generator, resolve_model_dir
 from crysgen.representations.crystens import DecodeOptions, decode
 from diffusion import PAPER_ROW, num_elements, score, timed_sample
+from provenance import published
 
-PAPER_ROWS = {  # Alverson et al. 2024, Tables 1 and 2 (1,000 generated CrysTens each)
-    "gan": {"var_lattice_params": 582.23, "var_lattice_angles": 1338.11, "var_space_group": 6322.1,
-            "var_frac_coords": 5.57e-2, "coord_agreement": 9.62e-2, "pairwise_error": 3.84},
-    "wgan": {"var_lattice_params": 31.18, "var_lattice_angles": 695.03, "var_space_group": 3024.27,
-             "var_frac_coords": 5.9e-2, "coord_agreement": 1.37e-2, "pairwise_error": 2.49},
-    "diffusion": PAPER_ROW,
-}
+PAPER_ROWS = published("crystens_tables_1_2")["rows"]  # Alverson et al. 2024, Tables 1 and 2
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:

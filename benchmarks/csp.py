@@ -5,7 +5,7 @@ Samples are a `crysgen sample` folder whose samples.csv names each sample's targ
 give best of k. Scored with :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's match rate and
 RMSE with ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``, OMatG's cRMSE and METRe). The
 result holds the figures, per-target rows in a CSV next to it, the command, commit and machine, and
-the published rows of anchors.md §2 / §9 (labelled as published, not measured here).
+the published rows of published.json (labelled as published, not measured here).
 
 Usage: python benchmarks/csp.py SAMPLES --targets TARGETS.npz --name NAME --dataset mp_20 [--workers N]
 """
@@ -20,33 +20,25 @@ import json
 from codec import ROOT, stamp
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.evaluation.csp import MATCHER, VALIDITY, load_csp_samples, score_csp
+from provenance import published_csp
 
-PUBLISHED = {  # (dataset, k) -> rows; source: ../shared/reference/anchors.md §2 and §9
-    ("mp_20", 1): [
-        {"model": "DiffCSP", "match_rate": 51.49, "rmse": 0.0631,
-         "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
-        {"model": "FlowMM", "match_rate": 61.39, "rmse": 0.0566,
-         "source": "FlowMM (arXiv 2406.04713), via anchors.md §2 (label R; 61.39 corroborated in flowmm #7)"},
-        {"model": "Crystalite", "match_rate": 66.1, "rmse": 0.033,
-         "source": "joshrosie/crystalite@a0b18ea README.md, via anchors.md §9 (label V)"},
-    ],
-    ("perov_5", 1): [
-        {"model": "CDVAE", "match_rate": 45.31, "rmse": 0.1138, "source": "DiffCSP Table 1, via anchors.md §2 (label R)"},
-        {"model": "DiffCSP", "match_rate": 52.02, "rmse": 0.0760,
-         "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
-        {"model": "FlowMM", "match_rate": 53.15, "rmse": 0.0992, "source": "FlowMM, via anchors.md §2 (label R)"},
-    ],
-    ("carbon_24", 1): [
-        {"model": "CDVAE", "match_rate": 17.09, "rmse": 0.2969, "source": "DiffCSP Table 1, via anchors.md §2 (label R)"},
-        {"model": "DiffCSP", "match_rate": 17.54, "rmse": 0.2759,
-         "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
-        {"model": "FlowMM", "match_rate": 23.47, "rmse": 0.4122, "source": "FlowMM, via anchors.md §2 (label R)"},
-    ],
-    ("mp_20", 20): [
-        {"model": "DiffCSP", "match_rate": 77.93, "rmse": 0.0492,
-         "source": "DiffCSP (arXiv 2309.04475) Table 1, via anchors.md §2 (label R)"},
-    ],
-}
+SIZE_BINS = ((1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 52))
+
+
+def by_num_sites(rows: list[dict]) -> dict[str, dict]:
+    """Match rate, valid-sample rate and median RMS distance of the targets in each size bin."""
+    out = {}
+    for lo, hi in SIZE_BINS:
+        sel = [r for r in rows if lo <= int(r["num_sites"]) <= hi]
+        if not sel:
+            continue
+        rms = sorted(float(r["rms_dist"]) for r in sel if r["matched"] and r["rms_dist"] not in (None, ""))
+        out[f"{lo}-{hi}"] = {"targets": len(sel),
+                             "match_rate_percent": 100 * sum(bool(r["matched"]) for r in sel) / len(sel),
+                             "valid_sample_percent": 100 * sum(int(r["n_valid_samples"]) > 0 for r in sel)
+                             / len(sel),
+                             "median_rms_dist": rms[len(rms) // 2] if rms else None}
+    return out
 
 
 def main() -> None:
@@ -80,9 +72,10 @@ def main() -> None:
                      "metre_crmse": res.metre_crmse, **{k: v for k, v in res.summary().items()
                                                         if k not in ("match_rate", "rmse", "crmse", "metre",
                                                                      "metre_rmse", "metre_crmse")}},
+        "by_num_sites": by_num_sites(res.rows),
         "per_target_rows": rows_path.name,
         "published": {"note": "published figures of other models, not measured here (match rate %, RMSE)",
-                      "k": res.k, "rows": PUBLISHED.get((args.dataset, res.k), [])},
+                      "k": res.k, "rows": published_csp(args.dataset, res.k)},
         **stamp(),
     }
     write_text_atomic(out, json.dumps(result, indent=1, default=str, allow_nan=True) + "\n")

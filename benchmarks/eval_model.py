@@ -24,19 +24,7 @@ from crysgen.crystal_set import write_text_atomic
 from crysgen.evaluation.suite import ALL_FAMILIES, EvalOptions, evaluate, write_report
 from crysgen.sampling import SampleOptions, sample_to_dir
 from eval_sanity import TRAIN
-
-PUBLISHED = {  # reference/anchors.md §1b (labelled R there: recalled, not re-read): struct valid,
-    # comp valid, COV-R, COV-P, W(density), W(property), W(#elements)
-    "mp_20": {"CDVAE": [100.0, 86.70, 99.15, 99.49, 0.6875, 0.2778, 1.432],
-              "DiffCSP": [100.0, 83.25, 99.71, 99.76, 0.3502, 0.1247, 0.3398]},
-    "perov_5": {"CDVAE": [100.0, 98.59, 99.45, 98.46, 0.1258, 0.0264, 0.0628],
-                "DiffCSP": [100.0, 98.85, 99.74, 98.27, 0.1110, 0.0263, 0.0128],
-                "Cond-DFC-VAE (Court et al.)": [73.60, 82.95, 73.92, 10.13, 2.268, 4.111, 0.8373]},
-    "carbon_24": {"CDVAE": [100.0, None, 99.80, 83.08, 0.1407, 0.2850, None],  # composition metrics
-                  "DiffCSP": [100.0, None, 99.90, 97.27, 0.0805, 0.0820, None]},  # undefined: None
-}
-COLUMNS = ["struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
-           "wdist_prop", "wdist_num_elems"]
+from provenance import published
 
 
 def main() -> None:
@@ -93,8 +81,9 @@ def main() -> None:
               "training_data": f"{TRAIN[args.dataset]}.npz (mp_20: the partial train split, 57 %)",
               "sampling": sampling,
               "metrics": ev.metrics, "seconds": ev.seconds,
-              "published": {"columns": COLUMNS, "rows": PUBLISHED.get(args.dataset, {}),
-                            "source": "reference/anchors.md §1b (label R)"},
+              "published": {"columns": published("dng")["columns"],
+                            "rows": published("dng")["rows"].get(args.dataset, {}),
+                            "source": published("dng")["source"]},
               "options": {k: v for k, v in vars(args).items()}} | stamp(args.device)
     path = ROOT / "benchmarks" / "results" / f"eval_{args.name}_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
