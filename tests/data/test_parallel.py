@@ -38,3 +38,30 @@ def test_prepare_with_workers_survives_a_crashing_entry(tmp_path, monkeypatch):
     cs, report = prepare_dataset(folder, PrepareOptions(), workers=2, progress=False)
     assert len(cs) == 9 and "c05" not in cs.ids
     assert [(d.id, d.reason) for d in report.dropped] == [("c05", "worker_died")]
+
+
+def _threads(_: int) -> tuple[int, list[int]]:
+    import torch
+    from threadpoolctl import threadpool_info
+
+    return torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]
+
+
+def _two_torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(2)
+
+
+def test_workers_compute_with_one_thread_and_an_initializer_may_change_it():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent's pools must not leak into the workers
+    try:
+        out = robust_map(_threads, [0, 1], workers=2, died=lambda x, r: None)
+        assert all(t == 1 and set(pools) <= {1} for t, pools in out)
+        raised = robust_map(_threads, [0], workers=1, died=lambda x, r: None, initializer=_two_torch_threads)
+        assert raised[0][0] == 2
+    finally:
+        torch.set_num_threads(before)

@@ -26,6 +26,19 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     return [fn(x) for x in items]
 
 
+def _start_worker(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    """Every worker computes with one thread (the workers share the cores), then ``initializer``."""
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # BLAS and OpenMP pools, for the life of the process
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if initializer is not None:
+        initializer(*initargs)
+
+
 def _context() -> Any:
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
@@ -54,7 +67,8 @@ def robust_map(
         died: result for an item whose process died (called with the item and
             :data:`WORKER_DIED`).
         chunksize: items per task.
-        initializer: run once in every worker process.
+        initializer: run once in every worker process, after its BLAS, OpenMP and torch
+            thread pools were set to one thread (an initializer may raise them again).
         initargs: its arguments.
         on_done: called with the number of items finished, as they finish (progress bars).
         context: a multiprocessing context (default: fork where available).
@@ -98,7 +112,8 @@ def _run_pool(fn: Callable[[Any], Any], items: Sequence[Any], queue: Iterator[li
         leaves few suspects).
     """
     in_flight: dict[Future, list[int]] = {}
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
+                               initargs=(initializer, initargs))
     try:
         exhausted = False
         while True:

@@ -214,3 +214,26 @@ def test_an_empty_batch_decodes_to_an_empty_result(mode):
     res = decode(np.zeros((0, 4, 64, 64), np.float32), CrysTensScaling.paper(), DecodeOptions(mode=mode))
     assert len(res.crystals) == 0 and res.failures == [] and res.n_input == 0
     assert all(len(v) == 0 for v in res.diagnostics.values())
+
+
+@pytest.mark.parametrize("mode", ["auto", "faithful"])
+def test_decoding_runs_with_one_openmp_thread(hand_built, mode, monkeypatch):
+    """Faithful decoding's tiny per-crystal k-means with OpenMP's default threads beside torch's
+    was over ten times slower on two busy cores; decode limits OpenMP to one thread."""
+    import sklearn.cluster  # noqa: F401  (loads the OpenMP runtime k-means uses)
+    from threadpoolctl import threadpool_info
+
+    from crysgen.representations.crystens import auto, faithful
+
+    s = CrysTensScaling.paper()
+    tensors = encode(hand_built, s)
+    seen = []
+    real = (auto if mode == "auto" else faithful).decode_batch
+
+    def spy(*args):
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")
+        return real(*args)
+
+    monkeypatch.setattr(auto if mode == "auto" else faithful, "decode_batch", spy)
+    assert len(decode(tensors, s, DecodeOptions(mode=mode)).crystals) == len(hand_built)
+    assert seen and set(seen) == {1}

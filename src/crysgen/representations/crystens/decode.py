@@ -157,6 +157,8 @@ def decode(
     Raises:
         CrysgenError: if ``tensors`` does not have shape (N, 4, size, size).
     """
+    from threadpoolctl import threadpool_limits
+
     from crysgen.representations.crystens import auto, faithful
 
     options = options or DecodeOptions()
@@ -176,7 +178,10 @@ def decode(
     if len(t) == 0:  # an empty batch decodes to an empty result
         return finish_batch([], [], {k: np.zeros(0) for k in DIAGNOSTICS}, ids, scaling.layout.sites)
     impl = auto.decode_batch if options.mode == "auto" else faithful.decode_batch
-    return impl(t, scaling, options, ids)
+    # one OpenMP thread: the per-crystal k-means of faithful decoding is tiny, and OpenMP's
+    # spinning threads beside torch's made it over ten times slower on two busy cores
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return impl(t, scaling, options, ids)
 
 
 # ---------------------------------------------------------------------- shared steps
