@@ -45,7 +45,8 @@ def main() -> None:
         decoded["default"] = len(faithful.decode_batch(x, model.scaling, opts, np.asarray(ids)).crystals)
         runs["openmp_default"].append(round(time.perf_counter() - t0, 3))
     result = {"n": args.n, "repeats": args.repeats, "seconds": runs,
-              "median_speedup": float(np.median(runs["openmp_default"]) / np.median(runs["decode_one_openmp_thread"])),
+              "median_speedup": float(np.median(runs["openmp_default"])
+                                      / np.median(runs["decode_one_openmp_thread"])),
               "decoded": decoded, "torch_threads": torch.get_num_threads(),
               "thread_pools": [{k: d[k] for k in ("user_api", "internal_api", "num_threads")}
                                for d in threadpool_info()]} | stamp("cpu")
