@@ -17,7 +17,8 @@ watershed: the lattice is all this looks at). Writes ``benchmarks/results/voxel_
   end, and on the test slice: the lattice MAE of μ-reconstructions by both read-backs, the
   decoded channels' slope along their own axis and mean level relative to the truth, the
   density and coordinate MSE, the mean KL; and the median lattice length of random samples
-  (z ~ N(0, I), random decile) by both read-backs; the decoder's final BatchNorm weight and bias
+  (z ~ N(0, I), random decile; and from the posterior-matched prior where the model has one) by
+  both read-backs; the decoder's final BatchNorm weight and bias
   per channel (Adam moves each by about lr per step from 1 and 0).
 
 Example (2 CPU cores, ~10 minutes)::
@@ -106,11 +107,14 @@ def measure(model: VoxelModel, test: CrystalSet, n_random: int) -> dict:
     out["mse_density"] = round(float(((grids[:, 0] - x[:, 0]) ** 2).mean()), 4)
     out["mse_coordinates"] = round(float(((grids[:, 1:] - x[:, 1:]) ** 2).mean()), 4)
     out["kl_nats"] = round(float(kl_divergence(torch.from_numpy(mu), torch.from_numpy(logvar))), 1)
-    z, cls = model.latents(n_random, seed=0)
-    rand = model.decode_grids(z, cls)
-    for m in ("level", "slope"):
-        got = read_lattice(rand[:, 1:], model.spec.voxel, method=m)
-        out[f"random_median_length_{m}_A"] = round(float(np.nanmedian(got)), 3)
+    priors = ["standard"] + (["posterior"] if model.prior is not None else [])
+    for prior in priors:
+        z, cls = model.latents(n_random, seed=0, prior=prior)
+        rand = model.decode_grids(z, cls)
+        tag = "" if prior == "standard" else "_posterior_prior"
+        for m in ("level", "slope"):
+            got = read_lattice(rand[:, 1:], model.spec.voxel, method=m)
+            out[f"random{tag}_median_length_{m}_A"] = round(float(np.nanmedian(got)), 3)
     out["test_median_length_A"] = round(float(np.median(truth)), 3)
     bn = model.vae.decoder[-2]  # the decoder's last BatchNorm, before the ReLU: its output scale
     out["final_batchnorm_weight"] = [round(float(v), 3) for v in bn.weight]
