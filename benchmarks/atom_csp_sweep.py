@@ -26,6 +26,7 @@ from codec import ROOT, stamp
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.atoms import AtomDiffusionModel
+from crysgen.pipelines.generators import resolve_model_dir
 
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
@@ -77,7 +78,7 @@ def main() -> None:
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets,
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
               "note": "one sample per target, elements given; DiffCSP matcher and validity"}
-    result |= stamp(args.device)
+    result |= stamp(args.device, model=resolve_model_dir(args.model))
     path = ROOT / "benchmarks" / "results" / f"atom_csp_sweep_{args.dataset}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")
     print(f"wrote {path}")

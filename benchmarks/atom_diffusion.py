@@ -28,6 +28,7 @@ from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
 from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
+from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.sampling import SampleOptions, sample_to_dir
 
 
@@ -77,7 +78,7 @@ def main() -> None:
         csp = SampleOptions(n=n, steps=args.steps, compositions=args.csp, chunk_size=2048)
         result["csp"] = (run(args.model, out / "csp", csp, args.device, args.batch, args.workers)
                          | {"targets": args.csp})
-    result |= stamp(args.device)
+    result |= stamp(args.device, model=resolve_model_dir(args.model))
     path = ROOT / "benchmarks" / "results" / f"atom_diffusion_{args.dataset}.json"
     write_text_atomic(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(json.dumps(result, indent=1))

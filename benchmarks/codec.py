@@ -31,25 +31,20 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import datetime as dt
 import json
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from crysgen import CrystalSet, __version__
+from crysgen import CrystalSet
 from crysgen.codec.roundtrip import roundtrip
 from crysgen.crystal_set import write_text_atomic
 from crysgen.data.prepare import PrepareOptions, prepare_dataset, write_prepared
 from crysgen.representations.crystens import CrysTensScaling, DecodeOptions, decode, encode
 from crysgen.representations.crystens.layout import CrysTensLayout
+from provenance import ROOT, commit, machine, stamp  # noqa: F401  (re-exported: scripts import them from here)
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "codec.json"
 DATASETS = {
     "perov_5": ("train_poscar", "val", "test"),
@@ -57,56 +52,6 @@ DATASETS = {
     "mp_20": ("train_partial", "val", "test"),
 }
 NOISES = (0.0, 0.003, 0.01, 0.03)
-
-
-def machine(device: str | None = None) -> dict:
-    """Host, CPU and GPU of this run; ``gpu_used`` from ``device`` when given, else from whether
-    this process initialised CUDA (a run whose CUDA work happens in workers should pass it)."""
-    info = {"hostname": platform.node(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                            if ln.startswith("Model name")), "unknown")
-    except (OSError, subprocess.CalledProcessError):
-        info["cpu"] = platform.processor() or "unknown"
-    try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        info["gpu"] = gpu
-        if device is not None:
-            info["gpu_used"] = device.startswith("cuda")
-        else:
-            torch = sys.modules.get("torch")
-            info["gpu_used"] = bool(torch is not None and torch.cuda.is_initialized())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return info
-
-
-def commit() -> str:
-    # the device machine's copy of the tree carries a stale .git: a run there names its commit
-    if os.environ.get("CRYSGEN_COMMIT"):
-        return os.environ["CRYSGEN_COMMIT"]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def stamp(device: str | None = None) -> dict:
-    """Command, commit, version, machine (see :func:`machine` for ``device``) and UTC date."""
-    return {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "commit": commit(),
-        "crysgen_version": __version__,
-        "machine": machine(device),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def write_section(name: str, section: dict, results: Path = RESULTS) -> None:

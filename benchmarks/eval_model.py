@@ -22,6 +22,7 @@ from pathlib import Path
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
 from crysgen.evaluation.suite import ALL_FAMILIES, EvalOptions, evaluate, write_report
+from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.sampling import SampleOptions, sample_to_dir
 from eval_sanity import TRAIN
 from provenance import published
@@ -84,7 +85,8 @@ def main() -> None:
               "published": {"columns": published("dng")["columns"],
                             "rows": published("dng")["rows"].get(args.dataset, {}),
                             "source": published("dng")["source"]},
-              "options": {k: v for k, v in vars(args).items()}} | stamp(args.device)
+              "options": {k: v for k, v in vars(args).items()}}
+    result |= stamp(args.device, model=resolve_model_dir(args.model))
     path = ROOT / "benchmarks" / "results" / f"eval_{args.name}_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
     print(json.dumps({k: (v["value"] if not isinstance(v["value"], dict) else "...")

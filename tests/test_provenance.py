@@ -1,0 +1,46 @@
+"""The provenance helper every benchmark stamps its result file with (benchmarks/provenance.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "provenance.py"
+
+
+@pytest.fixture
+def provenance():
+    spec = importlib.util.spec_from_file_location("provenance_under_test", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_dirty_tree_is_refused_unless_allowed(provenance, monkeypatch):
+    monkeypatch.setattr(provenance, "commit", lambda: "abc123-dirty")
+    monkeypatch.delenv("CRYSGEN_ALLOW_DIRTY", raising=False)
+    with pytest.raises(SystemExit, match="uncommitted changes"):
+        provenance.require_clean()
+    monkeypatch.setenv("CRYSGEN_ALLOW_DIRTY", "1")
+    provenance.require_clean()
+    monkeypatch.delenv("CRYSGEN_ALLOW_DIRTY")
+    monkeypatch.setattr(provenance, "commit", lambda: "abc123")
+    provenance.require_clean()
+
+
+def test_stamp_names_libraries_and_the_scored_model(provenance, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRYSGEN_COMMIT", "feedbeef")
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "weights.safetensors").write_bytes(b"weights")
+    (model / "config.json").write_text("{}")
+    (tmp_path / "run" / "train_summary.json").write_text(json.dumps({"global_step": 1234}))
+    s = provenance.stamp("cpu", model=model)
+    assert s["commit"] == "feedbeef"
+    assert s["libraries"]["numpy"] and s["libraries"]["torch"]
+    assert s["model"]["sha256"] == {"weights.safetensors": hashlib.sha256(b"weights").hexdigest()}
+    assert s["model"]["training_step"] == 1234
