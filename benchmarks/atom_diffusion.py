@@ -63,19 +63,20 @@ def main() -> None:
     p.add_argument("--csp", default=None, help="target CrystalSet: one sample per crystal")
     p.add_argument("--speed-n", type=int, default=10000)
     p.add_argument("--workers", type=int, default=8, help="processes writing CIFs and checking crystals")
+    p.add_argument("--churn", type=float, default=None, help="EDM S_churn of every run (default: model)")
     args = p.parse_args()
     out = Path(args.out)
-    result: dict = {"model": args.model, "dataset": args.dataset, "steps": args.steps}
-    denovo = SampleOptions(n=1000, steps=args.steps, chunk_size=1000)
+    result: dict = {"model": args.model, "dataset": args.dataset, "steps": args.steps, "churn": args.churn}
+    denovo = SampleOptions(n=1000, steps=args.steps, chunk_size=1000, churn=args.churn)
     result["denovo_1000"] = run(args.model, out / "denovo", denovo, args.device, args.batch, args.workers)
     result["denovo_1000"] |= quick(out / "denovo", 1000)
-    speed = SampleOptions(n=args.speed_n, steps=args.steps, seed=1, chunk_size=args.speed_n)
+    speed = SampleOptions(n=args.speed_n, steps=args.steps, seed=1, chunk_size=args.speed_n, churn=args.churn)
     result["speed"] = run(args.model, out / "speed", speed, args.device, args.batch, args.workers)
     if args.csp:
         from crysgen.crystal_set import CrystalSet
 
         n = len(CrystalSet.load(args.csp))
-        csp = SampleOptions(n=n, steps=args.steps, compositions=args.csp, chunk_size=2048)
+        csp = SampleOptions(n=n, steps=args.steps, compositions=args.csp, chunk_size=2048, churn=args.churn)
         result["csp"] = (run(args.model, out / "csp", csp, args.device, args.batch, args.workers)
                          | {"targets": args.csp})
     result |= stamp(args.device, model=resolve_model_dir(args.model))

@@ -11,7 +11,9 @@
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
+#                                                      # (SAMPLE_CHURN=S: EDM churn)
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability
+#   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
 #   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders;
 #    CONFIG another training YAML, INIT a model to start from)
 set -u
@@ -67,7 +69,7 @@ watch) watch $2 ;;
 sample)
   M=$R/$RUN/model
   python3 $S/benchmarks/atom_diffusion.py $M --dataset $D --device cuda --steps $2 --out $A \
-    --csp $W/${D}_asis_test.npz --workers 14
+    --csp $W/${D}_asis_test.npz --workers 14 ${SAMPLE_CHURN:+--churn $SAMPLE_CHURN}
   cp $S/benchmarks/results/atom_diffusion_$D*.json $OUT/ 2>/dev/null
   tar czf $OUT/atomsamples_$D.tgz -C $W atomsamples_$D/denovo atomsamples_$D/csp/samples.csv atomsamples_$D/csp/cifs ;;
 eval)
