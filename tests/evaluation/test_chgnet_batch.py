@@ -70,3 +70,48 @@ def test_energies_without_gradients_equal_chgnets_own(model):
     for batch_size in (3, 16):  # across a batch boundary and all in one
         np.testing.assert_allclose(predict_energies(model, graphs, "cpu", batch_size), reference, atol=1e-5)
     np.testing.assert_allclose(static_energies(crystals, "chgnet", batch_size=3), reference, atol=1e-5)
+
+
+WORKER_GRAPH_TOLERANCE = 1e-7
+"""eV/atom. Graphs built in worker processes are the same tensors (checked exactly), so the
+energies are those of the same forward passes; the tolerance only allows for float32 rounding
+that a different thread count could bring. A graph of another crystal moves the energy by
+> 0.1 eV/atom, a lost angle or bond by > 1e-3."""
+
+
+def test_graphs_built_in_workers_give_the_same_graphs_and_energies(model):
+    from crysgen.evaluation.chgnet_batch import GRAPH_TENSORS, build_graphs
+    from crysgen.evaluation.potentials import chgnet_energies
+
+    crystals = _crystals()  # 5, 2, 10 and 2 atoms, the last with isolated atoms
+    try:
+        for response in ("error", "ignore"):  # the workers' converter takes the model's setting
+            model.graph_converter.set_isolated_atom_response(response)
+            serial = build_graphs(crystals, model.graph_converter, workers=1)
+            parallel = build_graphs(crystals, model.graph_converter, workers=2)
+            assert (parallel[-1] is None) == (response == "error") == (serial[-1] is None)
+            for g1, g2 in zip(serial, parallel, strict=True):
+                if g1 is None:
+                    continue
+                for key in GRAPH_TENSORS:
+                    assert getattr(g1, key).dtype == getattr(g2, key).dtype
+                    np.testing.assert_array_equal(getattr(g1, key).detach().numpy(),
+                                                  getattr(g2, key).detach().numpy())
+            one = chgnet_energies(crystals, "cpu", 3, workers=1)
+            two = chgnet_energies(crystals, "cpu", 3, workers=2)
+            assert np.isnan(two[-1]) == (response == "error") and np.isfinite(two[:-1]).all()
+            np.testing.assert_allclose(two, one, atol=WORKER_GRAPH_TOLERANCE, equal_nan=True)
+    finally:
+        model.graph_converter.set_isolated_atom_response("ignore")  # as the fixture left it
+
+
+def test_reference_energies_with_graphs_from_workers_equal_those_from_one_process(model, tmp_path):
+    from crysgen.crystal_set import CrystalSet
+
+    cs = CrystalSet.from_structures(_crystals()[:3], max_sites=52)
+    one = stability.reference_energies(cs, cache_dir=tmp_path / "one", progress=False, workers=1,
+                                       batch_size=2)
+    two = stability.reference_energies(cs, cache_dir=tmp_path / "two", progress=False, workers=2,
+                                       batch_size=2)
+    assert np.isfinite(one).all() and len(set(np.round(one, 3))) == 3
+    np.testing.assert_allclose(two, one, atol=WORKER_GRAPH_TOLERANCE)

@@ -263,7 +263,7 @@ def _fake_batch(calls):
     """A stand-in for relax_batch whose energy says how many steps it was given (no CHGNet)."""
     from crysgen.evaluation.stability import Relaxation
 
-    def fake(structures, options, relax_cell=True):
+    def fake(structures, options, relax_cell=True, on_done=None):  # reports nothing as it goes
         calls.append(options.steps)
         return [Relaxation(-1.0, -float(options.steps), 0.0, options.steps, True, 0.0, s)
                 for s in structures]
@@ -342,3 +342,53 @@ def test_a_corrupt_reference_energy_cache_is_recomputed_with_a_warning(tmp_path,
     stability.write_npz_atomic(path, {"energy_per_atom": np.zeros(3)})  # another data set's size
     np.testing.assert_allclose(reference_energies(cs, cache_dir=tmp_path, progress=False), first, atol=1e-6)
     assert "holds (3,) energies for 1 crystals" in capsys.readouterr().err
+
+
+class _Interrupted(Exception):
+    """Stands for a KeyboardInterrupt or a killed job in the middle of the batch."""
+
+
+def test_an_interrupted_terminal_run_keeps_the_elements_it_finished(tmp_path, monkeypatch):
+    """Cu's candidates converge at the first step, Si's never do; the run stops at step 3.
+
+    A stand-in for CHGNet (no model): zero forces and stress for Cu, a constant force on Si.
+    """
+    class _Converter:
+        def set_isolated_atom_response(self, response):
+            pass
+
+    class _Model:
+        graph_converter = _Converter()
+
+    calls = []
+    stop_at = {"call": 3}
+
+    def fake_predict(model, atoms_list, device, batch_size=64):
+        calls.append(len(atoms_list))
+        if len(calls) == stop_at["call"]:
+            raise _Interrupted
+        out = []
+        for atoms in atoms_list:
+            f = np.zeros((len(atoms), 3))
+            if set(atoms.get_chemical_symbols()) == {"Si"}:
+                f[:, 0] = 1.0
+            out.append({"e": np.array(-1.0), "f": f, "s": np.zeros((3, 3))})
+        return out
+
+    monkeypatch.setattr(stability, "load_chgnet", lambda device="cpu": _Model())
+    monkeypatch.setattr(stability, "_predict_batch", fake_predict)
+    options = stability.RelaxOptions(steps=5)  # Si runs out of steps after the interruption
+    with pytest.raises(_Interrupted):
+        stability.relaxed_candidates({"Cu", "Si"}, options=options, cache_dir=tmp_path, progress=False)
+    n_cu = len(stability._candidates("Cu"))
+    assert calls[0] == n_cu + len(stability._candidates("Si")) and calls[1] < calls[0]
+    path = stability.elements_cache_path(tmp_path, "chgnet", options)
+    saved = json.loads(path.read_text())
+    assert set(saved) == {"Cu"}  # Cu finished and was saved; Si, unfinished, is not in the file
+    assert len(saved["Cu"]) == n_cu and all(v["structure"] for v in saved["Cu"].values())
+    # the next run relaxes only Si's candidates and keeps Cu's
+    calls.clear()
+    stop_at["call"] = 0  # no interruption
+    got = stability.relaxed_candidates({"Cu", "Si"}, options=options, cache_dir=tmp_path, progress=False)
+    assert calls[0] == len(stability._candidates("Si")) and len(calls) == options.steps + 1
+    assert set(json.loads(path.read_text())) == {"Cu", "Si"} and len(got["Si"]) > 0

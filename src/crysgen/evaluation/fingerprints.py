@@ -6,21 +6,42 @@ as ``data/cdvae_comp_scaler.json``; :func:`cdvae_comp_scaler`), and a feature th
 standardising (Magpie has no data for He, Ne, Ar, At, Rn, Fr, Bk-Lr) becomes 0, as CDVAE's
 ``StandardScaler(replace_nan_token=0.)`` does. :func:`fit_comp_scaler` fits the statistics on a
 set instead (the ``reference`` / FILE options of the suite).
+
+CrystalNN costs about 0.24 s per mp_20 crystal, so :func:`fingerprint_structures` spreads a set
+over worker processes (largest crystals first, small chunks: no worker waits on a long tail) and
+:func:`cached_fingerprints` keeps a crystal set's fingerprints on disk, under a key of the set's
+content hash, the featurizer presets and the matminer and pymatgen versions
+(:func:`cache_path`), for coverage and anything else that needs a reference set's fingerprints.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from pymatgen.core import Structure
+
+    from crysgen.crystal_set import CrystalSet
 
 VERSION = 2
 """Bumped when the fingerprints change: keys the suite's cache of reference fingerprints
 (2: Magpie without imputation, NaN kept as CDVAE has it)."""
+PRESET = "ops-magpie"
+"""The featurizer presets (CrystalNN ``"ops"``, Magpie ``ElementProperty`` without imputation),
+part of the cache key."""
+CHUNK_MAX = 8
+"""Crystals per task at most when fingerprints run in workers (about 2 s of CrystalNN work for
+mp_20-sized cells): the last tasks are short, so no worker idles while one finishes a long one."""
+
+Fingerprints = tuple["np.ndarray | None", "np.ndarray | None", "str | None"]
+"""One crystal's (structure (61,), composition (132,), None), or (None, None, reason)."""
 _STRUCT = None
 _COMP = None
 
@@ -72,3 +93,150 @@ def standardise(fps: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarra
     """(fps - mean) / std with NaN replaced by 0 (CDVAE's ``replace_nan_token=0.``)."""
     out = (np.asarray(fps, float) - mean) / std
     return np.where(np.isnan(out), 0.0, out)
+
+
+def fingerprint_pair(structure: Structure) -> Fingerprints:
+    """Both fingerprints of one crystal, or the reason the first that failed gave; never raises."""
+    try:
+        st = structure_fingerprint(structure)
+    except Exception as exc:  # one crystal's failure is its reason, not the run's
+        return None, None, f"structure fingerprint failed: {type(exc).__name__}: {str(exc)[:150]}"
+    try:
+        co = composition_fingerprint(structure)
+    except Exception as exc:
+        return None, None, f"composition fingerprint failed: {type(exc).__name__}: {str(exc)[:150]}"
+    return st, co, None
+
+
+def _died(_structure: Any, reason: str) -> Fingerprints:
+    return None, None, reason
+
+
+def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
+                           progress: bool = False, desc: str = "fingerprints") -> list[Fingerprints]:
+    """:func:`fingerprint_pair` of every structure, in ``workers`` processes, in input order.
+
+    The work goes out largest crystals first (CrystalNN's cost grows with the number of sites)
+    in chunks of at most :data:`CHUNK_MAX`, so the run ends on small crystals and every worker
+    stays busy to the end. The featurizers are built before the workers fork, so no worker
+    imports matminer again. A crystal whose worker process dies gets a reason
+    (:func:`crysgen.data.parallel.robust_map`).
+
+    Args:
+        structures: pymatgen structures.
+        workers: processes (1: in this process).
+        progress: show a progress bar.
+        desc: its label.
+
+    Returns:
+        One (structure, composition, reason) tuple per structure (see :data:`Fingerprints`).
+    """
+    from tqdm.auto import tqdm
+
+    from crysgen.data.parallel import robust_map
+
+    n = len(structures)
+    _featurizers()  # built once here; forked workers inherit them
+    with tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
+        if workers <= 1 or n < 2:
+            out = []
+            for s in structures:
+                out.append(fingerprint_pair(s))
+                bar.update(1)
+            return out
+        order = sorted(range(n), key=lambda i: -len(structures[i]))  # stable: ties keep input order
+        chunk = max(1, min(CHUNK_MAX, n // (workers * 4)))
+        done = robust_map(fingerprint_pair, [structures[i] for i in order], workers=workers,
+                          died=_died, chunksize=chunk, on_done=bar.update)
+    out: list[Fingerprints] = [(None, None, "not computed")] * n
+    for i, f in zip(order, done, strict=True):
+        out[i] = f
+    return out
+
+
+def cache_path(crystals: CrystalSet, cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`cached_fingerprints` keeps a crystal set's fingerprints.
+
+    ``<cache_dir>/fingerprints/v<VERSION>_<PRESET>_matminer<version>_pymatgen<version>_<hash>.npz``,
+    the hash being the first 20 hex digits of the set's content hash
+    (:func:`crysgen.models.model_dir.data_fingerprint`: atomic numbers, coordinates, lattices).
+    """
+    import importlib.metadata
+    from pathlib import Path
+
+    from crysgen.evaluation.stability import default_cache_dir
+    from crysgen.models.model_dir import data_fingerprint
+
+    versions = (f"v{VERSION}_{PRESET}_matminer{importlib.metadata.version('matminer')}"
+                f"_pymatgen{importlib.metadata.version('pymatgen')}")
+    key = f"{versions}_{data_fingerprint(crystals, '')['sha256'][:20]}"
+    return Path(cache_dir or default_cache_dir()) / "fingerprints" / f"{key}.npz"
+
+
+def _read_cache(path: Path, n: int) -> list[Fingerprints] | None:
+    """The cached fingerprints of ``n`` crystals, or None (missing; unreadable: said on stderr)."""
+    from crysgen.evaluation.stability import CACHE_READ_ERRORS, cache_unreadable
+
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            ok, st, co, reasons = z["ok"], z["structure"], z["composition"], z["reason"]
+        if len(ok) == n:
+            return [(st[k], co[k], None) if ok[k] else (None, None, str(reasons[k])) for k in range(n)]
+        cache_unreadable(path, f"holds {len(ok)} crystals' fingerprints for {n}")
+    except CACHE_READ_ERRORS as exc:  # unreadable: recompute and overwrite
+        cache_unreadable(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:100]})")
+    return None
+
+
+def cached_fingerprints(crystals: CrystalSet, structures: Sequence[Structure] | None = None, *,
+                        workers: int = 1, cache_dir: str | Path | None = None,
+                        progress: bool = False) -> list[Fingerprints]:
+    """Fingerprints of every crystal of a set, read from the disk cache or computed and cached.
+
+    Every model is scored against the same reference set, and its fingerprints cost as much as
+    the samples' (CrystalNN). The cache file (:func:`cache_path`) is keyed by the set's content,
+    so any caller that fingerprints the same crystals (coverage, a composition scaler fitted on
+    a set, benchmarks) shares it; a file that cannot be read or holds another number of crystals
+    is recomputed with a warning on stderr and overwritten atomically. A set in which every
+    crystal failed is not cached.
+
+    Args:
+        crystals: the crystals (their content keys the cache).
+        structures: the same crystals as pymatgen structures, in the same order (made from
+            ``crystals`` when not given).
+        workers: processes when they must be computed (:func:`fingerprint_structures`).
+        cache_dir: the cache folder (default ``$CRYSGEN_CACHE`` or ``~/.cache/crysgen``).
+        progress: show a progress bar while computing.
+
+    Returns:
+        One (structure, composition, reason) tuple per crystal (see :data:`Fingerprints`).
+    """
+    from crysgen.crystal_set import write_npz_atomic
+
+    path = cache_path(crystals, cache_dir)
+    cached = _read_cache(path, len(crystals))
+    if cached is not None:
+        return cached
+    if structures is None:
+        structures = crystals.to_structures()
+    if len(structures) != len(crystals):
+        from crysgen.errors import CrysgenError
+
+        raise CrysgenError(f"cached_fingerprints: {len(structures)} structures for {len(crystals)} crystals")
+    fps = fingerprint_structures(structures, workers=workers, progress=progress,
+                                 desc="reference fingerprints")
+    good = [f for f in fps if f[2] is None]
+    if good:
+        st = np.zeros((len(fps), *np.shape(good[0][0])))
+        co = np.zeros((len(fps), *np.shape(good[0][1])))
+        for k, f in enumerate(fps):
+            if f[2] is None:
+                st[k], co[k] = f[0], f[1]
+        write_npz_atomic(path, {"ok": np.array([f[2] is None for f in fps]), "structure": st,
+                                "composition": co, "reason": np.array([f[2] or "" for f in fps])})
+    elif fps:
+        print(f"note: no fingerprint of {len(fps)} crystals could be computed; not cached",
+              file=sys.stderr)
+    return fps

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
     from pymatgen.core import Structure
 
+    from crysgen.evaluation.chgnet_batch import CrystalRow
+
 POTENTIALS = ("chgnet", "sevennet")
 """The potentials that give static energies."""
 POTENTIAL_CHOICES = (*POTENTIALS, "both")
@@ -157,26 +159,35 @@ def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size:
     return out
 
 
-def _chgnet_energies(structures: Sequence[Structure], device: str, batch_size: int) -> np.ndarray:
-    """CHGNet energy per atom of each structure, by whole-batch forward passes without gradients.
+def chgnet_energies(items: Sequence[Structure | CrystalRow], device: str, batch_size: int,
+                    workers: int = 1, progress: bool = False) -> np.ndarray:
+    """CHGNet energy per atom of each crystal, by whole-batch forward passes without gradients.
 
     :func:`crysgen.evaluation.chgnet_batch.predict_energies` instead of CHGNet's own
     ``predict_structure``, whose per-crystal Python loop dominated the cold start's reference
-    energies on a GPU (tens of thousands of crystals). A failed batch is retried one structure at
-    a time, so one bad crystal costs only itself (NaN).
+    energies on a GPU (tens of thousands of crystals). The graphs are built first, in ``workers``
+    processes (:func:`crysgen.evaluation.chgnet_batch.build_graphs`: the same graphs, so the
+    same energies); a crystal CHGNet cannot graph (e.g. isolated atoms) keeps NaN. A failed
+    batch is retried one structure at a time, so one bad crystal costs only itself (NaN).
+
+    Args:
+        items: pymatgen structures, or CrystalSet rows (``chgnet_batch.crystal_rows``).
+        device: where the model runs.
+        batch_size: crystals per forward pass.
+        workers: processes that build the graphs.
+        progress: a progress bar while graphs are built in workers.
+
+    Returns:
+        (len(items),) float64 energies per atom (eV/atom), NaN where none.
     """
-    from crysgen.evaluation.chgnet_batch import predict_energies
+    from crysgen.evaluation.chgnet_batch import build_graphs, predict_energies
     from crysgen.evaluation.stability import load_chgnet
 
     model = load_chgnet(device)
-    out = np.full(len(structures), np.nan)
-    graphs, where = [], []
-    for k, s in enumerate(structures):
-        try:
-            graphs.append(model.graph_converter(s))
-            where.append(k)
-        except Exception:  # a structure CHGNet cannot graph (e.g. isolated atoms) keeps NaN
-            continue
+    out = np.full(len(items), np.nan)
+    built = build_graphs(items, model.graph_converter, workers=workers, progress=progress)
+    where = [k for k, g in enumerate(built) if g is not None]
+    graphs = [built[k] for k in where]
     for start in range(0, len(graphs), batch_size):
         chunk, idx = graphs[start:start + batch_size], where[start:start + batch_size]
         try:
@@ -195,7 +206,7 @@ def _chgnet_energies(structures: Sequence[Structure], device: str, batch_size: i
 
 
 def static_energies(structures: Sequence[Structure], potential: str, *, device: str = "cpu",
-                    batch_size: int = 64) -> np.ndarray:
+                    batch_size: int = 64, workers: int = 1) -> np.ndarray:
     """Static (unrelaxed) energy per atom of each structure with ``potential``.
 
     Args:
@@ -203,6 +214,7 @@ def static_energies(structures: Sequence[Structure], potential: str, *, device: 
         potential: ``"chgnet"`` or ``"sevennet"``.
         device: ``"cpu"`` or ``"cuda"``.
         batch_size: structures per forward pass.
+        workers: processes that build CHGNet's graphs (SevenNet's are built here).
 
     Returns:
         (N,) float64 energies in eV/atom; NaN where the potential failed on a structure (or, for
@@ -213,5 +225,6 @@ def static_energies(structures: Sequence[Structure], potential: str, *, device: 
         raise CrysgenError("static_energies takes one potential, not 'both'")
     if not len(structures):
         return np.zeros(0)
-    fn = _chgnet_energies if potential == "chgnet" else _sevennet_energies
-    return fn(structures, device, batch_size)
+    if potential == "chgnet":
+        return chgnet_energies(structures, device, batch_size, workers)
+    return _sevennet_energies(structures, device, batch_size)

@@ -50,7 +50,7 @@ from crysgen.errors import CrysgenError
 from crysgen.evaluation.chgnet_batch import GPA_PER_EV_A3
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pymatgen.core import Structure
 
@@ -308,7 +308,8 @@ def _frechet_filter(atoms: Any) -> Any:
 
 
 def relax_batch(structures: list[Structure], options: RelaxOptions | None = None, *,
-                relax_cell: bool | Sequence[bool] = True) -> list[Relaxation]:
+                relax_cell: bool | Sequence[bool] = True,
+                on_done: Callable[[int, Relaxation], Any] | None = None) -> list[Relaxation]:
     """Relax many structures in lockstep, one batched CHGNet call per FIRE step.
 
     The same relaxation as :func:`relax` (ASE's FIRE on a ``FrechetCellFilter``, the same
@@ -322,6 +323,9 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
         options: relaxation settings.
         relax_cell: relax the cell as well as the positions; one flag for all, or one per
             structure (elemental candidates mix bulk cells and dimers in a fixed box).
+        on_done: called with a structure's index and its result as soon as that structure is
+            finished (converged, out of steps or time, failed), while the others go on: a
+            caller can save results as they come (:func:`relaxed_candidates` does).
     """
     import warnings
 
@@ -339,6 +343,8 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     for i, structure in enumerate(structures):
         done[i] = _degenerate(structure)
         if done[i] is not None:
+            if on_done is not None:
+                on_done(i, done[i])
             continue
         atoms = AseAtomsAdaptor.get_atoms(structure)
         target = _frechet_filter(atoms) if cells[i] else atoms
@@ -389,18 +395,28 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
                     continue
                 st["steps"] += 1
                 still.append(st)
+            going = {id(st) for st in still}
+            for st in active:
+                if id(st) not in going:  # finished this step: its result now, the others go on
+                    done[st["i"]] = _finished(st, structures[st["i"]])
+                    if on_done is not None:
+                        on_done(st["i"], done[st["i"]])
             active = still
-    for st in states:
-        reason, structure = st["reason"], structures[st["i"]]
-        if st["energy"] is None or (reason is not None and not reason.startswith("time limit")):
-            done[st["i"]] = Relaxation(st["initial"], None, None, st["steps"], False, st["seconds"],
-                                       None, reason or "relaxation failed: no energy")
-            continue
-        st["atoms"].calc = None
-        relaxed = AseAtomsAdaptor.get_structure(st["atoms"])
-        done[st["i"]] = Relaxation(st["initial"], st["energy"], displacement_rmsd(structure, relaxed),
-                                   st["steps"], st["converged"], st["seconds"], relaxed, reason)
     return [r for r in done if r is not None]
+
+
+def _finished(st: dict[str, Any], structure: Structure) -> Relaxation:
+    """The result of one finished structure of :func:`relax_batch` (its state ``st``)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    reason = st["reason"]
+    if st["energy"] is None or (reason is not None and not reason.startswith("time limit")):
+        return Relaxation(st["initial"], None, None, st["steps"], False, st["seconds"],
+                          None, reason or "relaxation failed: no energy")
+    st["atoms"].calc = None
+    relaxed = AseAtomsAdaptor.get_structure(st["atoms"])
+    return Relaxation(st["initial"], st["energy"], displacement_rmsd(structure, relaxed),
+                      st["steps"], st["converged"], st["seconds"], relaxed, reason)
 
 
 def _cache_key(crystals: CrystalSet, potential: str = "chgnet") -> str:
@@ -470,21 +486,29 @@ def cache_unreadable(path: Path, why: str) -> None:
           file=sys.stderr)
 
 
+GRAPH_BLOCK = 4096
+"""Crystals whose CHGNet graphs are built (in workers) before their forward passes: about
+110 MB of graphs for mp_20-sized cells, and a progress step."""
+
+
 def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = 64,
                        cache_dir: str | Path | None = None, progress: bool = True,
-                       potential: str = "chgnet") -> np.ndarray:
+                       potential: str = "chgnet", workers: int = 1) -> np.ndarray:
     """Static energy per atom (eV/atom) of every crystal with ``potential``, cached on disk.
 
     The cache key is the potential's name and version and the data's hash; a cache file that
     cannot be read, or holds another number of crystals, is recomputed with a warning on stderr
-    (:func:`cache_unreadable`) and overwritten atomically.
+    (:func:`cache_unreadable`) and overwritten atomically. CHGNet's graphs are built in
+    ``workers`` processes, :data:`GRAPH_BLOCK` crystals at a time, before each block's
+    whole-batch forward passes (:func:`crysgen.evaluation.potentials.chgnet_energies`).
 
     Returns:
         (N,) float64; NaN where the potential failed on a crystal.
     """
     from tqdm.auto import tqdm
 
-    from crysgen.evaluation.potentials import static_energies
+    from crysgen.evaluation.chgnet_batch import crystal_rows
+    from crysgen.evaluation.potentials import chgnet_energies, static_energies
 
     cache = Path(cache_dir or default_cache_dir()) / "hull" / f"{_cache_key(crystals, potential)}.npz"
     if cache.is_file():
@@ -502,10 +526,14 @@ def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size:
     label = "CHGNet" if potential == "chgnet" else potential
     bar = tqdm(total=len(crystals), desc=f"{label} reference energies", disable=not progress,
                leave=False)
-    for start in range(0, len(crystals), batch_size):
-        idx = list(range(start, min(start + batch_size, len(crystals))))
-        out[idx] = static_energies([crystals.to_structure(i) for i in idx], potential, device=device,
-                                   batch_size=batch_size)
+    block = GRAPH_BLOCK if potential == "chgnet" else batch_size
+    for start in range(0, len(crystals), block):
+        idx = list(range(start, min(start + block, len(crystals))))
+        if potential == "chgnet":
+            out[idx] = chgnet_energies(crystal_rows(crystals, idx), device, batch_size, workers)
+        else:
+            out[idx] = static_energies([crystals.to_structure(i) for i in idx], potential,
+                                       device=device, batch_size=batch_size)
         bar.update(len(idx))
     bar.close()
     write_npz_atomic(cache, {"energy_per_atom": out})
@@ -569,7 +597,9 @@ def relaxed_candidates(symbols: set[str], *, options: RelaxOptions | None = None
     The candidates of every symbol missing from the cache are relaxed together, in one lockstep
     :func:`relax_batch` (bulk cells with their cell, dimers in their fixed box): on a GPU one
     batched CHGNet call per FIRE step for all of them instead of one relaxation after another.
-    The cache (:func:`elements_cache_path`) is written atomically once the batch is done.
+    The cache (:func:`elements_cache_path`) is rewritten atomically each time every candidate of
+    an element has finished, while the others go on, so an interrupted run keeps the elements
+    it finished; an element is in the file only with all its candidates.
 
     Returns:
         symbol -> label -> {"energy_per_atom": eV/atom, "structure": pymatgen dict or None}; a
@@ -589,14 +619,32 @@ def relaxed_candidates(symbols: set[str], *, options: RelaxOptions | None = None
         if progress:
             print(f"CHGNet: relaxing {len(todo)} elemental candidates of {len(missing)} elements "
                   f"in one batch ({o.steps} FIRE steps at most)", file=sys.stderr)
-        results = relax_batch([t[2] for t in todo], o, relax_cell=[t[3] for t in todo])
-        for sym in missing:
-            known[sym] = {}
-        for (sym, label, _, _), r in zip(todo, results, strict=True):
+        left = {sym: sum(1 for t in todo if t[0] == sym) for sym in missing}
+        found: dict[str, dict[str, Any]] = {sym: {} for sym in missing}
+
+        def keep(k: int, r: Relaxation) -> None:
             if r.energy_per_atom is not None and np.isfinite(r.energy_per_atom):
-                known[sym][label] = {"energy_per_atom": r.energy_per_atom,
-                                     "structure": r.structure.as_dict() if r.structure else None}
-        write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
+                found[todo[k][0]][todo[k][1]] = {
+                    "energy_per_atom": r.energy_per_atom,
+                    "structure": r.structure.as_dict() if r.structure else None}
+
+        def finished(k: int, r: Relaxation) -> None:
+            keep(k, r)
+            sym = todo[k][0]
+            left[sym] -= 1
+            if left[sym] == 0:  # the element is complete: save it now
+                known[sym] = found[sym]
+                write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+        results = relax_batch([t[2] for t in todo], o, relax_cell=[t[3] for t in todo],
+                              on_done=finished)
+        if any(left.values()):  # a relax_batch that did not report every candidate as it went
+            for sym in missing:
+                found[sym] = {}
+            for k, r in enumerate(results):
+                keep(k, r)
+            known.update(found)
+            write_text_atomic(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
     # a bare number is an energy without its structure (hand-written caches in tests)
     return {sym: {label: v if isinstance(v, dict) else {"energy_per_atom": float(v), "structure": None}
                   for label, v in known[sym].items()} for sym in symbols}
@@ -682,13 +730,14 @@ class ReferenceHull:
     def build(cls, sets: list[CrystalSet], needed: set[str], *, options: RelaxOptions | None = None,
               batch_size: int = 64, cache_dir: str | Path | None = None,
               progress: bool = True, potential: str = "chgnet",
-              timer: StepTimer | None = None) -> ReferenceHull:
+              timer: StepTimer | None = None, workers: int = 1) -> ReferenceHull:
         """Energies of every crystal of ``sets`` plus terminals for every element in ``needed``.
 
         ``potential`` gives every energy of the hull (reference crystals: static, as they are
         DFT-relaxed; terminals: relaxed by CHGNet, then scored by ``potential``). With a
         ``timer``, the two parts are timed as ``stability.hull_<potential>.reference_energies``
-        and ``stability.hull_<potential>.terminals``.
+        and ``stability.hull_<potential>.terminals``. ``workers`` processes build CHGNet's graphs
+        of the reference crystals (:func:`reference_energies`).
         """
         from pymatgen.core import Element
 
@@ -699,7 +748,7 @@ class ReferenceHull:
         for cs in sets:
             with timed(timer, f"stability.hull_{potential}.reference_energies"):
                 e = reference_energies(cs, device=o.device, batch_size=batch_size, cache_dir=cache_dir,
-                                       progress=progress, potential=potential)
+                                       progress=progress, potential=potential, workers=workers)
             for i in range(len(cs)):
                 if not np.isfinite(e[i]):
                     continue

@@ -180,21 +180,6 @@ def _guarded(fn: Callable[[Any], Any], x: Any) -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {str(exc)[:150]}"
 
 
-def _fingerprints(structure: Any) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    import warnings
-
-    from crysgen.evaluation.fingerprints import composition_fingerprint, structure_fingerprint
-
-    warnings.simplefilter("ignore")
-    s, err = _guarded(structure_fingerprint, structure)
-    if err:
-        return None, None, f"structure fingerprint failed: {err}"
-    c, err = _guarded(composition_fingerprint, structure)
-    if err:
-        return None, None, f"composition fingerprint failed: {err}"
-    return s, c, None
-
-
 def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
          spawn: bool = False, min_items: int = 8,
          died: Callable[[Any, str], Any] | None = None) -> list:
@@ -224,10 +209,6 @@ def _map(fn: Callable, items: list, workers: int, desc: str, progress: bool, *,
 
 def _basics_died(_s: Any, reason: str) -> tuple[dict[str, Any], bool, bool]:
     return {"struct_valid": "", "struct_valid_reason": reason}, False, False
-
-
-def _fingerprints_died(_s: Any, reason: str) -> tuple[None, None, str]:
-    return None, None, reason
 
 
 def _basics(s: Any, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], bool, bool]:
@@ -266,16 +247,16 @@ def _basics(s: Any, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], bool, 
 
 
 def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
-                            progress: bool) -> list[tuple[np.ndarray | None, np.ndarray | None, str | None]]:
-    """:func:`_fingerprints` of every reference crystal, cached on disk by the data's hash.
+                           progress: bool) -> list[tuple[np.ndarray | None, np.ndarray | None, str | None]]:
+    """Fingerprints of every reference crystal, cached on disk by the data's content.
 
-    Every model is scored against the same reference set, and its fingerprints cost as much as
-    the samples' (CrystalNN). The cache lives in ``<cache_dir>/fingerprints/`` under a key of the
-    reference data's hash and the fingerprint, matminer and pymatgen (CrystalNN) versions; a cache
-    that cannot be read is recomputed with a warning on stderr and overwritten atomically.
+    :func:`crysgen.evaluation.fingerprints.cached_fingerprints` with the options' ``workers``
+    and ``cache_dir``: the cache lives in ``<cache_dir>/fingerprints/`` under a key of the set's
+    content hash, the featurizer presets and the matminer and pymatgen (CrystalNN) versions; a
+    cache that cannot be read is recomputed with a warning on stderr and overwritten atomically.
 
     Args:
-        ref_cs: the reference crystals (their hash keys the cache).
+        ref_cs: the reference crystals (their content keys the cache).
         ref: the same crystals as pymatgen structures, in the same order.
         o: options (``workers``, ``cache_dir``).
         progress: show a progress bar while computing.
@@ -284,43 +265,9 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
         Per crystal: (structure fingerprint (61,), composition fingerprint (132,), None), or
         (None, None, reason) where a fingerprint failed.
     """
-    import importlib.metadata
+    from crysgen.evaluation.fingerprints import cached_fingerprints
 
-    import matminer
-
-    from crysgen.evaluation.fingerprints import VERSION
-    from crysgen.evaluation.stability import CACHE_READ_ERRORS, cache_unreadable, default_cache_dir
-    from crysgen.models.model_dir import data_fingerprint
-
-    versions = f"v{VERSION}_matminer{matminer.__version__}_pymatgen{importlib.metadata.version('pymatgen')}"
-    key = f"{versions}_{data_fingerprint(ref_cs, '')['sha256'][:20]}"
-    path = Path(o.cache_dir or default_cache_dir()) / "fingerprints" / f"{key}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                ok, st, co, reasons = z["ok"], z["structure"], z["composition"], z["reason"]
-            if len(ok) == len(ref):
-                return [(st[k], co[k], None) if ok[k] else (None, None, str(reasons[k]))
-                        for k in range(len(ref))]
-            cache_unreadable(path, f"holds {len(ok)} crystals' fingerprints for {len(ref)}")
-        except CACHE_READ_ERRORS as exc:  # unreadable: recompute and overwrite
-            cache_unreadable(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:100]})")
-    fps = _map(_fingerprints, ref, o.workers, "reference fingerprints", progress,
-               died=_fingerprints_died)
-    good = [f for f in fps if f[2] is None]
-    if good:
-        ok = np.array([f[2] is None for f in fps])
-        st = np.zeros((len(fps), *np.shape(good[0][0])))
-        co = np.zeros((len(fps), *np.shape(good[0][1])))
-        for k, f in enumerate(fps):
-            if f[2] is None:
-                st[k], co[k] = f[0], f[1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, ok=ok, structure=st, composition=co,
-                            reason=np.array([f[2] or "" for f in fps]))
-        tmp.replace(path)
-    return fps
+    return cached_fingerprints(ref_cs, ref, workers=o.workers, cache_dir=o.cache_dir, progress=progress)
 
 
 def _comp_scaler(o: EvalOptions, ref_comp: np.ndarray,
@@ -494,9 +441,11 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
             cut = COV_CUTOFFS[dataset]
         # CDVAE's compute_cov: every generated crystal whose fingerprints can be computed
         cand = ok if o.cov_over == "all" else [i for i in ok if struct_valid[i] and comp_valid[i]]
+        from crysgen.evaluation.fingerprints import fingerprint_structures
+
         with timed(timer, "coverage.fingerprints"):
-            fps = _map(_fingerprints, [structs[i] for i in cand], o.workers, "fingerprints", progress,
-                       died=_fingerprints_died)
+            fps = fingerprint_structures([structs[i] for i in cand], workers=o.workers,
+                                         progress=progress)
         with timed(timer, "coverage.reference_fingerprints"):
             ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
         from crysgen.evaluation.coverage import coverage
@@ -823,7 +772,8 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     e_hulls: dict[str, np.ndarray] = {}
     for pot in potentials:
         hull = ReferenceHull.build(sets, needed, options=ro, batch_size=o.relax_batch_size,
-                                   cache_dir=o.cache_dir, progress=progress, potential=pot, timer=timer)
+                                   cache_dir=o.cache_dir, progress=progress, potential=pot, timer=timer,
+                                   workers=o.workers)
         if pot == "chgnet":
             energies: list[float | None] = [r.energy_per_atom for r in relaxed]
         else:

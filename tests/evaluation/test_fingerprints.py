@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.evaluation import fingerprints
+from crysgen.evaluation.fingerprints import cache_path, cached_fingerprints, fingerprint_structures
+from tests.conftest import load_cif
+
+
+def _crystals() -> list[Structure]:
+    """Crystals of 1 to 8 sites in an order that is not by size (the workers' order is)."""
+    return [Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]]), load_cif("SrTiO3"), load_cif("NaCl"),
+            load_cif("triclinic_LiFePO"), load_cif("ZnO_wurtzite")]
+
+
+def test_fingerprints_in_workers_equal_those_of_one_process():
+    crystals = _crystals()
+    assert [len(s) for s in crystals] != sorted((len(s) for s in crystals), reverse=True)
+    serial = fingerprint_structures(crystals, workers=1)
+    parallel = fingerprint_structures(crystals, workers=2)
+    assert len(parallel) == len(crystals)
+    for (s1, c1, r1), (s2, c2, r2) in zip(serial, parallel, strict=True):
+        assert r1 is None and r2 is None
+        np.testing.assert_array_equal(s1, s2)  # the same crystal in the same place: exactly equal
+        np.testing.assert_array_equal(c1, c2)
+    # different crystals have different fingerprints, so a mix-up of the order could not pass
+    assert len({tuple(np.round(s, 6)) for s, _, _ in serial}) == len(crystals)
+
+
+def test_the_fingerprint_cache_is_hit_on_a_second_run_and_missed_when_the_set_changes(tmp_path,
+                                                                                      monkeypatch):
+    crystals = _crystals()[:3]
+    cs = CrystalSet.from_structures(crystals, max_sites=52)
+    calls = []
+    real = fingerprints.fingerprint_structures
+
+    def counting(structures, **kw):
+        calls.append(len(structures))
+        return real(structures, **kw)
+
+    monkeypatch.setattr(fingerprints, "fingerprint_structures", counting)
+    first = cached_fingerprints(cs, workers=2, cache_dir=tmp_path)
+    assert calls == [3]
+    path = cache_path(cs, tmp_path)
+    assert path.is_file()
+    for part in ("pymatgen", "matminer", fingerprints.PRESET, f"v{fingerprints.VERSION}_"):
+        assert part in path.name  # every version and the presets are in the key
+    again = cached_fingerprints(cs, cache_dir=tmp_path)
+    assert calls == [3]  # read from the cache
+    for (s1, c1, _), (s2, c2, _) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(c1, c2)
+    changed = [*crystals[:2], crystals[2].copy()]
+    changed[2].translate_sites([0], [0.01, 0, 0])  # one atom of one crystal moved
+    other = CrystalSet.from_structures(changed, max_sites=52)
+    assert cache_path(other, tmp_path) != path
+    cached_fingerprints(other, cache_dir=tmp_path)
+    assert calls == [3, 3]  # another set: computed, not read
+
+
+def test_a_crystal_whose_fingerprint_fails_gets_a_reason_and_is_cached_as_such(tmp_path, monkeypatch):
+    crystals = _crystals()[:3]
+    cs = CrystalSet.from_structures(crystals, max_sites=52)
+    real = fingerprints.structure_fingerprint
+
+    def fails_for_srtio3(structure):
+        if structure.composition.reduced_formula == "SrTiO3":
+            raise ValueError("no neighbours")
+        return real(structure)
+
+    monkeypatch.setattr(fingerprints, "structure_fingerprint", fails_for_srtio3)
+    got = cached_fingerprints(cs, cache_dir=tmp_path)
+    assert got[1] == (None, None, "structure fingerprint failed: ValueError: no neighbours")
+    assert got[0][2] is None and got[2][2] is None
+    monkeypatch.undo()
+    assert cached_fingerprints(cs, cache_dir=tmp_path)[1][2].startswith("structure fingerprint failed")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_suite_reference_fingerprints_share_the_cache(tmp_path, workers):
+    from crysgen.evaluation.suite import EvalOptions, reference_fingerprints
+
+    cs = CrystalSet.from_structures(_crystals()[:2], max_sites=52)
+    got = reference_fingerprints(cs, cs.to_structures(), EvalOptions(cache_dir=str(tmp_path),
+                                                                     workers=workers), progress=False)
+    assert cache_path(cs, tmp_path).is_file()
+    direct = cached_fingerprints(cs, cache_dir=tmp_path)
+    np.testing.assert_array_equal(got[0][0], direct[0][0])
