@@ -51,9 +51,10 @@ class SampleOptions:
     is where a voxel VAE's other latents come from.
     ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
     CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
-    elements of every sample; ``space_group`` (1-230) with classifier-free ``guidance`` asks for a
-    space group; ``churn`` is EDM's S_churn (None: the model's): atom diffusion models only
-    (:mod:`crysgen.pipelines.atoms`).
+    elements of every sample: models with composition control (atom diffusion, single-stage
+    CrysTens diffusion; :mod:`crysgen.pipelines.compositions`). ``space_group`` (1-230) with
+    classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn (None: the
+    model's): atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
     """
 
     n: int
@@ -216,8 +217,8 @@ def sample_to_dir(
                                    symprec=options.symprec)
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
-    gen_kwargs = _generate_kwargs(model, options, device)  # so do bad model-specific options
-    compositions = gen_kwargs.get("compositions") if gen_kwargs else None
+    compositions = _compositions(model, options)  # so do bad model-specific options
+    gen_kwargs = _generate_kwargs(model, options, device, compositions)
     batch_size = batch_size or default_batch_size(model, device)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -250,10 +251,12 @@ def sample_to_dir(
             res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size,
                                  ids=ids, offset=start, total=options.n, workers=workers,
                                  **gen_kwargs)
-        else:
+        else:  # CrysTens: with a composition, its part of the tensor is inpainted and decoded as given
+            given = {} if compositions is None else {
+                "atomic_numbers": compositions.atomic_numbers[start:start + size]}
             tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
-                                   seed=[options.seed, k], device=device, batch_size=batch_size)
-            res = decode_in_parts(tensors, model.scaling, decode_options, ids=ids, workers=workers)
+                                   seed=[options.seed, k], device=device, batch_size=batch_size, **given)
+            res = decode_in_parts(tensors, model.scaling, decode_options, ids=ids, workers=workers, **given)
             if options.save_tensors:
                 write_npz_atomic(out / "chunks" / f"chunk_{k:05d}.npz", {"tensors": tensors})
         targets = compositions.targets[start:start + size] if compositions is not None else None
@@ -269,34 +272,36 @@ def sample_to_dir(
 
 
 def decode_in_parts(tensors: np.ndarray, scaling: Any, options: DecodeOptions, *, ids: list[str],
-                    workers: int = 1) -> DecodeResult:
+                    workers: int = 1, atomic_numbers: np.ndarray | None = None) -> DecodeResult:
     """Decode (N, 4, size, size) CrysTens tensors (the scaling's layout) in ``workers`` processes.
 
     Contiguous parts go to the processes and come back in input order: the same result as
     :func:`~crysgen.representations.crystens.decode` in one process. A part whose process dies
-    gets a ``worker_died`` failure for each of its tensors.
+    gets a ``worker_died`` failure for each of its tensors. ``atomic_numbers`` (N, S): the given
+    composition of every tensor (decoded as given), or None.
     """
     from crysgen.data.parallel import robust_map
 
     n = len(tensors)
     if workers <= 1 or n < 2:
-        return decode(tensors, scaling, options, ids=ids)
+        return decode(tensors, scaling, options, ids=ids, atomic_numbers=atomic_numbers)
     bounds = np.linspace(0, n, min(n, 4 * workers) + 1).astype(int)
-    parts = [(tensors[a:b], scaling, options, ids[a:b], a) for a, b in pairwise(bounds)]
+    parts = [(tensors[a:b], scaling, options, ids[a:b], a,
+              None if atomic_numbers is None else atomic_numbers[a:b]) for a, b in pairwise(bounds)]
     done = robust_map(_decode_part, parts, workers=workers, died=_decode_part_died)
     return _merge_results(done)
 
 
 def _decode_part(part: tuple[Any, ...]) -> tuple[int, DecodeResult]:
-    tensors, scaling, options, ids, start = part
-    return start, decode(tensors, scaling, options, ids=ids)
+    tensors, scaling, options, ids, start, given = part
+    return start, decode(tensors, scaling, options, ids=ids, atomic_numbers=given)
 
 
 def _decode_part_died(part: tuple[Any, ...], reason: str) -> tuple[int, DecodeResult]:
     from crysgen.crystal_set import CrystalSet
     from crysgen.representations.crystens.decode import DecodeFailure
 
-    tensors, scaling, _, _, start = part
+    tensors, scaling, _, _, start, _ = part
     k, s = len(tensors), scaling.layout.sites
     empty = CrystalSet(np.zeros((0, s)), np.zeros((0, s, 3)), np.zeros((0, 6)), np.zeros(0), np.zeros(0),
                        np.zeros(0, str))
@@ -332,27 +337,26 @@ def default_batch_size(model: Any, device: str) -> int:
     return 64 if _reports_batches(model) else 16
 
 
-def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[str, Any] | None:
+def _generate_kwargs(model: Any, options: SampleOptions, device: str,
+                     compositions: Any = None) -> dict[str, Any] | None:
     """The ``generate`` arguments of a model that decodes itself (voxel VAE, atom diffusion).
 
     None for CrysTens models. Options of another kind of model are refused here, before any
-    sampling.
+    sampling; ``compositions`` (from :func:`_compositions`) goes to an atom model as is.
     """
     from crysgen.pipelines.atoms import AtomDiffusionModel
     from crysgen.pipelines.voxel import VoxelModel
 
     voxel_opts = (options.condition is not None or options.around is not None
                   or options.interpolate is not None or options.prior != "standard")
-    atom_opts = (options.formula is not None or options.compositions is not None or options.num_atoms
-                 or options.space_group is not None or options.churn is not None)
+    atom_opts = options.space_group is not None or options.churn is not None
     if voxel_opts and not isinstance(model, VoxelModel):
         raise CrysgenError("--condition, --around, --interpolate and --prior apply to voxel VAE models only")
     if atom_opts and not isinstance(model, AtomDiffusionModel):
-        raise CrysgenError("--formula, --num-atoms, --compositions, --space-group and --churn apply to "
-                           "atom diffusion models only")
+        raise CrysgenError("--space-group and --churn apply to atom diffusion models only")
     if isinstance(model, AtomDiffusionModel):
         model.check_space_group(options.space_group)  # refused here, before any sampling
-        return {"steps": options.steps, "compositions": _compositions(model, options),
+        return {"steps": options.steps, "compositions": compositions,
                 "space_group": options.space_group, "guidance": options.guidance, "churn": options.churn}
     if not isinstance(model, VoxelModel):
         return None
@@ -371,10 +375,33 @@ def _generate_kwargs(model: Any, options: SampleOptions, device: str) -> dict[st
     return kwargs
 
 
+def _has_composition_control(model: Any) -> bool:
+    """Whether a model takes compositions: it makes them from a formula and from targets.
+
+    A single-stage CrysTens diffusion model and an atom diffusion model do; a cascade's stage
+    refuses when asked, and cascades, GANs and voxel VAEs have no such methods.
+    """
+    return callable(getattr(model, "compositions_from_formula", None)) and callable(
+        getattr(model, "compositions_from_targets", None))
+
+
 def _compositions(model: Any, options: SampleOptions) -> Any:
-    """The elements of every sample of an atom diffusion model, or None (de novo)."""
+    """The elements of every sample of a model with composition control, or None (de novo).
+
+    Raises:
+        CrysgenError: for composition options given to a model without composition control, and
+            for bad ones (before any sampling).
+    """
     from crysgen.crystal_set import CrystalSet
 
+    if options.formula is None and options.compositions is None:
+        if options.num_atoms is not None:
+            raise CrysgenError("--num-atoms goes with --formula")
+        return None
+    if not _has_composition_control(model):
+        raise CrysgenError(f"--formula and --compositions need a model with composition control (atom "
+                           f"diffusion or single-stage CrysTens diffusion); this is a "
+                           f"{type(model).__name__}")
     if options.formula is not None and options.compositions is not None:
         raise CrysgenError("--formula and --compositions exclude each other")
     if options.num_atoms is not None and options.formula is None:
@@ -382,15 +409,13 @@ def _compositions(model: Any, options: SampleOptions) -> Any:
     if options.formula is not None:
         return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
                                                seed=[options.seed, 2])
-    if options.compositions is not None:
-        if not Path(options.compositions).is_file():
-            raise CrysgenError(f"--compositions: no such file {options.compositions}")
-        comps = model.compositions_from_targets(CrystalSet.load(options.compositions), options.per_target)
-        if len(comps.targets) != options.n:
-            raise CrysgenError(f"--compositions gives {len(comps.targets)} samples "
-                               f"({options.per_target} per target), not -n {options.n}")
-        return comps
-    return None
+    if not Path(options.compositions).is_file():
+        raise CrysgenError(f"--compositions: no such file {options.compositions}")
+    comps = model.compositions_from_targets(CrystalSet.load(options.compositions), options.per_target)
+    if len(comps.targets) != options.n:
+        raise CrysgenError(f"--compositions gives {len(comps.targets)} samples "
+                           f"({options.per_target} per target), not -n {options.n}")
+    return comps
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,

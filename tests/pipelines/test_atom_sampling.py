@@ -108,11 +108,11 @@ def test_churn_zero_is_the_deterministic_default_and_churn_changes_the_samples(m
     assert np.abs(churned.frac - base.frac).max() > 1e-3
 
 
-def test_crystens_models_refuse_composition_options(tmp_path):
+def test_crystens_models_refuse_atom_only_options(tmp_path):
     from crysgen.pipelines.generators import CRYSTENS_MODEL
 
     with pytest.raises(CrysgenError, match="atom diffusion models only"):
-        sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, formula="NaCl"), progress=False)
+        sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, space_group=225), progress=False)
 
 
 def test_bundled_model_samples_real_crystals(tmp_path):

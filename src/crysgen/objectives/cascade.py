@@ -110,17 +110,21 @@ def stage_loss(
     stage: StageConfig,
     *,
     generator: torch.Generator | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The DDPM loss of one stage on a batch of full-size tensors in [-1, 1], (B, C, 64, 64).
 
-    Single: :func:`~crysgen.objectives.diffusion.diffusion_loss` on ``x0``. Base: the same on
+    Single: :func:`~crysgen.objectives.diffusion.diffusion_loss` on ``x0`` (with the per-entry
+    loss ``weight``, (H, W), if any; the cascade's stages take none). Base: the same on
     ``downsample(x0)``. SR: on ``x0`` with the noise-augmented, up-sampled ``downsample(x0)`` as
     conditioning and its noise level as class label.
     """
     import torch
 
     if stage.role == "single":
-        return diffusion_loss(model, scheduler, x0, generator=generator)
+        return diffusion_loss(model, scheduler, x0, generator=generator, weight=weight)
+    if weight is not None:
+        raise CrysgenError("per-region loss weights apply to single-stage models only")
     low = downsample(x0, stage.low_res)
     if stage.role == "base":
         return diffusion_loss(model, scheduler, low, generator=generator)

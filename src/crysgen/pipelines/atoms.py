@@ -26,24 +26,13 @@ from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
+from crysgen.pipelines.compositions import Compositions, from_formula, from_targets
 from crysgen.pipelines.seeding import torch_generator
-from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode, parse_formula
+from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode
 
 KIND = "atom_diffusion"
 SPEC_FILE = "atoms.json"
-
-
-@dataclass
-class Compositions:
-    """What to sample under composition control: elements per sample, and the target of each.
-
-    Attributes:
-        atomic_numbers: int (n, S), 0 = no site.
-        targets: the id of the crystal each sample is meant to reproduce ("" if none).
-    """
-
-    atomic_numbers: np.ndarray
-    targets: list[str]
+__all__ = ["AtomDiffusionModel", "Compositions", "edm_heun"]
 
 
 @dataclass
@@ -80,65 +69,19 @@ class AtomDiffusionModel:
     # ------------------------------------------------------------------ compositions
     def compositions_from_formula(self, formula: str, n: int, *, num_atoms: int | None = None,
                                   seed: int | list[int] = 0) -> Compositions:
-        """``n`` samples of one formula; the site count is ``num_atoms`` or drawn per sample.
+        """``n`` samples of one formula; see :func:`crysgen.pipelines.compositions.from_formula`.
 
         Without ``num_atoms``, each sample's number of formula units is drawn from the training
         histogram of site counts restricted to multiples of the formula's size.
-
-        Raises:
-            CrysgenError: for a bad formula, or a site count that is not a multiple of the
-                formula's or exceeds the model's maximum (elements unseen in training: a warning).
         """
-        counts = parse_formula(formula)
-        self._warn_unseen(set(counts), formula)
-        size, s = sum(counts.values()), self.spec.max_atoms
-        if num_atoms is not None:
-            if num_atoms % size or num_atoms > s or num_atoms < 1:
-                raise CrysgenError(f"--num-atoms {num_atoms} is not a multiple of {formula}'s {size} "
-                                   f"atoms up to the model's {s} sites")
-            units = np.full(n, num_atoms // size)
-        else:
-            mult = np.arange(1, s // size + 1)
-            if not len(mult):
-                raise CrysgenError(f"{formula} has {size} atoms; the model makes at most {s} sites")
-            weights = np.asarray(self.spec.num_atoms_counts, float)[mult * size] + 1e-3
-            gen = torch_generator(seed)
-            units = mult[torch.multinomial(torch.as_tensor(weights / weights.sum()), n, replacement=True,
-                                           generator=gen).numpy()]
-        z = np.zeros((n, s), np.int64)
-        cell = np.concatenate([np.full(c, el) for el, c in sorted(counts.items())])
-        for i, u in enumerate(units):
-            z[i, :u * size] = np.tile(cell, u)
-        return Compositions(z, [formula] * n)
+        return from_formula(formula, n, max_sites=self.spec.max_atoms,
+                            num_sites_counts=np.asarray(self.spec.num_atoms_counts, float),
+                            known_elements=set(self.spec.elements), num_atoms=num_atoms, seed=seed)
 
     def compositions_from_targets(self, targets: CrystalSet, per_target: int = 1) -> Compositions:
-        """One row per (target, repeat): each target crystal's elements and site count.
-
-        Raises:
-            CrysgenError: for targets with more sites than the model's maximum (elements unseen in
-                training: a warning).
-        """
-        s = self.spec.max_atoms
-        too_big = targets.num_sites > s
-        if too_big.any():
-            raise CrysgenError(f"{int(too_big.sum())} target crystals have more than the model's {s} sites")
-        self._warn_unseen({int(v) for v in np.unique(targets.atomic_numbers)} - {0}, "the targets")
-        z = np.zeros((len(targets), s), np.int64)
-        w = min(s, targets.atomic_numbers.shape[1])
-        z[:, :w] = targets.atomic_numbers[:, :w]
-        return Compositions(np.repeat(z, per_target, axis=0),
-                            [str(t) for t in np.repeat(targets.ids, per_target)])
-
-    def _warn_unseen(self, elements: set[int], what: str) -> None:
-        """Warn about elements the model never saw in training (they keep their code; expect less)."""
-        unseen = sorted(elements - set(self.spec.elements))
-        if unseen:
-            import warnings
-
-            from pymatgen.core import Element
-
-            names = ", ".join(Element.from_Z(z).symbol for z in unseen)
-            warnings.warn(f"{what}: the model never saw {names} in training", stacklevel=3)
+        """One row per (target, repeat); see :func:`crysgen.pipelines.compositions.from_targets`."""
+        return from_targets(targets, max_sites=self.spec.max_atoms, per_target=per_target,
+                            known_elements=set(self.spec.elements))
 
     def check_space_group(self, space_group: int | None) -> None:
         """Refuse a space group this model cannot sample (CrysgenError); None passes."""

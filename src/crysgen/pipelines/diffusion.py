@@ -1,8 +1,17 @@
 """CrysTens diffusion: the trained model bundle and the sampling loop (noise -> tensors).
 
 The loop is diffusers' standard one: ``set_timesteps``, then ``scheduler.step`` with the
-network's prediction. DDPM (the paper's 1000 steps), DDIM and DPM-Solver++ share the training
-scheduler's configuration.
+network's prediction. A DDPM-objective model samples with DDPM (the paper's 1000 steps), DDIM or
+DPM-Solver++, sharing the training scheduler's configuration; an EDM-objective model with EDM's
+Euler sampler (``ddim``: DDIM is Euler's method on the probability-flow ODE) or EDM's
+DPM-Solver++ (``dpmsolver``), diffusers' ``EDMEulerScheduler`` and
+``EDMDPMSolverMultistepScheduler``.
+
+Composition control (single-stage models): the part of the tensor a composition fixes
+(:func:`~crysgen.representations.crystens.composition.known_region`) is inpainted: after every
+step it is replaced by the known values noised to the next step's level with the scheduler's
+own forward process (``add_noise``, fresh noise each step, as in RePaint), and by the clean
+values at the end, so the sample keeps them exactly.
 """
 
 from __future__ import annotations
@@ -18,9 +27,14 @@ from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet2d import UNetConfig, build_unet
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
+from crysgen.pipelines.compositions import Compositions, from_formula, from_targets
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
+from crysgen.representations.crystens.composition import known_region
 from crysgen.representations.crystens.layout import CrysTensLayout
+
+if TYPE_CHECKING:
+    from crysgen.crystal_set import CrystalSet
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
@@ -92,19 +106,77 @@ class DiffusionModel:
 
     def sample(self, n: int, **kwargs: Any) -> np.ndarray:
         """``n`` CrysTens tensors, float32 (n, 4, size, size) in [0, 1]; see :func:`sample_tensors`."""
+        self._check_single()
+        return sample_tensors(self, n, **kwargs)
+
+    def _check_single(self) -> None:
         if self.stage.role != "single":
             raise CrysgenError(f"this model is the {self.stage.role!r} stage of a cascade; sample "
                                "from the cascade directory (`crysgen model cascade BASE SR --out DIR`)")
-        return sample_tensors(self, n, **kwargs)
+
+    # ------------------------------------------------------------------ compositions
+    def compositions_from_formula(self, formula: str, n: int, *, num_atoms: int | None = None,
+                                  seed: int | list[int] = 0) -> Compositions:
+        """``n`` samples of one formula (see :func:`crysgen.pipelines.compositions.from_formula`).
+
+        S is the layout's site rows; without ``num_atoms`` the number of formula units follows
+        the training histogram of site counts (``scaling.num_sites_counts``; scalings fitted
+        before it existed: every multiple that fits equally likely).
+
+        Raises:
+            CrysgenError: for a bad formula, an impossible site count, an element outside the
+                model's atomic-number range, or a cascade stage.
+        """
+        self._check_single()
+        s = self.scaling
+        hist = None
+        if s.num_sites_counts:
+            hist = np.zeros(s.layout.sites + 1)
+            for k, c in s.num_sites_counts.items():
+                if 0 <= k <= s.layout.sites:
+                    hist[k] = c
+        comps = from_formula(formula, n, max_sites=s.layout.sites, num_sites_counts=hist,
+                             known_elements=set(s.element_counts) or None, num_atoms=num_atoms, seed=seed)
+        known_region(comps.atomic_numbers[:1], s)  # an element outside the model's range: refused here
+        return comps
+
+    def compositions_from_targets(self, targets: CrystalSet, per_target: int = 1) -> Compositions:
+        """One row per (target, repeat) (see :func:`crysgen.pipelines.compositions.from_targets`).
+
+        Raises:
+            CrysgenError: for targets with more sites than S or elements outside the model's range.
+        """
+        self._check_single()
+        comps = from_targets(targets, max_sites=self.scaling.layout.sites, per_target=per_target,
+                             known_elements=set(self.scaling.element_counts) or None)
+        known_region(comps.atomic_numbers, self.scaling)
+        return comps
 
 
 def make_scheduler(diffusion: DiffusionConfig, sampler: Sampler) -> Any:
-    """A diffusers sampling scheduler sharing the training schedule's configuration."""
+    """A diffusers sampling scheduler sharing the training schedule's configuration.
+
+    DDPM objective: ``DDPMScheduler``, ``DDIMScheduler`` or ``DPMSolverMultistepScheduler``
+    (DPM-Solver++). EDM objective: ``EDMEulerScheduler`` for "ddim" (Euler on the
+    probability-flow ODE, which DDIM is) and ``EDMDPMSolverMultistepScheduler`` for "dpmsolver".
+
+    Raises:
+        CrysgenError: for an unknown sampler, or "ddpm" with an EDM model.
+    """
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     if sampler not in SAMPLERS:
         raise CrysgenError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     config = diffusion.scheduler().config
+    if diffusion.objective == "edm":
+        from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
+
+        if sampler == "ddpm":
+            raise CrysgenError("an EDM model samples with --sampler ddim (EDM's Euler) or dpmsolver "
+                               "(EDM's DPM-Solver++), not ddpm")
+        if sampler == "ddim":
+            return EDMEulerScheduler.from_config(config)
+        return EDMDPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
     if sampler == "ddpm":
         return DDPMScheduler.from_config(config)
     if sampler == "ddim":
@@ -122,6 +194,7 @@ def denoise(
     device: str,
     cond: Any = None,
     class_labels: Any = None,
+    known: tuple[Any, Any] | None = None,
 ) -> Any:
     """Run one model's reverse process from fresh noise: (b, C, s, s) in [-1, 1] on ``device``.
 
@@ -134,6 +207,10 @@ def denoise(
         device: "cpu" or "cuda".
         cond: extra input channels (an SR stage's conditioning), (b, C', s, s) on ``device``.
         class_labels: (b,) integers for the class embedding (the conditioning's noise level).
+        known: inpainting: ``(values, mask)``, (b, C, s, s) values in [-1, 1] and a bool mask of
+            the entries to hold (on ``device``); the sample's masked entries end exactly at the
+            values (see the module docstring). The other entries' noise is drawn first, so
+            ``known=None`` draws the same numbers as before.
     """
     import inspect
 
@@ -148,8 +225,21 @@ def denoise(
     size, channels = model.unet_config.sample_size, model.unet_config.channels
     on_gpu = device.startswith("cuda")
     sched.set_timesteps(min(steps, model.diffusion.timesteps))
-    x = torch.randn((b, channels, size, size), generator=generator).to(device) * sched.init_noise_sigma
-    for t in sched.timesteps:
+    timesteps = sched.timesteps
+    shape = (b, channels, size, size)
+    x = torch.randn(shape, generator=generator).to(device) * sched.init_noise_sigma
+
+    def hold(x: Any, i: int) -> Any:
+        """Known entries at the level of timestep ``i`` (clean past the last one)."""
+        values, mask = known
+        if i < len(timesteps):
+            noise = torch.randn(shape, generator=generator).to(device)
+            values = sched.add_noise(values, noise, timesteps[i:i + 1].repeat(b))
+        return torch.where(mask, values, x)
+
+    if known is not None:
+        x = hold(x, 0)
+    for i, t in enumerate(timesteps):
         inp = sched.scale_model_input(x, t)
         if cond is not None:
             inp = torch.cat([inp, cond], dim=1)
@@ -157,6 +247,8 @@ def denoise(
                                              enabled=on_gpu):
             pred = unet(inp, t, class_labels=class_labels).sample
         x = sched.step(pred.float(), t, x, **step_kwargs).prev_sample
+        if known is not None:
+            x = hold(x, i + 1)
     return x
 
 
@@ -169,6 +261,7 @@ def sample_tensors(
     seed: int | list[int] = 0,
     device: str = "cpu",
     batch_size: int = 256,
+    atomic_numbers: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw ``n`` CrysTens tensors from a single-stage model.
 
@@ -181,13 +274,30 @@ def sample_tensors(
             not depend on the device's random stream.
         device: "cpu" or "cuda".
         batch_size: tensors per forward pass.
+        atomic_numbers: int (n, k <= S) per-site elements of every sample (0 = no site; sites
+            in rows 0..A-1), or None (de novo): the composition's part of each tensor is
+            inpainted and comes out exactly as encoded.
 
     Returns:
         float32 (n, 4, size, size) in [0, 1]; size is the model's layout's (64 for the paper's).
+
+    Raises:
+        CrysgenError: for compositions the layout cannot hold, or not one per sample.
     """
+    import torch
+
+    if atomic_numbers is not None and len(atomic_numbers) != n:
+        raise CrysgenError(f"{len(atomic_numbers)} compositions for {n} samples")
     gen = torch_generator(seed)
-    out = [to_unit_range(denoise(model, min(batch_size, n - start), steps=steps, sampler=sampler,
-                                 generator=gen, device=device)).float().cpu().numpy()
-           for start in range(0, n, batch_size)]
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        known = values = mask = None
+        if atomic_numbers is not None:
+            values, mask = known_region(atomic_numbers[start:start + b], model.scaling)
+            known = (torch.from_numpy(values * 2 - 1).to(device), torch.from_numpy(mask).to(device))
+        x = to_unit_range(denoise(model, b, steps=steps, sampler=sampler, generator=gen, device=device,
+                                  known=known)).float().cpu().numpy()
+        out.append(x if mask is None else np.where(mask, values, x))  # exact, not through [-1, 1]
     size, channels = model.unet_config.sample_size, model.unet_config.channels
     return np.concatenate(out, axis=0) if out else np.zeros((0, channels, size, size), np.float32)

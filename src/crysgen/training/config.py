@@ -87,6 +87,10 @@ class DiffusionTrainConfig:
         cond = u.channels if role == "sr" else 0
         if u.cond_channels != cond:
             raise CrysgenError(f"a {role!r} stage needs unet.cond_channels {cond}, got {u.cond_channels}")
+        d = self.diffusion
+        if role != "single" and (d.objective != "ddpm" or d.region_weights is not None):
+            raise CrysgenError(f"a cascade's {role!r} stage trains with diffusion.objective ddpm and "
+                               "no region_weights")
 
     def to_dict(self) -> dict[str, Any]:
         """Resolved, JSON/YAML-serialisable form."""

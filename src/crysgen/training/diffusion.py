@@ -18,6 +18,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.unet2d import build_unet
 from crysgen.objectives.cascade import stage_loss
 from crysgen.objectives.diffusion import to_model_range
+from crysgen.objectives.diffusion_edm import edm_loss
 from crysgen.pipelines.diffusion import DiffusionModel
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import DiffusionTrainConfig
@@ -25,7 +26,7 @@ from crysgen.training.runs import adamw_with_warmup, ema_copy, fit, open_run, te
 
 
 class DiffusionModule(L.LightningModule):
-    """Denoiser + DDPM objective + EMA copy of the weights (the one used for sampling)."""
+    """Denoiser + objective (DDPM or EDM) + EMA copy of the weights (the one used for sampling)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -34,18 +35,31 @@ class DiffusionModule(L.LightningModule):
         self.unet = build_unet(self.cfg.unet)
         self.ema = ema_copy(self.unet, self.cfg.optim.ema_decay)
         self.scheduler = self.cfg.diffusion.scheduler()
+        weight = self.cfg.diffusion.weight_map(self.cfg.crystens)
+        # a buffer follows the module to its device; not saved (the config rebuilds it)
+        self.register_buffer("loss_weight", None if weight is None else torch.from_numpy(weight),
+                             persistent=False)
+
+    def loss(self, unet: torch.nn.Module, batch: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """The objective's loss of ``unet`` on a batch of [0, 1] tensors, (B, 4, size, size)."""
+        d, x0 = self.cfg.diffusion, to_model_range(batch)
+        if d.objective == "edm":
+            return edm_loss(unet, self.scheduler, x0, p_mean=d.p_mean, p_std=d.p_std,
+                            weight=self.loss_weight, generator=generator)
+        return stage_loss(unet, self.scheduler, x0, self.cfg.stage, generator=generator,
+                          weight=self.loss_weight)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """One DDPM step of this stage on a batch of [0, 1] tensors, (B, 4, size, size)."""
-        loss = stage_loss(self.unet, self.scheduler, to_model_range(batch), self.cfg.stage)
+        """One optimiser step's loss on a batch of [0, 1] tensors, (B, 4, size, size)."""
+        loss = self.loss(self.unet, batch)
         self.log("train_loss", loss, prog_bar=True, on_step=True, sync_dist=False)
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """EMA model's loss on validation tensors (the same noise and timesteps every time)."""
+        """EMA model's loss on validation tensors (the same noise and noise levels every time)."""
         gen = torch.Generator(device="cpu").manual_seed(batch_idx)
-        loss = stage_loss(self.ema.module, self.scheduler, to_model_range(batch), self.cfg.stage,
-                          generator=gen)
+        loss = self.loss(self.ema.module, batch, generator=gen)
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

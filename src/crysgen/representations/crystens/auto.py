@@ -269,21 +269,27 @@ def symmetrize(
 
 
 def decode_batch(
-    tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray
+    tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray,
+    given: np.ndarray | None = None,
 ) -> DecodeResult:
-    """Auto decode of a (N, 4, size, size) batch; see the module docstring."""
+    """Auto decode of a (N, 4, size, size) batch; see the module docstring.
+
+    ``given`` (int (N, S), checked): each tensor's composition; A and the elements are then
+    read from it, and every site is kept.
+    """
     layout = scaling.layout
     safe, reasons, diag = start_batch(tensors, options)
     n = len(safe)
     ok = np.array([r is None for r in reasons])
     scaled_copies = header_copies(safe, layout)
-    num_atoms = np.where(ok, detect_num_atoms(scaled_copies), 0)
+    counted = detect_num_atoms(scaled_copies) if given is None else (given > 0).sum(1)
+    num_atoms = np.where(ok, counted, 0)
     sigma = noise_level(scaled_copies, num_atoms)
     present = np.arange(layout.sites)[None, :] < num_atoms[:, None]
     raw = unscale(safe, scaling, present)
     copies = header_copies(raw, layout)
     coded = None
-    if layout.element_code and options.elements == "map":
+    if layout.element_code and options.elements == "map" and given is None:
         coded = code_elements(code_copies(safe, layout), scaled_copies[..., 0, :].mean(-1), scaling)
     diag.update(table1_variances(copies, num_atoms))
     header = copies.mean(-1)  # (N, S, 11)
@@ -310,7 +316,9 @@ def decode_batch(
         diag["coord_agreement"][i], diag["pairwise_error"][i] = table2_agreement(
             own, final, (layer0 + layer0.T) / 2, a
         )
-        if coded is not None:
+        if given is not None:
+            z = given[i, :a].astype(np.int16)
+        elif coded is not None:
             z = coded[i, :a]
         elif options.elements == "round":
             z = np.clip(np.rint(header[i, :a, 0]), 1, len(log_prior) - 1).astype(np.int16)
@@ -318,8 +326,9 @@ def decode_batch(
             z = snap_elements(header[i, :a, 0], sigma[i] * r_z / np.sqrt(8), log_prior, log_prior_k)
         sigma_p = float(sigma[i] / np.sqrt((w_own + w_diff * a).min()))
         frac = snap_coords(final, sigma_p)
-        keep = dedupe(z, frac)
-        z, frac = z[keep], frac[keep]
+        if given is None:  # a given composition keeps its sites (coincident ones fail later)
+            keep = dedupe(z, frac)
+            z, frac = z[keep], frac[keep]
         lattice = glob[i, :6]
         sg = int(np.clip(np.rint(glob[i, 6]), 1, 230))
         if options.symprec is not None:

@@ -139,6 +139,7 @@ def decode(
     options: DecodeOptions | None = None,
     *,
     ids: list[str] | np.ndarray | None = None,
+    atomic_numbers: np.ndarray | None = None,
 ) -> DecodeResult:
     """Decode scaled CrysTens tensors into crystals.
 
@@ -148,6 +149,10 @@ def decode(
         scaling: the scaling the tensors were made with (its layout gives their shape).
         options: decoder settings (default: auto mode).
         ids: one id per tensor for the output crystals; default "0", "1", ...
+        atomic_numbers: int (N, k <= S), the given composition of every tensor (0 = no site;
+            sites fill rows 0..A-1): both decoders then take A and each site row's element as
+            given instead of estimating them, and keep every site (no merging of repeats), so a
+            decoded crystal has exactly this composition (composition-controlled sampling).
 
     Returns:
         The decoded crystals, per-sample diagnostics and per-sample failures. A bad sample
@@ -155,7 +160,8 @@ def decode(
         gives an empty result.
 
     Raises:
-        CrysgenError: if ``tensors`` does not have shape (N, 4, size, size).
+        CrysgenError: if ``tensors`` does not have shape (N, 4, size, size), or for
+            ``atomic_numbers`` of another length or that the layout cannot hold.
     """
     from threadpoolctl import threadpool_limits
 
@@ -177,11 +183,18 @@ def decode(
         raise CrysgenError(f"{len(ids)} ids for {len(t)} tensors")
     if len(t) == 0:  # an empty batch decodes to an empty result
         return finish_batch([], [], {k: np.zeros(0) for k in DIAGNOSTICS}, ids, scaling.layout.sites)
+    given = None
+    if atomic_numbers is not None:
+        from crysgen.representations.crystens.composition import check_compositions
+
+        given = check_compositions(atomic_numbers, scaling)
+        if len(given) != len(t):
+            raise CrysgenError(f"{len(given)} compositions for {len(t)} tensors")
     impl = auto.decode_batch if options.mode == "auto" else faithful.decode_batch
     # one OpenMP thread: the per-crystal k-means of faithful decoding is tiny, and OpenMP's
     # spinning threads beside torch's made it over ten times slower on two busy cores
     with threadpool_limits(limits=1, user_api="openmp"):
-        return impl(t, scaling, options, ids)
+        return impl(t, scaling, options, ids, given)
 
 
 # ---------------------------------------------------------------------- shared steps

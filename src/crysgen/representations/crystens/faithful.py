@@ -88,11 +88,14 @@ def _kmeans_snap(values: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def decode_batch(
-    tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray
+    tensors: np.ndarray, scaling: CrysTensScaling, options: DecodeOptions, ids: np.ndarray,
+    given: np.ndarray | None = None,
 ) -> DecodeResult:
     """Faithful decode of a (N, 4, size, size) batch; see the module docstring.
 
     Any layout decodes; element codes, when there are any, are not read (the paper had none).
+    ``given`` (int (N, S), checked): each tensor's composition; A and the elements are then
+    read from it (steps 1 and 9 skipped), and every site is kept (no step 11).
     """
     layout = scaling.layout
     o = layout.site_offset
@@ -101,7 +104,12 @@ def decode_batch(
     # step 0: a row is present (and un-scaled) if any of its entries is non-zero
     present = (safe[:, o:, :, :] != 0).any(axis=(2, 3))
     raw = unscale(safe, scaling, present)
-    num_atoms = np.array([detect_num_atoms(raw[i], options.alpha_threshold, o) for i in range(n)])
+    if given is None:
+        num_atoms = np.array([detect_num_atoms(raw[i], options.alpha_threshold, o) for i in range(n)])
+    else:  # the given rows are the present ones: un-scale exactly those
+        present = given > 0
+        raw = unscale(safe, scaling, present)
+        num_atoms = present.sum(1)
     copies = header_copies(raw, layout)
     diag.update(table1_variances(copies, num_atoms))
     rows, failures = [], []
@@ -129,12 +137,15 @@ def decode_batch(
         diag["coord_agreement"][i], diag["pairwise_error"][i] = table2_agreement(
             own, final, block[..., 0], a
         )
-        z = np.clip(np.rint(header[:, 0]), 1, zmax)  # step 9
-        z = np.clip(np.rint(_kmeans_snap(z, min(options.atom_clusters, a), options.seed)), 1, zmax)
         coords = _kmeans_snap(final.ravel(), min(options.coord_clusters, 3 * a),
                               options.seed).reshape(a, 3)  # step 10
-        _, keep = np.unique(np.column_stack([z, coords]), axis=0, return_index=True)  # step 11
-        keep = np.sort(keep)
+        if given is None:
+            z = np.clip(np.rint(header[:, 0]), 1, zmax)  # step 9
+            z = np.clip(np.rint(_kmeans_snap(z, min(options.atom_clusters, a), options.seed)), 1, zmax)
+            _, keep = np.unique(np.column_stack([z, coords]), axis=0, return_index=True)  # step 11
+            keep = np.sort(keep)
+        else:
+            z, keep = given[i, :a], np.arange(a)
         sg = int(np.clip(np.rint(sg_float), 1, 230))
         rows.append((i, z[keep].astype(np.int16), wrap_unit(coords[keep]), lattice, sg))
         diag["num_atoms"][i] = a

@@ -141,3 +141,28 @@ class CrysTensLayout:
         if unknown:
             raise CrysgenError(f"unknown CrysTens layout key(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+REGIONS = ("strips", "codes", "pairs", "padding")
+"""Regions of a CrysTens tensor, for per-region loss weights (:func:`region_map`)."""
+
+
+def region_map(layout: CrysTensLayout) -> np.ndarray:
+    """Region index (into :data:`REGIONS`) of every entry of a (size, size) tensor plane.
+
+    * "strips": the 11 attribute strips of the site rows/columns (Z, x, y, z, lattice, space group);
+    * "codes": the element-code strips (rows/columns 12-21 of the site rows; layouts with codes);
+    * "pairs": the site x site block (distances and differences);
+    * "padding": the rest (the header x header corner and row/column 11), 0 in every tensor.
+
+    Returns:
+        int64 (size, size); the same in all 4 layers.
+    """
+    o, size = layout.site_offset, layout.size
+    out = np.full((size, size), REGIONS.index("padding"), np.int64)
+    out[o:, :N_HEADER] = out[:N_HEADER, o:] = REGIONS.index("strips")
+    if layout.element_code:
+        rows = slice(CODE_ROW, CODE_ROW + CODE_ROWS)
+        out[o:, rows] = out[rows, o:] = REGIONS.index("codes")
+    out[o:, o:] = REGIONS.index("pairs")
+    return out

@@ -62,6 +62,9 @@ class CrysTensScaling:
         num_elements_counts: number of distinct elements -> number of crystals seen when
             fitting; the auto decoder's prior on how many elements a crystal has.
         layout: the tensor's shape (site rows, element codes); the paper's by default.
+        num_sites_counts: number of sites -> number of crystals seen when fitting (empty for
+            the preset and files written before it); composition control draws the number of
+            formula units of a formula from it.
     """
 
     ranges: dict[str, tuple[float, float]]
@@ -69,6 +72,7 @@ class CrysTensScaling:
     element_counts: dict[int, int] = field(default_factory=dict)
     num_elements_counts: dict[int, int] = field(default_factory=dict)
     layout: CrysTensLayout = field(default_factory=CrysTensLayout)
+    num_sites_counts: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [f for f in FEATURES if f not in self.ranges]
@@ -185,10 +189,12 @@ class CrysTensScaling:
         distinct = ((np.diff(z_sorted, axis=1) != 0) & (z_sorted[:, :-1] > 0)).sum(1)
         distinct += z_sorted[:, -1] > 0  # an empty crystal has 0 elements
         ks, kc = np.unique(distinct, return_counts=True)
+        ns, nc = np.unique(crystals.num_sites, return_counts=True)
         return cls(ranges=ranges, source=f"fitted on {len(crystals)} crystals of {desc}",
                    element_counts={int(z): int(c) for z, c in zip(zs, counts, strict=True)},
                    num_elements_counts={int(k): int(c) for k, c in zip(ks, kc, strict=True)},
-                   layout=layout)
+                   layout=layout,
+                   num_sites_counts={int(k): int(c) for k, c in zip(ns, nc, strict=True)})
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +209,8 @@ class CrysTensScaling:
             },
             "ranges": {k: {"min": float(v[0]), "max": float(v[1])} for k, v in self.ranges.items()},
             "layout": self.layout.to_dict(),
+            **({"num_sites_counts": {str(k): v for k, v in sorted(self.num_sites_counts.items())}}
+               if self.num_sites_counts else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -223,8 +231,10 @@ class CrysTensScaling:
             raise CrysgenError(f"malformed scaling ranges: {exc}") from exc
         counts = {int(k): int(v) for k, v in data.get("element_counts", {}).items()}
         k_counts = {int(k): int(v) for k, v in data.get("num_elements_counts", {}).items()}
+        n_counts = {int(k): int(v) for k, v in data.get("num_sites_counts", {}).items()}
         return cls(ranges=ranges, source=str(data.get("source", "custom")), element_counts=counts,
-                   num_elements_counts=k_counts, layout=CrysTensLayout.from_dict(data.get("layout")))
+                   num_elements_counts=k_counts, layout=CrysTensLayout.from_dict(data.get("layout")),
+                   num_sites_counts=n_counts)
 
     @classmethod
     def load(cls, path: str | Path) -> CrysTensScaling:

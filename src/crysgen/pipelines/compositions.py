@@ -1,0 +1,112 @@
+"""Compositions to sample under composition control, shared by every model that can take one.
+
+A model with composition control (atom diffusion, single-stage CrysTens diffusion) is asked for
+crystals of given elements per site: from a formula (``crysgen sample --formula LiFePO4``, the
+number of formula units given or drawn from the training histogram of site counts) or from
+target crystals (``--compositions TARGETS.npz``: crystal structure prediction, one row per
+target and repeat). Sites are listed element by element in increasing atomic number, as
+``crysgen data prepare`` sorts them (pymatgen's order).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from crysgen.crystal_set import CrystalSet
+from crysgen.errors import CrysgenError
+from crysgen.pipelines.seeding import torch_generator
+from crysgen.representations.atoms import parse_formula
+
+
+@dataclass
+class Compositions:
+    """What to sample under composition control: elements per sample, and the target of each.
+
+    Attributes:
+        atomic_numbers: int (n, S), 0 = no site.
+        targets: the id of the crystal each sample is meant to reproduce ("" if none).
+    """
+
+    atomic_numbers: np.ndarray
+    targets: list[str]
+
+
+def from_formula(formula: str, n: int, *, max_sites: int, num_sites_counts: np.ndarray | None,
+                 known_elements: set[int] | None = None, num_atoms: int | None = None,
+                 seed: int | list[int] = 0) -> Compositions:
+    """``n`` samples of one formula; the site count is ``num_atoms`` or drawn per sample.
+
+    Args:
+        formula: a reduced or full formula ("LiFePO4").
+        n: samples.
+        max_sites: S, the most sites the model makes.
+        num_sites_counts: float (>= S + 1,): training crystals per site count (index = count);
+            without ``num_atoms``, each sample's number of formula units is drawn from it
+            restricted to multiples of the formula's size (None: the multiples equally likely).
+        known_elements: the elements the model saw in training (others: a warning); None: no check.
+        num_atoms: the site count of every sample.
+        seed: seeds the draw.
+
+    Raises:
+        CrysgenError: for a bad formula, or a site count that is not a multiple of the formula's
+            or exceeds S (or a formula with more atoms than S).
+    """
+    counts = parse_formula(formula)
+    if known_elements is not None:
+        warn_unseen(set(counts), known_elements, formula)
+    size, s = sum(counts.values()), max_sites
+    if num_atoms is not None:
+        if num_atoms % size or num_atoms > s or num_atoms < 1:
+            raise CrysgenError(f"--num-atoms {num_atoms} is not a multiple of {formula}'s {size} "
+                               f"atoms up to the model's {s} sites")
+        units = np.full(n, num_atoms // size)
+    else:
+        import torch
+
+        mult = np.arange(1, s // size + 1)
+        if not len(mult):
+            raise CrysgenError(f"{formula} has {size} atoms; the model makes at most {s} sites")
+        hist = np.ones(s + 1) if num_sites_counts is None else np.asarray(num_sites_counts, float)
+        weights = hist[mult * size] + 1e-3
+        gen = torch_generator(seed)
+        units = mult[torch.multinomial(torch.as_tensor(weights / weights.sum()), n, replacement=True,
+                                       generator=gen).numpy()]
+    z = np.zeros((n, s), np.int64)
+    cell = np.concatenate([np.full(c, el) for el, c in sorted(counts.items())])
+    for i, u in enumerate(units):
+        z[i, :u * size] = np.tile(cell, u)
+    return Compositions(z, [formula] * n)
+
+
+def from_targets(targets: CrystalSet, *, max_sites: int, per_target: int = 1,
+                 known_elements: set[int] | None = None) -> Compositions:
+    """One row per (target, repeat): each target crystal's elements and site count.
+
+    Raises:
+        CrysgenError: for targets with more sites than ``max_sites`` (elements unseen in
+            training: a warning).
+    """
+    s = max_sites
+    too_big = targets.num_sites > s
+    if too_big.any():
+        raise CrysgenError(f"{int(too_big.sum())} target crystals have more than the model's {s} sites")
+    if known_elements is not None:
+        warn_unseen({int(v) for v in np.unique(targets.atomic_numbers)} - {0}, known_elements, "the targets")
+    z = np.zeros((len(targets), s), np.int64)
+    w = min(s, targets.atomic_numbers.shape[1])
+    z[:, :w] = targets.atomic_numbers[:, :w]
+    return Compositions(np.repeat(z, per_target, axis=0),
+                        [str(t) for t in np.repeat(targets.ids, per_target)])
+
+
+def warn_unseen(elements: set[int], known: set[int], what: str) -> None:
+    """Warn about elements the model never saw in training (expect less of their samples)."""
+    unseen = sorted(elements - known)
+    if unseen:
+        from pymatgen.core import Element
+
+        names = ", ".join(Element.from_Z(z).symbol for z in unseen)
+        warnings.warn(f"{what}: the model never saw {names} in training", stacklevel=3)
