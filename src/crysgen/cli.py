@@ -448,13 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(DATA.npz:ID or CIF)")
     p.add_argument("--points", type=_positive_int, default=10, help="points of --interpolate (10)")
     p.add_argument("--formula", default=None,
-                   help="atom diffusion: sample crystals of exactly this composition, e.g. LiFePO4")
+                   help="atom or single-stage CrysTens diffusion: sample crystals of exactly this "
+                        "composition, e.g. LiFePO4")
     p.add_argument("--num-atoms", type=_positive_int, default=None,
-                   help="atom diffusion with --formula: sites per cell (a multiple of the formula's; "
+                   help="with --formula: sites per cell (a multiple of the formula's; "
                         "default: drawn from the training distribution)")
     p.add_argument("--compositions", default=None, metavar="TARGETS.npz",
-                   help="atom diffusion: one sample per crystal of this CrystalSet with its elements "
-                        "(crystal structure prediction; samples.csv names each sample's target)")
+                   help="atom or single-stage CrysTens diffusion: one sample per crystal of this CrystalSet "
+                        "with its elements (crystal structure prediction; samples.csv names each "
+                        "sample's target)")
     p.add_argument("--per-target", type=_positive_int, default=1,
                    help="samples per target of --compositions (1)")
     p.add_argument("--space-group", type=int, default=None,
@@ -466,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the model's setting)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="diffusion sampler steps (50; GANs ignore it; atom diffusion: Heun steps)")
-    p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim",
+                   help="CrysTens diffusion sampler (ddim; an EDM model: ddim = EDM's Euler, dpmsolver = "
+                        "EDM's DPM-Solver++, no ddpm)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="tensors per forward pass (default: 256 on cuda, 16 on cpu, where small "
                         "batches are faster)")
