@@ -158,7 +158,8 @@ def build_graphs(items: Sequence[Structure | CrystalRow], converter: Any, *, wor
     settings = converter_settings(converter)
     chunk = max(1, min(GRAPH_CHUNK_MAX, len(items) // (workers * 4)))
     with tqdm(total=len(items), desc="CHGNet graphs", disable=not progress, leave=False) as bar:
-        done = robust_map(partial(graph_arrays, settings=settings), list(items), workers=workers,
+        done = robust_map(partial(graph_arrays, settings=settings), list(items),
+                          workers=min(workers, len(items)),
                           died=_graph_died, chunksize=chunk, on_done=bar.update)
     return [None if isinstance(d, str) else _graph_from_arrays(d, settings) for d in done]
 

@@ -146,7 +146,7 @@ def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
             return out
         order = sorted(range(n), key=lambda i: -len(structures[i]))  # stable: ties keep input order
         chunk = max(1, min(CHUNK_MAX, n // (workers * 4)))
-        done = robust_map(fingerprint_pair, [structures[i] for i in order], workers=workers,
+        done = robust_map(fingerprint_pair, [structures[i] for i in order], workers=min(workers, n),
                           died=_died, chunksize=chunk, on_done=bar.update)
     out: list[Fingerprints] = [(None, None, "not computed")] * n
     for i, f in zip(order, done, strict=True):
