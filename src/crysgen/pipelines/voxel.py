@@ -193,16 +193,8 @@ class VoxelModel:
         return path
 
     def fit_prior(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu") -> LatentPrior:
-        """Fit (and keep) the posterior-matched prior on crystals with their condition classes.
-
-        The VAE's train/eval mode is left as it was (this runs from inside training exports).
-        """
-        was_training = self.vae.training
-        try:
-            mu, logvar = self.encode(crystals, classes, device=device)
-        finally:
-            self.vae.train(was_training)
-        self.prior = LatentPrior.fit(mu, logvar)
+        """Fit (and keep) the posterior-matched prior on crystals with their condition classes."""
+        self.prior = LatentPrior.fit(*self.encode(crystals, classes, device=device))
         return self.prior
 
     @classmethod
@@ -223,16 +215,32 @@ class VoxelModel:
     def encode(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu",
                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """μ and log σ² (N, latent) of crystals with the given condition classes."""
-        vae = self.vae.to(device).eval()
-        x = network_input(crystals, self.spec.voxel) / self.spec.scale()[:, None, None, None]
+        x = network_input(crystals, self.spec.voxel)
         mus, logvars = [], []
-        with torch.no_grad():
-            for s in range(0, len(x), batch_size):
-                c = one_hot(classes[s:s + batch_size], self.spec.num_conditions, device)
-                mu, lv = vae.encode(torch.from_numpy(x[s:s + batch_size]).to(device), c)
-                mus.append(mu.float().cpu().numpy())
-                logvars.append(lv.float().cpu().numpy())
+        for s in range(0, len(x), batch_size):
+            mu, lv = self.encode_grids(torch.from_numpy(x[s:s + batch_size]), classes[s:s + batch_size],
+                                       device=device)
+            mus.append(mu)
+            logvars.append(lv)
         return np.concatenate(mus), np.concatenate(logvars)
+
+    def encode_grids(self, grids: torch.Tensor, classes: np.ndarray, *, device: str = "cpu",
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """μ and log σ² (B, latent) of one batch of grids (B, 4, G, G, G) in electrons/Å³ and Å.
+
+        The grids are divided by the spec's channel scale here. The VAE runs in eval mode and is
+        left in the train/eval mode it had (training exports call this).
+        """
+        was_training = self.vae.training
+        vae = self.vae.to(device).eval()
+        try:
+            scale = torch.from_numpy(self.spec.scale()).to(device).view(1, -1, 1, 1, 1)
+            with torch.no_grad():
+                c = one_hot(classes, self.spec.num_conditions, device)
+                mu, lv = vae.encode(grids.to(device).float() / scale, c)
+        finally:
+            self.vae.train(was_training)
+        return mu.float().cpu().numpy(), lv.float().cpu().numpy()
 
     def latents(self, n: int, *, seed: int | list[int] = 0, condition: int | None = None,
                 around: np.ndarray | None = None, sigma2: float = 0.5, prior: str = "standard",

@@ -39,6 +39,7 @@ from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.objectives.voxel import channel_weights, class_weights, segmentation_loss, vae_loss
 from crysgen.pipelines.voxel import (
     SPEC_FILE,
+    LatentPrior,
     VoxelModel,
     VoxelSpec,
     load_segmenter,
@@ -374,7 +375,16 @@ def train_voxel(
         if c.kind == "segmenter":
             return save_voxel_dir(path, kind="voxel_segmenter", net=m.net, spec=spec, data=d)
         model = VoxelModel(m.net, m.frozen, spec, d)
-        model.fit_prior(cs.subset(prior_idx), classes[prior_idx], device=str(m.device))
+        # the prior's posteriors, from the voxelised training grids (unrotated) on the module's device
+        mus, logvars = [], []
+        for s in range(0, len(prior_idx), 64):
+            idx = prior_idx[s:s + 64]
+            batch = {k: v.to(m.device) for k, v in loader.dataset.__getitems__(idx.tolist()).items()}
+            grids, _ = device_inputs(batch, spec.voxel, rotate=False)
+            mu, lv = model.encode_grids(grids, classes[idx], device=str(m.device))
+            mus.append(mu)
+            logvars.append(lv)
+        model.prior = LatentPrior.fit(np.concatenate(mus), np.concatenate(logvars))
         return model.save_pretrained(path)
 
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
