@@ -25,6 +25,15 @@ NAMES = ("NaCl", "SrTiO3", "triclinic_LiFePO")
 LAYOUT = CrysTensLayout(sites=32, element_code=True)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: one torch thread (two threads on a busy shared CPU measured ~100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def crystals() -> CrystalSet:
     return CrystalSet.from_structures([load_cif(n) for n in NAMES], ids=list(NAMES), max_sites=32)

@@ -84,7 +84,8 @@ class DiffusionConfig:
             if bad:
                 raise CrysgenError(f"unknown diffusion.region_weights key(s) {', '.join(sorted(bad))}; "
                                    f"choose among {', '.join(REGIONS)}")
-            if not all(isinstance(v, int | float) and v >= 0 for v in w.values()) or not any(w.values()):
+            if (not all(isinstance(v, int | float) and v >= 0 for v in w.values())
+                    or not any(w.get(r, 1.0) for r in REGIONS)):
                 raise CrysgenError("diffusion.region_weights must be non-negative numbers, not all 0")
             object.__setattr__(self, "region_weights", {k: float(v) for k, v in sorted(w.items())})
 
