@@ -90,7 +90,7 @@ def test_grid_coordinates_ramp_up_along_their_own_axes_after_rotation():
     assert read_lattice(xr[:, 1:].numpy()) == pytest.approx(read_lattice(x[:, 1:].numpy()), abs=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+@pytest.mark.filterwarnings("ignore:You are trying to")
 def test_tiny_vae_learns_each_crystals_lattice_on_a_fixed_batch():
     """Within a few dozen steps the μ-reconstructions' lattices, read back from the decoded coordinate
     channels, are in the right order and beat the best constant guess (the batch's mean cell).
@@ -206,9 +206,12 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
     scale = model.spec.scale()[:, None, None, None]
     assert model.decode_grids(z, cls) == pytest.approx(raw * scale, rel=1e-5)
     # the export fitted the posterior-matched prior on the training crystals' posteriors
-    mu_all, _ = model.encode(CrystalSet.load(perov), model.spec.condition_class(
-        CrystalSet.load(perov).properties["heat_ref"]))
-    assert model.prior is not None and model.prior.mean == pytest.approx(mu_all.mean(0), abs=1e-4)
+    assert model.prior is not None and model.prior.n == 16
+    exported = model.prior
+    refit = model.fit_prior(CrystalSet.load(perov), model.spec.condition_class(
+        CrystalSet.load(perov).properties["heat_ref"]))  # from the crystals, as for an older model
+    assert refit.mean == pytest.approx(exported.mean, abs=1e-3)
+    assert refit.chol == pytest.approx(exported.chol, abs=1e-3)
     zp, _ = model.latents(4, seed=0, prior="posterior")
     assert zp == pytest.approx(model.prior.sample(model.latents(4, seed=0)[0]), abs=1e-4)
     with pytest.raises(CrysgenError, match="prior must be one of"):
