@@ -14,6 +14,16 @@
 #   bash benchmarks/gpu_session.sh one NAME CONFIG TRAIN VAL MINUTES [--init MODEL_DIR]
 #   bash benchmarks/gpu_session.sh watch SECONDS NAME
 #   bash benchmarks/gpu_session.sh finish-one NAME BENCH_NAME REFERENCE [SYMPREC]
+# Issue 17 ablation (same 26.6 M UNet and optimiser, concurrent on one GPU for the same minutes;
+# needs benchmarks/.work/mp_20_{train_partial,val,test}.npz (crysgen data prepare defaults:
+# conventional cells, <= 52 sites) and mp_20_asis_{train_partial,val,test}.npz (--cell as-is
+# --max-sites 20)):
+#   bash benchmarks/gpu_session.sh ablation MINUTES   # start the four rows detached, watch ~8 min
+#   bash benchmarks/gpu_session.sh watch SECONDS abl_s32_edm
+#   bash benchmarks/gpu_session.sh ablation-finish    # every row at the step all reached: diffusion.py + CSP
+# CrysTens CSP (one sample per test composition, inpainted and decoded as given):
+#   bash benchmarks/gpu_session.sh csp NAME MODEL_DIR TARGETS [STEPS] [SAMPLER]
+#     -> benchmarks/results/csp_NAME_mp_20.json (+ .targets.csv), copied to $OUT
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
 source benchmarks/gpu_env.sh
 
@@ -45,6 +55,15 @@ watch() {  # seconds
     pgrep -f "crysgen train" > /dev/null || { echo "no training process left"; break; }
   done
 }
+
+csp() {  # name model_dir targets [steps] [sampler]
+  python3 -m crysgen sample $2 --compositions $W/$3.npz --steps ${4:-50} --sampler ${5:-ddim} \
+    --device cuda --workers 14 --out $W/csp_$1 --quiet
+  python3 benchmarks/csp.py $W/csp_$1 --targets $W/$3.npz --name $1 --dataset mp_20 --workers 14
+  cp benchmarks/results/csp_$1_mp_20.* $OUT/
+}
+
+ROWS="abl_s52_ddpm abl_s32_ddpm abl_s32_edm abl_s32_edm_regions"
 
 case "$1" in
   launch)
@@ -83,6 +102,40 @@ case "$1" in
     tar cf $OUT/results.tar benchmarks/results
     tar cf $OUT/logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R .
     tar cf $OUT/$2_model.tar -C $R/$2 model
+    ;;
+  ablation)
+    install || exit 1
+    nvidia-smi
+    train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_train_partial mp_20_val "$2"
+    for n in s32_ddpm s32_edm s32_edm_regions; do
+      train abl_$n diffusion_mp20_$n mp_20_asis_train_partial mp_20_asis_val "$2"
+    done
+    watch 480
+    ;;
+  ablation-finish)
+    install || exit 1
+    wait_runs
+    S=$(for n in $ROWS; do
+          ls $R/$n/checkpoints | sed -n 's/^step0*\([0-9]*\)\.ckpt$/\1/p' | sort -n | tail -1
+        done | sort -n | head -1)
+    echo "common step budget: $S"
+    M=/tmp/models
+    mkdir -p $M
+    for n in $ROWS; do
+      python3 -m crysgen model export $R/$n --step "$S" --out $M/$n
+      case $n in abl_s52*) T=mp_20_test ;; *) T=mp_20_asis_test ;; esac
+      case $n in *edm*) DDPM_N=0 ;; *) DDPM_N=50 ;; esac  # an EDM model has no 1000-step DDPM sampler
+      python3 benchmarks/diffusion.py --device cuda --ddpm-n $DDPM_N $M/$n --reference $W/$T.npz \
+        --name ${n}_mp_20 --run $R/$n
+      csp $n $M/$n $T
+      tar cf $OUT/${n}_model.tar -C $M $n
+    done
+    tar cf $OUT/results.tar benchmarks/results
+    tar cf $OUT/logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R .
+    ;;
+  csp)
+    install || exit 1
+    csp "$2" "$3" "$4" "${5:-50}" "${6:-ddim}"
     ;;
   finish)
     install || exit 1
