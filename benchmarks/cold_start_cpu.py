@@ -12,7 +12,11 @@ the GPU machine the issue's targets are for). For the first N crystals of the mp
   per worker count, and the largest difference of the energies of those graphs from one
   process's (eV/atom).
 
-The load average before and after is recorded: the machine may be shared.
+The load average before and after is recorded, and the CPU seconds of every run (this process
+and its finished workers): on a shared machine whose kernel groups processes by session for
+scheduling (``/proc/sys/kernel/sched_autogroup_enabled`` = 1, recorded), a session gets its share
+of the cores however many processes it runs, so wall time may not fall with more workers while
+the CPU seconds show what the work cost.
 
 Usage: python benchmarks/cold_start_cpu.py [--n 1000] [--workers 1 2]
     [--reference benchmarks/.work/mp_20_test.npz]
@@ -23,9 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +46,24 @@ from crysgen.evaluation.stability import load_chgnet
 def _same(a: list, b: list) -> bool:
     """Whether two fingerprint lists are equal crystal for crystal (reasons and arrays)."""
     for (s1, c1, r1), (s2, c2, r2) in zip(a, b, strict=True):
-        if r1 != r2 or (r1 is None and not (np.array_equal(s1, s2) and np.array_equal(c1, c2))):
+        same = (np.array_equal(s1, s2, equal_nan=True)  # Magpie keeps NaN where it has no data
+                and np.array_equal(c1, c2, equal_nan=True))
+        if r1 != r2 or (r1 is None and not same):
             return False
     return True
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished (joined) child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(fn(), wall seconds, CPU seconds of this process and its workers)."""
+    c0, t0 = _cpu(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, _cpu() - c0
 
 
 def fingerprints(cs: CrystalSet, workers: list[int]) -> dict:
@@ -50,19 +72,19 @@ def fingerprints(cs: CrystalSet, workers: list[int]) -> dict:
     t0 = time.perf_counter()  # imports and featurizers once, outside the timed runs
     fingerprint_structures(structures[:1])
     out: dict = {"import_and_first_crystal_seconds": round(time.perf_counter() - t0, 2),
-                 "cold_seconds": {}, "seconds_per_crystal": {}}
+                 "cold_seconds": {}, "cpu_seconds": {}, "seconds_per_crystal": {}}
     first = None
     with tempfile.TemporaryDirectory() as tmp:
         for w in workers:
             cache = Path(tmp) / f"w{w}"
-            t0 = time.perf_counter()
-            got = cached_fingerprints(cs, structures, workers=w, cache_dir=cache)
-            took = time.perf_counter() - t0
+            got, took, cpu = timed(lambda c=cache, w=w: cached_fingerprints(cs, structures, workers=w,
+                                                                            cache_dir=c))
             out["cold_seconds"][str(w)] = round(took, 2)
+            out["cpu_seconds"][str(w)] = round(cpu, 2)
             out["seconds_per_crystal"][str(w)] = round(took / len(cs), 4)
             first = got if first is None else first
             out.setdefault("equal_to_first", {})[str(w)] = _same(first, got)
-            print(f"fingerprints, {w} worker(s): {took:.1f} s", flush=True)
+            print(f"fingerprints, {w} worker(s): {took:.1f} s wall, {cpu:.1f} s CPU", flush=True)
         t0 = time.perf_counter()
         warm = cached_fingerprints(cs, structures, workers=workers[-1], cache_dir=cache)
         out["warm_seconds"] = round(time.perf_counter() - t0, 3)
@@ -75,18 +97,18 @@ def graphs(cs: CrystalSet, workers: list[int]) -> dict:
     """CHGNet graph-building seconds per worker count and the energies' largest difference."""
     model = load_chgnet("cpu")
     rows = crystal_rows(cs)
-    out: dict = {"seconds": {}, "max_energy_difference_eV_atom": {}}
+    out: dict = {"seconds": {}, "cpu_seconds": {}, "max_energy_difference_eV_atom": {}}
     first = None
     for w in workers:
-        t0 = time.perf_counter()
-        built = build_graphs(rows, model.graph_converter, workers=w)
-        out["seconds"][str(w)] = round(time.perf_counter() - t0, 2)
+        built, took, cpu = timed(lambda w=w: build_graphs(rows, model.graph_converter, workers=w))
+        out["seconds"][str(w)] = round(took, 2)
+        out["cpu_seconds"][str(w)] = round(cpu, 2)
         ok = [g for g in built if g is not None]
         e = predict_energies(model, ok, "cpu", 64)
         first = e if first is None else first
         out["max_energy_difference_eV_atom"][str(w)] = float(np.max(np.abs(e - first)))
         out["graphs"] = len(ok)
-        print(f"CHGNet graphs, {w} worker(s): {out['seconds'][str(w)]} s", flush=True)
+        print(f"CHGNet graphs, {w} worker(s): {took:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     return out
 
 
@@ -102,6 +124,8 @@ def main() -> None:
         "label": "CPU (this machine's cores, shared with other users; not the GPU machine)",
         "reference": Path(args.reference).name, "n": len(cs), "workers": args.workers,
         "cpu_count": os.cpu_count(),
+        "sched_autogroup_enabled": Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").is_file() else None,
         "reference_fingerprints": fingerprints(cs, args.workers),
         "chgnet_graphs": graphs(cs, args.workers),
         "load_average_before": [round(x, 2) for x in load_before],
