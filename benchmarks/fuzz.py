@@ -450,7 +450,9 @@ def sample_cases(work: Path, a_file: Path) -> list[tuple[str, list[str]]]:
         ("sample --churn nan", [*s, "-n", "2", "--churn", "nan"]),
         ("sample --symprec -1", [*c, "--symprec", "-1"]),
         ("sample --decode-mode bogus", [*c, "--decode-mode", "bogus"]),
-        ("sample CrysTens --formula", [*c, "--formula", "NaCl"]),
+        ("sample CrysTens --formula unknown element", [*c, "--formula", "Xx2O3"]),
+        ("sample CrysTens --formula too many sites", [*c, "--formula", "Fe30O45"]),
+        ("sample CrysTens --space-group", [*c, "--space-group", "225"]),
         ("sample CrysTens --churn", [*c, "--churn", "10"]),
         ("sample atom model --condition", [*s, "-n", "2", "--condition", "3"]),
     ]
