@@ -237,3 +237,31 @@ def test_decoding_runs_with_one_openmp_thread(hand_built, mode, monkeypatch):
     monkeypatch.setattr(auto if mode == "auto" else faithful, "decode_batch", spy)
     assert len(decode(tensors, s, DecodeOptions(mode=mode)).crystals) == len(hand_built)
     assert seen and set(seen) == {1}
+
+
+@pytest.mark.parametrize("mode", ["auto", "faithful"])
+def test_tensors_far_from_any_crystal_fail_and_real_ones_pass(perov_csv, mode):
+    """Uniform noise used to "decode" with no failure; its 8 copies of every site attribute
+    spread as much as random numbers, an encoded crystal's not at all, a noisy one's by about σ."""
+    from crysgen.data.prepare import PrepareOptions, prepare_dataset
+
+    real, _ = prepare_dataset(perov_csv, PrepareOptions(limit=40), workers=1, progress=False)
+    s = CrysTensScaling.fit(real)
+    clean = encode(real, s)
+    rng = np.random.default_rng(0)
+    noisy = np.where(clean != 0, np.clip(clean + 0.05 * rng.standard_normal(clean.shape), 0, 1), 0)
+    uniform = rng.random((4, *clean.shape[1:]))
+    opts = DecodeOptions(mode=mode)
+    for batch in (clean, noisy):
+        res = decode(batch, s, opts)
+        assert not [f for f in res.failures if "far from any crystal" in f.reason]
+    res = decode(uniform, s, opts)
+    assert len(res.crystals) == 0
+    assert all("far from any crystal" in f.reason for f in res.failures)
+    unchecked = decode(uniform, s, DecodeOptions(mode=mode, max_copy_spread=None))
+    assert not [f for f in unchecked.failures if "far from any crystal" in f.reason]
+
+
+def test_a_copy_spread_limit_must_be_positive():
+    with pytest.raises(CrysgenError, match="max_copy_spread"):
+        DecodeOptions(max_copy_spread=0.0)

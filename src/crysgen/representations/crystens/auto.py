@@ -38,6 +38,7 @@ from crysgen.representations.crystens.decode import (
     DecodeOptions,
     DecodeResult,
     code_copies,
+    copy_spread,
     finish_batch,
     global_consensus,
     header_copies,
@@ -73,11 +74,8 @@ def detect_num_atoms(scaled_copies: np.ndarray) -> np.ndarray:
 
 
 def noise_level(scaled_copies: np.ndarray, num_atoms: np.ndarray) -> np.ndarray:
-    """Per-sample noise std in scaled units from the spread of the 8 copies of present rows."""
-    present = np.arange(scaled_copies.shape[1])[None, :] < num_atoms[:, None]
-    var = scaled_copies.var(axis=-1, ddof=1).mean(-1)  # (N, S)
-    count = np.maximum(present.sum(1), 1)
-    return np.sqrt((var * present).sum(1) / count)
+    """Per-sample noise std in scaled units from the spread of the 8 copies of the first A rows."""
+    return copy_spread(scaled_copies, np.arange(scaled_copies.shape[1])[None, :] < num_atoms[:, None])
 
 
 def consensus_coords(
@@ -278,7 +276,7 @@ def decode_batch(
     read from it, and every site is kept.
     """
     layout = scaling.layout
-    safe, reasons, diag = start_batch(tensors, options)
+    safe, reasons, diag = start_batch(tensors, options, layout)
     n = len(safe)
     ok = np.array([r is None for r in reasons])
     scaled_copies = header_copies(safe, layout)

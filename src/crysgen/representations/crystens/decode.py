@@ -42,6 +42,12 @@ DIAGNOSTICS = {
 }
 
 
+MAX_COPY_SPREAD = 0.5 / np.sqrt(12)
+"""Half the copy spread of random numbers: independent U(0, 1) copies spread by 1/√12 ≈ 0.29 (std,
+scaled units), an encoded crystal by 0, one with Gaussian noise σ by about σ (so σ = 0.1 passes),
+and 64 samples of the bundled CrysTens model by at most 0.09."""
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """How to turn tensors into crystals.
@@ -59,6 +65,9 @@ class DecodeOptions:
             element nearest to each site's code and Z; without, the MAP element set with the
             training priors) or "round" (each site's 8-copy Z mean rounded; the naive baseline,
             for ablations).
+        max_copy_spread: a tensor whose site attributes' 8 copies spread more than this (their
+            std in scaled units, over the non-empty site rows; see :func:`copy_spread`) is far
+            from any crystal and fails; None: no such check.
     """
 
     mode: DecodeMode = "auto"
@@ -69,8 +78,11 @@ class DecodeOptions:
     symprec: float | None = None
     seed: int = 0
     elements: ElementRule = "map"
+    max_copy_spread: float | None = MAX_COPY_SPREAD
 
     def __post_init__(self) -> None:
+        if self.max_copy_spread is not None and not self.max_copy_spread > 0:
+            raise CrysgenError(f"max_copy_spread must be positive, got {self.max_copy_spread}")
         if self.elements not in ELEMENT_RULES:
             raise CrysgenError(
                 f"unknown element rule {self.elements!r}; choose one of {', '.join(ELEMENT_RULES)}"
@@ -370,10 +382,27 @@ def assemble(
     return crystals, index
 
 
+def copy_spread(scaled_copies: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per-sample std of the 8 copies of the site attributes, pooled over the present rows.
+
+    Args:
+        scaled_copies: scaled header copies (N, S, 11, 8).
+        present: bool (N, S), the rows to pool.
+
+    Returns:
+        float64 (N,) in scaled units (0 for exact copies; 0 where no row is present).
+    """
+    var = scaled_copies.var(axis=-1, ddof=1).mean(-1)  # (N, S)
+    count = np.maximum(present.sum(1), 1)
+    return np.sqrt((var * present).sum(1) / count)
+
+
 def start_batch(
-    tensors: np.ndarray, options: DecodeOptions
+    tensors: np.ndarray, options: DecodeOptions, layout: CrysTensLayout
 ) -> tuple[np.ndarray, list[str | None], dict[str, np.ndarray]]:
-    """Common first step of both decoders.
+    """Common first step of both decoders: the garbage checks.
+
+    :func:`check_tensors`, then the copies' spread against ``options.max_copy_spread``.
 
     Returns:
         The batch as (N, size, size, 4) float64 with garbage samples zeroed, the per-sample
@@ -383,6 +412,14 @@ def start_batch(
     reasons = check_tensors(hwc, options.range_tolerance)
     ok = np.array([r is None for r in reasons])
     safe = np.where(ok[:, None, None, None], hwc, 0.0).astype(np.float64)
+    if options.max_copy_spread is not None and ok.any():
+        copies = header_copies(safe, layout)
+        spread = copy_spread(copies, (copies != 0).any(axis=(2, 3)))
+        for i in np.flatnonzero(ok & (spread > options.max_copy_spread)):
+            reasons[i] = (f"far from any crystal: the 8 copies of its site attributes spread by "
+                          f"{spread[i]:.3f} (scaled std; random numbers: 0.29, limit "
+                          f"{options.max_copy_spread:.3f})")
+            safe[i] = 0.0
     return safe, reasons, {k: np.full(len(hwc), np.nan) for k in DIAGNOSTICS}
 
 

@@ -99,7 +99,7 @@ def decode_batch(
     """
     layout = scaling.layout
     o = layout.site_offset
-    safe, reasons, diag = start_batch(tensors, options)
+    safe, reasons, diag = start_batch(tensors, options, layout)
     n = len(safe)
     # step 0: a row is present (and un-scaled) if any of its entries is non-zero
     present = (safe[:, o:, :, :] != 0).any(axis=(2, 3))
