@@ -19,6 +19,18 @@ def _seed() -> None:
     warnings.filterwarnings("ignore", module="pymatgen")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: one torch thread for the test (two threads on a busy shared CPU measured
+    ~100x slower); use with ``pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_file(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

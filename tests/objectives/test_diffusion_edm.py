@@ -24,13 +24,7 @@ LAYOUT = CrysTensLayout(sites=8, element_code=True)
 NAMES = ("NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread (two threads on a busy shared CPU measured ~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unet(side: int) -> torch.nn.Module:

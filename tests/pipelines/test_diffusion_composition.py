@@ -25,13 +25,7 @@ NAMES = ("NaCl", "SrTiO3", "triclinic_LiFePO")
 LAYOUT = CrysTensLayout(sites=32, element_code=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one torch thread (two threads on a busy shared CPU measured ~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
