@@ -1,0 +1,40 @@
+"""CSP match rate per cell size from a csp.py per-target table -> results/csp_by_size_<name>.json.
+
+Reads the ``.targets.csv`` that :mod:`csp` writes next to its result and bins the targets by
+number of sites (:func:`csp.by_num_sites`), so an existing CSP run gets the breakdown without
+re-matching.
+
+Usage: python benchmarks/csp_by_size.py benchmarks/results/csp_atom_diffusion_mp_20.targets.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from crysgen.crystal_set import write_text_atomic
+from csp import by_num_sites
+from provenance import ROOT, stamp
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("targets_csv", help="a csp.py per-target table (*.targets.csv)")
+    args = p.parse_args()
+    path = Path(args.targets_csv)
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["matched"] = r["matched"] == "True"
+    name = path.name.removesuffix(".targets.csv").removeprefix("csp_")
+    result = {"source": str(path.relative_to(ROOT) if path.is_absolute() else path), "targets": len(rows),
+              "by_num_sites": by_num_sites(rows)} | stamp("cpu")
+    out = ROOT / "benchmarks" / "results" / f"csp_by_size_{name}.json"
+    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["by_num_sites"], indent=1), f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
