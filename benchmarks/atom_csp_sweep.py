@@ -1,6 +1,6 @@
 """Sampler settings of an atom diffusion model against crystal structure prediction.
 
-Writes benchmarks/results/atom_csp_sweep_<dataset>.json.
+Writes benchmarks/results/atom_csp_sweep_<dataset><suffix>.json.
 
 One trained model, a seeded subset of the target crystals (one sample each, the elements given),
 and a grid of sampler settings: Heun steps and EDM churn (``s_churn``: fresh noise added before
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cosine)")
     args = p.parse_args()
 
     model = AtomDiffusionModel.from_pretrained(args.model)
@@ -79,7 +80,7 @@ def main() -> None:
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
               "note": "one sample per target, elements given; DiffCSP matcher and validity"}
     result |= stamp(args.device, model=resolve_model_dir(args.model))
-    path = ROOT / "benchmarks" / "results" / f"atom_csp_sweep_{args.dataset}.json"
+    path = ROOT / "benchmarks" / "results" / f"atom_csp_sweep_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")
     print(f"wrote {path}")
 

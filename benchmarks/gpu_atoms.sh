@@ -12,13 +12,15 @@
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
-#   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability
+#   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability (of the
+#                                                      # `sample` folder, else of 1,000 new samples)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
 #   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders;
-#    CONFIG another training YAML, INIT a model to start from)
+#    TAG names the run and sample folders instead (two runs of one dataset side by side, each with its
+#    own CUDA_VISIBLE_DEVICES); CONFIG another training YAML, INIT a model to start from)
 set -u
 R=/tmp/runs; W=${WORK:-benchmarks/.work}; S=$PWD/.snap; D=${DATASET:-mp_20}
-RUN=atoms_$D; A=$W/atomsamples_$D  # one run directory and sample folder per dataset
+G=${TAG:-$D}; RUN=atoms_$G; A=$W/atomsamples_$G  # one run directory and sample folder per dataset (or TAG)
 export PYTHONPATH=/tmp/site:$S/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
@@ -53,11 +55,12 @@ watch() {
 }
 case $1 in
 install) install ;;
-sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained calls) -> /tmp/sweep.log
+sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained calls) -> /tmp/sweep_$G.log
   install
   setsid nohup python3 $S/benchmarks/atom_csp_sweep.py $2 --targets $W/${D}_asis_test.npz --n ${N:-1000} \
-    --steps ${STEPS:-50,200} --churn ${CHURN:-0,10,40} --device cuda --workers 10 > /tmp/sweep.log 2>&1 < /dev/null &
-  sleep 5; tail -3 /tmp/sweep.log ;;
+    --steps ${STEPS:-50,200} --churn ${CHURN:-0,10,40} --device cuda --workers ${WORKERS:-10} \
+    ${TAG:+--suffix _$TAG} > /tmp/sweep_$G.log 2>&1 < /dev/null &
+  sleep 5; tail -3 /tmp/sweep_$G.log ;;
 launch)
   install; mkdir -p $R
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
@@ -76,7 +79,8 @@ eval)
   T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
   cp $W/${D}_asis_train.npz $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
   python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 --work $W \
-    --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress --samples $A/denovo ${METRICS:+--metrics $METRICS} 2>&1 \
+    --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress ${METRICS:+--metrics $METRICS} \
+    $( [ -d $A/denovo ] && echo --samples $A/denovo ) 2>&1 \
     | tr '\r' '\n' | grep -v -i "warn" | tail -40
   cp $S/benchmarks/results/eval_$2_$D.json $OUT/
   tar czf $OUT/eval_report.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv ;;
