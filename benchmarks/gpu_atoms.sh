@@ -83,6 +83,6 @@ eval)
     $( [ -d $A/denovo ] && echo --samples $A/denovo ) 2>&1 \
     | tr '\r' '\n' | grep -v -i "warn" | tail -40
   cp $S/benchmarks/results/eval_$2_$D.json $OUT/
-  tar czf $OUT/eval_report.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv ;;
+  tar czf $OUT/eval_report_$2.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv ;;
 esac
 ls -la $OUT
