@@ -97,7 +97,8 @@ def libraries() -> dict[str, str]:
 
 def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
     """The scored model: its folder, the SHA-256 of its weight files and, when recorded, its
-    training step (``train_summary.json`` of the run next to it, or its config's data)."""
+    training step (``train_summary.json`` of the run next to it, or its config's data) and the
+    model its run started from (``--init``: that model's folder and step)."""
     path = Path(model_dir)
     weights = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".pt", ".ckpt", ".npz"))
     out: dict[str, Any] = {"path": str(model_dir),
@@ -112,6 +113,11 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
             data = json.loads(config.read_text()).get("data", {})
             if isinstance(data, dict) and "step" in data:
                 out["training_step"] = data["step"]
+    config = path / "config.json"
+    if config.is_file():
+        data = json.loads(config.read_text()).get("data", {})
+        if isinstance(data, dict) and isinstance(data.get("init"), dict):
+            out["init"] = data["init"]
     return out
 
 

@@ -5,12 +5,15 @@ Usage: python benchmarks/render_readme.py   (rewrites the block between the resu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+DEFAULT_START, DEFAULT_END = "<!-- default-model:start -->", "<!-- default-model:end -->"
+DEFAULT_MODEL = ROOT / "src" / "crysgen" / "pretrained" / "atom_diffusion_mp20"
 
 
 def pct(x: float | None) -> str:
@@ -341,7 +344,9 @@ def atom_table() -> list[str]:
         lines.append("")
     by_dataset: dict[str, list[Path]] = {}
     for path in sorted(res.glob("csp_*.json")):
-        by_dataset.setdefault(json.loads(path.read_text())["dataset"], []).append(path)
+        d = json.loads(path.read_text())
+        if "measured" in d:  # csp.py's files (csp_by_size_*.json break one of them down)
+            by_dataset.setdefault(d["dataset"], []).append(path)
     if by_dataset:
         lines += ["**Crystal structure prediction** (`benchmarks/csp.py`, one sample per target, "
                   "DiffCSP's matcher; invalid samples and, for k = 1, invalid targets count as misses)",
@@ -356,15 +361,23 @@ def atom_table() -> list[str]:
         for row in d.get("published", {}).get("rows", []):  # the rows the dataset's last file carries
             lines.append(f"| *{row['model']} (published; {row['source']})* | {dataset} | "
                          f"{row['match_rate']:.2f} % | {row['rmse']:.4f} | – | – |")
-    sweep = res / "atom_csp_sweep_mp_20.json"
-    if sweep.exists():
-        d = json.loads(sweep.read_text())
-        lines += ["", f"**Sampler settings vs CSP** ([`{sweep.name}`]({sweep.relative_to(ROOT)}); "
-                  f"{d['n_targets']:,} seeded {d['dataset']} test targets, one sample each, the bundled "
-                  "model; `crysgen sample --churn`)", "",
-                  "| Heun steps | S_churn | match rate | RMSE | invalid samples |", "|---|---|---|---|---|"]
-        lines += [f"| {r['steps']} | {r['s_churn']:g} | {r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | "
-                  f"{r['n_invalid_samples']} |" for r in d["rows"]]
+    sweeps = sorted(res.glob("atom_csp_sweep_*.json"))
+    if sweeps:
+        lines += ["", "**Sampler settings and continuations vs CSP** (`benchmarks/atom_csp_sweep.py`; "
+                  "1,000 seeded test targets of the dataset (the same ones in every file), one sample "
+                  "each; `crysgen sample --churn`; model = its folder where it was scored, and its training steps)", "",
+                  "| file | model | steps trained | Heun steps | S_churn | match rate | RMSE | "
+                  "invalid samples |", "|---|---|---|---|---|---|---|---|"]
+        for path in sweeps:
+            d = json.loads(path.read_text())
+            fp = d.get("model", {}) if isinstance(d.get("model"), dict) else {}
+            trained = fp.get("training_step", "–")
+            if "init" in fp:  # a continuation: its own steps after those of the model it started from
+                trained = f"{fp['init'].get('step', '?')} + {trained}"
+            lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
+                      f"`{fp.get('path', d.get('model'))}` | {trained} | {r['steps']} | {r['s_churn']:g} | "
+                      f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
+                      for r in d["rows"]]
     ddp = res / "atom_diffusion_ddp.json"
     if ddp.exists():
         d = json.loads(ddp.read_text())
@@ -377,18 +390,65 @@ def atom_table() -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def scoring(weights: Path, pattern: str) -> list[Path]:
+    """The result files matching ``pattern`` whose scored model has exactly these weights."""
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    out = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob(pattern)):
+        model = json.loads(path.read_text()).get("model")
+        if isinstance(model, dict) and digest in model.get("sha256", {}).values():
+            out.append(path)
+    return out
+
+
+def default_model_block() -> list[str]:
+    """The bundled default model's headline numbers, from the result files that scored its weights."""
+    weights = DEFAULT_MODEL / "weights.safetensors"
+    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    data = config["data"]
+    steps = f"{data['step']:,} steps"
+    if "init" in data:
+        steps = f"{data['init']['step']:,} + {data['step']:,} steps (a continuation, `--init`)"
+    lines = [f"Its weights (SHA-256 `{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}…`) were "
+             f"trained for {steps} on {data['count']:,} crystals (`{data['name']}`, the **partial** "
+             "mp_20 train split)."]
+    evals = scoring(weights, "eval_*.json")
+    for path in evals:
+        m = json.loads(path.read_text())["metrics"]
+        cells = ", ".join(f"{label} {metric_cell(m, key)}" for key, label in (
+            ("struct_valid", "structurally valid"), ("comp_valid", "compositionally valid"),
+            ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("wdist_density", "W(ρ)"),
+            ("wdist_num_elems", "W(#elements)"), ("stable_e_hull_le_0.1", "CHGNet-stable (E_hull ≤ 0.1 "
+             "eV/atom)"), ("sun_e_hull_le_0.1", "S.U.N."), ("stable_e_hull_le_0", "E_hull ≤ 0")) if key in m)
+        lines.append(f"1,000 samples scored by the suite ([`{path.name}`]({path.relative_to(ROOT)})): "
+                     f"{cells}.")
+    for path in scoring(weights, "atom_csp_sweep_*.json"):
+        d = json.loads(path.read_text())
+        best = max(d["rows"], key=lambda r: r["match_rate_percent"])
+        lines.append(f"Composition → structure on {d['n_targets']:,} {d['dataset']} test targets "
+                     f"([`{path.name}`]({path.relative_to(ROOT)})): match rate "
+                     f"{best['match_rate_percent']:.1f} %, RMSE {best['rmse']:.4f} ({best['steps']} "
+                     f"Heun steps, S_churn {best['s_churn']:g}).")
+    if not evals:
+        lines.append("No result file scores these weights yet.")
+    return [DEFAULT_START, " ".join(lines), DEFAULT_END]
+
+
+def replace_block(text: str, start: str, end: str, block: str) -> str:
+    if start not in text:
+        raise SystemExit(f"README.md has no {start} marker")
+    head, rest = text.split(start, 1)
+    return head + block + rest.split(end, 1)[1]
+
+
 def main() -> None:
     data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
     block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ddp_line(),
                        *compare_table(),
                        *properties_table(), *eval_sanity_table(), *eval_models_table(),
                        *atom_table(), *voxel_table(), END])
-    text = README.read_text()
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.replace("RESULTS_TABLE", block)
+    text = replace_block(README.read_text(), START, END, block)
+    text = replace_block(text, DEFAULT_START, DEFAULT_END, "\n".join(default_model_block()))
     README.write_text(text)
     print(f"updated {README}")
 

@@ -44,3 +44,15 @@ def test_stamp_names_libraries_and_the_scored_model(provenance, tmp_path, monkey
     assert s["libraries"]["numpy"] and s["libraries"]["torch"]
     assert s["model"]["sha256"] == {"weights.safetensors": hashlib.sha256(b"weights").hexdigest()}
     assert s["model"]["training_step"] == 1234
+    assert "init" not in s["model"]
+
+
+def test_a_continued_model_names_the_model_it_started_from(provenance, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"w")
+    init = {"model": "src/crysgen/pretrained/atom_diffusion_mp20", "step": 18511}
+    (model / "config.json").write_text(json.dumps({"data": {"step": 5183, "init": init}}))
+    fp = provenance.model_fingerprint(model)
+    assert fp["training_step"] == 5183
+    assert fp["init"] == init
