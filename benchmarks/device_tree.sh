@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Keep what a device call sends (tracked + untracked-not-ignored files + carried paths) under its
+# 64 MiB limit by setting aside large tracked files the call does not need, without git seeing
+# them as deleted: each is marked skip-worktree first (so `git commit -a` cannot record a
+# deletion) and moved under .git/device_hidden/ (never sent, kept across sessions).
+#   bash benchmarks/device_tree.sh size [CARRY...]   # MiB that would travel with these carried paths
+#   bash benchmarks/device_tree.sh hide [PATH...]    # default: every tracked file over 5 MB except
+#                                                    # the bundled atom model (a training --init)
+#   bash benchmarks/device_tree.sh restore           # put everything back
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+H=.git/device_hidden
+mib() { awk '{s += $1} END {printf "%.1f\n", s / 1048576}'; }
+case ${1:-} in
+size)
+  shift
+  { git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null || true
+    [ $# -gt 0 ] && find "$@" -type f -printf '%s\n'; } | mib ;;
+hide)
+  shift
+  paths=("$@")
+  if [ ${#paths[@]} -eq 0 ]; then
+    mapfile -t paths < <(git ls-files -z | xargs -0 stat -c '%s %n' 2>/dev/null \
+      | awk '$1 > 5000000 {print $2}' | grep -v '^src/crysgen/pretrained/atom_diffusion_mp20/')
+  fi
+  for p in "${paths[@]}"; do
+    [ -f "$p" ] || { echo "not a file here: $p" >&2; continue; }
+    git ls-files --error-unmatch "$p" >/dev/null 2>&1 || { echo "not tracked: $p" >&2; exit 1; }
+    git update-index --skip-worktree "$p"
+    mkdir -p "$H/$(dirname "$p")"; mv "$p" "$H/$p"; echo "hid $p"
+  done ;;
+restore)
+  [ -d $H ] || exit 0
+  (cd $H && find . -type f -printf '%P\n') | while read -r p; do
+    mkdir -p "$(dirname "$p")"; mv "$H/$p" "$p"; git update-index --no-skip-worktree "$p"; echo "restored $p"
+  done
+  find $H -depth -type d -empty -delete ;;
+*) sed -n 2,10p "$0"; exit 2 ;;
+esac
