@@ -9,7 +9,7 @@
 # benchmarks/.work (<dataset>_asis_{train,val,test}.npz; WORK=<folder> carries a smaller one instead).
 # CRYSGEN_COMMIT names the commit. The tree and the carried paths must stay under 64 MiB: first
 # `bash benchmarks/device_tree.sh hide` (every large model but the bundled atom one), after the
-# calls `bash benchmarks/device_tree.sh restore`. A .snap needs benchmarks/published.json too.
+# calls `bash benchmarks/device_tree.sh restore`; `bash benchmarks/device_tree.sh snap` makes .snap.
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
