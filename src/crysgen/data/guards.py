@@ -16,7 +16,7 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from crysgen.errors import CrysgenError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+TextFormat = Literal["cif", "poscar"]
+"""The text formats of structures that crysgen parses itself."""
 
 MIN_LENGTH = 0.1
 """Shortest accepted cell length (Å); no real crystal has a shorter lattice vector."""
@@ -287,15 +290,15 @@ def cif_block_problem(data: dict[str, Any]) -> InputProblem | None:
         occupancies = occupancies if isinstance(occupancies, list) else [occupancies]
         labels = data.get("_atom_site_label") or data.get("_atom_site_type_symbol") or []
         labels = labels if isinstance(labels, list) else [labels]
-        for k, occ in enumerate(occupancies):
+        for i, occ in enumerate(occupancies):
             v = _cif_number(occ)
             if v is not None and not (v > 0):
-                label = labels[k] if k < len(labels) else f"#{k}"
+                label = labels[i] if i < len(labels) else f"#{i}"
                 return InputProblem("zero_occupancy", f"site {label} has occupancy {occ}")
     return None
 
 
-def parse_structure(text: str, fmt: str = "cif") -> Structure:
+def parse_structure(text: str, fmt: TextFormat = "cif") -> Structure:
     """Parse one structure (one CIF data block, or POSCAR text) without silent changes.
 
     Raises:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crysgen.data.guards import block_ids, decode_text, split_cif_blocks
+from crysgen.data.guards import TextFormat, block_ids, decode_text, split_cif_blocks
 from crysgen.errors import CrysgenError
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-TextFormat = Literal["cif", "poscar"]
 _STRUCTURE_COLUMNS: tuple[TextFormat, ...] = ("cif", "poscar")
 _ID_COLUMNS = ("material_id", "id", "mp_id", "name")
 
@@ -120,7 +119,7 @@ def _read_csv(path: Path, limit: int | None) -> Source:
                 rec.properties = dict(props)
                 records.append(rec)
         else:
-            records.append(RawRecord(id=ids[i], text=text, fmt=struct_col,  # type: ignore[arg-type]
+            records.append(RawRecord(id=ids[i], text=text, fmt=struct_col,
                                      properties=props))
     return Source(records, prop_cols, f"csv:{struct_col}", str(path), _sha256_file(path))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
             raise CrysgenError(f"input not found: {path}")
         if path.suffix == ".npz":
             cs = CrystalSet.load(path)
-            out += [_checked(str(cs.ids[i]), lambda i=i, cs=cs: cs.to_structure(i)) for i in range(len(cs))]
+            out += [_checked(str(cs.ids[i]), partial(cs.to_structure, i)) for i in range(len(cs))]
             continue
         failed: list[InputCrystal] = []
         if path.is_dir() and (path / "cifs").is_dir() and (path / "sample_config.json").is_file():
@@ -57,10 +58,9 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
             if rec.structure is None and rec.problem is not None:
                 out.append(InputCrystal(rec.id, None, f"unparsable: {rec.problem}"))
             elif rec.structure is not None:
-                out.append(_checked(rec.id, lambda rec=rec: rec.structure))
+                out.append(_usable(rec.id, rec.structure))
             else:
-                out.append(_checked(rec.id, lambda rec=rec: parse_structure(rec.text or "",
-                                                                            rec.fmt or "cif")))
+                out.append(_checked(rec.id, partial(parse_structure, rec.text or "", rec.fmt or "cif")))
         if failed:  # samples in id order, the undecoded ones with their reason
             out[start:] = sorted(out[start:] + failed, key=lambda c: c.id)
     return out
@@ -78,6 +78,11 @@ def _checked(ident: str, build: Callable[[], Structure]) -> InputCrystal:
         return InputCrystal(ident, None, str(exc))
     except Exception as exc:  # a broken file becomes a reason in its row
         return InputCrystal(ident, None, f"unparsable: {short(exc)}")
+    return _usable(ident, structure)
+
+
+def _usable(ident: str, structure: Structure) -> InputCrystal:
+    """An input crystal, or its id with the reason its parsed structure cannot be used."""
     problem = structure_problem(structure) or element_problem(structure)
     if problem is not None:
         return InputCrystal(ident, None, str(problem))
