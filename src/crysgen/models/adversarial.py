@@ -21,7 +21,7 @@ added to.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from crysgen.errors import CrysgenError
 from crysgen.representations.crystens.layout import LAYERS, SIZE
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 KINDS = ("gan", "wgan")
 """Adversarial model kinds: the vanilla GAN and the WGAN-GP."""
@@ -113,18 +116,25 @@ def _block(layer: nn.Module, out: int, *, norm: str, act: str, dims: int = 3) ->
     return nn.Sequential(layer, n, a)
 
 
-def _dense(i: int, o: int, **kw: str) -> nn.Sequential:
+class _Style(TypedDict):
+    """Normalisation and activation of a block (the keyword arguments of :func:`_block`)."""
+
+    norm: str
+    act: str
+
+
+def _dense(i: int, o: int, **kw: Unpack[_Style]) -> nn.Sequential:
     return _block(nn.Linear(i, o), o, dims=1, **kw)
 
 
 def _conv(i: int, o: int, k: tuple[int, int, int], s: tuple[int, int, int] = (1, 1, 1),
-          **kw: str) -> nn.Sequential:
+          **kw: Unpack[_Style]) -> nn.Sequential:
     flat = k[2] == 1 and s[2] == 1  # depth-1 kernel: run as 2-D
     return _block((FlatDepthConv3d if flat else nn.Conv3d)(i, o, _k(*k), stride=_k(*s)), o, **kw)
 
 
 def _convt(i: int, o: int, k: tuple[int, int, int], s: tuple[int, int, int] = (1, 1, 1),
-           **kw: str) -> nn.Sequential:
+           **kw: Unpack[_Style]) -> nn.Sequential:
     return _block(nn.ConvTranspose3d(i, o, _k(*k), stride=_k(*s)), o, **kw)
 
 
@@ -152,7 +162,8 @@ class GANGenerator(nn.Module):
 
     def __init__(self, cfg: AdversarialNetConfig) -> None:
         super().__init__()
-        f, kw = cfg.filters, {"norm": "batch", "act": "relu"}
+        f = cfg.filters
+        kw: _Style = {"norm": "batch", "act": "relu"}
         k3 = (3, 3, 3)
         self.stem = _dense(cfg.latent_dim, 1024, **kw)  # -> (1, 4, 16, 16)
         self.y1, _ = _chain(cfg.latent_dim, [484, 484], _dense, **kw)
@@ -183,7 +194,8 @@ class GANDiscriminator(nn.Module):
 
     def __init__(self, cfg: AdversarialNetConfig) -> None:
         super().__init__()
-        f, kw = cfg.filters, {"norm": "batch", "act": "lrelu"}
+        f = cfg.filters
+        kw: _Style = {"norm": "batch", "act": "lrelu"}
         self.dense, _ = _chain(LAYERS * SIZE * SIZE, [1024] * 4, _dense, **kw)
         self.dense9 = _dense(1024, 9, **kw)
         convs = [_conv(1, f(32), (1, 1, 1), **kw)]
@@ -209,7 +221,8 @@ class WGANGenerator(nn.Module):
 
     def __init__(self, cfg: AdversarialNetConfig) -> None:
         super().__init__()
-        f, kw = cfg.filters, {"norm": "layer", "act": "lrelu"}
+        f = cfg.filters
+        kw: _Style = {"norm": "layer", "act": "lrelu"}
         self.stem = _dense(cfg.latent_dim, 1024, **kw)
         widths = [f(n) for n in (128, 128, 64, 64, 32, 32, 32, 32)]
         self.up, c = _chain(1, widths, _convt, (3, 3, 3), **kw)  # (32, 20, 32, 32)
@@ -227,7 +240,8 @@ class WGANCritic(nn.Module):
 
     def __init__(self, cfg: AdversarialNetConfig) -> None:
         super().__init__()
-        f, kw = cfg.filters, {"norm": "layer", "act": "lrelu"}
+        f = cfg.filters
+        kw: _Style = {"norm": "layer", "act": "lrelu"}
         spec = [(f(16), 1), (f(16), 1)] + [(f(16), 3)] * 4 + [(f(32), 7)] * 3 + [(f(64), 7)]
         convs, c = [], 1
         for w, k in spec:
@@ -248,7 +262,8 @@ def _keras_init(module: nn.Module) -> None:
     """Keras's initialisation: Glorot-uniform kernels, zero biases."""
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv3d | nn.ConvTranspose3d):
-            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            weight = (m.get_parameter("parametrizations.weight.original") if hasattr(m, "parametrizations")
+                      else m.weight)
             nn.init.xavier_uniform_(weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

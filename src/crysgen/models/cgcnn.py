@@ -71,6 +71,8 @@ class ConvLayer(nn.Module):
 class CGCNN(nn.Module):
     """Crystal graph convolutional network: graphs -> (B, n_out) per crystal."""
 
+    atom_features: torch.Tensor  # a registered buffer
+
     def __init__(self, *, config: CGCNNConfig, atom_features: torch.Tensor,
                  graph: GraphOptions | None = None) -> None:
         """Build the network.

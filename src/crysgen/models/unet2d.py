@@ -22,7 +22,7 @@ from crysgen.errors import CrysgenError
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import UNet2DModel
+    from diffusers.models.unets.unet_2d import UNet2DModel
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ def pad_amount(side: int, multiple: int) -> int:
 def _padded_unet_class() -> type[UNet2DModel]:
     """The padded UNet class (defined on first use, so importing this module needs no diffusers)."""
     import torch.nn.functional as F
-    from diffusers import UNet2DModel
-    from diffusers.models.unets.unet_2d import UNet2DOutput
+    from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 
     class PaddedUNet2DModel(UNet2DModel):
         """diffusers' ``UNet2DModel`` for inputs of any side (see the module docstring)."""
@@ -94,11 +93,12 @@ def _padded_unet_class() -> type[UNet2DModel]:
                     class_labels: torch.Tensor | None = None, return_dict: bool = True) -> Any:
             """(B, C, H, W) -> ``UNet2DOutput`` of (B, C_out, H, W): zero-pad to a multiple, crop."""
             h, w = sample.shape[-2:]
-            m = 2 ** (len(self.config.block_out_channels) - 1)
+            m = 2 ** (len(self.config["block_out_channels"]) - 1)
             ph, pw = pad_amount(h, m), pad_amount(w, m)
             if ph or pw:
                 sample = F.pad(sample, (0, pw, 0, ph))
-            out = super().forward(sample, timestep, class_labels=class_labels).sample[..., :h, :w]
+            out = super().forward(sample, timestep, class_labels=class_labels, return_dict=False)[0]
+            out = out[..., :h, :w]
             return UNet2DOutput(sample=out) if return_dict else (out,)
 
     PaddedUNet2DModel.__module__ = __name__  # pickled by name, found by the module __getattr__

@@ -21,7 +21,7 @@ from crysgen.objectives.diffusion import diffusion_loss
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
 Role = Literal["single", "base", "sr"]
 ROLES: tuple[Role, ...] = ("single", "base", "sr")
@@ -100,7 +100,8 @@ def augment_condition(
 
     gen_device = generator.device if generator is not None else low.device
     noise = torch.randn(low.shape, generator=generator, device=gen_device).to(low.device, low.dtype)
-    return upsample(scheduler.add_noise(low, noise, t_aug.to(low.device)), size)
+    # diffusers annotates timesteps as torch.IntTensor; any int tensor works
+    return upsample(scheduler.add_noise(low, noise, t_aug.to(low.device)), size)  # type: ignore[arg-type]
 
 
 def stage_loss(
@@ -128,7 +129,7 @@ def stage_loss(
     low = downsample(x0, stage.low_res)
     if stage.role == "base":
         return diffusion_loss(model, scheduler, low, generator=generator)
-    t_max = stage.aug_timestep(scheduler.config.num_train_timesteps, stage.aug_max)
+    t_max = stage.aug_timestep(scheduler.config["num_train_timesteps"], stage.aug_max)
     gen_device = generator.device if generator is not None else x0.device
     t_aug = torch.randint(0, t_max + 1, (x0.shape[0],), generator=generator, device=gen_device)
     cond = augment_condition(low, scheduler, t_aug, x0.shape[-1], generator=generator)

@@ -22,7 +22,7 @@ from crysgen.representations.crystens.layout import REGIONS, CrysTensLayout, reg
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
 Prediction = Literal["eps", "v", "x0"]
 Schedule = Literal["cosine", "linear"]
@@ -169,14 +169,15 @@ def diffusion_loss(
     b = x0.shape[0]
     gen_device = generator.device if generator is not None else x0.device
     noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator,
+    t = torch.randint(0, scheduler.config["num_train_timesteps"], (b,), generator=generator,
                       device=gen_device).to(x0.device)
-    x_t = scheduler.add_noise(x0, noise, t)
-    kind = scheduler.config.prediction_type
+    # diffusers annotates timesteps as torch.IntTensor (a legacy type); any integer tensor works
+    x_t = scheduler.add_noise(x0, noise, t)  # type: ignore[arg-type]
+    kind = scheduler.config["prediction_type"]
     if kind == "epsilon":
         target = noise
     elif kind == "v_prediction":
-        target = scheduler.get_velocity(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t)  # type: ignore[arg-type]  # as add_noise
     else:
         target = x0
     inp = x_t if cond is None else torch.cat([x_t, cond], dim=1)

@@ -7,6 +7,7 @@ allow-list, never arbitrary unpickling) and crysgen model directories (kind ``cg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,9 @@ def _safe_load(path: Path) -> dict[str, Any]:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # pragma: no cover (numpy 1.x)
-        from numpy.core.multiarray import scalar
-    allowed = [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, type(np.dtype("float64"))]
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # the same function
+    allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, type(np.dtype("float64"))]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -200,7 +200,7 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
             t = tallies[-1]
         for v, n in zip(*zs[m], strict=True):
             t[int(v)] = t.get(int(v), 0) + int(n)
-    out_z = [max(t, key=t.get) for t in tallies]
+    out_z = [max(t, key=t.__getitem__) for t in tallies]
     return Sites(np.asarray(out_z), np.asarray(site_f), np.asarray(site_n), len(regions))
 
 

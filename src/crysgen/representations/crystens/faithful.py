@@ -118,8 +118,9 @@ def decode_batch(
         a = int(num_atoms[i])
         if reasons[i] is None and a == 0:
             reasons[i] = "no atoms detected (alpha of site 0 is 0)"
-        if reasons[i] is not None:
-            failures.append(DecodeFailure(i, reasons[i]))
+        reason = reasons[i]
+        if reason is not None:
+            failures.append(DecodeFailure(i, reason))
             continue
         header = copies[i, :a].mean(-1)  # step 2: (A, 11) per-site means of 8 copies
         glob = header[:, 4:11].mean(0)  # step 3: mean of the 8A copies
