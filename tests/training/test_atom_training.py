@@ -74,3 +74,37 @@ def test_init_may_switch_on_space_groups_only(tiny_set, tmp_path):
     with pytest.raises(CrysgenError, match="differs"):
         train_atom_diffusion(tiny_set, tmp_path / "w", config=wider, max_steps=1, accelerator="cpu",
                              progress=False, init=base)
+
+
+def test_compile_takes_a_mode_and_refuses_others():
+    assert AtomTrainConfig.from_dict({}).compile_mode is None
+    assert AtomTrainConfig.from_dict({"compile": True}).compile_mode == "default"
+    cfg = AtomTrainConfig.from_dict({"compile": "reduce-overhead"})
+    assert cfg.compile_mode == "reduce-overhead" and cfg.to_dict()["compile"] == "reduce-overhead"
+    with pytest.raises(CrysgenError, match="compile: 'fast'"):
+        AtomTrainConfig.from_dict({"compile": "fast"})
+
+
+@pytest.mark.slow
+def test_compiled_training_forward_gives_the_eager_loss(tiny_set):
+    from dataclasses import asdict
+
+    from crysgen.objectives.atom_edm import Parts, edm_loss
+    from crysgen.representations.atoms import AtomSetSpec, encode
+    from crysgen.training.atoms import AtomDiffusionModule
+
+    crystals = CrystalSet.load(tiny_set)
+    spec = AtomSetSpec.fit(crystals)
+    sets = encode(crystals, spec)
+    batch = Parts(*(torch.from_numpy(a) for a in (sets.types, sets.frac, sets.lattice)))
+    mask = torch.from_numpy(sets.mask)
+    losses = []
+    for mode in (False, True):
+        torch.manual_seed(0)
+        config = AtomTrainConfig.from_dict(TINY | {"compile": mode})
+        module = AtomDiffusionModule(config.to_dict(), asdict(spec))
+        assert (module._forward is module.net) == (mode is False)
+        loss, _ = edm_loss(module._forward, batch, mask, module.cfg.edm, module.consts,
+                           generator=torch.Generator().manual_seed(1))
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -46,3 +46,25 @@ def test_the_scheduler_lightning_steps_follows_the_factor():
 def test_bad_schedule_settings_are_refused(kw):
     with pytest.raises(CrysgenError, match=r"optim\.lr_"):
         OptimConfig(**kw)
+
+
+def test_throughput_steady_rate_leaves_out_the_warm_up(monkeypatch):
+    from types import SimpleNamespace
+
+    from crysgen.training import runs
+
+    clock = iter([0.0, 10.0, 12.0, 12.0])  # start; after warm-up (a slow first step); end; (spare)
+    monkeypatch.setattr(runs.time, "perf_counter", lambda: next(clock))
+    speed = runs.Throughput(steps_per_iteration=1, samples_per_iteration=4, warmup=1)
+    trainer = SimpleNamespace(global_step=0, world_size=2, precision="32-true")
+    pl_module = SimpleNamespace(device=torch.device("cpu"))
+    speed.on_train_start(trainer, pl_module)
+    for step in range(1, 6):  # 5 iterations: 1 of warm-up (10 s), 4 in the next 2 s
+        trainer.global_step = step
+        speed.on_train_batch_end(trainer)
+    speed.on_train_end(trainer, pl_module)
+    r = speed.result
+    assert r["steps"] == 5 and r["global_batch"] == 8
+    assert r["steps_per_s"] == pytest.approx(5 / 12, abs=1e-3)
+    assert r["steady_steps_per_s"] == pytest.approx(2.0)
+    assert r["steady_samples_per_s"] == pytest.approx(16.0)

@@ -46,7 +46,8 @@ class AtomDiffusionModule(L.LightningModule):
         self.ema = ema_copy(self.net, self.cfg.optim.ema_decay)
         self.consts = Constants.from_spec(self.spec)
         # compiled forward kept outside the module tree, so state_dict keys stay plain
-        object.__setattr__(self, "_forward", torch.compile(self.net) if self.cfg.compile else self.net)
+        mode = self.cfg.compile_mode
+        object.__setattr__(self, "_forward", self.net if mode is None else torch.compile(self.net, mode=mode))
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         """One EDM step on a batch, each crystal shifted by a random vector."""

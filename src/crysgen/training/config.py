@@ -361,11 +361,17 @@ class AtomDataConfig:
     translate: bool = True
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes a training config may name."""
+
+
 @dataclass(frozen=True)
 class AtomTrainConfig:
     """Everything `crysgen train atom-diffusion` needs besides the data.
 
-    ``compile`` runs the network's training forward through ``torch.compile``.
+    ``compile`` runs the network's training forward through ``torch.compile``: False (off),
+    True (its default mode) or a mode name from :data:`COMPILE_MODES` (``"reduce-overhead"``
+    adds CUDA graphs, which fit here: every batch has the same shape).
     """
 
     net: AtomNetConfig = field(default_factory=AtomNetConfig)
@@ -374,7 +380,19 @@ class AtomTrainConfig:
                                                                  warmup_steps=1000, max_steps=100000,
                                                                  checkpoint_every=2000))
     data: AtomDataConfig = field(default_factory=AtomDataConfig)
-    compile: bool = False
+    compile: bool | str = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            raise CrysgenError(f"compile: {self.compile!r} is neither true/false nor one of "
+                               f"{', '.join(COMPILE_MODES)}")
+
+    @property
+    def compile_mode(self) -> str | None:
+        """The ``torch.compile`` mode, or None when the network runs eagerly."""
+        if self.compile is False:
+            return None
+        return "default" if self.compile is True else str(self.compile)
 
     def to_dict(self) -> dict[str, Any]:
         """Resolved, JSON/YAML-serialisable form."""
@@ -388,7 +406,7 @@ class AtomTrainConfig:
         Unset optimiser keys keep the atom-diffusion defaults.
         """
         data = dict(data or {})
-        compile_ = bool(data.pop("compile", False))
+        compile_ = data.pop("compile", False)
         _check_keys(data, {"net": AtomNetConfig, "edm": AtomEDMConfig, "optim": OptimConfig,
                            "data": AtomDataConfig})
         try:

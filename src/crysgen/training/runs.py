@@ -185,28 +185,48 @@ def lr_factor(step: int, optim: Any) -> float:
 class Throughput(Callback):
     """Training speed of this invocation: iterations and training tensors per second (all devices).
 
+    Besides the rate over the whole invocation it records the steady rate after the first
+    ``warmup`` iterations (compilation, CUDA graph capture and autotuning happen there).
+
     Args:
         steps_per_iteration: optimiser steps per iteration (Lightning's ``global_step`` counts
             every optimiser's steps: 1 for diffusion, 3 for the GAN, n_critic + 1 for WGAN-GP).
         samples_per_iteration: training tensors one device reads per iteration.
+        warmup: iterations left out of the steady rate.
     """
 
-    def __init__(self, steps_per_iteration: int = 1, samples_per_iteration: int = 1) -> None:
-        self.k, self.samples = steps_per_iteration, samples_per_iteration
+    def __init__(self, steps_per_iteration: int = 1, samples_per_iteration: int = 1,
+                 warmup: int = 20) -> None:
+        self.k, self.samples, self.warmup = steps_per_iteration, samples_per_iteration, warmup
         self.start, self.step0, self.result = 0.0, 0, {}
+        self.warm: tuple[float, int] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the clock after setup and checkpoint restore."""
-        self.start, self.step0 = time.perf_counter(), int(trainer.global_step)
+        self.start, self.step0, self.warm = time.perf_counter(), int(trainer.global_step), None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Note the time once the warm-up iterations are done (after the GPU has finished them)."""
+        if self.warm is None and (int(trainer.global_step) - self.step0) // self.k >= self.warmup:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            self.warm = (time.perf_counter(), int(trainer.global_step))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Record iterations, seconds and samples/s."""
+        """Record iterations, seconds and samples/s (overall and steady)."""
         seconds = time.perf_counter() - self.start
         steps = (int(trainer.global_step) - self.step0) // self.k
         batch = self.samples * trainer.world_size
+        steady = None
+        if self.warm is not None and steps > self.warmup:
+            t_warm, step_warm = self.warm
+            n, dt = (int(trainer.global_step) - step_warm) // self.k, time.perf_counter() - t_warm
+            steady = round(n / dt, 3) if n and dt > 0 else None
         self.result = {"steps": steps, "seconds": round(seconds, 2), "global_batch": batch,
                        "steps_per_s": round(steps / seconds, 3) if seconds else None,
                        "samples_per_s": round(steps * batch / seconds, 1) if seconds else None,
+                       "steady_steps_per_s": steady,
+                       "steady_samples_per_s": round(steady * batch, 1) if steady else None,
                        "device": (torch.cuda.get_device_name() if pl_module.device.type == "cuda"
                                   else "cpu"),
                        "devices": trainer.world_size, "precision": str(trainer.precision)}
