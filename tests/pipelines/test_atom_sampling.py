@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import AtomEDMConfig
-from crysgen.pipelines.atoms import AtomDiffusionModel
+from crysgen.pipelines.atoms import AtomDiffusionModel, size_batches
 from crysgen.pipelines.generators import DEFAULT_MODEL
 from crysgen.representations.atoms import AtomSetSpec
 from crysgen.sampling import SampleOptions, sample_to_dir
@@ -202,3 +203,22 @@ def test_an_output_path_that_is_a_file_is_refused(model_dir, tmp_path):
     with pytest.raises(CrysgenError, match="is a file, not a folder"):
         sample_to_dir(model_dir, tmp_path / "f", SampleOptions(n=2, steps=2), progress=False)
     assert (tmp_path / "f").read_text() == "keep me"
+
+
+def test_size_batches_group_similar_sizes_and_cover_every_crystal():
+    width = np.random.default_rng(0).integers(1, 21, 500)
+    batches = size_batches(width, 64)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(500))
+    assert max(len(b) for b in batches) <= 64
+    padded = sum(len(b) * width[b].max() for b in batches)
+    assert padded <= 1.25 * width.sum()  # one batch of 64 padded to 20 would be ~1.9x
+    assert all(width[b].max() <= width[c].min() for b, c in itertools.pairwise(batches))
+    assert size_batches(np.array([], int), 8) == []
+
+
+def test_sampling_cuts_padding_without_touching_real_sites(model_dir):
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    sets = model.sample_sets(12, steps=3, seed=5, batch_size=4)
+    assert sets.types.shape == (12, 30, 39) and sets.frac.shape == (12, 30, 3)
+    assert not sets.frac[~sets.mask].any() and not sets.types[~sets.mask].any()
+    assert np.isfinite(sets.frac[sets.mask]).all() and sets.frac[sets.mask].std() > 0.05

@@ -32,7 +32,7 @@ from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode
 
 KIND = "atom_diffusion"
 SPEC_FILE = "atoms.json"
-__all__ = ["AtomDiffusionModel", "Compositions", "edm_heun"]
+__all__ = ["AtomDiffusionModel", "Compositions", "edm_heun", "size_batches"]
 
 
 @dataclass
@@ -143,27 +143,29 @@ class AtomDiffusionModel:
         codes = torch.as_tensor(self.spec.codes())
         net = self.net.to(device).eval()
         consts = Constants.from_spec(self.spec)
-        out_t, out_f, out_l = [], [], []
-        for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
-            m = torch.as_tensor(mask[start:start + batch_size])
-            b = len(m)
-            noise = (torch.randn(b, s, codes.shape[1], generator=gen), torch.rand(b, s, 3, generator=gen),
+        dim = codes.shape[1]
+        out_t = np.zeros((n, s, dim), np.float32)
+        out_f = np.zeros((n, s, 3), np.float32)
+        out_l = np.zeros((n, 6), np.float32)
+        width = np.where(mask.any(1), s - np.argmax(mask[:, ::-1], 1), 0)  # sites up to the last real one
+        for idx in tqdm(size_batches(width, batch_size), disable=not progress, desc="sample", unit="batch"):
+            w = max(int(width[idx].max()), 1)  # padding beyond every crystal of the batch is cut off
+            m = torch.as_tensor(mask[idx, :w])
+            b = len(idx)
+            noise = (torch.randn(b, w, dim, generator=gen), torch.rand(b, w, 3, generator=gen),
                      torch.randn(b, 6, generator=gen))
-            given = None if z is None else codes[torch.as_tensor(z[start:start + batch_size])]
-            steps_noise = (torch.randn(steps, b, s * (codes.shape[1] + 3) + 6, generator=gen)
+            given = None if z is None else codes[torch.as_tensor(z[idx, :w])]
+            steps_noise = (torch.randn(steps, b, w * (dim + 3) + 6, generator=gen)
                            if edm.s_churn > 0 else None)
             with torch.no_grad():
                 x = edm_heun(net, noise, m, given, edm, consts, steps=steps, device=device,
                              churn_noise=steps_noise, space_group=space_group, guidance=guidance)
-            out_t.append(x.types.cpu().numpy())
-            out_f.append(x.frac.cpu().numpy())
-            out_l.append(x.lattice.cpu().numpy())
+            out_t[idx, :w] = x.types.cpu().numpy()
+            out_f[idx, :w] = x.frac.cpu().numpy()
+            out_l[idx] = x.lattice.cpu().numpy()
             if on_batch is not None:
                 on_batch(b)
-        def cat(a, shape):
-            return (np.concatenate(a) if a else np.zeros(shape, np.float32))
-        return AtomSets(cat(out_t, (0, s, codes.shape[1])), cat(out_f, (0, s, 3)), cat(out_l, (0, 6)),
-                        mask, np.zeros_like(mask, np.int64) if z is None else z)
+        return AtomSets(out_t, out_f, out_l, mask, np.zeros_like(mask, np.int64) if z is None else z)
 
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
@@ -187,6 +189,35 @@ class AtomDiffusionModel:
     def encode(self, crystals: CrystalSet) -> AtomSets:
         """The model's encoding of crystals (in the cells given)."""
         return encode(crystals, self.spec)
+
+
+def size_batches(width: np.ndarray, batch_size: int, *, slack: float = 1.25) -> list[np.ndarray]:
+    """Batches of crystals of similar size, so that little of each batch is padding.
+
+    Crystals are taken in order of size (stable) and a batch is closed when it holds
+    ``batch_size`` crystals or when padding everything to the next crystal's size would make its
+    sites exceed ``slack`` times the real ones.
+
+    Args:
+        width: int (n,) sites each crystal needs (up to its last real site).
+        batch_size: most crystals per batch.
+        slack: padded sites allowed per real site.
+
+    Returns:
+        Index arrays into ``width`` covering every crystal once.
+    """
+    order = np.argsort(width, kind="stable")
+    batches: list[np.ndarray] = []
+    start, real = 0, 0
+    for i, k in enumerate(order):
+        size = max(int(width[k]), 1)
+        if i > start and (i - start >= batch_size or (i - start + 1) * size > slack * (real + size)):
+            batches.append(order[start:i])
+            start, real = i, 0
+        real += size
+    if len(order):
+        batches.append(order[start:])
+    return batches
 
 
 def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor,
