@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +31,12 @@ from crysgen.crystal_set import write_npz_atomic, write_text_atomic
 from crysgen.data.guards import dumps_strict
 from crysgen.errors import CrysgenError
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult, decode
-from crysgen.representations.crystens.decode import failure_kind
+from crysgen.representations.crystens.decode import DecodeMode, failure_kind
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+    from crysgen.pipelines.diffusion import Sampler
 
 FIELDS = ("id", "target", "formula", "num_sites", "structurally_valid", "decoded_space_group",
           "spglib_space_group", "failure",
@@ -59,9 +64,9 @@ class SampleOptions:
 
     n: int
     steps: int = 50
-    sampler: str = "ddim"
+    sampler: Sampler = "ddim"
     seed: int = 0
-    decode_mode: str = "auto"
+    decode_mode: DecodeMode = "auto"
     symprec: float | None = None
     chunk_size: int = 256
     save_tensors: bool = False
@@ -126,7 +131,7 @@ def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
 
     position = {int(i): j for j, i in enumerate(res.index)}
     failure = {f.index: f.reason for f in res.failures}
-    jobs = []
+    jobs: list[tuple[dict[str, Any], Structure | None, Path]] = []
     for i, ident in enumerate(ids):
         row: dict[str, Any] = {k: "" for k in FIELDS}
         row["id"] = ident
@@ -209,12 +214,13 @@ def sample_to_dir(
     from tqdm.auto import tqdm
 
     from crysgen.data.guards import check_device, check_output_dir
+    from crysgen.pipelines.atoms import AtomDiffusionModel
     from crysgen.pipelines.generators import load_generator, resolve_model_dir
+    from crysgen.pipelines.voxel import VoxelModel
 
     device = check_device(device)
     check_output_dir(out)
-    decode_options = DecodeOptions(mode=options.decode_mode,  # type: ignore[arg-type]
-                                   symprec=options.symprec)
+    decode_options = DecodeOptions(mode=options.decode_mode, symprec=options.symprec)
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
     compositions = _compositions(model, options)  # so do bad model-specific options
@@ -247,7 +253,8 @@ def sample_to_dir(
             bar.update(size)
             continue
         ids = [f"sample_{start + i:06d}" for i in range(size)]
-        if gen_kwargs is not None:  # models that decode themselves
+        if isinstance(model, VoxelModel | AtomDiffusionModel):  # models that decode themselves
+            assert gen_kwargs is not None  # _generate_kwargs gives theirs (None for CrysTens models)
             res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size,
                                  ids=ids, offset=start, total=options.n, workers=workers,
                                  **gen_kwargs)
@@ -409,6 +416,7 @@ def _compositions(model: Any, options: SampleOptions) -> Any:
     if options.formula is not None:
         return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
                                                seed=[options.seed, 2])
+    assert options.compositions is not None  # neither given: returned above
     if not Path(options.compositions).is_file():
         raise CrysgenError(f"--compositions: no such file {options.compositions}")
     comps = model.compositions_from_targets(CrystalSet.load(options.compositions), options.per_target)
@@ -424,7 +432,7 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
     for k in range(n_chunks):
         with (out / "chunks" / f"chunk_{k:05d}.csv").open(newline="") as fh:
             rows.extend(csv.DictReader(fh))
-    _write_csv(out / "samples.csv", rows)  # type: ignore[arg-type]
+    _write_csv(out / "samples.csv", rows)
     failures = Counter(failure_kind(r["failure"]) for r in rows if r["failure"])
     diag = {k: np.array([float(r[k]) for r in rows]) for k in DIAGNOSTICS}
     summary = SampleSummary(

@@ -11,6 +11,8 @@ filter counts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,7 +33,8 @@ class VoxelVAE(nn.Module):
     def __init__(self, *, grid: int = 32, num_conditions: int = 10, latent: int = LATENT,
                  width: float = 1.0) -> None:
         super().__init__()
-        self.config = {"grid": grid, "num_conditions": num_conditions, "latent": latent, "width": width}
+        self.config: dict[str, Any] = {"grid": grid, "num_conditions": num_conditions, "latent": latent,
+                                       "width": width}
         f = [max(1, round(c * width)) for c in (16, 32, 64, 128)]
         layers: list[nn.Module] = []
         c_in = 4 + num_conditions

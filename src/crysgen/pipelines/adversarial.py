@@ -51,6 +51,7 @@ class AdversarialModel:
         state = {k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()}
         generator.load_state_dict(state)
         generator.eval()
+        assert files.scaling is not None  # load_model_dir checked that scaling.json is there
         return cls(generator, net, files.scaling, files.data)
 
     def sample(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu",

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
 
 if TYPE_CHECKING:
-    from diffusers import UNet2DModel
+    from diffusers.models.unets.unet_2d import UNet2DModel
 
 Sampler = Literal["ddpm", "ddim", "dpmsolver"]
 SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim", "dpmsolver")
@@ -93,6 +93,7 @@ class DiffusionModel:
             raise CrysgenError(f"{path} holds a {files.kind!r} model, not a diffusion model")
         # directories saved before layouts existed have neither entry: the paper's layout
         layout = CrysTensLayout.from_dict(files.config.get("crystens"))
+        assert files.scaling is not None  # load_model_dir checked that scaling.json is there
         if layout != files.scaling.layout:
             raise CrysgenError(f"{path}: config.json's CrysTens layout {layout.to_dict()} differs "
                                f"from scaling.json's {files.scaling.layout.to_dict()}")
@@ -221,7 +222,8 @@ def denoise(
     sched = make_scheduler(model.diffusion, sampler)
     # stochastic schedulers draw their noise from the CPU generator (diffusers moves it)
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
-    unet = model.unet.to(device).eval()
+    # diffusers wraps ModelMixin.to in a decorator whose type reads as an unbound method
+    unet = model.unet.to(device).eval()  # type: ignore[arg-type]
     size, channels = model.unet_config.sample_size, model.unet_config.channels
     on_gpu = device.startswith("cuda")
     sched.set_timesteps(min(steps, model.diffusion.timesteps))
@@ -231,6 +233,7 @@ def denoise(
 
     def hold(x: Any, i: int) -> Any:
         """Known entries at the level of timestep ``i`` (clean past the last one)."""
+        assert known is not None  # called only when there are known entries
         values, mask = known
         if i < len(timesteps):
             noise = torch.randn(shape, generator=generator).to(device)
@@ -292,12 +295,13 @@ def sample_tensors(
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        known = values = mask = None
+        known = None
         if atomic_numbers is not None:
             values, mask = known_region(atomic_numbers[start:start + b], model.scaling)
             known = (torch.from_numpy(values * 2 - 1).to(device), torch.from_numpy(mask).to(device))
         x = to_unit_range(denoise(model, b, steps=steps, sampler=sampler, generator=gen, device=device,
                                   known=known)).float().cpu().numpy()
-        out.append(x if mask is None else np.where(mask, values, x))  # exact, not through [-1, 1]
+        # the known entries exact, not through [-1, 1]
+        out.append(x if atomic_numbers is None else np.where(mask, values, x))
     size, channels = model.unet_config.sample_size, model.unet_config.channels
     return np.concatenate(out, axis=0) if out else np.zeros((0, channels, size, size), np.float32)

@@ -11,13 +11,27 @@ atom_diffusion; the GANs ignore ``steps`` and ``sampler``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import read_model_meta
 from crysgen.representations.crystens import CrysTensScaling
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeAlias
+
+    from crysgen.pipelines.adversarial import AdversarialModel
+    from crysgen.pipelines.atoms import AtomDiffusionModel
+    from crysgen.pipelines.cascade import CascadeModel
+    from crysgen.pipelines.diffusion import DiffusionModel
+    from crysgen.pipelines.voxel import VoxelModel
+
+    AnyGenerator: TypeAlias = (DiffusionModel | CascadeModel | AdversarialModel | VoxelModel
+                               | AtomDiffusionModel)
+    """What :func:`load_generator` returns: the class of the directory's kind."""
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 DEFAULT_MODEL = PRETRAINED / "atom_diffusion_mp20"
@@ -48,7 +62,7 @@ def resolve_model_dir(path: str | Path | None) -> Path:
     return path
 
 
-def load_generator(path: str | Path | None = None) -> Generator:
+def load_generator(path: str | Path | None = None) -> AnyGenerator:
     """Load the generator in ``path`` (a model or training-run directory; None: the default).
 
     Raises:
@@ -60,9 +74,10 @@ def load_generator(path: str | Path | None = None) -> Generator:
     from crysgen.pipelines.diffusion import DiffusionModel
     from crysgen.pipelines.voxel import VoxelModel
 
-    loaders = {"diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained,
-               "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained,
-               "voxel_vae": VoxelModel.from_pretrained, "atom_diffusion": AtomDiffusionModel.from_pretrained}
+    loaders: dict[str, Callable[[Path], AnyGenerator]] = {
+        "diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained,
+        "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained,
+        "voxel_vae": VoxelModel.from_pretrained, "atom_diffusion": AtomDiffusionModel.from_pretrained}
     path = resolve_model_dir(path)
     kind = read_model_meta(path)["kind"]
     if kind not in loaders:

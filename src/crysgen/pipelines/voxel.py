@@ -277,6 +277,7 @@ class VoxelModel:
         if around is not None:
             z = np.asarray(around)[None] + np.sqrt(sigma2) * eps
         elif prior == "posterior":
+            assert self.prior is not None  # refused above without one
             z = self.prior.sample(eps)
         else:
             z = eps
