@@ -12,6 +12,8 @@
 # calls `bash benchmarks/device_tree.sh restore`; `bash benchmarks/device_tree.sh snap` makes .snap.
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
+#   bash benchmarks/gpu_atoms.sh throughput            # steps/s by compile mode and batch size
+#   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability (of the
@@ -66,11 +68,20 @@ sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained c
 launch)
   install; mkdir -p $R
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
-  setsid nohup python3 -m crysgen train atom-diffusion --data $W/${D}_asis_train.npz \
-    --val $W/${D}_asis_val.npz --out $R/$RUN --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} \
-    --max-minutes $2 --quiet ${INIT:+--init $INIT} > $R/$RUN.log 2>&1 < /dev/null &
+  # few CPU threads per run: two runs side by side (TAG) each ran at half the speed of one alone
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} setsid nohup python3 -m crysgen train atom-diffusion \
+    --data $W/${D}_asis_train.npz --val $W/${D}_asis_val.npz --out $R/$RUN \
+    --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --max-minutes $2 --quiet \
+    ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
+throughput)  # train_throughput.py: compile modes x batch sizes, 300 steps each (VARIANTS overrides)
+  install
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} python3 $S/benchmarks/train_throughput.py --data $W/${D}_asis_train.npz \
+    --dataset $D --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --steps ${N:-300} \
+    ${VARIANTS:---variant compile=false --variant compile=default --variant compile=reduce-overhead \
+      --variant compile=false,optim.batch_size=2048 --variant compile=reduce-overhead,optim.batch_size=2048}
+  cp $S/benchmarks/results/train_throughput_atom_$D.json $OUT/ ;;
 sample)
   M=$R/$RUN/model
   python3 $S/benchmarks/atom_diffusion.py $M --dataset $D --device cuda --steps $2 --out $A \
