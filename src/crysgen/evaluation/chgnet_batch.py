@@ -72,7 +72,8 @@ def _structure(item: Structure | CrystalRow) -> Structure:
     from pymatgen.core import Lattice, Structure
 
     numbers, frac, lattice = item
-    return Structure(Lattice.from_parameters(*lattice), numbers, frac)
+    # pymatgen takes atomic numbers as species, though its annotation lists only symbols and objects
+    return Structure(Lattice.from_parameters(*lattice), numbers, frac)  # type: ignore[arg-type]
 
 
 def converter_settings(converter: Any) -> ConverterSettings:
@@ -115,7 +116,11 @@ def _graph_from_arrays(arrays: dict[str, np.ndarray], settings: ConverterSetting
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     t["atom_frac_coord"].requires_grad_(True)  # as the converter makes them
     t["lattice"].requires_grad_(True)
-    return CrystalGraph(**t, atom_graph_cutoff=settings[0], bond_graph_cutoff=settings[1])
+    return CrystalGraph(atomic_number=t["atomic_number"], atom_frac_coord=t["atom_frac_coord"],
+                        atom_graph=t["atom_graph"], neighbor_image=t["neighbor_image"],
+                        directed2undirected=t["directed2undirected"],
+                        undirected2directed=t["undirected2directed"], bond_graph=t["bond_graph"],
+                        lattice=t["lattice"], atom_graph_cutoff=settings[0], bond_graph_cutoff=settings[1])
 
 
 def _graph_died(_item: Any, reason: str) -> str:

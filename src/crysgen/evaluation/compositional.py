@@ -151,8 +151,9 @@ def smact_valid(atomic_numbers: Sequence[int], *, tables: str = "smact-2.2.1") -
         return True
     if any(not states for states in ox):
         return False
-    if all(e is not None for e in enegs):
-        return _valid_known_enegs(ox, enegs, counts)
+    known = [e for e in enegs if e is not None]
+    if len(known) == len(enegs):  # every electronegativity known
+        return _valid_known_enegs(ox, known, counts)
     return _valid_search(ox, enegs, counts)
 
 

@@ -140,7 +140,8 @@ def load_csp_samples(path: str | Path) -> list[CSPSample]:
     if path.suffix == ".npz" and path.is_file():
         cs = CrystalSet.load(path)
         out = [CSPSample(str(cs.ids[i]), str(cs.ids[i]), cs.to_structure(i)) for i in range(len(cs))]
-        counts, seen = Counter(s.id for s in out), Counter()
+        counts = Counter(s.id for s in out)
+        seen: Counter[str] = Counter()
         for s in out:  # unique sample ids when several name one target: TARGET#0, TARGET#1, ...
             if counts[s.target] > 1:
                 s.id = f"{s.target}#{seen[s.target]}"
@@ -257,7 +258,8 @@ def _rms(pair: tuple[Any, Any], time_limit_s: float | None) -> tuple[float | Non
     if _MATCHER is None:
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
-        _MATCHER = StructureMatcher(**MATCHER)
+        _MATCHER = StructureMatcher(ltol=MATCHER["ltol"], stol=MATCHER["stol"],
+                                    angle_tol=MATCHER["angle_tol"])
     sample, target = pair
     try:
         res = _limited(lambda: _MATCHER.get_rms_dist(sample, target), time_limit_s)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 KS_NAMES = ("a", "b", "c", "alpha", "beta", "gamma", "space_group", "atomic_number")
 """What the CrysTens paper compares with K-S (its Figs 4-6)."""
@@ -34,7 +39,7 @@ def ks_statistics(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dic
     return out
 
 
-def wasserstein(gen: np.ndarray, ref: np.ndarray) -> float:
+def wasserstein(gen: ArrayLike, ref: ArrayLike) -> float:
     """Wasserstein-1 distance between two samples (NaN when either is empty)."""
     from scipy.stats import wasserstein_distance
 

@@ -139,7 +139,7 @@ def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
     _featurizers()  # built once here; forked workers inherit them
     with tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
         if workers <= 1 or n < 2:
-            out = []
+            out: list[Fingerprints] = []
             for s in structures:
                 out.append(fingerprint_pair(s))
                 bar.update(1)
@@ -148,7 +148,7 @@ def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
         chunk = max(1, min(CHUNK_MAX, n // (workers * 4)))
         done = robust_map(fingerprint_pair, [structures[i] for i in order], workers=min(workers, n),
                           died=_died, chunksize=chunk, on_done=bar.update)
-    out: list[Fingerprints] = [(None, None, "not computed")] * n
+    out = [(None, None, "not computed")] * n
     for i, f in zip(order, done, strict=True):
         out[i] = f
     return out
@@ -229,8 +229,10 @@ def cached_fingerprints(crystals: CrystalSet, structures: Sequence[Structure] | 
                                  desc="reference fingerprints")
     good = [f for f in fps if f[2] is None]
     if good:
-        st = np.zeros((len(fps), *np.shape(good[0][0])))
-        co = np.zeros((len(fps), *np.shape(good[0][1])))
+        st0, co0, _ = good[0]
+        assert st0 is not None and co0 is not None  # no reason: both fingerprints are there
+        st = np.zeros((len(fps), *np.shape(st0)))
+        co = np.zeros((len(fps), *np.shape(co0)))
         for k, f in enumerate(fps):
             if f[2] is None:
                 st[k], co[k] = f[0], f[1]

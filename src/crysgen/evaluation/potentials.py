@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pymatgen.core import Structure
+    from sevenn.nn.sequential import AtomGraphSequential
 
     from crysgen.evaluation.chgnet_batch import CrystalRow
 
@@ -103,7 +104,9 @@ def load_sevennet(device: str = "cpu") -> tuple[Any, float, set[int]]:
             from sevenn.util import model_from_checkpoint, pretrained_name_to_path
 
             path = pretrained_name_to_path(SEVENNET_MODEL)  # a file inside the package, no network
-            model, config = model_from_checkpoint(path)
+            module, config = model_from_checkpoint(path)
+        # sevenn annotates the model as a plain nn.Module; it builds an AtomGraphSequential
+        model = cast("AtomGraphSequential", module)
         model.set_is_batch_data(True)
         model.eval()
         model.to(device)

@@ -341,10 +341,11 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     done: list[Relaxation | None] = [None] * len(structures)
     states: list[dict[str, Any]] = []
     for i, structure in enumerate(structures):
-        done[i] = _degenerate(structure)
-        if done[i] is not None:
+        degenerate = _degenerate(structure)
+        done[i] = degenerate
+        if degenerate is not None:
             if on_done is not None:
-                on_done(i, done[i])
+                on_done(i, degenerate)
             continue
         atoms = AseAtomsAdaptor.get_atoms(structure)
         target = _frechet_filter(atoms) if cells[i] else atoms
@@ -711,7 +712,7 @@ def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
         if sym in data_terminals:
             options_e["data"] = data_terminals[sym]
         if options_e:
-            source = min(options_e, key=options_e.get)
+            source = min(options_e, key=options_e.__getitem__)
             out[sym] = {"energy_per_atom": options_e[source], "source": source}
         else:
             out[sym] = {"energy_per_atom": float("nan"), "source": "none"}
@@ -824,10 +825,8 @@ def hull_energy(target: dict[str, float], comp: np.ndarray, energy: np.ndarray,
     """
     from scipy.optimize import linprog
 
-    inside = np.ones(len(comp), bool)
     outside = [j for x, j in column.items() if x not in target]
-    if outside:
-        inside = ~(comp[:, outside] > 0).any(axis=1)
+    inside = ~(comp[:, outside] > 0).any(axis=1) if outside else np.ones(len(comp), bool)
     cols = [column[x] for x in target]
     a_eq = comp[inside][:, cols].T
     b_eq = np.array([target[x] for x in target])

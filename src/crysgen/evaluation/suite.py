@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.guards import check_device, check_input_file, dumps_strict, space_group_number
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 SCALER_CRYSTALS = 1000
 """Crystals of ``EvalOptions.comp_scaler_from`` whose fingerprints give the Magpie statistics."""
@@ -169,7 +172,7 @@ class Evaluation:
     """Row index -> relaxed pymatgen structure (stability), written as ``relaxed.extxyz``."""
 
 
-def _metric(value: float, n: int, **extra: Any) -> dict[str, Any]:
+def _metric(value: float | dict[str, Any], n: int, **extra: Any) -> dict[str, Any]:
     return {"value": value, "n": int(n), **extra}
 
 
@@ -211,7 +214,7 @@ def _basics_died(_s: Any, reason: str) -> tuple[dict[str, Any], bool, bool]:
     return {"struct_valid": "", "struct_valid_reason": reason}, False, False
 
 
-def _basics(s: Any, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], bool, bool]:
+def _basics(s: Structure, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], bool, bool]:
     """One structure's basics: validity, composition, density, cell and space group.
 
     Args:
@@ -237,7 +240,7 @@ def _basics(s: Any, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], bool, 
         row["comp_valid"], row["comp_valid_reason"] = "", f"{type(exc).__name__}: {exc}"
     row["num_elements"] = len(s.composition.elements)
     row["density_g_cm3"], _ = _guarded(lambda x: float(x.density), s)
-    a, b, c, al, be, ga = (*s.lattice.abc, *s.lattice.angles)
+    (a, b, c), (al, be, ga) = s.lattice.abc, s.lattice.angles
     row.update(a=a, b=b, c=c, alpha=al, beta=be, gamma=ga)
     sg, err = _guarded(space_group_number, s)
     row["space_group"] = sg if sg else ""
@@ -400,8 +403,8 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
     rows = [{"id": c.id, "formula": c.structure.composition.reduced_formula if c.structure else "",
              "num_sites": len(c.structure) if c.structure else "", "problem": c.problem or ""}
             for c in gen]
-    ok = [i for i, c in enumerate(gen) if c.structure is not None]
-    structs = {i: gen[i].structure for i in ok}
+    structs = {i: c.structure for i, c in enumerate(gen) if c.structure is not None}
+    ok = list(structs)
     metrics: dict[str, dict[str, Any]] = {"n_samples": _metric(len(gen), len(gen)),
                                           "n_reference": _metric(len(ref), len(ref))}
     plots: dict[str, str] = {}
@@ -503,6 +506,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
 
     if "novelty" in o.metrics:
         timer.begin("novelty")
+        assert train is not None  # NEEDS_TRAIN: refused above without it
         from crysgen.evaluation.novelty import MATCHER_SETTINGS, novel_mask, unique_mask
 
         train_cs = CrystalSet.load(train)
@@ -527,6 +531,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
 
     if "stability" in o.metrics:
         timer.begin("stability")
+        assert train is not None  # NEEDS_TRAIN: refused above without it
         sv = [i for i in ok if struct_valid[i]]
         stab, relaxed_s = _stability(o, [structs[i] for i in sv], [rows[i] for i in sv], n, train,
                                      ref_cs, "novelty" in o.metrics, plots, progress, timer)
@@ -562,16 +567,17 @@ def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: li
                                       o.property_model not in CGCNN_REGRESSORS else [])
     graphs, problems = featurize([gen[i] for i in ok])
     good = [k for k, g in enumerate(graphs) if g is not None]
+    good_graphs = [g for g in graphs if g is not None]
     for k, p in enumerate(problems):
         if p:
             rows[ok[k]]["property_reason"] = p
-    ref_graphs, _ = featurize([InputCrystal(str(i), s) for i, s in enumerate(ref)])
-    ref_graphs = [g for g in ref_graphs if g is not None]
+    ref_featurized, _ = featurize([InputCrystal(str(i), s) for i, s in enumerate(ref)])
+    ref_graphs = [g for g in ref_featurized if g is not None]
     gen_p, ref_p, out = {}, {}, {}
     for name in names:
         model = load_property_model(name, o.models_dir)
         col = column_name(model.target, model.unit)
-        pred = model.predict([graphs[k] for k in good], device=o.device)
+        pred = model.predict(good_graphs, device=o.device)
         for k, v in zip(good, pred, strict=True):
             rows[ok[k]][col] = float(v)
         gen_p[col] = pred
