@@ -99,11 +99,11 @@ def test_importing_crysgen_leaves_the_environment_alone():
 
 
 def test_the_command_silences_spglib_only_while_it_runs(monkeypatch):
-    import crysgen.cli as cli
+    from crysgen.cli import data
 
     seen = []
     monkeypatch.delenv("SPGLIB_WARNING", raising=False)
-    monkeypatch.setattr(cli, "_cmd_data_prepare",
+    monkeypatch.setattr(data, "_cmd_data_prepare",  # the handler that `data prepare` runs
                         lambda args: seen.append(os.environ.get("SPGLIB_WARNING")) or 0)
     assert main(["data", "prepare", "x", "--out", "x.npz"]) == 0
     assert seen == ["OFF"] and "SPGLIB_WARNING" not in os.environ

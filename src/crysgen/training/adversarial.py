@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -38,9 +38,14 @@ from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import AdversarialTrainConfig
 from crysgen.training.runs import fit, open_run, tensor_loader
 
+if TYPE_CHECKING:
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
 
 class AdversarialModule(L.LightningModule):
     """Generator + discriminator (GAN) or critic (WGAN-GP), trained with manual optimisation."""
+
+    critic_batches: torch.Tensor  # a registered buffer
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -73,13 +78,20 @@ class AdversarialModule(L.LightningModule):
         else:
             self._wgan_step(real)
 
+    def _optimizers(self) -> tuple[LightningOptimizer, LightningOptimizer]:
+        """The generator's and the critic's optimisers (Lightning gives several as a list)."""
+        opts = self.optimizers()
+        assert isinstance(opts, list)  # configure_optimizers returns two
+        opt_g, opt_c = opts
+        return opt_g, opt_c
+
     def _step(self, opt: Any, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
 
     def _gan_iteration(self, real: torch.Tensor) -> None:
-        opt_g, opt_d = self.optimizers()
+        opt_g, opt_d = self._optimizers()
         b = len(real)
         d_real = self.critic(real)
         loss_real = bce_loss(d_real, real=True)
@@ -97,7 +109,7 @@ class AdversarialModule(L.LightningModule):
                    "d_fake_prob": torch.sigmoid(d_fake.float()).mean()})
 
     def _wgan_step(self, real: torch.Tensor) -> None:
-        opt_g, opt_c = self.optimizers()
+        opt_g, opt_c = self._optimizers()
         o = self.cfg.optim
         with torch.no_grad():
             fake = self.generator(self._noise(len(real)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import AdversarialNetConfig
@@ -421,7 +421,13 @@ class AtomTrainConfig:
 Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig, AtomTrainConfig)
 
 
-def load_config(path: str | Path | None, klass: type[Config] = DiffusionTrainConfig) -> Config:
+@overload
+def load_config(path: str | Path | None) -> DiffusionTrainConfig: ...
+@overload
+def load_config(path: str | Path | None, klass: type[Config]) -> Config: ...
+def load_config(path: str | Path | None,
+                klass: type[Config] | type[DiffusionTrainConfig] = DiffusionTrainConfig,
+                ) -> Config | DiffusionTrainConfig:
     """Read a YAML (or JSON) config file into ``klass``; None gives its defaults."""
     if path is None:
         return klass.from_dict({})
@@ -437,7 +443,8 @@ def load_config(path: str | Path | None, klass: type[Config] = DiffusionTrainCon
     return klass.from_dict(data or {})
 
 
-def save_config(config: DiffusionTrainConfig | AdversarialTrainConfig, path: str | Path) -> Path:
+def save_config(config: DiffusionTrainConfig | AdversarialTrainConfig | VoxelTrainConfig | AtomTrainConfig,
+                path: str | Path) -> Path:
     """Write the resolved config as YAML."""
     import yaml
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -24,9 +24,14 @@ from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import DiffusionTrainConfig
 from crysgen.training.runs import adamw_with_warmup, ema_copy, fit, open_run, tensor_loader
 
+if TYPE_CHECKING:
+    from diffusers.models.unets.unet_2d import UNet2DModel
+
 
 class DiffusionModule(L.LightningModule):
     """Denoiser + objective (DDPM or EDM) + EMA copy of the weights (the one used for sampling)."""
+
+    loss_weight: torch.Tensor | None  # a registered buffer
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -78,7 +83,8 @@ class DiffusionModule(L.LightningModule):
 def export_model(module: DiffusionModule, scaling: CrysTensScaling, data: dict[str, Any],
                  out: Path) -> Path:
     """Save the module's EMA weights as a model directory."""
-    model = DiffusionModel(module.ema.module, module.cfg.unet, module.cfg.diffusion, scaling, data,
+    unet = cast("UNet2DModel", module.ema.module)  # AveragedModel types its copy as a Module
+    model = DiffusionModel(unet, module.cfg.unet, module.cfg.diffusion, scaling, data,
                            stage=module.cfg.stage)
     return model.save_pretrained(out)
 

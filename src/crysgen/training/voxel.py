@@ -171,6 +171,10 @@ def device_inputs(batch: dict[str, torch.Tensor], config: VoxelConfig, *, rotate
 class VoxelModule(L.LightningModule):
     """Segmenter or conditional VAE (with a frozen segmenter for the feature loss)."""
 
+    weights: torch.Tensor  # registered buffers
+    channel_weights: torch.Tensor | None
+    channel_scale: torch.Tensor
+
     def __init__(self, config: dict[str, Any], spec: dict[str, Any], segmenter_state: dict | None = None,
                  segmenter_config: dict | None = None) -> None:
         super().__init__()
@@ -357,7 +361,8 @@ def train_voxel(
     dens, species = voxelise(cs, spec.voxel, workers=o.workers, progress=progress)
     classes = (spec.condition_class(cs.properties[spec.condition]) if c.kind == "vae"
                else np.zeros(len(cs), int))
-    loader = torch.utils.data.DataLoader(VoxelBatches(dens, species, cs.lattice[:, :3], classes),
+    dataset = VoxelBatches(dens, species, cs.lattice[:, :3], classes)
+    loader = torch.utils.data.DataLoader(dataset,
                                          batch_size=o.batch_size, shuffle=True,
                                          drop_last=len(cs) > o.batch_size, collate_fn=_as_batch)
     seg_state, seg_config = None, None
@@ -374,12 +379,14 @@ def train_voxel(
     def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
         if c.kind == "segmenter":
             return save_voxel_dir(path, kind="voxel_segmenter", net=m.net, spec=spec, data=d)
-        model = VoxelModel(m.net, m.frozen, spec, d)
+        vae, segmenter = m.net, m.frozen
+        assert isinstance(vae, VoxelVAE) and segmenter is not None  # a VAE run's module has both
+        model = VoxelModel(vae, segmenter, spec, d)
         # the prior's posteriors, from the voxelised training grids (unrotated) on the module's device
         mus, logvars = [], []
         for s in range(0, len(prior_idx), 64):
             idx = prior_idx[s:s + 64]
-            batch = {k: v.to(m.device) for k, v in loader.dataset.__getitems__(idx.tolist()).items()}
+            batch = {k: v.to(m.device) for k, v in dataset.__getitems__(idx.tolist()).items()}
             grids, _ = device_inputs(batch, spec.voxel, rotate=False)
             mu, lv = model.encode_grids(grids, classes[idx], device=str(m.device))
             mus.append(mu)

@@ -1,0 +1,107 @@
+"""``crysgen sample``: crystals from a model directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crysgen.cli.options import _positive_int
+from crysgen.errors import CrysgenError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``crysgen sample``."""
+    from crysgen.representations.crystens import DECODE_MODES
+
+    p = subparsers.add_parser("sample", help="sample crystals from a model directory (resumable)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model directory of any kind: diffusion, cascade, gan, wgan, voxel_vae; a training "
+                        "run directory is taken to mean its model/ (default: the bundled mp_20 "
+                        "diffusion model)")
+    p.add_argument("-n", type=_positive_int, default=None, help="number of samples")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--condition", type=int, default=None,
+                   help="voxel VAE: condition decile class 0..9 (default: random per sample, or the base's)")
+    p.add_argument("--around", default=None, metavar="DATA.npz:ID|CIF",
+                   help="voxel VAE: sample around this base crystal (targeted sampling)")
+    p.add_argument("--sigma", type=float, default=0.5,
+                   help="voxel VAE: latent variance σ² around the base (0.5)")
+    p.add_argument("--prior", choices=("standard", "posterior"), default="standard",
+                   help="voxel VAE: random latents from N(0, I) (the authors') or from the Gaussian "
+                        "matched to the training crystals' posteriors (latent_prior.npz)")
+    p.add_argument("--interpolate", nargs=2, default=None, metavar=("A", "B"),
+                   help="voxel VAE: decode points on the latent line between two crystals "
+                        "(DATA.npz:ID or CIF)")
+    p.add_argument("--points", type=_positive_int, default=10, help="points of --interpolate (10)")
+    p.add_argument("--formula", default=None,
+                   help="atom or single-stage CrysTens diffusion: sample crystals of exactly this "
+                        "composition, e.g. LiFePO4")
+    p.add_argument("--num-atoms", type=_positive_int, default=None,
+                   help="with --formula: sites per cell (a multiple of the formula's; "
+                        "default: drawn from the training distribution)")
+    p.add_argument("--compositions", default=None, metavar="TARGETS.npz",
+                   help="atom or single-stage CrysTens diffusion: one sample per crystal of this CrystalSet "
+                        "with its elements (crystal structure prediction; samples.csv names each "
+                        "sample's target)")
+    p.add_argument("--per-target", type=_positive_int, default=1,
+                   help="samples per target of --compositions (1)")
+    p.add_argument("--space-group", type=int, default=None,
+                   help="atom diffusion models trained with space groups: sample this one (1-230)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight of --space-group (1: conditional model alone)")
+    p.add_argument("--churn", type=float, default=None,
+                   help="atom diffusion: EDM's S_churn, fresh noise before every step (0: deterministic; "
+                        "default: the model's setting)")
+    p.add_argument("--steps", type=_positive_int, default=50,
+                   help="diffusion sampler steps (50; GANs ignore it; atom diffusion: Heun steps)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim",
+                   help="CrysTens diffusion sampler (ddim; an EDM model: ddim = EDM's Euler, dpmsolver = "
+                        "EDM's DPM-Solver++, no ddpm)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="tensors per forward pass (default: 256 on cuda, 16 on cpu, where small "
+                        "batches are faster)")
+    p.add_argument("--chunk-size", type=_positive_int, default=256,
+                   help="samples per resumable chunk (part of the options a resume must match)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--decode-mode", choices=DECODE_MODES, default="auto")
+    p.add_argument("--symprec", type=float, default=None,
+                   help="auto decode: snap crystals to spglib symmetry at this tolerance (Å)")
+    p.add_argument("--save-tensors", action="store_true", help="also keep the raw tensors (.npz)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes that write CIFs and check crystals, and the voxel VAE's watershed "
+                        "(1; does not change the crystals)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from crysgen.sampling import SampleOptions, sample_to_dir
+
+    n = args.points if args.interpolate else args.n
+    if n is None and args.compositions:
+        from crysgen.crystal_set import CrystalSet
+
+        if not Path(args.compositions).is_file():
+            raise CrysgenError(f"--compositions: no such file {args.compositions}")
+        n = len(CrystalSet.load(args.compositions)) * args.per_target
+    if n is None:
+        raise CrysgenError("-n is required (or --interpolate A B --points K, or --compositions FILE)")
+    options = SampleOptions(n=n, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                            decode_mode=args.decode_mode, symprec=args.symprec,
+                            chunk_size=args.chunk_size,
+                            save_tensors=args.save_tensors, condition=args.condition,
+                            around=args.around, sigma2=args.sigma, prior=args.prior,
+                            interpolate=tuple(args.interpolate) if args.interpolate else None,
+                            formula=args.formula, num_atoms=args.num_atoms,
+                            compositions=args.compositions, per_target=args.per_target,
+                            space_group=args.space_group, guidance=args.guidance, churn=args.churn)
+    summary = sample_to_dir(args.model, args.out, options, device=args.device,
+                            batch_size=args.batch_size, progress=not args.quiet,
+                            workers=args.workers)
+    print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
+          f"{summary.failure_reasons or ''}), {summary.structurally_valid} structurally valid "
+          f"(atoms >= 0.5 Å apart, volume >= 0.1 Å³); {summary.crystals_per_s} crystals/s")
+    print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
+          f"summary in {Path(args.out) / 'summary.json'}")
+    return 0

@@ -1,0 +1,163 @@
+"""``crysgen train diffusion|atom-diffusion|gan|wgan|segmenter|vae|property``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from crysgen.cli.options import _add_layout_options, _add_run_options, _layout, _positive_int
+from crysgen.errors import CrysgenError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``crysgen train`` and one subcommand per model kind."""
+    train = subparsers.add_parser("train", help="train a generative model")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+    p = tsub.add_parser("diffusion", help="CrysTens diffusion model (Lightning; bf16 on GPU)")
+    p.add_argument("--data", required=True, help="training CrystalSet .npz")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--val", default=None, help="validation CrystalSet .npz (EMA loss is logged)")
+    p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--init", default=None,
+                   help="warm start a new run from a model directory's weights (fresh optimiser)")
+    _add_layout_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_train_diffusion)
+
+    p = tsub.add_parser("atom-diffusion",
+                        help="crysgen's diffusion transformer over atoms (EDM; Lightning, bf16 on GPU)")
+    p.add_argument("--data", required=True, help="training CrystalSet .npz (cells are Niggli-reduced)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--val", default=None, help="validation CrystalSet .npz (EMA loss is logged)")
+    p.add_argument("--config", default=None,
+                   help="YAML config with net/edm/optim/data sections (default: built-in defaults)")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                   help="warm start a new run from a model directory's weights (fresh optimiser)")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_train_atoms)
+
+    for kind, what in (("gan", "the paper's vanilla GAN (BCE, Adam 1e-5, batch 64)"),
+                       ("wgan", "the paper's WGAN-GP (λ 10, 5 critic steps, Adam 1e-4 β (0, 0.9))")):
+        p = tsub.add_parser(kind, help=f"{what}; Lightning, bf16 on GPU")
+        p.add_argument("--data", required=True, help="training CrystalSet .npz")
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--config", default=None,
+                       help="YAML config with net/optim sections (default: the authors' settings)")
+        _add_run_options(p, "override optim.max_steps (generator updates)")
+        p.set_defaults(func=_cmd_train_adversarial)
+
+    for kind, what in (("segmenter", "Court et al.'s 3-D UNet segmenter of voxel grids (train it first)"),
+                       ("vae", "Court et al.'s conditional DFC-VAE on voxel grids (needs --segmenter)")):
+        p = tsub.add_parser(kind, help=f"{what}; Lightning, bf16 on GPU")
+        p.add_argument("--data", required=True, help="training CrystalSet .npz (orthogonal cells are used)")
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--config", default=None, help="YAML config (default: the authors' settings)")
+        if kind == "vae":
+            p.add_argument("--segmenter", default=None, help="the trained segmenter's model directory")
+            p.add_argument("--condition", default=None,
+                           help="property to condition on (default: formation_energy_per_atom)")
+        p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                       help=f"start from the weights of an exported {kind} model (fresh optimiser)")
+        _add_run_options(p)
+        p.set_defaults(func=_cmd_train_voxel)
+
+    p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned)")
+    p.add_argument("--data", required=True, help="training CrystalSet .npz with the target column")
+    p.add_argument("--target", required=True, help="property column kept by `crysgen data prepare`")
+    p.add_argument("--out", required=True, help="run directory (new)")
+    p.add_argument("--val", default=None,
+                   help="CrystalSet for the held-out metrics (default: 10 %% of --data, seeded)")
+    p.add_argument("--init", default=None,
+                   help="start the graph layers from this property model (name or directory)")
+    p.add_argument("--freeze-conv", action="store_true", help="keep the --init graph layers fixed")
+    p.add_argument("--unit", default="", help="the target's unit, e.g. eV/atom")
+    p.add_argument("--classification", action="store_true", help="0/1 target: train a classifier")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-dir", default=None,
+                   help="where model names and atom_init.json are found (default: $CRYSGEN_MODELS_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_property)
+
+
+def _cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.training.config import load_config
+    from crysgen.training.diffusion import train_diffusion
+
+    config = None if args.resume else load_config(args.config)
+    if args.sites is not None or args.element_code is not None:
+        if config is None:  # --resume: the run's saved config is read by train_diffusion
+            raise CrysgenError("--sites/--element-code set a new run's layout; a resumed run keeps its own")
+        config = config.with_layout(_layout(args, lambda: CrystalSet.load(args.data), config.crystens))
+    model_dir = train_diffusion(args.data, args.out, config=config, val=args.val,
+                                max_steps=args.max_steps, devices=args.devices, resume=args.resume,
+                                progress=not args.quiet, max_minutes=args.max_minutes,
+                                init=args.init)
+    print(f"model directory: {model_dir}")
+    return 0
+
+
+def _cmd_train_atoms(args: argparse.Namespace) -> int:
+    from crysgen.training.atoms import train_atom_diffusion
+    from crysgen.training.config import AtomTrainConfig, load_config
+
+    config = None if args.resume else load_config(args.config, AtomTrainConfig)
+    model_dir = train_atom_diffusion(args.data, args.out, config=config, val=args.val,
+                                     max_steps=args.max_steps, devices=args.devices, resume=args.resume,
+                                     progress=not args.quiet, max_minutes=args.max_minutes, init=args.init)
+    print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
+def _cmd_train_adversarial(args: argparse.Namespace) -> int:
+    from crysgen.training.adversarial import train_adversarial
+    from crysgen.training.config import AdversarialTrainConfig, load_config
+
+    config = None
+    if not args.resume and args.config is not None:
+        config = load_config(args.config, AdversarialTrainConfig)
+    model_dir = train_adversarial(args.data, args.out, kind=args.train_command, config=config,
+                                  max_steps=args.max_steps, devices=args.devices,
+                                  resume=args.resume, progress=not args.quiet,
+                                  max_minutes=args.max_minutes)
+    print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
+def _cmd_train_voxel(args: argparse.Namespace) -> int:
+    from crysgen.training.config import VoxelTrainConfig, load_config
+    from crysgen.training.voxel import train_voxel
+
+    config = None
+    condition = getattr(args, "condition", None)
+    if not args.resume and (args.config is not None or condition):
+        config = (load_config(args.config, VoxelTrainConfig) if args.config
+                  else VoxelTrainConfig.default(args.train_command))
+        if condition:
+            config = replace(config, condition=condition)
+    model_dir = train_voxel(args.data, args.out, kind=args.train_command, config=config,
+                            segmenter=getattr(args, "segmenter", None), init=args.init,
+                            max_steps=args.max_steps,
+                            devices=args.devices, resume=args.resume, progress=not args.quiet,
+                            max_minutes=args.max_minutes)
+    print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
+def _cmd_train_property(args: argparse.Namespace) -> int:
+    from crysgen.training.property import PropertyTrainConfig, train_property
+
+    config = PropertyTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, classification=args.classification)
+    model_dir = train_property(args.data, args.out, target=args.target, config=config, val=args.val,
+                               init=args.init, freeze_conv=args.freeze_conv,
+                               models_dir=args.models_dir, unit=args.unit, progress=not args.quiet)
+    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_")}
+    print(f"held-out ({metrics['n_val']} crystals): {shown}; model directory: {model_dir}")
+    return 0
