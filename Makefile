@@ -1,4 +1,4 @@
-# crysgen: `make demo` runs the main job (sample crystals from the bundled model), `make test` runs the test suite, `make lint` ruff and the import contracts (all install first).
+# crysgen: `make demo` runs the main job (sample crystals from the bundled model), `make test` runs the test suite, `make lint` ruff, mypy and the import contracts (all install first).
 PYTHON ?= python3
 VENV ?= .venv
 SHARED ?= ../shared
@@ -29,9 +29,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-lint: install  # style (ruff) and the import layers of DESIGN.md (import-linter, pyproject.toml)
+lint: install  # style (ruff), types (mypy on src/crysgen) and the import layers of DESIGN.md (import-linter); settings in pyproject.toml
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache .hypothesis
