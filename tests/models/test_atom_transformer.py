@@ -62,3 +62,18 @@ def test_lattice_matrix_has_pymatgens_metric():
     got = lattice_matrix(torch.tensor([params[:3] + [p * torch.pi / 180 for p in params[3:]]],
                                       dtype=torch.float64))[0]
     torch.testing.assert_close(got @ got.T, torch.tensor(want), atol=1e-9, rtol=1e-9)
+
+
+def test_the_element_count_embedding_starts_silent_and_is_wired():
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    torch.manual_seed(1)
+    counted = AtomTransformer(**TINY, num_elements=True).eval()
+    missing, unexpected = counted.load_state_dict(net.state_dict(), strict=False)
+    assert missing == ["num_elements.weight"] and not unexpected
+    k = torch.tensor([2, 3, 1])
+    plain, with_count = net(t, f, lat, m, c, g, cell), counted(t, f, lat, m, c, g, cell, num_elements=k)
+    for a, b in zip(plain, with_count, strict=True):
+        torch.testing.assert_close(a, b)  # zero-initialised: switching it on changes nothing
+    torch.nn.init.normal_(counted.num_elements.weight, std=0.5)
+    two, three = (counted(t, f, lat, m, c, g, cell, num_elements=torch.full((3,), v)) for v in (2, 3))
+    assert not torch.allclose(two[1], three[1])  # the count reaches the outputs

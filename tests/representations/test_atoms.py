@@ -13,6 +13,7 @@ from crysgen.representations.atoms import (
     encode,
     nearest_elements,
     niggli_reduce,
+    num_elements,
     parse_formula,
 )
 from tests.conftest import load_cif
@@ -97,3 +98,16 @@ def test_parse_formula_errors():
     for bad in ("Xx2O", "Fe0.5O", "", "Fe2O3)"):
         with pytest.raises(CrysgenError):
             parse_formula(bad)
+
+
+def test_size_histogram_counts_sites_and_distinct_elements(crystals):
+    assert num_elements(np.array([[8, 26, 8, 0], [0, 0, 0, 0], [3, 26, 15, 8]])).tolist() == [2, 0, 4]
+    spec = AtomSetSpec.fit(crystals)
+    counts = np.array(spec.size_counts)
+    assert counts.sum(1).tolist() == spec.num_atoms_counts  # its margin is the sites histogram
+    expected = {(int(n), int(k)) for n, k in zip(crystals.num_sites, num_elements(crystals.atomic_numbers),
+                                                 strict=True)}
+    assert {tuple(ix) for ix in np.argwhere(counts)} == expected
+    old = AtomSetSpec(**{**spec.__dict__, "size_counts": []})  # a spec written before the histogram
+    assert old.with_size_counts(crystals).size_counts == spec.size_counts
+    assert spec.with_size_counts(crystals.subset([0])) is spec  # an existing histogram is kept

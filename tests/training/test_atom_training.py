@@ -108,3 +108,37 @@ def test_compiled_training_forward_gives_the_eager_loss(tiny_set):
                            generator=torch.Generator().manual_seed(1))
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(tiny_set, tmp_path):
+    import numpy as np
+
+    from crysgen.representations.atoms import num_elements
+
+    plain = train_atom_diffusion(tiny_set, tmp_path / "plain", config=AtomTrainConfig.from_dict(TINY),
+                                 max_steps=1, accelerator="cpu", progress=False)
+    counted = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"num_elements": True}})
+    warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=counted, max_steps=2, accelerator="cpu",
+                                progress=False, init=plain)
+    with pytest.raises(CrysgenError, match="may be switched on"):  # but not off again
+        train_atom_diffusion(tiny_set, tmp_path / "off", config=AtomTrainConfig.from_dict(TINY), max_steps=1,
+                             accelerator="cpu", progress=False, init=warm)
+    model = AtomDiffusionModel.from_pretrained(warm)
+    assert model.net.cfg.num_elements and np.array(model.spec.size_counts).sum() == 4
+    assert model.net.num_elements.weight[1:].abs().sum() > 0  # trained from zero: the counts reached it
+    seen = []
+    forward = model.net.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_elements"])
+        return forward(*args, **kwargs)
+
+    model.net.forward = spy
+    sets = model.sample_sets(6, steps=1, seed=2)
+    num, elements = model.draw_sizes(6, seed=[2, 1])
+    assert sets.mask.sum(1).tolist() == num.tolist()
+    assert sorted(torch.cat(seen).tolist()) == sorted(elements.tolist())
+    seen.clear()
+    z = CrystalSet.load(tiny_set).atomic_numbers[:, :model.spec.max_atoms]
+    model.sample_sets(len(z), steps=1, atomic_numbers=z)  # composition given: its count is used
+    assert sorted(torch.cat(seen).tolist()) == sorted(num_elements(z).tolist())

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crysgen.representations.atoms import MAX_ELEMENTS
+
 
 @dataclass(frozen=True)
 class AtomNetConfig:
@@ -39,6 +41,9 @@ class AtomNetConfig:
         edge_hidden: width of the pair-bias MLP.
         space_groups: condition on the space group (an embedding of 1-230, 0 = none given)
             for classifier-free guidance; False: no such input.
+        num_elements: condition on the number of distinct elements (an embedding of
+            1-``MAX_ELEMENTS``, 0 = none given; it starts at zero, so switching it on for a
+            trained network leaves its outputs unchanged); False: no such input.
     """
 
     type_dim: int = 39
@@ -51,6 +56,7 @@ class AtomNetConfig:
     edge_rbf: int = 16
     edge_hidden: int = 128
     space_groups: bool = False
+    num_elements: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -141,6 +147,9 @@ class AtomTransformer(nn.Module):
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.given = nn.Embedding(2, d)
         self.space_group = nn.Embedding(231, d) if c.space_groups else None
+        self.num_elements = nn.Embedding(MAX_ELEMENTS + 1, d) if c.num_elements else None
+        if self.num_elements is not None:
+            nn.init.zeros_(self.num_elements.weight)
         edge_in = 6 * c.edge_freqs + c.edge_rbf
         self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
@@ -173,7 +182,8 @@ class AtomTransformer(nn.Module):
 
     def forward(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor,
                 c_noise: torch.Tensor, given: torch.Tensor, cell: torch.Tensor,
-                space_group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                space_group: torch.Tensor | None = None, num_elements: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Denoise one batch.
 
         Args:
@@ -185,6 +195,8 @@ class AtomTransformer(nn.Module):
             given: bool (B,), the element codes are clean (composition given).
             cell: (B, 3, 3) the current cell in Å (for pair distances).
             space_group: int (B,) 1-230, 0 = not given (only for ``space_groups`` networks).
+            num_elements: int (B,) distinct elements, 0 = not given (only for ``num_elements``
+                networks).
 
         Returns:
             Raw outputs for types (B, S, D), coordinates (B, S, 3) and lattice (B, 6).
@@ -195,9 +207,9 @@ class AtomTransformer(nn.Module):
         lat = (self.lattice_in(lattice) + self.lattice_token)[:, None]
         x = torch.cat([lat, atoms], 1)
         cond = self.time(timestep_embedding(c_noise, c.d_model)) + self.given(given.long())
-        if self.space_group is not None:
-            sg = space_group if space_group is not None else torch.zeros_like(given, dtype=torch.long)
-            cond = cond + self.space_group(sg.long())
+        for embed, value in ((self.space_group, space_group), (self.num_elements, num_elements)):
+            if embed is not None:
+                cond = cond + embed((value if value is not None else torch.zeros_like(given)).long())
         bias = self.pair_bias(frac, cell, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
         for i, block in enumerate(self.blocks):
             x = block(x, cond, bias[:, i])

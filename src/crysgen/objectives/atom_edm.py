@@ -36,9 +36,9 @@ class AtomEDMConfig:
         sigma_max: largest σ of the sampling schedule.
         rho: Karras schedule exponent.
         s_churn: EDM stochastic churn (0 = deterministic Heun).
-        cond_dropout: share of training crystals whose space group is withheld (0 given), so
-            that a space-group network learns the unconditional model too (classifier-free
-            guidance).
+        cond_dropout: share of training crystals whose conditions (space group, number of
+            elements) are withheld (0 given), each independently, so that a conditioned network
+            learns the unconditional model too (classifier-free guidance).
     """
 
     p_mean: float = -1.2
@@ -118,7 +118,7 @@ def current_cell(lattice_t: torch.Tensor, mask: torch.Tensor, consts: Constants)
 
 def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Tensor, given: torch.Tensor,
             cfg: AtomEDMConfig, consts: Constants, *, raw: bool = False,
-            space_group: torch.Tensor | None = None) -> Any:
+            conditions: dict[str, torch.Tensor] | None = None) -> Any:
     """The denoised estimate D(x_t; σ) of every part (or the raw network outputs).
 
     Args:
@@ -130,7 +130,8 @@ def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Te
         cfg: the EDM settings.
         consts: data statistics.
         raw: also return the raw outputs (for the loss).
-        space_group: int (B,) 1-230 or 0 (not given), for space-group networks.
+        conditions: int (B,) tensors by the network's keyword (``space_group`` 1-230,
+            ``num_elements``; 0 = not given), for conditioned networks.
     """
     st = torch.where(given, torch.zeros_like(sigma), sigma)[:, None, None]
     sl = sigma[:, None]
@@ -138,23 +139,24 @@ def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Te
     skip_l, out_l, in_l = _precond(sl, cfg.sigma_data_lattice)
     _, out_c, _ = _precond(sigma[:, None, None], cfg.sigma_data_coords)
     cell = current_cell(xt.lattice, mask, consts)
-    extra = {} if space_group is None else {"space_group": space_group}
     f_t, f_c, f_l = net(xt.types * in_t, xt.frac, xt.lattice * in_l, mask, sigma.log() / 4, given, cell,
-                        **extra)
+                        **(conditions or {}))
     f_t, f_c, f_l = f_t.float(), f_c.float(), f_l.float()
     d = Parts(skip_t * xt.types + out_t * f_t, xt.frac + out_c * f_c, skip_l * xt.lattice + out_l * f_l)
     return (d, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l)) if raw else d
 
 
 def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMConfig, consts: Constants,
-             *, generator: torch.Generator | None = None, space_group: torch.Tensor | None = None,
+             *, generator: torch.Generator | None = None,
+             conditions: dict[str, torch.Tensor] | None = None,
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """EDM loss of one batch: weighted sum of the three parts' losses, and each part's.
 
     Each part's loss is the mean squared error of the raw output against its EDM target
     (equivalently λ(σ)·|D − x|², which weighs every σ alike); padding sites never count, and the
-    types' loss skips crystals whose element codes were given. ``space_group`` (B,) conditions a
-    space-group network; ``cfg.cond_dropout`` of the crystals get 0 (none) instead.
+    types' loss skips crystals whose element codes were given. ``conditions`` (int (B,) tensors by
+    the network's keyword) condition a conditioned network; for each, ``cfg.cond_dropout`` of the
+    crystals get 0 (none) instead.
     """
     b, dev = mask.shape[0], mask.device
 
@@ -171,12 +173,13 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     xt = Parts(torch.where(given[:, None, None], x0.types, x0.types + n_t) * m,
                wrap(x0.frac + randn(*x0.frac.shape) * sigma[:, None, None]) * m,
                x0.lattice + randn(*x0.lattice.shape) * sigma[:, None])
-    if space_group is not None:
+    kept = {}
+    for name, value in sorted((conditions or {}).items()):
         where = "cpu" if generator is not None else dev
         drop = torch.rand(b, generator=generator, device=where) < cfg.cond_dropout
-        space_group = torch.where(drop.to(dev), torch.zeros_like(space_group), space_group)
+        kept[name] = torch.where(drop.to(dev), torch.zeros_like(value), value)
     _, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l) = denoise(
-        net, xt, sigma, mask, given, cfg, consts, raw=True, space_group=space_group)
+        net, xt, sigma, mask, given, cfg, consts, raw=True, conditions=kept)
     target_t = (x0.types - skip_t * xt.types) / out_t.clamp_min(1e-8)
     target_c = wrap_centered(x0.frac - xt.frac) / out_c
     target_l = (x0.lattice - skip_l * xt.lattice) / out_l

@@ -28,7 +28,7 @@ from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_targets
 from crysgen.pipelines.seeding import torch_generator
-from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode
+from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode, num_elements
 
 KIND = "atom_diffusion"
 SPEC_FILE = "atoms.json"
@@ -98,6 +98,21 @@ class AtomDiffusionModel:
         p = torch.as_tensor(np.asarray(self.spec.num_atoms_counts, float))
         return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
 
+    def draw_sizes(self, n: int, seed: int | list[int] = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Int (n,) site counts and (n,) distinct-element counts, drawn jointly.
+
+        They come from the training histogram ``spec.size_counts``.
+
+        Raises:
+            CrysgenError: when the spec has no such histogram.
+        """
+        counts = np.asarray(self.spec.size_counts, float)
+        if counts.size == 0 or counts.sum() == 0:
+            raise CrysgenError("this model's atoms.json has no size_counts (sites x elements) histogram")
+        p = torch.as_tensor(counts.ravel())
+        flat = torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
+        return flat // counts.shape[1], flat % counts.shape[1]
+
     # ------------------------------------------------------------------ sampling
     def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
@@ -116,6 +131,9 @@ class AtomDiffusionModel:
             on_batch: called with the number of crystals after every batch (for a caller's bar).
             space_group: 1-230: sample that space group (classifier-free guidance; the model
                 must have been trained with ``net.space_groups``); None: unconditional.
+                A ``net.num_elements`` model is always conditioned on each sample's number of
+                distinct elements: drawn with its number of sites from the training histogram,
+                or counted in ``atomic_numbers``.
             guidance: the guidance weight w: D = D_none + w (D_group - D_none); 1 uses the
                 conditional denoiser alone (one network evaluation).
             churn: EDM's S_churn (fresh noise before every step, σ raised by up to √2; 0:
@@ -133,13 +151,20 @@ class AtomDiffusionModel:
         edm = self.edm if churn is None else replace(self.edm, s_churn=float(churn))
         s = self.spec.max_atoms
         gen = torch_generator(seed)
+        count_elements = self.net.cfg.num_elements
+        elements = None
         if atomic_numbers is None:
-            num = self.draw_num_atoms(n, seed=[*np.atleast_1d(seed).tolist(), 1])
+            size_seed = [*np.atleast_1d(seed).tolist(), 1]
+            if count_elements:
+                num, elements = self.draw_sizes(n, seed=size_seed)
+            else:
+                num = self.draw_num_atoms(n, seed=size_seed)
             mask = np.arange(s)[None] < num[:, None]
             z = None
         else:
             z = np.asarray(atomic_numbers, np.int64)
             mask = z > 0
+            elements = num_elements(z) if count_elements else None
         codes = torch.as_tensor(self.spec.codes())
         net = self.net.to(device).eval()
         consts = Constants.from_spec(self.spec)
@@ -157,9 +182,14 @@ class AtomDiffusionModel:
             given = None if z is None else codes[torch.as_tensor(z[idx, :w])]
             steps_noise = (torch.randn(steps, b, w * (dim + 3) + 6, generator=gen)
                            if edm.s_churn > 0 else None)
+            conditions = {}
+            if space_group is not None:
+                conditions["space_group"] = torch.full((b,), int(space_group), dtype=torch.long)
+            if elements is not None:
+                conditions["num_elements"] = torch.as_tensor(elements[idx], dtype=torch.long)
             with torch.no_grad():
                 x = edm_heun(net, noise, m, given, edm, consts, steps=steps, device=device,
-                             churn_noise=steps_noise, space_group=space_group, guidance=guidance)
+                             churn_noise=steps_noise, conditions=conditions, guidance=guidance)
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
@@ -222,8 +252,8 @@ def size_batches(width: np.ndarray, batch_size: int, *, slack: float = 1.25) -> 
 
 def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor,
              given: torch.Tensor | None, cfg: AtomEDMConfig, consts: Constants, *, steps: int,
-             device: str, churn_noise: torch.Tensor | None = None, space_group: int | None = None,
-             guidance: float = 1.0) -> Parts:
+             device: str, churn_noise: torch.Tensor | None = None,
+             conditions: dict[str, torch.Tensor] | None = None, guidance: float = 1.0) -> Parts:
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on atom sets.
 
     Args:
@@ -237,8 +267,10 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
         steps: number of σ levels before 0.
         device: where to run.
         churn_noise: (steps, B, S·(D+3)+6) unit normals for the churn (used when s_churn > 0).
-        space_group: condition every sample on this space group (None: unconditional).
-        guidance: classifier-free guidance weight (1: the conditional denoiser alone).
+        conditions: int (B,) tensors by the network's keyword (``space_group``,
+            ``num_elements``); none: unconditional.
+        guidance: classifier-free guidance weight (1: the conditional denoiser alone; else
+            D = D_none + w (D_cond - D_none), D_none with every condition withheld).
 
     Returns:
         The final denoised parts (coordinates in [0, 1)).
@@ -255,18 +287,16 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
     types = given.to(device) if given is not None else noise[0].to(device) * sigmas[0]
     x = Parts(types * m, noise[1].to(device) * m, noise[2].to(device) * sigmas[0])
     gamma_max = min(cfg.s_churn / steps, 2**0.5 - 1)
+    cond = {k: v.to(device) for k, v in (conditions or {}).items()}
 
     def d_of(x: Parts, sigma: float) -> Parts:
         """dx/dσ (the coordinates' along the periodic displacement)."""
         s = torch.full((b,), sigma, device=device)
-        if space_group is None:
-            den = denoise(net, x, s, mask, is_given, cfg, consts)
-        else:
-            sg = torch.full((b,), int(space_group), device=device, dtype=torch.long)
-            den = denoise(net, x, s, mask, is_given, cfg, consts, space_group=sg)
-            if guidance != 1.0:
-                none = denoise(net, x, s, mask, is_given, cfg, consts, space_group=torch.zeros_like(sg))
-                den = Parts(*(u + guidance * (c - u) for c, u in zip(den, none, strict=True)))
+        den = denoise(net, x, s, mask, is_given, cfg, consts, conditions=cond)
+        if cond and guidance != 1.0:
+            none = denoise(net, x, s, mask, is_given, cfg, consts,
+                           conditions={k: torch.zeros_like(v) for k, v in cond.items()})
+            den = Parts(*(u + guidance * (c - u) for c, u in zip(den, none, strict=True)))
         dt = (x.types - den.types) / sigma if given is None else torch.zeros_like(x.types)
         return Parts(dt * m, -(den.frac - x.frac) / sigma * m, (x.lattice - den.lattice) / sigma)
 

@@ -21,7 +21,7 @@ Everything here is a pure function of numpy arrays and the fitted :class:`AtomSe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,9 @@ class AtomSetSpec:
         lattice_mean: (6,) mean of the unstandardised lattice features.
         lattice_std: (6,) their std.
         num_atoms_counts: (max_atoms + 1,) training crystals per number of sites.
+        size_counts: (max_atoms + 1, MAX_ELEMENTS + 1) training crystals per (number of sites,
+            number of distinct elements); empty in specs written before it existed (see
+            :meth:`with_size_counts`).
     """
 
     max_atoms: int
@@ -83,6 +86,7 @@ class AtomSetSpec:
     lattice_mean: list[float]
     lattice_std: list[float]
     num_atoms_counts: list[int] = field(default_factory=list)
+    size_counts: list[list[int]] = field(default_factory=list)
 
     @classmethod
     def fit(cls, crystals: CrystalSet, max_atoms: int | None = None) -> AtomSetSpec:
@@ -108,7 +112,14 @@ class AtomSetSpec:
                    code_mean=[float(v) for v in mean], type_sigma=_positive(float((codes - mean).std())),
                    lattice_mean=[float(v) for v in feats.mean(0)],
                    lattice_std=[_positive(float(v)) for v in std],
-                   num_atoms_counts=np.bincount(n, minlength=max_atoms + 1).tolist())
+                   num_atoms_counts=np.bincount(n, minlength=max_atoms + 1).tolist(),
+                   size_counts=_size_counts(crystals, max_atoms))
+
+    def with_size_counts(self, crystals: CrystalSet) -> AtomSetSpec:
+        """This spec with ``size_counts`` fitted on ``crystals`` when it has none (older specs)."""
+        if self.size_counts:
+            return self
+        return replace(self, size_counts=_size_counts(crystals, self.max_atoms))
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON (atomically)."""
@@ -139,6 +150,28 @@ class AtomSets:
 
     def __len__(self) -> int:
         return len(self.mask)
+
+
+MAX_ELEMENTS = 16
+"""Distinct elements per crystal that the size histogram and the conditioning tell apart (more
+count as this many)."""
+
+
+def num_elements(atomic_numbers: np.ndarray) -> np.ndarray:
+    """Int (N,) distinct elements per row of an (N, S) atomic-number array (0 = padding).
+
+    Counts above :data:`MAX_ELEMENTS` are capped at it.
+    """
+    z = np.sort(np.asarray(atomic_numbers, np.int64), axis=1)
+    new = (z > 0) & np.concatenate([np.ones((len(z), 1), bool), z[:, 1:] != z[:, :-1]], axis=1)
+    return np.minimum(new.sum(1), MAX_ELEMENTS)
+
+
+def _size_counts(crystals: CrystalSet, max_atoms: int) -> list[list[int]]:
+    counts = np.zeros((max_atoms + 1, MAX_ELEMENTS + 1), np.int64)
+    np.add.at(counts, (np.minimum(crystals.num_sites.astype(int), max_atoms),
+                       num_elements(crystals.atomic_numbers)), 1)
+    return counts.tolist()
 
 
 def _lattice_features(lattice: np.ndarray, num_sites: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, wrap
 from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
-from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce
+from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce, num_elements
 from crysgen.representations.elements import CODE_DIM
 from crysgen.training.config import AtomTrainConfig
 from crysgen.training.runs import adamw_with_warmup, batch_loader, ema_copy, fit, open_run
@@ -28,10 +28,19 @@ from crysgen.training.runs import adamw_with_warmup, batch_loader, ema_copy, fit
 
 def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
                 shuffle: bool) -> torch.utils.data.DataLoader:
-    """Batches (types (B, S, D), frac (B, S, 3), lattice (B, 6), mask (B, S), space group (B,))."""
+    """Batches of encoded crystals.
+
+    Each batch: types (B, S, D), frac (B, S, 3), lattice (B, 6), mask (B, S), space group (B,)
+    and number of distinct elements (B,).
+    """
     sets = encode(crystals, spec)
-    parts = (sets.types, sets.frac, sets.lattice, sets.mask, crystals.space_group.astype(np.int64))
+    parts = (sets.types, sets.frac, sets.lattice, sets.mask, crystals.space_group.astype(np.int64),
+             num_elements(crystals.atomic_numbers))
     return batch_loader(*(torch.from_numpy(p) for p in parts), batch_size=batch_size, shuffle=shuffle)
+
+
+SWITCHABLE = ("space_groups", "num_elements")
+"""Network options that ``--init`` may switch on (conditioning embeddings)."""
 
 
 class AtomDiffusionModule(L.LightningModule):
@@ -49,23 +58,29 @@ class AtomDiffusionModule(L.LightningModule):
         mode = self.cfg.compile_mode
         object.__setattr__(self, "_forward", self.net if mode is None else torch.compile(self.net, mode=mode))
 
+    def conditions(self, sg: torch.Tensor, ne: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The conditions the network takes, from a batch's space groups and element counts."""
+        net = self.cfg.net
+        return {k: v for k, v, on in (("space_group", sg, net.space_groups),
+                                      ("num_elements", ne, net.num_elements)) if on}
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         """One EDM step on a batch, each crystal shifted by a random vector."""
-        types, frac, lattice, mask, sg = batch
+        types, frac, lattice, mask, sg, ne = batch
         if self.cfg.data.translate:
             frac = wrap(frac + torch.rand(len(frac), 1, 3, device=frac.device)) * mask[..., None]
         loss, parts = edm_loss(self._forward, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts,
-                               space_group=sg if self.cfg.net.space_groups else None)
+                               conditions=self.conditions(sg, ne))
         self.log("train_loss", loss, prog_bar=True, on_step=True)
         self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """EMA model's loss on validation crystals (the same noise every time)."""
-        types, frac, lattice, mask, sg = batch
+        types, frac, lattice, mask, sg, ne = batch
         gen = torch.Generator(device="cpu").manual_seed(batch_idx)
         loss, parts = edm_loss(self.ema.module, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts,
-                               generator=gen, space_group=sg if self.cfg.net.space_groups else None)
+                               generator=gen, conditions=self.conditions(sg, ne))
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({f"val_{k}": v for k, v in parts.items()}, sync_dist=True)
 
@@ -115,9 +130,10 @@ def train_atom_diffusion(
         progress: show the progress bar.
         max_minutes: stop (checkpoint and export) after this wall time.
         init: warm start from an ``atom_diffusion`` model directory with the same network config,
-            except that ``net.space_groups`` may be switched on (the new embedding starts from
-            its initialisation); weights go into the network and its EMA copy, the optimiser
-            starts afresh, and the spec of ``init`` is kept so the encodings agree.
+            except that ``net.space_groups`` and ``net.num_elements`` may be switched on (a new
+            embedding starts from its initialisation); weights go into the network and its EMA
+            copy, the optimiser starts afresh, and the spec of ``init`` is kept so the encodings
+            agree (given the size histogram of this data if it has none).
 
     Raises:
         CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
@@ -129,7 +145,7 @@ def train_atom_diffusion(
     def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
         holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
         if init_model is not None:  # keep the encoding the weights were trained with
-            return init_model.spec
+            return init_model.spec.with_size_counts(holder["reduced"])
         return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None)
     run = open_run(data, out, config, AtomTrainConfig, resume=resume, max_steps=max_steps, init=init,
                    fit_scaling=fit_spec, load_scaling=AtomSetSpec.load, scaling_file=SPEC_FILE)
@@ -137,9 +153,11 @@ def train_atom_diffusion(
     crystals = holder.get("reduced") or (niggli_reduce(run.crystals) if config.data.niggli else run.crystals)
     if init_model is not None:
         want = AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config
-        if init_model.net.config | {"space_groups": want["space_groups"]} != want:
+        switchable = {k: want[k] for k in SWITCHABLE}
+        if init_model.net.config | switchable != want or any(
+                init_model.net.config[k] and not want[k] for k in SWITCHABLE):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
-                               "(only space_groups may be switched on)")
+                               f"(only {' and '.join(SWITCHABLE)} may be switched on)")
         run.fingerprint["init"] = {"model": str(init), "step": init_model.data.get("step")}
     o = config.optim
     L.seed_everything(o.seed, workers=True)
@@ -151,10 +169,10 @@ def train_atom_diffusion(
         val_loader = atom_loader(niggli_reduce(vs) if config.data.niggli else vs, spec, o.batch_size,
                                  shuffle=False)
     module = AtomDiffusionModule(config.to_dict(), asdict(spec))
-    if init_model is not None:  # a new space-group embedding starts from its initialisation
+    if init_model is not None:  # a new conditioning embedding starts from its initialisation
         for net in (module.net, module.ema.module):
             missing, unexpected = net.load_state_dict(init_model.net.state_dict(), strict=False)
-            if unexpected or any(not k.startswith("space_group.") for k in missing):
+            if unexpected or any(k.split(".")[0] not in ("space_group", "num_elements") for k in missing):
                 raise CrysgenError(f"--init {init}: weights do not fit ({missing + unexpected})")
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
                log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
