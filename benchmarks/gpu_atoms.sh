@@ -2,7 +2,7 @@
 # The atom diffusion transformer on the GPU machine: train (detached), sample, evaluate.
 # DATASET (default mp_20) picks the data and configs/atom_diffusion_<dataset without _>.yaml; its
 # CrystalSets are made here on the CPU first (as-given cells; S = 20 / 5 / 24):
-#   crysgen data prepare ../shared/data/mp_20/train_partial.csv.gz --out benchmarks/.work/mp_20_asis_train.npz \
+#   crysgen data prepare ../shared/data/mp_20/train_partial.csv.gz --out benchmarks/.work/mp_20_asis_train_partial.npz \
 #       --cell as-is --max-sites 20   (and val, test; perov_5 and carbon_24: train_poscar.csv.gz)
 # Carry .whl (pymatgen/spglib/diffusers/chgnet + smact/matminer wheels), .cgcnn, .snap (the
 # committed code, `git archive` of HEAD, so concurrent uncommitted edits never run) and
@@ -24,6 +24,8 @@
 #    own CUDA_VISIBLE_DEVICES); CONFIG another training YAML, INIT a model to start from)
 set -u
 R=/tmp/runs; W=${WORK:-benchmarks/.work}; S=$PWD/.snap; D=${DATASET:-mp_20}
+TR=$W/${D}_asis_train.npz  # a partial train split keeps its name (the model records it)
+[ -f $W/${D}_asis_train_partial.npz ] && TR=$W/${D}_asis_train_partial.npz
 G=${TAG:-$D}; RUN=atoms_$G; A=$W/atomsamples_$G  # one run directory and sample folder per dataset (or TAG)
 export PYTHONPATH=/tmp/site:$S/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -70,14 +72,14 @@ launch)
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
   # few CPU threads per run: two runs side by side (TAG) each ran at half the speed of one alone
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} setsid nohup python3 -m crysgen train atom-diffusion \
-    --data $W/${D}_asis_train.npz --val $W/${D}_asis_val.npz --out $R/$RUN \
+    --data $TR --val $W/${D}_asis_val.npz --out $R/$RUN \
     --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --max-minutes $2 --quiet \
     ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
 throughput)  # train_throughput.py: compile modes x batch sizes, 300 steps each (VARIANTS overrides)
   install
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} python3 $S/benchmarks/train_throughput.py --data $W/${D}_asis_train.npz \
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} python3 $S/benchmarks/train_throughput.py --data $TR \
     --dataset $D --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --steps ${N:-300} \
     ${VARIANTS:---variant compile=false --variant compile=default --variant compile=reduce-overhead \
       --variant compile=false,optim.batch_size=2048 --variant compile=reduce-overhead,optim.batch_size=2048}
@@ -90,7 +92,7 @@ sample)
   tar czf $OUT/atomsamples_$D.tgz -C $W atomsamples_$D/denovo atomsamples_$D/csp/samples.csv atomsamples_$D/csp/cifs ;;
 eval)
   T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
-  cp $W/${D}_asis_train.npz $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
+  cp $TR $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
   python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 --work $W \
     --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress ${METRICS:+--metrics $METRICS} \
     $( [ -d $A/denovo ] && echo --samples $A/denovo ) 2>&1 \

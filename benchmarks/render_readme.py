@@ -365,7 +365,8 @@ def atom_table() -> list[str]:
     if sweeps:
         lines += ["", "**Sampler settings and continuations vs CSP** (`benchmarks/atom_csp_sweep.py`; "
                   "1,000 seeded test targets of the dataset (the same ones in every file), one sample "
-                  "each; `crysgen sample --churn`; model = its folder where it was scored, and its training steps)", "",
+                  "each; `crysgen sample --churn`; model = its folder where it was scored, and its "
+                  "training steps)", "",
                   "| file | model | steps trained | Heun steps | S_churn | match rate | RMSE | "
                   "invalid samples |", "|---|---|---|---|---|---|---|---|"]
         for path in sweeps:

@@ -112,9 +112,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         hidden = int(d * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        ada = nn.Linear(d, 6 * d)
+        nn.init.zeros_(ada.weight)
+        nn.init.zeros_(ada.bias)
+        self.ada = nn.Sequential(nn.SiLU(), ada)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """X (B, T, d), cond (B, d), bias (B, heads, T, T) additive (−inf for masked keys)."""
@@ -147,19 +148,22 @@ class AtomTransformer(nn.Module):
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.given = nn.Embedding(2, d)
         self.space_group = nn.Embedding(231, d) if c.space_groups else None
-        self.num_elements = nn.Embedding(MAX_ELEMENTS + 1, d) if c.num_elements else None
-        if self.num_elements is not None:
-            nn.init.zeros_(self.num_elements.weight)
+        self.num_elements: nn.Embedding | None = None
+        if c.num_elements:
+            counts = nn.Embedding(MAX_ELEMENTS + 1, d)
+            nn.init.zeros_(counts.weight)
+            self.num_elements = counts
         edge_in = 6 * c.edge_freqs + c.edge_rbf
         self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
         self.blocks = nn.ModuleList([Block(d, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        ada_out = nn.Linear(d, 2 * d)
+        self.ada_out = nn.Sequential(nn.SiLU(), ada_out)
         self.type_out = nn.Linear(d, c.type_dim)
         self.coord_out = nn.Linear(d, 3)
         self.lattice_out = nn.Linear(d, 6)
-        for lin in (self.ada_out[1], self.type_out, self.coord_out, self.lattice_out):
+        for lin in (ada_out, self.type_out, self.coord_out, self.lattice_out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.register_buffer("rbf_centers", torch.linspace(0.0, 10.0, c.edge_rbf), persistent=False)

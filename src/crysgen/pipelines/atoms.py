@@ -277,7 +277,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
     """
     from diffusers import EDMEulerScheduler
 
-    sched = EDMEulerScheduler(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
+    # Any: diffusers builds the scheduler's attributes at run time (register_to_config)
+    sched: Any = EDMEulerScheduler(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho)
     sched.set_timesteps(steps)
     sigmas = sched.sigmas.to(torch.float64).tolist()
     mask = mask.to(device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -45,6 +45,8 @@ SWITCHABLE = ("space_groups", "num_elements")
 
 class AtomDiffusionModule(L.LightningModule):
     """Denoiser + EDM loss + EMA copy of the weights (the one exported and sampled)."""
+
+    _forward: torch.nn.Module  # the network, or its torch.compile wrapper
 
     def __init__(self, config: dict[str, Any], spec: dict[str, Any]) -> None:
         super().__init__()
@@ -99,7 +101,8 @@ class AtomDiffusionModule(L.LightningModule):
 
 def export_model(module: AtomDiffusionModule, data: dict[str, Any], out: Path) -> Path:
     """Save the module's EMA weights as an ``atom_diffusion`` model directory."""
-    return AtomDiffusionModel(module.ema.module, module.cfg.edm, module.spec, data).save_pretrained(out)
+    net = cast(AtomTransformer, module.ema.module)
+    return AtomDiffusionModel(net, module.cfg.edm, module.spec, data).save_pretrained(out)
 
 
 def train_atom_diffusion(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import lightning as L
 import numpy as np
@@ -198,7 +198,8 @@ class Throughput(Callback):
     def __init__(self, steps_per_iteration: int = 1, samples_per_iteration: int = 1,
                  warmup: int = 20) -> None:
         self.k, self.samples, self.warmup = steps_per_iteration, samples_per_iteration, warmup
-        self.start, self.step0, self.result = 0.0, 0, {}
+        self.start, self.step0 = 0.0, 0
+        self.result: dict[str, Any] = {}
         self.warm: tuple[float, int] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -256,18 +257,38 @@ class ExportModel(Callback):
     """
 
     def __init__(self, out: Path, data: dict[str, Any],
-                 export: Callable[[L.LightningModule, dict[str, Any], Path], Path]) -> None:
+                 export: Callable[[Any, dict[str, Any], Path], Path]) -> None:
         self.out, self.data, self.export = out, data, export
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         """Export on the main process only."""
         if trainer.is_global_zero:
-            self.export(pl_module, self.data | {"step": pl_module.iteration(trainer)}, self.out)
+            self.export(pl_module, self.data | {"step": iteration(pl_module, trainer)}, self.out)
 
 
-def precision_for(setting: str, use_gpu: bool) -> str:
-    """Lightning precision: "auto" is bf16-mixed on a GPU and 32-true on the CPU."""
+class RunModule(Protocol):
+    """What :func:`fit` needs of a module beyond Lightning's: the iteration it has reached."""
+
+    def iteration(self, trainer: L.Trainer) -> int:
+        """Iterations (diffusion steps, generator updates) taken so far."""
+        ...
+
+
+def iteration(module: L.LightningModule, trainer: L.Trainer) -> int:
+    """The iteration a run module has reached (its :meth:`RunModule.iteration`)."""
+    return int(cast(RunModule, module).iteration(trainer))
+
+
+Module = TypeVar("Module", bound=L.LightningModule)
+
+
+def precision_for(setting: str, use_gpu: bool) -> Any:
+    """Lightning precision: "auto" is bf16-mixed on a GPU and 32-true on the CPU.
+
+    Typed Any: Lightning types its argument as a union of literals, and the setting comes from a
+    validated config string.
+    """
     if setting == "auto":
         return "bf16-mixed" if use_gpu else "32-true"
     return setting
@@ -275,7 +296,7 @@ def precision_for(setting: str, use_gpu: bool) -> str:
 
 def fit(
     run: Run,
-    module: L.LightningModule,
+    module: Module,
     loader: torch.utils.data.DataLoader,
     *,
     max_iterations: int,
@@ -285,7 +306,7 @@ def fit(
     steps_per_iteration: int = 1,
     batches_per_iteration: int = 1,
     samples_per_iteration: int,
-    export: Callable[[L.LightningModule, dict[str, Any], Path], Path],
+    export: Callable[[Module, dict[str, Any], Path], Path],
     devices: int = 1,
     accelerator: str = "auto",
     progress: bool = True,
@@ -338,11 +359,11 @@ def fit(
     if trainer.is_global_zero:  # one entry per invocation, so a resumed run keeps its history
         summary_path = out / "train_summary.json"
         history = json.loads(summary_path.read_text()).get("runs", []) if summary_path.exists() else []
-        history.append(speed.result | {"end_step": module.iteration(trainer)})
+        history.append(speed.result | {"end_step": iteration(module, trainer)})
         losses = {name: float(np.asarray(v)) for name, v in trainer.callback_metrics.items()
                   if name.endswith("loss")}
         write_text_atomic(summary_path, json.dumps(
-            {"global_step": module.iteration(trainer), "data": run.fingerprint,
+            {"global_step": iteration(module, trainer), "data": run.fingerprint,
              "final_train_loss": losses.get("train_loss", float("nan")), "final_losses": losses,
              "runs": history}, indent=1) + "\n")
         plot_training_curves(out)
