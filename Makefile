@@ -19,7 +19,7 @@ $(BIN)/crysgen: pyproject.toml
 install: $(BIN)/crysgen
 
 demo: install
-	$(BIN)/crysgen sample -n 64 --steps 20 --out $(DEMO)
+	$(BIN)/crysgen sample -n 64 --steps 10 --out $(DEMO)
 	@echo
 	@echo "64 crystals sampled from the bundled mp_20 atom diffusion model (20 Heun steps):"
 	@echo "  $(DEMO)/cifs/          one CIF per decoded crystal"

@@ -2,7 +2,7 @@
 
 The same 256 seeds at each number of steps: seconds, structural validity (CDVAE), compositional
 validity (SMACT 2.2.1, CDVAE's definition) and the median number of elements. This is what chose
-the demo's 20 steps; stability at fewer steps is not measured here.
+the demo's 10 steps; stability at fewer steps is not measured here.
 
 Usage: python benchmarks/atom_steps_cpu.py [--n 256] [--steps 20,30,50]
 """
