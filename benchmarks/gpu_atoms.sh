@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
 #   bash benchmarks/gpu_atoms.sh throughput            # steps/s by compile mode and batch size
+#   PAIR="a:CFG_A b:CFG_B" bash benchmarks/gpu_atoms.sh pair MINUTES WAIT   # two runs, GPUs 0 and 1
+#   PAIR=... bash benchmarks/gpu_atoms.sh pair-eval    # both evaluated at once
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
@@ -77,6 +79,23 @@ launch)
     ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
+pair)  # two launches side by side, one per GPU: PAIR="TAG:CONFIG TAG:CONFIG" (INIT, STEPS shared)
+  install; i=0
+  for p in $PAIR; do
+    (CUDA_VISIBLE_DEVICES=$i TAG=${p%%:*} CONFIG=${p#*:} bash $0 launch $2 1 > /tmp/launch_${p%%:*}.log 2>&1 &)
+    i=$((i + 1))
+  done
+  sleep 90; end=$((SECONDS + $3 - 90))
+  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train" >/dev/null; do sleep 10; done
+  for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1; done ;;
+pair-eval)  # eval_model.py of both PAIR runs at once, one per GPU (names atom_diffusion_TAG)
+  i=0
+  for p in $PAIR; do
+    (CUDA_VISIBLE_DEVICES=$i TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} > /tmp/eval_${p%%:*}.log 2>&1 &)
+    i=$((i + 1)); sleep 15  # the two copy the training split in turn
+  done
+  sleep 5; while pgrep -f "[e]val_model.py" >/dev/null; do sleep 5; done
+  for p in $PAIR; do tail -4 /tmp/eval_${p%%:*}.log; done ;;
 throughput)  # train_throughput.py: compile modes x batch sizes, 300 steps each (VARIANTS overrides)
   install
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} python3 $S/benchmarks/train_throughput.py --data $TR \
