@@ -365,18 +365,18 @@ def atom_table() -> list[str]:
     if sweeps:
         lines += ["", "**Sampler settings and continuations vs CSP** (`benchmarks/atom_csp_sweep.py`; "
                   "1,000 seeded test targets of the dataset (the same ones in every file), one sample "
-                  "each; `crysgen sample --churn`; model = its folder where it was scored, and its "
-                  "training steps)", "",
-                  "| file | model | steps trained | Heun steps | S_churn | match rate | RMSE | "
-                  "invalid samples |", "|---|---|---|---|---|---|---|---|"]
+                  "each; `crysgen sample --churn`; model = the folder in this tree that holds the "
+                  "scored weights (by SHA-256), else where they were scored at the file's commit)", "",
+                  "| file | commit | model | steps trained | Heun steps | S_churn | match rate | RMSE | "
+                  "invalid samples |", "|---|---|---|---|---|---|---|---|---|"]
+        kept = committed_models()
         for path in sweeps:
             d = json.loads(path.read_text())
             fp = d.get("model", {}) if isinstance(d.get("model"), dict) else {}
-            trained = fp.get("training_step", "–")
-            if "init" in fp:  # a continuation: its own steps after those of the model it started from
-                trained = f"{fp['init'].get('step', '?')} + {trained}"
+            here = next((kept[h] for h in fp.get("sha256", {}).values() if h in kept), None)
+            where, trained = here or (fp.get("path", d.get("model")), fp.get("training_step", "–"))
             lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
-                      f"`{fp.get('path', d.get('model'))}` | {trained} | {r['steps']} | {r['s_churn']:g} | "
+                      f"{d['commit'][:7]} | `{where}` | {trained} | {r['steps']} | {r['s_churn']:g} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
                       for r in d["rows"]]
     ddp = res / "atom_diffusion_ddp.json"
@@ -389,6 +389,23 @@ def atom_table() -> list[str]:
                   f"`--resume` invocation continued at step {d['resumed_from_step']} to {d['global_step']} "
                   f"({runs[-1]['samples_per_s']:,} samples/s)."]
     return [*lines, ""] if lines else []
+
+
+def committed_models() -> dict[str, tuple[str, str]]:
+    """SHA-256 of every model weight file in the tree -> (its folder, the steps it was trained)."""
+    out = {}
+    folders = [*(ROOT / "src" / "crysgen" / "pretrained").glob("*"),
+               *(ROOT / "benchmarks" / "results" / "runs").glob("*/model")]
+    for folder in folders:
+        weights, config = folder / "weights.safetensors", folder / "config.json"
+        if not (weights.is_file() and config.is_file()):
+            continue
+        data = json.loads(config.read_text()).get("data", {})
+        steps = f"{data.get('step', '?'):,}" if isinstance(data.get("step"), int) else "–"
+        if isinstance(data.get("init"), dict):
+            steps = f"{data['init'].get('step', 0):,} + {steps}"
+        out[hashlib.sha256(weights.read_bytes()).hexdigest()] = (str(folder.relative_to(ROOT)), steps)
+    return out
 
 
 def scoring(weights: Path, pattern: str) -> list[Path]:
