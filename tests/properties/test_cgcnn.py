@@ -91,7 +91,7 @@ def test_a_few_training_steps_lower_the_loss():
 
     torch.manual_seed(0)
     net = CGCNN(config=CGCNNConfig(atom_feature_len=8, n_conv=2), atom_features=torch.rand(101, 8))
-    module = PropertyModule(net, mean=0.0, std=1.0, config=PropertyTrainConfig(), freeze_conv=False)
+    module = PropertyModule(net, mean=0.0, std=1.0, config=PropertyTrainConfig())
     structures = [nacl(), copper(), load_cif("SrTiO3"), load_cif("ZnO_wurtzite")]
     batch = (collate([build_graph(s) for s in structures]), torch.tensor([-2.1, 0.0, -3.5, -1.8]))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)

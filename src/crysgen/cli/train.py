@@ -63,24 +63,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         _add_run_options(p)
         p.set_defaults(func=_cmd_train_voxel)
 
-    p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned)")
+    # the defaults named in these help texts are PropertyTrainConfig's (tests/test_cli.py checks
+    # them; the config is not imported here, so that the command line starts without torch)
+    p = tsub.add_parser("property", help="CGCNN property model (optionally transfer-learned); Lightning")
     p.add_argument("--data", required=True, help="training CrystalSet .npz with the target column")
-    p.add_argument("--target", required=True, help="property column kept by `crysgen data prepare`")
-    p.add_argument("--out", required=True, help="run directory (new)")
+    p.add_argument("--target", default=None,
+                   help="property column kept by `crysgen data prepare` (a new run needs it, here or "
+                        "as target: in --config; a resumed run keeps its own)")
+    p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--val", default=None,
-                   help="CrystalSet for the held-out metrics (default: 10 %% of --data, seeded)")
+                   help="CrystalSet for the held-out metrics (default: a seeded val_fraction of --data, "
+                        "10 %%)")
+    p.add_argument("--config", default=None,
+                   help="YAML config with PropertyTrainConfig's keys (target, epochs, lr, ...); the "
+                        "options below override it (default: built-in defaults)")
     p.add_argument("--init", default=None,
                    help="start the graph layers from this property model (name or directory)")
-    p.add_argument("--freeze-conv", action="store_true", help="keep the --init graph layers fixed")
-    p.add_argument("--unit", default="", help="the target's unit, e.g. eV/atom")
-    p.add_argument("--classification", action="store_true", help="0/1 target: train a classifier")
-    p.add_argument("--epochs", type=_positive_int, default=100)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--freeze-conv", action="store_true", default=None,
+                   help="keep the --init graph layers fixed")
+    p.add_argument("--unit", default=None, help="the target's unit, e.g. eV/atom")
+    p.add_argument("--classification", action="store_true", default=None,
+                   help="0/1 target: train a classifier")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="passes over the training crystals (default: 100); --max-steps overrides it")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="crystals per step (default: 64)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate, decayed to 0 on a cosine (default: 0.001)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds the split, the initialisation and the batches (default: 0)")
     p.add_argument("--models-dir", default=None,
                    help="where model names and atom_init.json are found (default: $CRYSGEN_MODELS_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p, "optimiser steps in total, in place of --epochs × batches per epoch "
+                        "(a resumed run continues up to it)")
     p.set_defaults(func=_cmd_train_property)
 
 
@@ -149,15 +163,33 @@ def _cmd_train_voxel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_property(args: argparse.Namespace) -> int:
-    from crysgen.training.property import PropertyTrainConfig, train_property
+NEW_RUN_OPTIONS = {"config": "--config", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+                   "seed": "--seed", "classification": "--classification"}
+"""Options of `train property` that set a new run's config (a resumed run keeps its saved one)."""
 
-    config = PropertyTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                 seed=args.seed, classification=args.classification)
+
+def _cmd_train_property(args: argparse.Namespace) -> int:
+    from crysgen.training.config import PropertyTrainConfig, load_config
+    from crysgen.training.property import train_property
+
+    overrides = {k: getattr(args, k) for k in NEW_RUN_OPTIONS
+                 if k != "config" and getattr(args, k) is not None}
+    config = None
+    if args.resume:
+        given = [flag for k, flag in NEW_RUN_OPTIONS.items() if getattr(args, k) is not None]
+        if given:
+            raise CrysgenError(f"{', '.join(given)} set a new run's settings; a resumed run keeps its own "
+                               f"({Path(args.out) / 'config.yaml'}; --max-steps extends it)")
+    else:
+        config = replace(load_config(args.config, PropertyTrainConfig), **overrides)
     model_dir = train_property(args.data, args.out, target=args.target, config=config, val=args.val,
-                               init=args.init, freeze_conv=args.freeze_conv,
-                               models_dir=args.models_dir, unit=args.unit, progress=not args.quiet)
-    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_")}
-    print(f"held-out ({metrics['n_val']} crystals): {shown}; model directory: {model_dir}")
+                               init=args.init, freeze_conv=args.freeze_conv, models_dir=args.models_dir,
+                               unit=args.unit, max_steps=args.max_steps, devices=args.devices,
+                               resume=args.resume, progress=not args.quiet, max_minutes=args.max_minutes)
+    metrics_path = Path(args.out) / "metrics.json"
+    if metrics_path.is_file():  # written by the main process only
+        metrics = json.loads(metrics_path.read_text())
+        shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_")}
+        print(f"held-out ({metrics['n_val']} crystals) at step {metrics['step']}: {shown}; "
+              f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
     return 0

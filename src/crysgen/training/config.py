@@ -1,11 +1,16 @@
-"""Run settings: one YAML file loaded into dataclasses, saved resolved into the run directory."""
+"""Run settings: one YAML file loaded into dataclasses, saved resolved into the run directory.
+
+Every config class has ``from_dict`` (unknown keys are an error), ``to_dict`` (the resolved,
+YAML-serialisable form) and ``with_max_steps`` (``--max-steps``), which is all
+:func:`load_config`, :func:`save_config` and :func:`crysgen.training.runs.open_run` use.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import AdversarialNetConfig
@@ -59,8 +64,22 @@ class OptimConfig:
             raise CrysgenError(f"optim.lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
 
 
+_Steps = TypeVar("_Steps", bound="StepsInOptim")
+
+
+class StepsInOptim:
+    """``with_max_steps`` of a config whose ``optim`` section counts the optimiser steps."""
+
+    optim: Any
+
+    def with_max_steps(self: _Steps, max_steps: int) -> _Steps:
+        """This config with ``optim.max_steps`` set (``--max-steps``)."""
+        # cast: this mixin is no dataclass itself; the classes that use it are
+        return replace(cast(Any, self), optim=replace(self.optim, max_steps=max_steps))
+
+
 @dataclass(frozen=True)
-class DiffusionTrainConfig:
+class DiffusionTrainConfig(StepsInOptim):
     """Everything `crysgen train diffusion` needs besides the data.
 
     ``stage`` makes the model a single 64×64 model (default) or one stage of a cascade; the
@@ -178,7 +197,7 @@ ADVERSARIAL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class AdversarialTrainConfig:
+class AdversarialTrainConfig(StepsInOptim):
     """Everything `crysgen train gan|wgan` needs besides the data."""
 
     net: AdversarialNetConfig = field(default_factory=AdversarialNetConfig)
@@ -248,7 +267,7 @@ class VoxelOptimConfig:
 
 
 @dataclass(frozen=True)
-class VoxelTrainConfig:
+class VoxelTrainConfig(StepsInOptim):
     """Everything `crysgen train segmenter|vae` needs besides the data.
 
     Attributes:
@@ -366,7 +385,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 @dataclass(frozen=True)
-class AtomTrainConfig:
+class AtomTrainConfig(StepsInOptim):
     """Everything `crysgen train atom-diffusion` needs besides the data.
 
     ``compile`` runs the network's training forward through ``torch.compile``: False (off),
@@ -418,7 +437,89 @@ class AtomTrainConfig:
             raise CrysgenError(f"bad config: {exc}") from exc
 
 
-Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig, AtomTrainConfig)
+@dataclass(frozen=True)
+class PropertyTrainConfig:
+    """Everything `crysgen train property` needs besides the data (one flat section).
+
+    The loop counts optimiser steps, as every trainer does; ``epochs`` gives their number
+    unless ``max_steps`` is set, and the run directory's ``config.yaml`` holds the resolved
+    ``max_steps`` and ``checkpoint_every``.
+
+    Attributes:
+        target: the property column to learn (a run needs one; "" is only the unset default).
+        unit: the target's unit, for the model's metadata and the CSV column of `crysgen predict`.
+        classification: train a two-class classifier on a 0/1 target instead of a regressor.
+        freeze_conv: keep the element embedding and graph convolutions taken from ``--init``
+            fixed (their batch-norm statistics too); needs ``--init``.
+        epochs: passes over the training crystals (when ``max_steps`` is 0).
+        max_steps: optimiser steps in total (0: ``epochs`` × batches per epoch); the learning
+            rate decays to 0 over them on a cosine; a resumed run continues up to it.
+        batch_size: crystals per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        val_fraction: share of the data held out when no validation file is given.
+        seed: seeds the split, the initialisation and the batches.
+        atom_fea_len: hidden atom feature width (ignored with ``--init``: taken from it).
+        n_conv: graph convolutions (ignored with ``--init``).
+        checkpoint_every: steps between checkpoints, held-out scores and model exports (0: every
+            tenth of the epochs, at least once an epoch).
+        log_every: steps between log lines.
+        precision: Lightning precision string; "auto" is bf16-mixed on a GPU and 32-true on the CPU.
+    """
+
+    target: str = ""
+    unit: str = ""
+    classification: bool = False
+    freeze_conv: bool = False
+    epochs: int = 100
+    max_steps: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    atom_fea_len: int = 64
+    n_conv: int = 4
+    checkpoint_every: int = 0
+    log_every: int = 10
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "atom_fea_len": self.atom_fea_len, "n_conv": self.n_conv, "log_every": self.log_every}
+        bad = [f"{k} must be positive, got {v}" for k, v in positive.items() if not v > 0]
+        bad += [f"{k} must be >= 0, got {v}" for k, v in (("max_steps", self.max_steps),
+                ("checkpoint_every", self.checkpoint_every), ("weight_decay", self.weight_decay))
+                if not v >= 0]
+        if not 0 < self.val_fraction < 1:
+            bad.append(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if bad:
+            raise CrysgenError("property config: " + "; ".join(bad))
+
+    def with_max_steps(self, max_steps: int) -> PropertyTrainConfig:
+        """This config with ``max_steps`` set (``--max-steps``)."""
+        return replace(self, max_steps=max_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved, YAML-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PropertyTrainConfig:
+        """Build from a flat dict (unknown keys are an error)."""
+        data = dict(data or {})
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CrysgenError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CrysgenError(f"bad config: {exc}") from exc
+
+
+Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig, AtomTrainConfig,
+                 PropertyTrainConfig)
+"""A run config class: ``from_dict``, ``to_dict`` and ``with_max_steps``."""
 
 
 @overload
@@ -440,11 +541,12 @@ def load_config(path: str | Path | None,
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise CrysgenError(f"{path} is not valid YAML: {exc}") from exc
+    if data is not None and not isinstance(data, dict):
+        raise CrysgenError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
     return klass.from_dict(data or {})
 
 
-def save_config(config: DiffusionTrainConfig | AdversarialTrainConfig | VoxelTrainConfig | AtomTrainConfig,
-                path: str | Path) -> Path:
+def save_config(config: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML."""
     import yaml
 

@@ -1,6 +1,7 @@
-"""What every CrysTens training run shares: its directory, data loader, trainer and callbacks.
+"""What every training run shares: its directory, data loader, trainer and callbacks.
 
-A run directory holds ``config.yaml`` (resolved), ``scaling.json``, ``checkpoints/`` (Lightning,
+A run directory holds ``config.yaml`` (resolved), ``scaling.json`` (or the trainer's own fitted
+state, e.g. ``atoms.json``, ``target.json``), ``checkpoints/`` (Lightning,
 every ``checkpoint_every`` iterations, plus ``last.ckpt``), ``logs/`` (CSV, one ``version_N``
 per invocation), ``model/`` (the model directory, exported at every checkpoint and at the end),
 ``train_summary.json`` (speed of every invocation) and ``curves.png`` (the logged losses).
@@ -12,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -48,6 +49,7 @@ class Run:
 def open_run(data: str | Path, out: str | Path, config: Config | None, klass: type[Config], *,
              resume: bool, max_steps: int | None = None, init: str | Path | None = None,
              validate: Callable[[Config], None] = lambda c: None,
+             resolve: Callable[[Config, CrystalSet], Config] = lambda c, _: c,
              fit_scaling: Callable[[CrystalSet, Config], Any] | None = None,
              load_scaling: Callable[[Path], Any] = CrysTensScaling.load,
              scaling_file: str = "scaling.json") -> Run:
@@ -60,10 +62,13 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
             ``config.yaml`` is used.
         klass: the config class.
         resume: continue the run in ``out``.
-        max_steps: overrides ``config.optim.max_steps`` (``--max-steps``).
+        max_steps: overrides the config's step limit (``--max-steps``: ``with_max_steps``).
         init: the model directory a new run is warm-started from (``--init``), if any; only
             checked here (it cannot be combined with ``resume``).
         validate: raises for a config this trainer cannot run (before anything is written).
+        resolve: fills in the settings a config leaves to the data (e.g. steps from epochs), on
+            the data and the config after ``max_steps``; what it returns is saved (a resumed
+            run's saved config is already resolved).
         fit_scaling: fits the representation's state (``.save(path)``) on the data and config
             (default: the CrysTens scaling); ``load_scaling`` reads it back on resume from
             ``scaling_file`` in the run directory.
@@ -88,8 +93,9 @@ def open_run(data: str | Path, out: str | Path, config: Config | None, klass: ty
     config = config or klass.from_dict({})
     validate(config)
     if max_steps is not None:
-        config = replace(config, optim=replace(config.optim, max_steps=max_steps))
+        config = config.with_max_steps(max_steps)
     crystals = CrystalSet.load(data)
+    config = resolve(config, crystals)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     scaling_path = out / scaling_file
@@ -355,7 +361,7 @@ def fit(
                 weights_only=True)
     # a time-limited stop must resume from where it stopped; saving also exports the model
     # directory through ExportModel
-    trainer.save_checkpoint(run.last)
+    trainer.save_checkpoint(run.last, weights_only=False)  # the full state: optimiser, loops, callbacks
     if trainer.is_global_zero:  # one entry per invocation, so a resumed run keeps its history
         summary_path = out / "train_summary.json"
         history = json.loads(summary_path.read_text()).get("runs", []) if summary_path.exists() else []
