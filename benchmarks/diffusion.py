@@ -29,7 +29,8 @@ from crysgen.evaluation.distributions import KS_NAMES, distributions, ks_statist
 from crysgen.evaluation.distributions import overlay_plot as plot
 from crysgen.evaluation.diversity import mode_collapse_check
 from crysgen.evaluation.validity import structurally_valid
-from crysgen.pipelines.generators import Generator, load_generator
+from crysgen.pipelines.crystens import CrysTensGenerator
+from crysgen.pipelines.generators import load_generator
 from crysgen.representations.crystens import DecodeOptions, decode
 from provenance import published
 
@@ -41,7 +42,7 @@ def num_elements(cs: CrystalSet) -> np.ndarray:
     return np.array([len(set(cs.atomic_numbers[i, : cs.num_sites[i]].tolist())) for i in range(len(cs))])
 
 
-def timed_sample(model: Generator, n: int, **kw) -> tuple[np.ndarray, float]:
+def timed_sample(model: CrysTensGenerator, n: int, **kw) -> tuple[np.ndarray, float]:
     if kw.get("device", "cpu").startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()

@@ -16,12 +16,12 @@ same crystals as an uninterrupted one, without duplicates or gaps.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,66 +30,21 @@ import numpy as np
 from crysgen.crystal_set import write_npz_atomic, write_text_atomic
 from crysgen.data.guards import dumps_strict
 from crysgen.errors import CrysgenError
-from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult, decode
-from crysgen.representations.crystens.decode import DecodeMode, failure_kind
+from crysgen.pipelines.protocol import SampleOptions
+from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult
+from crysgen.representations.crystens.decode import failure_kind
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-    from crysgen.pipelines.diffusion import Sampler
+    from crysgen.pipelines.compositions import Compositions
+    from crysgen.pipelines.protocol import Generator
+
+__all__ = ["FIELDS", "SampleOptions", "SampleSummary", "sample_to_dir"]
 
 FIELDS = ("id", "target", "formula", "num_sites", "structurally_valid", "decoded_space_group",
           "spglib_space_group", "failure",
           *DIAGNOSTICS, "cif")
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    """Options of `crysgen sample` (all of them decide which crystals come out).
-
-    ``symprec`` (auto decoding only) snaps each decoded crystal to the symmetry spglib finds
-    at that tolerance in Å, when that keeps its number of sites. ``condition``, ``around``,
-    ``sigma2`` and ``interpolate`` are for voxel VAE models (:mod:`crysgen.pipelines.voxel`):
-    the condition decile class, a base crystal (``DATA.npz:ID`` or a CIF) to sample around with
-    latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points);
-    ``prior`` ("standard" N(0, I) or "posterior", the Gaussian matched to the training posteriors)
-    is where a voxel VAE's other latents come from.
-    ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
-    CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
-    elements of every sample: models with composition control (atom diffusion, single-stage
-    CrysTens diffusion; :mod:`crysgen.pipelines.compositions`). ``space_group`` (1-230) with
-    classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn (None: the
-    model's): atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
-    """
-
-    n: int
-    steps: int = 50
-    sampler: Sampler = "ddim"
-    seed: int = 0
-    decode_mode: DecodeMode = "auto"
-    symprec: float | None = None
-    chunk_size: int = 256
-    save_tensors: bool = False
-    condition: int | None = None
-    around: str | None = None
-    sigma2: float = 0.5
-    prior: str = "standard"
-    interpolate: tuple[str, str] | None = None
-    formula: str | None = None
-    num_atoms: int | None = None
-    compositions: str | None = None
-    per_target: int = 1
-    space_group: int | None = None
-    guidance: float = 1.0
-    churn: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise CrysgenError(f"-n must be at least 1, got {self.n}")
-        if self.chunk_size < 1:
-            raise CrysgenError(f"chunk size must be at least 1, got {self.chunk_size}")
-        if self.churn is not None and not self.churn >= 0:
-            raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
 
 
 @dataclass
@@ -195,14 +150,17 @@ def sample_to_dir(
 ) -> SampleSummary:
     """Sample ``options.n`` crystals from a model directory into ``out`` (resumable).
 
+    The model is used through the :class:`~crysgen.pipelines.protocol.Generator` protocol only:
+    its ``prepare`` refuses the options it does not take, and each chunk is one ``generate``.
+
     Args:
         model_dir: a model directory (any kind crysgen can sample) or a training run directory
             (its ``model/``); None: the bundled model.
         out: output folder.
         options: what to sample.
         device: "cpu" or "cuda" (does not change which crystals come out beyond float noise).
-        batch_size: tensors per forward pass (None: 256 on cuda, 16 on cpu, where small
-            batches measured faster on 2 cores).
+        batch_size: tensors per forward pass (None: the model's default, 256 on cuda; on a cpu
+            16, or 64 for atom diffusion, the faster measured on 2 cores).
         progress: show a progress bar with crystals/s.
         workers: processes that decode CrysTens tensors, write CIFs and check each crystal (and
             run the voxel watershed); does not change which crystals come out.
@@ -214,18 +172,16 @@ def sample_to_dir(
     from tqdm.auto import tqdm
 
     from crysgen.data.guards import check_device, check_output_dir
-    from crysgen.pipelines.atoms import AtomDiffusionModel
     from crysgen.pipelines.generators import load_generator, resolve_model_dir
-    from crysgen.pipelines.voxel import VoxelModel
 
     device = check_device(device)
     check_output_dir(out)
     decode_options = DecodeOptions(mode=options.decode_mode, symprec=options.symprec)
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
-    compositions = _compositions(model, options)  # so do bad model-specific options
-    gen_kwargs = _generate_kwargs(model, options, device, compositions)
-    batch_size = batch_size or default_batch_size(model, device)
+    compositions = _compositions(model, options)  # so do options the model does not take
+    gen_kwargs = model.prepare(options, device=device)
+    batch_size = batch_size or model.default_batch_size(device)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
@@ -241,8 +197,6 @@ def sample_to_dir(
     n_chunks = -(-options.n // options.chunk_size)
     done_before = sum((out / "chunks" / f"chunk_{k:05d}.csv").exists() for k in range(n_chunks))
     bar = tqdm(total=options.n, desc="sample", unit="crystal", disable=not progress)
-    if gen_kwargs is not None and _reports_batches(model):  # progress within a chunk
-        gen_kwargs["on_batch"] = bar.update
     t0 = time.perf_counter()
     produced = 0
     for k in range(n_chunks):
@@ -253,151 +207,32 @@ def sample_to_dir(
             bar.update(size)
             continue
         ids = [f"sample_{start + i:06d}" for i in range(size)]
-        if isinstance(model, VoxelModel | AtomDiffusionModel):  # models that decode themselves
-            assert gen_kwargs is not None  # _generate_kwargs gives theirs (None for CrysTens models)
-            res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size,
-                                 ids=ids, offset=start, total=options.n, workers=workers,
-                                 **gen_kwargs)
-        else:  # CrysTens: with a composition, its part of the tensor is inpainted and decoded as given
-            given = {} if compositions is None else {
-                "atomic_numbers": compositions.atomic_numbers[start:start + size]}
-            tensors = model.sample(size, steps=options.steps, sampler=options.sampler,
-                                   seed=[options.seed, k], device=device, batch_size=batch_size, **given)
-            res = decode_in_parts(tensors, model.scaling, decode_options, ids=ids, workers=workers, **given)
-            if options.save_tensors:
-                write_npz_atomic(out / "chunks" / f"chunk_{k:05d}.npz", {"tensors": tensors})
+        on_tensors = (functools.partial(_save_tensors, out / "chunks" / f"chunk_{k:05d}.npz")
+                      if options.save_tensors else None)
+        res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size, ids=ids,
+                             compositions=compositions, offset=start, workers=workers, decode=decode_options,
+                             on_batch=bar.update, on_tensors=on_tensors, **gen_kwargs)
         targets = compositions.targets[start:start + size] if compositions is not None else None
         rows = _chunk_rows(res, ids, out / "cifs", targets, workers=workers)
         _write_csv(csv_path, rows)  # last: marks the chunk done
         produced += size
-        if gen_kwargs is None or "on_batch" not in gen_kwargs:
-            bar.update(size)
         bar.set_postfix(crystals_per_s=f"{produced / (time.perf_counter() - t0):.1f}")
     bar.close()
     seconds = time.perf_counter() - t0
     return _summarize(out, n_chunks, options, done_before, seconds, produced)
 
 
-def decode_in_parts(tensors: np.ndarray, scaling: Any, options: DecodeOptions, *, ids: list[str],
-                    workers: int = 1, atomic_numbers: np.ndarray | None = None) -> DecodeResult:
-    """Decode (N, 4, size, size) CrysTens tensors (the scaling's layout) in ``workers`` processes.
-
-    Contiguous parts go to the processes and come back in input order: the same result as
-    :func:`~crysgen.representations.crystens.decode` in one process. A part whose process dies
-    gets a ``worker_died`` failure for each of its tensors. ``atomic_numbers`` (N, S): the given
-    composition of every tensor (decoded as given), or None.
-    """
-    from crysgen.data.parallel import robust_map
-
-    n = len(tensors)
-    if workers <= 1 or n < 2:
-        return decode(tensors, scaling, options, ids=ids, atomic_numbers=atomic_numbers)
-    bounds = np.linspace(0, n, min(n, 4 * workers) + 1).astype(int)
-    parts = [(tensors[a:b], scaling, options, ids[a:b], a,
-              None if atomic_numbers is None else atomic_numbers[a:b]) for a, b in pairwise(bounds)]
-    done = robust_map(_decode_part, parts, workers=workers, died=_decode_part_died)
-    return _merge_results(done)
+def _save_tensors(path: Path, tensors: np.ndarray) -> None:
+    """``--save-tensors``: a chunk's raw CrysTens tensors."""
+    write_npz_atomic(path, {"tensors": tensors})
 
 
-def _decode_part(part: tuple[Any, ...]) -> tuple[int, DecodeResult]:
-    tensors, scaling, options, ids, start, given = part
-    return start, decode(tensors, scaling, options, ids=ids, atomic_numbers=given)
-
-
-def _decode_part_died(part: tuple[Any, ...], reason: str) -> tuple[int, DecodeResult]:
-    from crysgen.crystal_set import CrystalSet
-    from crysgen.representations.crystens.decode import DecodeFailure
-
-    tensors, scaling, _, _, start, _ = part
-    k, s = len(tensors), scaling.layout.sites
-    empty = CrystalSet(np.zeros((0, s)), np.zeros((0, s, 3)), np.zeros((0, 6)), np.zeros(0), np.zeros(0),
-                       np.zeros(0, str))
-    return start, DecodeResult(empty, np.zeros(0, np.int64), {key: np.full(k, np.nan) for key in DIAGNOSTICS},
-                               [DecodeFailure(i, reason) for i in range(k)])
-
-
-def _merge_results(done: list[tuple[int, DecodeResult]]) -> DecodeResult:
-    from crysgen.crystal_set import CrystalSet
-    from crysgen.representations.crystens.decode import DecodeFailure
-
-    return DecodeResult(
-        CrystalSet.concatenate([r.crystals for _, r in done]),
-        np.concatenate([r.index + start for start, r in done]).astype(np.int64),
-        {k: np.concatenate([r.diagnostics[k] for _, r in done]) for k in DIAGNOSTICS},
-        [DecodeFailure(f.index + start, f.reason) for start, r in done for f in r.failures])
-
-
-def _reports_batches(model: Any) -> bool:
-    from crysgen.pipelines.atoms import AtomDiffusionModel
-
-    return isinstance(model, AtomDiffusionModel)
-
-
-def default_batch_size(model: Any, device: str) -> int:
-    """Crystals per forward pass when none is given.
-
-    256 on CUDA; on a CPU 16 for the CrysTens UNet and 64 for the atom transformer (the faster
-    of 16 and 64 measured on 2 cores for each).
-    """
-    if device.startswith("cuda"):
-        return 256
-    return 64 if _reports_batches(model) else 16
-
-
-def _generate_kwargs(model: Any, options: SampleOptions, device: str,
-                     compositions: Any = None) -> dict[str, Any] | None:
-    """The ``generate`` arguments of a model that decodes itself (voxel VAE, atom diffusion).
-
-    None for CrysTens models. Options of another kind of model are refused here, before any
-    sampling; ``compositions`` (from :func:`_compositions`) goes to an atom model as is.
-    """
-    from crysgen.pipelines.atoms import AtomDiffusionModel
-    from crysgen.pipelines.voxel import VoxelModel
-
-    voxel_opts = (options.condition is not None or options.around is not None
-                  or options.interpolate is not None or options.prior != "standard")
-    atom_opts = options.space_group is not None or options.churn is not None
-    if voxel_opts and not isinstance(model, VoxelModel):
-        raise CrysgenError("--condition, --around, --interpolate and --prior apply to voxel VAE models only")
-    if atom_opts and not isinstance(model, AtomDiffusionModel):
-        raise CrysgenError("--space-group and --churn apply to atom diffusion models only")
-    if isinstance(model, AtomDiffusionModel):
-        model.check_space_group(options.space_group)  # refused here, before any sampling
-        return {"steps": options.steps, "compositions": compositions,
-                "space_group": options.space_group, "guidance": options.guidance, "churn": options.churn}
-    if not isinstance(model, VoxelModel):
-        return None
-    if options.around is not None and options.interpolate is not None:
-        raise CrysgenError("--around and --interpolate exclude each other")
-    kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2,
-                              "prior": options.prior}
-    if options.around is None and options.interpolate is None:
-        model.latents(1, prior=options.prior)  # an unknown prior or a missing prior file: refused here
-    if options.around is not None:
-        kwargs["around"], kwargs["condition"] = model.base(options.around, options.condition, device=device)
-    if options.interpolate is not None:
-        (mu_a, c_a), (mu_b, _) = (model.base(r, options.condition, device=device)
-                                  for r in options.interpolate)
-        kwargs["line"], kwargs["condition"] = (mu_a, mu_b), c_a
-    return kwargs
-
-
-def _has_composition_control(model: Any) -> bool:
-    """Whether a model takes compositions: it makes them from a formula and from targets.
-
-    A single-stage CrysTens diffusion model and an atom diffusion model do; a cascade's stage
-    refuses when asked, and cascades, GANs and voxel VAEs have no such methods.
-    """
-    return callable(getattr(model, "compositions_from_formula", None)) and callable(
-        getattr(model, "compositions_from_targets", None))
-
-
-def _compositions(model: Any, options: SampleOptions) -> Any:
-    """The elements of every sample of a model with composition control, or None (de novo).
+def _compositions(model: Generator, options: SampleOptions) -> Compositions | None:
+    """The elements of every sample (``--formula`` or ``--compositions``), or None (de novo).
 
     Raises:
-        CrysgenError: for composition options given to a model without composition control, and
-            for bad ones (before any sampling).
+        CrysgenError: for bad composition options, and from a model without composition control
+            or one that cannot make them (before any sampling).
     """
     from crysgen.crystal_set import CrystalSet
 
@@ -405,10 +240,6 @@ def _compositions(model: Any, options: SampleOptions) -> Any:
         if options.num_atoms is not None:
             raise CrysgenError("--num-atoms goes with --formula")
         return None
-    if not _has_composition_control(model):
-        raise CrysgenError(f"--formula and --compositions need a model with composition control (atom "
-                           f"diffusion or single-stage CrysTens diffusion); this is a "
-                           f"{type(model).__name__}")
     if options.formula is not None and options.compositions is not None:
         raise CrysgenError("--formula and --compositions exclude each other")
     if options.num_atoms is not None and options.formula is None:

@@ -123,15 +123,6 @@ def test_a_cascade_stage_refuses_compositions(crystals):
         base.compositions_from_formula("NaCl", 2)
 
 
-def test_models_without_composition_control_refuse_formula(tmp_path):
-    from crysgen.pipelines.adversarial import AdversarialModel
-    from crysgen.sampling import _compositions
-
-    fake = object.__new__(AdversarialModel)
-    with pytest.raises(CrysgenError, match="need a model with composition control"):
-        _compositions(fake, SampleOptions(n=2, formula="NaCl"))
-
-
 def test_formula_draws_site_counts_from_the_training_histogram(crystals):
     model = _model(crystals, LAYOUT)
     assert model.scaling.num_sites_counts == {4: 1, 5: 1, 8: 1}

@@ -109,8 +109,8 @@ def test_sample_cli_writes_cifs(model_dir, tmp_path, capsys):
 
 
 def test_decoding_in_worker_processes_gives_the_same_result():
+    from crysgen.pipelines.crystens import decode_in_parts
     from crysgen.representations.crystens import DecodeOptions, encode
-    from crysgen.sampling import decode_in_parts
 
     names = ["NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO"]
     cs = CrystalSet.from_structures([load_cif(n) for n in names], max_sites=52)

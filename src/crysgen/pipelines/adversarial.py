@@ -17,22 +17,38 @@ import numpy as np
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import KINDS, AdversarialNetConfig, build_generator
 from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
+from crysgen.pipelines.protocol import NoCompositionControl, batch_size_for
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.representations.crystens.layout import LAYERS, SIZE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from torch import nn
+
+    from crysgen.pipelines.compositions import Compositions
+    from crysgen.pipelines.protocol import SampleOptions
+    from crysgen.representations.crystens import DecodeOptions, DecodeResult
 
 
 @dataclass
-class AdversarialModel:
-    """Generator network, its config, the CrysTens scaling and the training-data fingerprint."""
+class AdversarialModel(NoCompositionControl):
+    """Generator network, its config, the CrysTens scaling and the training-data fingerprint.
+
+    It has no composition control, and no sampler settings (it ignores ``steps`` and ``sampler``).
+    """
 
     generator: nn.Module
     net: AdversarialNetConfig
     scaling: CrysTensScaling
     data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The kind: "gan" or "wgan"."""
+        return self.net.kind
 
     def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
         """Write the model directory (see :mod:`crysgen.models.model_dir`)."""
@@ -75,3 +91,30 @@ class AdversarialModel:
             with torch.no_grad():
                 out.append(net(z.to(device)).squeeze(1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, LAYERS, SIZE, SIZE), np.float32)
+
+    # ------------------------------------------------------------------ the Generator protocol
+    def default_batch_size(self, device: str) -> int:
+        """256 on CUDA, 16 on a CPU."""
+        return batch_size_for(device, cpu=16)
+
+    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+        """Nothing of its own (see :class:`~crysgen.pipelines.protocol.Generator`).
+
+        Raises:
+            CrysgenError: for options of voxel VAE or atom diffusion models.
+        """
+        return prepare_crystens(options)
+
+    def generate(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu", batch_size: int = 256,
+                 ids: list[str] | None = None, compositions: Compositions | None = None, workers: int = 1,
+                 decode: DecodeOptions | None = None, on_batch: Callable[[int], None] | None = None,
+                 on_tensors: Callable[[np.ndarray], None] | None = None, **_: Any) -> DecodeResult:
+        """``n`` crystals: :meth:`sample`, then decoding (in ``workers`` processes).
+
+        Arguments: :class:`~crysgen.pipelines.protocol.Generator`; ``compositions`` are refused,
+        ``steps`` and ``sampler`` ignored.
+        """
+        self.refuse_compositions(compositions)
+        tensors = self.sample(n, seed=seed, device=device, batch_size=batch_size)
+        return decode_tensors(tensors, self.scaling, decode, ids=ids, workers=workers, on_batch=on_batch,
+                              on_tensors=on_tensors)

@@ -16,7 +16,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,16 +24,25 @@ from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import FORMAT, read_model_meta
 from crysgen.objectives.cascade import StageConfig, augment_condition
 from crysgen.objectives.diffusion import to_unit_range
-from crysgen.pipelines.diffusion import DiffusionModel, Sampler, denoise
+from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
+from crysgen.pipelines.diffusion import DiffusionModel, denoise, make_scheduler
+from crysgen.pipelines.protocol import NoCompositionControl, Sampler, batch_size_for
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from crysgen.pipelines.compositions import Compositions
+    from crysgen.pipelines.protocol import SampleOptions
+    from crysgen.representations.crystens import DecodeOptions, DecodeResult
 
 KIND = "cascade"
 
 
 @dataclass
-class CascadeModel:
-    """Base and super-resolution stages trained on the same data.
+class CascadeModel(NoCompositionControl):
+    """Base and super-resolution stages trained on the same data (no composition control).
 
     Attributes:
         base: the low-resolution stage.
@@ -65,6 +74,11 @@ class CascadeModel:
     def data(self) -> dict[str, Any]:
         """Fingerprint of the training data."""
         return self.sr.data
+
+    @property
+    def kind(self) -> str:
+        """The kind: "cascade"."""
+        return KIND
 
     def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
         """Write the cascade directory (files first, config.json last)."""
@@ -127,6 +141,38 @@ class CascadeModel:
             out.append(to_unit_range(x).float().cpu().numpy())
         channels = self.sr.unet_config.channels
         return np.concatenate(out, axis=0) if out else np.zeros((0, channels, size, size), np.float32)
+
+    # ------------------------------------------------------------------ the Generator protocol
+    def default_batch_size(self, device: str) -> int:
+        """256 on CUDA, 16 on a CPU."""
+        return batch_size_for(device, cpu=16)
+
+    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+        """Steps and sampler (see :class:`~crysgen.pipelines.protocol.Generator`).
+
+        Raises:
+            CrysgenError: for a sampler a stage's objective has none of, and options of voxel
+                VAE or atom diffusion models.
+        """
+        kwargs = prepare_crystens(options)
+        for stage in (self.base, self.sr):
+            make_scheduler(stage.diffusion, options.sampler)  # an EDM stage has no ddpm: refused here
+        return kwargs
+
+    def generate(self, n: int, *, steps: int = 50, sampler: Sampler = "ddim", seed: int | list[int] = 0,
+                 device: str = "cpu", batch_size: int = 256, ids: list[str] | None = None,
+                 compositions: Compositions | None = None, workers: int = 1,
+                 decode: DecodeOptions | None = None, on_batch: Callable[[int], None] | None = None,
+                 on_tensors: Callable[[np.ndarray], None] | None = None, **_: Any) -> DecodeResult:
+        """``n`` crystals: :meth:`sample`, then decoding (in ``workers`` processes).
+
+        Arguments: :class:`~crysgen.pipelines.protocol.Generator`; ``compositions`` are refused.
+        """
+        self.refuse_compositions(compositions)
+        tensors = self.sample(n, steps=steps, sampler=sampler, seed=seed, device=device,
+                              batch_size=batch_size)
+        return decode_tensors(tensors, self.scaling, decode, ids=ids, workers=workers, on_batch=on_batch,
+                              on_tensors=on_tensors)
 
 
 def assemble_cascade(base: str | Path, sr: str | Path, out: str | Path, *,

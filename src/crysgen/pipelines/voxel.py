@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,9 +31,17 @@ from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import load_model_dir, save_model_dir
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
+from crysgen.pipelines.protocol import NoCompositionControl, batch_size_for, refuse_atom_options
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.voxel import VoxelConfig, network_input, read_lattice
 from crysgen.representations.watershed import WatershedOptions, decode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from crysgen.pipelines.compositions import Compositions
+    from crysgen.pipelines.protocol import SampleOptions
+    from crysgen.representations.crystens import DecodeResult
 
 SPEC_FILE = "voxel.json"
 PRIOR_FILE = "latent_prior.npz"
@@ -173,15 +181,23 @@ def load_segmenter(path: str | Path) -> tuple[UNet3D, VoxelSpec]:
 
 
 @dataclass
-class VoxelModel:
-    """A conditional VAE with its segmenter: everything `crysgen sample` needs for voxels."""
+class VoxelModel(NoCompositionControl):
+    """A conditional VAE with its segmenter: everything `crysgen sample` needs for voxels.
+
+    It has no composition control; its own options are the condition class, the latent prior,
+    a base crystal to sample around and two to interpolate between (:meth:`prepare`).
+    """
 
     vae: VoxelVAE
     segmenter: UNet3D
     spec: VoxelSpec
     data: dict[str, Any] = field(default_factory=dict)
-    scaling: None = None  # voxel models decode themselves (no CrysTens scaling)
     prior: LatentPrior | None = None
+
+    @property
+    def kind(self) -> str:
+        """The kind: "voxel_vae"."""
+        return "voxel_vae"
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The ``voxel_vae`` directory plus ``segmenter/`` (and ``latent_prior.npz`` when fitted)."""
@@ -325,16 +341,49 @@ class VoxelModel:
         mu, _ = self.encode(cs, np.array([condition]), device=device)
         return mu[0], condition
 
+    # ---------------------------------------------------------------- the Generator protocol
+    def default_batch_size(self, device: str) -> int:
+        """256 on CUDA, 16 on a CPU."""
+        return batch_size_for(device, cpu=16)
+
+    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+        """Condition, prior, σ², and the encoded base crystal(s) of ``--around``/``--interpolate``.
+
+        Raises:
+            CrysgenError: for options of atom diffusion models, both ``around`` and
+                ``interpolate``, an unknown prior or a posterior prior the directory lacks, and
+                base crystals that cannot be read or classed.
+        """
+        refuse_atom_options(options)
+        if options.around is not None and options.interpolate is not None:
+            raise CrysgenError("--around and --interpolate exclude each other")
+        kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2,
+                                  "prior": options.prior, "total": options.n}
+        if options.around is None and options.interpolate is None:
+            self.latents(1, prior=options.prior)  # an unknown prior or a missing prior file: refused here
+        if options.around is not None:
+            kwargs["around"], kwargs["condition"] = self.base(options.around, options.condition,
+                                                                device=device)
+        if options.interpolate is not None:
+            (mu_a, c_a), (mu_b, _) = (self.base(r, options.condition, device=device)
+                                      for r in options.interpolate)
+            kwargs["line"], kwargs["condition"] = (mu_a, mu_b), c_a
+        return kwargs
+
     def generate(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu", batch_size: int = 64,
                  ids: list[str] | None = None, condition: int | None = None,
                  around: np.ndarray | None = None, sigma2: float = 0.5, prior: str = "standard",
                  line: tuple[np.ndarray, np.ndarray] | None = None, offset: int = 0, total: int = 0,
-                 workers: int = 1, **_: Any) -> Any:
+                 workers: int = 1, compositions: Compositions | None = None,
+                 on_batch: Callable[[int], None] | None = None, **_: Any) -> DecodeResult:
         """``n`` crystals: latents → grids → segmentation → watershed (a DecodeResult).
 
         ``line`` = (μ_A, μ_B) puts sample ``offset + i`` of ``total`` at t = (offset + i)/(total − 1)
         on the segment between them (latent interpolation); otherwise see :meth:`latents`.
+        ``compositions`` are refused; ``on_batch`` gets ``n`` at the end; CrysTens ``decode``
+        options are ignored (see :class:`~crysgen.pipelines.protocol.Generator`).
         """
+        self.refuse_compositions(compositions)
         if line is not None:
             t = (offset + np.arange(n)) / max(total - 1, 1)
             z = ((1 - t)[:, None] * line[0][None] + t[:, None] * line[1][None]).astype(np.float32)
@@ -343,7 +392,10 @@ class VoxelModel:
             z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2,
                                       prior=prior)
         grids = self.decode_grids(z, classes, device=device, batch_size=batch_size)
-        return as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers), n)
+        res = as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers), n)
+        if on_batch is not None:
+            on_batch(n)
+        return res
 
 
 def load_reference(ref: str) -> CrystalSet:
@@ -383,7 +435,7 @@ def segment_grids(segmenter: UNet3D, grids: np.ndarray, *, device: str = "cpu", 
     return np.concatenate(occ), np.concatenate(spc)
 
 
-def as_decode_result(res: Any, n: int) -> Any:
+def as_decode_result(res: Any, n: int) -> DecodeResult:
     """A watershed result as the CrysTens ``DecodeResult`` that `crysgen sample` writes out."""
     from crysgen.representations.crystens import DIAGNOSTICS, DecodeResult
     from crysgen.representations.crystens.decode import DecodeFailure

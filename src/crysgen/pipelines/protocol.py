@@ -1,0 +1,198 @@
+"""What a generator is to its callers: the options of a sampling run and the :class:`Generator` protocol.
+
+`crysgen sample` (:func:`crysgen.sampling.sample_to_dir`), the evaluation and the benchmarks load a
+model directory with :func:`crysgen.pipelines.generators.load_generator` and use the model only
+through :class:`Generator`. Every kind satisfies it (mypy checks ``load_generator``'s return type):
+CrysTens diffusion, cascade, GAN/WGAN-GP, voxel VAE and atom diffusion. A model refuses the
+options it does not take with a :class:`~crysgen.errors.CrysgenError`: composition options in
+``compositions_from_formula``/``compositions_from_targets``, the others in ``prepare``, so a
+sampling run fails before anything is sampled or written.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from crysgen.errors import CrysgenError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.pipelines.compositions import Compositions
+    from crysgen.representations.crystens import DecodeOptions, DecodeResult
+    from crysgen.representations.crystens.decode import DecodeMode
+
+Sampler = Literal["ddpm", "ddim", "dpmsolver"]
+"""A CrysTens diffusion sampler (:func:`crysgen.pipelines.diffusion.make_scheduler`)."""
+SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim", "dpmsolver")
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Options of `crysgen sample` (all of them decide which crystals come out).
+
+    ``symprec`` (auto decoding only) snaps each decoded crystal to the symmetry spglib finds
+    at that tolerance in Å, when that keeps its number of sites. ``condition``, ``around``,
+    ``sigma2`` and ``interpolate`` are for voxel VAE models (:mod:`crysgen.pipelines.voxel`):
+    the condition decile class, a base crystal (``DATA.npz:ID`` or a CIF) to sample around with
+    latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points);
+    ``prior`` ("standard" N(0, I) or "posterior", the Gaussian matched to the training posteriors)
+    is where a voxel VAE's other latents come from.
+    ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
+    CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
+    elements of every sample: models with composition control (atom diffusion, single-stage
+    CrysTens diffusion; :mod:`crysgen.pipelines.compositions`). ``space_group`` (1-230) with
+    classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn (None: the
+    model's): atom diffusion models only (:mod:`crysgen.pipelines.atoms`).
+    """
+
+    n: int
+    steps: int = 50
+    sampler: Sampler = "ddim"
+    seed: int = 0
+    decode_mode: DecodeMode = "auto"
+    symprec: float | None = None
+    chunk_size: int = 256
+    save_tensors: bool = False
+    condition: int | None = None
+    around: str | None = None
+    sigma2: float = 0.5
+    prior: str = "standard"
+    interpolate: tuple[str, str] | None = None
+    formula: str | None = None
+    num_atoms: int | None = None
+    compositions: str | None = None
+    per_target: int = 1
+    space_group: int | None = None
+    guidance: float = 1.0
+    churn: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise CrysgenError(f"-n must be at least 1, got {self.n}")
+        if self.chunk_size < 1:
+            raise CrysgenError(f"chunk size must be at least 1, got {self.chunk_size}")
+        if self.churn is not None and not self.churn >= 0:
+            raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
+
+
+class Generator(Protocol):
+    """A loaded model as `crysgen sample`, the evaluation and the benchmarks use it.
+
+    A sampling run calls ``compositions_from_formula`` or ``compositions_from_targets`` (only
+    when composition options are given), ``prepare`` once, ``default_batch_size`` when no batch
+    size is given, then ``generate`` per chunk with ``prepare``'s keyword arguments.
+    """
+
+    @property
+    def kind(self) -> str:
+        """The model directory's kind: "diffusion", "cascade", "gan", "wgan", "voxel_vae", ..."""
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Fingerprint of the training data (name, sha256, count; the training step if exported)."""
+
+    def default_batch_size(self, device: str) -> int:
+        """Crystals per forward pass on ``device`` when the caller gives none."""
+
+    def compositions_from_formula(self, formula: str, n: int, *, num_atoms: int | None = None,
+                                  seed: int | list[int] = 0) -> Compositions:
+        """``n`` samples of one formula (see :func:`crysgen.pipelines.compositions.from_formula`).
+
+        Raises:
+            CrysgenError: for a model without composition control, and for a formula it cannot
+                make.
+        """
+
+    def compositions_from_targets(self, targets: CrystalSet, per_target: int = 1) -> Compositions:
+        """One sample per (target, repeat) (see :func:`crysgen.pipelines.compositions.from_targets`).
+
+        Raises:
+            CrysgenError: for a model without composition control, and for targets it cannot make.
+        """
+
+    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+        """The keyword arguments of :meth:`generate` that carry out the model's part of ``options``.
+
+        Options of another kind of model are refused, and so are bad ones this model can tell
+        (a space group it was not trained on, a missing base crystal), before any sampling.
+        ``options.formula`` and ``options.compositions`` are not its part: they reach
+        :meth:`generate` as ``compositions``.
+
+        Raises:
+            CrysgenError: for an option this model does not take or cannot carry out.
+        """
+
+    def generate(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu", batch_size: int = 256,
+                 ids: list[str] | None = None, compositions: Compositions | None = None, offset: int = 0,
+                 workers: int = 1, decode: DecodeOptions | None = None,
+                 on_batch: Callable[[int], None] | None = None,
+                 on_tensors: Callable[[np.ndarray], None] | None = None, **options: Any) -> DecodeResult:
+        """``n`` crystals, decoded, with per-sample diagnostics and failure reasons.
+
+        Args:
+            n: how many.
+            seed: seeds the CPU generator all noise comes from (``[seed, chunk]`` in a run).
+            device: where the networks run.
+            batch_size: crystals per forward pass.
+            ids: one id per sample (default "0", "1", ...).
+            compositions: from ``compositions_from_*``: rows ``offset`` … ``offset + n`` fix the
+                elements of the samples (a model without composition control refuses them).
+            offset: the first sample's index in the run.
+            workers: processes for decoding (does not change the crystals).
+            decode: how CrysTens tensors become crystals (models that decode otherwise ignore it).
+            on_batch: called with a number of finished samples, n in all over the call.
+            on_tensors: called with the raw CrysTens tensors (n, 4, size, size) before they are
+                decoded, by the models that make them.
+            **options: ``prepare``'s keyword arguments.
+        """
+
+
+class NoCompositionControl(ABC):
+    """The composition helpers of a :class:`Generator` without composition control: they refuse."""
+
+    @property
+    @abstractmethod
+    def kind(self) -> str:
+        """The model directory's kind."""
+
+    def compositions_from_formula(self, formula: str, n: int, *, num_atoms: int | None = None,
+                                  seed: int | list[int] = 0) -> Compositions:
+        """Refused (CrysgenError): this model cannot fix the elements of its samples."""
+        raise self._no_control()
+
+    def compositions_from_targets(self, targets: CrystalSet, per_target: int = 1) -> Compositions:
+        """Refused (CrysgenError): this model cannot fix the elements of its samples."""
+        raise self._no_control()
+
+    def refuse_compositions(self, compositions: Compositions | None) -> None:
+        """For ``generate``: refuse any compositions (CrysgenError); None passes."""
+        if compositions is not None:
+            raise self._no_control()
+
+    def _no_control(self) -> CrysgenError:
+        return CrysgenError(f"--formula and --compositions need a model with composition control (atom "
+                            f"diffusion or single-stage CrysTens diffusion); this is a {self.kind} model")
+
+
+def refuse_voxel_options(options: SampleOptions) -> None:
+    """Refuse the options only a voxel VAE takes (CrysgenError)."""
+    if (options.condition is not None or options.around is not None or options.interpolate is not None
+            or options.prior != "standard"):
+        raise CrysgenError("--condition, --around, --interpolate and --prior apply to voxel VAE models only")
+
+
+def refuse_atom_options(options: SampleOptions) -> None:
+    """Refuse the options only an atom diffusion model takes (CrysgenError)."""
+    if options.space_group is not None or options.churn is not None:
+        raise CrysgenError("--space-group and --churn apply to atom diffusion models only")
+
+
+def batch_size_for(device: str, *, cpu: int) -> int:
+    """256 crystals per forward pass on CUDA, ``cpu`` on a CPU (a model's measured best of 16 and 64)."""
+    return 256 if device.startswith("cuda") else cpu
