@@ -264,3 +264,18 @@ def test_sample_to_dir_needs_nothing_but_the_protocol(crystals, tmp_path, monkey
     assert summary.n == 5 and summary.decoded == 4 and summary.failure_reasons == {"fake_failure": 1}
     with np.load(tmp_path / "s" / "chunks" / "chunk_00002.npz") as f:
         assert f["tensors"].shape == (1, 4, 2, 2) and (f["tensors"] == 4).all()
+
+
+def test_an_edm_model_refuses_ddpm_before_anything_is_written(crystals, tmp_path):
+    from crysgen.models.unet2d import UNetConfig
+    from crysgen.objectives.diffusion import DiffusionConfig
+    from crysgen.pipelines.diffusion import DiffusionModel
+    from crysgen.representations.crystens import CrysTensScaling
+
+    cfg = UNetConfig(block_out_channels=(8, 16), attention=(False, True), norm_num_groups=4,
+                     layers_per_block=1)
+    path = DiffusionModel.create(cfg, DiffusionConfig(objective="edm"), CrysTensScaling.fit(crystals),
+                                 {"name": "t"}).save_pretrained(tmp_path / "edm", half=False)
+    with pytest.raises(CrysgenError, match="not ddpm"):
+        sample_to_dir(path, tmp_path / "s", SampleOptions(n=2, sampler="ddpm"), progress=False)
+    assert not (tmp_path / "s").exists()

@@ -15,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("sample", help="sample crystals from a model directory (resumable)")
     p.add_argument("model", nargs="?", default=None,
-                   help="model directory of any kind: diffusion, cascade, gan, wgan, voxel_vae; a training "
-                        "run directory is taken to mean its model/ (default: the bundled mp_20 "
-                        "diffusion model)")
+                   help="model directory of any kind: atom_diffusion, diffusion, cascade, gan, wgan, "
+                        "voxel_vae; a training run directory is taken to mean its model/ (default: the "
+                        "bundled mp_20 atom diffusion model)")
     p.add_argument("-n", type=_positive_int, default=None, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--condition", type=int, default=None,
@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="CrysTens diffusion sampler (ddim; an EDM model: ddim = EDM's Euler, dpmsolver = "
                         "EDM's DPM-Solver++, no ddpm)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="tensors per forward pass (default: 256 on cuda, 16 on cpu, where small "
-                        "batches are faster)")
+                   help="tensors per forward pass (default: 256 on cuda; on cpu 16, or 64 for atom "
+                        "diffusion, where these measured faster)")
     p.add_argument("--chunk-size", type=_positive_int, default=256,
                    help="samples per resumable chunk (part of the options a resume must match)")
     p.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ Counts at every step are returned with the surviving candidates.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.novelty import novel_mask, unique_mask
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.properties.predict import predict_structures
+
+if TYPE_CHECKING:
+    from crysgen.pipelines.voxel import VoxelModel
 
 STEPS = ("sampled", "decoded", "valid", "same_stoichiometry", "novel", "property_match", "unique")
 
@@ -60,7 +63,7 @@ class FunnelResult:
         return d
 
 
-def targeted_funnel(model: Any, base: CrystalSet, training: list[Any], property_model: Any, *,
+def targeted_funnel(model: VoxelModel, base: CrystalSet, training: list[Any], property_model: Any, *,
                     n: int = 1000, sigma2: float = 0.5, tolerance: float = 0.2, seed: int = 0,
                     device: str = "cpu", batch_size: int = 256, workers: int = 1) -> FunnelResult:
     """Sample ``n`` candidates around ``base`` and filter them as Court et al. did.
