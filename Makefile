@@ -21,7 +21,7 @@ install: $(BIN)/crysgen
 demo: install
 	$(BIN)/crysgen sample -n 64 --steps 10 --out $(DEMO)
 	@echo
-	@echo "64 crystals sampled from the bundled mp_20 atom diffusion model (20 Heun steps):"
+	@echo "64 crystals sampled from the bundled mp_20 atom diffusion model (10 Heun steps):"
 	@echo "  $(DEMO)/cifs/          one CIF per decoded crystal"
 	@echo "  $(DEMO)/samples.csv    one row per sample (formula, sites, space groups, failure reason, diagnostics)"
 	@echo "  $(DEMO)/summary.json   counts, failure reasons, speed"
