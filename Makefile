@@ -6,6 +6,7 @@ SHARED ?= ../shared
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 DEMO := demo
+DEMO_STEPS := 10  # Heun steps: benchmarks/results/atom_steps_cpu.json
 
 .PHONY: install demo test lint clean
 
@@ -19,9 +20,9 @@ $(BIN)/crysgen: pyproject.toml
 install: $(BIN)/crysgen
 
 demo: install
-	$(BIN)/crysgen sample -n 64 --steps 10 --out $(DEMO)
+	$(BIN)/crysgen sample -n 64 --steps $(DEMO_STEPS) --out $(DEMO)
 	@echo
-	@echo "64 crystals sampled from the bundled mp_20 atom diffusion model (10 Heun steps):"
+	@echo "64 crystals sampled from the bundled mp_20 atom diffusion model ($(DEMO_STEPS) Heun steps):"
 	@echo "  $(DEMO)/cifs/          one CIF per decoded crystal"
 	@echo "  $(DEMO)/samples.csv    one row per sample (formula, sites, space groups, failure reason, diagnostics)"
 	@echo "  $(DEMO)/summary.json   counts, failure reasons, speed"
