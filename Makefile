@@ -6,7 +6,8 @@ SHARED ?= ../shared
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 DEMO := demo
-DEMO_STEPS := 10  # Heun steps: benchmarks/results/atom_steps_cpu.json
+# Heun steps of the demo (benchmarks/results/atom_steps_cpu.json)
+DEMO_STEPS := 10
 
 .PHONY: install demo test lint clean
 
