@@ -41,6 +41,9 @@ def test_train_resume_export_and_init(tiny_set, tmp_path):
     warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=cfg, max_steps=1, accelerator="cpu",
                                 progress=False, init=model_dir)
     assert AtomDiffusionModel.from_pretrained(warm).data["init"]["step"] == 4
+    again = train_atom_diffusion(tiny_set, tmp_path / "again", config=cfg, max_steps=1, accelerator="cpu",
+                                 progress=False, init=warm)
+    assert AtomDiffusionModel.from_pretrained(again).data["init"]["step"] == 5  # 4 behind warm + its 1
 
 
 def test_bad_configs_are_refused(tiny_set, tmp_path):

@@ -161,7 +161,10 @@ def train_atom_diffusion(
                 init_model.net.config[k] and not want[k] for k in SWITCHABLE):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
                                f"(only {' and '.join(SWITCHABLE)} may be switched on)")
-        run.fingerprint["init"] = {"model": str(init), "step": init_model.data.get("step")}
+        # step: every step behind the init weights (its own run's and those of the model it began from)
+        prior = init_model.data.get("init")
+        behind = int(prior.get("step") or 0) if isinstance(prior, dict) else 0
+        run.fingerprint["init"] = {"model": str(init), "step": int(init_model.data.get("step") or 0) + behind}
     o = config.optim
     L.seed_everything(o.seed, workers=True)
     loader = atom_loader(crystals, spec, o.batch_size, shuffle=True)
