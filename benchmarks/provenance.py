@@ -103,21 +103,18 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
     weights = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".pt", ".ckpt", ".npz"))
     out: dict[str, Any] = {"path": str(model_dir),
                            "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in weights}}
+    config = path / "config.json"
+    data = json.loads(config.read_text()).get("data", {}) if config.is_file() else {}
+    data = data if isinstance(data, dict) else {}
     for summary in (path / "train_summary.json", path.parent / "train_summary.json"):
         if summary.is_file():
             out["training_step"] = json.loads(summary.read_text()).get("global_step")
             break
     else:
-        config = path / "config.json"
-        if config.is_file():
-            data = json.loads(config.read_text()).get("data", {})
-            if isinstance(data, dict) and "step" in data:
-                out["training_step"] = data["step"]
-    config = path / "config.json"
-    if config.is_file():
-        data = json.loads(config.read_text()).get("data", {})
-        if isinstance(data, dict) and isinstance(data.get("init"), dict):
-            out["init"] = data["init"]
+        if "step" in data:
+            out["training_step"] = data["step"]
+    if isinstance(data.get("init"), dict):
+        out["init"] = data["init"]
     return out
 
 

@@ -401,16 +401,25 @@ def committed_models() -> dict[str, tuple[str, str]]:
         if not (weights.is_file() and config.is_file()):
             continue
         data = json.loads(config.read_text()).get("data", {})
-        steps = f"{data.get('step', '?'):,}" if isinstance(data.get("step"), int) else "–"
-        if isinstance(data.get("init"), dict):
-            steps = f"{data['init'].get('step', 0):,} + {steps}"
-        out[hashlib.sha256(weights.read_bytes()).hexdigest()] = (str(folder.relative_to(ROOT)), steps)
+        out[sha256(weights)] = (str(folder.relative_to(ROOT)), trained_steps(data))
     return out
 
 
-def scoring(weights: Path, pattern: str) -> list[Path]:
-    """The result files matching ``pattern`` whose scored model has exactly these weights."""
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def trained_steps(data: dict) -> str:
+    """A model directory's training steps from its config's ``data``: "N", or "M + N" for a
+    continuation of a model trained M steps (``--init``), "–" when not recorded."""
+    steps = f"{data['step']:,}" if isinstance(data.get("step"), int) else "–"
+    if isinstance(data.get("init"), dict):
+        steps = f"{data['init'].get('step', 0):,} + {steps}"
+    return steps
+
+
+def scoring(digest: str, pattern: str) -> list[Path]:
+    """The result files matching ``pattern`` whose scored model has weights of this SHA-256."""
     out = []
     for path in sorted((ROOT / "benchmarks" / "results").glob(pattern)):
         model = json.loads(path.read_text()).get("model")
@@ -421,16 +430,12 @@ def scoring(weights: Path, pattern: str) -> list[Path]:
 
 def default_model_block() -> list[str]:
     """The bundled default model's headline numbers, from the result files that scored its weights."""
-    weights = DEFAULT_MODEL / "weights.safetensors"
-    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
-    data = config["data"]
-    steps = f"{data['step']:,} steps"
-    if "init" in data:
-        steps = f"{data['init']['step']:,} + {data['step']:,} steps (a continuation, `--init`)"
-    lines = [f"Its weights (SHA-256 `{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}…`) were "
-             f"trained for {steps} on {data['count']:,} crystals (`{data['name']}`, the **partial** "
-             "mp_20 train split)."]
-    evals = scoring(weights, "eval_*.json")
+    digest = sha256(DEFAULT_MODEL / "weights.safetensors")
+    data = json.loads((DEFAULT_MODEL / "config.json").read_text())["data"]
+    steps = trained_steps(data) + " steps" + (" (a continuation, `--init`)" if "init" in data else "")
+    lines = [f"Its weights (SHA-256 `{digest[:12]}…`) were trained for {steps} on {data['count']:,} "
+             f"crystals (`{data['name']}`, the **partial** mp_20 train split)."]
+    evals = scoring(digest, "eval_*.json")
     for path in evals:
         m = json.loads(path.read_text())["metrics"]
         cells = ", ".join(f"{label} {metric_cell(m, key)}" for key, label in (
@@ -440,7 +445,7 @@ def default_model_block() -> list[str]:
              "eV/atom)"), ("sun_e_hull_le_0.1", "S.U.N."), ("stable_e_hull_le_0", "E_hull ≤ 0")) if key in m)
         lines.append(f"1,000 samples scored by the suite ([`{path.name}`]({path.relative_to(ROOT)})): "
                      f"{cells}.")
-    for path in scoring(weights, "atom_csp_sweep_*.json"):
+    for path in scoring(digest, "atom_csp_sweep_*.json"):
         d = json.loads(path.read_text())
         best = max(d["rows"], key=lambda r: r["match_rate_percent"])
         lines.append(f"Composition → structure on {d['n_targets']:,} {d['dataset']} test targets "

@@ -17,6 +17,7 @@ Usage (on the GPU machine, with a prepared CrystalSet):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ def parse_variant(text: str) -> dict[str, Any]:
 
 def apply(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with dotted keys set."""
-    new = json.loads(json.dumps(config))
+    new = copy.deepcopy(config)
     for dotted, value in overrides.items():
         *path, last = dotted.split(".")
         node = new

@@ -139,6 +139,7 @@ def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(t
     model.net.forward = spy
     sets = model.sample_sets(6, steps=1, seed=2)
     num, elements = model.draw_sizes(6, seed=[2, 1])
+    assert all(np.array(model.spec.size_counts)[num, elements] > 0)  # only pairs seen in training
     assert sets.mask.sum(1).tolist() == num.tolist()
     assert sorted(torch.cat(seen).tolist()) == sorted(elements.tolist())
     seen.clear()

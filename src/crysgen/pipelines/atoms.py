@@ -122,8 +122,7 @@ class AtomDiffusionModel:
 
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""
-        p = torch.as_tensor(np.asarray(self.spec.num_atoms_counts, float))
-        return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
+        return _draw(np.asarray(self.spec.num_atoms_counts, float), n, seed)
 
     def draw_sizes(self, n: int, seed: int | list[int] = 0) -> tuple[np.ndarray, np.ndarray]:
         """Int (n,) site counts and (n,) distinct-element counts, drawn jointly.
@@ -136,8 +135,7 @@ class AtomDiffusionModel:
         counts = np.asarray(self.spec.size_counts, float)
         if counts.size == 0 or counts.sum() == 0:
             raise CrysgenError("this model's atoms.json has no size_counts (sites x elements) histogram")
-        p = torch.as_tensor(counts.ravel())
-        flat = torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
+        flat = _draw(counts.ravel(), n, seed)
         return flat // counts.shape[1], flat % counts.shape[1]
 
     # ------------------------------------------------------------------ sampling
@@ -248,6 +246,12 @@ class AtomDiffusionModel:
     def encode(self, crystals: CrystalSet) -> AtomSets:
         """The model's encoding of crystals (in the cells given)."""
         return encode(crystals, self.spec)
+
+
+def _draw(counts: np.ndarray, n: int, seed: int | list[int]) -> np.ndarray:
+    """Int (n,) indices into a histogram of counts, drawn with replacement in proportion."""
+    p = torch.as_tensor(counts)
+    return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
 
 
 def size_batches(width: np.ndarray, batch_size: int, *, slack: float = 1.25) -> list[np.ndarray]:

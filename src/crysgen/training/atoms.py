@@ -39,8 +39,8 @@ def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
     return batch_loader(*(torch.from_numpy(p) for p in parts), batch_size=batch_size, shuffle=shuffle)
 
 
-SWITCHABLE = ("space_groups", "num_elements")
-"""Network options that ``--init`` may switch on (conditioning embeddings)."""
+SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements"}
+"""Network options that ``--init`` may switch on -> the conditioning embedding each adds."""
 
 
 class AtomDiffusionModule(L.LightningModule):
@@ -178,7 +178,7 @@ def train_atom_diffusion(
     if init_model is not None:  # a new conditioning embedding starts from its initialisation
         for net in (module.net, module.ema.module):
             missing, unexpected = net.load_state_dict(init_model.net.state_dict(), strict=False)
-            if unexpected or any(k.split(".")[0] not in ("space_group", "num_elements") for k in missing):
+            if unexpected or any(k.split(".")[0] not in SWITCHABLE.values() for k in missing):
                 raise CrysgenError(f"--init {init}: weights do not fit ({missing + unexpected})")
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
                log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,

@@ -212,9 +212,13 @@ class Throughput(Callback):
         """Start the clock after setup and checkpoint restore."""
         self.start, self.step0, self.warm = time.perf_counter(), int(trainer.global_step), None
 
+    def iterations(self, trainer: L.Trainer, since: int) -> int:
+        """Iterations from optimiser step ``since`` to the trainer's current one."""
+        return (int(trainer.global_step) - since) // self.k
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         """Note the time once the warm-up iterations are done (after the GPU has finished them)."""
-        if self.warm is None and (int(trainer.global_step) - self.step0) // self.k >= self.warmup:
+        if self.warm is None and self.iterations(trainer, self.step0) >= self.warmup:
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.synchronize()
             self.warm = (time.perf_counter(), int(trainer.global_step))
@@ -222,12 +226,12 @@ class Throughput(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record iterations, seconds and samples/s (overall and steady)."""
         seconds = time.perf_counter() - self.start
-        steps = (int(trainer.global_step) - self.step0) // self.k
+        steps = self.iterations(trainer, self.step0)
         batch = self.samples * trainer.world_size
         steady = None
         if self.warm is not None and steps > self.warmup:
             t_warm, step_warm = self.warm
-            n, dt = (int(trainer.global_step) - step_warm) // self.k, time.perf_counter() - t_warm
+            n, dt = self.iterations(trainer, step_warm), time.perf_counter() - t_warm
             steady = round(n / dt, 3) if n and dt > 0 else None
         self.result = {"steps": steps, "seconds": round(seconds, 2), "global_batch": batch,
                        "steps_per_s": round(steps / seconds, 3) if seconds else None,
