@@ -21,6 +21,10 @@
 #   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability (of the
 #                                                      # `sample` folder, else of 1,000 new samples)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
+#   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
+#   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
+#                                                      # caches in /tmp/evs_cache; result -> /tmp/evs_result
+#   bash benchmarks/gpu_atoms.sh evalspeed-wait WAIT   # follow it in a later call
 #   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders;
 #    TAG names the run and sample folders instead (two runs of one dataset side by side, each with its
 #    own CUDA_VISIBLE_DEVICES); CONFIG another training YAML, INIT a model to start from)
@@ -96,6 +100,22 @@ pair-eval)  # eval_model.py of both PAIR runs at once, one per GPU (names atom_d
   done
   sleep 5; while pgrep -f "[e]val_model.py" >/dev/null; do sleep 5; done
   for p in $PAIR; do tail -4 /tmp/eval_${p%%:*}.log; done ;;
+denovo)
+  install
+  python3 -m crysgen sample $2 -n ${N:-1000} --device cuda --out $3 --quiet
+  tail -c 600 $3/summary.json ;;
+evalspeed)
+  install; mkdir -p /tmp/evs_result
+  setsid nohup bash -c "python3 $S/benchmarks/eval_speed.py $2 -n ${N:-1000} --device cuda --workers 14 \
+    --relax-workers ${RELAX_WORKERS:-4} --relax-batch 64 ${COLD:+--cold} --train $TR \
+    --reference $W/${D}_asis_test.npz --cache-dir /tmp/evs_cache; cp $S/benchmarks/results/eval_speed.json /tmp/evs_result/" \
+    > /tmp/evs.log 2>&1 < /dev/null &
+  sleep 5; bash $0 evalspeed-wait $(( $3 - 5 )) ;;
+evalspeed-wait)
+  end=$((SECONDS + $2))
+  while [ $SECONDS -lt $end ] && pgrep -f "[e]val_speed.py" >/dev/null; do sleep 5; done
+  tr '\r' '\n' < /tmp/evs.log | grep -v -i warn | tail -15
+  cp /tmp/evs_result/eval_speed.json /tmp/evs.log $OUT/ 2>/dev/null ;;
 throughput)  # train_throughput.py: compile modes x batch sizes, 300 steps each (VARIANTS overrides)
   install
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} python3 $S/benchmarks/train_throughput.py --data $TR \
@@ -114,6 +134,7 @@ eval)
   cp $TR $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
   python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 --work $W \
     --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress ${METRICS:+--metrics $METRICS} \
+    ${CACHE:+--cache-dir $CACHE} \
     $( [ -d $A/denovo ] && echo --samples $A/denovo ) 2>&1 \
     | tr '\r' '\n' | grep -v -i "warn" | tail -40
   cp $S/benchmarks/results/eval_$2_$D.json $OUT/
