@@ -73,9 +73,7 @@ def model_dirs(tmp_path_factory, crystals):
     for kind in ("gan", "wgan"):
         net = AdversarialNetConfig(kind=kind, width=0.125)
         models[kind] = AdversarialModel(build_generator(net).eval(), net, scaling, {"name": "t"})
-    paths = {kind: model.save_pretrained(tmp / kind, half=False) for kind, model in models.items()
-             if kind != "voxel_vae"}
-    paths["voxel_vae"] = models["voxel_vae"].save_pretrained(tmp / "voxel_vae")  # saves float32 only
+    paths = {kind: model.save_pretrained(tmp / kind, half=False) for kind, model in models.items()}
     crystals.save(tmp / "targets.npz")
     return paths
 

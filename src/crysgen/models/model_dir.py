@@ -5,11 +5,16 @@ Layout::
     MODEL_DIR/config.json          {"format", "kind", "crysgen_version", "config": {...}, "data": {...}}
     MODEL_DIR/weights.safetensors  parameters (EMA for diffusion models), fp16 by default
     MODEL_DIR/scaling.json         the CrysTens scaling the model was trained with
+    MODEL_DIR/...                  files of the model's kind (atoms.json, voxel.json, sub-models)
+
+This module reads and writes the files; :class:`crysgen.models.saved.SavedModel` is the
+``save_pretrained``/``from_pretrained`` base that every saved-model bundle builds on.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +27,29 @@ if TYPE_CHECKING:
 
 FORMAT = "crysgen.model"
 """The ``format`` field of every model directory's config.json."""
+WEIGHTS = "weights.safetensors"
+SCALING = "scaling.json"
+CONFIG = "config.json"
+
+Writer = Callable[[Path], object]
+"""Writes one file to the path it is given (a temporary name in the model directory)."""
 
 
 @dataclass
 class ModelFiles:
-    """A model directory's content, loaded."""
+    """A model directory's content, loaded.
 
+    Attributes:
+        path: the directory.
+        kind: its model kind.
+        config: constructor arguments and settings (config.json's ``config``).
+        state_dict: parameters, floating-point ones upcast to float32 (empty without weights).
+        scaling: the CrysTens scaling, None where the directory has none.
+        data: fingerprint of the training data.
+        crysgen_version: the version that wrote it ("unknown" if not recorded).
+    """
+
+    path: Path
     kind: str
     config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
@@ -41,51 +63,92 @@ def save_model_dir(
     *,
     kind: str,
     config: dict[str, Any],
-    state_dict: dict[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor] | None,
     scaling: CrysTensScaling | None,
     data: dict[str, Any],
     half: bool = True,
+    files: Mapping[str, Writer] | None = None,
 ) -> Path:
-    """Write a model directory (files written to temporary names, then renamed).
+    """Write a model directory, all files or none.
+
+    Every file is first written under a temporary name in the directory; only when all are
+    written are they renamed into place, config.json last, so a failed save (a writer that
+    raises, a config that is not JSON) leaves the files that were there before untouched.
 
     Args:
         path: the directory (created).
         kind: model kind ("diffusion", "gan", ...), used to pick the loader.
-        config: constructor arguments and settings needed to rebuild the model.
-        state_dict: parameters.
+        config: constructor arguments and settings needed to rebuild the model (JSON-able).
+        state_dict: parameters; None for a directory without weights of its own (a cascade).
         scaling: the CrysTens scaling of the training data (None for models that take no
             CrysTens input, such as property predictors).
         data: fingerprint of the training data (name, count, sha256).
         half: store floating-point weights as fp16.
-    """
-    import torch
-    from safetensors.torch import save_file
+        files: further files of the model's kind, name -> writer.
 
+    Returns:
+        ``path``.
+    """
     from crysgen import __version__
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "kind": kind, "crysgen_version": __version__, "config": config,
+            "data": data}
+    text = json.dumps(meta, indent=1, sort_keys=True) + "\n"  # a config that is not JSON fails here
+    writers: dict[str, Writer] = {}
+    if state_dict is not None:
+        writers[WEIGHTS] = _weights_writer(state_dict, half=half)
+    if scaling is not None:
+        writers[SCALING] = scaling.save
+    writers.update(files or {})
+    writers[CONFIG] = lambda p: p.write_text(text)
+    write_all_or_none(path, writers)
+    return path
+
+
+def write_all_or_none(folder: Path, writers: Mapping[str, Writer]) -> None:
+    """Write every file of ``writers`` into ``folder``, then rename them into place in order.
+
+    Raises:
+        Exception: whatever a writer raises; the temporary files are removed and the folder's
+            earlier files are left as they were.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            temps[name] = folder / f".{name}.part"
+            write(temps[name])
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for name, tmp in temps.items():
+        tmp.replace(folder / name)
+
+
+def _weights_writer(state_dict: Mapping[str, torch.Tensor], *, half: bool) -> Writer:
+    """A writer of ``state_dict`` as safetensors (floating-point tensors as fp16 if ``half``)."""
+    import torch
+    from safetensors.torch import save_file
+
     tensors = {
         k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
         .contiguous()
         for k, v in state_dict.items()
     }
-    meta = {"format": FORMAT, "kind": kind, "crysgen_version": __version__, "config": config,
-            "data": data}
-    writers = [("weights.safetensors", lambda p: save_file(tensors, str(p))),
-               *([("scaling.json", lambda p: scaling.save(p))] if scaling is not None else []),
-               ("config.json", lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n"))]
-    for name, write in writers:
-        tmp = path / f".{name}.part"
-        write(tmp)
-        tmp.replace(path / name)
-    return path
+    return lambda p: save_file(tensors, str(p))
 
 
-def load_model_dir(path: str | Path, *, needs_scaling: bool = True) -> ModelFiles:
+def load_model_dir(path: str | Path, *, needs_scaling: bool = True, needs_weights: bool = True) -> ModelFiles:
     """Read a model directory written by :func:`save_model_dir`.
 
-    ``needs_scaling``: the model reads CrysTens tensors, so ``scaling.json`` must be there.
+    Floating-point weights come back as float32, whatever precision they were stored in.
+
+    Args:
+        path: the directory.
+        needs_scaling: the model reads CrysTens tensors, so ``scaling.json`` must be there.
+        needs_weights: ``weights.safetensors`` must be there (otherwise it is read if present).
 
     Raises:
         CrysgenError: if the directory or one of its files is missing or malformed.
@@ -94,15 +157,17 @@ def load_model_dir(path: str | Path, *, needs_scaling: bool = True) -> ModelFile
 
     path = Path(path)
     meta = read_model_meta(path)
-    needed = ("weights.safetensors", "scaling.json") if needs_scaling else ("weights.safetensors",)
+    needed = (WEIGHTS,) * needs_weights + (SCALING,) * needs_scaling
     missing = [n for n in needed if not (path / n).is_file()]
     if missing:
         raise CrysgenError(f"{path} is not a crysgen model directory (missing {', '.join(missing)})")
+    state = load_file(str(path / WEIGHTS)) if (path / WEIGHTS).is_file() else {}
     return ModelFiles(
+        path=path,
         kind=meta["kind"],
         config=meta["config"],
-        state_dict=load_file(str(path / "weights.safetensors")),
-        scaling=CrysTensScaling.load(path / "scaling.json") if (path / "scaling.json").is_file() else None,
+        state_dict={k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+        scaling=CrysTensScaling.load(path / SCALING) if (path / SCALING).is_file() else None,
         data=meta.get("data", {}),
         crysgen_version=meta.get("crysgen_version", "unknown"),
     )

@@ -9,14 +9,13 @@ seeded CPU generator.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crysgen.errors import CrysgenError
-from crysgen.models.adversarial import KINDS, AdversarialNetConfig, build_generator
-from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.models.adversarial import KINDS as ADVERSARIAL_KINDS
+from crysgen.models.adversarial import AdversarialNetConfig, build_generator
+from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
 from crysgen.pipelines.protocol import NoCompositionControl, batch_size_for
 from crysgen.pipelines.seeding import torch_generator
@@ -28,17 +27,22 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from crysgen.models.model_dir import ModelFiles
     from crysgen.pipelines.compositions import Compositions
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
 
 
 @dataclass
-class AdversarialModel(NoCompositionControl):
+class AdversarialModel(NoCompositionControl, SavedModel):
     """Generator network, its config, the CrysTens scaling and the training-data fingerprint.
 
     It has no composition control, and no sampler settings (it ignores ``steps`` and ``sampler``).
     """
+
+    KINDS = ADVERSARIAL_KINDS
+    DESCRIPTION = "GAN or WGAN-GP"
+    NEEDS_SCALING = True
 
     generator: nn.Module
     net: AdversarialNetConfig
@@ -50,24 +54,19 @@ class AdversarialModel(NoCompositionControl):
         """The kind: "gan" or "wgan"."""
         return self.net.kind
 
-    def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
-        """Write the model directory (see :mod:`crysgen.models.model_dir`)."""
-        return save_model_dir(path, kind=self.net.kind, config={"net": self.net.to_dict()},
-                              state_dict=self.generator.state_dict(), scaling=self.scaling,
-                              data=self.data, half=half)
+    def contents(self) -> ModelContents:
+        """The generator's config and weights, the scaling."""
+        return ModelContents(self.net.kind, {"net": self.net.to_dict()}, self.generator.state_dict(),
+                             self.data, self.scaling)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> AdversarialModel:
-        """Load a "gan" or "wgan" model directory."""
-        files = load_model_dir(path)
-        if files.kind not in KINDS:
-            raise CrysgenError(f"{path} holds a {files.kind!r} model, not a GAN or WGAN-GP")
+    def from_files(cls, files: ModelFiles) -> AdversarialModel:
+        """The model of a loaded "gan" or "wgan" directory (see :meth:`SavedModel.from_pretrained`)."""
         net = AdversarialNetConfig(**files.config["net"])
         generator = build_generator(net)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()}
-        generator.load_state_dict(state)
+        generator.load_state_dict(files.state_dict)
         generator.eval()
-        assert files.scaling is not None  # load_model_dir checked that scaling.json is there
+        assert files.scaling is not None  # NEEDS_SCALING: load_model_dir checked it is there
         return cls(generator, net, files.scaling, files.data)
 
     def sample(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu",

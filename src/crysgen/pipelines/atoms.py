@@ -15,7 +15,6 @@ structure prediction) and the decoder takes the elements as given.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
-from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_targets
 from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options
@@ -34,6 +33,7 @@ from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode,
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from crysgen.models.model_dir import ModelFiles
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeResult
 
@@ -43,8 +43,12 @@ __all__ = ["AtomDiffusionModel", "Compositions", "edm_heun", "size_batches"]
 
 
 @dataclass
-class AtomDiffusionModel:
+class AtomDiffusionModel(SavedModel):
     """A trained atom diffusion transformer: network, EDM settings, spec, data fingerprint."""
+
+    KINDS = (KIND,)
+    DESCRIPTION = "atom diffusion model"
+    REQUIRED_FILES = (SPEC_FILE,)
 
     net: AtomTransformer
     edm: AtomEDMConfig
@@ -56,25 +60,17 @@ class AtomDiffusionModel:
         """The kind: "atom_diffusion"."""
         return KIND
 
-    def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
-        """Write the model directory."""
-        path = save_model_dir(path, kind=KIND, config={"net": self.net.config, "edm": self.edm.to_dict()},
-                              state_dict=self.net.state_dict(), scaling=None, data=self.data, half=half)
-        self.spec.save(Path(path) / SPEC_FILE)
-        return path
+    def contents(self) -> ModelContents:
+        """Network and EDM settings, EMA weights and the spec (``atoms.json``)."""
+        return ModelContents(KIND, {"net": self.net.config, "edm": self.edm.to_dict()}, self.net.state_dict(),
+                             self.data, files={SPEC_FILE: self.spec.save})
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> AtomDiffusionModel:
-        """Load a model directory (weights in float32)."""
-        files = load_model_dir(path, needs_scaling=False)
-        if files.kind != KIND:
-            raise CrysgenError(f"{path} holds a {files.kind!r} model, not an atom diffusion model")
-        if not (Path(path) / SPEC_FILE).is_file():
-            raise CrysgenError(f"{path} is not a complete atom diffusion model (missing {SPEC_FILE})")
+    def from_files(cls, files: ModelFiles) -> AtomDiffusionModel:
+        """The model of a loaded ``atom_diffusion`` directory (see :meth:`SavedModel.from_pretrained`)."""
         net = AtomTransformer(**files.config["net"])
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                             for k, v in files.state_dict.items()})
-        return cls(net.eval(), AtomEDMConfig(**files.config["edm"]), AtomSetSpec.load(Path(path) / SPEC_FILE),
+        net.load_state_dict(files.state_dict)
+        return cls(net.eval(), AtomEDMConfig(**files.config["edm"]), AtomSetSpec.load(files.path / SPEC_FILE),
                    files.data)
 
     # ------------------------------------------------------------------ compositions

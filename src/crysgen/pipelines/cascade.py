@@ -12,7 +12,6 @@ A cascade directory holds the two stage model directories and a small config::
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crysgen.errors import CrysgenError
-from crysgen.models.model_dir import FORMAT, read_model_meta
+from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.objectives.cascade import StageConfig, augment_condition
 from crysgen.objectives.diffusion import to_unit_range
 from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
@@ -33,6 +32,7 @@ from crysgen.representations.crystens import CrysTensScaling
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from crysgen.models.model_dir import ModelFiles
     from crysgen.pipelines.compositions import Compositions
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
@@ -41,7 +41,7 @@ KIND = "cascade"
 
 
 @dataclass
-class CascadeModel(NoCompositionControl):
+class CascadeModel(NoCompositionControl, SavedModel):
     """Base and super-resolution stages trained on the same data (no composition control).
 
     Attributes:
@@ -49,6 +49,10 @@ class CascadeModel(NoCompositionControl):
         sr: the super-resolution stage.
         aug_sample: noise level of the SR conditioning when sampling, as a fraction of T.
     """
+
+    KINDS = (KIND,)
+    DESCRIPTION = "cascade"
+    NEEDS_WEIGHTS = False
 
     base: DiffusionModel
     sr: DiffusionModel
@@ -80,31 +84,16 @@ class CascadeModel(NoCompositionControl):
         """The kind: "cascade"."""
         return KIND
 
-    def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
-        """Write the cascade directory (files first, config.json last)."""
-        from crysgen import __version__
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.base.save_pretrained(path / "base", half=half)
-        self.sr.save_pretrained(path / "sr", half=half)
-        self.scaling.save(path / "scaling.json")
-        meta = {"format": FORMAT, "kind": KIND, "crysgen_version": __version__,
-                "config": {"aug_sample": self.aug_sample}, "data": self.data}
-        tmp = path / ".config.json.part"
-        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path / "config.json")
-        return path
+    def contents(self) -> ModelContents:
+        """The two stages (``base/``, ``sr/``), their scaling and ``aug_sample``; no weights of its own."""
+        return ModelContents(KIND, {"aug_sample": self.aug_sample}, None, self.data, self.scaling,
+                             parts={"base": self.base, "sr": self.sr})
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> CascadeModel:
-        """Load a cascade directory."""
-        path = Path(path)
-        meta = read_model_meta(path)
-        if meta["kind"] != KIND:
-            raise CrysgenError(f"{path} holds a {meta['kind']!r} model, not a cascade")
-        return cls(DiffusionModel.from_pretrained(path / "base"),
-                   DiffusionModel.from_pretrained(path / "sr"), float(meta["config"]["aug_sample"]))
+    def from_files(cls, files: ModelFiles) -> CascadeModel:
+        """The cascade of a loaded ``cascade`` directory, its stages read from ``base/`` and ``sr/``."""
+        return cls(DiffusionModel.from_pretrained(files.path / "base"),
+                   DiffusionModel.from_pretrained(files.path / "sr"), float(files.config["aug_sample"]))
 
     def sample(
         self,
@@ -198,16 +187,4 @@ def assemble_cascade(base: str | Path, sr: str | Path, out: str | Path, *,
         raise CrysgenError(f"{out} exists and is not empty")
     for stage, src in (("base", base), ("sr", sr)):  # copy the files as they are (no re-rounding)
         shutil.copytree(src, out / stage)
-    cascade.scaling.save(out / "scaling.json")
-    return _write_meta(out, cascade)
-
-
-def _write_meta(out: Path, cascade: CascadeModel) -> Path:
-    from crysgen import __version__
-
-    meta = {"format": FORMAT, "kind": KIND, "crysgen_version": __version__,
-            "config": {"aug_sample": cascade.aug_sample}, "data": cascade.data}
-    tmp = out / ".config.json.part"
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    tmp.replace(out / "config.json")
-    return out
+    return cascade.save_pretrained(out, parts=False)

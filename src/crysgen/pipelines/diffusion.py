@@ -17,13 +17,12 @@ values at the end, so the sample keeps them exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crysgen.errors import CrysgenError
-from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.models.unet2d import UNetConfig, build_unet
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from diffusers.models.unets.unet_2d import UNet2DModel
 
     from crysgen.crystal_set import CrystalSet
+    from crysgen.models.model_dir import ModelFiles
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
 
@@ -48,7 +48,7 @@ KIND = "diffusion"
 
 
 @dataclass
-class DiffusionModel:
+class DiffusionModel(SavedModel):
     """A trained CrysTens diffusion model: denoiser, schedule, scaling, data fingerprint.
 
     ``stage`` says whether it is a whole model or one stage of a cascade (see
@@ -57,6 +57,10 @@ class DiffusionModel:
     rows, element codes; the paper's 64×64 for models saved before layouts existed); the
     directory's config.json records it too (``config["crystens"]``).
     """
+
+    KINDS = (KIND,)
+    DESCRIPTION = "diffusion model"
+    NEEDS_SCALING = True
 
     unet: UNet2DModel
     unet_config: UNetConfig
@@ -81,30 +85,29 @@ class DiffusionModel:
                                f"{scaling.layout.size}²")
         return cls(build_unet(unet_config), unet_config, diffusion, scaling, dict(data or {}), stage)
 
-    def save_pretrained(self, path: str | Path, *, half: bool = True) -> Path:
-        """Write the model directory (see :mod:`crysgen.models.model_dir`)."""
+    def contents(self) -> ModelContents:
+        """Network config, schedule, stage and CrysTens layout, EMA weights and scaling."""
         config = {"unet": self.unet_config.to_dict(), "diffusion": self.diffusion.to_dict(),
                   "stage": self.stage.to_dict(), "crystens": self.scaling.layout.to_dict()}
-        return save_model_dir(path, kind=KIND, config=config, state_dict=self.unet.state_dict(),
-                              scaling=self.scaling, data=self.data, half=half)
+        return ModelContents(KIND, config, self.unet.state_dict(), self.data, self.scaling)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> DiffusionModel:
-        """Load a model directory; needs nothing but that directory."""
-        files = load_model_dir(path)
-        if files.kind != KIND:
-            raise CrysgenError(f"{path} holds a {files.kind!r} model, not a diffusion model")
+    def from_files(cls, files: ModelFiles) -> DiffusionModel:
+        """The model of a loaded ``diffusion`` directory (see :meth:`SavedModel.from_pretrained`).
+
+        Raises:
+            CrysgenError: if config.json's CrysTens layout is not scaling.json's.
+        """
         # directories saved before layouts existed have neither entry: the paper's layout
         layout = CrysTensLayout.from_dict(files.config.get("crystens"))
-        assert files.scaling is not None  # load_model_dir checked that scaling.json is there
+        assert files.scaling is not None  # NEEDS_SCALING: load_model_dir checked it is there
         if layout != files.scaling.layout:
-            raise CrysgenError(f"{path}: config.json's CrysTens layout {layout.to_dict()} differs "
+            raise CrysgenError(f"{files.path}: config.json's CrysTens layout {layout.to_dict()} differs "
                                f"from scaling.json's {files.scaling.layout.to_dict()}")
         model = cls.create(UNetConfig.from_dict(files.config["unet"]),
                            DiffusionConfig(**files.config["diffusion"]), files.scaling, files.data,
                            StageConfig(**files.config.get("stage", {})))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()}
-        model.unet.load_state_dict(state)
+        model.unet.load_state_dict(files.state_dict)
         model.unet.eval()
         return model
 

@@ -49,9 +49,9 @@ def load_generator(path: str | Path | None = None) -> Generator:
     from crysgen.pipelines.voxel import VoxelModel
 
     loaders: dict[str, Callable[[Path], Generator]] = {
-        "diffusion": DiffusionModel.from_pretrained, "cascade": CascadeModel.from_pretrained,
-        "gan": AdversarialModel.from_pretrained, "wgan": AdversarialModel.from_pretrained,
-        "voxel_vae": VoxelModel.from_pretrained, "atom_diffusion": AtomDiffusionModel.from_pretrained}
+        kind: cls.from_pretrained
+        for cls in (AtomDiffusionModel, DiffusionModel, CascadeModel, AdversarialModel, VoxelModel)
+        for kind in cls.KINDS}
     path = resolve_model_dir(path)
     kind = read_model_meta(path)["kind"]
     if kind not in loaders:

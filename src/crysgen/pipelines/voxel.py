@@ -28,7 +28,7 @@ import torch
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.errors import CrysgenError
-from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.pipelines.protocol import NoCompositionControl, batch_size_for, refuse_atom_options
@@ -39,12 +39,14 @@ from crysgen.representations.watershed import WatershedOptions, decode
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from crysgen.models.model_dir import ModelFiles, Writer
     from crysgen.pipelines.compositions import Compositions
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeResult
 
 SPEC_FILE = "voxel.json"
 PRIOR_FILE = "latent_prior.npz"
+SEGMENTER_DIR = "segmenter"
 PRIORS = ("standard", "posterior")
 """Where random latents come from: N(0, I) (the authors') or the posterior-matched Gaussian."""
 
@@ -161,32 +163,48 @@ def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> 
     return torch.nn.functional.one_hot(c, n).float()
 
 
-def save_voxel_dir(path: str | Path, *, kind: str, net: torch.nn.Module, spec: VoxelSpec,
-                   data: dict[str, Any]) -> Path:
-    """Model directory with ``voxel.json`` beside the weights."""
-    path = save_model_dir(path, kind=kind, config={"net": net.config}, state_dict=net.state_dict(),
-                          scaling=None, data=data)
-    spec.save(path / SPEC_FILE)
-    return path
+@dataclass
+class SegmenterModel(SavedModel):
+    """A trained segmenter: the 3-D UNet (species per voxel) and its spec (``voxel.json``)."""
+
+    KINDS = ("voxel_segmenter",)
+    DESCRIPTION = "voxel segmenter"
+    REQUIRED_FILES = (SPEC_FILE,)
+
+    net: UNet3D
+    spec: VoxelSpec
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def contents(self) -> ModelContents:
+        """The UNet's config and weights, ``voxel.json``."""
+        return ModelContents("voxel_segmenter", {"net": self.net.config}, self.net.state_dict(), self.data,
+                             files={SPEC_FILE: self.spec.save})
+
+    @classmethod
+    def from_files(cls, files: ModelFiles) -> SegmenterModel:
+        """The segmenter of a loaded ``voxel_segmenter`` directory (UNet in eval mode)."""
+        net = UNet3D(**files.config["net"])
+        net.load_state_dict(files.state_dict)
+        return cls(net.eval(), VoxelSpec.load(files.path / SPEC_FILE), files.data)
 
 
 def load_segmenter(path: str | Path) -> tuple[UNet3D, VoxelSpec]:
     """A ``voxel_segmenter`` model directory's UNet (eval mode) and spec."""
-    files = load_model_dir(path, needs_scaling=False)
-    if files.kind != "voxel_segmenter":
-        raise CrysgenError(f"{path} holds a {files.kind!r} model, not a voxel segmenter")
-    net = UNet3D(**files.config["net"])
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in files.state_dict.items()})
-    return net.eval(), VoxelSpec.load(Path(path) / SPEC_FILE)
+    m = SegmenterModel.from_pretrained(path)
+    return m.net, m.spec
 
 
 @dataclass
-class VoxelModel(NoCompositionControl):
+class VoxelModel(NoCompositionControl, SavedModel):
     """A conditional VAE with its segmenter: everything `crysgen sample` needs for voxels.
 
     It has no composition control; its own options are the condition class, the latent prior,
     a base crystal to sample around and two to interpolate between (:meth:`prepare`).
     """
+
+    KINDS = ("voxel_vae",)
+    DESCRIPTION = "voxel VAE"
+    REQUIRED_FILES = (SPEC_FILE,)
 
     vae: VoxelVAE
     segmenter: UNet3D
@@ -199,14 +217,14 @@ class VoxelModel(NoCompositionControl):
         """The kind: "voxel_vae"."""
         return "voxel_vae"
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """The ``voxel_vae`` directory plus ``segmenter/`` (and ``latent_prior.npz`` when fitted)."""
-        path = save_voxel_dir(path, kind="voxel_vae", net=self.vae, spec=self.spec, data=self.data)
-        save_voxel_dir(path / "segmenter", kind="voxel_segmenter", net=self.segmenter, spec=self.spec,
-                       data=self.data)
+    def contents(self) -> ModelContents:
+        """The VAE, ``voxel.json``, ``segmenter/`` and (when fitted) ``latent_prior.npz``."""
+        files: dict[str, Writer] = {SPEC_FILE: self.spec.save}
         if self.prior is not None:
-            self.prior.save(path / PRIOR_FILE)
-        return path
+            files[PRIOR_FILE] = self.prior.save
+        segmenter = SegmenterModel(self.segmenter, self.spec, self.data)
+        return ModelContents("voxel_vae", {"net": self.vae.config}, self.vae.state_dict(), self.data,
+                             files=files, parts={SEGMENTER_DIR: segmenter})
 
     def fit_prior(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu") -> LatentPrior:
         """Fit (and keep) the posterior-matched prior on crystals with their condition classes."""
@@ -214,18 +232,14 @@ class VoxelModel(NoCompositionControl):
         return self.prior
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> VoxelModel:
-        """Load a ``voxel_vae`` directory."""
-        files = load_model_dir(path, needs_scaling=False)
-        if files.kind != "voxel_vae":
-            raise CrysgenError(f"{path} holds a {files.kind!r} model, not a voxel VAE")
+    def from_files(cls, files: ModelFiles) -> VoxelModel:
+        """The model of a loaded ``voxel_vae`` directory (see :meth:`SavedModel.from_pretrained`)."""
         vae = VoxelVAE(**files.config["net"])
-        vae.load_state_dict({k: v.float() if v.is_floating_point() else v
-                             for k, v in files.state_dict.items()})
-        segmenter, _ = load_segmenter(Path(path) / "segmenter")
-        prior_file = Path(path) / PRIOR_FILE
+        vae.load_state_dict(files.state_dict)
+        segmenter = SegmenterModel.from_pretrained(files.path / SEGMENTER_DIR).net
+        prior_file = files.path / PRIOR_FILE
         prior = LatentPrior.load(prior_file) if prior_file.is_file() else None
-        return cls(vae.eval(), segmenter, VoxelSpec.load(Path(path) / SPEC_FILE), files.data, prior=prior)
+        return cls(vae.eval(), segmenter, VoxelSpec.load(files.path / SPEC_FILE), files.data, prior=prior)
 
     # ---------------------------------------------------------------- latents
     def encode(self, crystals: CrystalSet, classes: np.ndarray, *, device: str = "cpu",

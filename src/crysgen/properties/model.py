@@ -17,14 +17,15 @@ import torch
 
 from crysgen.errors import CrysgenError
 from crysgen.models.cgcnn import CGCNN, CGCNNConfig
-from crysgen.models.model_dir import load_model_dir, save_model_dir
+from crysgen.models.model_dir import ModelFiles
+from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.representations.graph import CrystalGraph, GraphOptions, collate
 
 KIND = "cgcnn"
 
 
 @dataclass
-class PropertyModel:
+class PropertyModel(SavedModel):
     """CGCNN that predicts one property of crystals in physical units.
 
     Attributes:
@@ -35,7 +36,13 @@ class PropertyModel:
         std: normalisation std.
         classes: class names for a classifier (index order of the network's outputs).
         info: provenance (source checkpoint, training data, metrics).
+
+    Saved with fp32 weights by default (``HALF``): the model is small.
     """
+
+    KINDS = (KIND,)
+    DESCRIPTION = "property (cgcnn) model"
+    HALF = False
 
     net: CGCNN
     target: str
@@ -65,20 +72,16 @@ class PropertyModel:
 
     # --- model directories -------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write a crysgen model directory (fp32 weights: the model is small)."""
+    def contents(self) -> ModelContents:
+        """The network (with its element table), graph options, target and normalisation."""
         config = {"net": self.net.config.to_dict(), "graph": vars(self.net.graph),
                   "target": self.target, "unit": self.unit, "mean": self.mean, "std": self.std,
                   "classes": list(self.classes)}
-        return save_model_dir(path, kind=KIND, config=config, state_dict=self.net.state_dict(),
-                              scaling=None, data=self.info, half=False)
+        return ModelContents(KIND, config, self.net.state_dict(), self.info)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> PropertyModel:
-        """Load a crysgen model directory of kind ``cgcnn``."""
-        files = load_model_dir(path, needs_scaling=False)
-        if files.kind != KIND:
-            raise CrysgenError(f"{path} holds a {files.kind!r} model, not a property (cgcnn) model")
+    def from_files(cls, files: ModelFiles) -> PropertyModel:
+        """The predictor of a loaded ``cgcnn`` directory (see :meth:`SavedModel.from_pretrained`)."""
         c = files.config
         net = CGCNN(config=CGCNNConfig(**c["net"]), atom_features=files.state_dict["atom_features"],
                     graph=GraphOptions(**c["graph"]))

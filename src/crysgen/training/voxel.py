@@ -40,11 +40,11 @@ from crysgen.objectives.voxel import channel_weights, class_weights, segmentatio
 from crysgen.pipelines.voxel import (
     SPEC_FILE,
     LatentPrior,
+    SegmenterModel,
     VoxelModel,
     VoxelSpec,
     load_segmenter,
     one_hot,
-    save_voxel_dir,
 )
 from crysgen.representations.voxel import (
     VoxelConfig,
@@ -378,7 +378,8 @@ def train_voxel(
 
     def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
         if c.kind == "segmenter":
-            return save_voxel_dir(path, kind="voxel_segmenter", net=m.net, spec=spec, data=d)
+            assert isinstance(m.net, UNet3D)  # a segmenter run's network
+            return SegmenterModel(m.net, spec, d).save_pretrained(path)
         vae, segmenter = m.net, m.frozen
         assert isinstance(vae, VoxelVAE) and segmenter is not None  # a VAE run's module has both
         model = VoxelModel(vae, segmenter, spec, d)
