@@ -29,7 +29,7 @@ from crysgen.crystal_set import write_text_atomic
 from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.generators import resolve_model_dir
-from crysgen.sampling import SampleOptions, sample_to_dir
+from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 
 
 def quick(folder: Path, n: int) -> dict:

@@ -23,7 +23,7 @@ from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
 from crysgen.evaluation.suite import ALL_FAMILIES, EvalOptions, evaluate, write_report
 from crysgen.pipelines.generators import resolve_model_dir
-from crysgen.sampling import SampleOptions, sample_to_dir
+from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from eval_sanity import TRAIN
 from provenance import published
 

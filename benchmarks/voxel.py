@@ -96,7 +96,7 @@ def _reasons(failures: list) -> dict:
 
 
 def generation(args) -> dict:
-    from crysgen.sampling import SampleOptions, sample_to_dir
+    from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 
     out_dir = Path(args.samples_out)
     if out_dir.exists():

@@ -16,8 +16,8 @@ from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import AtomEDMConfig
 from crysgen.pipelines.atoms import AtomDiffusionModel, size_batches
 from crysgen.pipelines.generators import DEFAULT_MODEL
+from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.representations.atoms import AtomSetSpec
-from crysgen.sampling import SampleOptions, sample_to_dir
 from tests.conftest import load_cif
 
 NAMES = ("NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO")

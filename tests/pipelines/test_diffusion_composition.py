@@ -14,11 +14,11 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.models.unet2d import UNetConfig
 from crysgen.objectives.diffusion import DiffusionConfig
 from crysgen.pipelines.diffusion import DiffusionModel, denoise, sample_tensors
+from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.representations.crystens.composition import known_region
 from crysgen.representations.crystens.layout import CrysTensLayout
-from crysgen.sampling import SampleOptions, sample_to_dir
 from tests.conftest import load_cif
 
 NAMES = ("NaCl", "SrTiO3", "triclinic_LiFePO")
@@ -73,11 +73,11 @@ def test_formula_samples_of_a_crystens_model_have_exactly_that_formula(model_dir
     # them all); with the check off, every decoded one must still carry exactly the formula
     import functools
 
-    import crysgen.sampling
+    import crysgen.pipelines.sampling as sampling
     from crysgen.representations.crystens import DecodeOptions
 
     unchecked = functools.partial(DecodeOptions, max_copy_spread=None)
-    monkeypatch.setattr(crysgen.sampling, "DecodeOptions", unchecked)
+    monkeypatch.setattr(sampling, "DecodeOptions", unchecked)
     assert main(["sample", str(model_dir), "-n", "6", "--steps", "3", "--formula", "LiFePO4",
                  "--out", str(tmp_path / "s"), "--quiet"]) == 0
     rows = _rows(tmp_path / "s")

@@ -12,8 +12,8 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.models.unet2d import UNetConfig
 from crysgen.objectives.diffusion import DiffusionConfig
 from crysgen.pipelines.diffusion import DiffusionModel, sample_tensors
+from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.representations.crystens import CrysTensScaling, decode
-from crysgen.sampling import SampleOptions, sample_to_dir
 from tests.conftest import load_cif
 
 CFG = UNetConfig(block_out_channels=(8, 16), attention=(False, True), norm_num_groups=4,
@@ -62,7 +62,7 @@ def test_interrupted_sample_run_resumes_without_duplicates(model_dir, tmp_path, 
     opts = SampleOptions(n=5, steps=2, chunk_size=2)
     full = sample_to_dir(model_dir, tmp_path / "full", opts, progress=False)
     assert full.n == 5
-    import crysgen.sampling as sampling
+    import crysgen.pipelines.sampling as sampling
 
     real = sampling._write_csv
 
@@ -135,7 +135,7 @@ def test_decoding_in_worker_processes_gives_the_same_result():
 def test_coincident_atoms_fail_with_a_reason_instead_of_an_unreadable_cif(tmp_path):
     from pymatgen.core import Lattice, Structure
 
-    from crysgen.sampling import _row
+    from crysgen.pipelines.sampling import _row
 
     s = Structure(Lattice.cubic(4.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5001]])
     row = _row(({"id": "x", "failure": ""}, s, tmp_path))

@@ -14,9 +14,9 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.pipelines.compositions import Compositions
 from crysgen.pipelines.generators import load_generator
 from crysgen.pipelines.protocol import Generator, SampleOptions
+from crysgen.pipelines.sampling import sample_to_dir
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult
 from crysgen.representations.crystens.decode import DecodeFailure
-from crysgen.sampling import sample_to_dir
 from tests.conftest import load_cif
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,6 +11,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.objectives.voxel import channel_weights, class_weights, segmentation_loss, vae_loss
+from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.pipelines.voxel import VoxelModel, load_segmenter, one_hot
 from crysgen.representations.voxel import (
     VoxelConfig,
@@ -24,7 +25,6 @@ from crysgen.representations.voxel import (
     rotated_lengths,
     species_map,
 )
-from crysgen.sampling import SampleOptions, sample_to_dir
 from crysgen.training.config import VoxelTrainConfig
 from crysgen.training.voxel import VoxelBatches, VoxelModule, device_inputs, init_weights, train_voxel
 from tests.conftest import load_cif, shared_file

@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from crysgen.sampling import SampleOptions, sample_to_dir
+    from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 
     n = args.points if args.interpolate else args.n
     if n is None and args.compositions:

@@ -1,6 +1,6 @@
 """What a generator is to its callers: the options of a sampling run and the :class:`Generator` protocol.
 
-`crysgen sample` (:func:`crysgen.sampling.sample_to_dir`), the evaluation and the benchmarks load a
+`crysgen sample` (:func:`crysgen.pipelines.sampling.sample_to_dir`), the evaluation and the benchmarks load a
 model directory with :func:`crysgen.pipelines.generators.load_generator` and use the model only
 through :class:`Generator`. Every kind satisfies it (mypy checks ``load_generator``'s return type):
 CrysTens diffusion, cascade, GAN/WGAN-GP, voxel VAE and atom diffusion. A model refuses the

@@ -109,7 +109,7 @@ def _row(job: tuple[dict[str, Any], Any, Path]) -> dict[str, Any]:
     """Finish one row: write the CIF, add formula, sites, validity and spglib's space group."""
     from pymatgen.io.cif import CifWriter
 
-    from crysgen.evaluation.validity import pair_distances, structurally_valid
+    from crysgen.data.validity import pair_distances, structurally_valid
 
     row, structure, cif_dir = job
     if structure is None:
