@@ -45,10 +45,13 @@ def main() -> None:
     p.add_argument("--samples", help="a `crysgen sample` folder of MODEL made earlier (the sampling "
                    "time is then not measured here)")
     p.add_argument("--metrics", default=",".join(ALL_FAMILIES), help="families (default: all)")
-    p.add_argument("--relax-steps", type=int, default=500, help="CHGNet FIRE steps per structure")
+    p.add_argument("--relax-steps", type=int, default=EvalOptions.relax_steps,
+                   help="CHGNet FIRE steps per structure (%(default)s)")
     p.add_argument("--relax-workers", type=int, default=None, help="relaxation processes (default --workers)")
-    p.add_argument("--relax-batch", type=int, default=64, help="structures per CHGNet forward pass")
-    p.add_argument("--relax-time-limit", type=float, default=120.0, help="seconds per relaxation")
+    p.add_argument("--relax-batch", type=int, default=EvalOptions.relax_batch_size,
+                   help="structures per CHGNet forward pass (%(default)s)")
+    p.add_argument("--relax-time-limit", type=float, default=EvalOptions.relax_time_limit_s,
+                   help="seconds per relaxation (%(default)g)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     p.add_argument("--progress", action="store_true", help="progress bars (stderr) for every family")
     args = p.parse_args()

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
+from crysgen.evaluation.suite import EvalOptions
 
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / ".work"
@@ -201,8 +202,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=8, help="processes for the per-structure work")
     p.add_argument("--relax-workers", type=int, default=None,
                    help="relaxation processes (default --workers)")
-    p.add_argument("--relax-batch", type=int, default=64, help="structures per potential forward pass")
-    p.add_argument("--relax-steps", type=int, default=500, help="FIRE steps at most (500, the default)")
+    p.add_argument("--relax-batch", type=int, default=EvalOptions.relax_batch_size,
+                   help="structures per potential forward pass (%(default)s)")
+    p.add_argument("--relax-steps", type=int, default=EvalOptions.relax_steps,
+                   help="FIRE steps at most (%(default)s, crysgen evaluate's default)")
     p.add_argument("--potential", default="both", choices=("chgnet", "sevennet", "both"))
     p.add_argument("--models-dir", default=None, help="CGCNN models (default $CRYSGEN_MODELS_DIR or .cgcnn)")
     p.add_argument("--cache-dir", default=str(WORK / "eval_speed_cache"),

@@ -12,19 +12,20 @@ from crysgen.cli.options import _add_layout_options, _layout, _positive_int
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen codec`` and its subcommands."""
     from crysgen.representations.crystens import DECODE_MODES
+    from crysgen.representations.crystens import DecodeOptions as D  # the defaults, written once there
 
     codec = subparsers.add_parser("codec", help="measure the CrysTens codec")
     csub = codec.add_subparsers(dest="codec_command", required=True)
     p = csub.add_parser("roundtrip", help="encode, add noise, decode, match with StructureMatcher")
     p.add_argument("file", help="CrystalSet .npz from `crysgen data prepare`")
-    p.add_argument("--mode", choices=DECODE_MODES, default="auto", help="decoder (auto)")
+    p.add_argument("--mode", choices=DECODE_MODES, default=D.mode, help="decoder (%(default)s)")
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std, scaled units")
     p.add_argument("--seed", type=int, default=0, help="noise seed (0)")
     p.add_argument("--scaling", default=None,
                    help="scaling JSON or 'paper' (default: fitted on FILE)")
     p.add_argument("--symprec", type=float, default=None,
                    help="auto mode: snap decoded crystals to spglib symmetry at this tolerance (Å)")
-    p.add_argument("--elements", choices=("map", "round"), default="map",
+    p.add_argument("--elements", choices=("map", "round"), default=D.elements,
                    help="auto mode: nearest element code (element-code layouts) or MAP element set "
                         "(default), or per-site rounding of Z (ablation)")
     _add_layout_options(p)

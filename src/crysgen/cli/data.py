@@ -14,22 +14,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``crysgen data`` and its subcommands."""
     from crysgen.data.download import DATASETS
     from crysgen.data.prepare import CELL_CONVENTIONS
+    from crysgen.data.prepare import PrepareOptions as D  # the defaults, written once there
 
     data = subparsers.add_parser("data", help="prepare and download datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("prepare", help="CSV / CIF folder / ASE file -> CrystalSet .npz + report")
     p.add_argument("source", help="CDVAE-style CSV(.gz), folder of .cif files, or an ASE-readable file")
     p.add_argument("--out", required=True, help="output FILE.npz (FILE.report.json goes beside it)")
-    p.add_argument("--cell", choices=CELL_CONVENTIONS, default="conventional",
+    p.add_argument("--cell", choices=CELL_CONVENTIONS, default=D.cell,
                    help="cell convention (default: spglib conventional standard cell)")
-    p.add_argument("--max-sites", type=_positive_int, default=52, help="drop larger crystals (52)")
+    p.add_argument("--max-sites", type=_positive_int, default=D.max_sites,
+                   help="drop larger crystals (%(default)s)")
     p.add_argument("--workers", type=_positive_int, default=1, help="parsing processes (1)")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N entries only")
-    p.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance in Å, > 0 (0.01)")
-    p.add_argument("--min-distance", type=float, default=0.5,
-                   help="drop crystals with two sites closer than this, in Å (0.5; 0: no check)")
-    p.add_argument("--max-z", type=_positive_int, default=99,
-                   help="drop crystals with heavier elements (99: the paper's CrysTens scaling)")
+    p.add_argument("--symprec", type=float, default=D.symprec,
+                   help="spglib tolerance in Å, > 0 (%(default)g)")
+    p.add_argument("--min-distance", type=float, default=D.min_distance,
+                   help="drop crystals with two sites closer than this, in Å (%(default)g; 0: no check)")
+    p.add_argument("--max-z", type=_positive_int, default=D.max_z,
+                   help="drop crystals with heavier elements (%(default)s: the paper's CrysTens scaling)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_prepare)
 

@@ -12,6 +12,7 @@ from crysgen.errors import CrysgenError
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen evaluate``."""
     from crysgen.evaluation.coverage import COV_CUTOFFS
+    from crysgen.evaluation.suite import EvalOptions as D  # the defaults, written once there
 
     p = subparsers.add_parser("evaluate", help="score generated crystals (validity, coverage, novelty, ...)")
     p.add_argument("samples", help="a `crysgen sample` output folder, a folder of CIFs or a CrystalSet .npz")
@@ -25,17 +26,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(the default), stability, csp (samples that name their targets: match rate, "
                         "RMSE, cRMSE, METRe)")
     p.add_argument("--cov-cutoffs", default=None, help="STRUCT,COMP fingerprint cut-offs")
-    p.add_argument("--comp-scaler", default="cdvae",
+    p.add_argument("--comp-scaler", default=D.comp_scaler,
                    help="what standardises Magpie composition fingerprints for COV: cdvae (CDVAE's "
                         "fixed constants, default), reference (the reference's own statistics) or a "
                         "CrystalSet .npz whose statistics are used")
-    p.add_argument("--cov-over", choices=("all", "valid"), default="all",
+    p.add_argument("--cov-over", choices=("all", "valid"), default=D.cov_over,
                    help="generated crystals COV uses: all with fingerprints (CDVAE, default) or only "
                         "the valid ones")
-    p.add_argument("--smact-tables", choices=("smact-2.2.1", "installed"), default="smact-2.2.1",
+    p.add_argument("--smact-tables", choices=("smact-2.2.1", "installed"), default=D.smact_tables,
                    help="oxidation states and electronegativities of compositional validity "
                         "(CDVAE's SMACT 2.2.1, default; or the installed smact)")
-    p.add_argument("--csp-validity", choices=("cdvae", "structural", "none"), default="cdvae",
+    p.add_argument("--csp-validity", choices=("cdvae", "structural", "none"), default=D.csp_validity,
                    help="what makes a CSP sample valid (cdvae: DiffCSP's check, default)")
     p.add_argument("--no-metre", action="store_true", help="csp: skip OMatG's METRe matches")
     p.add_argument("--comp-scaler-from", default=None,
@@ -46,23 +47,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--property-model", default=None,
                    help="property model for CDVAE's W(property), e.g. formation_energy")
     p.add_argument("--models-dir", default=None, help="default: $CRYSGEN_MODELS_DIR")
-    p.add_argument("--workers", type=_positive_int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=_positive_int, default=D.workers, help="processes (%(default)s)")
+    p.add_argument("--device", default=D.device, help="cpu or cuda (%(default)s)")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
     p.add_argument("--reference-limit", type=_positive_int, default=None,
                    help="a seeded random subset of N reference crystals")
     p.add_argument("--stability", action="store_true",
                    help="also run CHGNet stability: relaxation, energy above the train+reference "
                         "hull, stable and S.U.N. rates (slow on a CPU; use --device cuda)")
-    p.add_argument("--relax-steps", type=_positive_int, default=500, help="FIRE steps at most (500)")
-    p.add_argument("--relax-time-limit", type=float, default=120.0,
-                   help="seconds per relaxation before it is stopped with a reason (120)")
+    p.add_argument("--relax-steps", type=_positive_int, default=D.relax_steps,
+                   help="FIRE steps at most (%(default)s)")
+    p.add_argument("--relax-time-limit", type=float, default=D.relax_time_limit_s,
+                   help="seconds per relaxation before it is stopped with a reason (%(default)g)")
     p.add_argument("--relax-workers", type=_positive_int, default=None,
                    help="processes for the relaxation (default: --workers; on a GPU each holds a "
                         "CUDA context and ~25 MB per structure of its forward batch)")
-    p.add_argument("--relax-batch", type=_positive_int, default=64,
-                   help="structures per CHGNet forward pass (64)")
-    p.add_argument("--potential", default="chgnet",
+    p.add_argument("--relax-batch", type=_positive_int, default=D.relax_batch_size,
+                   help="structures per CHGNet forward pass (%(default)s)")
+    p.add_argument("--potential", default=D.potential,
                    help="what rates stability: chgnet (default), sevennet (SevenNet-0's static "
                         "energies of the CHGNet-relaxed structures and of the hull; needs "
                         "pip install 'crysgen[potentials]') or both (E_hull under each, both "

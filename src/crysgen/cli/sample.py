@@ -11,6 +11,7 @@ from crysgen.errors import CrysgenError
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen sample``."""
+    from crysgen.pipelines.protocol import SampleOptions as D  # the defaults, written once there
     from crysgen.representations.crystens import DECODE_MODES
 
     p = subparsers.add_parser("sample", help="sample crystals from a model directory (resumable)")
@@ -24,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="voxel VAE: condition decile class 0..9 (default: random per sample, or the base's)")
     p.add_argument("--around", default=None, metavar="DATA.npz:ID|CIF",
                    help="voxel VAE: sample around this base crystal (targeted sampling)")
-    p.add_argument("--sigma", type=float, default=0.5,
-                   help="voxel VAE: latent variance σ² around the base (0.5)")
-    p.add_argument("--prior", choices=("standard", "posterior"), default="standard",
+    p.add_argument("--sigma", type=float, default=D.sigma2,
+                   help="voxel VAE: latent variance σ² around the base (%(default)s)")
+    p.add_argument("--prior", choices=("standard", "posterior"), default=D.prior,
                    help="voxel VAE: random latents from N(0, I) (the authors') or from the Gaussian "
                         "matched to the training crystals' posteriors (latent_prior.npz)")
     p.add_argument("--interpolate", nargs=2, default=None, metavar=("A", "B"),
@@ -43,28 +44,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom or single-stage CrysTens diffusion: one sample per crystal of this CrystalSet "
                         "with its elements (crystal structure prediction; samples.csv names each "
                         "sample's target)")
-    p.add_argument("--per-target", type=_positive_int, default=1,
-                   help="samples per target of --compositions (1)")
+    p.add_argument("--per-target", type=_positive_int, default=D.per_target,
+                   help="samples per target of --compositions (%(default)s)")
     p.add_argument("--space-group", type=int, default=None,
                    help="atom diffusion models trained with space groups: sample this one (1-230)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance weight of --space-group (1: conditional model alone)")
+    p.add_argument("--guidance", type=float, default=D.guidance,
+                   help="classifier-free guidance weight of --space-group (%(default)g; a weight of 1 "
+                        "is the conditional model alone)")
     p.add_argument("--churn", type=float, default=None,
                    help="atom diffusion: EDM's S_churn, fresh noise before every step (0: deterministic; "
                         "default: the model's setting)")
-    p.add_argument("--steps", type=_positive_int, default=50,
-                   help="diffusion sampler steps (50; GANs ignore it; atom diffusion: Heun steps)")
-    p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default="ddim",
-                   help="CrysTens diffusion sampler (ddim; an EDM model: ddim = EDM's Euler, dpmsolver = "
-                        "EDM's DPM-Solver++, no ddpm)")
+    p.add_argument("--steps", type=_positive_int, default=D.steps,
+                   help="diffusion sampler steps (%(default)s; GANs ignore it; atom diffusion: Heun steps)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default=D.sampler,
+                   help="CrysTens diffusion sampler (%(default)s; an EDM model: ddim = EDM's Euler, "
+                        "dpmsolver = EDM's DPM-Solver++, no ddpm)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="tensors per forward pass (default: 256 on cuda; on cpu 16, or 64 for atom "
                         "diffusion, where these measured faster)")
-    p.add_argument("--chunk-size", type=_positive_int, default=256,
-                   help="samples per resumable chunk (part of the options a resume must match)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-size", type=_positive_int, default=D.chunk_size,
+                   help="samples per resumable chunk (%(default)s; part of the options a resume must match)")
+    p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--decode-mode", choices=DECODE_MODES, default="auto")
+    p.add_argument("--decode-mode", choices=DECODE_MODES, default=D.decode_mode)
     p.add_argument("--symprec", type=float, default=None,
                    help="auto decode: snap crystals to spglib symmetry at this tolerance (Å)")
     p.add_argument("--save-tensors", action="store_true", help="also keep the raw tensors (.npz)")

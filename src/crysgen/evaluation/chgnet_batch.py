@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 
     from crysgen.crystal_set import CrystalSet
 
+FORWARD_BATCH = 64
+"""Crystals per CHGNet forward pass unless told otherwise: the default of every batch size of the
+relaxation and of static energies (``RelaxOptions.batch_size``, ``crysgen evaluate --relax-batch``);
+it bounds GPU memory (about 1.6 GB on the H100 for 64 of the diffusion model's 22-atom samples,
+``benchmarks/results/relax_speed.json``)."""
+
 GPA_PER_EV_A3 = 160.21766208
 """Stress unit conversion, as CHGNet: eV/Å³ → GPa."""
 
@@ -272,7 +278,7 @@ def _forward(model: Any, graphs: Sequence[Any], device: str,
 
 
 def predict_efs(model: Any, graphs: Sequence[Any], device: str = "cpu",
-                batch_size: int = 64) -> list[dict[str, np.ndarray]]:
+                batch_size: int = FORWARD_BATCH) -> list[dict[str, np.ndarray]]:
     """CHGNet's ``predict_graph(graphs, task="efs")`` computed batch-wise (see module docstring).
 
     Args:
@@ -295,7 +301,7 @@ def predict_efs(model: Any, graphs: Sequence[Any], device: str = "cpu",
 
 
 def predict_energies(model: Any, graphs: Sequence[Any], device: str = "cpu",
-                     batch_size: int = 64) -> np.ndarray:
+                     batch_size: int = FORWARD_BATCH) -> np.ndarray:
     """CHGNet's energy per atom (eV/atom) of each graph, batch-wise, without forces or stress.
 
     The static energies of reference crystals need no gradient: the same whole-batch forward as

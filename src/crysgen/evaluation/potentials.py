@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from crysgen.errors import CrysgenError
+from crysgen.evaluation.chgnet_batch import FORWARD_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -209,7 +210,7 @@ def chgnet_energies(items: Sequence[Structure | CrystalRow], device: str, batch_
 
 
 def static_energies(structures: Sequence[Structure], potential: str, *, device: str = "cpu",
-                    batch_size: int = 64, workers: int = 1) -> np.ndarray:
+                    batch_size: int = FORWARD_BATCH, workers: int = 1) -> np.ndarray:
     """Static (unrelaxed) energy per atom of each structure with ``potential``.
 
     Args:

@@ -47,7 +47,7 @@ import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_npz_atomic
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.chgnet_batch import GPA_PER_EV_A3
+from crysgen.evaluation.chgnet_batch import FORWARD_BATCH, GPA_PER_EV_A3
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -83,8 +83,10 @@ class RelaxOptions:
         max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
         device: "cpu" or "cuda".
         batch_size: structures per CHGNet forward pass in :func:`relax_batch`; bounds memory
-            (about 1.6 GB on the H100 for 64 of the diffusion model's 22-atom samples,
-            ``benchmarks/results/relax_speed.json``).
+            (:data:`~crysgen.evaluation.chgnet_batch.FORWARD_BATCH`).
+
+    These defaults are the one place the relaxation's settings are written: ``EvalOptions`` and
+    ``crysgen evaluate`` read them from here.
     """
 
     fmax: float = 0.1
@@ -92,7 +94,7 @@ class RelaxOptions:
     time_limit_s: float = 120.0
     max_volume_ratio: float = 5.0
     device: str = "cpu"
-    batch_size: int = 64
+    batch_size: int = FORWARD_BATCH
 
 
 @dataclass
@@ -246,7 +248,7 @@ STRESS_WEIGHT = 1 / GPA_PER_EV_A3
 
 
 def _predict_batch(model: Any, atoms_list: list[Any], device: str,
-                   batch_size: int = 64) -> list[dict[str, Any] | str]:
+                   batch_size: int = FORWARD_BATCH) -> list[dict[str, Any] | str]:
     """CHGNet energy/forces/stress of many structures, batch-wise (a reason per failure).
 
     Uses :func:`crysgen.evaluation.chgnet_batch.predict_efs` (whole-batch tensors, one gradient
@@ -492,7 +494,7 @@ GRAPH_BLOCK = 4096
 110 MB of graphs for mp_20-sized cells, and a progress step."""
 
 
-def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = 64,
+def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = FORWARD_BATCH,
                        cache_dir: str | Path | None = None, progress: bool = True,
                        potential: str = "chgnet", workers: int = 1) -> np.ndarray:
     """Static energy per atom (eV/atom) of every crystal with ``potential``, cached on disk.
@@ -653,7 +655,7 @@ def relaxed_candidates(symbols: set[str], *, options: RelaxOptions | None = None
 
 def _rescored_candidates(candidates: dict[str, dict[str, dict[str, Any]]], potential: str, *,
                          options: RelaxOptions, cache_dir: str | Path | None,
-                         batch_size: int = 64) -> dict[str, dict[str, float]]:
+                         batch_size: int = FORWARD_BATCH) -> dict[str, dict[str, float]]:
     """``potential``'s static energies of the CHGNet-relaxed candidates, cached per element."""
     from pymatgen.core import Structure
 
@@ -681,7 +683,7 @@ def _rescored_candidates(candidates: dict[str, dict[str, dict[str, Any]]], poten
 def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
                          options: RelaxOptions | None = None, cache_dir: str | Path | None = None,
                          progress: bool = True, potential: str = "chgnet",
-                         batch_size: int = 64) -> dict[str, dict[str, Any]]:
+                         batch_size: int = FORWARD_BATCH) -> dict[str, dict[str, Any]]:
     """Lowest energy per atom for each element: the data's elemental crystals or ASE candidates.
 
     Args:
@@ -729,7 +731,7 @@ class ReferenceHull:
 
     @classmethod
     def build(cls, sets: list[CrystalSet], needed: set[str], *, options: RelaxOptions | None = None,
-              batch_size: int = 64, cache_dir: str | Path | None = None,
+              batch_size: int = FORWARD_BATCH, cache_dir: str | Path | None = None,
               progress: bool = True, potential: str = "chgnet",
               timer: StepTimer | None = None, workers: int = 1) -> ReferenceHull:
         """Energies of every crystal of ``sets`` plus terminals for every element in ``needed``.

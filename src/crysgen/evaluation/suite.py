@@ -48,6 +48,7 @@ from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.guards import check_device, check_input_file, dumps_strict, space_group_number
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
+from crysgen.evaluation.stability import RelaxOptions
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -103,6 +104,7 @@ class EvalOptions:
         relax_fmax: force convergence (eV/Å).
         relax_time_limit_s: wall-clock limit per relaxation (s).
         relax_batch_size: structures per CHGNet forward pass (bounds GPU memory).
+            The four relax_* defaults are :class:`~crysgen.evaluation.stability.RelaxOptions`'s.
         potential: what rates stability: ``"chgnet"`` (default), ``"sevennet"`` (SevenNet-0's
             static energies of the CHGNet-relaxed structures and of the hull references; needs
             ``pip install 'crysgen[potentials]'``) or ``"both"`` (each sample gets E_hull under
@@ -129,10 +131,10 @@ class EvalOptions:
     n_wasserstein: int = 1000
     seed: int = 0
     device: str = "cpu"
-    relax_steps: int = 500
-    relax_fmax: float = 0.1
-    relax_time_limit_s: float = 120.0
-    relax_batch_size: int = 64
+    relax_steps: int = RelaxOptions.steps
+    relax_fmax: float = RelaxOptions.fmax
+    relax_time_limit_s: float = RelaxOptions.time_limit_s
+    relax_batch_size: int = RelaxOptions.batch_size
     cache_dir: str | None = None
     potential: str = "chgnet"
 
@@ -748,12 +750,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         (metrics, the relaxed structure of each of ``structures``, None where none).
     """
     from crysgen.evaluation.potentials import check_potential, static_energies
-    from crysgen.evaluation.stability import (
-        STABLE_THRESHOLDS,
-        ReferenceHull,
-        RelaxOptions,
-        check_device,
-    )
+    from crysgen.evaluation.stability import STABLE_THRESHOLDS, ReferenceHull, check_device
     from crysgen.evaluation.timing import timed
 
     check_device(o.device)
@@ -945,7 +942,7 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
     import json
 
     from crysgen.evaluation.potentials import POTENTIALS, check_potential, static_energies
-    from crysgen.evaluation.stability import ReferenceHull, RelaxOptions
+    from crysgen.evaluation.stability import ReferenceHull
 
     if potential not in POTENTIALS:
         raise CrysgenError(f"rescore: potential must be one of {', '.join(POTENTIALS)}, got {potential!r}")
@@ -962,9 +959,10 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
     saved = json.loads((report / "metrics.json").read_text())
     opts = saved.get("options", {})
     device = device or opts.get("device", "cpu")
-    ro = RelaxOptions(fmax=opts.get("relax_fmax", 0.1), steps=opts.get("relax_steps", 500),
-                      time_limit_s=opts.get("relax_time_limit_s", 120.0), device=device,
-                      batch_size=opts.get("relax_batch_size", 64))
+    d = RelaxOptions()  # what the report ran with, where it does not say
+    ro = RelaxOptions(fmax=opts.get("relax_fmax", d.fmax), steps=opts.get("relax_steps", d.steps),
+                      time_limit_s=opts.get("relax_time_limit_s", d.time_limit_s), device=device,
+                      batch_size=opts.get("relax_batch_size", d.batch_size))
     ref_cs = CrystalSet.load(reference)
     limit = opts.get("reference_limit")
     if limit and limit < len(ref_cs):  # the subset evaluate() drew: the same generator, first draw
