@@ -392,3 +392,24 @@ def test_an_interrupted_terminal_run_keeps_the_elements_it_finished(tmp_path, mo
     got = stability.relaxed_candidates({"Cu", "Si"}, options=options, cache_dir=tmp_path, progress=False)
     assert calls[0] == len(stability._candidates("Si")) and len(calls) == options.steps + 1
     assert set(json.loads(path.read_text())) == {"Cu", "Si"} and len(got["Si"]) > 0
+
+
+def test_mean_e_hull_leaves_out_a_potentials_hole():
+    """A blown-up energy (a potential's hole) is left out of the mean and median, and counted."""
+    from crysgen.evaluation.suite import rate_with
+
+    class Hull:  # places the structures at fixed energies above the hull
+        formulas: list = [{"Na": 1, "Cl": 1}]
+        terminals = {"Na": {"source": "data"}, "Cl": {"source": "data"}}
+
+        def e_above_hull(self, structures, energies):
+            return [(e, None) for e in energies]
+
+    energies = [0.0, 0.2, 1.0, -1.5e10, None]
+    rows = [{} for _ in energies]
+    e_hull, out = rate_with("chgnet", Hull(), [None] * 5, energies, rows, 5, np.ones(5, bool), None)
+    assert out["mean_e_above_hull"]["value"] == pytest.approx(0.4)
+    assert out["median_e_above_hull"]["value"] == pytest.approx(0.2)
+    assert out["mean_e_above_hull"]["n"] == 3 and out["mean_e_above_hull"]["excluded_implausible"] == 1
+    assert "implausible" in rows[3]["e_above_hull_reason"]
+    assert out["stable_e_hull_le_0.1"]["value"] == pytest.approx(1 / 5)

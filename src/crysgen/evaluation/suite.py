@@ -702,11 +702,15 @@ def rate_with(potential: str, hull: Any, relaxed_structures: list[Any], energies
             row[f"e_above_hull{suffix}_reason"] = reason
         e_hull[k] = np.nan if e is None else e
     out = {f"{k}{suffix}": v for k, v in stable_metrics(e_hull, unique_novel, n, converged).items()}
-    ok_e = e_hull[np.isfinite(e_hull)]
+    # the mean and median over plausible values only: one potential's hole (SevenNet-0 once gave
+    # -1.5e10 eV/atom) would otherwise be the whole mean
+    finite = np.isfinite(e_hull)
+    ok_e = e_hull[finite & (e_hull >= IMPLAUSIBLE_BELOW)]
+    excluded = int((finite & (e_hull < IMPLAUSIBLE_BELOW)).sum())
     out[f"mean_e_above_hull{suffix}"] = _metric(float(ok_e.mean()) if len(ok_e) else float("nan"),
-                                                len(ok_e), unit="eV/atom")
+                                                len(ok_e), unit="eV/atom", excluded_implausible=excluded)
     out[f"median_e_above_hull{suffix}"] = _metric(float(np.median(ok_e)) if len(ok_e) else float("nan"),
-                                                  len(ok_e), unit="eV/atom")
+                                                  len(ok_e), unit="eV/atom", excluded_implausible=excluded)
     out[f"hull_reference{suffix}"] = _metric(
         float(len(hull.formulas)), len(hull.formulas),
         potential="CHGNet (bundled weights, raw energies)" if potential == "chgnet" else describe(potential),
