@@ -53,9 +53,22 @@ progress() {
   ls $R/$RUN/checkpoints 2>/dev/null | tail -2 | tr '\n' ' '; echo
   grep -iE "error|traceback" $R/$RUN.log | head -5
 }
-pack() {  # the exported model and the run's records
+best() {  # the checkpoint step of the lowest validation loss (none: no validation logged)
+  python3 - "$(ls $R/$RUN/logs/*/metrics.csv 2>/dev/null | tail -1)" <<'PY'
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r.get("val_loss")] if sys.argv[1] else []
+if rows:
+    print(int(min(rows, key=lambda r: float(r["val_loss"]))["step"]) + 1)
+PY
+}
+pack() {  # the exported model (and the lowest-validation-loss one, model_best) and the run's records
   [ -f $R/$RUN/model/config.json ] || return
-  tar czf $OUT/$RUN.tgz -C $R $RUN/model $RUN/config.yaml $RUN/atoms.json $RUN/logs \
+  b=$(best); rm -rf $R/$RUN/model_best
+  if [ -n "$b" ] && [ -f $R/$RUN/checkpoints/step$(printf %07d $b).ckpt ]; then
+    python3 -m crysgen model export $R/$RUN --step $b --out $R/$RUN/model_best > /dev/null && echo "model_best: step $b"
+  fi
+  tar czf $OUT/$RUN.tgz -C $R $RUN/model $( [ -d $R/$RUN/model_best ] && echo $RUN/model_best ) \
+    $RUN/config.yaml $RUN/atoms.json $RUN/logs \
     $( [ -f $R/$RUN/train_summary.json ] && echo $RUN/train_summary.json $RUN/curves.png ) $RUN.log
   # files come back at most 16 MiB each: cat $RUN.tgz.part_* > $RUN.tgz
   (cd $OUT && split -b 15m $RUN.tgz $RUN.tgz.part_ && rm $RUN.tgz)

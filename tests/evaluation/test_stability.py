@@ -399,8 +399,9 @@ def test_mean_e_hull_leaves_out_a_potentials_hole():
     from crysgen.evaluation.suite import rate_with
 
     class Hull:  # places the structures at fixed energies above the hull
-        formulas: list = [{"Na": 1, "Cl": 1}]
-        terminals = {"Na": {"source": "data"}, "Cl": {"source": "data"}}
+        def __init__(self):
+            self.formulas = [{"Na": 1, "Cl": 1}]
+            self.terminals = {"Na": {"source": "data"}, "Cl": {"source": "data"}}
 
         def e_above_hull(self, structures, energies):
             return [(e, None) for e in energies]
@@ -413,3 +414,4 @@ def test_mean_e_hull_leaves_out_a_potentials_hole():
     assert out["mean_e_above_hull"]["n"] == 3 and out["mean_e_above_hull"]["excluded_implausible"] == 1
     assert "implausible" in rows[3]["e_above_hull_reason"]
     assert out["stable_e_hull_le_0.1"]["value"] == pytest.approx(1 / 5)
+    assert e_hull[3] == -1.5e10 and np.isnan(e_hull[4])  # the per-sample values stay as placed

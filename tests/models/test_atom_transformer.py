@@ -77,3 +77,18 @@ def test_the_element_count_embedding_starts_silent_and_is_wired():
     torch.nn.init.normal_(counted.num_elements.weight, std=0.5)
     two, three = (counted(t, f, lat, m, c, g, cell, num_elements=torch.full((3,), v)) for v in (2, 3))
     assert not torch.allclose(two[1], three[1])  # the count reaches the outputs
+
+
+def test_dropout_acts_in_training_only():
+    """Dropout changes training outputs; in eval mode the network equals its dropout-free twin."""
+    net, x = _net_and_batch()
+    torch.manual_seed(1)
+    drop = AtomTransformer(**TINY | {"dropout": 0.3})
+    drop.load_state_dict(net.state_dict())  # dropout adds no weight
+    drop.eval()
+    for a, b in zip(drop(*x), net(*x), strict=True):
+        torch.testing.assert_close(a, b)
+    drop.train()
+    first, second = drop(*x), drop(*x)
+    assert not torch.allclose(first[2], second[2])  # the lattice output differs between two passes
+    assert not torch.allclose(first[2], net(*x)[2])

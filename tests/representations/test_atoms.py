@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -12,6 +14,7 @@ from crysgen.representations.atoms import (
     element_code_table,
     encode,
     nearest_elements,
+    nearest_elements_at_most,
     niggli_reduce,
     num_elements,
     parse_formula,
@@ -111,3 +114,25 @@ def test_size_histogram_counts_sites_and_distinct_elements(crystals):
     old = AtomSetSpec(**{**spec.__dict__, "size_counts": []})  # a spec written before the histogram
     assert old.with_size_counts(crystals).size_counts == spec.size_counts
     assert spec.with_size_counts(crystals.subset([0])) is spec  # an existing histogram is kept
+
+
+def test_element_limit_folds_a_stray_site_into_the_kept_elements(crystals):
+    spec = AtomSetSpec.fit(crystals)
+    sets = encode(crystals, spec)
+    codes = spec.codes()
+    i = crystals.ids.tolist().index("SrTiO3")
+    o_sites = np.flatnonzero(sets.atomic_numbers[i] == 8)
+    types = sets.types.copy()
+    types[i, o_sites[0]] = codes[11] + 0.05  # one O site strays to (near) Na: four elements
+    free = nearest_elements(types, spec.elements, spec) * sets.mask
+    assert set(free[i][sets.mask[i]].tolist()) == {8, 11, 22, 38}
+    limit = num_elements(sets.atomic_numbers)
+    z = nearest_elements_at_most(types, sets.mask, spec.elements, spec, limit)
+    # the two elements of one site each that fit exactly (Sr, Ti) are kept over the stray Na
+    assert set(z[i][sets.mask[i]].tolist()) == {8, 22, 38}
+    others = np.arange(len(z)) != i
+    assert np.array_equal(z[others], free[others])  # samples within their limit: unchanged
+    assert np.array_equal(nearest_elements_at_most(types, sets.mask, spec.elements, spec, limit * 0), free)
+    assert np.array_equal(nearest_elements_at_most(types, sets.mask, spec.elements, spec, limit + 1), free)
+    res = decode(replace(sets, types=types), spec, max_elements=limit)
+    assert (num_elements(res.crystals.atomic_numbers) <= limit[res.index]).all()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,6 +74,10 @@ def test_init_may_switch_on_space_groups_only(tiny_set, tmp_path):
     warm = train_atom_diffusion(tiny_set, tmp_path / "sg", config=sg, max_steps=1, accelerator="cpu",
                                 progress=False, init=base)
     assert AtomDiffusionModel.from_pretrained(warm).net.cfg.space_groups
+    dropped = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"dropout": 0.1}})
+    again = train_atom_diffusion(tiny_set, tmp_path / "drop", config=dropped, max_steps=1, accelerator="cpu",
+                                 progress=False, init=base)  # dropout changes no weight: free under --init
+    assert AtomDiffusionModel.from_pretrained(again).net.cfg.dropout == 0.1
     wider = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"d_model": 64}})
     with pytest.raises(CrysgenError, match="differs"):
         train_atom_diffusion(tiny_set, tmp_path / "w", config=wider, max_steps=1, accelerator="cpu",
@@ -146,3 +151,22 @@ def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(t
     z = CrystalSet.load(tiny_set).atomic_numbers[:, :model.spec.max_atoms]
     model.sample_sets(len(z), steps=1, atomic_numbers=z)  # composition given: its count is used
     assert sorted(torch.cat(seen).tolist()) == sorted(num_elements(z).tolist())
+    # decoding holds each de novo sample to the count it was conditioned on, unless told not to
+    model.net.forward = forward
+    n = 24
+    sets = model.sample_sets(n, steps=1, seed=3)
+    elements = sets.num_elements
+    assert elements.tolist() == model.draw_sizes(n, seed=[3, 1])[1].tolist()
+    # element codes scattered over the table, as a poorly trained model makes them
+    noise = np.random.default_rng(0).normal(0, 1, sets.types.shape).astype(np.float32)
+    scattered = replace(sets, types=noise)
+    model.sample_sets = lambda *args, **kwargs: scattered
+    limited = model.generate(n, steps=1, seed=3)
+    free = model.generate(n, steps=1, seed=3, free_element_count=True)
+    made = num_elements(limited.crystals.atomic_numbers)
+    assert (made <= elements[limited.index]).all()
+    assert (num_elements(free.crystals.atomic_numbers) > elements[free.index]).any()
+    from crysgen.pipelines.protocol import SampleOptions
+
+    with pytest.raises(CrysgenError, match="free-element-count"):
+        AtomDiffusionModel.from_pretrained(plain).prepare(SampleOptions(n=1, free_element_count=True))

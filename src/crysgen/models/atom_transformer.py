@@ -44,6 +44,9 @@ class AtomNetConfig:
         num_elements: condition on the number of distinct elements (an embedding of
             1-``MAX_ELEMENTS``, 0 = none given; it starts at zero, so switching it on for a
             trained network leaves its outputs unchanged); False: no such input.
+        dropout: dropout probability during training, on the attention weights and on each
+            block's two residual branches (0: none). It changes no weight, so ``--init`` may
+            set it freely, and sampling (eval mode) never applies it.
     """
 
     type_dim: int = 39
@@ -57,6 +60,7 @@ class AtomNetConfig:
     edge_hidden: int = 128
     space_groups: bool = False
     num_elements: bool = False
+    dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -103,9 +107,10 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN-Zero conditioning and an additive attention bias."""
 
-    def __init__(self, d: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.heads = heads
+        self.dropout = dropout
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
@@ -123,9 +128,10 @@ class Block(nn.Module):
         s1, sc1, g1, s2, sc2, g2 = self.ada(cond).chunk(6, -1)
         h = _modulate(self.norm1(x), s1, sc1)
         q, k, v = self.qkv(h).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        x = x + g1[:, None] * self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + g2[:, None] * self.mlp(_modulate(self.norm2(x), s2, sc2))
+        p = self.dropout if self.training else 0.0
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+        x = x + g1[:, None] * F.dropout(self.proj(att.transpose(1, 2).reshape(b, t, d)), p, self.training)
+        return x + g2[:, None] * F.dropout(self.mlp(_modulate(self.norm2(x), s2, sc2)), p, self.training)
 
 
 class AtomTransformer(nn.Module):
@@ -156,7 +162,7 @@ class AtomTransformer(nn.Module):
         edge_in = 6 * c.edge_freqs + c.edge_rbf
         self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
-        self.blocks = nn.ModuleList([Block(d, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
+        self.blocks = nn.ModuleList([Block(d, c.n_heads, c.mlp_ratio, c.dropout) for _ in range(c.n_layers)])
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         ada_out = nn.Linear(d, 2 * d)
         self.ada_out = nn.Sequential(nn.SiLU(), ada_out)

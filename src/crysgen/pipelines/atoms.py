@@ -105,16 +105,19 @@ class AtomDiffusionModel(SavedModel):
         return batch_size_for(device, cpu=64)
 
     def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
-        """Steps, space group, guidance and churn (see :class:`~crysgen.pipelines.protocol.Generator`).
+        """Steps, space group, guidance, churn and the element-count limit (see the protocol).
 
         Raises:
-            CrysgenError: for options of voxel VAE models, and a space group this model cannot
-                sample.
+            CrysgenError: for options of voxel VAE models, a space group this model cannot
+                sample, and --free-element-count for a model not conditioned on the count.
         """
         refuse_voxel_options(options)
         self.check_space_group(options.space_group)
+        if options.free_element_count and not self.net.cfg.num_elements:
+            raise CrysgenError("--free-element-count applies to models conditioned on the number of "
+                               "elements (net.num_elements); this one is not")
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
-                "churn": options.churn}
+                "churn": options.churn, "free_element_count": options.free_element_count}
 
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""
@@ -216,17 +219,22 @@ class AtomDiffusionModel(SavedModel):
             out_l[idx] = x.lattice.cpu().numpy()
             if on_batch is not None:
                 on_batch(b)
-        return AtomSets(out_t, out_f, out_l, mask, np.zeros_like(mask, np.int64) if z is None else z)
+        return AtomSets(out_t, out_f, out_l, mask, np.zeros_like(mask, np.int64) if z is None else z,
+                        num_elements=elements if z is None else None)
 
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
                  compositions: Compositions | None = None, offset: int = 0,
                  on_batch: Callable[[int], None] | None = None, space_group: int | None = None,
-                 guidance: float = 1.0, churn: float | None = None, **_: Any) -> DecodeResult:
+                 guidance: float = 1.0, churn: float | None = None, free_element_count: bool = False,
+                 **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
-        ``space_group``, ``guidance`` and ``churn``: see :meth:`sample_sets`. The rest as in
+        ``space_group``, ``guidance`` and ``churn``: see :meth:`sample_sets`. A ``net.num_elements``
+        model's de novo samples snap to at most the number of distinct elements each was
+        conditioned on (:func:`~crysgen.representations.atoms.nearest_elements_at_most`), unless
+        ``free_element_count``: then every site snaps on its own. The rest as in
         :class:`~crysgen.pipelines.protocol.Generator` (``workers``, CrysTens ``decode`` options
         and ``on_tensors`` unused: the decoder runs in this process and makes no tensors).
         """
@@ -236,7 +244,8 @@ class AtomDiffusionModel(SavedModel):
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
                                 guidance=guidance, churn=churn)
-        res = decode(sets, self.spec, ids=ids, atomic_numbers=z)
+        res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
+                     max_elements=None if free_element_count else sets.num_elements)
         return as_decode_result(res, n)
 
     def encode(self, crystals: CrystalSet) -> AtomSets:

@@ -147,6 +147,8 @@ class AtomSets:
     lattice: np.ndarray
     mask: np.ndarray
     atomic_numbers: np.ndarray
+    num_elements: np.ndarray | None = None
+    """Int (N,) distinct elements each sample was conditioned on (a sampler's draw), or None."""
 
     def __len__(self) -> int:
         return len(self.mask)
@@ -220,6 +222,41 @@ def nearest_elements(types: np.ndarray, allowed: list[int], spec: AtomSetSpec) -
     return nearest_rows(types, spec.codes()[allowed_z], allowed_z)
 
 
+def nearest_elements_at_most(types: np.ndarray, mask: np.ndarray, allowed: list[int], spec: AtomSetSpec,
+                             limit: np.ndarray) -> np.ndarray:
+    """Int (N, S) atomic numbers: nearest allowed elements, at most ``limit[i]`` distinct per sample.
+
+    Each real site first takes its nearest allowed element (:func:`nearest_elements`). Where that
+    gives a sample more distinct elements than its limit, the ``limit[i]`` elements holding the
+    most sites are kept (ties: the smaller summed squared distance of their sites' codes) and
+    every real site takes the nearest of those. Samples at or under their limit, and limits of 0
+    or below (none), are unchanged; padding is 0.
+
+    Args:
+        types: float (N, S, D) sampled element codes.
+        mask: bool (N, S) real sites.
+        allowed: atomic numbers the codes may stand for.
+        spec: the model's spec (its element codes).
+        limit: int (N,) the most distinct elements per sample (e.g. the count a model was
+            conditioned on).
+    """
+    allowed_z = np.asarray(sorted(allowed), np.int64)
+    table = spec.codes()[allowed_z].astype(np.float64)
+    mask = np.asarray(mask, bool)
+    z = nearest_rows(types, table, allowed_z) * mask
+    row = {int(a): j for j, a in enumerate(allowed_z)}
+    for i in np.flatnonzero(np.asarray(limit) > 0):
+        k = int(limit[i])
+        present, counts = np.unique(z[i][mask[i]], return_counts=True)
+        if len(present) <= k:
+            continue
+        codes = np.asarray(types[i][mask[i]], np.float64)
+        spread = np.array([((codes[z[i][mask[i]] == e] - table[row[int(e)]]) ** 2).sum() for e in present])
+        keep = present[np.lexsort((spread, -counts))[:k]]
+        z[i][mask[i]] = nearest_rows(codes, table[[row[int(e)] for e in keep]], keep)
+    return z
+
+
 @dataclass
 class AtomDecodeResult:
     """Decoded crystals with the input index of each and a reason for every failure."""
@@ -230,7 +267,8 @@ class AtomDecodeResult:
 
 
 def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
-           atomic_numbers: np.ndarray | None = None) -> AtomDecodeResult:
+           atomic_numbers: np.ndarray | None = None,
+           max_elements: np.ndarray | None = None) -> AtomDecodeResult:
     """:class:`AtomSets` (as sampled: ``types`` may be noisy codes) -> crystals.
 
     Args:
@@ -239,6 +277,9 @@ def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
         ids: one id per input (default ``sample_i``).
         atomic_numbers: int (N, S) elements to use as given (composition-conditioned sampling:
             no nearest-code snapping); None snaps ``types`` to the spec's elements.
+        max_elements: int (N,) the most distinct elements each sample may snap to (see
+            :func:`nearest_elements_at_most`; e.g. the counts an element-count model was
+            conditioned on); None: every site snaps on its own.
 
     A sample fails (with a reason, never an exception) for non-finite numbers, no site, or a
     lattice that is no real cell (lengths outside 0.5-1000 Å, or angles that give no volume).
@@ -247,8 +288,12 @@ def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
     ids = list(ids) if ids is not None else [f"sample_{i}" for i in range(n)]
     mask = np.asarray(sets.mask, bool)
     num = mask.sum(1)
-    z = (np.asarray(atomic_numbers, np.int64) if atomic_numbers is not None
-         else nearest_elements(sets.types, spec.elements, spec)) * mask
+    if atomic_numbers is not None:
+        z = np.asarray(atomic_numbers, np.int64) * mask
+    elif max_elements is not None:
+        z = nearest_elements_at_most(sets.types, mask, spec.elements, spec, max_elements)
+    else:
+        z = nearest_elements(sets.types, spec.elements, spec) * mask
     params = lattice_parameters(sets.lattice, num, spec)
     failures: list[tuple[int, str]] = []
     keep: list[int] = []

@@ -41,6 +41,8 @@ def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
 
 SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements"}
 """Network options that ``--init`` may switch on -> the conditioning embedding each adds."""
+FREE = ("dropout",)
+"""Network options that change no weight: ``--init`` may set them to anything."""
 
 
 class AtomDiffusionModule(L.LightningModule):
@@ -156,11 +158,11 @@ def train_atom_diffusion(
     crystals = holder.get("reduced") or (niggli_reduce(run.crystals) if config.data.niggli else run.crystals)
     if init_model is not None:
         want = AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config
-        switchable = {k: want[k] for k in SWITCHABLE}
+        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE)}
         if init_model.net.config | switchable != want or any(
                 init_model.net.config[k] and not want[k] for k in SWITCHABLE):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
-                               f"(only {' and '.join(SWITCHABLE)} may be switched on)")
+                               f"(only {' and '.join(SWITCHABLE)} may be switched on, {', '.join(FREE)} set)")
         # step: every step behind the init weights (its own run's and those of the model it began from)
         prior = init_model.data.get("init")
         behind = int(prior.get("step") or 0) if isinstance(prior, dict) else 0
