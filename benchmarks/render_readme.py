@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +242,36 @@ def eval_models_table() -> list[str]:
     return [*lines, ""]
 
 
+def eval_speed_table() -> list[str]:
+    """`crysgen evaluate`'s wall time by family (eval_speed.json) and, where both potentials ran,
+    their stable rates and agreement."""
+    path = ROOT / "benchmarks" / "results" / "eval_speed.json"
+    if not path.exists():
+        return []
+    runs = json.loads(path.read_text())["runs"]
+    fams = ("load", "coverage", "distributions", "novelty", "properties", "stability")
+    lines = ["**Evaluation speed** (`benchmarks/eval_speed.py`: the whole `crysgen evaluate`, every family "
+             "but csp, `--potential both`; cold = no caches: reference fingerprints, hull energies and "
+             "elemental terminals computed; seconds; the slowest steps inside a family after it)", "",
+             "| file | cold | samples | GPU | commit | wall | " + " | ".join(fams)
+             + " | slowest steps | target | stable ≤0.1 CHGNet / SevenNet-0 |",
+             "|---|---|---|---|---|---|" + "---|" * len(fams) + "---|---|---|"]
+    for r in runs:
+        fs = r["families_seconds"]
+        slow = sorted(r["steps_seconds"].items(), key=lambda kv: -kv[1])[:3]
+        target = r.get("target")
+        v = r.get("values", {})
+        both = (f"{pct(v['stable_e_hull_le_0.1'])} / {pct(v['stable_e_hull_le_0.1_sevennet'])}"
+                if "stable_e_hull_le_0.1_sevennet" in v else "–")
+        goal = f"≤ {target['seconds']:.0f}: {'met' if target['met'] else 'missed'}" if target else "–"
+        lines.append(f"| [eval_speed]({path.relative_to(ROOT)}) | {'yes' if r['cold'] else 'no'} | "
+                     f"{r['n']:,} | {r['machine'].get('gpu', 'cpu')} | {r['commit'][:7]} | "
+                     f"{r['wall_seconds']:.0f} | "
+                     + " | ".join(f"{fs[k]:.0f}" if k in fs else "–" for k in fams) + " | "
+                     + ", ".join(f"{k} {sec:.0f}" for k, sec in slow) + f" | {goal} | {both} |")
+    return [*lines, ""]
+
+
 def diffusion_table() -> list[str]:
     paths = sorted(p for p in (ROOT / "benchmarks" / "results").glob("diffusion_*.json")
                    if "table1_2" in json.loads(p.read_text()))
@@ -366,10 +397,11 @@ def atom_table() -> list[str]:
         lines += ["", "**Sampler settings and continuations vs CSP** (`benchmarks/atom_csp_sweep.py`; "
                   "1,000 seeded test targets of the dataset (the same ones in every file), one sample "
                   "each; `crysgen sample --churn`; model = the folder in this tree that holds the "
-                  "scored weights (by SHA-256), else where they were scored at the file's commit)", "",
+                  "scored weights (by SHA-256), else the folder and commit in git history that held "
+                  "them, else where they were scored)", "",
                   "| file | commit | model | steps trained | Heun steps | S_churn | match rate | RMSE | "
                   "invalid samples |", "|---|---|---|---|---|---|---|---|---|"]
-        kept = committed_models()
+        kept = replaced_models() | committed_models()
         for path in sweeps:
             d = json.loads(path.read_text())
             fp = d.get("model", {}) if isinstance(d.get("model"), dict) else {}
@@ -402,6 +434,35 @@ def committed_models() -> dict[str, tuple[str, str]]:
             continue
         data = json.loads(config.read_text()).get("data", {})
         out[sha256(weights)] = (str(folder.relative_to(ROOT)), trained_steps(data))
+    return out
+
+
+def replaced_models() -> dict[str, tuple[str, str]]:
+    """SHA-256 of model weights that left the tree or were overwritten -> (where, the steps trained).
+
+    Read from git history: for every commit that deleted or changed such a file, the version its
+    parent held, named "FOLDER at PARENT" (``git show PARENT:FOLDER/weights.safetensors``).
+    Nothing when git or the history is not there.
+    """
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
+
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        log = git("log", "--no-renames", "--diff-filter=DM", "--format=@%h", "--name-only", "--",
+                  "src/crysgen/pretrained/*/weights.safetensors",
+                  "benchmarks/results/runs/*/model/weights.safetensors").decode().split()
+        commit = ""
+        for item in log:
+            if item.startswith("@"):
+                commit = git("rev-parse", "--short", f"{item[1:]}^").decode().strip()
+                continue
+            folder = str(Path(item).parent)
+            digest = hashlib.sha256(git("show", f"{commit}:{item}")).hexdigest()
+            config = json.loads(git("show", f"{commit}:{folder}/config.json"))
+            out.setdefault(digest, (f"{folder} at {commit}", trained_steps(config.get("data", {}))))
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return out
     return out
 
 
@@ -468,7 +529,7 @@ def main() -> None:
     data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
     block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ddp_line(),
                        *compare_table(),
-                       *properties_table(), *eval_sanity_table(), *eval_models_table(),
+                       *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
                        *atom_table(), *voxel_table(), END])
     text = replace_block(README.read_text(), START, END, block)
     text = replace_block(text, DEFAULT_START, DEFAULT_END, "\n".join(default_model_block()))
