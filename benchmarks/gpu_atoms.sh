@@ -24,6 +24,8 @@
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
 #   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
 #                                                      # caches in /tmp/evs_cache; result -> /tmp/evs_result
+#                                                      # (RELAX_WORKERS, default 14: with 4 the cold run of
+#                                                      # eval_speed.json spent 276 s relaxing)
 #   bash benchmarks/gpu_atoms.sh evalspeed-wait WAIT   # follow it in a later call
 #   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders;
 #    TAG names the run and sample folders instead (two runs of one dataset side by side, each with its
@@ -120,7 +122,7 @@ denovo)
 evalspeed)
   install; mkdir -p /tmp/evs_result
   setsid nohup bash -c "python3 $S/benchmarks/eval_speed.py $2 -n ${N:-1000} --device cuda --workers 14 \
-    --relax-workers ${RELAX_WORKERS:-4} --relax-batch 64 ${COLD:+--cold} --train $TR \
+    --relax-workers ${RELAX_WORKERS:-14} --relax-batch 64 ${COLD:+--cold} --train $TR \
     --reference $W/${D}_asis_test.npz --cache-dir /tmp/evs_cache; cp $S/benchmarks/results/eval_speed.json /tmp/evs_result/" \
     > /tmp/evs.log 2>&1 < /dev/null &
   sleep 5; bash $0 evalspeed-wait $(( $3 - 5 )) ;;
