@@ -127,8 +127,8 @@ def test_every_kind_meets_the_protocol(model_dirs, kind):
     ("gan", SampleOptions(n=2, prior="posterior"), "voxel VAE models only"),
     ("wgan", SampleOptions(n=2, churn=1.0), "atom diffusion models only"),
     ("voxel_vae", SampleOptions(n=2, churn=1.0), "atom diffusion models only"),
-    ("diffusion", SampleOptions(n=2, free_element_count=True), "atom diffusion models only"),
-    ("atom_diffusion", SampleOptions(n=2, free_element_count=True), "conditioned on the number of elements"),
+    ("diffusion", SampleOptions(n=2, limit_element_count=True), "atom diffusion models only"),
+    ("atom_diffusion", SampleOptions(n=2, limit_element_count=True), "conditioned on the number of elements"),
     ("voxel_vae", SampleOptions(n=2, around="a.cif", interpolate=("a.cif", "b.cif")), "exclude each other"),
     ("voxel_vae", SampleOptions(n=2, prior="posterior"), r"no latent_prior\.npz"),
     ("atom_diffusion", SampleOptions(n=2, interpolate=("a.cif", "b.cif")), "voxel VAE models only"),
@@ -163,7 +163,7 @@ def test_models_with_composition_control_make_them(model_dirs, crystals, kind):
 def test_prepare_hands_each_model_its_own_options(model_dirs):
     atoms = load_generator(model_dirs["atom_diffusion"])
     assert atoms.prepare(SampleOptions(n=2, steps=7, guidance=2.0, churn=3.0, sampler="dpmsolver")) == {
-        "steps": 7, "space_group": None, "guidance": 2.0, "churn": 3.0, "free_element_count": False}
+        "steps": 7, "space_group": None, "guidance": 2.0, "churn": 3.0, "limit_element_count": False}
     for kind in CRYSTENS:
         assert load_generator(model_dirs[kind]).prepare(SampleOptions(n=2, steps=7, sampler="dpmsolver")) == {
             "steps": 7, "sampler": "dpmsolver"}

@@ -151,7 +151,7 @@ def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(t
     z = CrystalSet.load(tiny_set).atomic_numbers[:, :model.spec.max_atoms]
     model.sample_sets(len(z), steps=1, atomic_numbers=z)  # composition given: its count is used
     assert sorted(torch.cat(seen).tolist()) == sorted(num_elements(z).tolist())
-    # decoding holds each de novo sample to the count it was conditioned on, unless told not to
+    # decoding holds each de novo sample to the count it was conditioned on when asked to
     model.net.forward = forward
     n = 24
     sets = model.sample_sets(n, steps=1, seed=3)
@@ -161,12 +161,12 @@ def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(t
     noise = np.random.default_rng(0).normal(0, 1, sets.types.shape).astype(np.float32)
     scattered = replace(sets, types=noise)
     model.sample_sets = lambda *args, **kwargs: scattered
-    limited = model.generate(n, steps=1, seed=3)
-    free = model.generate(n, steps=1, seed=3, free_element_count=True)
+    limited = model.generate(n, steps=1, seed=3, limit_element_count=True)
+    free = model.generate(n, steps=1, seed=3)
     made = num_elements(limited.crystals.atomic_numbers)
     assert (made <= elements[limited.index]).all()
     assert (num_elements(free.crystals.atomic_numbers) > elements[free.index]).any()
     from crysgen.pipelines.protocol import SampleOptions
 
-    with pytest.raises(CrysgenError, match="free-element-count"):
-        AtomDiffusionModel.from_pretrained(plain).prepare(SampleOptions(n=1, free_element_count=True))
+    with pytest.raises(CrysgenError, match="limit-element-count"):
+        AtomDiffusionModel.from_pretrained(plain).prepare(SampleOptions(n=1, limit_element_count=True))

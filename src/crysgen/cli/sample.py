@@ -54,10 +54,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--churn", type=float, default=None,
                    help="atom diffusion: EDM's S_churn, fresh noise before every step (0: deterministic; "
                         "default: the model's setting)")
-    p.add_argument("--free-element-count", action="store_true",
-                   help="atom diffusion models conditioned on the number of elements: let every site "
-                        "snap to its nearest element (default: at most the count each sample was "
-                        "conditioned on)")
+    p.add_argument("--limit-element-count", action="store_true",
+                   help="atom diffusion models conditioned on the number of elements: snap each "
+                        "sample to at most the count it was conditioned on (default: every site to "
+                        "its nearest element)")
     p.add_argument("--steps", type=_positive_int, default=D.steps,
                    help="diffusion sampler steps (%(default)s; GANs ignore it; atom diffusion: Heun steps)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver", "ddpm"), default=D.sampler,
@@ -102,7 +102,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             formula=args.formula, num_atoms=args.num_atoms,
                             compositions=args.compositions, per_target=args.per_target,
                             space_group=args.space_group, guidance=args.guidance, churn=args.churn,
-                            free_element_count=args.free_element_count)
+                            limit_element_count=args.limit_element_count)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

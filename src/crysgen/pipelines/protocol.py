@@ -48,8 +48,8 @@ class SampleOptions:
     elements of every sample: models with composition control (atom diffusion, single-stage
     CrysTens diffusion; :mod:`crysgen.pipelines.compositions`). ``space_group`` (1-230) with
     classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn (None: the
-    model's); ``free_element_count`` lets every site of an element-count model snap on its own
-    (default: at most the count each sample was conditioned on): atom diffusion models only
+    model's); ``limit_element_count`` snaps each de novo sample of an element-count model to at
+    most the count it was conditioned on (default: every site on its own): atom diffusion models only
     (:mod:`crysgen.pipelines.atoms`).
     """
 
@@ -73,7 +73,7 @@ class SampleOptions:
     space_group: int | None = None
     guidance: float = 1.0
     churn: float | None = None
-    free_element_count: bool = False
+    limit_element_count: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -192,8 +192,8 @@ def refuse_voxel_options(options: SampleOptions) -> None:
 
 def refuse_atom_options(options: SampleOptions) -> None:
     """Refuse the options only an atom diffusion model takes (CrysgenError)."""
-    if options.space_group is not None or options.churn is not None or options.free_element_count:
-        raise CrysgenError("--space-group, --churn and --free-element-count apply to atom diffusion "
+    if options.space_group is not None or options.churn is not None or options.limit_element_count:
+        raise CrysgenError("--space-group, --churn and --limit-element-count apply to atom diffusion "
                            "models only")
 
 
