@@ -213,7 +213,7 @@ def eval_models_table() -> list[str]:
     cols = ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density", "wdist_prop",
             "wdist_num_elems", "stable_e_hull_le_0.1", "sun_e_hull_le_0.1")
     lines = ["**Generated samples scored by the evaluation suite** (`benchmarks/eval_model.py`; "
-             "– = family not run in that file; 1,000 samples each, rates over all of them; mp_20 "
+             "– = family not run in that file; n samples each, rates over all of them; mp_20 "
              "generators trained on the partial train split (57 %), which is also the novelty and "
              "hull set; stability: CHGNet relaxation of the structurally valid samples, ≤ 300 FIRE "
              "steps, E_hull against CHGNet static energies of train + test crystals; cells under 3 Å³ "
@@ -223,21 +223,21 @@ def eval_models_table() -> list[str]:
              "4.0.2 and COV over valid samples with the reference's Magpie statistics; the atom "
              "model's GPU file has validity, novelty and stability, its CPU file the CDVAE-exact "
              "validity, coverage, distributions and properties of the same 1,000 samples)", "",
-             "| model | dataset | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(prop) | W(#elem) | "
-             "stable ≤0.1 | S.U.N. |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | dataset | n | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(prop) | "
+             "W(#elem) | stable ≤0.1 | S.U.N. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     published: dict[str, dict] = {}
     for path in paths:
         d = json.loads(path.read_text())
         m = d["metrics"]
         lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)}) | {d['dataset']} | "
-                     + " | ".join(metric_cell(m, k) for k in cols) + " |")
+                     f"{m['n_samples']['value']:,} | " + " | ".join(metric_cell(m, k) for k in cols) + " |")
         published[d["dataset"]] = d.get("published", {})
     for dataset, pub in sorted(published.items()):  # the published rows each file carries
         for name, values in pub.get("rows", {}).items():
             row = dict(zip(pub["columns"], values, strict=True))
             cells = ["–" if row[k] is None else f"{row[k]:.2f} %" if not k.startswith("wdist")
                      else f"{row[k]:.4g}" for k in cols[:7]]
-            lines.append(f"| *{name} (published, {pub['source']})* | {dataset} | " + " | ".join(cells)
+            lines.append(f"| *{name} (published, {pub['source']})* | {dataset} | – | " + " | ".join(cells)
                          + " | – | – |")
     return [*lines, ""]
 
