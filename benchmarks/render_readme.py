@@ -272,6 +272,27 @@ def eval_speed_table() -> list[str]:
     return [*lines, ""]
 
 
+def throughput_table() -> list[str]:
+    """Training steps/s of the atom model by compile mode and batch size (train_throughput_atom_*.json)."""
+    lines: list[str] = []
+    for path in sorted((ROOT / "benchmarks" / "results").glob("train_throughput_atom_*.json")):
+        d = json.loads(path.read_text())
+        link = f"[`{path.name}`]({path.relative_to(ROOT)})"
+        lines += [f"**Atom model training throughput, {d['dataset']}** ({link}; "
+                  f"`benchmarks/train_throughput.py`, {d['steps']} steps per variant on "
+                  f"{d['machine'].get('gpu', 'cpu')}, commit {d['commit'][:7]}; steady = after the first "
+                  "20 steps, so torch.compile's compilation is left out)", "",
+                  "| overrides | global batch | steady steps/s | steady samples/s | GPU utilisation |",
+                  "|---|---|---|---|---|"]
+        for r in d["rows"]:
+            t = r["throughput"]
+            over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "–"
+            lines.append(f"| {over} | {t['global_batch']:,} | {t['steady_steps_per_s']:.1f} | "
+                         f"{t['steady_samples_per_s']:,.0f} | {r['gpu_utilisation_percent']:.0f} % |")
+        lines.append("")
+    return lines
+
+
 def diffusion_table() -> list[str]:
     paths = sorted(p for p in (ROOT / "benchmarks" / "results").glob("diffusion_*.json")
                    if "table1_2" in json.loads(p.read_text()))
@@ -530,7 +551,7 @@ def main() -> None:
     block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ddp_line(),
                        *compare_table(),
                        *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
-                       *atom_table(), *voxel_table(), END])
+                       *atom_table(), *throughput_table(), *voxel_table(), END])
     text = replace_block(README.read_text(), START, END, block)
     text = replace_block(text, DEFAULT_START, DEFAULT_END, "\n".join(default_model_block()))
     README.write_text(text)
