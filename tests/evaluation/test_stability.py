@@ -402,6 +402,7 @@ def test_mean_e_hull_leaves_out_a_potentials_hole():
         def __init__(self):
             self.formulas = [{"Na": 1, "Cl": 1}]
             self.terminals = {"Na": {"source": "data"}, "Cl": {"source": "data"}}
+            self.dropped_implausible = 2
 
         def e_above_hull(self, structures, energies):
             return [(e, None) for e in energies]
@@ -415,3 +416,20 @@ def test_mean_e_hull_leaves_out_a_potentials_hole():
     assert "implausible" in rows[3]["e_above_hull_reason"]
     assert out["stable_e_hull_le_0.1"]["value"] == pytest.approx(1 / 5)
     assert e_hull[3] == -1.5e10 and np.isnan(e_hull[4])  # the per-sample values stay as placed
+    assert out["hull_reference"]["dropped_implausible"] == 2
+
+
+def test_a_potentials_hole_never_enters_the_hull(monkeypatch):
+    """A reference crystal or elemental terminal with an impossible energy is left out."""
+    nacl = CrystalSet.from_structures([
+        Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        Structure(Lattice.cubic(4.3), ["Na"], [[0, 0, 0]]),
+        Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0]])])
+    monkeypatch.setattr(stability, "reference_energies", lambda cs, **kw: np.array([-3.5, -1.5e10, -3.2]))
+    monkeypatch.setattr(stability, "relaxed_candidates", lambda symbols, **kw: {
+        s: {"fcc": {"energy_per_atom": -1.3 if s == "Na" else -1.8}} for s in symbols})
+    hull = ReferenceHull.build([nacl], {"Na", "Cl"}, progress=False)
+    assert hull.dropped_implausible == 1 and len(hull.formulas) == 2  # the Na crystal's -1.5e10 is out
+    assert hull.terminals["Na"] == {"energy_per_atom": -1.3, "source": "ase fcc"}  # not the hole
+    terminals = stability.elemental_references({"Na"}, {"Na": -1.5e10}, progress=False)
+    assert terminals["Na"] == {"energy_per_atom": -1.3, "source": "ase fcc"}  # a hole as data terminal

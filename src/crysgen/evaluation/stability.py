@@ -66,6 +66,12 @@ not finish) are refused by the same test."""
 
 STABLE_THRESHOLDS = (0.1, 0.0)
 """eV/atom: MatterGen's stability threshold and Matbench Discovery's."""
+PLAUSIBLE_ENERGY = (-20.0, 5.0)
+"""eV/atom: the range a potential's energy of a real crystal or element lies in (DFT energies per
+atom of Materials Project phases lie between about -13 and 0). An energy outside it is taken for a
+hole or blow-up of the potential (SevenNet-0 gave one generated crystal -1.5e10 eV/atom) and is
+left out of the hull: as a reference crystal or an elemental terminal it would move the hull of
+every sample of its chemical system."""
 IMPLAUSIBLE_BELOW = -0.5
 """eV/atom: an energy this far below the reference hull is taken for an artefact (a hole of the
 potential for an unphysical structure, or a hull that lacks the system's phases) and not counted
@@ -709,10 +715,12 @@ def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
         energies = _rescored_candidates(cands, potential, options=o, cache_dir=cache_dir,
                                         batch_size=batch_size)
     out = {}
+    lo, hi = PLAUSIBLE_ENERGY
     for sym in sorted(symbols):
         options_e = {f"ase {k}": v for k, v in energies[sym].items()}
         if sym in data_terminals:
             options_e["data"] = data_terminals[sym]
+        options_e = {k: v for k, v in options_e.items() if lo <= v <= hi}  # NaN fails too
         if options_e:
             source = min(options_e, key=options_e.__getitem__)
             out[sym] = {"energy_per_atom": options_e[source], "source": source}
@@ -728,6 +736,8 @@ class ReferenceHull:
     formulas: list[dict[str, float]]
     energy_per_atom: np.ndarray
     terminals: dict[str, dict[str, Any]]
+    dropped_implausible: int = 0
+    """Reference crystals left out for an energy outside :data:`PLAUSIBLE_ENERGY`."""
 
     @classmethod
     def build(cls, sets: list[CrystalSet], needed: set[str], *, options: RelaxOptions | None = None,
@@ -748,12 +758,17 @@ class ReferenceHull:
 
         o = options or RelaxOptions()
         formulas, energies = [], []
+        lo, hi = PLAUSIBLE_ENERGY
+        dropped = 0
         for cs in sets:
             with timed(timer, f"stability.hull_{potential}.reference_energies"):
                 e = reference_energies(cs, device=o.device, batch_size=batch_size, cache_dir=cache_dir,
                                        progress=progress, potential=potential, workers=workers)
             for i in range(len(cs)):
                 if not np.isfinite(e[i]):
+                    continue
+                if not lo <= e[i] <= hi:
+                    dropped += 1
                     continue
                 zs, counts = np.unique(cs.atomic_numbers[i, : cs.num_sites[i]], return_counts=True)
                 formulas.append({Element.from_Z(int(z)).symbol: float(c)
@@ -769,7 +784,7 @@ class ReferenceHull:
             terminals = elemental_references(needed, data_terminals, options=o, cache_dir=cache_dir,
                                              progress=progress, potential=potential,
                                              batch_size=batch_size)
-        return cls(formulas, np.asarray(energies, float), terminals)
+        return cls(formulas, np.asarray(energies, float), terminals, dropped)
 
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],
                      ) -> list[tuple[float | None, str | None]]:

@@ -714,7 +714,8 @@ def rate_with(potential: str, hull: Any, relaxed_structures: list[Any], energies
     out[f"hull_reference{suffix}"] = _metric(
         float(len(hull.formulas)), len(hull.formulas),
         potential="CHGNet (bundled weights, raw energies)" if potential == "chgnet" else describe(potential),
-        terminals={k: v["source"] for k, v in hull.terminals.items()})
+        terminals={k: v["source"] for k, v in hull.terminals.items()},
+        dropped_implausible=hull.dropped_implausible)
     return e_hull, out
 
 
