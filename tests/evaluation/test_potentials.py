@@ -41,6 +41,11 @@ def test_sevennet_energies_of_nacl_and_si_are_finite_and_close_to_chgnets():
     # batched = one at a time, and the order of a batch is kept
     one = [static_energies([s], "sevennet")[0] for s in structures[::-1]]
     np.testing.assert_allclose(one, seven[::-1], atol=1e-5)
+    # graphs built in worker processes: the same energies, in input order
+    og = Structure(Lattice.cubic(5.0), ["Og"], [[0, 0, 0]])
+    mixed = [structures[1], og, structures[0], structures[0]]
+    np.testing.assert_allclose(static_energies(mixed, "sevennet", workers=2),
+                               [seven[1], np.nan, seven[0], seven[0]], atol=1e-5)
 
 
 def test_an_element_sevennet_does_not_know_gets_nan_not_a_crash():

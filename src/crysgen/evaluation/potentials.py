@@ -115,29 +115,56 @@ def load_sevennet(device: str = "cpu") -> tuple[Any, float, set[int]]:
     return _MODELS[key]
 
 
-def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size: int) -> np.ndarray:
-    """SevenNet-0 energy per atom of each structure, ``batch_size`` structures per forward pass."""
+def sevennet_graph_arrays(structure: Structure, cutoff: float) -> dict[str, Any] | str:
+    """SevenNet's graph of one structure as its numpy dict, or why it could not be built.
+
+    Runs in worker processes as well as here (numpy arrays pickle as plain bytes).
+    """
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+
+    try:
+        return dict(unlabeled_atoms_to_graph(AseAtomsAdaptor.get_atoms(structure), cutoff))
+    except Exception as exc:  # a structure that cannot be graphed keeps NaN
+        return f"{type(exc).__name__}: {str(exc)[:100]}"
+
+
+def _graph_died(_structure: Any, reason: str) -> str:
+    return reason
+
+
+def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size: int,
+                       workers: int = 1) -> np.ndarray:
+    """SevenNet-0 energy per atom of each structure, ``batch_size`` structures per forward pass.
+
+    The graphs are built first, in ``workers`` processes when more than one (the same graphs:
+    :func:`sevennet_graph_arrays` either way).
+    """
     import warnings
+    from functools import partial
 
     import sevenn._keys as keys
     import torch
-    from pymatgen.io.ase import AseAtomsAdaptor
     from sevenn.atom_graph_data import AtomGraphData
-    from sevenn.train.dataload import unlabeled_atoms_to_graph
     from torch_geometric.data import Batch
+
+    from crysgen.data.parallel import robust_map
 
     model, cutoff, known = load_sevennet(device)
     out = np.full(len(structures), np.nan)
+    # an element the model was not trained on: NaN, as a failed CHGNet call
+    todo = [k for k, s in enumerate(structures) if len(s) and all(site.specie.Z in known for site in s)]
+    build = partial(sevennet_graph_arrays, cutoff=cutoff)
+    if workers > 1 and len(todo) > 1:
+        arrays = robust_map(build, [structures[k] for k in todo], workers=min(workers, len(todo)),
+                            died=_graph_died, chunksize=max(1, min(64, len(todo) // (workers * 4))))
+    else:
+        arrays = [build(structures[k]) for k in todo]
     graphs, where = [], []
-    for k, s in enumerate(structures):
-        if not len(s) or any(site.specie.Z not in known for site in s):
-            continue  # an element the model was not trained on: NaN, as a failed CHGNet call
-        try:
-            atoms = AseAtomsAdaptor.get_atoms(s)
-            graphs.append(AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, cutoff)))
+    for k, a in zip(todo, arrays, strict=True):
+        if not isinstance(a, str):
+            graphs.append(AtomGraphData.from_numpy_dict(a))
             where.append(k)
-        except Exception:  # a structure that cannot be graphed keeps NaN
-            continue
 
     def run(chunk: list[Any]) -> np.ndarray:
         with warnings.catch_warnings():
@@ -218,7 +245,7 @@ def static_energies(structures: Sequence[Structure], potential: str, *, device: 
         potential: ``"chgnet"`` or ``"sevennet"``.
         device: ``"cpu"`` or ``"cuda"``.
         batch_size: structures per forward pass.
-        workers: processes that build CHGNet's graphs (SevenNet's are built here).
+        workers: processes that build the potential's graphs.
 
     Returns:
         (N,) float64 energies in eV/atom; NaN where the potential failed on a structure (or, for
@@ -231,4 +258,4 @@ def static_energies(structures: Sequence[Structure], potential: str, *, device: 
         return np.zeros(0)
     if potential == "chgnet":
         return chgnet_energies(structures, device, batch_size, workers)
-    return _sevennet_energies(structures, device, batch_size)
+    return _sevennet_energies(structures, device, batch_size, workers)

@@ -496,8 +496,8 @@ def cache_unreadable(path: Path, why: str) -> None:
 
 
 GRAPH_BLOCK = 4096
-"""Crystals whose CHGNet graphs are built (in workers) before their forward passes: about
-110 MB of graphs for mp_20-sized cells, and a progress step."""
+"""Crystals whose graphs (CHGNet's or SevenNet's) are built in workers before their forward
+passes: about 110 MB of CHGNet graphs for mp_20-sized cells, and a progress step."""
 
 
 def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size: int = FORWARD_BATCH,
@@ -507,9 +507,9 @@ def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size:
 
     The cache key is the potential's name and version and the data's hash; a cache file that
     cannot be read, or holds another number of crystals, is recomputed with a warning on stderr
-    (:func:`cache_unreadable`) and overwritten atomically. CHGNet's graphs are built in
+    (:func:`cache_unreadable`) and overwritten atomically. The potential's graphs are built in
     ``workers`` processes, :data:`GRAPH_BLOCK` crystals at a time, before each block's
-    whole-batch forward passes (:func:`crysgen.evaluation.potentials.chgnet_energies`).
+    whole-batch forward passes (:func:`crysgen.evaluation.potentials.static_energies`).
 
     Returns:
         (N,) float64; NaN where the potential failed on a crystal.
@@ -535,14 +535,14 @@ def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size:
     label = "CHGNet" if potential == "chgnet" else potential
     bar = tqdm(total=len(crystals), desc=f"{label} reference energies", disable=not progress,
                leave=False)
-    block = GRAPH_BLOCK if potential == "chgnet" else batch_size
+    block = GRAPH_BLOCK
     for start in range(0, len(crystals), block):
         idx = list(range(start, min(start + block, len(crystals))))
         if potential == "chgnet":
             out[idx] = chgnet_energies(crystal_rows(crystals, idx), device, batch_size, workers)
         else:
             out[idx] = static_energies([crystals.to_structure(i) for i in idx], potential,
-                                       device=device, batch_size=batch_size)
+                                       device=device, batch_size=batch_size, workers=workers)
         bar.update(len(idx))
     bar.close()
     write_npz_atomic(cache, {"energy_per_atom": out})
