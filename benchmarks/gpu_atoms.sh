@@ -4,8 +4,8 @@
 # CrystalSets are made here on the CPU first (as-given cells; S = 20 / 5 / 24):
 #   crysgen data prepare ../shared/data/mp_20/train_partial.csv.gz --out benchmarks/.work/mp_20_asis_train_partial.npz \
 #       --cell as-is --max-sites 20   (and val, test; perov_5 and carbon_24: train_poscar.csv.gz)
-# Carry the wheel folders of benchmarks/device_wheels.sh (.whl_train to train; .whl_eval and .whl_7net
-# to evaluate), .cgcnn (../shared/pretrained/cgcnn), .snap (the
+# Carry what benchmarks/device_setup.sh makes (.whl_train to train; .whl_eval and .whl_7net
+# to evaluate), .cgcnn, .snap (the
 # committed code, `git archive` of HEAD, so concurrent uncommitted edits never run) and
 # benchmarks/.work (<dataset>_asis_{train,val,test}.npz; WORK=<folder> carries a smaller one instead).
 # CRYSGEN_COMMIT names the commit. The tree and the carried paths must stay under 64 MiB: first

@@ -1,21 +1,41 @@
 #!/usr/bin/env bash
-# The wheel folders a device call carries (ignored by git; a fresh checkout has none), for the
-# GPU machine's CPython 3.12 (see ../shared/GPU.md for what it already has):
+# What a device call carries besides the tree (all ignored by git; a fresh checkout has none):
+#   bash benchmarks/device_setup.sh wheels    # the wheel folders below (needs PyPI; ~1 minute)
+#   bash benchmarks/device_setup.sh cgcnn     # .cgcnn: the CGCNN checkpoints (W(prop), properties)
+#   bash benchmarks/device_setup.sh data [DATASET]   # .gpuwork/<dataset>_asis_{train_partial|train,val,test}.npz
+#                                             # (as-given cells, crysgen data prepare; mp_20: ~9 min here)
+#   bash benchmarks/device_setup.sh all       # wheels, cgcnn and mp_20 data
+# The wheel folders, for the GPU machine's CPython 3.12 (see ../shared/GPU.md for what it has):
 #   .whl_train  the shared wheels without chgnet and ase (pymatgen, spglib, diffusers, ...): training
 #   .whl_eval   chgnet, ase, smact, matminer, tabulate, pymongo (bson): the evaluation suite
 #   .whl_7net   sevenn, repacked with only the SevenNet-0 (11Jul2024) checkpoint and without its
 #               LAMMPS/D3 sources and libraries (43 MB -> 10 MB), plus e3nn, opt_einsum(_fx),
 #               braceexpand and matscipy: --potential sevennet|both
 # gpu_atoms.sh installs every carried .whl*/ folder once per machine.
-#   bash benchmarks/device_wheels.sh          (needs PyPI; about 1 minute)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-SHARED=${SHARED:-../shared/wheels/gpu-py312}
+SHARED=${SHARED:-../shared}
+case ${1:-} in
+cgcnn) rm -rf .cgcnn; cp -r "$SHARED/pretrained/cgcnn" .cgcnn; du -sh .cgcnn; exit ;;
+data)
+  d=${2:-mp_20}; max=$(case $d in mp_20) echo 20 ;; perov_5) echo 5 ;; carbon_24) echo 24 ;; mpts_52) echo 52 ;; esac)
+  [ -n "$max" ] || { echo "unknown dataset $d" >&2; exit 2; }
+  mkdir -p .gpuwork
+  for csv in "$SHARED/data/$d"/*.csv.gz; do
+    split=$(basename "$csv" .csv.gz); split=${split%_poscar}  # perov_5, carbon_24: train_poscar -> train
+    out=.gpuwork/${d}_asis_$split.npz
+    [ -f "$out" ] || .venv/bin/crysgen data prepare "$csv" --out "$out" --cell as-is --max-sites "$max" --quiet
+  done
+  ls -la .gpuwork; exit ;;
+all) bash "$0" wheels; bash "$0" cgcnn; bash "$0" data mp_20; exit ;;
+wheels) ;;
+*) sed -n 2,8p "$0"; exit 2 ;;
+esac
 DL=$(mktemp -d)
 trap 'rm -rf "$DL"' EXIT
 rm -rf .whl_train .whl_eval .whl_7net
 mkdir -p .whl_train .whl_eval .whl_7net
-for w in "$SHARED"/*.whl; do
+for w in "$SHARED"/wheels/gpu-py312/*.whl; do
   case $(basename "$w") in chgnet*|ase*) cp "$w" .whl_eval/ ;; *) cp "$w" .whl_train/ ;; esac
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
