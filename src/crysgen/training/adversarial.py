@@ -13,16 +13,23 @@ Lightning's manual optimisation runs these; its ``global_step`` counts optimiser
 checkpoint files are named after optimiser steps while ``max_steps``, ``checkpoint_every``, the
 logs (``iteration`` column), ``train_summary.json`` and exported models count iterations.
 The run directory is described in :mod:`crysgen.training.runs`; ``model/`` holds the generator.
+
+The speed options of :class:`~crysgen.training.config.AdversarialOptimConfig` (channels-last
+memory format, ``torch.compile``, fused Adam, WGAN-GP micro-batches) change how an update is
+computed, not what: ``tests/training/test_adversarial_speed.py`` holds each to the eager
+whole-batch update.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from torch import nn
 
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import build_critic, build_generator
@@ -42,10 +49,68 @@ if TYPE_CHECKING:
     from lightning.pytorch.core.optimizer import LightningOptimizer
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+"""A network's forward: the module itself, or its ``torch.compile`` wrapper."""
+
+
+def compiled(net: nn.Module, mode: str | None) -> Forward:
+    """``net`` itself (mode None) or ``torch.compile(net, mode=mode)``."""
+    return net if mode is None else torch.compile(net, mode=mode)
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], eps: float, *,
+         fused: bool) -> torch.optim.Adam:
+    """Adam; with ``fused``, its fused kernels where the parameters' device has them.
+
+    Falls back to the default implementation (with a warning) where ``fused=True`` is refused.
+    """
+    params = list(params)
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
+        except RuntimeError as exc:
+            warnings.warn(f"fused Adam is not supported here ({exc}); using the default Adam",
+                          stacklevel=2)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+
+
+def channels_last(net: nn.Module) -> nn.Module:
+    """``net`` with its 5-D weights (Conv3d, ConvTranspose3d) in ``channels_last_3d`` format."""
+    # Module.to takes memory_format at run time; its type stubs do not list it
+    return net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+
+
+class PowerIterationReplay:
+    """Rewinds the spectral-norm power-iteration vectors of networks to their state at creation.
+
+    In training mode every forward of a spectrally normalised layer runs one power iteration
+    (updating its ``_u`` and ``_v`` buffers) before it divides the weight by σ. Rewinding before
+    each micro-batch's forwards makes every micro-batch run the same iterations from the same
+    state as the whole batch does, so it sees the same σ; after the last micro-batch the buffers
+    hold what the whole-batch update would leave.
+
+    Args:
+        nets: the networks (their spectral-norm parametrisations are found by their buffers).
+    """
+
+    def __init__(self, *nets: nn.Module) -> None:
+        self.buffers = [b for net in nets for name, b in net.named_buffers()
+                        if name.rsplit(".", 1)[-1] in ("_u", "_v")]
+        self.start = [b.clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def rewind(self) -> None:
+        """Set every power-iteration vector back to its state at creation."""
+        for b, s in zip(self.buffers, self.start, strict=True):
+            b.copy_(s)
+
+
 class AdversarialModule(L.LightningModule):
     """Generator + discriminator (GAN) or critic (WGAN-GP), trained with manual optimisation."""
 
     critic_batches: torch.Tensor  # a registered buffer
+    _gen: Forward  # the generator, or its torch.compile wrapper
+    _critic: Forward  # the critic, or its torch.compile wrapper
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -54,9 +119,16 @@ class AdversarialModule(L.LightningModule):
         self.automatic_optimization = False
         self.generator = build_generator(self.cfg.net)
         self.critic = build_critic(self.cfg.net)
+        if self.cfg.optim.channels_last:
+            channels_last(self.generator)
+            channels_last(self.critic)
         # real batches consumed (one per critic update); saved with the checkpoint, so a resumed
         # WGAN run keeps its place in the n_critic cycle
         self.register_buffer("critic_batches", torch.zeros((), dtype=torch.long))
+        # compiled forwards kept outside the module tree, so state_dict keys stay plain
+        mode = self.cfg.optim.compile_mode
+        object.__setattr__(self, "_gen", compiled(self.generator, mode))
+        object.__setattr__(self, "_critic", compiled(self.critic, mode))
 
     @property
     def steps_per_iteration(self) -> int:
@@ -73,10 +145,17 @@ class AdversarialModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         """One GAN iteration, or one WGAN-GP critic update (plus the generator's every n_critic)."""
         real = batch.unsqueeze(1)  # (B, 1, 4, 64, 64): the Keras (64, 64, 4, 1) volume
+        if self.cfg.optim.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last_3d)
         if self.cfg.net.kind == "gan":
             self._gan_iteration(real)
         else:
             self._wgan_step(real)
+
+    def _micro_batches(self, n: int) -> int:
+        """Micro-batch size for a batch of ``n`` (``n`` itself when micro-batching is off)."""
+        m = self.cfg.optim.micro_batch
+        return m if 0 < m < n else n
 
     def _optimizers(self) -> tuple[LightningOptimizer, LightningOptimizer]:
         """The generator's and the critic's optimisers (Lightning gives several as a list)."""
@@ -93,15 +172,15 @@ class AdversarialModule(L.LightningModule):
     def _gan_iteration(self, real: torch.Tensor) -> None:
         opt_g, opt_d = self._optimizers()
         b = len(real)
-        d_real = self.critic(real)
+        d_real = self._critic(real)
         loss_real = bce_loss(d_real, real=True)
         self._step(opt_d, loss_real)
         with torch.no_grad():
-            fake = self.generator(self._noise(b))
-        d_fake = self.critic(fake)
+            fake = self._gen(self._noise(b))
+        d_fake = self._critic(fake)
         loss_fake = bce_loss(d_fake, real=False)
         self._step(opt_d, loss_fake)
-        loss_g = bce_loss(self.critic(self.generator(self._noise(b))), real=True)
+        loss_g = bce_loss(self._critic(self._gen(self._noise(b))), real=True)
         self._step(opt_g, loss_g)
         self.critic_batches += 1
         self._log({"d_loss_real": loss_real, "d_loss_fake": loss_fake, "g_loss": loss_g,
@@ -110,20 +189,93 @@ class AdversarialModule(L.LightningModule):
 
     def _wgan_step(self, real: torch.Tensor) -> None:
         opt_g, opt_c = self._optimizers()
-        o = self.cfg.optim
-        with torch.no_grad():
-            fake = self.generator(self._noise(len(real)))
-        s_real, s_fake = self.critic(real), self.critic(fake)
-        gp = gradient_penalty(self.critic, real, fake)
-        loss_c = wasserstein_critic_loss(s_real, s_fake) + o.gp_weight * gp
-        self._step(opt_c, loss_c)
+        loss_c, gp, w = self.critic_update(real, opt_c)
         self.critic_batches += 1
-        if int(self.critic_batches) % o.n_critic:
+        if int(self.critic_batches) % self.cfg.optim.n_critic:
             return
-        loss_g = wasserstein_generator_loss(self.critic(self.generator(self._noise(len(real)))))
-        self._step(opt_g, loss_g)
+        loss_g = self.generator_update(len(real), opt_g)
         self._log({"critic_loss": loss_c, "gradient_penalty": gp, "g_loss": loss_g,
-                   "wasserstein_estimate": wasserstein_estimate(s_real, s_fake)})
+                   "wasserstein_estimate": w})
+
+    def critic_update(self, real: torch.Tensor, opt_c: Any) -> tuple[torch.Tensor, ...]:
+        """One WGAN-GP critic update on a real batch (B, 1, 4, 64, 64), in micro-batches if set.
+
+        Args:
+            real: real tensors (B, 1, 4, 64, 64) in [0, 1].
+            opt_c: the critic's optimiser.
+
+        Returns:
+            The critic loss, the gradient penalty and the Wasserstein estimate (scalars).
+        """
+        m = self._micro_batches(len(real))
+        if m < len(real):
+            return self._critic_update_micro(real, opt_c, m)
+        return self._critic_update(real, opt_c)
+
+    def generator_update(self, b: int, opt_g: Any) -> torch.Tensor:
+        """One WGAN-GP generator update on ``b`` noise vectors, in micro-batches if set; its loss."""
+        m = self._micro_batches(b)
+        return self._generator_update_micro(b, opt_g, m) if m < b else self._generator_update(b, opt_g)
+
+    def _critic_update(self, real: torch.Tensor, opt_c: Any) -> tuple[torch.Tensor, ...]:
+        """One critic update on the whole batch (B, 1, 4, 64, 64); (loss, penalty, W estimate)."""
+        with torch.no_grad():
+            fake = self._gen(self._noise(len(real)))
+        s_real, s_fake = self._critic(real), self._critic(fake)
+        # eager critic: a compiled graph has no double backward
+        gp = gradient_penalty(self.critic, real, fake)
+        loss_c = wasserstein_critic_loss(s_real, s_fake) + self.cfg.optim.gp_weight * gp
+        self._step(opt_c, loss_c)
+        return loss_c, gp, wasserstein_estimate(s_real, s_fake)
+
+    def _critic_update_micro(self, real: torch.Tensor, opt_c: Any, m: int) -> tuple[torch.Tensor, ...]:
+        """:meth:`_critic_update` in micro-batches of ``m``, gradients accumulated.
+
+        The noise (B, latent) and the penalty's mixing weights u (B,) are drawn for the whole
+        batch, as the whole-batch update draws them; each micro-batch's losses are weighted by its
+        share of the batch, so the summed gradients and losses are the whole batch's means.
+        Returns the detached (loss, penalty, W estimate) of the whole batch.
+        """
+        b = len(real)
+        z = self._noise(b)
+        u = torch.rand(b).to(real.device)  # as gradient_penalty draws it
+        g_replay, c_replay = PowerIterationReplay(self.generator), PowerIterationReplay(self.critic)
+        totals = torch.zeros(3, device=real.device)
+        opt_c.zero_grad(set_to_none=True)
+        for r, zi, ui in zip(real.split(m), z.split(m), u.split(m), strict=True):
+            share = len(r) / b
+            g_replay.rewind()
+            with torch.no_grad():
+                fake = self._gen(zi)
+            c_replay.rewind()
+            s_real, s_fake = self._critic(r), self._critic(fake)
+            gp = gradient_penalty(self.critic, r, fake, ui)
+            loss = wasserstein_critic_loss(s_real, s_fake) + self.cfg.optim.gp_weight * gp
+            self.manual_backward(loss * share)
+            parts = (loss, gp, wasserstein_estimate(s_real, s_fake))
+            totals += share * torch.stack([p.detach().float() for p in parts])
+        opt_c.step()
+        return tuple(totals.unbind())
+
+    def _generator_update(self, b: int, opt_g: Any) -> torch.Tensor:
+        """One generator update on ``b`` noise vectors at once; its loss."""
+        loss_g = wasserstein_generator_loss(self._critic(self._gen(self._noise(b))))
+        self._step(opt_g, loss_g)
+        return loss_g
+
+    def _generator_update_micro(self, b: int, opt_g: Any, m: int) -> torch.Tensor:
+        """One generator update over ``b`` noise vectors in micro-batches of ``m``; its loss."""
+        z = self._noise(b)
+        replay = PowerIterationReplay(self.generator, self.critic)
+        total = torch.zeros((), device=z.device)
+        opt_g.zero_grad(set_to_none=True)
+        for zi in z.split(m):
+            replay.rewind()
+            loss = wasserstein_generator_loss(self._critic(self._gen(zi)))
+            self.manual_backward(loss * (len(zi) / b))
+            total += loss.detach() * (len(zi) / b)
+        opt_g.step()
+        return total
 
     def _log(self, values: dict[str, torch.Tensor]) -> None:
         """Log once per iteration (Lightning keeps every ``log_every``-th) with its iteration."""
@@ -134,13 +286,10 @@ class AdversarialModule(L.LightningModule):
         self.log("g_loss_bar", values["g_loss"].detach().float(), prog_bar=True, logger=False)
 
     def configure_optimizers(self) -> Any:
-        """Adam for each network, with the authors' learning rate and betas."""
+        """Adam for each network, with the authors' learning rate and betas (fused if asked)."""
         o = self.cfg.optim
-
-        def adam(params: Any) -> torch.optim.Adam:
-            return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps)
-
-        return [adam(self.generator.parameters()), adam(self.critic.parameters())]
+        return [adam(net.parameters(), o.lr, o.betas, o.eps, fused=o.fused)
+                for net in (self.generator, self.critic)]
 
 
 def export_model(module: AdversarialModule, scaling: CrysTensScaling, data: dict[str, Any],

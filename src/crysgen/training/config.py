@@ -147,9 +147,29 @@ class DiffusionTrainConfig(StepsInOptim):
             raise CrysgenError(f"bad config: {exc}") from exc
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes a training config may name."""
+
+
+def check_compile(value: bool | str) -> None:
+    """Raise for a ``compile`` setting that is neither a bool nor one of :data:`COMPILE_MODES`."""
+    if not isinstance(value, bool) and value not in COMPILE_MODES:
+        raise CrysgenError(f"compile: {value!r} is neither true/false nor one of {', '.join(COMPILE_MODES)}")
+
+
+def compile_mode_of(value: bool | str) -> str | None:
+    """The ``torch.compile`` mode of a ``compile`` setting, or None when it runs eagerly."""
+    if value is False:
+        return None
+    return "default" if value is True else str(value)
+
+
 @dataclass(frozen=True)
 class AdversarialOptimConfig:
     """Optimiser and loop settings of a GAN or WGAN-GP run.
+
+    ``channels_last``, ``compile``, ``fused`` and ``micro_batch`` are speed options: none changes
+    what the networks compute (float rounding aside), each is off by default.
 
     Attributes:
         batch_size: tensors per step (per device); each critic update draws a fresh batch.
@@ -165,6 +185,23 @@ class AdversarialOptimConfig:
         seed: seeds everything.
         precision: "auto" (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision string;
             the gradient penalty is always computed in float32.
+        channels_last: keep both networks' 5-D weights and the real batches (N, 1, 4, 64, 64)
+            in ``torch.channels_last_3d`` memory format (cuDNN's channels-last kernels; the
+            depth-1 convolutions then run as channels-last 2-D ones without a copy).
+        compile: ``torch.compile`` the generator's and the critic's forward: False (eager),
+            True (mode "default") or a mode of :data:`COMPILE_MODES` ("reduce-overhead" adds
+            CUDA graphs). The gradient penalty's critic forward stays eager: compiled graphs
+            have no double backward.
+        fused: fused Adam kernels (``torch.optim.Adam(fused=True)``); where the parameters'
+            device has none, the default Adam with a warning.
+        micro_batch: compute each update over ``batch_size`` tensors in micro-batches of this
+            many (0: the whole batch at once), accumulating gradients scaled by the micro-batch's
+            share of the batch: the same mean losses and gradients (float rounding aside). The
+            spectral-norm power iteration of every forward is replayed from the same state in
+            each micro-batch, so every micro-batch sees the weights the whole batch would. The
+            critic's dropout masks are drawn per micro-batch (the same distribution, other
+            draws). WGAN-GP only: the GAN's BatchNorm would normalise over micro-batches, which
+            changes its function. Must divide ``batch_size``.
     """
 
     batch_size: int = 64
@@ -178,11 +215,24 @@ class AdversarialOptimConfig:
     log_every: int = 25
     seed: int = 0
     precision: str = "auto"
+    channels_last: bool = False
+    compile: bool | str = False
+    fused: bool = False
+    micro_batch: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2 or self.n_critic < 1 or self.batch_size < 1:
             raise CrysgenError("optim: betas needs 2 values; n_critic and batch_size must be >= 1")
+        check_compile(self.compile)
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            raise CrysgenError(f"optim.micro_batch must be 0 or divide batch_size {self.batch_size}, "
+                               f"got {self.micro_batch}")
+
+    @property
+    def compile_mode(self) -> str | None:
+        """The ``torch.compile`` mode, or None when the networks run eagerly."""
+        return compile_mode_of(self.compile)
 
 
 ADVERSARIAL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -207,6 +257,9 @@ class AdversarialTrainConfig(StepsInOptim):
         if self.net.kind == "gan" and self.optim.n_critic != 1:
             raise CrysgenError("the vanilla GAN takes one discriminator iteration per generator "
                                f"step (n_critic 1), got {self.optim.n_critic}")
+        if self.net.kind == "gan" and self.optim.micro_batch not in (0, self.optim.batch_size):
+            raise CrysgenError("optim.micro_batch: the GAN's BatchNorm normalises over the batch, so "
+                               "micro-batches would change its function (WGAN-GP only)")
 
     @classmethod
     def default(cls, kind: str) -> AdversarialTrainConfig:
@@ -380,10 +433,6 @@ class AtomDataConfig:
     translate: bool = True
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""``torch.compile`` modes a training config may name."""
-
-
 @dataclass(frozen=True)
 class AtomTrainConfig(StepsInOptim):
     """Everything `crysgen train atom-diffusion` needs besides the data.
@@ -402,16 +451,12 @@ class AtomTrainConfig(StepsInOptim):
     compile: bool | str = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
-            raise CrysgenError(f"compile: {self.compile!r} is neither true/false nor one of "
-                               f"{', '.join(COMPILE_MODES)}")
+        check_compile(self.compile)
 
     @property
     def compile_mode(self) -> str | None:
         """The ``torch.compile`` mode, or None when the network runs eagerly."""
-        if self.compile is False:
-            return None
-        return "default" if self.compile is True else str(self.compile)
+        return compile_mode_of(self.compile)
 
     def to_dict(self) -> dict[str, Any]:
         """Resolved, JSON/YAML-serialisable form."""

@@ -1,0 +1,183 @@
+"""Steady-state WGAN-GP critic and generator steps per second under the adversarial speed options.
+
+Writes benchmarks/results/adversarial_step_speed<suffix>.json.
+
+Each variant sets the speed options of ``optim`` (``compile``, ``channels_last``, ``fused``,
+``micro_batch``; see :class:`crysgen.training.config.AdversarialOptimConfig`) on the paper's
+WGAN-GP (width 1, batch 256 by default), runs in its own process (so compile caches and CUDA
+state do not carry over) and times the module's own update methods, outside Lightning:
+``--warmup`` critic and generator steps first (compilation, CUDA-graph capture and autotuning
+happen there), then ``--steps`` critic steps and ``--steps`` generator steps, each timed as a
+block between CUDA synchronisations. Inputs are uniform random tensors (convolution speed does
+not depend on the values); the networks run under bf16 autocast on a GPU (as ``precision: auto``
+trains) and in fp32 on the CPU. The grid is the Cartesian product of the option lists; a variant
+that fails is recorded with its error. The JSON is rewritten after every variant, so a run cut
+short keeps the rows it finished.
+
+Usage (on the GPU machine):
+    python benchmarks/adversarial_step_speed.py
+    python benchmarks/adversarial_step_speed.py --compile false,default,reduce-overhead \
+        --micro-batch 0,64,128 --steps 30
+The default grid is 16 variants, each compiled one a minute or more of compilation: split it
+over device calls with ``--compile false`` and ``--compile default`` (and ``--suffix``).
+CPU smoke test (not a measurement; do not commit its output):
+    CRYSGEN_ALLOW_DIRTY=1 python benchmarks/adversarial_step_speed.py --device cpu --width 0.125 \
+        --batch 4 --micro-batch 0,2 --compile false --warmup 1 --steps 2 --suffix _cpu_smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import yaml
+
+from codec import ROOT, stamp
+from crysgen.crystal_set import write_text_atomic
+
+
+def options_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every combination of the option lists, as ``optim`` overrides."""
+    lists = {key: [yaml.safe_load(v) for v in getattr(args, attr).split(",")]
+             for key, attr in (("compile", "compile"), ("channels_last", "channels_last"),
+                               ("fused", "fused"), ("micro_batch", "micro_batch"))}
+    return [dict(zip(lists, combo, strict=True)) for combo in itertools.product(*lists.values())]
+
+
+def synchronise(device: str) -> None:
+    """Wait for the GPU's queued work (nothing on the CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on a GPU (what ``precision: auto`` trains with), nothing on the CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def timed(step: Callable[[], Any], n: int, device: str) -> float:
+    """Steps per second of ``n`` calls of ``step`` (timed between synchronisations)."""
+    synchronise(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    synchronise(device)
+    return n / (time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def peak_memory(device: str) -> Iterator[dict[str, Any]]:
+    """Yields a dict that gets the peak GPU memory (GiB) allocated inside the block."""
+    import torch
+
+    out: dict[str, Any] = {}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    yield out
+    if device.startswith("cuda"):
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one variant in this process; its row (``spec`` as run_variant passes it)."""
+    import lightning as L
+    import torch
+
+    from crysgen.training.adversarial import AdversarialModule
+    from crysgen.training.config import AdversarialTrainConfig
+
+    device, batch = spec["device"], spec["batch"]
+    L.seed_everything(0, verbose=False)
+    cfg = AdversarialTrainConfig.from_dict({"net": {"kind": "wgan", "width": spec["width"]},
+                                            "optim": {"batch_size": batch, **spec["options"]}})
+    module = AdversarialModule(cfg.to_dict()).to(device)
+    module.manual_backward = lambda loss, *a, **kw: loss.backward(*a, **kw)  # outside Lightning
+    opt_g, opt_c = module.configure_optimizers()
+    real = torch.rand(batch, 1, 4, 64, 64, device=device)
+    if cfg.optim.channels_last:
+        real = real.contiguous(memory_format=torch.channels_last_3d)
+
+    def critic() -> Any:
+        with autocast(device):
+            return module.critic_update(real, opt_c)
+
+    def generator() -> Any:
+        with autocast(device):
+            return module.generator_update(batch, opt_g)
+
+    t0 = time.perf_counter()
+    with peak_memory(device) as memory:
+        for _ in range(spec["warmup"]):
+            critic(), generator()
+        synchronise(device)
+        warmup_s = time.perf_counter() - t0
+        critic_rate = timed(critic, spec["steps"], device)
+        generator_rate = timed(generator, spec["steps"], device)
+    n_critic = cfg.optim.n_critic
+    iteration_s = n_critic / critic_rate + 1 / generator_rate
+    return {"critic_steps_per_s": round(critic_rate, 3), "generator_steps_per_s": round(generator_rate, 3),
+            "seconds_per_iteration": round(iteration_s, 4), "n_critic": n_critic,
+            "warmup_seconds": round(warmup_s, 1), **memory,
+            "fused_used": all(o.defaults.get("fused") for o in (opt_g, opt_c))}
+
+
+def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`one_variant` in a fresh process; its row (or the error it ended with)."""
+    cmd = [sys.executable, __file__, "--one", json.dumps(spec)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    row: dict[str, Any] = {"options": spec["options"], "wall_seconds": round(time.perf_counter() - t0, 1)}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        err = proc.stderr.strip().splitlines()
+        return row | {"error": err[-1] if err else f"exit {proc.returncode}"}
+    return row | json.loads(lines[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--width", type=float, default=1.0, help="network width (1 = the paper's)")
+    p.add_argument("--batch", type=int, default=256, help="batch (the paper's WGAN-GP: 256)")
+    p.add_argument("--compile", default="false,default", help="compile settings, comma-separated")
+    p.add_argument("--channels-last", default="false,true")
+    p.add_argument("--fused", default="false,true")
+    p.add_argument("--micro-batch", default="0,128", help="0 = the whole batch")
+    p.add_argument("--warmup", type=int, default=5, help="untimed critic + generator steps")
+    p.add_argument("--steps", type=int, default=20, help="timed critic steps and generator steps")
+    p.add_argument("--suffix", default="", help="appended to the result file's name")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one variant in this process
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one_variant(json.loads(args.one))), flush=True)
+        return
+    common = {k: getattr(args, k) for k in ("device", "width", "batch", "warmup", "steps")}
+    path = ROOT / "benchmarks" / "results" / f"adversarial_step_speed{args.suffix}.json"
+    result: dict[str, Any] = {
+        "kind": "wgan", **common, "rows": [],
+        "note": ("steady rates after the warm-up steps; one process per variant; random inputs; "
+                 "bf16 autocast on a GPU, fp32 on the CPU; seconds_per_iteration = n_critic critic "
+                 "steps + one generator step")} | stamp(args.device)
+    for options in options_grid(args):
+        row = run_variant(common | {"options": options})
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
