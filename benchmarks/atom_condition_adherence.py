@@ -21,23 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 
 import numpy as np
 from scipy.stats import wasserstein_distance
 
+from atom_sample_stats import shares
 from codec import ROOT, stamp
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.representations.atoms import nearest_elements, num_elements
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def shares(values: np.ndarray) -> dict[str, float]:
-    """Share of each integer value, keys in order."""
-    counts = Counter(int(v) for v in values)
-    return {str(k): round(counts[k] / len(values), 4) for k in sorted(counts)}
 
 
 def measure(path: str, n: int, steps: int, device: str, seed: int, test_counts: np.ndarray) -> dict:

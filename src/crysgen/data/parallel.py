@@ -22,6 +22,11 @@ WORKER_DIED = ("worker_died: the process working on this entry died (exit withou
 """The reason given to an entry whose process died twice (once in the pool, once alone)."""
 
 
+def died_with_reason(_item: Any, reason: str) -> str:
+    """A ``died`` for :func:`robust_map` whose results are strings on failure: the reason itself."""
+    return reason
+
+
 def _run_chunk(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     return [fn(x) for x in items]
 

@@ -129,10 +129,6 @@ def _graph_from_arrays(arrays: dict[str, np.ndarray], settings: ConverterSetting
                         lattice=t["lattice"], atom_graph_cutoff=settings[0], bond_graph_cutoff=settings[1])
 
 
-def _graph_died(_item: Any, reason: str) -> str:
-    return reason
-
-
 def build_graphs(items: Sequence[Structure | CrystalRow], converter: Any, *, workers: int = 1,
                  progress: bool = False) -> list[Any | None]:
     """CHGNet graphs of many crystals, in ``workers`` processes; None where one failed.
@@ -164,14 +160,14 @@ def build_graphs(items: Sequence[Structure | CrystalRow], converter: Any, *, wor
         return out
     from tqdm.auto import tqdm
 
-    from crysgen.data.parallel import robust_map
+    from crysgen.data.parallel import died_with_reason, robust_map
 
     settings = converter_settings(converter)
     chunk = max(1, min(GRAPH_CHUNK_MAX, len(items) // (workers * 4)))
     with tqdm(total=len(items), desc="CHGNet graphs", disable=not progress, leave=False) as bar:
         done = robust_map(partial(graph_arrays, settings=settings), list(items),
                           workers=min(workers, len(items)),
-                          died=_graph_died, chunksize=chunk, on_done=bar.update)
+                          died=died_with_reason, chunksize=chunk, on_done=bar.update)
     return [None if isinstance(d, str) else _graph_from_arrays(d, settings) for d in done]
 
 

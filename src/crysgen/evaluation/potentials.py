@@ -129,10 +129,6 @@ def sevennet_graph_arrays(structure: Structure, cutoff: float) -> dict[str, Any]
         return f"{type(exc).__name__}: {str(exc)[:100]}"
 
 
-def _graph_died(_structure: Any, reason: str) -> str:
-    return reason
-
-
 def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size: int,
                        workers: int = 1) -> np.ndarray:
     """SevenNet-0 energy per atom of each structure, ``batch_size`` structures per forward pass.
@@ -148,7 +144,7 @@ def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size:
     from sevenn.atom_graph_data import AtomGraphData
     from torch_geometric.data import Batch
 
-    from crysgen.data.parallel import robust_map
+    from crysgen.data.parallel import died_with_reason, robust_map
 
     model, cutoff, known = load_sevennet(device)
     out = np.full(len(structures), np.nan)
@@ -157,7 +153,7 @@ def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size:
     build = partial(sevennet_graph_arrays, cutoff=cutoff)
     if workers > 1 and len(todo) > 1:
         arrays = robust_map(build, [structures[k] for k in todo], workers=min(workers, len(todo)),
-                            died=_graph_died, chunksize=max(1, min(64, len(todo) // (workers * 4))))
+                            died=died_with_reason, chunksize=max(1, min(64, len(todo) // (workers * 4))))
     else:
         arrays = [build(structures[k]) for k in todo]
     graphs, where = [], []

@@ -72,6 +72,13 @@ atom of Materials Project phases lie between about -13 and 0). An energy outside
 hole or blow-up of the potential (SevenNet-0 gave one generated crystal -1.5e10 eV/atom) and is
 left out of the hull: as a reference crystal or an elemental terminal it would move the hull of
 every sample of its chemical system."""
+
+
+def plausible_energy(e: float) -> bool:
+    """Whether an energy per atom lies in :data:`PLAUSIBLE_ENERGY` (NaN does not)."""
+    return bool(PLAUSIBLE_ENERGY[0] <= e <= PLAUSIBLE_ENERGY[1])
+
+
 IMPLAUSIBLE_BELOW = -0.5
 """eV/atom: an energy this far below the reference hull is taken for an artefact (a hole of the
 potential for an unphysical structure, or a hull that lacks the system's phases) and not counted
@@ -535,9 +542,8 @@ def reference_energies(crystals: CrystalSet, *, device: str = "cpu", batch_size:
     label = "CHGNet" if potential == "chgnet" else potential
     bar = tqdm(total=len(crystals), desc=f"{label} reference energies", disable=not progress,
                leave=False)
-    block = GRAPH_BLOCK
-    for start in range(0, len(crystals), block):
-        idx = list(range(start, min(start + block, len(crystals))))
+    for start in range(0, len(crystals), GRAPH_BLOCK):
+        idx = list(range(start, min(start + GRAPH_BLOCK, len(crystals))))
         if potential == "chgnet":
             out[idx] = chgnet_energies(crystal_rows(crystals, idx), device, batch_size, workers)
         else:
@@ -715,12 +721,11 @@ def elemental_references(symbols: set[str], data_terminals: dict[str, float], *,
         energies = _rescored_candidates(cands, potential, options=o, cache_dir=cache_dir,
                                         batch_size=batch_size)
     out = {}
-    lo, hi = PLAUSIBLE_ENERGY
     for sym in sorted(symbols):
         options_e = {f"ase {k}": v for k, v in energies[sym].items()}
         if sym in data_terminals:
             options_e["data"] = data_terminals[sym]
-        options_e = {k: v for k, v in options_e.items() if lo <= v <= hi}  # NaN fails too
+        options_e = {k: v for k, v in options_e.items() if plausible_energy(v)}
         if options_e:
             source = min(options_e, key=options_e.__getitem__)
             out[sym] = {"energy_per_atom": options_e[source], "source": source}
@@ -758,7 +763,6 @@ class ReferenceHull:
 
         o = options or RelaxOptions()
         formulas, energies = [], []
-        lo, hi = PLAUSIBLE_ENERGY
         dropped = 0
         for cs in sets:
             with timed(timer, f"stability.hull_{potential}.reference_energies"):
@@ -767,7 +771,7 @@ class ReferenceHull:
             for i in range(len(cs)):
                 if not np.isfinite(e[i]):
                     continue
-                if not lo <= e[i] <= hi:
+                if not plausible_energy(e[i]):
                     dropped += 1
                     continue
                 zs, counts = np.unique(cs.atomic_numbers[i, : cs.num_sites[i]], return_counts=True)

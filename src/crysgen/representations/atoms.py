@@ -240,10 +240,10 @@ def nearest_elements_at_most(types: np.ndarray, mask: np.ndarray, allowed: list[
         limit: int (N,) the most distinct elements per sample (e.g. the count a model was
             conditioned on).
     """
+    mask = np.asarray(mask, bool)
+    z = nearest_elements(types, allowed, spec) * mask
     allowed_z = np.asarray(sorted(allowed), np.int64)
     table = spec.codes()[allowed_z].astype(np.float64)
-    mask = np.asarray(mask, bool)
-    z = nearest_rows(types, table, allowed_z) * mask
     row = {int(a): j for j, a in enumerate(allowed_z)}
     for i in np.flatnonzero(np.asarray(limit) > 0):
         k = int(limit[i])
