@@ -4,6 +4,10 @@
 #   bash benchmarks/device_setup.sh cgcnn     # .cgcnn: the CGCNN checkpoints (W(prop), properties)
 #   bash benchmarks/device_setup.sh data [DATASET]   # .gpuwork/<dataset>_asis_{train_partial|train,val,test}.npz
 #                                             # (as-given cells, crysgen data prepare; mp_20: ~9 min here)
+#   bash benchmarks/device_setup.sh data-conv # .gpuwork/mp_20_conv_{train_partial,val,test}.npz (conventional
+#                                             # cells, <= 52 sites: the CrysTens S = 52 row of gpu_session.sh) and
+#                                             # mp_20_{asis,conv}_test_csp1k.npz (atom_csp_sweep.py's seeded 1,000
+#                                             # test crystals in each cell; needs `data mp_20` first)
 #   bash benchmarks/device_setup.sh all       # wheels, cgcnn and mp_20 data
 # The wheel folders, for the GPU machine's CPython 3.12 (see ../shared/GPU.md for what it has):
 #   .whl_train  the shared wheels without chgnet and ase (pymatgen, spglib, diffusers, ...): training
@@ -27,6 +31,27 @@ data)
     [ -f "$out" ] || .venv/bin/crysgen data prepare "$csv" --out "$out" --cell as-is --max-sites "$max" --quiet
   done
   ls -la .gpuwork; exit ;;
+data-conv)
+  for split in train_partial val test; do
+    out=.gpuwork/mp_20_conv_$split.npz
+    [ -f "$out" ] || .venv/bin/crysgen data prepare "$SHARED/data/mp_20/$split.csv.gz" --out "$out" --quiet
+  done
+  .venv/bin/python - <<'PY'
+import numpy as np
+
+from crysgen import CrystalSet
+
+asis = CrystalSet.load(".gpuwork/mp_20_asis_test.npz")
+conv = CrystalSet.load(".gpuwork/mp_20_conv_test.npz")
+# the seeded draw of benchmarks/atom_csp_sweep.py (--n 1000 --seed 0), so every model meets the same targets
+pick = np.sort(np.random.default_rng(0).choice(len(asis), 1000, replace=False))
+ids = set(asis.ids[pick].tolist())
+asis.subset(pick).save(".gpuwork/mp_20_asis_test_csp1k.npz")
+keep = np.flatnonzero([i in ids for i in conv.ids])
+conv.subset(keep).save(".gpuwork/mp_20_conv_test_csp1k.npz")
+print(f"CSP targets: {len(pick)} as-is, {len(keep)} conventional (the rest have over 52 sites)")
+PY
+  exit ;;
 all) bash "$0" wheels; bash "$0" cgcnn; bash "$0" data mp_20; exit ;;
 wheels) ;;
 *) sed -n 2,8p "$0"; exit 2 ;;

@@ -19,7 +19,8 @@
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
-#   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability (of the
+#   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability of MODEL
+#                                                      # (default the run's model; of the
 #                                                      # `sample` folder, else of 1,000 new samples)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
@@ -31,24 +32,12 @@
 #   (METRICS=validity,coverage,... picks families; DATASET picks the data, run and sample folders;
 #    TAG names the run and sample folders instead (two runs of one dataset side by side, each with its
 #    own CUDA_VISIBLE_DEVICES); CONFIG another training YAML, INIT a model to start from)
-set -u
-R=/tmp/runs; W=${WORK:-benchmarks/.work}; S=$PWD/.snap; D=${DATASET:-mp_20}
+source "$(dirname "$0")/gpu_env.sh"  # install, R, W (WORK), OUT
+S=$PWD/.snap; D=${DATASET:-mp_20}
 TR=$W/${D}_asis_train.npz  # a partial train split keeps its name (the model records it)
 [ -f $W/${D}_asis_train_partial.npz ] && TR=$W/${D}_asis_train_partial.npz
 G=${TAG:-$D}; RUN=atoms_$G; A=$W/atomsamples_$G  # one run directory and sample folder per dataset (or TAG)
-export PYTHONPATH=/tmp/site:$S/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
-export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-OUT=${OUT:-/tmp/out}
-install() {  # every wheel of the carried wheel folders (.whl, or .whl_train then .whl_eval) not yet installed
-  mkdir -p /tmp/site; touch /tmp/site/.installed
-  new=$(for w in .whl*/*.whl; do [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed && echo $w; done)
-  [ -z "$new" ] && return
-  # one pip call per batch: --target skips a package folder that exists (pymatgen and pymatgen_core share one)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $new 2>&1 \
-    | grep -v "already exists"
-  for w in $new; do basename $w >> /tmp/site/.installed; done
-  rm -f /tmp/site/pynvml.py
-}
+export PYTHONPATH=/tmp/site:$S/src CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 progress() {
   nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
   m=$(ls $R/$RUN/logs/*/metrics.csv 2>/dev/null | tail -1)
@@ -78,7 +67,7 @@ pack() {  # the exported model (and the lowest-validation-loss one, model_best) 
 }
 watch() {
   end=$((SECONDS + $1))
-  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train" >/dev/null; do sleep 15; done
+  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train atom-diffusion" >/dev/null; do sleep 15; done
   progress; pack
 }
 case $1 in
@@ -106,7 +95,7 @@ pair)  # two launches side by side, one per GPU: PAIR="TAG:CONFIG TAG:CONFIG" (I
     i=$((i + 1))
   done
   sleep 90; end=$((SECONDS + $3 - 90))
-  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train" >/dev/null; do sleep 10; done
+  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train atom-diffusion" >/dev/null; do sleep 10; done
   for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1; done ;;
 pair-eval)  # eval_model.py of both PAIR runs at once, one per GPU (names atom_diffusion_TAG)
   i=0
@@ -148,7 +137,7 @@ sample)
 eval)
   T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
   cp $TR $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
-  python3 $S/benchmarks/eval_model.py $R/$RUN/model --name $2 --dataset $D --device cuda --workers 14 --work $W \
+  python3 $S/benchmarks/eval_model.py ${MODEL:-$R/$RUN/model} --name $2 --dataset $D --device cuda --workers 14 --work $W \
     --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress ${METRICS:+--metrics $METRICS} \
     ${CACHE:+--cache-dir $CACHE} \
     $( [ -d $A/denovo ] && echo --samples $A/denovo ) 2>&1 \

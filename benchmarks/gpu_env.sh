@@ -1,16 +1,22 @@
-# Sourced by the benchmarks/gpu_*.sh scripts on the device machine (repository root, .whl_min
-# carried, or WHEELS): paths, environment and the offline install of the wheels the machine lacks.
+# Sourced by the benchmarks/gpu_*.sh scripts on the device machine (repository root, the wheel
+# folders of benchmarks/device_setup.sh carried): paths, environment and the offline install of
+# the wheels the machine lacks. WORK names the carried data folder (default benchmarks/.work).
 set -u
 R=/tmp/runs
-W=benchmarks/.work
+W=${WORK:-benchmarks/.work}
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 OUT=${OUT:-/tmp/out}
 
-# WHEELS: the carried wheel folder (.whl_min; .whl_eval2 for the evaluation suite); the install is
-# skipped when /tmp/site already holds INSTALL_MARKER (a package only that wheel set has)
+# every wheel of the carried .whl*/ folders (.whl_train, .whl_eval, .whl_7net, ...) not yet
+# installed into /tmp/site on this machine; one pip call per batch, because --target skips a
+# package folder that exists (pymatgen and pymatgen_core share one)
 install() {
-  [ -d /tmp/site/${INSTALL_MARKER:-pymatgen} ] && return
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    ${WHEELS:-.whl_min}/*.whl 2>&1 | grep -v "already exists"
+  mkdir -p /tmp/site; touch /tmp/site/.installed
+  local new
+  new=$(for w in .whl*/*.whl; do [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed && echo $w; done)
+  [ -z "$new" ] && return
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $new 2>&1 \
+    | grep -v "already exists"
+  for w in $new; do basename $w >> /tmp/site/.installed; done
   rm -f /tmp/site/pynvml.py
 }

@@ -14,13 +14,19 @@
 #   bash benchmarks/gpu_session.sh one NAME CONFIG TRAIN VAL MINUTES [--init MODEL_DIR]
 #   bash benchmarks/gpu_session.sh watch SECONDS NAME
 #   bash benchmarks/gpu_session.sh finish-one NAME BENCH_NAME REFERENCE [SYMPREC]
-# Issue 17 ablation (same 26.6 M UNet and optimiser, concurrent on one GPU for the same minutes;
-# needs benchmarks/.work/mp_20_{train_partial,val,test}.npz (crysgen data prepare defaults:
-# conventional cells, <= 52 sites) and mp_20_asis_{train_partial,val,test}.npz (--cell as-is
-# --max-sites 20)):
-#   bash benchmarks/gpu_session.sh ablation MINUTES   # start the four rows detached, watch ~8 min
-#   bash benchmarks/gpu_session.sh watch SECONDS abl_s32_edm
-#   bash benchmarks/gpu_session.sh ablation-finish    # every row at the step all reached: diffusion.py + CSP
+# Issue 17 ablation (same 26.6 M UNet and optimiser, concurrent on one GPU for the same minutes).
+# Data in WORK (default benchmarks/.work; `bash benchmarks/device_setup.sh data mp_20` and
+# `... data-conv mp_20` make them in .gpuwork): mp_20_conv_{train_partial,val}.npz (crysgen data
+# prepare defaults: conventional cells, <= 52 sites) for the S = 52 row, mp_20_asis_{train_partial,
+# val,test}.npz (--cell as-is --max-sites 20) for the others, and the CSP targets
+# mp_20_{asis,conv}_test_csp1k.npz (the seeded 1,000 of atom_csp_sweep.py, one cell each). Run from
+# the committed code (cd .snap) with WORK and CRYSGEN_MODELS_DIR (.cgcnn) absolute paths:
+#   bash benchmarks/gpu_session.sh ablation MINUTES WAIT   # start the four rows detached, watch WAIT s
+#   bash benchmarks/gpu_session.sh ablation-watch WAIT     # watch the rows
+#   bash benchmarks/gpu_session.sh ablation-finish WAIT    # when all rows stopped (equal minutes, so
+#       each at its own step): score the four at once, detached (diffusion.py's Table 1/2,
+#       eval_model.py's suite without stability, CSP on the 1,000 targets); results -> /tmp/abl_out
+#   bash benchmarks/gpu_session.sh ablation-wait WAIT      # follow the scoring; copies what is done to $OUT
 # CrysTens CSP (one sample per test composition, inpainted and decoded as given):
 #   bash benchmarks/gpu_session.sh csp NAME MODEL_DIR TARGETS [STEPS] [SAMPLER]
 #     -> benchmarks/results/csp_NAME_mp_20.json (+ .targets.csv), copied to $OUT
@@ -34,7 +40,7 @@ train() {  # name config train val minutes [more options]
 }
 
 wait_runs() {
-  while pgrep -f "crysgen train" > /dev/null; do sleep 10; done
+  while pgrep -f "[c]rysgen train diffusion" > /dev/null; do sleep 10; done
   progress
 }
 
@@ -52,7 +58,7 @@ watch() {  # seconds
   local end=$((SECONDS + $1))
   while [ $SECONDS -lt $end ]; do
     sleep 60; echo "--- t+${SECONDS}s"; progress
-    pgrep -f "crysgen train" > /dev/null || { echo "no training process left"; break; }
+    pgrep -f "[c]rysgen train diffusion" > /dev/null || { echo "no training process left"; break; }
   done
 }
 
@@ -106,32 +112,46 @@ case "$1" in
   ablation)
     install || exit 1
     nvidia-smi
-    train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_train_partial mp_20_val "$2"
+    train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_conv_train_partial mp_20_conv_val "$2"
     for n in s32_ddpm s32_edm s32_edm_regions; do
       train abl_$n diffusion_mp20_$n mp_20_asis_train_partial mp_20_asis_val "$2"
     done
-    watch 480
+    watch "$3"
+    ;;
+  ablation-watch)
+    watch "$2"
     ;;
   ablation-finish)
     install || exit 1
     wait_runs
-    S=$(for n in $ROWS; do
-          ls $R/$n/checkpoints | sed -n 's/^step0*\([0-9]*\)\.ckpt$/\1/p' | sort -n | tail -1
-        done | sort -n | head -1)
-    echo "common step budget: $S"
-    M=/tmp/models
-    mkdir -p $M
+    mkdir -p /tmp/abl_out
     for n in $ROWS; do
-      python3 -m crysgen model export $R/$n --step "$S" --out $M/$n
-      case $n in abl_s52*) T=mp_20_test ;; *) T=mp_20_asis_test ;; esac
-      case $n in *edm*) DDPM_N=0 ;; *) DDPM_N=50 ;; esac  # an EDM model has no 1000-step DDPM sampler
-      python3 benchmarks/diffusion.py --device cuda --ddpm-n $DDPM_N $M/$n --reference $W/$T.npz \
-        --name ${n}_mp_20 --run $R/$n
-      csp $n $M/$n $T
-      tar cf $OUT/${n}_model.tar -C $M $n
+      setsid nohup bash "$0" ablation-row $n > /tmp/abl_out/$n.log 2>&1 < /dev/null &
+      sleep 20  # the rows copy the training split in turn
     done
-    tar cf $OUT/results.tar benchmarks/results
-    tar cf $OUT/logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R .
+    bash "$0" ablation-wait $(( $2 - 80 ))
+    ;;
+  ablation-row)  # one row's scores, into /tmp/abl_out (detached by ablation-finish)
+    n=$2; M=$R/$n/model  # exported at the wall-clock stop: every row had the same minutes
+    case $n in abl_s52*) T=mp_20_conv ;; *) T=mp_20_asis ;; esac
+    python3 benchmarks/diffusion.py --device cuda --ddpm-n 0 $M --reference $W/${T}_test.npz \
+      --name ${n}_mp_20 --run $R/$n && cp benchmarks/results/diffusion_${n}_mp_20* /tmp/abl_out/
+    python3 benchmarks/eval_model.py $M --name $n --dataset mp_20 \
+      --device cuda --workers 4 --work $W --cache-dir /tmp/evs_cache \
+      --metrics validity,distributions,coverage,novelty,properties 2>&1 | tr '\r' '\n' | grep -v -i warn | tail -30
+    cp benchmarks/results/eval_${n}_mp_20.json /tmp/abl_out/
+    python3 -m crysgen sample $M --compositions $W/${T}_test_csp1k.npz --steps 50 --device cuda \
+      --workers 4 --out /tmp/csp_$n --quiet
+    python3 benchmarks/csp.py /tmp/csp_$n --targets $W/${T}_test_csp1k.npz --name $n --dataset mp_20 --workers 4
+    cp benchmarks/results/csp_${n}_mp_20.* /tmp/abl_out/
+    echo "row $n done"
+    ;;
+  ablation-wait)
+    end=$((SECONDS + $2))
+    while [ $SECONDS -lt $end ] && pgrep -f "[a]blation-row" > /dev/null; do sleep 10; done
+    for n in $ROWS; do echo "== $n"; tail -6 /tmp/abl_out/$n.log; done
+    cp /tmp/abl_out/* $OUT/ 2>/dev/null
+    tar cf $OUT/abl_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $ROWS $(cd $R && ls abl_*.log)
     ;;
   csp)
     install || exit 1
