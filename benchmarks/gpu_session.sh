@@ -26,6 +26,7 @@
 #   bash benchmarks/gpu_session.sh ablation-finish WAIT    # when all rows stopped (equal minutes, so
 #       each at its own step): score the four at once, detached (diffusion.py's Table 1/2,
 #       eval_model.py's suite without stability, CSP on the 1,000 targets); results -> /tmp/abl_out
+#       (brought back as $OUT/abl_results.tar)
 #   bash benchmarks/gpu_session.sh ablation-wait WAIT      # follow the scoring; copies what is done to $OUT
 # CrysTens CSP (one sample per test composition, inpainted and decoded as given):
 #   bash benchmarks/gpu_session.sh csp NAME MODEL_DIR TARGETS [STEPS] [SAMPLER]
@@ -150,7 +151,7 @@ case "$1" in
     end=$((SECONDS + $2))
     while [ $SECONDS -lt $end ] && pgrep -f "[a]blation-row" > /dev/null; do sleep 10; done
     for n in $ROWS; do echo "== $n"; tail -6 /tmp/abl_out/$n.log; done
-    cp /tmp/abl_out/* $OUT/ 2>/dev/null
+    tar cf $OUT/abl_results.tar -C /tmp/abl_out .  # one file: a call brings back at most 8
     tar cf $OUT/abl_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $ROWS $(cd $R && ls abl_*.log)
     ;;
   csp)

@@ -133,3 +133,17 @@ def test_cli_trains_and_samples_from_the_run_directory(tiny_set, tmp_path, capsy
     rows = list(csv.DictReader((out / "samples.csv").open()))
     assert len(rows) == 3 and all(bool(r["cif"]) != bool(r["failure"]) for r in rows)
     assert {r["id"] for r in rows if r["cif"]} == {p.stem for p in (out / "cifs").glob("*.cif")}
+
+
+def test_export_of_a_checkpoint_is_the_run_s_own_export_at_that_iteration(tiny_set, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    own = shutil.copytree(train_adversarial(tiny_set, run, config=tiny("wgan", n_critic=2), progress=False,
+                                            accelerator="cpu"), tmp_path / "own2")
+    train_adversarial(tiny_set, run, resume=True, max_steps=3, progress=False, accelerator="cpu")
+    # iteration 2 of n_critic 2 is optimizer step 6 (the checkpoints are named by Lightning's step)
+    assert main(["model", "export", str(run), "--step", "6", "--out", str(tmp_path / "at2")]) == 0
+    a, b = AdversarialModel.from_pretrained(own), AdversarialModel.from_pretrained(tmp_path / "at2")
+    assert b.data["step"] == 2 and AdversarialModel.from_pretrained(run / "model").data["step"] == 3
+    np.testing.assert_array_equal(a.sample(3, seed=1, batch_size=3), b.sample(3, seed=1, batch_size=3))

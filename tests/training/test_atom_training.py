@@ -170,3 +170,25 @@ def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(t
 
     with pytest.raises(CrysgenError, match="limit-element-count"):
         AtomDiffusionModel.from_pretrained(plain).prepare(SampleOptions(n=1, limit_element_count=True))
+
+
+def test_export_of_a_checkpoint_is_the_run_s_own_export_at_that_step(tiny_set, tmp_path):
+    import shutil
+
+    from crysgen.cli import main
+
+    run = tmp_path / "run"
+    cfg = AtomTrainConfig.from_dict(TINY)
+    shutil.copytree(train_atom_diffusion(tiny_set, run, config=cfg, max_steps=2, accelerator="cpu",
+                                         progress=False), tmp_path / "own2")
+    train_atom_diffusion(tiny_set, run, resume=True, max_steps=4, accelerator="cpu", progress=False)
+    assert main(["model", "export", str(run), "--step", "2", "--out", str(tmp_path / "at2")]) == 0
+    own, at2 = (AtomDiffusionModel.from_pretrained(tmp_path / d) for d in ("own2", "at2"))
+    last = AtomDiffusionModel.from_pretrained(run / "model")
+    assert at2.data["step"] == 2 and at2.data["sha256"] == own.data["sha256"] and at2.spec == own.spec
+    for (k, a), b in zip(own.net.state_dict().items(), at2.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)  # the EMA weights of step 2, not those of step 4
+    assert any(not torch.equal(a, c) for a, c in zip(own.net.state_dict().values(),
+                                                     last.net.state_dict().values(), strict=True))
+    assert main(["model", "export", str(run), "--step", "3", "--out", str(tmp_path / "x")]) == 2
+    assert main(["model", "export", str(tmp_path), "--out", str(tmp_path / "y")]) == 2  # not a run

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default: the SR stage's stage.aug_sample)")
     p.set_defaults(func=_cmd_model_cascade)
     p = msub.add_parser("export", help="a run's checkpoint (EMA weights) -> model directory")
-    p.add_argument("run", help="run directory of `crysgen train diffusion`")
+    p.add_argument("run", help="run directory of `crysgen train diffusion|atom-diffusion|gan|wgan`")
     p.add_argument("--step", type=int, default=None,
                    help="export checkpoints/stepNNNNNNN.ckpt (default: last.ckpt)")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _cmd_model_export(args: argparse.Namespace) -> int:
-    from crysgen.training.diffusion import export_checkpoint
+    from crysgen.training.exports import export_checkpoint
 
     print(f"model directory: {export_checkpoint(args.run, args.out, step=args.step)}")
     return 0

@@ -43,7 +43,7 @@ from crysgen.objectives.adversarial import (
 from crysgen.pipelines.adversarial import AdversarialModel
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import AdversarialTrainConfig
-from crysgen.training.runs import fit, open_run, tensor_loader
+from crysgen.training.runs import checkpoint_data, fit, open_run, read_checkpoint, tensor_loader
 
 if TYPE_CHECKING:
     from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -296,6 +296,27 @@ def export_model(module: AdversarialModule, scaling: CrysTensScaling, data: dict
                  out: Path) -> Path:
     """Save the module's generator as a model directory."""
     return AdversarialModel(module.generator, module.cfg.net, scaling, data).save_pretrained(out)
+
+
+def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None) -> Path:
+    """Export the generator of one of a GAN / WGAN-GP run's checkpoints as a model directory.
+
+    Args:
+        run: run directory of `crysgen train gan|wgan`.
+        out: model directory to write.
+        step: the checkpoint ``checkpoints/stepNNNNNNN.ckpt`` to export (None: ``last.ckpt``).
+
+    Raises:
+        CrysgenError: if the run or the checkpoint does not exist.
+    """
+    state = read_checkpoint(run, step)
+    config = state["hyper_parameters"]["config"]
+    # eager: exporting runs no forward, so compiled wrappers would only cost their set-up
+    module = AdversarialModule(config | {"optim": config.get("optim", {}) | {"compile": False}})
+    module.load_state_dict(state["state_dict"])
+    iteration = int(state["global_step"]) // module.steps_per_iteration  # generator updates
+    data = checkpoint_data(run, iteration)
+    return export_model(module, CrysTensScaling.load(Path(run) / "scaling.json"), data, Path(out))
 
 
 def train_adversarial(

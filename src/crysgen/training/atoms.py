@@ -23,7 +23,15 @@ from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
 from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce, num_elements
 from crysgen.representations.elements import CODE_DIM
 from crysgen.training.config import AtomTrainConfig
-from crysgen.training.runs import adamw_with_warmup, batch_loader, ema_copy, fit, open_run
+from crysgen.training.runs import (
+    adamw_with_warmup,
+    batch_loader,
+    checkpoint_data,
+    ema_copy,
+    fit,
+    open_run,
+    read_checkpoint,
+)
 
 
 def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
@@ -88,8 +96,13 @@ class AtomDiffusionModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({f"val_{k}": v for k, v in parts.items()}, sync_dist=True)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA weights after every optimiser step."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update.
+
+        Inside the step, so that a checkpoint saved at this step (by a callback's
+        ``on_train_batch_end``, which runs before the module's) holds the EMA of every step it counts.
+        """
+        super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.net)
 
     def iteration(self, trainer: L.Trainer) -> int:
@@ -105,6 +118,25 @@ def export_model(module: AtomDiffusionModule, data: dict[str, Any], out: Path) -
     """Save the module's EMA weights as an ``atom_diffusion`` model directory."""
     net = cast(AtomTransformer, module.ema.module)
     return AtomDiffusionModel(net, module.cfg.edm, module.spec, data).save_pretrained(out)
+
+
+def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None) -> Path:
+    """Export the EMA weights of one of an atom diffusion run's checkpoints as a model directory.
+
+    Args:
+        run: run directory of `crysgen train atom-diffusion`.
+        out: model directory to write.
+        step: the checkpoint ``checkpoints/stepNNNNNNN.ckpt`` to export (None: ``last.ckpt``).
+
+    Raises:
+        CrysgenError: if the run or the checkpoint does not exist.
+    """
+    state = read_checkpoint(run, step)
+    hp = state["hyper_parameters"]
+    # eager: exporting runs no forward, so a compiled wrapper would only cost its set-up
+    module = AtomDiffusionModule(hp["config"] | {"compile": False}, hp["spec"])
+    module.load_state_dict(state["state_dict"])
+    return export_model(module, checkpoint_data(run, int(state["global_step"])), Path(out))
 
 
 def train_atom_diffusion(

@@ -6,7 +6,6 @@ weights, exported at every checkpoint and at the end.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,7 +21,15 @@ from crysgen.objectives.diffusion_edm import edm_loss
 from crysgen.pipelines.diffusion import DiffusionModel
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import DiffusionTrainConfig
-from crysgen.training.runs import adamw_with_warmup, ema_copy, fit, open_run, tensor_loader
+from crysgen.training.runs import (
+    adamw_with_warmup,
+    checkpoint_data,
+    ema_copy,
+    fit,
+    open_run,
+    read_checkpoint,
+    tensor_loader,
+)
 
 if TYPE_CHECKING:
     from diffusers.models.unets.unet_2d import UNet2DModel
@@ -67,8 +74,13 @@ class DiffusionModule(L.LightningModule):
         loss = self.loss(self.ema.module, batch, generator=gen)
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA weights after every optimiser step."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update.
+
+        Inside the step, so that a checkpoint saved at this step (by a callback's
+        ``on_train_batch_end``, which runs before the module's) holds the EMA of every step it counts.
+        """
+        super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.unet)
 
     def iteration(self, trainer: L.Trainer) -> int:
@@ -103,22 +115,11 @@ def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = No
     Raises:
         CrysgenError: if the run or the checkpoint does not exist.
     """
-    run = Path(run)
-    name = "last.ckpt" if step is None else f"step{step:07d}.ckpt"
-    ckpt = run / "checkpoints" / name
-    if not ckpt.is_file():
-        have = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if run.is_dir() else []
-        raise CrysgenError(f"no checkpoint {ckpt}" + (f" (have: {', '.join(have)})" if have else ""))
-    try:  # a user-named file: tensors and plain containers only, never pickled code
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CrysgenError(f"cannot read {ckpt} as a training checkpoint: {exc}") from exc
+    state = read_checkpoint(run, step)
     module = DiffusionModule(state["hyper_parameters"]["config"])
     module.load_state_dict(state["state_dict"])
-    data = json.loads((run / "model" / "config.json").read_text())["data"] if (
-        run / "model" / "config.json").is_file() else {}
-    return export_model(module, CrysTensScaling.load(run / "scaling.json"),
-                        data | {"step": int(state["global_step"])}, Path(out))
+    data = checkpoint_data(run, int(state["global_step"]))
+    return export_model(module, CrysTensScaling.load(Path(run) / "scaling.json"), data, Path(out))
 
 
 def _init_model(init: str | Path, config: DiffusionTrainConfig, crystals: CrystalSet,

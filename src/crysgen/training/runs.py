@@ -260,6 +260,46 @@ class WallClockStop(Callback):
             trainer.should_stop = True
 
 
+def read_checkpoint(run: str | Path, step: int | None = None) -> dict[str, Any]:
+    """One of a run's checkpoints, read as tensors and plain containers only.
+
+    Args:
+        run: a run directory.
+        step: the checkpoint ``checkpoints/stepNNNNNNN.ckpt`` (None: ``last.ckpt``).
+
+    Returns:
+        the checkpoint dict (``state_dict``, ``hyper_parameters``, ``global_step``, ...).
+
+    Raises:
+        CrysgenError: if the checkpoint does not exist or is not a training checkpoint (a
+            user-named file is never unpickled as code).
+    """
+    run = Path(run)
+    name = "last.ckpt" if step is None else f"step{step:07d}.ckpt"
+    ckpt = run / "checkpoints" / name
+    if not ckpt.is_file():
+        have = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if run.is_dir() else []
+        raise CrysgenError(f"no checkpoint {ckpt}" + (f" (have: {', '.join(have)})" if have else ""))
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CrysgenError(f"cannot read {ckpt} as a training checkpoint: {exc}") from exc
+    need = {"state_dict", "hyper_parameters", "global_step"}
+    if not isinstance(state, dict) or not need <= state.keys():
+        raise CrysgenError(f"cannot read {ckpt} as a training checkpoint: it lacks {', '.join(sorted(need))}")
+    return state
+
+
+def checkpoint_data(run: str | Path, step: int) -> dict[str, Any]:
+    """The data record of a model exported from a run's checkpoint.
+
+    That is the run's record, with the checkpoint's iteration (``module.iteration``) as ``step``.
+    """
+    exported = Path(run) / "model" / "config.json"
+    data = json.loads(exported.read_text())["data"] if exported.is_file() else {}
+    return cast("dict[str, Any]", data) | {"step": step}
+
+
 class ExportModel(Callback):
     """Write the model directory whenever a checkpoint is saved (main process only).
 
