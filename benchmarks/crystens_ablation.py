@@ -46,10 +46,15 @@ def training(run: Path) -> dict:
             "device": last.get("device")}
 
 
-def scores(row: str) -> dict:
-    """The row's score files that exist, reduced to their headline figures."""
+def scores(row: str, run: Path) -> dict:
+    """The row's score files that exist, reduced to their headline figures; a suite that refused
+    the row's samples because none decoded (its ``score.log``) is said so."""
     out: dict = {}
     ev = RESULTS / f"eval_{row}_mp_20.json"
+    log = run / "score.log"
+    if not ev.is_file() and log.is_file() and "holds no .cif files" in log.read_text():
+        out["eval"] = {"struct_valid": 0.0, "why": "no de novo sample decoded, so the suite had nothing "
+                       "to score (score.log)"}
     if ev.is_file():
         m = json.loads(ev.read_text())["metrics"]
         out["eval"] = {k: m[k]["value"] for k in EVAL_KEYS if k in m} | {"file": ev.name}
@@ -75,7 +80,7 @@ def main() -> None:
     for row, what in ROWS.items():
         if not (lease / row).is_dir():
             continue
-        got = scores(row)
+        got = scores(row, lease / row)
         rows.append({"row": row, "what": what, "training": training(lease / row), **got,
                      "scored": sorted(k for k in ("eval", "csp", "table1_2") if k in got)})
     if not rows:

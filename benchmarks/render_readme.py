@@ -242,6 +242,28 @@ def eval_models_table() -> list[str]:
     return [*lines, ""]
 
 
+def ablation_table() -> list[str]:
+    """The CrysTens ablation of issue 17 (crystens_ablation_mp_20.json), rows as measured."""
+    path = ROOT / "benchmarks" / "results" / "crystens_ablation_mp_20.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    lines = [f"**CrysTens ablation** ([`{path.name}`]({path.relative_to(ROOT)}), lease `{d['lease']}`: "
+             "26.6 M-parameter UNets trained side by side on one H200 for the same minutes, then "
+             "scored by the suite without stability and by CSP on the seeded 1,000 mp_20 test "
+             "compositions; n/s = not scored in that lease; a struct. valid of 0 with comp. n/s: no sample "
+             "decoded at all)", "",
+             "| row | what | steps | samples/s | struct. valid | comp. valid | CSP match |",
+             "|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        t, ev, csp = r["training"], r.get("eval", {}), r.get("csp", {})
+        pct = [f"{100 * ev[k]:.1f} %" if k in ev else "n/s" for k in ("struct_valid", "comp_valid")]
+        rate = f"{csp['match_rate_percent']:.1f} %" if csp else "n/s"
+        lines.append(f"| {r['row']} | {r['what']} | {t['steps']:,} | {t['samples_per_s']:.0f} | "
+                     f"{pct[0]} | {pct[1]} | {rate} |")
+    return [*lines, ""]
+
+
 def eval_speed_table() -> list[str]:
     """`crysgen evaluate`'s wall time by family (eval_speed.json) and, where both potentials ran,
     their stable rates and agreement."""
@@ -548,7 +570,7 @@ def replace_block(text: str, start: str, end: str, block: str) -> str:
 
 def main() -> None:
     data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
-    block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ddp_line(),
+    block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ablation_table(), *ddp_line(),
                        *compare_table(),
                        *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
                        *atom_table(), *throughput_table(), *voxel_table(), END])
