@@ -89,3 +89,17 @@ def test_the_suite_reference_fingerprints_share_the_cache(tmp_path, workers):
     assert cache_path(cs, tmp_path).is_file()
     direct = cached_fingerprints(cs, cache_dir=tmp_path)
     np.testing.assert_array_equal(got[0][0], direct[0][0])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_set_stop_event_ends_the_work_and_nothing_is_cached(tmp_path, workers):
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    cs = CrystalSet.from_structures(_crystals()[:3], max_sites=52)
+    with pytest.raises(fingerprints.FingerprintsStopped):
+        cached_fingerprints(cs, workers=workers, cache_dir=tmp_path, stop=stop)
+    assert not cache_path(cs, tmp_path).exists()
+    assert len(cached_fingerprints(cs, workers=workers, cache_dir=tmp_path,
+                                   stop=threading.Event())) == len(cs)  # not set: the whole set

@@ -195,3 +195,36 @@ def test_an_unknown_potential_is_refused_before_any_work(tmp_path, capsys, monke
     assert cli.main([*args, "--potential", "both"]) == 2
     assert "pip install 'crysgen[potentials]'" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -------------------------------------------- the batch loop both potentials' static energies share
+def _forward(calls, bad=(), batch_fails=False):
+    """A forward pass giving 10 * item; a batch of several fails when it holds a ``bad`` item (or
+    always, ``batch_fails``), and a ``bad`` item fails alone too."""
+
+    def forward(chunk):
+        calls.append(list(chunk))
+        if any(x in bad for x in chunk) or (batch_fails and len(chunk) > 1):
+            raise RuntimeError("CUDA out of memory")
+        return np.array([10.0 * x for x in chunk])
+
+    return forward
+
+
+def test_a_failed_batch_goes_one_at_a_time_in_order():
+    from crysgen.evaluation.potentials import forward_in_batches
+
+    calls = []
+    got = forward_in_batches(_forward(calls, batch_fails=True), [1, 2, 3, 4, 5], batch_size=2)
+    np.testing.assert_array_equal(got, [10, 20, 30, 40, 50])
+    assert calls == [[1, 2], [1], [2], [3, 4], [3], [4], [5]]
+
+
+def test_one_failing_item_costs_only_itself():
+    from crysgen.evaluation.potentials import forward_in_batches
+
+    calls = []
+    got = forward_in_batches(_forward(calls, bad={4}), [1, 2, 3, 4, 5, 6, 7], batch_size=3)
+    np.testing.assert_array_equal(got, [10, 20, 30, np.nan, 50, 60, 70])  # NaN only for item 4
+    assert calls == [[1, 2, 3], [4, 5, 6], [4], [5], [6], [7]]  # only its batch went one by one
+    assert forward_in_batches(_forward([]), [], batch_size=3).shape == (0,)

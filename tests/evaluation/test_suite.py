@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from crysgen import CrysgenError, CrystalSet
@@ -117,3 +118,187 @@ def test_a_corrupt_reference_fingerprint_cache_is_recomputed_with_a_warning(tmp_
     assert again[0][2] is None and (again[0][0] == first[0][0]).all()
     assert len(reference_fingerprints(cs, ref, o, progress=False)) == 1  # the rewritten file reads
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------- reference fingerprints beside the stability family
+def _cheap_stability(monkeypatch, on_relax=None):
+    """Stand-ins for CHGNet (relaxation, reference and terminal energies): numbers, no model.
+
+    ``on_relax`` runs when the relaxation starts (in the main thread)."""
+    import numpy as np
+
+    from crysgen.evaluation import stability, suite
+    from crysgen.evaluation.stability import Relaxation
+
+    def relax_all(structures, options, workers, progress):
+        if on_relax is not None:
+            on_relax()
+        return [Relaxation(-1.0, -1.0 - 0.01 * len(s), 0.01, 1, True, 0.0, s) for s in structures]
+
+    monkeypatch.setattr(suite, "_relax_all", relax_all)
+    monkeypatch.setattr(stability, "reference_energies",
+                        lambda cs, **kw: -1.5 - 0.05 * np.arange(len(cs)))
+    monkeypatch.setattr(stability, "relaxed_candidates", lambda symbols, **kw: {
+        s: {"fcc": {"energy_per_atom": -1.0}} for s in symbols})
+
+
+def _coverage_set(tmp_path):
+    """Four real reference crystals and five samples near them (strained, one swapped species)."""
+    names = ["NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO"]
+    ref = CrystalSet.from_structures([load_cif(k) for k in names], ids=names, max_sites=52)
+    samples = []
+    for k, name in enumerate(names):
+        s = load_cif(name)
+        s.apply_strain(0.02 * (k + 1))
+        samples.append(s)
+    kcl = load_cif("NaCl")
+    kcl.replace_species({"Na": "K"})
+    samples.append(kcl)
+    gen = CrystalSet.from_structures(samples, ids=[f"s{k}" for k in range(len(samples))], max_sites=52)
+    train = CrystalSet.from_structures([load_cif("NaCl")], max_sites=52)
+    return (gen.save(tmp_path / "samples.npz"), train.save(tmp_path / "train.npz"),
+            ref.save(tmp_path / "ref_mp_20.npz"))
+
+
+def _spy_coverage(monkeypatch):
+    """Record the arrays COV is computed on (order matters here, unlike in COV itself)."""
+    from crysgen.evaluation import coverage
+
+    seen = []
+    real = coverage.coverage
+
+    def spy(*args, **kw):
+        seen.append([np.asarray(a).copy() for a in args])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(coverage, "coverage", spy)
+    return seen
+
+
+COV_AND_STABILITY = ("validity", "coverage", "novelty", "stability")
+
+
+def test_reference_fingerprints_beside_the_relaxation_give_the_same_figures(tmp_path, monkeypatch):
+    """Overlapped (2 workers: computed in the background while the relaxation runs) and
+    sequential (1 worker: computed in place, before stability) give the same metrics, rows and
+    COV inputs, in the same order."""
+    import threading
+
+    from crysgen.evaluation import fingerprints
+
+    samples, train, ref = _coverage_set(tmp_path)
+    relax_started = threading.Event()  # the spy waits for it (at most 30 s)
+    _cheap_stability(monkeypatch, on_relax=relax_started.set)
+    real_fps = fingerprints.fingerprint_structures
+    ref_calls = []
+
+    def spy_fps(structures, **kw):
+        if kw.get("desc") == "reference fingerprints":  # with workers: waits for the relaxation
+            ref_calls.append((threading.current_thread().name,
+                              relax_started.wait(30) if kw.get("workers", 1) > 1 else None))
+        return real_fps(structures, **kw)
+
+    monkeypatch.setattr(fingerprints, "fingerprint_structures", spy_fps)
+    seen = _spy_coverage(monkeypatch)
+    runs = {}
+    for workers in (2, 1):
+        relax_started.clear()
+        o = EvalOptions(metrics=COV_AND_STABILITY, workers=workers, relax_workers=1,
+                        cache_dir=str(tmp_path / f"cache{workers}"))
+        runs[workers] = evaluate(samples, train, ref, o, progress=False)
+    # the overlapped run computed them in a background thread while the relaxation ran
+    assert ref_calls[0] == ("reference fingerprints", True)
+    assert ref_calls[1] == ("MainThread", None)
+    over, seq = runs[2], runs[1]
+    assert json.dumps(over.metrics) == json.dumps(seq.metrics)  # values and order
+    assert over.metrics["cov_recall"]["n"] == 4 and 0 < over.metrics["cov_recall"]["value"] <= 1
+    assert json.dumps(over.rows, default=str) == json.dumps(seq.rows, default=str)
+    assert len(seen) == 2
+    for a, b in zip(*seen, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the wait is coverage's; the background's own seconds are kept apart
+    assert "coverage.reference_fingerprints" in over.seconds
+    assert "coverage.reference_fingerprints_background" in over.seconds
+    assert "coverage.reference_fingerprints_background" not in seq.seconds
+    # the wait began after the work did and ended with it
+    assert (over.seconds["coverage.reference_fingerprints"]
+            <= over.seconds["coverage.reference_fingerprints_background"] + 0.02)
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_an_error_in_the_reference_fingerprints_reaches_the_caller(tmp_path, monkeypatch, workers):
+    """Raised in the background thread (2 workers) or in place (1): the same error, the same
+    message, and the status names the step that waited for it."""
+    import threading
+
+    from crysgen.evaluation import fingerprints
+
+    samples, train, ref = _coverage_set(tmp_path)
+    _cheap_stability(monkeypatch)
+    real_fps = fingerprints.fingerprint_structures
+    threads = []
+
+    def broken(structures, **kw):
+        if kw.get("desc") == "reference fingerprints":
+            threads.append(threading.current_thread().name)
+            raise RuntimeError("CrystalNN broke on crystal 3")
+        return real_fps(structures, **kw)
+
+    monkeypatch.setattr(fingerprints, "fingerprint_structures", broken)
+    status = tmp_path / "out" / "metrics.json"
+    o = EvalOptions(metrics=COV_AND_STABILITY, workers=workers, relax_workers=1,
+                    cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError) as caught:
+        evaluate(samples, train, ref, o, progress=False, status_file=status)
+    assert str(caught.value) == "CrystalNN broke on crystal 3"
+    assert threads == ["reference fingerprints" if workers > 1 else "MainThread"]
+    saved = json.loads(status.read_text())
+    assert saved["status"] == "failed" and "CrystalNN broke on crystal 3" in saved["error"]
+    assert saved["running"] == ["coverage", "coverage.reference_fingerprints"]
+    if workers > 1:  # it surfaced after the stability family, which ran in full
+        assert "stability" in saved["seconds"]
+
+
+def test_a_run_stopped_by_ctrl_c_stops_the_background_fingerprints(tmp_path, monkeypatch):
+    """Ctrl-C during the relaxation: evaluate raises KeyboardInterrupt at once, without waiting
+    for the reference fingerprints, and their background work is told to stop and ends."""
+    import threading
+    import time
+
+    from crysgen.evaluation import fingerprints
+
+    samples, train, ref = _coverage_set(tmp_path)
+    started = threading.Event()
+
+    def interrupted():
+        started.wait(60)  # the background work is running
+        raise KeyboardInterrupt
+
+    _cheap_stability(monkeypatch, on_relax=interrupted)
+    real_fps = fingerprints.fingerprint_structures
+    stopped = []
+
+    def endless(structures, **kw):
+        if kw.get("desc") != "reference fingerprints":
+            return real_fps(structures, **kw)
+        started.set()
+        stop = kw.get("stop")
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 60:  # "forever", unless told to stop
+            if stop is not None and stop.is_set():
+                stopped.append(time.perf_counter() - t0)
+                raise fingerprints.FingerprintsStopped("stopped")
+            time.sleep(0.02)
+        return real_fps(structures, **kw)
+
+    monkeypatch.setattr(fingerprints, "fingerprint_structures", endless)
+    o = EvalOptions(metrics=COV_AND_STABILITY, workers=2, relax_workers=1, cache_dir=str(tmp_path / "c"))
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(samples, train, ref, o, progress=False)
+    assert time.perf_counter() - t0 < 30  # not the 60 s the fingerprints would have taken
+    for thread in [t for t in threading.enumerate() if t.name == "reference fingerprints"]:
+        thread.join(10)
+        assert not thread.is_alive()
+    assert len(stopped) == 1 and stopped[0] < 30
+    assert not list((tmp_path / "c").glob("fingerprints/*"))  # nothing cached

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crysgen.errors import CrysgenError
+
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Sequence
     from pathlib import Path
 
@@ -112,8 +115,18 @@ def _died(_structure: Any, reason: str) -> Fingerprints:
     return None, None, reason
 
 
+class FingerprintsStopped(CrysgenError):
+    """The ``stop`` event of :func:`fingerprint_structures` was set: its caller gave the work up."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise FingerprintsStopped("fingerprints stopped before they were all computed")
+
+
 def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
-                           progress: bool = False, desc: str = "fingerprints") -> list[Fingerprints]:
+                           progress: bool = False, desc: str = "fingerprints",
+                           stop: threading.Event | None = None) -> list[Fingerprints]:
     """:func:`fingerprint_pair` of every structure, in ``workers`` processes, in input order.
 
     The work goes out largest crystals first (CrystalNN's cost grows with the number of sites)
@@ -127,9 +140,15 @@ def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
         workers: processes (1: in this process).
         progress: show a progress bar.
         desc: its label.
+        stop: when set (by another thread, e.g. a run that stopped while these were computing
+            in the background), the work ends at the next crystal or chunk of crystals with
+            :class:`FingerprintsStopped`.
 
     Returns:
         One (structure, composition, reason) tuple per structure (see :data:`Fingerprints`).
+
+    Raises:
+        FingerprintsStopped: ``stop`` was set.
     """
     from tqdm.auto import tqdm
 
@@ -141,13 +160,19 @@ def fingerprint_structures(structures: Sequence[Structure], *, workers: int = 1,
         if workers <= 1 or n < 2:
             out: list[Fingerprints] = []
             for s in structures:
+                _check(stop)
                 out.append(fingerprint_pair(s))
                 bar.update(1)
             return out
+
+        def on_done(k: int) -> None:
+            bar.update(k)
+            _check(stop)  # raised here, the pool is shut down (the chunks running finish first)
+
         order = sorted(range(n), key=lambda i: -len(structures[i]))  # stable: ties keep input order
         chunk = max(1, min(CHUNK_MAX, n // (workers * 4)))
         done = robust_map(fingerprint_pair, [structures[i] for i in order], workers=min(workers, n),
-                          died=_died, chunksize=chunk, on_done=bar.update)
+                          died=_died, chunksize=chunk, on_done=on_done)
     out = [(None, None, "not computed")] * n
     for i, f in zip(order, done, strict=True):
         out[i] = f
@@ -192,7 +217,7 @@ def _read_cache(path: Path, n: int) -> list[Fingerprints] | None:
 
 def cached_fingerprints(crystals: CrystalSet, structures: Sequence[Structure] | None = None, *,
                         workers: int = 1, cache_dir: str | Path | None = None,
-                        progress: bool = False) -> list[Fingerprints]:
+                        progress: bool = False, stop: threading.Event | None = None) -> list[Fingerprints]:
     """Fingerprints of every crystal of a set, read from the disk cache or computed and cached.
 
     Every model is scored against the same reference set, and its fingerprints cost as much as
@@ -209,6 +234,7 @@ def cached_fingerprints(crystals: CrystalSet, structures: Sequence[Structure] | 
         workers: processes when they must be computed (:func:`fingerprint_structures`).
         cache_dir: the cache folder (default ``$CRYSGEN_CACHE`` or ``~/.cache/crysgen``).
         progress: show a progress bar while computing.
+        stop: ends the computing early (:func:`fingerprint_structures`; nothing is cached).
 
     Returns:
         One (structure, composition, reason) tuple per crystal (see :data:`Fingerprints`).
@@ -222,11 +248,9 @@ def cached_fingerprints(crystals: CrystalSet, structures: Sequence[Structure] | 
     if structures is None:
         structures = crystals.to_structures()
     if len(structures) != len(crystals):
-        from crysgen.errors import CrysgenError
-
         raise CrysgenError(f"cached_fingerprints: {len(structures)} structures for {len(crystals)} crystals")
     fps = fingerprint_structures(structures, workers=workers, progress=progress,
-                                 desc="reference fingerprints")
+                                 desc="reference fingerprints", stop=stop)
     good = [f for f in fps if f[2] is None]
     if good:
         st0, co0, _ = good[0]

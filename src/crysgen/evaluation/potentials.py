@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from crysgen.errors import CrysgenError
 from crysgen.evaluation.chgnet_batch import FORWARD_BATCH
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pymatgen.core import Structure
     from sevenn.nn.sequential import AtomGraphSequential
@@ -47,6 +47,7 @@ SECOND = "sevennet"
 SEVENNET_MODEL = "7net-0"
 """SevenNet's name of the bundled SevenNet-0 (11Jul2024) checkpoint (10 MB inside the wheel)."""
 
+T = TypeVar("T")
 _PACKAGE = {"chgnet": "chgnet", "sevennet": "sevenn"}
 _MODELS: dict[tuple[str, str], Any] = {}
 
@@ -115,6 +116,41 @@ def load_sevennet(device: str = "cpu") -> tuple[Any, float, set[int]]:
     return _MODELS[key]
 
 
+def forward_in_batches(forward: Callable[[list[T]], Any], items: Sequence[T], batch_size: int,
+                       device: str = "cpu") -> np.ndarray:
+    """``forward`` over ``items``, ``batch_size`` at a time; a batch that fails goes one at a time.
+
+    The loop both potentials' static energies share: a batch whose forward pass raises (e.g. out
+    of GPU memory, or one structure the model cannot take) is retried item by item (after
+    emptying the CUDA cache on a GPU), so a bad item costs only itself: NaN.
+
+    Args:
+        forward: a list of items -> one number per item (array-like of that length).
+        items: the inputs (graphs), in order.
+        batch_size: items per forward call.
+        device: where the model runs (``"cuda..."``: the cache is emptied before the retries).
+
+    Returns:
+        (len(items),) float64, in input order, NaN where the item failed on its own.
+    """
+    out = np.full(len(items), np.nan)
+    for start in range(0, len(items), batch_size):
+        chunk = list(items[start:start + batch_size])
+        try:
+            out[start:start + len(chunk)] = forward(chunk)
+        except Exception:  # e.g. out of memory: one at a time, so a bad item costs only itself
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+            for k, item in enumerate(chunk):
+                try:
+                    out[start + k] = forward([item])[0]
+                except Exception:
+                    out[start + k] = np.nan
+    return out
+
+
 def sevennet_graph_arrays(structure: Structure, cutoff: float) -> dict[str, Any] | str:
     """SevenNet's graph of one structure as its numpy dict, or why it could not be built.
 
@@ -134,13 +170,13 @@ def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size:
     """SevenNet-0 energy per atom of each structure, ``batch_size`` structures per forward pass.
 
     The graphs are built first, in ``workers`` processes when more than one (the same graphs:
-    :func:`sevennet_graph_arrays` either way).
+    :func:`sevennet_graph_arrays` either way); a failed batch is retried one structure at a time
+    (:func:`forward_in_batches`).
     """
     import warnings
     from functools import partial
 
     import sevenn._keys as keys
-    import torch
     from sevenn.atom_graph_data import AtomGraphData
     from torch_geometric.data import Batch
 
@@ -171,18 +207,7 @@ def _sevennet_energies(structures: Sequence[Structure], device: str, batch_size:
         n = res[keys.NUM_ATOMS].detach().reshape(-1).to(total.dtype)
         return (total / n).cpu().numpy().astype(float)
 
-    for start in range(0, len(graphs), batch_size):
-        chunk, idx = graphs[start:start + batch_size], where[start:start + batch_size]
-        try:
-            out[idx] = run(chunk)
-        except Exception:  # e.g. out of memory: one at a time, so a bad structure costs only itself
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            for g, k in zip(chunk, idx, strict=True):
-                try:
-                    out[k] = run([g])[0]
-                except Exception:
-                    out[k] = np.nan
+    out[where] = forward_in_batches(run, graphs, batch_size, device)
     return out
 
 
@@ -195,7 +220,8 @@ def chgnet_energies(items: Sequence[Structure | CrystalRow], device: str, batch_
     energies on a GPU (tens of thousands of crystals). The graphs are built first, in ``workers``
     processes (:func:`crysgen.evaluation.chgnet_batch.build_graphs`: the same graphs, so the
     same energies); a crystal CHGNet cannot graph (e.g. isolated atoms) keeps NaN. A failed
-    batch is retried one structure at a time, so one bad crystal costs only itself (NaN).
+    batch is retried one structure at a time (:func:`forward_in_batches`), so one bad crystal
+    costs only itself (NaN).
 
     Args:
         items: pymatgen structures, or CrystalSet rows (``chgnet_batch.crystal_rows``).
@@ -215,20 +241,8 @@ def chgnet_energies(items: Sequence[Structure | CrystalRow], device: str, batch_
     built = build_graphs(items, model.graph_converter, workers=workers, progress=progress)
     where = [k for k, g in enumerate(built) if g is not None]
     graphs = [built[k] for k in where]
-    for start in range(0, len(graphs), batch_size):
-        chunk, idx = graphs[start:start + batch_size], where[start:start + batch_size]
-        try:
-            out[idx] = predict_energies(model, chunk, device, batch_size)
-        except Exception:  # e.g. out of memory: one at a time
-            if device.startswith("cuda"):
-                import torch
-
-                torch.cuda.empty_cache()
-            for g, k in zip(chunk, idx, strict=True):
-                try:
-                    out[k] = predict_energies(model, [g], device)[0]
-                except Exception:
-                    out[k] = np.nan
+    out[where] = forward_in_batches(lambda chunk: predict_energies(model, chunk, device, batch_size),
+                                    graphs, batch_size, device)
     return out
 
 

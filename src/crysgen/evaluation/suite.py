@@ -32,6 +32,7 @@ its row of ``structures.csv``, never a failed run):
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import sys
@@ -51,7 +52,12 @@ from crysgen.errors import CrysgenError
 from crysgen.evaluation.stability import RelaxOptions
 
 if TYPE_CHECKING:
+    import threading
+
     from pymatgen.core import Structure
+
+    from crysgen.evaluation.background import Background
+    from crysgen.evaluation.fingerprints import Fingerprints
 
 SCALER_CRYSTALS = 1000
 """Crystals of ``EvalOptions.comp_scaler_from`` whose fingerprints give the Magpie statistics."""
@@ -251,8 +257,8 @@ def _basics(s: Structure, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], 
     return row, bool(v), bool(comp)
 
 
-def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
-                           progress: bool) -> list[tuple[np.ndarray | None, np.ndarray | None, str | None]]:
+def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions, progress: bool, *,
+                           stop: threading.Event | None = None) -> list[Fingerprints]:
     """Fingerprints of every reference crystal, cached on disk by the data's content.
 
     :func:`crysgen.evaluation.fingerprints.cached_fingerprints` with the options' ``workers``
@@ -265,6 +271,8 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
         ref: the same crystals as pymatgen structures, in the same order.
         o: options (``workers``, ``cache_dir``).
         progress: show a progress bar while computing.
+        stop: when set, the computing ends early with
+            :class:`~crysgen.evaluation.fingerprints.FingerprintsStopped` (nothing is cached).
 
     Returns:
         Per crystal: (structure fingerprint (61,), composition fingerprint (132,), None), or
@@ -272,7 +280,28 @@ def reference_fingerprints(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
     """
     from crysgen.evaluation.fingerprints import cached_fingerprints
 
-    return cached_fingerprints(ref_cs, ref, workers=o.workers, cache_dir=o.cache_dir, progress=progress)
+    return cached_fingerprints(ref_cs, ref, workers=o.workers, cache_dir=o.cache_dir, progress=progress,
+                               stop=stop)
+
+
+def _reference_fingerprints_behind(ref_cs: CrystalSet, ref: list[Any], o: EvalOptions,
+                                   progress: bool) -> Background[list[Fingerprints]] | None:
+    """:func:`reference_fingerprints` started in the background, or None where not worth it.
+
+    A cold start's reference fingerprints are CPU work (CrystalNN in ``o.workers`` processes)
+    that nothing before coverage's last step needs, so they compute while the families after
+    coverage run (the stability family's relaxation is mostly GPU work); a daemon thread drives
+    the worker processes (:class:`~crysgen.evaluation.background.Background`). None (computed or
+    read in place) where the cache file is there (reading it is quick) or with one worker (the
+    thread would compute them itself, competing with the main thread for the interpreter).
+    """
+    from crysgen.evaluation.background import Background
+    from crysgen.evaluation.fingerprints import cache_path
+
+    if o.workers <= 1 or cache_path(ref_cs, o.cache_dir).exists():
+        return None
+    return Background(lambda stop: reference_fingerprints(ref_cs, ref, o, progress, stop=stop),
+                      name="reference fingerprints")
 
 
 def _comp_scaler(o: EvalOptions, ref_comp: np.ndarray,
@@ -344,6 +373,16 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
     there whenever a step starts or ends (``"status": "running"``), and the error when the run
     fails (``"status": "failed"``), whether or not progress bars are shown.
 
+    With both coverage and stability, reference fingerprints that are not cached yet and more
+    than one worker, the reference fingerprints are computed in the background (``workers``
+    processes driven by a thread) from the end of coverage's own fingerprints on, while the
+    families after it run (the stability family's relaxation is mostly GPU work); coverage's
+    last step then runs after stability. ``"coverage.reference_fingerprints"`` is then the time
+    coverage waited for them, ``"coverage.reference_fingerprints_background"`` the wall seconds
+    they took (overlapping other steps', not in ``"coverage"``'s). The figures are those of the
+    sequential order; an error in that work is raised here as it was raised there, and a run that
+    stops early (an error, Ctrl-C) tells it to stop without waiting for it.
+
     Args:
         samples: generated crystals (a `crysgen sample` folder, CIFs or a CrystalSet .npz).
         train: the training CrystalSet; needed only by ``NEEDS_TRAIN`` families.
@@ -360,7 +399,9 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
 
     timer = StepTimer(Path(status_file) if status_file is not None else None)
     try:
-        return _evaluate(samples, train, reference, options or EvalOptions(), progress, timer)
+        with contextlib.ExitStack() as background:  # work left in the background is stopped at the end
+            return _evaluate(samples, train, reference, options or EvalOptions(), progress, timer,
+                             background)
     except BaseException as exc:  # the status says where it stopped, then the error goes on
         if timer.seconds or timer.running:  # not for a refusal before any work
             timer.write(FAILED, f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -368,8 +409,11 @@ def evaluate(samples: str | Path | list[str | Path], train: str | Path | None, r
 
 
 def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, reference: str | Path,
-              o: EvalOptions, progress: bool, timer: Any) -> Evaluation:
-    """:func:`evaluate`'s work, each step timed by ``timer`` (a ``timing.StepTimer``)."""
+              o: EvalOptions, progress: bool, timer: Any, background: contextlib.ExitStack) -> Evaluation:
+    """:func:`evaluate`'s work, each step timed by ``timer`` (a ``timing.StepTimer``).
+
+    Work started in the background enters ``background``, whose end stops what is still running.
+    """
     from crysgen.evaluation.timing import timed
 
     check_device(o.device)  # every named file and the device before any long work
@@ -430,20 +474,10 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
         metrics["valid"] = _metric(float((struct_valid & comp_valid).sum() / n), n)
 
     fp_ok = np.zeros(len(gen), dtype=bool)
+    pending = None  # the reference fingerprints while they compute in the background
     if "coverage" in o.metrics:
         timer.begin("coverage")
-        cut, cut_source = o.cov_cutoffs, "--cov-cutoffs"
-        if cut is None:
-            from crysgen.evaluation.coverage import COV_CUTOFFS, DEFAULT_DATASET
-
-            dataset = o.dataset or _guess_dataset(reference)
-            cut_source = f"CDVAE's {dataset}" if dataset else f"CDVAE's {DEFAULT_DATASET} (default)"
-            if dataset is None:
-                print(f"note: {Path(reference).name} is not a known dataset (mp_20, perov_5, carbon_24): "
-                      f"coverage uses mp_20's cut-offs {COV_CUTOFFS[DEFAULT_DATASET]}; "
-                      "pass --dataset or --cov-cutoffs STRUCT,COMP to choose", file=sys.stderr)
-                dataset = DEFAULT_DATASET
-            cut = COV_CUTOFFS[dataset]
+        cut, cut_source = _cov_cutoffs(o, reference)
         # CDVAE's compute_cov: every generated crystal whose fingerprints can be computed
         cand = ok if o.cov_over == "all" else [i for i in ok if struct_valid[i] and comp_valid[i]]
         from crysgen.evaluation.fingerprints import fingerprint_structures
@@ -451,11 +485,6 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
         with timed(timer, "coverage.fingerprints"):
             fps = fingerprint_structures([structs[i] for i in cand], workers=o.workers,
                                          progress=progress)
-        with timed(timer, "coverage.reference_fingerprints"):
-            ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
-        from crysgen.evaluation.coverage import coverage
-        from crysgen.evaluation.fingerprints import standardise
-
         gs, gc = [], []
         for i, (s_fp, c_fp, err) in zip(cand, fps, strict=True):
             if err:
@@ -464,17 +493,16 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
             fp_ok[i] = True
             gs.append(s_fp)
             gc.append(c_fp)
-        rs = np.array([f[0] for f in ref_fps if f[2] is None])
-        rc = np.array([f[1] for f in ref_fps if f[2] is None])
-        mean, std, scaler = _comp_scaler(o, rc, progress)
-        gs_a = np.array(gs).reshape(len(gs), rs.shape[1])  # (0, Fs) when nothing has fingerprints
-        gc_a = np.array(gc).reshape(len(gc), rc.shape[1])
-        cov = coverage(gs_a, standardise(gc_a, mean, std), rs, standardise(rc, mean, std), n_generated=n,
-                       struct_cutoff=cut[0], comp_cutoff=cut[1])
-        extra = {"cutoffs": list(cut), "cutoffs_from": cut_source, "comp_scaler": scaler,
-                 "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
-        metrics["cov_recall"] = _metric(cov.recall, cov.n_reference, **extra)
-        metrics["cov_precision"] = _metric(cov.precision, cov.n_generated, **extra)
+        finish_coverage = partial(_coverage_metrics, o, gs, gc, n, cut, cut_source, progress)
+        if "stability" in o.metrics:  # the relaxation runs while they compute (collected below)
+            pending = _reference_fingerprints_behind(ref_cs, ref, o, progress)
+        if pending is None:
+            with timed(timer, "coverage.reference_fingerprints"):
+                ref_fps = reference_fingerprints(ref_cs, ref, o, progress)
+            metrics.update(finish_coverage(ref_fps))
+        else:
+            background.enter_context(pending)  # a run that stops early stops them too
+            metrics.update({k: {} for k in ("cov_recall", "cov_precision")})  # their places
         timer.end("coverage")
     # CDVAE's "valid": comp and struct valid and (when computed) fingerprintable
     valid = struct_valid & comp_valid & (fp_ok if "coverage" in o.metrics else True)
@@ -543,6 +571,13 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
             if not struct_valid[i]:
                 rows[i]["relax_reason"] = "not relaxed: structurally invalid"
         timer.end("stability")
+    if pending is not None:  # coverage's last step, on the reference fingerprints computed meanwhile
+        timer.begin("coverage")
+        with timed(timer, "coverage.reference_fingerprints"):  # the wait for them, not their work
+            ref_fps = pending.result()
+        timer.add("coverage.reference_fingerprints_background", pending.seconds or 0.0)
+        metrics.update(finish_coverage(ref_fps))
+        timer.end("coverage")
     for r in rows:
         r.setdefault("problem", "")
     if "stability" not in o.metrics:
@@ -553,6 +588,53 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
         tables["csp_targets.csv"] = csp.rows
     return Evaluation(metrics, rows, plots, {**timer.rounded(), "total": round(timer.elapsed(), 2)},
                       tables, relaxed)
+
+
+def _cov_cutoffs(o: EvalOptions, reference: str | Path) -> tuple[tuple[float, float], str]:
+    """COV's (structure, composition) cut-offs and where they come from (a note when guessed)."""
+    if o.cov_cutoffs is not None:
+        return o.cov_cutoffs, "--cov-cutoffs"
+    from crysgen.evaluation.coverage import COV_CUTOFFS, DEFAULT_DATASET
+
+    dataset = o.dataset or _guess_dataset(reference)
+    cut_source = f"CDVAE's {dataset}" if dataset else f"CDVAE's {DEFAULT_DATASET} (default)"
+    if dataset is None:
+        print(f"note: {Path(reference).name} is not a known dataset (mp_20, perov_5, carbon_24): "
+              f"coverage uses mp_20's cut-offs {COV_CUTOFFS[DEFAULT_DATASET]}; "
+              "pass --dataset or --cov-cutoffs STRUCT,COMP to choose", file=sys.stderr)
+        dataset = DEFAULT_DATASET
+    return COV_CUTOFFS[dataset], cut_source
+
+
+def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
+                      cut: tuple[float, float], cut_source: str, progress: bool,
+                      ref_fps: list[Fingerprints]) -> dict[str, dict[str, Any]]:
+    """COV-R and COV-P of the generated fingerprints (``gs``, ``gc``) against the reference's.
+
+    Args:
+        o: options (``comp_scaler``, ``cov_over``).
+        gs: structure fingerprints of the generated crystals that have them.
+        gc: their composition fingerprints, in the same order.
+        n: number of samples (COV-P's ``n_generated``).
+        cut: (structure, composition) cut-offs.
+        cut_source: where they come from.
+        progress: progress bars (a composition scaler fitted on a file).
+        ref_fps: :func:`reference_fingerprints` of the reference crystals.
+    """
+    from crysgen.evaluation.coverage import coverage
+    from crysgen.evaluation.fingerprints import standardise
+
+    rs = np.array([f[0] for f in ref_fps if f[2] is None])
+    rc = np.array([f[1] for f in ref_fps if f[2] is None])
+    mean, std, scaler = _comp_scaler(o, rc, progress)
+    gs_a = np.array(gs).reshape(len(gs), rs.shape[1])  # (0, Fs) when nothing has fingerprints
+    gc_a = np.array(gc).reshape(len(gc), rc.shape[1])
+    cov = coverage(gs_a, standardise(gc_a, mean, std), rs, standardise(rc, mean, std), n_generated=n,
+                   struct_cutoff=cut[0], comp_cutoff=cut[1])
+    extra = {"cutoffs": list(cut), "cutoffs_from": cut_source, "comp_scaler": scaler,
+             "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
+    return {"cov_recall": _metric(cov.recall, cov.n_reference, **extra),
+            "cov_precision": _metric(cov.precision, cov.n_generated, **extra)}
 
 
 def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],

@@ -8,7 +8,9 @@ or was stopped — says where the time went, with or without progress bars; the 
 replaces it with the full metrics (``"status": "complete"``).
 
 Step names: a family (``"coverage"``) or ``family.part`` (``"stability.relax"``,
-``"stability.hull_chgnet.reference_energies"``); a name timed twice adds up.
+``"stability.hull_chgnet.reference_energies"``); a name timed twice adds up. A part computed in
+the background while other families ran (``"coverage.reference_fingerprints_background"``) is
+added when it is collected; its seconds overlap other steps' and are not in its family's.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class StepTimer:
             self.running.remove(name)
         self.write(RUNNING)
         return took
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` timed elsewhere (e.g. in a background thread) to step ``name``."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def elapsed(self) -> float:
         """Seconds since the timer was made."""
