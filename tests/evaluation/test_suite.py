@@ -302,3 +302,21 @@ def test_a_run_stopped_by_ctrl_c_stops_the_background_fingerprints(tmp_path, mon
         assert not thread.is_alive()
     assert len(stopped) == 1 and stopped[0] < 30
     assert not list((tmp_path / "c").glob("fingerprints/*"))  # nothing cached
+
+
+def test_a_sample_folder_where_nothing_decoded_scores_zero_instead_of_stopping(tmp_path):
+    folder = tmp_path / "samples"
+    (folder / "cifs").mkdir(parents=True)
+    (folder / "sample_config.json").write_text("{}")
+    (folder / "samples.csv").write_text("id,formula,failure,cif\n" + "".join(
+        f"sample_{i:06d},,far from any crystal,\n" for i in range(3)))
+    _, ref = _inputs(tmp_path)
+    o = EvalOptions(metrics=("validity", "distributions", "coverage", "novelty"), workers=1)
+    ev = evaluate(folder, ref, ref, o, progress=False)
+    assert ev.metrics["n_samples"]["value"] == 3
+    assert ev.metrics["struct_valid"]["value"] == 0.0 and ev.metrics["comp_valid"]["value"] == 0.0
+    assert ev.metrics["cov_recall"]["value"] == 0.0
+    assert [r["problem"] for r in ev.rows] == ["not decoded: far from any crystal"] * 3
+    write_report(ev, tmp_path / "out", title="t", options=o)  # and its report is written
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    assert written["struct_valid"]["value"] == 0

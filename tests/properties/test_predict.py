@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from crysgen import CrysgenError
 from crysgen.cli import main
 from crysgen.crystal_set import CrystalSet
 from crysgen.data.structures import load_inputs
@@ -143,3 +144,19 @@ def test_predict_checks_options_before_any_model_loads(tmp_path, monkeypatch, ca
         assert said in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "missing.cif"), "--quiet"]) == 2
     assert "input not found" in capsys.readouterr().err
+
+
+def test_a_sample_folder_where_nothing_decoded_is_all_failures(tmp_path):
+    folder = tmp_path / "samples"
+    (folder / "cifs").mkdir(parents=True)
+    (folder / "sample_config.json").write_text("{}")
+    (folder / "samples.csv").write_text("id,formula,failure,cif\n"
+                                        "sample_000000,,far from any crystal,\n"
+                                        "sample_000001,,coincident_sites,\n")
+    got = load_inputs(folder)
+    assert [(c.id, c.structure, c.problem) for c in got] == [
+        ("sample_000000", None, "not decoded: far from any crystal"),
+        ("sample_000001", None, "not decoded: coincident_sites")]
+    (folder / "samples.csv").write_text("id,formula,failure,cif\n")  # no samples at all: still an error
+    with pytest.raises(CrysgenError, match=r"holds no \.cif files"):
+        load_inputs(folder)

@@ -53,6 +53,9 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
         if path.is_dir() and (path / "cifs").is_dir() and (path / "sample_config.json").is_file():
             failed = _undecoded_samples(path)  # a `crysgen sample` output folder: its failures count
             path = path / "cifs"
+            if failed and not any(p.suffix.lower() == ".cif" for p in path.iterdir()):
+                out += failed  # nothing decoded: every sample is a failure with its reason
+                continue
         start = len(out)
         for rec in read_source(path).records:
             if rec.structure is None and rec.problem is not None:
