@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease of the adversarial issue: the GAN and the WGAN-GP trained side by side on one GPU on
 # mp_20 (the same data as the bundled diffusion model), then the three-way comparison. Run on the
-# device machine from the repository root, with .whl_min and benchmarks/.work carried:
+# device machine from the repository root, with .whl_train (benchmarks/device_setup.sh wheels) and benchmarks/.work (or WORK) carried:
 #   bash benchmarks/gpu_adversarial.sh launch MINUTES GAN_ITERS WGAN_ITERS  # install, start, watch
 #   bash benchmarks/gpu_adversarial.sh finish                               # wait, compare, pack $OUT
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).

@@ -5,10 +5,9 @@
 # Usage: WAIT=560 WORKERS=14 RELAX_WORKERS=14 bash benchmarks/gpu_eval.sh "NAME=MODEL ..." [DATASET] [eval_model options]
 # (before inference_grads, 12 relaxation workers filled the H100's 80 GB and 32 of 275 GAN
 #  relaxations failed out of memory; with it, 14 workers peak at 31 GB: results/gpu_logs/)
-# (carry .whl_eval2 .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
+# (carry .whl_train .whl_eval .cgcnn the dataset's npz files, benchmarks/.work/cache and evalpack)
 set -u
 JOBS=$1; DATASET=${2:-mp_20}; shift 2; EXTRA="$*"
-WHEELS=.whl_eval2 INSTALL_MARKER=smact
 source benchmarks/gpu_env.sh
 export CRYSGEN_MODELS_DIR=$PWD/.cgcnn PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 install

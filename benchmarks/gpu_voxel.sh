@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU leases of the voxel issue (Court et al. on perov_5). Run on the device machine from the
-# repository root with .whl_min and the perov_5 npz files of benchmarks/.work carried:
+# repository root with .whl_train (benchmarks/device_setup.sh wheels) and the perov_5 npz files of
+# benchmarks/.work (or WORK) carried:
 #   bash benchmarks/gpu_voxel.sh segmenter MINUTES   # install, train the UNet segmenter, pack it
 #   bash benchmarks/gpu_voxel.sh vae MINUTES         # train the conditional DFC-VAE, pack it
 #   bash benchmarks/gpu_voxel.sh continue MINUTES    # both warm-started from the carried exports, side
