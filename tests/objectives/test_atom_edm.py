@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.models.atom_transformer import AtomTransformer
-from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, edm_loss, wrap_centered
-from crysgen.representations.atoms import AtomSetSpec, encode
+from crysgen.objectives.atom_edm import (
+    AtomEDMConfig,
+    Constants,
+    Parts,
+    denoise,
+    edm_loss,
+    permute_axes,
+    wrap_centered,
+)
+from crysgen.representations.atoms import AtomSetSpec, decode, encode, niggli_reduce
 from tests.conftest import load_cif
 
 
@@ -75,3 +84,35 @@ def test_a_one_element_dataset_trains_with_finite_loss():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_permuted_axes_give_the_same_crystal_or_its_mirror_image():
+    import itertools
+    from dataclasses import replace
+
+    import numpy as np
+
+    names = ("triclinic_LiFePO", "ZnO_wurtzite", "SrTiO3")
+    cs = niggli_reduce(CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names)))
+    spec = AtomSetSpec.fit(cs)
+    sets = encode(cs, spec)
+    consts = Constants.from_spec(spec)
+
+    def fingerprint(s):
+        """Volume per crystal and its sorted periodic distances (blind to a mirror and to the axis order)."""
+        out = decode(s, spec, atomic_numbers=sets.atomic_numbers).crystals
+        return [(st.volume, np.sort(st.distance_matrix.ravel())) for st in out.to_structures()]
+
+    want = fingerprint(sets)
+    frac0, lattice0, pad = (torch.from_numpy(a) for a in (sets.frac, sets.lattice, ~sets.mask))
+    for order in itertools.permutations(range(3)):
+        frac, lattice = permute_axes(frac0, lattice0, consts, torch.tensor([order] * len(cs)))
+        assert not frac[pad].any()  # padding rows stay zero
+        got = fingerprint(replace(sets, frac=frac.numpy(), lattice=lattice.numpy()))
+        for (v0, d0), (v1, d1) in zip(want, got, strict=True):
+            assert v1 == pytest.approx(v0, rel=1e-4) and np.allclose(d0, d1, atol=1e-3), order
+    # the random draw really reorders: over many crystals every order of the axes turns up
+    many = torch.zeros(600, 1, 3)
+    many[:, 0] = torch.tensor([0.1, 0.2, 0.3])
+    seen = {tuple(r) for r in permute_axes(many, torch.zeros(600, 6), consts)[0][:, 0].tolist()}
+    assert len({tuple(round(x, 3) for x in r) for r in seen}) == 6

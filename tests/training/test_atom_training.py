@@ -192,3 +192,30 @@ def test_export_of_a_checkpoint_is_the_run_s_own_export_at_that_step(tiny_set, t
                                                      last.net.state_dict().values(), strict=True))
     assert main(["model", "export", str(run), "--step", "3", "--out", str(tmp_path / "x")]) == 2
     assert main(["model", "export", str(tmp_path), "--out", str(tmp_path / "y")]) == 2  # not a run
+
+
+def test_permute_axes_reorders_the_training_batch_only_when_asked(tiny_set, monkeypatch):
+    from dataclasses import asdict
+
+    import crysgen.training.atoms as ta
+    from crysgen.representations.atoms import AtomSetSpec
+
+    seen = []
+
+    def fake_loss(forward, x0, mask, *args, **kwargs):
+        seen.append((x0.frac.clone(), x0.lattice.clone()))
+        return torch.tensor(0.0), {}
+
+    monkeypatch.setattr(ta, "edm_loss", fake_loss)
+    cs = CrystalSet.load(tiny_set)
+    spec = AtomSetSpec.fit(cs)
+    batch = next(iter(ta.atom_loader(cs, spec, 4, shuffle=False)))
+    for flag in (False, True):
+        cfg = AtomTrainConfig.from_dict(TINY | {"data": {"permute_axes": flag, "translate": False}})
+        module = ta.AtomDiffusionModule(cfg.to_dict(), asdict(spec))
+        module.log = module.log_dict = lambda *a, **k: None  # no trainer to log to
+        torch.manual_seed(0)
+        module.training_step(batch, 0)
+    (frac_off, lat_off), (frac_on, lat_on) = seen
+    assert torch.equal(frac_off, batch[1]) and torch.equal(lat_off, batch[2])
+    assert not torch.equal(lat_on, batch[2]) and not torch.equal(frac_on, batch[1])

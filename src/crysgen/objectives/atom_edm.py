@@ -101,6 +101,33 @@ def wrap_centered(x: torch.Tensor) -> torch.Tensor:
     return x - torch.round(x)
 
 
+def permute_axes(frac: torch.Tensor, lattice: torch.Tensor, consts: Constants,
+                 perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each crystal with its cell axes in another order: the same atoms (or their mirror image).
+
+    Relabelling the axes a, b, c as ``perm`` permutes the fractional coordinates' columns, the
+    lengths and the angles (α lies opposite a, β opposite b, γ opposite c) alike, so interatomic
+    distances and the volume are unchanged; an odd permutation gives the mirror image, which a
+    cell built from lengths and angles cannot tell apart (and which has the same energy). A
+    training augmentation against memorised lattices: a Niggli cell always lists a ≤ b ≤ c.
+
+    Args:
+        frac: (N, S, 3) fractional coordinates (padding rows stay zero).
+        lattice: (N, 6) standardised lattice features (:mod:`crysgen.representations.atoms`).
+        consts: the features' mean and std.
+        perm: (N, 3) the new order of each crystal's axes (None: uniformly random).
+
+    Returns:
+        (frac, lattice) in the new axis order, the lattice standardised as before.
+    """
+    if perm is None:
+        perm = torch.argsort(torch.rand(len(frac), 3, device=frac.device), dim=1)
+    mean, std = consts.lattice_mean.to(lattice), consts.lattice_std.to(lattice)
+    raw = torch.gather(lattice * std + mean, 1, torch.cat([perm, perm + 3], dim=1))
+    frac = torch.gather(frac, 2, perm[:, None, :].expand_as(frac))
+    return frac, (raw - mean) / std
+
+
 def _precond(sigma: torch.Tensor, sd: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EDM's c_skip, c_out, c_in for σ (any shape)."""
     s2 = sigma**2 + sd**2

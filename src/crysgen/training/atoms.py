@@ -18,7 +18,7 @@ import torch
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
-from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, wrap
+from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, permute_axes, wrap
 from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
 from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce, num_elements
 from crysgen.representations.elements import CODE_DIM
@@ -77,10 +77,15 @@ class AtomDiffusionModule(L.LightningModule):
                                       ("num_elements", ne, net.num_elements)) if on}
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        """One EDM step on a batch, each crystal shifted by a random vector."""
+        """One EDM step on a batch, each crystal shifted by a random vector.
+
+        With ``data.permute_axes``, each crystal's axes are also listed in a random order.
+        """
         types, frac, lattice, mask, sg, ne = batch
         if self.cfg.data.translate:
             frac = wrap(frac + torch.rand(len(frac), 1, 3, device=frac.device)) * mask[..., None]
+        if self.cfg.data.permute_axes:
+            frac, lattice = permute_axes(frac, lattice, self.consts)
         loss, parts = edm_loss(self._forward, Parts(types, frac, lattice), mask, self.cfg.edm, self.consts,
                                conditions=self.conditions(sg, ne))
         self.log("train_loss", loss, prog_bar=True, on_step=True)

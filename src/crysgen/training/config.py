@@ -426,11 +426,16 @@ class AtomDataConfig:
         niggli: Niggli-reduce every cell before encoding (as DiffCSP and CDVAE do).
         translate: shift each training crystal by a random vector every step (the data are
             invariant to it; the network's coordinate features are not).
+        permute_axes: list each training crystal's cell axes in a random order every step
+            (:func:`~crysgen.objectives.atom_edm.permute_axes`: the same crystal, or its mirror
+            image), so that the lattice of a composition is harder to memorise than in the one
+            Niggli order; validation keeps the Niggli order.
     """
 
     max_atoms: int = 0
     niggli: bool = True
     translate: bool = True
+    permute_axes: bool = False
 
 
 @dataclass(frozen=True)
