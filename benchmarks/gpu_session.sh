@@ -22,6 +22,8 @@
 # mp_20_{asis,conv}_test_csp1k.npz (the seeded 1,000 of atom_csp_sweep.py, one cell each). Run from
 # the committed code (cd .snap) with WORK and CRYSGEN_MODELS_DIR (.cgcnn) absolute paths:
 #   bash benchmarks/gpu_session.sh ablation MINUTES WAIT   # start the four rows detached, watch WAIT s
+#       (ABL_SET='unet.block_out_channels=[32,64,128,128]': one `crysgen train --set` for every row, e.g.
+#        the 6.7 M UNet, which trains ~4x faster than the configs' 26.6 M and comes back in 13 MB)
 #   bash benchmarks/gpu_session.sh ablation-watch WAIT     # watch the rows
 #   bash benchmarks/gpu_session.sh ablation-finish WAIT    # when all rows stopped (equal minutes, so
 #       each at its own step): score the four at once, detached (diffusion.py's Table 1/2,
@@ -113,9 +115,10 @@ case "$1" in
   ablation)
     install || exit 1
     nvidia-smi
-    train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_conv_train_partial mp_20_conv_val "$2"
+    set_row=(); [ -n "${ABL_SET:-}" ] && set_row=(--set "$ABL_SET")
+    train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_conv_train_partial mp_20_conv_val "$2" "${set_row[@]}"
     for n in s32_ddpm s32_edm s32_edm_regions; do
-      train abl_$n diffusion_mp20_$n mp_20_asis_train_partial mp_20_asis_val "$2"
+      train abl_$n diffusion_mp20_$n mp_20_asis_train_partial mp_20_asis_val "$2" "${set_row[@]}"
     done
     watch "$3"
     ;;

@@ -17,7 +17,6 @@ Usage (on the GPU machine, with a prepared CrystalSet):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -32,30 +31,8 @@ from typing import Any
 import yaml
 
 from crysgen.crystal_set import write_text_atomic
+from crysgen.training.config import parse_overrides, set_dotted
 from provenance import ROOT, stamp
-
-
-def parse_variant(text: str) -> dict[str, Any]:
-    """``compile=default,optim.batch_size=2048`` → {"compile": "default", "optim.batch_size": 2048}."""
-    out: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--variant {text!r}: expected key=value[,key=value...]")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def apply(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with dotted keys set."""
-    new = copy.deepcopy(config)
-    for dotted, value in overrides.items():
-        *path, last = dotted.split(".")
-        node = new
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return new
 
 
 def gpu_utilisation(stop: threading.Event, readings: list[float]) -> None:
@@ -73,7 +50,7 @@ def gpu_utilisation(stop: threading.Event, readings: list[float]) -> None:
 def run_variant(data: Path, base: dict[str, Any], overrides: dict[str, Any], steps: int,
                 work: Path) -> dict[str, Any]:
     """Train one variant in a subprocess; its throughput record."""
-    config = apply(base, overrides)
+    config = set_dotted(base, overrides)
     config.setdefault("optim", {})["checkpoint_every"] = steps * 10  # no checkpoint inside the timing
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
@@ -106,7 +83,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], help="key=value[,key=value...] (repeatable)")
     args = p.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
-    variants = [parse_variant(v) for v in args.variant] or [{}]
+    variants = [parse_overrides([x for x in v.split(",") if x]) for v in args.variant] or [{}]
     rows = []
     for overrides in variants:
         work = Path(tempfile.mkdtemp(prefix="throughput_"))

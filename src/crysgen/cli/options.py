@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
     from crysgen.representations.crystens.layout import CrysTensLayout
+    from crysgen.training.config import Config
 
 
 def _positive_int(text: str) -> int:
@@ -58,3 +59,25 @@ def _add_run_options(p: argparse.ArgumentParser, steps_help: str = "override opt
     p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one config setting of a new run over --config (repeatable; the value "
+                        "is YAML), e.g. --set optim.lr=1e-4 --set 'unet.block_out_channels=[32,64,128,128]'")
+
+
+def _with_set(args: argparse.Namespace, config: Config | None,
+              default: Callable[[], Config]) -> Config | None:
+    """A new run's config with ``--set`` applied (over ``default()`` when no config was built).
+
+    Raises:
+        CrysgenError: for ``--set`` with ``--resume`` (a resumed run keeps its saved config) or a
+            setting the config does not have.
+    """
+    from crysgen.errors import CrysgenError
+    from crysgen.training.config import parse_overrides, with_overrides
+
+    if not args.set:
+        return config
+    if args.resume:
+        raise CrysgenError("--set changes a new run's config; a resumed run keeps its own "
+                           "(RUN_DIR/config.yaml)")
+    return with_overrides(config if config is not None else default(), parse_overrides(args.set))

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from crysgen.cli.options import _add_layout_options, _add_run_options, _layout, _positive_int
+from crysgen.cli.options import _add_layout_options, _add_run_options, _layout, _positive_int, _with_set
 from crysgen.errors import CrysgenError
 
 
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     from crysgen.crystal_set import CrystalSet
-    from crysgen.training.config import load_config
+    from crysgen.training.config import DiffusionTrainConfig, load_config
     from crysgen.training.diffusion import train_diffusion
 
     config = None if args.resume else load_config(args.config)
@@ -108,6 +108,7 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
         if config is None:  # --resume: the run's saved config is read by train_diffusion
             raise CrysgenError("--sites/--element-code set a new run's layout; a resumed run keeps its own")
         config = config.with_layout(_layout(args, lambda: CrystalSet.load(args.data), config.crystens))
+    config = _with_set(args, config, DiffusionTrainConfig)
     model_dir = train_diffusion(args.data, args.out, config=config, val=args.val,
                                 max_steps=args.max_steps, devices=args.devices, resume=args.resume,
                                 progress=not args.quiet, max_minutes=args.max_minutes,
@@ -121,6 +122,7 @@ def _cmd_train_atoms(args: argparse.Namespace) -> int:
     from crysgen.training.config import AtomTrainConfig, load_config
 
     config = None if args.resume else load_config(args.config, AtomTrainConfig)
+    config = _with_set(args, config, AtomTrainConfig)
     model_dir = train_atom_diffusion(args.data, args.out, config=config, val=args.val,
                                      max_steps=args.max_steps, devices=args.devices, resume=args.resume,
                                      progress=not args.quiet, max_minutes=args.max_minutes, init=args.init)
@@ -135,6 +137,7 @@ def _cmd_train_adversarial(args: argparse.Namespace) -> int:
     config = None
     if not args.resume and args.config is not None:
         config = load_config(args.config, AdversarialTrainConfig)
+    config = _with_set(args, config, lambda: AdversarialTrainConfig.default(args.train_command))
     model_dir = train_adversarial(args.data, args.out, kind=args.train_command, config=config,
                                   max_steps=args.max_steps, devices=args.devices,
                                   resume=args.resume, progress=not args.quiet,
@@ -154,6 +157,7 @@ def _cmd_train_voxel(args: argparse.Namespace) -> int:
                   else VoxelTrainConfig.default(args.train_command))
         if condition:
             config = replace(config, condition=condition)
+    config = _with_set(args, config, lambda: VoxelTrainConfig.default(args.train_command))
     model_dir = train_voxel(args.data, args.out, kind=args.train_command, config=config,
                             segmenter=getattr(args, "segmenter", None), init=args.init,
                             max_steps=args.max_steps,
@@ -182,6 +186,7 @@ def _cmd_train_property(args: argparse.Namespace) -> int:
                                f"({Path(args.out) / 'config.yaml'}; --max-steps extends it)")
     else:
         config = replace(load_config(args.config, PropertyTrainConfig), **overrides)
+    config = _with_set(args, config, PropertyTrainConfig)
     model_dir = train_property(args.data, args.out, target=args.target, config=config, val=args.val,
                                init=args.init, freeze_conv=args.freeze_conv, models_dir=args.models_dir,
                                unit=args.unit, max_steps=args.max_steps, devices=args.devices,

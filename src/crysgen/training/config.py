@@ -7,7 +7,9 @@ YAML-serialisable form) and ``with_max_steps`` (``--max-steps``), which is all
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast, overload
@@ -594,6 +596,60 @@ def load_config(path: str | Path | None,
     if data is not None and not isinstance(data, dict):
         raise CrysgenError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
     return klass.from_dict(data or {})
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings -> {dotted key: value}; each value is read as YAML.
+
+    Example: ``["optim.lr=1e-4", "unet.block_out_channels=[32, 64, 128, 128]"]``.
+
+    Raises:
+        CrysgenError: for an item without ``=`` or with an empty key or unreadable value.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CrysgenError(f"--set {item!r}: expected KEY=VALUE (e.g. optim.lr=1e-4)")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise CrysgenError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        out[key.strip()] = _number(parsed) if isinstance(parsed, str) else parsed
+    return out
+
+
+def _number(text: str) -> Any:
+    """``text`` as a float where it is one (YAML 1.1 reads ``1e-4``, without a dot, as a string)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def set_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a nested settings dict with each dotted key set.
+
+    Raises:
+        CrysgenError: where a dotted key passes through a setting that is not a section.
+    """
+    new = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = new
+        for depth, part in enumerate(path):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CrysgenError(f"--set {dotted}: {'.'.join(path[:depth + 1])} is a value, not a section")
+        node[last] = value
+    return new
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with dotted settings replaced (checked like a config file: a typo is an error)."""
+    return type(config).from_dict(set_dotted(config.to_dict(), overrides))
 
 
 def save_config(config: Config, path: str | Path) -> Path:
