@@ -181,3 +181,37 @@ def test_the_help_names_the_config_defaults():
     for dest in ("epochs", "batch_size", "lr", "seed"):
         assert f"(default: {getattr(d, dest):g})" in helps[dest], dest
     assert f"{d.val_fraction:.0%}".replace("%", " %%") in helps["val"]
+
+
+def test_export_of_a_checkpoint_is_the_run_s_own_export_at_that_step(tiny, models_dir, tmp_path, capsys):
+    import shutil
+
+    every2 = tmp_path / "every2.yaml"
+    every2.write_text(TINY + "checkpoint_every: 2\n")
+    run = tmp_path / "run"
+    assert _cli(tiny, run, models_dir, "--target", "e", "--config", str(every2), "--max-steps", "2") == 0
+    shutil.copytree(run / "model", tmp_path / "own2")
+    assert _cli(tiny, run, models_dir, "--resume", "--max-steps", "4") == 0
+    report = (run / "metrics.json").read_text()
+    other = CrystalSet.load(tiny).subset(np.arange(7)).save(tmp_path / "other.npz")
+
+    def export(*extra: str) -> int:
+        return main(["model", "export", str(run), "--out", str(tmp_path / "at2"), *extra])
+
+    capsys.readouterr()
+    # the held-out crystals are a share of the training set, which the run directory does not keep
+    assert export("--step", "2") == 2
+    assert "pass --data with the run's training set (tiny.npz, 8 crystals" in capsys.readouterr().err
+    assert export("--step", "2", "--data", str(other)) == 2
+    assert "holds other crystals than the run's training set" in capsys.readouterr().err
+    assert export("--step", "2", "--data", str(tiny)) == 0
+    own, at2, last = (PropertyModel.from_pretrained(p) for p in (tmp_path / "own2", tmp_path / "at2",
+                                                                  run / "model"))
+    # step 2, its held-out scores (of the step-2 weights on the run's held-out crystals), sizes, config
+    assert at2.info == own.info and at2.info["step"] == 2 and last.info["step"] == 4
+    assert (at2.target, at2.unit, at2.mean, at2.std) == (own.target, own.unit, own.mean, own.std)
+    for (k, a), b in zip(own.net.state_dict().items(), at2.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)  # the weights of step 2, not those of step 4
+    assert not torch.equal(at2.net.fc_out.weight, last.net.fc_out.weight)
+    assert (run / "metrics.json").read_text() == report  # the run's own report is its latest export's
+    assert export("--step", "3", "--data", str(tiny)) == 2

@@ -68,3 +68,14 @@ def test_throughput_steady_rate_leaves_out_the_warm_up(monkeypatch):
     assert r["steps_per_s"] == pytest.approx(5 / 12, abs=1e-3)
     assert r["steady_steps_per_s"] == pytest.approx(2.0)
     assert r["steady_samples_per_s"] == pytest.approx(16.0)
+
+
+def test_an_export_that_has_no_use_for_data_refuses_it_before_reading_a_checkpoint(tmp_path):
+    from crysgen.training.exports import export_checkpoint
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"kind": "diffusion"}')
+    with pytest.raises(CrysgenError, match="'diffusion' run does not use the training data"):
+        export_checkpoint(tmp_path, tmp_path / "out", data=tmp_path / "train.npz")
+    with pytest.raises(CrysgenError, match="no checkpoint"):  # without data: on to the diffusion exporter
+        export_checkpoint(tmp_path, tmp_path / "out")

@@ -236,3 +236,53 @@ def test_voxel_batches_hand_out_whole_batches():
                       np.ones((5, 3)), np.arange(5))
     b = ds.__getitems__([0, 3])
     assert b["density"].shape == (2, 4, 4, 4) and b["condition"].tolist() == [0, 3]
+
+
+def test_export_of_a_checkpoint_is_the_run_s_own_export_at_that_step(perov, tmp_path, capsys):
+    import shutil
+
+    from crysgen.cli import main
+    from crysgen.pipelines.voxel import SegmenterModel
+
+    small = {"max_steps": 2, "batch_size": 4, "workers": 1, "checkpoint_every": 2, "log_every": 1}
+    seg_run, vae_run = tmp_path / "seg", tmp_path / "vae"
+    seg_config = VoxelTrainConfig.from_dict({"kind": "segmenter", "width": 0.125, "optim": small})
+    shutil.copytree(train_voxel(perov, seg_run, config=seg_config, progress=False), tmp_path / "seg2")
+    train_voxel(perov, seg_run, resume=True, max_steps=4, progress=False)
+    vae_config = VoxelTrainConfig.from_dict(
+        {"kind": "vae", "width": 0.25, "condition": "heat_ref", "segmenter": str(tmp_path / "seg2"),
+         "optim": small, "channel_scale": "rms"})
+    shutil.copytree(train_voxel(perov, vae_run, config=vae_config, progress=False), tmp_path / "vae2")
+    train_voxel(perov, vae_run, resume=True, max_steps=4, progress=False)
+
+    def export(run, name, *extra):
+        return main(["model", "export", str(run), "--step", "2", "--out", str(tmp_path / name), *extra])
+
+    def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(x, y, msg=k)
+
+    assert export(seg_run, "seg_at2") == 0
+    own, at2, last = (SegmenterModel.from_pretrained(p) for p in (tmp_path / "seg2", tmp_path / "seg_at2",
+                                                                   seg_run / "model"))
+    assert at2.data == own.data and at2.data["step"] == 2 and at2.spec == own.spec
+    assert_same_weights(own.net, at2.net)  # step 2's, not step 4's
+    assert any(not torch.equal(a, b) for a, b in zip(own.net.state_dict().values(),
+                                                     last.net.state_dict().values(), strict=True))
+
+    capsys.readouterr()
+    assert export(vae_run, "vae_at2") == 2  # the prior is fitted on the training crystals
+    assert "pass --data with the run's training set (perov.npz, 16 crystals" in capsys.readouterr().err
+    assert export(vae_run, "vae_at2", "--data", str(perov)) == 0
+    own, at2, last = (VoxelModel.from_pretrained(p) for p in (tmp_path / "vae2", tmp_path / "vae_at2",
+                                                               vae_run / "model"))
+    assert at2.data == own.data and at2.data["step"] == 2 and at2.spec == own.spec
+    assert_same_weights(own.vae, at2.vae)
+    assert_same_weights(own.segmenter, at2.segmenter)
+    assert own.prior is not None and at2.prior is not None and last.prior is not None
+    assert at2.prior.n == own.prior.n == 16
+    np.testing.assert_allclose(at2.prior.mean, own.prior.mean, rtol=1e-5, atol=1e-6)  # of step 2's VAE
+    np.testing.assert_allclose(at2.prior.chol, own.prior.chol, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(at2.prior.mean, last.prior.mean, rtol=1e-5, atol=1e-6)
+    assert main(["model", "export", str(vae_run), "--step", "3", "--data", str(perov), "--out",
+                 str(tmp_path / "x")]) == 2

@@ -18,17 +18,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default: the SR stage's stage.aug_sample)")
     p.set_defaults(func=_cmd_model_cascade)
     p = msub.add_parser("export", help="a run's checkpoint (EMA weights) -> model directory")
-    p.add_argument("run", help="run directory of `crysgen train diffusion|atom-diffusion|gan|wgan`")
+    p.add_argument("run", help="run directory of `crysgen train diffusion|atom-diffusion|gan|wgan|"
+                               "property|segmenter|vae`")
     p.add_argument("--step", type=int, default=None,
                    help="export checkpoints/stepNNNNNNN.ckpt (default: last.ckpt)")
     p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--data", default=None,
+                   help="the run's training CrystalSet (.npz), which a run directory does not keep: "
+                        "needed for a vae run (its latent prior) and a property run without a --val "
+                        "file (its held-out scores)")
     p.set_defaults(func=_cmd_model_export)
 
 
 def _cmd_model_export(args: argparse.Namespace) -> int:
     from crysgen.training.exports import export_checkpoint
 
-    print(f"model directory: {export_checkpoint(args.run, args.out, step=args.step)}")
+    print(f"model directory: {export_checkpoint(args.run, args.out, step=args.step, data=args.data)}")
     return 0
 
 

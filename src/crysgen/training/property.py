@@ -35,10 +35,10 @@ from crysgen.properties.model import PropertyModel
 from crysgen.properties.predict import mean_absolute_error, smape
 from crysgen.representations.graph import CrystalGraph, GraphBatch, GraphOptions, build_graph, collate
 from crysgen.training.config import PropertyTrainConfig
-from crysgen.training.runs import fit, open_run
+from crysgen.training.runs import checkpoint_data, fit, open_run, read_checkpoint, training_data
 
-__all__ = ["STATE_FILE", "PropertyModule", "PropertyRunState", "PropertyTrainConfig", "graphs_with_target",
-           "plot_parity", "train_property"]
+__all__ = ["STATE_FILE", "PropertyModule", "PropertyRunState", "PropertyTrainConfig", "export_checkpoint",
+           "graphs_with_target", "plot_parity", "train_property"]
 
 STATE_FILE = "target.json"
 """The run directory's :class:`PropertyRunState`."""
@@ -253,14 +253,14 @@ def new_network(config: PropertyTrainConfig, init: str | None, models_dir: str |
     return CGCNN(config=net_cfg, atom_features=torch.from_numpy(table))
 
 
-def export_model(module: PropertyModule, data: dict[str, Any], out: Path, *, run_dir: Path,
-                 state: PropertyRunState, val_graphs: list[CrystalGraph], y_val: np.ndarray,
-                 seconds: float) -> Path:
+def export_model(module: PropertyModule, data: dict[str, Any], out: Path, *, state: PropertyRunState,
+                 val_graphs: list[CrystalGraph], y_val: np.ndarray, run_dir: Path | None = None,
+                 seconds: float = 0.0) -> Path:
     """Save the module's network as a property model directory, scored on the held-out crystals.
 
-    Writes ``out`` (its metadata: ``data``, the sizes, settings and held-out scores),
-    ``metrics.json`` and, for a regressor, ``parity.png`` in ``run_dir``. The network is copied,
-    so training goes on undisturbed.
+    Writes ``out`` (its metadata: ``data``, the sizes, settings and held-out scores) and, given
+    ``run_dir`` (a training run's own export), ``metrics.json`` and, for a regressor,
+    ``parity.png`` there. The network is copied, so training goes on undisturbed.
     """
     cfg = module.cfg
     model = PropertyModel(copy.deepcopy(module.net).float().eval(), cfg.target, cfg.unit, module.mean,
@@ -274,15 +274,75 @@ def export_model(module: PropertyModule, data: dict[str, Any], out: Path, *, run
         metrics["val_accuracy"] = float((pred.argmax(1) == y_val).mean())
     else:
         metrics |= {"val_mae": mean_absolute_error(y_val, pred), "val_smape": smape(y_val, pred)}
-        label = f"{cfg.target} ({cfg.unit})" if cfg.unit else cfg.target
-        plot_parity(y_val, pred, run_dir / "parity.png", label)
+        if run_dir is not None:
+            label = f"{cfg.target} ({cfg.unit})" if cfg.unit else cfg.target
+            plot_parity(y_val, pred, run_dir / "parity.png", label)
     model.info = data | {"n_train": state.n_train, "n_val": state.n_val,
                          "val": Path(state.val).name if state.val else None, "init": state.init,
                          "freeze_conv": cfg.freeze_conv, "config": cfg.to_dict(),
                          "val_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")}}
     model.save_pretrained(out)
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    if run_dir is not None:
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return out
+
+
+def held_out(run: Path, config: PropertyTrainConfig, state: PropertyRunState,
+             data: str | Path | None) -> tuple[CrystalSet, np.ndarray, np.ndarray]:
+    """A run's held-out crystals, the rows with a known target and the values, as the run split them.
+
+    They are the run's ``--val`` file or, without one, the seeded share of its training set
+    (``data``, checked against the run's fingerprint).
+
+    Raises:
+        CrysgenError: the training set is needed but not given (or another one is), the ``--val``
+            file is gone, or the held-out crystals are not as many as the run's.
+    """
+    needed = "a property model's export is scored on the crystals its run held out"
+    if state.val is not None:
+        if data is not None:
+            training_data(run, data, needed)
+        crystals = CrystalSet.load(state.val)
+        rows, y = target_values(crystals, config.target)
+    else:
+        split = split_data(training_data(run, data, needed + " (a share of its training set)"), config, None)
+        crystals, rows, y = split.held_out, split.val_rows, split.y_val
+    if len(rows) != state.n_val:
+        raise CrysgenError(f"{run}: {len(rows)} held-out crystals with a known {config.target!r}; the run "
+                           f"had {state.n_val}")
+    return crystals, rows, y
+
+
+def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None,
+                      data: str | Path | None = None) -> Path:
+    """Export one of a property run's checkpoints as the model directory the run wrote there.
+
+    The network, its normalisation and the held-out scores in its metadata are those of the
+    checkpoint; the run's own ``metrics.json`` and ``parity.png`` (of its latest export) are
+    left as they are.
+
+    Args:
+        run: run directory of `crysgen train property`.
+        out: model directory to write.
+        step: the checkpoint ``checkpoints/stepNNNNNNN.ckpt`` to export (None: ``last.ckpt``).
+        data: the run's training CrystalSet, needed when the run held out a share of it (no
+            ``--val`` file) to score the model.
+
+    Raises:
+        CrysgenError: if the run or the checkpoint does not exist, or the held-out crystals
+            cannot be rebuilt (see :func:`held_out`).
+    """
+    run = Path(run)
+    ckpt = read_checkpoint(run, step)
+    state = PropertyRunState.load(run / STATE_FILE)
+    hp = ckpt["hyper_parameters"]
+    config = PropertyTrainConfig.from_dict(hp["config"])
+    module = PropertyModule(state.network(), mean=float(hp["mean"]), std=float(hp["std"]), config=config)
+    module.load_state_dict(ckpt["state_dict"])
+    crystals, rows, y_val = held_out(run, config, state, data)
+    val_graphs = [build_graph(crystals.to_structure(int(i))) for i in rows]
+    return export_model(module, checkpoint_data(run, int(ckpt["global_step"])), Path(out), state=state,
+                        val_graphs=val_graphs, y_val=y_val)
 
 
 def train_property(

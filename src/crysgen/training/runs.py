@@ -300,6 +300,33 @@ def checkpoint_data(run: str | Path, step: int) -> dict[str, Any]:
     return cast("dict[str, Any]", data) | {"step": step}
 
 
+def training_data(run: str | Path, data: str | Path | None, needed_for: str) -> CrystalSet:
+    """A run's training CrystalSet, for a checkpoint export that is fitted on it.
+
+    Run directories do not keep their training data; ``data`` names it and is checked against
+    the fingerprint (sha256 of the arrays) the run recorded in its exported model.
+
+    Args:
+        run: a run directory.
+        data: the training CrystalSet file (``--data``), or None.
+        needed_for: what the export does with the data, for the error message (e.g. "a voxel
+            VAE's export fits its latent prior on the training crystals").
+
+    Raises:
+        CrysgenError: ``data`` is None, missing, or holds other crystals than the run's.
+    """
+    record = checkpoint_data(run, 0)
+    named = (f"{record.get('name')}, {record.get('count')} crystals, sha256 "
+             f"{str(record.get('sha256'))[:12]}…")
+    if data is None:
+        raise CrysgenError(f"{run}: {needed_for}, and a run directory does not keep its training "
+                           f"crystals: pass --data with the run's training set ({named})")
+    crystals = CrystalSet.load(data)
+    if data_fingerprint(crystals, Path(data).name)["sha256"] != record.get("sha256"):
+        raise CrysgenError(f"--data {data} holds other crystals than the run's training set ({named})")
+    return crystals
+
+
 class ExportModel(Callback):
     """Write the model directory whenever a checkpoint is saved (main process only).
 

@@ -56,7 +56,7 @@ from crysgen.representations.voxel import (
     unusable_reason,
 )
 from crysgen.training.config import VoxelTrainConfig
-from crysgen.training.runs import fit, open_run
+from crysgen.training.runs import checkpoint_data, fit, open_run, read_checkpoint, training_data
 
 PRIOR_CRYSTALS = 1024
 """Training crystals (the first ones) whose posteriors fit a VAE's ``latent_prior.npz`` at export."""
@@ -292,6 +292,78 @@ def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.
     return state
 
 
+def posterior_prior(model: VoxelModel, dataset: VoxelBatches, device: torch.device) -> LatentPrior:
+    """The posterior-matched prior of a VAE on the first :data:`PRIOR_CRYSTALS` training crystals.
+
+    The posteriors come from the voxelised training grids, unrotated, on ``device``.
+    """
+    first = np.arange(min(len(dataset), PRIOR_CRYSTALS))
+    mus, logvars = [], []
+    for s in range(0, len(first), 64):
+        batch = {k: v.to(device) for k, v in dataset.__getitems__(first[s:s + 64].tolist()).items()}
+        grids, _ = device_inputs(batch, model.spec.voxel, rotate=False)
+        mu, lv = model.encode_grids(grids, batch["condition"].cpu().numpy(), device=str(device))
+        mus.append(mu)
+        logvars.append(lv)
+    return LatentPrior.fit(np.concatenate(mus), np.concatenate(logvars))
+
+
+def export_model(module: VoxelModule, spec: VoxelSpec, data: dict[str, Any], out: Path,
+                 dataset: VoxelBatches | None) -> Path:
+    """Save the module's segmenter, or its VAE with the frozen segmenter, as a model directory.
+
+    A VAE's directory gets the posterior-matched prior (:func:`posterior_prior`) of the
+    voxelised training crystals ``dataset`` (their first :data:`PRIOR_CRYSTALS` suffice).
+    """
+    if module.cfg.kind == "segmenter":
+        assert isinstance(module.net, UNet3D)  # a segmenter run's network
+        return SegmenterModel(module.net, spec, data).save_pretrained(out)
+    vae, segmenter = module.net, module.frozen
+    assert isinstance(vae, VoxelVAE) and segmenter is not None  # a VAE run's module has both
+    assert dataset is not None  # a VAE's export fits its prior on the training crystals
+    model = VoxelModel(vae, segmenter, spec, data)
+    model.prior = posterior_prior(model, dataset, module.device)
+    return model.save_pretrained(out)
+
+
+def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None,
+                      data: str | Path | None = None) -> Path:
+    """Export one of a segmenter or VAE run's checkpoints as the model directory the run wrote there.
+
+    A VAE's latent prior is fitted again, as the run fits it, on its training crystals: the
+    first :data:`PRIOR_CRYSTALS` usable ones of ``data`` (on the CPU here, so its numbers may
+    differ from a GPU run's own export in the last digits).
+
+    Args:
+        run: run directory of `crysgen train segmenter|vae`.
+        out: model directory to write.
+        step: the checkpoint ``checkpoints/stepNNNNNNN.ckpt`` to export (None: ``last.ckpt``).
+        data: the run's training CrystalSet (needed for a VAE run; checked against the run's
+            fingerprint).
+
+    Raises:
+        CrysgenError: if the run or the checkpoint does not exist, or a VAE run's training set
+            is not given (or another one is).
+    """
+    run = Path(run)
+    ckpt = read_checkpoint(run, step)
+    hp = ckpt["hyper_parameters"]
+    module = VoxelModule(hp["config"], hp["spec"], segmenter_config=hp["segmenter_config"])
+    module.load_state_dict(ckpt["state_dict"])  # the VAE's frozen segmenter too
+    spec = VoxelSpec.load(run / SPEC_FILE)
+    needed = "a voxel VAE's export fits its latent prior on the run's training crystals"
+    dataset = None
+    if module.cfg.kind == "vae":
+        first = usable(training_data(run, data, needed), spec.voxel)
+        first = first.subset(np.arange(min(len(first), PRIOR_CRYSTALS)))
+        dens, species = voxelise(first, spec.voxel, workers=module.cfg.optim.workers, progress=False)
+        dataset = VoxelBatches(dens, species, first.lattice[:, :3],
+                               spec.condition_class(first.properties[spec.condition]))
+    elif data is not None:  # not needed by a segmenter, but checked when given
+        training_data(run, data, needed)
+    return export_model(module, spec, checkpoint_data(run, int(ckpt["global_step"])), Path(out), dataset)
+
+
 def train_voxel(
     data: str | Path,
     out: str | Path,
@@ -374,26 +446,8 @@ def train_voxel(
     if "init" in loaded:
         module.net.load_state_dict(loaded["init"])
 
-    prior_idx = np.arange(min(len(cs), PRIOR_CRYSTALS))
-
     def export(m: VoxelModule, d: dict[str, Any], path: Path) -> Path:
-        if c.kind == "segmenter":
-            assert isinstance(m.net, UNet3D)  # a segmenter run's network
-            return SegmenterModel(m.net, spec, d).save_pretrained(path)
-        vae, segmenter = m.net, m.frozen
-        assert isinstance(vae, VoxelVAE) and segmenter is not None  # a VAE run's module has both
-        model = VoxelModel(vae, segmenter, spec, d)
-        # the prior's posteriors, from the voxelised training grids (unrotated) on the module's device
-        mus, logvars = [], []
-        for s in range(0, len(prior_idx), 64):
-            idx = prior_idx[s:s + 64]
-            batch = {k: v.to(m.device) for k, v in dataset.__getitems__(idx.tolist()).items()}
-            grids, _ = device_inputs(batch, spec.voxel, rotate=False)
-            mu, lv = model.encode_grids(grids, classes[idx], device=str(m.device))
-            mus.append(mu)
-            logvars.append(lv)
-        model.prior = LatentPrior.fit(np.concatenate(mus), np.concatenate(logvars))
-        return model.save_pretrained(path)
+        return export_model(m, spec, d, path, dataset)
 
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
                log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
