@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,13 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
-from crysgen.evaluation.suite import EvalOptions, evaluate
 from crysgen.pipelines.generators import resolve_model_dir
-from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from provenance import ROOT, stamp
 
 HEADLINE = ("struct_valid", "comp_valid", "valid", "cov_recall", "cov_precision", "wdist_density",
             "wdist_num_elems", "unique", "novel", "unique_and_novel")
+
+
+def run_cli(argv: list[str]) -> None:
+    """``crysgen ARGV`` in a fresh process (its output passes through); stops on failure."""
+    subprocess.run([sys.executable, "-m", "crysgen", *argv], check=True)
 
 
 def substitute(crystals: CrystalSet, known: set[int], seed: int) -> tuple[CrystalSet, int]:
@@ -100,24 +105,28 @@ def main() -> None:
     subst, changed = substitute(drawn, set(model.spec.elements), args.seed)
     subst_seconds = time.perf_counter() - t0
     subst.save(work / "substituted.npz")
-    arms = {"denovo": SampleOptions(n=len(drawn), steps=args.steps, seed=args.seed),
-            "train": SampleOptions(n=len(drawn), steps=args.steps, seed=args.seed,
-                                   compositions=str(work / "train_draws.npz")),
-            "substituted": SampleOptions(n=len(drawn), steps=args.steps, seed=args.seed,
-                                         compositions=str(work / "substituted.npz"))}
-    options = EvalOptions(metrics=("validity", "distributions", "coverage", "novelty"), dataset="mp_20",
-                          workers=args.workers, cache_dir=str(work / "cache"))
+    # each arm through the CLI, as a user runs it (and in fresh processes: evaluate's worker pool
+    # hung when forked from this process after CPU sampling)
+    arms = {"denovo": [], "train": ["--compositions", str(work / "train_draws.npz")],
+            "substituted": ["--compositions", str(work / "substituted.npz")]}
     results = {}
-    for name, opts in arms.items():
+    for name, extra in arms.items():
         folder = work / name
         t0 = time.perf_counter()
-        summary = sample_to_dir(args.model, folder, opts, device="cpu", progress=False)
+        run_cli(["sample", args.model, "-n", str(len(drawn)), "--steps", str(args.steps), "--seed",
+                 str(args.seed), "--out", str(folder), "--quiet", *extra])
         sample_s = time.perf_counter() - t0
-        ev = evaluate(folder, args.train, args.reference, options, progress=False)
-        results[name] = {"metrics": {k: ev.metrics[k]["value"] for k in HEADLINE if k in ev.metrics},
-                         "decoded": summary.decoded, "failures": summary.failures,
-                         "sample_seconds": round(sample_s, 1), "eval_seconds": ev.seconds}
-        print(name, json.dumps(results[name]["metrics"]))
+        run_cli(["evaluate", str(folder), "--train", args.train, "--reference", args.reference,
+                 "--metrics", "validity,distributions,coverage,novelty", "--dataset", "mp_20",
+                 "--workers", str(args.workers), "--cache-dir", str(work / "cache"), "--quiet",
+                 "--out", str(work / f"{name}_report")])
+        metrics = json.loads((work / f"{name}_report" / "metrics.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+        results[name] = {"metrics": {k: metrics["metrics"][k]["value"] for k in HEADLINE
+                                     if k in metrics["metrics"]},
+                         "decoded": summary.get("decoded"), "failures": summary.get("failures"),
+                         "sample_seconds": round(sample_s, 1), "eval_seconds": metrics.get("seconds")}
+        print(name, json.dumps(results[name]["metrics"]), flush=True)
     out = {"model": str(args.model), "n": len(drawn), "steps": args.steps,
            "training_data": f"{args.train} (mp_20: the partial train split, 57 %)",
            "substituted": {"changed": changed, "of": len(drawn), "seconds": round(subst_seconds, 1)},
