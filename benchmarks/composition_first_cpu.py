@@ -88,6 +88,8 @@ def main() -> None:
     p.add_argument("-n", type=int, default=256)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reference-limit", type=int, default=1000,
+                   help="seeded reference subset for coverage and distances (CDVAE: 1,000)")
     p.add_argument("--work", default="benchmarks/.work/composition_first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -118,7 +120,8 @@ def main() -> None:
         sample_s = time.perf_counter() - t0
         run_cli(["evaluate", str(folder), "--train", args.train, "--reference", args.reference,
                  "--metrics", "validity,distributions,coverage,novelty", "--dataset", "mp_20",
-                 "--workers", str(args.workers), "--cache-dir", str(work / "cache"), "--quiet",
+                 "--workers", str(args.workers), "--reference-limit", str(args.reference_limit),
+                 "--cache-dir", str(work / "cache"), "--quiet",
                  "--out", str(work / f"{name}_report")])
         metrics = json.loads((work / f"{name}_report" / "metrics.json").read_text())
         summary = json.loads((folder / "summary.json").read_text())
@@ -128,6 +131,7 @@ def main() -> None:
                          "sample_seconds": round(sample_s, 1), "eval_seconds": metrics.get("seconds")}
         print(name, json.dumps(results[name]["metrics"]), flush=True)
     out = {"model": str(args.model), "n": len(drawn), "steps": args.steps,
+           "reference_limit": args.reference_limit,
            "training_data": f"{args.train} (mp_20: the partial train split, 57 %)",
            "substituted": {"changed": changed, "of": len(drawn), "seconds": round(subst_seconds, 1)},
            "arms": results} | stamp("cpu", model=resolve_model_dir(args.model))
