@@ -290,14 +290,18 @@ def read_checkpoint(run: str | Path, step: int | None = None) -> dict[str, Any]:
     return state
 
 
+def run_record(run: str | Path) -> dict[str, Any]:
+    """The data record (name, count, sha256, ...) of a run's exported model; {} before its first export."""
+    exported = Path(run) / "model" / "config.json"
+    return cast("dict[str, Any]", json.loads(exported.read_text())["data"]) if exported.is_file() else {}
+
+
 def checkpoint_data(run: str | Path, step: int) -> dict[str, Any]:
     """The data record of a model exported from a run's checkpoint.
 
     That is the run's record, with the checkpoint's iteration (``module.iteration``) as ``step``.
     """
-    exported = Path(run) / "model" / "config.json"
-    data = json.loads(exported.read_text())["data"] if exported.is_file() else {}
-    return cast("dict[str, Any]", data) | {"step": step}
+    return run_record(run) | {"step": step}
 
 
 def training_data(run: str | Path, data: str | Path | None, needed_for: str) -> CrystalSet:
@@ -315,7 +319,7 @@ def training_data(run: str | Path, data: str | Path | None, needed_for: str) -> 
     Raises:
         CrysgenError: ``data`` is None, missing, or holds other crystals than the run's.
     """
-    record = checkpoint_data(run, 0)
+    record = run_record(run)
     named = (f"{record.get('name')}, {record.get('count')} crystals, sha256 "
              f"{str(record.get('sha256'))[:12]}…")
     if data is None:
