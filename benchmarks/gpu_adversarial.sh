@@ -33,15 +33,11 @@ case "$1" in
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     train gan "$2" "$3"
     train wgan "$2" "$4"
-    end=$((SECONDS + ${5:-480}))
-    while [ $SECONDS -lt $end ]; do
-      sleep 60; echo "--- t+${SECONDS}s"; progress
-      pgrep -f "python3 -m [c]rysgen train" > /dev/null || { echo "no training process left"; break; }
-    done
+    wait_for "python3 -m [c]rysgen train" "${5:-480}"; progress
     pack
     ;;
   finish)
-    while pgrep -f "python3 -m [c]rysgen train" > /dev/null; do sleep 10; done
+    wait_for "python3 -m [c]rysgen train" || { progress; echo "still training; call again"; exit 0; }
     progress
     tail -3 $R/gan.log $R/wgan.log
     cd benchmarks && python3 compare_models.py --dataset mp_20 --reference .work/mp_20_test.npz \

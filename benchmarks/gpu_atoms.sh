@@ -19,9 +19,12 @@
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
-#   bash benchmarks/gpu_atoms.sh eval NAME             # eval_model.py with CHGNet stability of MODEL
+#   bash benchmarks/gpu_atoms.sh eval NAME [WAIT]      # eval_model.py with CHGNet stability of MODEL
 #                                                      # (default the run's model; of the
-#                                                      # `sample` folder, else of 1,000 new samples)
+#                                                      # `sample` folder, else of 1,000 new samples),
+#                                                      # detached; result and report to $OUT when done
+#   bash benchmarks/gpu_atoms.sh eval-wait NAME [WAIT] # follow it in a later call
+#   (every wait ends by the call's clock: CALL_S, default 540 s, see gpu_env.sh)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
 #   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
@@ -66,9 +69,7 @@ pack() {  # the exported model (and the lowest-validation-loss one, model_best) 
   (cd $OUT && split -b 15m $RUN.tgz $RUN.tgz.part_ && rm $RUN.tgz)
 }
 watch() {
-  end=$((SECONDS + $1))
-  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train atom-diffusion" >/dev/null; do sleep 15; done
-  progress; pack
+  wait_for "[c]rysgen train atom-diffusion" $1; progress; pack
 }
 case $1 in
 install) install ;;
@@ -94,17 +95,15 @@ pair)  # two launches side by side, one per GPU: PAIR="TAG:CONFIG TAG:CONFIG" (I
     (CUDA_VISIBLE_DEVICES=$i TAG=${p%%:*} CONFIG=${p#*:} bash $0 launch $2 1 > /tmp/launch_${p%%:*}.log 2>&1 &)
     i=$((i + 1))
   done
-  sleep 90; end=$((SECONDS + $3 - 90))
-  while [ $SECONDS -lt $end ] && pgrep -f "[c]rysgen train atom-diffusion" >/dev/null; do sleep 10; done
+  sleep 90; wait_for "[c]rysgen train atom-diffusion" $(( $3 - 90 ))
   for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1; done ;;
 pair-eval)  # eval_model.py of both PAIR runs at once, one per GPU (names atom_diffusion_TAG)
   i=0
   for p in $PAIR; do
-    (CUDA_VISIBLE_DEVICES=$i TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} > /tmp/eval_${p%%:*}.log 2>&1 &)
+    CUDA_VISIBLE_DEVICES=$i TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} 1 > /dev/null
     i=$((i + 1)); sleep 15  # the two copy the training split in turn
   done
-  sleep 5; while pgrep -f "[e]val_model.py" >/dev/null; do sleep 5; done
-  for p in $PAIR; do tail -4 /tmp/eval_${p%%:*}.log; done ;;
+  for p in $PAIR; do bash $0 eval-wait atom_diffusion_${p%%:*}; done ;;
 denovo)
   install
   python3 -m crysgen sample $2 -n ${N:-1000} --device cuda --out $3 --quiet
@@ -117,8 +116,7 @@ evalspeed)
     > /tmp/evs.log 2>&1 < /dev/null &
   sleep 5; bash $0 evalspeed-wait $(( $3 - 5 )) ;;
 evalspeed-wait)
-  end=$((SECONDS + $2))
-  while [ $SECONDS -lt $end ] && pgrep -f "[e]val_speed.py" >/dev/null; do sleep 5; done
+  wait_for "[e]val_speed.py" $2
   tr '\r' '\n' < /tmp/evs.log | grep -v -i warn | tail -15
   cp /tmp/evs_result/eval_speed.json /tmp/evs.log $OUT/ 2>/dev/null ;;
 throughput)  # train_throughput.py: compile modes x batch sizes, 300 steps each (VARIANTS overrides)
@@ -134,15 +132,21 @@ sample)
     --csp $W/${D}_asis_test.npz --workers 14 ${SAMPLE_CHURN:+--churn $SAMPLE_CHURN}
   cp $S/benchmarks/results/atom_diffusion_$D*.json $OUT/ 2>/dev/null
   tar czf $OUT/atomsamples_$D.tgz -C $W atomsamples_$D/denovo atomsamples_$D/csp/samples.csv atomsamples_$D/csp/cifs ;;
-eval)
+eval)  # detached, so that a slow evaluation (cold caches, a shared GPU) survives into the next call
+  install
   T=$(python3 -c "import sys; sys.path.insert(0, '$S/benchmarks'); from eval_sanity import TRAIN; print(TRAIN['$D'])")
   cp $TR $W/$T.npz; cp $W/${D}_asis_test.npz $W/${D}_test.npz
-  python3 $S/benchmarks/eval_model.py ${MODEL:-$R/$RUN/model} --name $2 --dataset $D --device cuda --workers 14 --work $W \
-    --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress ${METRICS:+--metrics $METRICS} \
-    ${CACHE:+--cache-dir $CACHE} \
-    $( [ -d $A/denovo ] && echo --samples $A/denovo ) 2>&1 \
-    | tr '\r' '\n' | grep -v -i "warn" | tail -40
-  cp $S/benchmarks/results/eval_$2_$D.json $OUT/
-  tar czf $OUT/eval_report_$2.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv ;;
+  E=/tmp/eval_$2; rm -rf $E; mkdir -p $E
+  setsid nohup bash -c "python3 $S/benchmarks/eval_model.py ${MODEL:-$R/$RUN/model} --name $2 --dataset $D \
+    --device cuda --workers 14 --work $W --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress \
+    ${METRICS:+--metrics $METRICS} ${CACHE:+--cache-dir $CACHE} $( [ -d $A/denovo ] && echo --samples $A/denovo ) \
+    && cp $S/benchmarks/results/eval_$2_$D.json $E/ \
+    && tar czf $E/eval_report_$2.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv" \
+    > $E/log 2>&1 < /dev/null &
+  sleep 5; bash $0 eval-wait $2 ${3:-100000} ;;
+eval-wait)  # NAME [WAIT]: the detached evaluation's progress; its files to $OUT once it is done
+  wait_for "[e]val_model.py .*--name $2 " ${3:-100000} || echo "eval $2 still running"
+  tr '\r' '\n' < /tmp/eval_$2/log | grep -v -i "warn" | tail -25
+  cp /tmp/eval_$2/eval_* $OUT/ 2>/dev/null ;;
 esac
 ls -la $OUT

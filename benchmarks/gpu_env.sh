@@ -7,6 +7,22 @@ W=${WORK:-benchmarks/.work}
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 OUT=${OUT:-/tmp/out}
 
+# The call's own clock. A device call that runs past its limit is killed and brings nothing back
+# (a lease lost an evaluation and four ablation rows that way), so every wait of these scripts ends
+# CALL_S seconds (default 540) after the outermost script of the call started; a script that
+# another one runs inherits the end through CALL_END.
+CALL_END=${CALL_END:-$(( $(date +%s) + ${CALL_S:-540} ))}
+export CALL_END
+left() { echo $(( CALL_END - $(date +%s) )); }  # seconds until the call's end
+# wait_for PATTERN [SECONDS]: until no process matches PATTERN, SECONDS pass or the call's clock
+# runs out; true when nothing matches any more
+wait_for() {
+  local end=$(( $(date +%s) + ${2:-86400} ))
+  [ $end -gt $CALL_END ] && end=$CALL_END
+  while [ "$(date +%s)" -lt $end ] && pgrep -f "$1" >/dev/null; do sleep 5; done
+  ! pgrep -f "$1" >/dev/null
+}
+
 # every wheel of the carried .whl*/ folders (.whl_train, .whl_eval, .whl_7net, ...) not yet
 # installed into /tmp/site on this machine; one pip call per batch, because --target skips a
 # package folder that exists (pymatgen and pymatgen_core share one)

@@ -24,8 +24,7 @@ if ! pgrep -f "[e]val_model.py" >/dev/null; then
       --workers ${WORKERS:-14} --relax-workers ${RELAX_WORKERS:-14} --progress --samples benchmarks/.work/evalsamples/\$name $EXTRA > /tmp/evallogs/\$name.log 2>&1
   done" > /tmp/evallogs/driver.log 2>&1 &
 fi
-end=$((SECONDS + ${WAIT:-540}))
-while [ $SECONDS -lt $end ] && pgrep -f "[e]val_model.py" >/dev/null; do sleep 10; done
+wait_for "[e]val_model.py" "${WAIT:-540}"
 cp benchmarks/results/eval_*_${DATASET}.json "$OUT"/ 2>/dev/null
 for d in benchmarks/.work/eval_*_${DATASET}/report; do
   [ -f $d/metrics.json ] && tar czf "$OUT"/report_$(basename $(dirname $d)).tgz $d

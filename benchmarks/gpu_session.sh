@@ -42,9 +42,9 @@ train() {  # name config train val minutes [more options]
     --config configs/$2.yaml --max-minutes $5 --quiet "${@:6}" > $R/$1.log 2>&1 < /dev/null &
 }
 
-wait_runs() {
-  while pgrep -f "[c]rysgen train diffusion" > /dev/null; do sleep 10; done
-  progress
+wait_runs() {  # true when no training is left (false when the call's clock ran out first)
+  wait_for "[c]rysgen train diffusion"; local done=$?
+  progress; return $done
 }
 
 progress() {
@@ -57,12 +57,15 @@ progress() {
   done
 }
 
-watch() {  # seconds
-  local end=$((SECONDS + $1))
-  while [ $SECONDS -lt $end ]; do
-    sleep 60; echo "--- t+${SECONDS}s"; progress
-    pgrep -f "[c]rysgen train diffusion" > /dev/null || { echo "no training process left"; break; }
+watch() {  # seconds (ended early by the call's clock): progress every minute
+  local end=$(( $(date +%s) + $1 )) next=$((SECONDS + 60))
+  [ $end -gt $CALL_END ] && end=$CALL_END
+  while [ "$(date +%s)" -lt $end ] && pgrep -f "[c]rysgen train diffusion" > /dev/null; do
+    sleep 5
+    [ $SECONDS -ge $next ] && { echo "--- t+${SECONDS}s"; progress; next=$((SECONDS + 60)); }
   done
+  pgrep -f "[c]rysgen train diffusion" > /dev/null || echo "no training process left"
+  progress
 }
 
 csp() {  # name model_dir targets [steps] [sampler]
@@ -105,7 +108,7 @@ case "$1" in
     ;;
   finish-one)
     install || exit 1
-    wait_runs
+    wait_runs || { echo "still training; call again"; exit 0; }
     python3 benchmarks/diffusion.py --device cuda --ddpm-n 50 $R/$2/model --reference $W/$4.npz \
       --name "$3" --run $R/$2 ${5:+--symprec $5}
     tar cf $OUT/results.tar benchmarks/results
@@ -127,13 +130,13 @@ case "$1" in
     ;;
   ablation-finish)
     install || exit 1
-    wait_runs
+    wait_runs || { echo "rows still training; call ablation-finish again"; exit 0; }
     mkdir -p /tmp/abl_out
     for n in $ROWS; do
       setsid nohup bash "$0" ablation-row $n > /tmp/abl_out/$n.log 2>&1 < /dev/null &
       sleep 20  # the rows copy the training split in turn
     done
-    bash "$0" ablation-wait $(( $2 - 80 ))
+    bash "$0" ablation-wait "$2"
     ;;
   ablation-row)  # one row's scores, into /tmp/abl_out (detached by ablation-finish)
     n=$2; M=$R/$n/model  # exported at the wall-clock stop: every row had the same minutes
@@ -151,8 +154,7 @@ case "$1" in
     echo "row $n done"
     ;;
   ablation-wait)
-    end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ] && pgrep -f "[a]blation-row" > /dev/null; do sleep 10; done
+    wait_for "[a]blation-row" "$2"
     for n in $ROWS; do echo "== $n"; tail -6 /tmp/abl_out/$n.log; done
     tar cf $OUT/abl_results.tar -C /tmp/abl_out .  # one file: a call brings back at most 8
     tar cf $OUT/abl_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $ROWS $(cd $R && ls abl_*.log)
@@ -163,7 +165,7 @@ case "$1" in
     ;;
   finish)
     install || exit 1
-    wait_runs
+    wait_runs || { echo "still training; call again"; exit 0; }
     # the step budget all three mp_20 runs reached: single stage vs cascade compared there
     S=$(for n in mp20_single mp20_base mp20_sr; do
           ls $R/$n/checkpoints | sed -n 's/^step0*\([0-9]*\)\.ckpt$/\1/p' | sort -n | tail -1
