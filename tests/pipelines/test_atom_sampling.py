@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from pymatgen.core import Composition
 
 from crysgen import CrysgenError
 from crysgen.cli import main
@@ -73,6 +74,27 @@ def test_compositions_name_their_targets(model_dir, crystals, tmp_path):
             assert r["formula"] == want
 
 
+def test_composition_prior_draws_known_compositions_and_substitute_makes_new_ones(model_dir, crystals,
+                                                                                  tmp_path):
+    crystals.save(tmp_path / "train.npz")
+    known = {crystals.to_structure(i).composition.reduced_formula for i in range(len(crystals))}
+    drawn = sample_to_dir(model_dir, tmp_path / "drawn", SampleOptions(
+        n=8, steps=6, composition_prior=str(tmp_path / "train.npz")), progress=False)
+    rows = _rows(tmp_path / "drawn")
+    formulas = {r["formula"] for r in rows if not r["failure"]}
+    assert len(formulas) > 1 and formulas <= known and all(r["target"] == "" for r in rows)
+    assert drawn.composition_prior == {"drawn": 8, "substituted": 0, "by_common_states": 0}
+    subst = sample_to_dir(model_dir, tmp_path / "subst", SampleOptions(
+        n=8, steps=6, composition_prior=str(tmp_path / "train.npz"), substitute=True), progress=False)
+    # every one of the four has a same-charge substitute among the model's elements (LiCl, ZnTiO3, ...)
+    assert subst.composition_prior == {"drawn": 8, "substituted": 8, "by_common_states": 0}
+    new = {r["formula"] for r in _rows(tmp_path / "subst") if not r["failure"]}
+    assert new and not new & known
+    spec = AtomDiffusionModel.from_pretrained(model_dir).spec
+    assert all(el.Z in spec.elements for f in new for el in Composition(f))
+    assert '"substituted": 8' in (tmp_path / "subst" / "summary.json").read_text()
+
+
 def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     opts = SampleOptions(n=6, steps=6, chunk_size=2, seed=5)
     sample_to_dir(model_dir, tmp_path / "full", opts, progress=False)
@@ -94,6 +116,9 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     (["--formula", "Fe2O3", "--num-atoms", "35"], "not a multiple"),
     (["--num-atoms", "4"], "goes with --formula"),
     (["--churn", "-1"], "--churn must be at least 0"),
+    (["--substitute"], "--substitute goes with --composition-prior"),
+    (["--composition-prior", "absent.npz"], "no such file absent.npz"),
+    (["--formula", "NaCl", "--composition-prior", "absent.npz"], "--formula and --composition-prior exclude"),
 ])
 def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, args, message):
     rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])

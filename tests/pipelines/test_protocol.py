@@ -94,7 +94,7 @@ def test_every_kind_meets_the_protocol(model_dirs, kind):
     model = load_generator(model_dirs[kind])
     members = _protocol_members()
     assert set(members) == {"kind", "data", "default_batch_size", "compositions_from_formula",
-                            "compositions_from_targets", "prepare", "generate"}
+                            "compositions_from_targets", "compositions_from_prior", "prepare", "generate"}
     for name, member in members.items():
         assert hasattr(model, name), name
         if callable(member):  # every parameter of the protocol's method is taken
@@ -147,6 +147,8 @@ def test_models_without_composition_control_refuse_compositions(model_dirs, crys
         model.compositions_from_formula("NaCl", 2)
     with pytest.raises(CrysgenError, match=message):
         model.compositions_from_targets(crystals)
+    with pytest.raises(CrysgenError, match=message):
+        model.compositions_from_prior(crystals, 2)
     given = Compositions(np.zeros((2, 52), np.int64), ["", ""])
     with pytest.raises(CrysgenError, match=message):
         model.generate(2, compositions=given, **model.prepare(SampleOptions(n=2, steps=1)))
@@ -158,6 +160,10 @@ def test_models_with_composition_control_make_them(model_dirs, crystals, kind):
     comps = model.compositions_from_formula("NaCl", 3, num_atoms=4)
     assert (comps.atomic_numbers > 0).sum(1).tolist() == [4, 4, 4] and comps.targets == ["NaCl"] * 3
     assert model.compositions_from_targets(crystals, 2).targets == ["NaCl", "NaCl", "SrTiO3", "SrTiO3"]
+    drawn, counts = model.compositions_from_prior(crystals, 5, seed=1)
+    wanted = {tuple(sorted(r[r > 0])) for r in crystals.atomic_numbers}
+    assert {tuple(sorted(r[r > 0])) for r in drawn.atomic_numbers} <= wanted and drawn.targets == [""] * 5
+    assert counts == {"drawn": 5, "substituted": 0, "by_common_states": 0}
 
 
 def test_prepare_hands_each_model_its_own_options(model_dirs):

@@ -44,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom or single-stage CrysTens diffusion: one sample per crystal of this CrystalSet "
                         "with its elements (crystal structure prediction; samples.csv names each "
                         "sample's target)")
+    p.add_argument("--composition-prior", default=None, metavar="TRAIN.npz",
+                   help="atom or single-stage CrysTens diffusion: give each of the -n samples the "
+                        "composition of a crystal drawn (seeded) from this CrystalSet, typically the "
+                        "model's training set (composition first, then structure)")
+    p.add_argument("--substitute", action="store_true",
+                   help="with --composition-prior: change each drawn composition by one ion "
+                        "substitution (pymatgen's data-mined probabilities) to a composition the "
+                        "CrystalSet does not hold; summary.json counts the substituted")
     p.add_argument("--per-target", type=_positive_int, default=D.per_target,
                    help="samples per target of --compositions (%(default)s)")
     p.add_argument("--space-group", type=int, default=None,
@@ -102,7 +110,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             formula=args.formula, num_atoms=args.num_atoms,
                             compositions=args.compositions, per_target=args.per_target,
                             space_group=args.space_group, guidance=args.guidance, churn=args.churn,
-                            limit_element_count=args.limit_element_count)
+                            limit_element_count=args.limit_element_count,
+                            composition_prior=args.composition_prior, substitute=args.substitute)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

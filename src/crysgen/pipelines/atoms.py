@@ -25,7 +25,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
-from crysgen.pipelines.compositions import Compositions, from_formula, from_targets
+from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode, num_elements
@@ -89,6 +89,12 @@ class AtomDiffusionModel(SavedModel):
         """One row per (target, repeat); see :func:`crysgen.pipelines.compositions.from_targets`."""
         return from_targets(targets, max_sites=self.spec.max_atoms, per_target=per_target,
                             known_elements=set(self.spec.elements))
+
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+        """``n`` drawn compositions; see :func:`crysgen.pipelines.compositions.from_prior`."""
+        return from_prior(prior, n, max_sites=self.spec.max_atoms, known_elements=set(self.spec.elements),
+                          substitute=substitute, seed=seed)
 
     def check_space_group(self, space_group: int | None) -> None:
         """Refuse a space group this model cannot sample (CrysgenError); None passes."""

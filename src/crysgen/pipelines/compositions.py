@@ -2,9 +2,11 @@
 
 A model with composition control (atom diffusion, single-stage CrysTens diffusion) is asked for
 crystals of given elements per site: from a formula (``crysgen sample --formula LiFePO4``, the
-number of formula units given or drawn from the training histogram of site counts) or from
+number of formula units given or drawn from the training histogram of site counts), from
 target crystals (``--compositions TARGETS.npz``: crystal structure prediction, one row per
-target and repeat). Sites are listed element by element in increasing atomic number, as
+target and repeat), or drawn from a set of known crystals (``--composition-prior TRAIN.npz``,
+each optionally changed by one ion substitution, ``--substitute``: composition first, then
+structure). Sites are listed element by element in increasing atomic number, as
 ``crysgen data prepare`` sorts them (pymatgen's order).
 """
 
@@ -100,6 +102,66 @@ def from_targets(targets: CrystalSet, *, max_sites: int, per_target: int = 1,
     z[:, :w] = targets.atomic_numbers[:, :w]
     return Compositions(np.repeat(z, per_target, axis=0),
                         [str(t) for t in np.repeat(targets.ids, per_target)])
+
+
+def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set[int] | None = None,
+               substitute: bool = False, seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+    """``n`` compositions drawn from known crystals, each optionally changed by a substitution.
+
+    The draw is seeded and without replacement while ``n`` does not exceed the crystals that fit
+    (with replacement beyond); the samples name no target (their structures are new, not
+    predictions of the drawn crystals). With ``substitute``, each drawn composition takes one ion
+    substitution (:func:`crysgen.data.substitution.substitute`) to an element the model knows and
+    to a composition none of ``prior``'s crystals has; a composition without such a substitution
+    stays as drawn.
+
+    Args:
+        prior: the crystals compositions are drawn from (typically the model's training set).
+        n: samples.
+        max_sites: S: crystals with more sites are not drawn.
+        known_elements: the elements the model saw in training (None: any).
+        substitute: change each composition by one ion substitution.
+        seed: seeds the draw and the substitutions.
+
+    Returns:
+        The compositions, and counts: ``drawn`` (n), ``substituted`` (rows changed),
+        ``by_common_states`` (of those, rows without a charge-balanced oxidation-state guess).
+
+    Raises:
+        CrysgenError: if no crystal of ``prior`` fits in ``max_sites`` sites.
+    """
+    from crysgen.data.substitution import substitute as substitute_ions
+
+    fits = np.flatnonzero((prior.num_sites <= max_sites) & (prior.num_sites > 0))
+    if not len(fits):
+        raise CrysgenError(f"--composition-prior: no crystal has at most the model's {max_sites} sites")
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    rng = np.random.default_rng([*seeds, 3])
+    pick = fits[rng.choice(len(fits), n, replace=n > len(fits))]
+    if known_elements is not None:
+        warn_unseen({int(v) for v in np.unique(prior.atomic_numbers[pick])} - {0}, known_elements,
+                    "--composition-prior")
+    w = min(max_sites, prior.atomic_numbers.shape[1])
+    z = np.zeros((n, max_sites), np.int64)
+    z[:, :w] = prior.atomic_numbers[pick, :w]
+    counts = {"drawn": n, "substituted": 0, "by_common_states": 0}
+    if substitute:
+        res = substitute_ions(z, allowed=known_elements, avoid=reduced_formulas(prior.atomic_numbers),
+                              seed=[*seeds, 4])
+        z = res.atomic_numbers
+        counts |= {"substituted": int(res.changed.sum()), "by_common_states": res.by_common_states}
+    return Compositions(z, [""] * n), counts
+
+
+def reduced_formulas(atomic_numbers: np.ndarray) -> set[str]:
+    """The reduced formula of every row of int (n, S) atomic numbers (0 = no site)."""
+    from pymatgen.core import Composition, Element
+
+    out = set()
+    for row in {tuple(sorted(int(v) for v in r if v)) for r in atomic_numbers}:
+        if row:
+            out.add(Composition({Element.from_Z(z): row.count(z) for z in set(row)}).reduced_formula)
+    return out
 
 
 def warn_unseen(elements: set[int], known: set[int], what: str) -> None:

@@ -26,7 +26,7 @@ from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.models.unet2d import UNetConfig, build_unet
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
-from crysgen.pipelines.compositions import Compositions, from_formula, from_targets
+from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
 from crysgen.pipelines.protocol import SAMPLERS, Sampler, batch_size_for
 from crysgen.pipelines.seeding import torch_generator
@@ -196,6 +196,21 @@ class DiffusionModel(SavedModel):
                              known_elements=set(self.scaling.element_counts) or None)
         known_region(comps.atomic_numbers, self.scaling)
         return comps
+
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+        """``n`` drawn compositions (see :func:`crysgen.pipelines.compositions.from_prior`).
+
+        Raises:
+            CrysgenError: for a prior without a crystal of at most S sites, a composition with an
+                element outside the model's range, or a cascade stage.
+        """
+        self._check_single()
+        comps, counts = from_prior(prior, n, max_sites=self.scaling.layout.sites,
+                                   known_elements=set(self.scaling.element_counts) or None,
+                                   substitute=substitute, seed=seed)
+        known_region(comps.atomic_numbers, self.scaling)
+        return comps, counts
 
 
 def make_scheduler(diffusion: DiffusionConfig, sampler: Sampler) -> Any:

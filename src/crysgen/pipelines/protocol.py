@@ -50,7 +50,9 @@ class SampleOptions:
     classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn (None: the
     model's); ``limit_element_count`` snaps each de novo sample of an element-count model to at
     most the count it was conditioned on (default: every site on its own): atom diffusion models only
-    (:mod:`crysgen.pipelines.atoms`).
+    (:mod:`crysgen.pipelines.atoms`). ``composition_prior`` (a CrystalSet) gives each of the ``n``
+    samples the composition of a crystal drawn from it, changed by one ion substitution with
+    ``substitute`` (composition first, then structure; models with composition control).
     """
 
     n: int
@@ -74,6 +76,8 @@ class SampleOptions:
     guidance: float = 1.0
     churn: float | None = None
     limit_element_count: bool = False
+    composition_prior: str | None = None
+    substitute: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -117,6 +121,16 @@ class Generator(Protocol):
 
         Raises:
             CrysgenError: for a model without composition control, and for targets it cannot make.
+        """
+
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+        """``n`` compositions drawn from known crystals, with the draw's counts.
+
+        See :func:`crysgen.pipelines.compositions.from_prior`.
+
+        Raises:
+            CrysgenError: for a model without composition control, and for a prior it cannot use.
         """
 
     def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
@@ -173,14 +187,20 @@ class NoCompositionControl(ABC):
         """Refused (CrysgenError): this model cannot fix the elements of its samples."""
         raise self._no_control()
 
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+        """Refused (CrysgenError): this model cannot fix the elements of its samples."""
+        raise self._no_control()
+
     def refuse_compositions(self, compositions: Compositions | None) -> None:
         """For ``generate``: refuse any compositions (CrysgenError); None passes."""
         if compositions is not None:
             raise self._no_control()
 
     def _no_control(self) -> CrysgenError:
-        return CrysgenError(f"--formula and --compositions need a model with composition control (atom "
-                            f"diffusion or single-stage CrysTens diffusion); this is a {self.kind} model")
+        return CrysgenError("--formula, --compositions and --composition-prior need a model with "
+                            "composition control (atom diffusion or single-stage CrysTens diffusion); "
+                            f"this is a {self.kind} model")
 
 
 def refuse_voxel_options(options: SampleOptions) -> None:

@@ -61,6 +61,7 @@ class SampleSummary:
     seconds: float
     crystals_per_s: float
     out: str
+    composition_prior: dict[str, int] | None = None
 
 
 def _spglib_number(structure: Any) -> int:
@@ -179,7 +180,7 @@ def sample_to_dir(
     decode_options = DecodeOptions(mode=options.decode_mode, symprec=options.symprec)
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
-    compositions = _compositions(model, options)  # so do options the model does not take
+    compositions, prior_counts = _compositions(model, options)  # so do options the model does not take
     gen_kwargs = model.prepare(options, device=device)
     batch_size = batch_size or model.default_batch_size(device)
     out = Path(out)
@@ -219,7 +220,7 @@ def sample_to_dir(
         bar.set_postfix(crystals_per_s=f"{produced / (time.perf_counter() - t0):.1f}")
     bar.close()
     seconds = time.perf_counter() - t0
-    return _summarize(out, n_chunks, options, done_before, seconds, produced)
+    return _summarize(out, n_chunks, options, done_before, seconds, produced, prior_counts)
 
 
 def _save_tensors(path: Path, tensors: np.ndarray) -> None:
@@ -227,8 +228,12 @@ def _save_tensors(path: Path, tensors: np.ndarray) -> None:
     write_npz_atomic(path, {"tensors": tensors})
 
 
-def _compositions(model: Generator, options: SampleOptions) -> Compositions | None:
-    """The elements of every sample (``--formula`` or ``--compositions``), or None (de novo).
+def _compositions(model: Generator, options: SampleOptions
+                  ) -> tuple[Compositions | None, dict[str, int] | None]:
+    """The elements of every sample, or None (de novo), and the prior draw's counts.
+
+    The elements come from ``--formula``, ``--compositions`` or ``--composition-prior``; the
+    counts are None without ``--composition-prior``.
 
     Raises:
         CrysgenError: for bad composition options, and from a model without composition control
@@ -236,17 +241,26 @@ def _compositions(model: Generator, options: SampleOptions) -> Compositions | No
     """
     from crysgen.crystal_set import CrystalSet
 
-    if options.formula is None and options.compositions is None:
-        if options.num_atoms is not None:
-            raise CrysgenError("--num-atoms goes with --formula")
-        return None
-    if options.formula is not None and options.compositions is not None:
-        raise CrysgenError("--formula and --compositions exclude each other")
+    given = [name for name, value in (("--formula", options.formula),
+                                      ("--compositions", options.compositions),
+                                      ("--composition-prior", options.composition_prior))
+             if value is not None]
+    if len(given) > 1:
+        raise CrysgenError(f"{' and '.join(given)} exclude each other")
     if options.num_atoms is not None and options.formula is None:
         raise CrysgenError("--num-atoms goes with --formula")
+    if options.substitute and options.composition_prior is None:
+        raise CrysgenError("--substitute goes with --composition-prior")
+    if not given:
+        return None, None
     if options.formula is not None:
         return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
-                                               seed=[options.seed, 2])
+                                               seed=[options.seed, 2]), None
+    if options.composition_prior is not None:
+        if not Path(options.composition_prior).is_file():
+            raise CrysgenError(f"--composition-prior: no such file {options.composition_prior}")
+        return model.compositions_from_prior(CrystalSet.load(options.composition_prior), options.n,
+                                             substitute=options.substitute, seed=[options.seed, 5])
     assert options.compositions is not None  # neither given: returned above
     if not Path(options.compositions).is_file():
         raise CrysgenError(f"--compositions: no such file {options.compositions}")
@@ -254,11 +268,11 @@ def _compositions(model: Generator, options: SampleOptions) -> Compositions | No
     if len(comps.targets) != options.n:
         raise CrysgenError(f"--compositions gives {len(comps.targets)} samples "
                            f"({options.per_target} per target), not -n {options.n}")
-    return comps
+    return comps, None
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,
-               seconds: float, produced: int) -> SampleSummary:
+               seconds: float, produced: int, prior_counts: dict[str, int] | None = None) -> SampleSummary:
     rows: list[dict[str, str]] = []
     for k in range(n_chunks):
         with (out / "chunks" / f"chunk_{k:05d}.csv").open(newline="") as fh:
@@ -278,6 +292,7 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         seconds=round(seconds, 3),
         crystals_per_s=round(produced / seconds, 3) if seconds > 0 and produced else float("nan"),
         out=str(out),
+        composition_prior=prior_counts,
     )
     write_text_atomic(out / "summary.json", dumps_strict(asdict(summary) | {"options": asdict(options)},
                                                      indent=1) + "\n")
