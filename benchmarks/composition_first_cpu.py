@@ -1,7 +1,10 @@
 """Composition first, then structure, for the atom model -> composition_first_mp_20_cpu.json.
 
 Three arms of N samples each from one atom diffusion model, scored by the same suite (validity,
-distributions, coverage, novelty; no stability, so it runs on a CPU):
+distributions, coverage, novelty; no stability, so it runs on a CPU), beside N real crystals:
+
+- ``training_crystals``: N training crystals drawn (seeded), no model: at this N and reference
+  size, the noise floor of each distance and coverage figure (and novelty 0 by definition).
 
 - ``denovo``: the model's own de novo sampling (`crysgen sample -n N`).
 - ``train``: each sample takes the composition of a training crystal drawn (seeded) and the model
@@ -27,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.pipelines.compositions import reduced_formulas
 from crysgen.pipelines.generators import resolve_model_dir
@@ -39,6 +44,11 @@ HEADLINE = ("struct_valid", "comp_valid", "valid", "cov_recall", "cov_precision"
 def run_cli(argv: list[str]) -> None:
     """``crysgen ARGV`` in a fresh process (its output passes through); stops on failure."""
     subprocess.run([sys.executable, "-m", "crysgen", *argv], check=True)
+
+
+def resolve_spec_sites(model: str) -> int:
+    """The most sites MODEL (an atom diffusion model directory) makes."""
+    return int(json.loads((resolve_model_dir(model) / "atoms.json").read_text())["max_atoms"])
 
 
 def main() -> None:
@@ -58,15 +68,20 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     # each arm through the CLI, as a user runs it (and in fresh processes: evaluate's worker pool
     # hung when forked from this process after CPU sampling)
-    known = reduced_formulas(CrystalSet.load(args.train).atomic_numbers)
-    arms = {"denovo": [], "train": ["--composition-prior", args.train],
+    train = CrystalSet.load(args.train)
+    known = reduced_formulas(train.atomic_numbers)
+    floor = work / "training_crystals.npz"  # no model: the noise floor of each metric at this n
+    fits = np.flatnonzero(train.num_sites <= resolve_spec_sites(args.model))
+    train.subset(np.sort(np.random.default_rng(args.seed).choice(fits, args.n, replace=False))).save(floor)
+    arms = {"training_crystals": None, "denovo": [], "train": ["--composition-prior", args.train],
             "substituted": ["--composition-prior", args.train, "--substitute"]}
     results = {}
     for name, extra in arms.items():
-        folder = work / name
+        folder = work / name if extra is not None else floor
         t0 = time.perf_counter()
-        run_cli(["sample", args.model, "-n", str(args.n), "--steps", str(args.steps), "--seed",
-                 str(args.seed), "--out", str(folder), "--quiet", *extra])
+        if extra is not None:
+            run_cli(["sample", args.model, "-n", str(args.n), "--steps", str(args.steps), "--seed",
+                     str(args.seed), "--out", str(folder), "--quiet", *extra])
         sample_s = time.perf_counter() - t0
         run_cli(["evaluate", str(folder), "--train", args.train, "--reference", args.reference,
                  "--metrics", "validity,distributions,coverage,novelty", "--dataset", "mp_20",
@@ -74,8 +89,8 @@ def main() -> None:
                  "--cache-dir", str(work / "cache"), "--quiet",
                  "--out", str(work / f"{name}_report")])
         metrics = json.loads((work / f"{name}_report" / "metrics.json").read_text())
-        summary = json.loads((folder / "summary.json").read_text())
-        with (folder / "samples.csv").open(newline="") as fh:
+        summary = json.loads((folder / "summary.json").read_text()) if extra is not None else {}
+        with (work / f"{name}_report" / "structures.csv").open(newline="") as fh:
             formulas = [r["formula"] for r in csv.DictReader(fh) if r["formula"]]
         results[name] = {"metrics": {k: metrics["metrics"][k]["value"] for k in HEADLINE
                                      if k in metrics["metrics"]},
