@@ -44,6 +44,11 @@ def main() -> None:
     p.add_argument("--cache-dir", default="benchmarks/.work/cache")
     p.add_argument("--samples", help="a `crysgen sample` folder of MODEL made earlier (the sampling "
                    "time is then not measured here)")
+    p.add_argument("--composition-prior", default=None, metavar="TRAIN.npz|train",
+                   help="sample composition first (`crysgen sample --composition-prior`): compositions "
+                        "drawn from this CrystalSet ('train': the dataset's training split in --work)")
+    p.add_argument("--substitute", action="store_true",
+                   help="with --composition-prior: one ion substitution per drawn composition")
     p.add_argument("--metrics", default=",".join(ALL_FAMILIES), help="families (default: all)")
     p.add_argument("--relax-steps", type=int, default=EvalOptions.relax_steps,
                    help="CHGNet FIRE steps per structure (%(default)s)")
@@ -67,10 +72,12 @@ def main() -> None:
     else:
         samples = out / "samples"
         t0 = time.perf_counter()
-        summary = sample_to_dir(args.model, samples, SampleOptions(n=args.n), device=args.device,
-                                progress=False)
+        prior = (str(work / f"{TRAIN[args.dataset]}.npz") if args.composition_prior == "train"
+                 else args.composition_prior)
+        options = SampleOptions(n=args.n, composition_prior=prior, substitute=args.substitute)
+        summary = sample_to_dir(args.model, samples, options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
-                    "failures": summary.failures}
+                    "failures": summary.failures, "composition_prior": summary.composition_prior}
     options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset,
                           comp_scaler_from=args.comp_scaler_from,
                           property_model=args.property_model,

@@ -24,6 +24,7 @@
 #                                                      # `sample` folder, else of 1,000 new samples),
 #                                                      # detached; result and report to $OUT when done
 #   bash benchmarks/gpu_atoms.sh eval-wait NAME [WAIT] # follow it in a later call
+#   (EVAL_ARGS='--composition-prior train --substitute': more eval_model.py options; new samples)
 #   (every wait ends by the call's clock: CALL_S, default 540 s, see gpu_env.sh)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
@@ -139,7 +140,8 @@ eval)  # detached, so that a slow evaluation (cold caches, a shared GPU) survive
   E=/tmp/eval_$2; rm -rf $E; mkdir -p $E
   setsid nohup bash -c "python3 $S/benchmarks/eval_model.py ${MODEL:-$R/$RUN/model} --name $2 --dataset $D \
     --device cuda --workers 14 --work $W --relax-workers 14 --relax-steps 300 --relax-time-limit 120 --progress \
-    ${METRICS:+--metrics $METRICS} ${CACHE:+--cache-dir $CACHE} $( [ -d $A/denovo ] && echo --samples $A/denovo ) \
+    ${METRICS:+--metrics $METRICS} ${CACHE:+--cache-dir $CACHE} ${EVAL_ARGS:-} \
+    $( [ -d $A/denovo ] && [ -z "${EVAL_ARGS:-}" ] && echo --samples $A/denovo ) \
     && cp $S/benchmarks/results/eval_$2_$D.json $E/ \
     && tar czf $E/eval_report_$2.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv" \
     > $E/log 2>&1 < /dev/null &
