@@ -74,8 +74,8 @@ def main() -> None:
         t0 = time.perf_counter()
         prior = (str(work / f"{TRAIN[args.dataset]}.npz") if args.composition_prior == "train"
                  else args.composition_prior)
-        options = SampleOptions(n=args.n, composition_prior=prior, substitute=args.substitute)
-        summary = sample_to_dir(args.model, samples, options, device=args.device, progress=False)
+        sample_options = SampleOptions(n=args.n, composition_prior=prior, substitute=args.substitute)
+        summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}
     options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset,
