@@ -20,8 +20,8 @@ added to.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,18 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from crysgen.errors import CrysgenError
+from crysgen.models.saved import ModelContents, SavedModel
+from crysgen.representations.crystens import CrysTensScaling
 from crysgen.representations.crystens.layout import LAYERS, SIZE
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from crysgen.models.model_dir import ModelFiles
+
 KINDS = ("gan", "wgan")
 """Adversarial model kinds: the vanilla GAN and the WGAN-GP."""
+B = TypeVar("B", bound="AdversarialBundle")
 
 
 @dataclass(frozen=True)
@@ -281,3 +286,43 @@ def build_critic(cfg: AdversarialNetConfig) -> nn.Module:
     net = GANDiscriminator(cfg) if cfg.kind == "gan" else WGANCritic(cfg)
     _keras_init(net)
     return net
+
+
+@dataclass
+class AdversarialBundle(SavedModel):
+    """A trained GAN or WGAN-GP as saved: generator, its config, CrysTens scaling, data fingerprint.
+
+    The model directory's ``kind`` is "gan" or "wgan"; it holds the generator only (the
+    discriminator/critic stays in the run's checkpoints). Training builds and exports it;
+    :class:`crysgen.pipelines.adversarial.AdversarialModel` (what ``from_pretrained`` of that class
+    returns) samples from it.
+    """
+
+    KINDS = KINDS  # the module's
+    DESCRIPTION = "GAN or WGAN-GP"
+    NEEDS_SCALING = True
+
+    generator: nn.Module
+    net: AdversarialNetConfig
+    scaling: CrysTensScaling
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The kind: "gan" or "wgan"."""
+        return self.net.kind
+
+    def contents(self) -> ModelContents:
+        """The generator's config and weights, the scaling."""
+        return ModelContents(self.net.kind, {"net": self.net.to_dict()}, self.generator.state_dict(),
+                             self.data, self.scaling)
+
+    @classmethod
+    def from_files(cls: type[B], files: ModelFiles) -> B:
+        """The model of a loaded "gan" or "wgan" directory (see :meth:`SavedModel.from_pretrained`)."""
+        net = AdversarialNetConfig(**files.config["net"])
+        generator = build_generator(net)
+        generator.load_state_dict(files.state_dict)
+        generator.eval()
+        assert files.scaling is not None  # NEEDS_SCALING: load_model_dir checked it is there
+        return cls(generator, net, files.scaling, files.data)

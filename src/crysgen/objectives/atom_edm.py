@@ -6,66 +6,20 @@ the torus, so their noise is wrapped (x_t = wrap(x + σ n)) and the network pred
 displacement towards the clean point, D = x_t + c_out(σ) F, with the loss taken on the wrapped
 difference. With ``csp_fraction`` of the crystals the element codes are given clean (σ = 0 for
 that part, a flag tells the network), so one model does both de novo generation and crystal
-structure prediction (composition → structure).
+structure prediction (composition → structure). The settings,
+:class:`~crysgen.models.atoms.AtomEDMConfig`, are the model's (saved in its config.json).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 
-from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import lattice_matrix
-
-
-@dataclass(frozen=True)
-class AtomEDMConfig:
-    """Noise distribution, σ_data per part, loss weights and the sampler's defaults.
-
-    Attributes:
-        p_mean: mean of ln σ during training.
-        p_std: std of ln σ during training.
-        sigma_data_coords: σ_data of the periodic displacements (0.29 = std of U[-½, ½]).
-        sigma_data_lattice: σ_data of the standardised lattice features.
-        weights: loss weights of (types, coordinates, lattice).
-        csp_fraction: share of training crystals whose element codes are given clean.
-        sigma_min: smallest σ of the sampling schedule.
-        sigma_max: largest σ of the sampling schedule.
-        rho: Karras schedule exponent.
-        s_churn: EDM stochastic churn (0 = deterministic Heun).
-        cond_dropout: share of training crystals whose conditions (space group, number of
-            elements) are withheld (0 given), each independently, so that a conditioned network
-            learns the unconditional model too (classifier-free guidance).
-    """
-
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data_coords: float = 0.29
-    sigma_data_lattice: float = 1.0
-    weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
-    csp_fraction: float = 0.3
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    s_churn: float = 0.0
-    cond_dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-        if len(self.weights) != 3 or min(self.weights) < 0:
-            raise CrysgenError("edm.weights takes three non-negative numbers: types, coords, lattice")
-        for name in ("csp_fraction", "cond_dropout"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self) | {"weights": list(self.weights)}
+from crysgen.models.atoms import AtomEDMConfig
 
 
 class Parts(NamedTuple):

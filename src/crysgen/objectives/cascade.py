@@ -1,4 +1,4 @@
-"""The Imagen-style two-stage cascade: which stage a model is, and the stage's training objective.
+"""The Imagen-style two-stage cascade: the training objective of each stage.
 
 A *base* stage learns CrysTens tensors down-sampled to ``low_res`` × ``low_res`` (area average of
 2×2 blocks for 64 -> 32). A *super-resolution* (``sr``) stage learns the full 64×64 tensor given
@@ -8,58 +8,21 @@ is exactly the mean of its block) and fed as extra input channels. As in Imagen 
 ``t_aug ~ U{0..aug_max·T}`` during training and at a fixed level ``aug_sample·T`` when sampling;
 the SR network sees ``t_aug`` through a second timestep embedding (diffusers'
 ``class_embed_type="timestep"``), so it learns how much to trust its conditioning.
-A *single* stage is the ordinary 64×64 model.
+A *single* stage is the ordinary 64×64 model. Which stage a model is, is its
+:class:`~crysgen.models.diffusion.StageConfig` (saved in config.json).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from crysgen.errors import CrysgenError
+from crysgen.models.diffusion import StageConfig
 from crysgen.objectives.diffusion import diffusion_loss
 
 if TYPE_CHECKING:
     import torch
     from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-
-Role = Literal["single", "base", "sr"]
-ROLES: tuple[Role, ...] = ("single", "base", "sr")
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """Which part of a cascade a model is.
-
-    Attributes:
-        role: "single" (64×64 model), "base" (low-resolution model) or "sr" (super-resolution).
-        low_res: side of the base stage's tensors (the SR stage's conditioning before
-            up-sampling).
-        aug_max: SR training: the conditioning's noise level is drawn from [0, aug_max] × T.
-        aug_sample: SR sampling: the conditioning's noise level, as a fraction of T.
-    """
-
-    role: Role = "single"
-    low_res: int = 32
-    aug_max: float = 0.2
-    aug_sample: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise CrysgenError(f"stage.role must be one of {', '.join(ROLES)}, got {self.role!r}")
-        if self.low_res < 4:
-            raise CrysgenError(f"stage.low_res must be at least 4, got {self.low_res}")
-        for name in ("aug_max", "aug_sample"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise CrysgenError(f"stage.{name} must be in [0, 1), got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    def aug_timestep(self, timesteps: int, fraction: float) -> int:
-        """The integer noise level for ``fraction`` of ``timesteps`` (clamped to the schedule)."""
-        return min(timesteps - 1, round(fraction * timesteps))
 
 
 def downsample(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -12,110 +12,14 @@ strips, the element-code strips, the pair block and the always-zero corner; see
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from crysgen.errors import CrysgenError
-from crysgen.representations.crystens.layout import REGIONS, CrysTensLayout, region_map
+# the objective's settings are the model's (saved in config.json): they live with the model
+from crysgen.models.diffusion import DiffusionConfig as DiffusionConfig
 
 if TYPE_CHECKING:
     import torch
     from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-
-Prediction = Literal["eps", "v", "x0"]
-Schedule = Literal["cosine", "linear"]
-Objective = Literal["ddpm", "edm"]
-OBJECTIVES: tuple[Objective, ...] = ("ddpm", "edm")
-_PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
-_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """Training objective, noise schedule and prediction target.
-
-    Attributes:
-        prediction: DDPM: what the network predicts: noise ("eps"), velocity ("v") or the clean
-            tensor ("x0"). EDM has one parametrisation (its preconditioning) and ignores it.
-        schedule: DDPM beta schedule ("cosine" as in Imagen, or "linear").
-        timesteps: DDPM training timesteps T.
-        objective: "ddpm" (the default; models saved before objectives existed) or "edm".
-        sigma_data: EDM: σ_data of the tensors in [-1, 1].
-        p_mean: EDM: mean of ln σ during training.
-        p_std: EDM: std of ln σ during training.
-        sigma_min: EDM: smallest σ of the sampling schedule.
-        sigma_max: EDM: largest σ of the sampling schedule.
-        rho: EDM: Karras schedule exponent.
-        region_weights: loss weight per tensor region (keys among :data:`REGIONS`, missing
-            ones 1); None: the plain mean over the tensor.
-    """
-
-    prediction: Prediction = "v"
-    schedule: Schedule = "cosine"
-    timesteps: int = 1000
-    objective: Objective = "ddpm"
-    sigma_data: float = 0.5
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    region_weights: dict[str, float] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.prediction not in _PREDICTION_TYPES:
-            raise CrysgenError(f"diffusion.prediction must be one of {', '.join(_PREDICTION_TYPES)}")
-        if self.schedule not in _BETA_SCHEDULES:
-            raise CrysgenError(f"diffusion.schedule must be one of {', '.join(_BETA_SCHEDULES)}")
-        if self.timesteps < 2:
-            raise CrysgenError("diffusion.timesteps must be at least 2")
-        if self.objective not in OBJECTIVES:
-            raise CrysgenError(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, "
-                               f"got {self.objective!r}")
-        if not (0 < self.sigma_min < self.sigma_max and self.sigma_data > 0 and self.p_std > 0
-                and self.rho > 0):
-            raise CrysgenError("diffusion: need 0 < sigma_min < sigma_max and positive sigma_data, "
-                               "p_std and rho")
-        if self.region_weights is not None:
-            w = dict(self.region_weights)
-            bad = set(w) - set(REGIONS)
-            if bad:
-                raise CrysgenError(f"unknown diffusion.region_weights key(s) {', '.join(sorted(bad))}; "
-                                   f"choose among {', '.join(REGIONS)}")
-            if (not all(isinstance(v, int | float) and v >= 0 for v in w.values())
-                    or not any(w.get(r, 1.0) for r in REGIONS)):
-                raise CrysgenError("diffusion.region_weights must be non-negative numbers, not all 0")
-            object.__setattr__(self, "region_weights", {k: float(v) for k, v in sorted(w.items())})
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    def scheduler(self) -> Any:
-        """The training scheduler: DDPM's ``DDPMScheduler`` or EDM's ``EDMEulerScheduler``."""
-        if self.objective == "edm":
-            from diffusers import EDMEulerScheduler
-
-            return EDMEulerScheduler(sigma_min=self.sigma_min, sigma_max=self.sigma_max,
-                                     sigma_data=self.sigma_data, rho=self.rho, prediction_type="epsilon")
-        from diffusers import DDPMScheduler
-
-        return DDPMScheduler(
-            num_train_timesteps=self.timesteps,
-            beta_schedule=_BETA_SCHEDULES[self.schedule],
-            prediction_type=_PREDICTION_TYPES[self.prediction],
-            clip_sample=True,
-            clip_sample_range=1.0,
-        )
-
-    def weight_map(self, layout: CrysTensLayout) -> np.ndarray | None:
-        """float32 (size, size) loss weight of every tensor entry, or None (plain mean)."""
-        if self.region_weights is None:
-            return None
-        per_region = np.array([self.region_weights.get(r, 1.0) for r in REGIONS], np.float32)
-        return per_region[region_map(layout)]
 
 
 def weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

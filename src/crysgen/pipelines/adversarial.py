@@ -1,73 +1,38 @@
-"""A trained GAN or WGAN-GP generator as a crysgen model: save, load, sample (noise -> tensors).
+"""A trained GAN or WGAN-GP generator as a crysgen model that samples (noise -> tensors).
 
-The model directory's ``kind`` is "gan" or "wgan"; it holds the generator only (the
-discriminator/critic stays in the run's checkpoints). Sampling runs the generator in eval mode
-(BatchNorm with its running statistics, as Keras's ``predict`` does) on z ~ N(0, I) drawn from a
-seeded CPU generator.
+The model directory (kind "gan" or "wgan", the generator only) is saved and loaded by
+:class:`crysgen.models.adversarial.AdversarialBundle`; :class:`AdversarialModel` adds sampling.
+Sampling runs the generator in eval mode (BatchNorm with its running statistics, as Keras's
+``predict`` does) on z ~ N(0, I) drawn from a seeded CPU generator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crysgen.models.adversarial import KINDS as ADVERSARIAL_KINDS
-from crysgen.models.adversarial import AdversarialNetConfig, build_generator
-from crysgen.models.saved import ModelContents, SavedModel
+from crysgen.models.adversarial import AdversarialBundle
 from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
 from crysgen.pipelines.protocol import NoCompositionControl, batch_size_for
 from crysgen.pipelines.seeding import torch_generator
-from crysgen.representations.crystens import CrysTensScaling
 from crysgen.representations.crystens.layout import LAYERS, SIZE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from torch import nn
-
-    from crysgen.models.model_dir import ModelFiles
     from crysgen.pipelines.compositions import Compositions
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
 
 
-@dataclass
-class AdversarialModel(NoCompositionControl, SavedModel):
-    """Generator network, its config, the CrysTens scaling and the training-data fingerprint.
+class AdversarialModel(AdversarialBundle, NoCompositionControl):
+    """A trained GAN or WGAN-GP that samples (noise -> tensors -> crystals).
 
     It has no composition control, and no sampler settings (it ignores ``steps`` and ``sampler``).
+    ``AdversarialModel.from_pretrained(path)`` loads a model directory (see
+    :class:`~crysgen.models.adversarial.AdversarialBundle`, which training writes).
     """
-
-    KINDS = ADVERSARIAL_KINDS
-    DESCRIPTION = "GAN or WGAN-GP"
-    NEEDS_SCALING = True
-
-    generator: nn.Module
-    net: AdversarialNetConfig
-    scaling: CrysTensScaling
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        """The kind: "gan" or "wgan"."""
-        return self.net.kind
-
-    def contents(self) -> ModelContents:
-        """The generator's config and weights, the scaling."""
-        return ModelContents(self.net.kind, {"net": self.net.to_dict()}, self.generator.state_dict(),
-                             self.data, self.scaling)
-
-    @classmethod
-    def from_files(cls, files: ModelFiles) -> AdversarialModel:
-        """The model of a loaded "gan" or "wgan" directory (see :meth:`SavedModel.from_pretrained`)."""
-        net = AdversarialNetConfig(**files.config["net"])
-        generator = build_generator(net)
-        generator.load_state_dict(files.state_dict)
-        generator.eval()
-        assert files.scaling is not None  # NEEDS_SCALING: load_model_dir checked it is there
-        return cls(generator, net, files.scaling, files.data)
 
     def sample(self, n: int, *, seed: int | list[int] = 0, device: str = "cpu",
                batch_size: int = 256, **_: Any) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""crysgen's atom diffusion transformer: the saved model and its sampling loop.
+"""crysgen's atom diffusion transformer: the sampling loop of the saved model.
 
-A model directory of kind ``atom_diffusion`` holds ``config.json`` (network and EDM settings),
-``weights.safetensors`` (EMA weights) and ``atoms.json`` (the :class:`AtomSetSpec`: allowed
-elements, lattice statistics, the training histogram of site counts).
+The model directory (kind ``atom_diffusion``: network and EDM settings, EMA weights and the
+:class:`~crysgen.representations.atoms.AtomSetSpec`) is saved and loaded by
+:class:`crysgen.models.atoms.AtomDiffusionBundle`; :class:`AtomDiffusionModel` adds sampling.
 
 Sampling: the number of sites comes from the training histogram (de novo) or from a composition;
 element codes and lattice start as N(0, σ_max²) noise and coordinates uniform on the torus; the
@@ -14,7 +14,7 @@ structure prediction) and the decoder takes the elements as given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,56 +22,29 @@ import torch
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.models.atom_transformer import AtomTransformer
-from crysgen.models.saved import ModelContents, SavedModel
-from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts, denoise, wrap
+from crysgen.models.atoms import AtomDiffusionBundle
+from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options
 from crysgen.pipelines.seeding import torch_generator
-from crysgen.representations.atoms import AtomSets, AtomSetSpec, decode, encode, num_elements
+from crysgen.representations.atoms import AtomSets, decode, encode, num_elements
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from crysgen.models.model_dir import ModelFiles
+    from crysgen.models.atoms import AtomEDMConfig
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeResult
 
-KIND = "atom_diffusion"
-SPEC_FILE = "atoms.json"
 __all__ = ["AtomDiffusionModel", "Compositions", "edm_heun", "size_batches"]
 
 
-@dataclass
-class AtomDiffusionModel(SavedModel):
-    """A trained atom diffusion transformer: network, EDM settings, spec, data fingerprint."""
+class AtomDiffusionModel(AtomDiffusionBundle):
+    """A trained atom diffusion transformer that samples: the saved bundle and the sampling loop.
 
-    KINDS = (KIND,)
-    DESCRIPTION = "atom diffusion model"
-    REQUIRED_FILES = (SPEC_FILE,)
-
-    net: AtomTransformer
-    edm: AtomEDMConfig
-    spec: AtomSetSpec
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        """The kind: "atom_diffusion"."""
-        return KIND
-
-    def contents(self) -> ModelContents:
-        """Network and EDM settings, EMA weights and the spec (``atoms.json``)."""
-        return ModelContents(KIND, {"net": self.net.config, "edm": self.edm.to_dict()}, self.net.state_dict(),
-                             self.data, files={SPEC_FILE: self.spec.save})
-
-    @classmethod
-    def from_files(cls, files: ModelFiles) -> AtomDiffusionModel:
-        """The model of a loaded ``atom_diffusion`` directory (see :meth:`SavedModel.from_pretrained`)."""
-        net = AtomTransformer(**files.config["net"])
-        net.load_state_dict(files.state_dict)
-        return cls(net.eval(), AtomEDMConfig(**files.config["edm"]), AtomSetSpec.load(files.path / SPEC_FILE),
-                   files.data)
+    ``AtomDiffusionModel.from_pretrained(path)`` loads a model directory (see
+    :class:`~crysgen.models.atoms.AtomDiffusionBundle`, which training writes).
+    """
 
     # ------------------------------------------------------------------ compositions
     def compositions_from_formula(self, formula: str, n: int, *, num_atoms: int | None = None,

@@ -1,4 +1,7 @@
-"""CrysTens diffusion: the trained model bundle and the sampling loop (noise -> tensors).
+"""CrysTens diffusion: the sampling loop of the trained model (noise -> tensors).
+
+The model directory is saved and loaded by :class:`crysgen.models.diffusion.DiffusionBundle`;
+:class:`DiffusionModel` adds sampling.
 
 The loop is diffusers' standard one: ``set_timesteps``, then ``scheduler.step`` with the
 network's prediction. A DDPM-objective model samples with DDPM (the paper's 1000 steps), DDIM or
@@ -16,105 +19,36 @@ values at the end, so the sample keeps them exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crysgen.errors import CrysgenError
-from crysgen.models.saved import ModelContents, SavedModel
-from crysgen.models.unet2d import UNetConfig, build_unet
-from crysgen.objectives.cascade import StageConfig
-from crysgen.objectives.diffusion import DiffusionConfig, to_unit_range
+from crysgen.models.diffusion import DiffusionBundle
+from crysgen.objectives.diffusion import to_unit_range
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.crystens import decode_tensors, prepare_crystens
 from crysgen.pipelines.protocol import SAMPLERS, Sampler, batch_size_for
 from crysgen.pipelines.seeding import torch_generator
-from crysgen.representations.crystens import CrysTensScaling
 from crysgen.representations.crystens.composition import known_region
-from crysgen.representations.crystens.layout import CrysTensLayout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from diffusers.models.unets.unet_2d import UNet2DModel
-
     from crysgen.crystal_set import CrystalSet
-    from crysgen.models.model_dir import ModelFiles
+    from crysgen.models.diffusion import DiffusionConfig
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
 
-KIND = "diffusion"
 
+class DiffusionModel(DiffusionBundle):
+    """A trained CrysTens diffusion model that samples: the saved bundle and the sampling loop.
 
-@dataclass
-class DiffusionModel(SavedModel):
-    """A trained CrysTens diffusion model: denoiser, schedule, scaling, data fingerprint.
-
-    ``stage`` says whether it is a whole model or one stage of a cascade (see
-    :mod:`crysgen.objectives.cascade`); only single-stage models sample crystals on their own.
-    A single model's tensors have the CrysTens layout of its scaling (``scaling.layout``: S site
-    rows, element codes; the paper's 64×64 for models saved before layouts existed); the
-    directory's config.json records it too (``config["crystens"]``).
+    ``DiffusionModel.from_pretrained(path)`` loads a model directory (see
+    :class:`~crysgen.models.diffusion.DiffusionBundle`, which training writes). Only single-stage
+    models sample crystals on their own; a cascade's stages sample through
+    :class:`~crysgen.pipelines.cascade.CascadeModel`.
     """
-
-    KINDS = (KIND,)
-    DESCRIPTION = "diffusion model"
-    NEEDS_SCALING = True
-
-    unet: UNet2DModel
-    unet_config: UNetConfig
-    diffusion: DiffusionConfig
-    scaling: CrysTensScaling
-    data: dict[str, Any] = field(default_factory=dict)
-    stage: StageConfig = field(default_factory=StageConfig)
-
-    @classmethod
-    def create(cls, unet_config: UNetConfig, diffusion: DiffusionConfig,
-               scaling: CrysTensScaling, data: dict[str, Any] | None = None,
-               stage: StageConfig | None = None) -> DiffusionModel:
-        """A new, untrained model.
-
-        Raises:
-            CrysgenError: if a single model's input size is not its scaling's layout size.
-        """
-        stage = stage or StageConfig()
-        if stage.role == "single" and unet_config.sample_size != scaling.layout.size:
-            raise CrysgenError(f"the network takes {unet_config.sample_size}² tensors but the "
-                               f"scaling's CrysTens layout ({scaling.layout.sites} sites) makes "
-                               f"{scaling.layout.size}²")
-        return cls(build_unet(unet_config), unet_config, diffusion, scaling, dict(data or {}), stage)
-
-    def contents(self) -> ModelContents:
-        """Network config, schedule, stage and CrysTens layout, EMA weights and scaling."""
-        config = {"unet": self.unet_config.to_dict(), "diffusion": self.diffusion.to_dict(),
-                  "stage": self.stage.to_dict(), "crystens": self.scaling.layout.to_dict()}
-        return ModelContents(KIND, config, self.unet.state_dict(), self.data, self.scaling)
-
-    @classmethod
-    def from_files(cls, files: ModelFiles) -> DiffusionModel:
-        """The model of a loaded ``diffusion`` directory (see :meth:`SavedModel.from_pretrained`).
-
-        Raises:
-            CrysgenError: if config.json's CrysTens layout is not scaling.json's.
-        """
-        # directories saved before layouts existed have neither entry: the paper's layout
-        layout = CrysTensLayout.from_dict(files.config.get("crystens"))
-        assert files.scaling is not None  # NEEDS_SCALING: load_model_dir checked it is there
-        if layout != files.scaling.layout:
-            raise CrysgenError(f"{files.path}: config.json's CrysTens layout {layout.to_dict()} differs "
-                               f"from scaling.json's {files.scaling.layout.to_dict()}")
-        model = cls.create(UNetConfig.from_dict(files.config["unet"]),
-                           DiffusionConfig(**files.config["diffusion"]), files.scaling, files.data,
-                           StageConfig(**files.config.get("stage", {})))
-        model.unet.load_state_dict(files.state_dict)
-        model.unet.eval()
-        return model
-
-    @property
-    def kind(self) -> str:
-        """The kind: "diffusion" (a whole model or a cascade's stage)."""
-        return KIND
 
     def sample(self, n: int, **kwargs: Any) -> np.ndarray:
         """``n`` CrysTens tensors, float32 (n, 4, size, size) in [0, 1]; see :func:`sample_tensors`."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from crysgen.errors import CrysgenError
-from crysgen.models.adversarial import build_critic, build_generator
+from crysgen.models.adversarial import AdversarialBundle, build_critic, build_generator
 from crysgen.objectives.adversarial import (
     bce_loss,
     gradient_penalty,
@@ -40,7 +40,6 @@ from crysgen.objectives.adversarial import (
     wasserstein_estimate,
     wasserstein_generator_loss,
 )
-from crysgen.pipelines.adversarial import AdversarialModel
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import AdversarialTrainConfig
 from crysgen.training.runs import checkpoint_data, fit, open_run, read_checkpoint, tensor_loader
@@ -295,7 +294,7 @@ class AdversarialModule(L.LightningModule):
 def export_model(module: AdversarialModule, scaling: CrysTensScaling, data: dict[str, Any],
                  out: Path) -> Path:
     """Save the module's generator as a model directory."""
-    return AdversarialModel(module.generator, module.cfg.net, scaling, data).save_pretrained(out)
+    return AdversarialBundle(module.generator, module.cfg.net, scaling, data).save_pretrained(out)
 
 
 def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None) -> Path:

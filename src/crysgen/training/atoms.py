@@ -18,8 +18,8 @@ import torch
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 from crysgen.models.atom_transformer import AtomTransformer
+from crysgen.models.atoms import SPEC_FILE, AtomDiffusionBundle
 from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, permute_axes, wrap
-from crysgen.pipelines.atoms import SPEC_FILE, AtomDiffusionModel
 from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce, num_elements
 from crysgen.representations.elements import CODE_DIM
 from crysgen.training.config import AtomTrainConfig
@@ -122,7 +122,7 @@ class AtomDiffusionModule(L.LightningModule):
 def export_model(module: AtomDiffusionModule, data: dict[str, Any], out: Path) -> Path:
     """Save the module's EMA weights as an ``atom_diffusion`` model directory."""
     net = cast(AtomTransformer, module.ema.module)
-    return AtomDiffusionModel(net, module.cfg.edm, module.spec, data).save_pretrained(out)
+    return AtomDiffusionBundle(net, module.cfg.edm, module.spec, data).save_pretrained(out)
 
 
 def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = None) -> Path:
@@ -182,7 +182,7 @@ def train_atom_diffusion(
             ``data.max_atoms``, or an ``init`` model with another network.
     """
     holder: dict[str, CrystalSet] = {}  # the reduced cells, so a new run reduces them once
-    init_model = AtomDiffusionModel.from_pretrained(init) if init is not None else None
+    init_model = AtomDiffusionBundle.from_pretrained(init) if init is not None else None
 
     def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
         holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals

@@ -14,11 +14,11 @@ import torch
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
+from crysgen.models.diffusion import DiffusionBundle
 from crysgen.models.unet2d import build_unet
 from crysgen.objectives.cascade import stage_loss
 from crysgen.objectives.diffusion import to_model_range
 from crysgen.objectives.diffusion_edm import edm_loss
-from crysgen.pipelines.diffusion import DiffusionModel
 from crysgen.representations.crystens import CrysTensScaling
 from crysgen.training.config import DiffusionTrainConfig
 from crysgen.training.runs import (
@@ -96,8 +96,8 @@ def export_model(module: DiffusionModule, scaling: CrysTensScaling, data: dict[s
                  out: Path) -> Path:
     """Save the module's EMA weights as a model directory."""
     unet = cast("UNet2DModel", module.ema.module)  # AveragedModel types its copy as a Module
-    model = DiffusionModel(unet, module.cfg.unet, module.cfg.diffusion, scaling, data,
-                           stage=module.cfg.stage)
+    model = DiffusionBundle(unet, module.cfg.unet, module.cfg.diffusion, scaling, data,
+                            stage=module.cfg.stage)
     return model.save_pretrained(out)
 
 
@@ -123,8 +123,8 @@ def export_checkpoint(run: str | Path, out: str | Path, *, step: int | None = No
 
 
 def _init_model(init: str | Path, config: DiffusionTrainConfig, crystals: CrystalSet,
-                fingerprint: dict[str, Any]) -> DiffusionModel:
-    model = DiffusionModel.from_pretrained(init)
+                fingerprint: dict[str, Any]) -> DiffusionBundle:
+    model = DiffusionBundle.from_pretrained(init)
     if (model.unet_config != config.unet or model.stage != config.stage
             or model.scaling.layout != config.crystens):
         raise CrysgenError(f"--init {init}: its network, stage or CrysTens layout differs from this run's")

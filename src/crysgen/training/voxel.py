@@ -35,17 +35,17 @@ import torch
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
 from crysgen.models.unet3d import UNet3D
-from crysgen.models.voxel_vae import VoxelVAE
-from crysgen.objectives.voxel import channel_weights, class_weights, segmentation_loss, vae_loss
-from crysgen.pipelines.voxel import (
+from crysgen.models.voxel import (
     SPEC_FILE,
     LatentPrior,
     SegmenterModel,
-    VoxelModel,
+    VoxelBundle,
     VoxelSpec,
     load_segmenter,
     one_hot,
 )
+from crysgen.models.voxel_vae import VoxelVAE
+from crysgen.objectives.voxel import channel_weights, class_weights, segmentation_loss, vae_loss
 from crysgen.representations.voxel import (
     VoxelConfig,
     density,
@@ -278,7 +278,7 @@ def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.
         fresh: torch.nn.Module = UNet3D(width=config.width)
     else:
         try:
-            net = VoxelModel.from_pretrained(init).vae
+            net = VoxelBundle.from_pretrained(init).vae
         except CrysgenError as exc:
             raise CrysgenError(f"--init {init}: {exc}") from exc
         fresh = VoxelVAE(grid=VoxelConfig.from_dict(config.voxel).grid, num_conditions=config.num_conditions,
@@ -292,7 +292,7 @@ def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.
     return state
 
 
-def posterior_prior(model: VoxelModel, dataset: VoxelBatches, device: torch.device) -> LatentPrior:
+def posterior_prior(model: VoxelBundle, dataset: VoxelBatches, device: torch.device) -> LatentPrior:
     """The posterior-matched prior of a VAE on the first :data:`PRIOR_CRYSTALS` training crystals.
 
     The posteriors come from the voxelised training grids, unrotated, on ``device``.
@@ -321,7 +321,7 @@ def export_model(module: VoxelModule, spec: VoxelSpec, data: dict[str, Any], out
     vae, segmenter = module.net, module.frozen
     assert isinstance(vae, VoxelVAE) and segmenter is not None  # a VAE run's module has both
     assert dataset is not None  # a VAE's export fits its prior on the training crystals
-    model = VoxelModel(vae, segmenter, spec, data)
+    model = VoxelBundle(vae, segmenter, spec, data)
     model.prior = posterior_prior(model, dataset, module.device)
     return model.save_pretrained(out)
 

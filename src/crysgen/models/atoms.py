@@ -1,0 +1,110 @@
+"""crysgen's atom diffusion transformer as a model directory holds it: network, EDM settings, spec.
+
+A model directory of kind ``atom_diffusion`` holds ``config.json`` (network and EDM settings),
+``weights.safetensors`` (EMA weights) and ``atoms.json`` (the :class:`AtomSetSpec`: allowed
+elements, lattice statistics, the training histogram of site counts). :class:`AtomEDMConfig` is
+the model's noise and preconditioning settings, which training
+(:mod:`crysgen.objectives.atom_edm`) and sampling both read. :class:`AtomDiffusionBundle` saves and
+loads the directory; the model that samples, :class:`crysgen.pipelines.atoms.AtomDiffusionModel`,
+adds the sampling loop to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from crysgen.errors import CrysgenError
+from crysgen.models.atom_transformer import AtomTransformer
+from crysgen.models.saved import ModelContents, SavedModel
+from crysgen.representations.atoms import AtomSetSpec
+
+if TYPE_CHECKING:
+    from crysgen.models.model_dir import ModelFiles
+
+KIND = "atom_diffusion"
+SPEC_FILE = "atoms.json"
+B = TypeVar("B", bound="AtomDiffusionBundle")
+
+
+@dataclass(frozen=True)
+class AtomEDMConfig:
+    """Noise distribution, σ_data per part, loss weights and the sampler's defaults.
+
+    Attributes:
+        p_mean: mean of ln σ during training.
+        p_std: std of ln σ during training.
+        sigma_data_coords: σ_data of the periodic displacements (0.29 = std of U[-½, ½]).
+        sigma_data_lattice: σ_data of the standardised lattice features.
+        weights: loss weights of (types, coordinates, lattice).
+        csp_fraction: share of training crystals whose element codes are given clean.
+        sigma_min: smallest σ of the sampling schedule.
+        sigma_max: largest σ of the sampling schedule.
+        rho: Karras schedule exponent.
+        s_churn: EDM stochastic churn (0 = deterministic Heun).
+        cond_dropout: share of training crystals whose conditions (space group, number of
+            elements) are withheld (0 given), each independently, so that a conditioned network
+            learns the unconditional model too (classifier-free guidance).
+    """
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data_coords: float = 0.29
+    sigma_data_lattice: float = 1.0
+    weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
+    csp_fraction: float = 0.3
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    s_churn: float = 0.0
+    cond_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if len(self.weights) != 3 or min(self.weights) < 0:
+            raise CrysgenError("edm.weights takes three non-negative numbers: types, coords, lattice")
+        for name in ("csp_fraction", "cond_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self) | {"weights": list(self.weights)}
+
+
+@dataclass
+class AtomDiffusionBundle(SavedModel):
+    """A trained atom diffusion transformer as saved: network, EDM settings, spec, data fingerprint.
+
+    Training builds and exports it; :class:`crysgen.pipelines.atoms.AtomDiffusionModel` (what
+    ``from_pretrained`` of that class returns) samples from it.
+    """
+
+    KINDS = (KIND,)
+    DESCRIPTION = "atom diffusion model"
+    REQUIRED_FILES = (SPEC_FILE,)
+
+    net: AtomTransformer
+    edm: AtomEDMConfig
+    spec: AtomSetSpec
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The kind: "atom_diffusion"."""
+        return KIND
+
+    def contents(self) -> ModelContents:
+        """Network and EDM settings, EMA weights and the spec (``atoms.json``)."""
+        return ModelContents(KIND, {"net": self.net.config, "edm": self.edm.to_dict()}, self.net.state_dict(),
+                             self.data, files={SPEC_FILE: self.spec.save})
+
+    @classmethod
+    def from_files(cls: type[B], files: ModelFiles) -> B:
+        """The model of a loaded ``atom_diffusion`` directory (see :meth:`SavedModel.from_pretrained`)."""
+        net = AtomTransformer(**files.config["net"])
+        net.load_state_dict(files.state_dict)
+        return cls(net.eval(), AtomEDMConfig(**files.config["edm"]), AtomSetSpec.load(files.path / SPEC_FILE),
+                   files.data)
