@@ -21,3 +21,6 @@ def test_every_published_row_has_a_source_and_the_right_shape():
         assert 0 <= row["match_rate"] <= 100 and row["source"]
     assert set(data["crystens_tables_1_2"]["rows"]) == {"gan", "wgan", "diffusion"}
     assert data["crystens_tables_1_2"]["source"] and data["properties"]["source"]
+    court = data["court2020_voxel"]
+    assert court["source"] and set(court["rows"]) == {"reconstruction", "random_validity", "funnel_percent"}
+    assert "Cond-DFC-VAE (Court et al.)" in dng["rows"]["perov_5"]  # benchmarks/voxel.py reads its row
