@@ -95,6 +95,18 @@ def test_composition_prior_draws_known_compositions_and_substitute_makes_new_one
     assert '"substituted": 8' in (tmp_path / "subst" / "summary.json").read_text()
 
 
+def test_an_interrupted_composition_prior_run_resumes_to_the_same_crystals(model_dir, crystals, tmp_path):
+    crystals.save(tmp_path / "train.npz")
+    opts = SampleOptions(n=6, steps=4, chunk_size=2, seed=2, composition_prior=str(tmp_path / "train.npz"),
+                         substitute=True)
+    sample_to_dir(model_dir, tmp_path / "full", opts, progress=False)
+    sample_to_dir(model_dir, tmp_path / "cut", opts, progress=False)
+    (tmp_path / "cut" / "chunks" / "chunk_00002.csv").unlink()  # the draw is made again on resume
+    (tmp_path / "cut" / "samples.csv").unlink()
+    sample_to_dir(model_dir, tmp_path / "cut", opts, progress=False)
+    assert (tmp_path / "cut" / "samples.csv").read_text() == (tmp_path / "full" / "samples.csv").read_text()
+
+
 def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     opts = SampleOptions(n=6, steps=6, chunk_size=2, seed=5)
     sample_to_dir(model_dir, tmp_path / "full", opts, progress=False)
