@@ -44,7 +44,7 @@ class SubstitutionResult:
 
 
 def substitute(atomic_numbers: np.ndarray, *, allowed: set[int] | None = None,
-               avoid: set[str] | None = None, threshold: float = 1e-3,
+               avoid: set[str] | None = None, threshold: float = 1e-2,
                seed: int | list[int] = 0) -> SubstitutionResult:
     """Replace one species of every composition, drawn by substitution probability.
 
@@ -54,7 +54,7 @@ def substitute(atomic_numbers: np.ndarray, *, allowed: set[int] | None = None,
         avoid: reduced formulas the result must not have (e.g. every training composition, so
             that each changed row is a composition the model has not seen); rows whose every
             candidate lands in it stay unchanged.
-        threshold: the least conditional substitution probability a candidate needs.
+        threshold: the least conditional substitution probability p(new | old) a candidate needs.
         seed: seeds the draws.
 
     Returns:
