@@ -7,6 +7,9 @@
 #   bash benchmarks/device_tree.sh hide [PATH...]    # default: every tracked file over 5 MB except
 #                                                    # the bundled atom model (a training --init)
 #   bash benchmarks/device_tree.sh restore           # put everything back
+#   bash benchmarks/device_tree.sh model MODEL_DIR   # .atommodel/: a copy of a model directory (also
+#                                                    # a hidden one), to carry alone in a later call
+#                                                    # of a lease (the folders carried before stay)
 #   bash benchmarks/device_tree.sh snap              # .snap/: the committed code of HEAD (package,
 #                                                    # benchmarks, configs; no models) and its COMMIT,
 #                                                    # for CRYSGEN_COMMIT=$(cat .snap/COMMIT) there
@@ -38,11 +41,17 @@ restore)
     mkdir -p "$(dirname "$p")"; mv "$H/$p" "$p"; git update-index --no-skip-worktree "$p"; echo "restored $p"
   done
   find $H -depth -type d -empty -delete ;;
+model)
+  src=${2:?model directory}
+  [ -f "$src/config.json" ] || src=$H/$src  # hidden by `hide`
+  [ -f "$src/config.json" ] || { echo "not a model directory: ${2}" >&2; exit 1; }
+  rm -rf .atommodel; mkdir .atommodel; cp -r "$src"/. .atommodel/
+  echo ".atommodel from $2, $(du -sh .atommodel | cut -f1)" ;;
 snap)
   grep -qxF /.snap/ .git/info/exclude || echo /.snap/ >> .git/info/exclude
   rm -rf .snap; mkdir .snap
   git archive HEAD src/crysgen benchmarks/'*.py' benchmarks/'*.sh' benchmarks/published.json configs \
     ':!src/crysgen/pretrained' | tar x -C .snap
   git rev-parse HEAD > .snap/COMMIT; echo ".snap at $(cat .snap/COMMIT), $(du -sh .snap | cut -f1)" ;;
-*) sed -n 2,13p "$0"; exit 2 ;;
+*) sed -n 2,15p "$0"; exit 2 ;;
 esac
