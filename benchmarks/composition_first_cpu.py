@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
-from crysgen.pipelines.compositions import reduced_formulas
+from crysgen.evaluation.diversity import reduced_formulas
+from crysgen.models.atoms import SPEC_FILE
 from crysgen.pipelines.generators import resolve_model_dir
+from crysgen.representations.atoms import AtomSetSpec
 from provenance import ROOT, stamp
 
 HEADLINE = ("struct_valid", "comp_valid", "valid", "cov_recall", "cov_precision", "wdist_density",
@@ -44,11 +46,6 @@ HEADLINE = ("struct_valid", "comp_valid", "valid", "cov_recall", "cov_precision"
 def run_cli(argv: list[str]) -> None:
     """``crysgen ARGV`` in a fresh process (its output passes through); stops on failure."""
     subprocess.run([sys.executable, "-m", "crysgen", *argv], check=True)
-
-
-def resolve_spec_sites(model: str) -> int:
-    """The most sites MODEL (an atom diffusion model directory) makes."""
-    return int(json.loads((resolve_model_dir(model) / "atoms.json").read_text())["max_atoms"])
 
 
 def main() -> None:
@@ -69,9 +66,10 @@ def main() -> None:
     # each arm through the CLI, as a user runs it (and in fresh processes: evaluate's worker pool
     # hung when forked from this process after CPU sampling)
     train = CrystalSet.load(args.train)
-    known = reduced_formulas(train.atomic_numbers)
+    known = set(reduced_formulas(train))
     floor = work / "training_crystals.npz"  # no model: the noise floor of each metric at this n
-    fits = np.flatnonzero(train.num_sites <= resolve_spec_sites(args.model))
+    spec = AtomSetSpec.load(resolve_model_dir(args.model) / SPEC_FILE)
+    fits = np.flatnonzero(train.num_sites <= spec.max_atoms)
     train.subset(np.sort(np.random.default_rng(args.seed).choice(fits, args.n, replace=False))).save(floor)
     arms = {"training_crystals": None, "denovo": [], "train": ["--composition-prior", args.train],
             "substituted": ["--composition-prior", args.train, "--substitute"]}

@@ -22,8 +22,10 @@ import numpy as np
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.substitution import substitute
 from crysgen.evaluation.compositional import smact_valid
-from crysgen.pipelines.compositions import reduced_formulas
+from crysgen.evaluation.diversity import reduced_formulas
+from crysgen.models.atoms import SPEC_FILE
 from crysgen.pipelines.generators import DEFAULT_MODEL, resolve_model_dir
+from crysgen.representations.atoms import AtomSetSpec
 from provenance import ROOT, stamp
 
 
@@ -41,14 +43,14 @@ def main() -> None:
     args = p.parse_args()
     train = CrystalSet.load(args.train)
     model = resolve_model_dir(DEFAULT_MODEL)
-    spec = json.loads((model / "atoms.json").read_text())
-    fits = np.flatnonzero(train.num_sites <= spec["max_atoms"])
+    spec = AtomSetSpec.load(model / SPEC_FILE)
+    fits = np.flatnonzero(train.num_sites <= spec.max_atoms)
     z = train.atomic_numbers[np.random.default_rng(args.seed).choice(fits, args.n, replace=False)]
-    known = reduced_formulas(train.atomic_numbers)
+    known = set(reduced_formulas(train))
     rows = []
     for th in (float(t) for t in args.thresholds.split(",")):
         t0 = time.perf_counter()
-        res = substitute(z, allowed=set(spec["elements"]), avoid=known, threshold=th, seed=args.seed)
+        res = substitute(z, allowed=set(spec.elements), avoid=known, threshold=th, seed=args.seed)
         seconds = time.perf_counter() - t0
         ok = valid(res.atomic_numbers)
         rows.append({"threshold": th, "changed": float(res.changed.mean()),

@@ -251,6 +251,16 @@ class CrystalSet:
         )
 
 
+def reduced_formula(atomic_numbers: Iterable[int]) -> str:
+    """Reduced formula (pymatgen's) of one crystal's atomic numbers, one per site (0: no site)."""
+    from collections import Counter
+
+    from pymatgen.core import Composition, Element
+
+    counts = Counter(int(z) for z in atomic_numbers if z)
+    return Composition({Element.from_Z(z): c for z, c in counts.items()}).reduced_formula
+
+
 def wrap_unit(frac: np.ndarray) -> np.ndarray:
     """Wrap fractional coordinates into [0, 1), mapping values that round to 1.0 onto 0.0."""
     out = np.mod(frac, 1.0)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from crysgen.crystal_set import reduced_formula
 from crysgen.errors import CrysgenError
 
 
@@ -76,7 +77,7 @@ def substitute(atomic_numbers: np.ndarray, *, allowed: set[int] | None = None,
         options, common = _candidates(tuple(sorted(counts.items())), threshold)
         options = [(old, new, p) for old, new, p in options
                    if (allowed is None or new in allowed)
-                   and (not avoid or _reduced_formula(counts, old, new) not in avoid)]
+                   and (not avoid or reduced_formula(np.where(row == old, new, row)) not in avoid)]
         if not options:
             continue
         weights = np.array([p for _, _, p in options])
@@ -132,12 +133,6 @@ def _table() -> Any:
     from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
 
     return SubstitutionProbability()
-
-
-def _reduced_formula(counts: dict[int, int], old: int, new: int) -> str:
-    from pymatgen.core import Composition, Element
-
-    return Composition({Element.from_Z(new if z == old else z): c for z, c in counts.items()}).reduced_formula
 
 
 def _symbol(z: int) -> str:

@@ -5,18 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from crysgen.crystal_set import CrystalSet
+from crysgen.crystal_set import CrystalSet, reduced_formula
 
 
 def reduced_formulas(cs: CrystalSet) -> list[str]:
     """Reduced formula of every crystal (pymatgen ``Composition.reduced_formula``)."""
-    from pymatgen.core import Composition, Element
-
-    out = []
-    for i in range(len(cs)):
-        counts = Counter(int(z) for z in cs.atomic_numbers[i, : cs.num_sites[i]])
-        out.append(Composition({Element.from_Z(z): k for z, k in counts.items()}).reduced_formula)
-    return out
+    return [reduced_formula(cs.atomic_numbers[i, : cs.num_sites[i]]) for i in range(len(cs))]
 
 
 def mode_collapse_check(cs: CrystalSet, n_samples: int | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crysgen.crystal_set import CrystalSet
+from crysgen.crystal_set import CrystalSet, reduced_formula
 from crysgen.errors import CrysgenError
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.atoms import parse_formula
@@ -146,22 +146,11 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
     z[:, :w] = prior.atomic_numbers[pick, :w]
     counts = {"drawn": n, "substituted": 0, "by_common_states": 0}
     if substitute:
-        res = substitute_ions(z, allowed=known_elements, avoid=reduced_formulas(prior.atomic_numbers),
-                              seed=[*seeds, 4])
+        avoid = {reduced_formula(r) for r in prior.atomic_numbers[prior.num_sites > 0]}
+        res = substitute_ions(z, allowed=known_elements, avoid=avoid, seed=[*seeds, 4])
         z = res.atomic_numbers
         counts |= {"substituted": int(res.changed.sum()), "by_common_states": res.by_common_states}
     return Compositions(z, [""] * n), counts
-
-
-def reduced_formulas(atomic_numbers: np.ndarray) -> set[str]:
-    """The reduced formula of every row of int (n, S) atomic numbers (0 = no site)."""
-    from pymatgen.core import Composition, Element
-
-    out = set()
-    for row in {tuple(sorted(int(v) for v in r if v)) for r in atomic_numbers}:
-        if row:
-            out.add(Composition({Element.from_Z(z): row.count(z) for z in set(row)}).reduced_formula)
-    return out
 
 
 def warn_unseen(elements: set[int], known: set[int], what: str) -> None:
