@@ -129,7 +129,7 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     (["--num-atoms", "4"], "goes with --formula"),
     (["--churn", "-1"], "--churn must be at least 0"),
     (["--substitute"], "--substitute goes with --composition-prior"),
-    (["--composition-prior", "absent.npz"], "no such file absent.npz"),
+    (["--composition-prior", "absent.npz"], "--composition-prior: no such file: absent.npz"),
     (["--formula", "NaCl", "--composition-prior", "absent.npz"], "--formula and --composition-prior exclude"),
 ])
 def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, args, message):

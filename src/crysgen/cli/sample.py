@@ -95,9 +95,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     n = args.points if args.interpolate else args.n
     if n is None and args.compositions:
         from crysgen.crystal_set import CrystalSet
+        from crysgen.data.guards import check_input_file
 
-        if not Path(args.compositions).is_file():
-            raise CrysgenError(f"--compositions: no such file {args.compositions}")
+        check_input_file(args.compositions, "--compositions")
         n = len(CrystalSet.load(args.compositions)) * args.per_target
     if n is None:
         raise CrysgenError("-n is required (or --interpolate A B --points K, or --compositions FILE)")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crysgen.crystal_set import write_npz_atomic, write_text_atomic
-from crysgen.data.guards import dumps_strict
+from crysgen.data.guards import check_input_file, dumps_strict
 from crysgen.errors import CrysgenError
 from crysgen.pipelines.protocol import SampleOptions
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult
@@ -257,13 +257,11 @@ def _compositions(model: Generator, options: SampleOptions
         return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
                                                seed=[options.seed, 2]), None
     if options.composition_prior is not None:
-        if not Path(options.composition_prior).is_file():
-            raise CrysgenError(f"--composition-prior: no such file {options.composition_prior}")
+        check_input_file(options.composition_prior, "--composition-prior")
         return model.compositions_from_prior(CrystalSet.load(options.composition_prior), options.n,
                                              substitute=options.substitute, seed=[options.seed, 5])
     assert options.compositions is not None  # neither given: returned above
-    if not Path(options.compositions).is_file():
-        raise CrysgenError(f"--compositions: no such file {options.compositions}")
+    check_input_file(options.compositions, "--compositions")
     comps = model.compositions_from_targets(CrystalSet.load(options.compositions), options.per_target)
     if len(comps.targets) != options.n:
         raise CrysgenError(f"--compositions gives {len(comps.targets)} samples "
