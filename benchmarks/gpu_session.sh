@@ -24,9 +24,10 @@
 #   bash benchmarks/gpu_session.sh ablation MINUTES WAIT   # start the four rows detached, watch WAIT s
 #       (ABL_SET='unet.block_out_channels=[32,64,128,128]': one `crysgen train --set` for every row, e.g.
 #        the 6.7 M UNet, which trains ~4x faster than the configs' 26.6 M and comes back in 13 MB)
+#       (the rows train together on GPU ABL_GPU, default 0; on a two-GPU machine the other one is free)
 #   bash benchmarks/gpu_session.sh ablation-watch WAIT     # watch the rows
 #   bash benchmarks/gpu_session.sh ablation-finish WAIT    # when all rows stopped (equal minutes, so
-#       each at its own step): score the four at once, detached (diffusion.py's Table 1/2,
+#       each at its own step): score the four at once, detached and spread over the GPUs (diffusion.py's Table 1/2,
 #       eval_model.py's suite without stability, CSP on the 1,000 targets); results -> /tmp/abl_out
 #       (brought back as $OUT/abl_results.tar)
 #   bash benchmarks/gpu_session.sh ablation-wait WAIT      # follow the scoring; copies what is done to $OUT
@@ -119,6 +120,7 @@ case "$1" in
     install || exit 1
     nvidia-smi
     set_row=(); [ -n "${ABL_SET:-}" ] && set_row=(--set "$ABL_SET")
+    export CUDA_VISIBLE_DEVICES=${ABL_GPU:-0}  # every row on one GPU (a second stays free for evaluations)
     train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_conv_train_partial mp_20_conv_val "$2" "${set_row[@]}"
     for n in s32_ddpm s32_edm s32_edm_regions; do
       train abl_$n diffusion_mp20_$n mp_20_asis_train_partial mp_20_asis_val "$2" "${set_row[@]}"
@@ -132,9 +134,10 @@ case "$1" in
     install || exit 1
     wait_runs || { echo "rows still training; call ablation-finish again"; exit 0; }
     mkdir -p /tmp/abl_out
+    g=0; ngpu=$(nvidia-smi -L | wc -l)  # the rows' scoring spread over the machine's GPUs
     for n in $ROWS; do
-      setsid nohup bash "$0" ablation-row $n > /tmp/abl_out/$n.log 2>&1 < /dev/null &
-      sleep 20  # the rows copy the training split in turn
+      CUDA_VISIBLE_DEVICES=$((g % ngpu)) setsid nohup bash "$0" ablation-row $n > /tmp/abl_out/$n.log 2>&1 < /dev/null &
+      g=$((g + 1)); sleep 20  # the rows copy the training split in turn
     done
     bash "$0" ablation-wait "$2"
     ;;
@@ -158,6 +161,7 @@ case "$1" in
     for n in $ROWS; do echo "== $n"; tail -6 /tmp/abl_out/$n.log; done
     tar cf $OUT/abl_results.tar -C /tmp/abl_out .  # one file: a call brings back at most 8
     tar cf $OUT/abl_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $ROWS $(cd $R && ls abl_*.log)
+    tar cf $OUT/abl_models.tar -C $R $(for n in $ROWS; do [ -d $R/$n/model ] && echo $n/model; done)  # ~13 MB each (fp16)
     ;;
   csp)
     install || exit 1
