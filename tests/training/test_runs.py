@@ -8,7 +8,7 @@ import torch
 
 from crysgen import CrysgenError
 from crysgen.training.config import OptimConfig
-from crysgen.training.runs import adamw_with_warmup, lr_factor
+from crysgen.training.runs import adamw_with_warmup, ema_copy, ema_decay_at, lr_factor
 
 
 def test_warm_up_then_constant_by_default():
@@ -79,3 +79,36 @@ def test_an_export_that_has_no_use_for_data_refuses_it_before_reading_a_checkpoi
         export_checkpoint(tmp_path, tmp_path / "out", data=tmp_path / "train.npz")
     with pytest.raises(CrysgenError, match="no checkpoint"):  # without data: on to the diffusion exporter
         export_checkpoint(tmp_path, tmp_path / "out")
+
+
+def _ema_after(values: list[float], *, warmup: bool) -> float:
+    """The EMA copy's weight after a one-weight network took each of ``values`` in turn."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = ema_copy(net, 0.999, warmup=warmup)
+    for v in values:
+        net.weight.data.fill_(v)
+        ema.update_parameters(net)
+    return float(ema.module.weight)
+
+
+def test_ema_warm_up_forgets_the_first_weights_and_reaches_the_decay():
+    assert ema_decay_at(0.999, 1, warmup=True) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.999, 100_000, warmup=True) == 0.999
+    assert ema_decay_at(0.999, 1, warmup=False) == 0.999
+    # first update copies (0), then the weight is 1 for 99 more updates
+    with_warmup = _ema_after([0.0] + [1.0] * 99, warmup=True)
+    without = _ema_after([0.0] + [1.0] * 99, warmup=False)
+    assert with_warmup == pytest.approx(1 - math.prod((1 + n) / (10 + n) for n in range(1, 100)), rel=1e-5)
+    assert with_warmup > 0.99  # the random start is forgotten
+    assert without == pytest.approx(1 - 0.999 ** 99, rel=1e-5)  # ~9 %: mostly the start
+
+
+def test_ema_warm_up_is_on_by_default_and_its_count_survives_a_checkpoint():
+    assert OptimConfig().ema_warmup
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = ema_copy(net, 0.999)
+    for _ in range(5):
+        ema.update_parameters(net)
+    restored = ema_copy(torch.nn.Linear(1, 1, bias=False), 0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert int(restored.n_averaged) == 5  # the resumed schedule continues at update 5

@@ -64,7 +64,7 @@ class AtomDiffusionModule(L.LightningModule):
         self.cfg = AtomTrainConfig.from_dict(config)
         self.spec = AtomSetSpec(**spec)
         self.net = AtomTransformer(**(self.cfg.net.to_dict() | {"type_dim": CODE_DIM}))
-        self.ema = ema_copy(self.net, self.cfg.optim.ema_decay)
+        self.ema = ema_copy(self.net, self.cfg.optim.ema_decay, warmup=self.cfg.optim.ema_warmup)
         self.consts = Constants.from_spec(self.spec)
         # compiled forward kept outside the module tree, so state_dict keys stay plain
         mode = self.cfg.compile_mode

@@ -35,6 +35,9 @@ class OptimConfig:
         warmup_steps: linear warm-up length.
         max_steps: optimiser steps in total (a resumed run continues up to it).
         ema_decay: decay of the exponential moving average used for sampling.
+        ema_warmup: start the average with a smaller decay, ``min(ema_decay, (1 + n) / (10 + n))``
+            after n updates, so that short runs do not export mostly early weights (runs made
+            before this option existed had no warm-up).
         checkpoint_every: steps between checkpoints (and model exports).
         log_every: steps between log lines.
         seed: seeds everything.
@@ -51,6 +54,7 @@ class OptimConfig:
     warmup_steps: int = 500
     max_steps: int = 20000
     ema_decay: float = 0.999
+    ema_warmup: bool = True
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0

@@ -45,7 +45,7 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg = DiffusionTrainConfig.from_dict(config)
         self.unet = build_unet(self.cfg.unet)
-        self.ema = ema_copy(self.unet, self.cfg.optim.ema_decay)
+        self.ema = ema_copy(self.unet, self.cfg.optim.ema_decay, warmup=self.cfg.optim.ema_warmup)
         self.scheduler = self.cfg.diffusion.scheduler()
         weight = self.cfg.diffusion.weight_map(self.cfg.crystens)
         # a buffer follows the module to its device; not saved (the config rebuilds it)

@@ -152,10 +152,31 @@ def tensor_loader(crystals: CrystalSet, scaling: CrysTensScaling, batch_size: in
                         shuffle=shuffle)
 
 
-def ema_copy(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """A frozen exponential-moving-average copy of ``net`` (update it after every step)."""
-    ema = torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
+def ema_decay_at(decay: float, updates: int, *, warmup: bool) -> float:
+    """The EMA decay of the update after ``updates`` earlier ones.
+
+    Without warm-up it is ``decay`` throughout. With warm-up it is ``min(decay, (1 + n) / (10 + n))``
+    (the warm-up of diffusers' ``EMAModel``), so that the average forgets the nearly random weights
+    of the first steps: with decay 0.9995 and no warm-up, 44 % of the exported weights after 1,650
+    steps are still those of step 1 (0.9995^1650).
+    """
+    return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
+
+
+def ema_copy(net: torch.nn.Module, decay: float, *, warmup: bool = True) -> torch.optim.swa_utils.AveragedModel:
+    """A frozen exponential-moving-average copy of ``net`` (update it after every step).
+
+    The first update copies ``net``; each later one moves the copy towards ``net`` by
+    ``1 - ema_decay_at(decay, n, warmup=warmup)`` where n counts the updates so far (the copy's
+    ``n_averaged``, saved in checkpoints, so a resumed run continues the same schedule).
+    """
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        d = ema_decay_at(decay, int(n_averaged), warmup=warmup)
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=update)
     ema.requires_grad_(False)
     return ema
 
