@@ -162,6 +162,15 @@ def test_missing_reference_and_missing_energy_are_reasons():
     assert e2 is None and r2 == "no relaxed energy"
 
 
+def test_a_sample_whose_energy_is_a_blow_up_gets_a_reason_not_an_e_hull():
+    hull = _hull([{"Na": 1, "Cl": 1}], [-2.0], {"Na": -1.0, "Cl": -1.0})
+    nacl = load_cif("NaCl")
+    out = hull.e_above_hull([nacl, nacl, nacl], [1.4e11, -1.5e10, -2.1])
+    assert [e for e, _ in out[:2]] == [None, None]
+    assert all("implausible energy" in r for _, r in out[:2])
+    assert out[2][0] == pytest.approx(-0.1) and out[2][1] is None  # a plausible one still placed
+
+
 def test_stability_rates_count_over_all_samples():
     e = np.array([-0.2, 0.0, 0.05, 0.3, np.nan])
     un = np.array([True, False, True, True, True])

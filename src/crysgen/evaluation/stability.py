@@ -71,7 +71,7 @@ PLAUSIBLE_ENERGY = (-20.0, 5.0)
 atom of Materials Project phases lie between about -13 and 0). An energy outside it is taken for a
 hole or blow-up of the potential (SevenNet-0 gave one generated crystal -1.5e10 eV/atom) and is
 left out of the hull: as a reference crystal or an elemental terminal it would move the hull of
-every sample of its chemical system."""
+every sample of its chemical system. A sample with such an energy gets no E_hull."""
 
 
 def plausible_energy(e: float) -> bool:
@@ -792,7 +792,11 @@ class ReferenceHull:
 
     def e_above_hull(self, structures: list[Structure], energies_per_atom: list[float | None],
                      ) -> list[tuple[float | None, str | None]]:
-        """E_hull (eV/atom, negative below the reference hull) or a reason, per structure."""
+        """E_hull (eV/atom, negative below the reference hull) or a reason, per structure.
+
+        A structure whose own energy is not :func:`plausible_energy` gets a reason, not an E_hull,
+        like a reference crystal with such an energy is left out of the hull.
+        """
         symbols = sorted({x for f in self.formulas for x in f} | set(self.terminals))
         column = {x: j for j, x in enumerate(symbols)}
         term = [x for x in symbols if np.isfinite(self.terminals.get(x, {}).get("energy_per_atom", np.nan))]
@@ -811,6 +815,10 @@ class ReferenceHull:
         for s, e in zip(structures, energies_per_atom, strict=True):
             if e is None or not np.isfinite(e):
                 out.append((None, "no relaxed energy"))
+                continue
+            if not plausible_energy(e):
+                out.append((None, f"implausible energy {e:.3g} eV/atom (outside {PLAUSIBLE_ENERGY}: "
+                                  "a blow-up of the potential); no E_hull"))
                 continue
             target = {el.symbol: float(a) for el, a in s.composition.fractional_composition.items()}
             missing = [x for x in target if x not in term]
