@@ -248,19 +248,23 @@ def ablation_table() -> list[str]:
     if not path.is_file():
         return []
     d = json.loads(path.read_text())
-    lines = [f"**CrysTens ablation** ([`{path.name}`]({path.relative_to(ROOT)}), lease `{d['lease']}`: "
-             "26.6 M-parameter UNets trained side by side on one H200 for the same minutes, then "
-             "scored by the suite without stability and by CSP on the seeded 1,000 mp_20 test "
-             "compositions; n/s = not scored in that lease; a struct. valid of 0 with comp. n/s: no sample "
-             "decoded at all)", "",
-             "| row | what | steps | samples/s | struct. valid | comp. valid | CSP match |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"**CrysTens ablation** ([`{path.name}`]({path.relative_to(ROOT)}); each lease's rows trained "
+             "side by side on one H200 for the same minutes, then were scored by the suite without "
+             "stability and by CSP on the seeded 1,000 mp_20 test compositions; n/s = not scored in that "
+             "lease; a struct. valid of 0 with comp. n/s: no sample decoded at all; EMA w₁ = the share of "
+             "the first step's weights left in the exported EMA weights, decay^steps, for runs whose EMA "
+             "had no warm-up)", "",
+             "| lease | row | what | UNet channels (parameters) | steps | samples/s | EMA w₁ | struct. valid "
+             "| comp. valid | CSP match |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         t, ev, csp = r["training"], r.get("eval", {}), r.get("csp", {})
         pct = [f"{100 * ev[k]:.1f} %" if k in ev else "n/s" for k in ("struct_valid", "comp_valid")]
         rate = f"{csp['match_rate_percent']:.1f} %" if csp else "n/s"
-        lines.append(f"| {r['row']} | {r['what']} | {t['steps']:,} | {t['samples_per_s']:.0f} | "
-                     f"{pct[0]} | {pct[1]} | {rate} |")
+        size = "/".join(map(str, t["unet_channels"])) + (f" ({t['parameters'] / 1e6:.1f} M)" if t["parameters"] else "")
+        w1 = f"{t['ema_weight_of_first_step']:.2f}" if "ema_weight_of_first_step" in t else "warm-up"
+        lines.append(f"| {r['lease']} | {r['row']} | {r['what']} | {size} | {t['steps']:,} | "
+                     f"{t['samples_per_s']:.0f} | {w1} | {pct[0]} | {pct[1]} | {rate} |")
     return [*lines, ""]
 
 
