@@ -12,7 +12,8 @@ measured here: this script only gathers committed result files.
 ``ema_weight_of_first_step`` is decay ** steps: the share of the (nearly random) weights after the
 first step still inside the exported EMA weights of a run whose EMA had no warm-up.
 
-Usage: python benchmarks/crystens_ablation.py --lease crystens_ablation_13min --lease crystens_ablation_8min_unet6m
+Usage: python benchmarks/crystens_ablation.py --lease crystens_ablation_13min \
+    --lease crystens_ablation_8min_unet6m
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def main() -> None:
             raise SystemExit(f"no ablation rows under {lease}")
         for row in found:
             got = scores(row, lease / row)
-            rows.append({"lease": name, "row": row, "what": ROWS[row], "training": training(lease / row), **got,
+            rows.append({"lease": name, "row": row, "what": ROWS[row], "training": training(lease / row),
+                         **got,
                          "scored": sorted(k for k in ("eval", "csp", "table1_2") if k in got)})
     out = {"leases": args.lease, "rows": rows,
            "note": "rows trained side by side on one GPU for the same minutes; a row missing a score "

@@ -35,6 +35,13 @@ LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pymatgen", "pymatgen-co
 """Distributions whose installed versions every stamp records (those installed)."""
 
 
+def gpu_label(names: list[str]) -> str:
+    """One line for a host's GPUs: "NVIDIA H200" for one, "NVIDIA H200 ×2" for two alike."""
+    if len(set(names)) == 1:
+        return names[0] + (f" ×{len(names)}" if len(names) > 1 else "")
+    return ", ".join(names)
+
+
 def machine(device: str | None = None) -> dict:
     """Host, CPU and GPU of this run; ``gpu_used`` from ``device`` when given, else from whether
     this process initialised CUDA (a run whose CUDA work happens in workers should pass it)."""
@@ -47,9 +54,9 @@ def machine(device: str | None = None) -> dict:
     except (OSError, subprocess.CalledProcessError):
         info["cpu"] = platform.processor() or "unknown"
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        info["gpu"] = gpu
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+        info["gpu"] = gpu_label([n.strip() for n in names if n.strip()])
         if device is not None:
             info["gpu_used"] = device.startswith("cuda")
         else:

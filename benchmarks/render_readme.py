@@ -29,8 +29,20 @@ def metric_cell(metrics: dict, key: str) -> str:
     return f"{v:.4g}" if key.startswith("wdist") else pct(v)
 
 
+def gpu(m: dict) -> str:
+    """A result's host GPUs on one line, as provenance.gpu_label writes them (files written before
+    it list several GPUs one per line). Not imported: importing provenance refuses a dirty tree."""
+    names = m["gpu"].splitlines() if m.get("gpu") else []
+    if not names:
+        return "cpu"
+    if len(set(names)) > 1:
+        return ", ".join(names)
+    return names[0] + (f" ×{len(names)}" if len(names) > 1 else "")
+
+
 def describe(m: dict) -> str:
-    host = m.get("gpu", m.get("gpu_present_not_used", "no GPU"))  # older files: gpu_present_not_used
+    # older files: gpu_present_not_used
+    host = gpu(m) if m.get("gpu") else m.get("gpu_present_not_used", "no GPU")
     used = "GPU used" if m.get("gpu_used") else "GPU not used"
     return f"{m['cpu']} ({m['cpu_count']} cores; {host} host, {used})"
 
@@ -261,7 +273,8 @@ def ablation_table() -> list[str]:
         t, ev, csp = r["training"], r.get("eval", {}), r.get("csp", {})
         pct = [f"{100 * ev[k]:.1f} %" if k in ev else "n/s" for k in ("struct_valid", "comp_valid")]
         rate = f"{csp['match_rate_percent']:.1f} %" if csp else "n/s"
-        size = "/".join(map(str, t["unet_channels"])) + (f" ({t['parameters'] / 1e6:.1f} M)" if t["parameters"] else "")
+        size = "/".join(map(str, t["unet_channels"]))
+        size += f" ({t['parameters'] / 1e6:.1f} M)" if t["parameters"] else ""
         w1 = f"{t['ema_weight_of_first_step']:.2f}" if "ema_weight_of_first_step" in t else "warm-up"
         lines.append(f"| {r['lease']} | {r['row']} | {r['what']} | {size} | {t['steps']:,} | "
                      f"{t['samples_per_s']:.0f} | {w1} | {pct[0]} | {pct[1]} | {rate} |")
@@ -279,7 +292,7 @@ def eval_speed_table() -> list[str]:
     lines = ["**Evaluation speed** (`benchmarks/eval_speed.py`: the whole `crysgen evaluate`, every family "
              "but csp, `--potential both`; cold = no caches: reference fingerprints, hull energies and "
              "elemental terminals computed; seconds; the slowest steps inside a family after it)", "",
-             "| file | cold | samples | GPU | commit | wall | " + " | ".join(fams)
+             "| file | cold | samples | host (one GPU used) | commit | wall | " + " | ".join(fams)
              + " | slowest steps | target | stable ≤0.1 CHGNet / SevenNet-0 |",
              "|---|---|---|---|---|---|" + "---|" * len(fams) + "---|---|---|"]
     for r in runs:
@@ -291,7 +304,8 @@ def eval_speed_table() -> list[str]:
                 if "stable_e_hull_le_0.1_sevennet" in v else "–")
         goal = f"≤ {target['seconds']:.0f}: {'met' if target['met'] else 'missed'}" if target else "–"
         lines.append(f"| [eval_speed]({path.relative_to(ROOT)}) | {'yes' if r['cold'] else 'no'} | "
-                     f"{r['n']:,} | {r['machine'].get('gpu', 'cpu')} | {r['commit'][:7]} | "
+                     f"{r['n']:,} | {gpu(r['machine'])}, {r['machine']['cpu_count']} CPUs | "
+                     f"{r['commit'][:7]} | "
                      f"{r['wall_seconds']:.0f} | "
                      + " | ".join(f"{fs[k]:.0f}" if k in fs else "–" for k in fams) + " | "
                      + ", ".join(f"{k} {sec:.0f}" for k, sec in slow) + f" | {goal} | {both} |")
@@ -338,7 +352,7 @@ def throughput_table() -> list[str]:
         link = f"[`{path.name}`]({path.relative_to(ROOT)})"
         lines += [f"**Atom model training throughput, {d['dataset']}** ({link}; "
                   f"`benchmarks/train_throughput.py`, {d['steps']} steps per variant on "
-                  f"{d['machine'].get('gpu', 'cpu')}, commit {d['commit'][:7]}; steady = after the first "
+                  f"{gpu(d['machine'])}, commit {d['commit'][:7]}; steady = after the first "
                   "20 steps, so torch.compile's compilation is left out)", "",
                   "| overrides | global batch | steady steps/s | steady samples/s | GPU utilisation |",
                   "|---|---|---|---|---|"]
@@ -447,7 +461,7 @@ def atom_table() -> list[str]:
         for path in speeds:
             d = json.loads(path.read_text())
             dn, sp, csp = d["denovo_1000"], d["speed"], d.get("csp")
-            lines.append(f"| [{d['dataset']}]({path.relative_to(ROOT)}) | {d['machine'].get('gpu', 'cpu')} | "
+            lines.append(f"| [{d['dataset']}]({path.relative_to(ROOT)}) | {gpu(d['machine'])} | "
                          f"{d['steps']} | {dn['seconds']} s | {pct(dn['struct_valid'])} | "
                          f"{dn['median_elements']:g} | {sp['seconds']} s ({sp['crystals_per_s']:,}/s) | "
                          + (f"{csp['options']['n']:,} in {csp['seconds']} s |" if csp else "– |"))
@@ -575,15 +589,27 @@ def default_model_block() -> list[str]:
     steps = trained_steps(data) + " steps" + (" (a continuation, `--init`)" if "init" in data else "")
     lines = [f"Its weights (SHA-256 `{digest[:12]}…`) were trained for {steps} on {data['count']:,} "
              f"crystals (`{data['name']}`, the **partial** mp_20 train split)."]
-    evals = scoring(digest, "eval_*.json")
+    def prior(path: Path) -> str | None:  # how a scoring file chose compositions (None: de novo)
+        options = json.loads(path.read_text()).get("options", {})
+        if not options.get("composition_prior"):
+            return None
+        return "--composition-prior" + (" --substitute" if options.get("substitute") else "")
+
+    evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: prior(p) is not None)
     for path in evals:
         m = json.loads(path.read_text())["metrics"]
+        how = prior(path)
+        drawn = "drawn from the training split"
+        drawn += ", one ion substituted" if "substitute" in (how or "") else ""
+        sampled = (f"sampled composition first (`crysgen sample {how}`: compositions {drawn})" if how
+                   else "sampled de novo")
         cells = ", ".join(f"{label} {metric_cell(m, key)}" for key, label in (
             ("struct_valid", "structurally valid"), ("comp_valid", "compositionally valid"),
             ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("wdist_density", "W(ρ)"),
             ("wdist_num_elems", "W(#elements)"), ("stable_e_hull_le_0.1", "CHGNet-stable (E_hull ≤ 0.1 "
              "eV/atom)"), ("sun_e_hull_le_0.1", "S.U.N."), ("stable_e_hull_le_0", "E_hull ≤ 0")) if key in m)
-        lines.append(f"1,000 samples scored by the suite ([`{path.name}`]({path.relative_to(ROOT)})): "
+        lines.append(f"1,000 samples, {sampled}, scored by the suite "
+                     f"([`{path.name}`]({path.relative_to(ROOT)})): "
                      f"{cells}.")
     for path in scoring(digest, "atom_csp_sweep_*.json"):
         d = json.loads(path.read_text())

@@ -56,3 +56,9 @@ def test_a_continued_model_names_the_model_it_started_from(provenance, tmp_path)
     fp = provenance.model_fingerprint(model)
     assert fp["training_step"] == 5183
     assert fp["init"] == init
+
+
+def test_a_host_s_gpus_are_one_line(provenance):
+    assert provenance.gpu_label(["NVIDIA H200"]) == "NVIDIA H200"
+    assert provenance.gpu_label(["NVIDIA H200", "NVIDIA H200"]) == "NVIDIA H200 ×2"
+    assert provenance.gpu_label(["NVIDIA H200", "NVIDIA H100"]) == "NVIDIA H200, NVIDIA H100"

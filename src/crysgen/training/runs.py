@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
@@ -163,7 +163,8 @@ def ema_decay_at(decay: float, updates: int, *, warmup: bool) -> float:
     return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
 
 
-def ema_copy(net: torch.nn.Module, decay: float, *, warmup: bool = True) -> torch.optim.swa_utils.AveragedModel:
+def ema_copy(net: torch.nn.Module, decay: float, *,
+             warmup: bool = True) -> torch.optim.swa_utils.AveragedModel:
     """A frozen exponential-moving-average copy of ``net`` (update it after every step).
 
     The first update copies ``net``; each later one moves the copy towards ``net`` by
@@ -172,9 +173,10 @@ def ema_copy(net: torch.nn.Module, decay: float, *, warmup: bool = True) -> torc
     """
 
     @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def update(ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+               n_averaged: torch.Tensor | int) -> None:
         d = ema_decay_at(decay, int(n_averaged), warmup=warmup)
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        torch._foreach_lerp_(list(ema_params), list(params), 1.0 - d)
 
     ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=update)
     ema.requires_grad_(False)
