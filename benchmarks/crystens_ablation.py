@@ -4,8 +4,8 @@ Assembles, for every row of each named ablation lease (``benchmarks/gpu_session.
 rows of one lease share one UNet size and train for the same minutes, all at once on one GPU), what
 that lease measured, from the row's folder ``runs/<lease>/<row>/``: its training record (steps
 reached, samples/s, last losses, the UNet's channels and, where its model came back, its parameter
-count) and its scores where they came back (``eval_<row>_mp_20.json``: the suite without stability;
-``csp_<row>_mp_20.json``: CSP on the seeded 1,000 test compositions; ``diffusion_<row>_mp_20.json``:
+count) and its scores where they came back (``eval_*_mp_20.json``: the suite without stability;
+``csp_*_mp_20.json``: CSP on the seeded 1,000 test compositions; ``diffusion_*_mp_20.json``:
 Table 1/2). A row without a score file is listed as not scored, never filled in. Nothing is
 measured here: this script only gathers committed result files.
 
@@ -73,26 +73,34 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-def scores(row: str, run: Path) -> dict:
+def one(run: Path, kind: str) -> Path | None:
+    """The row folder's ``<kind>_*_mp_20.json`` score file (None: not scored); two are an error."""
+    found = sorted(run.glob(f"{kind}_*_mp_20.json"))
+    if len(found) > 1:
+        raise SystemExit(f"{run}: more than one {kind} score file: {', '.join(p.name for p in found)}")
+    return found[0] if found else None
+
+
+def scores(run: Path) -> dict:
     """The row's score files that exist, reduced to their headline figures; a suite that refused
     the row's samples because none decoded (its ``score.log``) is said so."""
     out: dict = {}
-    ev = run / f"eval_{row}_mp_20.json"
+    ev = one(run, "eval")
     log = run / "score.log"
-    if not ev.is_file() and log.is_file() and "holds no .cif files" in log.read_text():
+    if ev is None and log.is_file() and "holds no .cif files" in log.read_text():
         out["eval"] = {"struct_valid": 0.0, "why": "no de novo sample decoded, so the suite had nothing "
                        "to score (score.log)"}
-    if ev.is_file():
+    if ev is not None:
         m = json.loads(ev.read_text())["metrics"]
         out["eval"] = {k: m[k]["value"] for k in EVAL_KEYS if k in m} | {"file": rel(ev)}
-    cs = run / f"csp_{row}_mp_20.json"
-    if cs.is_file():
+    cs = one(run, "csp")
+    if cs is not None:
         m = json.loads(cs.read_text())["measured"]
         out["csp"] = {"match_rate_percent": m["match_rate_percent"], "rmse": m["rmse"],
                       "n_targets": m["n_targets"], "n_invalid_samples": m["n_invalid_samples"],
                       "file": rel(cs)}
-    di = run / f"diffusion_{row}_mp_20.json"
-    if di.is_file():
+    di = one(run, "diffusion")
+    if di is not None:
         d = json.loads(di.read_text())
         out["table1_2"] = d["table1_2"] | {"file": rel(di)}
     return out
@@ -110,7 +118,7 @@ def main() -> None:
         if not found:
             raise SystemExit(f"no ablation rows under {lease}")
         for row in found:
-            got = scores(row, lease / row)
+            got = scores(lease / row)
             rows.append({"lease": name, "row": row, "what": ROWS[row], "training": training(lease / row),
                          **got,
                          "scored": sorted(k for k in ("eval", "csp", "table1_2") if k in got)})
