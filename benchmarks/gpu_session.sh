@@ -24,7 +24,8 @@
 #   bash benchmarks/gpu_session.sh ablation MINUTES WAIT   # start the four rows detached, watch WAIT s
 #       (ABL_SET='unet.block_out_channels=[32,64,128,128]': one `crysgen train --set` for every row, e.g.
 #        the 6.7 M UNet, which trains ~4x faster than the configs' 26.6 M and comes back in 13 MB)
-#       (the rows train together on GPU ABL_GPU, default 0; on a two-GPU machine the other one is free)
+#       (ABL_GPUS=0,1 deals the rows over two GPUs, two each, so that each row gets half a GPU;
+#        default 0: all four on one GPU, the other one free for evaluations)
 #   bash benchmarks/gpu_session.sh ablation-watch WAIT     # watch the rows
 #   bash benchmarks/gpu_session.sh ablation-finish WAIT    # when all rows stopped (equal minutes, so
 #       each at its own step): score the four at once, detached and spread over the GPUs (diffusion.py's Table 1/2,
@@ -120,10 +121,12 @@ case "$1" in
     install || exit 1
     nvidia-smi
     set_row=(); [ -n "${ABL_SET:-}" ] && set_row=(--set "$ABL_SET")
-    export CUDA_VISIBLE_DEVICES=${ABL_GPU:-0}  # every row on one GPU (a second stays free for evaluations)
-    train abl_s52_ddpm diffusion_mp20_s52_ddpm mp_20_conv_train_partial mp_20_conv_val "$2" "${set_row[@]}"
-    for n in s32_ddpm s32_edm s32_edm_regions; do
-      train abl_$n diffusion_mp20_$n mp_20_asis_train_partial mp_20_asis_val "$2" "${set_row[@]}"
+    IFS=, read -ra gpus <<< "${ABL_GPUS:-0}"; g=0  # rows dealt round-robin over these GPUs
+    for n in s52_ddpm s32_ddpm s32_edm s32_edm_regions; do
+      case $n in s52*) T=mp_20_conv ;; *) T=mp_20_asis ;; esac
+      CUDA_VISIBLE_DEVICES=${gpus[$((g % ${#gpus[@]}))]} \
+        train abl_$n diffusion_mp20_$n ${T}_train_partial ${T}_val "$2" "${set_row[@]}"
+      g=$((g + 1))
     done
     watch "$3"
     ;;
