@@ -57,6 +57,9 @@ def main() -> None:
                    help="structures per CHGNet forward pass (%(default)s)")
     p.add_argument("--relax-time-limit", type=float, default=EvalOptions.relax_time_limit_s,
                    help="seconds per relaxation (%(default)g)")
+    p.add_argument("--churn", type=float, default=None,
+                   help="EDM S_churn of an atom model's new samples (`crysgen sample --churn`; "
+                        "default: the model's)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     p.add_argument("--progress", action="store_true", help="progress bars (stderr) for every family")
     args = p.parse_args()
@@ -74,7 +77,8 @@ def main() -> None:
         t0 = time.perf_counter()
         prior = (str(work / f"{TRAIN[args.dataset]}.npz") if args.composition_prior == "train"
                  else args.composition_prior)
-        sample_options = SampleOptions(n=args.n, composition_prior=prior, substitute=args.substitute)
+        sample_options = SampleOptions(n=args.n, composition_prior=prior, substitute=args.substitute,
+                                       churn=args.churn)
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}
