@@ -589,20 +589,23 @@ def default_model_block() -> list[str]:
     steps = trained_steps(data) + " steps" + (" (a continuation, `--init`)" if "init" in data else "")
     lines = [f"Its weights (SHA-256 `{digest[:12]}…`) were trained for {steps} on {data['count']:,} "
              f"crystals (`{data['name']}`, the **partial** mp_20 train split)."]
-    def prior(path: Path) -> str | None:  # how a scoring file chose compositions (None: de novo)
+    def sampling(path: Path) -> tuple[int, str]:
+        """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
+        composition first."""
         options = json.loads(path.read_text()).get("options", {})
-        if not options.get("composition_prior"):
-            return None
-        return "--composition-prior" + (" --substitute" if options.get("substitute") else "")
+        flags = (" --composition-prior" if options.get("composition_prior") else "") \
+            + (" --substitute" if options.get("substitute") else "") \
+            + (f" --churn {options['churn']:g}" if options.get("churn") else "")
+        if options.get("composition_prior"):
+            drawn = "drawn from the training split"
+            drawn += ", one ion substituted" if options.get("substitute") else ""
+            return 2, f"sampled composition first (`crysgen sample{flags}`: compositions {drawn})"
+        return (1, f"sampled de novo (`crysgen sample{flags}`)") if flags else (0, "sampled de novo")
 
-    evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: prior(p) is not None)
+    evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: (sampling(p)[0], p.name))
     for path in evals:
         m = json.loads(path.read_text())["metrics"]
-        how = prior(path)
-        drawn = "drawn from the training split"
-        drawn += ", one ion substituted" if "substitute" in (how or "") else ""
-        sampled = (f"sampled composition first (`crysgen sample {how}`: compositions {drawn})" if how
-                   else "sampled de novo")
+        sampled = sampling(path)[1]
         cells = ", ".join(f"{label} {metric_cell(m, key)}" for key, label in (
             ("struct_valid", "structurally valid"), ("comp_valid", "compositionally valid"),
             ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("wdist_density", "W(ρ)"),
