@@ -164,7 +164,9 @@ case "$1" in
     for n in $ROWS; do echo "== $n"; tail -6 /tmp/abl_out/$n.log; done
     tar cf $OUT/abl_results.tar -C /tmp/abl_out .  # one file: a call brings back at most 8
     tar cf $OUT/abl_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $ROWS $(cd $R && ls abl_*.log)
-    tar cf $OUT/abl_models.tar -C $R $(for n in $ROWS; do [ -d $R/$n/model ] && echo $n/model; done)  # ~13 MB each (fp16)
+    for n in $ROWS; do  # one tar per row (~13 MB each in fp16): a call brings back files of <= 16 MiB
+      [ -d $R/$n/model ] && tar cf $OUT/${n}_model.tar -C $R $n/model
+    done
     ;;
   csp)
     install || exit 1
