@@ -82,6 +82,7 @@ def main() -> None:
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}
+    sampling["sampler"] = json.loads((samples / "sample_config.json").read_text()).get("sampler")
     options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset,
                           comp_scaler_from=args.comp_scaler_from,
                           property_model=args.property_model,

@@ -59,6 +59,14 @@ MARKER = ".eval_speed_cache"
 """A file this script puts in the cache folders it makes; --cold empties only such a folder."""
 
 
+def run_key(record: dict) -> tuple:
+    """What a new record replaces: the one of the same cold/warm state, sample count, device and
+    host (GPUs and CPU count), so a measurement on another machine is kept beside it."""
+    machine = record.get("machine") or {}
+    return (record.get("cold"), record.get("n"), record.get("device"), machine.get("gpu"),
+            machine.get("cpu_count"))
+
+
 def fresh_cache(path: Path) -> None:
     """Empty ``path`` for a cold run (only a folder this script made, or a missing/empty one)."""
     if path.exists() and any(path.iterdir()) and not (path / MARKER).is_file():
@@ -135,8 +143,7 @@ def measure(args: argparse.Namespace) -> None:
                             "applies": "one H200, cold, both potentials (issue 19 item 4)"}
     path = RESULTS / f"eval_speed{args.suffix}.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
-    runs = [r for r in data.get("runs", []) if not isinstance(r, dict) or
-            (r.get("cold"), r.get("n"), r.get("device")) != (record["cold"], args.n, args.device)]
+    runs = [r for r in data.get("runs", []) if not isinstance(r, dict) or run_key(r) != run_key(record)]
     data = {"runs": [*runs, record],
             "definition": "wall_seconds: the whole `crysgen evaluate` process (imports, model loading, "
                           "every family); families_seconds/steps_seconds: its metrics.json timings; "

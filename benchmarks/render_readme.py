@@ -592,10 +592,13 @@ def default_model_block() -> list[str]:
     def sampling(path: Path) -> tuple[int, str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
-        options = json.loads(path.read_text()).get("options", {})
+        d = json.loads(path.read_text())
+        options = d.get("options", {})
+        churn = options.get("churn")  # else the model's default that ran (files since it was recorded)
+        churn = churn if churn is not None else ((d.get("sampling") or {}).get("sampler") or {}).get("churn")
         flags = (" --composition-prior" if options.get("composition_prior") else "") \
             + (" --substitute" if options.get("substitute") else "") \
-            + (f" --churn {options['churn']:g}" if options.get("churn") else "")
+            + (f" --churn {churn:g}" if churn else "")
         if options.get("composition_prior"):
             drawn = "drawn from the training split"
             drawn += ", one ion substituted" if options.get("substitute") else ""

@@ -146,6 +146,33 @@ def test_churn_zero_is_the_deterministic_default_and_churn_changes_the_samples(m
     assert np.abs(churned.frac - base.frac).max() > 1e-3
 
 
+def test_a_models_own_churn_is_its_default_and_is_recorded(crystals, tmp_path):
+    """A model whose config sets edm.s_churn samples with it unless --churn says otherwise, and
+    sample_config.json records the churn that ran (not None)."""
+    import json
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model = AtomDiffusionModel(net, replace(AtomEDMConfig(), s_churn=20.0),
+                               AtomSetSpec.fit(crystals, max_atoms=30), {"name": "t"})
+    assert model.prepare(SampleOptions(n=2))["churn"] == 20.0
+    assert model.prepare(SampleOptions(n=2, churn=0.0))["churn"] == 0.0
+    own, zero = (model.sample_sets(3, steps=4, seed=5, churn=c) for c in (None, 0.0))
+    assert np.abs(own.frac - zero.frac).max() > 1e-3  # the model's churn was used
+    path = model.save_pretrained(tmp_path / "m", half=False)
+    for churn, want in ((None, 20.0), (0.0, 0.0)):
+        out = tmp_path / f"s{churn}"
+        sample_to_dir(path, out, SampleOptions(n=2, steps=2, churn=churn), progress=False)
+        assert json.loads((out / "sample_config.json").read_text())["sampler"]["churn"] == want
+    # a folder written before the sampler was recorded still resumes
+    config = out / "sample_config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "sampler"}))
+    sample_to_dir(path, out, SampleOptions(n=2, steps=2, churn=0.0), progress=False)
+
+
 def test_crystens_models_refuse_atom_only_options(tmp_path):
     from crysgen.pipelines.generators import CRYSTENS_MODEL
 

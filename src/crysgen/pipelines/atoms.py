@@ -86,6 +86,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
     def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
         """Steps, space group, guidance, churn and the element-count limit (see the protocol).
 
+        The churn is resolved: ``options.churn``, else the model's own ``edm.s_churn`` (what a
+        bundled model sets as its sampler default), so the returned settings say what ran.
+
         Raises:
             CrysgenError: for options of voxel VAE models, a space group this model cannot
                 sample, and --limit-element-count for a model not conditioned on the count.
@@ -96,7 +99,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             raise CrysgenError("--limit-element-count applies to models conditioned on the number of "
                                "elements (net.num_elements); this one is not")
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
-                "churn": options.churn, "limit_element_count": options.limit_element_count}
+                "churn": self.edm.s_churn if options.churn is None else float(options.churn),
+                "limit_element_count": options.limit_element_count}
 
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""

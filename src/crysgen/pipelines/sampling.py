@@ -2,7 +2,8 @@
 
 Output folder::
 
-    OUT/sample_config.json      the options (a resumed run must use the same ones)
+    OUT/sample_config.json      the options (a resumed run must use the same ones) and the
+                                sampler settings they resolved to (``sampler``)
     OUT/chunks/chunk_00000.csv  one per finished chunk, written last (its presence = chunk done)
     OUT/chunks/chunk_00000.npz  raw tensors of the chunk (with --save-tensors)
     OUT/cifs/sample_000000.cif  one P1 CIF per decoded crystal
@@ -190,11 +191,12 @@ def sample_to_dir(
     wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "options": asdict(options)}))
     if config_path.exists():
         have = json.loads(config_path.read_text())
-        if have != wanted:
+        if {k: have.get(k) for k in wanted} != wanted:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
-    else:
-        write_text_atomic(config_path, json.dumps(wanted, indent=1) + "\n")
+    else:  # with the sampler settings the options resolved to (e.g. a model's default churn)
+        resolved = {k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        write_text_atomic(config_path, json.dumps(wanted | {"sampler": resolved}, indent=1) + "\n")
     n_chunks = -(-options.n // options.chunk_size)
     done_before = sum((out / "chunks" / f"chunk_{k:05d}.csv").exists() for k in range(n_chunks))
     bar = tqdm(total=options.n, desc="sample", unit="crystal", disable=not progress)
