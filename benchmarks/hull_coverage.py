@@ -3,7 +3,8 @@
 For the rows of an evaluation's ``structures.csv`` whose E_hull is below ``IMPLAUSIBLE_BELOW``,
 recomputes E_hull from the row's own relaxed energy (``energy_per_atom``, CHGNet) against two hulls
 built by the suite's :class:`~crysgen.evaluation.stability.ReferenceHull` with CHGNet on the CPU:
-(a) the suite's references (train + reference), which must reproduce the row's E_hull (a check of
+(a) the suite's references (train + reference, or the evaluation's seeded
+``--reference-limit`` subset of it), which must reproduce the row's E_hull (a check of
 this script), and (b) the same plus ``--extra`` CrystalSets (e.g. mp_20's val split, which the
 suite's hull does not use). Only reference crystals whose elements lie inside one of these rows'
 chemical systems are needed (the hull of a system is made of its subsystems' phases), so only
@@ -28,6 +29,7 @@ from pymatgen.core import Composition, Element
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW, ReferenceHull, RelaxOptions
+from crysgen.evaluation.suite import reference_subset
 from provenance import ROOT, stamp
 
 
@@ -49,6 +51,10 @@ def main() -> None:
     p.add_argument("--extra", type=Path, action="append", required=True, help="more reference CrystalSets")
     p.add_argument("--name", required=True)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--reference-limit", type=int, default=None,
+                   help="the evaluation's --reference-limit (benchmarks/eval_model.py: 1000): its "
+                        "hull used that seeded subset of --reference")
+    p.add_argument("--seed", type=int, default=0, help="the evaluation's seed")
     p.add_argument("--random", type=int, default=0,
                    help="N seeded random rated rows instead of the implausible ones")
     args = p.parse_args()
@@ -62,7 +68,9 @@ def main() -> None:
     comps = [Composition(r["formula"]) for r in rows]
     systems = sorted({frozenset(el.symbol for el in c.elements) for c in comps}, key=sorted)
     needed = set().union(*systems) if systems else set()
-    base = [inside(CrystalSet.load(x), systems) for x in (args.train, args.reference)]
+    reference = reference_subset(CrystalSet.load(args.reference), args.reference_limit,
+                                 np.random.default_rng(args.seed))  # the evaluation's own subset
+    base = [inside(CrystalSet.load(args.train), systems), inside(reference, systems)]
     extra = [inside(CrystalSet.load(x), systems) for x in args.extra]
     options = RelaxOptions(device="cpu")
     hulls = {k: ReferenceHull.build(sets, needed, options=options, cache_dir=args.cache_dir, progress=True)
@@ -82,7 +90,8 @@ def main() -> None:
     fuller = [r["e_hull_fuller_hull"] for r in out_rows if r["e_hull_fuller_hull"] is not None]
     out = {
         "structures": str(args.structures), "train": str(args.train), "reference": str(args.reference),
-        "extra": [str(x) for x in args.extra], "implausible_below_eV_atom": IMPLAUSIBLE_BELOW,
+        "extra": [str(x) for x in args.extra], "reference_limit": args.reference_limit,
+        "implausible_below_eV_atom": IMPLAUSIBLE_BELOW,
         "rows": len(rows), "selection": f"{args.random} seeded random rated rows" if args.random
         else f"rows with E_hull < {IMPLAUSIBLE_BELOW}",
         "reference_crystals_used": {"suite": sum(len(c) for c in base), "extra": sum(len(c) for c in extra)},

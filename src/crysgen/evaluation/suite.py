@@ -355,6 +355,17 @@ def _csp(samples: str | Path | list[str | Path], reference: str | Path, o: EvalO
     return Evaluation(metrics, res.rows, seconds={**res.seconds, "total": round(time.perf_counter() - t0, 2)})
 
 
+def reference_subset(ref_cs: CrystalSet, limit: int | None, rng: np.random.Generator) -> CrystalSet:
+    """The reference crystals an evaluation uses: all, or ``limit`` of them drawn with ``rng``.
+
+    :func:`evaluate` makes this the first draw of ``np.random.default_rng(seed)``, so anyone who
+    calls it the same way (a rescore, a benchmark) gets the same crystals, hull included.
+    """
+    if limit and limit < len(ref_cs):
+        return ref_cs.subset(np.sort(rng.choice(len(ref_cs), limit, replace=False)))
+    return ref_cs
+
+
 def _guess_dataset(path: str | Path) -> str | None:
     from crysgen.evaluation.coverage import COV_CUTOFFS
 
@@ -440,10 +451,8 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
     gen = load_inputs(samples)[: o.limit]
     if not gen:
         raise CrysgenError(f"no crystals in {samples}")
-    ref_cs = CrystalSet.load(reference)
     rng = np.random.default_rng(o.seed)
-    if o.reference_limit and o.reference_limit < len(ref_cs):
-        ref_cs = ref_cs.subset(np.sort(rng.choice(len(ref_cs), o.reference_limit, replace=False)))
+    ref_cs = reference_subset(CrystalSet.load(reference), o.reference_limit, rng)
     ref = [ref_cs.to_structure(i) for i in range(len(ref_cs))]
     timer.end("load")
     rows = [{"id": c.id, "formula": c.structure.composition.reduced_formula if c.structure else "",
@@ -1050,11 +1059,8 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
     ro = RelaxOptions(fmax=opts.get("relax_fmax", d.fmax), steps=opts.get("relax_steps", d.steps),
                       time_limit_s=opts.get("relax_time_limit_s", d.time_limit_s), device=device,
                       batch_size=opts.get("relax_batch_size", d.batch_size))
-    ref_cs = CrystalSet.load(reference)
-    limit = opts.get("reference_limit")
-    if limit and limit < len(ref_cs):  # the subset evaluate() drew: the same generator, first draw
-        rng = np.random.default_rng(opts.get("seed", 0))
-        ref_cs = ref_cs.subset(np.sort(rng.choice(len(ref_cs), limit, replace=False)))
+    ref_cs = reference_subset(CrystalSet.load(reference), opts.get("reference_limit"),
+                              np.random.default_rng(opts.get("seed", 0)))
     relaxed = read_relaxed(relaxed_path)
     idx = sorted(relaxed)
     structures = [relaxed[i] for i in idx]
