@@ -31,11 +31,14 @@ from crysgen.evaluation.stability import RelaxOptions, relax_batch
 from provenance import ROOT, stamp
 
 
+MATCHER = StructureMatcher(ltol=0.5, stol=0.5, angle_tol=10, primitive_cell=True, scale=False,
+                           attempt_supercell=True)
+"""MatterGen's RMSD matcher settings (its ``RMSDStructureMatcher``, with stol 0.5)."""
+
+
 def matcher_rmsd(initial: Structure, relaxed: Structure) -> float | None:
     """RMSD (Å) by StructureMatcher's normalised rms, scaled back with the averaged lattice."""
-    matcher = StructureMatcher(ltol=0.5, stol=0.5, angle_tol=10, primitive_cell=True, scale=False,
-                               attempt_supercell=True)
-    found = matcher.get_rms_dist(initial, relaxed)
+    found = MATCHER.get_rms_dist(initial, relaxed)
     params = (np.array(initial.lattice.parameters) + np.array(relaxed.lattice.parameters)) / 2
     per_length = (len(initial) / Lattice.from_parameters(*params).volume) ** (1 / 3)
     return None if found is None else float(found[0] / per_length)

@@ -146,18 +146,14 @@ def test_churn_zero_is_the_deterministic_default_and_churn_changes_the_samples(m
     assert np.abs(churned.frac - base.frac).max() > 1e-3
 
 
-def test_a_models_own_churn_is_its_default_and_is_recorded(crystals, tmp_path):
+def test_a_models_own_churn_is_its_default_and_is_recorded(model_dir, tmp_path):
     """A model whose config sets edm.s_churn samples with it unless --churn says otherwise, and
     sample_config.json records the churn that ran (not None)."""
     import json
     from dataclasses import replace
 
-    torch.manual_seed(0)
-    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    model = AtomDiffusionModel(net, replace(AtomEDMConfig(), s_churn=20.0),
-                               AtomSetSpec.fit(crystals, max_atoms=30), {"name": "t"})
+    base = AtomDiffusionModel.from_pretrained(model_dir)
+    model = replace(base, edm=replace(base.edm, s_churn=20.0))
     assert model.prepare(SampleOptions(n=2))["churn"] == 20.0
     assert model.prepare(SampleOptions(n=2, churn=0.0))["churn"] == 0.0
     own, zero = (model.sample_sets(3, steps=4, seed=5, churn=c) for c in (None, 0.0))
