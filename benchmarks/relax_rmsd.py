@@ -30,7 +30,6 @@ from crysgen.data.structures import load_inputs
 from crysgen.evaluation.stability import RelaxOptions, relax_batch
 from provenance import ROOT, stamp
 
-
 MATCHER = StructureMatcher(ltol=0.5, stol=0.5, angle_tol=10, primitive_cell=True, scale=False,
                            attempt_supercell=True)
 """MatterGen's RMSD matcher settings (its ``RMSDStructureMatcher``, with stol 0.5)."""
