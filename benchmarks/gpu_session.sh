@@ -35,6 +35,10 @@
 # CrysTens CSP (one sample per test composition, inpainted and decoded as given):
 #   bash benchmarks/gpu_session.sh csp NAME MODEL_DIR TARGETS [STEPS] [SAMPLER]
 #     -> benchmarks/results/csp_NAME_mp_20.json (+ .targets.csv), copied to $OUT
+# One run trained and then scored as an ablation row, as one detached chain that outlives the call
+# (CALL_S large, e.g. 4000, so that no wait inside ends by the call's clock; follow it with collect):
+#   CALL_S=4000 setsid nohup bash benchmarks/gpu_session.sh one-scored NAME CONFIG TRAIN VAL MINUTES [options] &
+#   bash benchmarks/gpu_session.sh collect DIR...  # new files under DIRs -> $OUT/collect_*.tar.*
 # CRYSGEN_COMMIT must hold the commit being run (the device copy has no .git).
 source benchmarks/gpu_env.sh
 
@@ -143,6 +147,19 @@ case "$1" in
       g=$((g + 1)); sleep 20  # the rows copy the training split in turn
     done
     bash "$0" ablation-wait "$2"
+    ;;
+  one-scored)
+    install || exit 1
+    train "$2" "$3" "$4" "$5" "$6" "${@:7}"
+    sleep 30; while pgrep -f "[c]rysgen train diffusion" > /dev/null; do sleep 10; done
+    progress
+    mkdir -p /tmp/abl_out; cp $R/$2.log /tmp/abl_out/
+    bash "$0" ablation-row "$2" > /tmp/abl_out/$2.score.log 2>&1
+    tar cf /tmp/abl_out/$2_model.tar -C $R $2/model
+    tar cf /tmp/abl_out/$2_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $2
+    ;;
+  collect)
+    shift; collect "$@"
     ;;
   ablation-row)  # one row's scores, into /tmp/abl_out (detached by ablation-finish)
     n=$2; M=$R/$n/model  # exported at the wall-clock stop: every row had the same minutes

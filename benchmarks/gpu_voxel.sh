@@ -8,6 +8,10 @@
 #                                                    # by side on the GPU (the VAE's feature loss keeps
 #                                                    # the carried segmenter), packed as above
 #   bash benchmarks/gpu_voxel.sh bench [ARGS]        # benchmarks/voxel.py on the trained pair
+#   CALL_S=4000 OUT=/tmp/vox_out setsid nohup bash benchmarks/gpu_voxel.sh chain SEG_MIN VAE_MIN &
+#       # segmenter, then the VAE on it, then bench (the standard prior) and a second generation
+#       # from the posterior-matched prior, one after the other, detached (the machine must stay
+#       # held: follow with `bash benchmarks/gpu_session.sh collect /tmp/vox_out`)
 # The machine may be a fresh one at every call, so each training call packs its exported model
 # (and logs) into $OUT as $kind.tar.* pieces of 15 MB; unpacked here under benchmarks/.work/voxel_runs/
 # and carried back, they are what the next call uses. CRYSGEN_COMMIT must hold the commit being run
@@ -53,6 +57,16 @@ case "$1" in
     train vae "$2" --segmenter $V/segmenter/model --init $(vae_model) > /dev/null &
     wait
     tail -n 2 $OUT/segmenter.log $OUT/vae.log
+    ;;
+  chain)
+    mkdir -p $V
+    bash "$0" segmenter "$2" && ln -sfn $R/segmenter $V/segmenter || exit 1
+    bash "$0" vae "$3" && ln -sfn $R/vae $V/vae || exit 1
+    bash "$0" bench
+    python3 benchmarks/voxel.py --model $(vae_model) --device cuda --stages generation --prior posterior \
+      --samples-out $R/voxel_vae_posterior --out $OUT/voxel_perov_5_posterior.json
+    tar czf $OUT/voxel_vae_posterior_samples.tgz -C $R voxel_vae_posterior
+    echo "chain done"
     ;;
   bench)
     install || exit 1
