@@ -9,6 +9,10 @@ count) and its scores where they came back (``eval_*_mp_20.json``: the suite wit
 Table 1/2). A row without a score file is listed as not scored, never filled in. Nothing is
 measured here: this script only gathers committed result files.
 
+A lease may also hold a continuation of an earlier lease's row (``crysgen train diffusion --init``):
+its ``steps`` count every step behind its weights, ``steps_before_init`` those of the model it
+began from (``train_summary.json``'s ``data.init.step``), ``minutes`` only its own run.
+
 ``ema_weight_of_first_step`` is decay ** steps: the share of the (nearly random) weights after the
 first step still inside the exported EMA weights of a run whose EMA had no warm-up.
 
@@ -59,7 +63,10 @@ def training(run: Path) -> dict:
     ema = {"ema_decay": optim["ema_decay"], "ema_warmup": optim.get("ema_warmup", False)}
     if not ema["ema_warmup"]:
         ema["ema_weight_of_first_step"] = round(optim["ema_decay"] ** summary["global_step"], 3)
-    return {"steps": summary["global_step"], "minutes": round(last["seconds"] / 60, 1),
+    init = summary["data"].get("init")  # a continuation (--init): steps behind its start weights
+    behind = int(init["step"]) if init else 0
+    return {"steps": summary["global_step"] + behind, "steps_before_init": behind,
+            "steps_this_run": summary["global_step"], "minutes": round(last["seconds"] / 60, 1),
             "unet_channels": config["unet"]["block_out_channels"], "parameters": parameters(run / "model"),
             **ema,
             "samples_per_s": last["samples_per_s"], "batch_size": config["optim"]["batch_size"],

@@ -265,7 +265,7 @@ def ablation_table() -> list[str]:
              "stability and by CSP on the seeded 1,000 mp_20 test compositions; n/s = not scored in that "
              "lease; a struct. valid of 0 with comp. n/s: no sample decoded at all; EMA w₁ = the share of "
              "the first step's weights left in the exported EMA weights, decay^steps, for runs whose EMA "
-             "had no warm-up)", "",
+             "had no warm-up; steps a + b: a continuation (`--init`) of b steps on a row's a)", "",
              "| lease | row | what | UNet channels (parameters) | steps | samples/s | EMA w₁ | struct. valid "
              "| comp. valid | CSP match |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -276,7 +276,10 @@ def ablation_table() -> list[str]:
         size = "/".join(map(str, t["unet_channels"]))
         size += f" ({t['parameters'] / 1e6:.1f} M)" if t["parameters"] else ""
         w1 = f"{t['ema_weight_of_first_step']:.2f}" if "ema_weight_of_first_step" in t else "warm-up"
-        lines.append(f"| {r['lease']} | {r['row']} | {r['what']} | {size} | {t['steps']:,} | "
+        steps = f"{t['steps']:,}"
+        if t.get("steps_before_init"):
+            steps += f" ({t['steps_before_init']:,} + {t['steps_this_run']:,})"
+        lines.append(f"| {r['lease']} | {r['row']} | {r['what']} | {size} | {steps} | "
                      f"{t['samples_per_s']:.0f} | {w1} | {pct[0]} | {pct[1]} | {rate} |")
     return [*lines, ""]
 
