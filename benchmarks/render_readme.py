@@ -187,10 +187,13 @@ def voxel_table() -> list[str]:
     d = json.loads(path.read_text())
     rel = path.relative_to(ROOT)
     paper = d["paper"]
-    minutes = {k: sum(r["runs"][0]["seconds"] for r in d["training"][k]) / 60 for k in ("segmenter", "vae")}
+    runs = {k: [r for t in d["training"][k] for r in t["runs"]] for k in ("segmenter", "vae")}
+    trained = " and ".join(f"{k} {sum(r['seconds'] for r in rs) / 60:.0f} min "
+                           f"({sum(r['steps'] for r in rs):,} steps)" for k, rs in runs.items())
+    devices = sorted({r["device"] for rs in runs.values() for r in rs})
     lines = [f"**Voxel pipeline on perov_5** ([`{rel}`]({rel}), `benchmarks/voxel.py`; "
-             f"{d['reconstruction']['n']} test crystals; segmenter and VAE trained "
-             f"{minutes['segmenter']:.0f} and {minutes['vae']:.0f} wall minutes on one H100)", "",
+             f"{d['reconstruction']['n']} test crystals; trained on one {', '.join(devices)}: {trained}; "
+             f"models in `benchmarks/results/runs/voxel_perov5/`)", "",
              "| reconstruction | lattice MAE (Å) | site EMD (Å) | abs. ΔN | occupancy recall "
              "| species recall | match rate |", "|---|---|---|---|---|---|---|"]
     for key, label in (("ground_truth_maps", "true maps → watershed"),
@@ -207,7 +210,13 @@ def voxel_table() -> list[str]:
     steps = ("valid", "same_stoichiometry", "novel", "property_match", "unique")
     lines += ["", f"Random sampling: {g['validity_percent_of_samples']:.1f} % of {g['n']} samples decode "
               f"to a crystal with all distances ≥ 0.5 Å (paper 76 %), {g['crystals_per_s']:.0f} "
-              "crystals/s on the GPU including segmentation and watershed.", "",
+              "crystals/s on the GPU including segmentation and watershed."]
+    post = path.with_name("voxel_perov_5_posterior.json")
+    if post.exists():
+        gp = json.loads(post.read_text())["generation"]
+        lines[-1] += (f" From the posterior-matched prior (`--prior posterior`, "
+                      f"[`{post.name}`]({post.relative_to(ROOT)})): {gp['validity_percent_of_samples']:.1f} %.")
+    lines += ["",
               "| targeted funnel (mean % of 1,000 per base) | "
               + " | ".join(k.replace("_", " ") for k in steps) + " |", "|---|" + "---|" * len(steps)]
     avg = d["funnel"]["average"]
