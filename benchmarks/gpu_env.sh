@@ -26,11 +26,18 @@ wait_for() {
 # every wheel of the carried .whl*/ folders (.whl_train, .whl_eval, .whl_7net, ...) not yet
 # installed into /tmp/site on this machine; one pip call per batch, because --target skips a
 # package folder that exists (pymatgen and pymatgen_core share one)
+# (run from the repository root or from .snap, whose wheels are in ..; an install that finds no
+# wheel folder and has installed nothing before fails, instead of letting a detached run die later
+# on a missing import)
 install() {
   mkdir -p /tmp/site; touch /tmp/site/.installed
-  local new
-  new=$(for w in .whl*/*.whl; do [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed && echo $w; done)
-  [ -z "$new" ] && return
+  local new root=.
+  [ "$(basename "$PWD")" = .snap ] && root=..
+  if ! ls -d $root/.whl*/ > /dev/null 2>&1 && [ ! -s /tmp/site/.installed ]; then
+    echo "install: no .whl*/ folder in $(cd $root && pwd) and nothing installed before" >&2; return 1
+  fi
+  new=$(for w in $root/.whl*/*.whl; do [ -f "$w" ] && ! grep -qxF "$(basename $w)" /tmp/site/.installed && echo $w; done)
+  [ -z "$new" ] && return 0
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $new 2>&1 \
     | grep -v "already exists"
   for w in $new; do basename $w >> /tmp/site/.installed; done
