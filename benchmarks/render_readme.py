@@ -214,8 +214,8 @@ def voxel_table() -> list[str]:
     post = path.with_name("voxel_perov_5_posterior.json")
     if post.exists():
         gp = json.loads(post.read_text())["generation"]
-        lines[-1] += (f" From the posterior-matched prior (`--prior posterior`, "
-                      f"[`{post.name}`]({post.relative_to(ROOT)})): {gp['validity_percent_of_samples']:.1f} %.")
+        lines[-1] += (f" From the posterior-matched prior (`--prior posterior`, [`{post.name}`]"
+                      f"({post.relative_to(ROOT)})): {gp['validity_percent_of_samples']:.1f} %.")
     lines += ["",
               "| targeted funnel (mean % of 1,000 per base) | "
               + " | ".join(k.replace("_", " ") for k in steps) + " |", "|---|" + "---|" * len(steps)]

@@ -36,7 +36,7 @@ from crysgen.evaluation.reconstruction import compare, summarize, voxel_recall
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.voxel import VoxelModel, segment_grids
 from crysgen.representations.voxel import encode, read_lattice
-from crysgen.representations.watershed import decode
+from crysgen.representations.watershed import WatershedOptions, decode
 from provenance import published
 
 WORK = ROOT / "benchmarks" / ".work"
@@ -63,14 +63,15 @@ def _timed(fn, *a, **k):
 
 def reconstruction(model: VoxelModel, test: CrystalSet, args) -> dict:
     g = encode(test, model.spec.voxel)
-    out: dict = {"n": len(test), "split": str(args.test)}
+    ws = model.spec.watershed() if args.merge_tol is None else WatershedOptions(merge_tol=args.merge_tol)
+    out: dict = {"n": len(test), "split": str(args.test), "merge_tol": ws.merge_tol}
     lengths = read_lattice(g.inputs[:, 1:], model.spec.voxel)
     res, sec = _timed(decode, g.occupancy.astype(np.float32), g.species, lengths,
-                      config=model.spec.voxel, workers=args.workers)
+                      config=model.spec.voxel, options=ws, workers=args.workers)
     out["ground_truth_maps"] = summarize(compare(res.crystals, res.index, test), len(test)).to_dict() | {
         "seconds": round(sec, 2)}
     (occ, spc), sec = _timed(segment_grids, model.segmenter, g.inputs, device=args.device, batch_size=64)
-    res, sec2 = _timed(decode, occ, spc, lengths, config=model.spec.voxel, workers=args.workers)
+    res, sec2 = _timed(decode, occ, spc, lengths, config=model.spec.voxel, options=ws, workers=args.workers)
     out["unet"] = summarize(compare(res.crystals, res.index, test), len(test),
                             voxel_recall(occ, spc, g.species)).to_dict() | {
         "seconds_segment": round(sec, 2), "seconds_watershed": round(sec2, 2)}
@@ -79,7 +80,7 @@ def reconstruction(model: VoxelModel, test: CrystalSet, args) -> dict:
     grids = model.decode_grids(mu, classes, device=args.device)
     occ, spc = segment_grids(model.segmenter, grids, device=args.device, batch_size=64)
     lengths = read_lattice(grids[:, 1:], model.spec.voxel, method=model.spec.readback)
-    res = decode(occ, spc, lengths, config=model.spec.voxel, workers=args.workers)
+    res = decode(occ, spc, lengths, config=model.spec.voxel, options=ws, workers=args.workers)
     out["vae"] = summarize(compare(res.crystals, res.index, test), len(test),
                            voxel_recall(occ, spc, g.species)).to_dict() | {
         "density_mse": round(float(((grids[:, 0] - g.inputs[:, 0]) ** 2).mean()), 5),
@@ -207,6 +208,9 @@ def main() -> None:
     p.add_argument("--points", type=int, default=10)
     p.add_argument("--prior", default="standard", choices=("standard", "posterior"),
                    help="generation: random latents from N(0, I) or the posterior-matched prior")
+    p.add_argument("--merge-tol", type=float, default=None,
+                   help="reconstruction: the watershed's merge_tol in Å (default: the model's voxel.json "
+                        "merge_tol, else the watershed default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", default=str(RESULTS / "voxel_perov_5.json"))

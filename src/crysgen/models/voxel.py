@@ -27,6 +27,7 @@ from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.representations.voxel import VoxelConfig, network_input
+from crysgen.representations.watershed import WatershedOptions
 
 if TYPE_CHECKING:
     from crysgen.models.model_dir import ModelFiles, Writer
@@ -99,6 +100,12 @@ class VoxelSpec:
             blend orientations, which shrinks slopes but keeps levels), "slope" for one trained
             with ``coordinates: grid`` (no orientation to blend; the slope is insensitive to a
             channel's offset, which the decoder's final BatchNorm bias is slow to learn).
+        merge_tol: Å; decoded regions closer than this are one site (the watershed's
+            ``merge_tol``): the training crystals' nearest-neighbour distance at its 0.1 %
+            quantile, so that two regions closer than almost any two atoms of the data become
+            one atom (a noisy segmenter splits one atom's voxels between species, and each
+            species' part would otherwise stay a site). None (models trained before):
+            :class:`~crysgen.representations.watershed.WatershedOptions`' default.
     """
 
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
@@ -108,6 +115,11 @@ class VoxelSpec:
     channel_weights: list[float] = field(default_factory=list)
     channel_scale: list[float] = field(default_factory=list)
     readback: str = "level"
+    merge_tol: float | None = None
+
+    def watershed(self) -> WatershedOptions:
+        """The decoding settings of this model (the watershed defaults, with its merge_tol)."""
+        return WatershedOptions() if self.merge_tol is None else WatershedOptions(merge_tol=self.merge_tol)
 
     @property
     def num_conditions(self) -> int:
@@ -130,7 +142,7 @@ class VoxelSpec:
         """Write as JSON."""
         d = {"voxel": self.voxel.to_dict(), "condition": self.condition, "edges": self.edges,
              "class_weights": self.class_weights, "channel_weights": self.channel_weights,
-             "channel_scale": self.channel_scale, "readback": self.readback}
+             "channel_scale": self.channel_scale, "readback": self.readback, "merge_tol": self.merge_tol}
         return write_text_atomic(Path(path), json.dumps(d, indent=1) + "\n")
 
     @classmethod
@@ -139,7 +151,7 @@ class VoxelSpec:
         d = json.loads(Path(path).read_text())
         return cls(VoxelConfig.from_dict(d["voxel"]), d["condition"], list(d["edges"]),
                    list(d["class_weights"]), list(d.get("channel_weights", [])),
-                   list(d.get("channel_scale", [])), d.get("readback", "level"))
+                   list(d.get("channel_scale", [])), d.get("readback", "level"), d.get("merge_tol"))
 
 
 def one_hot(classes: np.ndarray | torch.Tensor, n: int, device: Any = "cpu") -> torch.Tensor:

@@ -113,12 +113,16 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
         return np.concatenate(out) if out else np.zeros((0, 4, *(self.spec.voxel.grid,) * 3), np.float32)
 
     def to_crystals(self, grids: np.ndarray, *, device: str = "cpu", batch_size: int = 32,
-                    options: WatershedOptions = WatershedOptions(), ids: list[str] | None = None,
+                    options: WatershedOptions | None = None, ids: list[str] | None = None,
                     workers: int = 1) -> Any:
-        """Segment grids (n, 4, G, G, G) and decode them (watershed in ``workers`` processes)."""
+        """Segment grids (n, 4, G, G, G) and decode them (watershed in ``workers`` processes).
+
+        ``options`` default: the model's own (:meth:`VoxelSpec.watershed`).
+        """
         occupancy, species = segment_grids(self.segmenter, grids, device=device, batch_size=batch_size)
         lengths = read_lattice(grids[:, 1:], self.spec.voxel, method=self.spec.readback)
-        return decode(occupancy, species, lengths, config=self.spec.voxel, options=options, ids=ids,
+        return decode(occupancy, species, lengths, config=self.spec.voxel,
+                      options=options or self.spec.watershed(), ids=ids,
                       workers=workers)
 
     def base(self, ref: str, condition: int | None = None, *, device: str = "cpu") -> tuple[np.ndarray, int]:

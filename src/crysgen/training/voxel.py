@@ -264,7 +264,25 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
     if config.kind == "vae" and not isinstance(w, str):
         channels = [float(v) for v in w]
     return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist(),
-                     channels, scale, readback="slope" if config.coordinates == "grid" else "level")
+                     channels, scale, readback="slope" if config.coordinates == "grid" else "level",
+                     merge_tol=merge_tolerance(cs.subset(np.arange(min(len(cs), 2000)))))
+
+
+MERGE_QUANTILE = 0.001  # of the training crystals' nearest-neighbour distances: VoxelSpec.merge_tol
+
+
+def merge_tolerance(crystals: CrystalSet) -> float | None:
+    """Å: the crystals' nearest-neighbour distance (periodic) at its ``MERGE_QUANTILE``.
+
+    The :attr:`VoxelSpec.merge_tol` of a model trained on them; None when no crystal has two sites.
+    """
+    nearest = []
+    for s in crystals.to_structures():
+        if len(s) > 1:
+            d = s.distance_matrix
+            np.fill_diagonal(d, np.inf)
+            nearest.append(d.min())
+    return round(float(np.quantile(nearest, MERGE_QUANTILE)), 3) if nearest else None
 
 
 def init_weights(config: VoxelTrainConfig, init: str | Path) -> dict[str, torch.Tensor]:
