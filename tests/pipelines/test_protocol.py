@@ -17,6 +17,7 @@ from crysgen.pipelines.protocol import Generator, SampleOptions
 from crysgen.pipelines.sampling import sample_to_dir
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult
 from crysgen.representations.crystens.decode import DecodeFailure
+from crysgen.representations.watershed import WatershedOptions
 from tests.conftest import load_cif
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -132,6 +133,7 @@ def test_every_kind_meets_the_protocol(model_dirs, kind):
     ("voxel_vae", SampleOptions(n=2, around="a.cif", interpolate=("a.cif", "b.cif")), "exclude each other"),
     ("voxel_vae", SampleOptions(n=2, prior="posterior"), r"no latent_prior\.npz"),
     ("atom_diffusion", SampleOptions(n=2, interpolate=("a.cif", "b.cif")), "voxel VAE models only"),
+    ("diffusion", SampleOptions(n=2, merge_tol=1.2), "voxel VAE models only"),
     ("atom_diffusion", SampleOptions(n=2, space_group=225), "without space-group"),
 ])
 def test_each_model_refuses_the_options_it_does_not_take(model_dirs, kind, options, message):
@@ -181,7 +183,8 @@ def test_prepare_hands_each_model_its_own_options(model_dirs):
     line = kwargs.pop("line")
     np.testing.assert_array_equal(line[0], mu_a)
     np.testing.assert_array_equal(line[1], mu_b)
-    assert kwargs == {"condition": 2, "sigma2": 0.5, "prior": "standard", "total": 4}
+    assert kwargs == {"condition": 2, "sigma2": 0.5, "prior": "standard", "total": 4,
+                      "merge_tol": WatershedOptions().merge_tol}  # a spec without its own
     assert not np.allclose(mu_a, mu_b)
 
 

@@ -12,6 +12,7 @@ from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.pipelines.voxel import LatentPrior, SegmenterModel, VoxelModel, VoxelSpec, load_segmenter
 from crysgen.representations.voxel import VoxelConfig
+from crysgen.representations.watershed import WatershedOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,3 +60,13 @@ def test_kinds_are_told_apart(tmp_path, model):
     (path / "voxel.json").unlink()
     with pytest.raises(CrysgenError, match=r"missing voxel\.json"):
         VoxelModel.from_pretrained(path)
+
+
+def test_spec_keeps_its_merge_tol_and_an_older_spec_decodes_with_the_default(tmp_path):
+    spec = VoxelSpec(VoxelConfig(grid=16), "x", [0.5], [1.0] * 95, merge_tol=1.358)
+    loaded = VoxelSpec.load(spec.save(tmp_path / "voxel.json"))
+    assert loaded.merge_tol == 1.358 and loaded.watershed().merge_tol == 1.358
+    old = tmp_path / "old.json"  # written before merge_tol existed
+    old.write_text((tmp_path / "voxel.json").read_text().replace('"merge_tol": 1.358', '"x": 0'))
+    assert VoxelSpec.load(old).merge_tol is None
+    assert VoxelSpec.load(old).watershed() == WatershedOptions()

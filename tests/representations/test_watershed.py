@@ -65,3 +65,16 @@ def test_empty_and_bad_maps_give_reasons():
     reasons = dict(res.failures)
     assert "no atom found" in reasons[0] and "lattice read-back failed" in reasons[1]
     assert len(res.crystals) == 0
+
+
+def test_one_atom_split_between_two_species_is_one_site_within_merge_tol():
+    # a noisy segmenter labels one atom's voxels with two species: the per-species watershed
+    # makes two regions ~1 Å apart, which 0.7 Å keeps apart and a data-derived 1.36 Å merges
+    ball = _ball((32, 32, 32), (16, 16, 16), 3)
+    species = np.where(ball, np.where(np.indices(ball.shape)[0] <= 16, 8, 9), 0)
+    lengths = np.array([10.0] * 3)
+    apart = W.sites_from_maps(ball.astype(float), species, lengths)
+    assert sorted(apart.atomic_numbers) == [8, 9]
+    merged = W.sites_from_maps(ball.astype(float), species, lengths,
+                               options=W.WatershedOptions(merge_tol=1.36))
+    assert list(merged.atomic_numbers) == [8]  # the majority species of the merged voxels

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from crysgen.errors import CrysgenError
 from crysgen.models.unet3d import UNet3D
 from crysgen.models.voxel_vae import VoxelVAE
 from crysgen.objectives.voxel import channel_weights, class_weights, segmentation_loss, vae_loss
+from crysgen.pipelines import voxel as voxel_pipeline
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.pipelines.voxel import VoxelModel, load_segmenter, one_hot
 from crysgen.representations.voxel import (
@@ -26,7 +28,14 @@ from crysgen.representations.voxel import (
     species_map,
 )
 from crysgen.training.config import VoxelTrainConfig
-from crysgen.training.voxel import VoxelBatches, VoxelModule, device_inputs, init_weights, train_voxel
+from crysgen.training.voxel import (
+    VoxelBatches,
+    VoxelModule,
+    device_inputs,
+    init_weights,
+    train_voxel,
+    usable,
+)
 from tests.conftest import load_cif, shared_file
 from tests.objectives.test_voxel import LENGTHS, perovskites
 
@@ -166,7 +175,7 @@ def test_tiny_segmenter_and_vae_steps_reduce_their_losses():
     assert losses[-1] < losses[0]
 
 
-def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
+def test_train_segmenter_then_vae_then_sample(perov, tmp_path, monkeypatch):
     small = {"max_steps": 2, "batch_size": 4, "workers": 1, "checkpoint_every": 2, "log_every": 1}
     seg = train_voxel(perov, tmp_path / "seg", config=VoxelTrainConfig.from_dict(
         {"kind": "segmenter", "width": 0.125, "optim": small}), progress=False)
@@ -200,6 +209,18 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
                                                      rel=1e-4)
     assert model.spec.channel_weights[0] == 1.0 and len(model.spec.channel_weights) == 4
     assert model.spec.readback == "slope"  # grid coordinates: no orientation blends to survive
+    # merge_tol: the usable training crystals' nearest-neighbour distance at its 0.1 % quantile
+    # (with 16 crystals: between the smallest and second smallest), which decoding uses
+    used = usable(CrystalSet.load(perov), model.spec.voxel).to_structures()
+    nearest = sorted(min(n.nn_distance for site in s.get_all_neighbors(6.0) for n in site) for s in used)
+    assert nearest[0] <= model.spec.merge_tol <= nearest[1]
+    seen: list = []
+    real = voxel_pipeline.decode
+    monkeypatch.setattr(voxel_pipeline, "decode", lambda *a, **k: seen.append(k["options"]) or real(*a, **k))
+    model.to_crystals(model.decode_grids(*model.latents(1, seed=0)))
+    model.generate(1, merge_tol=2.5)
+    assert [o.merge_tol for o in seen] == [model.spec.merge_tol, 2.5]
+    monkeypatch.undo()
     z, cls = model.latents(2, seed=0)
     with torch.no_grad():  # decoded grids come back in electrons/Å³ and Å
         raw = model.vae.eval().decode(torch.from_numpy(z), one_hot(cls, 10)).numpy()
@@ -219,6 +240,12 @@ def test_train_segmenter_then_vae_then_sample(perov, tmp_path):
     summary = sample_to_dir(vae_dir, tmp_path / "posterior", SampleOptions(n=2, prior="posterior"),
                             progress=False)
     assert summary.n == 2 and summary.decoded + summary.failures == 2
+    recorded = json.loads((tmp_path / "posterior" / "sample_config.json").read_text())["sampler"]
+    assert recorded["merge_tol"] == model.spec.merge_tol  # the model's own unless --merge-tol
+    sample_to_dir(vae_dir, tmp_path / "merge", SampleOptions(n=1, merge_tol=2.5), progress=False)
+    assert json.loads((tmp_path / "merge" / "sample_config.json").read_text())["sampler"]["merge_tol"] == 2.5
+    with pytest.raises(CrysgenError, match="--merge-tol must be positive"):
+        SampleOptions(n=1, merge_tol=0)
     (vae_dir / "latent_prior.npz").unlink()
     with pytest.raises(CrysgenError, match=r"no latent_prior\.npz"):
         sample_to_dir(vae_dir, tmp_path / "none", SampleOptions(n=2, prior="posterior"), progress=False)

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--prior", choices=("standard", "posterior"), default=D.prior,
                    help="voxel VAE: random latents from N(0, I) (the authors') or from the Gaussian "
                         "matched to the training crystals' posteriors (latent_prior.npz)")
+    p.add_argument("--merge-tol", type=float, default=None, metavar="ANGSTROM",
+                   help="voxel VAE: decoded regions closer than this are one site (default: the model's "
+                        "voxel.json merge_tol, the training crystals' closest nearest-neighbour distance)")
     p.add_argument("--interpolate", nargs=2, default=None, metavar=("A", "B"),
                    help="voxel VAE: decode points on the latent line between two crystals "
                         "(DATA.npz:ID or CIF)")
@@ -106,6 +109,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             chunk_size=args.chunk_size,
                             save_tensors=args.save_tensors, condition=args.condition,
                             around=args.around, sigma2=args.sigma, prior=args.prior,
+                            merge_tol=args.merge_tol,
                             interpolate=tuple(args.interpolate) if args.interpolate else None,
                             formula=args.formula, num_atoms=args.num_atoms,
                             compositions=args.compositions, per_target=args.per_target,

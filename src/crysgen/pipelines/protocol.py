@@ -42,7 +42,8 @@ class SampleOptions:
     the condition decile class, a base crystal (``DATA.npz:ID`` or a CIF) to sample around with
     latent variance ``sigma2``, and two base crystals to interpolate between (``n`` points);
     ``prior`` ("standard" N(0, I) or "posterior", the Gaussian matched to the training posteriors)
-    is where a voxel VAE's other latents come from.
+    is where a voxel VAE's other latents come from, and ``merge_tol`` (Å; None: the model's own,
+    ``voxel.json``) how close two decoded regions must be to count as one site.
     ``formula`` (with ``num_atoms``, else site counts drawn per sample) and ``compositions`` (a
     CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
     elements of every sample: models with composition control (atom diffusion, single-stage
@@ -67,6 +68,7 @@ class SampleOptions:
     around: str | None = None
     sigma2: float = 0.5
     prior: str = "standard"
+    merge_tol: float | None = None
     interpolate: tuple[str, str] | None = None
     formula: str | None = None
     num_atoms: int | None = None
@@ -84,6 +86,8 @@ class SampleOptions:
             raise CrysgenError(f"-n must be at least 1, got {self.n}")
         if self.chunk_size < 1:
             raise CrysgenError(f"chunk size must be at least 1, got {self.chunk_size}")
+        if self.merge_tol is not None and not self.merge_tol > 0:
+            raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
         if self.churn is not None and not self.churn >= 0:
             raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
 
@@ -206,8 +210,9 @@ class NoCompositionControl(ABC):
 def refuse_voxel_options(options: SampleOptions) -> None:
     """Refuse the options only a voxel VAE takes (CrysgenError)."""
     if (options.condition is not None or options.around is not None or options.interpolate is not None
-            or options.prior != "standard"):
-        raise CrysgenError("--condition, --around, --interpolate and --prior apply to voxel VAE models only")
+            or options.prior != "standard" or options.merge_tol is not None):
+        raise CrysgenError("--condition, --around, --interpolate, --prior and --merge-tol apply to voxel VAE "
+                           "models only")
 
 
 def refuse_atom_options(options: SampleOptions) -> None:

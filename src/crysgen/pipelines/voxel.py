@@ -17,6 +17,7 @@ draws decode off the data (issue 21).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +162,8 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
         if options.around is not None and options.interpolate is not None:
             raise CrysgenError("--around and --interpolate exclude each other")
         kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2,
-                                  "prior": options.prior, "total": options.n}
+                                  "prior": options.prior, "total": options.n,
+                                  "merge_tol": options.merge_tol or self.spec.watershed().merge_tol}
         if options.around is None and options.interpolate is None:
             self.latents(1, prior=options.prior)  # an unknown prior or a missing prior file: refused here
         if options.around is not None:
@@ -178,11 +180,13 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
                  around: np.ndarray | None = None, sigma2: float = 0.5, prior: str = "standard",
                  line: tuple[np.ndarray, np.ndarray] | None = None, offset: int = 0, total: int = 0,
                  workers: int = 1, compositions: Compositions | None = None,
-                 on_batch: Callable[[int], None] | None = None, **_: Any) -> DecodeResult:
+                 on_batch: Callable[[int], None] | None = None, merge_tol: float | None = None,
+                 **_: Any) -> DecodeResult:
         """``n`` crystals: latents → grids → segmentation → watershed (a DecodeResult).
 
         ``line`` = (μ_A, μ_B) puts sample ``offset + i`` of ``total`` at t = (offset + i)/(total − 1)
         on the segment between them (latent interpolation); otherwise see :meth:`latents`.
+        ``merge_tol`` (Å) overrides the model's (:meth:`VoxelSpec.watershed`);
         ``compositions`` are refused; ``on_batch`` gets ``n`` at the end; CrysTens ``decode``
         options are ignored (see :class:`~crysgen.pipelines.protocol.Generator`).
         """
@@ -195,7 +199,11 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
             z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2,
                                       prior=prior)
         grids = self.decode_grids(z, classes, device=device, batch_size=batch_size)
-        res = as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers), n)
+        options = self.spec.watershed()
+        if merge_tol is not None:
+            options = replace(options, merge_tol=merge_tol)
+        res = as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers,
+                                                options=options), n)
         if on_batch is not None:
             on_batch(n)
         return res
