@@ -6,6 +6,7 @@ Usage: python benchmarks/render_readme.py   (rewrites the block between the resu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -196,10 +197,16 @@ def voxel_table() -> list[str]:
              f"models in `benchmarks/results/runs/voxel_perov5/`)", "",
              "| reconstruction | lattice MAE (Å) | site EMD (Å) | abs. ΔN | occupancy recall "
              "| species recall | match rate |", "|---|---|---|---|---|---|---|"]
-    for key, label in (("ground_truth_maps", "true maps → watershed"),
-                       ("unet", "density → UNet → watershed"),
-                       ("vae", "density → VAE → UNet → watershed")):
-        m = d["reconstruction"][key]
+    recons = [(d["reconstruction"], "")]
+    merged = path.with_name("voxel_perov_5_cpu_merge_tol.json")
+    if merged.exists():  # the same models decoded with another merge radius (CPU)
+        r = json.loads(merged.read_text())["reconstruction"]
+        recons.append((r, f", merge_tol {r['merge_tol']} Å ([`{merged.name}`]({merged.relative_to(ROOT)}))"))
+    for (rec, tag), (key, label) in itertools.product(recons, (
+            ("ground_truth_maps", "true maps → watershed"), ("unet", "density → UNet → watershed"),
+            ("vae", "density → VAE → UNet → watershed"))):
+        m = rec[key]
+        label += tag
         lines.append(f"| {label} | {m['lattice_mae']:.3f} | {m['site_emd']:.3f} | "
                      f"{m['abs_delta_sites']:.3f} | {pct(m['occupancy_recall'])} | "
                      f"{pct(m['species_recall'])} | {pct(m['match_rate'])} |")
