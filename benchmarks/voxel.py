@@ -107,7 +107,17 @@ def generation(args) -> dict:
 
     structures = [c.structure for c in load_inputs(out_dir) if c.structure is not None]
     valid = sum(structurally_valid(s) for s in structures)
+    test = CrystalSet.load(args.test).to_structures()
+
+    def cells(ss: list) -> dict:  # the 0.5 Å rule passes shrunken cells: say how large they are
+        if not ss:
+            return {}
+        return {"median_lattice_length_A": round(float(np.median([np.median(s.lattice.abc) for s in ss])), 3),
+                "median_volume_per_atom_A3": round(float(np.median([s.volume / len(s) for s in ss])), 3),
+                "median_sites": float(np.median([len(s) for s in ss]))}
+
     return {"n": args.n_samples, "decoded": len(structures), "valid_0.5A": valid,
+            "cells": cells(structures), "test_cells": cells(test),
             "validity_percent_of_samples": round(100 * valid / args.n_samples, 2),
             "seconds": round(sec, 2), "crystals_per_s": round(args.n_samples / sec, 1),
             "samples_dir": os.path.relpath(Path(out_dir).resolve(), ROOT),
