@@ -151,8 +151,7 @@ case "$1" in
   one-scored)
     install || exit 1
     train "$2" "$3" "$4" "$5" "$6" "${@:7}"
-    sleep 30; while pgrep -f "[c]rysgen train diffusion" > /dev/null; do sleep 10; done
-    progress
+    sleep 30; wait_runs  # (CALL_S large: no end by the call's clock)
     mkdir -p /tmp/abl_out; cp $R/$2.log /tmp/abl_out/
     bash "$0" ablation-row "$2" > /tmp/abl_out/$2.score.log 2>&1
     tar cf /tmp/abl_out/$2_model.tar -C $R $2/model

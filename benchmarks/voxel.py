@@ -36,7 +36,7 @@ from crysgen.evaluation.reconstruction import compare, summarize, voxel_recall
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.pipelines.voxel import VoxelModel, segment_grids
 from crysgen.representations.voxel import encode, read_lattice
-from crysgen.representations.watershed import WatershedOptions, decode
+from crysgen.representations.watershed import decode
 from provenance import published
 
 WORK = ROOT / "benchmarks" / ".work"
@@ -63,7 +63,7 @@ def _timed(fn, *a, **k):
 
 def reconstruction(model: VoxelModel, test: CrystalSet, args) -> dict:
     g = encode(test, model.spec.voxel)
-    ws = model.spec.watershed() if args.merge_tol is None else WatershedOptions(merge_tol=args.merge_tol)
+    ws = model.spec.watershed(args.merge_tol)
     out: dict = {"n": len(test), "split": str(args.test), "merge_tol": ws.merge_tol}
     lengths = read_lattice(g.inputs[:, 1:], model.spec.voxel)
     res, sec = _timed(decode, g.occupancy.astype(np.float32), g.species, lengths,
@@ -94,7 +94,7 @@ def _reasons(failures: list) -> dict:
     return dict(Counter(r.split(":")[0].split(" sites")[0] for _, r in failures).most_common(5))
 
 
-def generation(args) -> dict:
+def generation(args, test: CrystalSet) -> dict:
     from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 
     out_dir = Path(args.samples_out)
@@ -107,7 +107,6 @@ def generation(args) -> dict:
 
     structures = [c.structure for c in load_inputs(out_dir) if c.structure is not None]
     valid = sum(structurally_valid(s) for s in structures)
-    test = CrystalSet.load(args.test).to_structures()
 
     def cells(ss: list) -> dict:  # the 0.5 Å rule passes shrunken cells: say how large they are
         if not ss:
@@ -117,7 +116,7 @@ def generation(args) -> dict:
                 "median_sites": float(np.median([len(s) for s in ss]))}
 
     return {"n": args.n_samples, "decoded": len(structures), "valid_0.5A": valid,
-            "cells": cells(structures), "test_cells": cells(test),
+            "cells": cells(structures), "test_cells": cells(test.to_structures()),
             "validity_percent_of_samples": round(100 * valid / args.n_samples, 2),
             "seconds": round(sec, 2), "crystals_per_s": round(args.n_samples / sec, 1),
             "samples_dir": os.path.relpath(Path(out_dir).resolve(), ROOT),
@@ -236,7 +235,7 @@ def main() -> None:
         held_out = test.subset(np.arange(min(len(test), args.n_recon)))
         _write(out, "reconstruction", reconstruction(model, held_out, args))
     if "generation" in stages:
-        _write(out, "generation", generation(args))
+        _write(out, "generation", generation(args, test))
     if "latent" in stages:
         _write(out, "latent", latent(model, test, args))
     if "funnel" in stages:

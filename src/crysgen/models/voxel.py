@@ -117,9 +117,13 @@ class VoxelSpec:
     readback: str = "level"
     merge_tol: float | None = None
 
-    def watershed(self) -> WatershedOptions:
-        """The decoding settings of this model (the watershed defaults, with its merge_tol)."""
-        return WatershedOptions() if self.merge_tol is None else WatershedOptions(merge_tol=self.merge_tol)
+    def watershed(self, merge_tol: float | None = None) -> WatershedOptions:
+        """The decoding settings of this model.
+
+        The watershed defaults with ``merge_tol`` (Å) if given, else the model's own, else theirs.
+        """
+        tol = merge_tol if merge_tol is not None else self.merge_tol
+        return WatershedOptions() if tol is None else WatershedOptions(merge_tol=tol)
 
     @property
     def num_conditions(self) -> int:

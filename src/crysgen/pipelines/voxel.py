@@ -17,7 +17,6 @@ draws decode off the data (issue 21).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +162,7 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
             raise CrysgenError("--around and --interpolate exclude each other")
         kwargs: dict[str, Any] = {"condition": options.condition, "sigma2": options.sigma2,
                                   "prior": options.prior, "total": options.n,
-                                  "merge_tol": options.merge_tol or self.spec.watershed().merge_tol}
+                                  "merge_tol": self.spec.watershed(options.merge_tol).merge_tol}
         if options.around is None and options.interpolate is None:
             self.latents(1, prior=options.prior)  # an unknown prior or a missing prior file: refused here
         if options.around is not None:
@@ -199,11 +198,8 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
             z, classes = self.latents(n, seed=seed, condition=condition, around=around, sigma2=sigma2,
                                       prior=prior)
         grids = self.decode_grids(z, classes, device=device, batch_size=batch_size)
-        options = self.spec.watershed()
-        if merge_tol is not None:
-            options = replace(options, merge_tol=merge_tol)
         res = as_decode_result(self.to_crystals(grids, device=device, ids=ids, workers=workers,
-                                                options=options), n)
+                                                options=self.spec.watershed(merge_tol)), n)
         if on_batch is not None:
             on_batch(n)
         return res

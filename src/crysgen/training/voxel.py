@@ -246,7 +246,8 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
                                f"{config.condition!r}; train on labelled crystals only")
         q = np.linspace(0, 1, config.num_conditions + 1)[1:-1]
         edges = [float(e) for e in np.quantile(values, q)]
-    weights = class_weights(species_map(cs.subset(np.arange(min(len(cs), 2000))), voxel))
+    head = cs.subset(np.arange(min(len(cs), 2000)))  # enough for the species weights and merge_tol
+    weights = class_weights(species_map(head, voxel))
     w = config.channel_weights
     scale: list[float] = []
     channels: list[float] = []
@@ -265,7 +266,7 @@ def _fit_spec(crystals: CrystalSet, config: VoxelTrainConfig) -> VoxelSpec:
         channels = [float(v) for v in w]
     return VoxelSpec(voxel, config.condition if config.kind == "vae" else "", edges, weights.tolist(),
                      channels, scale, readback="slope" if config.coordinates == "grid" else "level",
-                     merge_tol=merge_tolerance(cs.subset(np.arange(min(len(cs), 2000)))))
+                     merge_tol=merge_tolerance(head))
 
 
 MERGE_QUANTILE = 0.001  # of the training crystals' nearest-neighbour distances: VoxelSpec.merge_tol
