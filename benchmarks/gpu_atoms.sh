@@ -16,6 +16,10 @@
 #   bash benchmarks/gpu_atoms.sh throughput            # steps/s by compile mode and batch size
 #   PAIR="a:CFG_A b:CFG_B" bash benchmarks/gpu_atoms.sh pair MINUTES WAIT   # two runs, GPUs 0 and 1
 #   PAIR=... bash benchmarks/gpu_atoms.sh pair-eval    # both evaluated at once
+#   PAIR=... OUT=/tmp/atom_out CALL_S=4000 CALL_END= setsid nohup bash .snap/benchmarks/gpu_atoms.sh chain MINUTES &
+#                                                      # both PAIR runs on this one GPU, then each one's
+#                                                      # CSP sweep (Heun 50, churn 10) and evaluation
+#                                                      # with stability, all into $OUT (for `collect`)
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
@@ -105,6 +109,25 @@ pair-eval)  # eval_model.py of both PAIR runs at once, one per GPU (names atom_d
     i=$((i + 1)); sleep 15  # the two copy the training split in turn
   done
   for p in $PAIR; do bash $0 eval-wait atom_diffusion_${p%%:*}; done ;;
+chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detached, see the header
+  install || exit 1
+  for p in $PAIR; do
+    (TAG=${p%%:*} CONFIG=$S/configs/${p#*:}.yaml bash $0 launch $2 1 > $OUT/launch_${p%%:*}.log 2>&1 &)
+  done
+  sleep 90; wait_for "[c]rysgen train atom-diffusion"
+  for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1 > /dev/null; done  # pack: models and records to $OUT
+  for p in $PAIR; do  # evaluations first (detached), then the sweeps beside them
+    TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} 1 > /dev/null; sleep 15
+  done
+  for p in $PAIR; do
+    TAG=${p%%:*} STEPS=50 CHURN=10 WORKERS=4 bash $0 sweep $R/atoms_${p%%:*}/model > /dev/null
+  done
+  wait_for "[a]tom_csp_sweep.py"
+  for p in $PAIR; do
+    cp $S/benchmarks/results/atom_csp_sweep_${D}_${p%%:*}.json /tmp/sweep_${p%%:*}.log $OUT/
+  done
+  for p in $PAIR; do bash $0 eval-wait atom_diffusion_${p%%:*} > /dev/null; done
+  echo "chain done" ;;
 denovo)
   install
   python3 -m crysgen sample $2 -n ${N:-1000} --device cuda --out $3 --quiet
