@@ -43,9 +43,10 @@ restore)
   find $H -depth -type d -empty -delete ;;
 model)
   src=${2:?model directory}
-  [ -f "$src/config.json" ] || src=$H/$src  # hidden by `hide`
-  [ -f "$src/config.json" ] || { echo "not a model directory: ${2}" >&2; exit 1; }
-  rm -rf .atommodel; mkdir .atommodel; cp -r "$src"/. .atommodel/
+  [ -f "$src/config.json" ] || [ -f "$H/$src/config.json" ] || { echo "not a model directory: ${2}" >&2; exit 1; }
+  rm -rf .atommodel; mkdir .atommodel
+  for d in "$src" "$H/$src"; do [ -d "$d" ] && cp -r "$d"/. .atommodel/; done  # files `hide` set aside too
+  [ -f .atommodel/weights.safetensors ] || { echo "no weights.safetensors in ${2}" >&2; exit 1; }
   echo ".atommodel from $2, $(du -sh .atommodel | cut -f1)" ;;
 snap)
   grep -qxF /.snap/ .git/info/exclude || echo /.snap/ >> .git/info/exclude
