@@ -52,6 +52,12 @@ def parameters(model: Path) -> int | None:
     return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
 
 
+def steps_behind(init: dict | None) -> int:
+    """Every step behind a continuation's start weights: ``crysgen train diffusion --init`` records
+    the start model's own steps and, nested under ``init``, those it began from in turn."""
+    return int(init["step"]) + steps_behind(init.get("init")) if init else 0
+
+
 def training(run: Path) -> dict:
     """Steps, time, speed, last losses and network size of a row's training record."""
     summary = json.loads((run / "train_summary.json").read_text())
@@ -63,8 +69,7 @@ def training(run: Path) -> dict:
     ema = {"ema_decay": optim["ema_decay"], "ema_warmup": optim.get("ema_warmup", False)}
     if not ema["ema_warmup"]:
         ema["ema_weight_of_first_step"] = round(optim["ema_decay"] ** summary["global_step"], 3)
-    init = summary["data"].get("init")  # a continuation (--init): steps behind its start weights
-    behind = int(init["step"]) if init else 0
+    behind = steps_behind(summary["data"].get("init"))  # a continuation (--init)
     return {"steps": summary["global_step"] + behind, "steps_before_init": behind,
             "steps_this_run": summary["global_step"], "minutes": round(last["seconds"] / 60, 1),
             "unet_channels": config["unet"]["block_out_channels"], "parameters": parameters(run / "model"),
