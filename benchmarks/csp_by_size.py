@@ -4,7 +4,7 @@ Reads the ``.targets.csv`` that :mod:`csp` writes next to its result and bins th
 number of sites (:func:`csp.by_num_sites`), so an existing CSP run gets the breakdown without
 re-matching.
 
-Usage: python benchmarks/csp_by_size.py benchmarks/results/csp_atom_diffusion_mp_20.targets.csv
+Usage: python benchmarks/csp_by_size.py benchmarks/results/csp_atom_diffusion_mp_20.targets.csv [--name NAME]
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from provenance import ROOT, stamp
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("targets_csv", help="a csp.py per-target table (*.targets.csv)")
+    p.add_argument("--name", default=None, help="result name (default: the table's, without csp_); "
+                   "tables of several runs of one row share a name")
     args = p.parse_args()
     path = Path(args.targets_csv)
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         r["matched"] = r["matched"] == "True"
-    name = path.name.removesuffix(".targets.csv").removeprefix("csp_")
+    name = args.name or path.name.removesuffix(".targets.csv").removeprefix("csp_")
     result = {"source": str(path.relative_to(ROOT) if path.is_absolute() else path), "targets": len(rows),
               "by_num_sites": by_num_sites(rows)} | stamp("cpu")
     out = ROOT / "benchmarks" / "results" / f"csp_by_size_{name}.json"
