@@ -2,7 +2,8 @@
 
 Samples N crystals with `crysgen sample` (timed), then runs `crysgen evaluate` with all families
 including CHGNet stability, against the dataset's train split (novelty, hull) and test split
-(reference; ``--reference-limit`` seeded subset for coverage/distances, and for the hull). The
+(reference; ``--reference-limit`` seeded subset for coverage/distances; the hull takes the whole
+split unless ``--hull-reference subset``, the rule of the files written before that option). The
 JSON holds every metric with its n, the seconds of each family (the speed of the suite on this
 machine) and the published CDVAE-benchmark rows of reference/anchors.md for the dataset.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
-from crysgen.evaluation.suite import ALL_FAMILIES, EvalOptions, evaluate, write_report
+from crysgen.evaluation.suite import ALL_FAMILIES, HULL_REFERENCE, EvalOptions, evaluate, write_report
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from eval_sanity import TRAIN
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--work", default="benchmarks/.work")
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--reference-limit", type=int, default=1000)
+    p.add_argument("--hull-reference", choices=HULL_REFERENCE, default=EvalOptions.hull_reference,
+                   help="the test crystals in the stability hull: all, or the --reference-limit subset")
     p.add_argument("--property-model", default="formation_energy")
     p.add_argument("--comp-scaler-from", default=None, help="CrystalSet whose Magpie statistics "
                    "standardise composition fingerprints (default: the reference's)")
@@ -88,7 +91,8 @@ def main() -> None:
                           comp_scaler_from=args.comp_scaler_from,
                           property_model=args.property_model,
                           workers=args.workers, reference_limit=args.reference_limit,
-                          device=args.device, cache_dir=args.cache_dir, relax_steps=args.relax_steps,
+                          hull_reference=args.hull_reference, device=args.device, cache_dir=args.cache_dir,
+                          relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit, relax_workers=args.relax_workers,
                           relax_batch_size=args.relax_batch)
     ev = evaluate(samples, work / f"{TRAIN[args.dataset]}.npz",

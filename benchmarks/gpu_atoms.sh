@@ -116,6 +116,7 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
   done
   sleep 90; wait_for "[c]rysgen train atom-diffusion"
   for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1 > /dev/null; done  # pack: models and records to $OUT
+  wait_files $TR $W/${D}_asis_test.npz || exit 1  # the data folder, carried again by a later call
   for p in $PAIR; do  # evaluations first (detached), then the sweeps beside them
     TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} 1 > /dev/null; sleep 15
   done

@@ -23,6 +23,21 @@ wait_for() {
   ! pgrep -f "$1" >/dev/null
 }
 
+# wait_files FILE...: until every FILE exists (or the call's clock runs out; false then). A folder
+# carried in one call is gone in the next unless that call carries it again, and symbolic links are
+# not carried at all: a detached chain that reads its data after training waits here for a call
+# that brings the data folder back, instead of failing on a missing file.
+wait_files() {
+  local f said=
+  for f in "$@"; do
+    while [ ! -e "$f" ]; do
+      [ -z "$said" ] && { echo "waiting for $f (carry its folder in this call)" >&2; said=1; }
+      [ "$(left)" -le 0 ] && return 1
+      sleep 5
+    done
+  done
+}
+
 # every wheel of the carried .whl*/ folders (.whl_train, .whl_eval, .whl_7net, ...) not yet
 # installed into /tmp/site on this machine; one pip call per batch, because --target skips a
 # package folder that exists (pymatgen and pymatgen_core share one)

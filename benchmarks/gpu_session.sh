@@ -163,6 +163,7 @@ case "$1" in
   ablation-row)  # one row's scores, into /tmp/abl_out (detached by ablation-finish)
     n=$2; M=$R/$n/model  # exported at the wall-clock stop: every row had the same minutes
     case $n in abl_s52*) T=mp_20_conv ;; *) T=mp_20_asis ;; esac
+    wait_files $W/${T}_test.npz $W/${T}_test_csp1k.npz $W/mp_20_train_partial.npz $W/mp_20_test.npz || exit 1
     python3 benchmarks/diffusion.py --device cuda --ddpm-n 0 $M --reference $W/${T}_test.npz \
       --name ${n}_mp_20 --run $R/$n && cp benchmarks/results/diffusion_${n}_mp_20* /tmp/abl_out/
     python3 benchmarks/eval_model.py $M --name $n --dataset mp_20 \

@@ -13,25 +13,37 @@ hull of ``--train`` + ``--reference``, its E_hull column in ``structures.csv``, 
 S.U.N. rates and the agreement with CHGNet in ``metrics.json``; the result JSON, when given,
 gets the new metrics.
 
+With ``--hull all`` it places every rated row on a new CHGNet hull of ``--train`` and the whole
+``--reference`` split (the suite's default since ``EvalOptions.hull_reference``; files written
+before it used eval_model.py's seeded ``--reference-limit`` subset of the test split), from the
+row's own relaxed energy (``energy_per_atom``): CHGNet static energies of the reference crystals
+inside the rows' chemical systems, on the CPU, and the elemental terminals as the suite relaxes
+them. ``structures.csv``'s E_hull column and the result JSON's stable and S.U.N. rates, E_hull
+mean/median and ``hull_reference`` are replaced; the values before are kept under ``rescored``.
+
 Usage::
 
     python benchmarks/rescore_stability.py benchmarks/.work/eval_gan_mp_20/report \
         benchmarks/results/eval_gan_mp_20.json
     python benchmarks/rescore_stability.py REPORT [RESULT.json] --potential sevennet \
         --train ../shared/data/mp_20/train.npz --reference ../shared/data/mp_20/test.npz
+    python benchmarks/rescore_stability.py benchmarks/results/reports/eval_X_mp_20_structures.csv \
+        benchmarks/results/eval_X_mp_20.json --hull all --train .gpuwork/mp_20_asis_train_partial.npz \
+        --reference .gpuwork/mp_20_asis_test.npz
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from codec import stamp
-from crysgen.crystal_set import write_text_atomic
+from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW
 from crysgen.evaluation.suite import stable_metrics
 
@@ -48,16 +60,27 @@ def recount(rows: list[dict[str, str]]) -> dict[str, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("report", help="the evaluation's report folder (structures.csv)")
+    p.add_argument("report", help="the evaluation's report folder (structures.csv), or with --hull its "
+                   "structures.csv itself")
     p.add_argument("result", nargs="?", help="the result JSON to update")
     p.add_argument("--potential", default=None,
                    help="re-rate the relaxed structures with this potential (sevennet) instead")
     p.add_argument("--train", help="with --potential: the training CrystalSet the evaluation used")
     p.add_argument("--reference", help="with --potential: the reference CrystalSet it used")
     p.add_argument("--device", default=None, help="with --potential: cpu or cuda (default: the report's)")
+    p.add_argument("--hull", choices=["all", "subset"], default=None,
+                   help="place the rows on a CHGNet hull of --train and the whole --reference (all), or "
+                        "check that the evaluation's own hull (subset: --reference-limit crystals of "
+                        "--reference drawn with --seed) reproduces the file's E_hull (writes nothing)")
+    p.add_argument("--reference-limit", type=int, default=1000, help="with --hull subset (eval_model.py's)")
+    p.add_argument("--seed", type=int, default=0, help="with --hull subset: the evaluation's seed")
+    p.add_argument("--cache-dir", default=None, help="with --hull: the reference energies' cache")
     args = p.parse_args()
     if args.potential:
         rescore_with(args)
+        return
+    if args.hull:
+        rehull(args)
         return
     if not args.result:
         p.error("the result JSON is needed without --potential")
@@ -76,6 +99,76 @@ def main() -> None:
     write_text_atomic(Path(args.result), json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
     for k, v in new.items():
         print(f"{k}: {before[k]} -> {v['value']}")
+
+
+def rehull(args: argparse.Namespace) -> None:
+    """``--hull all``: every rated row on the hull of the training set and the whole reference split."""
+    from types import SimpleNamespace
+
+    from pymatgen.core import Composition
+
+    from crysgen.evaluation.stability import ReferenceHull, RelaxOptions
+    from crysgen.evaluation.suite import rate_with, reference_subset
+    from hull_coverage import inside
+
+    if not (args.train and args.reference and args.result):
+        raise SystemExit("--hull needs --train, --reference and the result JSON")
+    csv_path = Path(args.report)
+    csv_path = csv_path / "structures.csv" if csv_path.is_dir() else csv_path
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    result = json.loads(Path(args.result).read_text())
+    if len(rows) != result["metrics"]["n_samples"]["value"]:
+        raise SystemExit(f"{csv_path}: {len(rows)} rows, the result has "
+                         f"{result['metrics']['n_samples']['value']} samples")
+    rated = [k for k, r in enumerate(rows) if r.get("energy_per_atom")]
+    comps = [Composition(rows[k]["formula"]) for k in rated]
+    systems = sorted({frozenset(el.symbol for el in c.elements) for c in comps}, key=sorted)
+    needed = set().union(*systems) if systems else set()
+    reference = CrystalSet.load(args.reference)
+    if args.hull == "subset":
+        reference = reference_subset(reference, args.reference_limit, np.random.default_rng(args.seed))
+    sets = [inside(CrystalSet.load(args.train), systems), inside(reference, systems)]
+    hull = ReferenceHull.build(sets, needed, options=RelaxOptions(device="cpu"), cache_dir=args.cache_dir,
+                               progress=True)
+    sub = [rows[k] for k in rated]
+    in_file = np.array([float(r["e_above_hull_eV_atom"]) if r.get("e_above_hull_eV_atom") else np.nan
+                        for r in sub])
+    for r in sub:  # every rated row is placed again; a reason of the old hull must not stay
+        r["e_above_hull_eV_atom"], r["e_above_hull_reason"] = "", ""
+    converged = np.array([r.get("relax_converged") == "True" for r in sub] + [False] * (len(rows) - len(sub)))
+    un = np.array([r.get("unique") == "True" and r.get("novel") == "True" for r in sub]
+                  + [False] * (len(rows) - len(sub)))
+    _, new = rate_with("chgnet", hull, [SimpleNamespace(composition=c) for c in comps],
+                       [float(r["energy_per_atom"]) for r in sub], sub, len(rows), converged,
+                       un if any(r.get("unique") for r in rows) else None)
+    new["hull_reference"]["inside_rated_systems"] = {"train": len(sets[0]), "reference": len(sets[1])}
+    before = {k: result["metrics"].get(k, {}).get("value") for k in new}
+    if args.hull == "subset":  # a check of this function against the evaluation: nothing is written
+        placed = np.array([float(r["e_above_hull_eV_atom"]) if r["e_above_hull_eV_atom"] != "" else np.nan
+                           for r in sub])
+        both = np.isfinite(placed) & np.isfinite(in_file)
+        print(f"rows placed in both: {int(both.sum())} of {len(sub)}; in one only: "
+              f"{int((np.isfinite(placed) != np.isfinite(in_file)).sum())}; max |E_hull - file| "
+              f"{np.abs(placed[both] - in_file[both]).max():.2e} eV/atom")
+        for k in new:
+            print(f"{k}: file {before[k]}, this hull {new[k]['value']}")
+        return
+    result["metrics"].update(new)
+    result.setdefault("rescored_hull", []).append(
+        {"from": str(csv_path), "hull": "train + every reference crystal (EvalOptions.hull_reference "
+         "'all'); only those inside the rated rows' chemical systems are needed", "train": args.train,
+         "reference": args.reference, "before": before} | stamp())
+    fields += [k for k in ("e_above_hull_eV_atom", "e_above_hull_reason") if k not in fields]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)  # the suite's line ends (\r\n)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, text.getvalue())
+    write_text_atomic(Path(args.result), json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
+    for k in new:
+        print(f"{k}: {before[k]} -> {new[k]['value']}")
 
 
 def rescore_with(args: argparse.Namespace) -> None:

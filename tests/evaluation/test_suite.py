@@ -320,3 +320,33 @@ def test_a_sample_folder_where_nothing_decoded_scores_zero_instead_of_stopping(t
     write_report(ev, tmp_path / "out", title="t", options=o)  # and its report is written
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
     assert written["struct_valid"]["value"] == 0
+
+
+# ------------------------------------------------------------------- the stability hull's references
+@pytest.mark.parametrize(("hull_reference", "sizes"), [("all", [1, 4]), ("subset", [1, 2])])
+def test_the_hull_takes_every_reference_crystal_unless_told_the_subset(tmp_path, monkeypatch,
+                                                                        hull_reference, sizes):
+    """--reference-limit draws the crystals coverage compares with; the stability hull keeps the
+    whole reference split (a hull with fewer phases places samples too low) unless "subset"."""
+    from crysgen.evaluation import stability
+
+    samples, train, ref = _coverage_set(tmp_path)  # 1 training crystal, 4 reference crystals
+    _cheap_stability(monkeypatch)
+    cheap, seen = stability.reference_energies, []
+
+    def spy(cs, **kw):
+        seen.append(len(cs))
+        return cheap(cs, **kw)
+
+    monkeypatch.setattr(stability, "reference_energies", spy)
+    o = EvalOptions(metrics=("validity", "stability"), reference_limit=2, hull_reference=hull_reference,
+                    cache_dir=str(tmp_path / "cache"))
+    ev = evaluate(samples, train, ref, o, progress=False)
+    assert seen == sizes
+    assert ev.metrics["n_reference"]["value"] == 2
+    assert ev.metrics["hull_reference"]["n"] == sum(sizes)
+
+
+def test_an_unknown_hull_reference_is_refused():
+    with pytest.raises(CrysgenError, match="hull_reference must be one of all, subset"):
+        EvalOptions(hull_reference="val")

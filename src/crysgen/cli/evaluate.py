@@ -12,6 +12,7 @@ from crysgen.errors import CrysgenError
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen evaluate``."""
     from crysgen.evaluation.coverage import COV_CUTOFFS
+    from crysgen.evaluation.suite import HULL_REFERENCE
     from crysgen.evaluation.suite import EvalOptions as D  # the defaults, written once there
 
     p = subparsers.add_parser("evaluate", help="score generated crystals (validity, coverage, novelty, ...)")
@@ -51,7 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--device", default=D.device, help="cpu or cuda (%(default)s)")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
     p.add_argument("--reference-limit", type=_positive_int, default=None,
-                   help="a seeded random subset of N reference crystals")
+                   help="a seeded random subset of N reference crystals for coverage, distributions "
+                        "and properties (the stability hull takes them all unless --hull-reference subset)")
+    p.add_argument("--hull-reference", choices=HULL_REFERENCE, default=D.hull_reference,
+                   help="reference crystals in the stability hull beside the training set: all, or the "
+                        "--reference-limit subset (%(default)s)")
     p.add_argument("--stability", action="store_true",
                    help="also run CHGNet stability: relaxation, energy above the train+reference "
                         "hull, stable and S.U.N. rates (slow on a CPU; use --device cuda)")
@@ -96,6 +101,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           csp_validity=args.csp_validity, csp_metre=not args.no_metre,
                           property_model=args.property_model, models_dir=args.models_dir,
                           workers=args.workers, limit=args.limit, reference_limit=args.reference_limit,
+                          hull_reference=args.hull_reference,
                           device=args.device, relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir,
                           relax_workers=args.relax_workers, relax_batch_size=args.relax_batch,

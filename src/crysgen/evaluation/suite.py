@@ -25,7 +25,8 @@ its row of ``structures.csv``, never a failed run):
   sample (energy per atom, RMSD, volume change, per-structure time limit; batched: each worker
   relaxes up to 64 structures in lockstep, one CHGNet call per FIRE step), energy above the hull
   of the training + reference crystals evaluated with the same potential (cached on disk by the
-  data's hash), stable rates (≤ 0.1 and ≤ 0.0 eV/atom) and S.U.N.; see
+  data's hash; every reference crystal, also under ``reference_limit``), stable rates (≤ 0.1
+  and ≤ 0.0 eV/atom) and S.U.N.; see
   :mod:`crysgen.evaluation.stability`.
 """
 
@@ -69,6 +70,8 @@ NEEDS_TRAIN = ("novelty", "stability")
 """Families that need the training set (novelty against it; the hull is built from it)."""
 COV_OVER = ("all", "valid")
 """Generated crystals COV uses: every one with fingerprints (CDVAE), or only the valid ones."""
+HULL_REFERENCE = ("all", "subset")
+"""Reference crystals in the stability hull: every one, or only ``reference_limit``'s subset."""
 CGCNN_REGRESSORS = ("formation_energy", "final_energy", "band_gap", "fermi_energy", "bulk_modulus",
                     "shear_modulus", "poisson_ratio")
 
@@ -102,7 +105,12 @@ class EvalOptions:
         relax_workers: processes for the CHGNet relaxation when it should differ from
             ``workers`` (on a GPU each holds a CUDA context and its batches' memory).
         limit: evaluate only the first N samples.
-        reference_limit: use a seeded random subset of N reference crystals.
+        reference_limit: use a seeded random subset of N reference crystals (for coverage,
+            distributions and properties; for the hull only with ``hull_reference="subset"``).
+        hull_reference: the reference crystals of the stability hull beside the training set:
+            ``"all"`` of them (default), or ``"subset"``, the ``reference_limit`` subset (how
+            every evaluation before this option built its hull; a smaller hull places samples
+            lower, and in chemical systems it lacks, more than 0.5 eV/atom below it).
         n_wasserstein: valid samples drawn for the Wasserstein distances (CDVAE: 1,000).
         seed: seeds every random subset.
         device: "cpu" or "cuda" for the property models and CHGNet.
@@ -134,6 +142,7 @@ class EvalOptions:
     relax_workers: int | None = None
     limit: int | None = None
     reference_limit: int | None = None
+    hull_reference: str = "all"
     n_wasserstein: int = 1000
     seed: int = 0
     device: str = "cpu"
@@ -151,6 +160,9 @@ class EvalOptions:
                                f"{', '.join(sorted(bad))} (known: {', '.join(ALL_FAMILIES)})")
         if self.cov_over not in COV_OVER:
             raise CrysgenError(f"cov_over must be one of {', '.join(COV_OVER)}, got {self.cov_over!r}")
+        if self.hull_reference not in HULL_REFERENCE:
+            raise CrysgenError(f"hull_reference must be one of {', '.join(HULL_REFERENCE)}, "
+                               f"got {self.hull_reference!r}")
         from crysgen.evaluation.compositional import TABLES
         from crysgen.evaluation.potentials import POTENTIAL_CHOICES
 
@@ -452,7 +464,8 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
     if not gen:
         raise CrysgenError(f"no crystals in {samples}")
     rng = np.random.default_rng(o.seed)
-    ref_cs = reference_subset(CrystalSet.load(reference), o.reference_limit, rng)
+    ref_all = CrystalSet.load(reference)
+    ref_cs = reference_subset(ref_all, o.reference_limit, rng)
     ref = [ref_cs.to_structure(i) for i in range(len(ref_cs))]
     timer.end("load")
     rows = [{"id": c.id, "formula": c.structure.composition.reduced_formula if c.structure else "",
@@ -573,7 +586,8 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
         assert train is not None  # NEEDS_TRAIN: refused above without it
         sv = [i for i in ok if struct_valid[i]]
         stab, relaxed_s = _stability(o, [structs[i] for i in sv], [rows[i] for i in sv], n, train,
-                                     ref_cs, "novelty" in o.metrics, plots, progress, timer)
+                                     ref_all if o.hull_reference == "all" else ref_cs,
+                                     "novelty" in o.metrics, plots, progress, timer)
         metrics.update(stab)
         relaxed = {i: r for i, r in zip(sv, relaxed_s, strict=True) if r is not None}
         for i in ok:
@@ -832,9 +846,11 @@ def agreement_metrics(first: np.ndarray, second: np.ndarray, converged: np.ndarr
 
 
 def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]], n: int,
-               train: str | Path, ref_cs: CrystalSet, with_novelty: bool, plots: dict[str, str],
+               train: str | Path, hull_ref: CrystalSet, with_novelty: bool, plots: dict[str, str],
                progress: bool, timer: Any = None) -> tuple[dict[str, dict[str, Any]], list[Any]]:
     """Relax, place on the reference hull(s), count stable and S.U.N. (over all ``n`` samples).
+
+    The hull is made of ``train`` and ``hull_ref`` (see ``EvalOptions.hull_reference``).
 
     CHGNet relaxes every structure; each potential of ``o.potential`` then rates the relaxed
     structures on a hull of its own energies (see :func:`rate_with`). With a ``timer``
@@ -866,7 +882,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
         un[k] = bool(row.get("unique")) and bool(row.get("novel"))
         converged[k] = r.converged
     final = [r.structure if r.structure is not None else s for r, s in zip(relaxed, structures, strict=True)]
-    sets = [CrystalSet.load(train), ref_cs]
+    sets = [CrystalSet.load(train), hull_ref]
     out: dict[str, dict[str, Any]] = {}
     e_hulls: dict[str, np.ndarray] = {}
     for pot in potentials:
@@ -1022,8 +1038,9 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
     Args:
         report: the report folder.
         train: the training CrystalSet the evaluation used.
-        reference: the reference CrystalSet it used (its ``reference_limit`` subset is redrawn
-            with its seed).
+        reference: the reference CrystalSet it used (the hull takes all of it, or, where the
+            evaluation's ``hull_reference`` was ``"subset"`` or is not recorded (reports written
+            before that option), its ``reference_limit`` subset, redrawn with its seed).
         potential: the potential that re-scores.
         device: where the potential runs (default: the evaluation's).
         cache_dir: energy caches (default: the evaluation's, else $CRYSGEN_CACHE).
@@ -1059,8 +1076,10 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
     ro = RelaxOptions(fmax=opts.get("relax_fmax", d.fmax), steps=opts.get("relax_steps", d.steps),
                       time_limit_s=opts.get("relax_time_limit_s", d.time_limit_s), device=device,
                       batch_size=opts.get("relax_batch_size", d.batch_size))
-    ref_cs = reference_subset(CrystalSet.load(reference), opts.get("reference_limit"),
-                              np.random.default_rng(opts.get("seed", 0)))
+    ref_cs = CrystalSet.load(reference)
+    if opts.get("hull_reference", "subset") == "subset":
+        ref_cs = reference_subset(ref_cs, opts.get("reference_limit"),
+                                  np.random.default_rng(opts.get("seed", 0)))
     relaxed = read_relaxed(relaxed_path)
     idx = sorted(relaxed)
     structures = [relaxed[i] for i in idx]
