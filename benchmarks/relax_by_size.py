@@ -1,0 +1,75 @@
+"""Relaxation RMSD and stability per cell size from an evaluation's rows -> results/relax_by_size_<name>.json.
+
+Reads the ``structures.csv`` of a `crysgen evaluate --stability` report (or its committed copy
+under ``benchmarks/results/reports/``) and bins the relaxed samples by number of sites
+(:data:`csp.SIZE_BINS`, the bins of the CSP breakdown), so an existing GPU evaluation gets the
+breakdown without relaxing anything again: per bin the samples relaxed, the mean and median
+RMS displacement of the relaxation (the suite's ``rmsd`` column, Å), the share under 0.15 Å (the
+issue's target for the mean) and the share stable as the suite counts it (converged relaxation,
+−0.5 ≤ E_hull ≤ 0.1 eV/atom) among the relaxed samples of the bin.
+
+Usage: python benchmarks/relax_by_size.py \
+    benchmarks/results/reports/eval_atom_diffusion_churn10_mp_20_structures.csv [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from crysgen.crystal_set import write_text_atomic
+from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW
+from csp import SIZE_BINS
+from provenance import ROOT, stamp
+
+STABLE_AT = 0.1
+"""eV/atom: the suite's headline stability threshold."""
+
+
+def by_num_sites(rows: list[dict[str, str]]) -> dict[str, dict]:
+    """RMSD and stable share of the relaxed rows (those with an ``rmsd``) in each size bin."""
+    relaxed = [r for r in rows if r.get("rmsd") not in (None, "")]
+    out = {}
+    for lo, hi in SIZE_BINS:
+        sel = [r for r in relaxed if lo <= int(r["num_sites"]) <= hi]
+        if not sel:
+            continue
+        rmsd = np.array([float(r["rmsd"]) for r in sel])
+        e = np.array([float(r["e_above_hull_eV_atom"]) if r.get("e_above_hull_eV_atom") else np.nan
+                      for r in sel])
+        converged = np.array([r.get("relax_converged") == "True" for r in sel])
+        stable = converged & (e >= IMPLAUSIBLE_BELOW) & (e <= STABLE_AT)
+        out[f"{lo}-{hi}"] = {"relaxed": len(sel), "mean_rmsd_A": round(float(rmsd.mean()), 4),
+                             "median_rmsd_A": round(float(np.median(rmsd)), 4),
+                             "share_rmsd_below_0_15": round(float((rmsd < 0.15).mean()), 3),
+                             "share_stable": round(float(stable.mean()), 3)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("structures_csv", help="a report's structures.csv (with the stability columns)")
+    p.add_argument("--name", default=None,
+                   help="result name (default: the file's, without eval_ and _structures)")
+    args = p.parse_args()
+    path = Path(args.structures_csv)
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not any(r.get("rmsd") for r in rows):
+        raise SystemExit(f"{path}: no relaxed rows (evaluate with --stability)")
+    name = args.name or path.stem.removesuffix("_structures").removeprefix("eval_")
+    result = {"source": str(path.relative_to(ROOT) if path.is_absolute() else path), "samples": len(rows),
+              "stable": f"converged, {IMPLAUSIBLE_BELOW} <= E_hull <= {STABLE_AT} eV/atom, among the "
+                        "relaxed samples of the bin",
+              "by_num_sites": by_num_sites(rows)} | stamp("cpu")
+    out = ROOT / "benchmarks" / "results" / f"relax_by_size_{name}.json"
+    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["by_num_sites"], indent=1), f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
