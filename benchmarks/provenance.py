@@ -67,8 +67,15 @@ def machine(device: str | None = None) -> dict:
     return info
 
 
+@functools.cache
 def commit() -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files have uncommitted changes."""
+    """The checked-out commit, with ``-dirty`` when tracked files had uncommitted changes.
+
+    Read once per process, when first asked: a benchmark script asks when it imports this module
+    (:func:`require_clean`), before it has written anything, so a script that rewrites its own
+    tracked result file several times (after every variant, every section) records the tree it
+    started from, not its own output as an uncommitted change.
+    """
     if os.environ.get("CRYSGEN_COMMIT"):  # the device machine's copy of the tree: named by the caller
         return os.environ["CRYSGEN_COMMIT"]
     try:

@@ -97,7 +97,6 @@ def main() -> None:
     type(stability.load_chgnet(args.device).graph_converter).forward = timed_graph
     runs = []
     name = args.name or Path(args.samples).name
-    provenance = stamp(args.device)  # before the first write below makes the tree differ from the commit
     sizes_of_graphs = graph_sizes(structures[:64], args.device)
     stability.relax_batch(structures[:2], stability.RelaxOptions(steps=2, device=args.device))  # warm-up
     engines = {"crysgen": chgnet_batch.predict_efs, "chgnet": chgnet_predict}
@@ -137,7 +136,7 @@ def main() -> None:
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         data[f"{name}_{args.device}"] = {"samples": args.samples, "valid_structures": len(structures),
                                          "graph_sizes_first_64": sizes_of_graphs,
-                                         "runs": runs} | provenance
+                                         "runs": runs} | stamp(args.device)
         write_text_atomic(RESULTS, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")
 

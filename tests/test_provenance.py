@@ -62,3 +62,21 @@ def test_a_host_s_gpus_are_one_line(provenance):
     assert provenance.gpu_label(["NVIDIA H200"]) == "NVIDIA H200"
     assert provenance.gpu_label(["NVIDIA H200", "NVIDIA H200"]) == "NVIDIA H200 ×2"
     assert provenance.gpu_label(["NVIDIA H200", "NVIDIA H100"]) == "NVIDIA H200, NVIDIA H100"
+
+
+def test_the_commit_is_read_once_so_a_script_rewriting_its_own_result_stays_clean(provenance, monkeypatch):
+    """A benchmark asks at import; the tracked result file it rewrites later must not make it dirty."""
+    import subprocess
+
+    monkeypatch.delenv("CRYSGEN_COMMIT", raising=False)
+    getattr(provenance.commit, "cache_clear", lambda: None)()  # a fresh module: nothing read yet
+    status = {"porcelain": ""}
+
+    def fake_run(cmd, **kw):
+        out = "abc123\n" if cmd[:2] == ["git", "rev-parse"] else status["porcelain"]
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(provenance.subprocess, "run", fake_run)
+    assert provenance.commit() == "abc123"
+    status["porcelain"] = " M benchmarks/results/relax_speed.json\n"  # the script's own first write
+    assert provenance.stamp("cpu")["commit"] == "abc123"
