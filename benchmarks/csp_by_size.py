@@ -31,11 +31,17 @@ def main() -> None:
     for r in rows:
         r["matched"] = r["matched"] == "True"
     name = args.name or path.name.removesuffix(".targets.csv").removeprefix("csp_")
-    result = {"source": str(path.relative_to(ROOT) if path.is_absolute() else path), "targets": len(rows),
-              "by_num_sites": by_num_sites(rows)} | stamp("cpu")
-    out = ROOT / "benchmarks" / "results" / f"csp_by_size_{name}.json"
+    write_breakdown("csp", name, path, {"targets": len(rows), "by_num_sites": by_num_sites(rows)})
+
+
+def write_breakdown(kind: str, name: str, source: Path, fields: dict) -> Path:
+    """results/<kind>_by_size_<name>.json: ``fields`` (with ``by_num_sites``) after the table's path."""
+    where = str(source.relative_to(ROOT) if source.is_absolute() else source)
+    result = {"source": where} | fields | stamp("cpu")
+    out = ROOT / "benchmarks" / "results" / f"{kind}_by_size_{name}.json"
     write_text_atomic(out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["by_num_sites"], indent=1), f"\nwrote {out}")
+    return out
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from crysgen.crystal_set import write_text_atomic
 from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW
 from csp import SIZE_BINS
-from provenance import ROOT, stamp
+from csp_by_size import write_breakdown
 
 STABLE_AT = 0.1
 """eV/atom: the suite's headline stability threshold."""
@@ -62,13 +60,11 @@ def main() -> None:
     if not any(r.get("rmsd") for r in rows):
         raise SystemExit(f"{path}: no relaxed rows (evaluate with --stability)")
     name = args.name or path.stem.removesuffix("_structures").removeprefix("eval_")
-    result = {"source": str(path.relative_to(ROOT) if path.is_absolute() else path), "samples": len(rows),
-              "stable": f"converged, {IMPLAUSIBLE_BELOW} <= E_hull <= {STABLE_AT} eV/atom, among the "
-                        "relaxed samples of the bin",
-              "by_num_sites": by_num_sites(rows)} | stamp("cpu")
-    out = ROOT / "benchmarks" / "results" / f"relax_by_size_{name}.json"
-    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["by_num_sites"], indent=1), f"\nwrote {out}")
+    write_breakdown("relax", name, path, {
+        "samples": len(rows),
+        "stable": f"converged, {IMPLAUSIBLE_BELOW} <= E_hull <= {STABLE_AT} eV/atom, among the relaxed "
+                  "samples of the bin",
+        "by_num_sites": by_num_sites(rows)})
 
 
 if __name__ == "__main__":
