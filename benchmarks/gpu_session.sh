@@ -170,6 +170,8 @@ case "$1" in
       --device cuda --workers 4 --work $W --cache-dir /tmp/evs_cache \
       --metrics validity,distributions,coverage,novelty,properties 2>&1 | tr '\r' '\n' | grep -v -i warn | tail -30
     cp benchmarks/results/eval_${n}_mp_20.json /tmp/abl_out/
+    # its per-structure rows too, so that a later rule (a new hull, a new validity) can rescore it here
+    cp $W/eval_${n}_mp_20/report/structures.csv /tmp/abl_out/eval_${n}_mp_20_structures.csv
     python3 -m crysgen sample $M --compositions $W/${T}_test_csp1k.npz --steps 50 --device cuda \
       --workers 4 --out /tmp/csp_$n --quiet
     python3 benchmarks/csp.py /tmp/csp_$n --targets $W/${T}_test_csp1k.npz --name $n --dataset mp_20 --workers 4
