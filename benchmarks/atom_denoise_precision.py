@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.evaluation.stability import rms_displacement
 from provenance import ROOT, stamp
 
 
@@ -43,13 +44,8 @@ def cartesian_rms(frac: np.ndarray, clean: np.ndarray, mask: np.ndarray, lattice
         mask: bool (N, S) real sites.
         lattice: (N, 3, 3) the clean cells (row vectors, Å).
     """
-    out = np.zeros(len(frac))
-    for i in range(len(frac)):
-        d = frac[i, mask[i]] - clean[i, mask[i]]
-        d -= np.round(d)
-        d -= d.mean(0)  # a rigid shift of every atom is the same crystal
-        out[i] = np.sqrt(((d @ lattice[i]) ** 2).sum(1).mean())
-    return out
+    return np.array([rms_displacement(clean[i, mask[i]], frac[i, mask[i]], lattice[i])
+                     for i in range(len(frac))])
 
 
 def restore(model: Any, sets: Any, sigma0: float, *, steps: int,
@@ -93,7 +89,6 @@ def main() -> None:
     from crysgen.pipelines.atoms import AtomDiffusionModel
     from crysgen.representations.atoms import lattice_parameters, niggli_reduce
 
-    torch.manual_seed(args.seed)
     targets = CrystalSet.load(args.targets)
     rng = np.random.default_rng(args.seed)
     pick = np.sort(rng.choice(len(targets), min(args.n, len(targets)), replace=False))

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -109,15 +108,14 @@ def rehull(args: argparse.Namespace) -> None:
     from pymatgen.core import Composition
 
     from crysgen.evaluation.stability import ReferenceHull, RelaxOptions
-    from crysgen.evaluation.suite import rate_with, reference_subset
+    from crysgen.evaluation.suite import rate_with, reference_subset, write_rows
 
     if not (args.train and args.reference and args.result):
         raise SystemExit("--hull needs --train, --reference and the result JSON")
     csv_path = Path(args.report)
     csv_path = csv_path / "structures.csv" if csv_path.is_dir() else csv_path
     with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = list(reader.fieldnames or []), list(reader)
+        rows = list(csv.DictReader(f))
     result = json.loads(Path(args.result).read_text())
     if len(rows) != result["metrics"]["n_samples"]["value"]:
         raise SystemExit(f"{csv_path}: {len(rows)} rows, the result has "
@@ -158,12 +156,7 @@ def rehull(args: argparse.Namespace) -> None:
         {"from": str(csv_path), "hull": "train + every reference crystal (EvalOptions.hull_reference "
          "'all')", "train": args.train,
          "reference": args.reference, "before": before} | stamp())
-    fields += [k for k in ("e_above_hull_eV_atom", "e_above_hull_reason") if k not in fields]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields)  # the suite's line ends (\r\n)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(csv_path, text.getvalue())
+    write_rows(csv_path, rows)
     write_text_atomic(Path(args.result), json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
     for k in new:
         print(f"{k}: {before[k]} -> {new[k]['value']}")

@@ -146,9 +146,9 @@ def test_potential_both_writes_both_columns_agreement_and_a_report_that_can_be_r
         before = [float(r["e_above_hull_sevennet_eV_atom"]) for r in csv.DictReader(f)]
     for r in ev.rows:
         del r["e_above_hull_sevennet_eV_atom"], r["energy_per_atom_sevennet"]
-    from crysgen.evaluation.suite import _write_rows
+    from crysgen.evaluation.suite import write_rows
 
-    _write_rows(report / "structures.csv", ev.rows)
+    write_rows(report / "structures.csv", ev.rows)
     new = rescore_report(report, train, samples, potential="sevennet", progress=False)
     with (report / "structures.csv").open(newline="") as f:
         after = [float(r["e_above_hull_sevennet_eV_atom"]) for r in csv.DictReader(f)]

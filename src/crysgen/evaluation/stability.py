@@ -176,17 +176,25 @@ def inference_grads() -> Any:
         torch.autograd.grad = original
 
 
+def rms_displacement(frac_a: np.ndarray, frac_b: np.ndarray, matrix: np.ndarray) -> float:
+    """RMS displacement (Å) between two (N, 3) fractional coordinate sets of the same atoms.
+
+    Fractional differences are wrapped to the nearest image, mapped into Cartesian space with the
+    cell ``matrix`` (3, 3, row vectors, Å), and the mean displacement (rigid translation) is removed.
+    """
+    df = np.asarray(frac_b, float) - np.asarray(frac_a, float)
+    df -= np.round(df)
+    d = df @ matrix
+    d -= d.mean(axis=0)
+    return float(np.sqrt((d ** 2).sum(axis=1).mean()))
+
+
 def displacement_rmsd(initial: Structure, relaxed: Structure) -> float:
     """RMS displacement (Å) between two orderings of the same atoms, in the relaxed cell.
 
-    Fractional differences are wrapped to the nearest image, mapped into Cartesian space with
-    the relaxed lattice, and the mean displacement (rigid translation) is removed.
+    See :func:`rms_displacement`.
     """
-    df = relaxed.frac_coords - initial.frac_coords
-    df -= np.round(df)
-    d = df @ relaxed.lattice.matrix
-    d -= d.mean(axis=0)
-    return float(np.sqrt((d ** 2).sum(axis=1).mean()))
+    return rms_displacement(initial.frac_coords, relaxed.frac_coords, relaxed.lattice.matrix)
 
 
 def _degenerate(structure: Structure) -> Relaxation | None:

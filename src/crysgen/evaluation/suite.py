@@ -968,7 +968,7 @@ def write_report(ev: Evaluation, out: str | Path, *, title: str, options: EvalOp
     write_text_atomic(out / "metrics.json", dumps_strict({"metrics": ev.metrics, **meta}, indent=1,
                                                          default=str) + "\n")  # NaN -> null
     for name, rows in {"structures.csv": ev.rows, **ev.tables}.items():
-        _write_rows(out / name, rows)
+        write_rows(out / name, rows)
     if ev.relaxed:
         write_relaxed(out / RELAXED_FILE, ev.relaxed, ev.rows)
     from crysgen.evaluation.report import render_html
@@ -981,7 +981,7 @@ RELAXED_FILE = "relaxed.extxyz"
 """The CHGNet-relaxed structures of a report (beside structures.csv), for a later re-score."""
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows as CSV (columns in order of appearance, ``problem`` last), atomically."""
     columns: list[str] = []
     for r in rows:
@@ -1113,7 +1113,7 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
         metrics.update(agreement_metrics(first, e_hull, converged, ("chgnet", potential)))
     for r in rows:
         r.setdefault("problem", "")
-    _write_rows(report / "structures.csv", rows)
+    write_rows(report / "structures.csv", rows)
     saved["metrics"].update(metrics)
     saved.setdefault("rescored", []).append({"potential": potential, "train": str(train),
                                              "reference": str(reference), "device": device})
