@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from crysgen.models.atom_transformer import AtomTransformer, lattice_matrix
 
 TINY = {"type_dim": 39, "d_model": 32, "n_layers": 2, "n_heads": 4, "edge_hidden": 16}
+BOTH = pytest.mark.parametrize("messages", [False, True], ids=["attention", "pair-messages"])
 
 
-def _net_and_batch(seed: int = 0):
+def _net_and_batch(seed: int = 0, messages: bool = False):
     torch.manual_seed(seed)
-    net = AtomTransformer(**TINY)
+    net = AtomTransformer(**TINY, pair_messages=messages)
     for p in net.parameters():  # adaLN-Zero starts at zero output: make every path matter
         torch.nn.init.normal_(p, std=0.2)
     b, s = 3, 6
@@ -20,8 +22,9 @@ def _net_and_batch(seed: int = 0):
     return net.eval(), x
 
 
-def test_permuting_sites_permutes_outputs():
-    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+@BOTH
+def test_permuting_sites_permutes_outputs(messages):
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch(messages=messages)
     perm = torch.tensor([2, 0, 3, 1, 4, 5])  # the real sites of crystal 0 and 1 are shuffled
     out = net(t, f, lat, m, c, g, cell)
     outp = net(t[:, perm], f[:, perm], lat, m[:, perm], c, g, cell)
@@ -30,8 +33,9 @@ def test_permuting_sites_permutes_outputs():
     torch.testing.assert_close(outp[2], out[2], atol=1e-5, rtol=1e-4)  # lattice token: invariant
 
 
-def test_padding_sites_never_reach_real_ones():
-    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+@BOTH
+def test_padding_sites_never_reach_real_ones(messages):
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch(messages=messages)
     out = net(t, f, lat, m, c, g, cell)
     t2, f2 = t.clone(), f.clone()
     t2[~m] = 100 * torch.randn(int((~m).sum()), 39)
@@ -52,6 +56,32 @@ def test_pair_bias_is_invariant_to_a_common_shift_but_not_to_moving_one_atom():
     moved = f.clone()
     moved[0, 0] += 0.2
     assert not torch.allclose(net.pair_bias(moved, cell, m)[0], bias[0], atol=1e-3)
+
+
+def test_pair_messages_start_silent_and_carry_where_neighbours_lie():
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    torch.manual_seed(1)
+    messaged = AtomTransformer(**TINY, pair_messages=True).eval()
+    missing, unexpected = messaged.load_state_dict(net.state_dict(), strict=False)
+    assert missing and all(".msg." in k for k in missing) and not unexpected
+    for a, b in zip(net(t, f, lat, m, c, g, cell), messaged(t, f, lat, m, c, g, cell), strict=True):
+        torch.testing.assert_close(a, b)  # zero-initialised output: switching it on changes nothing
+    for block in messaged.blocks:
+        torch.nn.init.normal_(block.msg.out.weight, std=0.5)
+    # move atom 1 of crystal 1; with attention biases cut off, only messages tell atom 0 of it
+    for block in (*net.blocks, *messaged.blocks):
+        block.qkv.weight.data.zero_()
+        block.qkv.bias.data.zero_()
+    net.edge[-1].weight.data.zero_()
+    net.edge[-1].bias.data.zero_()
+    messaged.edge[-1].weight.data.zero_()
+    messaged.edge[-1].bias.data.zero_()
+    moved = f.clone()
+    moved[1, 1] += torch.tensor([0.1, 0.0, 0.0])
+    plain = [net(t, x, lat, m, c, g, cell)[1][1, 0] for x in (f, moved)]
+    told = [messaged(t, x, lat, m, c, g, cell)[1][1, 0] for x in (f, moved)]
+    torch.testing.assert_close(plain[0], plain[1])  # attention with uniform weights: blind to it
+    assert not torch.allclose(told[0], told[1], atol=1e-4)
 
 
 def test_lattice_matrix_has_pymatgens_metric():

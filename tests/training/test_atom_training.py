@@ -118,6 +118,17 @@ def test_compiled_training_forward_gives_the_eager_loss(tiny_set):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+def test_pair_messages_can_be_switched_on_for_a_trained_network(tiny_set, tmp_path):
+    plain = train_atom_diffusion(tiny_set, tmp_path / "plain", config=AtomTrainConfig.from_dict(TINY),
+                                 max_steps=1, accelerator="cpu", progress=False)
+    messaged = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"pair_messages": True}})
+    warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=messaged, max_steps=2, accelerator="cpu",
+                                progress=False, init=plain)
+    model = AtomDiffusionModel.from_pretrained(warm)
+    assert model.net.cfg.pair_messages
+    assert all(b.msg.out.weight.abs().sum() > 0 for b in model.net.blocks)  # trained from zero
+
+
 def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(tiny_set, tmp_path):
     import numpy as np
 

@@ -5,7 +5,11 @@ the lattice. There is no positional encoding over atoms, so the network is permu
 equivariant: permuting the input sites permutes the outputs. Geometry enters attention as a
 learned bias per head and layer from the pairs' periodic coordinate differences (Fourier
 features of wrap(x_i - x_j)) and their Cartesian distances in the current (noisy) cell, which is
-invariant to a common shift of all fractional coordinates. Time (the noise level) and a "types are
+invariant to a common shift of all fractional coordinates. Attention only weighs the other
+atoms' tokens by these pair features; with ``pair_messages`` each block also adds to every atom
+token the mean over the other atoms of a message computed from both tokens and their pair
+features (as a graph network's messages, DiffCSP's among them), so that an atom's output can
+carry where its neighbours lie relative to it. Time (the noise level) and a "types are
 given" flag condition every block through adaLN-Zero (DiT).
 
 Inputs and outputs are plain tensors; the EDM preconditioning lives in
@@ -44,6 +48,9 @@ class AtomNetConfig:
         num_elements: condition on the number of distinct elements (an embedding of
             1-``MAX_ELEMENTS``, 0 = none given; it starts at zero, so switching it on for a
             trained network leaves its outputs unchanged); False: no such input.
+        pair_messages: add a pair-message sublayer to every block (width ``edge_hidden``; its
+            output projection starts at zero, so switching it on for a trained network leaves
+            its outputs unchanged); False: attention only.
         dropout: dropout probability during training, on the attention weights and on each
             block's two residual branches (0: none). It changes no weight, so ``--init`` may
             set it freely, and sampling (eval mode) never applies it.
@@ -60,6 +67,7 @@ class AtomNetConfig:
     edge_hidden: int = 128
     space_groups: bool = False
     num_elements: bool = False
+    pair_messages: bool = False
     dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,11 +112,42 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero conditioning and an additive attention bias."""
+class PairMessages(nn.Module):
+    """Messages between atom tokens: m_i = W_out mean_j φ(W_s h_i + W_d h_j + W_e e_ij) over real j.
 
-    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float = 0.0) -> None:
+    φ is SiLU → Linear → SiLU. ``W_out`` starts at zero, so a new sublayer adds nothing until
+    trained.
+    """
+
+    def __init__(self, d: int, edge_in: int, width: int) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.src = nn.Linear(d, width)
+        self.dst = nn.Linear(d, width, bias=False)
+        self.edge = nn.Linear(edge_in, width, bias=False)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU())
+        self.out = nn.Linear(width, d)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """H (B, S, d) atom tokens, edges (B, S, S, E) pair features, mask bool (B, S) -> (B, S, d)."""
+        h = self.norm(h)
+        m = self.mlp(self.src(h)[:, :, None] + self.dst(h)[:, None] + self.edge(edges))  # (B, S, S, W)
+        keep = mask[:, None, :, None].to(m.dtype)
+        return self.out((m * keep).sum(2) / mask.sum(1).clamp_min(1)[:, None, None].to(m.dtype))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: adaLN-Zero, attention with an additive bias, pair messages.
+
+    The pair messages (optional) pass among the atom tokens only; token 0, the lattice, takes none.
+    """
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
+                 messages: PairMessages | None = None) -> None:
+        super().__init__()
+        self.msg = messages
         self.heads = heads
         self.dropout = dropout
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -122,8 +161,13 @@ class Block(nn.Module):
         nn.init.zeros_(ada.bias)
         self.ada = nn.Sequential(nn.SiLU(), ada)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """X (B, T, d), cond (B, d), bias (B, heads, T, T) additive (−inf for masked keys)."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor,
+                edges: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """X (B, T, d), cond (B, d), bias (B, heads, T, T) additive (−inf for masked keys).
+
+        ``edges`` (B, T−1, T−1, E) pair features and ``mask`` bool (B, T−1) real atoms are needed
+        by a block with pair messages.
+        """
         b, t, d = x.shape
         s1, sc1, g1, s2, sc2, g2 = self.ada(cond).chunk(6, -1)
         h = _modulate(self.norm1(x), s1, sc1)
@@ -131,6 +175,11 @@ class Block(nn.Module):
         p = self.dropout if self.training else 0.0
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         x = x + g1[:, None] * F.dropout(self.proj(att.transpose(1, 2).reshape(b, t, d)), p, self.training)
+        if self.msg is not None:
+            if edges is None or mask is None:
+                raise ValueError("a block with pair messages needs the pair features and the mask")
+            msg = F.dropout(self.msg(x[:, 1:], edges, mask), p, self.training)
+            x = torch.cat([x[:, :1], x[:, 1:] + msg], 1)
         return x + g2[:, None] * F.dropout(self.mlp(_modulate(self.norm2(x), s2, sc2)), p, self.training)
 
 
@@ -162,7 +211,10 @@ class AtomTransformer(nn.Module):
         edge_in = 6 * c.edge_freqs + c.edge_rbf
         self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
-        self.blocks = nn.ModuleList([Block(d, c.n_heads, c.mlp_ratio, c.dropout) for _ in range(c.n_layers)])
+        self.blocks = nn.ModuleList([
+            Block(d, c.n_heads, c.mlp_ratio, c.dropout,
+                  PairMessages(d, edge_in, c.edge_hidden) if c.pair_messages else None)
+            for _ in range(c.n_layers)])
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         ada_out = nn.Linear(d, 2 * d)
         self.ada_out = nn.Sequential(nn.SiLU(), ada_out)
@@ -174,15 +226,27 @@ class AtomTransformer(nn.Module):
             nn.init.zeros_(lin.bias)
         self.register_buffer("rbf_centers", torch.linspace(0.0, 10.0, c.edge_rbf), persistent=False)
 
-    def pair_bias(self, frac: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L·H, S+1, S+1) attention biases (token 0 is the lattice; −inf at padded keys)."""
+    def pair_features(self, frac: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 6·edge_freqs + edge_rbf) pair features, invariant to a common shift of all atoms.
+
+        Fourier features of wrap(x_i − x_j) and Gaussian RBFs of the pair distance in ``cell`` (Å).
+        """
         c = self.cfg
         diff = frac[:, :, None] - frac[:, None, :]
         diff = diff - torch.round(diff)  # wrapped to [-0.5, 0.5]
         dist = torch.linalg.norm(torch.einsum("bijk,bkl->bijl", diff, cell), dim=-1)
         width = 10.0 / max(c.edge_rbf - 1, 1)
         rbf = torch.exp(-(((dist[..., None] - self.rbf_centers) / width) ** 2))
-        e = self.edge(torch.cat([fourier(diff, c.edge_freqs), rbf], -1))  # (B, S, S, L·H)
+        return torch.cat([fourier(diff, c.edge_freqs), rbf], -1)
+
+    def pair_bias(self, frac: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor,
+                  features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L·H, S+1, S+1) attention biases (token 0 is the lattice; −inf at padded keys).
+
+        ``features``: :meth:`pair_features` of ``frac`` and ``cell`` when already computed.
+        """
+        feats = self.pair_features(frac, cell) if features is None else features
+        e = self.edge(feats)  # (B, S, S, L·H)
         b, s = mask.shape
         bias = e.new_zeros(b, s + 1, s + 1, e.shape[-1])
         bias[:, 1:, 1:] = e
@@ -220,9 +284,10 @@ class AtomTransformer(nn.Module):
         for embed, value in ((self.space_group, space_group), (self.num_elements, num_elements)):
             if embed is not None:
                 cond = cond + embed((value if value is not None else torch.zeros_like(given)).long())
-        bias = self.pair_bias(frac, cell, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
+        feats = self.pair_features(frac, cell)
+        bias = self.pair_bias(frac, cell, mask, feats).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
         for i, block in enumerate(self.blocks):
-            x = block(x, cond, bias[:, i])
+            x = block(x, cond, bias[:, i], feats if c.pair_messages else None, mask)
         shift, scale = self.ada_out(cond).chunk(2, -1)
         x = _modulate(self.norm_out(x), shift, scale)
         return self.type_out(x[:, 1:]), self.coord_out(x[:, 1:]), self.lattice_out(x[:, 0])

@@ -47,8 +47,9 @@ def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
     return batch_loader(*(torch.from_numpy(p) for p in parts), batch_size=batch_size, shuffle=shuffle)
 
 
-SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements"}
-"""Network options that ``--init`` may switch on -> the conditioning embedding each adds."""
+SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements", "pair_messages": "msg"}
+"""Network options that ``--init`` may switch on -> the name of the modules each adds (anywhere in a
+weight's dotted name: ``num_elements.weight``, ``blocks.3.msg.out.weight``)."""
 FREE = ("dropout",)
 """Network options that change no weight: ``--init`` may set them to anything."""
 
@@ -199,7 +200,7 @@ def train_atom_diffusion(
         if init_model.net.config | switchable != want or any(
                 init_model.net.config[k] and not want[k] for k in SWITCHABLE):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
-                               f"(only {' and '.join(SWITCHABLE)} may be switched on, {', '.join(FREE)} set)")
+                               f"(only {', '.join(SWITCHABLE)} may be switched on, {', '.join(FREE)} set)")
         # step: every step behind the init weights (its own run's and those of the model it began from)
         prior = init_model.data.get("init")
         behind = int(prior.get("step") or 0) if isinstance(prior, dict) else 0
@@ -214,10 +215,11 @@ def train_atom_diffusion(
         val_loader = atom_loader(niggli_reduce(vs) if config.data.niggli else vs, spec, o.batch_size,
                                  shuffle=False)
     module = AtomDiffusionModule(config.to_dict(), asdict(spec))
-    if init_model is not None:  # a new conditioning embedding starts from its initialisation
+    if init_model is not None:  # a switched-on module starts from its initialisation
+        added = set(SWITCHABLE.values())
         for net in (module.net, module.ema.module):
             missing, unexpected = net.load_state_dict(init_model.net.state_dict(), strict=False)
-            if unexpected or any(k.split(".")[0] not in SWITCHABLE.values() for k in missing):
+            if unexpected or any(not added & set(k.split(".")) for k in missing):
                 raise CrysgenError(f"--init {init}: weights do not fit ({missing + unexpected})")
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
                log_every=o.log_every, precision=o.precision, samples_per_iteration=o.batch_size,
