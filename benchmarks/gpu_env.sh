@@ -6,6 +6,11 @@ R=/tmp/runs
 W=${WORK:-benchmarks/.work}
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 SPGLIB_WARNING=OFF
 OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"  # a detached chain's own OUT (a call's $OUT exists already)
+# Where the script started, as an absolute path: a later call that carries this folder again
+# replaces it, and a process whose working directory was the replaced one can no longer resolve
+# relative paths until it changes directory again (`cd "$HERE"`).
+HERE=$PWD
 
 # The call's own clock. A device call that runs past its limit is killed and brings nothing back
 # (a lease lost an evaluation and four ablation rows that way), so every wait of these scripts ends

@@ -153,7 +153,9 @@ case "$1" in
     train "$2" "$3" "$4" "$5" "$6" "${@:7}"
     sleep 30; wait_runs  # (CALL_S large: no end by the call's clock)
     mkdir -p /tmp/abl_out; cp $R/$2.log /tmp/abl_out/
-    bash "$0" ablation-row "$2" > /tmp/abl_out/$2.score.log 2>&1
+    # .snap carried again by a later call is a new folder at the same path: enter it again
+    cd "$HERE" || exit 1
+    bash "$HERE/benchmarks/gpu_session.sh" ablation-row "$2" > /tmp/abl_out/$2.score.log 2>&1
     tar cf /tmp/abl_out/$2_model.tar -C $R $2/model
     tar cf /tmp/abl_out/$2_logs.tar --exclude='*.ckpt' --exclude='*.safetensors' -C $R $2
     ;;
