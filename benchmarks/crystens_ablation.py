@@ -4,8 +4,9 @@ Assembles, for every row of each named ablation lease (``benchmarks/gpu_session.
 rows of one lease share one UNet size and train for the same minutes, all at once on one GPU), what
 that lease measured, from the row's folder ``runs/<lease>/<row>/``: its training record (steps
 reached, samples/s, last losses, the UNet's channels and, where its model came back, its parameter
-count) and its scores where they came back (``eval_*_mp_20.json``: the suite without stability;
-``csp_*_mp_20.json``: CSP on the seeded 1,000 test compositions; ``diffusion_*_mp_20.json``:
+count) and its scores where they came back (``eval_*_mp_20*.json``: the suite without stability;
+``csp_*_mp_20*.json``: CSP on the seeded 1,000 test compositions or the first ``n_targets`` of them;
+``diffusion_*_mp_20*.json``:
 Table 1/2). A row without a score file is listed as not scored, never filled in. Nothing is
 measured here: this script only gathers committed result files.
 
@@ -86,8 +87,9 @@ def rel(path: Path) -> str:
 
 
 def one(run: Path, kind: str) -> Path | None:
-    """The row folder's ``<kind>_*_mp_20.json`` score file (None: not scored); two are an error."""
-    found = sorted(run.glob(f"{kind}_*_mp_20.json"))
+    """The row folder's ``<kind>_*_mp_20*.json`` score file (a suffix names where or on how many it
+    ran, e.g. ``_cpu``; None: not scored); two are an error."""
+    found = sorted(run.glob(f"{kind}_*_mp_20*.json"))
     if len(found) > 1:
         raise SystemExit(f"{run}: more than one {kind} score file: {', '.join(p.name for p in found)}")
     return found[0] if found else None
