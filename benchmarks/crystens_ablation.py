@@ -107,6 +107,8 @@ def scores(run: Path) -> dict:
     if ev is not None:
         m = json.loads(ev.read_text())["metrics"]
         out["eval"] = {k: m[k]["value"] for k in EVAL_KEYS if k in m} | {"file": rel(ev)}
+        if "n_samples" in m:  # 1,000 on the GPU; a CPU scoring may take fewer
+            out["eval"]["n_samples"] = m["n_samples"]["value"]
     cs = one(run, "csp")
     if cs is not None:
         m = json.loads(cs.read_text())["measured"]

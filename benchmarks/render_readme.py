@@ -287,8 +287,11 @@ def ablation_table() -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         t, ev, csp = r["training"], r.get("eval", {}), r.get("csp", {})
-        pct = [f"{100 * ev[k]:.1f} %" if k in ev else "n/s" for k in ("struct_valid", "comp_valid")]
+        few = f" ({ev['n_samples']:,} samples)" if ev.get("n_samples", 1000) != 1000 else ""
+        pct = [f"{100 * ev[k]:.1f} %{few}" if k in ev else "n/s" for k in ("struct_valid", "comp_valid")]
         rate = f"{csp['match_rate_percent']:.1f} %" if csp else "n/s"
+        if csp and csp["n_targets"] != 1000:
+            rate += f" ({csp['n_targets']:,} targets)"
         size = "/".join(map(str, t["unet_channels"]))
         size += f" ({t['parameters'] / 1e6:.1f} M)" if t["parameters"] else ""
         w1 = f"{t['ema_weight_of_first_step']:.2f}" if "ema_weight_of_first_step" in t else "warm-up"
