@@ -67,12 +67,18 @@ def test_space_group_conditioned_training_runs(tiny_set, tmp_path):
     assert sets.frac.shape == (2, 8, 3)
 
 
-def test_init_may_switch_on_space_groups_only(tiny_set, tmp_path):
+def _switched_on(tiny_set, tmp_path, **net):
+    """A one-step model, and its two-step continuation (`--init`) with the network options ``net``."""
     base = train_atom_diffusion(tiny_set, tmp_path / "base", config=AtomTrainConfig.from_dict(TINY),
                                 max_steps=1, accelerator="cpu", progress=False)
-    sg = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"space_groups": True}})
-    warm = train_atom_diffusion(tiny_set, tmp_path / "sg", config=sg, max_steps=1, accelerator="cpu",
+    switched = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | net})
+    warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=switched, max_steps=2, accelerator="cpu",
                                 progress=False, init=base)
+    return base, warm
+
+
+def test_init_may_switch_on_space_groups_only(tiny_set, tmp_path):
+    base, warm = _switched_on(tiny_set, tmp_path, space_groups=True)
     assert AtomDiffusionModel.from_pretrained(warm).net.cfg.space_groups
     dropped = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"dropout": 0.1}})
     again = train_atom_diffusion(tiny_set, tmp_path / "drop", config=dropped, max_steps=1, accelerator="cpu",
@@ -119,11 +125,7 @@ def test_compiled_training_forward_gives_the_eager_loss(tiny_set):
 
 
 def test_pair_messages_can_be_switched_on_for_a_trained_network(tiny_set, tmp_path):
-    plain = train_atom_diffusion(tiny_set, tmp_path / "plain", config=AtomTrainConfig.from_dict(TINY),
-                                 max_steps=1, accelerator="cpu", progress=False)
-    messaged = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"pair_messages": True}})
-    warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=messaged, max_steps=2, accelerator="cpu",
-                                progress=False, init=plain)
+    _, warm = _switched_on(tiny_set, tmp_path, pair_messages=True)
     model = AtomDiffusionModel.from_pretrained(warm)
     assert model.net.cfg.pair_messages
     assert all(b.msg.out.weight.abs().sum() > 0 for b in model.net.blocks)  # trained from zero
@@ -134,11 +136,7 @@ def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(t
 
     from crysgen.representations.atoms import num_elements
 
-    plain = train_atom_diffusion(tiny_set, tmp_path / "plain", config=AtomTrainConfig.from_dict(TINY),
-                                 max_steps=1, accelerator="cpu", progress=False)
-    counted = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"num_elements": True}})
-    warm = train_atom_diffusion(tiny_set, tmp_path / "warm", config=counted, max_steps=2, accelerator="cpu",
-                                progress=False, init=plain)
+    plain, warm = _switched_on(tiny_set, tmp_path, num_elements=True)
     with pytest.raises(CrysgenError, match="may be switched on"):  # but not off again
         train_atom_diffusion(tiny_set, tmp_path / "off", config=AtomTrainConfig.from_dict(TINY), max_steps=1,
                              accelerator="cpu", progress=False, init=warm)
