@@ -61,9 +61,11 @@ if rows:
     print(int(min(rows, key=lambda r: float(r["val_loss"]))["step"]) + 1)
 PY
 }
-pack() {  # the exported model (and the lowest-validation-loss one, model_best) and the run's records
+pack() {  # the exported model (with BEST=1 also the lowest-validation-loss one, model_best: a second
+  # 24 MB that costs a call to bring back, and a validation loss that has not tracked sample quality)
+  # and the run's records
   [ -f $R/$RUN/model/config.json ] || return
-  b=$(best); rm -rf $R/$RUN/model_best
+  b=$( [ -n "${BEST:-}" ] && best ); rm -rf $R/$RUN/model_best
   if [ -n "$b" ] && [ -f $R/$RUN/checkpoints/step$(printf %07d $b).ckpt ]; then
     python3 -m crysgen model export $R/$RUN --step $b --out $R/$RUN/model_best > /dev/null && echo "model_best: step $b"
   fi
