@@ -20,7 +20,8 @@ $(BIN)/crysgen: pyproject.toml
 
 install: $(BIN)/crysgen
 
-demo: install
+demo: install  # a fresh demo folder every time (a folder sampled before is not resumed: the model may have changed)
+	rm -rf $(DEMO)
 	$(BIN)/crysgen sample -n 64 --steps $(DEMO_STEPS) --out $(DEMO)
 	@echo
 	@echo "64 crystals sampled from the bundled mp_20 atom diffusion model ($(DEMO_STEPS) Heun steps):"

@@ -89,6 +89,27 @@ def test_interrupted_sample_run_resumes_without_duplicates(model_dir, tmp_path, 
                       progress=False)
 
 
+def test_a_folder_sampled_from_other_weights_at_the_same_path_is_not_resumed(model_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = shutil.copytree(model_dir, tmp_path / "retrained")
+    opts = SampleOptions(n=2, steps=2, chunk_size=2)
+    sample_to_dir(model, tmp_path / "out", opts, progress=False)
+    again = sample_to_dir(model, tmp_path / "out", opts, progress=False)  # same weights: resumes
+    assert again.chunks_done_before == 1
+    weights = load_file(model / "weights.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              model / "weights.safetensors")  # the model at that path is retrained
+    with pytest.raises(CrysgenError, match="other weights"):
+        sample_to_dir(model, tmp_path / "out", opts, progress=False)
+    config = json.loads((tmp_path / "out" / "sample_config.json").read_text())
+    del config["weights"]  # a folder written before the weights were recorded still resumes
+    (tmp_path / "out" / "sample_config.json").write_text(json.dumps(config))
+    assert sample_to_dir(model, tmp_path / "out", opts, progress=False).chunks_done_before == 1
+
+
 def test_sample_cli_writes_cifs(model_dir, tmp_path, capsys):
     from crysgen.cli import main
 

@@ -192,6 +192,19 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def weights_sha256(path: str | Path) -> dict[str, str]:
+    """SHA-256 of every ``*.safetensors`` file under a model directory, by relative path.
+
+    Recursive (a voxel VAE's directory holds its segmenter's), so that a folder sampled from a
+    model can tell whether the model at that path has changed since.
+    """
+    import hashlib
+
+    root = Path(path)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.safetensors"))}
+
+
 def data_fingerprint(crystals: Any, name: str) -> dict[str, Any]:
     """Name, count and sha256 of a training CrystalSet (over its arrays)."""
     import hashlib

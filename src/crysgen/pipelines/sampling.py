@@ -2,7 +2,8 @@
 
 Output folder::
 
-    OUT/sample_config.json      the options (a resumed run must use the same ones) and the
+    OUT/sample_config.json      the model's path, the SHA-256 of its weight files and the
+                                options (a resumed run must have the same ones), and the
                                 sampler settings they resolved to (``sampler``)
     OUT/chunks/chunk_00000.csv  one per finished chunk, written last (its presence = chunk done)
     OUT/chunks/chunk_00000.npz  raw tensors of the chunk (with --save-tensors)
@@ -31,6 +32,7 @@ import numpy as np
 from crysgen.crystal_set import write_npz_atomic, write_text_atomic
 from crysgen.data.guards import check_input_file, dumps_strict
 from crysgen.errors import CrysgenError
+from crysgen.models.model_dir import weights_sha256
 from crysgen.pipelines.protocol import SampleOptions
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult
 from crysgen.representations.crystens.decode import failure_kind
@@ -168,7 +170,8 @@ def sample_to_dir(
             run the voxel watershed); does not change which crystals come out.
 
     Raises:
-        CrysgenError: if ``out`` holds a run with other options or is a file, for a device torch
+        CrysgenError: if ``out`` holds a run with other options or of other weights (the model
+            at that path changed) or is a file, for a device torch
             cannot use here, and for bad options (all before anything is written).
     """
     from tqdm.auto import tqdm
@@ -188,10 +191,15 @@ def sample_to_dir(
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
     config_path = out / "sample_config.json"
-    wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "options": asdict(options)}))
+    wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "weights": weights_sha256(model_dir),
+                                    "options": asdict(options)}))
     if config_path.exists():
         have = json.loads(config_path.read_text())
-        if {k: have.get(k) for k in wanted} != wanted:
+        if "weights" in have and have["weights"] != wanted["weights"]:
+            raise CrysgenError(f"{out} holds a sampling run of other weights than {model_dir} has now "
+                               f"({config_path}: the model changed since); use a new --out")
+        if {k: have.get(k) for k in wanted if k != "weights"} != {k: v for k, v in wanted.items()
+                                                                 if k != "weights"}:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
     else:  # with the sampler settings the options resolved to (e.g. a model's default churn)
