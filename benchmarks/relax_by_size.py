@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW
+from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW, STABLE_THRESHOLDS, stable_mask
 from csp import SIZE_BINS
 from csp_by_size import write_breakdown
 
-STABLE_AT = 0.1
+STABLE_AT = STABLE_THRESHOLDS[0]
 """eV/atom: the suite's headline stability threshold."""
 
 
@@ -40,7 +40,7 @@ def by_num_sites(rows: list[dict[str, str]]) -> dict[str, dict]:
         e = np.array([float(r["e_above_hull_eV_atom"]) if r.get("e_above_hull_eV_atom") else np.nan
                       for r in sel])
         converged = np.array([r.get("relax_converged") == "True" for r in sel])
-        stable = converged & (e >= IMPLAUSIBLE_BELOW) & (e <= STABLE_AT)
+        stable = stable_mask(e, converged, STABLE_AT)
         out[f"{lo}-{hi}"] = {"relaxed": len(sel), "mean_rmsd_A": round(float(rmsd.mean()), 4),
                              "median_rmsd_A": round(float(np.median(rmsd)), 4),
                              "share_rmsd_below_0_15": round(float((rmsd < 0.15).mean()), 3),

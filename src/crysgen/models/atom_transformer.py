@@ -239,14 +239,12 @@ class AtomTransformer(nn.Module):
         rbf = torch.exp(-(((dist[..., None] - self.rbf_centers) / width) ** 2))
         return torch.cat([fourier(diff, c.edge_freqs), rbf], -1)
 
-    def pair_bias(self, frac: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor,
-                  features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L·H, S+1, S+1) attention biases (token 0 is the lattice; −inf at padded keys).
+    def pair_bias(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L·H, S+1, S+1) attention biases from :meth:`pair_features` (−inf at padded keys).
 
-        ``features``: :meth:`pair_features` of ``frac`` and ``cell`` when already computed.
+        Token 0 is the lattice: it takes no bias from the pair features.
         """
-        feats = self.pair_features(frac, cell) if features is None else features
-        e = self.edge(feats)  # (B, S, S, L·H)
+        e = self.edge(features)  # (B, S, S, L·H)
         b, s = mask.shape
         bias = e.new_zeros(b, s + 1, s + 1, e.shape[-1])
         bias[:, 1:, 1:] = e
@@ -285,9 +283,9 @@ class AtomTransformer(nn.Module):
             if embed is not None:
                 cond = cond + embed((value if value is not None else torch.zeros_like(given)).long())
         feats = self.pair_features(frac, cell)
-        bias = self.pair_bias(frac, cell, mask, feats).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
+        bias = self.pair_bias(feats, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
         for i, block in enumerate(self.blocks):
-            x = block(x, cond, bias[:, i], feats if c.pair_messages else None, mask)
+            x = block(x, cond, bias[:, i], feats, mask)
         shift, scale = self.ada_out(cond).chunk(2, -1)
         x = _modulate(self.norm_out(x), shift, scale)
         return self.type_out(x[:, 1:]), self.coord_out(x[:, 1:]), self.lattice_out(x[:, 0])

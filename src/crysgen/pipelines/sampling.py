@@ -191,20 +191,20 @@ def sample_to_dir(
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
     config_path = out / "sample_config.json"
-    wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "weights": weights_sha256(model_dir),
-                                    "options": asdict(options)}))
+    wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "options": asdict(options)}))
+    weights = weights_sha256(model_dir)
     if config_path.exists():
         have = json.loads(config_path.read_text())
-        if "weights" in have and have["weights"] != wanted["weights"]:
+        if have.get("weights", weights) != weights:  # (folders written before it was recorded: unchecked)
             raise CrysgenError(f"{out} holds a sampling run of other weights than {model_dir} has now "
                                f"({config_path}: the model changed since); use a new --out")
-        if {k: have.get(k) for k in wanted if k != "weights"} != {k: v for k, v in wanted.items()
-                                                                 if k != "weights"}:
+        if {k: have.get(k) for k in wanted} != wanted:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
     else:  # with the sampler settings the options resolved to (e.g. a model's default churn)
         resolved = {k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
-        write_text_atomic(config_path, json.dumps(wanted | {"sampler": resolved}, indent=1) + "\n")
+        write_text_atomic(config_path, json.dumps(wanted | {"weights": weights, "sampler": resolved},
+                                                  indent=1) + "\n")
     n_chunks = -(-options.n // options.chunk_size)
     done_before = sum((out / "chunks" / f"chunk_{k:05d}.csv").exists() for k in range(n_chunks))
     bar = tqdm(total=options.n, desc="sample", unit="crystal", disable=not progress)
