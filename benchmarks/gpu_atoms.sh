@@ -19,7 +19,8 @@
 #   PAIR=... OUT=/tmp/atom_out CALL_S=4000 CALL_END= setsid nohup bash .snap/benchmarks/gpu_atoms.sh chain MINUTES &
 #                                                      # both PAIR runs on this one GPU, then each one's
 #                                                      # CSP sweep (Heun 50, churn 10) and evaluation
-#                                                      # with stability, all into $OUT (for `collect`)
+#                                                      # with stability, all into $OUT (for `collect`;
+#                                                      # CSP_ONLY="tag ...": those runs are swept only)
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
@@ -78,6 +79,9 @@ pack() {  # the exported model (with BEST=1 also the lowest-validation-loss one,
 watch() {
   wait_for "[c]rysgen train atom-diffusion" $1; progress; pack
 }
+csp_only() {  # TAG: a CSP_ONLY run (its element outputs untrained): no de novo evaluation
+  [[ " ${CSP_ONLY:-} " == *" $1 "* ]]
+}
 case $1 in
 install) install ;;
 sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained calls) -> /tmp/sweep_$G.log
@@ -120,6 +124,7 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
   for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1 > /dev/null; done  # pack: models and records to $OUT
   wait_files $TR $W/${D}_asis_test.npz || exit 1  # the data folder, carried again by a later call
   for p in $PAIR; do  # evaluations first (detached), then the sweeps beside them
+    csp_only ${p%%:*} && continue
     TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} 1 > /dev/null; sleep 15
   done
   for p in $PAIR; do
@@ -129,7 +134,7 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
   for p in $PAIR; do
     cp $S/benchmarks/results/atom_csp_sweep_${D}_${p%%:*}.json /tmp/sweep_${p%%:*}.log $OUT/
   done
-  for p in $PAIR; do bash $0 eval-wait atom_diffusion_${p%%:*} > /dev/null; done
+  for p in $PAIR; do csp_only ${p%%:*} || bash $0 eval-wait atom_diffusion_${p%%:*} > /dev/null; done
   echo "chain done" ;;
 denovo)
   install

@@ -48,9 +48,11 @@ class AtomNetConfig:
         num_elements: condition on the number of distinct elements (an embedding of
             1-``MAX_ELEMENTS``, 0 = none given; it starts at zero, so switching it on for a
             trained network leaves its outputs unchanged); False: no such input.
-        pair_messages: add a pair-message sublayer to every block (width ``edge_hidden``; its
-            output projection starts at zero, so switching it on for a trained network leaves
-            its outputs unchanged); False: attention only.
+        pair_messages: add a pair-message sublayer to every block (its output projection starts
+            at zero, so switching it on for a trained network leaves its outputs unchanged);
+            False: attention only.
+        message_width: hidden width of each pair-message sublayer (0: ``edge_hidden``). Its
+            parameters grow about as ``n_layers · (3 · d_model + edge inputs) · message_width``.
         dropout: dropout probability during training, on the attention weights and on each
             block's two residual branches (0: none). It changes no weight, so ``--init`` may
             set it freely, and sampling (eval mode) never applies it.
@@ -68,6 +70,7 @@ class AtomNetConfig:
     space_groups: bool = False
     num_elements: bool = False
     pair_messages: bool = False
+    message_width: int = 0
     dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,7 +216,7 @@ class AtomTransformer(nn.Module):
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
         self.blocks = nn.ModuleList([
             Block(d, c.n_heads, c.mlp_ratio, c.dropout,
-                  PairMessages(d, edge_in, c.edge_hidden) if c.pair_messages else None)
+                  PairMessages(d, edge_in, c.message_width or c.edge_hidden) if c.pair_messages else None)
             for _ in range(c.n_layers)])
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         ada_out = nn.Linear(d, 2 * d)

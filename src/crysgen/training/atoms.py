@@ -50,6 +50,9 @@ def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
 SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements", "pair_messages": "msg"}
 """Network options that ``--init`` may switch on -> the name of the modules each adds (anywhere in a
 weight's dotted name: ``num_elements.weight``, ``blocks.3.msg.out.weight``)."""
+SHAPING = {"pair_messages": ("message_width",)}
+"""Options that shape only a switchable option's modules: ``--init`` may set them while it switches
+that option on."""
 FREE = ("dropout",)
 """Network options that change no weight: ``--init`` may set them to anything."""
 
@@ -196,9 +199,10 @@ def train_atom_diffusion(
     crystals = holder.get("reduced") or (niggli_reduce(run.crystals) if config.data.niggli else run.crystals)
     if init_model is not None:
         want = AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config
-        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE)}
-        if init_model.net.config | switchable != want or any(
-                init_model.net.config[k] and not want[k] for k in SWITCHABLE):
+        have = init_model.net.config
+        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE)} | {
+            k: want[k] for option, keys in SHAPING.items() if not have[option] for k in keys}
+        if have | switchable != want or any(have[k] and not want[k] for k in SWITCHABLE):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
                                f"(only {', '.join(SWITCHABLE)} may be switched on, {', '.join(FREE)} set)")
         # step: every step behind the init weights (its own run's and those of the model it began from)
