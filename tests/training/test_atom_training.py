@@ -131,7 +131,8 @@ def test_pair_messages_can_be_switched_on_for_a_trained_network(tiny_set, tmp_pa
     assert all(b.msg.out.weight.abs().sum() > 0 for b in model.net.blocks)  # trained from zero
     assert all(b.msg.out.weight.shape[1] == 8 for b in model.net.blocks)  # the width asked for
     # once the messages exist, their width is part of the weights: --init may not change it
-    wider = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"pair_messages": True, "message_width": 16}})
+    wider = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"pair_messages": True,
+                                                                     "message_width": 16}})
     with pytest.raises(CrysgenError, match="differs"):
         train_atom_diffusion(tiny_set, tmp_path / "w", config=wider, max_steps=1, accelerator="cpu",
                              progress=False, init=warm)
