@@ -33,12 +33,12 @@ def test_bundled_crystens_model_samples_real_crystals():
     x = model.sample(4, steps=5, sampler="ddim", seed=0, batch_size=4)
     assert x.shape == (4, 4, 54, 54) and np.isfinite(x).all()
     # seeded golden slice (torch 2.13, CPU): the header row of the first sample, every channel
-    golden = [[0.0122, 0.0092, 0.0036, 0.0], [0.0130, 0.0113, 0.0281, 0.0],
-              [0.0099, 0.0114, 0.0, 0.0], [0.0, 0.0081, 0.0, 0.0]]
+    golden = [[0.0099, 0.0072, 0.0017, 0.0002], [0.0119, 0.0105, 0.0352, 0.0],
+              [0.0089, 0.0120, 0.0, 0.0], [0.0, 0.0095, 0.0022, 0.0]]
     np.testing.assert_allclose(x[0, :, 0, :4], golden, atol=2e-3)
     # what the network learned: the S x S pairwise blocks of a CrysTens are symmetric; a trained
     # model's samples are far closer to symmetric than noise (uniform noise: mean |B - B^T| = 1/3;
-    # this model at 5 steps: 0.01-0.03 per channel)
+    # this model at 5 steps: 0.01-0.035 per channel)
     block = x[:, :, 22:, 22:]
     assert np.abs(block - block.transpose(0, 1, 3, 2)).mean() < 0.1
     res = decode(x, model.scaling)
