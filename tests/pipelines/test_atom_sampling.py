@@ -15,7 +15,7 @@ from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import AtomEDMConfig
-from crysgen.pipelines.atoms import AtomDiffusionModel, size_batches
+from crysgen.pipelines.atoms import AtomDiffusionModel, karras_sigmas, size_batches
 from crysgen.pipelines.generators import DEFAULT_MODEL
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.representations.atoms import AtomSetSpec
@@ -136,6 +136,16 @@ def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, 
     rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
     assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o" / "samples.csv").exists()
+
+
+@pytest.mark.parametrize(("steps", "sigma_min", "sigma_max", "rho"),
+                         [(10, 0.002, 80.0, 7.0), (50, 0.01, 5.0, 3.0)])
+def test_karras_sigmas_are_diffusers_edm_schedule(steps, sigma_min, sigma_max, rho):
+    from diffusers import EDMEulerScheduler
+
+    sched = EDMEulerScheduler(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    sched.set_timesteps(steps)
+    assert karras_sigmas(steps, sigma_min, sigma_max, rho) == sched.sigmas.to(torch.float64).tolist()
 
 
 def test_churn_zero_is_the_deterministic_default_and_churn_changes_the_samples(model_dir):
