@@ -70,3 +70,32 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         CrystalSet.from_structures([load_cif("P1_53_sites")], max_sites=52)
     with pytest.raises(CrysgenError, match="disordered"):
         CrystalSet.from_structures([load_cif("disordered_NaKCl")])
+
+
+def test_concurrent_atomic_writes_of_one_path_neither_fail_nor_leave_parts(tmp_path):
+    """Two evaluations filling one cache wrote through one shared `.part` name: one renamed the
+    other's file away and crashed (FileNotFoundError); every write now has its own."""
+    import threading
+
+    from crysgen.crystal_set import write_npz_atomic, write_text_atomic
+
+    errors: list[Exception] = []
+
+    def writer(k: int) -> None:
+        for i in range(100):
+            try:
+                write_text_atomic(tmp_path / "cache.json", f"{k}-{i}" * 50)
+                write_npz_atomic(tmp_path / "cache.npz", {"x": np.full(64, k)})
+            except Exception as e:  # every failure is the finding
+                errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json", "cache.npz"]
+    # the last rename is some thread's last write, whole
+    assert (tmp_path / "cache.json").read_text() in {f"{k}-99" * 50 for k in range(4)}
+    assert len(set(np.load(tmp_path / "cache.npz")["x"])) == 1

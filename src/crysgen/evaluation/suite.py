@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.crystal_set import CrystalSet, part_path, write_text_atomic
 from crysgen.data.guards import check_device, check_input_file, dumps_strict, space_group_number
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
@@ -1007,9 +1007,12 @@ def write_relaxed(path: Path, relaxed: dict[int, Any], rows: list[dict[str, Any]
         atoms = AseAtomsAdaptor.get_atoms(relaxed[i])
         atoms.info = {"row": int(i), "id": str(rows[i].get("id", i))}
         frames.append(atoms)
-    tmp = path.with_name(path.name + ".part")
-    write(tmp, frames, format="extxyz")
-    tmp.replace(path)
+    tmp = part_path(path)
+    try:
+        write(tmp, frames, format="extxyz")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_relaxed(path: Path) -> dict[int, Any]:
