@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 DEFAULT_MODEL = PRETRAINED / "atom_diffusion_mp20"
 """The model `crysgen sample` uses by default: crysgen's atom diffusion transformer trained on
-mp_20 (partial train split). It beats the bundled CrysTens model on every metric of the suite
-(benchmarks/results/eval_atom_diffusion_mp_20.json vs eval_diffusion_default_mp_20.json)."""
+mp_20 (partial train split). The README's "The default model" says why it is the default: its
+scores beside the bundled CrysTens model's, from the result files that scored each."""
 CRYSTENS_MODEL = PRETRAINED / "crystens_diffusion_mp20"
 """The bundled CrysTens diffusion model (single stage, mp_20 partial train split)."""
 
