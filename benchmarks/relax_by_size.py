@@ -5,8 +5,9 @@ under ``benchmarks/results/reports/``) and bins the relaxed samples by number of
 (:data:`csp.SIZE_BINS`, the bins of the CSP breakdown), so an existing GPU evaluation gets the
 breakdown without relaxing anything again: per bin the samples relaxed, the mean and median
 RMS displacement of the relaxation (the suite's ``rmsd`` column, Å), the share under 0.15 Å (the
-issue's target for the mean) and the share stable as the suite counts it (converged relaxation,
-−0.5 ≤ E_hull ≤ 0.1 eV/atom) among the relaxed samples of the bin.
+issue's target for the mean), the share stable as the suite counts it (converged relaxation,
+−0.5 ≤ E_hull ≤ 0.1 eV/atom) among the relaxed samples of the bin, and how the RMSD varies with
+the cell's longest edge at that size (:func:`by_cell_length`).
 
 Usage: python benchmarks/relax_by_size.py \
     benchmarks/results/reports/eval_atom_diffusion_churn10_mp_20_structures.csv [--name NAME]
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from crysgen.evaluation.stability import IMPLAUSIBLE_BELOW, STABLE_THRESHOLDS, stable_mask
 from csp import SIZE_BINS
@@ -44,8 +47,29 @@ def by_num_sites(rows: list[dict[str, str]]) -> dict[str, dict]:
         out[f"{lo}-{hi}"] = {"relaxed": len(sel), "mean_rmsd_A": round(float(rmsd.mean()), 4),
                              "median_rmsd_A": round(float(np.median(rmsd)), 4),
                              "share_rmsd_below_0_15": round(float((rmsd < 0.15).mean()), 3),
-                             "share_stable": round(float(stable.mean()), 3)}
+                             "share_stable": round(float(stable.mean()), 3)} | by_cell_length(sel, rmsd)
     return out
+
+
+def by_cell_length(rows: list[dict[str, str]], rmsd: np.ndarray) -> dict[str, Any]:
+    """Within one size bin: does the RMSD grow with the cell's longest edge (max of a, b, c)?
+
+    Spearman's rank correlation (and its p-value) of RMSD with the longest edge, and the median
+    RMSD in the bin's thirds by that edge (short, middle, long; with their median edge in Å).
+    Fourier features of fractional coordinates resolve a fixed fraction of the cell, so a
+    resolution limit of the network would show as a positive correlation at fixed size.
+    """
+    if len(rows) < 9 or not all(r.get(k) for r in rows for k in "abc"):
+        return {}
+    edge = np.array([max(float(r["a"]), float(r["b"]), float(r["c"])) for r in rows])
+    rho = spearmanr(edge, rmsd)
+    thirds = np.array_split(np.argsort(edge, kind="stable"), 3)
+    return {"spearman_rmsd_vs_longest_edge": round(float(rho.statistic), 3),
+            "spearman_p": float(f"{rho.pvalue:.2g}"),
+            "by_longest_edge_third": {
+                name: {"median_edge_A": round(float(np.median(edge[i])), 2),
+                       "median_rmsd_A": round(float(np.median(rmsd[i])), 4)}
+                for name, i in zip(("short", "middle", "long"), thirds, strict=True)}}
 
 
 def main() -> None:

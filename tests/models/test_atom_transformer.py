@@ -123,3 +123,19 @@ def test_dropout_acts_in_training_only():
     first, second = drop(*x), drop(*x)
     assert not torch.allclose(first[2], second[2])  # the lattice output differs between two passes
     assert not torch.allclose(first[2], net(*x)[2])
+
+
+def test_widened_frequencies_compute_what_the_narrow_network_did_and_then_see_more():
+    from crysgen.models.atom_transformer import widen_frequencies
+
+    narrow, (t, f, lat, m, c, g, cell) = _net_and_batch(messages=True)
+    wide = AtomTransformer(**(narrow.config | {"n_freqs": 11, "edge_freqs": 9})).eval()
+    wide.load_state_dict(widen_frequencies(narrow.state_dict(), narrow.config, wide.config))  # strict
+    for a, b in zip(narrow(t, f, lat, m, c, g, cell), wide(t, f, lat, m, c, g, cell), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    # the new columns are live inputs: giving them weight changes the outputs
+    with torch.no_grad():
+        wide.coord_in.weight.normal_(std=0.2)
+    assert not torch.allclose(wide(t, f, lat, m, c, g, cell)[1], narrow(t, f, lat, m, c, g, cell)[1])
+    with pytest.raises(ValueError, match="narrow"):
+        widen_frequencies(wide.state_dict(), wide.config, narrow.config)

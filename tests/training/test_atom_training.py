@@ -138,6 +138,17 @@ def test_pair_messages_can_be_switched_on_for_a_trained_network(tiny_set, tmp_pa
                              progress=False, init=warm)
 
 
+def test_init_may_raise_the_fourier_frequencies_but_not_lower_them(tiny_set, tmp_path):
+    _, warm = _switched_on(tiny_set, tmp_path, n_freqs=12, edge_freqs=10)
+    net = AtomDiffusionModel.from_pretrained(warm).net
+    assert (net.cfg.n_freqs, net.cfg.edge_freqs) == (12, 10)
+    assert net.coord_in.weight.shape[1] == 6 * 12
+    fewer = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_freqs": 12, "edge_freqs": 3}})
+    with pytest.raises(CrysgenError, match="raised"):
+        train_atom_diffusion(tiny_set, tmp_path / "f", config=fewer, max_steps=1, accelerator="cpu",
+                             progress=False, init=warm)
+
+
 def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(tiny_set, tmp_path):
     import numpy as np
 

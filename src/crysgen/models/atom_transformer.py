@@ -85,6 +85,54 @@ def fourier(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], -1).flatten(-2)
 
 
+def fourier_positions(n_old: int, n_new: int) -> torch.Tensor:
+    """Where :func:`fourier`'s 6·n_old features of x land among its 6·n_new features (n_old ≤ n_new).
+
+    Both lay out axis by axis, sines then cosines, k = 1..n; a feature keeps its axis, function
+    and frequency.
+    """
+    if n_old > n_new:
+        raise ValueError(f"cannot narrow Fourier features from {n_old} to {n_new} frequencies")
+    axis, fn, k = torch.meshgrid(torch.arange(3), torch.arange(2), torch.arange(n_old), indexing="ij")
+    return (axis * 2 * n_new + fn * n_new + k).flatten()
+
+
+def widen_frequencies(state: dict[str, torch.Tensor], old: dict[str, Any],
+                      new: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A network's weights made to fit a network with more Fourier frequencies, computing the same.
+
+    The layers that read Fourier features (``coord_in``: the sites' ``n_freqs``; the pair-bias
+    MLP's and every pair-message sublayer's first layer: the pairs' ``edge_freqs``, then the
+    ``edge_rbf`` distances) get their input columns moved to the features' new positions
+    (:func:`fourier_positions`) and zero columns for the new frequencies, so the wider network's
+    outputs equal the old one's until it trains. Every other weight is passed through.
+
+    Args:
+        state: the old network's ``state_dict()``.
+        old: the old network's config (:attr:`AtomTransformer.config`).
+        new: the new network's config; only its ``n_freqs`` and ``edge_freqs`` may differ here
+            (each at least the old one's).
+
+    Raises:
+        ValueError: for fewer frequencies than ``old``'s.
+    """
+    coords = fourier_positions(old["n_freqs"], new["n_freqs"])
+    pairs = torch.cat([fourier_positions(old["edge_freqs"], new["edge_freqs"]),
+                       6 * new["edge_freqs"] + torch.arange(new["edge_rbf"])])
+    sizes = {"coord_in.weight": (coords, 6 * new["n_freqs"]),
+             "edge.0.weight": (pairs, 6 * new["edge_freqs"] + new["edge_rbf"])}
+    out = {}
+    for key, w in state.items():
+        where, width = sizes.get("edge.0.weight" if key.endswith(".msg.edge.weight") else key, (None, 0))
+        if where is None:
+            out[key] = w
+            continue
+        wide = w.new_zeros(w.shape[0], width)
+        wide[:, where] = w
+        out[key] = wide
+    return out
+
+
 def timestep_embedding(c: torch.Tensor, dim: int) -> torch.Tensor:
     """(B,) scalars -> (B, dim) sinusoidal features (frequencies 1 … 1000)."""
     half = dim // 2

@@ -17,7 +17,7 @@ import torch
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.models.atom_transformer import AtomTransformer
+from crysgen.models.atom_transformer import AtomTransformer, widen_frequencies
 from crysgen.models.atoms import SPEC_FILE, AtomDiffusionBundle
 from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, permute_axes, wrap
 from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce, num_elements
@@ -55,6 +55,9 @@ SHAPING = {"pair_messages": ("message_width",)}
 that option on."""
 FREE = ("dropout",)
 """Network options that change no weight: ``--init`` may set them to anything."""
+GROWABLE = ("n_freqs", "edge_freqs")
+"""Network options that ``--init`` may raise (never lower): more Fourier frequencies for the sites'
+and the pairs' coordinates, their new input weights starting at zero (``widen_frequencies``)."""
 
 
 class AtomDiffusionModule(L.LightningModule):
@@ -200,11 +203,13 @@ def train_atom_diffusion(
     if init_model is not None:
         want = AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config
         have = init_model.net.config
-        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE)} | {
+        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE, *GROWABLE)} | {
             k: want[k] for option, keys in SHAPING.items() if not have[option] for k in keys}
-        if have | switchable != want or any(have[k] and not want[k] for k in SWITCHABLE):
+        if (have | switchable != want or any(have[k] and not want[k] for k in SWITCHABLE)
+                or any(want[k] < have[k] for k in GROWABLE)):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
-                               f"(only {', '.join(SWITCHABLE)} may be switched on, {', '.join(FREE)} set)")
+                               f"(only {', '.join(SWITCHABLE)} may be switched on, {', '.join(GROWABLE)} "
+                               f"raised, {', '.join(FREE)} set)")
         # step: every step behind the init weights (its own run's and those of the model it began from)
         prior = init_model.data.get("init")
         behind = int(prior.get("step") or 0) if isinstance(prior, dict) else 0
@@ -221,8 +226,9 @@ def train_atom_diffusion(
     module = AtomDiffusionModule(config.to_dict(), asdict(spec))
     if init_model is not None:  # a switched-on module starts from its initialisation
         added = set(SWITCHABLE.values())
+        state = widen_frequencies(init_model.net.state_dict(), have, want)
         for net in (module.net, module.ema.module):
-            missing, unexpected = net.load_state_dict(init_model.net.state_dict(), strict=False)
+            missing, unexpected = net.load_state_dict(state, strict=False)
             if unexpected or any(not added & set(k.split(".")) for k in missing):
                 raise CrysgenError(f"--init {init}: weights do not fit ({missing + unexpected})")
     return fit(run, module, loader, max_iterations=o.max_steps, checkpoint_every=o.checkpoint_every,
