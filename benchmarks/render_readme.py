@@ -16,6 +16,7 @@ README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_START, DEFAULT_END = "<!-- default-model:start -->", "<!-- default-model:end -->"
 DEFAULT_MODEL = ROOT / "src" / "crysgen" / "pretrained" / "atom_diffusion_mp20"
+CRYSTENS_MODEL = ROOT / "src" / "crysgen" / "pretrained" / "crystens_diffusion_mp20"
 
 
 def pct(x: float | None) -> str:
@@ -27,6 +28,8 @@ def metric_cell(metrics: dict, key: str) -> str:
     if key not in metrics or isinstance(metrics[key]["value"], dict):
         return "–"
     v = metrics[key]["value"]
+    if v != v:  # NaN: nothing to measure it on (e.g. a distance over no valid sample)
+        return "–"
     return f"{v:.4g}" if key.startswith("wdist") else pct(v)
 
 
@@ -594,10 +597,17 @@ def trained_steps(data: dict) -> str:
     return steps
 
 
-def scoring(digest: str, pattern: str) -> list[Path]:
-    """The result files matching ``pattern`` whose scored model has weights of this SHA-256."""
+def scoring(digest: str, pattern: str, *, runs: bool = False) -> list[Path]:
+    """The result files matching ``pattern`` whose scored model has weights of this SHA-256.
+
+    With ``runs``, also those kept beside a training record under ``results/runs/``.
+    """
     out = []
-    for path in sorted((ROOT / "benchmarks" / "results").glob(pattern)):
+    results = ROOT / "benchmarks" / "results"
+    found = [*results.glob(pattern)]
+    if runs:
+        found += [*(results / "runs").rglob(pattern)]
+    for path in sorted(found):
         model = json.loads(path.read_text()).get("model")
         if isinstance(model, dict) and digest in model.get("sha256", {}).values():
             out.append(path)
@@ -651,6 +661,64 @@ def default_model_block() -> list[str]:
     return [DEFAULT_START, " ".join(lines), DEFAULT_END]
 
 
+def side_by_side_table() -> list[str]:
+    """The bundled models, the GAN and WGAN-GP and the published rows: one table, one suite."""
+    res = ROOT / "benchmarks" / "results"
+    cols = ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
+            "wdist_num_elems", "stable_e_hull_le_0.1", "sun_e_hull_le_0.1")
+    rows: list[tuple[str, Path, str]] = []
+    atom = sha256(DEFAULT_MODEL / "weights.safetensors")
+    for label, digest in (("crysgen atom diffusion (bundled default)", atom),
+                          ("CrysTens diffusion (bundled)",
+                           sha256(CRYSTENS_MODEL / "weights.safetensors"))):
+        evals = [p for p in scoring(digest, "eval_*.json", runs=True)
+                 if not json.loads(p.read_text()).get("options", {}).get("composition_prior")]
+        if not evals:
+            continue
+        csp = "–"
+        sweeps = scoring(digest, "atom_csp_sweep_*.json")
+        beside = evals[0].with_name(evals[0].name.replace("eval_", "csp_", 1))  # the same run's CSP
+        if sweeps:
+            best = max(json.loads(sweeps[0].read_text())["rows"], key=lambda r: r["match_rate_percent"])
+            csp = f"[{best['match_rate_percent']:.1f} %]({sweeps[0].relative_to(ROOT)})"
+        elif beside.is_file():
+            rate = json.loads(beside.read_text())["measured"]["match_rate_percent"]
+            csp = f"[{rate:.1f} %]({beside.relative_to(ROOT)})"
+        rows.append((label, evals[0], csp))
+    for label, name in (("CrysTens GAN", "eval_gan_mp_20.json"),
+                        ("CrysTens WGAN-GP", "eval_wgan_mp_20.json")):
+        if (res / name).is_file():
+            rows.append((label, res / name, "– (no composition input)"))
+    if not rows:
+        return []
+    lines = ["**The models side by side** (mp_20; generators trained on the **partial** train split; "
+             "1,000 samples each scored by the same suite against the mp_20 test split; CSP: one "
+             "sample per test composition, DiffCSP's matcher; the bundled rows are the files that "
+             "scored exactly the bundled weights; every row's own file is linked)", "",
+             "| model | file | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(#elem) | "
+             "stable ≤0.1 | S.U.N. | CSP match |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, path, csp in rows:
+        m = json.loads(path.read_text())["metrics"]
+        lines.append(f"| {label} | [{path.name}]({path.relative_to(ROOT)}) | "
+                     + " | ".join(metric_cell(m, k) for k in cols) + f" | {csp} |")
+    pub = json.loads(rows[0][1].read_text()).get("published", {})
+    csp_file = res / "csp_atom_diffusion_mp_20.json"  # carries the published CSP rows
+    csp_pub = {r["model"]: r for r in json.loads(csp_file.read_text()).get("published", {}).get("rows", [])
+               } if csp_file.is_file() else {}
+    for name, values in pub.get("rows", {}).items():
+        row = dict(zip(pub["columns"], values, strict=True))
+        cells = ["–" if row.get(k) is None else f"{row[k]:.2f} %" if not k.startswith("wdist")
+                 else f"{row[k]:.4g}" for k in cols[:6]]
+        csp = f"{csp_pub[name]['match_rate']:.2f} %" if name in csp_pub else "–"
+        lines.append(f"| *{name} (published, {pub['source']})* | – | " + " | ".join(cells)
+                     + f" | – | – | {csp} |")
+    for name, r in csp_pub.items():
+        if name not in pub.get("rows", {}):
+            lines.append(f"| *{name} (published, {r['source']})* | – | " + " | ".join("–" for _ in cols)
+                         + f" | {r['match_rate']:.2f} % |")
+    return [*lines, ""]
+
+
 def replace_block(text: str, start: str, end: str, block: str) -> str:
     if start not in text:
         raise SystemExit(f"README.md has no {start} marker")
@@ -660,7 +728,8 @@ def replace_block(text: str, start: str, end: str, block: str) -> str:
 
 def main() -> None:
     data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
-    block = "\n".join([START, "", *codec_tables(data), *diffusion_table(), *ablation_table(), *ddp_line(),
+    block = "\n".join([START, "", *side_by_side_table(), *codec_tables(data), *diffusion_table(),
+                       *ablation_table(), *ddp_line(),
                        *compare_table(),
                        *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
                        *atom_table(), *composition_first_table(), *throughput_table(), *voxel_table(), END])
