@@ -7,7 +7,8 @@ breakdown without relaxing anything again: per bin the samples relaxed, the mean
 RMS displacement of the relaxation (the suite's ``rmsd`` column, Å), the share under 0.15 Å (the
 issue's target for the mean), the share stable as the suite counts it (converged relaxation,
 −0.5 ≤ E_hull ≤ 0.1 eV/atom) among the relaxed samples of the bin, and how the RMSD varies with
-the cell's longest edge at that size (:func:`by_cell_length`).
+the cell's longest edge at that size (:func:`by_cell_length`), and the share of P1 samples (with
+``--reference``, beside the P1 share of real crystals of the same sizes).
 
 Usage: python benchmarks/relax_by_size.py \
     benchmarks/results/reports/eval_atom_diffusion_churn10_mp_20_structures.csv [--name NAME]
@@ -47,7 +48,31 @@ def by_num_sites(rows: list[dict[str, str]]) -> dict[str, dict]:
         out[f"{lo}-{hi}"] = {"relaxed": len(sel), "mean_rmsd_A": round(float(rmsd.mean()), 4),
                              "median_rmsd_A": round(float(np.median(rmsd)), 4),
                              "share_rmsd_below_0_15": round(float((rmsd < 0.15).mean()), 3),
-                             "share_stable": round(float(stable.mean()), 3)} | by_cell_length(sel, rmsd)
+                             "share_stable": round(float(stable.mean()), 3),
+                             "share_p1": share_p1([r.get("space_group") for r in sel]),
+                             } | by_cell_length(sel, rmsd)
+    return out
+
+
+def share_p1(groups: list[str | int | None]) -> float | None:
+    """The share of space group 1 among the rows that have one (the suite's spglib at 0.1 Å)."""
+    known = [int(g) for g in groups if g not in (None, "")]
+    return round(float(np.mean([g == 1 for g in known])), 3) if known else None
+
+
+def reference_p1(path: Path) -> dict[str, dict]:
+    """Per size bin, the share of a CrystalSet's crystals that spglib finds P1 at 0.1 Å (as the
+    suite finds its samples' groups), for comparison with the samples' ``share_p1``."""
+    from crysgen.crystal_set import CrystalSet
+    from crysgen.data.guards import space_group_number
+
+    ref = CrystalSet.load(path)
+    out = {}
+    for lo, hi in SIZE_BINS:
+        idx = [i for i in range(len(ref)) if lo <= int(ref.num_sites[i]) <= hi]
+        if idx:
+            out[f"{lo}-{hi}"] = {"crystals": len(idx),
+                                 "share_p1": share_p1([space_group_number(ref.to_structure(i)) for i in idx])}
     return out
 
 
@@ -77,6 +102,8 @@ def main() -> None:
     p.add_argument("structures_csv", help="a report's structures.csv (with the stability columns)")
     p.add_argument("--name", default=None,
                    help="result name (default: the file's, without eval_ and _structures)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="a CrystalSet (e.g. the test split) whose P1 share per size bin to add")
     args = p.parse_args()
     path = Path(args.structures_csv)
     with path.open(newline="") as fh:
@@ -88,7 +115,9 @@ def main() -> None:
         "samples": len(rows),
         "stable": f"converged, {IMPLAUSIBLE_BELOW} <= E_hull <= {STABLE_AT} eV/atom, among the relaxed "
                   "samples of the bin",
-        "by_num_sites": by_num_sites(rows)})
+        "by_num_sites": by_num_sites(rows)}
+        | ({"reference": str(args.reference), "reference_by_num_sites": reference_p1(args.reference)}
+           if args.reference else {}))
 
 
 if __name__ == "__main__":
