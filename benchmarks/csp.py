@@ -2,7 +2,8 @@
 
 Samples are a `crysgen sample` folder whose samples.csv names each sample's target (the
 ``target`` column) or a CrystalSet .npz whose ids are the target ids; several samples per target
-give best of k. Scored with :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's match rate and
+give best of k (a folder's sample_config.json also names the sampled weights by SHA-256 in the
+result's ``model``). Scored with :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's match rate and
 RMSE with ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``, OMatG's cRMSE and METRe). The
 result holds the figures, per-target rows in a CSV next to it, the command, commit and machine, and
 the published rows of published.json (labelled as published, not measured here).
@@ -16,6 +17,7 @@ import argparse
 import csv
 import io
 import json
+from pathlib import Path
 
 from codec import ROOT, stamp
 from crysgen.crystal_set import CrystalSet, write_text_atomic
@@ -39,6 +41,17 @@ def by_num_sites(rows: list[dict]) -> dict[str, dict]:
                              / len(sel),
                              "median_rms_dist": rms[len(rms) // 2] if rms else None}
     return out
+
+
+def sampled_model(samples: Path) -> dict:
+    """``{"model": {"path", "sha256"}}`` of the model a `crysgen sample` folder was sampled from
+    (its sample_config.json records the weights' SHA-256 since crysgen checks resumes by them), so
+    that a CSP file names the weights it scored; empty for a CrystalSet or an older folder."""
+    config = samples / "sample_config.json"
+    if not config.is_file():
+        return {}
+    data = json.loads(config.read_text())
+    return {"model": {"path": data["model"], "sha256": data["weights"]}} if data.get("weights") else {}
 
 
 def main() -> None:
@@ -74,6 +87,7 @@ def main() -> None:
                                                                      "metre_rmse", "metre_crmse")}},
         "by_num_sites": by_num_sites(res.rows),
         "per_target_rows": rows_path.name,
+        **sampled_model(Path(args.samples)),
         "published": {"note": "published figures of other models, not measured here (match rate %, RMSE)",
                       "k": res.k, "rows": published_csp(args.dataset, res.k)},
         **stamp(),

@@ -676,8 +676,10 @@ def side_by_side_table() -> list[str]:
         if not evals:
             continue
         csp = "–"
-        sweeps = scoring(digest, "atom_csp_sweep_*.json")
+        sweeps = scoring(digest, "atom_csp_sweep_*.json") or scoring(digest, "csp_*.json", runs=True)
         beside = evals[0].with_name(evals[0].name.replace("eval_", "csp_", 1))  # the same run's CSP
+        if sweeps and "rows" not in json.loads(sweeps[0].read_text()):  # a csp.py file
+            beside, sweeps = sweeps[0], []
         if sweeps:
             best = max(json.loads(sweeps[0].read_text())["rows"], key=lambda r: r["match_rate_percent"])
             csp = f"[{best['match_rate_percent']:.1f} %]({sweeps[0].relative_to(ROOT)})"
