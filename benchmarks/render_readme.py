@@ -676,16 +676,16 @@ def side_by_side_table() -> list[str]:
         if not evals:
             continue
         csp = "–"
-        sweeps = scoring(digest, "atom_csp_sweep_*.json") or scoring(digest, "csp_*.json", runs=True)
-        beside = evals[0].with_name(evals[0].name.replace("eval_", "csp_", 1))  # the same run's CSP
-        if sweeps and "rows" not in json.loads(sweeps[0].read_text()):  # a csp.py file
-            beside, sweeps = sweeps[0], []
+        sweeps = scoring(digest, "atom_csp_sweep_*.json")
+        # a csp.py file naming these weights, else the one beside the evaluation (the same run's)
+        beside = evals[0].with_name(evals[0].name.replace("eval_", "csp_", 1))
+        scored = scoring(digest, "csp_*.json", runs=True) or ([beside] if beside.is_file() else [])
         if sweeps:
             best = max(json.loads(sweeps[0].read_text())["rows"], key=lambda r: r["match_rate_percent"])
             csp = f"[{best['match_rate_percent']:.1f} %]({sweeps[0].relative_to(ROOT)})"
-        elif beside.is_file():
-            rate = json.loads(beside.read_text())["measured"]["match_rate_percent"]
-            csp = f"[{rate:.1f} %]({beside.relative_to(ROOT)})"
+        elif scored:
+            rate = json.loads(scored[0].read_text())["measured"]["match_rate_percent"]
+            csp = f"[{rate:.1f} %]({scored[0].relative_to(ROOT)})"
         rows.append((label, evals[0], csp))
     for label, name in (("CrysTens GAN", "eval_gan_mp_20.json"),
                         ("CrysTens WGAN-GP", "eval_wgan_mp_20.json")):

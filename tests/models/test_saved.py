@@ -149,3 +149,20 @@ def test_kind_and_required_files_are_checked(tmp_path):
         Toy.from_pretrained(path)
     with pytest.raises(CrysgenError, match="does not exist"):
         Toy.from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path):
+    from crysgen.models.model_dir import write_all_or_none
+
+    (tmp_path / "a.txt").write_text("old")
+
+    def broken(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_all_or_none(tmp_path, {"a.txt": lambda p: p.write_text("new"), "b.txt": broken})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary file left
+    assert (tmp_path / "a.txt").read_text() == "old"
+    write_all_or_none(tmp_path, {"a.txt": lambda p: p.write_text("new")})
+    assert (tmp_path / "a.txt").read_text() == "new"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crysgen.crystal_set import part_path
 from crysgen.errors import CrysgenError
 from crysgen.representations.crystens import CrysTensScaling
 
@@ -117,7 +118,7 @@ def write_all_or_none(folder: Path, writers: Mapping[str, Writer]) -> None:
     temps: dict[str, Path] = {}
     try:
         for name, write in writers.items():
-            temps[name] = folder / f".{name}.part"
+            temps[name] = part_path(folder / name)
             write(temps[name])
     except BaseException:
         for tmp in temps.values():

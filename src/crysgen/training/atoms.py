@@ -210,6 +210,7 @@ def train_atom_diffusion(
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
                                f"(only {', '.join(SWITCHABLE)} may be switched on, {', '.join(GROWABLE)} "
                                f"raised, {', '.join(FREE)} set)")
+        state = widen_frequencies(init_model.net.state_dict(), have, want)
         # step: every step behind the init weights (its own run's and those of the model it began from)
         prior = init_model.data.get("init")
         behind = int(prior.get("step") or 0) if isinstance(prior, dict) else 0
@@ -226,7 +227,6 @@ def train_atom_diffusion(
     module = AtomDiffusionModule(config.to_dict(), asdict(spec))
     if init_model is not None:  # a switched-on module starts from its initialisation
         added = set(SWITCHABLE.values())
-        state = widen_frequencies(init_model.net.state_dict(), have, want)
         for net in (module.net, module.ema.module):
             missing, unexpected = net.load_state_dict(state, strict=False)
             if unexpected or any(not added & set(k.split(".")) for k in missing):
