@@ -23,19 +23,20 @@ import time
 import numpy as np
 
 from codec import ROOT, stamp
-from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.crystal_set import CrystalSet, reduced_formula, write_text_atomic
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
+from crysgen.pipelines.symmetry import Templates, match_templates
 
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
-            batch: int, seed: int) -> tuple[list[CSPSample], float]:
+            batch: int, seed: int, templates: Templates | None = None) -> tuple[list[CSPSample], float]:
     """One sample per target with the given sampler settings, and the seconds it took."""
     comps = model.compositions_from_targets(targets)
     t0 = time.perf_counter()
     res = model.generate(len(targets), steps=steps, seed=seed, device=device, batch_size=batch,
-                         compositions=comps, churn=churn)
+                         compositions=comps, churn=churn, templates=templates)
     seconds = time.perf_counter() - t0
     by_index = dict(zip(res.index.tolist(), res.crystals.to_structures(), strict=True))
     samples = [CSPSample(id=f"s{i}", target=str(t), structure=by_index.get(i),
@@ -56,6 +57,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz",
+                   help="each target keeps the symmetry of its best-fitting crystal of this set "
+                        "(`crysgen sample --compositions ... --symmetry-prior`; template-based CSP)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cosine)")
     args = p.parse_args()
 
@@ -64,11 +68,23 @@ def main() -> None:
     pick = np.sort(np.random.default_rng(args.seed).choice(len(targets), min(args.n, len(targets)),
                                                            replace=False))
     targets = targets.subset(pick)
+    templates, template_info = None, None
+    if args.symmetry_prior:
+        t0 = time.perf_counter()
+        prior = CrystalSet.load(args.symmetry_prior)
+        templates = match_templates(model.compositions_from_targets(targets).atomic_numbers, prior)
+        row_of = {str(i): r for r, i in enumerate(prior.ids)}
+        same = [reduced_formula(prior.atomic_numbers[row_of[s]]) == reduced_formula(t)
+                for s, t in zip(templates.sources, targets.atomic_numbers, strict=True) if s]
+        template_info = {"prior": args.symmetry_prior, "share_with_template": templates.share_fitted(),
+                         "seconds": round(time.perf_counter() - t0, 2),
+                         "share_with_a_template_of_the_same_formula": float(np.sum(same)) / len(targets)}
+        print(json.dumps(template_info), flush=True)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
         for churn in (float(c) for c in args.churn.split(",")):
             samples, seconds = predict(model, targets, steps=steps, churn=churn, device=args.device,
-                                       batch=args.batch, seed=args.seed)
+                                       batch=args.batch, seed=args.seed, templates=templates)
             res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
             row = {"steps": steps, "s_churn": churn, "match_rate_percent": 100 * res.match_rate,
                    "rmse": res.rmse, "n_targets": res.n_targets,
@@ -78,7 +94,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets,
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
-              "note": "one sample per target, elements given; DiffCSP matcher and validity"}
+              "note": "one sample per target, elements given; DiffCSP matcher and validity",
+              "symmetry_templates": template_info}
     result |= stamp(args.device, model=resolve_model_dir(args.model))
     path = ROOT / "benchmarks" / "results" / f"atom_csp_sweep_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")

@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--composition-prior", default=None, metavar="TRAIN.npz|train",
                    help="sample composition first (`crysgen sample --composition-prior`): compositions "
                         "drawn from this CrystalSet ('train': the dataset's training split in --work)")
+    p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz|train",
+                   help="atom diffusion: each sample keeps the symmetry of a crystal of this set "
+                        "(`crysgen sample --symmetry-prior`; 'train' = the dataset's training split)")
     p.add_argument("--substitute", action="store_true",
                    help="with --composition-prior: one ion substitution per drawn composition")
     p.add_argument("--metrics", default=",".join(f for f in ALL_FAMILIES if f != "csp"),
@@ -79,10 +82,12 @@ def main() -> None:
     else:
         samples = out / "samples"
         t0 = time.perf_counter()
-        prior = (str(work / f"{TRAIN[args.dataset]}.npz") if args.composition_prior == "train"
-                 else args.composition_prior)
-        sample_options = SampleOptions(n=args.n, composition_prior=prior, substitute=args.substitute,
-                                       churn=args.churn)
+        def train_or(path: str | None) -> str | None:
+            return str(work / f"{TRAIN[args.dataset]}.npz") if path == "train" else path
+
+        sample_options = SampleOptions(n=args.n, composition_prior=train_or(args.composition_prior),
+                                       substitute=args.substitute, churn=args.churn,
+                                       symmetry_prior=train_or(args.symmetry_prior))
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}

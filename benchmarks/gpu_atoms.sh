@@ -31,7 +31,8 @@
 #   bash benchmarks/gpu_atoms.sh eval-wait NAME [WAIT] # follow it in a later call
 #   (EVAL_ARGS='--composition-prior train --substitute': more eval_model.py options; new samples)
 #   (every wait ends by the call's clock: CALL_S, default 540 s, see gpu_env.sh)
-#   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N)
+#   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N;
+#                                                      # SWEEP_ARGS: more atom_csp_sweep.py options)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
 #   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
 #                                                      # caches in /tmp/evs_cache; result -> /tmp/evs_result
@@ -88,7 +89,7 @@ sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained c
   install
   setsid nohup python3 $S/benchmarks/atom_csp_sweep.py $2 --targets $W/${D}_asis_test.npz --n ${N:-1000} \
     --steps ${STEPS:-50,200} --churn ${CHURN:-0,10,40} --device cuda --workers ${WORKERS:-10} \
-    ${TAG:+--suffix _$TAG} > /tmp/sweep_$G.log 2>&1 < /dev/null &
+    ${TAG:+--suffix _$TAG} ${SWEEP_ARGS:-} > /tmp/sweep_$G.log 2>&1 < /dev/null &
   sleep 5; tail -3 /tmp/sweep_$G.log ;;
 launch)
   install; mkdir -p $R

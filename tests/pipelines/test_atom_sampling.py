@@ -292,3 +292,118 @@ def test_sampling_cuts_padding_without_touching_real_sites(model_dir):
     assert sets.types.shape == (12, 30, 39) and sets.frac.shape == (12, 30, 3)
     assert not sets.frac[~sets.mask].any() and not sets.types[~sets.mask].any()
     assert np.isfinite(sets.frac[sets.mask]).all() and sets.frac[sets.mask].std() > 0.05
+
+
+def _keeps(structure, sym, tol=1e-3):
+    """Whether every operation of ``sym`` maps the structure's sites onto sites of their element."""
+    frac = structure.frac_coords
+    z = np.array(structure.atomic_numbers)
+    for r, t, img in zip(sym.rotations, sym.translations, sym.images, strict=True):
+        d = frac @ r.T + t - frac[img]
+        if np.abs(d - np.round(d)).max() > tol or (z[img] != z).any():
+            return False
+    return True
+
+
+def test_symmetry_prior_samples_keep_their_templates_symmetry(model_dir, crystals, tmp_path):
+    from crysgen.pipelines.symmetry import Templates
+    from crysgen.representations.symmetry import trivial_symmetry
+
+    crystals.save(tmp_path / "train.npz")
+    options = SampleOptions(n=8, steps=6, symmetry_prior=str(tmp_path / "train.npz"))
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    kwargs = model.prepare(options)
+    templates = kwargs["templates"]
+    assert len(templates) == 8 and set(templates.sources) <= set(NAMES)
+    assert len(set(templates.sources)) > 1  # drawn, not one crystal for all
+    ids = [f"s{i}" for i in range(8)]
+    res = model.generate(8, seed=[0, 0], ids=ids, **kwargs)
+    same_sizes = Templates([trivial_symmetry(s.num_sites) for s in templates.symmetries if s is not None],
+                           templates.sources)
+    free = model.generate(8, seed=[0, 0], ids=ids, **(kwargs | {"templates": same_sizes}))
+    free_by_id = {str(i): free.crystals.to_structure(k) for k, i in enumerate(free.crystals.ids)}
+    assert len(res.crystals) >= 6
+    broken_without = 0
+    for k, sample_id in enumerate(res.crystals.ids):
+        i = ids.index(str(sample_id))
+        sym, source = templates.symmetries[i], templates.sources[i]
+        assert sym is not None
+        s = res.crystals.to_structure(k)
+        assert len(s) == sym.num_sites == crystals.num_sites[NAMES.index(source)]
+        assert _keeps(s, sym)
+        if sym.num_ops > 1 and str(sample_id) in free_by_id:
+            broken_without += not _keeps(free_by_id[str(sample_id)], sym)
+    assert broken_without > 0  # the same noise without the projection gives crystals without it
+    sample_to_dir(model_dir, tmp_path / "s", options, progress=False)
+    assert len(_rows(tmp_path / "s")) == 8
+
+
+def test_symmetry_prior_with_compositions_keeps_elements_and_symmetry(model_dir, crystals, tmp_path):
+    crystals.save(tmp_path / "train.npz")
+    targets = CrystalSet.from_structures([load_cif("SrTiO3")], ids=["t"])
+    targets.atomic_numbers[targets.atomic_numbers == 38] = 56  # BaTiO3: fits SrTiO3's template
+    targets.save(tmp_path / "t.npz")
+    out = tmp_path / "s"
+    options = SampleOptions(n=3, steps=6, compositions=str(tmp_path / "t.npz"), per_target=3,
+                            symmetry_prior=str(tmp_path / "train.npz"))
+    sample_to_dir(model_dir, out, options, progress=False)
+    for c in load_inputs(out):
+        assert c.structure is not None and c.structure.composition.reduced_formula == "BaTiO3"
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        assert SpacegroupAnalyzer(c.structure, symprec=1e-3).get_space_group_number() == 221
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--symmetry-prior", "absent.npz"], "--symmetry-prior: no such file: absent.npz"),
+])
+def test_bad_symmetry_prior_gets_a_clear_error(model_dir, tmp_path, capsys, args, message):
+    rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "samples.csv").exists()
+
+
+def test_crystens_models_refuse_a_symmetry_prior(tmp_path):
+    from crysgen.pipelines.generators import CRYSTENS_MODEL
+
+    with pytest.raises(CrysgenError, match="atom diffusion models only"):
+        sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, symmetry_prior="x.npz"),
+                      progress=False)
+
+
+def test_a_space_group_model_is_conditioned_on_each_templates_group(sg_model, crystals):
+    from crysgen.pipelines.symmetry import templates_of_rows
+
+    templates = templates_of_rows(crystals, np.array([0, 1, 2, 3]))
+    seen = []
+    forward = sg_model.net.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["space_group"].tolist())
+        return forward(*args, **kwargs)
+
+    sg_model.net.forward = spy
+    try:
+        sg_model.sample_sets(4, steps=2, seed=0, templates=templates)
+    finally:
+        del sg_model.net.forward
+    want = {s.space_group for s in templates.symmetries if s is not None}
+    assert want == {225, 221, 186, 1} and {g for call in seen for g in call} == want
+    with pytest.raises(CrysgenError, match="exclude each other"):
+        sg_model.sample_sets(4, steps=2, templates=templates, space_group=225)
+
+
+def test_a_new_space_group_embedding_leaves_the_network_as_it_was():
+    torch.manual_seed(0)
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16, space_groups=True)
+    for name, p in net.named_parameters():  # a trained network's conditioning paths are live
+        if not name.startswith("space_group."):
+            torch.nn.init.normal_(p, std=0.05)
+    b, s = 2, 3
+    args = (torch.randn(b, s, 39), torch.rand(b, s, 3), torch.randn(b, 6), torch.ones(b, s, dtype=torch.bool),
+            torch.zeros(b), torch.zeros(b, dtype=torch.bool), torch.eye(3).expand(b, 3, 3) * 4)
+    with torch.no_grad():
+        plain = net(*args)
+        grouped = net(*args, space_group=torch.tensor([225, 12]))
+    for a, g in zip(plain, grouped, strict=True):
+        torch.testing.assert_close(a, g)

@@ -171,7 +171,8 @@ def test_models_with_composition_control_make_them(model_dirs, crystals, kind):
 def test_prepare_hands_each_model_its_own_options(model_dirs):
     atoms = load_generator(model_dirs["atom_diffusion"])
     assert atoms.prepare(SampleOptions(n=2, steps=7, guidance=2.0, churn=3.0, sampler="dpmsolver")) == {
-        "steps": 7, "space_group": None, "guidance": 2.0, "churn": 3.0, "limit_element_count": False}
+        "steps": 7, "space_group": None, "guidance": 2.0, "churn": 3.0, "limit_element_count": False,
+        "templates": None}
     for kind in CRYSTENS:
         assert load_generator(model_dirs[kind]).prepare(SampleOptions(n=2, steps=7, sampler="dpmsolver")) == {
             "steps": 7, "sampler": "dpmsolver"}
@@ -228,7 +229,7 @@ class FakeGenerator:
     def compositions_from_targets(self, targets: CrystalSet, per_target: int = 1) -> Compositions:
         raise AssertionError("not asked for")
 
-    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict:
+    def prepare(self, options: SampleOptions, *, device: str = "cpu", compositions=None) -> dict:
         self.prepared.append((options, device))
         return {"marker": options.steps * 10}
 

@@ -55,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --composition-prior: change each drawn composition by one ion "
                         "substitution (pymatgen's data-mined probabilities) to a composition the "
                         "CrystalSet does not hold; summary.json counts the substituted")
+    p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz",
+                   help="atom diffusion: give each sample the symmetry (site count, space-group "
+                        "operations, Wyckoff orbits) of a crystal of this CrystalSet, kept at every "
+                        "sampling step: drawn from it de novo, the drawn crystal with --composition-prior "
+                        "(same file), the best-fitting one with --compositions or --formula")
     p.add_argument("--per-target", type=_positive_int, default=D.per_target,
                    help="samples per target of --compositions (%(default)s)")
     p.add_argument("--space-group", type=int, default=None,
@@ -115,7 +120,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             compositions=args.compositions, per_target=args.per_target,
                             space_group=args.space_group, guidance=args.guidance, churn=args.churn,
                             limit_element_count=args.limit_element_count,
-                            composition_prior=args.composition_prior, substitute=args.substitute)
+                            composition_prior=args.composition_prior, substitute=args.substitute,
+                            symmetry_prior=args.symmetry_prior)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

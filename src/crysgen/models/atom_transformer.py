@@ -253,7 +253,11 @@ class AtomTransformer(nn.Module):
         self.lattice_token = nn.Parameter(torch.zeros(d))
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.given = nn.Embedding(2, d)
-        self.space_group = nn.Embedding(231, d) if c.space_groups else None
+        self.space_group: nn.Embedding | None = None
+        if c.space_groups:  # zero: switched on under --init, the network starts as it was
+            groups = nn.Embedding(231, d)
+            nn.init.zeros_(groups.weight)
+            self.space_group = groups
         self.num_elements: nn.Embedding | None = None
         if c.num_elements:
             counts = nn.Embedding(MAX_ELEMENTS + 1, d)

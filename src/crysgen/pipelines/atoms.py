@@ -27,6 +27,7 @@ from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options
 from crysgen.pipelines.seeding import torch_generator
+from crysgen.pipelines.symmetry import SymmetryBatch, Templates, match_templates, project, templates_of_rows
 from crysgen.representations.atoms import AtomSets, decode, encode, num_elements
 
 if TYPE_CHECKING:
@@ -83,24 +84,93 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         """256 on CUDA, 64 on a CPU (the faster of 16 and 64 measured on 2 cores)."""
         return batch_size_for(device, cpu=64)
 
-    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
-        """Steps, space group, guidance, churn and the element-count limit (see the protocol).
+    def prepare(self, options: SampleOptions, *, device: str = "cpu",
+                compositions: Compositions | None = None) -> dict[str, Any]:
+        """Steps, space group, guidance, churn, the element-count limit and symmetry templates.
 
         The churn is resolved: ``options.churn``, else the model's own ``edm.s_churn`` (what a
         bundled model sets as its sampler default), so the returned settings say what ran.
+        With ``options.symmetry_prior``, ``templates`` holds every sample's template
+        (:meth:`symmetry_templates`).
 
         Raises:
             CrysgenError: for options of voxel VAE models, a space group this model cannot
-                sample, and --limit-element-count for a model not conditioned on the count.
+                sample, --limit-element-count for a model not conditioned on the count, and a
+                missing or unusable --symmetry-prior.
         """
         refuse_voxel_options(options)
         self.check_space_group(options.space_group)
         if options.limit_element_count and not self.net.cfg.num_elements:
             raise CrysgenError("--limit-element-count applies to models conditioned on the number of "
                                "elements (net.num_elements); this one is not")
+        templates = None
+        if options.symmetry_prior is not None:
+            if options.space_group is not None:
+                raise CrysgenError("--space-group and --symmetry-prior exclude each other (each template "
+                                   "brings its own space group)")
+            templates = self.symmetry_templates(options, compositions)
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
-                "limit_element_count": options.limit_element_count}
+                "limit_element_count": options.limit_element_count, "templates": templates}
+
+    def symmetry_templates(self, options: SampleOptions,
+                           compositions: Compositions | None = None) -> Templates:
+        """Every sample's symmetry template from ``options.symmetry_prior``.
+
+        De novo: crystals drawn from the prior (seeded by ``options.seed``). With compositions
+        drawn from the same file (--composition-prior): the crystal each was drawn from, fitted
+        to its substituted elements. With other compositions (--compositions, --formula): the
+        prior crystal that fits each best (:func:`~crysgen.pipelines.symmetry.match_templates`).
+
+        Raises:
+            CrysgenError: for a missing or unreadable file, no crystal that fits the model, or a
+                model conditioned on the number of elements.
+        """
+        from pathlib import Path
+
+        from crysgen.data.guards import check_input_file
+        from crysgen.pipelines.compositions import draw_rows
+        from crysgen.pipelines.symmetry import fit_template
+
+        if self.net.cfg.num_elements:
+            raise CrysgenError("--symmetry-prior is not available for models conditioned on the number "
+                               "of elements (net.num_elements)")
+        assert options.symmetry_prior is not None  # the caller's condition
+        check_input_file(options.symmetry_prior, "--symmetry-prior")
+        prior = CrystalSet.load(options.symmetry_prior)
+        if compositions is None:
+            rows = draw_rows(prior, options.n, max_sites=self.spec.max_atoms, seed=[options.seed, 6],
+                             what="--symmetry-prior")
+            return templates_of_rows(prior, rows)
+        same = (options.composition_prior is not None and compositions.drawn is not None
+                and Path(options.composition_prior).resolve() == Path(options.symmetry_prior).resolve())
+        if not same or compositions.drawn is None:
+            return match_templates(compositions.atomic_numbers, prior)
+        own = templates_of_rows(prior, compositions.drawn)
+        fitted = [None if s is None else fit_template(s, prior.atomic_numbers[r], z)
+                  for s, r, z in zip(own.symmetries, compositions.drawn, compositions.atomic_numbers,
+                                     strict=True)]
+        sources = [src if f is not None else "" for src, f in zip(own.sources, fitted, strict=True)]
+        return Templates(fitted, sources)
+
+    def check_templates(self, templates: Templates, n: int, atomic_numbers: np.ndarray | None) -> None:
+        """Refuse templates that do not fit the samples (CrysgenError).
+
+        One per sample, at most S sites each, with given elements as many sites as each row,
+        and none for a model conditioned on the number of elements.
+        """
+        if len(templates) != n:
+            raise CrysgenError(f"{len(templates)} symmetry templates for {n} samples")
+        sizes = templates.num_sites
+        if sizes.max(initial=0) > self.spec.max_atoms:
+            raise CrysgenError(f"a symmetry template has more than the model's {self.spec.max_atoms} sites")
+        if atomic_numbers is not None:
+            real = (np.asarray(atomic_numbers) > 0).sum(1)
+            if np.any((sizes > 0) & (sizes != real)):
+                raise CrysgenError("a symmetry template has another number of sites than its composition")
+        if self.net.cfg.num_elements and any(s is not None for s in templates.symmetries):
+            raise CrysgenError("symmetry templates are not available for models conditioned on the "
+                               "number of elements (net.num_elements)")
 
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""
@@ -124,7 +194,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
     def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
-                    guidance: float = 1.0, churn: float | None = None) -> AtomSets:
+                    guidance: float = 1.0, churn: float | None = None,
+                    templates: Templates | None = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -145,10 +216,15 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 conditional denoiser alone (one network evaluation).
             churn: EDM's S_churn (fresh noise before every step, σ raised by up to √2; 0:
                 deterministic); None: the model's own setting.
+            templates: per sample a symmetry to keep (:mod:`crysgen.pipelines.symmetry`): every
+                denoised estimate is projected onto it, a de novo sample takes its number of
+                sites, and a ``net.space_groups`` model is conditioned on its space group (with
+                ``guidance``); None, or a None template: no symmetry.
 
         Raises:
-            CrysgenError: for a space group outside 1-230, a model without space-group input or
-                a negative churn.
+            CrysgenError: for a space group outside 1-230, a model without space-group input,
+                a negative churn, templates for another number of samples or sites, or templates
+                with a model conditioned on the number of elements.
         """
         from tqdm.auto import tqdm
 
@@ -160,12 +236,22 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         gen = torch_generator(seed)
         count_elements = self.net.cfg.num_elements
         elements = None
+        template_groups = None
+        if templates is not None:
+            self.check_templates(templates, n, atomic_numbers)
+            if space_group is not None:
+                raise CrysgenError("--space-group and --symmetry-prior exclude each other (each template "
+                                   "brings its own space group)")
+            if self.net.cfg.space_groups:
+                template_groups = np.array([0 if t is None else t.space_group for t in templates.symmetries])
         if atomic_numbers is None:
             size_seed = [*np.atleast_1d(seed).tolist(), 1]
             if count_elements:
                 num, elements = self.draw_sizes(n, seed=size_seed)
             else:
                 num = self.draw_num_atoms(n, seed=size_seed)
+            if templates is not None:
+                num = np.where(templates.num_sites > 0, templates.num_sites, num)
             mask = np.arange(s)[None] < num[:, None]
             z = None
         else:
@@ -192,11 +278,16 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             conditions = {}
             if space_group is not None:
                 conditions["space_group"] = torch.full((b,), int(space_group), dtype=torch.long)
+            elif template_groups is not None:  # each sample conditioned on its template's group
+                conditions["space_group"] = torch.as_tensor(template_groups[idx], dtype=torch.long)
             if elements is not None:
                 conditions["num_elements"] = torch.as_tensor(elements[idx], dtype=torch.long)
+            symmetry = (None if templates is None
+                        else SymmetryBatch.of([templates.symmetries[i] for i in idx], w))
             with torch.no_grad():
                 x = edm_heun(net, noise, m, given, edm, consts, steps=steps, device=device,
-                             churn_noise=steps_noise, conditions=conditions, guidance=guidance)
+                             churn_noise=steps_noise, conditions=conditions, guidance=guidance,
+                             symmetry=symmetry)
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
@@ -210,11 +301,12 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  compositions: Compositions | None = None, offset: int = 0,
                  on_batch: Callable[[int], None] | None = None, space_group: int | None = None,
                  guidance: float = 1.0, churn: float | None = None, limit_element_count: bool = False,
-                 **_: Any) -> DecodeResult:
+                 templates: Templates | None = None, **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
-        ``space_group``, ``guidance`` and ``churn``: see :meth:`sample_sets`. Every site snaps to
+        ``space_group``, ``guidance`` and ``churn``: see :meth:`sample_sets`; ``templates`` (rows
+        ``offset`` … ``offset + n``, from :meth:`prepare` with ``--symmetry-prior``) too. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
         novo samples snap to at most the number of distinct elements each was conditioned on
         (:func:`~crysgen.representations.atoms.nearest_elements_at_most`; on mp_20 this halved
@@ -225,9 +317,11 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         from crysgen.pipelines.voxel import as_decode_result
 
         z = None if compositions is None else compositions.atomic_numbers[offset:offset + n]
+        rows = None if templates is None else Templates(templates.symmetries[offset:offset + n],
+                                                        templates.sources[offset:offset + n])
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
-                                guidance=guidance, churn=churn)
+                                guidance=guidance, churn=churn, templates=rows)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None)
         return as_decode_result(res, n)
@@ -287,7 +381,8 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) ->
 def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor,
              given: torch.Tensor | None, cfg: AtomEDMConfig, consts: Constants, *, steps: int,
              device: str, churn_noise: torch.Tensor | None = None,
-             conditions: dict[str, torch.Tensor] | None = None, guidance: float = 1.0) -> Parts:
+             conditions: dict[str, torch.Tensor] | None = None, guidance: float = 1.0,
+             symmetry: SymmetryBatch | None = None) -> Parts:
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on atom sets.
 
     Args:
@@ -305,12 +400,15 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             ``num_elements``); none: unconditional.
         guidance: classifier-free guidance weight (1: the conditional denoiser alone; else
             D = D_none + w (D_cond - D_none), D_none with every condition withheld).
+        symmetry: the samples' templates: every denoised estimate, and the result, is projected
+            onto them (:func:`crysgen.pipelines.symmetry.project`); None: no projection.
 
     Returns:
         The final denoised parts (coordinates in [0, 1)).
     """
     sigmas = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     mask = mask.to(device)
+    symmetry = None if symmetry is None else symmetry.to(device)
     m = mask[..., None].float()
     b = len(mask)
     is_given = torch.full((b,), given is not None, device=device)
@@ -327,6 +425,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             none = denoise(net, x, s, mask, is_given, cfg, consts,
                            conditions={k: torch.zeros_like(v) for k, v in cond.items()})
             den = Parts(*(u + guidance * (c - u) for c, u in zip(den, none, strict=True)))
+        if symmetry is not None:
+            den = project(den, symmetry, mask, consts, types=given is None)
         dt = (x.types - den.types) / sigma if given is None else torch.zeros_like(x.types)
         return Parts(dt * m, -(den.frac - x.frac) / sigma * m, (x.lattice - den.lattice) / sigma)
 
@@ -352,4 +452,7 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
                        wrap(x.frac + step * (d1.frac + d2.frac) / 2) * m,
                        x.lattice + step * (d1.lattice + d2.lattice) / 2)
         x = x1
+    if symmetry is not None:
+        x = project(x, symmetry, mask, consts, types=given is None)
+        x = Parts(x.types, wrap(x.frac) * m, x.lattice)
     return x

@@ -136,7 +136,8 @@ class CascadeModel(NoCompositionControl, SavedModel):
         """256 on CUDA, 16 on a CPU."""
         return batch_size_for(device, cpu=16)
 
-    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+    def prepare(self, options: SampleOptions, *, device: str = "cpu",
+                compositions: Compositions | None = None) -> dict[str, Any]:
         """Steps and sampler (see :class:`~crysgen.pipelines.protocol.Generator`).
 
         Raises:

@@ -30,10 +30,13 @@ class Compositions:
     Attributes:
         atomic_numbers: int (n, S), 0 = no site.
         targets: the id of the crystal each sample is meant to reproduce ("" if none).
+        drawn: int (n,) for compositions drawn from a prior (:func:`from_prior`): the row of the
+            crystal each was drawn from (before any substitution); None otherwise.
     """
 
     atomic_numbers: np.ndarray
     targets: list[str]
+    drawn: np.ndarray | None = None
 
 
 def from_formula(formula: str, n: int, *, max_sites: int, num_sites_counts: np.ndarray | None,
@@ -132,12 +135,8 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
     """
     from crysgen.data.substitution import substitute as substitute_ions
 
-    fits = np.flatnonzero((prior.num_sites <= max_sites) & (prior.num_sites > 0))
-    if not len(fits):
-        raise CrysgenError(f"--composition-prior: no crystal has at most the model's {max_sites} sites")
     seeds = [seed] if isinstance(seed, int) else list(seed)
-    rng = np.random.default_rng([*seeds, 3])
-    pick = fits[rng.choice(len(fits), n, replace=n > len(fits))]
+    pick = draw_rows(prior, n, max_sites=max_sites, seed=seed, what="--composition-prior")
     if known_elements is not None:
         warn_unseen({int(v) for v in np.unique(prior.atomic_numbers[pick])} - {0}, known_elements,
                     "--composition-prior")
@@ -150,7 +149,24 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
         res = substitute_ions(z, allowed=known_elements, avoid=avoid, seed=[*seeds, 4])
         z = res.atomic_numbers
         counts |= {"substituted": int(res.changed.sum()), "by_common_states": res.by_common_states}
-    return Compositions(z, [""] * n), counts
+    return Compositions(z, [""] * n, drawn=pick), counts
+
+
+def draw_rows(prior: CrystalSet, n: int, *, max_sites: int, seed: int | list[int] = 0,
+              what: str = "the prior") -> np.ndarray:
+    """Int (n,) rows of ``prior`` drawn (seeded) among its crystals of 1 to ``max_sites`` sites.
+
+    Without replacement while ``n`` does not exceed the crystals that fit, with replacement beyond.
+
+    Raises:
+        CrysgenError: if no crystal fits (``what`` names the option in the message).
+    """
+    fits = np.flatnonzero((prior.num_sites <= max_sites) & (prior.num_sites > 0))
+    if not len(fits):
+        raise CrysgenError(f"{what}: no crystal has at most the model's {max_sites} sites")
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    rng = np.random.default_rng([*seeds, 3])
+    return fits[rng.choice(len(fits), n, replace=n > len(fits))]
 
 
 def warn_unseen(elements: set[int], known: set[int], what: str) -> None:

@@ -60,7 +60,8 @@ class DiffusionModel(DiffusionBundle):
         """256 on CUDA, 16 on a CPU (the faster of 16 and 64 measured on 2 cores)."""
         return batch_size_for(device, cpu=16)
 
-    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+    def prepare(self, options: SampleOptions, *, device: str = "cpu",
+                compositions: Compositions | None = None) -> dict[str, Any]:
         """Steps and sampler (see :class:`~crysgen.pipelines.protocol.Generator`).
 
         Raises:

@@ -54,6 +54,8 @@ class SampleOptions:
     (:mod:`crysgen.pipelines.atoms`). ``composition_prior`` (a CrystalSet) gives each of the ``n``
     samples the composition of a crystal drawn from it, changed by one ion substitution with
     ``substitute`` (composition first, then structure; models with composition control).
+    ``symmetry_prior`` (a CrystalSet) gives each sample the symmetry of one of its crystals, kept
+    at every sampling step (atom diffusion models; :mod:`crysgen.pipelines.symmetry`).
     """
 
     n: int
@@ -80,6 +82,7 @@ class SampleOptions:
     limit_element_count: bool = False
     composition_prior: str | None = None
     substitute: bool = False
+    symmetry_prior: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -137,13 +140,15 @@ class Generator(Protocol):
             CrysgenError: for a model without composition control, and for a prior it cannot use.
         """
 
-    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+    def prepare(self, options: SampleOptions, *, device: str = "cpu",
+                compositions: Compositions | None = None) -> dict[str, Any]:
         """The keyword arguments of :meth:`generate` that carry out the model's part of ``options``.
 
         Options of another kind of model are refused, and so are bad ones this model can tell
         (a space group it was not trained on, a missing base crystal), before any sampling.
         ``options.formula`` and ``options.compositions`` are not its part: they reach
-        :meth:`generate` as ``compositions``.
+        :meth:`generate` as ``compositions``, and ``prepare`` sees them too (the elements every
+        sample will have, for options that depend on them, e.g. symmetry templates).
 
         Raises:
             CrysgenError: for an option this model does not take or cannot carry out.
@@ -217,9 +222,10 @@ def refuse_voxel_options(options: SampleOptions) -> None:
 
 def refuse_atom_options(options: SampleOptions) -> None:
     """Refuse the options only an atom diffusion model takes (CrysgenError)."""
-    if options.space_group is not None or options.churn is not None or options.limit_element_count:
-        raise CrysgenError("--space-group, --churn and --limit-element-count apply to atom diffusion "
-                           "models only")
+    if (options.space_group is not None or options.churn is not None or options.limit_element_count
+            or options.symmetry_prior is not None):
+        raise CrysgenError("--space-group, --churn, --limit-element-count and --symmetry-prior apply to "
+                           "atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:

@@ -185,7 +185,7 @@ def sample_to_dir(
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
     compositions, prior_counts = _compositions(model, options)  # so do options the model does not take
-    gen_kwargs = model.prepare(options, device=device)
+    gen_kwargs = model.prepare(options, device=device, compositions=compositions)
     batch_size = batch_size or model.default_batch_size(device)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)

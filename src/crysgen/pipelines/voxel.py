@@ -149,7 +149,8 @@ class VoxelModel(VoxelBundle, NoCompositionControl):
         """256 on CUDA, 16 on a CPU."""
         return batch_size_for(device, cpu=16)
 
-    def prepare(self, options: SampleOptions, *, device: str = "cpu") -> dict[str, Any]:
+    def prepare(self, options: SampleOptions, *, device: str = "cpu",
+                compositions: Compositions | None = None) -> dict[str, Any]:
         """Condition, prior, σ², and the encoded base crystal(s) of ``--around``/``--interpolate``.
 
         Raises:
