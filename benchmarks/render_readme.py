@@ -33,6 +33,17 @@ def metric_cell(metrics: dict, key: str) -> str:
     return f"{v:.4g}" if key.startswith("wdist") else pct(v)
 
 
+def sample_mode(d: dict) -> str:
+    """How an evaluation or CSP file sampled, in words ("" for plain sampling)."""
+    options = d.get("options", {})
+    words = []
+    if options.get("composition_prior"):
+        words.append("composition prior" + (" + substitution" if options.get("substitute") else ""))
+    if options.get("symmetry_prior") or d.get("symmetry_templates"):
+        words.append("symmetry templates")
+    return " + ".join(words)
+
+
 def gpu(m: dict) -> str:
     """A result's host GPUs on one line, as provenance.gpu_label writes them (files written before
     it list several GPUs one per line). Not imported: importing provenance refuses a dirty tree."""
@@ -254,13 +265,14 @@ def eval_models_table() -> list[str]:
              "4.0.2 and COV over valid samples with the reference's Magpie statistics; the atom "
              "model's GPU file has validity, novelty and stability, its CPU file the CDVAE-exact "
              "validity, coverage, distributions and properties of the same 1,000 samples)", "",
-             "| model | dataset | n | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(prop) | "
-             "W(#elem) | stable ≤0.1 | S.U.N. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | sampled with | dataset | n | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | "
+             "W(prop) | W(#elem) | stable ≤0.1 | S.U.N. |", "|" + "---|" * 13]
     published: dict[str, dict] = {}
     for path in paths:
         d = json.loads(path.read_text())
         m = d["metrics"]
-        lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)}) | {d['dataset']} | "
+        lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)}) | "
+                     f"{sample_mode(d) or '–'} | {d['dataset']} | "
                      f"{m['n_samples']['value']:,} | " + " | ".join(metric_cell(m, k) for k in cols) + " |")
         published[d["dataset"]] = d.get("published", {})
     for dataset, pub in sorted(published.items()):  # the published rows each file carries
@@ -268,7 +280,7 @@ def eval_models_table() -> list[str]:
             row = dict(zip(pub["columns"], values, strict=True))
             cells = ["–" if row[k] is None else f"{row[k]:.2f} %" if not k.startswith("wdist")
                      else f"{row[k]:.4g}" for k in cols[:7]]
-            lines.append(f"| *{name} (published, {pub['source']})* | {dataset} | – | " + " | ".join(cells)
+            lines.append(f"| *{name} (published, {pub['source']})* | – | {dataset} | – | " + " | ".join(cells)
                          + " | – | – |")
     return [*lines, ""]
 
@@ -517,16 +529,19 @@ def atom_table() -> list[str]:
                   "each; `crysgen sample --churn`; model = the folder in this tree that holds the "
                   "scored weights (by SHA-256), else the folder and commit in git history that held "
                   "them, else where they were scored)", "",
-                  "| file | commit | model | steps trained | Heun steps | S_churn | match rate | RMSE | "
-                  "invalid samples |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| file | commit | model | steps trained | symmetry templates | Heun steps | S_churn | "
+                  "match rate | RMSE | invalid samples |", "|---|---|---|---|---|---|---|---|---|---|"]
         kept = replaced_models() | committed_models()
         for path in sweeps:
             d = json.loads(path.read_text())
             fp = d.get("model", {}) if isinstance(d.get("model"), dict) else {}
             here = next((kept[h] for h in fp.get("sha256", {}).values() if h in kept), None)
             where, trained = here or (fp.get("path", d.get("model")), fp.get("training_step", "–"))
+            tpl = d.get("symmetry_templates")
+            templates = (f"{100 * tpl['share_with_template']:.1f} % of targets" if tpl else "–")
             lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
-                      f"{d['commit'][:7]} | `{where}` | {trained} | {r['steps']} | {r['s_churn']:g} | "
+                      f"{d['commit'][:7]} | `{where}` | {trained} | {templates} | {r['steps']} | "
+                      f"{r['s_churn']:g} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
                       for r in d["rows"]]
     ddp = res / "atom_diffusion_ddp.json"
@@ -630,11 +645,16 @@ def default_model_block() -> list[str]:
         churn = churn if churn is not None else ((d.get("sampling") or {}).get("sampler") or {}).get("churn")
         flags = (" --composition-prior" if options.get("composition_prior") else "") \
             + (" --substitute" if options.get("substitute") else "") \
+            + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
             + (f" --churn {churn:g}" if churn else "")
+        sym = (", each on the symmetry of its drawn crystal" if options.get("symmetry_prior") else "")
         if options.get("composition_prior"):
             drawn = "drawn from the training split"
             drawn += ", one ion substituted" if options.get("substitute") else ""
-            return 2, f"sampled composition first (`crysgen sample{flags}`: compositions {drawn})"
+            return 2, f"sampled composition first (`crysgen sample{flags}`: compositions {drawn}{sym})"
+        if options.get("symmetry_prior"):
+            return 1, (f"sampled de novo on symmetry templates (`crysgen sample{flags}`: site count, "
+                       "space group and Wyckoff orbits of a training crystal)")
         return (1, f"sampled de novo (`crysgen sample{flags}`)") if flags else (0, "sampled de novo")
 
     evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: (sampling(p)[0], p.name))
@@ -652,7 +672,9 @@ def default_model_block() -> list[str]:
     for path in scoring(digest, "atom_csp_sweep_*.json"):
         d = json.loads(path.read_text())
         best = max(d["rows"], key=lambda r: r["match_rate_percent"])
-        lines.append(f"Composition → structure on {d['n_targets']:,} {d['dataset']} test targets "
+        how = (" with symmetry templates (`--symmetry-prior`: the training crystal that fits each "
+               "composition best)" if d.get("symmetry_templates") else "")
+        lines.append(f"Composition → structure{how} on {d['n_targets']:,} {d['dataset']} test targets "
                      f"([`{path.name}`]({path.relative_to(ROOT)})): match rate "
                      f"{best['match_rate_percent']:.1f} %, RMSE {best['rmse']:.4f} ({best['steps']} "
                      f"Heun steps, S_churn {best['s_churn']:g}).")
@@ -672,11 +694,12 @@ def side_by_side_table() -> list[str]:
                           ("CrysTens diffusion (bundled)",
                            sha256(CRYSTENS_MODEL / "weights.safetensors"))):
         evals = [p for p in scoring(digest, "eval_*.json", runs=True)
-                 if not json.loads(p.read_text()).get("options", {}).get("composition_prior")]
+                 if not sample_mode(json.loads(p.read_text()))]
         if not evals:
             continue
         csp = "–"
-        sweeps = scoring(digest, "atom_csp_sweep_*.json")
+        sweeps = [p for p in scoring(digest, "atom_csp_sweep_*.json")
+                  if not json.loads(p.read_text()).get("symmetry_templates")]
         # a csp.py file naming these weights, else the one beside the evaluation (the same run's)
         beside = evals[0].with_name(evals[0].name.replace("eval_", "csp_", 1))
         scored = scoring(digest, "csp_*.json", runs=True) or ([beside] if beside.is_file() else [])
@@ -687,6 +710,18 @@ def side_by_side_table() -> list[str]:
             rate = json.loads(scored[0].read_text())["measured"]["match_rate_percent"]
             csp = f"[{rate:.1f} %]({scored[0].relative_to(ROOT)})"
         rows.append((label, evals[0], csp))
+        if digest == atom:  # the same weights sampled with priors, CSP on symmetry templates
+            templated = [p for p in scoring(digest, "atom_csp_sweep_*.json")
+                         if json.loads(p.read_text()).get("symmetry_templates")]
+            csp = "–"
+            if templated:
+                rows_t = json.loads(templated[0].read_text())["rows"]
+                best = max(rows_t, key=lambda r: r["match_rate_percent"])
+                csp = f"[{best['match_rate_percent']:.1f} %]({templated[0].relative_to(ROOT)}) (templates)"
+            for path in scoring(digest, "eval_*.json"):
+                mode = sample_mode(json.loads(path.read_text()))
+                if "composition prior" in mode and "symmetry templates" in mode:
+                    rows.append((f"{label}, {mode}", path, csp))
     for label, name in (("CrysTens GAN", "eval_gan_mp_20.json"),
                         ("CrysTens WGAN-GP", "eval_wgan_mp_20.json")):
         if (res / name).is_file():
