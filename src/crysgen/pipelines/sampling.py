@@ -8,7 +8,8 @@ Output folder::
     OUT/chunks/chunk_00000.csv  one per finished chunk, written last (its presence = chunk done)
     OUT/chunks/chunk_00000.npz  raw tensors of the chunk (with --save-tensors)
     OUT/cifs/sample_000000.cif  one P1 CIF per decoded crystal
-    OUT/samples.csv             all rows: id, formula, sites, space groups, failure, diagnostics
+    OUT/samples.csv             all rows: id, target, template, formula, sites, space groups, failure,
+                                diagnostics
     OUT/summary.json            counts, failure reasons, mean diagnostics, speed
 
 Chunk k draws its noise from seed ``[seed, k]``, so an interrupted run that is resumed gives the
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FIELDS", "SampleOptions", "SampleSummary", "sample_to_dir"]
 
-FIELDS = ("id", "target", "formula", "num_sites", "structurally_valid", "decoded_space_group",
-          "spglib_space_group", "failure",
+FIELDS = ("id", "target", "template", "formula", "num_sites", "structurally_valid",
+          "decoded_space_group", "spglib_space_group", "failure",
           *DIAGNOSTICS, "cif")
 
 
@@ -81,10 +82,12 @@ COINCIDENT = 0.01
 
 
 def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
-                targets: list[str] | None = None, workers: int = 1) -> list[dict[str, Any]]:
+                targets: list[str] | None = None, workers: int = 1,
+                templates: list[str] | None = None) -> list[dict[str, Any]]:
     """One samples.csv row per input (CIFs written on the way), in ``workers`` processes.
 
-    The rows of a chunk do not depend on ``workers``.
+    ``targets`` and ``templates`` name each sample's target crystal and symmetry template ("":
+    none). The rows of a chunk do not depend on ``workers``.
     """
     from crysgen.data.parallel import robust_map
 
@@ -95,6 +98,7 @@ def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
         row: dict[str, Any] = {k: "" for k in FIELDS}
         row["id"] = ident
         row["target"] = targets[i] if targets else ""
+        row["template"] = templates[i] if templates else ""
         row.update({k: float(res.diagnostics[k][i]) for k in DIAGNOSTICS})
         if i in failure:
             row["failure"] = failure[i]
@@ -186,6 +190,7 @@ def sample_to_dir(
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
     compositions, prior_counts = _compositions(model, options)  # so do options the model does not take
     gen_kwargs = model.prepare(options, device=device, compositions=compositions)
+    templates = gen_kwargs.get("templates")  # symmetry templates (atom diffusion), named in samples.csv
     batch_size = batch_size or model.default_batch_size(device)
     out = Path(out)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -224,7 +229,8 @@ def sample_to_dir(
                              compositions=compositions, offset=start, workers=workers, decode=decode_options,
                              on_batch=bar.update, on_tensors=on_tensors, **gen_kwargs)
         targets = compositions.targets[start:start + size] if compositions is not None else None
-        rows = _chunk_rows(res, ids, out / "cifs", targets, workers=workers)
+        sources = templates.sources[start:start + size] if templates is not None else None
+        rows = _chunk_rows(res, ids, out / "cifs", targets, workers=workers, templates=sources)
         _write_csv(csv_path, rows)  # last: marks the chunk done
         produced += size
         bar.set_postfix(crystals_per_s=f"{produced / (time.perf_counter() - t0):.1f}")
