@@ -131,6 +131,7 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     (["--substitute"], "--substitute goes with --composition-prior"),
     (["--composition-prior", "absent.npz"], "--composition-prior: no such file: absent.npz"),
     (["--formula", "NaCl", "--composition-prior", "absent.npz"], "--formula and --composition-prior exclude"),
+    (["--symmetry-prior", "absent.npz"], "--symmetry-prior: no such file: absent.npz"),
 ])
 def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, args, message):
     rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
@@ -354,15 +355,6 @@ def test_symmetry_prior_with_compositions_keeps_elements_and_symmetry(model_dir,
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
         assert SpacegroupAnalyzer(c.structure, symprec=1e-3).get_space_group_number() == 221
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["--symmetry-prior", "absent.npz"], "--symmetry-prior: no such file: absent.npz"),
-])
-def test_bad_symmetry_prior_gets_a_clear_error(model_dir, tmp_path, capsys, args, message):
-    rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
-    assert rc == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "o" / "samples.csv").exists()
 
 
 def test_crystens_models_refuse_a_symmetry_prior(tmp_path):

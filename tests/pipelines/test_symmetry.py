@@ -88,6 +88,10 @@ def test_match_templates_takes_the_most_alike_crystal_and_none_when_nothing_fits
     assert t.symmetries[0] is not None and t.symmetries[0].space_group == 221
     assert t.symmetries[1] is not None and t.symmetries[1].space_group == 225
     assert t.share_fitted() == 2 / 3 and t.num_sites.tolist() == [5, 8, 0]
+    for row, sym in zip(ba_ti_o3, t.symmetries, strict=True):  # in the targets' site order
+        if sym is not None:
+            z = row[:sym.num_sites]
+            assert all((z[img] == z).all() for img in sym.images)
 
 
 def test_element_cost_prefers_alike_elements():

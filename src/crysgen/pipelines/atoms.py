@@ -27,7 +27,14 @@ from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options
 from crysgen.pipelines.seeding import torch_generator
-from crysgen.pipelines.symmetry import SymmetryBatch, Templates, match_templates, project, templates_of_rows
+from crysgen.pipelines.symmetry import (
+    SymmetryBatch,
+    Templates,
+    fit_rows,
+    match_templates,
+    project,
+    templates_of_rows,
+)
 from crysgen.representations.atoms import AtomSets, decode, encode, num_elements
 
 if TYPE_CHECKING:
@@ -105,9 +112,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                "elements (net.num_elements); this one is not")
         templates = None
         if options.symmetry_prior is not None:
-            if options.space_group is not None:
-                raise CrysgenError("--space-group and --symmetry-prior exclude each other (each template "
-                                   "brings its own space group)")
+            self.refuse_beside_templates(options.space_group)  # before the prior is read
             templates = self.symmetry_templates(options, compositions)
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
@@ -123,18 +128,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         prior crystal that fits each best (:func:`~crysgen.pipelines.symmetry.match_templates`).
 
         Raises:
-            CrysgenError: for a missing or unreadable file, no crystal that fits the model, or a
-                model conditioned on the number of elements.
+            CrysgenError: for a missing or unreadable file, or no crystal that fits the model.
         """
         from pathlib import Path
 
         from crysgen.data.guards import check_input_file
         from crysgen.pipelines.compositions import draw_rows
-        from crysgen.pipelines.symmetry import fit_template
 
-        if self.net.cfg.num_elements:
-            raise CrysgenError("--symmetry-prior is not available for models conditioned on the number "
-                               "of elements (net.num_elements)")
         assert options.symmetry_prior is not None  # the caller's condition
         check_input_file(options.symmetry_prior, "--symmetry-prior")
         prior = CrystalSet.load(options.symmetry_prior)
@@ -142,23 +142,33 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             rows = draw_rows(prior, options.n, max_sites=self.spec.max_atoms, seed=[options.seed, 6],
                              what="--symmetry-prior")
             return templates_of_rows(prior, rows)
-        same = (options.composition_prior is not None and compositions.drawn is not None
-                and Path(options.composition_prior).resolve() == Path(options.symmetry_prior).resolve())
-        if not same or compositions.drawn is None:
+        drawn = compositions.drawn
+        if (drawn is None or options.composition_prior is None
+                or Path(options.composition_prior).resolve() != Path(options.symmetry_prior).resolve()):
             return match_templates(compositions.atomic_numbers, prior)
-        own = templates_of_rows(prior, compositions.drawn)
-        fitted = [None if s is None else fit_template(s, prior.atomic_numbers[r], z)
-                  for s, r, z in zip(own.symmetries, compositions.drawn, compositions.atomic_numbers,
-                                     strict=True)]
-        sources = [src if f is not None else "" for src, f in zip(own.sources, fitted, strict=True)]
-        return Templates(fitted, sources)
+        return fit_rows(prior, drawn.tolist(), compositions.atomic_numbers)
 
-    def check_templates(self, templates: Templates, n: int, atomic_numbers: np.ndarray | None) -> None:
-        """Refuse templates that do not fit the samples (CrysgenError).
+    def refuse_beside_templates(self, space_group: int | None) -> None:
+        """Refuse symmetry templates with a space group or on an element-count model (CrysgenError).
 
-        One per sample, at most S sites each, with given elements as many sites as each row,
-        and none for a model conditioned on the number of elements.
+        Each template brings its own space group, and a ``net.num_elements`` model draws its
+        element counts with site counts that a template would overrule.
         """
+        if self.net.cfg.num_elements:
+            raise CrysgenError("symmetry templates (--symmetry-prior) are not available for models "
+                               "conditioned on the number of elements (net.num_elements)")
+        if space_group is not None:
+            raise CrysgenError("--space-group and --symmetry-prior exclude each other (each template "
+                               "brings its own space group)")
+
+    def check_templates(self, templates: Templates, n: int, atomic_numbers: np.ndarray | None,
+                        space_group: int | None = None) -> None:
+        """Refuse templates that do not fit the samples or the model (CrysgenError).
+
+        One per sample, at most S sites each, with given elements as many sites as each row, and
+        nothing :meth:`refuse_beside_templates` refuses.
+        """
+        self.refuse_beside_templates(space_group)
         if len(templates) != n:
             raise CrysgenError(f"{len(templates)} symmetry templates for {n} samples")
         sizes = templates.num_sites
@@ -168,9 +178,6 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             real = (np.asarray(atomic_numbers) > 0).sum(1)
             if np.any((sizes > 0) & (sizes != real)):
                 raise CrysgenError("a symmetry template has another number of sites than its composition")
-        if self.net.cfg.num_elements and any(s is not None for s in templates.symmetries):
-            raise CrysgenError("symmetry templates are not available for models conditioned on the "
-                               "number of elements (net.num_elements)")
 
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""
@@ -238,10 +245,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         elements = None
         template_groups = None
         if templates is not None:
-            self.check_templates(templates, n, atomic_numbers)
-            if space_group is not None:
-                raise CrysgenError("--space-group and --symmetry-prior exclude each other (each template "
-                                   "brings its own space group)")
+            self.check_templates(templates, n, atomic_numbers, space_group)
             if self.net.cfg.space_groups:
                 template_groups = np.array([0 if t is None else t.space_group for t in templates.symmetries])
         if atomic_numbers is None:

@@ -37,8 +37,8 @@ from crysgen.representations.symmetry import SiteSymmetry, site_symmetry
 if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
 
-__all__ = ["SymmetryBatch", "Templates", "element_cost", "fit_template", "match_templates", "project",
-           "templates_of_rows"]
+__all__ = ["SymmetryBatch", "Templates", "element_cost", "fit_rows", "fit_template", "match_templates",
+           "project", "templates_of_rows"]
 
 
 @dataclass
@@ -214,19 +214,33 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
         rows, elements = arrays[signature]
         cost = element_cost(elements, np.array(ordered)[None]).sum(1)
         chosen.append(int(rows[int(np.argmin(cost))]))
-    picked = np.array([r for r in chosen if r is not None], np.int64)
-    own = templates_of_rows(prior, picked, symprec=symprec)
+    return fit_rows(prior, chosen, targets_z, symprec=symprec)
+
+
+def fit_rows(prior: CrystalSet, rows: list[int | None], targets_z: np.ndarray, *,
+             symprec: float = 0.1) -> Templates:
+    """Every target with the symmetry of its chosen crystal of ``prior``, fitted to its elements.
+
+    Args:
+        prior: the crystals templates come from.
+        rows: per target the row of ``prior`` to take (None: no template).
+        targets_z: int (n, S) the targets' atomic numbers, 0 = no site.
+        symprec: spglib's tolerance in Å.
+
+    Returns:
+        Templates in the targets' site order (None, source "", where there was no row or the
+        chosen crystal's element counts do not fit; :func:`fit_template`).
+    """
+    own = templates_of_rows(prior, np.array([r for r in rows if r is not None], np.int64), symprec=symprec)
+    it = iter(zip(own.symmetries, own.sources, strict=True))
     symmetries: list[SiteSymmetry | None] = []
     sources: list[str] = []
-    it = iter(zip(own.symmetries, own.sources, strict=True))
-    for row, choice in zip(np.asarray(targets_z), chosen, strict=True):
-        if choice is None:
-            symmetries.append(None)
-            sources.append("")
-            continue
-        sym, source = next(it)
-        assert sym is not None  # templates_of_rows makes one per row
-        fitted = fit_template(sym, prior.atomic_numbers[choice], row)
+    for row, choice in zip(np.asarray(targets_z), rows, strict=True):
+        fitted, source = None, ""
+        if choice is not None:
+            sym, source = next(it)
+            assert sym is not None  # templates_of_rows makes one per row
+            fitted = fit_template(sym, prior.atomic_numbers[choice], row)
         symmetries.append(fitted)
         sources.append(source if fitted is not None else "")
     return Templates(symmetries, sources)
