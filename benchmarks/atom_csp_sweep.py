@@ -31,12 +31,13 @@ from crysgen.pipelines.symmetry import Templates, match_templates
 
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
-            batch: int, seed: int, templates: Templates | None = None) -> tuple[list[CSPSample], float]:
+            batch: int, seed: int, templates: Templates | None = None,
+            precision: str = "fp32") -> tuple[list[CSPSample], float]:
     """One sample per target with the given sampler settings, and the seconds it took."""
     comps = model.compositions_from_targets(targets)
     t0 = time.perf_counter()
     res = model.generate(len(targets), steps=steps, seed=seed, device=device, batch_size=batch,
-                         compositions=comps, churn=churn, templates=templates)
+                         compositions=comps, churn=churn, templates=templates, precision=precision)
     seconds = time.perf_counter() - t0
     by_index = dict(zip(res.index.tolist(), res.crystals.to_structures(), strict=True))
     samples = [CSPSample(id=f"s{i}", target=str(t), structure=by_index.get(i),
@@ -61,6 +62,8 @@ def main() -> None:
                    help="each target keeps the symmetry of its best-fitting crystal of this set "
                         "(`crysgen sample --compositions ... --symmetry-prior`; template-based CSP)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cosine)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="the network's arithmetic (crysgen sample --precision)")
     args = p.parse_args()
 
     model = AtomDiffusionModel.from_pretrained(args.model)
@@ -84,7 +87,8 @@ def main() -> None:
     for steps in (int(s) for s in args.steps.split(",")):
         for churn in (float(c) for c in args.churn.split(",")):
             samples, seconds = predict(model, targets, steps=steps, churn=churn, device=args.device,
-                                       batch=args.batch, seed=args.seed, templates=templates)
+                                       batch=args.batch, seed=args.seed, templates=templates,
+                                       precision=args.precision)
             res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
             row = {"steps": steps, "s_churn": churn, "match_rate_percent": 100 * res.match_rate,
                    "rmse": res.rmse, "n_targets": res.n_targets,
@@ -95,7 +99,7 @@ def main() -> None:
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets,
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
               "note": "one sample per target, elements given; DiffCSP matcher and validity",
-              "symmetry_templates": template_info}
+              "symmetry_templates": template_info, "precision": args.precision}
     result |= stamp(args.device, model=resolve_model_dir(args.model))
     path = ROOT / "benchmarks" / "results" / f"atom_csp_sweep_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")

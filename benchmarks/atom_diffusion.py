@@ -48,7 +48,9 @@ def run(model: str, out: Path, options: SampleOptions, device: str, batch: int, 
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 2), "crystals_per_s": round(options.n / seconds, 1),
             "failures": summary.failure_reasons, "options": {"n": options.n, "steps": options.steps,
-                                                             "chunk_size": options.chunk_size},
+                                                             "chunk_size": options.chunk_size,
+                                                             "precision": options.precision},
+            "seconds_generating": summary.seconds_generating, "seconds_writing": summary.seconds_writing,
             "workers": workers}
 
 
@@ -64,23 +66,28 @@ def main() -> None:
     p.add_argument("--speed-n", type=int, default=10000)
     p.add_argument("--workers", type=int, default=8, help="processes writing CIFs and checking crystals")
     p.add_argument("--churn", type=float, default=None, help="EDM S_churn of every run (default: model)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the network's arithmetic in every run (crysgen sample --precision)")
+    p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _fp32)")
     args = p.parse_args()
     out = Path(args.out)
-    result: dict = {"model": args.model, "dataset": args.dataset, "steps": args.steps, "churn": args.churn}
-    denovo = SampleOptions(n=1000, steps=args.steps, chunk_size=1000, churn=args.churn)
+    result: dict = {"model": args.model, "dataset": args.dataset, "steps": args.steps, "churn": args.churn,
+                    "precision": args.precision}
+    common = {"steps": args.steps, "churn": args.churn, "precision": args.precision}
+    denovo = SampleOptions(n=1000, chunk_size=1000, **common)
     result["denovo_1000"] = run(args.model, out / "denovo", denovo, args.device, args.batch, args.workers)
     result["denovo_1000"] |= quick(out / "denovo", 1000)
-    speed = SampleOptions(n=args.speed_n, steps=args.steps, seed=1, chunk_size=args.speed_n, churn=args.churn)
+    speed = SampleOptions(n=args.speed_n, seed=1, chunk_size=args.speed_n, **common)
     result["speed"] = run(args.model, out / "speed", speed, args.device, args.batch, args.workers)
     if args.csp:
         from crysgen.crystal_set import CrystalSet
 
         n = len(CrystalSet.load(args.csp))
-        csp = SampleOptions(n=n, steps=args.steps, compositions=args.csp, chunk_size=2048, churn=args.churn)
+        csp = SampleOptions(n=n, compositions=args.csp, chunk_size=2048, **common)
         result["csp"] = (run(args.model, out / "csp", csp, args.device, args.batch, args.workers)
                          | {"targets": args.csp})
     result |= stamp(args.device, model=resolve_model_dir(args.model))
-    path = ROOT / "benchmarks" / "results" / f"atom_diffusion_{args.dataset}.json"
+    path = ROOT / "benchmarks" / "results" / f"atom_diffusion_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(json.dumps(result, indent=1))
 

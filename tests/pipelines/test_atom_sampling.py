@@ -15,7 +15,7 @@ from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import AtomEDMConfig
-from crysgen.pipelines.atoms import AtomDiffusionModel, karras_sigmas, size_batches
+from crysgen.pipelines.atoms import AtomDiffusionModel, InBf16, karras_sigmas, size_batches
 from crysgen.pipelines.generators import DEFAULT_MODEL
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.representations.atoms import AtomSetSpec
@@ -178,6 +178,47 @@ def test_a_models_own_churn_is_its_default_and_is_recorded(model_dir, tmp_path):
     config = out / "sample_config.json"
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "sampler"}))
     sample_to_dir(path, out, SampleOptions(n=2, steps=2, churn=0.0), progress=False)
+
+
+def test_bf16_runs_the_network_in_bf16_and_auto_picks_it_on_cuda_only(model_dir, tmp_path):
+    import json
+
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    fp32, default, bf16 = (model.sample_sets(4, steps=4, seed=3, **kw)
+                           for kw in ({"precision": "fp32"}, {}, {"precision": "bf16"}))
+    np.testing.assert_array_equal(fp32.frac, default.frac)  # fp32 is the library call's default
+    assert not np.array_equal(bf16.frac, fp32.frac)  # the option reaches the network
+    # one network evaluation: bf16's rounding, not another network
+    torch.manual_seed(0)
+    b, s, mask = 3, 5, torch.ones(3, 5, dtype=torch.bool)
+    args = (torch.randn(b, s, 39), torch.rand(b, s, 3), torch.randn(b, 6), mask, torch.zeros(b),
+            torch.zeros(b, dtype=torch.bool), torch.eye(3).expand(b, 3, 3) * 4)
+    with torch.no_grad():
+        full, half = model.net(*args), InBf16(model.net, "cpu")(*args)
+    for f, h in zip(full[:2], half[:2], strict=True):  # (the fixture's lattice output is zero)
+        assert h.dtype == torch.bfloat16
+        assert 0 < (h.float() - f).abs().max() <= 0.02 * f.abs().max()
+    assert model.prepare(SampleOptions(n=2), device="cpu")["precision"] == "fp32"
+    assert model.prepare(SampleOptions(n=2), device="cuda")["precision"] == "bf16"
+    assert model.prepare(SampleOptions(n=2, precision="bf16"), device="cpu")["precision"] == "bf16"
+    with pytest.raises(CrysgenError, match="precision"):
+        model.sample_sets(2, steps=2, precision="fp16")
+    with pytest.raises(CrysgenError, match="--precision must be one of auto, fp32, bf16"):
+        SampleOptions(n=2, precision="fp16")
+    out = tmp_path / "s"
+    summary = sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2, precision="bf16"), progress=False)
+    assert json.loads((out / "sample_config.json").read_text())["sampler"]["precision"] == "bf16"
+    assert summary.seconds_generating > 0 and summary.seconds_writing > 0
+    assert summary.seconds_generating + summary.seconds_writing <= summary.seconds + 0.002  # (each rounded)
+    # a folder written before --precision existed resumes (the option counts as its default there)
+    out = tmp_path / "old"
+    sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2), progress=False)
+    config = json.loads((out / "sample_config.json").read_text())
+    del config["options"]["precision"]
+    (out / "sample_config.json").write_text(json.dumps(config))
+    assert sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2), progress=False).chunks_done_before == 1
+    with pytest.raises(CrysgenError, match="other options"):
+        sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2, precision="bf16"), progress=False)
 
 
 def test_crystens_models_refuse_atom_only_options(tmp_path):

@@ -111,9 +111,22 @@ def test_size_histogram_counts_sites_and_distinct_elements(crystals):
     expected = {(int(n), int(k)) for n, k in zip(crystals.num_sites, num_elements(crystals.atomic_numbers),
                                                  strict=True)}
     assert {tuple(ix) for ix in np.argwhere(counts)} == expected
-    old = AtomSetSpec(**{**spec.__dict__, "size_counts": []})  # a spec written before the histogram
-    assert old.with_size_counts(crystals).size_counts == spec.size_counts
-    assert spec.with_size_counts(crystals.subset([0])) is spec  # an existing histogram is kept
+
+
+def test_refit_keeps_the_encoding_and_takes_the_new_data_s_sizes_and_elements(crystals):
+    small = crystals.subset(np.flatnonzero(crystals.num_sites <= 5))
+    base = AtomSetSpec.fit(small)
+    spec = base.refit(crystals)
+    own = AtomSetSpec.fit(crystals)
+    encoding = ("code_mean", "type_sigma", "lattice_mean", "lattice_std")
+    assert {k: getattr(spec, k) for k in encoding} == {k: getattr(base, k) for k in encoding}
+    assert {k: getattr(spec, k) for k in encoding} != {k: getattr(own, k) for k in encoding}
+    assert spec.max_atoms == own.max_atoms > base.max_atoms
+    assert (spec.elements, spec.num_atoms_counts, spec.size_counts) == (
+        own.elements, own.num_atoms_counts, own.size_counts)
+    assert base.refit(crystals, 12).max_atoms == 12
+    with pytest.raises(CrysgenError, match="more than"):
+        base.refit(crystals, 1)
 
 
 def test_element_limit_folds_a_stray_site_into_the_kept_elements(crystals):

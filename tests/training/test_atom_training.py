@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,22 @@ def test_train_resume_export_and_init(tiny_set, tmp_path):
     again = train_atom_diffusion(tiny_set, tmp_path / "again", config=cfg, max_steps=1, accelerator="cpu",
                                  progress=False, init=warm)
     assert AtomDiffusionModel.from_pretrained(again).data["init"]["step"] == 5  # 4 behind warm + its 1
+
+
+def test_init_from_a_model_of_smaller_crystals_takes_the_new_data_s_sizes(tiny_set, tmp_path):
+    crystals = CrystalSet.load(tiny_set)
+    small = crystals.subset(np.flatnonzero(crystals.num_sites <= 5)).save(tmp_path / "small.npz")
+    cfg = AtomTrainConfig.from_dict(TINY)
+    base_dir = train_atom_diffusion(small, tmp_path / "base", config=cfg, max_steps=1, accelerator="cpu",
+                                    progress=False)
+    base = AtomDiffusionModel.from_pretrained(base_dir)
+    assert base.spec.max_atoms == 5
+    warm = AtomDiffusionModel.from_pretrained(train_atom_diffusion(
+        tiny_set, tmp_path / "warm", config=cfg, max_steps=1, accelerator="cpu", progress=False,
+        init=base_dir))
+    assert warm.spec.max_atoms == 8 and warm.spec.num_atoms_counts[8] == 1  # NaCl's conventional cell
+    assert warm.spec.lattice_mean == base.spec.lattice_mean  # the encoding the weights know
+    assert warm.sample_sets(2, steps=2, seed=0).mask.shape == (2, 8)
 
 
 def test_bad_configs_are_refused(tiny_set, tmp_path):

@@ -11,6 +11,7 @@ from crysgen.errors import CrysgenError
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen sample``."""
+    from crysgen.pipelines.protocol import PRECISIONS
     from crysgen.pipelines.protocol import SampleOptions as D  # the defaults, written once there
     from crysgen.representations.crystens import DECODE_MODES
 
@@ -70,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--churn", type=float, default=None,
                    help="atom diffusion: EDM's S_churn, fresh noise before every step (0: deterministic; "
                         "default: the model's setting)")
+    p.add_argument("--precision", choices=PRECISIONS, default=D.precision,
+                   help="atom diffusion: the network's arithmetic (%(default)s: bf16 on cuda, as it was "
+                        "trained, fp32 on cpu)")
     p.add_argument("--limit-element-count", action="store_true",
                    help="atom diffusion models conditioned on the number of elements: snap each "
                         "sample to at most the count it was conditioned on (default: every site to "
@@ -121,7 +125,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             space_group=args.space_group, guidance=args.guidance, churn=args.churn,
                             limit_element_count=args.limit_element_count,
                             composition_prior=args.composition_prior, substitute=args.substitute,
-                            symmetry_prior=args.symmetry_prior)
+                            symmetry_prior=args.symmetry_prior, precision=args.precision)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

@@ -96,7 +96,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         """Steps, space group, guidance, churn, the element-count limit and symmetry templates.
 
         The churn is resolved: ``options.churn``, else the model's own ``edm.s_churn`` (what a
-        bundled model sets as its sampler default), so the returned settings say what ran.
+        bundled model sets as its sampler default), and so is the precision ("auto": bf16 on
+        CUDA, fp32 on a CPU), so the returned settings say what ran.
         With ``options.symmetry_prior``, ``templates`` holds every sample's template
         (:meth:`symmetry_templates`).
 
@@ -114,9 +115,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         if options.symmetry_prior is not None:
             self.refuse_beside_templates(options.space_group)  # before the prior is read
             templates = self.symmetry_templates(options, compositions)
+        precision = options.precision
+        if precision == "auto":
+            precision = "bf16" if device.startswith("cuda") else "fp32"
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
-                "limit_element_count": options.limit_element_count, "templates": templates}
+                "limit_element_count": options.limit_element_count, "templates": templates,
+                "precision": precision}
 
     def symmetry_templates(self, options: SampleOptions,
                            compositions: Compositions | None = None) -> Templates:
@@ -202,7 +207,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
                     guidance: float = 1.0, churn: float | None = None,
-                    templates: Templates | None = None) -> AtomSets:
+                    templates: Templates | None = None, precision: str = "fp32") -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -227,11 +232,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 denoised estimate is projected onto it, a de novo sample takes its number of
                 sites, and a ``net.space_groups`` model is conditioned on its space group (with
                 ``guidance``); None, or a None template: no symmetry.
+            precision: the network's arithmetic: "fp32", or "bf16" (autocast around the network
+                alone; the sampler's steps and the projection stay float32).
 
         Raises:
             CrysgenError: for a space group outside 1-230, a model without space-group input,
-                a negative churn, templates for another number of samples or sites, or templates
-                with a model conditioned on the number of elements.
+                a negative churn, templates for another number of samples or sites, templates
+                with a model conditioned on the number of elements, or an unknown precision.
         """
         from tqdm.auto import tqdm
 
@@ -263,7 +270,11 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             mask = z > 0
             elements = num_elements(z) if count_elements else None
         codes = torch.as_tensor(self.spec.codes())
-        net = self.net.to(device).eval()
+        if precision not in ("fp32", "bf16"):
+            raise CrysgenError(f"precision must be fp32 or bf16, got {precision!r}")
+        net: torch.nn.Module = self.net.to(device).eval()
+        if precision == "bf16":
+            net = InBf16(net, torch.device(device).type)
         consts = Constants.from_spec(self.spec)
         dim = codes.shape[1]
         out_t = np.zeros((n, s, dim), np.float32)
@@ -305,12 +316,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  compositions: Compositions | None = None, offset: int = 0,
                  on_batch: Callable[[int], None] | None = None, space_group: int | None = None,
                  guidance: float = 1.0, churn: float | None = None, limit_element_count: bool = False,
-                 templates: Templates | None = None, **_: Any) -> DecodeResult:
+                 templates: Templates | None = None, precision: str = "fp32", **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
-        ``space_group``, ``guidance`` and ``churn``: see :meth:`sample_sets`; ``templates`` (rows
-        ``offset`` … ``offset + n``, from :meth:`prepare` with ``--symmetry-prior``) too. Every site snaps to
+        ``space_group``, ``guidance``, ``churn`` and ``precision``: see :meth:`sample_sets`;
+        ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
+        ``--symmetry-prior``) too. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
         novo samples snap to at most the number of distinct elements each was conditioned on
         (:func:`~crysgen.representations.atoms.nearest_elements_at_most`; on mp_20 this halved
@@ -325,7 +337,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                                         templates.sources[offset:offset + n])
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
-                                guidance=guidance, churn=churn, templates=rows)
+                                guidance=guidance, churn=churn, templates=rows, precision=precision)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None)
         return as_decode_result(res, n)
@@ -380,6 +392,24 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) ->
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = ((hi + ramp * (lo - hi)) ** rho).to(torch.float32)  # computed in float64, kept in float32
     return [*sigmas.to(torch.float64).tolist(), 0.0]
+
+
+class InBf16(torch.nn.Module):
+    """A network run under bf16 autocast (as Lightning's ``bf16-mixed`` trained it).
+
+    Only the network's matrix products run in bf16; the caller casts its outputs to float32
+    (:func:`~crysgen.objectives.atom_edm.denoise`), so the sampler's steps stay float32.
+    """
+
+    def __init__(self, net: torch.nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.net = net
+        self.device_type = device_type
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The network's forward under autocast."""
+        with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
+            return self.net(*args, **kwargs)
 
 
 def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor,

@@ -32,6 +32,10 @@ Sampler = Literal["ddpm", "ddim", "dpmsolver"]
 SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim", "dpmsolver")
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""``SampleOptions.precision``'s values."""
+
+
 @dataclass(frozen=True)
 class SampleOptions:
     """Options of `crysgen sample` (all of them decide which crystals come out).
@@ -56,6 +60,9 @@ class SampleOptions:
     ``substitute`` (composition first, then structure; models with composition control).
     ``symmetry_prior`` (a CrystalSet) gives each sample the symmetry of one of its crystals, kept
     at every sampling step (atom diffusion models; :mod:`crysgen.pipelines.symmetry`).
+    ``precision`` is the atom diffusion network's arithmetic: "bf16" (autocast, as it was trained),
+    "fp32", or "auto" (bf16 on CUDA, fp32 on a CPU); the sampler's own steps and the symmetry
+    projection stay in float32.
     """
 
     n: int
@@ -83,6 +90,7 @@ class SampleOptions:
     composition_prior: str | None = None
     substitute: bool = False
     symmetry_prior: str | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -93,6 +101,8 @@ class SampleOptions:
             raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
         if self.churn is not None and not self.churn >= 0:
             raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
+        if self.precision not in PRECISIONS:
+            raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 class Generator(Protocol):
@@ -223,9 +233,9 @@ def refuse_voxel_options(options: SampleOptions) -> None:
 def refuse_atom_options(options: SampleOptions) -> None:
     """Refuse the options only an atom diffusion model takes (CrysgenError)."""
     if (options.space_group is not None or options.churn is not None or options.limit_element_count
-            or options.symmetry_prior is not None):
-        raise CrysgenError("--space-group, --churn, --limit-element-count and --symmetry-prior apply to "
-                           "atom diffusion models only")
+            or options.symmetry_prior is not None or options.precision != "auto"):
+        raise CrysgenError("--space-group, --churn, --limit-element-count, --symmetry-prior and --precision "
+                           "apply to atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:

@@ -53,7 +53,11 @@ FIELDS = ("id", "target", "template", "formula", "num_sites", "structurally_vali
 
 @dataclass
 class SampleSummary:
-    """What a sampling run produced."""
+    """What a sampling run produced.
+
+    ``seconds`` is the wall time of this call's chunks, of which ``seconds_generating`` went to
+    the model (sampling and decoding) and ``seconds_writing`` to the CIFs and per-crystal checks.
+    """
 
     n: int
     decoded: int
@@ -66,6 +70,8 @@ class SampleSummary:
     crystals_per_s: float
     out: str
     composition_prior: dict[str, int] | None = None
+    seconds_generating: float = 0.0
+    seconds_writing: float = 0.0
 
 
 def _spglib_number(structure: Any) -> int:
@@ -203,6 +209,9 @@ def sample_to_dir(
         if have.get("weights", weights) != weights:  # (folders written before it was recorded: unchecked)
             raise CrysgenError(f"{out} holds a sampling run of other weights than {model_dir} has now "
                                f"({config_path}: the model changed since); use a new --out")
+        # an option added since the folder was written counts as its default there
+        defaults = json.loads(json.dumps(asdict(SampleOptions(n=options.n))))
+        have["options"] = defaults | have.get("options", {})
         if {k: have.get(k) for k in wanted} != wanted:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
@@ -215,6 +224,7 @@ def sample_to_dir(
     bar = tqdm(total=options.n, desc="sample", unit="crystal", disable=not progress)
     t0 = time.perf_counter()
     produced = 0
+    phases = {"generating": 0.0, "writing": 0.0}
     for k in range(n_chunks):
         start = k * options.chunk_size
         size = min(options.chunk_size, options.n - start)
@@ -225,18 +235,22 @@ def sample_to_dir(
         ids = [f"sample_{start + i:06d}" for i in range(size)]
         on_tensors = (functools.partial(_save_tensors, out / "chunks" / f"chunk_{k:05d}.npz")
                       if options.save_tensors else None)
+        t_chunk = time.perf_counter()
         res = model.generate(size, seed=[options.seed, k], device=device, batch_size=batch_size, ids=ids,
                              compositions=compositions, offset=start, workers=workers, decode=decode_options,
                              on_batch=bar.update, on_tensors=on_tensors, **gen_kwargs)
+        t_generated = time.perf_counter()
         targets = compositions.targets[start:start + size] if compositions is not None else None
         sources = templates.sources[start:start + size] if templates is not None else None
         rows = _chunk_rows(res, ids, out / "cifs", targets, workers=workers, templates=sources)
         _write_csv(csv_path, rows)  # last: marks the chunk done
+        phases["generating"] += t_generated - t_chunk
+        phases["writing"] += time.perf_counter() - t_generated
         produced += size
         bar.set_postfix(crystals_per_s=f"{produced / (time.perf_counter() - t0):.1f}")
     bar.close()
     seconds = time.perf_counter() - t0
-    return _summarize(out, n_chunks, options, done_before, seconds, produced, prior_counts)
+    return _summarize(out, n_chunks, options, done_before, seconds, produced, prior_counts, phases)
 
 
 def _save_tensors(path: Path, tensors: np.ndarray) -> None:
@@ -286,7 +300,8 @@ def _compositions(model: Generator, options: SampleOptions
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,
-               seconds: float, produced: int, prior_counts: dict[str, int] | None = None) -> SampleSummary:
+               seconds: float, produced: int, prior_counts: dict[str, int] | None = None,
+               phases: dict[str, float] | None = None) -> SampleSummary:
     rows: list[dict[str, str]] = []
     for k in range(n_chunks):
         with (out / "chunks" / f"chunk_{k:05d}.csv").open(newline="") as fh:
@@ -307,6 +322,8 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         crystals_per_s=round(produced / seconds, 3) if seconds > 0 and produced else float("nan"),
         out=str(out),
         composition_prior=prior_counts,
+        seconds_generating=round((phases or {}).get("generating", 0.0), 3),
+        seconds_writing=round((phases or {}).get("writing", 0.0), 3),
     )
     write_text_atomic(out / "summary.json", dumps_strict(asdict(summary) | {"options": asdict(options)},
                                                      indent=1) + "\n")

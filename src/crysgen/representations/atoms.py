@@ -75,8 +75,7 @@ class AtomSetSpec:
         lattice_std: (6,) their std.
         num_atoms_counts: (max_atoms + 1,) training crystals per number of sites.
         size_counts: (max_atoms + 1, MAX_ELEMENTS + 1) training crystals per (number of sites,
-            number of distinct elements); empty in specs written before it existed (see
-            :meth:`with_size_counts`).
+            number of distinct elements); empty in specs written before it existed.
     """
 
     max_atoms: int
@@ -115,11 +114,20 @@ class AtomSetSpec:
                    num_atoms_counts=np.bincount(n, minlength=max_atoms + 1).tolist(),
                    size_counts=_size_counts(crystals, max_atoms))
 
-    def with_size_counts(self, crystals: CrystalSet) -> AtomSetSpec:
-        """This spec with ``size_counts`` fitted on ``crystals`` when it has none (older specs)."""
-        if self.size_counts:
-            return self
-        return replace(self, size_counts=_size_counts(crystals, self.max_atoms))
+    def refit(self, crystals: CrystalSet, max_atoms: int | None = None) -> AtomSetSpec:
+        """This spec's encoding with the sizes and elements of another training set.
+
+        The element-code centring, the types' σ_data and the lattice standardisation (what a
+        network's weights were trained with) stay; ``max_atoms``, the elements decoding chooses
+        among and the size histograms come from ``crystals`` (a warm start on new data, e.g. a
+        model of crystals of up to 52 sites from one trained on up to 20).
+
+        Raises:
+            CrysgenError: as :meth:`fit`.
+        """
+        own = AtomSetSpec.fit(crystals, max_atoms)
+        return replace(own, code_mean=self.code_mean, type_sigma=self.type_sigma,
+                       lattice_mean=self.lattice_mean, lattice_std=self.lattice_std)
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON (atomically)."""

@@ -181,8 +181,9 @@ def train_atom_diffusion(
         init: warm start from an ``atom_diffusion`` model directory with the same network config,
             except that ``net.space_groups`` and ``net.num_elements`` may be switched on (a new
             embedding starts from its initialisation); weights go into the network and its EMA
-            copy, the optimiser starts afresh, and the spec of ``init`` is kept so the encodings
-            agree (given the size histogram of this data if it has none).
+            copy, the optimiser starts afresh, and the encoding of ``init``'s spec is kept so the
+            encodings agree, with this data's sizes and elements (``AtomSetSpec.refit``: a
+            model of larger crystals may start from one of smaller ones).
 
     Raises:
         CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
@@ -194,7 +195,7 @@ def train_atom_diffusion(
     def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
         holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
         if init_model is not None:  # keep the encoding the weights were trained with
-            return init_model.spec.with_size_counts(holder["reduced"])
+            return init_model.spec.refit(holder["reduced"], config.data.max_atoms or None)
         return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None)
     run = open_run(data, out, config, AtomTrainConfig, resume=resume, max_steps=max_steps, init=init,
                    fit_scaling=fit_spec, load_scaling=AtomSetSpec.load, scaling_file=SPEC_FILE)
