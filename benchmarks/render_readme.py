@@ -493,14 +493,20 @@ def atom_table() -> list[str]:
         lines += ["**Atom diffusion transformer: sampling** (`benchmarks/atom_diffusion.py`; everything "
                   "`crysgen sample` does: sampling, decoding, CIFs, samples.csv; the first run of a "
                   "process includes CUDA start-up; target: 10,000 in ≤ 30 s)", "",
-                  "| file | GPU | Heun steps | 1,000 de novo | struct. valid | median #elements | "
-                  "10,000 de novo | CSP samples |", "|---|---|---|---|---|---|---|---|"]
+                  "| file | GPU | network | Heun steps | 1,000 de novo | struct. valid | median #elements | "
+                  "10,000 de novo | of which sampling and decoding / CIFs and checks | CSP samples |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for path in speeds:
             d = json.loads(path.read_text())
             dn, sp, csp = d["denovo_1000"], d["speed"], d.get("csp")
-            lines.append(f"| [{d['dataset']}]({path.relative_to(ROOT)}) | {gpu(d['machine'])} | "
+            split = (f"{sp['seconds_generating']} s / {sp['seconds_writing']} s" if "seconds_writing" in sp
+                     else "–")
+            network = {"auto": "bf16 (auto)"}.get(d.get("precision", "fp32"), d.get("precision", "fp32"))
+            lines.append(f"| [{path.stem.removeprefix('atom_diffusion_')}]({path.relative_to(ROOT)}) | "
+                         f"{gpu(d['machine'])} | {network} | "
                          f"{d['steps']} | {dn['seconds']} s | {pct(dn['struct_valid'])} | "
                          f"{dn['median_elements']:g} | {sp['seconds']} s ({sp['crystals_per_s']:,}/s) | "
+                         f"{split} | "
                          + (f"{csp['options']['n']:,} in {csp['seconds']} s |" if csp else "– |"))
         lines.append("")
     by_dataset: dict[str, list[Path]] = {}
@@ -529,8 +535,8 @@ def atom_table() -> list[str]:
                   "each; `crysgen sample --churn`; model = the folder in this tree that holds the "
                   "scored weights (by SHA-256), else the folder and commit in git history that held "
                   "them, else where they were scored)", "",
-                  "| file | commit | model | steps trained | symmetry templates | Heun steps | S_churn | "
-                  "match rate | RMSE | invalid samples |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| file | commit | model | steps trained | symmetry templates | network | Heun steps | "
+                  "S_churn | match rate | RMSE | invalid samples |", "|---" * 11 + "|"]
         kept = replaced_models() | committed_models()
         for path in sweeps:
             d = json.loads(path.read_text())
@@ -540,7 +546,8 @@ def atom_table() -> list[str]:
             tpl = d.get("symmetry_templates")
             templates = (f"{100 * tpl['share_with_template']:.1f} % of targets" if tpl else "–")
             lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
-                      f"{d['commit'][:7]} | `{where}` | {trained} | {templates} | {r['steps']} | "
+                      f"{d['commit'][:7]} | `{where}` | {trained} | {templates} | "
+                      f"{d.get('precision', 'fp32')} | {r['steps']} | "
                       f"{r['s_churn']:g} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
                       for r in d["rows"]]
