@@ -15,7 +15,13 @@ from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.objectives.atom_edm import AtomEDMConfig
-from crysgen.pipelines.atoms import AtomDiffusionModel, InBf16, karras_sigmas, size_batches
+from crysgen.pipelines.atoms import (
+    AtomDiffusionModel,
+    InBf16,
+    crystal_noise,
+    karras_sigmas,
+    size_batches,
+)
 from crysgen.pipelines.generators import DEFAULT_MODEL
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.representations.atoms import AtomSetSpec
@@ -334,6 +340,37 @@ def test_sampling_cuts_padding_without_touching_real_sites(model_dir):
     assert sets.types.shape == (12, 30, 39) and sets.frac.shape == (12, 30, 3)
     assert not sets.frac[~sets.mask].any() and not sets.types[~sets.mask].any()
     assert np.isfinite(sets.frac[sets.mask]).all() and sets.frac[sets.mask].std() > 0.05
+
+
+def test_the_batching_does_not_change_which_crystals_come_out(model_dir):
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    for churn in (0.0, 20.0):
+        small, one = (model.sample_sets(12, steps=3, seed=5, batch_size=bs, churn=churn) for bs in (4, 12))
+        np.testing.assert_array_equal(small.mask, one.mask)
+        np.testing.assert_allclose(small.frac, one.frac, atol=1e-5)
+        np.testing.assert_allclose(small.types, one.types, atol=1e-5)
+
+
+def test_crystal_noise_is_each_crystal_s_own():
+    d, steps = 4, 3
+    (t1, f1, l1), c1 = crystal_noise([7, 0], np.array([3]), np.array([2]), 2, d, steps)
+    (t2, f2, l2), c2 = crystal_noise([7, 0], np.array([9, 3]), np.array([5, 2]), 6, d, steps)
+    torch.testing.assert_close(t2[1, :2], t1[0])
+    torch.testing.assert_close(f2[1, :2], f1[0])
+    torch.testing.assert_close(l2[1], l1[0])
+    assert not t2[1, 2:].any() and not f2[1, 2:].any()  # padding sites stay zero
+    assert c1.shape == (steps, 1, 2 * (d + 3) + 6) and c2.shape == (steps, 2, 6 * (d + 3) + 6)
+    # edm_heun's layout: all sites' codes, then all sites' coordinates, then the lattice
+    codes2, coords2, lat2 = c2[:, 1, :6 * d].view(steps, 6, d), c2[:, 1, 6 * d:6 * (d + 3)], c2[:, 1, -6:]
+    torch.testing.assert_close(codes2[:, :2].reshape(steps, -1), c1[:, 0, :2 * d])
+    first_two = coords2.view(steps, 6, 3)[:, :2].reshape(steps, -1)
+    torch.testing.assert_close(first_two, c1[:, 0, 2 * d:2 * (d + 3)])
+    torch.testing.assert_close(lat2, c1[:, 0, -6:])
+    assert not codes2[:, 2:].any()
+    (t0, f0, _), none = crystal_noise([7, 0], np.array([3]), np.array([2]), 2, d, 0)
+    assert none is None and torch.equal(t0, t1) and torch.equal(f0, f1)  # the start ignores the churn
+    (t3, _, _), _ = crystal_noise([8, 0], np.array([3]), np.array([2]), 2, d, 0)
+    assert not torch.equal(t3, t0)
 
 
 def _keeps(structure, sym, tol=1e-3):

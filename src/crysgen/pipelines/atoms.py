@@ -213,9 +213,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         Args:
             n: how many.
             steps: Heun steps (about 2 network evaluations each).
-            seed: seeds the CPU generator all noise comes from (so the device does not matter).
+            seed: seeds the noise: crystal i draws its own from a CPU generator seeded
+                ``[*seed, i]`` (:func:`crystal_noise`), so neither the device nor the batching
+                changes which crystals come out (beyond float rounding).
             device: where the network runs.
-            batch_size: crystals per forward pass.
+            batch_size: crystals per forward pass: on a CPU, batches also group crystals of
+                similar size (:func:`size_batches`), on a GPU (where a forward pass costs its
+                kernel launches more than its padding) every batch is padded to its largest crystal.
             atomic_numbers: int (n, S) given elements per sample (composition control), or None.
             progress: a progress bar over batches.
             on_batch: called with the number of crystals after every batch (for a caller's bar).
@@ -247,7 +251,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             raise CrysgenError(f"--churn must be at least 0, got {churn}")
         edm = self.edm if churn is None else replace(self.edm, s_churn=float(churn))
         s = self.spec.max_atoms
-        gen = torch_generator(seed)
+        seeds = [int(v) for v in np.atleast_1d(seed)]
         count_elements = self.net.cfg.num_elements
         elements = None
         template_groups = None
@@ -281,15 +285,15 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         out_f = np.zeros((n, s, 3), np.float32)
         out_l = np.zeros((n, 6), np.float32)
         width = np.where(mask.any(1), s - np.argmax(mask[:, ::-1], 1), 0)  # sites up to the last real one
-        for idx in tqdm(size_batches(width, batch_size), disable=not progress, desc="sample", unit="batch"):
+        slack = 1.25 if torch.device(device).type == "cpu" else float("inf")
+        for idx in tqdm(size_batches(width, batch_size, slack=slack), disable=not progress, desc="sample",
+                        unit="batch"):
             w = max(int(width[idx].max()), 1)  # padding beyond every crystal of the batch is cut off
             m = torch.as_tensor(mask[idx, :w])
             b = len(idx)
-            noise = (torch.randn(b, w, dim, generator=gen), torch.rand(b, w, 3, generator=gen),
-                     torch.randn(b, 6, generator=gen))
+            noise, steps_noise = crystal_noise(seeds, idx, width[idx], w, dim,
+                                               steps if edm.s_churn > 0 else 0)
             given = None if z is None else codes[torch.as_tensor(z[idx, :w])]
-            steps_noise = (torch.randn(steps, b, w * (dim + 3) + 6, generator=gen)
-                           if edm.s_churn > 0 else None)
             conditions = {}
             if space_group is not None:
                 conditions["space_group"] = torch.full((b,), int(space_group), dtype=torch.long)
@@ -351,6 +355,48 @@ def _draw(counts: np.ndarray, n: int, seed: int | list[int]) -> np.ndarray:
     """Int (n,) indices into a histogram of counts, drawn with replacement in proportion."""
     p = torch.as_tensor(counts)
     return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch_generator(seed)).numpy()
+
+
+def crystal_noise(seed: list[int], rows: np.ndarray, sites: np.ndarray, width: int, dim: int, steps: int,
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """Every crystal's own sampling noise, padded into one batch.
+
+    Crystal ``rows[j]`` draws from a CPU generator seeded ``[*seed, rows[j]]``, for its own
+    ``sites[j]`` sites only: uniform coordinates first, then unit normal element codes and
+    lattice, then (``steps`` > 0) the churn noise of every step. So a crystal's noise depends
+    neither on the batch it is sampled in nor on the device, and its starting point not on the
+    churn.
+
+    Args:
+        seed: the run's seed (e.g. ``[seed, chunk]``).
+        rows: int (B,) the crystals' indices in the run.
+        sites: int (B,) their numbers of sites (up to the last real one).
+        width: W ≥ max(sites), the batch's padded width.
+        dim: D, the element code size.
+        steps: sampler steps that take churn noise (0: none).
+
+    Returns:
+        ((element codes (B, W, D), coordinates (B, W, 3), lattice (B, 6)), churn noise
+        (steps, B, W·(D+3)+6) in :func:`edm_heun`'s layout, or None); padding sites are zero.
+    """
+    b = len(rows)
+    types, frac, lattice = torch.zeros(b, width, dim), torch.zeros(b, width, 3), torch.empty(b, 6)
+    churn_t, churn_f, churn_l = (torch.zeros(steps, b, width, dim), torch.zeros(steps, b, width, 3),
+                                 torch.empty(steps, b, 6))
+    for j, (row, k) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(sites).tolist(), strict=True)):
+        gen = torch_generator([*seed, row])
+        frac[j, :k] = torch.rand(k, 3, generator=gen)
+        start = torch.randn(k * dim + 6, generator=gen)
+        types[j, :k] = start[:k * dim].view(k, dim)
+        lattice[j] = start[k * dim:]
+        if steps:
+            per_step = torch.randn(steps, k * (dim + 3) + 6, generator=gen)
+            churn_t[:, j, :k] = per_step[:, :k * dim].view(steps, k, dim)
+            churn_f[:, j, :k] = per_step[:, k * dim:k * (dim + 3)].view(steps, k, 3)
+            churn_l[:, j] = per_step[:, k * (dim + 3):]
+    churn = (torch.cat([churn_t.reshape(steps, b, -1), churn_f.reshape(steps, b, -1), churn_l], -1)
+             if steps else None)
+    return (types, frac, lattice), churn
 
 
 def size_batches(width: np.ndarray, batch_size: int, *, slack: float = 1.25) -> list[np.ndarray]:
