@@ -46,6 +46,12 @@ def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn
     return samples, seconds
 
 
+def seeded_subset(targets: CrystalSet, n: int, seed: int) -> CrystalSet:
+    """``n`` targets drawn without replacement by ``seed``, in the set's order (every CSP benchmark's)."""
+    pick = np.random.default_rng(seed).choice(len(targets), min(n, len(targets)), replace=False)
+    return targets.subset(np.sort(pick))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
@@ -67,10 +73,7 @@ def main() -> None:
     args = p.parse_args()
 
     model = AtomDiffusionModel.from_pretrained(args.model)
-    targets = CrystalSet.load(args.targets)
-    pick = np.sort(np.random.default_rng(args.seed).choice(len(targets), min(args.n, len(targets)),
-                                                           replace=False))
-    targets = targets.subset(pick)
+    targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
     templates, template_info = None, None
     if args.symmetry_prior:
         t0 = time.perf_counter()

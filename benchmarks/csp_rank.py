@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from atom_csp_sweep import predict
+from atom_csp_sweep import predict, seeded_subset
 from codec import ROOT, stamp
 from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.validity import structurally_valid
@@ -95,10 +95,7 @@ def main() -> None:
     batch = args.batch or (64 if args.device == "cpu" else 2048)
 
     model = AtomDiffusionModel.from_pretrained(args.model)
-    targets = CrystalSet.load(args.targets)
-    pick = np.sort(np.random.default_rng(args.seed).choice(len(targets), min(args.n, len(targets)),
-                                                           replace=False))
-    targets = targets.subset(pick)
+    targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
     templates = match_templates(model.compositions_from_targets(targets).atomic_numbers,
                                 CrystalSet.load(args.symmetry_prior))
     columns: list[list[CSPSample]] = []
