@@ -14,8 +14,12 @@ decoded candidate gets its static (unrelaxed) energy per atom from a machine-lea
 - each recipe alone (one sample per target);
 - the ranked answer (one sample per target: comparable with one-sample match rates, but it costs
   k samples and k energies per target, so it is labelled as ranked, never as one-shot);
-- best of k (DiffCSP's multi-sample metric: a target counts if any candidate matches, which needs
-  the target to choose: an upper bound for any ranking).
+- best of k (a target counts if any candidate matches, which needs the target to choose: an upper
+  bound for any ranking; from each recipe's one-sample verdicts, so an invalid target is a miss,
+  stricter than DiffCSP's k > 1 protocol).
+
+Every candidate is matched once, by its recipe's scoring; the ranked answer and best of k reuse
+those verdicts.
 
 Usage::
 
@@ -100,19 +104,26 @@ def main() -> None:
                                 CrystalSet.load(args.symmetry_prior))
     columns: list[list[CSPSample]] = []
     recipe_rows = []
-    for kind, seed in recipes:
+    n_targets = len(targets)
+    matched = np.zeros((n_targets, len(recipes)), bool)
+    rms = np.full((n_targets, len(recipes)), np.nan)
+    for j, (kind, seed) in enumerate(recipes):
         samples, seconds = predict(model, targets, steps=args.steps, churn=args.churn, device=args.device,
                                    batch=batch, seed=seed, precision=args.precision,
                                    templates=templates if kind == "templates" else None)
         columns.append(samples)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
+        row_of = {r["id"]: r for r in res.rows}
+        for i, t in enumerate(targets.ids):
+            r = row_of[str(t)]
+            matched[i, j] = bool(r["matched"])
+            rms[i, j] = float(r["rms_dist"]) if r["matched"] else np.nan
         recipe_rows.append({"recipe": f"{kind}:{seed}", "match_rate_percent": 100 * res.match_rate,
                             "rmse": res.rmse, "n_invalid_samples": res.n_invalid_samples,
-                            "sampling_seconds": round(seconds, 2)})
+                            "sampling_seconds": round(seconds, 2), "scoring_seconds": res.seconds})
         print(json.dumps(recipe_rows[-1]), flush=True)
-    n, k = len(targets), len(recipes)
-    energies = np.full((n, k), np.nan)
-    valid = np.zeros((n, k), bool)
+    energies = np.full((n_targets, len(recipes)), np.nan)
+    valid = np.zeros((n_targets, len(recipes)), bool)
     t0 = time.perf_counter()
     for j, samples in enumerate(columns):
         have = [i for i, s in enumerate(samples) if s.structure is not None]
@@ -121,19 +132,22 @@ def main() -> None:
         energies[have, j] = static_energies(structures, args.potential, device=args.device)
     energy_seconds = time.perf_counter() - t0
     chosen = pick_lowest(energies, valid)
-    ranked = [columns[c][i] for i, c in enumerate(chosen)]
-    res = score_csp(ranked, targets, workers=args.workers, metre=False, progress=False)
-    ranked_row = {"match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
-                  "n_invalid_samples": res.n_invalid_samples,
+    # each candidate's verdict is the one its recipe's scoring gave it (one sample per target,
+    # DiffCSP's matcher and validity), so the ranked answer needs no second matching
+    hit = matched[np.arange(n_targets), chosen]
+    hit_rms = rms[np.arange(n_targets), chosen][hit]
+    ranked_row = {"match_rate_percent": 100 * float(hit.mean()),
+                  "rmse": float(hit_rms.mean()) if hit.any() else float("nan"),
                   "chosen_per_recipe": {f"{kd}:{sd}": int((chosen == j).sum())
                                         for j, (kd, sd) in enumerate(recipes)},
+                  "targets_without_a_valid_candidate": int((~valid).all(1).sum()),
                   "energy_seconds": round(energy_seconds, 1)}
     print(json.dumps(ranked_row), flush=True)
-    every = [CSPSample(id=f"{s.id}_{j}", target=s.target, structure=s.structure, problem=s.problem)
-             for j, samples in enumerate(columns) for s in samples]
-    best = score_csp(every, targets, workers=args.workers, metre=False, progress=False)
-    best_row = {"k": best.k, "match_rate_percent": 100 * best.match_rate, "rmse": best.rmse}
+    any_hit = matched.any(1)
+    best_row = {"k": len(recipes), "match_rate_percent": 100 * float(any_hit.mean()),
+                "rmse": float(np.nanmin(rms[any_hit], 1).mean()) if any_hit.any() else float("nan")}
     print(json.dumps(best_row), flush=True)
+    n = n_targets
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
               "potential": args.potential,
@@ -141,7 +155,8 @@ def main() -> None:
               "share_with_template": templates.share_fitted(),
               "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row,
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
-                      "(no target used); best_of_k = DiffCSP's multi-sample match rate (the target chooses)"}
+                      "(no target used); best_of_k = any candidate matched (the target chooses; invalid "
+                      "targets are misses, as with one sample)"}
     result |= stamp(args.device, model=resolve_model_dir(args.model))
     path = ROOT / "benchmarks" / "results" / f"csp_rank_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")
