@@ -551,6 +551,22 @@ def atom_table() -> list[str]:
                       f"{r['s_churn']:g} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
                       for r in d["rows"]]
+    ranks = sorted(res.glob("csp_rank_*.json"))
+    if ranks:
+        lines += ["", "**CSP by generate and rank** (`benchmarks/csp_rank.py`: k candidates per target, the "
+                  "structurally valid one of lowest static energy per atom kept, no target used; best of k: "
+                  "any candidate matched, the target chooses)", "",
+                  "| file | commit | device | targets | recipes alone | ranked | RMSE ranked | best of k |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for path in ranks:
+            d = json.loads(path.read_text())
+            alone = ", ".join(f"{r['recipe']} {r['match_rate_percent']:.1f} %" for r in d["recipes"])
+            lines.append(f"| [{path.stem.removeprefix('csp_rank_')}]({path.relative_to(ROOT)}) | "
+                         f"{d['commit'][:7]} | {gpu(d['machine'])} | "
+                         f"{d['n_targets']:,} of {d['dataset']} test | "
+                         f"{alone} | {d['ranked']['match_rate_percent']:.1f} % ({d['potential']}) | "
+                         f"{d['ranked']['rmse']:.4f} | {d['best_of_k']['match_rate_percent']:.1f} % "
+                         f"(k = {d['best_of_k']['k']}) |")
     ddp = res / "atom_diffusion_ddp.json"
     if ddp.exists():
         d = json.loads(ddp.read_text())
