@@ -214,7 +214,7 @@ def test_bf16_runs_the_network_in_bf16_and_auto_picks_it_on_cuda_only(model_dir,
     out = tmp_path / "s"
     summary = sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2, precision="bf16"), progress=False)
     assert json.loads((out / "sample_config.json").read_text())["sampler"]["precision"] == "bf16"
-    assert summary.seconds_generating > 0 and summary.seconds_writing > 0
+    assert summary.seconds_generating > 0 and summary.seconds_writing >= 0  # (no CIF when nothing decodes)
     assert summary.seconds_generating + summary.seconds_writing <= summary.seconds + 0.002  # (each rounded)
     # a folder written before --precision existed resumes (the option counts as its default there)
     out = tmp_path / "old"
