@@ -147,8 +147,7 @@ def main() -> None:
     best_row = {"k": len(recipes), "match_rate_percent": 100 * float(any_hit.mean()),
                 "rmse": float(np.nanmin(rms[any_hit], 1).mean()) if any_hit.any() else float("nan")}
     print(json.dumps(best_row), flush=True)
-    n = n_targets
-    result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n,
+    result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
               "potential": args.potential,
               "precision": args.precision, "symmetry_prior": args.symmetry_prior,

@@ -300,8 +300,8 @@ def _compositions(model: Generator, options: SampleOptions
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,
-               seconds: float, produced: int, prior_counts: dict[str, int] | None = None,
-               phases: dict[str, float] | None = None) -> SampleSummary:
+               seconds: float, produced: int, prior_counts: dict[str, int] | None,
+               phases: dict[str, float]) -> SampleSummary:
     rows: list[dict[str, str]] = []
     for k in range(n_chunks):
         with (out / "chunks" / f"chunk_{k:05d}.csv").open(newline="") as fh:
@@ -322,8 +322,8 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         crystals_per_s=round(produced / seconds, 3) if seconds > 0 and produced else float("nan"),
         out=str(out),
         composition_prior=prior_counts,
-        seconds_generating=round((phases or {}).get("generating", 0.0), 3),
-        seconds_writing=round((phases or {}).get("writing", 0.0), 3),
+        seconds_generating=round(phases["generating"], 3),
+        seconds_writing=round(phases["writing"], 3),
     )
     write_text_atomic(out / "summary.json", dumps_strict(asdict(summary) | {"options": asdict(options)},
                                                      indent=1) + "\n")
