@@ -6,12 +6,13 @@ import torch
 from crysgen.models.atom_transformer import AtomTransformer, lattice_matrix
 
 TINY = {"type_dim": 39, "d_model": 32, "n_layers": 2, "n_heads": 4, "edge_hidden": 16}
-BOTH = pytest.mark.parametrize("messages", [False, True], ids=["attention", "pair-messages"])
+BOTH = pytest.mark.parametrize("messages", [False, True, "head"],
+                               ids=["attention", "pair-messages", "displacement-head"])
 
 
-def _net_and_batch(seed: int = 0, messages: bool = False):
+def _net_and_batch(seed: int = 0, messages: bool | str = False):
     torch.manual_seed(seed)
-    net = AtomTransformer(**TINY, pair_messages=messages)
+    net = AtomTransformer(**TINY, pair_messages=bool(messages), displacement_head=messages == "head")
     for p in net.parameters():  # adaLN-Zero starts at zero output: make every path matter
         torch.nn.init.normal_(p, std=0.2)
     b, s = 3, 6
@@ -85,6 +86,32 @@ def test_pair_messages_start_silent_and_carry_where_neighbours_lie():
     assert not torch.allclose(told[0], told[1], atol=1e-4)
 
 
+def test_the_displacement_head_starts_silent_and_sums_periodic_differences():
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    headed = AtomTransformer(**TINY, displacement_head=True, head_width=8).eval()
+    missing, unexpected = headed.load_state_dict(net.state_dict(), strict=False)
+    assert missing and all(k.startswith("displace.") for k in missing) and not unexpected
+    for a, b in zip(net(t, f, lat, m, c, g, cell), headed(t, f, lat, m, c, g, cell), strict=True):
+        torch.testing.assert_close(a, b)  # zero-initialised output: switching it on changes nothing
+    # every pair weight 1: each real atom moves by the mean of its periodic differences to the others
+    with torch.no_grad():
+        headed.displace.out.bias.fill_(1.0)
+    f = f.double().clone()
+    f[1, 0], f[1, 1] = torch.tensor([0.95, 0.5, 0.02]), torch.tensor([0.05, 0.5, 0.98])  # across the edge
+    f = f.float()
+    want = torch.zeros_like(f)
+    for b in range(len(f)):
+        real = torch.nonzero(m[b]).flatten()
+        for i in real:
+            d = f[b, real] - f[b, i]
+            want[b, i] = (d - torch.round(d)).sum(0) / len(real)
+    gains = torch.tensor([1.0, 3.0, 0.5])
+    with torch.no_grad():
+        base = net(t, f, lat, m, c, g, cell)[1]
+        got = headed(t, f, lat, m, c, g, cell, coord_gain=gains)[1]
+    torch.testing.assert_close((got - base)[m], (gains[:, None, None] * want)[m], atol=1e-5, rtol=1e-5)
+
+
 def test_lattice_matrix_has_pymatgens_metric():
     from pymatgen.core import Lattice
 
@@ -128,7 +155,7 @@ def test_dropout_acts_in_training_only():
 def test_widened_frequencies_compute_what_the_narrow_network_did_and_then_see_more():
     from crysgen.models.atom_transformer import widen_frequencies
 
-    narrow, (t, f, lat, m, c, g, cell) = _net_and_batch(messages=True)
+    narrow, (t, f, lat, m, c, g, cell) = _net_and_batch(messages="head")  # messages and head read pairs too
     wide = AtomTransformer(**(narrow.config | {"n_freqs": 11, "edge_freqs": 9})).eval()
     wide.load_state_dict(widen_frequencies(narrow.state_dict(), narrow.config, wide.config))  # strict
     for a, b in zip(narrow(t, f, lat, m, c, g, cell), wide(t, f, lat, m, c, g, cell), strict=True):

@@ -47,6 +47,27 @@ def test_tiny_model_loss_falls_on_a_fixed_batch():
     assert fixed_loss() < 0.6 * before
 
 
+def test_a_displacement_head_moves_the_denoised_coordinates_by_its_own_size_at_every_noise_level():
+    """The head's displacement (fractional units) enters D unscaled: denoise passes 1 / c_out(σ)."""
+    x0, mask, consts = _batch()
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16,
+                          displacement_head=True, head_width=8).eval()
+    with torch.no_grad():
+        net.displace.out.bias.fill_(1.0)  # every pair weight 1; the other outputs start at zero
+    cfg = AtomEDMConfig()
+    b = len(mask)
+    want = torch.zeros_like(x0.frac)
+    for k in range(b):
+        real = torch.nonzero(mask[k]).flatten()
+        for i in real:
+            d = x0.frac[k, real] - x0.frac[k, i]
+            want[k, i] = (d - torch.round(d)).sum(0) / len(real)
+    for sigma in (0.002, 0.05, 2.0):
+        with torch.no_grad():
+            d = denoise(net, x0, torch.full((b,), sigma), mask, torch.ones(b, dtype=torch.bool), cfg, consts)
+        torch.testing.assert_close((d.frac - x0.frac)[mask], want[mask], atol=1e-5, rtol=1e-4)
+
+
 def test_an_exact_denoiser_has_zero_loss_terms_for_coordinates():
     """With F = the EDM target, D(x_t) is the clean crystal: the coordinate part moves along the
     shortest periodic displacement, so wrapped coordinates come back exactly."""
@@ -56,7 +77,7 @@ def test_an_exact_denoiser_has_zero_loss_terms_for_coordinates():
     noisy = torch.remainder(x0.frac + 0.3 * torch.randn_like(x0.frac), 1.0)
 
     class Oracle(torch.nn.Module):
-        def forward(self, types, frac, lattice, mask, c_noise, given, cell):
+        def forward(self, types, frac, lattice, mask, c_noise, given, cell, coord_gain=None):
             c_out = 0.3 * cfg.sigma_data_coords / (0.3**2 + cfg.sigma_data_coords**2) ** 0.5
             return torch.zeros_like(types), wrap_centered(x0.frac - frac) / c_out, torch.zeros_like(lattice)
 

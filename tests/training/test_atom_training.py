@@ -155,6 +155,13 @@ def test_pair_messages_can_be_switched_on_for_a_trained_network(tiny_set, tmp_pa
                              progress=False, init=warm)
 
 
+def test_a_displacement_head_can_be_switched_on_for_a_trained_network(tiny_set, tmp_path):
+    _, warm = _switched_on(tiny_set, tmp_path, displacement_head=True, head_width=8)
+    net = AtomDiffusionModel.from_pretrained(warm).net
+    assert net.displace is not None and net.displace.src.weight.shape[0] == 8  # the width asked for
+    assert net.displace.out.weight.abs().sum() > 0  # trained from zero
+
+
 def test_init_may_raise_the_fourier_frequencies_but_not_lower_them(tiny_set, tmp_path):
     _, warm = _switched_on(tiny_set, tmp_path, n_freqs=12, edge_freqs=10)
     net = AtomDiffusionModel.from_pretrained(warm).net

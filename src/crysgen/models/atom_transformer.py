@@ -9,8 +9,13 @@ invariant to a common shift of all fractional coordinates. Attention only weighs
 atoms' tokens by these pair features; with ``pair_messages`` each block also adds to every atom
 token the mean over the other atoms of a message computed from both tokens and their pair
 features (as a graph network's messages, DiffCSP's among them), so that an atom's output can
-carry where its neighbours lie relative to it. Time (the noise level) and a "types are
-given" flag condition every block through adaLN-Zero (DiT).
+carry where its neighbours lie relative to it. With ``displacement_head`` the coordinate output
+also gets a displacement built from the atoms' own periodic differences, Δ_i = mean_j w_ij ·
+wrap(x_j − x_i) with learned pair weights w_ij (EGNN's coordinate update), in fractional units
+and float32, scaled by the caller's ``coord_gain`` (EDM: 1 / c_out(σ)): a correction of the size
+of the noise, however small σ is, without the network having to resolve it through Fourier
+features. Time (the noise level) and a "types are given" flag condition every block through
+adaLN-Zero (DiT).
 
 Inputs and outputs are plain tensors; the EDM preconditioning lives in
 :mod:`crysgen.objectives.atom_edm`.
@@ -53,6 +58,10 @@ class AtomNetConfig:
             False: attention only.
         message_width: hidden width of each pair-message sublayer (0: ``edge_hidden``). Its
             parameters grow about as ``n_layers · (3 · d_model + edge inputs) · message_width``.
+        displacement_head: add :class:`PairDisplacement` to the coordinate output (its output
+            layer starts at zero, so switching it on for a trained network leaves its outputs
+            unchanged); False: the coordinates come from each atom's token alone.
+        head_width: hidden width of the displacement head's pair MLP.
         dropout: dropout probability during training, on the attention weights and on each
             block's two residual branches (0: none). It changes no weight, so ``--init`` may
             set it freely, and sampling (eval mode) never applies it.
@@ -71,6 +80,8 @@ class AtomNetConfig:
     num_elements: bool = False
     pair_messages: bool = False
     message_width: int = 0
+    displacement_head: bool = False
+    head_width: int = 32
     dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,10 +113,11 @@ def widen_frequencies(state: dict[str, torch.Tensor], old: dict[str, Any],
     """A network's weights made to fit a network with more Fourier frequencies, computing the same.
 
     The layers that read Fourier features (``coord_in``: the sites' ``n_freqs``; the pair-bias
-    MLP's and every pair-message sublayer's first layer: the pairs' ``edge_freqs``, then the
-    ``edge_rbf`` distances) get their input columns moved to the features' new positions
-    (:func:`fourier_positions`) and zero columns for the new frequencies, so the wider network's
-    outputs equal the old one's until it trains. Every other weight is passed through.
+    MLP's, every pair-message sublayer's and the displacement head's first layer: the pairs'
+    ``edge_freqs``, then the ``edge_rbf`` distances) get their input columns moved to the
+    features' new positions (:func:`fourier_positions`) and zero columns for the new
+    frequencies, so the wider network's outputs equal the old one's until it trains. Every other
+    weight is passed through.
 
     Args:
         state: the old network's ``state_dict()``.
@@ -123,7 +135,8 @@ def widen_frequencies(state: dict[str, torch.Tensor], old: dict[str, Any],
              "edge.0.weight": (pairs, 6 * new["edge_freqs"] + new["edge_rbf"])}
     out = {}
     for key, w in state.items():
-        where, width = sizes.get("edge.0.weight" if key.endswith(".msg.edge.weight") else key, (None, 0))
+        reads_pairs = key.endswith((".msg.edge.weight", "displace.edge.weight"))
+        where, width = sizes.get("edge.0.weight" if reads_pairs else key, (None, 0))
         if where is None:
             out[key] = w
             continue
@@ -187,6 +200,46 @@ class PairMessages(nn.Module):
         m = self.mlp(self.src(h)[:, :, None] + self.dst(h)[:, None] + self.edge(edges))  # (B, S, S, W)
         keep = mask[:, None, :, None].to(m.dtype)
         return self.out((m * keep).sum(2) / mask.sum(1).clamp_min(1)[:, None, None].to(m.dtype))
+
+
+class PairDisplacement(nn.Module):
+    """Each atom's displacement from its neighbours: Δ_i = mean_j w_ij · wrap(x_j − x_i) over real j ≠ i.
+
+    w_ij = W_out φ(W_s h_i + W_d h_j + W_e e_ij) with φ = SiLU → Linear → SiLU, one scalar per pair,
+    so Δ_i is a combination of the atom's periodic difference vectors: it moves with the atoms
+    (permutation equivariant), ignores a common shift, and is as fine as the coordinates
+    themselves. The weighted sum runs in float32 even under autocast (a bf16 sum of differences of
+    ~0.3 would lose a displacement of 0.002). ``W_out`` starts at zero.
+    """
+
+    def __init__(self, d: int, edge_in: int, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.src = nn.Linear(d, width)
+        self.dst = nn.Linear(d, width, bias=False)
+        self.edge = nn.Linear(edge_in, width, bias=False)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU())
+        self.out = nn.Linear(width, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, edges: torch.Tensor, diff: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Displacements (B, S, 3) float32, fractional units.
+
+        Args:
+            h: (B, S, d) atom tokens.
+            edges: (B, S, S, E) pair features.
+            diff: (B, S, S, 3) float32 wrap(x_i − x_j) (:meth:`AtomTransformer.pair_differences`).
+            mask: bool (B, S) real atoms.
+        """
+        h = self.norm(h)
+        pairs = self.src(h)[:, :, None] + self.dst(h)[:, None] + self.edge(edges)
+        w = self.out(self.mlp(pairs))  # (B, S, S, 1)
+        keep = (mask[:, None, :] & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device))[..., None]
+        with torch.autocast(device_type=diff.device.type, enabled=False):
+            step = (w.float() * keep * -diff.float()).sum(2)
+        return step / mask.sum(1).clamp_min(1)[:, None, None].float()
 
 
 class Block(nn.Module):
@@ -270,6 +323,7 @@ class AtomTransformer(nn.Module):
             Block(d, c.n_heads, c.mlp_ratio, c.dropout,
                   PairMessages(d, edge_in, c.message_width or c.edge_hidden) if c.pair_messages else None)
             for _ in range(c.n_layers)])
+        self.displace = PairDisplacement(d, edge_in, c.head_width) if c.displacement_head else None
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         ada_out = nn.Linear(d, 2 * d)
         self.ada_out = nn.Sequential(nn.SiLU(), ada_out)
@@ -281,14 +335,19 @@ class AtomTransformer(nn.Module):
             nn.init.zeros_(lin.bias)
         self.register_buffer("rbf_centers", torch.linspace(0.0, 10.0, c.edge_rbf), persistent=False)
 
+    @staticmethod
+    def pair_differences(frac: torch.Tensor) -> torch.Tensor:
+        """(B, S, 3) fractional coordinates -> (B, S, S, 3) wrap(x_i − x_j) in [-½, ½]."""
+        diff = frac[:, :, None] - frac[:, None, :]
+        return diff - torch.round(diff)
+
     def pair_features(self, frac: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """(B, S, S, 6·edge_freqs + edge_rbf) pair features, invariant to a common shift of all atoms.
 
         Fourier features of wrap(x_i − x_j) and Gaussian RBFs of the pair distance in ``cell`` (Å).
         """
         c = self.cfg
-        diff = frac[:, :, None] - frac[:, None, :]
-        diff = diff - torch.round(diff)  # wrapped to [-0.5, 0.5]
+        diff = self.pair_differences(frac)
         dist = torch.linalg.norm(torch.einsum("bijk,bkl->bijl", diff, cell), dim=-1)
         width = 10.0 / max(c.edge_rbf - 1, 1)
         rbf = torch.exp(-(((dist[..., None] - self.rbf_centers) / width) ** 2))
@@ -310,6 +369,7 @@ class AtomTransformer(nn.Module):
     def forward(self, types: torch.Tensor, frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor,
                 c_noise: torch.Tensor, given: torch.Tensor, cell: torch.Tensor,
                 space_group: torch.Tensor | None = None, num_elements: torch.Tensor | None = None,
+                coord_gain: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Denoise one batch.
 
@@ -324,6 +384,8 @@ class AtomTransformer(nn.Module):
             space_group: int (B,) 1-230, 0 = not given (only for ``space_groups`` networks).
             num_elements: int (B,) distinct elements, 0 = not given (only for ``num_elements``
                 networks).
+            coord_gain: (B,) factor from a displacement in fractional units to the coordinate
+                output (EDM: 1 / c_out(σ)); None: 1. Only a ``displacement_head`` network reads it.
 
         Returns:
             Raw outputs for types (B, S, D), coordinates (B, S, 3) and lattice (B, 6).
@@ -343,4 +405,9 @@ class AtomTransformer(nn.Module):
             x = block(x, cond, bias[:, i], feats, mask)
         shift, scale = self.ada_out(cond).chunk(2, -1)
         x = _modulate(self.norm_out(x), shift, scale)
-        return self.type_out(x[:, 1:]), self.coord_out(x[:, 1:]), self.lattice_out(x[:, 0])
+        coords = self.coord_out(x[:, 1:])
+        if self.displace is not None:
+            step = self.displace(x[:, 1:], feats, self.pair_differences(frac.float()), mask)
+            gain = coord_gain.float()[:, None, None] if coord_gain is not None else 1.0
+            coords = coords.float() + gain * step
+        return self.type_out(x[:, 1:]), coords, self.lattice_out(x[:, 0])

@@ -4,9 +4,10 @@ Three parts share one noise level σ per crystal: element codes and lattice feat
 Euclidean and take EDM's preconditioning with their own σ_data; fractional coordinates live on
 the torus, so their noise is wrapped (x_t = wrap(x + σ n)) and the network predicts the periodic
 displacement towards the clean point, D = x_t + c_out(σ) F, with the loss taken on the wrapped
-difference. With ``csp_fraction`` of the crystals the element codes are given clean (σ = 0 for
-that part, a flag tells the network), so one model does both de novo generation and crystal
-structure prediction (composition → structure). The settings,
+difference (a network with a displacement head gets 1 / c_out(σ) as ``coord_gain``, so its
+displacement in fractional units enters D unscaled). With ``csp_fraction`` of the crystals the
+element codes are given clean (σ = 0 for that part, a flag tells the network), so one model does
+both de novo generation and crystal structure prediction (composition → structure). The settings,
 :class:`~crysgen.models.atoms.AtomEDMConfig`, are the model's (saved in its config.json).
 """
 
@@ -121,7 +122,7 @@ def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Te
     _, out_c, _ = _precond(sigma[:, None, None], cfg.sigma_data_coords)
     cell = current_cell(xt.lattice, mask, consts)
     f_t, f_c, f_l = net(xt.types * in_t, xt.frac, xt.lattice * in_l, mask, sigma.log() / 4, given, cell,
-                        **(conditions or {}))
+                        coord_gain=1 / out_c.flatten(), **(conditions or {}))
     f_t, f_c, f_l = f_t.float(), f_c.float(), f_l.float()
     d = Parts(skip_t * xt.types + out_t * f_t, xt.frac + out_c * f_c, skip_l * xt.lattice + out_l * f_l)
     return (d, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l)) if raw else d

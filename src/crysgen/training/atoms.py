@@ -47,10 +47,11 @@ def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
     return batch_loader(*(torch.from_numpy(p) for p in parts), batch_size=batch_size, shuffle=shuffle)
 
 
-SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements", "pair_messages": "msg"}
+SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements", "pair_messages": "msg",
+              "displacement_head": "displace"}
 """Network options that ``--init`` may switch on -> the name of the modules each adds (anywhere in a
 weight's dotted name: ``num_elements.weight``, ``blocks.3.msg.out.weight``)."""
-SHAPING = {"pair_messages": ("message_width",)}
+SHAPING = {"pair_messages": ("message_width",), "displacement_head": ("head_width",)}
 """Options that shape only a switchable option's modules: ``--init`` may set them while it switches
 that option on."""
 FREE = ("dropout",)
