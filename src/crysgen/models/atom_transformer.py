@@ -176,52 +176,55 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class PairMessages(nn.Module):
-    """Messages between atom tokens: m_i = W_out mean_j φ(W_s h_i + W_d h_j + W_e e_ij) over real j.
+class PairMLP(nn.Module):
+    """φ(W_s h_i + W_d h_j + W_e e_ij) for every pair of atom tokens, read out by a zero-initialised ``out``.
 
-    φ is SiLU → Linear → SiLU. ``W_out`` starts at zero, so a new sublayer adds nothing until
-    trained.
+    φ is SiLU → Linear → SiLU over layer-normed tokens. ``W_out`` (``out``, to ``out_dim``) starts
+    at zero, so a new module adds nothing until trained.
     """
 
-    def __init__(self, d: int, edge_in: int, width: int) -> None:
+    def __init__(self, d: int, edge_in: int, width: int, out_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.src = nn.Linear(d, width)
         self.dst = nn.Linear(d, width, bias=False)
         self.edge = nn.Linear(edge_in, width, bias=False)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU())
-        self.out = nn.Linear(width, d)
+        self.out = nn.Linear(width, out_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def pairs(self, h: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """H (B, S, d) atom tokens, edges (B, S, S, E) pair features -> (B, S, S, width)."""
+        h = self.norm(h)
+        return self.mlp(self.src(h)[:, :, None] + self.dst(h)[:, None] + self.edge(edges))
+
+
+class PairMessages(PairMLP):
+    """Messages between atom tokens: m_i = W_out mean_j φ(W_s h_i + W_d h_j + W_e e_ij) over real j."""
+
+    def __init__(self, d: int, edge_in: int, width: int) -> None:
+        super().__init__(d, edge_in, width, d)
+
     def forward(self, h: torch.Tensor, edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """H (B, S, d) atom tokens, edges (B, S, S, E) pair features, mask bool (B, S) -> (B, S, d)."""
-        h = self.norm(h)
-        m = self.mlp(self.src(h)[:, :, None] + self.dst(h)[:, None] + self.edge(edges))  # (B, S, S, W)
+        m = self.pairs(h, edges)  # (B, S, S, W)
         keep = mask[:, None, :, None].to(m.dtype)
         return self.out((m * keep).sum(2) / mask.sum(1).clamp_min(1)[:, None, None].to(m.dtype))
 
 
-class PairDisplacement(nn.Module):
+class PairDisplacement(PairMLP):
     """Each atom's displacement from its neighbours: Δ_i = mean_j w_ij · wrap(x_j − x_i) over real j ≠ i.
 
-    w_ij = W_out φ(W_s h_i + W_d h_j + W_e e_ij) with φ = SiLU → Linear → SiLU, one scalar per pair,
-    so Δ_i is a combination of the atom's periodic difference vectors: it moves with the atoms
-    (permutation equivariant), ignores a common shift, and is as fine as the coordinates
-    themselves. The weighted sum runs in float32 even under autocast (a bf16 sum of differences of
-    ~0.3 would lose a displacement of 0.002). ``W_out`` starts at zero.
+    w_ij = W_out φ(W_s h_i + W_d h_j + W_e e_ij), one scalar per pair, so Δ_i is a combination of
+    the atom's periodic difference vectors: it moves with the atoms (permutation equivariant),
+    ignores a common shift, and is as fine as the coordinates themselves. The weighted sum runs in
+    float32 even under autocast (a bf16 sum of differences of ~0.3 would lose a displacement of
+    0.002).
     """
 
     def __init__(self, d: int, edge_in: int, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.src = nn.Linear(d, width)
-        self.dst = nn.Linear(d, width, bias=False)
-        self.edge = nn.Linear(edge_in, width, bias=False)
-        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU())
-        self.out = nn.Linear(width, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        super().__init__(d, edge_in, width, 1)
 
     def forward(self, h: torch.Tensor, edges: torch.Tensor, diff: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
@@ -233,9 +236,7 @@ class PairDisplacement(nn.Module):
             diff: (B, S, S, 3) float32 wrap(x_i − x_j) (:meth:`AtomTransformer.pair_differences`).
             mask: bool (B, S) real atoms.
         """
-        h = self.norm(h)
-        pairs = self.src(h)[:, :, None] + self.dst(h)[:, None] + self.edge(edges)
-        w = self.out(self.mlp(pairs))  # (B, S, S, 1)
+        w = self.out(self.pairs(h, edges))  # (B, S, S, 1)
         keep = (mask[:, None, :] & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device))[..., None]
         with torch.autocast(device_type=diff.device.type, enabled=False):
             step = (w.float() * keep * -diff.float()).sum(2)
