@@ -13,7 +13,7 @@ Usage::
     python benchmarks/compare_models.py --dataset mp_20 --reference .work/mp_20_test.npz \
         --model gan=RUNS/gan --model wgan=RUNS/wgan \
         --model diffusion=src/crysgen/pretrained/crystens_diffusion_mp20 \
-        --budget-from diffusion=benchmarks/results/diffusion_mp_20_default.json
+        --budget-from diffusion=benchmarks/results/superseded/diffusion_mp_20_default.json
 """
 
 from __future__ import annotations
