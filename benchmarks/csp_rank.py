@@ -5,7 +5,9 @@ Writes benchmarks/results/csp_rank_<dataset><suffix>.json.
 For a seeded subset of target crystals (the same subset as ``atom_csp_sweep.py`` for the same
 ``--n`` and ``--seed``), an atom diffusion model makes several candidates per target composition,
 each from its own recipe (``--candidates``: ``templates:SEED`` = on the symmetry of the training
-crystal that fits the composition best, ``plain:SEED`` = no symmetry, SEED the noise). Every
+crystal that fits the composition best, ``templates:SEED:RANK`` = on that of the best-fitting
+crystal of the (RANK + 1)-th best space group, so that candidates differ in symmetry,
+``plain:SEED`` = no symmetry, SEED the noise). Every
 decoded candidate gets its static (unrelaxed) energy per atom from a machine-learned potential
 (CHGNet by default); per target the structurally valid candidate of lowest energy is the answer
 (none valid: the first recipe's). No target structure is used to choose. Scored with
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -48,17 +51,29 @@ from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import match_templates
 
 
-def parse_candidates(text: str) -> list[tuple[str, int]]:
-    """``templates:0,plain:0`` -> [("templates", 0), ("plain", 0)]."""
+def parse_candidates(text: str) -> list[tuple[str, int, int]]:
+    """``templates:0,templates:0:1,plain:0`` -> [("templates", 0, 0), ("templates", 0, 1), ("plain", 0, 0)].
+
+    Each item is KIND:SEED, or templates:SEED:RANK for the template of another space group
+    (:func:`~crysgen.pipelines.symmetry.match_templates`'s ``rank``; 0 when left out).
+    """
     out = []
     for item in text.split(","):
-        kind, _, seed = item.partition(":")
-        if kind not in ("templates", "plain") or not seed.lstrip("-").isdigit():
-            raise CrysgenError(f"--candidates: {item!r} is not templates:SEED or plain:SEED")
-        out.append((kind, int(seed)))
+        kind, _, rest = item.partition(":")
+        seed, _, rank = rest.partition(":")
+        ok = (kind in ("templates", "plain") and seed.lstrip("-").isdigit()
+              and (not rank or (kind == "templates" and rank.isdigit())))
+        if not ok:
+            raise CrysgenError(f"--candidates: {item!r} is not templates:SEED[:RANK] or plain:SEED")
+        out.append((kind, int(seed), int(rank or 0)))
     if len(out) < 2:
         raise CrysgenError("--candidates: ranking needs at least two recipes")
     return out
+
+
+def recipe_name(kind: str, seed: int, rank: int) -> str:
+    """The recipe as ``--candidates`` spells it."""
+    return f"{kind}:{seed}" + (f":{rank}" if rank else "")
 
 
 def pick_lowest(energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -73,6 +88,37 @@ def pick_lowest(energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """
     e = np.where(valid & np.isfinite(energies), energies, np.inf)
     return np.where(np.isfinite(e).any(1), np.argmin(e, 1), 0)
+
+
+def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, valid: np.ndarray,
+                 names: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ranked answer and best of k over the candidates (columns) of every target (row).
+
+    Each candidate's verdict is the one its recipe's one-sample scoring gave it (DiffCSP's matcher
+    and validity), so the ranked answer needs no second matching.
+
+    Args:
+        matched: bool (n, k) the candidate matched its target.
+        rms: float (n, k) its RMS distance where matched (NaN elsewhere).
+        energies: float (n, k) static energies, eV/atom (NaN where none).
+        valid: bool (n, k) structurally valid candidates.
+        names: the k recipes' names.
+
+    Returns:
+        (ranked, best of k) rows: match rate in percent and RMSE over matches.
+    """
+    n = len(matched)
+    chosen = pick_lowest(energies, valid)
+    hit = matched[np.arange(n), chosen]
+    hit_rms = rms[np.arange(n), chosen][hit]
+    ranked = {"match_rate_percent": 100 * float(hit.mean()),
+              "rmse": float(hit_rms.mean()) if hit.any() else float("nan"),
+              "chosen_per_recipe": {name: int((chosen == j).sum()) for j, name in enumerate(names)},
+              "targets_without_a_valid_candidate": int((~valid).all(1).sum())}
+    any_hit = matched.any(1)
+    best = {"k": len(names), "match_rate_percent": 100 * float(any_hit.mean()),
+            "rmse": float(np.nanmin(rms[any_hit], 1).mean()) if any_hit.any() else float("nan")}
+    return ranked, best
 
 
 def main() -> None:
@@ -94,23 +140,31 @@ def main() -> None:
                    help="crystals per forward pass (default: 64 on a cpu, 2048 on cuda)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--suffix", default="")
+    p.add_argument("--also", action="append", default=[], metavar="RECIPES",
+                   help="also rank within these recipes only (a subset of --candidates, same syntax; "
+                        "repeatable): the same candidates, fewer of them")
     args = p.parse_args()
     recipes = parse_candidates(args.candidates)
+    for text in args.also:
+        if not set(parse_candidates(text)) <= set(recipes):
+            raise CrysgenError(f"--also {text!r}: every recipe must be one of --candidates")
     batch = args.batch or (64 if args.device == "cpu" else 2048)
 
     model = AtomDiffusionModel.from_pretrained(args.model)
     targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
-    templates = match_templates(model.compositions_from_targets(targets).atomic_numbers,
-                                CrystalSet.load(args.symmetry_prior))
+    targets_z = model.compositions_from_targets(targets).atomic_numbers
+    prior = CrystalSet.load(args.symmetry_prior)
+    templates = {rank: match_templates(targets_z, prior, rank=rank)
+                 for rank in sorted({r for kind, _, r in recipes if kind == "templates"} | {0})}
     columns: list[list[CSPSample]] = []
     recipe_rows = []
     n_targets = len(targets)
     matched = np.zeros((n_targets, len(recipes)), bool)
     rms = np.full((n_targets, len(recipes)), np.nan)
-    for j, (kind, seed) in enumerate(recipes):
+    for j, (kind, seed, rank) in enumerate(recipes):
         samples, seconds = predict(model, targets, steps=args.steps, churn=args.churn, device=args.device,
                                    batch=batch, seed=seed, precision=args.precision,
-                                   templates=templates if kind == "templates" else None)
+                                   templates=templates[rank] if kind == "templates" else None)
         columns.append(samples)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
         row_of = {r["id"]: r for r in res.rows}
@@ -118,7 +172,8 @@ def main() -> None:
             r = row_of[str(t)]
             matched[i, j] = bool(r["matched"])
             rms[i, j] = float(r["rms_dist"]) if r["matched"] else np.nan
-        recipe_rows.append({"recipe": f"{kind}:{seed}", "match_rate_percent": 100 * res.match_rate,
+        recipe_rows.append({"recipe": recipe_name(kind, seed, rank),
+                            "match_rate_percent": 100 * res.match_rate,
                             "rmse": res.rmse, "n_invalid_samples": res.n_invalid_samples,
                             "sampling_seconds": round(seconds, 2), "scoring_seconds": res.seconds})
         print(json.dumps(recipe_rows[-1]), flush=True)
@@ -131,28 +186,24 @@ def main() -> None:
         valid[have, j] = [structurally_valid(s) for s in structures]
         energies[have, j] = static_energies(structures, args.potential, device=args.device)
     energy_seconds = time.perf_counter() - t0
-    chosen = pick_lowest(energies, valid)
-    # each candidate's verdict is the one its recipe's scoring gave it (one sample per target,
-    # DiffCSP's matcher and validity), so the ranked answer needs no second matching
-    hit = matched[np.arange(n_targets), chosen]
-    hit_rms = rms[np.arange(n_targets), chosen][hit]
-    ranked_row = {"match_rate_percent": 100 * float(hit.mean()),
-                  "rmse": float(hit_rms.mean()) if hit.any() else float("nan"),
-                  "chosen_per_recipe": {f"{kd}:{sd}": int((chosen == j).sum())
-                                        for j, (kd, sd) in enumerate(recipes)},
-                  "targets_without_a_valid_candidate": int((~valid).all(1).sum()),
-                  "energy_seconds": round(energy_seconds, 1)}
+    ranked_row, best_row = rank_columns(matched, rms, energies, valid, [recipe_name(*r) for r in recipes])
+    ranked_row["energy_seconds"] = round(energy_seconds, 1)
     print(json.dumps(ranked_row), flush=True)
-    any_hit = matched.any(1)
-    best_row = {"k": len(recipes), "match_rate_percent": 100 * float(any_hit.mean()),
-                "rmse": float(np.nanmin(rms[any_hit], 1).mean()) if any_hit.any() else float("nan")}
     print(json.dumps(best_row), flush=True)
+    subsets = []
+    for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
+        cols = [recipes.index(r) for r in parse_candidates(text)]
+        sub_ranked, sub_best = rank_columns(matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols],
+                                            [recipe_name(*recipes[c]) for c in cols])
+        subsets.append({"recipes": [recipe_name(*recipes[c]) for c in cols], "ranked": sub_ranked,
+                        "best_of_k": sub_best})
+        print(json.dumps(subsets[-1]), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
               "potential": args.potential,
               "precision": args.precision, "symmetry_prior": args.symmetry_prior,
-              "share_with_template": templates.share_fitted(),
-              "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row,
+              "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
+              "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
                       "(no target used); best_of_k = any candidate matched (the target chooses; invalid "
                       "targets are misses, as with one sample)"}

@@ -94,6 +94,26 @@ def test_match_templates_takes_the_most_alike_crystal_and_none_when_nothing_fits
             assert all((z[img] == z).all() for img in sym.images)
 
 
+def test_later_template_ranks_take_the_best_crystal_of_another_space_group():
+    nacl = load_cif("NaCl")  # 8 sites, 4 Na + 4 Cl, Fm-3m
+    kbr = nacl.copy()
+    kbr.replace_species({"Na": "K", "Cl": "Br"})  # the same signature and group, other elements
+    zno = load_cif("ZnO_wurtzite")
+    zno.make_supercell([1, 1, 2])  # 8 sites, 4 Zn + 4 O, P6_3mc
+    groups = [s.get_space_group_info(symprec=0.1)[1] for s in (zno, kbr, nacl)]
+    assert groups == [186, 225, 225]
+    crystals = CrystalSet.from_structures([zno, kbr, nacl], ids=["ZnO", "KBr", "NaCl"], space_groups=groups)
+    target = np.zeros((1, 8), np.int64)
+    target[0] = [11] * 4 + [17] * 4  # NaCl itself
+    # KBr fits NaCl better than ZnO does: without one crystal per group, rank 1 would be KBr
+    assert element_cost(np.array([19, 35]), np.array([11, 17])).sum() < element_cost(
+        np.array([30, 8]), np.array([11, 17])).sum()
+    ranked = [match_templates(target, crystals, rank=r) for r in range(3)]
+    assert [t.sources[0] for t in ranked] == ["NaCl", "ZnO", ""]
+    assert [t.symmetries[0].space_group for t in ranked[:2]] == [225, 186]
+    assert ranked[2].symmetries[0] is None
+
+
 def test_element_cost_prefers_alike_elements():
     assert element_cost(np.array(38), np.array(38)) == 0
     assert element_cost(np.array(38), np.array(56)) < element_cost(np.array(38), np.array(9))  # Sr: Ba < F

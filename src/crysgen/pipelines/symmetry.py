@@ -174,18 +174,25 @@ def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray
     return sym.reindexed(order)
 
 
-def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1) -> Templates:
+def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1,
+                    rank: int = 0) -> Templates:
     """For every target composition the best-fitting crystal of ``prior`` as its template.
 
     A crystal fits when its element counts equal the target's up to exchanging elements; among
     those, the one whose exchanged elements cost least (:func:`element_cost`, elements paired by
-    count and electronegativity) is taken, the first in ``prior`` on a tie.
+    count and electronegativity) is taken, the first in ``prior`` on a tie. With ``rank`` r > 0
+    the template is the best-fitting crystal of the (r + 1)-th space group in that order (each
+    space group counted at its best-fitting crystal), so that several ranks give several
+    symmetries for one composition (candidates for generate-and-rank).
 
     Args:
         targets_z: int (n, S) the targets' atomic numbers, 0 = no site (sites of one element
             together, as ``crysgen data prepare`` lists them).
         prior: the crystals to take templates from (typically the model's training set).
         symprec: spglib's tolerance in Å.
+        rank: 0 = the best-fitting crystal; r = the best of the (r + 1)-th best space group
+            (none where fewer space groups fit). The groups are those ``prior`` records
+            (``CrystalSet.space_group``; 0, unknown, counts as one group).
 
     Returns:
         Templates in the targets' site order (None where no crystal fits).
@@ -212,8 +219,11 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
             chosen.append(None)
             continue
         rows, elements = arrays[signature]
-        cost = element_cost(elements, np.array(ordered)[None]).sum(1)
-        chosen.append(int(rows[int(np.argmin(cost))]))
+        order = np.argsort(element_cost(elements, np.array(ordered)[None]).sum(1), kind="stable")
+        if rank:  # the best crystal of each space group, in the order of its cost
+            _, first = np.unique(prior.space_group[rows[order]], return_index=True)
+            order = order[np.sort(first)]
+        chosen.append(int(rows[order[rank]]) if rank < len(order) else None)
     return fit_rows(prior, chosen, targets_z, symprec=symprec)
 
 
