@@ -76,6 +76,18 @@ def test_invalid_samples_are_misses_even_when_they_would_match():
     assert [r["matched"] for r in structural.rows] == [True, False, False]
 
 
+@pytest.mark.parametrize("module", ["crysgen.evaluation.compositional.smact_valid",
+                                    "crysgen.evaluation.fingerprints.structure_fingerprint"])
+def test_a_missing_library_stops_scoring_instead_of_making_every_sample_invalid(monkeypatch, module):
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'smact'")
+
+    monkeypatch.setattr(module, missing)
+    samples = [CSPSample("s", "t", cscl_type())]
+    with pytest.raises(ModuleNotFoundError, match="smact"):
+        score_csp(samples, targets(cscl_type(), ids=["t"]), require_valid_target=False, progress=False)
+
+
 def test_with_one_sample_per_target_an_invalid_target_is_a_miss_as_in_diffcsp():
     nacl2 = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
     res = score_csp([CSPSample("s", "t", nacl2.copy())], targets(nacl2, ids=["t"]), progress=False)

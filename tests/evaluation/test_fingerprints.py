@@ -103,3 +103,15 @@ def test_a_set_stop_event_ends_the_work_and_nothing_is_cached(tmp_path, workers)
     assert not cache_path(cs, tmp_path).exists()
     assert len(cached_fingerprints(cs, workers=workers, cache_dir=tmp_path,
                                    stop=threading.Event())) == len(cs)  # not set: the whole set
+
+
+@pytest.mark.parametrize("name", ["structure_fingerprint", "composition_fingerprint"])
+def test_a_missing_library_is_raised_not_recorded_as_one_crystal_s_failure(monkeypatch, name):
+    def missing(structure):
+        raise ModuleNotFoundError("No module named 'matminer'")
+
+    monkeypatch.setattr(fingerprints, name, missing)
+    with pytest.raises(ModuleNotFoundError, match="matminer"):
+        fingerprints.fingerprint_pair(load_cif("NaCl"))
+    monkeypatch.setattr(fingerprints, name, lambda s: (_ for _ in ()).throw(ValueError("odd cell")))
+    assert "odd cell" in fingerprints.fingerprint_pair(load_cif("NaCl"))[2]  # other errors: its reason

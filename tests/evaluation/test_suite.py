@@ -350,3 +350,18 @@ def test_the_hull_takes_every_reference_crystal_unless_told_the_subset(tmp_path,
 def test_an_unknown_hull_reference_is_refused():
     with pytest.raises(CrysgenError, match="hull_reference must be one of all, subset"):
         EvalOptions(hull_reference="val")
+
+
+def test_a_missing_library_is_raised_not_written_into_every_row(monkeypatch):
+    from crysgen.evaluation import compositional, suite
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'smact'")
+
+    monkeypatch.setattr(compositional, "smact_valid", missing)
+    with pytest.raises(ModuleNotFoundError, match="smact"):
+        suite._basics(load_cif("NaCl"))
+    with pytest.raises(ModuleNotFoundError, match="smact"):  # every guarded check too
+        suite._guarded(missing, load_cif("NaCl"))
+    value, reason = suite._guarded(lambda s: 1 / 0, load_cif("NaCl"))  # any other error: the row's reason
+    assert value is None and reason.startswith("ZeroDivisionError")

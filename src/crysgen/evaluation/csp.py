@@ -203,6 +203,8 @@ def _validity(structure: Any, mode: str, tables: str) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure_fingerprint(structure)
+    except ImportError:
+        raise  # a missing library is a broken install, not an invalid crystal
     except Exception as exc:
         return f"CrystalNN fingerprint failed: {type(exc).__name__}"
     return None
@@ -223,6 +225,8 @@ def _read_and_check(args: tuple[CSPSample, str, str]) -> tuple[Any, str | None, 
         return None, sample.problem or "no structure", None
     try:
         return s, None, _validity(s, mode, tables)
+    except ImportError:
+        raise  # every sample would count as invalid: say what is missing instead
     except Exception as exc:
         return s, None, f"validity check failed: {type(exc).__name__}: {str(exc)[:100]}"
 

@@ -99,13 +99,20 @@ def standardise(fps: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarra
 
 
 def fingerprint_pair(structure: Structure) -> Fingerprints:
-    """Both fingerprints of one crystal, or the reason the first that failed gave; never raises."""
+    """Both fingerprints of one crystal, or the reason the first that failed gave.
+
+    Raises only ImportError (a missing library fails every crystal alike).
+    """
     try:
         st = structure_fingerprint(structure)
+    except ImportError:
+        raise  # a missing library is a broken install, not one crystal's failure
     except Exception as exc:  # one crystal's failure is its reason, not the run's
         return None, None, f"structure fingerprint failed: {type(exc).__name__}: {str(exc)[:150]}"
     try:
         co = composition_fingerprint(structure)
+    except ImportError:
+        raise
     except Exception as exc:
         return None, None, f"composition fingerprint failed: {type(exc).__name__}: {str(exc)[:150]}"
     return st, co, None

@@ -199,6 +199,8 @@ def _metric(value: float | dict[str, Any], n: int, **extra: Any) -> dict[str, An
 def _guarded(fn: Callable[[Any], Any], x: Any) -> tuple[Any, str | None]:
     try:
         return fn(x), None
+    except ImportError:
+        raise  # a missing library is a broken install, not one structure's failure
     except Exception as exc:  # one structure's failure is recorded, not raised
         return None, f"{type(exc).__name__}: {str(exc)[:150]}"
 
@@ -256,6 +258,8 @@ def _basics(s: Structure, tables: str = "smact-2.2.1") -> tuple[dict[str, Any], 
     try:
         comp = smact_valid([site.specie.Z for site in s], tables=tables)
         row["comp_valid"] = bool(comp)
+    except ImportError:
+        raise
     except Exception as exc:
         row["comp_valid"], row["comp_valid_reason"] = "", f"{type(exc).__name__}: {exc}"
     row["num_elements"] = len(s.composition.elements)
