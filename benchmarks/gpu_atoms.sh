@@ -20,7 +20,8 @@
 #                                                      # both PAIR runs on this one GPU, then each one's
 #                                                      # CSP sweep (Heun 50, churn 10) and evaluation
 #                                                      # with stability, all into $OUT (for `collect`;
-#                                                      # CSP_ONLY="tag ...": those runs are swept only)
+#                                                      # CSP_ONLY="tag ...": those runs are swept only;
+#                                                      # scoring waits for .whl_eval in the chain's folder)
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
@@ -124,6 +125,8 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
   sleep 90; wait_for "[c]rysgen train atom-diffusion"
   for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1 > /dev/null; done  # pack: models and records to $OUT
   wait_files $TR $W/${D}_asis_test.npz || exit 1  # the data folder, carried again by a later call
+  # scoring needs the evaluation wheels (smact, matminer, chgnet), which a later call carries
+  wait_files .whl_eval && install || exit 1
   for p in $PAIR; do  # evaluations first (detached), then the sweeps beside them
     csp_only ${p%%:*} && continue
     TAG=${p%%:*} bash $0 eval atom_diffusion_${p%%:*} 1 > /dev/null; sleep 15
