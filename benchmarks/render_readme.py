@@ -568,6 +568,11 @@ def atom_table() -> list[str]:
                          f"{alone} | {d['ranked']['match_rate_percent']:.1f} % ({d['potential']}) | "
                          f"{d['ranked']['rmse']:.4f} | {d['best_of_k']['match_rate_percent']:.1f} % "
                          f"(k = {d['best_of_k']['k']}) |")
+            for sub in d.get("subsets", []):  # the same candidates, ranked within fewer recipes
+                ranked, best = sub["ranked"], sub["best_of_k"]
+                lines.append(f"| ↳ the same, ranked within {', '.join(sub['recipes'])} | | | | | "
+                             f"{ranked['match_rate_percent']:.1f} % | {ranked['rmse']:.4f} | "
+                             f"{best['match_rate_percent']:.1f} % (k = {best['k']}) |")
     ddp = res / "atom_diffusion_ddp.json"
     if ddp.exists():
         d = json.loads(ddp.read_text())
