@@ -15,7 +15,9 @@ decoded candidate gets its static (unrelaxed) energy per atom from a machine-lea
 
 - each recipe alone (one sample per target);
 - the ranked answer (one sample per target: comparable with one-sample match rates, but it costs
-  k samples and k energies per target, so it is labelled as ranked, never as one-shot);
+  k samples and k energies per target, so it is labelled as ranked, never as one-shot); with
+  ``--relax-steps N`` also ranked by each candidate's CHGNet energy after N FIRE steps (the
+  candidate as sampled stays the answer);
 - best of k (a target counts if any candidate matches, which needs the target to choose: an upper
   bound for any ranking; from each recipe's one-sample verdicts, so an invalid target is a miss,
   stricter than DiffCSP's k > 1 protocol).
@@ -46,6 +48,7 @@ from crysgen.data.validity import structurally_valid
 from crysgen.errors import CrysgenError
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.evaluation.potentials import static_energies
+from crysgen.evaluation.stability import RelaxOptions, relax_batch
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import match_templates
@@ -121,6 +124,23 @@ def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, val
     return ranked, best
 
 
+def relaxed_energies(columns: list[list[CSPSample]], valid: np.ndarray, steps: int,
+                     device: str) -> np.ndarray:
+    """(n, k) eV/atom: each valid candidate's CHGNet energy after at most ``steps`` FIRE steps (NaN: none).
+
+    Relaxed in lockstep batches (:func:`~crysgen.evaluation.stability.relax_batch`); the candidate
+    itself, as sampled, stays the answer that is scored.
+    """
+    out = np.full(valid.shape, np.nan)
+    where = [(i, j) for j in range(valid.shape[1]) for i in range(valid.shape[0]) if valid[i, j]]
+    structures = [columns[j][i].structure for i, j in where]
+    results = relax_batch(structures, RelaxOptions(steps=steps, device=device))
+    for (i, j), r in zip(where, results, strict=True):
+        if r.energy_per_atom is not None:
+            out[i, j] = r.energy_per_atom
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
@@ -140,11 +160,15 @@ def main() -> None:
                    help="crystals per forward pass (default: 64 on a cpu, 2048 on cuda)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--suffix", default="")
+    p.add_argument("--relax-steps", type=int, default=0,
+                   help="also rank by CHGNet energy after this many FIRE steps (0: static energies only)")
     p.add_argument("--also", action="append", default=[], metavar="RECIPES",
                    help="also rank within these recipes only (a subset of --candidates, same syntax; "
                         "repeatable): the same candidates, fewer of them")
     args = p.parse_args()
     recipes = parse_candidates(args.candidates)
+    if args.relax_steps and args.potential != "chgnet":
+        raise CrysgenError("--relax-steps relaxes with CHGNet: use it with --potential chgnet")
     for text in args.also:
         if not set(parse_candidates(text)) <= set(recipes):
             raise CrysgenError(f"--also {text!r}: every recipe must be one of --candidates")
@@ -186,17 +210,27 @@ def main() -> None:
         valid[have, j] = [structurally_valid(s) for s in structures]
         energies[have, j] = static_energies(structures, args.potential, device=args.device)
     energy_seconds = time.perf_counter() - t0
-    ranked_row, best_row = rank_columns(matched, rms, energies, valid, [recipe_name(*r) for r in recipes])
+    names = [recipe_name(*r) for r in recipes]
+    ranked_row, best_row = rank_columns(matched, rms, energies, valid, names)
     ranked_row["energy_seconds"] = round(energy_seconds, 1)
     print(json.dumps(ranked_row), flush=True)
     print(json.dumps(best_row), flush=True)
+    relaxed = None
+    if args.relax_steps:  # the same candidates ranked by their energy after a short relaxation
+        t0 = time.perf_counter()
+        relaxed = relaxed_energies(columns, valid, args.relax_steps, args.device)
+        relaxed_row = rank_columns(matched, rms, relaxed, valid, names)[0]
+        relaxed_row |= {"relax_steps": args.relax_steps, "relax_seconds": round(time.perf_counter() - t0, 1)}
+        print(json.dumps(relaxed_row), flush=True)
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
         cols = [recipes.index(r) for r in parse_candidates(text)]
         sub_ranked, sub_best = rank_columns(matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols],
-                                            [recipe_name(*recipes[c]) for c in cols])
-        subsets.append({"recipes": [recipe_name(*recipes[c]) for c in cols], "ranked": sub_ranked,
-                        "best_of_k": sub_best})
+                                            [names[c] for c in cols])
+        subsets.append({"recipes": [names[c] for c in cols], "ranked": sub_ranked, "best_of_k": sub_best})
+        if relaxed is not None:
+            subsets[-1]["ranked_relaxed"] = rank_columns(matched[:, cols], rms[:, cols], relaxed[:, cols],
+                                                         valid[:, cols], [names[c] for c in cols])[0]
         print(json.dumps(subsets[-1]), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
@@ -204,6 +238,7 @@ def main() -> None:
               "precision": args.precision, "symmetry_prior": args.symmetry_prior,
               "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
               "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
+              **({"ranked_relaxed": relaxed_row} if relaxed is not None else {}),
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
                       "(no target used); best_of_k = any candidate matched (the target chooses; invalid "
                       "targets are misses, as with one sample)"}
