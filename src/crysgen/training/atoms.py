@@ -180,11 +180,13 @@ def train_atom_diffusion(
         progress: show the progress bar.
         max_minutes: stop (checkpoint and export) after this wall time.
         init: warm start from an ``atom_diffusion`` model directory with the same network config,
-            except that ``net.space_groups`` and ``net.num_elements`` may be switched on (a new
-            embedding starts from its initialisation); weights go into the network and its EMA
-            copy, the optimiser starts afresh, and the encoding of ``init``'s spec is kept so the
-            encodings agree, with this data's sizes and elements (``AtomSetSpec.refit``: a
-            model of larger crystals may start from one of smaller ones).
+            except that the options of :data:`SWITCHABLE` (``space_groups``, ``num_elements``,
+            ``pair_messages``, ``displacement_head``) may be switched on (a new module starts
+            from its initialisation), those of :data:`GROWABLE` raised and :data:`FREE` set;
+            weights go into the network and its EMA copy, the optimiser starts afresh, and the
+            encoding of ``init``'s spec is kept so the encodings agree, with this data's sizes and
+            elements (``AtomSetSpec.refit``: a model of larger crystals may start from one of
+            smaller ones).
 
     Raises:
         CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
