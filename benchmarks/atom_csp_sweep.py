@@ -22,12 +22,12 @@ import time
 
 import numpy as np
 
-from codec import ROOT, stamp
-from crysgen.crystal_set import CrystalSet, reduced_formula, write_text_atomic
+from crysgen.crystal_set import CrystalSet, reduced_formula
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import Templates, match_templates
+from provenance import write_result
 
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
@@ -103,10 +103,8 @@ def main() -> None:
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
               "note": "one sample per target, elements given; DiffCSP matcher and validity",
               "symmetry_templates": template_info, "precision": args.precision}
-    result |= stamp(args.device, model=resolve_model_dir(args.model))
-    path = ROOT / "benchmarks" / "results" / f"atom_csp_sweep_{args.dataset}{args.suffix}.json"
-    write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")
-    print(f"wrote {path}")
+    write_result(f"atom_csp_sweep_{args.dataset}{args.suffix}", result, args.device,
+                 model=resolve_model_dir(args.model))
 
 
 if __name__ == "__main__":

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 
 from atom_csp_sweep import predict, seeded_subset
-from codec import ROOT, stamp
-from crysgen.crystal_set import CrystalSet, write_text_atomic
+from crysgen.crystal_set import CrystalSet
 from crysgen.data.validity import structurally_valid
 from crysgen.errors import CrysgenError
 from crysgen.evaluation.csp import CSPSample, score_csp
@@ -52,6 +51,7 @@ from crysgen.evaluation.stability import RelaxOptions, relax_batch
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import match_templates
+from provenance import write_result
 
 
 def parse_candidates(text: str) -> list[tuple[str, int, int]]:
@@ -206,9 +206,10 @@ def main() -> None:
     t0 = time.perf_counter()
     for j, samples in enumerate(columns):
         have = [i for i, s in enumerate(samples) if s.structure is not None]
-        structures = [samples[i].structure for i in have]
-        valid[have, j] = [structurally_valid(s) for s in structures]
-        energies[have, j] = static_energies(structures, args.potential, device=args.device)
+        valid[have, j] = [structurally_valid(samples[i].structure) for i in have]
+        ok = [i for i in have if valid[i, j]]  # only a valid candidate can be chosen
+        energies[ok, j] = static_energies([samples[i].structure for i in ok], args.potential,
+                                          device=args.device)
     energy_seconds = time.perf_counter() - t0
     names = [recipe_name(*r) for r in recipes]
     ranked_row, best_row = rank_columns(matched, rms, energies, valid, names)
@@ -242,10 +243,8 @@ def main() -> None:
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
                       "(no target used); best_of_k = any candidate matched (the target chooses; invalid "
                       "targets are misses, as with one sample)"}
-    result |= stamp(args.device, model=resolve_model_dir(args.model))
-    path = ROOT / "benchmarks" / "results" / f"csp_rank_{args.dataset}{args.suffix}.json"
-    write_text_atomic(path, json.dumps(result, indent=1, default=float) + "\n")
-    print(f"wrote {path}")
+    write_result(f"csp_rank_{args.dataset}{args.suffix}", result, args.device,
+                 model=resolve_model_dir(args.model))
 
 
 if __name__ == "__main__":

@@ -150,6 +150,20 @@ def stamp(device: str | None = None, *, model: str | Path | None = None) -> dict
     return out
 
 
+def write_result(name: str, result: dict[str, Any], device: str | None = None, *,
+                 model: str | Path | None = None) -> Path:
+    """``result`` stamped (:func:`stamp`) and written atomically to ``benchmarks/results/<name>.json``.
+
+    Non-JSON numbers (numpy floats) are written as floats. Prints and returns the path.
+    """
+    from crysgen.crystal_set import write_text_atomic
+
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    write_text_atomic(path, json.dumps(result | stamp(device, model=model), indent=1, default=float) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 @functools.cache
 def _all_published() -> dict[str, Any]:
     return json.loads(PUBLISHED.read_text())
