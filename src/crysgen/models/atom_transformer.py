@@ -342,13 +342,13 @@ class AtomTransformer(nn.Module):
         diff = frac[:, :, None] - frac[:, None, :]
         return diff - torch.round(diff)
 
-    def pair_features(self, frac: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def pair_features(self, diff: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """(B, S, S, 6·edge_freqs + edge_rbf) pair features, invariant to a common shift of all atoms.
 
-        Fourier features of wrap(x_i − x_j) and Gaussian RBFs of the pair distance in ``cell`` (Å).
+        Fourier features of the wrapped differences ``diff`` (B, S, S, 3) (:meth:`pair_differences`)
+        and Gaussian RBFs of the pair distance in ``cell`` (Å).
         """
         c = self.cfg
-        diff = self.pair_differences(frac)
         dist = torch.linalg.norm(torch.einsum("bijk,bkl->bijl", diff, cell), dim=-1)
         width = 10.0 / max(c.edge_rbf - 1, 1)
         rbf = torch.exp(-(((dist[..., None] - self.rbf_centers) / width) ** 2))
@@ -400,7 +400,8 @@ class AtomTransformer(nn.Module):
         for embed, value in ((self.space_group, space_group), (self.num_elements, num_elements)):
             if embed is not None:
                 cond = cond + embed((value if value is not None else torch.zeros_like(given)).long())
-        feats = self.pair_features(frac, cell)
+        diff = self.pair_differences(frac.float())
+        feats = self.pair_features(diff, cell)
         bias = self.pair_bias(feats, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)
         for i, block in enumerate(self.blocks):
             x = block(x, cond, bias[:, i], feats, mask)
@@ -408,7 +409,7 @@ class AtomTransformer(nn.Module):
         x = _modulate(self.norm_out(x), shift, scale)
         coords = self.coord_out(x[:, 1:])
         if self.displace is not None:
-            step = self.displace(x[:, 1:], feats, self.pair_differences(frac.float()), mask)
+            step = self.displace(x[:, 1:], feats, diff, mask)
             gain = coord_gain.float()[:, None, None] if coord_gain is not None else 1.0
             coords = coords.float() + gain * step
         return self.type_out(x[:, 1:]), coords, self.lattice_out(x[:, 0])
