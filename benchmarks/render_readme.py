@@ -568,10 +568,14 @@ def atom_table() -> list[str]:
                          f"{alone} | {d['ranked']['match_rate_percent']:.1f} % ({d['potential']}) | "
                          f"{d['ranked']['rmse']:.4f} | {d['best_of_k']['match_rate_percent']:.1f} % "
                          f"(k = {d['best_of_k']['k']}) |")
-            if "ranked_relaxed" in d:  # the same candidates, ranked after a short relaxation
-                r = d["ranked_relaxed"]
+            relaxed = d.get("ranked_relaxed", [])  # the same candidates, ranked after relaxations
+            for r in [relaxed] if isinstance(relaxed, dict) else relaxed:  # one length (older files)
                 lines.append(f"| ↳ the same, ranked by CHGNet energy after {r['relax_steps']} FIRE steps "
                              f"| | | | | {r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | |")
+                if "relaxed_answer" in r:
+                    a = r["relaxed_answer"]
+                    lines.append(f"| ↳ that choice scored after its {r['relax_steps']} FIRE steps | | | | | "
+                                 f"{a['match_rate_percent']:.1f} % | {a['rmse']:.4f} | |")
             for sub in d.get("subsets", []):  # the same candidates, ranked within fewer recipes
                 ranked, best = sub["ranked"], sub["best_of_k"]
                 lines.append(f"| ↳ the same, ranked within {', '.join(sub['recipes'])} | | | | | "

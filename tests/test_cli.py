@@ -166,13 +166,13 @@ def test_evaluate_quiet_writes_per_family_and_stability_timings_to_metrics_json(
     cache.write_text(json.dumps({x: {"fcc": -1.0} for x in ["Na", "Cl", "Sr", "Ti", "O", "Zn"]}))
     out = tmp_path / "report"
     during = []
-    relax_all = suite._relax_all
+    relax_all = suite.relax_all
 
     def watched(*a, **k):  # what a user reading metrics.json sees while the relaxation runs
         during.append(json.loads((out / "metrics.json").read_text()))
         return relax_all(*a, **k)
 
-    monkeypatch.setattr(suite, "_relax_all", watched)
+    monkeypatch.setattr(suite, "relax_all", watched)
     assert main(["evaluate", str(samples), "--train", str(train), "--reference", str(samples),
                  "--out", str(out), "--metrics", "validity,distributions,novelty,stability",
                  "--relax-steps", "3", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0

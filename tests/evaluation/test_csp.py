@@ -96,6 +96,34 @@ def test_with_one_sample_per_target_an_invalid_target_is_a_miss_as_in_diffcsp():
     assert res.rows[0]["target_valid"] is False
 
 
+def test_kept_target_verdicts_check_each_target_once_and_give_the_same_result(monkeypatch):
+    import crysgen.evaluation.csp as csp
+
+    nacl2 = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
+    tgt = targets(nacl2, cscl_type(), ids=["bad", "ok"])
+    samples = [CSPSample("s1", "bad", nacl2.copy()), CSPSample("s2", "ok", cscl_type(0.05))]
+    fresh = score_csp(samples, tgt, validity="structural", require_valid_target=True, progress=False)
+    checked: list[str] = []
+    real = csp._read_and_check
+
+    def counting(args):
+        checked.append(args[0].id)
+        return real(args)
+
+    monkeypatch.setattr(csp, "_read_and_check", counting)
+    verdicts: dict[str, str | None] = {"bad": "composition not SMACT-valid"}  # as if checked before
+    first = score_csp(samples, tgt, validity="structural", require_valid_target=True, progress=False,
+                      target_verdicts=verdicts)
+    assert verdicts == {"bad": "composition not SMACT-valid", "ok": None}
+    assert checked.count("ok") == 1 and "bad" not in checked  # samples are s1/s2; targets by id
+    again = score_csp(samples, tgt, validity="structural", require_valid_target=True, progress=False,
+                      target_verdicts=verdicts)
+    assert checked.count("ok") == 1  # not checked again
+    reason = "target invalid: composition not SMACT-valid"
+    assert first.rows[0]["problem"] == again.rows[0]["problem"] == reason
+    assert fresh.rows[1] == first.rows[1] == again.rows[1] and first.match_rate == 0.5
+
+
 def test_best_of_k_takes_the_closest_matching_sample():
     samples = [CSPSample(f"s{k}", "t", s) for k, s in
                enumerate([cscl_type(0.3), cscl_type(0.05), cscl_type(species=("K", "Cl")), cscl_type(0.15)])]

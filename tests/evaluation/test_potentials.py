@@ -177,7 +177,7 @@ def test_an_unknown_potential_is_refused_before_any_work(tmp_path, capsys, monke
         raise AssertionError("no work may start")
 
     monkeypatch.setattr(suite, "load_inputs", no_work)
-    monkeypatch.setattr(suite, "_relax_all", no_work)
+    monkeypatch.setattr(suite, "relax_all", no_work)
     samples, train = _tiny_evaluation(tmp_path)
     out = tmp_path / "out"
     args = ["evaluate", str(samples), "--train", str(train), "--reference", str(samples),

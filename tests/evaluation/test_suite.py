@@ -92,7 +92,7 @@ def test_a_failed_run_leaves_a_status_that_says_where_it_stopped(tmp_path, monke
     def broken(*a, **k):
         raise RuntimeError("relaxation engine broke")
 
-    monkeypatch.setattr(suite, "_relax_all", broken)
+    monkeypatch.setattr(suite, "relax_all", broken)
     status = tmp_path / "out" / "metrics.json"
     with pytest.raises(RuntimeError, match="engine broke"):
         evaluate(folder, ref, ref, EvalOptions(metrics=("validity", "stability")), progress=False,
@@ -135,7 +135,7 @@ def _cheap_stability(monkeypatch, on_relax=None):
             on_relax()
         return [Relaxation(-1.0, -1.0 - 0.01 * len(s), 0.01, 1, True, 0.0, s) for s in structures]
 
-    monkeypatch.setattr(suite, "_relax_all", relax_all)
+    monkeypatch.setattr(suite, "relax_all", relax_all)
     monkeypatch.setattr(stability, "reference_energies",
                         lambda cs, **kw: -1.5 - 0.05 * np.arange(len(cs)))
     monkeypatch.setattr(stability, "relaxed_candidates", lambda symbols, **kw: {

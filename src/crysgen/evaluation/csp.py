@@ -298,7 +298,7 @@ def _pool_map(fn: Callable, items: list, workers: int, desc: str, progress: bool
 def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: str = "cdvae",
               require_valid_target: bool | None = None, metre: bool = True, workers: int = 1,
               time_limit_s: float | None = TIME_LIMIT_S, smact_tables: str = "smact-2.2.1",
-              progress: bool = True) -> CSPResult:
+              progress: bool = True, target_verdicts: dict[str, str | None] | None = None) -> CSPResult:
     """Match rate, RMSE, cRMSE and METRe of generated crystals against the targets they name.
 
     Args:
@@ -312,6 +312,10 @@ def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: st
         time_limit_s: wall-clock limit per match (None: none).
         smact_tables: oxidation-state tables of the compositional check.
         progress: show progress bars.
+        target_verdicts: a dict the caller keeps between calls that score samples against the
+            same targets with the same ``validity`` and ``smact_tables``: each target's invalid
+            reason (None: valid) is read from it where present and written to it where checked,
+            so several scorings check each target once.
 
     Raises:
         CrysgenError: for an unknown validity mode or when no sample names a target of the set.
@@ -339,10 +343,13 @@ def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: st
     target_structs = {j: targets.to_structure(j) for j in named}
     target_reason: dict[int, str | None] = {j: None for j in named}
     if need_target:
+        known_verdicts = {} if target_verdicts is None else target_verdicts
+        unchecked = [j for j in named if str(targets.ids[j]) not in known_verdicts]
         tc = _pool_map(_read_and_check, [(CSPSample(str(targets.ids[j]), "", target_structs[j]), validity,
-                                          smact_tables) for j in named], workers,
+                                          smact_tables) for j in unchecked], workers,
                        "CSP: checking targets", progress)
-        target_reason = {j: c[2] for j, c in zip(named, tc, strict=True)}
+        known_verdicts.update({str(targets.ids[j]): c[2] for j, c in zip(unchecked, tc, strict=True)})
+        target_reason = {j: known_verdicts[str(targets.ids[j])] for j in named}
     t_read = time.perf_counter() - t0
 
     # pairs: every valid sample against the target it names; for METRe also against every

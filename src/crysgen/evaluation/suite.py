@@ -723,8 +723,14 @@ def _relax_chunk(args: tuple[list[Any], Any, int]) -> list[Any]:
         torch.set_num_threads(threads)
 
 
-def _relax_all(structures: list[Any], options: Any, workers: int, progress: bool) -> list[Any]:
-    """Relaxations of all structures, in input order.
+def relax_all(structures: list[Any], options: Any, workers: int, progress: bool) -> list[Any]:
+    """Relaxations (:class:`~crysgen.evaluation.stability.Relaxation`) of all structures, in input order.
+
+    Args:
+        structures: pymatgen structures.
+        options: :class:`~crysgen.evaluation.stability.RelaxOptions`.
+        workers: processes, each relaxing its chunks in lockstep batches.
+        progress: show a progress bar.
 
     Interleaved chunks (similar mixes of sizes), one batched relaxation per chunk, as many chunks
     as a multiple of ``workers`` so that every round keeps all workers busy (spawned on CUDA).
@@ -874,7 +880,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device, batch_size=o.relax_batch_size)
     with timed(timer, "stability.relax"):
-        relaxed = _relax_all(structures, ro, o.relax_workers or o.workers, progress)
+        relaxed = relax_all(structures, ro, o.relax_workers or o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
         row.update(r.row())
         if r.structure is not None:
