@@ -247,11 +247,34 @@ def main() -> None:
     ranked_row["energy_seconds"] = round(energy_seconds, 1)
     print(json.dumps(ranked_row), flush=True)
     print(json.dumps(best_row), flush=True)
-    relaxed_rows, relaxed_by_length = [], {}
-    for steps in relax_lengths:  # the same candidates ranked by their energy after a relaxation
+    relaxed_rows: list[dict[str, Any]] = []
+    subsets = []
+    for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
+        cols = [recipes.index(r) for r in parse_candidates(text)]
+        sub_ranked, sub_best = rank_columns(matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols],
+                                            [names[c] for c in cols])
+        subsets.append({"recipes": [names[c] for c in cols], "columns": cols, "ranked": sub_ranked,
+                        "best_of_k": sub_best})
+        print(json.dumps(subsets[-1]), flush=True)
+    result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
+              "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
+              "potential": args.potential,
+              "precision": args.precision, "symmetry_prior": args.symmetry_prior,
+              "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
+              "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
+              "ranked_relaxed": relaxed_rows, "relax_steps_asked": relax_lengths,
+              "complete": not relax_lengths,
+              "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
+                      "(no target used); ranked_relaxed = the same by CHGNet energy after relax_steps FIRE "
+                      "steps (relaxed_answer: that choice scored after its relaxation); best_of_k = any "
+                      "candidate matched (the target chooses; invalid targets are misses, as with one "
+                      "sample); complete = false while relaxations asked for are still to come (the file "
+                      "is rewritten after each phase, so a run cut short keeps what it finished)"}
+    name, model_dir = f"csp_rank_{args.dataset}{args.suffix}", resolve_model_dir(args.model)
+    write_result(name, result, args.device, model=model_dir)
+    for n_done, steps in enumerate(relax_lengths, 1):  # the same candidates ranked after a relaxation
         t0 = time.perf_counter()
         energies_n, structures_n = relaxed_energies(columns, valid, steps, args.device, args.workers)
-        relaxed_by_length[steps] = energies_n
         row = rank_columns(matched, rms, energies_n, valid, names)[0]
         row |= {"relax_steps": steps, "relax_seconds": round(time.perf_counter() - t0, 1)}
         if args.score_relaxed:  # the chosen candidate after its relaxation is the answer
@@ -262,31 +285,13 @@ def main() -> None:
                                      "n_invalid_samples": res.n_invalid_samples}
         relaxed_rows.append(row)
         print(json.dumps(row), flush=True)
-    subsets = []
-    for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
-        cols = [recipes.index(r) for r in parse_candidates(text)]
-        sub_ranked, sub_best = rank_columns(matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols],
-                                            [names[c] for c in cols])
-        subsets.append({"recipes": [names[c] for c in cols], "ranked": sub_ranked, "best_of_k": sub_best})
-        for steps, energies_n in relaxed_by_length.items():
-            subsets[-1].setdefault("ranked_relaxed", []).append(
+        for sub in subsets:
+            cols = sub["columns"]
+            sub.setdefault("ranked_relaxed", []).append(
                 {"relax_steps": steps} | rank_columns(matched[:, cols], rms[:, cols], energies_n[:, cols],
                                                       valid[:, cols], [names[c] for c in cols])[0])
-        print(json.dumps(subsets[-1]), flush=True)
-    result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
-              "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
-              "potential": args.potential,
-              "precision": args.precision, "symmetry_prior": args.symmetry_prior,
-              "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
-              "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
-              **({"ranked_relaxed": relaxed_rows} if relaxed_rows else {}),
-              "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
-                      "(no target used); ranked_relaxed = the same by CHGNet energy after relax_steps FIRE "
-                      "steps (relaxed_answer: that choice scored after its relaxation); best_of_k = any "
-                      "candidate matched (the target chooses; invalid targets are misses, as with one "
-                      "sample)"}
-    write_result(f"csp_rank_{args.dataset}{args.suffix}", result, args.device,
-                 model=resolve_model_dir(args.model))
+        result["complete"] = n_done == len(relax_lengths)
+        write_result(name, result, args.device, model=model_dir)
 
 
 if __name__ == "__main__":

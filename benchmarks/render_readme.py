@@ -562,7 +562,8 @@ def atom_table() -> list[str]:
         for path in ranks:
             d = json.loads(path.read_text())
             alone = ", ".join(f"{r['recipe']} {r['match_rate_percent']:.1f} %" for r in d["recipes"])
-            lines.append(f"| [{path.stem.removeprefix('csp_rank_')}]({path.relative_to(ROOT)}) | "
+            cut = " (cut short: not every relaxation asked for ran)" if d.get("complete") is False else ""
+            lines.append(f"| [{path.stem.removeprefix('csp_rank_')}]({path.relative_to(ROOT)}){cut} | "
                          f"{d['commit'][:7]} | {gpu(d['machine'])} | "
                          f"{d['n_targets']:,} of {d['dataset']} test | "
                          f"{alone} | {d['ranked']['match_rate_percent']:.1f} % ({d['potential']}) | "

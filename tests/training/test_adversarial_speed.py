@@ -198,3 +198,24 @@ def test_fused_adam_falls_back_where_unsupported(monkeypatch):
         opt = adam([torch.nn.Parameter(torch.zeros(3))], 1e-4, (0.0, 0.9), 1e-7, fused=True)
     assert not opt.defaults["fused"]
     assert (opt.defaults["lr"], opt.defaults["betas"], opt.defaults["eps"]) == (1e-4, (0.0, 0.9), 1e-7)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_critic_survives_two_forwards_and_the_penalty_before_backward():
+    # Inductor (not aot_eager) kept the spectral norm's power-iteration vectors themselves for
+    # the backward; the fake batch's forward and the penalty's eager pass updated them in place
+    # and the critic's backward failed on the H200 and here. `compiled` keeps the
+    # parametrisations eager. Width 1/8: the smallest critic; compiling it takes ~1 min here.
+    from crysgen.objectives.adversarial import gradient_penalty
+    from crysgen.training.adversarial import compiled
+
+    torch._dynamo.reset()
+    L.seed_everything(0)
+    module = AdversarialModule(AdversarialTrainConfig.from_dict(
+        {"net": {"kind": "wgan", "width": 0.125}, "optim": {"batch_size": BATCH}}).to_dict())
+    critic = module.critic
+    real, fake = torch.rand(2, BATCH, 1, 4, 64, 64, generator=torch.Generator().manual_seed(3))
+    fast = compiled(critic, "default")
+    loss = fast(real).mean() - fast(fake).mean() + gradient_penalty(critic, real, fake)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in critic.parameters())

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from crysgen.errors import CrysgenError
 from crysgen.models.adversarial import AdversarialBundle, build_critic, build_generator
@@ -53,8 +54,23 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def compiled(net: nn.Module, mode: str | None) -> Forward:
-    """``net`` itself (mode None) or ``torch.compile(net, mode=mode)``."""
-    return net if mode is None else torch.compile(net, mode=mode)
+    """``net`` itself (mode None) or ``torch.compile(net, mode=mode)``.
+
+    The weight parametrisations (spectral norm) stay outside the compiled graphs: Inductor's
+    graph keeps the power-iteration vectors themselves (not their copies, as eager does) for
+    the backward pass, so a second forward before it (the critic's fake batch, the gradient
+    penalty's eager pass) updated them in place and the backward failed ("modified by an
+    inplace operation"). Eager parametrisations compute the same weights; the layers that use
+    them stay compiled.
+    """
+    if mode is None:
+        return net
+    for module in net.modules():
+        if parametrize.is_parametrized(module):
+            for chain in module.parametrizations.values():
+                for p in chain:
+                    p.forward = torch.compiler.disable(p.forward)
+    return torch.compile(net, mode=mode)
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], eps: float, *,
