@@ -18,6 +18,8 @@ Usage (on the GPU machine):
     python benchmarks/adversarial_step_speed.py
     python benchmarks/adversarial_step_speed.py --compile false,default,reduce-overhead \
         --micro-batch 0,64,128 --steps 30
+With ``--profile`` each variant also writes torch.profiler's operator table (two critic steps and
+one generator step after the timed ones) to ``benchmarks/results/profiles/``.
 The default grid is 16 variants, each compiled one a minute or more of compilation: split it
 over device calls with ``--compile false`` and ``--compile default`` (and ``--suffix``).
 CPU smoke test (not a measurement; do not commit its output):
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -91,6 +94,36 @@ def peak_memory(device: str) -> Iterator[dict[str, Any]]:
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
+def profile_path(spec: dict[str, Any]) -> Path:
+    """benchmarks/results/profiles/adversarial_step_<device>_<options>.txt for one variant."""
+    tag = "_".join(f"{k}-{v}" for k, v in spec["options"].items())
+    return ROOT / "benchmarks" / "results" / "profiles" / f"adversarial_step_{spec['device']}_{tag}.txt"
+
+
+def write_profile(spec: dict[str, Any], critic: Callable[[], Any], generator: Callable[[], Any]) -> None:
+    """torch.profiler's operator table of two critic steps and one generator step, to :func:`profile_path`.
+
+    Sorted by the device's own time on a GPU (the CPU's otherwise); the first rows say which
+    kernels a step's time goes to.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    device = spec["device"]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        critic(), critic(), generator()
+        synchronise(device)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70)
+    path = profile_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# adversarial_step_speed.py --profile: two WGAN-GP critic steps + one generator step "
+              f"after the timed ones; {json.dumps({k: spec[k] for k in ('device', 'width', 'batch')})} "
+              f"options {json.dumps(spec['options'])}; torch {torch.__version__}\n")
+    write_text_atomic(path, header + table + "\n")
+
+
 def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one variant in this process; its row (``spec`` as run_variant passes it)."""
     import lightning as L
@@ -126,6 +159,8 @@ def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
         warmup_s = time.perf_counter() - t0
         critic_rate = timed(critic, spec["steps"], device)
         generator_rate = timed(generator, spec["steps"], device)
+    if spec.get("profile"):  # where a step's time goes, after the timing (not inside it)
+        write_profile(spec, critic, generator)
     n_critic = cfg.optim.n_critic
     iteration_s = n_critic / critic_rate + 1 / generator_rate
     return {"critic_steps_per_s": round(critic_rate, 3), "generator_steps_per_s": round(generator_rate, 3),
@@ -159,12 +194,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed critic + generator steps")
     p.add_argument("--steps", type=int, default=20, help="timed critic steps and generator steps")
     p.add_argument("--suffix", default="", help="appended to the result file's name")
+    p.add_argument("--profile", action="store_true",
+                   help="also write each variant's operator profile (two critic steps and one generator "
+                        "step after the timed ones) to benchmarks/results/profiles/")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one variant in this process
     args = p.parse_args()
     if args.one:
         print(json.dumps(one_variant(json.loads(args.one))), flush=True)
         return
-    common = {k: getattr(args, k) for k in ("device", "width", "batch", "warmup", "steps")}
+    common = {k: getattr(args, k) for k in ("device", "width", "batch", "warmup", "steps", "profile")}
     path = ROOT / "benchmarks" / "results" / f"adversarial_step_speed{args.suffix}.json"
     result: dict[str, Any] = {
         "kind": "wgan", **common, "rows": [],

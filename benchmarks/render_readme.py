@@ -484,6 +484,31 @@ def compare_table() -> list[str]:
     return [*lines, ""]
 
 
+def adversarial_speed_table() -> list[str]:
+    """One row per variant of every adversarial_step_speed*.json (WGAN-GP steps per second)."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob("adversarial_step_speed*.json"))
+    lines: list[str] = []
+    for path in paths:
+        d = json.loads(path.read_text())
+        if not lines:
+            lines = ["**WGAN-GP step speed** (`benchmarks/adversarial_step_speed.py`: the paper's WGAN-GP, "
+                     "random inputs, steady rates after warm-up steps, one process per variant; an "
+                     "iteration = 5 critic steps + 1 generator step)", "",
+                     "| file | commit | device | width / batch | compile | channels_last | fused | "
+                     "micro-batch | critic steps/s | generator steps/s | s per iteration | peak GiB |",
+                     "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        link = f"[{path.stem.removeprefix('adversarial_step_speed') or '(grid)'}]({path.relative_to(ROOT)})"
+        for r in d["rows"]:
+            o = r["options"]
+            cells = ([f"{r['critic_steps_per_s']:.2f}", f"{r['generator_steps_per_s']:.2f}",
+                      f"{r['seconds_per_iteration']:.2f}", f"{r.get('peak_memory_gib', '–')}"]
+                     if "error" not in r else [f"failed: {r['error'][:90]}", "", "", ""])
+            head = [link, d["commit"][:7], gpu(d["machine"]), f"{d['width']:g} / {d['batch']}",
+                    str(o["compile"]), str(o["channels_last"]), str(o["fused"]), str(o["micro_batch"] or "–")]
+            lines.append("| " + " | ".join(head + cells) + " |")
+    return [*lines, ""] if lines else []
+
+
 def atom_table() -> list[str]:
     """Sampling speed, CSP and multi-GPU training of the atom diffusion transformer."""
     res = ROOT / "benchmarks" / "results"
@@ -805,7 +830,7 @@ def main() -> None:
     data = json.loads((ROOT / "benchmarks" / "results" / "codec.json").read_text())
     block = "\n".join([START, "", *side_by_side_table(), *codec_tables(data), *diffusion_table(),
                        *ablation_table(), *ddp_line(),
-                       *compare_table(),
+                       *compare_table(), *adversarial_speed_table(),
                        *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
                        *atom_table(), *composition_first_table(), *throughput_table(), *voxel_table(), END])
     text = replace_block(README.read_text(), START, END, block)
