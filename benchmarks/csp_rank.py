@@ -56,11 +56,12 @@ from crysgen.pipelines.symmetry import match_templates
 from provenance import write_result
 
 
-def parse_candidates(text: str) -> list[tuple[str, int, int]]:
+def parse_candidates(text: str, minimum: int = 2) -> list[tuple[str, int, int]]:
     """``templates:0,templates:0:1,plain:0`` -> [("templates", 0, 0), ("templates", 0, 1), ("plain", 0, 0)].
 
     Each item is KIND:SEED, or templates:SEED:RANK for the template of another space group
-    (:func:`~crysgen.pipelines.symmetry.match_templates`'s ``rank``; 0 when left out).
+    (:func:`~crysgen.pipelines.symmetry.match_templates`'s ``rank``; 0 when left out); at least
+    ``minimum`` of them (``--candidates`` ranks, so 2; an ``--also`` subset may be one recipe).
     """
     out = []
     for item in text.split(","):
@@ -71,8 +72,8 @@ def parse_candidates(text: str) -> list[tuple[str, int, int]]:
         if not ok:
             raise CrysgenError(f"--candidates: {item!r} is not templates:SEED[:RANK] or plain:SEED")
         out.append((kind, int(seed), int(rank or 0)))
-    if len(out) < 2:
-        raise CrysgenError("--candidates: ranking needs at least two recipes")
+    if len(out) < minimum:
+        raise CrysgenError(f"--candidates: ranking needs at least {minimum} recipes")
     return out
 
 
@@ -187,8 +188,8 @@ def main() -> None:
                    help="with --relax-steps, also score each ranking's chosen candidate after its "
                         "relaxation (the relaxed crystal is the answer: a generate-relax-rank pipeline)")
     p.add_argument("--also", action="append", default=[], metavar="RECIPES",
-                   help="also rank within these recipes only (a subset of --candidates, same syntax; "
-                        "repeatable): the same candidates, fewer of them")
+                   help="also rank within these recipes only (a subset of --candidates, same syntax, one "
+                        "recipe allowed; repeatable): the same candidates, fewer of them")
     args = p.parse_args()
     recipes = parse_candidates(args.candidates)
     relax_lengths = [int(x) for x in args.relax_steps.split(",") if x.strip()]
@@ -199,7 +200,7 @@ def main() -> None:
     if relax_lengths and args.potential != "chgnet":
         raise CrysgenError("--relax-steps relaxes with CHGNet: use it with --potential chgnet")
     for text in args.also:
-        if not set(parse_candidates(text)) <= set(recipes):
+        if not set(parse_candidates(text, minimum=1)) <= set(recipes):
             raise CrysgenError(f"--also {text!r}: every recipe must be one of --candidates")
     batch = args.batch or (64 if args.device == "cpu" else 2048)
 
@@ -250,7 +251,7 @@ def main() -> None:
     relaxed_rows: list[dict[str, Any]] = []
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
-        cols = [recipes.index(r) for r in parse_candidates(text)]
+        cols = [recipes.index(r) for r in parse_candidates(text, minimum=1)]
         sub_ranked, sub_best = rank_columns(matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols],
                                             [names[c] for c in cols])
         subsets.append({"recipes": [names[c] for c in cols], "columns": cols, "ranked": sub_ranked,
@@ -287,9 +288,17 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         for sub in subsets:
             cols = sub["columns"]
-            sub.setdefault("ranked_relaxed", []).append(
-                {"relax_steps": steps} | rank_columns(matched[:, cols], rms[:, cols], energies_n[:, cols],
-                                                      valid[:, cols], [names[c] for c in cols])[0])
+            sub_names = [names[c] for c in cols]
+            sub_row = {"relax_steps": steps} | rank_columns(
+                matched[:, cols], rms[:, cols], energies_n[:, cols], valid[:, cols], sub_names)[0]
+            if args.score_relaxed:  # the subset's choice after its relaxation
+                pick = np.asarray(cols)[pick_lowest(energies_n[:, cols], valid[:, cols])]
+                res = score_csp(relaxed_answers(columns, pick, structures_n), targets, workers=args.workers,
+                                metre=False, progress=False, target_verdicts=target_verdicts)
+                sub_row["relaxed_answer"] = {"match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
+                                             "n_invalid_samples": res.n_invalid_samples}
+            sub.setdefault("ranked_relaxed", []).append(sub_row)
+            print(json.dumps({"recipes": sub["recipes"], **sub_row}), flush=True)
         result["complete"] = n_done == len(relax_lengths)
         write_result(name, result, args.device, model=model_dir)
 
