@@ -65,11 +65,10 @@ def compiled(net: nn.Module, mode: str | None) -> Forward:
     """
     if mode is None:
         return net
-    for module in net.modules():
-        if parametrize.is_parametrized(module):
-            for chain in module.parametrizations.values():
-                for p in chain:
-                    p.forward = torch.compiler.disable(p.forward)
+    for chain in net.modules():
+        if isinstance(chain, parametrize.ParametrizationList):  # a weight's parametrisations
+            for p in chain:
+                p.forward = torch.compiler.disable(p.forward)
     return torch.compile(net, mode=mode)
 
 
