@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Measurement leases (no training): each job runs detached from the committed code in $T/.snap and
+# survives between chained calls; `status` copies every result file written so far to $OUT.
+# Call 1 carries .snap .gpuwork8 .whl_train, later calls what their jobs need (the tree carries
+# the bundled atom model; the CrysTens model is hidden by device_tree.sh, carry it as .atommodel):
+#   T=/tmp/root; mkdir -p $T; cp -r .snap .gpuwork8 .whl_train $T/; cp -r src/crysgen/pretrained/atom_diffusion_mp20 $T/
+#   bash $T/.snap/benchmarks/gpu_measure.sh speed      # WGAN-GP step grid (quiet GPU first), profiles
+#   # next call, carry .whl_eval .cgcnn (install before any scoring: the jobs wait for them):
+#   cp -r .cgcnn $T/; cp -r .whl_eval $T/.whl_eval.tmp && mv $T/.whl_eval.tmp $T/.whl_eval
+#   bash $T/.snap/benchmarks/gpu_measure.sh csp        # generate-relax-rank CSP on 1,000 mp_20 targets
+#   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
+#   cp -r .atommodel $T/crystens; bash $T/.snap/benchmarks/gpu_measure.sh crystens-eval $T/crystens
+#   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
+# T defaults to /tmp/root; CRYSGEN_COMMIT comes from $T/.snap/COMMIT.
+set -u
+T=${T:-/tmp/root}
+cd "$T/.snap" || exit 1
+export CRYSGEN_COMMIT=$(cat "$T/.snap/COMMIT") CRYSGEN_MODELS_DIR=$T/.cgcnn
+CALL_S=${CALL_S:-540} source benchmarks/gpu_env.sh  # install, PYTHONPATH, OUT, left
+L=/tmp/measure; mkdir -p $L
+W=$T/.gpuwork8
+
+detach() {  # NAME COMMAND...: run detached, log in $L/NAME.log, $L/NAME.done when finished
+  local name=$1; shift
+  (setsid nohup bash -c "cd $T/.snap; $*; echo \"exit \$? \$(date +%T)\" > $L/$name.done" \
+    > $L/$name.log 2>&1 < /dev/null &)
+  echo "started $name $(date +%T)"
+}
+
+eval_wheels() {  # wait until a call has brought .whl_eval, then install it
+  echo "while [ ! -d $T/.whl_eval ]; do sleep 3; done; source benchmarks/gpu_env.sh; install"
+}
+
+case "${1:-status}" in
+  speed)
+    install || exit 1
+    detach speed "python3 benchmarks/adversarial_step_speed.py --compile false,default,reduce-overhead \
+      --channels-last true --fused true --micro-batch 0 --steps 20 --warmup 5 --profile --suffix _compiled"
+    ;;
+  csp)
+    detach csp "$(eval_wheels); python3 benchmarks/csp_rank.py $T/atom_diffusion_mp20 \
+      --targets $W/mp_20_asis_test.npz --symmetry-prior $W/mp_20_asis_train_partial.npz --n 1000 \
+      --candidates templates:0,templates:1,plain:0 --also templates:0 --relax-steps 25 --score-relaxed \
+      --device cuda --workers 12 --suffix _relaxed_answer1000"
+    ;;
+  crystens-eval)
+    ln -sf $W/mp_20_asis_train_partial.npz $W/mp_20_train_partial.npz
+    ln -sf $W/mp_20_asis_test.npz $W/mp_20_test.npz
+    detach crystens "$(eval_wheels); python3 benchmarks/eval_model.py $2 --name crystens_bundled \
+      --dataset mp_20 --device cuda --workers 4 --relax-workers 4 --work $W --relax-steps 300 \
+      --relax-time-limit 120"
+    ;;
+  status)
+    for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done
+    ls $L/*.done 2>/dev/null
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    find benchmarks/results -newer COMMIT -type f \( -name "*.json" -o -name "*.txt" -o -name "*.png" \) \
+      -exec cp --parents {} "$OUT/" \; 2>/dev/null
+    (cd "$OUT" && find . -type f | head -40)
+    ;;
+esac
