@@ -273,30 +273,30 @@ def main() -> None:
                       "is rewritten after each phase, so a run cut short keeps what it finished)"}
     name, model_dir = f"csp_rank_{args.dataset}{args.suffix}", resolve_model_dir(args.model)
     write_result(name, result, args.device, model=model_dir)
+
+    def relaxed_row(cols: list[int], energies_n: np.ndarray, structures_n: dict[tuple[int, int], Any],
+                    steps: int) -> dict[str, Any]:
+        """The ranking within the recipes ``cols`` by relaxed energies (its choice scored relaxed too
+        with --score-relaxed): one row of ``ranked_relaxed``, overall or of a subset."""
+        row = {"relax_steps": steps} | rank_columns(matched[:, cols], rms[:, cols], energies_n[:, cols],
+                                                    valid[:, cols], [names[c] for c in cols])[0]
+        if args.score_relaxed:  # the chosen candidate after its relaxation is the answer
+            pick = np.asarray(cols)[pick_lowest(energies_n[:, cols], valid[:, cols])]
+            res = score_csp(relaxed_answers(columns, pick, structures_n), targets, workers=args.workers,
+                            metre=False, progress=False, target_verdicts=target_verdicts)
+            row["relaxed_answer"] = {"match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
+                                     "n_invalid_samples": res.n_invalid_samples}
+        return row
+
     for n_done, steps in enumerate(relax_lengths, 1):  # the same candidates ranked after a relaxation
         t0 = time.perf_counter()
         energies_n, structures_n = relaxed_energies(columns, valid, steps, args.device, args.workers)
-        row = rank_columns(matched, rms, energies_n, valid, names)[0]
-        row |= {"relax_steps": steps, "relax_seconds": round(time.perf_counter() - t0, 1)}
-        if args.score_relaxed:  # the chosen candidate after its relaxation is the answer
-            answers = relaxed_answers(columns, pick_lowest(energies_n, valid), structures_n)
-            res = score_csp(answers, targets, workers=args.workers, metre=False, progress=False,
-                            target_verdicts=target_verdicts)
-            row["relaxed_answer"] = {"match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
-                                     "n_invalid_samples": res.n_invalid_samples}
-        relaxed_rows.append(row)
-        print(json.dumps(row), flush=True)
+        relax_seconds = round(time.perf_counter() - t0, 1)
+        row = relaxed_row(list(range(len(recipes))), energies_n, structures_n, steps)
+        relaxed_rows.append(row | {"relax_seconds": relax_seconds})
+        print(json.dumps(relaxed_rows[-1]), flush=True)
         for sub in subsets:
-            cols = sub["columns"]
-            sub_names = [names[c] for c in cols]
-            sub_row = {"relax_steps": steps} | rank_columns(
-                matched[:, cols], rms[:, cols], energies_n[:, cols], valid[:, cols], sub_names)[0]
-            if args.score_relaxed:  # the subset's choice after its relaxation
-                pick = np.asarray(cols)[pick_lowest(energies_n[:, cols], valid[:, cols])]
-                res = score_csp(relaxed_answers(columns, pick, structures_n), targets, workers=args.workers,
-                                metre=False, progress=False, target_verdicts=target_verdicts)
-                sub_row["relaxed_answer"] = {"match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
-                                             "n_invalid_samples": res.n_invalid_samples}
+            sub_row = relaxed_row(sub["columns"], energies_n, structures_n, steps)
             sub.setdefault("ranked_relaxed", []).append(sub_row)
             print(json.dumps({"recipes": sub["recipes"], **sub_row}), flush=True)
         result["complete"] = n_done == len(relax_lengths)
