@@ -509,6 +509,21 @@ def adversarial_speed_table() -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def relaxed_lines(relaxed: dict | list[dict], ranked: str | None, answer: str) -> list[str]:
+    """csp_rank rows after relaxations: the ranking (label ``ranked``; None: left out) and, where
+    scored, its relaxed answer (label ``answer``); ``{}`` in a label is the FIRE step count."""
+    lines = []
+    for r in [relaxed] if isinstance(relaxed, dict) else relaxed:  # a dict: one length (older files)
+        if ranked:
+            lines.append(f"| ↳ {ranked.format(r['relax_steps'])} | | | | | {r['match_rate_percent']:.1f} % | "
+                         f"{r['rmse']:.4f} | |")
+        if "relaxed_answer" in r:
+            a = r["relaxed_answer"]
+            lines.append(f"| ↳ {answer.format(r['relax_steps'])} | | | | | {a['match_rate_percent']:.1f} % | "
+                         f"{a['rmse']:.4f} | |")
+    return lines
+
+
 def atom_table() -> list[str]:
     """Sampling speed, CSP and multi-GPU training of the atom diffusion transformer."""
     res = ROOT / "benchmarks" / "results"
@@ -594,30 +609,19 @@ def atom_table() -> list[str]:
                          f"{alone} | {d['ranked']['match_rate_percent']:.1f} % ({d['potential']}) | "
                          f"{d['ranked']['rmse']:.4f} | {d['best_of_k']['match_rate_percent']:.1f} % "
                          f"(k = {d['best_of_k']['k']}) |")
-            relaxed = d.get("ranked_relaxed", [])  # the same candidates, ranked after relaxations
-            for r in [relaxed] if isinstance(relaxed, dict) else relaxed:  # one length (older files)
-                lines.append(f"| ↳ the same, ranked by CHGNet energy after {r['relax_steps']} FIRE steps "
-                             f"| | | | | {r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | |")
-                if "relaxed_answer" in r:
-                    a = r["relaxed_answer"]
-                    lines.append(f"| ↳ that choice scored after its {r['relax_steps']} FIRE steps | | | | | "
-                                 f"{a['match_rate_percent']:.1f} % | {a['rmse']:.4f} | |")
+            lines += relaxed_lines(d.get("ranked_relaxed", []),  # the same candidates, after relaxations
+                                   "the same, ranked by CHGNet energy after {} FIRE steps",
+                                   "that choice scored after its {} FIRE steps")
             for sub in d.get("subsets", []):  # the same candidates, ranked within fewer recipes
                 ranked, best = sub["ranked"], sub["best_of_k"]
                 within = ", ".join(sub["recipes"])
                 lines.append(f"| ↳ the same, ranked within {within} | | | | | "
                              f"{ranked['match_rate_percent']:.1f} % | {ranked['rmse']:.4f} | "
                              f"{best['match_rate_percent']:.1f} % (k = {best['k']}) |")
-                relaxed_sub = sub.get("ranked_relaxed", [])
-                for r in [relaxed_sub] if isinstance(relaxed_sub, dict) else relaxed_sub:
-                    if len(sub["recipes"]) > 1:
-                        lines.append(f"| ↳ within {within}, by CHGNet energy after {r['relax_steps']} FIRE "
-                                     f"steps | | | | | {r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | |")
-                    if "relaxed_answer" in r:
-                        a = r["relaxed_answer"]
-                        lines.append(f"| ↳ within {within}, the choice scored after its {r['relax_steps']} "
-                                     f"FIRE steps | | | | | {a['match_rate_percent']:.1f} % | "
-                                     f"{a['rmse']:.4f} | |")
+                lines += relaxed_lines(sub.get("ranked_relaxed", []),  # one recipe: nothing to rank
+                                       f"within {within}, by CHGNet energy after {{}} FIRE steps"
+                                       if len(sub["recipes"]) > 1 else None,
+                                       f"within {within}, the choice scored after its {{}} FIRE steps")
     ddp = res / "atom_diffusion_ddp.json"
     if ddp.exists():
         d = json.loads(ddp.read_text())
