@@ -19,11 +19,12 @@ Usage (GPU machine, repository root; ``sevenn`` installed, the CGCNN models in `
 ``$CRYSGEN_MODELS_DIR``; the data files made by ``benchmarks/codec.py --phase prepare``)::
 
     python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 1000 --device cuda \\
-        --workers 14 --relax-workers 4 --relax-batch 64 --cold
+        --workers 14 --relax-workers 4 --relax-batch 64 --relax-engine ase --cold
     python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 1000 --device cuda \\
-        --workers 14 --relax-workers 4 --relax-batch 64
+        --workers 14 --relax-workers 4 --relax-batch 64 --relax-engine ase
 
-(the first cold, the second warm on the caches the first left). CPU smoke test::
+(the first cold, the second warm on the caches the first left); ``--relax-engine torch`` (what
+``auto`` picks on a GPU) relaxes in one batched process, with ``--relax-batch 512`` or so. CPU smoke test::
 
     python benchmarks/eval_speed.py benchmarks/.work/atomsamples/denovo -n 20 --device cpu \\
         --workers 1 --relax-steps 20 --train-limit 300 --reference-limit 200 --suffix _cpu --cold
@@ -61,10 +62,12 @@ MARKER = ".eval_speed_cache"
 
 def run_key(record: dict) -> tuple:
     """What a new record replaces: the one of the same cold/warm state, sample count, device and
-    host (GPUs and CPU count), so a measurement on another machine is kept beside it."""
+    host (GPUs and CPU count) and relaxation engine, so a measurement on another machine or with
+    the other engine is kept beside it."""
     machine = record.get("machine") or {}
+    engine = (record.get("options") or {}).get("relax_engine") or "ase"  # records before it: ASE's
     return (record.get("cold"), record.get("n"), record.get("device"), machine.get("gpu"),
-            machine.get("cpu_count"))
+            machine.get("cpu_count"), engine)
 
 
 def fresh_cache(path: Path) -> None:
@@ -104,7 +107,7 @@ def measure(args: argparse.Namespace) -> None:
            "--dataset", "mp_20", "--property-model", "formation_energy", "--models-dir", models,
            "--limit", str(args.n), "--device", args.device, "--workers", str(args.workers),
            "--relax-batch", str(args.relax_batch), "--relax-steps", str(args.relax_steps),
-           "--cache-dir", str(cache), "--quiet"]
+           "--relax-engine", args.relax_engine, "--cache-dir", str(cache), "--quiet"]
     if args.relax_workers:
         cmd += ["--relax-workers", str(args.relax_workers)]
     if args.reference_limit:
@@ -132,7 +135,8 @@ def measure(args: argparse.Namespace) -> None:
         "evaluate_command": shlex.join(cmd),
         "options": {k: saved["options"].get(k) for k in ("workers", "relax_workers", "relax_batch_size",
                                                          "relax_steps", "relax_fmax", "relax_time_limit_s",
-                                                         "reference_limit", "potential", "device")},
+                                                         "reference_limit", "potential", "device",
+                                                         "relax_engine")},
         "caches_before": len(before), "caches_after": cache_files(cache),
         "properties": "skipped: " + m["properties_skipped"]["reason"] if "properties_skipped" in m
         else "CGCNN", "values": value,
@@ -213,6 +217,8 @@ def main() -> None:
                    help="structures per potential forward pass (%(default)s)")
     p.add_argument("--relax-steps", type=int, default=EvalOptions.relax_steps,
                    help="FIRE steps at most (%(default)s, crysgen evaluate's default)")
+    p.add_argument("--relax-engine", default=EvalOptions.relax_engine,
+                   help="crysgen evaluate --relax-engine (%(default)s)")
     p.add_argument("--potential", default="both", choices=("chgnet", "sevennet", "both"))
     p.add_argument("--models-dir", default=None, help="CGCNN models (default $CRYSGEN_MODELS_DIR or .cgcnn)")
     p.add_argument("--cache-dir", default=str(WORK / "eval_speed_cache"),

@@ -8,6 +8,7 @@
 #   # next call, carry .whl_eval .cgcnn (install before any scoring: the jobs wait for them):
 #   cp -r .cgcnn $T/; cp -r .whl_eval $T/.whl_eval.tmp && mv $T/.whl_eval.tmp $T/.whl_eval
 #   bash $T/.snap/benchmarks/gpu_measure.sh csp        # generate-relax-rank CSP on 1,000 mp_20 targets
+#   bash $T/.snap/benchmarks/gpu_measure.sh relax-engines  # eval_speed 10k/1k cold (torch engine), relax_engines
 #   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
 #   cp -r .atommodel $T/crystens; bash $T/.snap/benchmarks/gpu_measure.sh crystens-eval $T/crystens
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
@@ -49,6 +50,19 @@ case "${1:-status}" in
     detach crystens "$(eval_wheels); python3 benchmarks/eval_model.py $2 --name crystens_bundled \
       --dataset mp_20 --device cuda --workers 4 --relax-workers 4 --work $W --relax-steps 300 \
       --relax-time-limit 120"
+    ;;
+  relax-engines)  # 10,000 de novo samples of the bundled atom model; evaluate them cold with the
+    # torch engine (10k, then 1k), then both engines on the first 1,000 (one job: nothing beside it)
+    detach engines "$(eval_wheels); set -x; python3 -m crysgen sample $T/atom_diffusion_mp20 -n 10000 \
+      --device cuda --out /tmp/denovo10k --quiet; \
+      python3 benchmarks/eval_speed.py /tmp/denovo10k -n 10000 --device cuda --workers 14 \
+        --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
+        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache10k --models-dir $T/.cgcnn; \
+      python3 benchmarks/eval_speed.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
+        --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
+        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache1k --models-dir $T/.cgcnn; \
+      python3 benchmarks/relax_engines.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
+        --batch-ase 64 --batch-torch 512"
     ;;
   status)
     for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done

@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "CUDA context and ~25 MB per structure of its forward batch)")
     p.add_argument("--relax-batch", type=_positive_int, default=D.relax_batch_size,
                    help="structures per CHGNet forward pass (%(default)s)")
+    p.add_argument("--relax-engine", default=D.relax_engine,
+                   help="auto (default: torch on a GPU, ase on the CPU), ase (ASE's FIRE and "
+                        "FrechetCellFilter per structure in --relax-workers processes) or torch "
+                        "(the same steps as batched tensors on the device, graphs included; the "
+                        "same relaxations to float noise, raise --relax-batch on a GPU)")
     p.add_argument("--potential", default=D.potential,
                    help="what rates stability: chgnet (default), sevennet (SevenNet-0's static "
                         "energies of the CHGNet-relaxed structures and of the hull; needs "
@@ -105,7 +110,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           device=args.device, relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit, cache_dir=args.cache_dir,
                           relax_workers=args.relax_workers, relax_batch_size=args.relax_batch,
-                          potential=args.potential)
+                          relax_engine=args.relax_engine, potential=args.potential)
     check_output_dir(args.out)  # before any work (issue 22)
     # metrics.json says which step is running and how long each took, until the report replaces it
     ev = evaluate(args.samples, args.train, args.reference, options, progress=not args.quiet,

@@ -222,12 +222,31 @@ def _forward(model: Any, graphs: Sequence[Any], device: str,
 
     With ``forces=False`` only the energy: no gradient pass (forces and stress are None).
     """
+    h = _host_batch(graphs)
+    t = {k: v.to(device, non_blocking=True) for k, v in h.items() if k != "n_atoms"}
+    return forward_batch(model, t, h["n_atoms"], forces)
+
+
+def forward_batch(model: Any, t: dict[str, Any], n_atoms: list[int],
+                  forces: bool = True) -> tuple[Any, Any, Any, list[int]]:
+    """CHGNet on one batched graph whose tensors are on the model's device.
+
+    Args:
+        model: a loaded ``chgnet.model.CHGNet``.
+        t: the tensors of :func:`_host_batch` (or of
+            :func:`crysgen.evaluation.periodic_graph.chgnet_batch_graph`), ``n_atoms`` aside.
+        n_atoms: atoms per crystal.
+        forces: also forces and stress (one gradient pass).
+
+    Returns:
+        energy per atom (B,), forces (N, 3) eV/Å, stress (B, 3, 3) GPa (None, None without
+        ``forces``), and ``n_atoms``.
+    """
     import torch
     from chgnet.model.model import BatchedGraph
 
-    h = _host_batch(graphs)
-    t = {k: v.to(device, non_blocking=True) for k, v in h.items() if k != "n_atoms"}
-    n_batch = len(graphs)
+    device = t["lattice"].device
+    n_batch = len(n_atoms)
     with torch.enable_grad() if forces else torch.no_grad():
         strain = torch.zeros((n_batch, 3, 3), device=device, requires_grad=forces)
         lattice = t["lattice"] @ (torch.eye(3, device=device) + strain)
@@ -253,7 +272,7 @@ def _forward(model: Any, graphs: Sequence[Any], device: str,
             batched_bond_graph=batched_bond_graph, atom_owners=t["owner"].to(torch.int32),
             directed2undirected=t["d2u"], atom_positions=[cart], strains=[strain], volumes=volume)
         energy = model._compute(batch)["e"]  # eV/atom when the model is intensive
-        n = torch.tensor(h["n_atoms"], device=device, dtype=energy.dtype)
+        n = torch.tensor(n_atoms, device=device, dtype=energy.dtype)
         if forces:
             total = energy * n if model.is_intensive else energy
             grad_pos, grad_strain = torch.autograd.grad(total.sum(), [cart, strain])
@@ -268,9 +287,9 @@ def _forward(model: Any, graphs: Sequence[Any], device: str,
     if not model.is_intensive:
         energy = energy / n
     if not forces:
-        return energy.detach(), None, None, h["n_atoms"]
+        return energy.detach(), None, None, n_atoms
     stress = grad_strain / volume[:, None, None] * GPA_PER_EV_A3
-    return energy.detach(), -grad_pos, stress.detach(), h["n_atoms"]
+    return energy.detach(), -grad_pos, stress.detach(), n_atoms
 
 
 def predict_efs(model: Any, graphs: Sequence[Any], device: str = "cpu",

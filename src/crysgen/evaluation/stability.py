@@ -39,7 +39,7 @@ import json
 import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,17 @@ import numpy as np
 from crysgen.crystal_set import CrystalSet, write_npz_atomic
 from crysgen.errors import CrysgenError
 from crysgen.evaluation.chgnet_batch import FORWARD_BATCH, GPA_PER_EV_A3
+from crysgen.evaluation.relaxation import (  # noqa: F401  (re-exported: callers import them from here)
+    MIN_VOLUME_PER_ATOM,
+    RELAX_ENGINES,
+    Relaxation,
+    RelaxOptions,
+    degenerate_cell,
+    displacement_rmsd,
+    load_chgnet,
+    relax_engine,
+    rms_displacement,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -55,14 +66,6 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from crysgen.evaluation.timing import StepTimer
-
-MIN_VOLUME_PER_ATOM = 3.0
-"""Å³: cells with less room per atom are refused before CHGNet sees them (reason "degenerate
-cell"). The densest crystals of the mp_20 and perov_5 test sets have 7.2 and 7.5 Å³ per atom
-(diamond 5.7); denser generated cells (the voxel VAE's shrunken lattices: median 0.94 Å³/atom)
-are not crystals to relax, and their neighbour lists of hundreds of atoms per site made one
-relaxation take minutes on the H100 machine. Flat cells (CHGNet's neighbour search on them does
-not finish) are refused by the same test."""
 
 STABLE_THRESHOLDS = (0.1, 0.0)
 """eV/atom: MatterGen's stability threshold and Matbench Discovery's."""
@@ -83,68 +86,6 @@ IMPLAUSIBLE_BELOW = -0.5
 """eV/atom: an energy this far below the reference hull is taken for an artefact (a hole of the
 potential for an unphysical structure, or a hull that lacks the system's phases) and not counted
 as stable; new stable crystals against a Materials Project hull lie within ~0.1 eV/atom of it."""
-
-
-@dataclass(frozen=True)
-class RelaxOptions:
-    """How structures are relaxed.
-
-    Attributes:
-        fmax: force convergence criterion (eV/Å).
-        steps: FIRE steps at most.
-        time_limit_s: wall-clock limit per structure (s); the structure gets a reason when hit.
-        max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
-        device: "cpu" or "cuda".
-        batch_size: structures per CHGNet forward pass in :func:`relax_batch`; bounds memory
-            (:data:`~crysgen.evaluation.chgnet_batch.FORWARD_BATCH`).
-
-    These defaults are the one place the relaxation's settings are written: ``EvalOptions`` and
-    ``crysgen evaluate`` read them from here.
-    """
-
-    fmax: float = 0.1
-    steps: int = 500
-    time_limit_s: float = 120.0
-    max_volume_ratio: float = 5.0
-    device: str = "cpu"
-    batch_size: int = FORWARD_BATCH
-
-
-@dataclass
-class Relaxation:
-    """One structure's relaxation (energies in eV/atom, RMSD in Å, None where not available)."""
-
-    initial_energy_per_atom: float | None
-    energy_per_atom: float | None
-    rmsd: float | None
-    steps: int
-    converged: bool
-    seconds: float
-    structure: Structure | None = None
-    reason: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        """The per-structure columns."""
-        d = asdict(self)
-        d.pop("structure")
-        return {f"relax_{k}" if k in ("steps", "converged", "seconds", "reason") else k: v
-                for k, v in d.items()}
-
-
-_MODEL: dict[str, Any] = {}
-
-
-def load_chgnet(device: str = "cpu") -> Any:
-    """CHGNet's bundled pre-trained model (no network needed), loaded once per process."""
-    if device not in _MODEL:
-        import warnings
-
-        from chgnet.model import CHGNet
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _MODEL[device] = CHGNet.load(verbose=False, use_device=device)
-    return _MODEL[device]
 
 
 @contextlib.contextmanager
@@ -176,40 +117,6 @@ def inference_grads() -> Any:
         torch.autograd.grad = original
 
 
-def rms_displacement(frac_a: np.ndarray, frac_b: np.ndarray, matrix: np.ndarray) -> float:
-    """RMS displacement (Å) between two (N, 3) fractional coordinate sets of the same atoms.
-
-    Fractional differences are wrapped to the nearest image, mapped into Cartesian space with the
-    cell ``matrix`` (3, 3, row vectors, Å), and the mean displacement (rigid translation) is removed.
-    """
-    df = np.asarray(frac_b, float) - np.asarray(frac_a, float)
-    df -= np.round(df)
-    d = df @ matrix
-    d -= d.mean(axis=0)
-    return float(np.sqrt((d ** 2).sum(axis=1).mean()))
-
-
-def displacement_rmsd(initial: Structure, relaxed: Structure) -> float:
-    """RMS displacement (Å) between two orderings of the same atoms, in the relaxed cell.
-
-    See :func:`rms_displacement`.
-    """
-    return rms_displacement(initial.frac_coords, relaxed.frac_coords, relaxed.lattice.matrix)
-
-
-def _degenerate(structure: Structure) -> Relaxation | None:
-    """The "not relaxed" result of a flat or impossibly dense cell; None for a usable cell.
-
-    See :data:`MIN_VOLUME_PER_ATOM`.
-    """
-    volume = float(abs(np.linalg.det(structure.lattice.matrix))) if len(structure) else 0.0
-    if np.isfinite(volume) and volume / max(len(structure), 1) >= MIN_VOLUME_PER_ATOM:
-        return None
-    return Relaxation(None, None, None, 0, False, 0.0, None,
-                      f"degenerate cell: {volume:.3g} Å³ for {len(structure)} atoms "
-                      f"(< {MIN_VOLUME_PER_ATOM:g} Å³ per atom)")
-
-
 def relax(structure: Structure, options: RelaxOptions | None = None, *,
           relax_cell: bool = True) -> Relaxation:
     """Relax one structure with CHGNet (see the module docstring); never raises for bad input."""
@@ -223,7 +130,7 @@ def relax(structure: Structure, options: RelaxOptions | None = None, *,
     o = options or RelaxOptions()
     t0 = time.monotonic()
     initial_e, steps, converged = None, 0, False
-    flat = _degenerate(structure)
+    flat = degenerate_cell(structure)
     if flat is not None:
         return flat
     try:
@@ -332,7 +239,8 @@ def _frechet_filter(atoms: Any) -> Any:
 
 def relax_batch(structures: list[Structure], options: RelaxOptions | None = None, *,
                 relax_cell: bool | Sequence[bool] = True,
-                on_done: Callable[[int, Relaxation], Any] | None = None) -> list[Relaxation]:
+                on_done: Callable[[int, Relaxation], Any] | None = None,
+                progress: bool = False) -> list[Relaxation]:
     """Relax many structures in lockstep, one batched CHGNet call per FIRE step.
 
     The same relaxation as :func:`relax` (ASE's FIRE on a ``FrechetCellFilter``, the same
@@ -349,6 +257,10 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
         on_done: called with a structure's index and its result as soon as that structure is
             finished (converged, out of steps or time, failed), while the others go on: a
             caller can save results as they come (:func:`relaxed_candidates` does).
+        progress: show a progress bar (the torch engine; ASE's is shown by the caller's workers).
+
+    ``options.engine`` picks the engine (:func:`relax_engine`); "torch" hands the whole call to
+    :func:`crysgen.evaluation.fire_relax.relax_batch_torch`.
     """
     import warnings
 
@@ -358,13 +270,18 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
     from pymatgen.io.ase import AseAtomsAdaptor
 
     o = options or RelaxOptions()
+    if relax_engine(o) == "torch":
+        from crysgen.evaluation.fire_relax import relax_batch_torch
+
+        return relax_batch_torch(structures, o, relax_cell=relax_cell, on_done=on_done,
+                                 progress=progress)
     cells = [relax_cell] * len(structures) if isinstance(relax_cell, bool) else list(relax_cell)
     if len(cells) != len(structures):
         raise CrysgenError(f"relax_batch: {len(cells)} relax_cell flags for {len(structures)} structures")
     done: list[Relaxation | None] = [None] * len(structures)
     states: list[dict[str, Any]] = []
     for i, structure in enumerate(structures):
-        degenerate = _degenerate(structure)
+        degenerate = degenerate_cell(structure)
         done[i] = degenerate
         if degenerate is not None:
             if on_done is not None:
@@ -462,8 +379,8 @@ def relax_key(options: RelaxOptions) -> str:
     """The relaxation settings that change a relaxed energy, for cache keys.
 
     Force criterion, step limit, explosion ratio and time limit: a short ``--relax-steps`` run
-    must not leave terminal energies that a later full run would take for its own. Device and
-    batch size change only float noise and speed, and are left out.
+    must not leave terminal energies that a later full run would take for its own. Device, batch
+    size and engine change only float noise and speed, and are left out.
     """
     o = options
     return f"fmax{o.fmax:g}_steps{o.steps}_vol{o.max_volume_ratio:g}_t{o.time_limit_s:g}"

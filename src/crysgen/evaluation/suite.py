@@ -118,7 +118,9 @@ class EvalOptions:
         relax_fmax: force convergence (eV/Å).
         relax_time_limit_s: wall-clock limit per relaxation (s).
         relax_batch_size: structures per CHGNet forward pass (bounds GPU memory).
-            The four relax_* defaults are :class:`~crysgen.evaluation.stability.RelaxOptions`'s.
+        relax_engine: "auto", "ase" or "torch" (``RelaxOptions.engine``: the same relaxation, on
+            the CPU per structure or batched on the device).
+            The five relax_* defaults are :class:`~crysgen.evaluation.stability.RelaxOptions`'s.
         potential: what rates stability: ``"chgnet"`` (default), ``"sevennet"`` (SevenNet-0's
             static energies of the CHGNet-relaxed structures and of the hull references; needs
             ``pip install 'crysgen[potentials]'``) or ``"both"`` (each sample gets E_hull under
@@ -150,6 +152,7 @@ class EvalOptions:
     relax_fmax: float = RelaxOptions.fmax
     relax_time_limit_s: float = RelaxOptions.time_limit_s
     relax_batch_size: int = RelaxOptions.batch_size
+    relax_engine: str = RelaxOptions.engine
     cache_dir: str | None = None
     potential: str = "chgnet"
 
@@ -169,6 +172,11 @@ class EvalOptions:
         if self.potential not in POTENTIAL_CHOICES:
             raise CrysgenError(f"--potential must be one of {', '.join(POTENTIAL_CHOICES)}, "
                                f"got {self.potential!r}")
+        from crysgen.evaluation.stability import RELAX_ENGINES
+
+        if self.relax_engine not in RELAX_ENGINES:
+            raise CrysgenError(f"--relax-engine must be one of {', '.join(RELAX_ENGINES)}, "
+                               f"got {self.relax_engine!r}")
         if self.smact_tables not in TABLES:
             raise CrysgenError(f"smact_tables must be one of {', '.join(TABLES)}, got {self.smact_tables!r}")
 
@@ -729,14 +737,20 @@ def relax_all(structures: list[Any], options: Any, workers: int, progress: bool)
     Args:
         structures: pymatgen structures.
         options: :class:`~crysgen.evaluation.stability.RelaxOptions`.
-        workers: processes, each relaxing its chunks in lockstep batches.
+        workers: processes, each relaxing its chunks in lockstep batches (ASE's engine).
         progress: show a progress bar.
 
-    Interleaved chunks (similar mixes of sizes), one batched relaxation per chunk, as many chunks
-    as a multiple of ``workers`` so that every round keeps all workers busy (spawned on CUDA).
+    The torch engine (``options.engine``, :func:`~crysgen.evaluation.stability.relax_engine`)
+    relaxes everything here in one batched call. ASE's: interleaved chunks (similar mixes of
+    sizes), one batched relaxation per chunk, as many chunks as a multiple of ``workers`` so that
+    every round keeps all workers busy (spawned on CUDA).
     """
     if not structures:
         return []
+    from crysgen.evaluation.stability import relax_batch, relax_engine
+
+    if relax_engine(options) == "torch":  # one process: the whole set in tensors on the device
+        return relax_batch(structures, options, progress=progress)
     workers = max(1, workers)
     k = workers * -(-len(structures) // (workers * RELAX_BATCH))
     chunks = [structures[j::k] for j in range(k) if structures[j::k]]
@@ -878,7 +892,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     check_device(o.device)
     potentials = check_potential(o.potential)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
-                      device=o.device, batch_size=o.relax_batch_size)
+                      device=o.device, batch_size=o.relax_batch_size, engine=o.relax_engine)
     with timed(timer, "stability.relax"):
         relaxed = relax_all(structures, ro, o.relax_workers or o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
@@ -1088,7 +1102,8 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
     d = RelaxOptions()  # what the report ran with, where it does not say
     ro = RelaxOptions(fmax=opts.get("relax_fmax", d.fmax), steps=opts.get("relax_steps", d.steps),
                       time_limit_s=opts.get("relax_time_limit_s", d.time_limit_s), device=device,
-                      batch_size=opts.get("relax_batch_size", d.batch_size))
+                      batch_size=opts.get("relax_batch_size", d.batch_size),
+                      engine=opts.get("relax_engine", d.engine))
     ref_cs = CrystalSet.load(reference)
     if opts.get("hull_reference", "subset") == "subset":
         ref_cs = reference_subset(ref_cs, opts.get("reference_limit"),
