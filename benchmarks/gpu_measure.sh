@@ -52,17 +52,17 @@ case "${1:-status}" in
       --relax-time-limit 120"
     ;;
   relax-engines)  # 10,000 de novo samples of the bundled atom model; evaluate them cold with the
-    # torch engine (10k, then 1k), then both engines on the first 1,000 (one job: nothing beside it)
+    # torch engine, both engines on the first 1,000, then the first 1,000 cold (one job, in turn)
     detach engines "$(eval_wheels); set -x; python3 -m crysgen sample $T/atom_diffusion_mp20 -n 10000 \
       --device cuda --out /tmp/denovo10k --quiet; \
       python3 benchmarks/eval_speed.py /tmp/denovo10k -n 10000 --device cuda --workers 14 \
         --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
         --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache10k --models-dir $T/.cgcnn; \
+      python3 benchmarks/relax_engines.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
+        --batch-ase 64 --batch-torch 512; \
       python3 benchmarks/eval_speed.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
         --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
-        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache1k --models-dir $T/.cgcnn; \
-      python3 benchmarks/relax_engines.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
-        --batch-ase 64 --batch-torch 512"
+        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache1k --models-dir $T/.cgcnn"
     ;;
   status)
     for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done
