@@ -128,11 +128,13 @@ def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, val
 
 
 def relaxed_energies(columns: list[list[CSPSample]], valid: np.ndarray, steps: int,
-                     device: str, workers: int) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
+                     device: str, workers: int,
+                     batch: int = RelaxOptions.batch_size) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
     """Each valid candidate's CHGNet energy after at most ``steps`` FIRE steps, and its relaxed structure.
 
-    Relaxed in lockstep batches by ``workers`` processes (:func:`~crysgen.evaluation.suite.relax_all`,
-    the suite's relaxation).
+    Relaxed as the suite relaxes (:func:`~crysgen.evaluation.suite.relax_all`): on a GPU with the
+    torch engine in CHGNet passes of ``batch``, on the CPU in lockstep batches by ``workers``
+    processes.
 
     Returns:
         (energies, structures): float (n, k) eV/atom (NaN: none), and the relaxed structure of
@@ -141,7 +143,8 @@ def relaxed_energies(columns: list[list[CSPSample]], valid: np.ndarray, steps: i
     out = np.full(valid.shape, np.nan)
     where = [(i, j) for j in range(valid.shape[1]) for i in range(valid.shape[0]) if valid[i, j]]
     structures = [columns[j][i].structure for i, j in where]
-    results = relax_all(structures, RelaxOptions(steps=steps, device=device), workers, progress=False)
+    results = relax_all(structures, RelaxOptions(steps=steps, device=device, batch_size=batch), workers,
+                        progress=False)
     relaxed = {}
     for (i, j), r in zip(where, results, strict=True):
         if r.energy_per_atom is not None:
@@ -184,6 +187,8 @@ def main() -> None:
     p.add_argument("--relax-steps", default="",
                    help="also rank by CHGNet energy after this many FIRE steps; comma-separated for "
                         "several lengths, each its own relaxation (empty: static energies only)")
+    p.add_argument("--relax-batch", type=int, default=RelaxOptions.batch_size,
+                   help="structures per CHGNet pass of the relaxations (%(default)s; 512 on a GPU)")
     p.add_argument("--score-relaxed", action="store_true",
                    help="with --relax-steps, also score each ranking's chosen candidate after its "
                         "relaxation (the relaxed crystal is the answer: a generate-relax-rank pipeline)")
@@ -290,7 +295,8 @@ def main() -> None:
 
     for n_done, steps in enumerate(relax_lengths, 1):  # the same candidates ranked after a relaxation
         t0 = time.perf_counter()
-        energies_n, structures_n = relaxed_energies(columns, valid, steps, args.device, args.workers)
+        energies_n, structures_n = relaxed_energies(columns, valid, steps, args.device, args.workers,
+                                                    args.relax_batch)
         relax_seconds = round(time.perf_counter() - t0, 1)
         row = relaxed_row(list(range(len(recipes))), energies_n, structures_n, steps)
         relaxed_rows.append(row | {"relax_seconds": relax_seconds})

@@ -21,9 +21,11 @@ CALL_S=${CALL_S:-540} source benchmarks/gpu_env.sh  # install, PYTHONPATH, OUT, 
 L=/tmp/measure; mkdir -p $L
 W=$T/.gpuwork8
 
-detach() {  # NAME COMMAND...: run detached, log in $L/NAME.log, $L/NAME.done when finished
+detach() {  # NAME COMMAND...: run detached, log in $L/NAME.log, $L/NAME.done when finished;
+  # with AFTER=JOB it starts once JOB is done (timings of one job never share the machine)
   local name=$1; shift
-  (setsid nohup bash -c "cd $T/.snap; $*; echo \"exit \$? \$(date +%T)\" > $L/$name.done" \
+  local wait=${AFTER:+"while [ ! -f $L/$AFTER.done ]; do sleep 5; done; "}
+  (setsid nohup bash -c "${wait}cd $T/.snap; $*; echo \"exit \$? \$(date +%T)\" > $L/$name.done" \
     > $L/$name.log 2>&1 < /dev/null &)
   echo "started $name $(date +%T)"
 }
@@ -41,15 +43,14 @@ case "${1:-status}" in
   csp)
     detach csp "$(eval_wheels); python3 benchmarks/csp_rank.py $T/atom_diffusion_mp20 \
       --targets $W/mp_20_asis_test.npz --symmetry-prior $W/mp_20_asis_train_partial.npz --n 1000 \
-      --candidates templates:0,templates:1,plain:0 --also templates:0 --relax-steps 25 --score-relaxed \
-      --device cuda --workers 12 --suffix _relaxed_answer1000"
+      --candidates templates:0,templates:1,plain:0 --also templates:0 --relax-steps 25,200 --score-relaxed \
+      --relax-batch 512 --device cuda --workers 12 --suffix _relaxed_answer1000"
     ;;
   crystens-eval)
     ln -sf $W/mp_20_asis_train_partial.npz $W/mp_20_train_partial.npz
     ln -sf $W/mp_20_asis_test.npz $W/mp_20_test.npz
     detach crystens "$(eval_wheels); python3 benchmarks/eval_model.py $2 --name crystens_bundled \
-      --dataset mp_20 --device cuda --workers 4 --relax-workers 4 --work $W --relax-steps 300 \
-      --relax-time-limit 120"
+      --dataset mp_20 --device cuda --workers 12 --relax-batch 512 --work $W"
     ;;
   relax-engines)  # 10,000 de novo samples of the bundled atom model; evaluate them cold with the
     # torch engine, both engines on the first 1,000, then the first 1,000 cold (one job, in turn)
