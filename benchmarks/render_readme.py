@@ -329,9 +329,9 @@ def eval_speed_table() -> list[str]:
     lines = ["**Evaluation speed** (`benchmarks/eval_speed.py`: the whole `crysgen evaluate`, every family "
              "but csp, `--potential both`; cold = no caches: reference fingerprints, hull energies and "
              "elemental terminals computed; seconds; the slowest steps inside a family after it)", "",
-             "| file | cold | samples | host (one GPU used) | commit | wall | " + " | ".join(fams)
+             "| file | cold | samples | host (one GPU used) | relax engine | commit | wall | " + " | ".join(fams)
              + " | slowest steps | target | stable ≤0.1 CHGNet / SevenNet-0 |",
-             "|---|---|---|---|---|---|" + "---|" * len(fams) + "---|---|---|"]
+             "|---|---|---|---|---|---|---|" + "---|" * len(fams) + "---|---|---|"]
     for r in runs:
         fs = r["families_seconds"]
         slow = sorted(r["steps_seconds"].items(), key=lambda kv: -kv[1])[:3]
@@ -342,10 +342,32 @@ def eval_speed_table() -> list[str]:
         goal = f"≤ {target['seconds']:.0f}: {'met' if target['met'] else 'missed'}" if target else "–"
         lines.append(f"| [eval_speed]({path.relative_to(ROOT)}) | {'yes' if r['cold'] else 'no'} | "
                      f"{r['n']:,} | {gpu(r['machine'])}, {r['machine']['cpu_count']} CPUs | "
-                     f"{r['commit'][:7]} | "
+                     f"{r['options'].get('relax_engine') or 'ase'} | {r['commit'][:7]} | "
                      f"{r['wall_seconds']:.0f} | "
                      + " | ".join(f"{fs[k]:.0f}" if k in fs else "–" for k in fams) + " | "
                      + ", ".join(f"{k} {sec:.0f}" for k, sec in slow) + f" | {goal} | {both} |")
+    return [*lines, ""]
+
+
+def relax_engines_table() -> list[str]:
+    """The two relaxation engines on the same samples (relax_engines*.json): speed and agreement."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob("relax_engines*.json"))
+    if not paths:
+        return []
+    lines = ["**Relaxation engines** (`benchmarks/relax_engines.py`: the same samples relaxed by "
+             "`--relax-engine ase` and `torch`, CHGNet, FIRE ≤ the steps shown, fmax 0.1 eV/Å)", "",
+             "| file | host | commit | structures | steps | ase s (processes) | torch s (batch) | "
+             "same step count | median / max \|ΔE\| eV/atom | within 10 meV | converged ase / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        d = json.loads(path.read_text())
+        a, t, g = d["runs"]["ase"], d["runs"]["torch"], d["agreement"]
+        de = g["energy_abs_diff_eV_per_atom"]
+        lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {gpu(d['machine'])}, "
+                     f"{d['machine']['cpu_count']} CPUs | {d['commit'][:7]} | {d['n']:,} | {d['relax_steps']} | "
+                     f"{a['wall_seconds']:.0f} ({a['processes']}) | {t['wall_seconds']:.0f} ({t['batch_size']}) | "
+                     f"{pct(g['same_step_count'])} | {de['median']:.1e} / {de['max']:.3f} | "
+                     f"{pct(de['share_below_10meV'])} | {g['converged']['ase']} / {g['converged']['torch']} |")
     return [*lines, ""]
 
 
@@ -847,6 +869,7 @@ def main() -> None:
                        *ablation_table(), *ddp_line(),
                        *compare_table(), *adversarial_speed_table(),
                        *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
+                       *relax_engines_table(),
                        *atom_table(), *composition_first_table(), *throughput_table(), *voxel_table(), END])
     text = replace_block(README.read_text(), START, END, block)
     text = replace_block(text, DEFAULT_START, DEFAULT_END, "\n".join(default_model_block()))
