@@ -5,8 +5,8 @@
 # the bundled atom model; the CrysTens model is hidden by device_tree.sh, carry it as .atommodel):
 #   T=/tmp/root; mkdir -p $T; cp -r .snap .gpuwork8 .whl_train $T/; cp -r src/crysgen/pretrained/atom_diffusion_mp20 $T/
 #   bash $T/.snap/benchmarks/gpu_measure.sh speed      # WGAN-GP step grid (quiet GPU first), profiles
-#   # next call, carry .whl_eval .cgcnn (install before any scoring: the jobs wait for them):
-#   cp -r .cgcnn $T/; cp -r .whl_eval $T/.whl_eval.tmp && mv $T/.whl_eval.tmp $T/.whl_eval
+#   # next call, carry .whl_eval .cgcnn .whl_7net (sevenn: --potential both; the jobs wait for them):
+#   cp -r .cgcnn .whl_7net $T/; cp -r .whl_eval $T/.whl_eval.tmp && mv $T/.whl_eval.tmp $T/.whl_eval
 #   bash $T/.snap/benchmarks/gpu_measure.sh csp        # generate-relax-rank CSP on 1,000 mp_20 targets
 #   bash $T/.snap/benchmarks/gpu_measure.sh relax-engines  # eval_speed 10k/1k cold (torch engine), relax_engines
 #   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
@@ -30,7 +30,7 @@ detach() {  # NAME COMMAND...: run detached, log in $L/NAME.log, $L/NAME.done wh
   echo "started $name $(date +%T)"
 }
 
-eval_wheels() {  # wait until a call has brought .whl_eval, then install it
+eval_wheels() {  # wait until a call has brought .whl_eval (last: .whl_7net is copied before it), then install
   echo "while [ ! -d $T/.whl_eval ]; do sleep 3; done; source benchmarks/gpu_env.sh; install"
 }
 
