@@ -329,8 +329,8 @@ def eval_speed_table() -> list[str]:
     lines = ["**Evaluation speed** (`benchmarks/eval_speed.py`: the whole `crysgen evaluate`, every family "
              "but csp, `--potential both`; cold = no caches: reference fingerprints, hull energies and "
              "elemental terminals computed; seconds; the slowest steps inside a family after it)", "",
-             "| file | cold | samples | host (one GPU used) | relax engine | commit | wall | " + " | ".join(fams)
-             + " | slowest steps | target | stable ≤0.1 CHGNet / SevenNet-0 |",
+             "| file | cold | samples | host (one GPU used) | relax engine | commit | wall | "
+             + " | ".join(fams) + " | slowest steps | target | stable ≤0.1 CHGNet / SevenNet-0 |",
              "|---|---|---|---|---|---|---|" + "---|" * len(fams) + "---|---|---|"]
     for r in runs:
         fs = r["families_seconds"]
@@ -357,17 +357,19 @@ def relax_engines_table() -> list[str]:
     lines = ["**Relaxation engines** (`benchmarks/relax_engines.py`: the same samples relaxed by "
              "`--relax-engine ase` and `torch`, CHGNet, FIRE ≤ the steps shown, fmax 0.1 eV/Å)", "",
              "| file | host | commit | structures | steps | ase s (processes) | torch s (batch) | "
-             "same step count | median / max \|ΔE\| eV/atom | within 10 meV | converged ase / torch |",
+             r"same step count | median / max \|ΔE\| eV/atom | within 10 meV | converged ase / torch |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         d = json.loads(path.read_text())
         a, t, g = d["runs"]["ase"], d["runs"]["torch"], d["agreement"]
         de = g["energy_abs_diff_eV_per_atom"]
+        conv = g["converged"]
         lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {gpu(d['machine'])}, "
-                     f"{d['machine']['cpu_count']} CPUs | {d['commit'][:7]} | {d['n']:,} | {d['relax_steps']} | "
-                     f"{a['wall_seconds']:.0f} ({a['processes']}) | {t['wall_seconds']:.0f} ({t['batch_size']}) | "
-                     f"{pct(g['same_step_count'])} | {de['median']:.1e} / {de['max']:.3f} | "
-                     f"{pct(de['share_below_10meV'])} | {g['converged']['ase']} / {g['converged']['torch']} |")
+                     f"{d['machine']['cpu_count']} CPUs | {d['commit'][:7]} | {d['n']:,} | "
+                     f"{d['relax_steps']} | {a['wall_seconds']:.0f} ({a['processes']}) | "
+                     f"{t['wall_seconds']:.0f} ({t['batch_size']}) | {pct(g['same_step_count'])} | "
+                     f"{de['median']:.1e} / {de['max']:.3f} | {pct(de['share_below_10meV'])} | "
+                     f"{conv['ase']} / {conv['torch']} |")
     return [*lines, ""]
 
 

@@ -30,8 +30,13 @@ class InputCrystal:
     problem: str | None = None
 
 
-def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
+def load_inputs(paths: str | Path | Sequence[str | Path], limit: int | None = None) -> list[InputCrystal]:
     """Read crystals from one or more inputs (see the module docstring), in input order.
+
+    Args:
+        paths: one input or several.
+        limit: only the first ``limit`` crystals (the same as slicing the whole list, but
+            without parsing the rest: a 10,000-sample folder took 28 s to parse).
 
     Raises:
         CrysgenError: if an input does not exist or is of no known kind.
@@ -45,9 +50,13 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
         path = Path(item)
         if not path.exists():
             raise CrysgenError(f"input not found: {path}")
+        left = None if limit is None else limit - len(out)
+        if left is not None and left <= 0:
+            break
         if path.suffix == ".npz":
             cs = CrystalSet.load(path)
-            out += [_checked(str(cs.ids[i]), partial(cs.to_structure, i)) for i in range(len(cs))]
+            count = len(cs) if left is None else min(len(cs), left)
+            out += [_checked(str(cs.ids[i]), partial(cs.to_structure, i)) for i in range(count)]
             continue
         failed: list[InputCrystal] = []
         if path.is_dir() and (path / "cifs").is_dir() and (path / "sample_config.json").is_file():
@@ -57,7 +66,7 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
                 out += failed  # nothing decoded: every sample is a failure with its reason
                 continue
         start = len(out)
-        for rec in read_source(path).records:
+        for rec in read_source(path, limit=left).records:  # CIF names sort as the sample ids
             if rec.structure is None and rec.problem is not None:
                 out.append(InputCrystal(rec.id, None, f"unparsable: {rec.problem}"))
             elif rec.structure is not None:
@@ -66,7 +75,7 @@ def load_inputs(paths: str | Path | Sequence[str | Path]) -> list[InputCrystal]:
                 out.append(_checked(rec.id, partial(parse_structure, rec.text or "", rec.fmt or "cif")))
         if failed:  # samples in id order, the undecoded ones with their reason
             out[start:] = sorted(out[start:] + failed, key=lambda c: c.id)
-    return out
+    return out if limit is None else out[:limit]
 
 
 def _checked(ident: str, build: Callable[[], Structure]) -> InputCrystal:

@@ -472,7 +472,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
     if set(o.metrics) == {"csp"} and csp is not None:
         return csp
     timer.begin("load")
-    gen = load_inputs(samples)[: o.limit]
+    gen = load_inputs(samples, limit=o.limit)
     if not gen:
         raise CrysgenError(f"no crystals in {samples}")
     rng = np.random.default_rng(o.seed)
