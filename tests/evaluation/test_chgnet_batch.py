@@ -9,13 +9,6 @@ from crysgen.evaluation.chgnet_batch import predict_efs
 from tests.conftest import load_cif
 
 
-@pytest.fixture(scope="module")
-def model():
-    m = stability.load_chgnet("cpu")
-    m.graph_converter.set_isolated_atom_response("ignore")
-    return m
-
-
 def _crystals() -> list[Structure]:
     """Perturbed, strained crystals of different sizes, plus one whose atoms have no neighbours."""
     out = []
@@ -30,12 +23,12 @@ def _crystals() -> list[Structure]:
     return out
 
 
-def test_batched_prediction_equals_chgnets_own(model):
+def test_batched_prediction_equals_chgnets_own(chgnet_cpu):
     crystals = _crystals()
-    graphs = [model.graph_converter(s) for s in crystals]
-    reference = model.predict_graph(graphs, task="efs", batch_size=16)
+    graphs = [chgnet_cpu.graph_converter(s) for s in crystals]
+    reference = chgnet_cpu.predict_graph(graphs, task="efs", batch_size=16)
     for batch_size in (2, 16):  # across batch boundaries and all in one
-        got = predict_efs(model, graphs, "cpu", batch_size=batch_size)
+        got = predict_efs(chgnet_cpu, graphs, "cpu", batch_size=batch_size)
         assert len(got) == len(crystals)
         for g, r, s in zip(got, reference, crystals, strict=True):
             assert g["f"].shape == (len(s), 3) and g["s"].shape == (3, 3)
@@ -46,13 +39,13 @@ def test_batched_prediction_equals_chgnets_own(model):
     np.testing.assert_array_equal(got[-1]["s"], 0.0)
 
 
-def test_stress_keeps_its_sign_for_a_left_handed_cell(model):
+def test_stress_keeps_its_sign_for_a_left_handed_cell(chgnet_cpu):
     right = load_cif("NaCl")
     right.apply_strain(0.03)
     left = Structure(Lattice(right.lattice.matrix[[1, 0, 2]]), right.species,
                      right.frac_coords[:, [1, 0, 2]])
     assert np.linalg.det(left.lattice.matrix) < 0
-    r, lft = predict_efs(model, [model.graph_converter(s) for s in (right, left)], "cpu")
+    r, lft = predict_efs(chgnet_cpu, [chgnet_cpu.graph_converter(s) for s in (right, left)], "cpu")
     assert r["e"] == pytest.approx(lft["e"], abs=1e-5)
     # a stretched cell pulls back (positive, tensile stress in CHGNet's and ASE's sign) either
     # way; CHGNet's own predict_graph flips the sign for a left-handed lattice (signed volume)
@@ -60,15 +53,16 @@ def test_stress_keeps_its_sign_for_a_left_handed_cell(model):
     np.testing.assert_allclose(np.diag(lft["s"]), np.diag(r["s"])[[1, 0, 2]], atol=1e-3)
 
 
-def test_energies_without_gradients_equal_chgnets_own(model):
+def test_energies_without_gradients_equal_chgnets_own(chgnet_cpu):
     from crysgen.evaluation.chgnet_batch import predict_energies
     from crysgen.evaluation.potentials import static_energies
 
     crystals = _crystals()
-    graphs = [model.graph_converter(s) for s in crystals]
-    reference = [float(r["e"]) for r in model.predict_graph(graphs, task="e", batch_size=16)]
+    graphs = [chgnet_cpu.graph_converter(s) for s in crystals]
+    reference = [float(r["e"]) for r in chgnet_cpu.predict_graph(graphs, task="e", batch_size=16)]
     for batch_size in (3, 16):  # across a batch boundary and all in one
-        np.testing.assert_allclose(predict_energies(model, graphs, "cpu", batch_size), reference, atol=1e-5)
+        got = predict_energies(chgnet_cpu, graphs, "cpu", batch_size)
+        np.testing.assert_allclose(got, reference, atol=1e-5)
     np.testing.assert_allclose(static_energies(crystals, "chgnet", batch_size=3), reference, atol=1e-5)
 
 
@@ -79,16 +73,16 @@ that a different thread count could bring. A graph of another crystal moves the 
 > 0.1 eV/atom, a lost angle or bond by > 1e-3."""
 
 
-def test_graphs_built_in_workers_give_the_same_graphs_and_energies(model):
+def test_graphs_built_in_workers_give_the_same_graphs_and_energies(chgnet_cpu):
     from crysgen.evaluation.chgnet_batch import GRAPH_TENSORS, build_graphs
     from crysgen.evaluation.potentials import chgnet_energies
 
     crystals = _crystals()  # 5, 2, 10 and 2 atoms, the last with isolated atoms
     try:
         for response in ("error", "ignore"):  # the workers' converter takes the model's setting
-            model.graph_converter.set_isolated_atom_response(response)
-            serial = build_graphs(crystals, model.graph_converter, workers=1)
-            parallel = build_graphs(crystals, model.graph_converter, workers=2)
+            chgnet_cpu.graph_converter.set_isolated_atom_response(response)
+            serial = build_graphs(crystals, chgnet_cpu.graph_converter, workers=1)
+            parallel = build_graphs(crystals, chgnet_cpu.graph_converter, workers=2)
             assert (parallel[-1] is None) == (response == "error") == (serial[-1] is None)
             for g1, g2 in zip(serial, parallel, strict=True):
                 if g1 is None:
@@ -102,10 +96,10 @@ def test_graphs_built_in_workers_give_the_same_graphs_and_energies(model):
             assert np.isnan(two[-1]) == (response == "error") and np.isfinite(two[:-1]).all()
             np.testing.assert_allclose(two, one, atol=WORKER_GRAPH_TOLERANCE, equal_nan=True)
     finally:
-        model.graph_converter.set_isolated_atom_response("ignore")  # as the fixture left it
+        chgnet_cpu.graph_converter.set_isolated_atom_response("ignore")  # as the fixture left it
 
 
-def test_reference_energies_with_graphs_from_workers_equal_those_from_one_process(model, tmp_path):
+def test_reference_energies_with_graphs_from_workers_equal_those_from_one_process(chgnet_cpu, tmp_path):
     from crysgen.crystal_set import CrystalSet
 
     cs = CrystalSet.from_structures(_crystals()[:3], max_sites=52)

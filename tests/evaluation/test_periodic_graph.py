@@ -5,17 +5,9 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from crysgen.evaluation import stability
 from crysgen.evaluation.chgnet_batch import _forward, forward_batch
 from crysgen.evaluation.periodic_graph import chgnet_batch_graph, neighbor_pairs, undirected_bonds
 from tests.conftest import load_cif
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = stability.load_chgnet("cpu")
-    m.graph_converter.set_isolated_atom_response("ignore")
-    return m
 
 
 def _crystals() -> list[Structure]:
@@ -40,14 +32,14 @@ def _batch(crystals):
     return chgnet_batch_graph(z, frac, lattice, n)
 
 
-def test_graph_holds_exactly_chgnets_bonds_and_angles(model):
+def test_graph_holds_exactly_chgnets_bonds_and_angles(chgnet_cpu):
     crystals = _crystals()
     g = _batch(crystals)
     offsets = np.cumsum([0, *[len(s) for s in crystals]])
     owner_of_bond = g["owner"][g["atom_graph"][:, 0].long()].numpy()
     owner_of_angle = g["owner"][g["bond_graph"][:, 0].long()].numpy()
     for k, s in enumerate(crystals):
-        ref = model.graph_converter(s)
+        ref = chgnet_cpu.graph_converter(s)
         ours = g["atom_graph"].numpy()[owner_of_bond == k] - offsets[k]
         image = g["image"].numpy()[owner_of_bond == k].astype(int)
         ref_bonds = np.hstack([ref.atom_graph.numpy().reshape(-1, 2),
@@ -66,11 +58,11 @@ def test_graph_holds_exactly_chgnets_bonds_and_angles(model):
     assert (d2u[u2d] == torch.arange(len(u2d))).all() and len(d2u) == 2 * len(u2d)
 
 
-def test_chgnet_on_the_batched_graph_gives_its_own_energies_forces_and_stress(model):
+def test_chgnet_on_the_batched_graph_gives_its_own_energies_forces_and_stress(chgnet_cpu):
     crystals = _crystals()
-    e_ref, f_ref, s_ref, _ = _forward(model, [model.graph_converter(s) for s in crystals], "cpu")
+    e_ref, f_ref, s_ref, _ = _forward(chgnet_cpu, [chgnet_cpu.graph_converter(s) for s in crystals], "cpu")
     g = _batch(crystals)
-    e, f, s, n_atoms = forward_batch(model, {k: v for k, v in g.items() if k != "n_atoms"}, g["n_atoms"])
+    e, f, s, n_atoms = forward_batch(chgnet_cpu, {k: v for k, v in g.items() if k != "n_atoms"}, g["n_atoms"])
     assert n_atoms == [len(c) for c in crystals]
     np.testing.assert_allclose(e.numpy(), e_ref.numpy(), atol=1e-5)
     np.testing.assert_allclose(f.numpy(), f_ref.numpy(), atol=2e-4)
