@@ -75,3 +75,14 @@ def test_unknown_engines_are_refused_with_the_choices():
         EvalOptions(relax_engine="jax")
     assert stability.relax_engine(stability.RelaxOptions(device="cuda")) == "torch"
     assert stability.relax_engine(stability.RelaxOptions(device="cpu")) == "ase"
+
+
+def test_the_suite_relaxes_in_one_batched_call_with_the_torch_engine(monkeypatch):
+    from crysgen.evaluation import suite
+
+    monkeypatch.setattr(suite, "_map", lambda *a, **k: pytest.fail("worker processes for the torch engine"))
+    crystals = _strained()[:2]
+    options = stability.RelaxOptions(steps=2, engine="torch")
+    got = suite.relax_all(crystals, options, workers=4, progress=False)
+    assert [r.steps for r in got] == [2, 2] and all(r.structure is not None for r in got)
+    assert [len(r.structure) for r in got] == [len(s) for s in crystals]  # input order kept
