@@ -12,6 +12,7 @@
 #   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
 #   cp -r .atommodel $T/crystens; bash $T/.snap/benchmarks/gpu_measure.sh crystens-eval $T/crystens
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
+#   bash $T/.snap/benchmarks/gpu_measure.sh stop NAME  # end a job (its process group only)
 # T defaults to /tmp/root; CRYSGEN_COMMIT comes from $T/.snap/COMMIT.
 set -u
 T=${T:-/tmp/root}
@@ -26,7 +27,7 @@ detach() {  # NAME COMMAND...: run detached, log in $L/NAME.log, $L/NAME.done wh
   local name=$1; shift
   local wait=${AFTER:+"while [ ! -f $L/$AFTER.done ]; do sleep 5; done; "}
   (setsid nohup bash -c "${wait}cd $T/.snap; $*; echo \"exit \$? \$(date +%T)\" > $L/$name.done" \
-    > $L/$name.log 2>&1 < /dev/null &)
+    > $L/$name.log 2>&1 < /dev/null & echo $! > $L/$name.pid)  # setsid: the pid is the job's process group
   echo "started $name $(date +%T)"
 }
 
@@ -64,6 +65,12 @@ case "${1:-status}" in
       python3 benchmarks/eval_speed.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
         --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
         --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache1k --models-dir $T/.cgcnn"
+    ;;
+  stop)  # stop NAME: end job NAME and everything it started (its process group), then mark it done,
+    # so AFTER=NAME jobs go on. Never `pkill -f PATTERN`: a pattern also matches the calling shell and
+    # every waiting job whose command line names the same file (a lease lost its 10k run that way).
+    kill -- -"$(cat $L/$2.pid)" 2>/dev/null; sleep 2; kill -9 -- -"$(cat $L/$2.pid)" 2>/dev/null
+    echo "stopped $(date +%T)" > $L/$2.done; echo "stopped $2"
     ;;
   status)
     for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done
