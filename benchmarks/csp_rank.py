@@ -129,12 +129,12 @@ def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, val
 
 def relaxed_energies(columns: list[list[CSPSample]], valid: np.ndarray, steps: int,
                      device: str, workers: int,
-                     batch: int = RelaxOptions.batch_size) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
+                     batch: int | None = None) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
     """Each valid candidate's CHGNet energy after at most ``steps`` FIRE steps, and its relaxed structure.
 
     Relaxed as the suite relaxes (:func:`~crysgen.evaluation.suite.relax_all`): on a GPU with the
-    torch engine in CHGNet passes of ``batch``, on the CPU in lockstep batches by ``workers``
-    processes.
+    torch engine, on the CPU in lockstep batches by ``workers`` processes; CHGNet passes of
+    ``batch`` structures (None: the engine's default).
 
     Returns:
         (energies, structures): float (n, k) eV/atom (NaN: none), and the relaxed structure of
@@ -188,7 +188,8 @@ def main() -> None:
                    help="also rank by CHGNet energy after this many FIRE steps; comma-separated for "
                         "several lengths, each its own relaxation (empty: static energies only)")
     p.add_argument("--relax-batch", type=int, default=RelaxOptions.batch_size,
-                   help="structures per CHGNet pass of the relaxations (%(default)s; 512 on a GPU)")
+                   help="structures per CHGNet pass of the relaxations (default: the engine's, 64 "
+                        "on a CPU and 512 on a GPU)")
     p.add_argument("--score-relaxed", action="store_true",
                    help="with --relax-steps, also score each ranking's chosen candidate after its "
                         "relaxation (the relaxed crystal is the answer: a generate-relax-rank pipeline)")

@@ -61,7 +61,7 @@ def main() -> None:
                    help="CHGNet FIRE steps per structure (%(default)s)")
     p.add_argument("--relax-workers", type=int, default=None, help="relaxation processes (default --workers)")
     p.add_argument("--relax-batch", type=int, default=EvalOptions.relax_batch_size,
-                   help="structures per CHGNet forward pass (%(default)s)")
+                   help="structures per CHGNet forward pass (default: the relaxation engine's)")
     p.add_argument("--relax-time-limit", type=float, default=EvalOptions.relax_time_limit_s,
                    help="seconds per relaxation (%(default)g)")
     p.add_argument("--churn", type=float, default=None,

@@ -106,7 +106,8 @@ def measure(args: argparse.Namespace) -> None:
            "--out", str(out), "--metrics", FAMILIES, "--potential", args.potential,
            "--dataset", "mp_20", "--property-model", "formation_energy", "--models-dir", models,
            "--limit", str(args.n), "--device", args.device, "--workers", str(args.workers),
-           "--relax-batch", str(args.relax_batch), "--relax-steps", str(args.relax_steps),
+           *(["--relax-batch", str(args.relax_batch)] if args.relax_batch else []),
+           "--relax-steps", str(args.relax_steps),
            "--relax-engine", args.relax_engine, "--cache-dir", str(cache), "--quiet"]
     if args.relax_workers:
         cmd += ["--relax-workers", str(args.relax_workers)]
@@ -214,7 +215,7 @@ def main() -> None:
     p.add_argument("--relax-workers", type=int, default=None,
                    help="relaxation processes (default --workers)")
     p.add_argument("--relax-batch", type=int, default=EvalOptions.relax_batch_size,
-                   help="structures per potential forward pass (%(default)s)")
+                   help="structures per potential forward pass (default: the engine's)")
     p.add_argument("--relax-steps", type=int, default=EvalOptions.relax_steps,
                    help="FIRE steps at most (%(default)s, crysgen evaluate's default)")
     p.add_argument("--relax-engine", default=EvalOptions.relax_engine,

@@ -31,6 +31,8 @@ import numpy as np
 
 from crysgen.crystal_set import write_text_atomic
 from crysgen.data.structures import load_inputs
+from crysgen.evaluation.chgnet_batch import FORWARD_BATCH
+from crysgen.evaluation.relaxation import TORCH_PASS
 from crysgen.evaluation.stability import RelaxOptions
 from crysgen.evaluation.suite import relax_all
 from provenance import ROOT, stamp
@@ -71,9 +73,9 @@ def main() -> None:
     p.add_argument("-n", type=int, default=1000, help="the first N parsable samples (1000)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=8, help="processes of the ase engine (8)")
-    p.add_argument("--batch-ase", type=int, default=RelaxOptions.batch_size,
+    p.add_argument("--batch-ase", type=int, default=FORWARD_BATCH,
                    help="structures per CHGNet pass, ase engine (%(default)s)")
-    p.add_argument("--batch-torch", type=int, default=512,
+    p.add_argument("--batch-torch", type=int, default=TORCH_PASS,
                    help="structures per CHGNet pass, torch engine (%(default)s)")
     p.add_argument("--steps", type=int, default=RelaxOptions.steps, help="FIRE steps at most (%(default)s)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")

@@ -86,3 +86,36 @@ def test_the_suite_relaxes_in_one_batched_call_with_the_torch_engine(monkeypatch
     got = suite.relax_all(crystals, options, workers=4, progress=False)
     assert [r.steps for r in got] == [2, 2] and all(r.structure is not None for r in got)
     assert [len(r.structure) for r in got] == [len(s) for s in crystals]  # input order kept
+
+
+def test_a_pass_that_fails_is_split_until_single_structures_fail_alone(monkeypatch):
+    from crysgen.evaluation import chgnet_batch
+
+    crystals = _strained()
+    options = stability.RelaxOptions(steps=3, engine="torch", batch_size=4)
+    want = stability.relax_batch(crystals, options)
+    real = chgnet_batch.forward_batch
+    sizes: list[int] = []
+
+    def fragile(model, t, n_atoms, forces=True):  # "out of memory" above one structure, and for NaCl
+        sizes.append(len(n_atoms))
+        if len(n_atoms) > 1 or n_atoms == [len(crystals[0])]:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(model, t, n_atoms, forces)
+
+    monkeypatch.setattr(chgnet_batch, "forward_batch", fragile)
+    got = stability.relax_batch(crystals, options)
+    assert 3 in sizes and 2 in sizes  # whole pass, then halves, then single structures
+    assert got[0].reason and "out of memory" in got[0].reason and got[0].energy_per_atom is None
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert (g.steps, g.converged, g.reason) == (w.steps, w.converged, w.reason)
+        assert g.energy_per_atom == pytest.approx(w.energy_per_atom, abs=1e-6)
+
+
+def test_each_engine_has_its_own_pass_size_unless_one_is_given():
+    from crysgen.evaluation.relaxation import TORCH_PASS, pass_size
+
+    assert pass_size(stability.RelaxOptions()) == stability.FORWARD_BATCH  # auto on the CPU: ase
+    assert pass_size(stability.RelaxOptions(device="cuda")) == TORCH_PASS
+    assert pass_size(stability.RelaxOptions(engine="torch")) == TORCH_PASS
+    assert pass_size(stability.RelaxOptions(device="cuda", batch_size=8)) == 8

@@ -68,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="processes for the relaxation (default: --workers; on a GPU each holds a "
                         "CUDA context and ~25 MB per structure of its forward batch)")
     p.add_argument("--relax-batch", type=_positive_int, default=D.relax_batch_size,
-                   help="structures per CHGNet forward pass (%(default)s)")
+                   help="structures per CHGNet forward pass (default: the relaxation engine's, 64 "
+                        "for ase and 512 for torch; 64 for static energies)")
     p.add_argument("--relax-engine", default=D.relax_engine,
                    help="auto (default: torch on a GPU, ase on the CPU), ase (ASE's FIRE and "
                         "FrechetCellFilter per structure in --relax-workers processes) or torch "

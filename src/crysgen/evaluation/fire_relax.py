@@ -158,8 +158,8 @@ def _evaluate(model: Any, batch: _Batch, cell: Any, pos: Any,
     """CHGNet energy per atom (B,), forces (N, 3) eV/Å and stress (B, 3, 3) eV/Å³, float64.
 
     In forward passes of ``batch_size`` structures; a failed pass (e.g. out of memory) is
-    repeated one structure at a time, and a structure that still fails gets a reason (its
-    energy NaN).
+    repeated in halves, down to single structures, and a structure that still fails gets a reason
+    (its energy NaN).
     """
     import torch
 
@@ -189,18 +189,21 @@ def _evaluate(model: Any, batch: _Batch, cell: Any, pos: Any,
         s = s.double() / GPA_PER_EV_A3
         stress[lo:hi] = (s + s.transpose(1, 2)) / 2  # ASE keeps the symmetric (Voigt) part
 
-    for lo in range(0, b, batch_size):
-        hi = min(b, lo + batch_size)
+    def run_or_split(lo: int, hi: int) -> None:
         try:
             run(lo, hi)
-        except Exception:  # e.g. out of memory: free the failed pass, then one structure at a time
+        except Exception as exc:  # e.g. out of memory: free the failed pass, then each half
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            for k in range(lo, hi):
-                try:
-                    run(k, k + 1)
-                except Exception as exc:
-                    reasons[k] = f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}"
+            if hi - lo == 1:
+                reasons[lo] = f"relaxation failed: {type(exc).__name__}: {str(exc)[:150]}"
+                return
+            mid = (lo + hi) // 2
+            run_or_split(lo, mid)
+            run_or_split(mid, hi)
+
+    for lo in range(0, b, batch_size):
+        run_or_split(lo, min(b, lo + batch_size))
     return energy, forces, stress, reasons
 
 
@@ -271,7 +274,8 @@ def relax_batch_torch(structures: list[Structure], options: RelaxOptions | None 
 
     Same arguments, results and reasons as :func:`crysgen.evaluation.stability.relax_batch`
     (see the module docstring for what differs: nothing but float rounding); every unfinished
-    structure is evaluated at every step, in CHGNet passes of ``options.batch_size``.
+    structure is evaluated at every step, in CHGNet passes of
+    :func:`~crysgen.evaluation.relaxation.pass_size` (512 unless ``options.batch_size`` says).
 
     Args:
         structures: the structures to relax (ordered).
@@ -296,6 +300,7 @@ def relax_batch_torch(structures: list[Structure], options: RelaxOptions | None 
         degenerate_cell,
         displacement_rmsd,
         load_chgnet,
+        pass_size,
     )
 
     o = options or RelaxOptions()
@@ -349,7 +354,7 @@ def relax_batch_torch(structures: list[Structure], options: RelaxOptions | None 
             t0 = time.monotonic()
             f, cell, pos = batch.geometry()
             with torch.enable_grad():
-                energy, forces, stress, failed = _evaluate(model, batch, cell, pos, o.batch_size)
+                energy, forces, stress, failed = _evaluate(model, batch, cell, pos, pass_size(o))
             g_x, g_u = _generalised_forces(batch, f, cell, forces, stress)
             row_max = torch.zeros(len(batch.index), dtype=torch.float64, device=cell.device).scatter_reduce(
                 0, batch.owner, g_x.norm(dim=1), reduce="amax")

@@ -37,8 +37,8 @@ class RelaxOptions:
         time_limit_s: wall-clock limit per structure (s); the structure gets a reason when hit.
         max_volume_ratio: the cell may grow or shrink this many times before it counts as exploded.
         device: "cpu" or "cuda".
-        batch_size: structures per CHGNet forward pass in :func:`relax_batch`; bounds memory
-            (:data:`~crysgen.evaluation.chgnet_batch.FORWARD_BATCH`).
+        batch_size: structures per CHGNet forward pass of a relaxation; bounds memory. None: the
+            engine's own (:func:`pass_size`: 64 for ase, 512 for torch).
         engine: how :func:`relax_batch` steps: "ase" (ASE's FIRE and FrechetCellFilter per
             structure, CHGNet's graph converter; the CPU does most of the work), "torch" (the
             same algorithms as batched tensors with graphs built on the device,
@@ -54,7 +54,7 @@ class RelaxOptions:
     time_limit_s: float = 120.0
     max_volume_ratio: float = 5.0
     device: str = "cpu"
-    batch_size: int = FORWARD_BATCH
+    batch_size: int | None = None
     engine: str = "auto"
 
 
@@ -79,6 +79,11 @@ class Relaxation:
                 for k, v in d.items()}
 
 
+TORCH_PASS = 512
+"""Structures per CHGNet pass of the torch engine unless told otherwise: 1,000 mp_20 samples relaxed
+in 30 s on an H200 (``benchmarks/results/eval_speed.json``); a pass that does not fit in memory is
+split in halves (:mod:`crysgen.evaluation.fire_relax`)."""
+
 RELAX_ENGINES = ("auto", "ase", "torch")
 """The relaxation engines (``RelaxOptions.engine``)."""
 
@@ -95,6 +100,18 @@ def relax_engine(options: RelaxOptions) -> str:
     if options.engine == "auto":
         return "torch" if options.device.startswith("cuda") else "ase"
     return options.engine
+
+
+def pass_size(options: RelaxOptions) -> int:
+    """Structures per CHGNet pass of a relaxation.
+
+    ``options.batch_size``, else the engine's default: :data:`~crysgen.evaluation.chgnet_batch.FORWARD_BATCH`
+    (64) for ase, :data:`TORCH_PASS` (512) for torch.
+    """
+    if options.batch_size is not None:
+        return options.batch_size
+    return TORCH_PASS if relax_engine(options) == "torch" else FORWARD_BATCH
+
 
 _MODEL: dict[str, Any] = {}
 

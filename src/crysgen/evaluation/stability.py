@@ -56,6 +56,7 @@ from crysgen.evaluation.relaxation import (  # noqa: F401  (re-exported: callers
     degenerate_cell,
     displacement_rmsd,
     load_chgnet,
+    pass_size,
     relax_engine,
     rms_displacement,
 )
@@ -245,7 +246,7 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
 
     The same relaxation as :func:`relax` (ASE's FIRE on a ``FrechetCellFilter``, the same
     convergence, step limit, explosion test and reasons) but the model sees all unfinished
-    structures of a step together, in forward passes of ``options.batch_size``: per-structure
+    structures of a step together, in forward passes of :func:`pass_size`: per-structure
     calls spend most of their time in kernel launches on a GPU. Each structure's ``seconds`` and
     time limit count its share of each step's wall time. Never raises for bad input.
 
@@ -299,7 +300,7 @@ def relax_batch(structures: list[Structure], options: RelaxOptions | None = None
         active = states
         while active:
             t0 = time.monotonic()
-            preds = _predict_batch(model, [st["atoms"] for st in active], o.device, o.batch_size)
+            preds = _predict_batch(model, [st["atoms"] for st in active], o.device, pass_size(o))
             share = (time.monotonic() - t0) / len(active)
             still = []
             for st, p in zip(active, preds, strict=True):

@@ -50,6 +50,7 @@ from crysgen.crystal_set import CrystalSet, part_path, write_text_atomic
 from crysgen.data.guards import check_device, check_input_file, dumps_strict, space_group_number
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
+from crysgen.evaluation.chgnet_batch import FORWARD_BATCH
 from crysgen.evaluation.stability import RelaxOptions
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ class EvalOptions:
         relax_steps: CHGNet FIRE steps at most per structure.
         relax_fmax: force convergence (eV/Å).
         relax_time_limit_s: wall-clock limit per relaxation (s).
-        relax_batch_size: structures per CHGNet forward pass (bounds GPU memory).
+        relax_batch_size: structures per CHGNet forward pass (bounds GPU memory); None: the
+            relaxation engine's own (64 for ase, 512 for torch) and 64 for static energies.
         relax_engine: "auto", "ase" or "torch" (``RelaxOptions.engine``: the same relaxation, on
             the CPU per structure or batched on the device).
             The five relax_* defaults are :class:`~crysgen.evaluation.stability.RelaxOptions`'s.
@@ -151,7 +153,7 @@ class EvalOptions:
     relax_steps: int = RelaxOptions.steps
     relax_fmax: float = RelaxOptions.fmax
     relax_time_limit_s: float = RelaxOptions.time_limit_s
-    relax_batch_size: int = RelaxOptions.batch_size
+    relax_batch_size: int | None = RelaxOptions.batch_size
     relax_engine: str = RelaxOptions.engine
     cache_dir: str | None = None
     potential: str = "chgnet"
@@ -893,6 +895,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     potentials = check_potential(o.potential)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device, batch_size=o.relax_batch_size, engine=o.relax_engine)
+    static_batch = o.relax_batch_size or FORWARD_BATCH  # static energies (one pass fails: one at a time)
     with timed(timer, "stability.relax"):
         relaxed = relax_all(structures, ro, o.relax_workers or o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
@@ -910,7 +913,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     out: dict[str, dict[str, Any]] = {}
     e_hulls: dict[str, np.ndarray] = {}
     for pot in potentials:
-        hull = ReferenceHull.build(sets, needed, options=ro, batch_size=o.relax_batch_size,
+        hull = ReferenceHull.build(sets, needed, options=ro, batch_size=static_batch,
                                    cache_dir=o.cache_dir, progress=progress, potential=pot, timer=timer,
                                    workers=o.workers)
         if pot == "chgnet":
@@ -920,7 +923,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
                    if r.structure is not None and r.energy_per_atom is not None]
             with timed(timer, f"stability.{pot}_static"):
                 static = static_energies([relaxed[k].structure for k in has], pot, device=o.device,
-                                         batch_size=o.relax_batch_size)
+                                         batch_size=static_batch)
             energies = [None] * len(relaxed)
             for k, e in zip(has, static, strict=True):
                 energies[k] = float(e) if np.isfinite(e) else None
@@ -1120,14 +1123,15 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
         un[k] = r.get("unique") == "True" and r.get("novel") == "True"
     with_novelty = any(r.get("unique") for r in rows)
     needed = {el.symbol for s in structures for el in s.composition.elements}
+    static_batch = ro.batch_size or FORWARD_BATCH
     hull = ReferenceHull.build([CrystalSet.load(train), ref_cs], needed, options=ro,
-                               batch_size=ro.batch_size, cache_dir=cache_dir or opts.get("cache_dir"),
+                               batch_size=static_batch, cache_dir=cache_dir or opts.get("cache_dir"),
                                progress=progress, potential=potential)
     if potential == "chgnet":
         energies: list[float | None] = [float(r["energy_per_atom"]) if r.get("energy_per_atom") else None
                                         for r in sub]
     else:
-        static = static_energies(structures, potential, device=device, batch_size=ro.batch_size)
+        static = static_energies(structures, potential, device=device, batch_size=static_batch)
         energies = [float(e) if np.isfinite(e) and r.get("energy_per_atom") else None
                     for e, r in zip(static, sub, strict=True)]
         for r, e in zip(sub, energies, strict=True):
