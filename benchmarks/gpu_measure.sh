@@ -54,14 +54,15 @@ case "${1:-status}" in
       --dataset mp_20 --device cuda --workers 12 --relax-batch 512 --work $W"
     ;;
   relax-engines)  # 10,000 de novo samples of the bundled atom model; evaluate them cold with the
-    # torch engine, both engines on the first 1,000, then the first 1,000 cold (one job, in turn)
+    # torch engine, both engines on the first 300 (ASE's half took over 7 minutes for 1,000 in the
+    # lease of 2026-12-02), then the first 1,000 cold (one job, in turn)
     detach engines "$(eval_wheels); set -x; python3 -m crysgen sample $T/atom_diffusion_mp20 -n 10000 \
       --device cuda --out /tmp/denovo10k --quiet; \
       python3 benchmarks/eval_speed.py /tmp/denovo10k -n 10000 --device cuda --workers 14 \
         --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
         --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache10k --models-dir $T/.cgcnn; \
-      python3 benchmarks/relax_engines.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
-        --batch-ase 64 --batch-torch 512; \
+      python3 benchmarks/relax_engines.py /tmp/denovo10k -n 300 --device cuda --workers 14 \
+        --batch-ase 64 --batch-torch 512 --suffix _gpu300; \
       python3 benchmarks/eval_speed.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
         --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
         --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache1k --models-dir $T/.cgcnn"
