@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="auto (default: torch on a GPU, ase on the CPU), ase (ASE's FIRE and "
                         "FrechetCellFilter per structure in --relax-workers processes) or torch "
                         "(the same steps as batched tensors on the device, graphs included; the "
-                        "same relaxations to float noise, raise --relax-batch on a GPU)")
+                        "same relaxations to float noise)")
     p.add_argument("--potential", default=D.potential,
                    help="what rates stability: chgnet (default), sevennet (SevenNet-0's static "
                         "energies of the CHGNet-relaxed structures and of the hull; needs "

@@ -222,15 +222,18 @@ def _generalised_forces(batch: _Batch, f: Any, cell: Any, forces: Any,
     return g_x, g_u
 
 
-def _fire_step(batch: _Batch, g_x: Any, g_u: Any, move: Any, fire: FireParameters) -> None:
-    """One step of ASE's FIRE for the structures where ``move`` (B,) is True, in place."""
+def _fire_step(batch: _Batch, g_x: Any, g_u: Any, fire: FireParameters) -> None:
+    """One step of ASE's FIRE for every structure of the batch, in place.
+
+    The caller drops the finished structures right after, so their update is never used.
+    """
     import torch
 
     b = len(batch.index)
     own = batch.owner
 
     def per_structure(ax: Any, au: Any) -> Any:
-        return _segment_sum((ax).sum(dim=1), own, b) + au.sum(dim=(1, 2))
+        return _segment_sum(ax.sum(dim=1), own, b) + au.sum(dim=(1, 2))
 
     vf = per_structure(g_x * batch.vel_x, g_u * batch.vel_u)
     grad2 = per_structure(g_x * g_x, g_u * g_u)
@@ -254,16 +257,10 @@ def _fire_step(batch: _Batch, g_x: Any, g_u: Any, move: Any, fire: FireParameter
     dr_x, dr_u = dt[own, None] * vel_x, dt[:, None, None] * vel_u
     norm = torch.sqrt(per_structure(dr_x * dr_x, dr_u * dr_u))
     scale = torch.where(norm > fire.maxstep, fire.maxstep / norm.clamp_min(1e-300), torch.ones_like(norm))
-    scale = torch.where(move, scale, torch.zeros_like(scale))
     batch.x = batch.x + scale[own, None] * dr_x
     batch.u = batch.u + scale[:, None, None] * dr_u
-    m = move
-    batch.vel_x = torch.where(m[own, None], vel_x, batch.vel_x)
-    batch.vel_u = torch.where(m[:, None, None], vel_u, batch.vel_u)
-    batch.dt = torch.where(m, dt, batch.dt)
-    batch.a = torch.where(m, a, batch.a)
-    batch.n_ok = torch.where(m, n_ok, batch.n_ok)
-    batch.started = batch.started | m
+    batch.vel_x, batch.vel_u, batch.dt, batch.a, batch.n_ok = vel_x, vel_u, dt, a, n_ok
+    batch.started = torch.ones_like(batch.started)
 
 
 def relax_batch_torch(structures: list[Structure], options: RelaxOptions | None = None, *,
@@ -395,9 +392,8 @@ def relax_batch_torch(structures: list[Structure], options: RelaxOptions | None 
                     continue
                 move[kb] = True
                 steps[k] += 1
-            move_t = torch.tensor(move, device=cell.device)
             if move.any():
-                _fire_step(batch, g_x, g_u, move_t, fire)
-            batch = batch.keep(move_t)
+                _fire_step(batch, g_x, g_u, fire)
+            batch = batch.keep(torch.tensor(move, device=cell.device))
     bar.close()
     return [r for r in done if r is not None]
