@@ -8,7 +8,7 @@
 #   # next call, carry .whl_eval .cgcnn .whl_7net (sevenn: --potential both; the jobs wait for them):
 #   cp -r .cgcnn .whl_7net $T/; cp -r .whl_eval $T/.whl_eval.tmp && mv $T/.whl_eval.tmp $T/.whl_eval
 #   bash $T/.snap/benchmarks/gpu_measure.sh csp        # generate-relax-rank CSP on 1,000 mp_20 targets
-#   bash $T/.snap/benchmarks/gpu_measure.sh relax-engines  # eval_speed 10k/1k cold (torch engine), relax_engines
+#   bash $T/.snap/benchmarks/gpu_measure.sh relax-engines  # eval_speed: 10k de novo samples, cold (torch engine)
 #   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
 #   cp -r .atommodel $T/crystens; bash $T/.snap/benchmarks/gpu_measure.sh crystens-eval $T/crystens
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
@@ -53,19 +53,14 @@ case "${1:-status}" in
     detach crystens "$(eval_wheels); python3 benchmarks/eval_model.py $2 --name crystens_bundled \
       --dataset mp_20 --device cuda --workers 12 --relax-batch 512 --work $W"
     ;;
-  relax-engines)  # 10,000 de novo samples of the bundled atom model; evaluate them cold with the
-    # torch engine, both engines on the first 300 (ASE's half took over 7 minutes for 1,000 in the
-    # lease of 2026-12-02), then the first 1,000 cold (one job, in turn)
+  relax-engines)  # 10,000 de novo samples of the bundled atom model, evaluated cold with the torch
+    # engine (the CDVAE protocol's size; the 1,000-sample cold row and the CPU engine comparison are
+    # in eval_speed.json and relax_engines_cpu.json already)
     detach engines "$(eval_wheels); set -x; python3 -m crysgen sample $T/atom_diffusion_mp20 -n 10000 \
       --device cuda --out /tmp/denovo10k --quiet; \
       python3 benchmarks/eval_speed.py /tmp/denovo10k -n 10000 --device cuda --workers 14 \
         --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
-        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache10k --models-dir $T/.cgcnn; \
-      python3 benchmarks/relax_engines.py /tmp/denovo10k -n 300 --device cuda --workers 14 \
-        --batch-ase 64 --batch-torch 512 --suffix _gpu300; \
-      python3 benchmarks/eval_speed.py /tmp/denovo10k -n 1000 --device cuda --workers 14 \
-        --relax-engine torch --relax-batch 512 --cold --train $W/mp_20_asis_train_partial.npz \
-        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache1k --models-dir $T/.cgcnn"
+        --reference $W/mp_20_asis_test.npz --cache-dir /tmp/evs_cache10k --models-dir $T/.cgcnn"
     ;;
   stop)  # stop NAME: end job NAME and everything it started (its process group), then mark it done,
     # so AFTER=NAME jobs go on. Never `pkill -f PATTERN`: a pattern also matches the calling shell and
