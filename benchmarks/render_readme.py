@@ -799,12 +799,14 @@ def side_by_side_table() -> list[str]:
                  if not sample_mode(json.loads(p.read_text()))]
         if not evals:
             continue
+        # the evaluation with stability first (a later GPU scoring of the same weights)
+        evals.sort(key=lambda p: "stable_e_hull_le_0.1" not in json.loads(p.read_text())["metrics"])
         csp = "–"
         sweeps = [p for p in scoring(digest, "atom_csp_sweep_*.json")
                   if not json.loads(p.read_text()).get("symmetry_templates")]
-        # a csp.py file naming these weights, else the one beside the evaluation (the same run's)
-        beside = evals[0].with_name(evals[0].name.replace("eval_", "csp_", 1))
-        scored = scoring(digest, "csp_*.json", runs=True) or ([beside] if beside.is_file() else [])
+        # a csp.py file naming these weights, else one beside an evaluation (the same run's)
+        beside = [p.with_name(p.name.replace("eval_", "csp_", 1)) for p in evals]
+        scored = scoring(digest, "csp_*.json", runs=True) or [p for p in beside if p.is_file()][:1]
         if sweeps:
             best = max(json.loads(sweeps[0].read_text())["rows"], key=lambda r: r["match_rate_percent"])
             csp = f"[{best['match_rate_percent']:.1f} %]({sweeps[0].relative_to(ROOT)})"
