@@ -32,7 +32,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--steps", default="20,30,50")
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--churn", default="0", help="S_churn values (0: deterministic Heun; the bundled model's own default is 10)")
+    p.add_argument("--churn", default="0",
+                   help="S_churn values (0: deterministic Heun; the bundled model's own default is 10)")
     p.add_argument("--suffix", default="", help="result file atom_steps_cpu<suffix>.json")
     args = p.parse_args()
     model = AtomDiffusionModel.from_pretrained(DEFAULT_MODEL)
