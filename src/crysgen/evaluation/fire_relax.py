@@ -107,7 +107,7 @@ class _Batch:
     dt: Any                   # (B,)
     a: Any                    # (B,)
     n_ok: Any                 # (B,) FIRE's count of downhill steps
-    started: Any              # (B,) bool: FIRE has a velocity (its first step has run)
+    started: bool = False     # FIRE has a velocity (its first step has run; every structure steps together)
 
     def keep(self, mask: Any) -> _Batch:
         """The structures where ``mask`` (B,) is True, renumbered."""
@@ -116,10 +116,11 @@ class _Batch:
         atom_mask = mask[self.owner]
         new_owner = torch.cumsum(mask.long(), 0) - 1
         per = {k: getattr(self, k)[mask] for k in ("n_atoms", "u", "orig_cell", "cell_free", "v0",
-                                                   "vel_u", "dt", "a", "n_ok", "started")}
+                                                   "vel_u", "dt", "a", "n_ok")}
         atoms = {k: getattr(self, k)[atom_mask] for k in ("z", "x", "vel_x")}
         index = [i for i, m in zip(self.index, mask.tolist(), strict=True) if m]
-        return _Batch(index=index, owner=new_owner[self.owner[atom_mask]], **per, **atoms)
+        return _Batch(index=index, owner=new_owner[self.owner[atom_mask]], started=self.started,
+                      **per, **atoms)
 
     def geometry(self) -> tuple[Any, Any, Any]:
         """Deformation gradients F (B, 3, 3), cells (B, 3, 3) and Cartesian positions (N, 3)."""
@@ -149,8 +150,7 @@ def _start(structures: Sequence[Structure], index: list[int], cells: list[bool],
                   v0=torch.linalg.det(cell).abs(), vel_x=torch.zeros_like(x),
                   vel_u=torch.zeros((b, 3, 3), **f64), dt=torch.full((b,), fire.dt, **f64),
                   a=torch.full((b,), fire.astart, **f64),
-                  n_ok=torch.zeros(b, dtype=torch.long, device=device),
-                  started=torch.zeros(b, dtype=torch.bool, device=device))
+                  n_ok=torch.zeros(b, dtype=torch.long, device=device))
 
 
 def _evaluate(model: Any, batch: _Batch, cell: Any, pos: Any,
@@ -238,8 +238,8 @@ def _fire_step(batch: _Batch, g_x: Any, g_u: Any, fire: FireParameters) -> None:
     vf = per_structure(g_x * batch.vel_x, g_u * batch.vel_u)
     grad2 = per_structure(g_x * g_x, g_u * g_u)
     vel2 = per_structure(batch.vel_x * batch.vel_x, batch.vel_u * batch.vel_u)
-    downhill = batch.started & (vf > 0)
-    reset = batch.started & ~downhill
+    downhill = (vf > 0) & batch.started
+    reset = ~downhill & batch.started
     mix = batch.a * torch.sqrt(vel2) / torch.sqrt(torch.where(downhill, grad2, torch.ones_like(grad2)))
     keep = torch.where(downhill, 1.0 - batch.a, torch.where(reset, 0.0, 1.0))
     add = torch.where(downhill, mix, torch.zeros_like(mix))
@@ -260,7 +260,7 @@ def _fire_step(batch: _Batch, g_x: Any, g_u: Any, fire: FireParameters) -> None:
     batch.x = batch.x + scale[own, None] * dr_x
     batch.u = batch.u + scale[:, None, None] * dr_u
     batch.vel_x, batch.vel_u, batch.dt, batch.a, batch.n_ok = vel_x, vel_u, dt, a, n_ok
-    batch.started = torch.ones_like(batch.started)
+    batch.started = True
 
 
 def relax_batch_torch(structures: list[Structure], options: RelaxOptions | None = None, *,
