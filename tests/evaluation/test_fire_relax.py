@@ -119,3 +119,11 @@ def test_each_engine_has_its_own_pass_size_unless_one_is_given():
     assert pass_size(stability.RelaxOptions(device="cuda")) == TORCH_PASS
     assert pass_size(stability.RelaxOptions(engine="torch")) == TORCH_PASS
     assert pass_size(stability.RelaxOptions(device="cuda", batch_size=8)) == 8
+
+
+def test_static_energies_keep_the_forward_batch_on_either_engine():
+    from crysgen.evaluation.relaxation import static_pass_size
+
+    assert static_pass_size(stability.RelaxOptions(device="cuda")) == stability.FORWARD_BATCH
+    assert static_pass_size(stability.RelaxOptions(engine="torch")) == stability.FORWARD_BATCH
+    assert static_pass_size(stability.RelaxOptions(device="cuda", batch_size=8)) == 8

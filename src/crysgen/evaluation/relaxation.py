@@ -113,6 +113,15 @@ def pass_size(options: RelaxOptions) -> int:
     return TORCH_PASS if relax_engine(options) == "torch" else FORWARD_BATCH
 
 
+def static_pass_size(options: RelaxOptions) -> int:
+    """Structures per forward pass of static energies (hull references, a second potential).
+
+    ``options.batch_size``, else :data:`~crysgen.evaluation.chgnet_batch.FORWARD_BATCH` (64) for
+    either engine: a failed pass there falls back to one structure at a time, not to halves.
+    """
+    return options.batch_size or FORWARD_BATCH
+
+
 _MODEL: dict[str, Any] = {}
 
 

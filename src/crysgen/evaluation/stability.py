@@ -59,6 +59,7 @@ from crysgen.evaluation.relaxation import (  # noqa: F401  (re-exported: callers
     pass_size,
     relax_engine,
     rms_displacement,
+    static_pass_size,
 )
 
 if TYPE_CHECKING:

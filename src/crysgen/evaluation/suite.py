@@ -50,8 +50,7 @@ from crysgen.crystal_set import CrystalSet, part_path, write_text_atomic
 from crysgen.data.guards import check_device, check_input_file, dumps_strict, space_group_number
 from crysgen.data.structures import InputCrystal, load_inputs
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.chgnet_batch import FORWARD_BATCH
-from crysgen.evaluation.stability import RelaxOptions
+from crysgen.evaluation.stability import RelaxOptions, static_pass_size
 
 if TYPE_CHECKING:
     import threading
@@ -895,7 +894,7 @@ def _stability(o: EvalOptions, structures: list[Any], rows: list[dict[str, Any]]
     potentials = check_potential(o.potential)
     ro = RelaxOptions(fmax=o.relax_fmax, steps=o.relax_steps, time_limit_s=o.relax_time_limit_s,
                       device=o.device, batch_size=o.relax_batch_size, engine=o.relax_engine)
-    static_batch = o.relax_batch_size or FORWARD_BATCH  # static energies (one pass fails: one at a time)
+    static_batch = static_pass_size(ro)
     with timed(timer, "stability.relax"):
         relaxed = relax_all(structures, ro, o.relax_workers or o.workers, progress)
     for row, r, s in zip(rows, relaxed, structures, strict=True):
@@ -1123,7 +1122,7 @@ def rescore_report(report: str | Path, train: str | Path, reference: str | Path,
         un[k] = r.get("unique") == "True" and r.get("novel") == "True"
     with_novelty = any(r.get("unique") for r in rows)
     needed = {el.symbol for s in structures for el in s.composition.elements}
-    static_batch = ro.batch_size or FORWARD_BATCH
+    static_batch = static_pass_size(ro)
     hull = ReferenceHull.build([CrystalSet.load(train), ref_cs], needed, options=ro,
                                batch_size=static_batch, cache_dir=cache_dir or opts.get("cache_dir"),
                                progress=progress, potential=potential)
