@@ -8,6 +8,9 @@
 #                                             # cells, <= 52 sites: the CrysTens S = 52 row of gpu_session.sh) and
 #                                             # mp_20_{asis,conv}_test_csp1k.npz (atom_csp_sweep.py's seeded 1,000
 #                                             # test crystals in each cell; needs `data mp_20` first)
+#   bash benchmarks/device_setup.sh data-trainval  # .gpuwork/mp_20_asis_train_partial_val.npz: the partial train
+#                                             # split and the validation split in one set (the data lever of
+#                                             # issue 18's ablation; needs `data mp_20` first)
 #   bash benchmarks/device_setup.sh all       # wheels, cgcnn and mp_20 data
 # The wheel folders, for the GPU machine's CPython 3.12 (see ../shared/GPU.md for what it has):
 #   .whl_train  the shared wheels without chgnet and ase (pymatgen, spglib, diffusers, ...): training
@@ -50,6 +53,16 @@ asis.subset(pick).save(".gpuwork/mp_20_asis_test_csp1k.npz")
 keep = np.flatnonzero([i in ids for i in conv.ids])
 conv.subset(keep).save(".gpuwork/mp_20_conv_test_csp1k.npz")
 print(f"CSP targets: {len(pick)} as-is, {len(keep)} conventional (the rest have over 52 sites)")
+PY
+  exit ;;
+data-trainval)
+  .venv/bin/python - <<'PY'
+from crysgen import CrystalSet
+
+parts = [CrystalSet.load(f".gpuwork/mp_20_asis_{s}.npz") for s in ("train_partial", "val")]
+both = CrystalSet.concatenate(parts)
+both.save(".gpuwork/mp_20_asis_train_partial_val.npz")
+print(f"train_partial {len(parts[0])} + val {len(parts[1])} = {len(both)} crystals")
 PY
   exit ;;
 all) bash "$0" wheels; bash "$0" cgcnn; bash "$0" data mp_20; exit ;;

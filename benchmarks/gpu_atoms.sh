@@ -21,7 +21,10 @@
 #                                                      # CSP sweep (Heun 50, churn 10) and evaluation
 #                                                      # with stability, all into $OUT (for `collect`;
 #                                                      # CSP_ONLY="tag ...": those runs are swept only;
-#                                                      # scoring waits for .whl_eval in the chain's folder)
+#                                                      # scoring waits for .whl_eval in the chain's folder;
+#                                                      # TAG:CONFIG@DATA trains that run on $W/DATA.npz,
+#                                                      # every run is scored against the same train split;
+#                                                      # SYM_SWEEP=1 adds a CSP sweep on symmetry templates)
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
@@ -97,7 +100,7 @@ launch)
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
   # few CPU threads per run: two runs side by side (TAG) each ran at half the speed of one alone
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} setsid nohup python3 -m crysgen train atom-diffusion \
-    --data $TR --val $W/${D}_asis_val.npz --out $R/$RUN \
+    --data ${DATA:-$TR} --val $W/${D}_asis_val.npz --out $R/$RUN \
     --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --max-minutes $2 --quiet \
     ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
@@ -119,8 +122,9 @@ pair-eval)  # eval_model.py of both PAIR runs at once, one per GPU (names atom_d
   for p in $PAIR; do bash $0 eval-wait atom_diffusion_${p%%:*}; done ;;
 chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detached, see the header
   install || exit 1
-  for p in $PAIR; do
-    (TAG=${p%%:*} CONFIG=$S/configs/${p#*:}.yaml bash $0 launch $2 1 > $OUT/launch_${p%%:*}.log 2>&1 &)
+  for p in $PAIR; do  # TAG:CONFIG or TAG:CONFIG@DATA
+    c=${p#*:}; data=; [[ $c == *@* ]] && { data=$W/${c#*@}.npz; c=${c%@*}; }
+    (TAG=${p%%:*} CONFIG=$S/configs/$c.yaml DATA=$data bash $0 launch $2 1 > $OUT/launch_${p%%:*}.log 2>&1 &)
   done
   sleep 90; wait_for "[c]rysgen train atom-diffusion"
   for p in $PAIR; do TAG=${p%%:*} bash $0 watch 1 > /dev/null; done  # pack: models and records to $OUT
@@ -133,10 +137,14 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
   done
   for p in $PAIR; do
     TAG=${p%%:*} STEPS=50 CHURN=10 WORKERS=4 bash $0 sweep $R/atoms_${p%%:*}/model > /dev/null
+    [ -n "${SYM_SWEEP:-}" ] && TAG=${p%%:*}_sym STEPS=50 CHURN=10 WORKERS=4 SWEEP_ARGS="--symmetry-prior $TR" \
+      bash $0 sweep $R/atoms_${p%%:*}/model > /dev/null
   done
   wait_for "[a]tom_csp_sweep.py"
   for p in $PAIR; do
-    cp $S/benchmarks/results/atom_csp_sweep_${D}_${p%%:*}.json /tmp/sweep_${p%%:*}.log $OUT/
+    for g in ${p%%:*} ${p%%:*}_sym; do
+      cp $S/benchmarks/results/atom_csp_sweep_${D}_$g.json /tmp/sweep_$g.log $OUT/ 2>/dev/null
+    done
   done
   for p in $PAIR; do csp_only ${p%%:*} || bash $0 eval-wait atom_diffusion_${p%%:*} > /dev/null; done
   echo "chain done" ;;
@@ -178,7 +186,8 @@ eval)  # detached, so that a slow evaluation (cold caches, a shared GPU) survive
     ${METRICS:+--metrics $METRICS} ${CACHE:+--cache-dir $CACHE} ${EVAL_ARGS:-} \
     $( [ -d $A/denovo ] && [ -z "${EVAL_ARGS:-}" ] && echo --samples $A/denovo ) \
     && cp $S/benchmarks/results/eval_$2_$D.json $E/ \
-    && tar czf $E/eval_report_$2.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv" \
+    && tar czf $E/eval_report_$2.tgz $W/eval_$2_$D/report/metrics.json $W/eval_$2_$D/report/structures.csv \
+       \$( [ -d $W/eval_$2_$D/samples ] && echo $W/eval_$2_$D/samples )" \
     > $E/log 2>&1 < /dev/null &
   sleep 5; bash $0 eval-wait $2 ${3:-100000} ;;
 eval-wait)  # NAME [WAIT]: the detached evaluation's progress; its files to $OUT once it is done
