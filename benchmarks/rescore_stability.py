@@ -22,6 +22,13 @@ seconds for every further report) and the elemental terminals as the suite relax
 ``structures.csv``'s E_hull column and the result JSON's stable and S.U.N. rates, E_hull
 mean/median and ``hull_reference`` are replaced; the values before are kept under ``rescored_hull``.
 
+With ``--novelty TRAIN.npz --samples DIR`` it recounts novelty against another training set (e.g.
+a model trained on the train and validation splits, evaluated against the train split alone, so
+that its hull matches the other models'): every structurally valid sample's CIF in ``DIR/cifs``
+is matched to ``TRAIN.npz`` with the suite's matcher, and ``structures.csv``'s ``novel`` column, the
+result JSON's ``novel``, ``unique_and_novel`` and S.U.N. rates and its ``training_data`` are
+replaced; the values before are kept under ``rescored_novelty``.
+
 Usage::
 
     python benchmarks/rescore_stability.py benchmarks/.work/eval_gan_mp_20/report \
@@ -31,6 +38,9 @@ Usage::
     python benchmarks/rescore_stability.py benchmarks/results/reports/eval_X_mp_20_structures.csv \
         benchmarks/results/eval_X_mp_20.json --hull all --train .gpuwork/mp_20_asis_train_partial.npz \
         --reference .gpuwork/mp_20_asis_test.npz
+    python benchmarks/rescore_stability.py benchmarks/results/reports/eval_X_mp_20_structures.csv \
+        benchmarks/results/eval_X_mp_20.json --novelty .gpuwork/mp_20_asis_train_partial_val.npz \
+        --samples SAMPLE_DIR
 """
 
 from __future__ import annotations
@@ -75,7 +85,13 @@ def main() -> None:
     p.add_argument("--reference-limit", type=int, default=1000, help="with --hull subset (eval_model.py's)")
     p.add_argument("--seed", type=int, default=0, help="with --hull subset: the evaluation's seed")
     p.add_argument("--cache-dir", default=None, help="with --hull: the reference energies' cache")
+    p.add_argument("--novelty", default=None, metavar="TRAIN.npz",
+                   help="recount novelty and S.U.N. against this training CrystalSet (needs --samples)")
+    p.add_argument("--samples", default=None, help="with --novelty: the evaluated sample folder (cifs/)")
     args = p.parse_args()
+    if args.novelty:
+        renovel(args)
+        return
     if args.potential:
         rescore_with(args)
         return
@@ -99,6 +115,59 @@ def main() -> None:
     write_text_atomic(Path(args.result), json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
     for k, v in new.items():
         print(f"{k}: {before[k]} -> {v['value']}")
+
+
+def _rows(report: str) -> tuple[Path, list[dict[str, str]]]:
+    """``structures.csv`` (given itself or its report folder) and its rows."""
+    path = Path(report)
+    path = path / "structures.csv" if path.is_dir() else path
+    with path.open(newline="") as f:
+        return path, list(csv.DictReader(f))
+
+
+def renovel(args: argparse.Namespace) -> None:
+    """``--novelty``: novelty, unique-and-novel and S.U.N. against another training set."""
+    from pymatgen.core import Structure
+
+    from crysgen.evaluation.novelty import MATCHER_SETTINGS, novel_mask
+    from crysgen.evaluation.suite import write_rows
+
+    if not (args.samples and args.result):
+        raise SystemExit("--novelty needs --samples and the result JSON")
+    csv_path, rows = _rows(args.report)
+    result = json.loads(Path(args.result).read_text())
+    if len(rows) != result["metrics"]["n_samples"]["value"]:
+        raise SystemExit(f"{csv_path}: {len(rows)} rows, the result has "
+                         f"{result['metrics']['n_samples']['value']} samples")
+    if not any(r.get("unique") for r in rows):
+        raise SystemExit(f"{csv_path}: no novelty columns (the evaluation ran without novelty)")
+    valid = [k for k, r in enumerate(rows) if r.get("struct_valid") == "True"]
+    cifs = Path(args.samples) / "cifs"
+    missing = [rows[k]["id"] for k in valid if not (cifs / f"{rows[k]['id']}.cif").is_file()]
+    if missing:
+        raise SystemExit(f"{cifs}: no CIF for {len(missing)} structurally valid rows (first: {missing[0]})")
+    structures = [Structure.from_file(cifs / f"{rows[k]['id']}.cif") for k in valid]
+    train = CrystalSet.load(args.novelty)
+    novel = novel_mask(structures, train.to_structures())
+    unique = np.array([rows[k]["unique"] == "True" for k in valid])
+    for k, v in zip(valid, novel, strict=True):
+        rows[k]["novel"] = str(bool(v))
+    against = f"{Path(args.novelty).name} ({len(train)})"
+    new = {"novel": {"value": float(novel.mean()), "n": len(valid), "matcher": MATCHER_SETTINGS,
+                     "against": against},
+           "unique_and_novel": {"value": float((unique & novel).mean()), "n": len(valid)}}
+    new |= {k: v for k, v in recount(rows).items() if k.startswith("sun_")}
+    before = {k: result["metrics"].get(k, {}).get("value") for k in new}
+    result["metrics"].update(new)
+    result.setdefault("rescored_novelty", []).append(
+        {"from": str(csv_path), "samples": str(args.samples), "against": against,
+         "training_data_before": result.get("training_data"), "before": before} | stamp())
+    result["training_data"] = (f"{Path(args.novelty).name} ({len(train)} crystals; novelty and S.U.N. "
+                               "against it, the hull as evaluated)")
+    write_rows(csv_path, rows)
+    write_text_atomic(Path(args.result), json.dumps(result, indent=1, default=float, sort_keys=True) + "\n")
+    for k in new:
+        print(f"{k}: {before[k]} -> {new[k]['value']}")
 
 
 def rehull(args: argparse.Namespace) -> None:
