@@ -271,7 +271,11 @@ def eval_models_table() -> list[str]:
     for path in paths:
         d = json.loads(path.read_text())
         m = d["metrics"]
-        lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)}) | "
+        # a model that saw more than the train split: its novelty and S.U.N. were recounted against
+        # its own training data (rescore_stability.py --novelty), the hull stays the evaluation's
+        seen = d.get("rescored_novelty", [{}])[-1].get("against")
+        lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)})"
+                     f"{f' (trained on {seen}; novelty against it)' if seen else ''} | "
                      f"{sample_mode(d) or '–'} | {d['dataset']} | "
                      f"{m['n_samples']['value']:,} | " + " | ".join(metric_cell(m, k) for k in cols) + " |")
         published[d["dataset"]] = d.get("published", {})
