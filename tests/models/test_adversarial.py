@@ -7,6 +7,7 @@ from torch import nn
 from crysgen import CrysgenError
 from crysgen.models.adversarial import (
     AdversarialNetConfig,
+    ChannelLayerNorm,
     FlatDepthConv3d,
     build_critic,
     build_generator,
@@ -46,6 +47,30 @@ def test_flat_depth_conv_is_the_same_function_as_conv3d():
     ref.load_state_dict(flat.state_dict())
     x = torch.randn(2, 3, 4, 40, 40)
     torch.testing.assert_close(flat(x), ref(x))
+
+
+def test_channel_layer_norm_is_layer_norm_over_channels_with_double_backward():
+    """Same function as nn.LayerNorm on the channels-last tensor, its gradients and the gradient
+    penalty's second derivative too (fails with the mean, variance or affine taken over other
+    axes, an unbiased variance, or the eps dropped)."""
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(5)
+    with torch.no_grad():
+        norm.norm.weight.uniform_(0.5, 1.5)
+        norm.norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 5, 2, 4, 6) * torch.logspace(-2, 1, 6)).requires_grad_()  # small-variance rows too
+    ref = nn.functional.layer_norm(x.movedim(1, -1), (5,), norm.norm.weight, norm.norm.bias,
+                                   1e-3).movedim(-1, 1)
+    out = norm(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    w = torch.randn_like(out)
+    g, = torch.autograd.grad((out * w).sum(), x, create_graph=True)
+    g_ref, = torch.autograd.grad((ref * w).sum(), x, create_graph=True)
+    assert torch.allclose(g, g_ref, atol=1e-4)
+    gg, = torch.autograd.grad(g.square().sum(), x)  # the gradient penalty differentiates the gradient
+    gg_ref, = torch.autograd.grad(g_ref.square().sum(), x)
+    assert torch.allclose(gg, gg_ref, rtol=1e-3, atol=1e-3)
+    assert set(dict(norm.named_parameters())) == {"norm.weight", "norm.bias"}  # checkpoints still load
 
 
 def test_bad_net_config_is_refused():

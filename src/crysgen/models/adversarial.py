@@ -100,15 +100,25 @@ def _batch_norm(channels: int, dims: int) -> nn.Module:
 
 
 class ChannelLayerNorm(nn.Module):
-    """Keras ``LayerNormalization()`` on a channels-last tensor: normalise over channels only."""
+    """Keras ``LayerNormalization()`` on a channels-last tensor: normalise over channels only.
+
+    Computed in place on the channel axis, in float32 (as ``nn.LayerNorm`` runs under autocast):
+    moving the channels last for ``nn.LayerNorm`` copied every 3-D map twice, and its kernel is
+    slow for a few channels over millions of positions. The parameters are ``nn.LayerNorm``'s
+    (``norm.weight``, ``norm.bias``), so checkpoints load either way.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, ...) -> (N, C, ...), each position normalised over its C values."""
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        """(N, C, ...) -> (N, C, ...) in at least float32, each position normalised over its C values."""
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 -> fp32, fp64 stays
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = torch.rsqrt(var + self.norm.eps) * self.norm.weight.to(x.dtype).view(shape)
+        return (x - mean) * scale + self.norm.bias.to(x.dtype).view(shape)
 
 
 def _block(layer: nn.Module, out: int, *, norm: str, act: str, dims: int = 3) -> nn.Sequential:
