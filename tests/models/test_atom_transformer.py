@@ -169,3 +169,43 @@ def test_widened_frequencies_compute_what_the_narrow_network_did_and_then_see_mo
     assert not torch.allclose(wide(t, f, lat, m, c, g, cell)[1], narrow(t, f, lat, m, c, g, cell)[1])
     with pytest.raises(ValueError, match="narrow"):
         widen_frequencies(wide.state_dict(), wide.config, narrow.config)
+
+
+def test_dropped_blocks_compute_what_the_deep_network_does_with_only_those_blocks():
+    """Fails when a kept block is renumbered wrongly, or when the pair-bias rows of the dropped
+    blocks (edge.2, one bias per block and head) are kept instead of the kept blocks' ones."""
+    from crysgen.models.atom_transformer import (
+        _modulate,
+        drop_blocks,
+        fourier,
+        kept_blocks,
+        timestep_embedding,
+    )
+
+    torch.manual_seed(0)
+    deep = AtomTransformer(**(TINY | {"n_layers": 5}), pair_messages=True)
+    for p in deep.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    deep.eval()
+    _, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    assert kept_blocks(10, 6) == [0, 2, 4, 5, 7, 9] and kept_blocks(5, 3) == [0, 2, 4]
+    shallow = AtomTransformer(**(deep.config | {"n_layers": 3})).eval()
+    shallow.load_state_dict(drop_blocks(deep.state_dict(), deep.config, shallow.config))  # strict
+    # the deep network run through blocks 0, 2 and 4 only, each with its own pair-bias heads
+    c_ = deep.cfg
+    atoms = deep.type_in(t) + deep.coord_in(fourier(f, c_.n_freqs))
+    x = torch.cat([(deep.lattice_in(lat) + deep.lattice_token)[:, None], atoms], 1)
+    cond = deep.time(timestep_embedding(c, c_.d_model)) + deep.given(g.long())
+    feats = deep.pair_features(deep.pair_differences(f), cell)
+    bias = deep.pair_bias(feats, m).view(len(t), 5, c_.n_heads, t.shape[1] + 1, t.shape[1] + 1)
+    for i in (0, 2, 4):
+        x = deep.blocks[i](x, cond, bias[:, i], feats, m)
+    shift, scale = deep.ada_out(cond).chunk(2, -1)
+    x = _modulate(deep.norm_out(x), shift, scale)
+    with torch.no_grad():
+        types, coords, lattice = shallow(t, f, lat, m, c, g, cell)
+        torch.testing.assert_close(types, deep.type_out(x[:, 1:]), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(coords, deep.coord_out(x[:, 1:]), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(lattice, deep.lattice_out(x[:, 0]), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="cannot keep"):
+        drop_blocks(shallow.state_dict(), shallow.config, deep.config)

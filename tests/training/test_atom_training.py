@@ -173,6 +173,24 @@ def test_init_may_raise_the_fourier_frequencies_but_not_lower_them(tiny_set, tmp
                              progress=False, init=warm)
 
 
+def test_init_may_drop_blocks_but_not_add_them(tiny_set, tmp_path):
+    deep = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_layers": 3}})
+    base = train_atom_diffusion(tiny_set, tmp_path / "deep", config=deep, max_steps=1, accelerator="cpu",
+                                progress=False)
+    shallow = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_layers": 2}})
+    warm = train_atom_diffusion(tiny_set, tmp_path / "shallow", config=shallow, max_steps=1,
+                                accelerator="cpu", progress=False, init=base)
+    net = AtomDiffusionModel.from_pretrained(warm).net
+    assert len(net.blocks) == 2 and net.edge[2].out_features == 2 * net.cfg.n_heads
+    # the embeddings came from the deep model (one step of training moves them only a little)
+    start = AtomDiffusionModel.from_pretrained(base).net
+    assert torch.allclose(net.type_in.weight, start.type_in.weight, atol=0.05)
+    deeper = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_layers": 4}})
+    with pytest.raises(CrysgenError, match="lowered"):
+        train_atom_diffusion(tiny_set, tmp_path / "deeper", config=deeper, max_steps=1, accelerator="cpu",
+                             progress=False, init=base)
+
+
 def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(tiny_set, tmp_path):
     import numpy as np
 

@@ -146,6 +146,53 @@ def widen_frequencies(state: dict[str, torch.Tensor], old: dict[str, Any],
     return out
 
 
+def kept_blocks(old_layers: int, new_layers: int) -> list[int]:
+    """Which of ``old_layers`` blocks a network of ``new_layers`` keeps.
+
+    Evenly spaced, the first and the last always (``[0, 2, 4, 5, 7, 9]`` of 10 for 6).
+
+    Raises:
+        ValueError: for more blocks than ``old_layers`` or fewer than one.
+    """
+    if not 1 <= new_layers <= old_layers:
+        raise ValueError(f"cannot keep {new_layers} of {old_layers} blocks")
+    if new_layers == 1:
+        return [old_layers - 1]
+    return [round(i * (old_layers - 1) / (new_layers - 1)) for i in range(new_layers)]
+
+
+def drop_blocks(state: dict[str, torch.Tensor], old: dict[str, Any],
+                new: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A network's weights made to fit a shallower network (layer dropping before a fine-tune).
+
+    The blocks :func:`kept_blocks` picks are renumbered in order, with their rows of the pair-bias
+    MLP's output layer (``edge.2``: one bias per block and head); every other weight is passed
+    through. The shallower network computes something else until it trains.
+
+    Args:
+        state: the old network's ``state_dict()``.
+        old: the old network's config (:attr:`AtomTransformer.config`).
+        new: the new network's config; only its ``n_layers`` may differ here (at most the old one's).
+
+    Raises:
+        ValueError: for more blocks than ``old``'s.
+    """
+    kept = kept_blocks(old["n_layers"], new["n_layers"])
+    keep = {b: i for i, b in enumerate(kept)}
+    heads = old["n_heads"]
+    rows = torch.tensor([b * heads + h for b in kept for h in range(heads)])  # layer-major, as forward reads
+    out = {}
+    for key, w in state.items():
+        parts = key.split(".")
+        if key in ("edge.2.weight", "edge.2.bias"):
+            out[key] = w[rows]
+        elif parts[0] != "blocks":
+            out[key] = w
+        elif int(parts[1]) in keep:
+            out[".".join(["blocks", str(keep[int(parts[1])]), *parts[2:]])] = w
+    return out
+
+
 def timestep_embedding(c: torch.Tensor, dim: int) -> torch.Tensor:
     """(B,) scalars -> (B, dim) sinusoidal features (frequencies 1 … 1000)."""
     half = dim // 2
