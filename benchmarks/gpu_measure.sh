@@ -5,6 +5,8 @@
 # the bundled atom model; the CrysTens model is hidden by device_tree.sh, carry it as .atommodel):
 #   T=/tmp/root; mkdir -p $T; cp -r .snap .gpuwork8 .whl_train $T/; cp -r src/crysgen/pretrained/atom_diffusion_mp20 $T/
 #   bash $T/.snap/benchmarks/gpu_measure.sh speed      # WGAN-GP step grid (quiet GPU first), profiles
+#                                                      # (COMPILE=false,default SUFFIX=_channel_norm: another
+#                                                      # grid into its own file)
 #   # next call, carry .whl_eval .cgcnn .whl_7net (sevenn: --potential both; the jobs wait for them):
 #   cp -r .cgcnn .whl_7net $T/; cp -r .whl_eval $T/.whl_eval.tmp && mv $T/.whl_eval.tmp $T/.whl_eval
 #   bash $T/.snap/benchmarks/gpu_measure.sh csp        # generate-relax-rank CSP on 1,000 mp_20 targets
@@ -38,8 +40,8 @@ eval_wheels() {  # wait until a call has brought .whl_eval (last: .whl_7net is c
 case "${1:-status}" in
   speed)
     install || exit 1
-    detach speed "python3 benchmarks/adversarial_step_speed.py --compile false,default,reduce-overhead \
-      --channels-last true --fused true --micro-batch 0 --steps 20 --warmup 5 --profile --suffix _compiled"
+    detach speed "python3 benchmarks/adversarial_step_speed.py --compile ${COMPILE:-false,default,reduce-overhead} \
+      --channels-last true --fused true --micro-batch 0 --steps 20 --warmup 5 --profile --suffix ${SUFFIX:-_compiled}"
     ;;
   csp)
     detach csp "$(eval_wheels); python3 benchmarks/csp_rank.py $T/atom_diffusion_mp20 \
