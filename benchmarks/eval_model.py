@@ -64,6 +64,10 @@ def main() -> None:
                    help="structures per CHGNet forward pass (default: the relaxation engine's)")
     p.add_argument("--relax-time-limit", type=float, default=EvalOptions.relax_time_limit_s,
                    help="seconds per relaxation (%(default)g)")
+    p.add_argument("--steps", type=int, default=SampleOptions.steps,
+                   help="sampler steps of new samples (`crysgen sample --steps`; %(default)s)")
+    p.add_argument("--sampler", default=SampleOptions.sampler, choices=("ddim", "dpmsolver", "ddpm"),
+                   help="CrysTens diffusion sampler of new samples (`crysgen sample --sampler`; %(default)s)")
     p.add_argument("--churn", type=float, default=None,
                    help="EDM S_churn of an atom model's new samples (`crysgen sample --churn`; "
                         "default: the model's)")
@@ -85,7 +89,8 @@ def main() -> None:
         def train_or(path: str | None) -> str | None:
             return str(work / f"{TRAIN[args.dataset]}.npz") if path == "train" else path
 
-        sample_options = SampleOptions(n=args.n, composition_prior=train_or(args.composition_prior),
+        sample_options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler,
+                                       composition_prior=train_or(args.composition_prior),
                                        substitute=args.substitute, churn=args.churn,
                                        symmetry_prior=train_or(args.symmetry_prior))
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
