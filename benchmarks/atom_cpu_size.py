@@ -62,9 +62,9 @@ def main() -> None:
             model.sample_sets(args.n, steps=args.steps, seed=rep, batch_size=model.default_batch_size("cpu"))
             seconds[name].append(round(time.perf_counter() - t0, 2))
         print({k: v[-1] for k, v in seconds.items()}, flush=True)
-    rows = [{"variant": name, "change": VARIANTS[name],
-             "parameters": int(sum(p.numel() for p in models[name].net.parameters())),
-             "fp16_megabytes": round(2 * sum(p.numel() for p in models[name].net.parameters()) / 1e6, 1),
+    sizes = {name: int(sum(p.numel() for p in model.net.parameters())) for name, model in models.items()}
+    rows = [{"variant": name, "change": VARIANTS[name], "parameters": sizes[name],
+             "fp16_megabytes": round(2 * sizes[name] / 1e6, 1),
              "median_seconds": float(np.median(seconds[name])), "seconds": seconds[name]}
             for name in models]
     result = {"model": str(DEFAULT_MODEL.relative_to(ROOT)), "n": args.n, "steps": args.steps,

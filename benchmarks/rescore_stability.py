@@ -117,12 +117,18 @@ def main() -> None:
         print(f"{k}: {before[k]} -> {v['value']}")
 
 
-def _rows(report: str) -> tuple[Path, list[dict[str, str]]]:
-    """``structures.csv`` (given itself or its report folder) and its rows."""
+def _rows_and_result(report: str, result_path: str) -> tuple[Path, list[dict[str, str]], dict]:
+    """``structures.csv`` (given itself or its report folder), its rows and the result JSON, which
+    must count as many samples as there are rows (SystemExit otherwise)."""
     path = Path(report)
     path = path / "structures.csv" if path.is_dir() else path
     with path.open(newline="") as f:
-        return path, list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    result = json.loads(Path(result_path).read_text())
+    if len(rows) != result["metrics"]["n_samples"]["value"]:
+        raise SystemExit(f"{path}: {len(rows)} rows, the result has "
+                         f"{result['metrics']['n_samples']['value']} samples")
+    return path, rows, result
 
 
 def renovel(args: argparse.Namespace) -> None:
@@ -134,11 +140,7 @@ def renovel(args: argparse.Namespace) -> None:
 
     if not (args.samples and args.result):
         raise SystemExit("--novelty needs --samples and the result JSON")
-    csv_path, rows = _rows(args.report)
-    result = json.loads(Path(args.result).read_text())
-    if len(rows) != result["metrics"]["n_samples"]["value"]:
-        raise SystemExit(f"{csv_path}: {len(rows)} rows, the result has "
-                         f"{result['metrics']['n_samples']['value']} samples")
+    csv_path, rows, result = _rows_and_result(args.report, args.result)
     if not any(r.get("unique") for r in rows):
         raise SystemExit(f"{csv_path}: no novelty columns (the evaluation ran without novelty)")
     valid = [k for k, r in enumerate(rows) if r.get("struct_valid") == "True"]
@@ -181,14 +183,7 @@ def rehull(args: argparse.Namespace) -> None:
 
     if not (args.train and args.reference and args.result):
         raise SystemExit("--hull needs --train, --reference and the result JSON")
-    csv_path = Path(args.report)
-    csv_path = csv_path / "structures.csv" if csv_path.is_dir() else csv_path
-    with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    result = json.loads(Path(args.result).read_text())
-    if len(rows) != result["metrics"]["n_samples"]["value"]:
-        raise SystemExit(f"{csv_path}: {len(rows)} rows, the result has "
-                         f"{result['metrics']['n_samples']['value']} samples")
+    csv_path, rows, result = _rows_and_result(args.report, args.result)
     rated = [k for k, r in enumerate(rows) if r.get("energy_per_atom")]
     comps = [Composition(rows[k]["formula"]) for k in rated]
     needed = {el.symbol for c in comps for el in c.elements}
