@@ -13,6 +13,7 @@
 #   bash $T/.snap/benchmarks/gpu_measure.sh relax-engines  # eval_speed: 10k de novo samples, cold (torch engine)
 #   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
 #   cp -r .atommodel $T/crystens; bash $T/.snap/benchmarks/gpu_measure.sh crystens-eval $T/crystens
+#   (NAME=crystens_bundled_dpm8 EVAL_ARGS="--sampler dpmsolver --steps 8": another sampler setting)
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
 #   bash $T/.snap/benchmarks/gpu_measure.sh stop NAME  # end a job (its process group only)
 # T defaults to /tmp/root; CRYSGEN_COMMIT comes from $T/.snap/COMMIT.
@@ -52,8 +53,9 @@ case "${1:-status}" in
   crystens-eval)
     ln -sf $W/mp_20_asis_train_partial.npz $W/mp_20_train_partial.npz
     ln -sf $W/mp_20_asis_test.npz $W/mp_20_test.npz
-    detach crystens "$(eval_wheels); python3 benchmarks/eval_model.py $2 --name crystens_bundled \
-      --dataset mp_20 --device cuda --workers 12 --relax-batch 512 --work $W"
+    detach ${NAME:-crystens_bundled} "$(eval_wheels); python3 benchmarks/eval_model.py $2 \
+      --name ${NAME:-crystens_bundled} --dataset mp_20 --device cuda --workers 12 --relax-batch 512 --work $W \
+      ${EVAL_ARGS:-}"
     ;;
   relax-engines)  # 10,000 de novo samples of the bundled atom model, evaluated cold with the torch
     # engine (the CDVAE protocol's size; the 1,000-sample cold row and the CPU engine comparison are
