@@ -1,11 +1,13 @@
-"""Steady-state WGAN-GP critic and generator steps per second under the adversarial speed options.
+"""Steady-state GAN / WGAN-GP critic and generator steps per second under the adversarial speed options.
 
 Writes benchmarks/results/adversarial_step_speed<suffix>.json.
 
 Each variant sets the speed options of ``optim`` (``compile``, ``channels_last``, ``fused``,
 ``micro_batch``; see :class:`crysgen.training.config.AdversarialOptimConfig`) on the paper's
-WGAN-GP (width 1, batch 256 by default), runs in its own process (so compile caches and CUDA
-state do not carry over) and times the module's own update methods, outside Lightning:
+WGAN-GP (``--kind wgan``: width 1, batch 256 by default) or vanilla GAN (``--kind gan``: batch 64,
+one discriminator step per generator step; its BatchNorm allows no micro-batches), runs in its
+own process (so compile caches and CUDA state do not carry over) and times the module's own
+update methods, outside Lightning:
 ``--warmup`` critic and generator steps first (compilation, CUDA-graph capture and autotuning
 happen there), then ``--steps`` critic steps and ``--steps`` generator steps, each timed as a
 block between CUDA synchronisations. Inputs are uniform random tensors (convolution speed does
@@ -18,6 +20,8 @@ Usage (on the GPU machine):
     python benchmarks/adversarial_step_speed.py
     python benchmarks/adversarial_step_speed.py --compile false,default,reduce-overhead \
         --micro-batch 0,64,128 --steps 30
+    python benchmarks/adversarial_step_speed.py --kind gan --compile false,default,reduce-overhead \
+        --micro-batch 0 --suffix _gan
 With ``--profile`` each variant also writes torch.profiler's operator table (two critic steps and
 one generator step after the timed ones) to ``benchmarks/results/profiles/``.
 The default grid is 16 variants, each compiled one a minute or more of compilation: split it
@@ -44,6 +48,7 @@ import yaml
 
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
+from crysgen.training.config import ADVERSARIAL_DEFAULTS
 
 
 def options_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -95,9 +100,13 @@ def peak_memory(device: str) -> Iterator[dict[str, Any]]:
 
 
 def profile_path(spec: dict[str, Any]) -> Path:
-    """benchmarks/results/profiles/adversarial_step_<device>_<options>.txt for one variant."""
+    """benchmarks/results/profiles/adversarial_step_[gan_]<device>_<options>.txt for one variant.
+
+    The WGAN-GP's files keep the names they had before the GAN could be timed.
+    """
     tag = "_".join(f"{k}-{v}" for k, v in spec["options"].items())
-    return ROOT / "benchmarks" / "results" / "profiles" / f"adversarial_step_{spec['device']}_{tag}.txt"
+    kind = "" if spec["kind"] == "wgan" else f"{spec['kind']}_"
+    return ROOT / "benchmarks" / "results" / "profiles" / f"adversarial_step_{kind}{spec['device']}_{tag}.txt"
 
 
 def write_profile(spec: dict[str, Any], critic: Callable[[], Any], generator: Callable[[], Any]) -> None:
@@ -118,8 +127,9 @@ def write_profile(spec: dict[str, Any], critic: Callable[[], Any], generator: Ca
     table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70)
     path = profile_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# adversarial_step_speed.py --profile: two WGAN-GP critic steps + one generator step "
-              f"after the timed ones; {json.dumps({k: spec[k] for k in ('device', 'width', 'batch')})} "
+    header = (f"# adversarial_step_speed.py --profile: two {spec['kind']} critic steps + one generator "
+              f"step after the timed ones; "
+              f"{json.dumps({k: spec[k] for k in ('kind', 'device', 'width', 'batch')})} "
               f"options {json.dumps(spec['options'])}; torch {torch.__version__}\n")
     write_text_atomic(path, header + table + "\n")
 
@@ -134,7 +144,7 @@ def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
 
     device, batch = spec["device"], spec["batch"]
     L.seed_everything(0, verbose=False)
-    cfg = AdversarialTrainConfig.from_dict({"net": {"kind": "wgan", "width": spec["width"]},
+    cfg = AdversarialTrainConfig.from_dict({"net": {"kind": spec["kind"], "width": spec["width"]},
                                             "optim": {"batch_size": batch, **spec["options"]}})
     module = AdversarialModule(cfg.to_dict()).to(device)
     module.manual_backward = lambda loss, *a, **kw: loss.backward(*a, **kw)  # outside Lightning
@@ -186,7 +196,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--width", type=float, default=1.0, help="network width (1 = the paper's)")
-    p.add_argument("--batch", type=int, default=256, help="batch (the paper's WGAN-GP: 256)")
+    p.add_argument("--kind", choices=("wgan", "gan"), default="wgan", help="which adversarial model")
+    p.add_argument("--batch", type=int, help="batch (default the paper's: WGAN-GP 256, GAN 64)")
     p.add_argument("--compile", default="false,default", help="compile settings, comma-separated")
     p.add_argument("--channels-last", default="false,true")
     p.add_argument("--fused", default="false,true")
@@ -202,10 +213,12 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_variant(json.loads(args.one))), flush=True)
         return
-    common = {k: getattr(args, k) for k in ("device", "width", "batch", "warmup", "steps", "profile")}
+    if args.batch is None:
+        args.batch = ADVERSARIAL_DEFAULTS[args.kind]["batch_size"]
+    common = {k: getattr(args, k) for k in ("kind", "device", "width", "batch", "warmup", "steps", "profile")}
     path = ROOT / "benchmarks" / "results" / f"adversarial_step_speed{args.suffix}.json"
     result: dict[str, Any] = {
-        "kind": "wgan", **common, "rows": [],
+        **common, "rows": [],
         "note": ("steady rates after the warm-up steps; one process per variant; random inputs; "
                  "bf16 autocast on a GPU, fp32 on the CPU; seconds_per_iteration = n_critic critic "
                  "steps + one generator step")} | stamp(args.device)

@@ -14,6 +14,17 @@
 #   # a call that carries .atommodel (bash benchmarks/device_tree.sh model src/crysgen/pretrained/crystens_diffusion_mp20):
 #   cp -r .atommodel $T/crystens; bash $T/.snap/benchmarks/gpu_measure.sh crystens-eval $T/crystens
 #   (NAME=crystens_bundled_dpm8 EVAL_ARGS="--sampler dpmsolver --steps 8": another sampler setting)
+#   bash $T/.snap/benchmarks/gpu_measure.sh gan-speed  # the vanilla GAN's step grid (batch 64) -> _gan.json
+#   (a call that carries .gpuwork8 with mp_20_conv_train_partial.npz, from `device_setup.sh data-conv`:)
+#   bash $T/.snap/benchmarks/gpu_measure.sh adv-train KIND MINUTES [crysgen train options]
+#                                                      # GAN / WGAN-GP training (compiled, channels-last,
+#                                                      # fused Adam), detached; AFTER=gan_speed starts it
+#                                                      # when that job is done; its exported model, logs,
+#                                                      # curves (and, WGAN-GP, its last.ckpt: 20 MB) go to
+#                                                      # $OUT/adv_KIND.tgz.part_* when it stops. A later
+#                                                      # lease resumes a WGAN-GP: carry the unpacked run as
+#                                                      # $T/adv_wgan and pass --resume (the GAN's 390 MB
+#                                                      # checkpoint cannot travel: train it in one lease)
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
 #   bash $T/.snap/benchmarks/gpu_measure.sh stop NAME  # end a job (its process group only)
 # T defaults to /tmp/root; CRYSGEN_COMMIT comes from $T/.snap/COMMIT.
@@ -57,6 +68,25 @@ case "${1:-status}" in
       --name ${NAME:-crystens_bundled} --dataset mp_20 --device cuda --workers 12 --relax-batch 512 --work $W \
       ${EVAL_ARGS:-}"
     ;;
+  gan-speed)
+    install || exit 1
+    detach gan_speed "python3 benchmarks/adversarial_step_speed.py --kind gan --compile ${COMPILE:-false,default,reduce-overhead} \
+      --channels-last true --fused true --micro-batch 0 --steps 100 --warmup 10 --profile --suffix _gan"
+    ;;
+  adv-train)  # KIND MINUTES [crysgen train options]
+    install || exit 1
+    k=$2; run=/tmp/runs/$k; mkdir -p /tmp/runs
+    [ -d $T/adv_$k ] && [ ! -d $run ] && cp -r $T/adv_$k $run  # a carried run, for --resume
+    # packed into $L (status brings the pieces back once): a detached job outlives its call's $OUT
+    pack="cd /tmp/runs && tar czf $L/adv_$k.tgz --exclude='$k/checkpoints/step*' \
+      \$( [ $k = gan ] && echo --exclude=$k/checkpoints ) $k \
+      && cd $L && split -b 15m adv_$k.tgz adv_$k.tgz.part_ && rm adv_$k.tgz"
+    # a resumed run keeps its saved config (crysgen refuses --set with --resume)
+    set_=" --set optim.compile=${ADV_COMPILE:-default} --set optim.channels_last=true --set optim.fused=true"
+    [[ " ${*:4} " == *" --resume "* ]] && set_=
+    detach train_$k "python3 -m crysgen train $k --data $W/mp_20_conv_train_partial.npz --out $run \
+      --max-minutes $3 --quiet$set_ ${*:4}; $pack"
+    ;;
   relax-engines)  # 10,000 de novo samples of the bundled atom model, evaluated cold with the torch
     # engine (the CDVAE protocol's size; the 1,000-sample cold row and the CPU engine comparison are
     # in eval_speed.json and relax_engines_cpu.json already)
@@ -75,6 +105,10 @@ case "${1:-status}" in
   status)
     for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done
     ls $L/*.done 2>/dev/null
+    for f in $L/adv_*.tgz.part_*; do  # a finished training's pieces, brought back once
+      [[ $f == *.sent ]] && continue
+      [ -f "$f" ] && [ ! -f "$f.sent" ] && cp "$f" "$OUT/" && touch "$f.sent"
+    done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     find benchmarks/results -newer COMMIT -type f \( -name "*.json" -o -name "*.txt" -o -name "*.png" \) \
       -exec cp --parents {} "$OUT/" \; 2>/dev/null
