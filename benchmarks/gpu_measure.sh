@@ -25,6 +25,11 @@
 #                                                      # lease resumes a WGAN-GP: carry the unpacked run as
 #                                                      # $T/adv_wgan and pass --resume (the GAN's 390 MB
 #                                                      # checkpoint cannot travel: train it in one lease)
+#   bash $T/.snap/benchmarks/gpu_measure.sh adv-auto MINUTES  # after gan-speed: the GAN's 100 epochs
+#                                                      # (GAN_STEPS, 11,800 on the conventional partial split)
+#                                                      # when they fit in MINUTES at its best measured rate
+#                                                      # (+15 % for Lightning and data), else the WGAN-GP
+#                                                      # (resumable; RESUME=1 continues $T/adv_wgan) for MINUTES
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
 #   bash $T/.snap/benchmarks/gpu_measure.sh stop NAME  # end a job (its process group only)
 # T defaults to /tmp/root; CRYSGEN_COMMIT comes from $T/.snap/COMMIT.
@@ -86,6 +91,23 @@ case "${1:-status}" in
     [[ " ${*:4} " == *" --resume "* ]] && set_=
     detach train_$k "python3 -m crysgen train $k --data $W/mp_20_conv_train_partial.npz --out $run \
       --max-minutes $3 --quiet$set_ ${*:4}; $pack"
+    ;;
+  adv-auto)  # MINUTES
+    while [ ! -f $L/gan_speed.done ]; do sleep 5; done
+    read -r mode need < <(python3 - benchmarks/results/adversarial_step_speed_gan.json ${GAN_STEPS:-11800} <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if "seconds_per_iteration" in r]
+best = min(rows, key=lambda r: r["seconds_per_iteration"])
+mode = best["options"]["compile"]
+print("false" if mode is False else mode, round(int(sys.argv[2]) * best["seconds_per_iteration"] * 1.15 / 60, 1))
+PY
+)
+    echo "GAN's 100 epochs: ~$need min at its best rate (compile: $mode); $2 min left for training"
+    if python3 -c "import sys; sys.exit(not $need <= $2)"; then
+      ADV_COMPILE=$mode bash "$0" adv-train gan $2 --max-steps ${GAN_STEPS:-11800}
+    else
+      bash "$0" adv-train wgan $2 ${RESUME:+--resume}
+    fi
     ;;
   relax-engines)  # 10,000 de novo samples of the bundled atom model, evaluated cold with the torch
     # engine (the CDVAE protocol's size; the 1,000-sample cold row and the CPU engine comparison are
