@@ -11,6 +11,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from crysgen.pipelines.protocol import SampleOptions
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -41,6 +43,10 @@ def sample_mode(d: dict) -> str:
         words.append("composition prior" + (" + substitution" if options.get("substitute") else ""))
     if options.get("symmetry_prior") or d.get("symmetry_templates"):
         words.append("symmetry templates")
+    # a sampler setting other than `crysgen sample`'s defaults (older files record none)
+    sampler, steps = options.get("sampler"), options.get("steps")
+    if sampler not in (None, SampleOptions.sampler) or steps not in (None, SampleOptions.steps):
+        words.append(f"{sampler or SampleOptions.sampler} {steps or SampleOptions.steps} steps")
     return " + ".join(words)
 
 
@@ -513,25 +519,26 @@ def compare_table() -> list[str]:
 
 
 def adversarial_speed_table() -> list[str]:
-    """One row per variant of every adversarial_step_speed*.json (WGAN-GP steps per second)."""
+    """One row per variant of every adversarial_step_speed*.json (GAN / WGAN-GP steps per second)."""
     paths = sorted((ROOT / "benchmarks" / "results").glob("adversarial_step_speed*.json"))
     lines: list[str] = []
     for path in paths:
         d = json.loads(path.read_text())
         if not lines:
-            lines = ["**WGAN-GP step speed** (`benchmarks/adversarial_step_speed.py`: the paper's WGAN-GP, "
-                     "random inputs, steady rates after warm-up steps, one process per variant; an "
-                     "iteration = 5 critic steps + 1 generator step)", "",
-                     "| file | commit | device | width / batch | compile | channels_last | fused | "
-                     "micro-batch | critic steps/s | generator steps/s | s per iteration | peak GiB |",
-                     "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines = ["**GAN / WGAN-GP step speed** (`benchmarks/adversarial_step_speed.py`: the paper's "
+                     "networks, random inputs, steady rates after warm-up steps, one process per variant; "
+                     "an iteration = 5 critic steps + 1 generator step for the WGAN-GP, 1 + 1 for the GAN)",
+                     "", "| file | model | commit | device | width / batch | compile | channels_last "
+                     "| fused | micro-batch | critic steps/s | generator steps/s | s per iteration "
+                     "| peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         link = f"[{path.stem.removeprefix('adversarial_step_speed') or '(grid)'}]({path.relative_to(ROOT)})"
         for r in d["rows"]:
             o = r["options"]
             cells = ([f"{r['critic_steps_per_s']:.2f}", f"{r['generator_steps_per_s']:.2f}",
                       f"{r['seconds_per_iteration']:.2f}", f"{r.get('peak_memory_gib', '–')}"]
                      if "error" not in r else [f"failed: {r['error'][:90]}", "", "", ""])
-            head = [link, d["commit"][:7], gpu(d["machine"]), f"{d['width']:g} / {d['batch']}",
+            model = "GAN" if d.get("kind") == "gan" else "WGAN-GP"  # older files: WGAN-GP, no kind
+            head = [link, model, d["commit"][:7], gpu(d["machine"]), f"{d['width']:g} / {d['batch']}",
                     str(o["compile"]), str(o["channels_last"]), str(o["fused"]), str(o["micro_batch"] or "–")]
             lines.append("| " + " | ".join(head + cells) + " |")
     return [*lines, ""] if lines else []
