@@ -53,6 +53,11 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 """A network's forward: the module itself, or its ``torch.compile`` wrapper."""
 
 
+RECOMPILE_LIMIT = 128
+"""Compiled variants per code object that :func:`compiled` allows (every layer shape of both
+networks, with and without grad)."""
+
+
 def compiled(net: nn.Module, mode: str | None) -> Forward:
     """``net`` itself (mode None) or ``torch.compile(net, mode=mode)``.
 
@@ -62,9 +67,17 @@ def compiled(net: nn.Module, mode: str | None) -> Forward:
     penalty's eager pass) updated them in place and the backward failed ("modified by an
     inplace operation"). Eager parametrisations compute the same weights; the layers that use
     them stay compiled.
+
+    Those graph breaks leave one compiled frame per layer call, and the frames of one layer class
+    (the 21 ``ChannelLayerNorm`` of the WGAN-GP, each of its own shape, with and without grad)
+    share one code object, which dynamo recompiles at most ``recompile_limit`` times (8 by
+    default) before running the rest eagerly; the limit is raised to :data:`RECOMPILE_LIMIT`.
     """
     if mode is None:
         return net
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     for chain in net.modules():
         if isinstance(chain, parametrize.ParametrizationList):  # a weight's parametrisations
             for p in chain:
