@@ -10,6 +10,10 @@
 #   bash benchmarks/device_tree.sh model MODEL_DIR   # .atommodel/: a copy of a model directory (also
 #                                                    # a hidden one), to carry alone in a later call
 #                                                    # of a lease (the folders carried before stay)
+#   bash benchmarks/device_tree.sh pieces DIR I      # .advin/: the I-th group of PIECES (3) of the
+#                                                    # 15 MiB pieces in DIR (a GAN / WGAN-GP run that
+#                                                    # gpu_measure.sh adv-train packed), to carry in one
+#                                                    # call; says how many groups there are
 #   bash benchmarks/device_tree.sh snap              # .snap/: the committed code of HEAD (package,
 #                                                    # benchmarks, configs; no models) and its COMMIT,
 #                                                    # for CRYSGEN_COMMIT=$(cat .snap/COMMIT) there
@@ -48,6 +52,15 @@ model)
   for d in "$src" "$H/$src"; do [ -d "$d" ] && cp -r "$d"/. .atommodel/; done  # files `hide` set aside too
   [ -f .atommodel/weights.safetensors ] || { echo "no weights.safetensors in ${2}" >&2; exit 1; }
   echo ".atommodel from $2, $(du -sh .atommodel | cut -f1)" ;;
+pieces)
+  dir=${2:?folder of the pieces}; i=${3:?group number, from 1}; k=${PIECES:-3}
+  mapfile -t all < <(find "$dir" -maxdepth 1 -name '*.tgz.part_*' ! -name '*.sent' | sort)
+  [ ${#all[@]} -gt 0 ] || { echo "no *.tgz.part_* pieces in $dir" >&2; exit 1; }
+  groups=$(( (${#all[@]} + k - 1) / k ))
+  [ "$i" -ge 1 ] && [ "$i" -le $groups ] || { echo "group $i of $groups?" >&2; exit 1; }
+  grep -qxF /.advin/ .git/info/exclude || echo /.advin/ >> .git/info/exclude
+  rm -rf .advin; mkdir .advin; cp "${all[@]:$(( (i - 1) * k )):$k}" .advin/
+  echo ".advin: group $i of $groups ($(ls .advin | tr '\n' ' ')), $(du -sh .advin | cut -f1)" ;;
 snap)
   grep -qxF /.snap/ .git/info/exclude || echo /.snap/ >> .git/info/exclude
   rm -rf .snap; mkdir .snap

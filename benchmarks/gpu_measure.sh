@@ -18,18 +18,20 @@
 #   (a call that carries .gpuwork8 with mp_20_conv_train_partial.npz, from `device_setup.sh data-conv`:)
 #   bash $T/.snap/benchmarks/gpu_measure.sh adv-train KIND MINUTES [crysgen train options]
 #                                                      # GAN / WGAN-GP training (compiled, channels-last,
-#                                                      # fused Adam), detached; AFTER=gan_speed starts it
-#                                                      # when that job is done; its exported model, logs,
-#                                                      # curves (and, WGAN-GP, its last.ckpt: 20 MB) go to
-#                                                      # $OUT/adv_KIND.tgz.part_* when it stops. A later
-#                                                      # lease resumes a WGAN-GP: carry the unpacked run as
-#                                                      # $T/adv_wgan and pass --resume (the GAN's 390 MB
-#                                                      # checkpoint cannot travel: train it in one lease)
+#                                                      # fused Adam), detached; its exported model, logs,
+#                                                      # curves and last.ckpt (WGAN-GP 19 MB, GAN ~390 MB)
+#                                                      # are packed in 15 MiB pieces when it stops, and each
+#                                                      # `status` call brings back ADV_PIECES (3) of them.
+#                                                      # A later lease resumes it (`--resume`) from the
+#                                                      # pieces carried back into $T/adv_in, ADV_PIECES per
+#                                                      # call: `bash benchmarks/device_tree.sh pieces DIR I`
+#                                                      # puts the I-th group into .advin (carry it, then
+#                                                      # `mkdir -p $T/adv_in; cp .advin/* $T/adv_in/`)
 #   bash $T/.snap/benchmarks/gpu_measure.sh adv-auto MINUTES  # after gan-speed: the GAN's 100 epochs
 #                                                      # (GAN_STEPS, 11,800 on the conventional partial split)
 #                                                      # when they fit in MINUTES at its best measured rate
 #                                                      # (+15 % for Lightning and data), else the WGAN-GP
-#                                                      # (resumable; RESUME=1 continues $T/adv_wgan) for MINUTES
+#                                                      # (resumable; RESUME=1 continues the one in $T/adv_in)
 #   bash $T/.snap/benchmarks/gpu_measure.sh status     # every call: logs, results to $OUT
 #   bash $T/.snap/benchmarks/gpu_measure.sh stop NAME  # end a job (its process group only)
 # T defaults to /tmp/root; CRYSGEN_COMMIT comes from $T/.snap/COMMIT.
@@ -81,10 +83,11 @@ case "${1:-status}" in
   adv-train)  # KIND MINUTES [crysgen train options]
     install || exit 1
     k=$2; run=/tmp/runs/$k; mkdir -p /tmp/runs
-    [ -d $T/adv_$k ] && [ ! -d $run ] && cp -r $T/adv_$k $run  # a carried run, for --resume
+    if [ ! -d $run ] && ls $T/adv_in/adv_$k.tgz.part_* > /dev/null 2>&1; then  # a carried run, for --resume
+      cat $T/adv_in/adv_$k.tgz.part_* | tar xz -C /tmp/runs || exit 1
+    fi
     # packed into $L (status brings the pieces back once): a detached job outlives its call's $OUT
-    pack="cd /tmp/runs && tar czf $L/adv_$k.tgz --exclude='$k/checkpoints/step*' \
-      \$( [ $k = gan ] && echo --exclude=$k/checkpoints ) $k \
+    pack="cd /tmp/runs && tar czf $L/adv_$k.tgz --exclude='$k/checkpoints/step*' $k \
       && cd $L && split -b 15m adv_$k.tgz adv_$k.tgz.part_ && rm adv_$k.tgz"
     # a resumed run keeps its saved config (crysgen refuses --set with --resume)
     set_=" --set optim.compile=${ADV_COMPILE:-default} --set optim.channels_last=true --set optim.fused=true"
@@ -127,9 +130,11 @@ PY
   status)
     for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done
     ls $L/*.done 2>/dev/null
-    for f in $L/adv_*.tgz.part_*; do  # a finished training's pieces, brought back once
-      [[ $f == *.sent ]] && continue
-      [ -f "$f" ] && [ ! -f "$f.sent" ] && cp "$f" "$OUT/" && touch "$f.sent"
+    n=0  # a finished training's pieces, each brought back once, ADV_PIECES per call (64 MiB a call)
+    for f in $L/adv_*.tgz.part_*; do
+      [[ $f == *.sent ]] || [ -f "$f.sent" ] || [ ! -f "$f" ] && continue
+      if [ $n -lt ${ADV_PIECES:-3} ]; then cp "$f" "$OUT/" && touch "$f.sent"; n=$((n + 1))
+      else echo "to bring back in a later status call: $(basename "$f")"; fi
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     find benchmarks/results -newer COMMIT -type f \( -name "*.json" -o -name "*.txt" -o -name "*.png" \) \
