@@ -3,18 +3,18 @@
 Writes benchmarks/results/adversarial_step_speed<suffix>.json.
 
 Each variant sets the speed options of ``optim`` (``compile``, ``channels_last``, ``fused``,
-``micro_batch``; see :class:`crysgen.training.config.AdversarialOptimConfig`) on the paper's
-WGAN-GP (``--kind wgan``: width 1, batch 256 by default) or vanilla GAN (``--kind gan``: batch 64,
-one discriminator step per generator step; its BatchNorm allows no micro-batches), runs in its
-own process (so compile caches and CUDA state do not carry over) and times the module's own
-update methods, outside Lightning:
-``--warmup`` critic and generator steps first (compilation, CUDA-graph capture and autotuning
-happen there), then ``--steps`` critic steps and ``--steps`` generator steps, each timed as a
-block between CUDA synchronisations. Inputs are uniform random tensors (convolution speed does
-not depend on the values); the networks run under bf16 autocast on a GPU (as ``precision: auto``
-trains) and in fp32 on the CPU. The grid is the Cartesian product of the option lists; a variant
-that fails is recorded with its error. The JSON is rewritten after every variant, so a run cut
-short keeps the rows it finished.
+``micro_batch``; see :class:`crysgen.training.config.AdversarialOptimConfig`) on the paper's WGAN-GP
+(``--kind wgan``: width 1, batch 256 by default) or vanilla GAN (``--kind gan``: batch 64; its
+BatchNorm allows no micro-batches), runs in its own process (so compile caches and CUDA state do not
+carry over) and times the module's own update methods, outside Lightning. WGAN-GP: ``--warmup``
+critic and generator steps first (compilation, CUDA-graph capture and autotuning happen there), then
+``--steps`` critic steps and ``--steps`` generator steps, each timed as a block between CUDA
+synchronisations. GAN: ``--warmup`` and then ``--steps`` whole iterations (``gan_update``: two
+discriminator steps, real and fake, and a generator step), timed the same way. Inputs are uniform
+random tensors (convolution speed does not depend on the values); the networks run under bf16
+autocast on a GPU (as ``precision: auto`` trains) and in fp32 on the CPU. The grid is the Cartesian
+product of the option lists; a variant that fails is recorded with its error. The JSON is rewritten
+after every variant, so a run cut short keeps the rows it finished.
 
 Usage (on the GPU machine):
     python benchmarks/adversarial_step_speed.py
@@ -110,7 +110,7 @@ def profile_path(spec: dict[str, Any]) -> Path:
 
 
 def write_profile(spec: dict[str, Any], critic: Callable[[], Any], generator: Callable[[], Any]) -> None:
-    """torch.profiler's operator table of two critic steps and one generator step, to :func:`profile_path`.
+    """torch.profiler's operator table of ``critic`` twice and ``generator`` once, to :func:`profile_path`.
 
     Sorted by the device's own time on a GPU (the CPU's otherwise); the first rows say which
     kernels a step's time goes to.
@@ -127,8 +127,9 @@ def write_profile(spec: dict[str, Any], critic: Callable[[], Any], generator: Ca
     table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70)
     path = profile_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# adversarial_step_speed.py --profile: two {spec['kind']} critic steps + one generator "
-              f"step after the timed ones; "
+    what = ("two GAN iterations" if spec["kind"] == "gan"
+            else "two WGAN-GP critic steps + one generator step")
+    header = (f"# adversarial_step_speed.py --profile: {what} after the timed ones; "
               f"{json.dumps({k: spec[k] for k in ('kind', 'device', 'width', 'batch')})} "
               f"options {json.dumps(spec['options'])}; torch {torch.__version__}\n")
     write_text_atomic(path, header + table + "\n")
@@ -152,6 +153,9 @@ def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
     real = torch.rand(batch, 1, 4, 64, 64, device=device)
     if cfg.optim.channels_last:
         real = real.contiguous(memory_format=torch.channels_last_3d)
+
+    if cfg.net.kind == "gan":  # the whole iteration (2 discriminator steps + 1 generator step)
+        return gan_variant(spec, module, real, opt_g, opt_c)
 
     def critic() -> Any:
         with autocast(device):
@@ -179,6 +183,29 @@ def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
             "fused_used": all(o.defaults.get("fused") for o in (opt_g, opt_c))}
 
 
+def gan_variant(spec: dict[str, Any], module: Any, real: Any, opt_g: Any, opt_d: Any) -> dict[str, Any]:
+    """Time the vanilla GAN's iteration (``AdversarialModule.gan_update``, as training runs it);
+    its row. The profile covers two iterations."""
+    device = spec["device"]
+
+    def iteration() -> Any:
+        with autocast(device):
+            return module.gan_update(real, opt_g, opt_d)
+
+    t0 = time.perf_counter()
+    with peak_memory(device) as memory:
+        for _ in range(spec["warmup"]):
+            iteration()
+        synchronise(device)
+        warmup_s = time.perf_counter() - t0
+        rate = timed(iteration, spec["steps"], device)
+    if spec.get("profile"):
+        write_profile(spec, iteration, lambda: None)
+    return {"iterations_per_s": round(rate, 3), "seconds_per_iteration": round(1 / rate, 4),
+            "warmup_seconds": round(warmup_s, 1), **memory,
+            "fused_used": all(o.defaults.get("fused") for o in (opt_g, opt_d))}
+
+
 def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     """Run :func:`one_variant` in a fresh process; its row (or the error it ended with)."""
     cmd = [sys.executable, __file__, "--one", json.dumps(spec)]
@@ -202,8 +229,10 @@ def main() -> None:
     p.add_argument("--channels-last", default="false,true")
     p.add_argument("--fused", default="false,true")
     p.add_argument("--micro-batch", default="0,128", help="0 = the whole batch")
-    p.add_argument("--warmup", type=int, default=5, help="untimed critic + generator steps")
-    p.add_argument("--steps", type=int, default=20, help="timed critic steps and generator steps")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="untimed critic + generator steps (GAN: iterations)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="timed critic steps and generator steps (GAN: iterations)")
     p.add_argument("--suffix", default="", help="appended to the result file's name")
     p.add_argument("--profile", action="store_true",
                    help="also write each variant's operator profile (two critic steps and one generator "
@@ -220,8 +249,9 @@ def main() -> None:
     result: dict[str, Any] = {
         **common, "rows": [],
         "note": ("steady rates after the warm-up steps; one process per variant; random inputs; "
-                 "bf16 autocast on a GPU, fp32 on the CPU; seconds_per_iteration = n_critic critic "
-                 "steps + one generator step")} | stamp(args.device)
+                 "bf16 autocast on a GPU, fp32 on the CPU; seconds_per_iteration: WGAN-GP n_critic "
+                 "critic steps + one generator step, GAN one gan_update (2 discriminator steps + "
+                 "1 generator step)")} | stamp(args.device)
     for options in options_grid(args):
         row = run_variant(common | {"options": options})
         result["rows"].append(row)

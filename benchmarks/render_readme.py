@@ -534,8 +534,9 @@ def adversarial_speed_table() -> list[str]:
         link = f"[{path.stem.removeprefix('adversarial_step_speed') or '(grid)'}]({path.relative_to(ROOT)})"
         for r in d["rows"]:
             o = r["options"]
-            cells = ([f"{r['critic_steps_per_s']:.2f}", f"{r['generator_steps_per_s']:.2f}",
-                      f"{r['seconds_per_iteration']:.2f}", f"{r.get('peak_memory_gib', '–')}"]
+            rates = [f"{r[k]:.2f}" if k in r else "–"  # a GAN row times whole iterations only
+                     for k in ("critic_steps_per_s", "generator_steps_per_s")]
+            cells = ([*rates, f"{r['seconds_per_iteration']:.2f}", f"{r.get('peak_memory_gib', '–')}"]
                      if "error" not in r else [f"failed: {r['error'][:90]}", "", "", ""])
             model = "GAN" if d.get("kind") == "gan" else "WGAN-GP"  # older files: WGAN-GP, no kind
             head = [link, model, d["commit"][:7], gpu(d["machine"]), f"{d['width']:g} / {d['batch']}",

@@ -198,6 +198,23 @@ class AdversarialModule(L.LightningModule):
 
     def _gan_iteration(self, real: torch.Tensor) -> None:
         opt_g, opt_d = self._optimizers()
+        values = self.gan_update(real, opt_g, opt_d)
+        self.critic_batches += 1
+        self._log(values)
+
+    def gan_update(self, real: torch.Tensor, opt_g: Any, opt_d: Any) -> dict[str, torch.Tensor]:
+        """One vanilla-GAN iteration (the authors' three optimiser steps).
+
+        A discriminator step on the real batch, one on a fake batch, then a generator step.
+
+        Args:
+            real: real tensors (B, 1, 4, 64, 64) in [0, 1].
+            opt_g: the generator's optimiser.
+            opt_d: the discriminator's optimiser.
+
+        Returns:
+            The losses and the discriminator's mean probabilities (scalars), by log name.
+        """
         b = len(real)
         d_real = self._critic(real)
         loss_real = bce_loss(d_real, real=True)
@@ -209,10 +226,9 @@ class AdversarialModule(L.LightningModule):
         self._step(opt_d, loss_fake)
         loss_g = bce_loss(self._critic(self._gen(self._noise(b))), real=True)
         self._step(opt_g, loss_g)
-        self.critic_batches += 1
-        self._log({"d_loss_real": loss_real, "d_loss_fake": loss_fake, "g_loss": loss_g,
-                   "d_real_prob": torch.sigmoid(d_real.float()).mean(),
-                   "d_fake_prob": torch.sigmoid(d_fake.float()).mean()})
+        return {"d_loss_real": loss_real, "d_loss_fake": loss_fake, "g_loss": loss_g,
+                "d_real_prob": torch.sigmoid(d_real.float()).mean(),
+                "d_fake_prob": torch.sigmoid(d_fake.float()).mean()}
 
     def _wgan_step(self, real: torch.Tensor) -> None:
         opt_g, opt_c = self._optimizers()
