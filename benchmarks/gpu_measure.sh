@@ -138,7 +138,9 @@ PY
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     find benchmarks/results -newer COMMIT -type f \( -name "*.json" -o -name "*.txt" -o -name "*.png" \) \
-      -exec cp --parents {} "$OUT/" \; 2>/dev/null
+      ! -path "*/profiles/*" -exec cp --parents {} "$OUT/" \; 2>/dev/null
+    # profiles flat in $OUT/prof: results/profiles/ is one folder too deep to come back
+    mkdir -p "$OUT/prof"; find benchmarks/results/profiles -newer COMMIT -type f -exec cp {} "$OUT/prof/" \; 2>/dev/null
     (cd "$OUT" && find . -type f | head -40)
     ;;
 esac
