@@ -82,8 +82,10 @@ class FlatDepthConv3d(nn.Conv3d):
 
     The same function and parameters as ``nn.Conv3d`` (weight (O, I, 1, kh, kw)), but cuDNN's
     2-D kernels run it several times faster than its 3-D ones. Input and output are
-    (N, C, D, H, W); the output is a (N, D, C, H, W) buffer seen through a transpose, so a chain
-    of these layers reshapes without copying.
+    (N, C, D, H, W); eagerly the output is a (N, D, C, H, W) buffer seen through a transpose, so a
+    chain of these layers reshapes without copying. Under ``torch.compile`` the output is made
+    contiguous: the traced graph assumed BatchNorm3d keeps a strided input's layout, which the
+    eager kernel it calls does not, and the next layer's reshape then failed as a view.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +93,8 @@ class FlatDepthConv3d(nn.Conv3d):
         n, c, d, h, w = x.shape
         y = F.conv2d(x.transpose(1, 2).reshape(n * d, c, h, w), self.weight.squeeze(2), self.bias,
                      self.stride[1:])
-        return y.view(n, d, *y.shape[1:]).transpose(1, 2)
+        out = y.view(n, d, *y.shape[1:]).transpose(1, 2)
+        return out.contiguous() if torch.compiler.is_compiling() else out
 
 
 def _batch_norm(channels: int, dims: int) -> nn.Module:
