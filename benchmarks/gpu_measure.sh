@@ -27,6 +27,9 @@
 #                                                      # call: `bash benchmarks/device_tree.sh pieces DIR I`
 #                                                      # puts the I-th group into .advin (carry it, then
 #                                                      # `mkdir -p $T/adv_in; cp .advin/* $T/adv_in/`)
+#   bash $T/.snap/benchmarks/gpu_measure.sh adv-snap wgan  # a running WGAN-GP's latest checkpoint
+#                                                      # (every 50 iterations) now, in this call's $OUT:
+#                                                      # run it in every call of a training lease
 #   bash $T/.snap/benchmarks/gpu_measure.sh adv-auto MINUTES  # after gan-speed: the GAN's 100 epochs
 #                                                      # (GAN_STEPS, 11,800 on the conventional partial split)
 #                                                      # when they fit in MINUTES at its best measured rate
@@ -83,17 +86,32 @@ case "${1:-status}" in
   adv-train)  # KIND MINUTES [crysgen train options]
     install || exit 1
     k=$2; run=/tmp/runs/$k; mkdir -p /tmp/runs
-    if [ ! -d $run ] && ls $T/adv_in/adv_$k.tgz.part_* > /dev/null 2>&1; then  # a carried run, for --resume
-      cat $T/adv_in/adv_$k.tgz.part_* | tar xz -C /tmp/runs || exit 1
+    # a carried run, for --resume: the pieces of one pack (adv_KIND.tgz.*, or adv_KIND_snap.tgz.*)
+    sets=$(ls $T/adv_in/ 2>/dev/null | grep "^adv_$k[_.].*tgz.part_" | sed 's/.part_.*//' | sort -u)
+    if [ ! -d $run ] && [ -n "$sets" ]; then
+      [ $(echo "$sets" | wc -l) -eq 1 ] || { echo "adv_in holds pieces of several packs: $sets" >&2; exit 1; }
+      cat $T/adv_in/$sets.part_* | tar xz -C /tmp/runs || exit 1
     fi
     # packed into $L (status brings the pieces back once): a detached job outlives its call's $OUT
     pack="cd /tmp/runs && tar czf $L/adv_$k.tgz --exclude='$k/checkpoints/step*' $k \
       && cd $L && split -b 15m adv_$k.tgz adv_$k.tgz.part_ && rm adv_$k.tgz"
-    # a resumed run keeps its saved config (crysgen refuses --set with --resume)
+    # a resumed run keeps its saved config (crysgen refuses --set with --resume); a new one
+    # checkpoints often enough for adv-snap (WGAN-GP: every 50 iterations, ~2 min on an H200)
+    every=${ADV_CKPT_EVERY:-$( [ $k = wgan ] && echo 50 || echo 2000 )}
     set_=" --set optim.compile=${ADV_COMPILE:-default} --set optim.channels_last=true --set optim.fused=true"
+    set_+=" --set optim.checkpoint_every=$every"
     [[ " ${*:4} " == *" --resume "* ]] && set_=
     detach train_$k "python3 -m crysgen train $k --data $W/mp_20_conv_train_partial.npz --out $run \
       --max-minutes $3 --quiet$set_ ${*:4}; $pack"
+    ;;
+  adv-snap)  # KIND: the running training's latest last.ckpt and records, now, into this call's
+    # $OUT (15 MiB pieces), so that a machine lost mid-lease loses only what came after it;
+    # WGAN-GP only (19 MB; the GAN's ~390 MB would not fit one call)
+    k=${2:-wgan}; [ $k = wgan ] || { echo "adv-snap: WGAN-GP only" >&2; exit 1; }
+    [ -f /tmp/runs/$k/checkpoints/last.ckpt ] || { echo "no last.ckpt yet"; exit 0; }
+    tar czf /tmp/adv_snap.tgz -C /tmp/runs --exclude="$k/checkpoints/step*" --exclude="$k/model" $k \
+      && split -b 15m /tmp/adv_snap.tgz "$OUT/adv_${k}_snap.tgz.part_" && rm /tmp/adv_snap.tgz
+    tail -1 /tmp/runs/$k/logs/*/metrics.csv
     ;;
   adv-auto)  # MINUTES
     while [ ! -f $L/gan_speed.done ]; do sleep 5; done
