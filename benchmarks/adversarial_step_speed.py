@@ -22,8 +22,9 @@ Usage (on the GPU machine):
         --micro-batch 0,64,128 --steps 30
     python benchmarks/adversarial_step_speed.py --kind gan --compile false,default,reduce-overhead \
         --micro-batch 0 --suffix _gan
-With ``--profile`` each variant also writes torch.profiler's operator table (two critic steps and
-one generator step after the timed ones) to ``benchmarks/results/profiles/``.
+With ``--profile`` each variant also writes torch.profiler's operator table (WGAN-GP: two critic
+steps and one generator step after the timed ones; GAN: two iterations) to
+``benchmarks/results/profiles/``.
 The default grid is 16 variants, each compiled one a minute or more of compilation: split it
 over device calls with ``--compile false`` and ``--compile default`` (and ``--suffix``).
 CPU smoke test (not a measurement; do not commit its output):
@@ -135,6 +136,22 @@ def write_profile(spec: dict[str, Any], critic: Callable[[], Any], generator: Ca
     write_text_atomic(path, header + table + "\n")
 
 
+def warm_and_time(spec: dict[str, Any], blocks: list[Callable[[], Any]]
+                  ) -> tuple[list[float], float, dict[str, Any]]:
+    """``spec["warmup"]`` rounds of every block in turn (untimed), then each block timed alone
+    ``spec["steps"]`` times; the blocks' calls per second, the warm-up's seconds and the peak memory."""
+    device = spec["device"]
+    t0 = time.perf_counter()
+    with peak_memory(device) as memory:
+        for _ in range(spec["warmup"]):
+            for block in blocks:
+                block()
+        synchronise(device)
+        warmup_s = time.perf_counter() - t0
+        rates = [timed(block, spec["steps"], device) for block in blocks]
+    return rates, warmup_s, memory
+
+
 def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one variant in this process; its row (``spec`` as run_variant passes it)."""
     import lightning as L
@@ -165,14 +182,7 @@ def one_variant(spec: dict[str, Any]) -> dict[str, Any]:
         with autocast(device):
             return module.generator_update(batch, opt_g)
 
-    t0 = time.perf_counter()
-    with peak_memory(device) as memory:
-        for _ in range(spec["warmup"]):
-            critic(), generator()
-        synchronise(device)
-        warmup_s = time.perf_counter() - t0
-        critic_rate = timed(critic, spec["steps"], device)
-        generator_rate = timed(generator, spec["steps"], device)
+    (critic_rate, generator_rate), warmup_s, memory = warm_and_time(spec, [critic, generator])
     if spec.get("profile"):  # where a step's time goes, after the timing (not inside it)
         write_profile(spec, critic, generator)
     n_critic = cfg.optim.n_critic
@@ -192,13 +202,7 @@ def gan_variant(spec: dict[str, Any], module: Any, real: Any, opt_g: Any, opt_d:
         with autocast(device):
             return module.gan_update(real, opt_g, opt_d)
 
-    t0 = time.perf_counter()
-    with peak_memory(device) as memory:
-        for _ in range(spec["warmup"]):
-            iteration()
-        synchronise(device)
-        warmup_s = time.perf_counter() - t0
-        rate = timed(iteration, spec["steps"], device)
+    (rate,), warmup_s, memory = warm_and_time(spec, [iteration])
     if spec.get("profile"):
         write_profile(spec, iteration, lambda: None)
     return {"iterations_per_s": round(rate, 3), "seconds_per_iteration": round(1 / rate, 4),
