@@ -1,7 +1,8 @@
 """Training curves of a run directory: every logged loss against the iteration, as one PNG.
 
 Reads all ``logs/version_*/metrics.csv`` of a run (a resumed run logs to the next version), so
-the curves span every invocation. Losses go in the first panel (log scale when all positive),
+the curves span every invocation (where one logged past the checkpoint that the next resumed
+from, the next one's rows replace those). Losses go in the first panel (log scale when all positive),
 the GAN discriminator's mean outputs (``*_prob``) in the next; other logged figures (the WGAN
 critic's Wasserstein estimate) each get a panel of their own.
 """
@@ -22,19 +23,22 @@ def read_metrics(run: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     The x axis is the logged ``iteration`` where a module logs one (the adversarial models,
     whose optimiser-step count is not the iteration), else Lightning's ``step``.
     """
-    rows: list[dict[str, str]] = []
+    rows: list[tuple[float, dict[str, str]]] = []
     for path in sorted(Path(run).glob("logs/version_*/metrics.csv"),
                        key=lambda p: int(p.parent.name.split("_")[-1])):
         with path.open(newline="") as fh:
-            rows.extend(csv.DictReader(fh))
+            logged = [(float(x), row) for row in csv.DictReader(fh)
+                      if (x := row.get("iteration") or row.get("step"))]
+        if logged:
+            # a resume starts from the last checkpoint: what an earlier invocation logged past
+            # it was lost with that invocation and is logged again here
+            start = min(x for x, _ in logged)
+            rows = [(x, row) for x, row in rows if x < start] + logged
     series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
-        x = row.get("iteration") or row.get("step")
-        if not x:
-            continue
+    for x, row in rows:
         for name, value in row.items():
             if name not in SKIP and value not in ("", None):
-                series.setdefault(name, []).append((float(x), float(value)))
+                series.setdefault(name, []).append((x, float(value)))
     out = {}
     for name, points in series.items():
         arr = np.array(sorted(points))
