@@ -17,11 +17,13 @@
 #   bash $T/.snap/benchmarks/gpu_measure.sh gan-speed  # the vanilla GAN's step grid (batch 64) -> _gan.json
 #   (a call that carries .gpuwork8 with mp_20_conv_train_partial.npz, from `device_setup.sh data-conv`:)
 #   bash $T/.snap/benchmarks/gpu_measure.sh adv-train KIND MINUTES [crysgen train options]
-#                                                      # GAN / WGAN-GP training (compiled, channels-last,
-#                                                      # fused Adam), detached; its exported model, logs,
-#                                                      # curves and last.ckpt (WGAN-GP 19 MB, GAN ~390 MB)
-#                                                      # are packed in 15 MiB pieces when it stops, and each
-#                                                      # `status` call brings back ADV_PIECES (3) of them.
+#                                                      # GAN / WGAN-GP training (channels-last, fused Adam;
+#                                                      # the WGAN-GP compiled, the GAN eager), detached; its
+#                                                      # exported model, logs and curves (adv_KIND.tgz) and
+#                                                      # last.ckpt (adv_KIND_ckpt.tgz: WGAN-GP 19 MB, GAN
+#                                                      # ~390 MB) are packed in 15 MiB pieces when it stops,
+#                                                      # and each `status` call brings back ADV_PIECES (3)
+#                                                      # of them, the model's pack first.
 #                                                      # A later lease resumes it (`--resume`) from the
 #                                                      # pieces carried back into $T/adv_in, ADV_PIECES per
 #                                                      # call: `bash benchmarks/device_tree.sh pieces DIR I`
@@ -86,19 +88,29 @@ case "${1:-status}" in
   adv-train)  # KIND MINUTES [crysgen train options]
     install || exit 1
     k=$2; run=/tmp/runs/$k; mkdir -p /tmp/runs
-    # a carried run, for --resume: the pieces of one pack (adv_KIND.tgz.*, or adv_KIND_snap.tgz.*)
-    sets=$(ls $T/adv_in/ 2>/dev/null | grep "^adv_$k[_.].*tgz.part_" | sed 's/.part_.*//' | sort -u)
+    # a carried run, for --resume: the pieces of one pack (adv_KIND.tgz.* with its checkpoint's
+    # adv_KIND_ckpt.tgz.*, or adv_KIND_snap.tgz.*)
+    sets=$(ls $T/adv_in/ 2>/dev/null | grep "^adv_$k[_.].*tgz.part_" | sed 's/.part_.*//' | sort -u \
+      | grep -v "_ckpt.tgz$")
     if [ ! -d $run ] && [ -n "$sets" ]; then
       [ $(echo "$sets" | wc -l) -eq 1 ] || { echo "adv_in holds pieces of several packs: $sets" >&2; exit 1; }
       cat $T/adv_in/$sets.part_* | tar xz -C /tmp/runs || exit 1
+      if [ $sets = adv_$k.tgz ] && ls $T/adv_in/adv_${k}_ckpt.tgz.part_* > /dev/null 2>&1; then
+        cat $T/adv_in/adv_${k}_ckpt.tgz.part_* | tar xz -C /tmp/runs || exit 1
+      fi
     fi
-    # packed into $L (status brings the pieces back once): a detached job outlives its call's $OUT
-    pack="cd /tmp/runs && tar czf $L/adv_$k.tgz --exclude='$k/checkpoints/step*' $k \
-      && cd $L && split -b 15m adv_$k.tgz adv_$k.tgz.part_ && rm adv_$k.tgz"
+    # packed into $L (status brings the pieces back once): a detached job outlives its call's $OUT.
+    # Two packs: the run without its checkpoints (records and model, small: status brings it
+    # first) and last.ckpt alone (the GAN's ~390 MB, needed only to --resume)
+    pack="cd /tmp/runs && tar czf $L/adv_$k.tgz --exclude='$k/checkpoints' $k \
+      && tar czf $L/adv_${k}_ckpt.tgz $k/checkpoints/last.ckpt && cd $L \
+      && for f in adv_$k.tgz adv_${k}_ckpt.tgz; do split -b 15m \$f \$f.part_ && rm \$f; done"
     # a resumed run keeps its saved config (crysgen refuses --set with --resume); a new one
     # checkpoints often enough for adv-snap (WGAN-GP: every 50 iterations, ~2 min on an H200)
+    # the GAN trains eager: compiling its iteration failed on an H200 (adversarial_step_speed_gan.json)
+    compile=$( [ $k = wgan ] && echo default || echo false )
     every=${ADV_CKPT_EVERY:-$( [ $k = wgan ] && echo 50 || echo 2000 )}
-    set_=" --set optim.compile=${ADV_COMPILE:-default} --set optim.channels_last=true --set optim.fused=true"
+    set_=" --set optim.compile=${ADV_COMPILE:-$compile} --set optim.channels_last=true --set optim.fused=true"
     set_+=" --set optim.checkpoint_every=$every"
     [[ " ${*:4} " == *" --resume "* ]] && set_=
     detach train_$k "python3 -m crysgen train $k --data $W/mp_20_conv_train_partial.npz --out $run \
@@ -149,7 +161,7 @@ PY
     for f in $L/*.log; do [ -f "$f" ] && { echo "== $f"; tail -c 1500 "$f"; echo; }; done
     ls $L/*.done 2>/dev/null
     n=0  # a finished training's pieces, each brought back once, ADV_PIECES per call (64 MiB a call)
-    for f in $L/adv_*.tgz.part_*; do
+    for f in $(ls $L/adv_*.tgz.part_* 2>/dev/null | grep -v _ckpt.tgz) $(ls $L/adv_*_ckpt.tgz.part_* 2>/dev/null); do
       [[ $f == *.sent ]] || [ -f "$f.sent" ] || [ ! -f "$f" ] && continue
       if [ $n -lt ${ADV_PIECES:-3} ]; then cp "$f" "$OUT/" && touch "$f.sent"; n=$((n + 1))
       else echo "to bring back in a later status call: $(basename "$f")"; fi
