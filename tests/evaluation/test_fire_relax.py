@@ -109,7 +109,8 @@ def test_a_pass_that_fails_is_split_until_single_structures_fail_alone(monkeypat
     assert got[0].reason and "out of memory" in got[0].reason and got[0].energy_per_atom is None
     for g, w in zip(got[1:], want[1:], strict=True):
         assert (g.steps, g.converged, g.reason) == (w.steps, w.converged, w.reason)
-        assert g.energy_per_atom == pytest.approx(w.energy_per_atom, abs=1e-6)
+        # float32 CHGNet: a pass of other structures sums in another order (CI saw 1.4e-6 eV/atom)
+        assert g.energy_per_atom == pytest.approx(w.energy_per_atom, abs=1e-5)
 
 
 def test_each_engine_has_its_own_pass_size_unless_one_is_given():
