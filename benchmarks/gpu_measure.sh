@@ -108,10 +108,9 @@ case "${1:-status}" in
     # a resumed run keeps its saved config (crysgen refuses --set with --resume); a new one
     # checkpoints often enough for adv-snap (WGAN-GP: every 50 iterations, ~2 min on an H200)
     # the GAN trains eager: compiling its iteration failed on an H200 (adversarial_step_speed_gan.json)
-    compile=$( [ $k = wgan ] && echo default || echo false )
-    every=${ADV_CKPT_EVERY:-$( [ $k = wgan ] && echo 50 || echo 2000 )}
+    case $k in wgan) compile=default every=50 ;; *) compile=false every=2000 ;; esac
     set_=" --set optim.compile=${ADV_COMPILE:-$compile} --set optim.channels_last=true --set optim.fused=true"
-    set_+=" --set optim.checkpoint_every=$every"
+    set_+=" --set optim.checkpoint_every=${ADV_CKPT_EVERY:-$every}"
     [[ " ${*:4} " == *" --resume "* ]] && set_=
     detach train_$k "python3 -m crysgen train $k --data $W/mp_20_conv_train_partial.npz --out $run \
       --max-minutes $3 --quiet$set_ ${*:4}; $pack"
