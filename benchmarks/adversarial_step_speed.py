@@ -219,7 +219,8 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         err = proc.stderr.strip().splitlines()
-        return row | {"error": err[-1] if err else f"exit {proc.returncode}"}
+        # the last line alone ("See https://...opcheck") does not say what failed: keep the tail
+        return row | {"error": err[-1] if err else f"exit {proc.returncode}", "error_log": err[-60:]}
     return row | json.loads(lines[-1])
 
 

@@ -83,7 +83,8 @@ case "${1:-status}" in
   gan-speed)
     install || exit 1
     detach gan_speed "python3 benchmarks/adversarial_step_speed.py --kind gan --compile ${COMPILE:-false,default,reduce-overhead} \
-      --channels-last true --fused true --micro-batch 0 --steps 100 --warmup 10 --profile --suffix _gan"
+      --channels-last ${CHANNELS_LAST:-true} --fused true --micro-batch 0 --steps 100 --warmup 10 --profile \
+      --suffix ${SUFFIX:-_gan}"
     ;;
   adv-train)  # KIND MINUTES [crysgen train options]
     install || exit 1
