@@ -29,9 +29,12 @@
 #                                                      # call: `bash benchmarks/device_tree.sh pieces DIR I`
 #                                                      # puts the I-th group into .advin (carry it, then
 #                                                      # `mkdir -p $T/adv_in; cp .advin/* $T/adv_in/`)
-#   bash $T/.snap/benchmarks/gpu_measure.sh adv-snap wgan  # a running WGAN-GP's latest checkpoint
-#                                                      # (every 50 iterations) now, in this call's $OUT:
-#                                                      # run it in every call of a training lease
+#   bash $T/.snap/benchmarks/gpu_measure.sh adv-snap KIND  # a running training's latest state now, in
+#                                                      # this call's $OUT: WGAN-GP its checkpoint (every
+#                                                      # 50 iterations, resumable), GAN its records and
+#                                                      # exported generator (every 1,000 iterations; not
+#                                                      # resumable): run it at the end of every call of
+#                                                      # a training lease
 #   bash $T/.snap/benchmarks/gpu_measure.sh adv-auto MINUTES  # after gan-speed: the GAN's 100 epochs
 #                                                      # (GAN_STEPS, 11,800 on the conventional partial split)
 #                                                      # when they fit in MINUTES at its best measured rate
@@ -107,22 +110,38 @@ case "${1:-status}" in
       && tar czf $L/adv_${k}_ckpt.tgz $k/checkpoints/last.ckpt && cd $L \
       && for f in adv_$k.tgz adv_${k}_ckpt.tgz; do split -b 15m \$f \$f.part_ && rm \$f; done"
     # a resumed run keeps its saved config (crysgen refuses --set with --resume); a new one
-    # checkpoints often enough for adv-snap (WGAN-GP: every 50 iterations, ~2 min on an H200)
+    # checkpoints often enough for adv-snap (WGAN-GP: every 50 iterations, GAN: every 1,000; ~2 min each
+    # on an H200)
     # the GAN trains eager: compiling its iteration failed on an H200 (adversarial_step_speed_gan.json)
-    case $k in wgan) compile=default every=50 ;; *) compile=false every=2000 ;; esac
+    case $k in wgan) compile=default every=50 ;; *) compile=false every=1000 ;; esac
     set_=" --set optim.compile=${ADV_COMPILE:-$compile} --set optim.channels_last=true --set optim.fused=true"
     set_+=" --set optim.checkpoint_every=${ADV_CKPT_EVERY:-$every}"
     [[ " ${*:4} " == *" --resume "* ]] && set_=
     detach train_$k "python3 -m crysgen train $k --data $W/mp_20_conv_train_partial.npz --out $run \
       --max-minutes $3 --quiet$set_ ${*:4}; $pack"
     ;;
-  adv-snap)  # KIND: the running training's latest last.ckpt and records, now, into this call's
-    # $OUT (15 MiB pieces), so that a machine lost mid-lease loses only what came after it;
-    # WGAN-GP only (19 MB; the GAN's ~390 MB would not fit one call)
-    k=${2:-wgan}; [ $k = wgan ] || { echo "adv-snap: WGAN-GP only" >&2; exit 1; }
-    [ -f /tmp/runs/$k/checkpoints/last.ckpt ] || { echo "no last.ckpt yet"; exit 0; }
-    tar czf /tmp/adv_snap.tgz -C /tmp/runs --exclude="$k/checkpoints/step*" --exclude="$k/model" $k \
-      && split -b 15m /tmp/adv_snap.tgz "$OUT/adv_${k}_snap.tgz.part_" && rm /tmp/adv_snap.tgz
+  adv-snap)  # KIND: a running training's latest state, now, into this call's $OUT (15 MiB pieces),
+    # so that a machine lost mid-lease loses only what came after it. WGAN-GP: last.ckpt with the
+    # records (19 MB; `--resume` continues from it). GAN: the records and model/ (the generator as
+    # exported at the last checkpoint, ~21 MB fp16) without checkpoints: its ~390 MB last.ckpt
+    # does not fit a call, so a lost GAN lease keeps a model to score but cannot be resumed
+    k=${2:-wgan}
+    case $k in
+      wgan) [ -f /tmp/runs/$k/checkpoints/last.ckpt ] || { echo "no last.ckpt yet"; exit 0; }
+            skip="--exclude=$k/checkpoints/step* --exclude=$k/model" ;;
+      gan) [ -f /tmp/runs/$k/model/config.json ] || { echo "no exported model yet"; exit 0; }
+           skip="--exclude=$k/checkpoints" ;;
+      *) echo "adv-snap: gan or wgan" >&2; exit 1 ;;
+    esac
+    # a checkpoint written while tar reads would tear the pack: tar again if one was
+    for _ in 1 2 3; do
+      before=$(stat -c %Y /tmp/runs/$k/model/* /tmp/runs/$k/checkpoints/last.ckpt 2>/dev/null)
+      tar czf /tmp/adv_snap.tgz -C /tmp/runs $skip $k
+      [ "$before" = "$(stat -c %Y /tmp/runs/$k/model/* /tmp/runs/$k/checkpoints/last.ckpt 2>/dev/null)" ] && break
+      sleep 5
+    done
+    split -b 15m /tmp/adv_snap.tgz "$OUT/adv_${k}_snap.tgz.part_" && rm /tmp/adv_snap.tgz
+    grep -o '"step": *[0-9]*' /tmp/runs/$k/model/config.json | tail -1
     tail -1 /tmp/runs/$k/logs/*/metrics.csv
     ;;
   adv-auto)  # MINUTES
