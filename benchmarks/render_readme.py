@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -475,47 +476,64 @@ def diffusion_table() -> list[str]:
 
 
 def compare_table() -> list[str]:
-    path = ROOT / "benchmarks" / "results" / "compare_models_mp_20.json"
-    if not path.exists():
+    """One row per model of every compare_models_mp_20*.json, then the paper's row of each kind."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob("compare_models_mp_20*.json"))
+    if not paths:
         return []
-    d = json.loads(path.read_text())
     keys = ("var_lattice_params", "var_lattice_angles", "var_space_group", "var_frac_coords",
             "coord_agreement", "pairwise_error")
-    lines = [f"**GAN vs WGAN-GP vs diffusion** ([`compare_models_mp_20.json`]({path.relative_to(ROOT)}), "
-             f"`benchmarks/compare_models.py`; {d['n']:,} samples each on {d['gpu']}, auto decode, "
-             "K-S against the mp_20 test split; all three trained on the same partial mp_20 train "
-             "split; the GAN and WGAN-GP trained side by side on one H100 for 14 minutes each)", "",
-             "| model | budget | valid | decode failures | σ² a,b,c (Å²) | σ² angles (deg²) | "
+    lines = ["**GAN vs WGAN-GP vs diffusion** (`benchmarks/compare_models.py`; 1,000 samples of each "
+             "model unless the file says otherwise, auto decode, K-S against the mp_20 test split; "
+             "all trained on the same partial mp_20 train split; budget: what the model's run "
+             "recorded)", "",
+             "| file | model | budget | valid | decode failures | σ² a,b,c (Å²) | σ² angles (deg²) | "
              "σ² space group | σ² frac. coords | Δcoord/atom | Σpairwise/atom | distinct comp. / "
              "space groups | K-S a / b / c | K-S α / β / γ | K-S sg / Z | plots |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in d["models"].items():
-        b, ks = m["budget"], m["ks"]
-        if "tensors_read" in b:
-            budget = (f"{b['iterations']:,} generator steps, {b['tensors_read']:,} real tensors, "
-                      f"{b['seconds'] / 60:.0f} GPU-min")
-        else:
-            runs = list(b.get("recorded_invocations", {}).values())
-            batch = runs[0]["batch_size"] if runs else "?"
-            secs = sum(r.get("seconds", 0) for r in runs)
-            budget = (f"{b['iterations']:,} steps × batch {batch}; {secs / 60:.0f} GPU-min recorded "
-                      f"for the last {sum(r.get('steps', 0) for r in runs):,}")
-
-        def trio(names: tuple[str, ...], ks: dict = ks) -> str:
-            return " / ".join(f"{ks[n]['statistic']:.2f}" for n in names)
-
-        plots = m["plots"]
-        links = " ".join(f"[{k.split('_')[0]}]({v})" for k, v in sorted(plots.items()))
-        lines.append(
-            f"| {name} | {budget} | {pct(m['structurally_valid_rate'])} | {m['decode_failures']} | "
-            + " | ".join(f"{m['table1_2'][k]:.3g}" for k in keys)
-            + f" | {m['distinct_compositions']} / {m['distinct_space_groups']} | "
-            f"{trio(('a', 'b', 'c'))} | {trio(('alpha', 'beta', 'gamma'))} | "
-            f"{trio(('space_group', 'atomic_number'))} | {links} |")
-    for name, m in d["models"].items():
-        lines.append(f"| paper ({name}) | – | – | – | "
-                     + " | ".join(f"{m['paper_row'][k]:.3g}" for k in keys) + " | – | – | – | – | – |")
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    paper_rows: dict[str, dict] = {}
+    for path in paths:
+        d = json.loads(path.read_text())
+        where = d["gpu"] or "CPU"
+        name = path.stem.removeprefix("compare_models_mp_20") or "(main)"
+        link = f"[{name}]({path.relative_to(ROOT)}), {where}"
+        for kind, m in d["models"].items():
+            paper_rows.setdefault(kind, m["paper_row"])
+            plots = " ".join(f"[{k.split('_')[0]}]({v})" for k, v in sorted(m["plots"].items()))
+            lines.append(f"| {link} | {kind} | {compare_budget(m['budget'])} | "
+                         f"{pct(m['structurally_valid_rate'])} | {m['decode_failures']} | "
+                         + " | ".join(f"{m['table1_2'][k]:.3g}" for k in keys)
+                         + f" | {m['distinct_compositions']} / {m['distinct_space_groups']} | "
+                         + " | ".join(" / ".join(f"{m['ks'][n]['statistic']:.2f}" for n in trio)
+                                      for trio in (("a", "b", "c"), ("alpha", "beta", "gamma"),
+                                                   ("space_group", "atomic_number")))
+                         + f" | {plots} |")
+    for kind, row in paper_rows.items():
+        lines.append(f"| paper | {kind} | – | – | – | "
+                     + " | ".join(f"{row[k]:.3g}" for k in keys) + " | – | – | – | – | – |")
     return [*lines, ""]
+
+
+def variant_error(row: dict) -> str:
+    """What a failed speed variant died of: the exception line of its stderr where it kept one
+    (``error_log``), else its last line."""
+    raised = [line for line in row.get("error_log", []) if re.match(r"\w+(Error|Exception): ", line)]
+    return raised[-1] if raised else row["error"]
+
+
+def compare_budget(b: dict) -> str:
+    """A compared model's training budget, from what its run (or a named benchmark) recorded."""
+    if "tensors_read" in b:
+        recorded = sum(r.get("steps", 0) for r in b.get("invocations", []))
+        if 0 < recorded < b["iterations"]:  # an invocation whose record was lost with its machine
+            return (f"{b['iterations']:,} generator steps; the {recorded:,} recorded read "
+                    f"{b['tensors_read']:,} real tensors in {b['seconds'] / 60:.0f} GPU-min")
+        return (f"{b['iterations']:,} generator steps, {b['tensors_read']:,} real tensors, "
+                f"{b['seconds'] / 60:.0f} GPU-min")
+    runs = list(b.get("recorded_invocations", {}).values())
+    batch = runs[0]["batch_size"] if runs else "?"
+    secs = sum(r.get("seconds", 0) for r in runs)
+    return (f"{b['iterations']:,} steps × batch {batch}; {secs / 60:.0f} GPU-min recorded "
+            f"for the last {sum(r.get('steps', 0) for r in runs):,}")
 
 
 def adversarial_speed_table() -> list[str]:
@@ -537,7 +555,7 @@ def adversarial_speed_table() -> list[str]:
             rates = [f"{r[k]:.2f}" if k in r else "–"  # a GAN row times whole iterations only
                      for k in ("critic_steps_per_s", "generator_steps_per_s")]
             cells = ([*rates, f"{r['seconds_per_iteration']:.2f}", f"{r.get('peak_memory_gib', '–')}"]
-                     if "error" not in r else [f"failed: {r['error'][:90]}", "", "", ""])
+                     if "error" not in r else [f"failed: {variant_error(r)[:90]}", "", "", ""])
             model = "GAN" if d.get("kind") == "gan" else "WGAN-GP"  # older files: WGAN-GP, no kind
             head = [link, model, d["commit"][:7], gpu(d["machine"]), f"{d['width']:g} / {d['batch']}",
                     str(o["compile"]), str(o["channels_last"]), str(o["fused"]), str(o["micro_batch"] or "–")]
