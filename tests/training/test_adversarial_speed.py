@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from crysgen.errors import CrysgenError
-from crysgen.training.adversarial import AdversarialModule, adam
+from crysgen.training.adversarial import AdversarialModule, adam, channels_last
 from crysgen.training.config import AdversarialTrainConfig
 from crysgen.training.runs import batch_loader
 
@@ -203,6 +203,23 @@ def test_compiled_gan_iteration_equals_eager(monkeypatch):
     assert set(got) == set(ref) and len(ref) == 5
     for k, v in ref.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-5, msg=k)
+
+
+def test_channels_last_keeps_single_channel_weights_contiguous():
+    # Inductor's fake convolution backward predicts a channels-last gradient for a weight with one
+    # input or output channel where cuDNN returns a contiguous one: the GAN's compiled iteration
+    # failed on an H200 at the generator's first transposed convolution (1 -> 256 channels)
+    net = AdversarialModule(AdversarialTrainConfig.from_dict(
+        {"net": {"kind": "gan", "width": 0.25}}).to_dict()).generator
+    channels_last(net)
+    weights = {n: p for n, p in net.named_parameters() if p.dim() == 5}
+    single = {n for n, p in weights.items() if 1 in p.shape[:2]}
+    assert "up1.0.0.weight" in single and len(single) < len(weights)
+    for n, p in weights.items():
+        if n in single:
+            assert p.is_contiguous(), n
+        else:
+            assert p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous(), n
 
 
 def test_all_options_together(reference_no_dropout, monkeypatch):

@@ -102,9 +102,20 @@ def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], 
 
 
 def channels_last(net: nn.Module) -> nn.Module:
-    """``net`` with its 5-D weights (Conv3d, ConvTranspose3d) in ``channels_last_3d`` format."""
+    """``net`` with its 5-D weights (Conv3d, ConvTranspose3d) in ``channels_last_3d`` format.
+
+    A weight with a single input or output channel (the GAN generator's first transposed
+    convolution, 1 -> 256 channels, and its last convolution) stays contiguous: for such a weight
+    Inductor's fake convolution backward predicts a channels-last gradient where cuDNN returns a
+    contiguous one, and the compiled step fails its stride check (seen on an H200 in
+    ``benchmarks/results/adversarial_step_speed_gan_compile_log.json``; PyTorch issue 197517).
+    """
     # Module.to takes memory_format at run time; its type stubs do not list it
-    return net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    for p in net.parameters():
+        if p.dim() == 5 and 1 in p.shape[:2]:
+            p.data = p.data.contiguous()
+    return net
 
 
 class PowerIterationReplay:

@@ -193,7 +193,9 @@ class AdversarialOptimConfig:
             the gradient penalty is always computed in float32.
         channels_last: keep both networks' 5-D weights and the real batches (N, 1, 4, 64, 64)
             in ``torch.channels_last_3d`` memory format (cuDNN's channels-last kernels; the
-            depth-1 convolutions then run as channels-last 2-D ones without a copy).
+            depth-1 convolutions then run as channels-last 2-D ones without a copy); weights
+            with a single input or output channel stay contiguous (see
+            :func:`crysgen.training.adversarial.channels_last`).
         compile: ``torch.compile`` the generator's and the critic's forward: False (eager),
             True (mode "default") or a mode of :data:`COMPILE_MODES` ("reduce-overhead" adds
             CUDA graphs). The gradient penalty's critic forward stays eager: compiled graphs
