@@ -5,7 +5,10 @@
 # deletion) and moved under .git/device_hidden/ (never sent, kept across sessions).
 #   bash benchmarks/device_tree.sh size [CARRY...]   # MiB that would travel with these carried paths
 #   bash benchmarks/device_tree.sh hide [PATH...]    # default: every tracked file over 5 MB except
-#                                                    # the bundled atom model (a training --init)
+#                                                    # the bundled atom model (a training --init),
+#                                                    # and the per-structure evaluation reports
+#                                                    # (benchmarks/results/reports/, ~9 MB, read by
+#                                                    # no device job)
 #   bash benchmarks/device_tree.sh restore           # put everything back
 #   bash benchmarks/device_tree.sh model MODEL_DIR   # .atommodel/: a copy of a model directory (also
 #                                                    # a hidden one), to carry alone in a later call
@@ -31,7 +34,8 @@ hide)
   paths=("$@")
   if [ ${#paths[@]} -eq 0 ]; then
     mapfile -t paths < <(git ls-files -z | xargs -0 stat -c '%s %n' 2>/dev/null \
-      | awk '$1 > 5000000 {print $2}' | grep -v '^src/crysgen/pretrained/atom_diffusion_mp20/')
+      | awk '$1 > 5000000 || $2 ~ /^benchmarks\/results\/reports\// {print $2}' \
+      | grep -v '^src/crysgen/pretrained/atom_diffusion_mp20/')
   fi
   for p in "${paths[@]}"; do
     [ -f "$p" ] || { echo "not a file here: $p" >&2; continue; }
