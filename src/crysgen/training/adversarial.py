@@ -427,4 +427,5 @@ def train_adversarial(
                batches_per_iteration=o.n_critic,
                samples_per_iteration=o.batch_size * o.n_critic,
                export=lambda m, d, p: export_model(m, scaling, d, p), devices=devices,
-               accelerator=accelerator, progress=progress, max_minutes=max_minutes)
+               accelerator=accelerator, progress=progress, max_minutes=max_minutes,
+               partial_losses=True)  # discriminator / critic steps leave the generator unused

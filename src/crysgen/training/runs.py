@@ -417,6 +417,7 @@ def fit(
     max_minutes: float | None = None,
     val_loader: torch.utils.data.DataLoader | None = None,
     gradient_clip_val: float | None = None,
+    partial_losses: bool = False,
 ) -> Path:
     """Train ``module`` with Lightning, checkpoint, export, summarise and plot; returns ``model/``.
 
@@ -424,8 +425,15 @@ def fit(
     optimiser steps, ``steps_per_iteration`` of them per iteration, so limits and checkpoint
     intervals are converted here; the log interval counts batches (``batches_per_iteration``
     per iteration). ``module.iteration(trainer)`` gives the iteration for exports.
+
+    With ``devices`` > 1 training runs DDP, each device on its own batches of the loader's batch
+    size; on GPUs BatchNorm statistics are synchronised across devices (SyncBatchNorm), so they
+    are those of the whole global batch (CPU processes keep their own). ``partial_losses``: some
+    of the module's losses leave part of its parameters unused (a GAN's discriminator steps never
+    touch the generator), which DDP must be told to look for.
     """
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies import DDPStrategy
 
     from crysgen.training.curves import plot_training_curves
 
@@ -439,7 +447,8 @@ def fit(
         max_steps=max_iterations * k,
         accelerator="gpu" if use_gpu else "cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=DDPStrategy(find_unused_parameters=partial_losses) if devices > 1 else "auto",
+        sync_batchnorm=devices > 1 and use_gpu,  # SyncBatchNorm runs on GPUs only
         precision=precision_for(precision, use_gpu),
         callbacks=[ckpt, speed, ExportModel(out / "model", run.fingerprint, export),
                    *([WallClockStop(max_minutes)] if max_minutes else [])],
