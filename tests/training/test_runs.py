@@ -112,3 +112,25 @@ def test_ema_warm_up_is_on_by_default_and_its_count_survives_a_checkpoint():
     restored = ema_copy(torch.nn.Linear(1, 1, bias=False), 0.999)
     restored.load_state_dict(ema.state_dict())
     assert int(restored.n_averaged) == 5  # the resumed schedule continues at update 5
+
+
+@pytest.mark.parametrize("rank0_up, local_up", [(False, True), (True, False), (True, True), (False, False)])
+def test_wall_clock_stop_follows_rank_0_on_every_rank(monkeypatch, rank0_up, local_up):
+    # under DDP a rank whose own clock ran out first must not stop alone: the other ranks would
+    # wait for it in their next gradient all-reduce; the stop is rank 0's decision, broadcast
+    from types import SimpleNamespace
+
+    from crysgen.training import runs
+
+    stop = runs.WallClockStop(minutes=1.0)
+    stop.start = 0.0
+    monkeypatch.setattr(runs.time, "monotonic", lambda: 61.0 if local_up else 59.0)
+    asked = []
+
+    def broadcast(value):
+        asked.append(value)
+        return rank0_up
+
+    trainer = SimpleNamespace(should_stop=False, strategy=SimpleNamespace(broadcast=broadcast))
+    stop.on_train_batch_end(trainer)
+    assert asked == [local_up] and trainer.should_stop is rank0_up

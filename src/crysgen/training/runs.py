@@ -278,8 +278,13 @@ class WallClockStop(Callback):
         self.start = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        """Ask the trainer to stop once the time is up."""
-        if time.monotonic() - self.start > self.limit:
+        """Ask the trainer to stop once the time is up.
+
+        Rank 0's clock decides for every rank: under DDP a rank that stopped alone would leave
+        the others waiting in their next gradient all-reduce.
+        """
+        up = time.monotonic() - self.start > self.limit
+        if trainer.strategy.broadcast(up):
             trainer.should_stop = True
 
 
