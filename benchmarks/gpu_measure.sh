@@ -134,10 +134,10 @@ case "${1:-status}" in
       *) echo "adv-snap: gan or wgan" >&2; exit 1 ;;
     esac
     # a checkpoint written while tar reads would tear the pack: tar again if one was
+    written() { stat -c %Y /tmp/runs/$k/model/* /tmp/runs/$k/checkpoints/last.ckpt 2>/dev/null; }
     for _ in 1 2 3; do
-      before=$(stat -c %Y /tmp/runs/$k/model/* /tmp/runs/$k/checkpoints/last.ckpt 2>/dev/null)
-      tar czf /tmp/adv_snap.tgz -C /tmp/runs $skip $k
-      [ "$before" = "$(stat -c %Y /tmp/runs/$k/model/* /tmp/runs/$k/checkpoints/last.ckpt 2>/dev/null)" ] && break
+      before=$(written); tar czf /tmp/adv_snap.tgz -C /tmp/runs $skip $k
+      [ "$before" = "$(written)" ] && break
       sleep 5
     done
     split -b 15m /tmp/adv_snap.tgz "$OUT/adv_${k}_snap.tgz.part_" && rm /tmp/adv_snap.tgz
