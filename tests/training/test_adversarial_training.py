@@ -14,7 +14,7 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.pipelines.adversarial import AdversarialModel
 from crysgen.pipelines.generators import load_generator
 from crysgen.representations.crystens import CrysTensScaling, decode
-from crysgen.training.adversarial import AdversarialModule, train_adversarial
+from crysgen.training.adversarial import AdversarialModule, match_state_layout, train_adversarial
 from crysgen.training.config import AdversarialTrainConfig
 from crysgen.training.runs import tensor_loader
 from tests.conftest import load_cif
@@ -69,6 +69,60 @@ def test_train_resume_export_and_curves(tiny_set, tmp_path):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["global_step"] == 3 and [r["steps"] for r in summary["runs"]] == [2, 1]
     assert json.loads((model_dir / "config.json").read_text())["data"]["step"] == 3
+
+
+class MomentLayouts(L.Callback):
+    """Records, at the first batch, the optimiser moments whose strides differ from their weight's."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not hasattr(self, "unlike"):
+            self.unlike = [(tuple(p.shape), key) for opt in trainer.optimizers
+                           for g in opt.param_groups for p in g["params"]
+                           for key, v in opt.state.get(p, {}).items()
+                           if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride()]
+
+
+def test_resume_lays_the_moments_out_like_the_weights(tiny_set, tmp_path, monkeypatch):
+    # a checkpoint written when every 5-D weight went channels-last (before the GAN's
+    # single-channel weights stayed contiguous): fused Adam on CUDA refused the resumed moments
+    import crysgen.training.adversarial as adversarial
+
+    config = tiny("gan", channels_last=True, fused=True, max_steps=1).to_dict()
+    cs = CrystalSet.load(tiny_set)
+    loader = tensor_loader(cs, CrysTensScaling.fit(cs), 4, shuffle=False)
+
+    def trainer(steps: int, *callbacks: L.Callback) -> L.Trainer:
+        return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
+
+    rule = adversarial.channels_last
+    with monkeypatch.context() as m:
+        m.setattr(adversarial, "channels_last", lambda net: net.to(memory_format=torch.channels_last_3d))
+        old = trainer(3)
+        old.fit(AdversarialModule(config), loader)
+        old.save_checkpoint(tmp_path / "old.ckpt")
+    assert adversarial.channels_last is rule
+    seen = MomentLayouts()
+    module = AdversarialModule(config)
+    trainer(6, seen).fit(module, loader, ckpt_path=tmp_path / "old.ckpt")
+    assert module.generator.up1[0][0].weight.is_contiguous()  # the new rule's layout
+    assert seen.unlike == []
+
+
+def test_match_state_layout_keeps_the_values():
+    w = torch.nn.Parameter(torch.randn(1, 8, 3, 3, 3))
+    opt = torch.optim.Adam([w])
+    w.grad = torch.randn_like(w)
+    opt.step()
+    saved = {k: v.clone() for k, v in opt.state[w].items()}
+    for k in ("exp_avg", "exp_avg_sq"):
+        opt.state[w][k] = opt.state[w][k].contiguous(memory_format=torch.channels_last_3d)
+    assert match_state_layout(opt) == 2
+    for k, v in opt.state[w].items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+        if k != "step":
+            assert v.stride() == w.stride(), k
+    assert match_state_layout(opt) == 0
 
 
 def test_kind_must_match_the_config(tiny_set, tmp_path):

@@ -118,6 +118,28 @@ def channels_last(net: nn.Module) -> nn.Module:
     return net
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> int:
+    """Give each state tensor of ``optimizer`` its parameter's strides (values unchanged).
+
+    ``Optimizer.load_state_dict`` keeps the strides the state was saved with, so a checkpoint
+    written under another memory-format rule (a weight channels-last then, contiguous now) leaves
+    moments laid out unlike their parameters, and fused Adam refuses them on CUDA ("must have same
+    dtype, device, and layout"; a WGAN-GP resume failed so on an H200).
+
+    Returns:
+        How many state tensors were rewritten.
+    """
+    changed = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+                    changed += 1
+    return changed
+
+
 class PowerIterationReplay:
     """Rewinds the spectral-norm power-iteration vectors of networks to their state at creation.
 
@@ -338,6 +360,11 @@ class AdversarialModule(L.LightningModule):
                       prog_bar=False)
         self.log("iteration", float(it), on_step=True)
         self.log("g_loss_bar", values["g_loss"].detach().float(), prog_bar=True, logger=False)
+
+    def on_train_start(self) -> None:
+        """After a resume has restored the optimisers: their moments laid out like the weights."""
+        for opt in self.trainer.optimizers:
+            match_state_layout(opt)
 
     def configure_optimizers(self) -> Any:
         """Adam for each network, with the authors' learning rate and betas (fused if asked)."""
