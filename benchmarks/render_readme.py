@@ -856,10 +856,12 @@ def side_by_side_table() -> list[str]:
                 mode = sample_mode(json.loads(path.read_text()))
                 if "composition prior" in mode and "symmetry templates" in mode:
                     rows.append((f"{label}, {mode}", path, csp))
-    for label, name in (("CrysTens GAN", "eval_gan_mp_20.json"),
-                        ("CrysTens WGAN-GP", "eval_wgan_mp_20.json")):
-        if (res / name).is_file():
-            rows.append((label, res / name, "– (no composition input)"))
+    for label, kind in (("CrysTens GAN", "gan"), ("CrysTens WGAN-GP", "wgan")):
+        for path in sorted(res.glob(f"eval_{kind}_*mp_20*.json")):
+            model = json.loads(path.read_text()).get("model")
+            step = model.get("training_step") if isinstance(model, dict) else None
+            budget = f", {step:,} iterations" if step is not None else ""
+            rows.append((f"{label}{budget}", path, "– (no composition input)"))
     if not rows:
         return []
     lines = ["**The models side by side** (mp_20; generators trained on the **partial** train split; "
