@@ -857,8 +857,16 @@ def side_by_side_table() -> list[str]:
                 if "composition prior" in mode and "symmetry templates" in mode:
                     rows.append((f"{label}, {mode}", path, csp))
     for label, kind in (("CrysTens GAN", "gan"), ("CrysTens WGAN-GP", "wgan")):
-        for path in sorted(res.glob(f"eval_{kind}_*mp_20*.json")):
+        seen: set[str] = set()  # one row per generator: its evaluation with stability if any
+        for path in sorted(res.glob(f"eval_{kind}_*mp_20*.json"),
+                           key=lambda p: ("stable_e_hull_le_0.1" not in json.loads(p.read_text())["metrics"],
+                                          p.name)):
             model = json.loads(path.read_text()).get("model")
+            key = (json.dumps(model["sha256"]) if isinstance(model, dict) and "sha256" in model
+                   else str(model).removesuffix("/model"))
+            if key in seen:
+                continue
+            seen.add(key)
             step = model.get("training_step") if isinstance(model, dict) else None
             budget = f", {step:,} iterations" if step is not None else ""
             rows.append((f"{label}{budget}", path, "– (no composition input)"))
