@@ -12,7 +12,7 @@ is ``--margin`` (2 %) below that floor. It also reads the committed GPU runs' re
 the same rule to them.
 
 Usage: python benchmarks/coord_plateau.py --train perov_train.npz --val perov_val.npz
-           [--dataset perov_5] [--steps 6000] [--workers 2]
+           [--dataset perov_5] [--steps 6000] [--seeds 0,1] [--workers 2] [--suffix _seed1]
 The CrystalSets come from ``crysgen data prepare ../shared/data/perov_5/{train_poscar,val}.csv.gz
 --cell as-is --max-sites 20``.
 """
@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, each variant trained once per seed")
     p.add_argument("--margin", type=float, default=0.02, help="how far below the floor counts as learning")
     p.add_argument("--workers", type=int, default=2, help="runs trained at once (one thread each)")
+    p.add_argument("--suffix", default="", help="appended to the result files' names")
     args = p.parse_args()
     require_clean()
     names = args.variants.split(",")
@@ -137,8 +138,8 @@ def main() -> None:
                       "margin below the loss of a network that outputs zero displacement; None: "
                       "never within the run. gpu_runs: the committed from-scratch runs (network "
                       "without displacement head or pair messages) read with the same rule."}
-    write_result(f"coord_plateau_{args.dataset}", result)
-    plot(result, ROOT / "benchmarks" / "results" / f"coord_plateau_{args.dataset}.png")
+    write_result(f"coord_plateau_{args.dataset}{args.suffix}", result)
+    plot(result, ROOT / "benchmarks" / "results" / f"coord_plateau_{args.dataset}{args.suffix}.png")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
