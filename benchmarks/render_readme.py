@@ -858,10 +858,9 @@ def side_by_side_table() -> list[str]:
                     rows.append((f"{label}, {mode}", path, csp))
     for label, kind in (("CrysTens GAN", "gan"), ("CrysTens WGAN-GP", "wgan")):
         seen: set[str] = set()  # one row per generator: its evaluation with stability if any
-        for path in sorted(res.glob(f"eval_{kind}_*mp_20*.json"),
-                           key=lambda p: ("stable_e_hull_le_0.1" not in json.loads(p.read_text())["metrics"],
-                                          p.name)):
-            model = json.loads(path.read_text()).get("model")
+        files = {path: json.loads(path.read_text()) for path in res.glob(f"eval_{kind}_*mp_20*.json")}
+        for path in sorted(files, key=lambda p: ("stable_e_hull_le_0.1" not in files[p]["metrics"], p.name)):
+            model = files[path].get("model")
             key = (json.dumps(model["sha256"]) if isinstance(model, dict) and "sha256" in model
                    else str(model).removesuffix("/model"))
             if key in seen:
