@@ -13,6 +13,8 @@ the same rule to them.
 
 Usage: python benchmarks/coord_plateau.py --train perov_train.npz --val perov_val.npz
            [--dataset perov_5] [--steps 6000] [--seeds 0,1] [--workers 2] [--suffix _seed1]
+       python benchmarks/coord_plateau.py --gpu-runs-only   # the GPU records alone ->
+           results/coord_plateau_gpu_runs.json (no CPU training)
 The CrystalSets come from ``crysgen data prepare ../shared/data/perov_5/{train_poscar,val}.csv.gz
 --cell as-is --max-sites 20``.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from provenance import ROOT, require_clean, write_result
 
@@ -40,7 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # changes to NET
 }
 EDM = {"p_mean": -1.2, "p_std": 1.2, "sigma_data_coords": 0.29, "sigma_data_lattice": 1.0,
        "weights": [1.0, 2.0, 1.0], "csp_fraction": 0.3}
-GPU_RUNS = ("atom_diffusion_mp20", "atom_diffusion_perov5", "atom_diffusion_carbon24")
+GPU_RUNS = ("atom_diffusion_mp20", "atom_diffusion_perov5", "atom_diffusion_carbon24",
+            "atom_diffusion_mp20_scratch", "atom_diffusion_carbon24_messages")
 
 
 def zero_output_loss(p_mean: float, p_std: float, sigma_data: float, n: int = 2_000_000) -> float:
@@ -95,8 +99,10 @@ def train_variant(job: tuple[str, int, str, str, int, int, str]) -> dict[str, An
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True, help="training CrystalSet .npz")
-    p.add_argument("--val", required=True, help="validation CrystalSet .npz")
+    p.add_argument("--train", help="training CrystalSet .npz (required unless --gpu-runs-only)")
+    p.add_argument("--val", help="validation CrystalSet .npz (required unless --gpu-runs-only)")
+    p.add_argument("--gpu-runs-only", action="store_true",
+                   help="read the committed GPU runs' records only (no CPU training)")
     p.add_argument("--dataset", default="perov_5", help="name in the result file")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--val-every", type=int, default=500, help="checkpoint (and validation) interval")
@@ -108,11 +114,19 @@ def main() -> None:
     p.add_argument("--suffix", default="", help="appended to the result files' names")
     args = p.parse_args()
     require_clean()
+    floor = zero_output_loss(EDM["p_mean"], EDM["p_std"], EDM["sigma_data_coords"])
+    print(f"zero-output coordinate loss (the plateau): {floor:.4f}", flush=True)
+    if args.gpu_runs_only:
+        result = {"zero_output_loss": floor, "margin": args.margin, "edm": EDM, "rows": [],
+                  "gpu_runs": gpu_runs(floor, args.margin), "note": GPU_NOTE}
+        write_result("coord_plateau_gpu_runs", result)
+        plot(result, ROOT / "benchmarks" / "results" / "coord_plateau_gpu_runs.png")
+        return
+    if not (args.train and args.val):
+        raise SystemExit("--train and --val are required (or pass --gpu-runs-only)")
     names = args.variants.split(",")
     if unknown := sorted(set(names) - set(VARIANTS)):
         raise SystemExit(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
-    floor = zero_output_loss(EDM["p_mean"], EDM["p_std"], EDM["sigma_data_coords"])
-    print(f"zero-output coordinate loss (the plateau): {floor:.4f}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         jobs = [(n, int(s), args.train, args.val, args.steps, args.val_every, work)
                 for s in args.seeds.split(",") for n in names]
@@ -123,23 +137,36 @@ def main() -> None:
         row["final_val_loss_coords"] = row["curve"][-1][1]
         print(row["variant"], row["seed"], row["learning_step"], round(row["final_val_loss_coords"], 4),
               flush=True)
-    gpu = []
-    for run in GPU_RUNS:
-        metrics = ROOT / "benchmarks" / "results" / "runs" / run / "metrics.csv"
-        if metrics.is_file():
-            curve = val_curve(metrics)
-            gpu.append({"run": run, "learning_step": learning_step(curve, floor, args.margin),
-                        "last_step": curve[-1][0], "curve": curve})
     result = {"dataset": args.dataset, "train": Path(args.train).name, "val": Path(args.val).name,
               "steps": args.steps, "net": NET, "edm": EDM, "batch_size": 128, "threads_per_run": 1,
               "zero_output_loss": floor, "margin": args.margin, "rows": rows,
-              "gpu_runs": gpu,
+              "gpu_runs": gpu_runs(floor, args.margin),
               "note": "learning_step: first validation step (EMA weights) whose coordinate loss is "
                       "margin below the loss of a network that outputs zero displacement; None: "
-                      "never within the run. gpu_runs: the committed from-scratch runs (network "
-                      "without displacement head or pair messages) read with the same rule."}
+                      "never within the run. " + GPU_NOTE}
     write_result(f"coord_plateau_{args.dataset}{args.suffix}", result)
     plot(result, ROOT / "benchmarks" / "results" / f"coord_plateau_{args.dataset}{args.suffix}.png")
+
+
+GPU_NOTE = ("gpu_runs: the committed from-scratch GPU runs read with the same rule (learning_step: "
+            "first validation step below (1 - margin) x zero_output_loss; None: never); "
+            "pair_messages / displacement_head: the run's network (config.yaml).")
+
+
+def gpu_runs(floor: float, margin: float) -> list[dict[str, Any]]:
+    """The committed from-scratch GPU runs' validation curves, with the plateau rule applied."""
+    out = []
+    for run in GPU_RUNS:
+        folder = ROOT / "benchmarks" / "results" / "runs" / run
+        if not (folder / "metrics.csv").is_file():
+            continue
+        curve = val_curve(folder / "metrics.csv")
+        net = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("net", {})
+        out.append({"run": run, "pair_messages": bool(net.get("pair_messages", False)),
+                    "displacement_head": bool(net.get("displacement_head", False)),
+                    "learning_step": learning_step(curve, floor, margin),
+                    "last_step": curve[-1][0], "curve": curve})
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -148,15 +175,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    cpu = bool(result["rows"])
+    fig, axes = plt.subplots(1, 2 if cpu else 1, figsize=(11 if cpu else 6, 4), squeeze=False)
+    axes = list(axes[0]) if cpu else [None, axes[0][0]]
     for row in result["rows"]:
         steps, losses = zip(*row["curve"], strict=True)
         axes[0].plot(steps, losses, marker=".", label=f"{row['variant']} (seed {row['seed']})")
     for run in result["gpu_runs"]:
         steps, losses = zip(*run["curve"], strict=True)
-        axes[1].plot(steps, losses, marker=".", label=run["run"])
-    titles = (f"CPU, {result['dataset']}, small network from scratch", "committed GPU runs (from scratch)")
+        net = "pair messages" if run.get("pair_messages") else "attention only"
+        axes[1].plot(steps, losses, marker=".", ls="-" if run.get("pair_messages") else ":",
+                     label=f"{run['run']} ({net})")
+    titles = (f"CPU, {result.get('dataset')}, small network from scratch",
+              "committed GPU runs (from scratch)")
     for ax, title in zip(axes, titles, strict=True):
+        if ax is None:
+            continue
         ax.axhline(result["zero_output_loss"], ls="--", c="k", lw=1, label="zero displacement")
         ax.set(title=title, xlabel="step", ylabel="validation coordinate loss (EMA)")
         ax.legend(fontsize=7)
