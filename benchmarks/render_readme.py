@@ -762,12 +762,16 @@ def scoring(digest: str, pattern: str, *, runs: bool = False) -> list[Path]:
 
 
 def default_model_block() -> list[str]:
-    """The bundled default model's headline numbers, from the result files that scored its weights."""
+    """The bundled default model's headline numbers, from the result files that scored its weights:
+    one sentence on the weights, a table of suite evaluations (one row per file, plain de novo
+    sampling first) and a table of CSP sweeps (each file's best setting)."""
     digest = sha256(DEFAULT_MODEL / "weights.safetensors")
     data = json.loads((DEFAULT_MODEL / "config.json").read_text())["data"]
     steps = trained_steps(data) + " steps" + (" (a continuation, `--init`)" if "init" in data else "")
     lines = [f"Its weights (SHA-256 `{digest[:12]}…`) were trained for {steps} on {data['count']:,} "
-             f"crystals (`{data['name']}`, the **partial** mp_20 train split)."]
+             f"crystals (`{data['name']}`, the **partial** mp_20 train split). Every row below is a "
+             "result file that scored exactly these weights against the mp_20 test split."]
+
     def sampling(path: Path) -> tuple[int, str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
@@ -779,40 +783,46 @@ def default_model_block() -> list[str]:
             + (" --substitute" if options.get("substitute") else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
             + (f" --churn {churn:g}" if churn else "")
-        sym = (", each on the symmetry of its drawn crystal" if options.get("symmetry_prior") else "")
         if options.get("composition_prior"):
-            drawn = "drawn from the training split"
-            drawn += ", one ion substituted" if options.get("substitute") else ""
-            return 2, f"sampled composition first (`crysgen sample{flags}`: compositions {drawn}{sym})"
+            what = "composition first" + (", one ion substituted" if options.get("substitute") else "")
+            what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
+            return 2, f"{what} (`{flags.strip()}`)"
         if options.get("symmetry_prior"):
-            return 1, (f"sampled de novo on symmetry templates (`crysgen sample{flags}`: site count, "
-                       "space group and Wyckoff orbits of a training crystal)")
-        return (1, f"sampled de novo (`crysgen sample{flags}`)") if flags else (0, "sampled de novo")
+            return 1, f"de novo on symmetry templates (`{flags.strip()}`)"
+        return (1, f"de novo (`{flags.strip()}`)") if flags else (0, "de novo")
 
+    columns = (("struct_valid", "struct. valid"), ("comp_valid", "comp. valid"), ("cov_recall", "COV-R"),
+               ("cov_precision", "COV-P"), ("wdist_density", "W(ρ)"), ("wdist_num_elems", "W(#elem)"),
+               ("stable_e_hull_le_0.1", "stable ≤0.1"), ("sun_e_hull_le_0.1", "S.U.N."),
+               ("stable_e_hull_le_0", "E_hull ≤ 0"))
     evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: (sampling(p)[0], p.name))
-    for path in evals:
-        m = json.loads(path.read_text())["metrics"]
-        sampled = sampling(path)[1]
-        cells = ", ".join(f"{label} {metric_cell(m, key)}" for key, label in (
-            ("struct_valid", "structurally valid"), ("comp_valid", "compositionally valid"),
-            ("cov_recall", "COV-R"), ("cov_precision", "COV-P"), ("wdist_density", "W(ρ)"),
-            ("wdist_num_elems", "W(#elements)"), ("stable_e_hull_le_0.1", "CHGNet-stable (E_hull ≤ 0.1 "
-             "eV/atom)"), ("sun_e_hull_le_0.1", "S.U.N."), ("stable_e_hull_le_0", "E_hull ≤ 0")) if key in m)
-        lines.append(f"1,000 samples, {sampled}, scored by the suite "
-                     f"([`{path.name}`]({path.relative_to(ROOT)})): "
-                     f"{cells}.")
-    for path in scoring(digest, "atom_csp_sweep_*.json"):
-        d = json.loads(path.read_text())
-        best = max(d["rows"], key=lambda r: r["match_rate_percent"])
-        how = (" with symmetry templates (`--symmetry-prior`: the training crystal that fits each "
-               "composition best)" if d.get("symmetry_templates") else "")
-        lines.append(f"Composition → structure{how} on {d['n_targets']:,} {d['dataset']} test targets "
-                     f"([`{path.name}`]({path.relative_to(ROOT)})): match rate "
-                     f"{best['match_rate_percent']:.1f} %, RMSE {best['rmse']:.4f} ({best['steps']} "
-                     f"Heun steps, S_churn {best['s_churn']:g}).")
-    if not evals:
-        lines.append("No result file scores these weights yet.")
-    return [DEFAULT_START, " ".join(lines), DEFAULT_END]
+    if evals:
+        lines += ["", "| sampled | file | n | " + " | ".join(label for _, label in columns) + " |",
+                  "|---|---|---|" + "---|" * len(columns)]
+        for path in evals:
+            m = json.loads(path.read_text())["metrics"]
+            n = (m.get("n_samples") or {}).get("value")
+            cells = " | ".join(metric_cell(m, key) for key, _ in columns)
+            lines.append(f"| {sampling(path)[1]} | [{path.stem}]({path.relative_to(ROOT)}) | "
+                         f"{f'{n:,}' if isinstance(n, int) else '–'} | {cells} |")
+    else:
+        lines += ["", "No result file scores these weights yet."]
+    sweeps = scoring(digest, "atom_csp_sweep_*.json")
+    if sweeps:
+        lines += ["", "Crystal structure prediction (one sample per test composition, DiffCSP's matcher; "
+                  "each file's best sampler setting; templates: `--symmetry-prior`, the training crystal "
+                  "that fits each composition best):", "",
+                  "| file | targets | templates | precision | match rate | RMSE | Heun steps | S_churn |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for path in sweeps:
+            d = json.loads(path.read_text())
+            best = max(d["rows"], key=lambda r: r["match_rate_percent"])
+            lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {d['n_targets']:,} {d['dataset']} | "
+                         f"{'yes' if d.get('symmetry_templates') else 'no'} | "
+                         f"{d.get('precision') or 'not recorded'} | {best['match_rate_percent']:.1f} % | "
+                         f"{best['rmse']:.4f} | {best['steps']} | "
+                         f"{best['s_churn']:g} |")
+    return [DEFAULT_START, *lines, DEFAULT_END]
 
 
 def side_by_side_table() -> list[str]:
