@@ -115,3 +115,15 @@ def test_a_missing_library_is_raised_not_recorded_as_one_crystal_s_failure(monke
         fingerprints.fingerprint_pair(load_cif("NaCl"))
     monkeypatch.setattr(fingerprints, name, lambda s: (_ for _ in ()).throw(ValueError("odd cell")))
     assert "odd cell" in fingerprints.fingerprint_pair(load_cif("NaCl"))[2]  # other errors: its reason
+
+
+def test_mean_coordination_reads_the_coordination_numbers_of_known_crystals():
+    from crysgen.evaluation.fingerprints import mean_coordination, structure_fingerprint
+
+    diamond = Structure.from_spacegroup("Fd-3m", Lattice.cubic(3.567), ["C"], [[0, 0, 0]])
+    fcc = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
+    crystals = (diamond, fcc, load_cif("NaCl"), load_cif("ZnO_wurtzite"))
+    fps = np.array([structure_fingerprint(s) for s in crystals])
+    np.testing.assert_allclose(mean_coordination(fps), [4.0, 12.0, 6.0, 4.0], atol=0.01)
+    # a crystal whose CN weights are all zero has no mean coordination, not a division error
+    assert np.isnan(mean_coordination(np.zeros((1, fps.shape[1]))))[0]

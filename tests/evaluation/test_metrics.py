@@ -68,7 +68,7 @@ def test_evaluate_cli_gives_every_structure_a_row_and_broken_ones_a_reason(tmp_p
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     n_files = len(list(FILES.glob("*.cif")))
     assert metrics["n_samples"]["value"] == n_files
-    for name in ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
+    for name in ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_cn", "wdist_density",
                  "unique", "novel", "wdist_prop", "ks", "property_ks"):
         assert name in metrics, name
     # the three reference crystals are among the files: recalled, not novel
@@ -154,3 +154,20 @@ def test_comp_scaler_from_the_reference_itself_changes_nothing_and_is_recorded(t
         evaluate(FILES, tmp_path / "ref.npz", tmp_path / "ref.npz",
                  EvalOptions(**{**base.__dict__, "comp_scaler_from": str(tmp_path / "missing.npz")}),
                  progress=False)
+
+
+def test_wdist_cn_is_zero_against_itself_and_the_coordination_gap_otherwise(tmp_path):
+    from crysgen.evaluation.suite import EvalOptions, evaluate
+
+    diamond = Structure.from_spacegroup("Fd-3m", Lattice.cubic(3.567), ["C"], [[0, 0, 0]])
+    for name, crystals in (("dia", [diamond]), ("salt", [nacl()])):
+        CrystalSet.from_structures(crystals, max_sites=52).save(tmp_path / f"{name}.npz")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    diamond.to(filename=str(samples / "diamond.cif"))
+    o = EvalOptions(metrics=("coverage",), cov_cutoffs=(0.4, 10.0))
+    same = evaluate(samples, tmp_path / "dia.npz", tmp_path / "dia.npz", o, progress=False).metrics
+    other = evaluate(samples, tmp_path / "dia.npz", tmp_path / "salt.npz", o, progress=False).metrics
+    assert same["wdist_cn"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert other["wdist_cn"]["value"] == pytest.approx(2.0, abs=0.01)  # diamond 4 against rock salt 6
+    assert other["wdist_cn"]["reference_mean"] == pytest.approx(6.0, abs=0.01)

@@ -10,7 +10,9 @@ its row of ``structures.csv``, never a failed run):
   the number of elements over up to 1,000 valid samples.
 - ``coverage``: CDVAE's COV-R / COV-P with CrystalNN + Magpie fingerprints, over every generated
   crystal whose fingerprints can be computed (``cov_over="valid"``: the valid ones only), Magpie
-  standardised with CDVAE's fixed constants (``comp_scaler``).
+  standardised with CDVAE's fixed constants (``comp_scaler``); and ``wdist_cn``, the Wasserstein
+  distance of the crystals' mean CrystalNN coordination number (read from the same structure
+  fingerprints) between those generated crystals and the reference.
 - ``novelty``: uniqueness within the samples and novelty against the training set
   (StructureMatcher, :mod:`crysgen.evaluation.novelty`).
 - ``properties``: with a models directory, the seven pre-trained CGCNN regressors on samples and
@@ -658,7 +660,8 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
         ref_fps: :func:`reference_fingerprints` of the reference crystals.
     """
     from crysgen.evaluation.coverage import coverage
-    from crysgen.evaluation.fingerprints import standardise
+    from crysgen.evaluation.distributions import wasserstein
+    from crysgen.evaluation.fingerprints import mean_coordination, standardise
 
     rs = np.array([f[0] for f in ref_fps if f[2] is None])
     rc = np.array([f[1] for f in ref_fps if f[2] is None])
@@ -669,8 +672,18 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
                    struct_cutoff=cut[0], comp_cutoff=cut[1])
     extra = {"cutoffs": list(cut), "cutoffs_from": cut_source, "comp_scaler": scaler,
              "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
-    return {"cov_recall": _metric(cov.recall, cov.n_reference, **extra),
-            "cov_precision": _metric(cov.precision, cov.n_generated, **extra)}
+    out = {"cov_recall": _metric(cov.recall, cov.n_reference, **extra),
+           "cov_precision": _metric(cov.precision, cov.n_generated, **extra)}
+    # the local environments behind the structure fingerprints: mean coordination per crystal
+    gen_cn, ref_cn = mean_coordination(gs_a), mean_coordination(rs)
+    gen_cn, ref_cn = gen_cn[np.isfinite(gen_cn)], ref_cn[np.isfinite(ref_cn)]
+    if len(gen_cn) and len(ref_cn):
+        out["wdist_cn"] = _metric(wasserstein(gen_cn, ref_cn), len(gen_cn),
+                                  generated_used=extra["generated_used"],
+                                  generated_mean=float(gen_cn.mean()), reference_mean=float(ref_cn.mean()),
+                                  definition="Wasserstein distance of the crystals' mean CrystalNN "
+                                             "coordination number (from the structure fingerprints)")
+    return out
 
 
 def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],
