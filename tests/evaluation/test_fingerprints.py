@@ -118,12 +118,15 @@ def test_a_missing_library_is_raised_not_recorded_as_one_crystal_s_failure(monke
 
 
 def test_mean_coordination_reads_the_coordination_numbers_of_known_crystals():
-    from crysgen.evaluation.fingerprints import mean_coordination, structure_fingerprint
+    from crysgen.evaluation.fingerprints import coordination_shares, mean_coordination, structure_fingerprint
 
     diamond = Structure.from_spacegroup("Fd-3m", Lattice.cubic(3.567), ["C"], [[0, 0, 0]])
     fcc = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
     crystals = (diamond, fcc, load_cif("NaCl"), load_cif("ZnO_wurtzite"))
     fps = np.array([structure_fingerprint(s) for s in crystals])
     np.testing.assert_allclose(mean_coordination(fps), [4.0, 12.0, 6.0, 4.0], atol=0.01)
+    shares = coordination_shares(fps)
+    assert shares.shape == (4, 24) and np.allclose(shares.sum(axis=1), 1.0)
+    assert shares[0, 3] == pytest.approx(1.0, abs=0.01)  # every diamond site 4-fold (column k - 1)
     # a crystal whose CN weights are all zero has no mean coordination, not a division error
     assert np.isnan(mean_coordination(np.zeros((1, fps.shape[1]))))[0]

@@ -171,3 +171,6 @@ def test_wdist_cn_is_zero_against_itself_and_the_coordination_gap_otherwise(tmp_
     assert same["wdist_cn"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert other["wdist_cn"]["value"] == pytest.approx(2.0, abs=0.01)  # diamond 4 against rock salt 6
     assert other["wdist_cn"]["reference_mean"] == pytest.approx(6.0, abs=0.01)
+    assert same["cn_share_tv"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert other["cn_share_tv"]["value"] == pytest.approx(1.0, abs=0.01)  # all 4-fold against all 6-fold
+    assert other["cn_share_tv"]["generated_cn_share"] == {"4": 1.0}

@@ -98,27 +98,33 @@ def standardise(fps: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarra
     return np.where(np.isnan(out), 0.0, out)
 
 
-def mean_coordination(struct_fps: np.ndarray) -> np.ndarray:
-    """Each crystal's mean CrystalNN coordination number, read from its structure fingerprint.
+def coordination_shares(struct_fps: np.ndarray) -> np.ndarray:
+    """Each crystal's share of sites by CrystalNN coordination number, read from its fingerprint.
 
     The "ops" fingerprint holds, for every site, CrystalNN's weight of each coordination number
-    k = 1..24 (its "wt CN_k" columns); the crystal's fingerprint is their mean over sites, so
-    Σ_k k·w_k / Σ_k w_k is the mean coordination of its sites (no extra neighbour search).
+    k = 1..24 (its "wt CN_k" columns); a crystal's fingerprint is their mean over sites, so these
+    columns, normalised, are the crystal's share of sites with each coordination (no extra
+    neighbour search).
 
     Args:
         struct_fps: (N, 61) structure fingerprints (:func:`structure_fingerprint`).
 
     Returns:
-        (N,) mean coordination numbers; NaN for a crystal whose weights are all zero.
+        (N, 24) shares for k = 1..24, each row summing to 1; NaN rows for a crystal whose
+        weights are all zero.
     """
     struct, _ = _featurizers()
     labels = struct.feature_labels()
-    columns = [(i, int(label.split("_")[1])) for i, label in enumerate(labels) if label.startswith("wt CN_")]
-    idx, k = np.array([c[0] for c in columns]), np.array([c[1] for c in columns], dtype=float)
-    w = np.asarray(struct_fps, dtype=float).reshape(-1, len(labels))[:, idx]
-    total = w.sum(axis=1)
+    columns = {int(label.split("_")[1]): i for i, label in enumerate(labels) if label.startswith("wt CN_")}
+    w = np.asarray(struct_fps, dtype=float).reshape(-1, len(labels))[:, [columns[k] for k in range(1, 25)]]
+    total = w.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (w * k).sum(axis=1) / total, np.nan)
+        return np.where(total > 0, w / total, np.nan)
+
+
+def mean_coordination(struct_fps: np.ndarray) -> np.ndarray:
+    """Each crystal's mean CrystalNN coordination number, (N,) (NaN where its shares are NaN)."""
+    return coordination_shares(struct_fps) @ np.arange(1, 25, dtype=float)
 
 
 def fingerprint_pair(structure: Structure) -> Fingerprints:

@@ -10,9 +10,10 @@ its row of ``structures.csv``, never a failed run):
   the number of elements over up to 1,000 valid samples.
 - ``coverage``: CDVAE's COV-R / COV-P with CrystalNN + Magpie fingerprints, over every generated
   crystal whose fingerprints can be computed (``cov_over="valid"``: the valid ones only), Magpie
-  standardised with CDVAE's fixed constants (``comp_scaler``); and ``wdist_cn``, the Wasserstein
-  distance of the crystals' mean CrystalNN coordination number (read from the same structure
-  fingerprints) between those generated crystals and the reference.
+  standardised with CDVAE's fixed constants (``comp_scaler``); and, from the same structure
+  fingerprints, ``wdist_cn`` (Wasserstein distance of the crystals' mean CrystalNN coordination
+  number) and ``cn_share_tv`` (total variation distance of the shares of sites by coordination
+  number) between those generated crystals and the reference.
 - ``novelty``: uniqueness within the samples and novelty against the training set
   (StructureMatcher, :mod:`crysgen.evaluation.novelty`).
 - ``properties``: with a models directory, the seven pre-trained CGCNN regressors on samples and
@@ -661,7 +662,7 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
     """
     from crysgen.evaluation.coverage import coverage
     from crysgen.evaluation.distributions import wasserstein
-    from crysgen.evaluation.fingerprints import mean_coordination, standardise
+    from crysgen.evaluation.fingerprints import coordination_shares, standardise
 
     rs = np.array([f[0] for f in ref_fps if f[2] is None])
     rc = np.array([f[1] for f in ref_fps if f[2] is None])
@@ -674,15 +675,27 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
              "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
     out = {"cov_recall": _metric(cov.recall, cov.n_reference, **extra),
            "cov_precision": _metric(cov.precision, cov.n_generated, **extra)}
-    # the local environments behind the structure fingerprints: mean coordination per crystal
-    gen_cn, ref_cn = mean_coordination(gs_a), mean_coordination(rs)
-    gen_cn, ref_cn = gen_cn[np.isfinite(gen_cn)], ref_cn[np.isfinite(ref_cn)]
-    if len(gen_cn) and len(ref_cn):
-        out["wdist_cn"] = _metric(wasserstein(gen_cn, ref_cn), len(gen_cn),
-                                  generated_used=extra["generated_used"],
-                                  generated_mean=float(gen_cn.mean()), reference_mean=float(ref_cn.mean()),
+    # the local environments behind the structure fingerprints: coordination numbers
+    gen_sh, ref_sh = coordination_shares(gs_a), coordination_shares(rs)
+    gen_sh, ref_sh = gen_sh[np.isfinite(gen_sh).all(axis=1)], ref_sh[np.isfinite(ref_sh).all(axis=1)]
+    if len(gen_sh) and len(ref_sh):
+        k = np.arange(1, 25, dtype=float)
+        gen_p, ref_p = gen_sh.mean(axis=0), ref_sh.mean(axis=0)
+
+        def shares(p: np.ndarray) -> dict[str, float]:
+            return {str(int(c)): round(float(v), 4) for c, v in zip(k, p, strict=True) if v >= 5e-4}
+
+        used = {"generated_used": extra["generated_used"], "generated_cn_share": shares(gen_p),
+                "reference_cn_share": shares(ref_p)}
+        out["wdist_cn"] = _metric(wasserstein(gen_sh @ k, ref_sh @ k), len(gen_sh), **used,
+                                  generated_mean=float((gen_sh @ k).mean()),
+                                  reference_mean=float((ref_sh @ k).mean()),
                                   definition="Wasserstein distance of the crystals' mean CrystalNN "
                                              "coordination number (from the structure fingerprints)")
+        out["cn_share_tv"] = _metric(0.5 * float(np.abs(gen_p - ref_p).sum()), len(gen_sh), **used,
+                                     definition="total variation distance between the shares of sites "
+                                                "by CrystalNN coordination number (each crystal "
+                                                "weighted equally), 0 = same, 1 = disjoint")
     return out
 
 
