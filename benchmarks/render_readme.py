@@ -27,13 +27,13 @@ def pct(x: float | None) -> str:
 
 
 def metric_cell(metrics: dict, key: str) -> str:
-    """A suite metric for a table: rates in %, distances (``wdist_*``) as numbers, – when absent."""
+    """A suite metric for a table: rates in %, distances (``wdist_*``, ``*_tv``) as numbers, – when absent."""
     if key not in metrics or isinstance(metrics[key]["value"], dict):
         return "–"
     v = metrics[key]["value"]
     if v != v:  # NaN: nothing to measure it on (e.g. a distance over no valid sample)
         return "–"
-    return f"{v:.4g}" if key.startswith("wdist") else pct(v)
+    return f"{v:.4g}" if key.startswith("wdist") or key.endswith("_tv") else pct(v)
 
 
 def sample_mode(d: dict) -> str:
@@ -260,7 +260,7 @@ def eval_models_table() -> list[str]:
     if not paths:
         return []
     cols = ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density", "wdist_prop",
-            "wdist_num_elems", "stable_e_hull_le_0.1", "sun_e_hull_le_0.1")
+            "wdist_num_elems", "wdist_cn", "cn_share_tv", "stable_e_hull_le_0.1", "sun_e_hull_le_0.1")
     lines = ["**Generated samples scored by the evaluation suite** (`benchmarks/eval_model.py`; "
              "– = family not run in that file; n samples each, rates over all of them; mp_20 "
              "generators trained on the partial train split (57 %), which is also the novelty and "
@@ -271,9 +271,12 @@ def eval_models_table() -> list[str]:
              "file here but `atom_diffusion_mp_20_cpu`) counted compositional validity with SMACT "
              "4.0.2 and COV over valid samples with the reference's Magpie statistics; the atom "
              "model's GPU file has validity, novelty and stability, its CPU file the CDVAE-exact "
-             "validity, coverage, distributions and properties of the same 1,000 samples)", "",
+             "validity, coverage, distributions and properties of the same 1,000 samples; W(CN): "
+             "Wasserstein distance of the crystals' mean CrystalNN coordination number, TV(CN): total "
+             "variation distance of the shares of sites by coordination number, both from the coverage "
+             "family's structure fingerprints, in files written since commit 0dfaaad)", "",
              "| model | sampled with | dataset | n | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | "
-             "W(prop) | W(#elem) | stable ≤0.1 | S.U.N. |", "|" + "---|" * 13]
+             "W(prop) | W(#elem) | W(CN) | TV(CN) | stable ≤0.1 | S.U.N. |", "|" + "---|" * 15]
     published: dict[str, dict] = {}
     for path in paths:
         d = json.loads(path.read_text())
@@ -292,7 +295,7 @@ def eval_models_table() -> list[str]:
             cells = ["–" if row[k] is None else f"{row[k]:.2f} %" if not k.startswith("wdist")
                      else f"{row[k]:.4g}" for k in cols[:7]]
             lines.append(f"| *{name} (published, {pub['source']})* | – | {dataset} | – | " + " | ".join(cells)
-                         + " | – | – |")
+                         + " | – | – | – | – |")
     return [*lines, ""]
 
 
