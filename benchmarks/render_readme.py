@@ -796,17 +796,21 @@ def default_model_block() -> list[str]:
 
     columns = (("struct_valid", "struct. valid"), ("comp_valid", "comp. valid"), ("cov_recall", "COV-R"),
                ("cov_precision", "COV-P"), ("wdist_density", "W(ρ)"), ("wdist_num_elems", "W(#elem)"),
+               ("wdist_cn", "W(CN)"), ("cn_share_tv", "TV(CN)"),
                ("stable_e_hull_le_0.1", "stable ≤0.1"), ("sun_e_hull_le_0.1", "S.U.N."),
                ("stable_e_hull_le_0", "E_hull ≤ 0"))
     evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: (sampling(p)[0], p.name))
     if evals:
-        lines += ["", "| sampled | file | n | " + " | ".join(label for _, label in columns) + " |",
-                  "|---|---|---|" + "---|" * len(columns)]
+        lines += ["", "| sampled | on | file | n | " + " | ".join(label for _, label in columns) + " |",
+                  "|---|---|---|---|" + "---|" * len(columns)]
         for path in evals:
-            m = json.loads(path.read_text())["metrics"]
-            n = (m.get("n_samples") or {}).get("value")
+            d = json.loads(path.read_text())
+            m, n = d["metrics"], (d["metrics"].get("n_samples") or {}).get("value")
+            device = (d.get("options") or {}).get("device") or "–"  # where it was scored (and relaxed)
+            if (d.get("sampling") or {}).get("seconds") is None:  # --samples: made earlier, elsewhere maybe
+                device += ", samples made earlier"
             cells = " | ".join(metric_cell(m, key) for key, _ in columns)
-            lines.append(f"| {sampling(path)[1]} | [{path.stem}]({path.relative_to(ROOT)}) | "
+            lines.append(f"| {sampling(path)[1]} | {device} | [{path.stem}]({path.relative_to(ROOT)}) | "
                          f"{f'{n:,}' if isinstance(n, int) else '–'} | {cells} |")
     else:
         lines += ["", "No result file scores these weights yet."]
