@@ -7,7 +7,7 @@ near 100 %, while nothing is compared with itself. Subsets (seeded) keep it with
 ``--limit`` samples from test and ``--reference-limit`` crystals from val.
 
 Usage: CRYSGEN_MODELS_DIR=../shared/pretrained/cgcnn python benchmarks/eval_sanity.py perov_5 \
-    --work benchmarks/.work --property-model formation_energy [--metrics ...] [--workers 2]
+    --work benchmarks/.work --property-model formation_energy [--metrics ...] [--workers 2] [--suffix S]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--property-model", default=None)
     p.add_argument("--metrics", default=",".join(FAMILIES))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _coverage for "
+                   "a run of some families that must not replace the full file)")
     args = p.parse_args()
     work = Path(args.work)
     test = CrystalSet.load(work / f"{args.dataset}_test.npz")
@@ -54,7 +56,7 @@ def main() -> None:
     out = {"dataset": args.dataset, "samples": f"{args.dataset} test ({len(test)} crystals, seeded subset)",
            "training": TRAIN[args.dataset], "reference": f"{args.dataset} val (up to {args.reference_limit})",
            "metrics": ev.metrics, "seconds": ev.seconds, "options": vars(args)} | stamp()
-    path = ROOT / "benchmarks" / "results" / f"eval_sanity_{args.dataset}.json"
+    path = ROOT / "benchmarks" / "results" / f"eval_sanity_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(out, indent=1, default=float) + "\n")
     print(json.dumps({k: v["value"] for k, v in ev.metrics.items()}, indent=1, default=float))
     print(f"wrote {path}")
