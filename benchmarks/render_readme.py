@@ -188,16 +188,17 @@ def eval_sanity_table() -> list[str]:
     if not paths:
         return []
     cols = ("struct_valid", "comp_valid", "cov_recall", "cov_precision", "wdist_density",
-            "wdist_num_elems", "wdist_prop", "unique", "novel")
+            "wdist_num_elems", "wdist_prop", "wdist_cn", "cn_share_tv", "unique", "novel")
     lines = ["**Evaluation sanity** (`benchmarks/eval_sanity.py`: a seeded subset of the test split "
              "scored as if generated; training = train split, reference = val split; "
-             "metrics computed on the n shown in the JSON)", "",
-             "| dataset | samples | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(#elem) | "
-             "W(prop) | unique | novel |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "metrics computed on the n shown in the JSON; – = family not run in that file)", "",
+             "| dataset | file | samples | struct. valid | comp. valid | COV-R | COV-P | W(ρ) | W(#elem) | "
+             "W(prop) | W(CN) | TV(CN) | unique | novel |", "|" + "---|" * 14]
     for path in paths:
         d = json.loads(path.read_text())
         m = d["metrics"]
-        lines.append(f"| [{d['dataset']}]({path.relative_to(ROOT)}) | {m['n_samples']['value']} | "
+        lines.append(f"| {d['dataset']} | [{path.stem}]({path.relative_to(ROOT)}) | "
+                     f"{m['n_samples']['value']} | "
                      + " | ".join(metric_cell(m, k) for k in cols) + " |")
     return [*lines, ""]
 
