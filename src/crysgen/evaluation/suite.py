@@ -540,7 +540,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
             metrics.update(finish_coverage(ref_fps))
         else:
             background.enter_context(pending)  # a run that stops early stops them too
-            metrics.update({k: {} for k in ("cov_recall", "cov_precision")})  # their places
+            metrics.update({k: {} for k in COVERAGE_KEYS})  # their places (filled after stability)
         timer.end("coverage")
     # CDVAE's "valid": comp and struct valid and (when computed) fingerprintable
     valid = struct_valid & comp_valid & (fp_ok if "coverage" in o.metrics else True)
@@ -616,6 +616,9 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
             ref_fps = pending.result()
         timer.add("coverage.reference_fingerprints_background", pending.seconds or 0.0)
         metrics.update(finish_coverage(ref_fps))
+        for name in COVERAGE_KEYS:  # a place left empty: nothing to compute it on (e.g. no fingerprints)
+            if metrics.get(name) == {}:
+                del metrics[name]
         timer.end("coverage")
     for r in rows:
         r.setdefault("problem", "")
@@ -643,6 +646,10 @@ def _cov_cutoffs(o: EvalOptions, reference: str | Path) -> tuple[tuple[float, fl
               "pass --dataset or --cov-cutoffs STRUCT,COMP to choose", file=sys.stderr)
         dataset = DEFAULT_DATASET
     return COV_CUTOFFS[dataset], cut_source
+
+
+COVERAGE_KEYS = ("cov_recall", "cov_precision", "wdist_cn", "cn_share_tv")
+"""The metrics of the coverage family, in the order they are written."""
 
 
 def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
