@@ -776,10 +776,9 @@ def default_model_block() -> list[str]:
              f"crystals (`{data['name']}`, the **partial** mp_20 train split). Every row below is a "
              "result file that scored exactly these weights against the mp_20 test split."]
 
-    def sampling(path: Path) -> tuple[int, str]:
+    def sampling(d: dict) -> tuple[int, str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
-        d = json.loads(path.read_text())
         options = d.get("options", {})
         churn = options.get("churn")  # else the model's default that ran (files since it was recorded)
         churn = churn if churn is not None else ((d.get("sampling") or {}).get("sampler") or {}).get("churn")
@@ -800,18 +799,18 @@ def default_model_block() -> list[str]:
                ("wdist_cn", "W(CN)"), ("cn_share_tv", "TV(CN)"),
                ("stable_e_hull_le_0.1", "stable ≤0.1"), ("sun_e_hull_le_0.1", "S.U.N."),
                ("stable_e_hull_le_0", "E_hull ≤ 0"))
-    evals = sorted(scoring(digest, "eval_*.json"), key=lambda p: (sampling(p)[0], p.name))
+    evals = {path: json.loads(path.read_text()) for path in scoring(digest, "eval_*.json")}
     if evals:
         lines += ["", "| sampled | on | file | n | " + " | ".join(label for _, label in columns) + " |",
                   "|---|---|---|---|" + "---|" * len(columns)]
-        for path in evals:
-            d = json.loads(path.read_text())
+        for path in sorted(evals, key=lambda p: (sampling(evals[p])[0], p.name)):
+            d = evals[path]
             m, n = d["metrics"], (d["metrics"].get("n_samples") or {}).get("value")
             device = (d.get("options") or {}).get("device") or "–"  # where it was scored (and relaxed)
             if (d.get("sampling") or {}).get("seconds") is None:  # --samples: made earlier, elsewhere maybe
                 device += ", samples made earlier"
             cells = " | ".join(metric_cell(m, key) for key, _ in columns)
-            lines.append(f"| {sampling(path)[1]} | {device} | [{path.stem}]({path.relative_to(ROOT)}) | "
+            lines.append(f"| {sampling(d)[1]} | {device} | [{path.stem}]({path.relative_to(ROOT)}) | "
                          f"{f'{n:,}' if isinstance(n, int) else '–'} | {cells} |")
     else:
         lines += ["", "No result file scores these weights yet."]
