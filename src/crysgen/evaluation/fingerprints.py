@@ -98,6 +98,11 @@ def standardise(fps: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarra
     return np.where(np.isnan(out), 0.0, out)
 
 
+COORDINATION_NUMBERS = np.arange(1, 25, dtype=float)
+"""The coordination numbers k of the "ops" fingerprint's "wt CN_k" columns, the columns of
+:func:`coordination_shares`."""
+
+
 def coordination_shares(struct_fps: np.ndarray) -> np.ndarray:
     """Each crystal's share of sites by CrystalNN coordination number, read from its fingerprint.
 
@@ -116,7 +121,8 @@ def coordination_shares(struct_fps: np.ndarray) -> np.ndarray:
     struct, _ = _featurizers()
     labels = struct.feature_labels()
     columns = {int(label.split("_")[1]): i for i, label in enumerate(labels) if label.startswith("wt CN_")}
-    w = np.asarray(struct_fps, dtype=float).reshape(-1, len(labels))[:, [columns[k] for k in range(1, 25)]]
+    order = [columns[int(k)] for k in COORDINATION_NUMBERS]
+    w = np.asarray(struct_fps, dtype=float).reshape(-1, len(labels))[:, order]
     total = w.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, w / total, np.nan)
@@ -124,7 +130,7 @@ def coordination_shares(struct_fps: np.ndarray) -> np.ndarray:
 
 def mean_coordination(struct_fps: np.ndarray) -> np.ndarray:
     """Each crystal's mean CrystalNN coordination number, (N,) (NaN where its shares are NaN)."""
-    return coordination_shares(struct_fps) @ np.arange(1, 25, dtype=float)
+    return coordination_shares(struct_fps) @ COORDINATION_NUMBERS
 
 
 def fingerprint_pair(structure: Structure) -> Fingerprints:

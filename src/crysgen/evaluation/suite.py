@@ -669,7 +669,7 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
     """
     from crysgen.evaluation.coverage import coverage
     from crysgen.evaluation.distributions import wasserstein
-    from crysgen.evaluation.fingerprints import coordination_shares, standardise
+    from crysgen.evaluation.fingerprints import COORDINATION_NUMBERS, coordination_shares, standardise
 
     rs = np.array([f[0] for f in ref_fps if f[2] is None])
     rc = np.array([f[1] for f in ref_fps if f[2] is None])
@@ -686,17 +686,17 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
     gen_sh, ref_sh = coordination_shares(gs_a), coordination_shares(rs)
     gen_sh, ref_sh = gen_sh[np.isfinite(gen_sh).all(axis=1)], ref_sh[np.isfinite(ref_sh).all(axis=1)]
     if len(gen_sh) and len(ref_sh):
-        k = np.arange(1, 25, dtype=float)
         gen_p, ref_p = gen_sh.mean(axis=0), ref_sh.mean(axis=0)
+        gen_cn, ref_cn = gen_sh @ COORDINATION_NUMBERS, ref_sh @ COORDINATION_NUMBERS  # per crystal
 
         def shares(p: np.ndarray) -> dict[str, float]:
-            return {str(int(c)): round(float(v), 4) for c, v in zip(k, p, strict=True) if v >= 5e-4}
+            return {str(int(c)): round(float(v), 4) for c, v in zip(COORDINATION_NUMBERS, p, strict=True)
+                    if v >= 5e-4}
 
         used = {"generated_used": extra["generated_used"], "generated_cn_share": shares(gen_p),
                 "reference_cn_share": shares(ref_p)}
-        out["wdist_cn"] = _metric(wasserstein(gen_sh @ k, ref_sh @ k), len(gen_sh), **used,
-                                  generated_mean=float((gen_sh @ k).mean()),
-                                  reference_mean=float((ref_sh @ k).mean()),
+        out["wdist_cn"] = _metric(wasserstein(gen_cn, ref_cn), len(gen_sh), **used,
+                                  generated_mean=float(gen_cn.mean()), reference_mean=float(ref_cn.mean()),
                                   definition="Wasserstein distance of the crystals' mean CrystalNN "
                                              "coordination number (from the structure fingerprints)")
         out["cn_share_tv"] = _metric(0.5 * float(np.abs(gen_p - ref_p).sum()), len(gen_sh), **used,
