@@ -13,6 +13,7 @@
 # calls `bash benchmarks/device_tree.sh restore`; `bash benchmarks/device_tree.sh snap` makes .snap.
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
+#   TAGS="a b" bash benchmarks/gpu_atoms.sh status    # progress of runs a and b, nothing packed
 #   bash benchmarks/gpu_atoms.sh throughput            # steps/s by compile mode and batch size
 #   PAIR="a:CFG_A b:CFG_B" bash benchmarks/gpu_atoms.sh pair MINUTES WAIT   # two runs, GPUs 0 and 1
 #   PAIR=... bash benchmarks/gpu_atoms.sh pair-eval    # both evaluated at once
@@ -105,6 +106,9 @@ launch)
     ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
+status)  # each TAG's progress (TAGS="a b"), nothing packed: runs side by side whose models would
+  # not fit one call's 64 MiB together are packed one call at a time with `watch 1`
+  for t in ${TAGS:-$G}; do echo "== $t"; RUN=atoms_$t progress; done ;;
 pair)  # two launches side by side, one per GPU: PAIR="TAG:CONFIG TAG:CONFIG" (INIT, STEPS shared)
   install; i=0
   for p in $PAIR; do
