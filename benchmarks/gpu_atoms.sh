@@ -27,6 +27,9 @@
 #                                                      # every run is scored against the same train split;
 #                                                      # SYM_SWEEP=1 adds a CSP sweep on symmetry templates)
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
+#   (SET="compile=default optim.lr=2e-4": settings over CONFIG, each passed as --set)
+#   SUFFIX=_x bash benchmarks/gpu_atoms.sh fastest | head -1   # the compile setting of the fastest row of
+#                                                      # train_throughput_atom_<dataset>_x.json
 #   bash benchmarks/gpu_atoms.sh sample STEPS          # 1,000 de novo, 10,000 timed, CSP on the test split
 #                                                      # (SAMPLE_CHURN=S: EDM churn)
 #   bash benchmarks/gpu_atoms.sh eval NAME [WAIT]      # eval_model.py with CHGNet stability of MODEL
@@ -103,7 +106,8 @@ launch)
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} setsid nohup python3 -m crysgen train atom-diffusion \
     --data ${DATA:-$TR} --val $W/${D}_asis_val.npz --out $R/$RUN \
     --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --max-minutes $2 --quiet \
-    ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} > $R/$RUN.log 2>&1 < /dev/null &
+    ${INIT:+--init $INIT} ${STEPS:+--max-steps $STEPS} $(for x in ${SET:-}; do printf -- '--set %s ' $x; done) \
+    > $R/$RUN.log 2>&1 < /dev/null &
   sleep 60; progress; watch $(( $3 - 60 )) ;;
 watch) watch $2 ;;
 status)  # each TAG's progress (TAGS="a b"), nothing packed: runs side by side whose models would
@@ -172,8 +176,17 @@ throughput)  # train_throughput.py: compile modes x batch sizes, 300 steps each 
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} python3 $S/benchmarks/train_throughput.py --data $TR \
     --dataset $D --config ${CONFIG:-$S/configs/atom_diffusion_${D//_/}.yaml} --steps ${N:-300} \
     ${VARIANTS:---variant compile=false --variant compile=default --variant compile=reduce-overhead \
-      --variant compile=false,optim.batch_size=2048 --variant compile=reduce-overhead,optim.batch_size=2048}
-  cp $S/benchmarks/results/train_throughput_atom_$D.json $OUT/ ;;
+      --variant compile=false,optim.batch_size=2048 --variant compile=reduce-overhead,optim.batch_size=2048} \
+    ${SUFFIX:+--suffix $SUFFIX}
+  cp $S/benchmarks/results/train_throughput_atom_$D${SUFFIX:-}.json $OUT/ ;;
+fastest)  # the compile setting of the fastest error-free row of a throughput file (SUFFIX): for SET=compile=...
+  python3 - $S/benchmarks/results/train_throughput_atom_$D${SUFFIX:-}.json <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if "throughput" in r]
+best = max(rows, key=lambda r: r["throughput"]["steady_steps_per_s"]) if rows else {}
+print(str(best.get("overrides", {}).get("compile", False)).lower())
+PY
+  ;;
 sample)
   M=$R/$RUN/model
   python3 $S/benchmarks/atom_diffusion.py $M --dataset $D --device cuda --steps $2 --out $A \

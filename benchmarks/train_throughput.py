@@ -1,6 +1,6 @@
 """Training throughput of `crysgen train atom-diffusion` under compile modes and batch sizes.
 
-Writes benchmarks/results/train_throughput_atom_<dataset>.json.
+Writes benchmarks/results/train_throughput_atom_<dataset><suffix>.json.
 
 Each variant overrides keys of a base training config (``compile`` and ``optim.batch_size``, or
 any ``section.key``), trains a fresh run for ``--steps`` optimiser steps in its own process
@@ -81,6 +81,7 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "atom_diffusion_mp20.yaml"))
     p.add_argument("--steps", type=int, default=300, help="optimiser steps per variant")
     p.add_argument("--variant", action="append", default=[], help="key=value[,key=value...] (repeatable)")
+    p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _messages)")
     args = p.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
     variants = [parse_overrides([x for x in v.split(",") if x]) for v in args.variant] or [{}]
@@ -97,7 +98,7 @@ def main() -> None:
               "rows": rows, "note": "steady = after each run's first 20 iterations; one process per variant",
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     result |= stamp("cuda")
-    path = ROOT / "benchmarks" / "results" / f"train_throughput_atom_{args.dataset}.json"
+    path = ROOT / "benchmarks" / "results" / f"train_throughput_atom_{args.dataset}{args.suffix}.json"
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
 
