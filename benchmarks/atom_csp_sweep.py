@@ -6,7 +6,10 @@ One trained model, a seeded subset of the target crystals (one sample each, the 
 and a grid of sampler settings: Heun steps and EDM churn (``s_churn``: fresh noise added before
 every step, raising σ by a factor up to √2; 0 = deterministic). Each setting is scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so the rows show what
-sampling alone buys before any retraining.
+sampling alone buys before any retraining. With ``--relax`` each setting's samples are also relaxed
+with CHGNet (positions and cell, ``crysgen evaluate --stability``'s FIRE settings) and scored again:
+the row's ``relaxed`` entry. A sample whose relaxation fails is scored as generated (counted in
+``relaxed.kept_as_generated``).
 
 Usage (GPU machine)::
 
@@ -19,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, reduced_formula
 from crysgen.evaluation.csp import CSPSample, score_csp
+from crysgen.evaluation.relaxation import RelaxOptions
+from crysgen.evaluation.stability import relax_batch
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import Templates, match_templates
@@ -44,6 +50,31 @@ def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn
                          problem=None if i in by_index else "decode failed")
                for i, t in enumerate(targets.ids)]
     return samples, seconds
+
+
+def relax_samples(samples: list[CSPSample], options: RelaxOptions) -> tuple[list[CSPSample], dict]:
+    """The samples with their structures relaxed by CHGNet, and what the relaxation did.
+
+    A sample without a structure stays as it is; one whose relaxation fails keeps its generated
+    structure. Returns the relaxed samples and counts (converged, kept as generated), the mean
+    displacement RMSD (Å) and the seconds.
+    """
+    t0 = time.perf_counter()
+    todo = [i for i, x in enumerate(samples) if x.structure is not None]
+    results = relax_batch([samples[i].structure for i in todo], options, progress=True)
+    out = list(samples)
+    kept, rmsd = 0, []
+    for i, r in zip(todo, results, strict=True):
+        if r.structure is None:
+            kept += 1
+            continue
+        out[i] = CSPSample(id=samples[i].id, target=samples[i].target, structure=r.structure)
+        if r.rmsd is not None:
+            rmsd.append(r.rmsd)
+    info = {"relaxed": len(todo) - kept, "converged": sum(r.converged for r in results),
+            "kept_as_generated": kept, "mean_rmsd_A": float(np.mean(rmsd)) if rmsd else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return out, info
 
 
 def seeded_subset(targets: CrystalSet, n: int, seed: int) -> CrystalSet:
@@ -70,6 +101,10 @@ def main() -> None:
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cosine)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="the network's arithmetic (crysgen sample --precision)")
+    p.add_argument("--relax", action="store_true",
+                   help="also score every setting's samples after a CHGNet relaxation (slow on a CPU)")
+    p.add_argument("--relax-engine", default="auto", choices=("auto", "ase", "torch"),
+                   help="relaxation engine (crysgen evaluate --relax-engine)")
     args = p.parse_args()
 
     model = AtomDiffusionModel.from_pretrained(args.model)
@@ -86,6 +121,7 @@ def main() -> None:
                          "seconds": round(time.perf_counter() - t0, 2),
                          "share_with_a_template_of_the_same_formula": float(np.sum(same)) / len(targets)}
         print(json.dumps(template_info), flush=True)
+    relax = RelaxOptions(device=args.device, engine=args.relax_engine)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
         for churn in (float(c) for c in args.churn.split(",")):
@@ -97,12 +133,18 @@ def main() -> None:
                    "rmse": res.rmse, "n_targets": res.n_targets,
                    "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
                    "scoring_seconds": res.seconds}
+            if args.relax:
+                relaxed, info = relax_samples(samples, relax)
+                rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)
+                row["relaxed"] = {"match_rate_percent": 100 * rr.match_rate, "rmse": rr.rmse,
+                                  "n_invalid_samples": rr.n_invalid_samples, "relaxation": info}
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets,
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
               "note": "one sample per target, elements given; DiffCSP matcher and validity",
-              "symmetry_templates": template_info, "precision": args.precision}
+              "symmetry_templates": template_info, "precision": args.precision,
+              "relax": asdict(relax) if args.relax else None}
     write_result(f"atom_csp_sweep_{args.dataset}{args.suffix}", result, args.device,
                  model=resolve_model_dir(args.model))
 
