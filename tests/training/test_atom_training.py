@@ -48,6 +48,19 @@ def test_train_resume_export_and_init(tiny_set, tmp_path):
     assert AtomDiffusionModel.from_pretrained(again).data["init"]["step"] == 5  # 4 behind warm + its 1
 
 
+@pytest.mark.parametrize("first", [2, 3])  # stopped at the end of a pass of 2 batches, and inside one
+def test_a_resumed_run_ends_with_the_weights_of_one_that_never_stopped(tiny_set, tmp_path, first):
+    cfg = AtomTrainConfig.from_dict(TINY)
+    straight = train_atom_diffusion(tiny_set, tmp_path / "straight", config=cfg, max_steps=5,
+                                    accelerator="cpu", progress=False)
+    train_atom_diffusion(tiny_set, tmp_path / "run", config=cfg, max_steps=first, accelerator="cpu",
+                         progress=False)
+    resumed = train_atom_diffusion(tiny_set, tmp_path / "run", resume=True, max_steps=5,
+                                   accelerator="cpu", progress=False)
+    a, b = (AtomDiffusionModel.from_pretrained(d).net.state_dict() for d in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_init_from_a_model_of_smaller_crystals_takes_the_new_data_s_sizes(tiny_set, tmp_path):
     crystals = CrystalSet.load(tiny_set)
     small = crystals.subset(np.flatnonzero(crystals.num_sites <= 5)).save(tmp_path / "small.npz")

@@ -8,7 +8,14 @@ import torch
 
 from crysgen import CrysgenError
 from crysgen.training.config import OptimConfig
-from crysgen.training.runs import adamw_with_warmup, ema_copy, ema_decay_at, lr_factor
+from crysgen.training.runs import (
+    PassShuffle,
+    adamw_with_warmup,
+    batch_loader,
+    ema_copy,
+    ema_decay_at,
+    lr_factor,
+)
 
 
 def test_warm_up_then_constant_by_default():
@@ -134,3 +141,30 @@ def test_wall_clock_stop_follows_rank_0_on_every_rank(monkeypatch, rank0_up, loc
     trainer = SimpleNamespace(should_stop=False, strategy=SimpleNamespace(broadcast=broadcast))
     stop.on_train_batch_end(trainer)
     assert asked == [local_up] and trainer.should_stop is rank0_up
+
+
+def test_pass_shuffle_takes_up_the_stream_of_batches_where_training_stands():
+    plain = PassShuffle(10, seed=3, batch_size=4, drop_last=True)  # 2 batches of 4 per pass
+    full = PassShuffle(10, seed=3, batch_size=4, drop_last=True)
+    full.follow = True
+    passes = []
+    for _ in range(3):
+        passes.append(list(full))
+        full.trained += 2
+    assert all(sorted(p) == list(range(10)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 3  # a new order every pass
+    assert [list(plain) for _ in range(3)] == passes  # on its own: the next whole pass each time
+    resumed = PassShuffle(10, seed=3, batch_size=4, drop_last=True)
+    resumed.follow, resumed.trained = True, 3  # stopped after the first batch of pass 1
+    assert list(resumed) == passes[1][4:]
+    resumed.trained = 4
+    assert list(resumed) == passes[2]
+
+
+def test_a_shuffled_batch_loader_keeps_the_global_generator_for_the_training_noise():
+    torch.manual_seed(0)
+    loader = batch_loader(torch.arange(12.0), batch_size=4, shuffle=True)
+    state = torch.get_rng_state()
+    batches = [b.tolist() for b in loader] + [b.tolist() for b in loader]
+    assert torch.equal(torch.get_rng_state(), state)  # making passes drew nothing from it
+    assert sorted(x for b in batches[:3] for x in b) == list(range(12)) and batches[:3] != batches[3:]

@@ -134,15 +134,51 @@ def _as_batch(batch: Any) -> Any:
     return batch
 
 
+class PassShuffle(torch.utils.data.Sampler[int]):
+    """Passes over ``n`` indices, each in its own order, that a resumed run can take up anywhere.
+
+    Pass q's order is a permutation drawn from a generator seeded with ``seed`` and q, so no
+    earlier draw needs replaying. A new iteration (a new epoch of the DataLoader) starts where
+    the training stands when ``follow`` is on (:class:`ResumeState` turns it on for a run on one
+    device and keeps ``trained`` up to date): at batch ``trained`` of the stream of passes
+    (``batch_size`` indices per batch, ``per_pass`` batches per pass). So the batches that are
+    trained are the same whether or not the run stopped and resumed in between, however
+    Lightning counts epochs around a resume. With ``follow`` off (the default, and under DDP,
+    where a wrapper shards each pass among the ranks) every iteration is the next whole pass.
+    """
+
+    def __init__(self, n: int, seed: int, batch_size: int, *, drop_last: bool) -> None:
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.per_pass = n // batch_size if drop_last else -(-n // batch_size)
+        self.trained = 0  # batches trained so far, by ResumeState
+        self.follow = False
+        self.passes = 0  # iterations begun
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Any:
+        q, j = divmod(self.trained, self.per_pass) if self.follow else (self.passes, 0)
+        self.passes = q + 1
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * q)
+        return iter(torch.randperm(self.n, generator=g)[j * self.batch_size:].tolist())
+
+
 def batch_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
     """A DataLoader over in-memory tensors (:class:`TensorBatches`).
 
-    A shuffled one drops the last incomplete batch when there is more than one.
+    A shuffled one draws its batches through :class:`PassShuffle`, seeded from torch's global
+    generator when the loader is made (after the run's ``seed_everything``: the same seed when a
+    run resumes), and drops the last incomplete batch when there is more than one. Each loader
+    has a generator of its own for the worker seeds the DataLoader draws at every pass, so making
+    a pass never moves the global generator that the training noise comes from.
     """
     ds = TensorBatches(*tensors)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
-                                       drop_last=shuffle and len(ds) > batch_size,
-                                       collate_fn=_as_batch)
+    drop_last = shuffle and len(ds) > batch_size
+    sampler = (PassShuffle(len(ds), int(torch.randint(2**31, ())), batch_size, drop_last=drop_last)
+               if shuffle else None)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                       collate_fn=_as_batch, generator=torch.Generator().manual_seed(0))
 
 
 def tensor_loader(crystals: CrystalSet, scaling: CrysTensScaling, batch_size: int, *,
@@ -209,6 +245,47 @@ def lr_factor(step: int, optim: Any) -> float:
     progress = min(1.0, (step + 1 - warm) / span)
     floor = optim.lr_min_ratio
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ResumeState(Callback):
+    """What a resumed run needs to go on exactly as if it had never stopped (one device).
+
+    Saved in every checkpoint: torch's random generator states (CPU and every GPU: the training
+    noise comes from them) and the number of batches trained. Restored when a run resumes,
+    after ``seed_everything`` has reset the generators to the run's start, so the resumed run
+    draws the same noise and, through the loader's :class:`PassShuffle`, the same batches.
+    Under DDP the ranks would share rank 0's saved generators, so a DDP resume is not exact.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
+        self.sampler = loader.sampler if isinstance(loader.sampler, PassShuffle) else None
+        self.batches = 0  # training batches done, over every invocation
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """On one device the sampler follows the batch count (DDP shards whole passes)."""
+        if self.sampler is not None:
+            self.sampler.follow = trainer.world_size == 1
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Count the batch; ModelCheckpoint's hook runs after this one, so its checkpoint counts it."""
+        self.batches += 1
+        if self.sampler is not None:
+            self.sampler.trained = self.batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generators' states and the batches trained, for a checkpoint."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"cpu_rng": torch.get_rng_state(), "cuda_rng": cuda, "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the generators and the batch count (a run resuming)."""
+        torch.set_rng_state(state["cpu_rng"])
+        cuda = state["cuda_rng"]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        self.batches = state["batches"]
+        if self.sampler is not None:
+            self.sampler.trained = self.batches
 
 
 class Throughput(Callback):
@@ -455,7 +532,8 @@ def fit(
         strategy=DDPStrategy(find_unused_parameters=partial_losses) if devices > 1 else "auto",
         sync_batchnorm=devices > 1 and use_gpu,  # SyncBatchNorm runs on GPUs only
         precision=precision_for(precision, use_gpu),
-        callbacks=[ckpt, speed, ExportModel(out / "model", run.fingerprint, export),
+        callbacks=[ckpt, speed, ResumeState(loader),
+                   ExportModel(out / "model", run.fingerprint, export),
                    *([WallClockStop(max_minutes)] if max_minutes else [])],
         logger=CSVLogger(out, name="logs"),  # a resumed run logs to the next version_N
         log_every_n_steps=log_every * batches_per_iteration,  # Lightning counts batches here
