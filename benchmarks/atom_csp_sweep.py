@@ -29,7 +29,7 @@ import numpy as np
 from crysgen.crystal_set import CrystalSet, reduced_formula
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.evaluation.relaxation import RelaxOptions
-from crysgen.evaluation.stability import relax_batch
+from crysgen.evaluation.suite import relax_all
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import Templates, match_templates
@@ -52,8 +52,12 @@ def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn
     return samples, seconds
 
 
-def relax_samples(samples: list[CSPSample], options: RelaxOptions) -> tuple[list[CSPSample], dict]:
+def relax_samples(samples: list[CSPSample], options: RelaxOptions,
+                  workers: int) -> tuple[list[CSPSample], dict]:
     """The samples with their structures relaxed by CHGNet, and what the relaxation did.
+
+    Relaxed as the suite relaxes (:func:`~crysgen.evaluation.suite.relax_all`: the torch engine in
+    one batched call, ASE's in ``workers`` processes).
 
     A sample without a structure stays as it is; one whose relaxation fails keeps its generated
     structure. Returns the relaxed samples and counts (converged, kept as generated), the mean
@@ -61,7 +65,7 @@ def relax_samples(samples: list[CSPSample], options: RelaxOptions) -> tuple[list
     """
     t0 = time.perf_counter()
     todo = [i for i, x in enumerate(samples) if x.structure is not None]
-    results = relax_batch([samples[i].structure for i in todo], options, progress=True)
+    results = relax_all([samples[i].structure for i in todo], options, workers, progress=True)
     out = list(samples)
     kept, rmsd = 0, []
     for i, r in zip(todo, results, strict=True):
@@ -134,7 +138,7 @@ def main() -> None:
                    "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
                    "scoring_seconds": res.seconds}
             if args.relax:
-                relaxed, info = relax_samples(samples, relax)
+                relaxed, info = relax_samples(samples, relax, args.workers)
                 rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)
                 row["relaxed"] = {"match_rate_percent": 100 * rr.match_rate, "rmse": rr.rmse,
                                   "n_invalid_samples": rr.n_invalid_samples, "relaxation": info}
