@@ -6,9 +6,10 @@ One trained model, a seeded subset of the target crystals (one sample each, the 
 and a grid of sampler settings: Heun steps and EDM churn (``s_churn``: fresh noise added before
 every step, raising σ by a factor up to √2; 0 = deterministic). Each setting is scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so the rows show what
-sampling alone buys before any retraining. With ``--relax`` each setting's samples are also relaxed
-with CHGNet (positions and cell, ``crysgen evaluate --stability``'s FIRE settings) and scored again:
-the row's ``relaxed`` entry. A sample whose relaxation fails is scored as generated (counted in
+sampling alone buys before any retraining, and each row's ``breakdown`` the match rate by the
+target's site and element counts and the targets per miss reason. With ``--relax`` each
+setting's samples are also relaxed with CHGNet (positions and cell, ``crysgen evaluate
+--stability``'s FIRE settings) and scored again: the row's ``relaxed`` entry. A sample whose relaxation fails is scored as generated (counted in
 ``relaxed.kept_as_generated``).
 
 Usage (GPU machine)::
@@ -136,12 +137,13 @@ def main() -> None:
             row = {"steps": steps, "s_churn": churn, "match_rate_percent": 100 * res.match_rate,
                    "rmse": res.rmse, "n_targets": res.n_targets,
                    "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
-                   "scoring_seconds": res.seconds}
+                   "scoring_seconds": res.seconds, "breakdown": res.breakdown()}
             if args.relax:
                 relaxed, info = relax_samples(samples, relax, args.workers)
                 rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)
                 row["relaxed"] = {"match_rate_percent": 100 * rr.match_rate, "rmse": rr.rmse,
-                                  "n_invalid_samples": rr.n_invalid_samples, "relaxation": info}
+                                  "n_invalid_samples": rr.n_invalid_samples, "relaxation": info,
+                                  "breakdown": rr.breakdown()}
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets,

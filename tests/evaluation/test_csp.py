@@ -154,6 +154,29 @@ def test_crmse_and_metre_by_hand_with_polymorphs_and_an_unmatched_target():
     assert res.metre == 1.0 and res.metre_crmse == pytest.approx(r, rel=1e-6)
 
 
+def test_the_breakdown_groups_match_rates_by_target_size_and_element_count():
+    # targets: NaCl CsCl-type (2 sites, 2 elements) x2, a 2x2x2 NaCl supercell (16 sites, 2
+    # elements), rock salt conventional (8 sites) and a three-element CsCl-type supercell (4 sites)
+    ternary = cscl_type().copy()
+    ternary.make_supercell([2, 1, 1])
+    ternary.replace(0, "K")
+    big = cscl_type().copy()
+    big.make_supercell([2, 2, 2])
+    rs = rocksalt().to_conventional()
+    tgt = targets(cscl_type(), cscl_type(), big, rs, ternary, ids=["a", "b", "big", "rs", "tern"])
+    samples = [CSPSample("1", "a", cscl_type(0.1)), CSPSample("2", "b", cscl_type(species=("K", "Cl"))),
+               CSPSample("3", "big", big.copy()), CSPSample("4", "rs", problem="failed"),
+               CSPSample("5", "tern", ternary.copy())]
+    out = score_csp(samples, tgt, validity="structural", progress=False).breakdown()
+    assert out["by_sites"] == {"1-4": {"targets": 3, "match_rate_percent": 66.67},
+                               "5-8": {"targets": 1, "match_rate_percent": 0.0},
+                               "13-16": {"targets": 1, "match_rate_percent": 100.0}}
+    assert out["by_elements"] == {"2": {"targets": 4, "match_rate_percent": 50.0},
+                                  "3": {"targets": 1, "match_rate_percent": 100.0}}
+    assert out["problems"]["matched"] == 3 and out["problems"]["no match"] == 1
+    assert sum(out["problems"].values()) == 5
+
+
 def test_worker_processes_give_the_serial_result():
     tgt = targets(*[cscl_type() for _ in range(6)], ids=[f"t{i}" for i in range(6)])
     samples = [CSPSample(f"s{i}", f"t{i}", cscl_type(0.05 * i)) for i in range(6)]

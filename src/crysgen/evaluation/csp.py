@@ -54,6 +54,16 @@ TIME_LIMIT_S = 60.0
 """Wall-clock seconds per ``get_rms_dist`` call before it counts as a miss."""
 
 
+SITE_BINS = (1, 5, 9, 13, 17)
+"""Lower edges of :meth:`CSPResult.breakdown`'s site-count groups (1-4, 5-8, ..., 17+)."""
+
+
+def _sort_key(group: Any) -> tuple[int, Any]:
+    """Numeric order for site ranges ("5-8") and element counts, text after."""
+    head = str(group).split("-")[0].rstrip("+")
+    return (0, int(head)) if head.isdigit() else (1, str(group))
+
+
 @dataclass
 class CSPSample:
     """One generated crystal and the id of the target crystal it is a prediction for.
@@ -122,6 +132,37 @@ class CSPResult:
     def summary(self) -> dict[str, Any]:
         """Every figure except the rows, JSON-ready."""
         return {k: v for k, v in self.__dict__.items() if k != "rows"}
+
+    def breakdown(self, site_bins: Sequence[int] = SITE_BINS) -> dict[str, Any]:
+        """Match rates of the targets grouped by size and chemistry, and why targets were missed.
+
+        Args:
+            site_bins: lower edges of the site-count groups (sites of the target's cell).
+
+        Returns:
+            ``by_sites`` and ``by_elements`` (distinct elements of the target): per group
+            ``{"targets": n, "match_rate_percent": p}``; ``problems``: targets per miss reason.
+        """
+        edges = sorted(site_bins)
+
+        def site_group(n: int) -> str:
+            lo = max(e for e in edges if e <= n) if n >= edges[0] else 0
+            hi = next((e - 1 for e in edges if e > n), None)
+            return f"{lo}-{hi}" if hi is not None else f"{lo}+"
+
+        def grouped(key: Callable[[dict[str, Any]], Any]) -> dict[str, dict[str, float]]:
+            groups: dict[Any, list[bool]] = defaultdict(list)
+            for r in self.rows:
+                groups[key(r)].append(bool(r["matched"]))
+            return {str(g): {"targets": len(m), "match_rate_percent": round(100 * sum(m) / len(m), 2)}
+                    for g, m in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))}
+
+        from pymatgen.core import Composition
+
+        return {"by_sites": grouped(lambda r: site_group(int(r["num_sites"]))),
+                "by_elements": grouped(lambda r: len(Composition(r["formula"]).elements)),
+                "problems": dict(Counter(str(r["problem"]) or "matched" for r in self.rows).most_common())}
+
 
 
 def load_csp_samples(path: str | Path) -> list[CSPSample]:
