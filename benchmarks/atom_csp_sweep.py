@@ -2,15 +2,15 @@
 
 Writes benchmarks/results/atom_csp_sweep_<dataset><suffix>.json.
 
-One trained model, a seeded subset of the target crystals (one sample each, the elements given),
-and a grid of sampler settings: Heun steps and EDM churn (``s_churn``: fresh noise added before
-every step, raising σ by a factor up to √2; 0 = deterministic). Each setting is scored with
+One trained model, a seeded subset of the target crystals (one sample each, the elements given), and
+a grid of sampler settings: Heun steps and EDM churn (``s_churn``: fresh noise added before every
+step, raising σ by a factor up to √2; 0 = deterministic). Each setting is scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so the rows show what
 sampling alone buys before any retraining, and each row's ``breakdown`` the match rate by the
-target's site and element counts and the targets per miss reason. With ``--relax`` each
-setting's samples are also relaxed with CHGNet (positions and cell, ``crysgen evaluate
---stability``'s FIRE settings) and scored again: the row's ``relaxed`` entry. A sample whose relaxation fails is scored as generated (counted in
-``relaxed.kept_as_generated``).
+target's site and element counts and the targets per miss reason. With ``--relax`` each setting's
+samples are also relaxed with CHGNet (positions and cell, ``crysgen evaluate --stability``'s FIRE
+settings) and scored again: the row's ``relaxed`` entry. A sample whose relaxation fails is scored
+as generated (counted in ``relaxed.kept_as_generated``).
 
 Usage (GPU machine)::
 
