@@ -3,8 +3,9 @@
 Writes benchmarks/results/atom_csp_sweep_<dataset><suffix>.json.
 
 One trained model, a seeded subset of the target crystals (one sample each, the elements given), and
-a grid of sampler settings: Heun steps and EDM churn (``s_churn``: fresh noise added before every
-step, raising σ by a factor up to √2; 0 = deterministic). Each setting is scored with
+a grid of sampler settings: Heun steps, EDM churn (``s_churn``: fresh noise added before every
+step, raising σ by a factor up to √2; 0 = deterministic) and anti-annealing (``--anneal-rho``:
+coordinate and lattice steps lengthened towards low σ; 0 = off). Each setting is scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so the rows show what
 sampling alone buys before any retraining, and each row's ``breakdown`` the match rate by the
 target's site and element counts and the targets per miss reason. With ``--relax`` each setting's
@@ -38,13 +39,14 @@ from provenance import write_result
 
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
-            batch: int, seed: int, templates: Templates | None = None,
-            precision: str = "fp32") -> tuple[list[CSPSample], float]:
+            batch: int, seed: int, templates: Templates | None = None, precision: str = "fp32",
+            anneal_rho: float = 0.0) -> tuple[list[CSPSample], float]:
     """One sample per target with the given sampler settings, and the seconds it took."""
     comps = model.compositions_from_targets(targets)
     t0 = time.perf_counter()
     res = model.generate(len(targets), steps=steps, seed=seed, device=device, batch_size=batch,
-                         compositions=comps, churn=churn, templates=templates, precision=precision)
+                         compositions=comps, churn=churn, templates=templates, precision=precision,
+                         anneal_rho=anneal_rho)
     seconds = time.perf_counter() - t0
     by_index = dict(zip(res.index.tolist(), res.crystals.to_structures(), strict=True))
     samples = [CSPSample(id=f"s{i}", target=str(t), structure=by_index.get(i),
@@ -96,6 +98,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
     p.add_argument("--steps", default="50,100,200", help="comma-separated Heun step counts")
     p.add_argument("--churn", default="0,10,30", help="comma-separated s_churn values")
+    p.add_argument("--anneal-rho", default="0", help="comma-separated anti-annealing exponents (0: off; "
+                   "`crysgen sample --anneal-rho`)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--workers", type=int, default=8)
@@ -128,24 +132,25 @@ def main() -> None:
         print(json.dumps(template_info), flush=True)
     relax = RelaxOptions(device=args.device, engine=args.relax_engine)
     rows = []
-    for steps in (int(s) for s in args.steps.split(",")):
-        for churn in (float(c) for c in args.churn.split(",")):
-            samples, seconds = predict(model, targets, steps=steps, churn=churn, device=args.device,
-                                       batch=args.batch, seed=args.seed, templates=templates,
-                                       precision=args.precision)
-            res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
-            row = {"steps": steps, "s_churn": churn, "match_rate_percent": 100 * res.match_rate,
-                   "rmse": res.rmse, "n_targets": res.n_targets,
-                   "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
-                   "scoring_seconds": res.seconds, "breakdown": res.breakdown()}
-            if args.relax:
-                relaxed, info = relax_samples(samples, relax, args.workers)
-                rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)
-                row["relaxed"] = {"match_rate_percent": 100 * rr.match_rate, "rmse": rr.rmse,
-                                  "n_invalid_samples": rr.n_invalid_samples, "relaxation": info,
-                                  "breakdown": rr.breakdown()}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    grid = [(int(s), float(c), float(a)) for s in args.steps.split(",") for c in args.churn.split(",")
+            for a in args.anneal_rho.split(",")]
+    for steps, churn, anneal in grid:
+        samples, seconds = predict(model, targets, steps=steps, churn=churn, device=args.device,
+                                   batch=args.batch, seed=args.seed, templates=templates,
+                                   precision=args.precision, anneal_rho=anneal)
+        res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
+        row = {"steps": steps, "s_churn": churn, "anneal_rho": anneal,
+               "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
+               "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
+               "scoring_seconds": res.seconds, "breakdown": res.breakdown()}
+        if args.relax:
+            relaxed, info = relax_samples(samples, relax, args.workers)
+            rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)
+            row["relaxed"] = {"match_rate_percent": 100 * rr.match_rate, "rmse": rr.rmse,
+                              "n_invalid_samples": rr.n_invalid_samples, "relaxation": info,
+                              "breakdown": rr.breakdown()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets,
               "n_targets": len(targets), "subset_seed": args.seed, "rows": rows,
               "note": "one sample per target, elements given; DiffCSP matcher and validity",

@@ -18,6 +18,7 @@ from crysgen.objectives.atom_edm import AtomEDMConfig
 from crysgen.pipelines.atoms import (
     AtomDiffusionModel,
     InBf16,
+    anneal_factors,
     crystal_noise,
     karras_sigmas,
     size_batches,
@@ -134,6 +135,7 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     (["--formula", "Fe2O3", "--num-atoms", "35"], "not a multiple"),
     (["--num-atoms", "4"], "goes with --formula"),
     (["--churn", "-1"], "--churn must be at least 0"),
+    (["--anneal-rho", "-2"], "--anneal-rho must be 0 (off) or positive"),
     (["--substitute"], "--substitute goes with --composition-prior"),
     (["--composition-prior", "absent.npz"], "--composition-prior: no such file: absent.npz"),
     (["--formula", "NaCl", "--composition-prior", "absent.npz"], "--formula and --composition-prior exclude"),
@@ -161,6 +163,37 @@ def test_churn_zero_is_the_deterministic_default_and_churn_changes_the_samples(m
     base, zero, churned = (model.sample_sets(4, steps=4, seed=3, churn=c) for c in (None, 0.0, 40.0))
     np.testing.assert_array_equal(base.frac, zero.frac)
     assert np.abs(churned.frac - base.frac).max() > 1e-3
+
+
+def test_anneal_factors_are_the_ratio_of_two_karras_schedules_steps_floored_at_one():
+    steps, lo, hi = 4, 0.002, 80.0
+
+    def levels(rho):  # Karras et al. 2022, eq. 5, by hand
+        return [(hi ** (1 / rho) + i / (steps - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+                for i in range(steps)] + [0.0]
+
+    base, alt = levels(7.0), levels(3.0)
+    want = [max(1.0, (alt[i] - alt[i + 1]) / (base[i] - base[i + 1])) for i in range(steps)]
+    got = anneal_factors(steps, lo, hi, 7.0, 3.0)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got[0] == 1.0 and got[1] > 1.5 and got[-1] == 1.0  # longer in the middle, not at the ends
+    assert anneal_factors(steps, lo, hi, 7.0, 0.0) == [1.0] * steps
+    assert anneal_factors(steps, lo, hi, 7.0, 7.0) == [1.0] * steps
+
+
+def test_anti_annealing_moves_coordinates_and_lattice_and_is_off_at_the_schedules_own_exponent(model_dir):
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    assert model.edm.anneal_rho == 0 and model.edm.rho == 7.0
+    z = np.zeros((3, model.spec.max_atoms), np.int64)
+    z[:, :2] = [11, 17]  # NaCl given: the element codes stay fixed, only geometry moves
+    off, same, on = (model.sample_sets(3, steps=4, seed=2, atomic_numbers=z, anneal_rho=a)
+                     for a in (None, 7.0, 3.0))
+    np.testing.assert_array_equal(off.frac, same.frac)
+    np.testing.assert_array_equal(off.lattice, same.lattice)
+    assert np.abs(on.frac - off.frac).max() > 1e-3 and np.abs(on.lattice - off.lattice).max() > 1e-3
+    np.testing.assert_array_equal(on.types, off.types)
+    with pytest.raises(CrysgenError, match="--anneal-rho"):
+        model.sample_sets(1, steps=2, anneal_rho=-1.0)
 
 
 def test_a_models_own_churn_is_its_default_and_is_recorded(model_dir, tmp_path):
@@ -230,8 +263,9 @@ def test_bf16_runs_the_network_in_bf16_and_auto_picks_it_on_cuda_only(model_dir,
 def test_crystens_models_refuse_atom_only_options(tmp_path):
     from crysgen.pipelines.generators import CRYSTENS_MODEL
 
-    with pytest.raises(CrysgenError, match="atom diffusion models only"):
-        sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, space_group=225), progress=False)
+    for option in ({"space_group": 225}, {"anneal_rho": 4.0}):
+        with pytest.raises(CrysgenError, match="atom diffusion models only"):
+            sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, **option), progress=False)
 
 
 def test_bundled_model_samples_real_crystals(tmp_path):

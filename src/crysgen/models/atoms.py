@@ -42,6 +42,10 @@ class AtomEDMConfig:
         sigma_max: largest σ of the sampling schedule.
         rho: Karras schedule exponent.
         s_churn: EDM stochastic churn (0 = deterministic Heun).
+        anneal_rho: the sampler's anti-annealing (0 = off): each step's coordinate and lattice
+            move is lengthened by max(1, |Δσ of a Karras schedule of exponent ``anneal_rho``| /
+            |Δσ of the sampling schedule|) at the same step index, which over-denoises the low-σ
+            end (sharper sites; Crystalite's sampler does this for CSP with exponent 4 against 7).
         cond_dropout: share of training crystals whose conditions (space group, number of
             elements) are withheld (0 given), each independently, so that a conditioned network
             learns the unconditional model too (classifier-free guidance).
@@ -58,6 +62,7 @@ class AtomEDMConfig:
     rho: float = 7.0
     s_churn: float = 0.0
     cond_dropout: float = 0.1
+    anneal_rho: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -68,6 +73,8 @@ class AtomEDMConfig:
                 raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
+        if not self.anneal_rho >= 0:
+            raise CrysgenError(f"anneal_rho must be 0 (off) or positive, got {self.anneal_rho}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

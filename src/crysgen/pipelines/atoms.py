@@ -96,7 +96,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         """Steps, space group, guidance, churn, the element-count limit and symmetry templates.
 
         The churn is resolved: ``options.churn``, else the model's own ``edm.s_churn`` (what a
-        bundled model sets as its sampler default), and so is the precision ("auto": bf16 on
+        bundled model sets as its sampler default), and so are the anti-annealing exponent
+        (``edm.anneal_rho``) and the precision ("auto": bf16 on
         CUDA, fp32 on a CPU), so the returned settings say what ran.
         With ``options.symmetry_prior``, ``templates`` holds every sample's template
         (:meth:`symmetry_templates`).
@@ -118,8 +119,10 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         precision = options.precision
         if precision == "auto":
             precision = "bf16" if device.startswith("cuda") else "fp32"
+        anneal = self.edm.anneal_rho if options.anneal_rho is None else float(options.anneal_rho)
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
+                "anneal_rho": anneal,
                 "limit_element_count": options.limit_element_count, "templates": templates,
                 "precision": precision}
 
@@ -206,7 +209,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
     def sample_sets(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
-                    guidance: float = 1.0, churn: float | None = None,
+                    guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
                     templates: Templates | None = None, precision: str = "fp32") -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
@@ -232,6 +235,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 conditional denoiser alone (one network evaluation).
             churn: EDM's S_churn (fresh noise before every step, σ raised by up to √2; 0:
                 deterministic); None: the model's own setting.
+            anneal_rho: anti-annealing: the coordinates' and the lattice's steps lengthened as
+                :func:`anneal_factors` says (0: off); None: the model's own ``edm.anneal_rho``.
             templates: per sample a symmetry to keep (:mod:`crysgen.pipelines.symmetry`): every
                 denoised estimate is projected onto it, a de novo sample takes its number of
                 sites, and a ``net.space_groups`` model is conditioned on its space group (with
@@ -249,7 +254,10 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         self.check_space_group(space_group)
         if churn is not None and not churn >= 0:
             raise CrysgenError(f"--churn must be at least 0, got {churn}")
+        if anneal_rho is not None and not anneal_rho >= 0:
+            raise CrysgenError(f"--anneal-rho must be 0 (off) or positive, got {anneal_rho}")
         edm = self.edm if churn is None else replace(self.edm, s_churn=float(churn))
+        edm = edm if anneal_rho is None else replace(edm, anneal_rho=float(anneal_rho))
         s = self.spec.max_atoms
         seeds = [int(v) for v in np.atleast_1d(seed)]
         count_elements = self.net.cfg.num_elements
@@ -319,12 +327,14 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  batch_size: int = 256, ids: list[str] | None = None,
                  compositions: Compositions | None = None, offset: int = 0,
                  on_batch: Callable[[int], None] | None = None, space_group: int | None = None,
-                 guidance: float = 1.0, churn: float | None = None, limit_element_count: bool = False,
-                 templates: Templates | None = None, precision: str = "fp32", **_: Any) -> DecodeResult:
+                 guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
+                 limit_element_count: bool = False, templates: Templates | None = None,
+                 precision: str = "fp32", **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
-        ``space_group``, ``guidance``, ``churn`` and ``precision``: see :meth:`sample_sets`;
+        ``space_group``, ``guidance``, ``churn``, ``anneal_rho`` and ``precision``: see
+        :meth:`sample_sets`;
         ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
         ``--symmetry-prior``) too. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
@@ -341,7 +351,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                                         templates.sources[offset:offset + n])
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
-                                guidance=guidance, churn=churn, templates=rows, precision=precision)
+                                guidance=guidance, churn=churn, anneal_rho=anneal_rho, templates=rows,
+                                precision=precision)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None)
         return as_decode_result(res, n)
@@ -428,6 +439,34 @@ def size_batches(width: np.ndarray, batch_size: int, *, slack: float = 1.25) -> 
     return batches
 
 
+def anneal_factors(steps: int, sigma_min: float, sigma_max: float, rho: float,
+                   anneal_rho: float) -> list[float]:
+    """Per sampler step, how much longer the coordinates' and the lattice's move is (anti-annealing).
+
+    Step i's factor is max(1, |Δσ_i of a Karras schedule of exponent ``anneal_rho``| / |Δσ_i of
+    the sampling schedule of exponent ``rho``|), both over the same ``steps`` levels from
+    ``sigma_max`` to ``sigma_min`` (the last step, to σ = 0, spans σ_min in both: factor 1).
+    With ``anneal_rho`` < ``rho`` the factors grow towards low σ, so the sampler moves sites
+    further towards the denoised estimate than the schedule asks: over-denoising, like sampling
+    at a lower temperature.
+
+    Args:
+        steps: sampler steps.
+        sigma_min: smallest σ.
+        sigma_max: largest σ.
+        rho: the sampling schedule's exponent.
+        anneal_rho: the exponent of the schedule whose steps set the length; 0: off (all 1).
+
+    Returns:
+        ``steps`` factors, each at least 1.
+    """
+    if anneal_rho <= 0:
+        return [1.0] * steps
+    base = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    alt = karras_sigmas(steps, sigma_min, sigma_max, anneal_rho)
+    return [max(1.0, abs(alt[i + 1] - alt[i]) / abs(base[i + 1] - base[i])) for i in range(steps)]
+
+
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> list[float]:
     """EDM's σ levels (Karras et al. 2022, eq. 5), from σ_max down to σ_min, then 0: ``steps + 1`` values.
 
@@ -510,6 +549,7 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
         dt = (x.types - den.types) / sigma if given is None else torch.zeros_like(x.types)
         return Parts(dt * m, -(den.frac - x.frac) / sigma * m, (x.lattice - den.lattice) / sigma)
 
+    longer = anneal_factors(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.anneal_rho)
     for i in range(steps):
         sig, nxt = sigmas[i], sigmas[i + 1]
         if gamma_max > 0 and churn_noise is not None:  # raise σ a little by adding fresh noise
@@ -524,13 +564,14 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             sig = hat
         d1 = d_of(x, sig)
         step = nxt - sig
-        x1 = Parts(x.types + step * d1.types, wrap(x.frac + step * d1.frac) * m,
-                   x.lattice + step * d1.lattice)
+        far = step * longer[i]  # the coordinates' and the lattice's step (anti-annealing)
+        x1 = Parts(x.types + step * d1.types, wrap(x.frac + far * d1.frac) * m,
+                   x.lattice + far * d1.lattice)
         if nxt > 0:
             d2 = d_of(x1, nxt)
             x1 = Parts(x.types + step * (d1.types + d2.types) / 2,
-                       wrap(x.frac + step * (d1.frac + d2.frac) / 2) * m,
-                       x.lattice + step * (d1.lattice + d2.lattice) / 2)
+                       wrap(x.frac + far * (d1.frac + d2.frac) / 2) * m,
+                       x.lattice + far * (d1.lattice + d2.lattice) / 2)
         x = x1
     if symmetry is not None:
         x = project(x, symmetry, mask, consts, types=given is None)

@@ -52,9 +52,10 @@ class SampleOptions:
     CrystalSet of target crystals, ``per_target`` samples each, ``n`` = their product) fix the
     elements of every sample: models with composition control (atom diffusion, single-stage
     CrysTens diffusion; :mod:`crysgen.pipelines.compositions`). ``space_group`` (1-230) with
-    classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn (None: the
-    model's); ``limit_element_count`` snaps each de novo sample of an element-count model to at
-    most the count it was conditioned on (default: every site on its own): atom diffusion models only
+    classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn and
+    ``anneal_rho`` the sampler's anti-annealing exponent (0: off; None for either: the model's);
+    ``limit_element_count`` snaps each de novo sample of an element-count model to at most the
+    count it was conditioned on (default: every site on its own): atom diffusion models only
     (:mod:`crysgen.pipelines.atoms`). ``composition_prior`` (a CrystalSet) gives each of the ``n``
     samples the composition of a crystal drawn from it, changed by one ion substitution with
     ``substitute`` (composition first, then structure; models with composition control).
@@ -86,6 +87,7 @@ class SampleOptions:
     space_group: int | None = None
     guidance: float = 1.0
     churn: float | None = None
+    anneal_rho: float | None = None
     limit_element_count: bool = False
     composition_prior: str | None = None
     substitute: bool = False
@@ -101,6 +103,8 @@ class SampleOptions:
             raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
         if self.churn is not None and not self.churn >= 0:
             raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
+        if self.anneal_rho is not None and not self.anneal_rho >= 0:
+            raise CrysgenError(f"--anneal-rho must be 0 (off) or positive, got {self.anneal_rho}")
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -232,10 +236,11 @@ def refuse_voxel_options(options: SampleOptions) -> None:
 
 def refuse_atom_options(options: SampleOptions) -> None:
     """Refuse the options only an atom diffusion model takes (CrysgenError)."""
-    if (options.space_group is not None or options.churn is not None or options.limit_element_count
-            or options.symmetry_prior is not None or options.precision != "auto"):
-        raise CrysgenError("--space-group, --churn, --limit-element-count, --symmetry-prior and --precision "
-                           "apply to atom diffusion models only")
+    if (options.space_group is not None or options.churn is not None or options.anneal_rho is not None
+            or options.limit_element_count or options.symmetry_prior is not None
+            or options.precision != "auto"):
+        raise CrysgenError("--space-group, --churn, --anneal-rho, --limit-element-count, --symmetry-prior "
+                           "and --precision apply to atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:
