@@ -631,11 +631,12 @@ def atom_table() -> list[str]:
     if sweeps:
         lines += ["", "**Sampler settings and continuations vs CSP** (`benchmarks/atom_csp_sweep.py`; "
                   "1,000 seeded test targets of the dataset (the same ones in every file), one sample "
-                  "each; `crysgen sample --churn`; model = the folder in this tree that holds the "
+                  "each; `crysgen sample --churn`, `--anneal-rho` (anti-annealing; – = off); "
+                  "model = the folder in this tree that holds the "
                   "scored weights (by SHA-256), else the folder and commit in git history that held "
                   "them, else where they were scored)", "",
                   "| file | commit | model | steps trained | symmetry templates | network | Heun steps | "
-                  "S_churn | match rate | RMSE | invalid samples |", "|---" * 11 + "|"]
+                  "S_churn | anti-annealing | match rate | RMSE | invalid samples |", "|---" * 12 + "|"]
         kept = replaced_models() | committed_models()
         for path in sweeps:
             d = json.loads(path.read_text())
@@ -647,7 +648,7 @@ def atom_table() -> list[str]:
             lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
                       f"{d['commit'][:7]} | `{where}` | {trained} | {templates} | "
                       f"{d.get('precision', 'fp32')} | {r['steps']} | "
-                      f"{r['s_churn']:g} | "
+                      f"{r['s_churn']:g} | {_anneal(r)} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
                       for r in d["rows"]]
     ranks = sorted(res.glob("csp_rank_*.json"))
@@ -819,8 +820,8 @@ def default_model_block() -> list[str]:
         lines += ["", "Crystal structure prediction (one sample per test composition, DiffCSP's matcher; "
                   "each file's best sampler setting; templates: `--symmetry-prior`, the training crystal "
                   "that fits each composition best):", "",
-                  "| file | targets | templates | precision | match rate | RMSE | Heun steps | S_churn |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| file | targets | templates | precision | match rate | RMSE | Heun steps | S_churn | "
+                  "anti-annealing |", "|---|---|---|---|---|---|---|---|---|"]
         for path in sweeps:
             d = json.loads(path.read_text())
             best = max(d["rows"], key=lambda r: r["match_rate_percent"])
@@ -828,8 +829,13 @@ def default_model_block() -> list[str]:
                          f"{'yes' if d.get('symmetry_templates') else 'no'} | "
                          f"{d.get('precision') or 'not recorded'} | {best['match_rate_percent']:.1f} % | "
                          f"{best['rmse']:.4f} | {best['steps']} | "
-                         f"{best['s_churn']:g} |")
+                         f"{best['s_churn']:g} | {_anneal(best)} |")
     return [DEFAULT_START, *lines, DEFAULT_END]
+
+
+def _anneal(row: dict) -> str:
+    """A CSP sweep row's anti-annealing exponent, or – (off, or a file from before the option)."""
+    return f"ρ {row['anneal_rho']:g}" if row.get("anneal_rho") else "–"
 
 
 def side_by_side_table() -> list[str]:
