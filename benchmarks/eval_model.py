@@ -95,7 +95,8 @@ def main() -> None:
         sample_options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler,
                                        composition_prior=train_or(args.composition_prior),
                                        substitute=args.substitute, churn=args.churn,
-                                       anneal_rho=args.anneal_rho, symmetry_prior=train_or(args.symmetry_prior))
+                                       anneal_rho=args.anneal_rho,
+                                       symmetry_prior=train_or(args.symmetry_prior))
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}
