@@ -74,6 +74,8 @@ def main() -> None:
     p.add_argument("--anneal-rho", type=float, default=None,
                    help="anti-annealing exponent of an atom model's new samples (`crysgen sample "
                         "--anneal-rho`; 0: off; default: the model's)")
+    p.add_argument("--anneal-rho-lattice", type=float, default=None,
+                   help="the lattice's own anti-annealing exponent (`crysgen sample --anneal-rho-lattice`)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cpu)")
     p.add_argument("--progress", action="store_true", help="progress bars (stderr) for every family")
     args = p.parse_args()
@@ -95,7 +97,7 @@ def main() -> None:
         sample_options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler,
                                        composition_prior=train_or(args.composition_prior),
                                        substitute=args.substitute, churn=args.churn,
-                                       anneal_rho=args.anneal_rho,
+                                       anneal_rho=args.anneal_rho, anneal_rho_lattice=args.anneal_rho_lattice,
                                        symmetry_prior=train_or(args.symmetry_prior))
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,

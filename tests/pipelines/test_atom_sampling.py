@@ -192,8 +192,16 @@ def test_anti_annealing_moves_coordinates_and_lattice_and_is_off_at_the_schedule
     np.testing.assert_array_equal(off.lattice, same.lattice)
     assert np.abs(on.frac - off.frac).max() > 1e-3 and np.abs(on.lattice - off.lattice).max() > 1e-3
     np.testing.assert_array_equal(on.types, off.types)
+    # the lattice's own exponent: off for the lattice, on for the coordinates
+    coords_only, lattice_only = (model.sample_sets(3, steps=4, seed=2, atomic_numbers=z, anneal_rho=a,
+                                                   anneal_rho_lattice=b) for a, b in ((3.0, 0.0), (0.0, 3.0)))
+    assert np.abs(coords_only.frac - off.frac).max() > 1e-3
+    assert np.abs(lattice_only.lattice - off.lattice).max() > 1e-3
+    assert not np.allclose(coords_only.lattice, on.lattice) and not np.allclose(lattice_only.frac, on.frac)
     with pytest.raises(CrysgenError, match="--anneal-rho"):
         model.sample_sets(1, steps=2, anneal_rho=-1.0)
+    with pytest.raises(CrysgenError, match="--anneal-rho-lattice"):
+        model.sample_sets(1, steps=2, anneal_rho_lattice=-1.0)
 
 
 def test_a_models_own_churn_is_its_default_and_is_recorded(model_dir, tmp_path):

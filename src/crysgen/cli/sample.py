@@ -75,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom diffusion: anti-annealing, each step's coordinate and lattice move "
                         "lengthened to that of a Karras schedule of this exponent where longer (e.g. 4 "
                         "against the schedule's 7: sharper sites; 0: off; default: the model's setting)")
+    p.add_argument("--anneal-rho-lattice", type=float, default=None,
+                   help="atom diffusion: the lattice's own anti-annealing exponent (0: off, e.g. with "
+                        "--anneal-rho 4 for sharper sites at the trained densities; default: the model's "
+                        "setting, else --anneal-rho)")
     p.add_argument("--precision", choices=PRECISIONS, default=D.precision,
                    help="atom diffusion: the network's arithmetic (%(default)s: bf16 on cuda, as it was "
                         "trained, fp32 on cpu)")
@@ -127,7 +131,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             formula=args.formula, num_atoms=args.num_atoms,
                             compositions=args.compositions, per_target=args.per_target,
                             space_group=args.space_group, guidance=args.guidance, churn=args.churn,
-                            anneal_rho=args.anneal_rho,
+                            anneal_rho=args.anneal_rho, anneal_rho_lattice=args.anneal_rho_lattice,
                             limit_element_count=args.limit_element_count,
                             composition_prior=args.composition_prior, substitute=args.substitute,
                             symmetry_prior=args.symmetry_prior, precision=args.precision)

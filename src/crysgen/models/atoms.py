@@ -46,6 +46,7 @@ class AtomEDMConfig:
             move is lengthened by max(1, |Δσ of a Karras schedule of exponent ``anneal_rho``| /
             |Δσ of the sampling schedule|) at the same step index, which over-denoises the low-σ
             end (sharper sites; Crystalite's sampler does this for CSP with exponent 4 against 7).
+        anneal_rho_lattice: the lattice's own anti-annealing exponent (0 = off); None: ``anneal_rho``.
         cond_dropout: share of training crystals whose conditions (space group, number of
             elements) are withheld (0 given), each independently, so that a conditioned network
             learns the unconditional model too (classifier-free guidance).
@@ -63,6 +64,7 @@ class AtomEDMConfig:
     s_churn: float = 0.0
     cond_dropout: float = 0.1
     anneal_rho: float = 0.0
+    anneal_rho_lattice: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -73,8 +75,10 @@ class AtomEDMConfig:
                 raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
-        if not self.anneal_rho >= 0:
-            raise CrysgenError(f"anneal_rho must be 0 (off) or positive, got {self.anneal_rho}")
+        for name in ("anneal_rho", "anneal_rho_lattice"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise CrysgenError(f"{name} must be 0 (off) or positive, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -120,9 +120,11 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         if precision == "auto":
             precision = "bf16" if device.startswith("cuda") else "fp32"
         anneal = self.edm.anneal_rho if options.anneal_rho is None else float(options.anneal_rho)
+        anneal_l = (self.edm.anneal_rho_lattice if options.anneal_rho_lattice is None
+                    else float(options.anneal_rho_lattice))
         return {"steps": options.steps, "space_group": options.space_group, "guidance": options.guidance,
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
-                "anneal_rho": anneal,
+                "anneal_rho": anneal, "anneal_rho_lattice": anneal_l,
                 "limit_element_count": options.limit_element_count, "templates": templates,
                 "precision": precision}
 
@@ -210,7 +212,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                     batch_size: int = 256, atomic_numbers: np.ndarray | None = None,
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
                     guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
-                    templates: Templates | None = None, precision: str = "fp32") -> AtomSets:
+                    anneal_rho_lattice: float | None = None, templates: Templates | None = None,
+                    precision: str = "fp32") -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -237,6 +240,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 deterministic); None: the model's own setting.
             anneal_rho: anti-annealing: the coordinates' and the lattice's steps lengthened as
                 :func:`anneal_factors` says (0: off); None: the model's own ``edm.anneal_rho``.
+            anneal_rho_lattice: the lattice's own exponent; None: the model's
+                ``edm.anneal_rho_lattice`` (None there: the coordinates' exponent).
             templates: per sample a symmetry to keep (:mod:`crysgen.pipelines.symmetry`): every
                 denoised estimate is projected onto it, a de novo sample takes its number of
                 sites, and a ``net.space_groups`` model is conditioned on its space group (with
@@ -254,10 +259,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         self.check_space_group(space_group)
         if churn is not None and not churn >= 0:
             raise CrysgenError(f"--churn must be at least 0, got {churn}")
-        if anneal_rho is not None and not anneal_rho >= 0:
-            raise CrysgenError(f"--anneal-rho must be 0 (off) or positive, got {anneal_rho}")
+        for name, value in (("--anneal-rho", anneal_rho), ("--anneal-rho-lattice", anneal_rho_lattice)):
+            if value is not None and not value >= 0:
+                raise CrysgenError(f"{name} must be 0 (off) or positive, got {value}")
         edm = self.edm if churn is None else replace(self.edm, s_churn=float(churn))
         edm = edm if anneal_rho is None else replace(edm, anneal_rho=float(anneal_rho))
+        if anneal_rho_lattice is not None:
+            edm = replace(edm, anneal_rho_lattice=float(anneal_rho_lattice))
         s = self.spec.max_atoms
         seeds = [int(v) for v in np.atleast_1d(seed)]
         count_elements = self.net.cfg.num_elements
@@ -328,12 +336,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  compositions: Compositions | None = None, offset: int = 0,
                  on_batch: Callable[[int], None] | None = None, space_group: int | None = None,
                  guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
+                 anneal_rho_lattice: float | None = None,
                  limit_element_count: bool = False, templates: Templates | None = None,
                  precision: str = "fp32", **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
-        ``space_group``, ``guidance``, ``churn``, ``anneal_rho`` and ``precision``: see
+        ``space_group``, ``guidance``, ``churn``, ``anneal_rho(_lattice)`` and ``precision``: see
         :meth:`sample_sets`;
         ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
         ``--symmetry-prior``) too. Every site snaps to
@@ -351,8 +360,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                                         templates.sources[offset:offset + n])
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
-                                guidance=guidance, churn=churn, anneal_rho=anneal_rho, templates=rows,
-                                precision=precision)
+                                guidance=guidance, churn=churn, anneal_rho=anneal_rho,
+                                anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None)
         return as_decode_result(res, n)
@@ -550,6 +559,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
         return Parts(dt * m, -(den.frac - x.frac) / sigma * m, (x.lattice - den.lattice) / sigma)
 
     longer = anneal_factors(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.anneal_rho)
+    lattice_rho = cfg.anneal_rho if cfg.anneal_rho_lattice is None else cfg.anneal_rho_lattice
+    longer_l = anneal_factors(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, lattice_rho)
     for i in range(steps):
         sig, nxt = sigmas[i], sigmas[i + 1]
         if gamma_max > 0 and churn_noise is not None:  # raise σ a little by adding fresh noise
@@ -564,14 +575,14 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             sig = hat
         d1 = d_of(x, sig)
         step = nxt - sig
-        far = step * longer[i]  # the coordinates' and the lattice's step (anti-annealing)
+        far, far_l = step * longer[i], step * longer_l[i]  # the coordinates' and the lattice's steps
         x1 = Parts(x.types + step * d1.types, wrap(x.frac + far * d1.frac) * m,
-                   x.lattice + far * d1.lattice)
+                   x.lattice + far_l * d1.lattice)
         if nxt > 0:
             d2 = d_of(x1, nxt)
             x1 = Parts(x.types + step * (d1.types + d2.types) / 2,
                        wrap(x.frac + far * (d1.frac + d2.frac) / 2) * m,
-                       x.lattice + far * (d1.lattice + d2.lattice) / 2)
+                       x.lattice + far_l * (d1.lattice + d2.lattice) / 2)
         x = x1
     if symmetry is not None:
         x = project(x, symmetry, mask, consts, types=given is None)

@@ -53,7 +53,8 @@ class SampleOptions:
     elements of every sample: models with composition control (atom diffusion, single-stage
     CrysTens diffusion; :mod:`crysgen.pipelines.compositions`). ``space_group`` (1-230) with
     classifier-free ``guidance`` asks for a space group; ``churn`` is EDM's S_churn and
-    ``anneal_rho`` the sampler's anti-annealing exponent (0: off; None for either: the model's);
+    ``anneal_rho`` the sampler's anti-annealing exponent (``anneal_rho_lattice``: the lattice's
+    own; 0: off; None for any: the model's);
     ``limit_element_count`` snaps each de novo sample of an element-count model to at most the
     count it was conditioned on (default: every site on its own): atom diffusion models only
     (:mod:`crysgen.pipelines.atoms`). ``composition_prior`` (a CrystalSet) gives each of the ``n``
@@ -88,6 +89,7 @@ class SampleOptions:
     guidance: float = 1.0
     churn: float | None = None
     anneal_rho: float | None = None
+    anneal_rho_lattice: float | None = None
     limit_element_count: bool = False
     composition_prior: str | None = None
     substitute: bool = False
@@ -103,8 +105,10 @@ class SampleOptions:
             raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
         if self.churn is not None and not self.churn >= 0:
             raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
-        if self.anneal_rho is not None and not self.anneal_rho >= 0:
-            raise CrysgenError(f"--anneal-rho must be 0 (off) or positive, got {self.anneal_rho}")
+        for name, value in (("--anneal-rho", self.anneal_rho),
+                            ("--anneal-rho-lattice", self.anneal_rho_lattice)):
+            if value is not None and not value >= 0:
+                raise CrysgenError(f"{name} must be 0 (off) or positive, got {value}")
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -237,10 +241,11 @@ def refuse_voxel_options(options: SampleOptions) -> None:
 def refuse_atom_options(options: SampleOptions) -> None:
     """Refuse the options only an atom diffusion model takes (CrysgenError)."""
     if (options.space_group is not None or options.churn is not None or options.anneal_rho is not None
+            or options.anneal_rho_lattice is not None
             or options.limit_element_count or options.symmetry_prior is not None
             or options.precision != "auto"):
-        raise CrysgenError("--space-group, --churn, --anneal-rho, --limit-element-count, --symmetry-prior "
-                           "and --precision apply to atom diffusion models only")
+        raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
+                           "--symmetry-prior and --precision apply to atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:
