@@ -40,13 +40,14 @@ from provenance import write_result
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
             batch: int, seed: int, templates: Templates | None = None, precision: str = "fp32",
-            anneal_rho: float = 0.0) -> tuple[list[CSPSample], float]:
+            anneal_rho: float = 0.0,
+            anneal_rho_lattice: float | None = None) -> tuple[list[CSPSample], float]:
     """One sample per target with the given sampler settings, and the seconds it took."""
     comps = model.compositions_from_targets(targets)
     t0 = time.perf_counter()
     res = model.generate(len(targets), steps=steps, seed=seed, device=device, batch_size=batch,
                          compositions=comps, churn=churn, templates=templates, precision=precision,
-                         anneal_rho=anneal_rho)
+                         anneal_rho=anneal_rho, anneal_rho_lattice=anneal_rho_lattice)
     seconds = time.perf_counter() - t0
     by_index = dict(zip(res.index.tolist(), res.crystals.to_structures(), strict=True))
     samples = [CSPSample(id=f"s{i}", target=str(t), structure=by_index.get(i),
@@ -100,6 +101,9 @@ def main() -> None:
     p.add_argument("--churn", default="0,10,30", help="comma-separated s_churn values")
     p.add_argument("--anneal-rho", default="0", help="comma-separated anti-annealing exponents (0: off; "
                    "`crysgen sample --anneal-rho`)")
+    p.add_argument("--anneal-rho-lattice", type=float, default=None,
+                   help="the lattice's own anti-annealing exponent in every row (default: the "
+                        "row's --anneal-rho)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--workers", type=int, default=8)
@@ -137,9 +141,11 @@ def main() -> None:
     for steps, churn, anneal in grid:
         samples, seconds = predict(model, targets, steps=steps, churn=churn, device=args.device,
                                    batch=args.batch, seed=args.seed, templates=templates,
-                                   precision=args.precision, anneal_rho=anneal)
+                                   precision=args.precision, anneal_rho=anneal,
+                                   anneal_rho_lattice=args.anneal_rho_lattice)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
         row = {"steps": steps, "s_churn": churn, "anneal_rho": anneal,
+               "anneal_rho_lattice": args.anneal_rho_lattice,
                "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
                "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
                "scoring_seconds": res.seconds, "breakdown": res.breakdown()}
