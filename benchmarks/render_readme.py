@@ -781,12 +781,16 @@ def default_model_block() -> list[str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
         options = d.get("options", {})
-        churn = options.get("churn")  # else the model's default that ran (files since it was recorded)
-        churn = churn if churn is not None else ((d.get("sampling") or {}).get("sampler") or {}).get("churn")
+        ran = (d.get("sampling") or {}).get("sampler") or {}  # what ran (files since it was recorded)
+        churn = options.get("churn")  # else the model's default that ran
+        churn = churn if churn is not None else ran.get("churn")
+        anneal, lattice = ran.get("anneal_rho"), ran.get("anneal_rho_lattice")
         flags = (" --composition-prior" if options.get("composition_prior") else "") \
             + (" --substitute" if options.get("substitute") else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
-            + (f" --churn {churn:g}" if churn else "")
+            + (f" --churn {churn:g}" if churn else "") \
+            + (f" --anneal-rho {anneal:g}" if anneal else "") \
+            + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
         if options.get("composition_prior"):
             what = "composition first" + (", one ion substituted" if options.get("substitute") else "")
             what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
@@ -834,8 +838,15 @@ def default_model_block() -> list[str]:
 
 
 def _anneal(row: dict) -> str:
-    """A CSP sweep row's anti-annealing exponent, or – (off, or a file from before the option)."""
-    return f"ρ {row['anneal_rho']:g}" if row.get("anneal_rho") else "–"
+    """A CSP sweep row's anti-annealing exponents (the lattice's where it has its own), or – (off,
+    or a file from before the option)."""
+    def text(rho: float | None) -> str:
+        return f"ρ {rho:g}" if rho else "off"
+
+    coords, lattice = row.get("anneal_rho"), row.get("anneal_rho_lattice")
+    if lattice is None or lattice == coords:
+        return text(coords) if coords else "–"
+    return f"coordinates {text(coords)}, lattice {text(lattice)}"
 
 
 def side_by_side_table() -> list[str]:

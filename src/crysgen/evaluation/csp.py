@@ -164,7 +164,6 @@ class CSPResult:
                 "problems": dict(Counter(str(r["problem"]) or "matched" for r in self.rows).most_common())}
 
 
-
 def load_csp_samples(path: str | Path) -> list[CSPSample]:
     """Generated crystals that name their targets.
 
