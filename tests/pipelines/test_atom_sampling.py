@@ -290,6 +290,16 @@ def test_bundled_model_samples_real_crystals(tmp_path):
     assert valid >= 12 and elements <= 4, (valid, elements)
 
 
+def test_bundled_model_anti_anneals_its_coordinates_not_its_lattice_by_default():
+    """Its config.json sets the sampler default that benchmarks/results/*anneal4c* measured."""
+    from crysgen.pipelines.generators import load_generator
+
+    bundled = load_generator(DEFAULT_MODEL)
+    kw = bundled.prepare(SampleOptions(n=2))
+    assert (kw["anneal_rho"], kw["anneal_rho_lattice"]) == (4.0, 0.0)
+    assert bundled.prepare(SampleOptions(n=2, anneal_rho=0.0))["anneal_rho"] == 0.0
+
+
 def test_summary_counts_structurally_valid_crystals(model_dir, tmp_path):
     summary = sample_to_dir(model_dir, tmp_path / "s", SampleOptions(n=12, steps=4, seed=2), progress=False)
     by_cif = {c.id: structurally_valid(c.structure) for c in load_inputs(tmp_path / "s")
