@@ -13,7 +13,8 @@
 # calls `bash benchmarks/device_tree.sh restore`; `bash benchmarks/device_tree.sh snap` makes .snap.
 #   bash benchmarks/gpu_atoms.sh launch MINUTES WAIT   # install, start training, watch WAIT s
 #   bash benchmarks/gpu_atoms.sh watch WAIT            # watch until training ends or WAIT s
-#   TAGS="a b" bash benchmarks/gpu_atoms.sh status    # progress of runs a and b, nothing packed
+#   TAGS="a b" bash benchmarks/gpu_atoms.sh status    # progress of runs a and b, nothing packed (PACK=1:
+#                                                      # each one's last checkpoint's model and records)
 #   bash benchmarks/gpu_atoms.sh throughput            # steps/s by compile mode and batch size
 #   PAIR="a:CFG_A b:CFG_B" bash benchmarks/gpu_atoms.sh pair MINUTES WAIT   # two runs, GPUs 0 and 1
 #   PAIR=... bash benchmarks/gpu_atoms.sh pair-eval    # both evaluated at once
@@ -112,7 +113,9 @@ launch)
 watch) watch $2 ;;
 status)  # each TAG's progress (TAGS="a b"), nothing packed: runs side by side whose models would
   # not fit one call's 64 MiB together are packed one call at a time with `watch 1`
-  for t in ${TAGS:-$G}; do echo "== $t"; RUN=atoms_$t progress; done ;;
+  # PACK=1 packs each run's latest exported model (written at every checkpoint) and records as well,
+  # so that a machine lost between calls leaves the run's last checkpoint behind (~23 MB a run)
+  for t in ${TAGS:-$G}; do echo "== $t"; RUN=atoms_$t progress; [ -n "${PACK:-}" ] && RUN=atoms_$t pack; done ;;
 pair)  # two launches side by side, one per GPU: PAIR="TAG:CONFIG TAG:CONFIG" (INIT, STEPS shared)
   install; i=0
   for p in $PAIR; do
