@@ -137,3 +137,13 @@ def test_permuted_axes_give_the_same_crystal_or_its_mirror_image():
     many[:, 0] = torch.tensor([0.1, 0.2, 0.3])
     seen = {tuple(r) for r in permute_axes(many, torch.zeros(600, 6), consts)[0][:, 0].tolist()}
     assert len({tuple(round(x, 3) for x in r) for r in seen}) == 6
+
+
+@pytest.mark.parametrize("field", ["s_churn", "anneal_rho", "anneal_rho_lattice"])
+def test_config_refuses_negative_or_nan_sampler_settings(field):
+    from crysgen import CrysgenError
+
+    AtomEDMConfig(**{field: 0.0})  # 0 is off, and allowed
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(CrysgenError, match=f"edm.{field} must be 0"):
+            AtomEDMConfig(**{field: bad})

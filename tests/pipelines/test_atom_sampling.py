@@ -134,7 +134,7 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     (["--formula", "Fe2O3", "--num-atoms", "7"], "not a multiple"),
     (["--formula", "Fe2O3", "--num-atoms", "35"], "not a multiple"),
     (["--num-atoms", "4"], "goes with --formula"),
-    (["--churn", "-1"], "--churn must be at least 0"),
+    (["--churn", "-1"], "--churn must be 0"),
     (["--anneal-rho", "-2"], "--anneal-rho must be 0 (off) or positive"),
     (["--substitute"], "--substitute goes with --composition-prior"),
     (["--composition-prior", "absent.npz"], "--composition-prior: no such file: absent.npz"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from crysgen.errors import CrysgenError
+from crysgen.errors import CrysgenError, require_non_negative
 from crysgen.models.atom_transformer import AtomTransformer
 from crysgen.models.saved import ModelContents, SavedModel
 from crysgen.representations.atoms import AtomSetSpec
@@ -75,10 +75,8 @@ class AtomEDMConfig:
                 raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
-        for name in ("anneal_rho", "anneal_rho_lattice"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise CrysgenError(f"{name} must be 0 (off) or positive, got {value}")
+        require_non_negative({"edm.s_churn": self.s_churn, "edm.anneal_rho": self.anneal_rho,
+                              "edm.anneal_rho_lattice": self.anneal_rho_lattice})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

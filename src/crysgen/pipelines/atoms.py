@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from crysgen.crystal_set import CrystalSet
-from crysgen.errors import CrysgenError
+from crysgen.errors import CrysgenError, require_non_negative
 from crysgen.models.atoms import AtomDiffusionBundle
 from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
@@ -257,11 +257,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         from tqdm.auto import tqdm
 
         self.check_space_group(space_group)
-        if churn is not None and not churn >= 0:
-            raise CrysgenError(f"--churn must be at least 0, got {churn}")
-        for name, value in (("--anneal-rho", anneal_rho), ("--anneal-rho-lattice", anneal_rho_lattice)):
-            if value is not None and not value >= 0:
-                raise CrysgenError(f"{name} must be 0 (off) or positive, got {value}")
+        require_non_negative({"--churn": churn, "--anneal-rho": anneal_rho,
+                              "--anneal-rho-lattice": anneal_rho_lattice})
         edm = self.edm if churn is None else replace(self.edm, s_churn=float(churn))
         edm = edm if anneal_rho is None else replace(edm, anneal_rho=float(anneal_rho))
         if anneal_rho_lattice is not None:

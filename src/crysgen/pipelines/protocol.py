@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from crysgen.errors import CrysgenError
+from crysgen.errors import CrysgenError, require_non_negative
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -103,12 +103,8 @@ class SampleOptions:
             raise CrysgenError(f"chunk size must be at least 1, got {self.chunk_size}")
         if self.merge_tol is not None and not self.merge_tol > 0:
             raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
-        if self.churn is not None and not self.churn >= 0:
-            raise CrysgenError(f"--churn must be at least 0, got {self.churn}")
-        for name, value in (("--anneal-rho", self.anneal_rho),
-                            ("--anneal-rho-lattice", self.anneal_rho_lattice)):
-            if value is not None and not value >= 0:
-                raise CrysgenError(f"{name} must be 0 (off) or positive, got {value}")
+        require_non_negative({"--churn": self.churn, "--anneal-rho": self.anneal_rho,
+                              "--anneal-rho-lattice": self.anneal_rho_lattice})
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
