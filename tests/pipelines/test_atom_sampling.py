@@ -181,6 +181,24 @@ def test_anneal_factors_are_the_ratio_of_two_karras_schedules_steps_floored_at_o
     assert anneal_factors(steps, lo, hi, 7.0, 7.0) == [1.0] * steps
 
 
+def test_anti_annealing_never_moves_past_the_denoised_estimate(model_dir, monkeypatch):
+    """Lengthened steps stop at the network's estimate: beyond that, a longer factor changes nothing.
+
+    Uncapped, a factor of 1e6 would throw the lattice a million times past its estimate (few-step
+    sampling with R = 4 reached 3.5x the way there and made clashing crystals).
+    """
+    import crysgen.pipelines.atoms as atoms
+
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    runs = []
+    for factor in (1e6, 1e9):
+        monkeypatch.setattr(atoms, "anneal_factors", lambda steps, *_, f=factor: [f] * steps)
+        runs.append(model.sample_sets(3, steps=4, seed=2, anneal_rho=3.0))
+    np.testing.assert_allclose(runs[0].lattice, runs[1].lattice, rtol=1e-5)
+    np.testing.assert_allclose(runs[0].frac, runs[1].frac, atol=1e-5)
+    assert np.isfinite(runs[0].lattice).all() and runs[0].lattice[:, :3].max() < 1e3
+
+
 def test_anti_annealing_moves_coordinates_and_lattice_and_is_off_at_the_schedules_own_exponent(model_dir):
     model = AtomDiffusionModel.from_pretrained(model_dir)
     assert model.edm.anneal_rho == 0 and model.edm.rho == 7.0

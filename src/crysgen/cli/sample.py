@@ -73,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "default: the model's setting)")
     p.add_argument("--anneal-rho", type=float, default=None,
                    help="atom diffusion: anti-annealing, each step's coordinate and lattice move "
-                        "lengthened to that of a Karras schedule of this exponent where longer (e.g. 4 "
-                        "against the schedule's 7: sharper sites; 0: off; default: the model's setting)")
+                        "lengthened to that of a Karras schedule of this exponent where longer, never "
+                        "past the denoised estimate (e.g. 4 against the schedule's 7: sharper sites; 0: off; "
+                        "default: the model's setting)")
     p.add_argument("--anneal-rho-lattice", type=float, default=None,
                    help="atom diffusion: the lattice's own anti-annealing exponent (0: off, e.g. with "
                         "--anneal-rho 4 for sharper sites at the trained densities; default: the model's "

@@ -454,7 +454,9 @@ def anneal_factors(steps: int, sigma_min: float, sigma_max: float, rho: float,
     ``sigma_max`` to ``sigma_min`` (the last step, to σ = 0, spans σ_min in both: factor 1).
     With ``anneal_rho`` < ``rho`` the factors grow towards low σ, so the sampler moves sites
     further towards the denoised estimate than the schedule asks: over-denoising, like sampling
-    at a lower temperature.
+    at a lower temperature. The sampler stops each lengthened move at the estimate itself (a move
+    of at most σ), which with few steps the factors alone would overshoot (R = 4 against ρ = 7:
+    3.5x the way at 10 steps, 1.3x at 50).
 
     Args:
         steps: sampler steps.
@@ -572,7 +574,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             sig = hat
         d1 = d_of(x, sig)
         step = nxt - sig
-        far, far_l = step * longer[i], step * longer_l[i]  # the coordinates' and the lattice's steps
+        # the coordinates' and the lattice's steps, lengthened at most to the denoised estimate
+        far, far_l = (step * min(f[i], sig / (sig - nxt)) for f in (longer, longer_l))
         x1 = Parts(x.types + step * d1.types, wrap(x.frac + far * d1.frac) * m,
                    x.lattice + far_l * d1.lattice)
         if nxt > 0:
