@@ -45,7 +45,8 @@ class AtomEDMConfig:
         anneal_rho: the sampler's anti-annealing (0 = off): each step's coordinate and lattice
             move is lengthened by max(1, |Δσ of a Karras schedule of exponent ``anneal_rho``| /
             |Δσ of the sampling schedule|) at the same step index, which over-denoises the low-σ
-            end (sharper sites; Crystalite's sampler does this for CSP with exponent 4 against 7).
+            end (sharper sites; Crystalite's sampler does this for CSP with exponent 4 against 7);
+            the sampler never moves past the denoised estimate.
         anneal_rho_lattice: the lattice's own anti-annealing exponent (0 = off); None: ``anneal_rho``.
         cond_dropout: share of training crystals whose conditions (space group, number of
             elements) are withheld (0 given), each independently, so that a conditioned network
