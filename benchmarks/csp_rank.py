@@ -177,6 +177,11 @@ def main() -> None:
     p.add_argument("--candidates", default="templates:0,templates:1,plain:0")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--churn", type=float, default=10.0)
+    p.add_argument("--anneal-rho", type=float, default=0.0,
+                   help="anti-annealing exponent of every recipe (0: off, the default here, as in the "
+                        "runs before the option; the bundled model samples with 4)")
+    p.add_argument("--anneal-rho-lattice", type=float, default=None,
+                   help="the lattice's own exponent (0: its steps plain; default: --anneal-rho)")
     p.add_argument("--potential", default="chgnet", choices=("chgnet", "sevennet"))
     p.add_argument("--device", default="cuda")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
@@ -225,7 +230,8 @@ def main() -> None:
     for j, (kind, seed, rank) in enumerate(recipes):
         samples, seconds = predict(model, targets, steps=args.steps, churn=args.churn, device=args.device,
                                    batch=batch, seed=seed, precision=args.precision,
-                                   templates=templates[rank] if kind == "templates" else None)
+                                   templates=templates[rank] if kind == "templates" else None,
+                                   anneal_rho=args.anneal_rho, anneal_rho_lattice=args.anneal_rho_lattice)
         columns.append(samples)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False,
                         target_verdicts=target_verdicts)
@@ -265,6 +271,7 @@ def main() -> None:
         print(json.dumps(subsets[-1]), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
+              "anneal_rho": args.anneal_rho, "anneal_rho_lattice": args.anneal_rho_lattice,
               "potential": args.potential,
               "precision": args.precision, "symmetry_prior": args.symmetry_prior,
               "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
