@@ -22,6 +22,7 @@ from pathlib import Path
 
 from codec import ROOT, stamp
 from crysgen.crystal_set import write_text_atomic
+from crysgen.data.substitution import DRAWS
 from crysgen.evaluation.suite import ALL_FAMILIES, HULL_REFERENCE, EvalOptions, evaluate, write_report
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
@@ -53,8 +54,10 @@ def main() -> None:
     p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz|train",
                    help="atom diffusion: each sample keeps the symmetry of a crystal of this set "
                         "(`crysgen sample --symmetry-prior`; 'train' = the dataset's training split)")
-    p.add_argument("--substitute", action="store_true",
-                   help="with --composition-prior: one ion substitution per drawn composition")
+    p.add_argument("--substitute", nargs="?", const="probability", default=None,
+                   choices=list(DRAWS),
+                   help="with --composition-prior: one ion substitution per drawn composition, drawn "
+                        "by probability (the default) or mass-balanced (`crysgen sample --substitute`)")
     p.add_argument("--metrics", default=",".join(f for f in ALL_FAMILIES if f != "csp"),
                    help="families (default: all but csp, which needs samples that name their targets)")
     p.add_argument("--relax-steps", type=int, default=EvalOptions.relax_steps,

@@ -41,7 +41,8 @@ def sample_mode(d: dict) -> str:
     options = d.get("options", {})
     words = []
     if options.get("composition_prior"):
-        words.append("composition prior" + (" + substitution" if options.get("substitute") else ""))
+        words.append("composition prior" + (" + substitution" if options.get("substitute") else "")
+                     + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else ""))
     if options.get("symmetry_prior") or d.get("symmetry_templates"):
         words.append("symmetry templates")
     # a sampler setting other than `crysgen sample`'s defaults (older files record none)
@@ -787,12 +788,14 @@ def default_model_block() -> list[str]:
         anneal, lattice = ran.get("anneal_rho"), ran.get("anneal_rho_lattice")
         flags = (" --composition-prior" if options.get("composition_prior") else "") \
             + (" --substitute" if options.get("substitute") else "") \
+            + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
             + (f" --churn {churn:g}" if churn else "") \
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
         if options.get("composition_prior"):
-            what = "composition first" + (", one ion substituted" if options.get("substitute") else "")
+            what = "composition first" + (", one ion substituted" if options.get("substitute") else "") \
+                + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else "")
             what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
             return 2, f"{what} (`{flags.strip()}`)"
         if options.get("symmetry_prior"):

@@ -4,23 +4,28 @@
 so a sample's compositional validity is its composition's. This scores the compositions alone (no
 model, seconds on a CPU): N training compositions drawn (seeded), each substituted
 (:func:`crysgen.data.substitution.substitute`, the bundled atom model's elements, never to a
-training composition) at each ``--thresholds`` floor on p(new | old); per floor the share changed,
-the share that took common oxidation states, and SMACT validity (CDVAE's definition, SMACT 2.2.1
-tables) of all rows and of the changed ones, beside the drawn compositions' own.
+training composition) at each ``--thresholds`` floor on p(new | old), by each draw of ``--draws``
+(``probability``: p(new | old); ``mass-balanced``: tilted to no mean change of formula mass); per
+floor and draw the share changed, the share that took common oxidation states, SMACT validity
+(CDVAE's definition, SMACT 2.2.1 tables) of all rows and of the changed ones, beside the drawn
+compositions' own, and the changed rows' formula-mass change (mean of ln(after / before), share
+made heavier).
 
 Usage: python benchmarks/substitution_prior.py --train TRAIN.npz [-n 2000] [--thresholds 1e-3,1e-2,3e-2,1e-1]
+    [--draws probability,mass-balanced]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, write_text_atomic
-from crysgen.data.substitution import substitute
+from crysgen.data.substitution import DRAWS, substitute
 from crysgen.evaluation.compositional import smact_valid
 from crysgen.evaluation.diversity import reduced_formulas
 from crysgen.models.atoms import SPEC_FILE
@@ -39,6 +44,7 @@ def main() -> None:
     p.add_argument("--train", required=True, help="the training CrystalSet (draws; compositions to avoid)")
     p.add_argument("-n", type=int, default=2000)
     p.add_argument("--thresholds", default="1e-3,1e-2,3e-2,1e-1")
+    p.add_argument("--draws", default=",".join(DRAWS))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     train = CrystalSet.load(args.train)
@@ -48,14 +54,18 @@ def main() -> None:
     z = train.atomic_numbers[np.random.default_rng(args.seed).choice(fits, args.n, replace=False)]
     known = set(reduced_formulas(train))
     rows = []
-    for th in (float(t) for t in args.thresholds.split(",")):
+    for th, draw in itertools.product((float(t) for t in args.thresholds.split(",")), args.draws.split(",")):
         t0 = time.perf_counter()
-        res = substitute(z, allowed=set(spec.elements), avoid=known, threshold=th, seed=args.seed)
+        res = substitute(z, allowed=set(spec.elements), avoid=known, threshold=th,
+                         draw=draw, seed=args.seed)
         seconds = time.perf_counter() - t0
         ok = valid(res.atomic_numbers)
-        rows.append({"threshold": th, "changed": float(res.changed.mean()),
+        change = res.log_mass_change[res.changed]
+        rows.append({"threshold": th, "draw": draw, "changed": float(res.changed.mean()),
                      "by_common_states": res.by_common_states, "smact_valid": float(ok.mean()),
                      "smact_valid_of_changed": float(ok[res.changed].mean()) if res.changed.any() else None,
+                     "mean_log_mass_change_of_changed": float(change.mean()) if len(change) else None,
+                     "heavier_of_changed": float((change > 0).mean()) if len(change) else None,
                      "seconds": round(seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
     out = {"n": args.n, "training_data": f"{args.train} (mp_20: the partial train split, 57 %)",

@@ -6,7 +6,7 @@ from pymatgen.analysis.structure_prediction.substitution_probability import Subs
 from pymatgen.core import Composition, Element, Species
 
 from crysgen import CrysgenError
-from crysgen.data.substitution import substitute
+from crysgen.data.substitution import substitute, tilted
 
 
 def _rows(*formulas: str, sites: int = 8) -> np.ndarray:
@@ -68,3 +68,46 @@ def test_the_draw_is_seeded():
 def test_bad_atomic_numbers_are_refused():
     with pytest.raises(CrysgenError, match="atomic numbers"):
         substitute(np.array([[11, 200]]))
+
+
+def test_tilted_keeps_the_draw_closest_to_p_with_mean_change_zero():
+    p = np.array([0.5, 0.3, 0.2])
+    delta = np.array([0.4, 0.1, -0.2])  # p's mean change is +0.19
+    w = tilted(p, delta)
+    assert w.sum() == pytest.approx(1) and (w > 0).all()
+    assert w @ delta == pytest.approx(0, abs=1e-8)
+    # the exponential tilt: log(w / p) is affine in delta
+    ratio = np.log(w / p)
+    slope = (ratio[0] - ratio[1]) / (delta[0] - delta[1])
+    assert ratio[2] - ratio[1] == pytest.approx(slope * (delta[2] - delta[1]))
+    assert tilted(p, -delta) @ delta == pytest.approx(0, abs=1e-8)  # either direction
+    # balanced already: unchanged
+    np.testing.assert_allclose(tilted(np.array([0.5, 0.5]), np.array([-0.1, 0.1])), [0.5, 0.5])
+
+
+def test_tilted_without_a_sign_change_takes_the_smallest_change():
+    np.testing.assert_allclose(tilted(np.array([0.2, 0.5, 0.3]), np.array([0.3, 0.1, 0.1])),
+                               [0, 0.625, 0.375])
+    np.testing.assert_allclose(tilted(np.array([0.2, 0.8]), np.array([-0.3, -0.5])), [1, 0])
+
+
+def test_mass_balanced_substitution_keeps_the_formula_mass_on_average():
+    from pymatgen.core import Composition as C
+
+    z = _rows(*["NaCl", "SrTiO3", "ZnO", "LiFePO4", "MgAl2O4", "CaF2", "KBr", "Fe3Al"] * 40, sites=14)
+    plain = substitute(z, seed=0)
+    balanced = substitute(z, draw="mass-balanced", seed=0)
+    for res in (plain, balanced):  # the recorded change is the rows' own
+        for before, after, change in zip(z, res.atomic_numbers, res.log_mass_change, strict=True):
+            want = np.log(C(_formula(after)).weight / C(_formula(before)).weight)
+            assert change == pytest.approx(want, abs=1e-6)
+    assert balanced.changed.all() and plain.changed.all()
+    assert plain.log_mass_change.mean() > 0.08  # the data-mined draw favours heavier ions
+    assert abs(balanced.log_mass_change.mean()) < 0.03
+    assert 0.3 < (balanced.log_mass_change < 0).mean() < 0.7  # lighter as often as heavier
+    assert len(set(balanced.substitutions)) > 10  # still a draw
+
+
+def test_an_unknown_balance_is_refused():
+    with pytest.raises(CrysgenError, match="draw must be one of probability, mass-balanced"):
+        substitute(_rows("NaCl"), draw="volume")

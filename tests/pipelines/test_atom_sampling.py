@@ -114,6 +114,32 @@ def test_an_interrupted_composition_prior_run_resumes_to_the_same_crystals(model
     assert (tmp_path / "cut" / "samples.csv").read_text() == (tmp_path / "full" / "samples.csv").read_text()
 
 
+def test_substitute_mass_balanced_runs_from_the_cli_and_old_folders_resume(model_dir, crystals, tmp_path):
+    import json
+
+    crystals.save(tmp_path / "train.npz")
+    rc = main(["sample", str(model_dir), "-n", "8", "--steps", "4", "--out", str(tmp_path / "mb"), "--quiet",
+               "--composition-prior", str(tmp_path / "train.npz"), "--substitute", "mass-balanced"])
+    assert rc == 0
+    config = json.loads((tmp_path / "mb" / "sample_config.json").read_text())
+    assert config["options"]["substitute"] == "mass-balanced"
+    assert '"substituted": 8' in (tmp_path / "mb" / "summary.json").read_text()
+    known = {crystals.to_structure(i).composition.reduced_formula for i in range(len(crystals))}
+    plain = SampleOptions(n=8, steps=4, composition_prior=str(tmp_path / "train.npz"), substitute=True)
+    assert plain.substitute == "probability"  # the option's boolean form, as older folders hold it
+    sample_to_dir(model_dir, tmp_path / "p", plain, progress=False)
+    for folder in ("mb", "p"):
+        assert not {r["formula"] for r in _rows(tmp_path / folder) if not r["failure"]} & known
+    # a folder written when the option was a flag resumes under its named draw
+    config = json.loads((tmp_path / "p" / "sample_config.json").read_text())
+    config["options"]["substitute"] = True
+    (tmp_path / "p" / "sample_config.json").write_text(json.dumps(config))
+    summary = sample_to_dir(model_dir, tmp_path / "p", plain, progress=False)
+    assert summary.chunks_done_before == 1
+    with pytest.raises(CrysgenError, match="--substitute must be one of probability, mass-balanced"):
+        SampleOptions(n=2, substitute="heaviest")
+
+
 def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     opts = SampleOptions(n=6, steps=6, chunk_size=2, seed=5)
     sample_to_dir(model_dir, tmp_path / "full", opts, progress=False)

@@ -11,6 +11,7 @@ from crysgen.errors import CrysgenError
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen sample``."""
+    from crysgen.data.substitution import DRAWS
     from crysgen.pipelines.protocol import PRECISIONS
     from crysgen.pipelines.protocol import SampleOptions as D  # the defaults, written once there
     from crysgen.representations.crystens import DECODE_MODES
@@ -52,10 +53,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom or single-stage CrysTens diffusion: give each of the -n samples the "
                         "composition of a crystal drawn (seeded) from this CrystalSet, typically the "
                         "model's training set (composition first, then structure)")
-    p.add_argument("--substitute", action="store_true",
+    p.add_argument("--substitute", nargs="?", const="probability", default=None, choices=list(DRAWS),
                    help="with --composition-prior: change each drawn composition by one ion "
-                        "substitution (pymatgen's data-mined probabilities) to a composition the "
-                        "CrystalSet does not hold; summary.json counts the substituted")
+                        "substitution to a composition the CrystalSet does not hold, drawn by "
+                        "pymatgen's data-mined probabilities ('probability', the default) or by those "
+                        "probabilities tilted so that the formula mass does not change on average "
+                        "('mass-balanced': the data-mined draw favours heavier ions, and so denser "
+                        "crystals); summary.json counts the substituted")
     p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz",
                    help="atom diffusion: give each sample the symmetry (site count, space-group "
                         "operations, Wyckoff orbits) of a crystal of this CrystalSet, kept at every "

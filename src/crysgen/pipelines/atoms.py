@@ -71,7 +71,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         return from_targets(targets, max_sites=self.spec.max_atoms, per_target=per_target,
                             known_elements=set(self.spec.elements))
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
                                 seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
         """``n`` drawn compositions; see :func:`crysgen.pipelines.compositions.from_prior`."""
         return from_prior(prior, n, max_sites=self.spec.max_atoms, known_elements=set(self.spec.elements),

@@ -108,7 +108,8 @@ def from_targets(targets: CrystalSet, *, max_sites: int, per_target: int = 1,
 
 
 def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set[int] | None = None,
-               substitute: bool = False, seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+               substitute: str | None = None,
+               seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
     """``n`` compositions drawn from known crystals, each optionally changed by a substitution.
 
     The draw is seeded and without replacement while ``n`` does not exceed the crystals that fit
@@ -123,7 +124,9 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
         n: samples.
         max_sites: S: crystals with more sites are not drawn.
         known_elements: the elements the model saw in training (None: any).
-        substitute: change each composition by one ion substitution.
+        substitute: None, or change each composition by one ion substitution drawn by
+            "probability" (pymatgen's data-mined p(new | old)) or "mass-balanced" (those
+            probabilities tilted so that the expected change of formula mass is zero).
         seed: seeds the draw and the substitutions.
 
     Returns:
@@ -131,10 +134,14 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
         ``by_common_states`` (of those, rows without a charge-balanced oxidation-state guess).
 
     Raises:
-        CrysgenError: if no crystal of ``prior`` fits in ``max_sites`` sites.
+        CrysgenError: if no crystal of ``prior`` fits in ``max_sites`` sites, or for an unknown
+            ``substitute``.
     """
+    from crysgen.data.substitution import DRAWS
     from crysgen.data.substitution import substitute as substitute_ions
 
+    if substitute is not None and substitute not in DRAWS:
+        raise CrysgenError(f"--substitute must be one of {', '.join(DRAWS)}, got {substitute!r}")
     seeds = [seed] if isinstance(seed, int) else list(seed)
     pick = draw_rows(prior, n, max_sites=max_sites, seed=seed, what="--composition-prior")
     if known_elements is not None:
@@ -146,7 +153,8 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
     counts = {"drawn": n, "substituted": 0, "by_common_states": 0}
     if substitute:
         avoid = {reduced_formula(r) for r in prior.atomic_numbers[prior.num_sites > 0]}
-        res = substitute_ions(z, allowed=known_elements, avoid=avoid, seed=[*seeds, 4])
+        res = substitute_ions(z, allowed=known_elements, avoid=avoid, draw=substitute,
+                              seed=[*seeds, 4])
         z = res.atomic_numbers
         counts |= {"substituted": int(res.changed.sum()), "by_common_states": res.by_common_states}
     return Compositions(z, [""] * n, drawn=pick), counts

@@ -132,7 +132,7 @@ class DiffusionModel(DiffusionBundle):
         known_region(comps.atomic_numbers, self.scaling)
         return comps
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
                                 seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
         """``n`` drawn compositions (see :func:`crysgen.pipelines.compositions.from_prior`).
 

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from crysgen.data.substitution import DRAWS
 from crysgen.errors import CrysgenError, require_non_negative
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ class SampleOptions:
     count it was conditioned on (default: every site on its own): atom diffusion models only
     (:mod:`crysgen.pipelines.atoms`). ``composition_prior`` (a CrystalSet) gives each of the ``n``
     samples the composition of a crystal drawn from it, changed by one ion substitution with
-    ``substitute`` (composition first, then structure; models with composition control).
+    ``substitute`` ("probability" or "mass-balanced", :data:`crysgen.data.substitution.DRAWS`;
+    True, as older sample_config.json files have it, means "probability"; False means None)
+    (composition first, then structure; models with composition control).
     ``symmetry_prior`` (a CrystalSet) gives each sample the symmetry of one of its crystals, kept
     at every sampling step (atom diffusion models; :mod:`crysgen.pipelines.symmetry`).
     ``precision`` is the atom diffusion network's arithmetic: "bf16" (autocast, as it was trained),
@@ -92,7 +95,7 @@ class SampleOptions:
     anneal_rho_lattice: float | None = None
     limit_element_count: bool = False
     composition_prior: str | None = None
-    substitute: bool = False
+    substitute: str | None = None
     symmetry_prior: str | None = None
     precision: str = "auto"
 
@@ -105,6 +108,11 @@ class SampleOptions:
             raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
         require_non_negative({"--churn": self.churn, "--anneal-rho": self.anneal_rho,
                               "--anneal-rho-lattice": self.anneal_rho_lattice})
+        if isinstance(self.substitute, bool):  # the option's form before it named a draw
+            object.__setattr__(self, "substitute", "probability" if self.substitute else None)  # frozen
+        if self.substitute is not None and self.substitute not in DRAWS:
+            raise CrysgenError(f"--substitute must be one of {', '.join(DRAWS)}, "
+                               f"got {self.substitute!r}")
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -144,7 +152,7 @@ class Generator(Protocol):
             CrysgenError: for a model without composition control, and for targets it cannot make.
         """
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
                                 seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
         """``n`` compositions drawn from known crystals, with the draw's counts.
 
@@ -210,7 +218,7 @@ class NoCompositionControl(ABC):
         """Refused (CrysgenError): this model cannot fix the elements of its samples."""
         raise self._no_control()
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: bool = False,
+    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
                                 seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
         """Refused (CrysgenError): this model cannot fix the elements of its samples."""
         raise self._no_control()

@@ -212,6 +212,8 @@ def sample_to_dir(
         # an option added since the folder was written counts as its default there
         defaults = json.loads(json.dumps(asdict(SampleOptions(n=options.n))))
         have["options"] = defaults | have.get("options", {})
+        if isinstance(have["options"]["substitute"], bool):  # written before --substitute named a draw
+            have["options"]["substitute"] = "probability" if have["options"]["substitute"] else None
         if {k: have.get(k) for k in wanted} != wanted:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
