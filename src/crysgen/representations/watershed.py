@@ -47,6 +47,10 @@ class WatershedOptions:
         cut_tol: Å; a region cut by the box faces joins a site this close (its centroid is
             pulled towards the face).
         per_species: segment each species' mask separately (ours; False: the paper's binary map).
+        centroid: where a region puts its atom: "voxels", the mean index of its voxels (the
+            authors'), or "occupancy", their mean weighted by occupancy probability.
+        average_images: a site sits at the (periodic) mean of its complete regions' centroids,
+            weighted by their voxels (ours); False: at the centroid of the largest (as before).
     """
 
     threshold: float = 0.8
@@ -57,6 +61,16 @@ class WatershedOptions:
     merge_tol: float = 0.7
     cut_tol: float = 1.5
     per_species: bool = True
+    centroid: str = "voxels"
+    average_images: bool = False
+
+    def __post_init__(self) -> None:
+        if self.centroid not in CENTROIDS:
+            raise ValueError(f"centroid must be one of {', '.join(CENTROIDS)}, got {self.centroid!r}")
+
+
+CENTROIDS = ("voxels", "occupancy")
+"""Where a watershed region puts its atom (:attr:`WatershedOptions.centroid`)."""
 
 
 def _convexity(mask: np.ndarray) -> float:
@@ -156,7 +170,8 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
         options: see :class:`WatershedOptions`.
     """
     lengths = np.asarray(lengths, float)
-    binary = np.asarray(occupancy) >= options.threshold
+    occupancy = np.asarray(occupancy, np.float64)
+    binary = occupancy >= options.threshold
     species = np.asarray(species).astype(np.int64)
     if options.per_species:
         masks = [binary & (species == z) for z in np.unique(species[binary]) if z > 0]
@@ -171,7 +186,9 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
             continue
         vals, cnt = np.unique(votes, return_counts=True)
         zs.append((vals, cnt))
-        centroids.append(np.argwhere(r).mean(0))
+        idx = np.argwhere(r)
+        weights = occupancy[r] if options.centroid == "occupancy" else np.ones(len(idx))
+        centroids.append(weights @ idx / weights.sum())
         counts.append(int(r.sum()))
         kept.append(r)
     if not centroids:
@@ -187,20 +204,31 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
     site_f: list[np.ndarray] = []
     site_n: list[int] = []
     tallies: list[dict[int, int]] = []
+    shifts: list[list[tuple[np.ndarray, int]]] = []  # complete images joined to each site: (Δfrac, voxels)
     for m in order:
         tol = options.merge_tol if not cut[m] else max(options.merge_tol, options.cut_tol)
         near = (_periodic_distance(np.asarray(site_f), frac[m], lengths) if site_f
                 else np.zeros(0))
         if len(near) and near.min() < tol:
-            t = tallies[int(near.argmin())]
+            k = int(near.argmin())
+            t = tallies[k]
+            if not cut[m]:
+                d = frac[m] - site_f[k]
+                shifts[k].append((d - np.round(d), counts[m]))
         else:
             site_f.append(frac[m])
             site_n.append(counts[m])
             tallies.append({})
+            shifts.append([(np.zeros(3), counts[m])] if not cut[m] else [])
             t = tallies[-1]
         for v, n in zip(*zs[m], strict=True):
             t[int(v)] = t.get(int(v), 0) + int(n)
     out_z = [max(t, key=t.__getitem__) for t in tallies]
+    if options.average_images:
+        for k, images in enumerate(shifts):
+            if len(images) > 1:
+                w = np.array([c for _, c in images], float)
+                site_f[k] = wrap_unit(site_f[k] + w @ np.array([d for d, _ in images]) / w.sum())
     return Sites(np.asarray(out_z), np.asarray(site_f), np.asarray(site_n), len(regions))
 
 
