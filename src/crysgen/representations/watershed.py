@@ -16,7 +16,9 @@ labels on the grid of :mod:`crysgen.representations.voxel`:
    box faces, largest first, place the sites (one within ``merge_tol`` Å of a placed site,
    under periodic boundaries, joins it); regions cut by the faces then join a site within
    ``cut_tol`` Å or, where an atom has no complete image, place one. A site takes the majority
-   species of all its regions' voxels.
+   species of all its regions' voxels and sits at the voxel-weighted periodic mean of its
+   complete regions' centroids (``average_images``; each image is segmented on its own, so the
+   mean averages their errors).
 
 The lattice is orthogonal with the lengths read from the coordinate channels.
 """
@@ -47,10 +49,9 @@ class WatershedOptions:
         cut_tol: Å; a region cut by the box faces joins a site this close (its centroid is
             pulled towards the face).
         per_species: segment each species' mask separately (ours; False: the paper's binary map).
-        centroid: where a region puts its atom: "voxels", the mean index of its voxels (the
-            authors'), or "occupancy", their mean weighted by occupancy probability.
-        average_images: a site sits at the (periodic) mean of its complete regions' centroids,
-            weighted by their voxels (ours); False: at the centroid of the largest (as before).
+        average_images: a site sits at the (periodic) mean of the centroids of its complete
+            regions (its periodic images inside the box), weighted by their voxels; False: at the
+            centroid of the largest (crysgen before this option).
     """
 
     threshold: float = 0.8
@@ -61,16 +62,7 @@ class WatershedOptions:
     merge_tol: float = 0.7
     cut_tol: float = 1.5
     per_species: bool = True
-    centroid: str = "voxels"
-    average_images: bool = False
-
-    def __post_init__(self) -> None:
-        if self.centroid not in CENTROIDS:
-            raise ValueError(f"centroid must be one of {', '.join(CENTROIDS)}, got {self.centroid!r}")
-
-
-CENTROIDS = ("voxels", "occupancy")
-"""Where a watershed region puts its atom (:attr:`WatershedOptions.centroid`)."""
+    average_images: bool = True
 
 
 def _convexity(mask: np.ndarray) -> float:
@@ -170,8 +162,7 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
         options: see :class:`WatershedOptions`.
     """
     lengths = np.asarray(lengths, float)
-    occupancy = np.asarray(occupancy, np.float64)
-    binary = occupancy >= options.threshold
+    binary = np.asarray(occupancy) >= options.threshold
     species = np.asarray(species).astype(np.int64)
     if options.per_species:
         masks = [binary & (species == z) for z in np.unique(species[binary]) if z > 0]
@@ -186,9 +177,7 @@ def sites_from_maps(occupancy: np.ndarray, species: np.ndarray, lengths: np.ndar
             continue
         vals, cnt = np.unique(votes, return_counts=True)
         zs.append((vals, cnt))
-        idx = np.argwhere(r)
-        weights = occupancy[r] if options.centroid == "occupancy" else np.ones(len(idx))
-        centroids.append(weights @ idx / weights.sum())
+        centroids.append(np.argwhere(r).mean(0))
         counts.append(int(r.sum()))
         kept.append(r)
     if not centroids:
