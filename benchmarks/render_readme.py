@@ -221,10 +221,13 @@ def voxel_table() -> list[str]:
              "| reconstruction | lattice MAE (Å) | site EMD (Å) | abs. ΔN | occupancy recall "
              "| species recall | match rate |", "|---|---|---|---|---|---|---|"]
     recons = [(d["reconstruction"], "")]
-    merged = path.with_name("voxel_perov_5_cpu_merge_tol.json")
-    if merged.exists():  # the same models decoded with another merge radius (CPU)
-        r = json.loads(merged.read_text())["reconstruction"]
-        recons.append((r, f", merge_tol {r['merge_tol']} Å ([`{merged.name}`]({merged.relative_to(ROOT)}))"))
+    for name, what in (("voxel_perov_5_cpu_merge_tol.json", ""),  # the same models decoded otherwise (CPU)
+                       ("voxel_perov_5_cpu_images.json", ", periodic images averaged")):
+        other = path.with_name(name)
+        if other.exists():
+            r = json.loads(other.read_text())["reconstruction"]
+            link = f"[`{other.name}`]({other.relative_to(ROOT)})"
+            recons.append((r, f", merge_tol {r['merge_tol']} Å{what} ({link})"))
     for (rec, tag), (key, label) in itertools.product(recons, (
             ("ground_truth_maps", "true maps → watershed"), ("unet", "density → UNet → watershed"),
             ("vae", "density → VAE → UNet → watershed"))):
