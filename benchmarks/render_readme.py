@@ -52,6 +52,20 @@ def sample_mode(d: dict) -> str:
     return " + ".join(words)
 
 
+def sampler_settings(d: dict) -> str:
+    """An atom model's stochastic-sampler settings of an evaluation file in words ("" for none):
+    those that ran where the file records them, else those asked for."""
+    options = d.get("options", {})
+    ran = {k: v for k, v in ((d.get("sampling") or {}).get("sampler") or {}).items() if v is not None}
+    churn, anneal, lattice = (ran.get(k, options.get(k))
+                              for k in ("churn", "anneal_rho", "anneal_rho_lattice"))
+    words = [f"churn {churn:g}"] if churn else []
+    if anneal:
+        words.append(f"anti-annealing ρ {anneal:g}"
+                     + (f" (lattice {lattice:g})" if lattice is not None and lattice != anneal else ""))
+    return " + ".join(words)
+
+
 def gpu(m: dict) -> str:
     """A result's host GPUs on one line, as provenance.gpu_label writes them (files written before
     it list several GPUs one per line). Not imported: importing provenance refuses a dirty tree."""
@@ -291,7 +305,8 @@ def eval_models_table() -> list[str]:
         seen = d.get("rescored_novelty", [{}])[-1].get("against")
         lines.append(f"| [{path.stem.removeprefix('eval_')}]({path.relative_to(ROOT)})"
                      f"{f' (trained on {seen}; novelty against it)' if seen else ''} | "
-                     f"{sample_mode(d) or '–'} | {d['dataset']} | "
+                     f"{' + '.join(w for w in (sample_mode(d), sampler_settings(d)) if w) or '–'} | "
+                     f"{d['dataset']} | "
                      f"{m['n_samples']['value']:,} | " + " | ".join(metric_cell(m, k) for k in cols) + " |")
         published[d["dataset"]] = d.get("published", {})
     for dataset, pub in sorted(published.items()):  # the published rows each file carries
