@@ -52,13 +52,19 @@ def sample_mode(d: dict) -> str:
     return " + ".join(words)
 
 
-def sampler_settings(d: dict) -> str:
-    """An atom model's stochastic-sampler settings of an evaluation file in words ("" for none):
-    those that ran where the file records them, else those asked for."""
+def sampler_ran(d: dict) -> tuple[float | None, float | None, float | None]:
+    """(churn, anneal_rho, anneal_rho_lattice) of an atom model's scoring file: those that ran where
+    the file records them, else those asked for (None: neither)."""
     options = d.get("options", {})
     ran = {k: v for k, v in ((d.get("sampling") or {}).get("sampler") or {}).items() if v is not None}
     churn, anneal, lattice = (ran.get(k, options.get(k))
                               for k in ("churn", "anneal_rho", "anneal_rho_lattice"))
+    return churn, anneal, lattice
+
+
+def sampler_settings(d: dict) -> str:
+    """An atom model's stochastic-sampler settings of an evaluation file in words ("" for none)."""
+    churn, anneal, lattice = sampler_ran(d)
     words = [f"churn {churn:g}"] if churn else []
     if anneal:
         words.append(f"anti-annealing ρ {anneal:g}"
@@ -800,10 +806,7 @@ def default_model_block() -> list[str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
         options = d.get("options", {})
-        ran = (d.get("sampling") or {}).get("sampler") or {}  # what ran (files since it was recorded)
-        churn = options.get("churn")  # else the model's default that ran
-        churn = churn if churn is not None else ran.get("churn")
-        anneal, lattice = ran.get("anneal_rho"), ran.get("anneal_rho_lattice")
+        churn, anneal, lattice = sampler_ran(d)
         flags = (" --composition-prior" if options.get("composition_prior") else "") \
             + (" --substitute" if options.get("substitute") else "") \
             + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \

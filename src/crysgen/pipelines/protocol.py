@@ -37,6 +37,22 @@ PRECISIONS = ("auto", "fp32", "bf16")
 """``SampleOptions.precision``'s values."""
 
 
+def substitute_draw(value: bool | str | None) -> str | None:
+    """``--substitute``'s draw: a name of :data:`crysgen.data.substitution.DRAWS` or None (off).
+
+    True and False, the option's form before it named a draw (older sample_config.json files),
+    mean "probability" and None.
+
+    Raises:
+        CrysgenError: for a name that is not a draw.
+    """
+    if isinstance(value, bool):
+        return "probability" if value else None
+    if value is not None and value not in DRAWS:
+        raise CrysgenError(f"--substitute must be one of {', '.join(DRAWS)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SampleOptions:
     """Options of `crysgen sample` (all of them decide which crystals come out).
@@ -108,11 +124,7 @@ class SampleOptions:
             raise CrysgenError(f"--merge-tol must be positive (Å), got {self.merge_tol}")
         require_non_negative({"--churn": self.churn, "--anneal-rho": self.anneal_rho,
                               "--anneal-rho-lattice": self.anneal_rho_lattice})
-        if isinstance(self.substitute, bool):  # the option's form before it named a draw
-            object.__setattr__(self, "substitute", "probability" if self.substitute else None)  # frozen
-        if self.substitute is not None and self.substitute not in DRAWS:
-            raise CrysgenError(f"--substitute must be one of {', '.join(DRAWS)}, "
-                               f"got {self.substitute!r}")
+        object.__setattr__(self, "substitute", substitute_draw(self.substitute))  # frozen
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 

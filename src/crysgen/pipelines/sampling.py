@@ -34,7 +34,7 @@ from crysgen.crystal_set import write_npz_atomic, write_text_atomic
 from crysgen.data.guards import check_input_file, dumps_strict
 from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import weights_sha256
-from crysgen.pipelines.protocol import SampleOptions
+from crysgen.pipelines.protocol import SampleOptions, substitute_draw
 from crysgen.representations.crystens import DIAGNOSTICS, DecodeOptions, DecodeResult
 from crysgen.representations.crystens.decode import failure_kind
 
@@ -212,8 +212,7 @@ def sample_to_dir(
         # an option added since the folder was written counts as its default there
         defaults = json.loads(json.dumps(asdict(SampleOptions(n=options.n))))
         have["options"] = defaults | have.get("options", {})
-        if isinstance(have["options"]["substitute"], bool):  # written before --substitute named a draw
-            have["options"]["substitute"] = "probability" if have["options"]["substitute"] else None
+        have["options"]["substitute"] = substitute_draw(have["options"]["substitute"])  # older: a bool
         if {k: have.get(k) for k in wanted} != wanted:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
