@@ -173,6 +173,16 @@ def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, 
     assert not (tmp_path / "o" / "samples.csv").exists()
 
 
+def test_a_model_directory_after_substitute_gets_a_clear_error(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--composition-prior", "train.npz", "--substitute", str(model_dir), "-n", "2",
+              "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--substitute: must be one of probability, mass-balanced" in err
+    assert "give the model directory before the options" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(("steps", "sigma_min", "sigma_max", "rho"),
                          [(10, 0.002, 80.0, 7.0), (50, 0.01, 5.0, 3.0)])
 def test_karras_sigmas_are_diffusers_edm_schedule(steps, sigma_min, sigma_max, rho):

@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom or single-stage CrysTens diffusion: give each of the -n samples the "
                         "composition of a crystal drawn (seeded) from this CrystalSet, typically the "
                         "model's training set (composition first, then structure)")
-    p.add_argument("--substitute", nargs="?", const="probability", default=None, choices=list(DRAWS),
+    p.add_argument("--substitute", nargs="?", const="probability", default=None, type=_draw,
+                   metavar="{" + ",".join(DRAWS) + "}",
                    help="with --composition-prior: change each drawn composition by one ion "
                         "substitution to a composition the CrystalSet does not hold, drawn by "
                         "pymatgen's data-mined probabilities ('probability', the default) or by those "
@@ -112,6 +113,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(1; does not change the crystals)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sample)
+
+
+def _draw(text: str) -> str:
+    """``--substitute``'s value: a draw name; a path there is a model directory put after the option."""
+    from crysgen.data.substitution import DRAWS
+
+    if text in DRAWS:
+        return text
+    hint = (f"; {text} is a path: give the model directory before the options, or write "
+            "--substitute=probability" if Path(text).exists() else "")
+    raise argparse.ArgumentTypeError(f"must be one of {', '.join(DRAWS)}, got {text!r}{hint}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
