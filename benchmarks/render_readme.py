@@ -36,26 +36,36 @@ def metric_cell(metrics: dict, key: str) -> str:
     return f"{v:.4g}" if key.startswith("wdist") or key.endswith("_tv") else pct(v)
 
 
+def sample_options(d: dict) -> dict:
+    """How a result file's samples were made: its script's options, overridden by the
+    ``sample_config.json`` options of a sample folder made earlier (``--samples``), whose script
+    options do not say how it was sampled."""
+    return {**d.get("options", {}), **((d.get("sampling") or {}).get("sample_options") or {})}
+
+
 def sample_mode(d: dict) -> str:
     """How an evaluation or CSP file sampled, in words ("" for plain sampling)."""
-    options = d.get("options", {})
+    options = sample_options(d)
     words = []
     if options.get("composition_prior"):
         words.append("composition prior" + (" + substitution" if options.get("substitute") else "")
                      + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else ""))
     if options.get("symmetry_prior") or d.get("symmetry_templates"):
         words.append("symmetry templates")
+    if options.get("limit_element_count") or options.get("free_element_count") is False:  # older name
+        words.append("element-count limit")
     # a sampler setting other than `crysgen sample`'s defaults (older files record none)
     sampler, steps = options.get("sampler"), options.get("steps")
     if sampler not in (None, SampleOptions.sampler) or steps not in (None, SampleOptions.steps):
-        words.append(f"{sampler or SampleOptions.sampler} {steps or SampleOptions.steps} steps")
+        words.append(("" if sampler in (None, SampleOptions.sampler) else f"{sampler} ")
+                     + f"{steps or SampleOptions.steps} steps")
     return " + ".join(words)
 
 
 def sampler_ran(d: dict) -> tuple[float | None, float | None, float | None]:
     """(churn, anneal_rho, anneal_rho_lattice) of an atom model's scoring file: those that ran where
     the file records them, else those asked for (None: neither)."""
-    options = d.get("options", {})
+    options = sample_options(d)
     ran = {k: v for k, v in ((d.get("sampling") or {}).get("sampler") or {}).items() if v is not None}
     churn, anneal, lattice = (ran.get(k, options.get(k))
                               for k in ("churn", "anneal_rho", "anneal_rho_lattice"))
@@ -805,7 +815,7 @@ def default_model_block() -> list[str]:
     def sampling(d: dict) -> tuple[int, str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
-        options = d.get("options", {})
+        options = sample_options(d)
         churn, anneal, lattice = sampler_ran(d)
         flags = (" --composition-prior" if options.get("composition_prior") else "") \
             + (" --substitute" if options.get("substitute") else "") \
