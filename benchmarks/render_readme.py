@@ -27,13 +27,17 @@ def pct(x: float | None) -> str:
 
 
 def metric_cell(metrics: dict, key: str) -> str:
-    """A suite metric for a table: rates in %, distances (``wdist_*``, ``*_tv``) as numbers, – when absent."""
+    """A suite metric for a table: rates in %, distances (``wdist_*``, ``*_tv``) as numbers (± the
+    standard deviation over further draws where the file has one), – when absent."""
     if key not in metrics or isinstance(metrics[key]["value"], dict):
         return "–"
     v = metrics[key]["value"]
     if v != v:  # NaN: nothing to measure it on (e.g. a distance over no valid sample)
         return "–"
-    return f"{v:.4g}" if key.startswith("wdist") or key.endswith("_tv") else pct(v)
+    if key.startswith("wdist") or key.endswith("_tv"):
+        spread = metrics[key].get("spread")  # the sd over further draws of the same size, where scored
+        return f"{v:.4g} ± {spread['sd']:.2g}" if spread and spread["sd"] == spread["sd"] else f"{v:.4g}"
+    return pct(v)
 
 
 def sample_options(d: dict) -> dict:

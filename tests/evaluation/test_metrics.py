@@ -10,7 +10,7 @@ from crysgen.cli import main
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.compositional import smact_valid
 from crysgen.evaluation.coverage import coverage
-from crysgen.evaluation.distributions import wasserstein
+from crysgen.evaluation.distributions import wasserstein, wasserstein_spread
 from crysgen.evaluation.novelty import novel_mask, unique_mask
 from crysgen.evaluation.validity import structurally_valid
 from tests.conftest import FILES, load_cif
@@ -174,3 +174,26 @@ def test_wdist_cn_is_zero_against_itself_and_the_coordination_gap_otherwise(tmp_
     assert same["cn_share_tv"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert other["cn_share_tv"]["value"] == pytest.approx(1.0, abs=0.01)  # all 4-fold against all 6-fold
     assert other["cn_share_tv"]["generated_cn_share"] == {"4": 1.0}
+
+
+def test_the_wasserstein_spread_is_the_draws_noise_around_the_whole_sample():
+    """Half 0s, half 1s against a reference of 0s: W of a draw is its share of 1s, whose mean (0.5)
+    and standard deviation (hypergeometric: 0.151 for 10 of 100) are known."""
+    gen, ref = np.r_[np.zeros(50), np.ones(50)], np.zeros(7)
+    spread = wasserstein_spread(gen, ref, 10, 400, np.random.default_rng(0))
+    assert spread["all"] == pytest.approx(0.5) and spread["draws"] == 400 and spread["n"] == 10
+    assert spread["mean"] == pytest.approx(0.5, abs=0.03)
+    assert spread["sd"] == pytest.approx(np.sqrt(10 * 0.25 * 90 / 99) / 10, abs=0.02)
+    assert 0.0 <= spread["min"] < 0.3 and 0.7 < spread["max"] <= 1.0
+    again = wasserstein_spread(gen, ref, 10, 400, np.random.default_rng(0))
+    assert again == spread  # the same generator, the same draws
+
+
+def test_a_draw_as_large_as_the_sample_has_no_spread_and_an_empty_one_is_nan():
+    gen = np.array([0.0, 1.0, 2.0, np.nan])
+    whole = wasserstein_spread(gen, [0.0], 1000, 5, np.random.default_rng(0))
+    assert whole["n"] == 3 and whole["sd"] == 0.0 and whole["mean"] == whole["all"] == pytest.approx(1.0)
+    empty = wasserstein_spread([np.nan], [0.0], 1000, 5, np.random.default_rng(0))
+    assert np.isnan(empty["mean"]) and np.isnan(empty["all"]) and empty["n"] == 0
+    with pytest.raises(ValueError, match="draws"):
+        wasserstein_spread(gen, [0.0], 10, 0, np.random.default_rng(0))

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import wasserstein_distance
 
 from crysgen import CrysgenError, CrystalSet
 from crysgen.evaluation.suite import EvalOptions, evaluate, write_report
@@ -365,3 +366,28 @@ def test_a_missing_library_is_raised_not_written_into_every_row(monkeypatch):
         suite._guarded(missing, load_cif("NaCl"))
     value, reason = suite._guarded(lambda s: 1 / 0, load_cif("NaCl"))  # any other error: the row's reason
     assert value is None and reason.startswith("ZeroDivisionError")
+
+
+# ------------------------------------------------------------------- the Wasserstein distances' spread
+def test_each_wasserstein_distance_carries_its_spread_and_keeps_the_protocol_draw(tmp_path):
+    """The spread's draws come from a generator of their own: the protocol's figure is the one it
+    was without them, on n_wasserstein of the valid samples, and the spread's ``all`` is W on
+    every valid sample."""
+    from tests.data.cifs import NACL_LATTICE
+
+    cifs = {f"s{k:02d}": cif_text(lattice=(5.0 + 0.1 * k, *NACL_LATTICE[1:])) for k in range(12)}
+    folder = write_folder(tmp_path / "cifs", cifs)
+    ref = tmp_path / "ref.npz"
+    CrystalSet.from_structures([load_cif("NaCl"), load_cif("SrTiO3")], max_sites=52).save(ref)
+    base = {"metrics": ("validity", "distributions"), "workers": 1, "n_wasserstein": 4}
+    with_spread = evaluate(folder, ref, ref, EvalOptions(**base, wasserstein_draws=30), progress=False)
+    without = evaluate(folder, ref, ref, EvalOptions(**base, wasserstein_draws=0), progress=False)
+    w, w0 = with_spread.metrics["wdist_density"], without.metrics["wdist_density"]
+    assert w["value"] == w0["value"] and w["n"] == 4 and "spread" not in w0
+    spread = w["spread"]
+    assert spread["draws"] == 30 and spread["n"] == 4 and spread["sd"] > 0
+    valid = [float(r["density_g_cm3"]) for r in with_spread.rows if r["struct_valid"] and r["comp_valid"]]
+    ref_density = [load_cif("NaCl").density, load_cif("SrTiO3").density]
+    assert len(valid) == 12
+    assert spread["all"] == pytest.approx(float(wasserstein_distance(valid, ref_density)))
+    assert with_spread.metrics["wdist_num_elems"]["spread"]["sd"] == 0.0  # every sample has two elements

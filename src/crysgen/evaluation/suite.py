@@ -115,6 +115,10 @@ class EvalOptions:
             every evaluation before this option built its hull; a smaller hull places samples
             lower, and in chemical systems it lacks, more than 0.5 eV/atom below it).
         n_wasserstein: valid samples drawn for the Wasserstein distances (CDVAE: 1,000).
+        wasserstein_draws: further draws of ``n_wasserstein`` valid samples (from their own
+            generator: the protocol's draw stays as it was) whose mean, standard deviation and
+            range go beside each Wasserstein distance as its ``spread``, with the distance on
+            every valid sample; 0: none.
         seed: seeds every random subset.
         device: "cpu" or "cuda" for the property models and CHGNet.
         relax_steps: CHGNet FIRE steps at most per structure.
@@ -150,6 +154,7 @@ class EvalOptions:
     reference_limit: int | None = None
     hull_reference: str = "all"
     n_wasserstein: int = 1000
+    wasserstein_draws: int = 20
     seed: int = 0
     device: str = "cpu"
     relax_steps: int = RelaxOptions.steps
@@ -206,6 +211,35 @@ class Evaluation:
 
 def _metric(value: float | dict[str, Any], n: int, **extra: Any) -> dict[str, Any]:
     return {"value": value, "n": int(n), **extra}
+
+
+def _number(row: dict[str, Any], key: str) -> float:
+    """A row's numeric field, NaN where the row has none (a sample that failed before it)."""
+    v = row.get(key)
+    return float(v) if v not in (None, "") else float("nan")
+
+
+def _wdist(o: EvalOptions, values: list[float], ref: np.ndarray, draw: np.ndarray, valid_idx: np.ndarray,
+           **extra: Any) -> dict[str, Any]:
+    """CDVAE's W on the protocol's draw of valid samples (``n``: its finite values), with its spread.
+
+    Args:
+        o: the options (``n_wasserstein``, ``wasserstein_draws``, ``seed``).
+        values: one value per generated sample (NaN where it has none).
+        ref: (R,) the reference values.
+        draw: indices of the protocol's draw (a subset of ``valid_idx``).
+        valid_idx: indices of every valid sample, which the spread's draws come from.
+        **extra: further fields of the metric (e.g. the property model).
+    """
+    from crysgen.evaluation.distributions import wasserstein, wasserstein_spread
+
+    v = np.asarray(values, float)
+    chosen = v[draw]
+    if o.wasserstein_draws > 0:
+        # a generator of its own, so that the protocol's draw (and every figure before) is unchanged
+        extra["spread"] = wasserstein_spread(v[valid_idx], ref, o.n_wasserstein, o.wasserstein_draws,
+                                             np.random.default_rng([o.seed, 1]))
+    return _metric(wasserstein(chosen, ref), int(np.isfinite(chosen).sum()), **extra)
 
 
 def _guarded(fn: Callable[[Any], Any], x: Any) -> tuple[Any, str | None]:
@@ -553,7 +587,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
 
     if "distributions" in o.metrics:
         timer.begin("distributions")
-        from crysgen.evaluation.distributions import distributions, ks_statistics, overlay_plot, wasserstein
+        from crysgen.evaluation.distributions import distributions, ks_statistics, overlay_plot
 
         ref_d = distributions(ref_cs)
         sv = [i for i in ok if struct_valid[i]]
@@ -567,10 +601,10 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
         plots["distributions"] = base64.b64encode(png.getvalue()).decode()
         ref_density = np.array([s.density for s in ref])
         ref_nel = np.array([len(s.composition.elements) for s in ref])
-        metrics["wdist_density"] = _metric(wasserstein([rows[i]["density_g_cm3"] for i in draw], ref_density),
-                                           len(draw))
-        metrics["wdist_num_elems"] = _metric(wasserstein([rows[i]["num_elements"] for i in draw], ref_nel),
-                                             len(draw))
+        metrics["wdist_density"] = _wdist(o, [_number(r, "density_g_cm3") for r in rows], ref_density, draw,
+                                          valid_idx)
+        metrics["wdist_num_elems"] = _wdist(o, [_number(r, "num_elements") for r in rows], ref_nel, draw,
+                                            valid_idx)
         timer.end("distributions")
 
     if "novelty" in o.metrics:
@@ -595,7 +629,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
 
     if "properties" in o.metrics:
         timer.begin("properties")
-        metrics.update(_properties(o, gen, ok, rows, ref, draw, plots))
+        metrics.update(_properties(o, gen, ok, rows, ref, draw, valid_idx, plots))
         timer.end("properties")
 
     if "stability" in o.metrics:
@@ -708,8 +742,9 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
 
 
 def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: list[dict[str, Any]],
-                ref: list[Any], draw: np.ndarray, plots: dict[str, str]) -> dict[str, dict[str, Any]]:
-    from crysgen.evaluation.distributions import ks_statistics, wasserstein
+                ref: list[Any], draw: np.ndarray, valid_idx: np.ndarray,
+                plots: dict[str, str]) -> dict[str, dict[str, Any]]:
+    from crysgen.evaluation.distributions import ks_statistics
     from crysgen.properties.predict import column_name, featurize
     from crysgen.properties.registry import load_property_model, models_dir
 
@@ -737,9 +772,8 @@ def _properties(o: EvalOptions, gen: list[InputCrystal], ok: list[int], rows: li
         gen_p[col] = pred
         ref_p[col] = model.predict(ref_graphs, device=o.device)
         if name == o.property_model:
-            chosen = np.array([rows[i].get(col, np.nan) for i in draw], float)
-            out["wdist_prop"] = _metric(wasserstein(chosen, ref_p[col]), int(np.isfinite(chosen).sum()),
-                                        model=name, column=col)
+            values = [_number(r, col) for r in rows]
+            out["wdist_prop"] = _wdist(o, values, ref_p[col], draw, valid_idx, model=name, column=col)
     out["property_ks"] = _metric(ks_statistics(gen_p, ref_p), len(good), models=names)
     plots["properties"] = _violins(gen_p, ref_p)
     return out
