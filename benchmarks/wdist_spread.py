@@ -116,7 +116,8 @@ def main() -> None:
             raise SystemExit(f"{name} scores {result['dataset']}, not {args.dataset}")
         pub = result.get("published") or {}
         for row, values in pub.get("rows", {}).items():
-            published[row] = {k: v for k, v in zip(pub["columns"], values, strict=True) if k in METRICS}
+            published[row] = {k: v for k, v in zip(pub["columns"], values, strict=True)
+                             if k in METRICS and v is not None}
         gen = valid_values(work / name / "report" / "structures.csv")
         # the suite's own draw (its seed's first choice over the valid samples) scores the file's
         # figure again: a check that these rows and reference values are the suite's
