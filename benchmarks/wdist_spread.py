@@ -85,7 +85,7 @@ def plot(result: dict, path: Path) -> None:
             if key in values and values[key] <= 3 * top:  # one far off would flatten the rest
                 ax.axhline(values[key], color=f"C{k + 4}", ls="--", lw=1, label=f"{row} (published)")
                 top = max(top, 1.1 * values[key])
-        ax.set_ylim(0, top)
+        ax.set_ylim(0, max(top, 1e-3))  # a distance that is 0 in every draw (carbon's #elements)
         ax.set_xticks(x, [n.removeprefix("eval_") for n in names], rotation=30,
                       ha="right", fontsize=7)
         ax.set_title(f"{label}: {result['draws']} draws of {result['n_per_draw']}")
