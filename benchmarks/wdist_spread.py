@@ -7,7 +7,8 @@ formation energy) and scores ``--draws`` further draws of the same size with
 :func:`crysgen.evaluation.distributions.wasserstein_spread`, the function ``crysgen evaluate`` now
 runs itself: their mean, standard deviation and range, and W on every valid sample. The file's
 own draw is scored again from the rows (``protocol_redrawn``): equal to its figure when the rows
-and reference values are the suite's. The reference
+and reference values are the suite's. Each distance's means (generated, reference) and W on every
+valid sample with the difference of means removed say how much of it is a plain shift. The reference
 split's formation energies are predicted with the same CGCNN model as the suite's.
 
     python benchmarks/wdist_spread.py eval_atom_diffusion_p5cont_10k_perov_5_cpu \\
@@ -129,8 +130,12 @@ def main() -> None:
         out = {"n_valid": n_valid, "n_samples": result["metrics"]["n_samples"]["value"]}
         for key in METRICS:
             spread = wasserstein_spread(gen[key], ref[key], args.n, args.draws, rng)
+            g, r = gen[key][np.isfinite(gen[key])], ref[key]
             out[key] = {"protocol": result["metrics"][key]["value"],
-                        "protocol_redrawn": wasserstein(gen[key][draw], ref[key]), **spread}
+                        "protocol_redrawn": wasserstein(gen[key][draw], ref[key]), **spread,
+                        # how much of W on every valid sample is a shift of the mean
+                        "mean_generated": float(g.mean()), "mean_reference": float(r.mean()),
+                        "all_without_mean_shift": wasserstein(g - g.mean() + r.mean(), r)}
         evaluations[name] = out
     result = {"dataset": args.dataset, "draws": args.draws, "n_per_draw": args.n, "seed": args.seed,
               "reference": f"{args.dataset}_test.npz ({len(ref['wdist_density'])} crystals)",
