@@ -81,7 +81,7 @@ def test_the_html_report_escapes_every_text_it_shows(tmp_path):
     assert f"<title>crysgen evaluate: {escaped}</title>" in html
     assert f"<h1>crysgen evaluate: {escaped}</h1>" in html
     assert "K-S: ks_&lt;b&gt;x&lt;/b&gt;" in html and "<td>&lt;i&gt;prop</td><td>0.25</td>" in html
-    assert "<tr><td>struct_valid</td><td>0.5</td><td>2</td></tr>" in html
+    assert "<tr><td>struct_valid</td><td>0.5</td><td>2</td><td></td></tr>" in html
     assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in html
 
 
@@ -391,3 +391,6 @@ def test_each_wasserstein_distance_carries_its_spread_and_keeps_the_protocol_dra
     assert len(valid) == 12
     assert spread["all"] == pytest.approx(float(wasserstein_distance(valid, ref_density)))
     assert with_spread.metrics["wdist_num_elems"]["spread"]["sd"] == 0.0  # every sample has two elements
+    write_report(with_spread, tmp_path / "out", title="t", options=EvalOptions(**base, wasserstein_draws=30))
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert f"± {spread['sd']:.2g} over 30 draws of 4" in html

@@ -14,9 +14,9 @@ from jinja2 import Environment
 _PAGE = """<!doctype html><html><head><meta charset='utf-8'><title>{{ title }}</title>
 <style>body{font-family:sans-serif;max-width:1200px}td{padding:2px 10px}</style></head>
 <body><h1>{{ title }}</h1>
-<table><tr><th>metric</th><th>value</th><th>n</th></tr>
-{%- for name, value, n in table %}
-<tr><td>{{ name }}</td><td>{{ value }}</td><td>{{ n }}</td></tr>
+<table><tr><th>metric</th><th>value</th><th>n</th><th>spread over draws</th></tr>
+{%- for name, value, n, spread in table %}
+<tr><td>{{ name }}</td><td>{{ value }}</td><td>{{ n }}</td><td>{{ spread }}</td></tr>
 {%- endfor %}
 </table>
 {%- for name, rows in ks %}
@@ -36,6 +36,15 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def spread_text(metric: dict[str, Any]) -> str:
+    """A Wasserstein distance's spread over further draws, in words ("" for a metric without one)."""
+    sp = metric.get("spread")
+    if not sp:
+        return ""
+    return (f"± {sp['sd']:.2g} over {sp['draws']} draws of {sp['n']} "
+            f"(mean {sp['mean']:.4g}, range {sp['min']:.4g}–{sp['max']:.4g}; all valid: {sp['all']:.4g})")
+
+
 def render_html(metrics: dict[str, dict[str, Any]], plots: dict[str, str], seconds: dict[str, float],
                 *, title: str) -> str:
     """The report page.
@@ -50,7 +59,8 @@ def render_html(metrics: dict[str, dict[str, Any]], plots: dict[str, str], secon
     Returns:
         The HTML text.
     """
-    table = [(k, _fmt(v["value"]), v["n"]) for k, v in metrics.items() if not isinstance(v["value"], dict)]
+    table = [(k, _fmt(v["value"]), v["n"], spread_text(v)) for k, v in metrics.items()
+             if not isinstance(v["value"], dict)]
     ks = [(k, [(n, _fmt(s["statistic"])) for n, s in sorted(v["value"].items())])
           for k, v in metrics.items() if isinstance(v["value"], dict)]
     template = Environment(autoescape=True).from_string(_PAGE)
