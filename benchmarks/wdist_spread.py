@@ -8,8 +8,9 @@ formation energy) and scores ``--draws`` further draws of the same size with
 runs itself: their mean, standard deviation and range, and W on every valid sample. The file's
 own draw is scored again from the rows (``protocol_redrawn``): equal to its figure when the rows
 and reference values are the suite's. Each distance's means (generated, reference) and W on every
-valid sample with the difference of means removed say how much of it is a plain shift. The reference
-split's formation energies are predicted with the same CGCNN model as the suite's.
+valid sample with the difference of means removed say how much of it is a plain shift; for the
+density, the mean mass and volume per atom say whether a shift comes from the elements or the
+cells. The reference split's formation energies are predicted with the same CGCNN model as the suite's.
 
     python benchmarks/wdist_spread.py eval_atom_diffusion_p5cont_10k_perov_5_cpu \\
         eval_atom_diffusion_p5cont_10k_fp32_perov_5_cpu --dataset perov_5 --name perov_5
@@ -28,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from pymatgen.core import Composition
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.distributions import wasserstein, wasserstein_spread
@@ -44,8 +46,25 @@ def valid_values(path: Path) -> dict[str, np.ndarray]:
     with path.open() as f:
         rows = [r for r in csv.DictReader(f) if r["struct_valid"] == "True" and r["comp_valid"] == "True"
                 and not r.get("fingerprint_reason")]
-    return {key: np.array([float(r[col]) if r.get(col) else np.nan for r in rows])
-            for key, (col, _) in METRICS.items()}
+    out = {key: np.array([float(r[col]) if r.get(col) else np.nan for r in rows])
+           for key, (col, _) in METRICS.items()}
+    out["mass_per_atom"] = np.array([mass_per_atom(Composition(r["formula"])) for r in rows])
+    return out
+
+
+def mass_per_atom(composition: Composition) -> float:
+    """Mean atomic mass of a composition (u)."""
+    return float(composition.weight) / composition.num_atoms
+
+
+def density_parts(mass: np.ndarray, density: np.ndarray, ref_mass: np.ndarray,
+                  ref_volume: np.ndarray) -> dict:
+    """Whether a density shift comes from heavier atoms or smaller cells: mean mass per atom (u) and
+    volume per atom (Å³) of the generated (from mass and density) and reference crystals."""
+    volume = mass * 1.66053907 / density  # u / (g/cm³) -> Å³
+    return {"mass_per_atom": {"generated": float(mass.mean()), "reference": float(ref_mass.mean())},
+            "volume_per_atom": {"generated": float(np.nanmean(volume)),
+                                "reference": float(ref_volume.mean())}}
 
 
 def reference_values(test: Path, models_dir: str | None) -> dict[str, np.ndarray]:
@@ -58,7 +77,9 @@ def reference_values(test: Path, models_dir: str | None) -> dict[str, np.ndarray
     structs = [cs.to_structure(i) for i in range(len(cs))]
     graphs, _ = featurize([InputCrystal(str(i), s) for i, s in enumerate(structs)])
     model = load_property_model("formation_energy", models_dir)
-    return {"wdist_density": np.array([s.density for s in structs]),
+    return {"mass_per_atom": np.array([mass_per_atom(s.composition) for s in structs]),
+            "volume_per_atom": np.array([s.volume / len(s) for s in structs]),
+            "wdist_density": np.array([s.density for s in structs]),
             "wdist_num_elems": np.array([len(s.composition.elements) for s in structs], float),
             "wdist_prop": np.asarray(model.predict([g for g in graphs if g is not None], device="cpu"))}
 
@@ -136,6 +157,8 @@ def main() -> None:
                         # how much of W on every valid sample is a shift of the mean
                         "mean_generated": float(g.mean()), "mean_reference": float(r.mean()),
                         "all_without_mean_shift": wasserstein(g - g.mean() + r.mean(), r)}
+        out["density_parts"] = density_parts(gen["mass_per_atom"], gen["wdist_density"], ref["mass_per_atom"],
+                                             ref["volume_per_atom"])
         evaluations[name] = out
     result = {"dataset": args.dataset, "draws": args.draws, "n_per_draw": args.n, "seed": args.seed,
               "reference": f"{args.dataset}_test.npz ({len(ref['wdist_density'])} crystals)",
