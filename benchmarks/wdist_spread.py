@@ -129,13 +129,21 @@ def main() -> None:
     p.add_argument("--models-dir", default=None, help="CGCNN checkpoints (default: $CRYSGEN_MODELS_DIR)")
     args = p.parse_args()
     work = Path(args.work)
+    results = {name: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+               for name in args.names}
+    for name, result in results.items():  # every file is checked before the reference work
+        if result["dataset"] != args.dataset:
+            raise SystemExit(f"{name} scores {result['dataset']}, not {args.dataset}")
+        if (result.get("options") or {}).get("reference_limit"):
+            # its reference was a seeded subset (which also moved the suite's draw): not the split here
+            raise SystemExit(f"{name} was scored against --reference-limit "
+                             f"{result['options']['reference_limit']} reference crystals; this compares "
+                             f"with the whole {args.dataset} test split "
+                             "(use files made with --reference-limit 0)")
     ref = reference_values(work / f"{args.dataset}_test.npz", args.models_dir)
     published: dict[str, dict[str, float]] = {}
     evaluations = {}
-    for name in args.names:
-        result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
-        if result["dataset"] != args.dataset:
-            raise SystemExit(f"{name} scores {result['dataset']}, not {args.dataset}")
+    for name, result in results.items():
         pub = result.get("published") or {}
         for row, values in pub.get("rows", {}).items():
             published[row] = {k: v for k, v in zip(pub["columns"], values, strict=True)
@@ -147,7 +155,9 @@ def main() -> None:
         seed = (result.get("options") or {}).get("seed", 0)
         draw = (np.sort(np.random.default_rng(seed).choice(n_valid, args.n, replace=False))
                 if n_valid > args.n else np.arange(n_valid))
-        rng = np.random.default_rng([args.seed, 1])  # the suite's generator for its spread
+        # the suite's seed for its spread; unlike the suite, which starts each distance's draws
+        # afresh, the three distances here take their draws in turn from one generator
+        rng = np.random.default_rng([args.seed, 1])
         out = {"n_valid": n_valid, "n_samples": result["metrics"]["n_samples"]["value"]}
         for key in METRICS:
             spread = wasserstein_spread(gen[key], ref[key], args.n, args.draws, rng)
