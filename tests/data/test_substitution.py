@@ -111,3 +111,19 @@ def test_mass_balanced_substitution_keeps_the_formula_mass_on_average():
 def test_an_unknown_balance_is_refused():
     with pytest.raises(CrysgenError, match="draw must be one of probability, mass-balanced"):
         substitute(_rows("NaCl"), draw="volume")
+
+
+def test_a_seeded_draw_does_not_depend_on_the_interpreter_s_string_hashing():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from crysgen.data.substitution import substitute; import numpy as np; "
+            "z = np.array([[11, 17, 0, 0], [8, 22, 38, 0], [9, 9, 20, 0], [8, 30, 0, 0]] * 5); "
+            "print(' '.join(substitute(z, draw='mass-balanced', seed=0).substitutions))")
+    runs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        runs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(runs) == 1 and "→" in runs.pop()

@@ -194,7 +194,7 @@ def _candidates(counts: tuple[tuple[int, int], ...], threshold: float
             p = table.cond_prob(old, new)
             if p >= threshold:
                 out.append((old.element.Z, new.element.Z, float(p)))
-    return out, common
+    return sorted(out), common  # the table's species are a set: its order follows PYTHONHASHSEED
 
 
 @functools.cache
