@@ -917,13 +917,18 @@ def _target_figure(d: dict, metric: str) -> float | None:
     return value if isinstance(value, float | int) else None
 
 
-def _figure(value: float, metric: str, published: bool = False) -> str:
+def _figure(value: float, metric: str, published: bool = False, spread: dict | None = None) -> str:
     """A figure as the tables print it: rates in % (published rows are in % already), distances and
-    RMSDs as numbers."""
+    RMSDs as numbers (± the sd over further draws where the file has one)."""
     rate = not (metric.startswith("wdist") or metric.endswith("rmsd") or metric == "csp:rmse")
     if rate:
         return f"{value:.2f} %" if published else f"{100 * value:.2f} %"
-    return f"{value:.4g}"
+    return f"{value:.4g} ± {spread['sd']:.2g}" if spread and spread["sd"] == spread["sd"] else f"{value:.4g}"
+
+
+_LABELS = {"struct_valid": "struct. valid", "comp_valid": "comp. valid", "cov_recall": "COV-R",
+           "cov_precision": "COV-P", "wdist_density": "W(ρ)", "wdist_prop": "W(property)",
+           "wdist_num_elems": "W(#elements)"}
 
 
 def targets_block() -> list[str]:
@@ -934,13 +939,14 @@ def targets_block() -> list[str]:
              "|---|---|---|---|---|"]
     for what, stem, metric, target, way in TARGETS_MP20:
         path = results / f"{stem}.json"
-        value = _target_figure(json.loads(path.read_text()), metric) if path.exists() else None
+        d = json.loads(path.read_text()) if path.exists() else {}
+        value = _target_figure(d, metric) if d else None
         if value is None:
             raise SystemExit(f"{path.name} holds no {metric} (a target of issue 18)")
         met = value >= target if way == "min" else value <= target
         lines.append(f"| {what} | {'≥' if way == 'min' else '≤'} {_figure(target, metric)} | "
-                     f"{_figure(value, metric)} | {'yes' if met else '**no**'} | "
-                     f"[{stem}]({path.relative_to(ROOT)}) |")
+                     f"{_figure(value, metric, spread=d.get('metrics', {}).get(metric, {}).get('spread'))} | "
+                     f"{'yes' if met else '**no**'} | [{stem}]({path.relative_to(ROOT)}) |")
     lines += ["", "| dataset | metric | DiffCSP (published) | measured | at or above DiffCSP | file |",
               "|---|---|---|---|---|---|"]
     for dataset, stem in TARGETS_DIFFCSP:
@@ -953,8 +959,9 @@ def targets_block() -> list[str]:
             if theirs is None or value is None:
                 continue
             met = value <= theirs if metric.startswith("wdist") else 100 * value >= theirs
-            lines.append(f"| {dataset} | {metric} | {_figure(theirs, metric, published=True)} | "
-                         f"{_figure(value, metric)} | {'yes' if met else '**no**'} | "
+            spread = d["metrics"][metric].get("spread")
+            lines.append(f"| {dataset} | {_LABELS.get(metric, metric)} | "
+                         f"{_figure(theirs, metric, published=True)} | {_figure(value, metric, spread=spread)} | {'yes' if met else '**no**'} | "
                          f"[{stem}]({path.relative_to(ROOT)}) |")
     return [*lines, "", TARGETS_END]
 
