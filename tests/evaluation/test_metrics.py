@@ -51,6 +51,13 @@ def test_coverage_of_identical_sets_is_complete_and_far_sets_are_not_covered():
     assert far.recall == 0.0 and far.precision == 0.0
     half = coverage(s, c, s, c, n_generated=40, struct_cutoff=0.01, comp_cutoff=0.01)
     assert half.precision == 0.5  # invalid generated crystals count in the denominator
+    gs, gc = s[:15] + 0.1, rng.random((15, 7))  # fewer generated than reference crystals
+    shifted = coverage(gs, gc, s, c, n_generated=20, struct_cutoff=0.4, comp_cutoff=10)
+    want_s = np.linalg.norm(gs[:, None] - s[None], axis=-1).min(axis=1)
+    want_c = np.linalg.norm(gc[:, None] - c[None], axis=-1).min(axis=1)
+    np.testing.assert_allclose(shifted.struct_distance, want_s)  # per generated crystal, in order
+    np.testing.assert_allclose(shifted.comp_distance, want_c)
+    np.testing.assert_allclose(cov.struct_distance, 0, atol=1e-12)
 
 
 def test_wasserstein_is_zero_for_equal_samples_and_the_shift_otherwise():

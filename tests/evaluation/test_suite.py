@@ -394,3 +394,21 @@ def test_each_wasserstein_distance_carries_its_spread_and_keeps_the_protocol_dra
     write_report(with_spread, tmp_path / "out", title="t", options=EvalOptions(**base, wasserstein_draws=30))
     html = (tmp_path / "out" / "report.html").read_text()
     assert f"± {spread['sd']:.2g} over 30 draws of 4" in html
+
+
+def test_each_sample_row_carries_its_distance_to_the_nearest_reference(tmp_path):
+    """The rows' nearest-reference distances are their own crystal's (a strained NaCl sits at
+    composition distance 0 from the NaCl reference, KCl does not) and COV-P is the share of rows
+    marked precise."""
+    samples, train, ref = _coverage_set(tmp_path)
+    o = EvalOptions(metrics=("validity", "coverage"), workers=1, cache_dir=str(tmp_path / "cache"))
+    ev = evaluate(samples, train, ref, o, progress=False)
+    by_id = {r["id"]: r for r in ev.rows}
+    assert by_id["s0"]["cov_comp_distance"] == pytest.approx(0.0, abs=1e-6)  # strained NaCl
+    assert by_id["s4"]["cov_comp_distance"] > 0.1  # KCl: no reference has its composition
+    assert all(0 <= r["cov_struct_distance"] for r in ev.rows)
+    cut_s, cut_c = ev.metrics["cov_precision"]["cutoffs"]
+    for r in ev.rows:
+        assert r["cov_precise"] == (r["cov_struct_distance"] <= cut_s and r["cov_comp_distance"] <= cut_c)
+    precise = sum(r["cov_precise"] for r in ev.rows)
+    assert precise / len(ev.rows) == pytest.approx(ev.metrics["cov_precision"]["value"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,12 @@ class Coverage:
     n_generated: int
     n_fingerprinted: int
     n_reference: int
+    struct_distance: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """float (G,) each fingerprinted generated crystal's structure-fingerprint distance to its
+    nearest reference crystal (COV-P counts it where this and ``comp_distance`` are within the cut-offs)."""
+    comp_distance: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """float (G,) the same by standardised composition fingerprint (nearest reference by composition,
+    which need not be the structure's nearest)."""
 
 
 def coverage(gen_struct: np.ndarray, gen_comp: np.ndarray, ref_struct: np.ndarray, ref_comp: np.ndarray,
@@ -47,5 +53,7 @@ def coverage(gen_struct: np.ndarray, gen_comp: np.ndarray, ref_struct: np.ndarra
         return Coverage(0.0, 0.0, n_generated, 0, len(ref_struct))
     ds, dc = cdist(gen_struct, ref_struct), cdist(gen_comp, ref_comp)
     recall = np.mean((ds.min(axis=0) <= struct_cutoff) & (dc.min(axis=0) <= comp_cutoff))
-    precision = np.sum((ds.min(axis=1) <= struct_cutoff) & (dc.min(axis=1) <= comp_cutoff)) / n_generated
-    return Coverage(float(recall), float(precision), n_generated, len(gen_struct), len(ref_struct))
+    near_s, near_c = ds.min(axis=1), dc.min(axis=1)
+    precision = np.sum((near_s <= struct_cutoff) & (near_c <= comp_cutoff)) / n_generated
+    return Coverage(float(recall), float(precision), n_generated, len(gen_struct), len(ref_struct),
+                    near_s, near_c)

@@ -558,7 +558,7 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
         with timed(timer, "coverage.fingerprints"):
             fps = fingerprint_structures([structs[i] for i in cand], workers=o.workers,
                                          progress=progress)
-        gs, gc = [], []
+        gs, gc, fp_rows = [], [], []
         for i, (s_fp, c_fp, err) in zip(cand, fps, strict=True):
             if err:
                 rows[i]["fingerprint_reason"] = err
@@ -566,7 +566,10 @@ def _evaluate(samples: str | Path | list[str | Path], train: str | Path | None, 
             fp_ok[i] = True
             gs.append(s_fp)
             gc.append(c_fp)
-        finish_coverage = partial(_coverage_metrics, o, gs, gc, n, cut, cut_source, progress)
+            fp_rows.append(rows[i])
+            rows[i].update(cov_struct_distance="", cov_comp_distance="", cov_precise="")  # their places
+        finish_coverage = partial(_coverage_metrics, o, gs, gc, n, cut, cut_source, progress,
+                                  rows=fp_rows)
         if "stability" in o.metrics:  # the relaxation runs while they compute (collected below)
             pending = _reference_fingerprints_behind(ref_cs, ref, o, progress)
         if pending is None:
@@ -689,8 +692,13 @@ COVERAGE_KEYS = ("cov_recall", "cov_precision", "wdist_cn", "cn_share_tv")
 
 def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
                       cut: tuple[float, float], cut_source: str, progress: bool,
-                      ref_fps: list[Fingerprints]) -> dict[str, dict[str, Any]]:
+                      ref_fps: list[Fingerprints], *, rows: list[dict[str, Any]] | None = None
+                      ) -> dict[str, dict[str, Any]]:
     """COV-R and COV-P of the generated fingerprints (``gs``, ``gc``) against the reference's.
+
+    Each of ``rows`` (the structures.csv rows of ``gs``, in order) gets its crystal's distances to
+    the nearest reference crystal (``cov_struct_distance``, ``cov_comp_distance``) and whether
+    COV-P counts it (``cov_precise``).
 
     Args:
         o: options (``comp_scaler``, ``cov_over``).
@@ -701,6 +709,7 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
         cut_source: where they come from.
         progress: progress bars (a composition scaler fitted on a file).
         ref_fps: :func:`reference_fingerprints` of the reference crystals.
+        rows: the rows of ``gs``' crystals, updated in place.
     """
     from crysgen.evaluation.coverage import coverage
     from crysgen.evaluation.distributions import wasserstein
@@ -713,6 +722,9 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
     gc_a = np.array(gc).reshape(len(gc), rc.shape[1])
     cov = coverage(gs_a, standardise(gc_a, mean, std), rs, standardise(rc, mean, std), n_generated=n,
                    struct_cutoff=cut[0], comp_cutoff=cut[1])
+    for row, d_s, d_c in zip(rows or [], cov.struct_distance, cov.comp_distance, strict=bool(rows)):
+        row.update(cov_struct_distance=round(float(d_s), 5), cov_comp_distance=round(float(d_c), 5),
+                   cov_precise=bool(d_s <= cut[0] and d_c <= cut[1]))
     extra = {"cutoffs": list(cut), "cutoffs_from": cut_source, "comp_scaler": scaler,
              "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
     out = {"cov_recall": _metric(cov.recall, cov.n_reference, **extra),
