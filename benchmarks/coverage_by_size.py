@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ BINS = (1, 5, 9, 13, 17, 21, 25)
 
 
 def _bin_labels() -> list[str]:
-    return [f"{lo}-{hi - 1}" for lo, hi in zip(BINS[:-1], BINS[1:], strict=False)] + [f"{BINS[-1]}+"]
+    return [f"{lo}-{hi - 1}" for lo, hi in pairwise(BINS)] + [f"{BINS[-1]}+"]
 
 
 def _bin(sites: np.ndarray) -> np.ndarray:
