@@ -37,8 +37,14 @@ def metric_cell(metrics: dict, key: str) -> str:
         return "–"
     if key.startswith("wdist") or key.endswith("_tv"):
         spread = metrics[key].get("spread")  # the sd over further draws of the same size, where scored
-        return f"{v:.4g} ± {spread['sd']:.2g}" if spread and spread["sd"] == spread["sd"] else f"{v:.4g}"
+        return f"{v:.4g} ± {spread['sd']:.2g}" if _spread_shown(spread) else f"{v:.4g}"
     return pct(v)
+
+
+def _spread_shown(spread: dict | None) -> bool:
+    """Whether a W-distance's spread over draws says anything: not where every draw held all valid
+    samples (1,000 samples, all valid: sd 0 up to rounding) or none was scored (NaN)."""
+    return bool(spread) and spread["sd"] == spread["sd"] and spread["sd"] > 1e-9
 
 
 def sample_options(d: dict) -> dict:
@@ -920,7 +926,7 @@ def _figure(value: float, metric: str, published: bool = False, spread: dict | N
     rate = not (metric.startswith("wdist") or metric.endswith("rmsd") or metric == "csp:rmse")
     if rate:
         return f"{value:.2f} %" if published else f"{100 * value:.2f} %"
-    return f"{value:.4g} ± {spread['sd']:.2g}" if spread and spread["sd"] == spread["sd"] else f"{value:.4g}"
+    return f"{value:.4g} ± {spread['sd']:.2g}" if _spread_shown(spread) else f"{value:.4g}"
 
 
 _LABELS = {"struct_valid": "struct. valid", "comp_valid": "comp. valid", "cov_recall": "COV-R",
