@@ -406,7 +406,7 @@ def test_each_sample_row_carries_its_distance_to_the_nearest_reference(tmp_path)
     by_id = {r["id"]: r for r in ev.rows}
     assert by_id["s0"]["cov_comp_distance"] == pytest.approx(0.0, abs=1e-6)  # strained NaCl
     assert by_id["s4"]["cov_comp_distance"] > 0.1  # KCl: no reference has its composition
-    assert all(0 <= r["cov_struct_distance"] for r in ev.rows)
+    assert all(r["cov_struct_distance"] >= 0 for r in ev.rows)
     cut_s, cut_c = ev.metrics["cov_precision"]["cutoffs"]
     for r in ev.rows:
         assert r["cov_precise"] == (r["cov_struct_distance"] <= cut_s and r["cov_comp_distance"] <= cut_c)
