@@ -36,15 +36,16 @@ def metric_cell(metrics: dict, key: str) -> str:
     if v != v:  # NaN: nothing to measure it on (e.g. a distance over no valid sample)
         return "–"
     if key.startswith("wdist") or key.endswith("_tv"):
-        spread = metrics[key].get("spread")  # the sd over further draws of the same size, where scored
-        return f"{v:.4g} ± {spread['sd']:.2g}" if _spread_shown(spread) else f"{v:.4g}"
+        return distance(v, metrics[key].get("spread"))  # spread: the sd over further draws, where scored
     return pct(v)
 
 
-def _spread_shown(spread: dict | None) -> bool:
-    """Whether a W-distance's spread over draws says anything: not where every draw held all valid
-    samples (1,000 samples, all valid: sd 0 up to rounding) or none was scored (NaN)."""
-    return bool(spread) and spread["sd"] == spread["sd"] and spread["sd"] > 1e-9
+def distance(v: float, spread: dict | None = None) -> str:
+    """A distance as the tables print it, ± the sd of its spread over draws where that says anything:
+    not where every draw held all valid samples (1,000 samples, all valid: sd 0 up to rounding) or
+    none was scored (NaN)."""
+    shown = bool(spread) and spread["sd"] == spread["sd"] and spread["sd"] > 1e-9
+    return f"{v:.4g} ± {spread['sd']:.2g}" if shown else f"{v:.4g}"
 
 
 def sample_options(d: dict) -> dict:
@@ -924,10 +925,9 @@ def _target_figure(d: dict, metric: str) -> float | None:
 def _figure(value: float, metric: str, published: bool = False, spread: dict | None = None) -> str:
     """A figure as the tables print it: rates in % (published rows are in % already), distances and
     RMSDs as numbers (± the sd over further draws where the file has one)."""
-    rate = not (metric.startswith("wdist") or metric.endswith("rmsd") or metric == "csp:rmse")
-    if rate:
-        return f"{value:.2f} %" if published else f"{100 * value:.2f} %"
-    return f"{value:.4g} ± {spread['sd']:.2g}" if _spread_shown(spread) else f"{value:.4g}"
+    if metric.startswith("wdist") or metric.endswith("rmsd") or metric == "csp:rmse":
+        return distance(value, spread)
+    return pct(value / 100 if published else value)
 
 
 _LABELS = {"struct_valid": "struct. valid", "comp_valid": "comp. valid", "cov_recall": "COV-R",
