@@ -78,6 +78,8 @@ def main() -> None:
     files = {}
     for name in args.names:
         result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+        if result["dataset"] != args.dataset:  # the size shares would be another split's
+            raise SystemExit(f"{name} scores {result['dataset']}, not {args.dataset}")
         table = work / name / "report" / "structures.csv"
         if not table.exists():
             raise SystemExit(f"{table} is missing: re-make it with the command in {name}.json")
