@@ -147,3 +147,55 @@ def test_config_refuses_negative_or_nan_sampler_settings(field):
     for bad in (-1.0, float("nan")):
         with pytest.raises(CrysgenError, match=f"edm.{field} must be 0"):
             AtomEDMConfig(**{field: bad})
+
+
+def test_crystal_weights_count_real_sites_or_give_every_crystal_one():
+    from crysgen.objectives.atom_edm import crystal_weights
+
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    assert crystal_weights(mask, "site").tolist() == [2.0, 4.0, 1.0]
+    assert crystal_weights(mask, "crystal").tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown"):
+        crystal_weights(mask, "atom")
+
+
+def test_site_weighting_weighs_each_crystals_coordinate_loss_by_its_sites(monkeypatch):
+    """Total (coordinates only) = Σ n_k L_k / Σ n_k under "site", the plain mean under "crystal",
+    with L_k each crystal's own per-site loss (read by weighting one crystal at a time); the
+    reported part is the per-crystal mean under both."""
+    from dataclasses import replace
+
+    import crysgen.objectives.atom_edm as ae
+
+    x0, mask, consts = _batch()
+    sizes = mask.sum(1).float()
+    assert len(set(sizes.tolist())) > 1  # the check needs crystals of different sizes
+    torch.manual_seed(0)
+    net = AtomTransformer(type_dim=39, d_model=16, n_layers=1, n_heads=2, edge_hidden=8).eval()
+    cfg = AtomEDMConfig(weights=(0.0, 1.0, 0.0), csp_fraction=0.0)
+
+    def loss(c: AtomEDMConfig) -> tuple[float, float]:
+        with torch.no_grad():
+            total, parts = edm_loss(net, x0, mask, c, consts, generator=torch.Generator().manual_seed(3))
+        return float(total), float(parts["loss_coords"])
+
+    real = ae.crystal_weights
+    per_crystal = []
+    for k in range(len(mask)):  # one-hot weights: the total is crystal k's own loss
+        monkeypatch.setattr(ae, "crystal_weights", lambda m, w, k=k: torch.eye(len(m))[k])
+        per_crystal.append(loss(cfg)[0])
+    monkeypatch.setattr(ae, "crystal_weights", real)
+    lk = torch.tensor(per_crystal)
+    by_crystal, part_c = loss(cfg)
+    by_site, part_s = loss(replace(cfg, site_weighting="site"))
+    assert by_crystal == pytest.approx(float(lk.mean()), rel=1e-5)
+    assert by_site == pytest.approx(float((lk * sizes).sum() / sizes.sum()), rel=1e-5)
+    assert abs(by_site - by_crystal) > 1e-3 * by_crystal  # the weighting changes the objective
+    assert part_c == pytest.approx(by_crystal, rel=1e-5) and part_s == pytest.approx(by_crystal, rel=1e-5)
+
+
+def test_an_unknown_site_weighting_is_refused_with_the_choices():
+    from crysgen.errors import CrysgenError
+
+    with pytest.raises(CrysgenError, match="crystal, site"):
+        AtomEDMConfig(site_weighting="atom")

@@ -27,6 +27,10 @@ SPEC_FILE = "atoms.json"
 B = TypeVar("B", bound="AtomDiffusionBundle")
 
 
+SITE_WEIGHTINGS = ("crystal", "site")
+"""The values of :attr:`AtomEDMConfig.site_weighting`."""
+
+
 @dataclass(frozen=True)
 class AtomEDMConfig:
     """Noise distribution, σ_data per part, loss weights and the sampler's defaults.
@@ -51,6 +55,12 @@ class AtomEDMConfig:
         cond_dropout: share of training crystals whose conditions (space group, number of
             elements) are withheld (0 given), each independently, so that a conditioned network
             learns the unconditional model too (classifier-free guidance).
+        site_weighting: how the per-site losses (element codes, coordinates) average over a
+            batch: "crystal" (each crystal's sites are averaged first, so every crystal counts
+            alike and a site of a 24-site cell weighs a quarter of one of a 6-site cell) or "site"
+            (every real site of the batch counts alike, so a crystal weighs in proportion to its
+            sites, as DiffCSP's losses average over all atoms of a batch). The lattice's loss is
+            per crystal either way. Training only: sampling does not read it.
     """
 
     p_mean: float = -1.2
@@ -66,6 +76,7 @@ class AtomEDMConfig:
     cond_dropout: float = 0.1
     anneal_rho: float = 0.0
     anneal_rho_lattice: float | None = None
+    site_weighting: str = "crystal"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -74,6 +85,9 @@ class AtomEDMConfig:
         for name in ("csp_fraction", "cond_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CrysgenError(f"edm.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.site_weighting not in SITE_WEIGHTINGS:
+            raise CrysgenError(f"edm.site_weighting must be one of {', '.join(SITE_WEIGHTINGS)}, "
+                               f"got {self.site_weighting!r}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
         require_non_negative({"edm.s_churn": self.s_churn, "edm.anneal_rho": self.anneal_rho,

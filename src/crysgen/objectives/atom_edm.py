@@ -128,6 +128,24 @@ def denoise(net: torch.nn.Module, xt: Parts, sigma: torch.Tensor, mask: torch.Te
     return (d, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l)) if raw else d
 
 
+def crystal_weights(mask: torch.Tensor, site_weighting: str) -> torch.Tensor:
+    """Each crystal's weight in a batch's per-site losses (:attr:`AtomEDMConfig.site_weighting`).
+
+    Args:
+        mask: (B, S) real sites.
+        site_weighting: "crystal" (every crystal 1) or "site" (its number of real sites, so that
+            the weighted mean of the crystals' per-site means weighs every site alike).
+
+    Returns:
+        (B,) float weights.
+    """
+    if site_weighting == "site":
+        return mask.float().sum(1)
+    if site_weighting == "crystal":
+        return torch.ones(mask.shape[0], device=mask.device)
+    raise ValueError(f"unknown site weighting {site_weighting!r}")
+
+
 def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMConfig, consts: Constants,
              *, generator: torch.Generator | None = None,
              conditions: dict[str, torch.Tensor] | None = None,
@@ -138,7 +156,9 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     (equivalently λ(σ)·|D − x|², which weighs every σ alike); padding sites never count, and the
     types' loss skips crystals whose element codes were given. ``conditions`` (int (B,) tensors by
     the network's keyword) condition a conditioned network; for each, ``cfg.cond_dropout`` of the
-    crystals get 0 (none) instead.
+    crystals get 0 (none) instead. ``cfg.site_weighting`` says how the per-site parts average over
+    the batch in the returned total; the returned parts are always per-crystal means (each
+    crystal's sites averaged, then the crystals), so that runs with either weighting compare.
     """
     b, dev = mask.shape[0], mask.device
 
@@ -172,6 +192,10 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     free = (~given).float()
     lt = (loss_t * free).sum() / free.sum().clamp_min(1)
     lc, ll = loss_c.mean(), loss_l.mean()
+    cw = crystal_weights(mask, cfg.site_weighting)
+    opt_t = (loss_t * free * cw).sum() / (free * cw).sum().clamp_min(1)
+    opt_c = (loss_c * cw).sum() / cw.sum().clamp_min(1)
     w = cfg.weights
-    total = (w[0] * lt + w[1] * lc + w[2] * ll) / sum(w)
+    total = (w[0] * opt_t + w[1] * opt_c + w[2] * ll) / sum(w)
+    # the parts are reported per crystal whatever the weighting, so that runs compare
     return total, {"loss_types": lt.detach(), "loss_coords": lc.detach(), "loss_lattice": ll.detach()}
