@@ -28,6 +28,8 @@
 #                                                      # every run is scored against the same train split;
 #                                                      # SYM_SWEEP=1 adds a CSP sweep on symmetry templates)
 #   (STEPS=N caps a launch's steps: the cosine rate decays over them)
+#   (SAMPLE_N=10000: a launch/watch whose training has ended also samples that many de novo crystals
+#    with the final model into $OUT/samples_atoms_TAG.tgz, in the same call)
 #   (SET="compile=default optim.lr=2e-4": settings over CONFIG, each passed as --set)
 #   SUFFIX=_x bash benchmarks/gpu_atoms.sh fastest | head -1   # the compile setting of the fastest row of
 #                                                      # train_throughput_atom_<dataset>_x.json
@@ -86,8 +88,18 @@ pack() {  # the exported model (with BEST=1 also the lowest-validation-loss one,
   # files come back at most 16 MiB each: cat $RUN.tgz.part_* > $RUN.tgz
   (cd $OUT && split -b 15m $RUN.tgz $RUN.tgz.part_ && rm $RUN.tgz)
 }
-watch() {
-  wait_for "[c]rysgen train atom-diffusion" $1; progress; pack
+watch() {  # with SAMPLE_N, a finished run's model also samples SAMPLE_N de novo crystals (its own
+  # sampler defaults, seed 0) into $OUT/samples_$RUN.tgz in the same call, for `eval_model.py --samples`
+  # on the CPU (10,000 carbon_24 samples take 44 min on a 2-core CPU, seconds here)
+  local ended=; wait_for "[c]rysgen train atom-diffusion" $1 && ended=1; progress; pack
+  if [ -n "${SAMPLE_N:-}" ] && [ -n "$ended" ] && [ -f $R/$RUN/model/config.json ]; then
+    if [ "$(left)" -lt 90 ]; then echo "no time left in this call to sample (SAMPLE_N)"; return; fi
+    rm -rf /tmp/samples_$RUN
+    timeout $(( $(left) - 30 )) python3 -m crysgen sample $R/$RUN/model -n $SAMPLE_N --device cuda \
+      --out /tmp/samples_$RUN --quiet && tail -c 300 /tmp/samples_$RUN/summary.json \
+      && tar czf $OUT/samples_$RUN.tgz -C /tmp samples_$RUN \
+      && (cd $OUT && split -b 15m samples_$RUN.tgz samples_$RUN.tgz.part_ && rm samples_$RUN.tgz)
+  fi
 }
 csp_only() {  # TAG: a CSP_ONLY run (its element outputs untrained): no de novo evaluation
   [[ " ${CSP_ONLY:-} " == *" $1 "* ]]
