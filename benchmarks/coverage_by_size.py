@@ -20,24 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet
+from crysgen.evaluation.coverage import site_bin_labels, site_bins
 from provenance import ROOT, write_result
-
-BINS = (1, 5, 9, 13, 17, 21, 25)
-"""Site-count bins, lower edges inclusive: 1-4, 5-8, ..., 21-24, then 25 and more."""
-
-
-def _bin_labels() -> list[str]:
-    return [f"{lo}-{hi - 1}" for lo, hi in pairwise(BINS)] + [f"{BINS[-1]}+"]
-
-
-def _bin(sites: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.asarray(BINS), sites, side="right") - 1
 
 
 def by_size(rows: list[dict[str, str]], reference_sites: np.ndarray) -> list[dict]:
@@ -54,9 +43,9 @@ def by_size(rows: list[dict[str, str]], reference_sites: np.ndarray) -> list[dic
     """
     sites = np.array([int(r["num_sites"] or 0) for r in rows])
     precise = np.array([r.get("cov_precise") == "True" for r in rows])
-    gen_bin, ref_bin = _bin(sites), _bin(np.asarray(reference_sites))
+    gen_bin, ref_bin = site_bins(sites), site_bins(np.asarray(reference_sites))
     out = []
-    for k, label in enumerate(_bin_labels()):
+    for k, label in enumerate(site_bin_labels()):
         mask = gen_bin == k
         if not mask.any() and not (ref_bin == k).any():
             continue

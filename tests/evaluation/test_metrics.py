@@ -204,3 +204,19 @@ def test_a_draw_as_large_as_the_sample_has_no_spread_and_an_empty_one_is_nan():
     assert np.isnan(empty["mean"]) and np.isnan(empty["all"]) and empty["n"] == 0
     with pytest.raises(ValueError, match="draws"):
         wasserstein_spread(gen, [0.0], 10, 0, np.random.default_rng(0))
+
+
+def test_precision_by_sites_bins_cells_by_site_count_and_takes_each_bins_precise_share():
+    import numpy as np
+
+    from crysgen.evaluation.coverage import precision_by_sites, site_bin_labels
+
+    sites = np.array([1, 4, 4, 5, 8, 12, 24, 25, 40])
+    precise = np.array([True, False, True, True, True, False, True, False, True])
+    got = precision_by_sites(sites, precise)
+    assert [b["sites"] for b in got] == ["1-4", "5-8", "9-12", "21-24", "25+"]  # empty bins left out
+    assert [b["n"] for b in got] == [3, 2, 1, 1, 2]
+    assert [b["precision"] for b in got] == pytest.approx([2 / 3, 1.0, 0.0, 1.0, 0.5])
+    assert site_bin_labels()[:2] == ["1-4", "5-8"] and site_bin_labels()[-1] == "25+"
+    with pytest.raises(ValueError, match="shape"):
+        precision_by_sites(sites, precise[:-1])

@@ -412,3 +412,15 @@ def test_each_sample_row_carries_its_distance_to_the_nearest_reference(tmp_path)
         assert r["cov_precise"] == (r["cov_struct_distance"] <= cut_s and r["cov_comp_distance"] <= cut_c)
     precise = sum(r["cov_precise"] for r in ev.rows)
     assert precise / len(ev.rows) == pytest.approx(ev.metrics["cov_precision"]["value"])
+    # COV-P by cell size: each bin's share of precise rows, every row in one bin
+    by_sites = ev.metrics["cov_precision"]["by_sites"]
+    assert sum(b["n"] for b in by_sites) == len(ev.rows)
+    for b in by_sites:
+        lo, _, hi = b["sites"].partition("-")
+        in_bin = [r for r in ev.rows if int(lo) <= r["num_sites"] <= int(hi or 10**6)]
+        assert b["n"] == len(in_bin)
+        assert b["precision"] == pytest.approx(sum(r["cov_precise"] for r in in_bin) / len(in_bin))
+    write_report(ev, tmp_path / "out", title="t", options=o)
+    first = by_sites[0]
+    assert f"by sites: {first['sites']} {100 * first['precision']:.0f} % of {first['n']}" in (
+        tmp_path / "out" / "report.html").read_text()

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from crysgen.data.guards import check_output_dir
-    from crysgen.evaluation.report import spread_text
+    from crysgen.evaluation.report import notes
     from crysgen.evaluation.suite import FAMILIES, EvalOptions, evaluate, write_report
 
     cut = None
@@ -124,7 +124,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             shown = " ".join(f"{k}={v['statistic']:.3f}" for k, v in sorted(m["value"].items()))
             print(f"{name:<20} {shown}")
         else:
-            print(f"{name:<20} {m['value']:>10.4g} {m['n']:>7}  {spread_text(m)}".rstrip())
+            print(f"{name:<20} {m['value']:>10.4g} {m['n']:>7}  {notes(m)}".rstrip())
     print(f"wrote {Path(args.out) / 'metrics.json'}, structures.csv and report.html "
           f"({ev.seconds['total']:.0f} s)")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -57,3 +58,38 @@ def coverage(gen_struct: np.ndarray, gen_comp: np.ndarray, ref_struct: np.ndarra
     precision = np.sum((near_s <= struct_cutoff) & (near_c <= comp_cutoff)) / n_generated
     return Coverage(float(recall), float(precision), n_generated, len(gen_struct), len(ref_struct),
                     near_s, near_c)
+
+
+SITE_BINS = (1, 5, 9, 13, 17, 21, 25)
+"""Lower edges (inclusive) of the site-count bins of :func:`precision_by_sites`: 1-4, 5-8, ...,
+21-24, then 25 and more."""
+
+
+def site_bin_labels() -> list[str]:
+    """The labels of :data:`SITE_BINS`' bins ("1-4", ..., "21-24", "25+")."""
+    edges = list(SITE_BINS)
+    return [f"{lo}-{hi - 1}" for lo, hi in pairwise(edges)] + [f"{edges[-1]}+"]
+
+
+def site_bins(sites: np.ndarray) -> np.ndarray:
+    """Int (N,) the bin index (into :func:`site_bin_labels`) of each site count (N,) ≥ 1."""
+    return np.searchsorted(np.asarray(SITE_BINS), np.asarray(sites), side="right") - 1
+
+
+def precision_by_sites(sites: np.ndarray, precise: np.ndarray) -> list[dict[str, object]]:
+    """COV-P within each site-count bin: where a model's precise samples are lost by cell size.
+
+    Args:
+        sites: int (G,) site counts of the fingerprinted generated crystals.
+        precise: bool (G,) whether COV-P counts each (both distances within the cut-offs).
+
+    Returns:
+        One dict per non-empty bin, in size order: ``sites`` (its label), ``n`` (its crystals) and
+        ``precision`` (the share of them COV-P counts).
+    """
+    sites, precise = np.asarray(sites), np.asarray(precise, dtype=bool)
+    if sites.shape != precise.shape:
+        raise ValueError(f"sites {sites.shape} and precise {precise.shape} differ in shape")
+    k = site_bins(sites)
+    return [{"sites": label, "n": int((k == i).sum()), "precision": float(precise[k == i].mean())}
+            for i, label in enumerate(site_bin_labels()) if (k == i).any()]

@@ -45,6 +45,19 @@ def spread_text(metric: dict[str, Any]) -> str:
             f"(mean {sp['mean']:.4g}, range {sp['min']:.4g}–{sp['max']:.4g}; all valid: {sp['all']:.4g})")
 
 
+def by_sites_text(metric: dict[str, Any]) -> str:
+    """COV-P within each site-count bin, in words ("" for a metric without ``by_sites``)."""
+    bins = metric.get("by_sites")
+    if not bins:
+        return ""
+    return "by sites: " + ", ".join(f"{b['sites']} {100 * b['precision']:.0f} % of {b['n']}" for b in bins)
+
+
+def notes(metric: dict[str, Any]) -> str:
+    """What a metric's row says beside its value: its spread, its share by cell size."""
+    return "; ".join(t for t in (spread_text(metric), by_sites_text(metric)) if t)
+
+
 def render_html(metrics: dict[str, dict[str, Any]], plots: dict[str, str], seconds: dict[str, float],
                 *, title: str) -> str:
     """The report page.
@@ -59,7 +72,7 @@ def render_html(metrics: dict[str, dict[str, Any]], plots: dict[str, str], secon
     Returns:
         The HTML text.
     """
-    table = [(k, _fmt(v["value"]), v["n"], spread_text(v)) for k, v in metrics.items()
+    table = [(k, _fmt(v["value"]), v["n"], notes(v)) for k, v in metrics.items()
              if not isinstance(v["value"], dict)]
     ks = [(k, [(n, _fmt(s["statistic"])) for n, s in sorted(v["value"].items())])
           for k, v in metrics.items() if isinstance(v["value"], dict)]

@@ -698,7 +698,8 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
 
     Each of ``rows`` (the structures.csv rows of ``gs``, in order) gets its crystal's distances to
     the nearest reference crystal (``cov_struct_distance``, ``cov_comp_distance``) and whether
-    COV-P counts it (``cov_precise``).
+    COV-P counts it (``cov_precise``); with rows, COV-P's metric also holds ``by_sites``, its
+    share within each site-count bin (:func:`~crysgen.evaluation.coverage.precision_by_sites`).
 
     Args:
         o: options (``comp_scaler``, ``cov_over``).
@@ -711,7 +712,7 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
         ref_fps: :func:`reference_fingerprints` of the reference crystals.
         rows: the rows of ``gs``' crystals, updated in place.
     """
-    from crysgen.evaluation.coverage import coverage
+    from crysgen.evaluation.coverage import coverage, precision_by_sites
     from crysgen.evaluation.distributions import wasserstein
     from crysgen.evaluation.fingerprints import COORDINATION_NUMBERS, coordination_shares, standardise
 
@@ -727,8 +728,11 @@ def _coverage_metrics(o: EvalOptions, gs: list[Any], gc: list[Any], n: int,
                    cov_precise=bool(d_s <= cut[0] and d_c <= cut[1]))
     extra = {"cutoffs": list(cut), "cutoffs_from": cut_source, "comp_scaler": scaler,
              "generated_used": f"{o.cov_over} ({cov.n_fingerprinted} with fingerprints)"}
+    by_sites = ({"by_sites": precision_by_sites(np.array([int(r["num_sites"]) for r in rows]),
+                                                np.array([r["cov_precise"] for r in rows], dtype=bool))}
+                if rows else {})
     out = {"cov_recall": _metric(cov.recall, cov.n_reference, **extra),
-           "cov_precision": _metric(cov.precision, cov.n_generated, **extra)}
+           "cov_precision": _metric(cov.precision, cov.n_generated, **extra, **by_sites)}
     # the local environments behind the structure fingerprints: coordination numbers
     gen_sh, ref_sh = coordination_shares(gs_a), coordination_shares(rs)
     gen_sh, ref_sh = gen_sh[np.isfinite(gen_sh).all(axis=1)], ref_sh[np.isfinite(ref_sh).all(axis=1)]
