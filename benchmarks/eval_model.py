@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--dataset", required=True, choices=sorted(TRAIN))
     p.add_argument("--work", default="benchmarks/.work")
-    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("-n", "--n-samples", dest="n", type=int, default=1000)  # "--n" is ambiguous, not --name
     p.add_argument("--reference-limit", type=int, default=1000)
     p.add_argument("--hull-reference", choices=HULL_REFERENCE, default=EvalOptions.hull_reference,
                    help="the test crystals in the stability hull: all, or the --reference-limit subset")
