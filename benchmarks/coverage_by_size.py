@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet
-from crysgen.evaluation.coverage import site_bin_labels, site_bins
+from crysgen.evaluation.coverage import precision_by_sites, site_bin_labels, site_bins
 from provenance import ROOT, write_result
 
 
@@ -41,17 +41,17 @@ def by_size(rows: list[dict[str, str]], reference_sites: np.ndarray) -> list[dic
         One dict per bin: sites, generated (count), generated_share, reference_share, precision
         (share of that bin's samples that COV-P counts; None for an empty bin).
     """
-    sites = np.array([int(r["num_sites"] or 0) for r in rows])
+    sites = np.array([int(r["num_sites"] or 0) for r in rows])  # 0: not decoded, in no bin
     precise = np.array([r.get("cov_precise") == "True" for r in rows])
+    within = {b["sites"]: b for b in precision_by_sites(sites, precise)}
     gen_bin, ref_bin = site_bins(sites), site_bins(np.asarray(reference_sites))
     out = []
     for k, label in enumerate(site_bin_labels()):
-        mask = gen_bin == k
-        if not mask.any() and not (ref_bin == k).any():
+        if label not in within and not (ref_bin == k).any():
             continue
-        out.append({"sites": label, "generated": int(mask.sum()),
-                    "generated_share": float(mask.mean()), "reference_share": float((ref_bin == k).mean()),
-                    "precision": float(precise[mask].mean()) if mask.any() else None})
+        b = within.get(label, {"n": 0, "precision": None})
+        out.append({"sites": label, "generated": b["n"], "generated_share": float((gen_bin == k).mean()),
+                    "reference_share": float((ref_bin == k).mean()), "precision": b["precision"]})
     return out
 
 
