@@ -401,7 +401,9 @@ def test_each_sample_row_carries_its_distance_to_the_nearest_reference(tmp_path)
     composition distance 0 from the NaCl reference, KCl does not) and COV-P is the share of rows
     marked precise."""
     samples, train, ref = _coverage_set(tmp_path)
-    o = EvalOptions(metrics=("validity", "coverage"), workers=1, cache_dir=str(tmp_path / "cache"))
+    # a composition cut-off that KCl misses, so that COV-P and its size bins count a miss
+    o = EvalOptions(metrics=("validity", "coverage"), workers=1, cache_dir=str(tmp_path / "cache"),
+                    cov_cutoffs=(0.4, 0.1))
     ev = evaluate(samples, train, ref, o, progress=False)
     by_id = {r["id"]: r for r in ev.rows}
     assert by_id["s0"]["cov_comp_distance"] == pytest.approx(0.0, abs=1e-6)  # strained NaCl
@@ -415,6 +417,7 @@ def test_each_sample_row_carries_its_distance_to_the_nearest_reference(tmp_path)
     # COV-P by cell size: each bin's share of precise rows, every row in one bin
     by_sites = ev.metrics["cov_precision"]["by_sites"]
     assert sum(b["n"] for b in by_sites) == len(ev.rows)
+    assert not by_id["s4"]["cov_precise"] and any(b["precision"] < 1 for b in by_sites)
     for b in by_sites:
         lo, _, hi = b["sites"].partition("-")
         in_bin = [r for r in ev.rows if int(lo) <= r["num_sites"] <= int(hi or 10**6)]
