@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 from codec import ROOT, stamp
-from crysgen.crystal_set import write_text_atomic
+from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.substitution import DRAWS
 from crysgen.evaluation.suite import ALL_FAMILIES, HULL_REFERENCE, EvalOptions, evaluate, write_report
+from crysgen.models.model_dir import data_fingerprint
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from eval_sanity import TRAIN
@@ -84,9 +85,11 @@ def main() -> None:
     args = p.parse_args()
     work = Path(args.work)
     out = work / f"eval_{args.name}_{args.dataset}{args.suffix}"
+    n = args.n
     if args.samples:
         samples = Path(args.samples)
         meta = json.loads((samples / "summary.json").read_text())
+        n = meta.get("n", meta.get("decoded"))  # the folder's size, not the unused -n
         config = json.loads((samples / "sample_config.json").read_text())
         sampling = {"seconds": None, "decoded": meta.get("decoded"), "failures": meta.get("failures"),
                     "folder": str(samples), "sampled_from": config["model"],
@@ -114,11 +117,12 @@ def main() -> None:
                           relax_steps=args.relax_steps,
                           relax_time_limit_s=args.relax_time_limit, relax_workers=args.relax_workers,
                           relax_batch_size=args.relax_batch)
-    ev = evaluate(samples, work / f"{TRAIN[args.dataset]}.npz",
-                  work / f"{args.dataset}_test.npz", options, progress=args.progress)
+    train, reference = work / f"{TRAIN[args.dataset]}.npz", work / f"{args.dataset}_test.npz"
+    ev = evaluate(samples, train, reference, options, progress=args.progress)
     write_report(ev, out / "report", title=f"{args.name} on {args.dataset}", options=options)
-    result = {"model": args.model, "dataset": args.dataset, "n": args.n,
+    result = {"model": args.model, "dataset": args.dataset, "n": n,
               "training_data": f"{TRAIN[args.dataset]}.npz (mp_20: the partial train split, 57 %)",
+              "data": [data_fingerprint(CrystalSet.load(p), p.name) for p in (train, reference)],
               "sampling": sampling,
               "metrics": ev.metrics, "seconds": ev.seconds,
               "published": {"columns": published("dng")["columns"],
