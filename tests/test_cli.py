@@ -132,7 +132,7 @@ def test_every_subcommand_has_a_handler_and_a_help_that_renders():
     assert sorted(leaves) == sorted([
         "data prepare", "data download", "data label", "codec roundtrip", "codec fit-scaling",
         "sample", "train diffusion", "train atom-diffusion", "train gan", "train wgan",
-        "train segmenter", "train vae", "train property", "evaluate", "predict", "model cascade",
+        "train segmenter", "train vae", "train property", "evaluate", "compare", "predict", "model cascade",
         "model export"])
     for path, parser in leaves.items():
         handler = parser.get_default("func")
