@@ -909,7 +909,7 @@ TARGETS_MP20 = (
 )
 # perov_5 and carbon_24: at or above DiffCSP's published row, read from each file's "published" block
 TARGETS_DIFFCSP = (("perov_5", "eval_atom_diffusion_p5cont_10k_fp32_perov_5_cpu"),
-                   ("carbon_24", "eval_atom_diffusion_c24cont5_10k_carbon_24_cpu"))
+                   ("carbon_24", "eval_atom_diffusion_c24sites6_10k_carbon_24_cpu"))
 
 
 def _target_figure(d: dict, metric: str) -> float | None:
