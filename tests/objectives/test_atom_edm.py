@@ -188,8 +188,12 @@ def test_site_weighting_weighs_each_crystals_coordinate_loss_by_its_sites(monkey
     lk = torch.tensor(per_crystal)
     by_crystal, part_c = loss(cfg)
     by_site, part_s = loss(replace(cfg, site_weighting="site"))
+    by_sqrt, part_q = loss(replace(cfg, site_weighting="sqrt"))
     assert by_crystal == pytest.approx(float(lk.mean()), rel=1e-5)
     assert by_site == pytest.approx(float((lk * sizes).sum() / sizes.sum()), rel=1e-5)
+    root = sizes.sqrt()
+    assert by_sqrt == pytest.approx(float((lk * root).sum() / root.sum()), rel=1e-5)
+    assert part_q == pytest.approx(by_crystal, rel=1e-5)
     assert abs(by_site - by_crystal) > 1e-3 * by_crystal  # the weighting changes the objective
     assert part_c == pytest.approx(by_crystal, rel=1e-5) and part_s == pytest.approx(by_crystal, rel=1e-5)
 
@@ -197,5 +201,5 @@ def test_site_weighting_weighs_each_crystals_coordinate_loss_by_its_sites(monkey
 def test_an_unknown_site_weighting_is_refused_with_the_choices():
     from crysgen.errors import CrysgenError
 
-    with pytest.raises(CrysgenError, match="crystal, site"):
+    with pytest.raises(CrysgenError, match="crystal, sqrt, site"):
         AtomEDMConfig(site_weighting="atom")

@@ -27,7 +27,7 @@ SPEC_FILE = "atoms.json"
 B = TypeVar("B", bound="AtomDiffusionBundle")
 
 
-SITE_WEIGHTINGS = ("crystal", "site")
+SITE_WEIGHTINGS = ("crystal", "sqrt", "site")
 """The values of :attr:`AtomEDMConfig.site_weighting`."""
 
 
@@ -59,8 +59,9 @@ class AtomEDMConfig:
             batch: "crystal" (each crystal's sites are averaged first, so every crystal counts
             alike and a site of a 24-site cell weighs a quarter of one of a 6-site cell) or "site"
             (every real site of the batch counts alike, so a crystal weighs in proportion to its
-            sites, as DiffCSP's losses average over all atoms of a batch). The lattice's loss is
-            per crystal either way. Training only: sampling does not read it.
+            sites, as DiffCSP's losses average over all atoms of a batch), or "sqrt" between the
+            two (a crystal weighs in proportion to the square root of its sites). The lattice's
+            loss is per crystal under all three. Training only: sampling does not read it.
     """
 
     p_mean: float = -1.2

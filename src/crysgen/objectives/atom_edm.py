@@ -133,14 +133,17 @@ def crystal_weights(mask: torch.Tensor, site_weighting: str) -> torch.Tensor:
 
     Args:
         mask: (B, S) real sites.
-        site_weighting: "crystal" (every crystal 1) or "site" (its number of real sites, so that
-            the weighted mean of the crystals' per-site means weighs every site alike).
+        site_weighting: "crystal" (every crystal 1), "site" (its number of real sites, so that
+            the weighted mean of the crystals' per-site means weighs every site alike) or "sqrt"
+            (the square root of its number of real sites).
 
     Returns:
         (B,) float weights.
     """
     if site_weighting == "site":
         return mask.float().sum(1)
+    if site_weighting == "sqrt":
+        return mask.float().sum(1).sqrt()
     if site_weighting == "crystal":
         return torch.ones(mask.shape[0], device=mask.device)
     raise ValueError(f"unknown site weighting {site_weighting!r}")
