@@ -9,18 +9,38 @@ difference in COV-P (or validity) of a point or less on 10,000 samples, overall 
         eval_atom_diffusion_c24cont6_10k_carbon_24_cpu --name c24sites6_vs_cont6 --work benchmarks/.work
 
 Each NAME is a result file ``benchmarks/results/NAME.json`` whose report folder (``--work``/NAME/report)
-still exists; the two must score the same dataset with the same samples' ids.
+still exists, or whose ``structures.csv`` was kept as ``benchmarks/results/reports/NAME_structures.csv.gz``
+(``--keep`` writes that copy); the two must score the same dataset with the same samples' ids.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from dataclasses import asdict
 from pathlib import Path
 
+from crysgen.crystal_set import part_path
 from crysgen.evaluation.comparison import PAIRED_COLUMNS, compare_reports
 from provenance import ROOT, write_result
+
+KEPT = ROOT / "benchmarks" / "results" / "reports"
+
+
+def report_of(name: str, work: Path, *, keep: bool) -> Path:
+    """The structures.csv of result NAME: its report folder under ``work``, else the kept copy."""
+    table, kept = work / name / "report" / "structures.csv", KEPT / f"{name}_structures.csv.gz"
+    if table.exists():
+        if keep:
+            tmp = part_path(kept)
+            tmp.write_bytes(gzip.compress(table.read_bytes(), mtime=0))
+            tmp.replace(kept)
+            print(f"kept {kept}")
+        return table
+    if kept.exists():
+        return kept
+    raise SystemExit(f"neither {table} nor {kept}: re-make the report with the command in {name}.json")
 
 
 def main() -> None:
@@ -31,6 +51,9 @@ def main() -> None:
     p.add_argument("--columns", default="cov_precise,struct_valid",
                    help=f"comma-separated, of {', '.join(PAIRED_COLUMNS)} (%(default)s)")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".work"))
+    p.add_argument("--keep", action="store_true",
+                   help="copy each report's structures.csv, gzipped, to benchmarks/results/reports/ so "
+                        "that later comparisons with these samples need no --work folder")
     args = p.parse_args()
     work = Path(args.work)
     results = {n: json.loads((ROOT / "benchmarks" / "results" / f"{n}.json").read_text())
@@ -38,7 +61,7 @@ def main() -> None:
     datasets = {r["dataset"] for r in results.values()}
     if len(datasets) != 1:
         raise SystemExit(f"the two score different datasets: {sorted(datasets)}")
-    reports = [work / n / "report" for n in (args.name_a, args.name_b)]
+    reports = [report_of(n, work, keep=args.keep) for n in (args.name_a, args.name_b)]
     comparisons = {c: asdict(compare_reports(*reports, column=c)) for c in args.columns.split(",")}
     for c, d in comparisons.items():
         o = d["overall"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 
 import numpy as np
@@ -50,6 +51,9 @@ def test_only_discordant_pairs_decide_and_rows_pair_by_id(tmp_path):
     c = compare_reports(d, e)
     assert (c.overall.only_a, c.overall.only_b) == (30, 0)
     assert c.overall.p_value == pytest.approx(2 * 0.5 ** 30)
+    # a gzipped copy of a report's structures.csv reads the same
+    (tmp_path / "e.csv.gz").write_bytes(gzip.compress((e / "structures.csv").read_bytes()))
+    assert compare_reports(d, tmp_path / "e.csv.gz") == c
     # the same samples listed the other way round pair by id, not by row
     r = compare_reports(d, _report(tmp_path / "r", [1] * 50 + [0] * 50, [6] * 100, reverse=True))
     assert (r.overall.only_a, r.overall.only_b) == (30, 0)

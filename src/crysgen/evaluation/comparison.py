@@ -13,6 +13,7 @@ only by what the comparison is about.
 from __future__ import annotations
 
 import csv
+import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,8 @@ def read_outcomes(report: str | Path, column: str) -> dict[str, tuple[bool | Non
     """A report's per-crystal outcome and site count, by sample id.
 
     Args:
-        report: a ``crysgen evaluate`` report folder or its ``structures.csv``.
+        report: a ``crysgen evaluate`` report folder or its ``structures.csv`` (or a gzipped copy,
+            ``.csv.gz``).
         column: one of :data:`PAIRED_COLUMNS`.
 
     Returns:
@@ -113,7 +115,7 @@ def read_outcomes(report: str | Path, column: str) -> dict[str, tuple[bool | Non
     path = path / "structures.csv" if path.is_dir() else path
     if not path.is_file():
         raise CrysgenError(f"no structures.csv at {report} (a `crysgen evaluate` report folder)")
-    with path.open(newline="") as f:
+    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="")) as f:
         reader = csv.DictReader(f)
         missing = {"id", "num_sites", column} - set(reader.fieldnames or ())
         if missing:
