@@ -44,7 +44,8 @@
 #   (every wait ends by the call's clock: CALL_S, default 540 s, see gpu_env.sh)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N;
 #                                                      # SWEEP_ARGS: more atom_csp_sweep.py options)
-#   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR
+#   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR, packed
+#                                                      # into $OUT (N=10000: 80 s for carbon on an H100)
 #   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
 #                                                      # caches in /tmp/evs_cache; result -> /tmp/evs_result
 #                                                      # (RELAX_WORKERS, default 14: with 4 the cold run of
@@ -171,10 +172,13 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
   done
   for p in $PAIR; do csp_only ${p%%:*} || bash $0 eval-wait atom_diffusion_${p%%:*} > /dev/null; done
   echo "chain done" ;;
-denovo)
+denovo)  # MODEL DIR: N samples (seed 0: paired with any other model's N, see `crysgen compare`),
+  # packed into $OUT/samples_<DIR's name>.tgz (split at 15 MiB) for `eval_model.py --samples` elsewhere
   install
   python3 -m crysgen sample $2 -n ${N:-1000} --device cuda --out $3 --quiet
-  tail -c 600 $3/summary.json ;;
+  tail -c 600 $3/summary.json
+  n=$(basename $3); tar czf $OUT/samples_$n.tgz -C $(dirname $3) $n
+  (cd $OUT && split -b 15m samples_$n.tgz samples_$n.tgz.part_ && rm samples_$n.tgz) ;;
 evalspeed)
   install; mkdir -p /tmp/evs_result
   setsid nohup bash -c "python3 $S/benchmarks/eval_speed.py $2 -n ${N:-1000} --device cuda --workers 14 \
