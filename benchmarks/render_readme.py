@@ -380,6 +380,29 @@ def ablation_table() -> list[str]:
     return [*lines, ""]
 
 
+def paired_table() -> list[str]:
+    """Two models' evaluations of paired samples (paired_*.json of benchmarks/paired_compare.py), one row
+    per file and compared column."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob("paired_*.json"))
+    if not paths:
+        return []
+    lines = ["**Paired comparisons** (`crysgen compare` / `benchmarks/paired_compare.py`: two models sampled "
+             "with the same seed and number, so sample *i* of each has the same size and noise; McNemar's "
+             "exact test on the samples where the two disagree; it does not see the spread between training "
+             "seeds)", "",
+             "| file | A | B | outcome | pairs | A | B | only A | only B | p |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        d = json.loads(path.read_text())
+        a, b = (d[k]["file"].removeprefix("eval_") for k in ("a", "b"))
+        for column, c in d["comparisons"].items():
+            o = c["overall"]
+            lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {a} | {b} | {column} | {o['n']:,} | "
+                         f"{pct(o['rate_a'])} | {pct(o['rate_b'])} | {o['only_a']} | {o['only_b']} | "
+                         f"{o['p_value']:.2g} |")
+    return [*lines, ""]
+
+
 def eval_speed_table() -> list[str]:
     """`crysgen evaluate`'s wall time by family (eval_speed.json) and, where both potentials ran,
     their stable rates and agreement."""
@@ -1091,7 +1114,8 @@ def main() -> None:
     block = "\n".join([START, "", *side_by_side_table(), *codec_tables(data), *diffusion_table(),
                        *ablation_table(), *ddp_line(),
                        *compare_table(), *adversarial_speed_table(),
-                       *properties_table(), *eval_sanity_table(), *eval_models_table(), *eval_speed_table(),
+                       *properties_table(), *eval_sanity_table(), *eval_models_table(), *paired_table(),
+                       *eval_speed_table(),
                        *relax_engines_table(),
                        *atom_table(), *composition_first_table(), *throughput_table(), *voxel_table(), END])
     text = replace_block(README.read_text(), START, END, block)
