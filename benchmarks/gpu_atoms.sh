@@ -83,11 +83,16 @@ pack() {  # the exported model (with BEST=1 also the lowest-validation-loss one,
   if [ -n "$b" ] && [ -f $R/$RUN/checkpoints/step$(printf %07d $b).ckpt ]; then
     python3 -m crysgen model export $R/$RUN --step $b --out $R/$RUN/model_best > /dev/null && echo "model_best: step $b"
   fi
-  tar czf $OUT/$RUN.tgz -C $R $RUN/model $( [ -d $R/$RUN/model_best ] && echo $RUN/model_best ) \
+  ship $RUN -C $R $RUN/model $( [ -d $R/$RUN/model_best ] && echo $RUN/model_best ) \
     $RUN/config.yaml $RUN/atoms.json $RUN/logs \
     $( [ -f $R/$RUN/train_summary.json ] && echo $RUN/train_summary.json $RUN/curves.png ) $RUN.log
-  # files come back at most 16 MiB each: cat $RUN.tgz.part_* > $RUN.tgz
-  (cd $OUT && split -b 15m $RUN.tgz $RUN.tgz.part_ && rm $RUN.tgz)
+}
+ship() {  # NAME TAR_ARGS...: tar czf of TAR_ARGS into $OUT/NAME.tgz.part_aa, _ab, ... (files come back
+  # at most 16 MiB each: cat NAME.tgz.part_* > NAME.tgz); split even when tar missed a file, as the
+  # rest of a run's records is still worth bringing back
+  local name=$1; shift
+  tar czf $OUT/$name.tgz "$@"
+  [ -f $OUT/$name.tgz ] && (cd $OUT && split -b 15m $name.tgz $name.tgz.part_ && rm $name.tgz)
 }
 watch() {  # with SAMPLE_N, a finished run's model also samples SAMPLE_N de novo crystals (its own
   # sampler defaults, seed 0) into $OUT/samples_$RUN.tgz in the same call, for `eval_model.py --samples`
@@ -98,8 +103,7 @@ watch() {  # with SAMPLE_N, a finished run's model also samples SAMPLE_N de novo
     rm -rf /tmp/samples_$RUN
     timeout $(( $(left) - 30 )) python3 -m crysgen sample $R/$RUN/model -n $SAMPLE_N --device cuda \
       --out /tmp/samples_$RUN --quiet && tail -c 300 /tmp/samples_$RUN/summary.json \
-      && tar czf $OUT/samples_$RUN.tgz -C /tmp samples_$RUN \
-      && (cd $OUT && split -b 15m samples_$RUN.tgz samples_$RUN.tgz.part_ && rm samples_$RUN.tgz)
+      && ship samples_$RUN -C /tmp samples_$RUN
   fi
 }
 csp_only() {  # TAG: a CSP_ONLY run (its element outputs untrained): no de novo evaluation
@@ -177,8 +181,7 @@ denovo)  # MODEL DIR: N samples (seed 0: paired with any other model's N, see `c
   install
   python3 -m crysgen sample $2 -n ${N:-1000} --device cuda --out $3 --quiet
   tail -c 600 $3/summary.json
-  n=$(basename $3); tar czf $OUT/samples_$n.tgz -C $(dirname $3) $n
-  (cd $OUT && split -b 15m samples_$n.tgz samples_$n.tgz.part_ && rm samples_$n.tgz) ;;
+  ship samples_$(basename $3) -C $(dirname $3) $(basename $3) ;;
 evalspeed)
   install; mkdir -p /tmp/evs_result
   setsid nohup bash -c "python3 $S/benchmarks/eval_speed.py $2 -n ${N:-1000} --device cuda --workers 14 \
