@@ -68,6 +68,12 @@ def test_by_sites_bins_and_dropped_rows(tmp_path):
     assert (c.by_sites["5-8"].only_a, c.by_sites["5-8"].only_b) == (1, 0)
     assert (c.by_sites["9-12"].n, c.by_sites["9-12"].only_b) == (1, 1)
     assert c.same_sites == pytest.approx(4 / 5)
+    # an undecoded sample (0 sites, not valid) counts overall and in no bin, the others keep theirs
+    v = compare_reports(_report(tmp_path / "va", [0, 1, 1], [0, 6, 10], column="struct_valid"),
+                        _report(tmp_path / "vb", [0, 0, 1], [0, 6, 10], column="struct_valid"),
+                        column="struct_valid")
+    assert v.overall.n == 3 and list(v.by_sites) == ["5-8", "9-12"]
+    assert v.by_sites["5-8"].only_a == 1
 
 
 def test_unpaired_or_malformed_reports_are_refused(tmp_path):

@@ -59,7 +59,8 @@ class PairedComparison:
         column: the ``structures.csv`` column compared.
         overall: every pair.
         by_sites: site-count bin label -> its pairs (bins of
-            :data:`crysgen.evaluation.coverage.SITE_BINS`, non-empty ones, in size order).
+            :data:`crysgen.evaluation.coverage.SITE_BINS`, non-empty ones, in size order; a pair whose
+            crystal has no sites, one that was not decoded, counts in ``overall`` only).
         dropped: pairs left out because either crystal has no outcome (e.g. no fingerprint).
         same_sites: share of the pairs whose two crystals have the same number of sites (1.0 for
             samples drawn with the same seed; lower means the pairing is by id only).
@@ -147,10 +148,8 @@ def compare_outcomes(a: Mapping[str, tuple[bool | None, int]], b: Mapping[str, t
     xb = np.array([b[i][0] for i in kept], dtype=bool)
     sites = np.array([a[i][1] for i in kept], dtype=int)
     same = np.array([a[i][1] == b[i][1] for i in kept], dtype=bool)
-    by_sites: dict[str, PairedCounts] = {}
-    if len(kept) and sites.min() >= 1:
-        labels, k = site_bin_labels(), site_bins(sites)
-        by_sites = {labels[j]: paired_counts(xa[k == j], xb[k == j]) for j in np.unique(k)}
+    labels, k = site_bin_labels(), site_bins(sites)  # a crystal of 0 sites (not decoded): no bin
+    by_sites = {labels[j]: paired_counts(xa[k == j], xb[k == j]) for j in np.unique(k[sites >= 1])}
     return PairedComparison(column=column, overall=paired_counts(xa, xb), by_sites=by_sites,
                             dropped=len(ids) - len(kept),
                             same_sites=float(same.mean()) if len(kept) else float("nan"))
