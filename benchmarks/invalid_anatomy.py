@@ -26,17 +26,10 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Structure
 
-from crysgen.evaluation.validity import structurally_valid
+from crysgen.evaluation.validity import close_pairs, structurally_valid
 from provenance import write_result
 
 CUTOFF = 0.5  # Å, CDVAE's
-
-
-def close_pairs(structure: Structure, cutoff: float = CUTOFF) -> list[tuple[int, int, float]]:
-    """(i, j, distance in Å) of every pair of sites closer than ``cutoff`` (periodic), i < j."""
-    dm = structure.distance_matrix
-    i, j = np.nonzero(np.triu(dm < cutoff, 1))
-    return [(int(a), int(b), float(dm[a, b])) for a, b in zip(i, j, strict=True)]
 
 
 def drop_one_of_each(structure: Structure, pairs: list[tuple[int, int, float]]) -> Structure:
@@ -103,7 +96,7 @@ def main() -> None:
         crystals = []
         for r in invalid:
             s = Structure.from_file(args.samples / r["cif"])
-            pairs = close_pairs(s)
+            pairs = close_pairs(s, CUTOFF)
             ref = vpa_by_sites.get(len(s), [])
             merged = drop_one_of_each(s, pairs) if pairs else s
             crystals.append({

@@ -20,6 +20,18 @@ def pair_distances(structure: Structure) -> np.ndarray:
     return structure.distance_matrix[np.triu_indices(len(structure), 1)]
 
 
+def close_pairs(structure: Structure, cutoff: float = 0.5) -> list[tuple[int, int, float]]:
+    """The pairs of sites that fail :func:`structurally_valid`.
+
+    Returns:
+        ``(i, j, distance in Å)`` with i < j for every pair closer than ``cutoff`` Å (periodic
+        minimum image), in order of i then j; empty for a structure with every pair far enough.
+    """
+    dm = structure.distance_matrix
+    i, j = np.nonzero(np.triu(dm < cutoff, 1))
+    return [(int(a), int(b), float(dm[a, b])) for a, b in zip(i, j, strict=True)]
+
+
 def structurally_valid(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1, *,
                        distances: np.ndarray | None = None) -> bool:
     """True if every interatomic distance (periodic) is >= ``cutoff`` Å and the volume >= 0.1 Å³.

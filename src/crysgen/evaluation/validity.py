@@ -7,6 +7,6 @@ the evaluation and the benchmarks import them by.
 
 from __future__ import annotations
 
-from crysgen.data.validity import pair_distances, structurally_valid
+from crysgen.data.validity import close_pairs, pair_distances, structurally_valid
 
-__all__ = ["pair_distances", "structurally_valid"]
+__all__ = ["close_pairs", "pair_distances", "structurally_valid"]
