@@ -1,0 +1,108 @@
+"""Space groups of generated against training crystals by site count -> results/symmetry_by_size_<name>.json.
+
+Both sides get spglib at the same tolerance (``--symprec``, 0.1 Å: `crysgen sample`'s
+``spglib_space_group`` column), the training crystals a seeded subset of each size. For each site
+count: how many of each are triclinic (P1 or P-1), cubic (groups 195-230), and of the size's most
+common training group; and the share of invalid samples. A generator that reproduces a dataset's
+composition and density can still lose its symmetry, and a crystal that lost it does not match its
+high-symmetry reference.
+
+    python benchmarks/symmetry_by_size.py benchmarks/.work/cpu_samples/samples_mp20bund10k \\
+        --train .gpuwork/mp_20_asis_train_partial.npz --name mp20_bundled_10k
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from crysgen import CrystalSet
+from crysgen.data.guards import space_group_number
+from provenance import write_result
+
+
+def share(groups: list[int], test) -> float | None:
+    """The fraction of ``groups`` for which ``test(group)`` holds (None for no groups)."""
+    return sum(bool(test(g)) for g in groups) / len(groups) if groups else None
+
+
+def train_groups(train: CrystalSet, per_size: int, symprec: float, seed: int = 0) -> dict[int, list[int]]:
+    """spglib groups of up to ``per_size`` training crystals of each site count (0 where spglib fails)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.asarray(train.num_sites)
+    out: dict[int, list[int]] = {}
+    for k in tqdm(sorted(set(sizes.tolist())), desc="train", unit="size"):
+        idx = np.flatnonzero(sizes == k)
+        pick = np.sort(rng.choice(idx, min(per_size, len(idx)), replace=False))
+        groups = []
+        for s in train.subset(pick).to_structures():
+            try:
+                groups.append(space_group_number(s, symprec))
+            except Exception:  # spglib gives up on a cell
+                groups.append(0)
+        out[int(k)] = groups
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("samples", type=Path, help="a `crysgen sample` output folder (its samples.csv)")
+    p.add_argument("--train", type=Path, required=True, help="the training CrystalSet (.npz)")
+    p.add_argument("--name", required=True, help="result name: benchmarks/results/symmetry_by_size_NAME.json")
+    p.add_argument("--per-size", type=int, default=300, help="training crystals per site count (%(default)s)")
+    p.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance, Å (%(default)s)")
+    args = p.parse_args()
+    table = args.samples / "samples.csv"
+    if not table.exists():
+        raise SystemExit(f"{table} not found: give a `crysgen sample` output folder")
+    with table.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("num_sites")]
+    if args.symprec != 0.1:
+        raise SystemExit("samples.csv holds spglib groups at 0.1 Å; --symprec must match it")
+    train = train_groups(CrystalSet.load(args.train), args.per_size, args.symprec)
+    gen: dict[int, list[tuple[int, bool]]] = {}
+    for r in rows:
+        sg, ok = int(r["spglib_space_group"]), r["structurally_valid"] == "1"
+        gen.setdefault(int(r["num_sites"]), []).append((sg, ok))
+    by_size = {}
+    for k in sorted(set(train) | set(gen)):
+        t, g = train.get(k, []), [sg for sg, _ in gen.get(k, [])]
+        top = Counter(t).most_common(1)[0][0] if t else None
+        by_size[str(k)] = {
+            "train_read": len(t), "generated": len(g),
+            "generated_invalid": sum(not ok for _, ok in gen.get(k, [])),
+            "triclinic_train": share(t, lambda s: 1 <= s <= 2),
+            "triclinic_generated": share(g, lambda s: 1 <= s <= 2),
+            "cubic_train": share(t, lambda s: s >= 195),
+            "cubic_generated": share(g, lambda s: s >= 195),
+            "top_train_group": top,
+            "top_group_train": share(t, lambda s, top=top: s == top),
+            "top_group_generated": share(g, lambda s, top=top: s == top),
+            "spglib_failed_generated": share(g, lambda s: s == 0),
+        }
+    all_t = [s for v in train.values() for s in v]
+    weights = {k: len(v) for k, v in gen.items()}
+    # the training side re-weighted to the generated site counts, so the totals compare like with like
+    tri_t = sum(weights[k] * (share(train.get(k, []), lambda s: 1 <= s <= 2) or 0)
+                for k in weights) / sum(weights.values())
+    write_result(f"symmetry_by_size_{args.name}", {
+        "samples": str(args.samples), "train": str(args.train), "symprec_A": args.symprec,
+        "per_size": args.per_size, "seed": 0,
+        "overall": {"generated": len(rows),
+                    "triclinic_generated": share([int(r["spglib_space_group"]) for r in rows],
+                                                 lambda s: 1 <= s <= 2),
+                    "triclinic_train_at_generated_sizes": tri_t,
+                    "train_read": len(all_t)},
+        "by_size": by_size,
+    })
+    for k, v in by_size.items():
+        print(k, {a: (round(b, 3) if isinstance(b, float) else b) for a, b in v.items()})
+
+
+if __name__ == "__main__":
+    main()
