@@ -1,6 +1,6 @@
 """Space groups of generated against training crystals by site count -> results/symmetry_by_size_<name>.json.
 
-Both sides get spglib at the same tolerance (``--symprec``, 0.1 Å: `crysgen sample`'s
+Both sides get spglib at the same tolerance (0.1 Å, that of `crysgen sample`'s
 ``spglib_space_group`` column), the training crystals a seeded subset of each size. For each site
 count: how many of each are triclinic (P1 or P-1), cubic (groups 195-230), and of the size's most
 common training group; and the share of invalid samples. With ``--loose`` the same shares again at a
@@ -25,8 +25,10 @@ from pymatgen.core import Structure
 from tqdm import tqdm
 
 from crysgen import CrystalSet
-from crysgen.data.guards import space_group_number
+from crysgen.data.guards import space_group_number_or_zero
 from provenance import write_result
+
+SYMPREC = 0.1  # Å: the tolerance of samples.csv's spglib_space_group column
 
 
 def share(groups: list[int], test) -> float | None:
@@ -42,13 +44,7 @@ def train_groups(train: CrystalSet, per_size: int, symprec: float, seed: int = 0
     for k in tqdm(sorted(set(sizes.tolist())), desc="train", unit="size"):
         idx = np.flatnonzero(sizes == k)
         pick = np.sort(rng.choice(idx, min(per_size, len(idx)), replace=False))
-        groups = []
-        for s in train.subset(pick).to_structures():
-            try:
-                groups.append(space_group_number(s, symprec))
-            except Exception:  # spglib gives up on a cell
-                groups.append(0)
-        out[int(k)] = groups
+        out[int(k)] = [space_group_number_or_zero(s, symprec) for s in train.subset(pick).to_structures()]
     return out
 
 
@@ -61,13 +57,9 @@ def sample_groups(folder: Path, rows: list[dict[str, str]], per_size: int, sympr
         by.setdefault(int(r["num_sites"]), []).append(r)
     out: dict[int, list[int]] = {}
     for k, rs in tqdm(sorted(by.items()), desc="samples", unit="size"):
-        groups = []
-        for i in np.sort(rng.choice(len(rs), min(per_size, len(rs)), replace=False)):
-            try:
-                groups.append(space_group_number(Structure.from_file(folder / rs[i]["cif"]), symprec))
-            except Exception:  # spglib gives up on a cell
-                groups.append(0)
-        out[k] = groups
+        pick = np.sort(rng.choice(len(rs), min(per_size, len(rs)), replace=False))
+        out[k] = [space_group_number_or_zero(Structure.from_file(folder / rs[i]["cif"]), symprec)
+                  for i in pick]
     return out
 
 
@@ -77,7 +69,6 @@ def main() -> None:
     p.add_argument("--train", type=Path, required=True, help="the training CrystalSet (.npz)")
     p.add_argument("--name", required=True, help="result name: benchmarks/results/symmetry_by_size_NAME.json")
     p.add_argument("--per-size", type=int, default=300, help="training crystals per site count (%(default)s)")
-    p.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance, Å (%(default)s)")
     p.add_argument("--loose", type=float, default=None,
                    help="also the shares at this looser tolerance (Å), from CIFs and training crystals")
     args = p.parse_args()
@@ -86,10 +77,8 @@ def main() -> None:
         raise SystemExit(f"{table} not found: give a `crysgen sample` output folder")
     with table.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("num_sites")]
-    if args.symprec != 0.1:
-        raise SystemExit("samples.csv holds spglib groups at 0.1 Å; --symprec must match it")
     train_set = CrystalSet.load(args.train)
-    train = train_groups(train_set, args.per_size, args.symprec)
+    train = train_groups(train_set, args.per_size, SYMPREC)
     loose_t = train_groups(train_set, args.per_size, args.loose) if args.loose else {}
     loose_g = sample_groups(args.samples, rows, args.per_size, args.loose) if args.loose else {}
     gen: dict[int, list[tuple[int, bool]]] = {}
@@ -124,7 +113,7 @@ def main() -> None:
     tri_t = sum(weights[k] * (share(train.get(k, []), lambda s: 1 <= s <= 2) or 0)
                 for k in weights) / sum(weights.values())
     write_result(f"symmetry_by_size_{args.name}", {
-        "samples": str(args.samples), "train": str(args.train), "symprec_A": args.symprec,
+        "samples": str(args.samples), "train": str(args.train), "symprec_A": SYMPREC,
         "loose_symprec_A": args.loose,
         "per_size": args.per_size, "seed": 0,
         "overall": {"generated": len(rows),

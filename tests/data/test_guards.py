@@ -16,6 +16,7 @@ from crysgen.data.guards import (
     lattice_problem,
     parse_structure,
     space_group_number,
+    space_group_number_or_zero,
     split_cif_blocks,
 )
 from tests.data.cifs import DEGENERATE, NACL_SITES, cif_text, with_lattice
@@ -41,6 +42,10 @@ def test_spglib_is_never_given_a_degenerate_cell(name):
         space_group_number(s)
     assert err.value.kind == "degenerate_lattice"
     assert space_group_number(Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])) == 221
+    # the samples.csv column: the same number, and 0 instead of the refusal
+    assert space_group_number_or_zero(s) == 0
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])
+    assert space_group_number_or_zero(nacl) == 221
 
 
 @pytest.mark.parametrize("name", sorted(DEGENERATE))

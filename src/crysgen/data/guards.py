@@ -203,6 +203,18 @@ def space_group_number(structure: Structure, symprec: float = 0.1) -> int:
         return int(spacegroup_analyzer(structure, symprec).get_space_group_number())
 
 
+def space_group_number_or_zero(structure: Structure, symprec: float = 0.1) -> int:
+    """:func:`space_group_number`, or 0 where the cell is refused or spglib gives up.
+
+    spglib gives up on some generated cells; this is the ``spglib_space_group`` column of
+    `crysgen sample`'s samples.csv.
+    """
+    try:
+        return space_group_number(structure, symprec)
+    except Exception:
+        return 0
+
+
 # ---------------------------------------------------------------------- CIF text
 def decode_text(raw: bytes) -> str:
     """File bytes as text: UTF-16/UTF-8 by their byte-order mark, else UTF-8 (bad bytes replaced)."""

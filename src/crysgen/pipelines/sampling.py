@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crysgen.crystal_set import write_npz_atomic, write_text_atomic
-from crysgen.data.guards import check_input_file, dumps_strict
+from crysgen.data.guards import check_input_file, dumps_strict, space_group_number_or_zero
 from crysgen.errors import CrysgenError
 from crysgen.models.model_dir import weights_sha256
 from crysgen.pipelines.protocol import SampleOptions, substitute_draw
@@ -72,15 +72,6 @@ class SampleSummary:
     composition_prior: dict[str, int] | None = None
     seconds_generating: float = 0.0
     seconds_writing: float = 0.0
-
-
-def _spglib_number(structure: Any) -> int:
-    from crysgen.data.guards import space_group_number
-
-    try:
-        return space_group_number(structure)  # the cell is checked before spglib sees it
-    except Exception:  # spglib gives up on some generated cells
-        return 0
 
 
 COINCIDENT = 0.01
@@ -137,7 +128,7 @@ def _row(job: tuple[dict[str, Any], Any, Path]) -> dict[str, Any]:
     write_text_atomic(cif, str(CifWriter(structure)))
     return row | {"formula": structure.composition.reduced_formula, "num_sites": len(structure),
                   "structurally_valid": int(structurally_valid(structure, distances=distances)),
-                  "spglib_space_group": _spglib_number(structure), "cif": f"cifs/{cif.name}"}
+                  "spglib_space_group": space_group_number_or_zero(structure), "cif": f"cifs/{cif.name}"}
 
 
 def _row_died(job: tuple[dict[str, Any], Any, Path], reason: str) -> dict[str, Any]:
