@@ -40,14 +40,15 @@ from provenance import write_result
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
             batch: int, seed: int, templates: Templates | None = None, precision: str = "fp32",
-            anneal_rho: float = 0.0,
-            anneal_rho_lattice: float | None = None) -> tuple[list[CSPSample], float]:
+            anneal_rho: float = 0.0, anneal_rho_lattice: float | None = None,
+            template_start: float | None = None) -> tuple[list[CSPSample], float]:
     """One sample per target with the given sampler settings, and the seconds it took."""
     comps = model.compositions_from_targets(targets)
     t0 = time.perf_counter()
     res = model.generate(len(targets), steps=steps, seed=seed, device=device, batch_size=batch,
                          compositions=comps, churn=churn, templates=templates, precision=precision,
-                         anneal_rho=anneal_rho, anneal_rho_lattice=anneal_rho_lattice)
+                         anneal_rho=anneal_rho, anneal_rho_lattice=anneal_rho_lattice,
+                         template_start=template_start)
     seconds = time.perf_counter() - t0
     by_index = dict(zip(res.index.tolist(), res.crystals.to_structures(), strict=True))
     samples = [CSPSample(id=f"s{i}", target=str(t), structure=by_index.get(i),
@@ -111,6 +112,9 @@ def main() -> None:
     p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz",
                    help="each target keeps the symmetry of its best-fitting crystal of this set "
                         "(`crysgen sample --compositions ... --symmetry-prior`; template-based CSP)")
+    p.add_argument("--template-start", default="", metavar="SIGMAS",
+                   help="with --symmetry-prior: comma-separated σ to start each target from its "
+                        "template crystal at (`crysgen sample --template-start`; '' or 'none': from noise)")
     p.add_argument("--suffix", default="", help="appended to the result file's name (e.g. _cosine)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="the network's arithmetic (crysgen sample --precision)")
@@ -136,16 +140,19 @@ def main() -> None:
         print(json.dumps(template_info), flush=True)
     relax = RelaxOptions(device=args.device, engine=args.relax_engine)
     rows = []
-    grid = [(int(s), float(c), float(a)) for s in args.steps.split(",") for c in args.churn.split(",")
-            for a in args.anneal_rho.split(",")]
-    for steps, churn, anneal in grid:
+    starts = [None if v in ("", "none") else float(v) for v in args.template_start.split(",")]
+    if any(v is not None for v in starts) and templates is None:
+        p.error("--template-start needs --symmetry-prior")
+    grid = [(int(s), float(c), float(a), t) for s in args.steps.split(",") for c in args.churn.split(",")
+            for a in args.anneal_rho.split(",") for t in starts]
+    for steps, churn, anneal, start in grid:
         samples, seconds = predict(model, targets, steps=steps, churn=churn, device=args.device,
                                    batch=args.batch, seed=args.seed, templates=templates,
                                    precision=args.precision, anneal_rho=anneal,
-                                   anneal_rho_lattice=args.anneal_rho_lattice)
+                                   anneal_rho_lattice=args.anneal_rho_lattice, template_start=start)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
         row = {"steps": steps, "s_churn": churn, "anneal_rho": anneal,
-               "anneal_rho_lattice": args.anneal_rho_lattice,
+               "anneal_rho_lattice": args.anneal_rho_lattice, "template_start": start,
                "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
                "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
                "scoring_seconds": res.seconds, "breakdown": res.breakdown()}

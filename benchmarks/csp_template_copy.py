@@ -35,30 +35,24 @@ from atom_csp_sweep import seeded_subset
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.symmetry import Templates, match_templates
-from crysgen.representations.atoms import niggli_reduce
 from provenance import write_result
 
 
-def copies(targets: CrystalSet, prior: CrystalSet, templates: Templates) -> list[CSPSample]:
+def copies(targets: CrystalSet, templates: Templates) -> list[CSPSample]:
     """One sample per target: its template's Niggli cell and coordinates with the target's elements.
 
     Args:
         targets: the target crystals (their elements name each site of the copy).
-        prior: the crystals the templates came from.
         templates: per target the fitted template (None: no copy, a miss).
     """
-    row_of = {str(i): r for r, i in enumerate(prior.ids)}
-    used = sorted({row_of[s] for s in templates.sources if s})
-    cells = niggli_reduce(prior.subset(np.array(used, np.int64)))
-    lattice_of = {prior.ids[r]: cells.lattice[k] for k, r in enumerate(used)}
     out = []
-    for i, (sym, source) in enumerate(zip(templates.symmetries, templates.sources, strict=True)):
+    for i, sym in enumerate(templates.symmetries):
         name = str(targets.ids[i])
-        if sym is None:
+        if sym is None or sym.cell is None:
             out.append(CSPSample(id=f"s{i}", target=name, structure=None, problem="no template"))
             continue
         z = targets.atomic_numbers[i, :sym.num_sites]
-        structure = Structure(Lattice.from_parameters(*lattice_of[source]), z.tolist(), sym.positions)
+        structure = Structure(Lattice.from_parameters(*sym.cell), z.tolist(), sym.positions)
         out.append(CSPSample(id=f"s{i}", target=name, structure=structure))
     return out
 
@@ -82,7 +76,7 @@ def main() -> None:
     for rank in range(args.ranks):
         t0 = time.perf_counter()
         templates = match_templates(targets.atomic_numbers, prior, rank=rank)
-        samples = copies(targets, prior, templates)
+        samples = copies(targets, templates)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=True)
         per_rank.append({r["id"]: bool(r["matched"]) for r in res.rows})
         row = {"rank": rank, "share_with_template": templates.share_fitted(),

@@ -541,6 +541,80 @@ def test_symmetry_prior_with_compositions_keeps_elements_and_symmetry(model_dir,
         assert SpacegroupAnalyzer(c.structure, symprec=1e-3).get_space_group_number() == 221
 
 
+def _template_start_setup(model_dir, crystals, tmp_path):
+    """The tiny model, BaTiO3 (three per target) on SrTiO3's template, and its prepared settings."""
+    crystals.save(tmp_path / "train.npz")
+    targets = CrystalSet.from_structures([load_cif("SrTiO3"), load_cif("ZnO_wurtzite")], ids=["t", "z"])
+    targets.atomic_numbers[targets.atomic_numbers == 38] = 56  # BaTiO3 fits SrTiO3; ZnO itself
+    targets.save(tmp_path / "t.npz")
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    comps = model.compositions_from_targets(targets, per_target=3)
+    options = SampleOptions(n=6, steps=4, compositions=str(tmp_path / "t.npz"), per_target=3,
+                            symmetry_prior=str(tmp_path / "train.npz"))
+    return model, comps, model.prepare(options, compositions=comps)
+
+
+def test_a_template_start_refines_the_template_itself(model_dir, crystals, tmp_path):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    model, comps, kwargs = _template_start_setup(model_dir, crystals, tmp_path)
+    ids = [f"s{i}" for i in range(6)]
+    near = model.generate(6, seed=[0, 0], ids=ids, compositions=comps,
+                          **(kwargs | {"template_start": 0.003, "churn": 0.0}))
+    far = model.generate(6, seed=[0, 0], ids=ids, compositions=comps, **kwargs)
+    matcher = StructureMatcher(stol=0.05, ltol=0.05, angle_tol=1, scale=False, primitive_cell=False)
+    templates = {"t": load_cif("SrTiO3"), "z": load_cif("ZnO_wurtzite")}
+    for k, sample_id in enumerate(near.crystals.ids):
+        s = near.crystals.to_structure(k)
+        template = templates[comps.targets[ids.index(str(sample_id))]].copy()
+        template.replace_species({"Sr": "Ba"} if "Sr" in template.composition else {})
+        assert matcher.fit(s, template)  # started next to the template, it stays there
+    assert len(near.crystals) == 6
+    # from noise, this random tiny network lands elsewhere: the start is what kept the template
+    assert not all(matcher.fit(far.crystals.to_structure(k), templates["z"])
+                   for k, i in enumerate(far.crystals.ids) if comps.targets[ids.index(str(i))] == "z")
+
+
+def test_a_template_start_moves_away_from_the_template_as_sigma_grows(model_dir, crystals, tmp_path):
+    model, comps, kwargs = _template_start_setup(model_dir, crystals, tmp_path)
+    z = comps.atomic_numbers
+    sym = kwargs["templates"]
+    moved = []
+    for sigma in (0.003, 0.05, 0.5):
+        sets = model.sample_sets(6, steps=4, atomic_numbers=z, templates=sym, template_start=sigma, churn=0.0)
+        d = sets.frac[:, :5] - np.stack([t.positions[:5] if t.num_sites >= 5 else
+                                                np.pad(t.positions, ((0, 5 - t.num_sites), (0, 0)))
+                                                for t in sym.symmetries])
+        real = sets.mask[:, :5]
+        moved.append(float(np.abs((d - np.round(d))[real]).mean()))
+    assert moved[0] < 0.01 < moved[2] and moved[0] < moved[1] < moved[2]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"templates": None}, "needs symmetry templates"),
+    ({"atomic_numbers": None}, "needs the elements given"),
+    ({"template_start": 1000.0}, "must lie in"),
+    ({"template_start": 0.0}, "must lie in"),
+])
+def test_a_bad_template_start_gets_a_clear_error(model_dir, crystals, tmp_path, change, message):
+    model, comps, kwargs = _template_start_setup(model_dir, crystals, tmp_path)
+    args = {"atomic_numbers": comps.atomic_numbers, "templates": kwargs["templates"], "template_start": 0.1}
+    with pytest.raises(CrysgenError, match=message):
+        model.sample_sets(6, steps=2, **(args | change))
+
+
+def test_the_cli_takes_a_template_start_and_records_it(model_dir, crystals, tmp_path):
+    import json
+
+    _template_start_setup(model_dir, crystals, tmp_path)
+    out = tmp_path / "s"
+    assert main(["sample", str(model_dir), "--compositions", str(tmp_path / "t.npz"), "--symmetry-prior",
+                 str(tmp_path / "train.npz"), "--template-start", "0.05", "--steps", "3", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "sample_config.json").read_text())["options"]["template_start"] == 0.05
+    assert {r["template"] for r in _rows(out)} == {"SrTiO3", "ZnO_wurtzite"}
+
+
 def test_crystens_models_refuse_a_symmetry_prior(tmp_path):
     from crysgen.pipelines.generators import CRYSTENS_MODEL
 

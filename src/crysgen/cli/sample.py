@@ -66,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "operations, Wyckoff orbits) of a crystal of this CrystalSet, kept at every "
                         "sampling step: drawn from it de novo, the drawn crystal with --composition-prior "
                         "(same file), the best-fitting one with --compositions or --formula")
+    p.add_argument("--template-start", type=float, default=None, metavar="SIGMA",
+                   help="atom diffusion with --symmetry-prior and given elements: start each sample "
+                        "from its template crystal itself (coordinates and cell) noised to this σ "
+                        "(e.g. 1), so the model refines the template (prototype substitution, then "
+                        "diffusion) instead of sampling from noise")
     p.add_argument("--per-target", type=_positive_int, default=D.per_target,
                    help="samples per target of --compositions (%(default)s)")
     p.add_argument("--space-group", type=int, default=None,
@@ -151,7 +156,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             anneal_rho=args.anneal_rho, anneal_rho_lattice=args.anneal_rho_lattice,
                             limit_element_count=args.limit_element_count,
                             composition_prior=args.composition_prior, substitute=args.substitute,
-                            symmetry_prior=args.symmetry_prior, precision=args.precision)
+                            symmetry_prior=args.symmetry_prior, precision=args.precision,
+                            template_start=args.template_start)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

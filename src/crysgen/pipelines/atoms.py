@@ -35,7 +35,7 @@ from crysgen.pipelines.symmetry import (
     project,
     templates_of_rows,
 )
-from crysgen.representations.atoms import AtomSets, decode, encode, num_elements
+from crysgen.representations.atoms import AtomSets, decode, encode, lattice_features, num_elements
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from crysgen.models.atoms import AtomEDMConfig
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeResult
+    from crysgen.representations.symmetry import SiteSymmetry
 
 __all__ = ["AtomDiffusionModel", "Compositions", "edm_heun", "size_batches"]
 
@@ -126,7 +127,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
                 "anneal_rho": anneal, "anneal_rho_lattice": anneal_l,
                 "limit_element_count": options.limit_element_count, "templates": templates,
-                "precision": precision}
+                "precision": precision, "template_start": options.template_start}
 
     def symmetry_templates(self, options: SampleOptions,
                            compositions: Compositions | None = None) -> Templates:
@@ -189,6 +190,36 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             if np.any((sizes > 0) & (sizes != real)):
                 raise CrysgenError("a symmetry template has another number of sites than its composition")
 
+    def check_template_start(self, sigma: float, templates: Templates | None,
+                             atomic_numbers: np.ndarray | None) -> None:
+        """Refuse a template start without templates or given elements, or outside (σ_min, σ_max]."""
+        if templates is None:
+            raise CrysgenError("--template-start needs symmetry templates (--symmetry-prior)")
+        if atomic_numbers is None:
+            raise CrysgenError("--template-start needs the elements given (--compositions, --formula or "
+                               "--composition-prior): a template's own elements are not kept")
+        if not self.edm.sigma_min < sigma <= self.edm.sigma_max:
+            raise CrysgenError(f"--template-start must lie in ({self.edm.sigma_min:g}, "
+                               f"{self.edm.sigma_max:g}] (this model's σ range), got {sigma:g}")
+
+    def template_parts(self, symmetries: list[SiteSymmetry | None], width: int, dim: int) -> Parts:
+        """The templates' own coordinates and cells as clean parts of width W (element codes zero).
+
+        Raises:
+            CrysgenError: for a template without its cell (``SiteSymmetry.cell``).
+        """
+        b = len(symmetries)
+        frac = np.zeros((b, width, 3), np.float32)
+        cells = np.zeros((b, 6))
+        sites = np.ones(b, np.int64)
+        for j, sym in enumerate(symmetries):
+            if sym is None or sym.cell is None:
+                raise CrysgenError("a symmetry template without its cell cannot be a starting point")
+            frac[j, :sym.num_sites] = np.mod(sym.positions, 1.0)
+            cells[j], sites[j] = sym.cell, sym.num_sites
+        feats = lattice_features(cells, sites, self.spec).astype(np.float32)
+        return Parts(torch.zeros(b, width, dim), torch.as_tensor(frac), torch.as_tensor(feats))
+
     def draw_num_atoms(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
         """Int (n,) site counts from the training histogram."""
         return _draw(np.asarray(self.spec.num_atoms_counts, float), n, seed)
@@ -213,7 +244,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
                     guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
                     anneal_rho_lattice: float | None = None, templates: Templates | None = None,
-                    precision: str = "fp32") -> AtomSets:
+                    precision: str = "fp32", template_start: float | None = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -248,11 +279,18 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 ``guidance``); None, or a None template: no symmetry.
             precision: the network's arithmetic: "fp32", or "bf16" (autocast around the network
                 alone; the sampler's steps and the projection stay float32).
+            template_start: σ to start from each sample's template crystal instead of from noise
+                (its own coordinates and cell, noised to this σ, then ``steps`` Heun steps from
+                it down to σ_min; :func:`edm_heun`'s ``start``): with given elements, the
+                template refined by the model. Samples without a template start from noise.
+                None: every sample from noise.
 
         Raises:
             CrysgenError: for a space group outside 1-230, a model without space-group input,
                 a negative churn, templates for another number of samples or sites, templates
-                with a model conditioned on the number of elements, or an unknown precision.
+                with a model conditioned on the number of elements, an unknown precision, or a
+                template start without templates, without given elements or outside the
+                model's σ range.
         """
         from tqdm.auto import tqdm
 
@@ -270,6 +308,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         template_groups = None
         if templates is not None:
             self.check_templates(templates, n, atomic_numbers, space_group)
+        if template_start is not None:
+            self.check_template_start(template_start, templates, atomic_numbers)
             if self.net.cfg.space_groups:
                 template_groups = np.array([0 if t is None else t.space_group for t in templates.symmetries])
         if atomic_numbers is None:
@@ -299,13 +339,21 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         out_l = np.zeros((n, 6), np.float32)
         width = np.where(mask.any(1), s - np.argmax(mask[:, ::-1], 1), 0)  # sites up to the last real one
         slack = 1.25 if torch.device(device).type == "cpu" else float("inf")
-        for idx in tqdm(size_batches(width, batch_size, slack=slack), disable=not progress, desc="sample",
-                        unit="batch"):
+        has_template = np.array([template_start is not None and templates is not None
+                                 and templates.symmetries[i] is not None for i in range(n)], bool)
+        parts = [part for batch in size_batches(width, batch_size, slack=slack)
+                 for part in (batch[has_template[batch]], batch[~has_template[batch]]) if len(part)]
+        for idx in tqdm(parts, disable=not progress, desc="sample", unit="batch"):
             w = max(int(width[idx].max()), 1)  # padding beyond every crystal of the batch is cut off
             m = torch.as_tensor(mask[idx, :w])
             b = len(idx)
             noise, steps_noise = crystal_noise(seeds, idx, width[idx], w, dim,
                                                steps if edm.s_churn > 0 else 0)
+            start, edm_batch = None, edm
+            if has_template[idx[0]]:
+                assert templates is not None and template_start is not None  # has_template's condition
+                start = self.template_parts([templates.symmetries[i] for i in idx], w, dim)
+                edm_batch = replace(edm, sigma_max=float(template_start))
             given = None if z is None else codes[torch.as_tensor(z[idx, :w])]
             conditions = {}
             if space_group is not None:
@@ -317,9 +365,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             symmetry = (None if templates is None
                         else SymmetryBatch.of([templates.symmetries[i] for i in idx], w))
             with torch.no_grad():
-                x = edm_heun(net, noise, m, given, edm, consts, steps=steps, device=device,
+                x = edm_heun(net, noise, m, given, edm_batch, consts, steps=steps, device=device,
                              churn_noise=steps_noise, conditions=conditions, guidance=guidance,
-                             symmetry=symmetry)
+                             symmetry=symmetry, start=start)
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
@@ -335,14 +383,14 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
                  anneal_rho_lattice: float | None = None,
                  limit_element_count: bool = False, templates: Templates | None = None,
-                 precision: str = "fp32", **_: Any) -> DecodeResult:
+                 precision: str = "fp32", template_start: float | None = None, **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
         ``space_group``, ``guidance``, ``churn``, ``anneal_rho(_lattice)`` and ``precision``: see
         :meth:`sample_sets`;
         ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
-        ``--symmetry-prior``) too. Every site snaps to
+        ``--symmetry-prior``) and ``template_start`` too. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
         novo samples snap to at most the number of distinct elements each was conditioned on
         (:func:`~crysgen.representations.atoms.nearest_elements_at_most`; on mp_20 this halved
@@ -358,7 +406,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         sets = self.sample_sets(n, steps=steps, seed=seed, device=device, batch_size=batch_size,
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
                                 guidance=guidance, churn=churn, anneal_rho=anneal_rho,
-                                anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision)
+                                anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision,
+                                template_start=template_start)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None)
         return as_decode_result(res, n)
@@ -509,7 +558,7 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
              given: torch.Tensor | None, cfg: AtomEDMConfig, consts: Constants, *, steps: int,
              device: str, churn_noise: torch.Tensor | None = None,
              conditions: dict[str, torch.Tensor] | None = None, guidance: float = 1.0,
-             symmetry: SymmetryBatch | None = None) -> Parts:
+             symmetry: SymmetryBatch | None = None, start: Parts | None = None) -> Parts:
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on atom sets.
 
     Args:
@@ -529,6 +578,10 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             D = D_none + w (D_cond - D_none), D_none with every condition withheld).
         symmetry: the samples' templates: every denoised estimate, and the result, is projected
             onto them (:func:`crysgen.pipelines.symmetry.project`); None: no projection.
+        start: clean parts to start from (SDEdit, Meng et al. 2022): noised to σ = ``cfg.sigma_max``
+            with the same unit noise (the coordinates' uniform draw u taken through the normal
+            quantile Φ⁻¹(u), wrapped), so the sampler refines them over the σ levels below;
+            None: from pure noise (coordinates uniform).
 
     Returns:
         The final denoised parts (coordinates in [0, 1)).
@@ -540,7 +593,14 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
     b = len(mask)
     is_given = torch.full((b,), given is not None, device=device)
     types = given.to(device) if given is not None else noise[0].to(device) * sigmas[0]
-    x = Parts(types * m, noise[1].to(device) * m, noise[2].to(device) * sigmas[0])
+    if start is None:
+        x = Parts(types * m, noise[1].to(device) * m, noise[2].to(device) * sigmas[0])
+    else:
+        gauss = torch.special.ndtri(noise[1].clamp(1e-6, 1 - 1e-6)).to(device)
+        if given is None:
+            types = start.types.to(device) + types
+        x = Parts(types * m, wrap(start.frac.to(device) + sigmas[0] * gauss) * m,
+                  start.lattice.to(device) + noise[2].to(device) * sigmas[0])
     gamma_max = min(cfg.s_churn / steps, 2**0.5 - 1)
     cond = {k: v.to(device) for k, v in (conditions or {}).items()}
 

@@ -83,7 +83,9 @@ class SampleOptions:
     at every sampling step (atom diffusion models; :mod:`crysgen.pipelines.symmetry`).
     ``precision`` is the atom diffusion network's arithmetic: "bf16" (autocast, as it was trained),
     "fp32", or "auto" (bf16 on CUDA, fp32 on a CPU); the sampler's own steps and the symmetry
-    projection stay in float32.
+    projection stay in float32. ``template_start`` (σ) starts every sample that has a template
+    and given elements from the template crystal itself noised to that σ (atom diffusion models;
+    :meth:`crysgen.pipelines.atoms.AtomDiffusionModel.sample_sets`).
     """
 
     n: int
@@ -114,6 +116,7 @@ class SampleOptions:
     substitute: str | None = None
     symmetry_prior: str | None = None
     precision: str = "auto"
+    template_start: float | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -259,9 +262,10 @@ def refuse_atom_options(options: SampleOptions) -> None:
     if (options.space_group is not None or options.churn is not None or options.anneal_rho is not None
             or options.anneal_rho_lattice is not None
             or options.limit_element_count or options.symmetry_prior is not None
-            or options.precision != "auto"):
+            or options.precision != "auto" or options.template_start is not None):
         raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
-                           "--symmetry-prior and --precision apply to atom diffusion models only")
+                           "--symmetry-prior, --template-start and --precision apply to atom diffusion "
+                           "models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:

@@ -192,6 +192,15 @@ def _lattice_features(lattice: np.ndarray, num_sites: np.ndarray) -> np.ndarray:
     return np.concatenate([lengths, np.radians(lat[:, 3:])], axis=1)
 
 
+def lattice_features(lattice: np.ndarray, num_sites: np.ndarray, spec: AtomSetSpec) -> np.ndarray:
+    """Cells a, b, c (Å), α, β, γ (degrees) (N, 6) -> the model's standardised lattice features (N, 6).
+
+    The inverse of :func:`lattice_parameters`; ``num_sites`` (N,) the cells' numbers of sites.
+    """
+    return (_lattice_features(lattice, np.asarray(num_sites)) - np.asarray(spec.lattice_mean)) / np.asarray(
+        spec.lattice_std)
+
+
 def encode(crystals: CrystalSet, spec: AtomSetSpec) -> AtomSets:
     """CrystalSet -> :class:`AtomSets` with S = ``spec.max_atoms``.
 
@@ -211,8 +220,7 @@ def encode(crystals: CrystalSet, spec: AtomSetSpec) -> AtomSets:
     frac[:, :width] = np.mod(crystals.frac_coords[:, :width], 1.0)
     mask = z > 0
     types = spec.codes()[np.minimum(z, MAX_Z)] * mask[..., None]
-    feats = (_lattice_features(crystals.lattice, ns) - np.asarray(spec.lattice_mean)) / np.asarray(
-        spec.lattice_std)
+    feats = lattice_features(crystals.lattice, ns, spec)
     return AtomSets(types.astype(np.float32), frac * mask[..., None], feats.astype(np.float32), mask, z)
 
 

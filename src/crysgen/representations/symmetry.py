@@ -37,6 +37,8 @@ class SiteSymmetry:
         images: int (K, k): operation g sends site i to site ``images[g, i]`` (a permutation).
         positions: float (k, 3) the template's own fractional coordinates (a point of every
             site's Wyckoff position).
+        cell: float (6,) the template's own cell, a, b, c (Å), α, β, γ (degrees), the cell
+            ``positions`` are fractions of; None where unknown.
     """
 
     space_group: int
@@ -44,6 +46,7 @@ class SiteSymmetry:
     translations: np.ndarray
     images: np.ndarray
     positions: np.ndarray
+    cell: np.ndarray | None = None
 
     @property
     def num_sites(self) -> int:
@@ -86,7 +89,7 @@ class SiteSymmetry:
         new_of_old = np.empty_like(order)
         new_of_old[order] = np.arange(len(order))
         return SiteSymmetry(self.space_group, self.rotations, self.translations,
-                            new_of_old[self.images[:, order]], self.positions[order])
+                            new_of_old[self.images[:, order]], self.positions[order], self.cell)
 
 
 def trivial_symmetry(num_sites: int) -> SiteSymmetry:
@@ -129,7 +132,7 @@ def site_symmetry(numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, *,
     cell = (mat.tolist(), frac.tolist(), numbers.tolist())
     data = spglib.get_symmetry_dataset(cell, symprec=symprec)
     if data is None:
-        return replace(trivial_symmetry(k), positions=frac)
+        return replace(trivial_symmetry(k), positions=frac, cell=np.asarray(lattice, float))
     rots = np.asarray(data.rotations, np.int64)
     trans = np.asarray(data.translations, float)
     eye = np.eye(3, dtype=np.int64)
@@ -153,7 +156,8 @@ def site_symmetry(numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, *,
         keep_r.append(r)
         keep_t.append(t)
         keep_i.append(img)
-    return SiteSymmetry(int(data.number), np.stack(keep_r), np.stack(keep_t), np.stack(keep_i), frac)
+    return SiteSymmetry(int(data.number), np.stack(keep_r), np.stack(keep_t), np.stack(keep_i), frac,
+                        np.asarray(lattice, float))
 
 
 def symmetrize(frac: np.ndarray, lattice: np.ndarray, sym: SiteSymmetry) -> tuple[np.ndarray, np.ndarray]:
