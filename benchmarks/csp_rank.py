@@ -10,7 +10,9 @@ crystal of the (RANK + 1)-th best space group, so that candidates differ in symm
 ``plain:SEED`` = no symmetry, SEED the noise). Every
 decoded candidate gets its static (unrelaxed) energy per atom from a machine-learned potential
 (CHGNet by default); per target the structurally valid candidate of lowest energy is the answer
-(none valid: the first recipe's). No target structure is used to choose. Scored with
+(none valid: the first recipe's); ``copy:RANK`` = no model: the rank-RANK template itself with the
+target's elements (``csp_template_copy.py``'s prediction), so that prototype substitution can be
+relaxed and ranked like the model's candidates. No target structure is used to choose. Scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity):
 
 - each recipe alone (one sample per target);
@@ -53,6 +55,7 @@ from crysgen.evaluation.suite import relax_all
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import match_templates
+from csp_template_copy import copies
 from provenance import write_result
 
 
@@ -60,17 +63,24 @@ def parse_candidates(text: str, minimum: int = 2) -> list[tuple[str, int, int]]:
     """``templates:0,templates:0:1,plain:0`` -> [("templates", 0, 0), ("templates", 0, 1), ("plain", 0, 0)].
 
     Each item is KIND:SEED, or templates:SEED:RANK for the template of another space group
-    (:func:`~crysgen.pipelines.symmetry.match_templates`'s ``rank``; 0 when left out); at least
-    ``minimum`` of them (``--candidates`` ranks, so 2; an ``--also`` subset may be one recipe).
+    (:func:`~crysgen.pipelines.symmetry.match_templates`'s ``rank``; 0 when left out), or
+    copy:RANK (no model, no seed: ("copy", 0, RANK)); at least ``minimum`` of them
+    (``--candidates`` ranks, so 2; an ``--also`` subset may be one recipe).
     """
     out = []
     for item in text.split(","):
         kind, _, rest = item.partition(":")
+        if kind == "copy":
+            if not rest.isdigit():
+                raise CrysgenError(f"--candidates: {item!r} is not copy:RANK")
+            out.append(("copy", 0, int(rest)))
+            continue
         seed, _, rank = rest.partition(":")
         ok = (kind in ("templates", "plain") and seed.lstrip("-").isdigit()
               and (not rank or (kind == "templates" and rank.isdigit())))
         if not ok:
-            raise CrysgenError(f"--candidates: {item!r} is not templates:SEED[:RANK] or plain:SEED")
+            raise CrysgenError(f"--candidates: {item!r} is not templates:SEED[:RANK], plain:SEED "
+                               "or copy:RANK")
         out.append((kind, int(seed), int(rank or 0)))
     if len(out) < minimum:
         raise CrysgenError(f"--candidates: ranking needs at least {minimum} recipes")
@@ -79,6 +89,8 @@ def parse_candidates(text: str, minimum: int = 2) -> list[tuple[str, int, int]]:
 
 def recipe_name(kind: str, seed: int, rank: int) -> str:
     """The recipe as ``--candidates`` spells it."""
+    if kind == "copy":
+        return f"copy:{rank}"
     return f"{kind}:{seed}" + (f":{rank}" if rank else "")
 
 
@@ -167,7 +179,7 @@ def relaxed_answers(columns: list[list[CSPSample]], chosen: np.ndarray,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
+    p.add_argument("model", help="the atom diffusion model directory ('none' when every recipe is a copy)")
     p.add_argument("--targets", required=True, help="target CrystalSet .npz (e.g. the mp_20 test split)")
     p.add_argument("--symmetry-prior", required=True, metavar="TRAIN.npz",
                    help="the crystals templates come from (the model's training split)")
@@ -215,12 +227,15 @@ def main() -> None:
             raise CrysgenError(f"--also {text!r}: every recipe must be one of --candidates")
     batch = args.batch or (64 if args.device == "cpu" else 2048)
 
-    model = AtomDiffusionModel.from_pretrained(args.model)
+    if args.model == "none" and any(kind != "copy" for kind, _, _ in recipes):
+        raise CrysgenError("model 'none' serves copy:RANK recipes only")
+    model = None if args.model == "none" else AtomDiffusionModel.from_pretrained(args.model)
     targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
-    targets_z = model.compositions_from_targets(targets).atomic_numbers
+    targets_z = (targets.atomic_numbers if model is None
+                 else model.compositions_from_targets(targets).atomic_numbers)
     prior = CrystalSet.load(args.symmetry_prior)
     templates = {rank: match_templates(targets_z, prior, rank=rank)
-                 for rank in sorted({r for kind, _, r in recipes if kind == "templates"} | {0})}
+                 for rank in sorted({r for kind, _, r in recipes if kind in ("templates", "copy")} | {0})}
     columns: list[list[CSPSample]] = []
     recipe_rows = []
     n_targets = len(targets)
@@ -228,10 +243,16 @@ def main() -> None:
     rms = np.full((n_targets, len(recipes)), np.nan)
     target_verdicts: dict[str, str | None] = {}  # every scoring checks each target once
     for j, (kind, seed, rank) in enumerate(recipes):
-        samples, seconds = predict(model, targets, steps=args.steps, churn=args.churn, device=args.device,
-                                   batch=batch, seed=seed, precision=args.precision,
-                                   templates=templates[rank] if kind == "templates" else None,
-                                   anneal_rho=args.anneal_rho, anneal_rho_lattice=args.anneal_rho_lattice)
+        if kind == "copy":
+            t0 = time.perf_counter()
+            samples = copies(targets, templates[rank])
+            seconds = time.perf_counter() - t0
+        else:
+            assert model is not None  # refused above
+            samples, seconds = predict(model, targets, steps=args.steps, churn=args.churn, device=args.device,
+                                       batch=batch, seed=seed, precision=args.precision,
+                                       templates=templates[rank] if kind == "templates" else None,
+                                       anneal_rho=args.anneal_rho, anneal_rho_lattice=args.anneal_rho_lattice)
         columns.append(samples)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False,
                         target_verdicts=target_verdicts)
@@ -284,7 +305,8 @@ def main() -> None:
                       "candidate matched (the target chooses; invalid targets are misses, as with one "
                       "sample); complete = false while relaxations asked for are still to come (the file "
                       "is rewritten after each phase, so a run cut short keeps what it finished)"}
-    name, model_dir = f"csp_rank_{args.dataset}{args.suffix}", resolve_model_dir(args.model)
+    name = f"csp_rank_{args.dataset}{args.suffix}"
+    model_dir = None if model is None else resolve_model_dir(args.model)
     write_result(name, result, args.device, model=model_dir)
 
     def relaxed_row(cols: list[int], energies_n: np.ndarray, structures_n: dict[tuple[int, int], Any],
