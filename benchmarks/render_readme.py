@@ -892,14 +892,17 @@ def default_model_block() -> list[str]:
     if sweeps:
         lines += ["", "Crystal structure prediction (one sample per test composition, DiffCSP's matcher; "
                   "each file's best sampler setting; templates: `--symmetry-prior`, the training crystal "
-                  "that fits each composition best):", "",
-                  "| file | targets | templates | precision | match rate | RMSE | Heun steps | S_churn | "
-                  "anti-annealing |", "|---|---|---|---|---|---|---|---|---|"]
+                  "that fits each composition best; template start: `--template-start σ`, each sample "
+                  "starts from its template crystal itself noised to σ):", "",
+                  "| file | targets | templates | template start | precision | match rate | RMSE | "
+                  "Heun steps | S_churn | anti-annealing |", "|---|---|---|---|---|---|---|---|---|---|"]
         for path in sweeps:
             d = json.loads(path.read_text())
             best = max(d["rows"], key=lambda r: r["match_rate_percent"])
+            start = f"σ {best['template_start']:g}" if best.get("template_start") else "–"
             lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {d['n_targets']:,} {d['dataset']} | "
                          f"{'yes' if d.get('symmetry_templates') else 'no'} | "
+                         f"{start} | "
                          f"{d.get('precision') or 'not recorded'} | {best['match_rate_percent']:.1f} % | "
                          f"{best['rmse']:.4f} | {best['steps']} | "
                          f"{best['s_churn']:g} | {_anneal(best)} |")
@@ -911,6 +914,7 @@ def default_model_block() -> list[str]:
 # (a fraction, shown in %), or "csp:match"/"csp:rmse" (the best row of a CSP sweep file)
 _DE_NOVO_10K, _DE_NOVO_1K = "eval_atom_diffusion_ext29k_10k_mp_20_cpu", "eval_atom_diffusion_ext29k_mp_20"
 _COMP_FIRST, _CSP = "eval_atom_diffusion_ext29k_symcomp_mb_mp_20_cpu", "atom_csp_sweep_mp_20_ext29ka"
+_TSTART, _COPY = "atom_csp_sweep_mp_20_bundled_tstart", "csp_template_copy_mp_20"
 TARGETS_MP20 = (
     ("structural validity, 10,000 de novo", _DE_NOVO_10K, "struct_valid", 0.995, "min"),
     ("compositional validity, 10,000 de novo", _DE_NOVO_10K, "comp_valid", 0.88, "min"),
@@ -926,6 +930,10 @@ TARGETS_MP20 = (
     ("mean RMSD (Å), composition first (1,000)", _COMP_FIRST, "mean_relax_rmsd", 0.15, "max"),
     ("CSP match rate", _CSP, "csp:match", 0.66, "min"),
     ("CSP match rate, symmetry templates", _CSP + "_sym", "csp:match", 0.66, "min"),
+    ("CSP match rate, templates, each sample started from its template (σ 0.02)", _TSTART, "csp:match", 0.66,
+     "min"),
+    ("CSP RMSE, templates, started from the template (σ 0.02)", _TSTART, "csp:rmse", 0.035, "max"),
+    ("CSP match rate, the template copied (no model: a baseline)", _COPY, "csp:match", 0.66, "min"),
     ("CSP RMSE", _CSP, "csp:rmse", 0.035, "max"),
     ("MPTS-52 CSP match rate, symmetry templates", "atom_csp_sweep_mpts_52_mw_templates", "csp:match", 0.30,
      "min"),
