@@ -139,6 +139,54 @@ def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, val
     return ranked, best
 
 
+def denoising_errors(model: AtomDiffusionModel, structures: list[Any], sigmas: list[float], *,
+                     device: str, batch: int, seed: int = 0) -> np.ndarray:
+    """Per crystal the model's denoising error with its elements given: a plausibility score.
+
+    Each crystal (in its Niggli cell, as the model was trained) is noised at every σ of ``sigmas``
+    with noise from a CPU generator seeded ``[seed, crystal]``, denoised once, and scored by the
+    EDM loss of its coordinates and lattice (the raw-output squared error, λ(σ)·|D − x|², the
+    parts weighted by the model's loss weights), averaged over the σ levels. Lower means the
+    model finds the crystal more like the ones it was trained on.
+
+    Returns:
+        float (n,) errors.
+    """
+    import torch
+
+    from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap, wrap_centered
+    from crysgen.pipelines.seeding import torch_generator
+    from crysgen.representations.atoms import niggli_reduce
+
+    ids = [str(i) for i in range(len(structures))]
+    crystals = niggli_reduce(CrystalSet.from_structures(structures, ids=ids))
+    sets = model.encode(crystals)
+    net, cfg, consts = model.net.to(device).eval(), model.edm, Constants.from_spec(model.spec)
+    w_c, w_l = cfg.weights[1], cfg.weights[2]
+    out = np.zeros(len(structures))
+    for lo in range(0, len(structures), batch):
+        idx = np.arange(lo, min(lo + batch, len(structures)))
+        mask = torch.as_tensor(sets.mask[idx]).to(device)
+        m = mask[..., None].float()
+        x0 = Parts(torch.as_tensor(sets.types[idx]).to(device), torch.as_tensor(sets.frac[idx]).to(device),
+                   torch.as_tensor(sets.lattice[idx]).to(device))
+        given = torch.ones(len(idx), dtype=torch.bool, device=device)
+        for k, sigma in enumerate(sigmas):
+            gens = [torch_generator([seed, int(i), k]) for i in idx]
+            eps_c = torch.stack([torch.randn(x0.frac.shape[1:], generator=g) for g in gens]).to(device)
+            eps_l = torch.stack([torch.randn(6, generator=g) for g in gens]).to(device)
+            xt = Parts(x0.types, wrap(x0.frac + sigma * eps_c) * m, x0.lattice + sigma * eps_l)
+            s = torch.full((len(idx),), float(sigma), device=device)
+            with torch.no_grad():
+                d = denoise(net, xt, s, mask, given, cfg, consts)
+            out_c = sigma * cfg.sigma_data_coords / (sigma**2 + cfg.sigma_data_coords**2) ** 0.5
+            out_l = sigma * cfg.sigma_data_lattice / (sigma**2 + cfg.sigma_data_lattice**2) ** 0.5
+            err_c = ((wrap_centered(d.frac - x0.frac) / out_c) ** 2 * m).sum((1, 2)) / (3 * m.sum((1, 2)))
+            err_l = ((d.lattice - x0.lattice) / out_l).pow(2).mean(1)
+            out[idx] += ((w_c * err_c + w_l * err_l) / (w_c + w_l)).cpu().numpy() / len(sigmas)
+    return out
+
+
 def relaxed_energies(columns: list[list[CSPSample]], valid: np.ndarray, steps: int,
                      device: str, workers: int,
                      batch: int | None = None) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
@@ -210,6 +258,9 @@ def main() -> None:
     p.add_argument("--score-relaxed", action="store_true",
                    help="with --relax-steps, also score each ranking's chosen candidate after its "
                         "relaxation (the relaxed crystal is the answer: a generate-relax-rank pipeline)")
+    p.add_argument("--denoising-sigmas", default="",
+                   help="also rank by the model's denoising error (denoising_errors) at these "
+                        "comma-separated σ, averaged (needs a model; e.g. 0.02,0.05,0.1)")
     p.add_argument("--also", action="append", default=[], metavar="RECIPES",
                    help="also rank within these recipes only (a subset of --candidates, same syntax, one "
                         "recipe allowed; repeatable): the same candidates, fewer of them")
@@ -281,6 +332,20 @@ def main() -> None:
     ranked_row["energy_seconds"] = round(energy_seconds, 1)
     print(json.dumps(ranked_row), flush=True)
     print(json.dumps(best_row), flush=True)
+    denoising_row = None
+    if args.denoising_sigmas:
+        if model is None:
+            raise CrysgenError("--denoising-sigmas needs a model")
+        sig = [float(v) for v in args.denoising_sigmas.split(",")]
+        errors = np.full((n_targets, len(recipes)), np.nan)
+        t0 = time.perf_counter()
+        for j, samples in enumerate(columns):
+            ok = [i for i in range(n_targets) if valid[i, j]]
+            errors[ok, j] = denoising_errors(model, [samples[i].structure for i in ok], sig,
+                                             device=args.device, batch=batch)
+        denoising_row = {"sigmas": sig} | rank_columns(matched, rms, errors, valid, names)[0]
+        denoising_row["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"ranked_by_denoising_error": denoising_row}), flush=True)
     relaxed_rows: list[dict[str, Any]] = []
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
@@ -297,6 +362,7 @@ def main() -> None:
               "precision": args.precision, "symmetry_prior": args.symmetry_prior,
               "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
               "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
+              "ranked_by_denoising_error": denoising_row,
               "ranked_relaxed": relaxed_rows, "relax_steps_asked": relax_lengths,
               "complete": not relax_lengths,
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
