@@ -325,7 +325,7 @@ def test_bf16_runs_the_network_in_bf16_and_auto_picks_it_on_cuda_only(model_dir,
 def test_crystens_models_refuse_atom_only_options(tmp_path):
     from crysgen.pipelines.generators import CRYSTENS_MODEL
 
-    for option in ({"space_group": 225}, {"anneal_rho": 4.0}):
+    for option in ({"space_group": 225}, {"anneal_rho": 4.0}, {"template_start": 0.02}):
         with pytest.raises(CrysgenError, match="atom diffusion models only"):
             sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, **option), progress=False)
 
