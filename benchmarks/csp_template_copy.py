@@ -14,7 +14,9 @@ template's geometry already was the answer. Scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), one sample per target;
 with ``--ranks R`` also the best of the first R templates (ranks 0..R-1 of
 ``match_templates(rank=r)``: best crystal of each space group), a best-of-k bound that needs the
-target to choose.
+target to choose. With ``--vote k[,k...]`` the template is chosen by a vote of the k best-fitting
+crystals' space groups (``match_templates(vote=k)``); choose k on the validation split
+(``--targets …val.npz``), then score the test split once.
 
 Usage::
 
@@ -65,6 +67,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ranks", type=int, default=1, help="also score the best of ranks 0..R-1 (R > 1)")
+    p.add_argument("--vote", default="1", help="comma-separated k: the space groups of the k best-fitting "
+                   "crystals vote (match_templates's vote; 1: none); one row per k and rank")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--suffix", default="")
     args = p.parse_args()
@@ -73,13 +77,14 @@ def main() -> None:
     prior = CrystalSet.load(args.prior)
     rows = []
     per_rank = []
-    for rank in range(args.ranks):
+    grid = [(int(k), rank) for k in args.vote.split(",") for rank in range(args.ranks)]
+    for vote, rank in grid:
         t0 = time.perf_counter()
-        templates = match_templates(targets.atomic_numbers, prior, rank=rank)
+        templates = match_templates(targets.atomic_numbers, prior, rank=rank, vote=vote)
         samples = copies(targets, templates)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=True)
         per_rank.append({r["id"]: bool(r["matched"]) for r in res.rows})
-        row = {"rank": rank, "share_with_template": templates.share_fitted(),
+        row = {"rank": rank, "vote": vote, "share_with_template": templates.share_fitted(),
                "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
                "n_invalid_samples": res.n_invalid_samples, "seconds": round(time.perf_counter() - t0, 1),
                "breakdown": res.breakdown()}
@@ -90,7 +95,7 @@ def main() -> None:
               "note": "no model: each target's best-fitting training crystal (match_templates) with the "
                       "target's elements, in the template's Niggli cell; one sample per target; DiffCSP "
                       "matcher (volume-scaled) and validity"}
-    if args.ranks > 1:
+    if args.ranks > 1 and args.vote == "1":
         matched = [any(d.get(t, False) for d in per_rank) for t in per_rank[0]]
         result["best_of_ranks"] = {"ranks": args.ranks, "match_rate_percent": 100 * float(np.mean(matched)),
                                    "note": "a target counts if any rank's copy matches: needs the target "

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from crysgen import CrysgenError
 from crysgen.crystal_set import CrystalSet
 from crysgen.objectives.atom_edm import Constants, Parts
 from crysgen.pipelines.symmetry import (
@@ -112,6 +114,27 @@ def test_later_template_ranks_take_the_best_crystal_of_another_space_group():
     assert [t.sources[0] for t in ranked] == ["NaCl", "ZnO", ""]
     assert [t.symmetries[0].space_group for t in ranked[:2]] == [225, 186]
     assert ranked[2].symmetries[0] is None
+
+
+def test_a_template_vote_takes_the_group_most_of_the_best_fitting_crystals_share():
+    nacl = load_cif("NaCl")
+    kcl, kbr = nacl.copy(), nacl.copy()
+    kcl.replace_species({"Na": "K"})
+    kbr.replace_species({"Na": "K", "Cl": "Br"})
+    wurtzite = load_cif("ZnO_wurtzite")
+    wurtzite.make_supercell([1, 1, 2])
+    wurtzite.replace_species({"Zn": "Na", "O": "Cl"})  # NaCl's own elements: the best fit, group 186
+    structures = [wurtzite, kbr, kcl]
+    groups = [s.get_space_group_info(symprec=0.1)[1] for s in structures]
+    assert groups == [186, 225, 225]
+    crystals = CrystalSet.from_structures(structures, ids=["w", "KBr", "KCl"], space_groups=groups)
+    target = np.array([[11] * 4 + [17] * 4])
+    assert match_templates(target, crystals).sources == ["w"]
+    assert match_templates(target, crystals, vote=2).sources == ["w"]  # a tie: the better fit's group
+    assert match_templates(target, crystals, vote=3).sources == ["KCl"]  # two of three vote 225
+    assert match_templates(target, crystals, vote=3, rank=1).sources == ["w"]
+    with pytest.raises(CrysgenError, match="at least one crystal"):
+        match_templates(target, crystals, vote=0)
 
 
 def test_element_cost_prefers_alike_elements():

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from crysgen.errors import CrysgenError
 from crysgen.objectives.atom_edm import Constants, Parts, wrap_centered
 from crysgen.representations.symmetry import SiteSymmetry, site_symmetry
 
@@ -175,7 +176,7 @@ def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray
 
 
 def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1,
-                    rank: int = 0) -> Templates:
+                    rank: int = 0, vote: int = 1) -> Templates:
     """For every target composition the best-fitting crystal of ``prior`` as its template.
 
     A crystal fits when its element counts equal the target's up to exchanging elements; among
@@ -193,10 +194,19 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
         rank: 0 = the best-fitting crystal; r = the best of the (r + 1)-th best space group
             (none where fewer space groups fit). The groups are those ``prior`` records
             (``CrystalSet.space_group``; 0, unknown, counts as one group).
+        vote: k > 1: the space groups of the k best-fitting crystals vote, and the template is
+            the best-fitting crystal of the group most of them share (ties: the group of the
+            better-fitting crystal); then ``rank`` r counts the groups in the order of their
+            votes. 1: no vote.
+
+    Raises:
+        CrysgenError: for a vote below 1.
 
     Returns:
         Templates in the targets' site order (None where no crystal fits).
     """
+    if vote < 1:
+        raise CrysgenError(f"a template vote needs at least one crystal, got {vote}")
     x = _element_table()[:, 0]
 
     def key(counts: dict[int, int]) -> tuple[tuple[int, ...], list[int]]:
@@ -220,9 +230,14 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
             continue
         rows, elements = arrays[signature]
         order = np.argsort(element_cost(elements, np.array(ordered)[None]).sum(1), kind="stable")
-        if rank:  # the best crystal of each space group, in the order of its cost
-            _, first = np.unique(prior.space_group[rows[order]], return_index=True)
-            order = order[np.sort(first)]
+        if rank or vote > 1:  # the best crystal of each space group, in the order of its cost
+            groups = prior.space_group[rows[order]]
+            _, first = np.unique(groups, return_index=True)
+            first = np.sort(first)
+            if vote > 1:  # ... reordered by the votes of the k best crystals (stable: cost breaks ties)
+                votes = np.array([(groups[:vote] == groups[f]).sum() for f in first])
+                first = first[np.argsort(-votes, kind="stable")]
+            order = order[first]
         chosen.append(int(rows[order[rank]]) if rank < len(order) else None)
     return fit_rows(prior, chosen, targets_z, symprec=symprec)
 
