@@ -308,10 +308,10 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         template_groups = None
         if templates is not None:
             self.check_templates(templates, n, atomic_numbers, space_group)
-        if template_start is not None:
-            self.check_template_start(template_start, templates, atomic_numbers)
             if self.net.cfg.space_groups:
                 template_groups = np.array([0 if t is None else t.space_group for t in templates.symmetries])
+        if template_start is not None:
+            self.check_template_start(template_start, templates, atomic_numbers)
         if atomic_numbers is None:
             size_seed = [*np.atleast_1d(seed).tolist(), 1]
             if count_elements:
@@ -339,8 +339,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         out_l = np.zeros((n, 6), np.float32)
         width = np.where(mask.any(1), s - np.argmax(mask[:, ::-1], 1), 0)  # sites up to the last real one
         slack = 1.25 if torch.device(device).type == "cpu" else float("inf")
-        has_template = np.array([template_start is not None and templates is not None
-                                 and templates.symmetries[i] is not None for i in range(n)], bool)
+        has_template = np.zeros(n, bool)
+        if template_start is not None and templates is not None:
+            has_template = np.array([t is not None for t in templates.symmetries], bool)
         parts = [part for batch in size_batches(width, batch_size, slack=slack)
                  for part in (batch[has_template[batch]], batch[~has_template[batch]]) if len(part)]
         for idx in tqdm(parts, disable=not progress, desc="sample", unit="batch"):

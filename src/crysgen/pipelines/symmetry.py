@@ -231,11 +231,11 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
         rows, elements = arrays[signature]
         order = np.argsort(element_cost(elements, np.array(ordered)[None]).sum(1), kind="stable")
         if rank or vote > 1:  # the best crystal of each space group, in the order of its cost
-            groups = prior.space_group[rows[order]]
-            _, first = np.unique(groups, return_index=True)
+            group_of = prior.space_group[rows[order]]
+            _, first = np.unique(group_of, return_index=True)
             first = np.sort(first)
             if vote > 1:  # ... reordered by the votes of the k best crystals (stable: cost breaks ties)
-                votes = np.array([(groups[:vote] == groups[f]).sum() for f in first])
+                votes = np.array([(group_of[:vote] == group_of[f]).sum() for f in first])
                 first = first[np.argsort(-votes, kind="stable")]
             order = order[first]
         chosen.append(int(rows[order[rank]]) if rank < len(order) else None)
