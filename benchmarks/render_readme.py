@@ -64,6 +64,8 @@ def sample_mode(d: dict) -> str:
                      + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else ""))
     if options.get("symmetry_prior") or d.get("symmetry_templates"):
         words.append("symmetry templates")
+    if options.get("template_start"):
+        words.append(f"started from the template at σ {options['template_start']:g}")
     if options.get("limit_element_count") or options.get("free_element_count") is False:  # older name
         words.append("element-count limit")
     # a sampler setting other than `crysgen sample`'s defaults (older files record none)
@@ -856,6 +858,7 @@ def default_model_block() -> list[str]:
             + (" --substitute" if options.get("substitute") else "") \
             + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
+            + (f" --template-start {options['template_start']:g}" if options.get("template_start") else "") \
             + (f" --churn {churn:g}" if churn else "") \
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
@@ -863,6 +866,7 @@ def default_model_block() -> list[str]:
             what = "composition first" + (", one ion substituted" if options.get("substitute") else "") \
                 + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else "")
             what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
+            what += ", started from that crystal" if options.get("template_start") else ""
             return 2, f"{what} (`{flags.strip()}`)"
         if options.get("symmetry_prior"):
             return 1, f"de novo on symmetry templates (`{flags.strip()}`)"
