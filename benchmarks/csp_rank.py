@@ -177,10 +177,8 @@ def denoising_errors(model: AtomDiffusionModel, structures: list[Any], sigmas: l
             eps_l = torch.stack([torch.randn(6, generator=g) for g in gens]).to(device)
             xt = Parts(x0.types, wrap(x0.frac + sigma * eps_c) * m, x0.lattice + sigma * eps_l)
             s = torch.full((len(idx),), float(sigma), device=device)
-            with torch.no_grad():
-                d = denoise(net, xt, s, mask, given, cfg, consts)
-            out_c = sigma * cfg.sigma_data_coords / (sigma**2 + cfg.sigma_data_coords**2) ** 0.5
-            out_l = sigma * cfg.sigma_data_lattice / (sigma**2 + cfg.sigma_data_lattice**2) ** 0.5
+            with torch.no_grad():  # the preconditioning's output scales come with the raw outputs
+                d, _, (_, _, out_c, _, out_l) = denoise(net, xt, s, mask, given, cfg, consts, raw=True)
             err_c = ((wrap_centered(d.frac - x0.frac) / out_c) ** 2 * m).sum((1, 2)) / (3 * m.sum((1, 2)))
             err_l = ((d.lattice - x0.lattice) / out_l).pow(2).mean(1)
             out[idx] += ((w_c * err_c + w_l * err_l) / (w_c + w_l)).cpu().numpy() / len(sigmas)
