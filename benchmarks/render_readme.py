@@ -718,7 +718,9 @@ def atom_table() -> list[str]:
             tpl = d.get("symmetry_templates")
             templates = (f"{100 * tpl['share_with_template']:.1f} % of targets" if tpl else "–")
             lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
-                      f"{d['commit'][:7]} | `{where}` | {trained} | {templates} | "
+                      f"{d['commit'][:7]} | `{where}` | {trained} | {templates}"
+                      + (f", started from them at σ {r['template_start']:g}"
+                         if r.get("template_start") else "") + " | "
                       f"{d.get('precision', 'fp32')} | {r['steps']} | "
                       f"{r['s_churn']:g} | {_anneal(r)} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
@@ -921,6 +923,7 @@ _DE_NOVO_10K, _DE_NOVO_1K = "eval_atom_diffusion_ext29k_10k_mp_20_cpu", "eval_at
 _COMP_FIRST, _CSP = "eval_atom_diffusion_ext29k_symcomp_mb_mp_20_cpu", "atom_csp_sweep_mp_20_ext29ka"
 _TSTART, _COPY = "atom_csp_sweep_mp_20_bundled_tstart", "csp_template_copy_mp_20"
 _COPY_MPTS = "csp_template_copy_mpts_52"
+_SUBST = "eval_atom_diffusion_ext29k_subst_tstart_mp_20"  # composition + template from training, σ 0.02
 TARGETS_MP20 = (
     ("structural validity, 10,000 de novo", _DE_NOVO_10K, "struct_valid", 0.995, "min"),
     ("compositional validity, 10,000 de novo", _DE_NOVO_10K, "comp_valid", 0.88, "min"),
@@ -934,6 +937,11 @@ TARGETS_MP20 = (
     ("S.U.N., 1,000 de novo", _DE_NOVO_1K, "sun_e_hull_le_0.1", 0.3, "min"),
     ("mean RMSD to the relaxed structure (Å), 1,000 de novo", _DE_NOVO_1K, "mean_relax_rmsd", 0.15, "max"),
     ("mean RMSD (Å), composition first (1,000)", _COMP_FIRST, "mean_relax_rmsd", 0.15, "max"),
+    ("CHGNet-stable, substituted composition + template start (1,000)", _SUBST, "stable_e_hull_le_0.1", 0.5,
+     "min"),
+    ("S.U.N., substituted composition + template start (1,000)", _SUBST, "sun_e_hull_le_0.1", 0.3, "min"),
+    ("mean RMSD (Å), substituted composition + template start (1,000)", _SUBST, "mean_relax_rmsd", 0.15,
+     "max"),
     ("CSP match rate", _CSP, "csp:match", 0.66, "min"),
     ("CSP match rate, symmetry templates", _CSP + "_sym", "csp:match", 0.66, "min"),
     ("CSP match rate, templates, each sample started from its template (σ 0.02)", _TSTART, "csp:match", 0.66,
@@ -943,6 +951,8 @@ TARGETS_MP20 = (
     ("CSP RMSE", _CSP, "csp:rmse", 0.035, "max"),
     ("MPTS-52 CSP match rate, symmetry templates", "atom_csp_sweep_mpts_52_mw_templates", "csp:match", 0.30,
      "min"),
+    ("MPTS-52 CSP match rate, templates, started from the template (σ 0.02)",
+     "atom_csp_sweep_mpts_52_mw_tstart", "csp:match", 0.30, "min"),
     ("MPTS-52 CSP match rate, the template copied (no model: a baseline)", _COPY_MPTS, "csp:match", 0.30,
      "min"),
 )
