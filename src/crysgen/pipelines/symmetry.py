@@ -37,9 +37,10 @@ from crysgen.representations.symmetry import SiteSymmetry, site_symmetry
 
 if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
+    from crysgen.pipelines.template_ranking import TemplateRanker
 
-__all__ = ["SymmetryBatch", "Templates", "element_cost", "fit_rows", "fit_template", "match_templates",
-           "project", "templates_of_rows"]
+__all__ = ["SymmetryBatch", "Templates", "element_cost", "fit_rows", "fit_template", "fitting_rows",
+           "match_templates", "project", "templates_of_rows"]
 
 
 @dataclass
@@ -175,38 +176,21 @@ def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray
     return sym.reindexed(order)
 
 
-def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1,
-                    rank: int = 0, vote: int = 1) -> Templates:
-    """For every target composition the best-fitting crystal of ``prior`` as its template.
+def fitting_rows(targets_z: np.ndarray, prior: CrystalSet) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per target the crystals of ``prior`` whose element counts fit it, the most alike exchange first.
 
-    A crystal fits when its element counts equal the target's up to exchanging elements; among
-    those, the one whose exchanged elements cost least (:func:`element_cost`, elements paired by
-    count and electronegativity) is taken, the first in ``prior`` on a tie. With ``rank`` r > 0
-    the template is the best-fitting crystal of the (r + 1)-th space group in that order (each
-    space group counted at its best-fitting crystal), so that several ranks give several
-    symmetries for one composition (candidates for generate-and-rank).
+    A crystal fits when its element counts equal the target's up to exchanging elements
+    one-to-one; its cost is :func:`element_cost` summed over the exchanged pairs (elements paired
+    by count and electronegativity, :func:`fit_template`'s pairing).
 
     Args:
-        targets_z: int (n, S) the targets' atomic numbers, 0 = no site (sites of one element
-            together, as ``crysgen data prepare`` lists them).
-        prior: the crystals to take templates from (typically the model's training set).
-        symprec: spglib's tolerance in Å.
-        rank: 0 = the best-fitting crystal; r = the best of the (r + 1)-th best space group
-            (none where fewer space groups fit). The groups are those ``prior`` records
-            (``CrystalSet.space_group``; 0, unknown, counts as one group).
-        vote: k > 1: the space groups of the k best-fitting crystals vote, and the template is
-            the best-fitting crystal of the group most of them share (ties: the group of the
-            better-fitting crystal); then ``rank`` r counts the groups in the order of their
-            votes. 1: no vote.
-
-    Raises:
-        CrysgenError: for a vote below 1.
+        targets_z: int (n, S) the targets' atomic numbers, 0 = no site.
+        prior: the crystals templates come from.
 
     Returns:
-        Templates in the targets' site order (None where no crystal fits).
+        Per target None (no crystal fits) or (rows, costs): int (m,) rows of ``prior`` in the order
+        of their float (m,) costs (stable: the first in ``prior`` on a tie).
     """
-    if vote < 1:
-        raise CrysgenError(f"a template vote needs at least one crystal, got {vote}")
     x = _element_table()[:, 0]
 
     def key(counts: dict[int, int]) -> tuple[tuple[int, ...], list[int]]:
@@ -221,17 +205,70 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
             groups[signature].append((r, ordered))
     arrays = {sig: (np.array([r for r, _ in rows]), np.array([o for _, o in rows]))
               for sig, rows in groups.items()}
-    chosen: list[int | None] = []
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for row in np.asarray(targets_z):
         counts = _counts(row)
         signature, ordered = key(counts) if counts else ((), [])
         if signature not in arrays:
-            chosen.append(None)
+            out.append(None)
             continue
         rows, elements = arrays[signature]
-        order = np.argsort(element_cost(elements, np.array(ordered)[None]).sum(1), kind="stable")
+        cost = element_cost(elements, np.array(ordered)[None]).sum(1)
+        order = np.argsort(cost, kind="stable")
+        out.append((rows[order], cost[order]))
+    return out
+
+
+def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1,
+                    rank: int = 0, vote: int = 1, ranker: TemplateRanker | None = None) -> Templates:
+    """For every target composition the best-fitting crystal of ``prior`` as its template.
+
+    A crystal fits when its element counts equal the target's up to exchanging elements; among
+    those, the one whose exchanged elements cost least (:func:`element_cost`, elements paired by
+    count and electronegativity) is taken, the first in ``prior`` on a tie
+    (:func:`fitting_rows`). With ``rank`` r > 0
+    the template is the best-fitting crystal of the (r + 1)-th space group in that order (each
+    space group counted at its best-fitting crystal), so that several ranks give several
+    symmetries for one composition (candidates for generate-and-rank). With a ``ranker`` the
+    template is the fitting crystal it scores highest among its candidates instead
+    (:class:`~crysgen.pipelines.template_ranking.TemplateRanker`).
+
+    Args:
+        targets_z: int (n, S) the targets' atomic numbers, 0 = no site (sites of one element
+            together, as ``crysgen data prepare`` lists them).
+        prior: the crystals to take templates from (typically the model's training set).
+        symprec: spglib's tolerance in Å.
+        rank: 0 = the best-fitting crystal; r = the best of the (r + 1)-th best space group
+            (none where fewer space groups fit). The groups are those ``prior`` records
+            (``CrystalSet.space_group``; 0, unknown, counts as one group).
+        vote: k > 1: the space groups of the k best-fitting crystals vote, and the template is
+            the best-fitting crystal of the group most of them share (ties: the group of the
+            better-fitting crystal); then ``rank`` r counts the groups in the order of their
+            votes. 1: no vote.
+        ranker: a learned choice among the fitting crystals (excludes ``rank`` and ``vote``).
+
+    Raises:
+        CrysgenError: for a vote below 1, or a ranker with a rank or vote.
+
+    Returns:
+        Templates in the targets' site order (None where no crystal fits).
+    """
+    if vote < 1:
+        raise CrysgenError(f"a template vote needs at least one crystal, got {vote}")
+    fits = fitting_rows(targets_z, prior)
+    if ranker is not None:
+        if rank or vote > 1:
+            raise CrysgenError("a template ranker chooses one template per target: no rank or vote beside it")
+        return fit_rows(prior, ranker.choose(targets_z, prior, fits), targets_z, symprec=symprec)
+    chosen: list[int | None] = []
+    for fit in fits:
+        if fit is None:
+            chosen.append(None)
+            continue
+        rows, _ = fit
+        order = np.arange(len(rows))
         if rank or vote > 1:  # the best crystal of each space group, in the order of its cost
-            group_of = prior.space_group[rows[order]]
+            group_of = prior.space_group[rows]
             _, first = np.unique(group_of, return_index=True)
             first = np.sort(first)
             if vote > 1:  # ... reordered by the votes of the k best crystals (stable: cost breaks ties)
