@@ -35,6 +35,7 @@ from crysgen.evaluation.suite import relax_all
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import Templates, match_templates
+from crysgen.pipelines.template_ranking import load_ranker
 from provenance import write_result
 
 
@@ -112,6 +113,9 @@ def main() -> None:
     p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz",
                    help="each target keeps the symmetry of its best-fitting crystal of this set "
                         "(`crysgen sample --compositions ... --symmetry-prior`; template-based CSP)")
+    p.add_argument("--template-ranker", default=None, metavar="bundled|RANKER.json",
+                   help="with --symmetry-prior: choose each target's template with this ranker "
+                        "(`crysgen sample --template-ranker`) instead of the most alike exchange")
     p.add_argument("--template-start", default="", metavar="SIGMAS",
                    help="with --symmetry-prior: comma-separated σ to start each target from its "
                         "template crystal at (`crysgen sample --template-start`; '' or 'none': from noise)")
@@ -130,16 +134,21 @@ def main() -> None:
     if args.symmetry_prior:
         t0 = time.perf_counter()
         prior = CrystalSet.load(args.symmetry_prior)
-        templates = match_templates(model.compositions_from_targets(targets).atomic_numbers, prior)
+        ranker = load_ranker(args.template_ranker) if args.template_ranker else None
+        templates = match_templates(model.compositions_from_targets(targets).atomic_numbers, prior,
+                                    ranker=ranker)
         row_of = {str(i): r for r, i in enumerate(prior.ids)}
         same = [reduced_formula(prior.atomic_numbers[row_of[s]]) == reduced_formula(t)
                 for s, t in zip(templates.sources, targets.atomic_numbers, strict=True) if s]
-        template_info = {"prior": args.symmetry_prior, "share_with_template": templates.share_fitted(),
+        template_info = {"prior": args.symmetry_prior, "ranker": args.template_ranker,
+                         "share_with_template": templates.share_fitted(),
                          "seconds": round(time.perf_counter() - t0, 2),
                          "share_with_a_template_of_the_same_formula": float(np.sum(same)) / len(targets)}
         print(json.dumps(template_info), flush=True)
     relax = RelaxOptions(device=args.device, engine=args.relax_engine)
     rows = []
+    if args.template_ranker and templates is None:
+        p.error("--template-ranker needs --symmetry-prior")
     starts = [None if v in ("", "none") else float(v) for v in args.template_start.split(",")]
     if any(v is not None for v in starts) and templates is None:
         p.error("--template-start needs --symmetry-prior")

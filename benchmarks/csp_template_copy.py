@@ -16,7 +16,9 @@ with ``--ranks R`` also the best of the first R templates (ranks 0..R-1 of
 ``match_templates(rank=r)``: best crystal of each space group), a best-of-k bound that needs the
 target to choose. With ``--vote k[,k...]`` the template is chosen by a vote of the k best-fitting
 crystals' space groups (``match_templates(vote=k)``); choose k on the validation split
-(``--targets …val.npz``), then score the test split once.
+(``--targets …val.npz``), then score the test split once. With ``--ranker`` the template is the
+candidate a learned template ranker scores highest (``template_ranker.py`` fits it on the
+validation split).
 
 Usage::
 
@@ -37,6 +39,7 @@ from atom_csp_sweep import seeded_subset
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.symmetry import Templates, match_templates
+from crysgen.pipelines.template_ranking import load_ranker
 from provenance import write_result
 
 
@@ -69,10 +72,16 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=1, help="also score the best of ranks 0..R-1 (R > 1)")
     p.add_argument("--vote", default="1", help="comma-separated k: the space groups of the k best-fitting "
                    "crystals vote (match_templates's vote; 1: none); one row per k and rank")
+    p.add_argument("--ranker", default=None, metavar="bundled|RANKER.json",
+                   help="choose each template with this template ranker (crysgen.pipelines.template_ranking) "
+                        "instead of the most alike exchange; excludes --ranks and --vote")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--suffix", default="")
     args = p.parse_args()
 
+    ranker = load_ranker(args.ranker) if args.ranker else None
+    if ranker is not None and (args.ranks > 1 or args.vote != "1"):
+        raise SystemExit("--ranker chooses one template per target: no --ranks or --vote beside it")
     targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
     prior = CrystalSet.load(args.prior)
     rows = []
@@ -80,11 +89,12 @@ def main() -> None:
     grid = [(int(k), rank) for k in args.vote.split(",") for rank in range(args.ranks)]
     for vote, rank in grid:
         t0 = time.perf_counter()
-        templates = match_templates(targets.atomic_numbers, prior, rank=rank, vote=vote)
+        templates = match_templates(targets.atomic_numbers, prior, rank=rank, vote=vote, ranker=ranker)
         samples = copies(targets, templates)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=True)
         per_rank.append({r["id"]: bool(r["matched"]) for r in res.rows})
-        row = {"rank": rank, "vote": vote, "share_with_template": templates.share_fitted(),
+        row = {"rank": rank, "vote": vote, "ranker": args.ranker,
+               "share_with_template": templates.share_fitted(),
                "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
                "n_invalid_samples": res.n_invalid_samples, "seconds": round(time.perf_counter() - t0, 1),
                "breakdown": res.breakdown()}

@@ -659,3 +659,31 @@ def test_a_new_space_group_embedding_leaves_the_network_as_it_was():
         grouped = net(*args, space_group=torch.tensor([225, 12]))
     for a, g in zip(plain, grouped, strict=True):
         torch.testing.assert_close(a, g)
+
+
+def test_the_cli_takes_a_template_ranker_and_refuses_it_without_compositions(model_dir, crystals, tmp_path,
+                                                                             capsys):
+    import json
+
+    from crysgen.pipelines.template_ranking import FEATURES, TemplateRanker
+
+    _template_start_setup(model_dir, crystals, tmp_path)
+    w = np.zeros((len(FEATURES), 1))
+    w[FEATURES.index("cost"), 0] = -1.0
+    TemplateRanker(mean=np.zeros(len(FEATURES)), scale=np.ones(len(FEATURES)), weights=[w],
+                   biases=[np.zeros(1)]).save(tmp_path / "r.json")
+    base = ["sample", str(model_dir), "--symmetry-prior", str(tmp_path / "train.npz"), "--steps", "2",
+            "--quiet"]
+    given = [*base, "--compositions", str(tmp_path / "t.npz"), "--template-ranker"]
+    out = tmp_path / "s"
+    assert main([*given, str(tmp_path / "r.json"), "--out", str(out)]) == 0
+    assert json.loads((out / "sample_config.json").read_text())["options"]["template_ranker"] == str(
+        tmp_path / "r.json")
+    assert {r["template"] for r in _rows(out)} == {"SrTiO3", "ZnO_wurtzite"}
+    capsys.readouterr()
+    assert main([*given, str(tmp_path / "x.json"), "--out", str(tmp_path / "s2")]) != 0
+    assert "no such file" in capsys.readouterr().err
+    assert main([*base, "-n", "2", "--template-ranker", str(tmp_path / "r.json"), "--out",
+                 str(tmp_path / "s3")]) != 0
+    assert "given compositions" in capsys.readouterr().err
+    assert not (tmp_path / "s3").exists() or not list((tmp_path / "s3").glob("*.cif"))

@@ -71,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "from its template crystal itself (coordinates and cell) noised to this σ "
                         "(e.g. 1), so the model refines the template (prototype substitution, then "
                         "diffusion) instead of sampling from noise")
+    p.add_argument("--template-ranker", default=None, metavar="bundled|RANKER.json",
+                   help="atom diffusion with --symmetry-prior and --compositions or --formula: choose each "
+                        "composition's template among its fitting crystals with a learned ranker ('bundled': "
+                        "fitted on mp_20's validation split against its training split) instead of the "
+                        "most alike exchange of elements")
     p.add_argument("--per-target", type=_positive_int, default=D.per_target,
                    help="samples per target of --compositions (%(default)s)")
     p.add_argument("--space-group", type=int, default=None,
@@ -157,7 +162,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             limit_element_count=args.limit_element_count,
                             composition_prior=args.composition_prior, substitute=args.substitute,
                             symmetry_prior=args.symmetry_prior, precision=args.precision,
-                            template_start=args.template_start)
+                            template_start=args.template_start, template_ranker=args.template_ranker)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

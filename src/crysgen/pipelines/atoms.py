@@ -136,10 +136,12 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         De novo: crystals drawn from the prior (seeded by ``options.seed``). With compositions
         drawn from the same file (--composition-prior): the crystal each was drawn from, fitted
         to its substituted elements. With other compositions (--compositions, --formula): the
-        prior crystal that fits each best (:func:`~crysgen.pipelines.symmetry.match_templates`).
+        prior crystal that fits each best (:func:`~crysgen.pipelines.symmetry.match_templates`),
+        or the one ``options.template_ranker`` scores highest.
 
         Raises:
-            CrysgenError: for a missing or unreadable file, or no crystal that fits the model.
+            CrysgenError: for a missing or unreadable file, no crystal that fits the model, or a
+                template ranker without given compositions.
         """
         from pathlib import Path
 
@@ -148,16 +150,27 @@ class AtomDiffusionModel(AtomDiffusionBundle):
 
         assert options.symmetry_prior is not None  # the caller's condition
         check_input_file(options.symmetry_prior, "--symmetry-prior")
+        ranker = None
+        if options.template_ranker is not None:
+            from crysgen.pipelines.template_ranking import load_ranker
+
+            ranker = load_ranker(options.template_ranker)  # before the prior is read: fails fast
         prior = CrystalSet.load(options.symmetry_prior)
+        same_file = (compositions is not None and compositions.drawn is not None
+                     and options.composition_prior is not None
+                     and Path(options.composition_prior).resolve() == Path(options.symmetry_prior).resolve())
+        if ranker is not None and (compositions is None or same_file):
+            raise CrysgenError("--template-ranker chooses the templates of given compositions "
+                               "(--compositions, --formula, or a --composition-prior other than "
+                               "--symmetry-prior)")
         if compositions is None:
             rows = draw_rows(prior, options.n, max_sites=self.spec.max_atoms, seed=[options.seed, 6],
                              what="--symmetry-prior")
             return templates_of_rows(prior, rows)
-        drawn = compositions.drawn
-        if (drawn is None or options.composition_prior is None
-                or Path(options.composition_prior).resolve() != Path(options.symmetry_prior).resolve()):
-            return match_templates(compositions.atomic_numbers, prior)
-        return fit_rows(prior, drawn.tolist(), compositions.atomic_numbers)
+        if not same_file:
+            return match_templates(compositions.atomic_numbers, prior, ranker=ranker)
+        assert compositions.drawn is not None  # same_file's condition
+        return fit_rows(prior, compositions.drawn.tolist(), compositions.atomic_numbers)
 
     def refuse_beside_templates(self, space_group: int | None) -> None:
         """Refuse symmetry templates with a space group or on an element-count model (CrysgenError).

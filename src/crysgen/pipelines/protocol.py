@@ -86,6 +86,9 @@ class SampleOptions:
     projection stay in float32. ``template_start`` (σ) starts every sample that has a template
     and given elements from the template crystal itself noised to that σ (atom diffusion models;
     :meth:`crysgen.pipelines.atoms.AtomDiffusionModel.sample_sets`).
+    ``template_ranker`` ("bundled" or a ranker file) chooses each given composition's template
+    among its fitting crystals of ``symmetry_prior`` with a learned ranker instead of the most
+    alike exchange of elements (:mod:`crysgen.pipelines.template_ranking`).
     """
 
     n: int
@@ -117,6 +120,7 @@ class SampleOptions:
     symmetry_prior: str | None = None
     precision: str = "auto"
     template_start: float | None = None
+    template_ranker: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -262,10 +266,11 @@ def refuse_atom_options(options: SampleOptions) -> None:
     if (options.space_group is not None or options.churn is not None or options.anneal_rho is not None
             or options.anneal_rho_lattice is not None
             or options.limit_element_count or options.symmetry_prior is not None
-            or options.precision != "auto" or options.template_start is not None):
+            or options.precision != "auto" or options.template_start is not None
+            or options.template_ranker is not None):
         raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
-                           "--symmetry-prior, --template-start and --precision apply to atom diffusion "
-                           "models only")
+                           "--symmetry-prior, --template-start, --template-ranker and --precision apply "
+                           "to atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:

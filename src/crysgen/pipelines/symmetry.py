@@ -26,7 +26,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -37,10 +37,9 @@ from crysgen.representations.symmetry import SiteSymmetry, site_symmetry
 
 if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
-    from crysgen.pipelines.template_ranking import TemplateRanker
 
-__all__ = ["SymmetryBatch", "Templates", "element_cost", "fit_rows", "fit_template", "fitting_rows",
-           "match_templates", "project", "templates_of_rows"]
+__all__ = ["SymmetryBatch", "TemplateChooser", "Templates", "element_cost", "fit_rows", "fit_template",
+           "fitting_rows", "match_templates", "project", "templates_of_rows"]
 
 
 @dataclass
@@ -176,6 +175,18 @@ def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray
     return sym.reindexed(order)
 
 
+class TemplateChooser(Protocol):
+    """Chooses each target's template among its fitting crystals.
+
+    :class:`~crysgen.pipelines.template_ranking.TemplateRanker` is one (a learned ranker).
+    """
+
+    def choose(self, targets_z: np.ndarray, prior: CrystalSet,
+               fits: list[tuple[np.ndarray, np.ndarray] | None] | None = None) -> list[int | None]:
+        """Per target the row of ``prior`` to take (None: none fits); ``fits`` as :func:`fitting_rows`."""
+        ...
+
+
 def fitting_rows(targets_z: np.ndarray, prior: CrystalSet) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Per target the crystals of ``prior`` whose element counts fit it, the most alike exchange first.
 
@@ -220,7 +231,7 @@ def fitting_rows(targets_z: np.ndarray, prior: CrystalSet) -> list[tuple[np.ndar
 
 
 def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1,
-                    rank: int = 0, vote: int = 1, ranker: TemplateRanker | None = None) -> Templates:
+                    rank: int = 0, vote: int = 1, ranker: TemplateChooser | None = None) -> Templates:
     """For every target composition the best-fitting crystal of ``prior`` as its template.
 
     A crystal fits when its element counts equal the target's up to exchanging elements; among
