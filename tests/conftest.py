@@ -44,6 +44,24 @@ def load_cif(name: str):
     return Structure.from_file(FILES / f"{name}.cif")
 
 
+def rock_salts_and_wurtzite():
+    """Three 8-site crystals with NaCl's element counts: wurtzite with NaCl's own elements (the best
+    fit of NaCl itself, space group 186), and rock-salt KBr and KCl (225), as a CrystalSet."""
+    from crysgen.crystal_set import CrystalSet
+
+    nacl = load_cif("NaCl")
+    kcl, kbr = nacl.copy(), nacl.copy()
+    kcl.replace_species({"Na": "K"})
+    kbr.replace_species({"Na": "K", "Cl": "Br"})
+    wurtzite = load_cif("ZnO_wurtzite")
+    wurtzite.make_supercell([1, 1, 2])
+    wurtzite.replace_species({"Zn": "Na", "O": "Cl"})
+    structures = [wurtzite, kbr, kcl]
+    groups = [s.get_space_group_info(symprec=0.1)[1] for s in structures]
+    assert groups == [186, 225, 225]
+    return CrystalSet.from_structures(structures, ids=["w", "KBr", "KCl"], space_groups=groups)
+
+
 @pytest.fixture
 def perov_csv() -> Path:
     return shared_file("perov_5", "val.csv.gz")

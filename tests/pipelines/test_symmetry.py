@@ -17,7 +17,7 @@ from crysgen.pipelines.symmetry import (
     templates_of_rows,
 )
 from crysgen.representations.symmetry import site_symmetry, symmetrize
-from tests.conftest import load_cif
+from tests.conftest import load_cif, rock_salts_and_wurtzite
 
 NAMES = ("NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO")
 
@@ -117,17 +117,7 @@ def test_later_template_ranks_take_the_best_crystal_of_another_space_group():
 
 
 def test_a_template_vote_takes_the_group_most_of_the_best_fitting_crystals_share():
-    nacl = load_cif("NaCl")
-    kcl, kbr = nacl.copy(), nacl.copy()
-    kcl.replace_species({"Na": "K"})
-    kbr.replace_species({"Na": "K", "Cl": "Br"})
-    wurtzite = load_cif("ZnO_wurtzite")
-    wurtzite.make_supercell([1, 1, 2])
-    wurtzite.replace_species({"Zn": "Na", "O": "Cl"})  # NaCl's own elements: the best fit, group 186
-    structures = [wurtzite, kbr, kcl]
-    groups = [s.get_space_group_info(symprec=0.1)[1] for s in structures]
-    assert groups == [186, 225, 225]
-    crystals = CrystalSet.from_structures(structures, ids=["w", "KBr", "KCl"], space_groups=groups)
+    crystals = rock_salts_and_wurtzite()  # w: NaCl's own elements, the best fit, group 186
     target = np.array([[11] * 4 + [17] * 4])
     assert match_templates(target, crystals).sources == ["w"]
     assert match_templates(target, crystals, vote=2).sources == ["w"]  # a tie: the better fit's group

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from crysgen import CrysgenError
-from crysgen.crystal_set import CrystalSet
 from crysgen.pipelines.symmetry import element_cost, fitting_rows, match_templates
 from crysgen.pipelines.template_ranking import (
     BUNDLED_RANKER,
@@ -17,24 +16,9 @@ from crysgen.pipelines.template_ranking import (
     fit_ranker,
     load_ranker,
 )
-from tests.conftest import load_cif
+from tests.conftest import rock_salts_and_wurtzite
 
 F = len(FEATURES)
-
-
-def _rock_salts_and_wurtzite() -> CrystalSet:
-    """Wurtzite with NaCl's elements (the best fit of NaCl, group 186), KBr and KCl (group 225)."""
-    nacl = load_cif("NaCl")
-    kcl, kbr = nacl.copy(), nacl.copy()
-    kcl.replace_species({"Na": "K"})
-    kbr.replace_species({"Na": "K", "Cl": "Br"})
-    wurtzite = load_cif("ZnO_wurtzite")
-    wurtzite.make_supercell([1, 1, 2])
-    wurtzite.replace_species({"Zn": "Na", "O": "Cl"})
-    structures = [wurtzite, kbr, kcl]
-    groups = [s.get_space_group_info(symprec=0.1)[1] for s in structures]
-    assert groups == [186, 225, 225]
-    return CrystalSet.from_structures(structures, ids=["w", "KBr", "KCl"], space_groups=groups)
 
 
 NACL = np.array([[11] * 4 + [17] * 4])
@@ -49,7 +33,7 @@ def _ranker(weights: dict[str, float]) -> TemplateRanker:
 
 
 def test_fitting_rows_lists_every_fitting_crystal_most_alike_first():
-    crystals = _rock_salts_and_wurtzite()
+    crystals = rock_salts_and_wurtzite()
     (rows, costs), = fitting_rows(NACL, crystals)
     assert [crystals.ids[r] for r in rows] == ["w", "KCl", "KBr"]
     assert costs[0] == 0 and costs[1] == pytest.approx(element_cost(np.array([19]), np.array([11])).sum())
@@ -58,7 +42,7 @@ def test_fitting_rows_lists_every_fitting_crystal_most_alike_first():
 
 
 def test_the_pool_takes_the_best_crystals_and_the_best_of_each_space_group():
-    crystals = _rock_salts_and_wurtzite()
+    crystals = rock_salts_and_wurtzite()
     (rows, _), = fitting_rows(NACL, crystals)
     assert candidate_pool(rows, crystals, best=1, groups=6).tolist() == [0, 1]  # w, then KCl for 225
     assert candidate_pool(rows, crystals, best=3, groups=0).tolist() == [0, 1, 2]
@@ -66,7 +50,7 @@ def test_the_pool_takes_the_best_crystals_and_the_best_of_each_space_group():
 
 
 def test_candidate_features_measure_the_exchange_and_the_space_groups():
-    crystals = _rock_salts_and_wurtzite()
+    crystals = rock_salts_and_wurtzite()
     (rows, costs), = fitting_rows(NACL, crystals)
     pool = candidate_pool(rows, crystals, best=3, groups=6)
     f = candidate_features(NACL[0], crystals, rows, costs, pool)
@@ -85,7 +69,7 @@ def test_candidate_features_measure_the_exchange_and_the_space_groups():
 
 
 def test_a_ranker_takes_the_candidate_it_scores_highest():
-    crystals = _rock_salts_and_wurtzite()
+    crystals = rock_salts_and_wurtzite()
     by_cost = _ranker({"cost": -1.0})
     by_group = _ranker({"group_share": 1.0, "cost": -0.01})
     assert by_cost.choose(NACL, crystals) == [0]  # w: what match_templates takes
@@ -146,5 +130,5 @@ def test_the_bundled_ranker_loads_and_chooses():
     ranker = load_ranker("bundled")
     assert ranker.features == FEATURES and BUNDLED_RANKER.is_file()
     assert "val" in ranker.fitted_on
-    crystals = _rock_salts_and_wurtzite()
+    crystals = rock_salts_and_wurtzite()
     assert ranker.choose(NACL, crystals)[0] in (0, 1, 2)
