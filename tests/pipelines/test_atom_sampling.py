@@ -687,36 +687,3 @@ def test_the_cli_takes_a_template_ranker_and_refuses_it_without_compositions(mod
                  str(tmp_path / "s3")]) != 0
     assert "given compositions" in capsys.readouterr().err
     assert not (tmp_path / "s3").exists() or not list((tmp_path / "s3").glob("*.cif"))
-
-
-def test_a_scaled_template_volume_starts_from_the_cell_scaled_to_the_samples_elements(model_dir, crystals,
-                                                                                      tmp_path):
-    import json
-
-    from crysgen.pipelines.symmetry import element_volumes
-
-    model, _, _ = _template_start_setup(model_dir, crystals, tmp_path)
-    na2o2 = load_cif("ZnO_wurtzite")
-    na2o2.replace_species({"Zn": "Na"})  # on wurtzite ZnO's template; Na, Zn and O have fitted volumes
-    CrystalSet.from_structures([na2o2], ids=["n"]).save(tmp_path / "n.npz")
-    comps = model.compositions_from_targets(CrystalSet.load(tmp_path / "n.npz"), per_target=1)
-    templates = {}
-    for volume in ("kept", "scaled"):
-        options = SampleOptions(n=1, steps=4, compositions=str(tmp_path / "n.npz"), template_start=0.02,
-                                symmetry_prior=str(tmp_path / "train.npz"), template_volume=volume)
-        templates[volume] = model.prepare(options, compositions=comps)["templates"].symmetries[0]
-    v = element_volumes(crystals)
-    assert min(v[11], v[30], v[8]) > 0
-    ratio = ((v[11] + v[8]) / (v[30] + v[8])) ** (1 / 3)
-    assert abs(ratio - 1) > 0.05
-    assert templates["scaled"].cell[:3] == pytest.approx(templates["kept"].cell[:3] * ratio)
-    with pytest.raises(CrysgenError, match="give --template-start"):
-        model.prepare(SampleOptions(n=2, symmetry_prior=str(tmp_path / "train.npz"),
-                                    template_volume="scaled"))
-    with pytest.raises(CrysgenError, match="--template-volume must be one of"):
-        SampleOptions(n=2, template_volume="grown")
-    out = tmp_path / "s"
-    assert main(["sample", str(model_dir), "--compositions", str(tmp_path / "t.npz"), "--symmetry-prior",
-                 str(tmp_path / "train.npz"), "--template-start", "0.05", "--template-volume", "scaled",
-                 "--steps", "3", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "sample_config.json").read_text())["options"]["template_volume"] == "scaled"

@@ -12,7 +12,7 @@ from crysgen.errors import CrysgenError
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``crysgen sample``."""
     from crysgen.data.substitution import DRAWS
-    from crysgen.pipelines.protocol import PRECISIONS, TEMPLATE_VOLUMES
+    from crysgen.pipelines.protocol import PRECISIONS
     from crysgen.pipelines.protocol import SampleOptions as D  # the defaults, written once there
     from crysgen.representations.crystens import DECODE_MODES
 
@@ -76,11 +76,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "composition's template among its fitting crystals with a learned ranker ('bundled': "
                         "fitted on mp_20's validation split against its training split) instead of the "
                         "most alike exchange of elements")
-    p.add_argument("--template-volume", choices=TEMPLATE_VOLUMES, default=D.template_volume,
-                   help="with --template-start: start from the template crystal's own cell ('kept', "
-                        "%(default)s) or from it scaled to the sample's elements ('scaled': per-element "
-                        "volumes fitted on --symmetry-prior), so substituted ions do not inherit the "
-                        "template's volume")
     p.add_argument("--per-target", type=_positive_int, default=D.per_target,
                    help="samples per target of --compositions (%(default)s)")
     p.add_argument("--space-group", type=int, default=None,
@@ -167,8 +162,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             limit_element_count=args.limit_element_count,
                             composition_prior=args.composition_prior, substitute=args.substitute,
                             symmetry_prior=args.symmetry_prior, precision=args.precision,
-                            template_start=args.template_start, template_ranker=args.template_ranker,
-                            template_volume=args.template_volume)
+                            template_start=args.template_start, template_ranker=args.template_ranker)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

@@ -30,7 +30,6 @@ from crysgen.pipelines.seeding import torch_generator
 from crysgen.pipelines.symmetry import (
     SymmetryBatch,
     Templates,
-    element_volumes,
     fit_rows,
     match_templates,
     project,
@@ -115,9 +114,6 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             raise CrysgenError("--limit-element-count applies to models conditioned on the number of "
                                "elements (net.num_elements); this one is not")
         templates = None
-        if options.template_volume != "kept" and options.template_start is None:
-            raise CrysgenError("--template-volume scaled sets the cell a --template-start starts from; "
-                               "give --template-start too")
         if options.symmetry_prior is not None:
             self.refuse_beside_templates(options.space_group)  # before the prior is read
             templates = self.symmetry_templates(options, compositions)
@@ -167,15 +163,14 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             raise CrysgenError("--template-ranker chooses the templates of given compositions "
                                "(--compositions, --formula, or a --composition-prior other than "
                                "--symmetry-prior)")
-        volumes = element_volumes(prior) if options.template_volume == "scaled" else None
         if compositions is None:
             rows = draw_rows(prior, options.n, max_sites=self.spec.max_atoms, seed=[options.seed, 6],
                              what="--symmetry-prior")
             return templates_of_rows(prior, rows)
         if not same_file:
-            return match_templates(compositions.atomic_numbers, prior, ranker=ranker, volumes=volumes)
+            return match_templates(compositions.atomic_numbers, prior, ranker=ranker)
         assert compositions.drawn is not None  # same_file's condition
-        return fit_rows(prior, compositions.drawn.tolist(), compositions.atomic_numbers, volumes=volumes)
+        return fit_rows(prior, compositions.drawn.tolist(), compositions.atomic_numbers)
 
     def refuse_beside_templates(self, space_group: int | None) -> None:
         """Refuse symmetry templates with a space group or on an element-count model (CrysgenError).

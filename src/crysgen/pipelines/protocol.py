@@ -34,8 +34,6 @@ SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim", "dpmsolver")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
-TEMPLATE_VOLUMES = ("kept", "scaled")
-"""A template start's cell: the template crystal's own, or scaled to the sample's elements."""
 """``SampleOptions.precision``'s values."""
 
 
@@ -90,10 +88,7 @@ class SampleOptions:
     :meth:`crysgen.pipelines.atoms.AtomDiffusionModel.sample_sets`).
     ``template_ranker`` ("bundled" or a ranker file) chooses each given composition's template
     among its fitting crystals of ``symmetry_prior`` with a learned ranker instead of the most
-    alike exchange of elements (:mod:`crysgen.pipelines.template_ranking`). ``template_volume``
-    "scaled" starts each template start from its template's cell scaled to the sample's elements
-    (per-element volumes fitted on ``symmetry_prior``, :func:`crysgen.pipelines.symmetry.element_volumes`);
-    "kept": the template crystal's own cell.
+    alike exchange of elements (:mod:`crysgen.pipelines.template_ranking`).
     """
 
     n: int
@@ -126,7 +121,6 @@ class SampleOptions:
     precision: str = "auto"
     template_start: float | None = None
     template_ranker: str | None = None
-    template_volume: str = "kept"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -138,9 +132,6 @@ class SampleOptions:
         require_non_negative({"--churn": self.churn, "--anneal-rho": self.anneal_rho,
                               "--anneal-rho-lattice": self.anneal_rho_lattice})
         object.__setattr__(self, "substitute", substitute_draw(self.substitute))  # frozen
-        if self.template_volume not in TEMPLATE_VOLUMES:
-            raise CrysgenError(f"--template-volume must be one of {', '.join(TEMPLATE_VOLUMES)}, "
-                               f"got {self.template_volume!r}")
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -276,10 +267,10 @@ def refuse_atom_options(options: SampleOptions) -> None:
             or options.anneal_rho_lattice is not None
             or options.limit_element_count or options.symmetry_prior is not None
             or options.precision != "auto" or options.template_start is not None
-            or options.template_ranker is not None or options.template_volume != "kept"):
+            or options.template_ranker is not None):
         raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
-                           "--symmetry-prior, --template-start, --template-ranker, --template-volume and "
-                           "--precision apply to atom diffusion models only")
+                           "--symmetry-prior, --template-start, --template-ranker and --precision apply "
+                           "to atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,8 +38,8 @@ from crysgen.representations.symmetry import SiteSymmetry, site_symmetry
 if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
 
-__all__ = ["SymmetryBatch", "TemplateChooser", "Templates", "element_cost", "element_volumes", "fit_rows",
-           "fit_template", "fitting_rows", "match_templates", "project", "templates_of_rows"]
+__all__ = ["SymmetryBatch", "TemplateChooser", "Templates", "element_cost", "fit_rows", "fit_template",
+           "fitting_rows", "match_templates", "project", "templates_of_rows"]
 
 
 @dataclass
@@ -148,44 +148,7 @@ def _pairing(template: dict[int, int], target: dict[int, int]) -> dict[int, int]
     return pairs
 
 
-def element_volumes(crystals: CrystalSet) -> np.ndarray:
-    """Each element's volume per atom (Å³): the non-negative least-squares fit of V ≈ Σ_z n_z v_z.
-
-    Args:
-        crystals: the crystals to fit (V: each cell's volume, n_z: its atoms of element z).
-
-    Returns:
-        Float (119,) v_z by atomic number, 0 for elements no crystal has.
-    """
-    from scipy.optimize import nnls
-
-    from crysgen.representations.symmetry import lattice_matrix
-
-    z = np.asarray(crystals.atomic_numbers)
-    present = np.unique(z[z > 0])
-    counts = (z[:, :, None] == present[None, None, :]).sum(1).astype(np.float64)  # (n, E)
-    volume = np.array([abs(np.linalg.det(lattice_matrix(row))) for row in np.asarray(crystals.lattice)])
-    fitted, _ = nnls(counts, volume)
-    out = np.zeros(119)
-    out[present] = fitted
-    return out
-
-
-def _scaled_cell(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray,
-                 volumes: np.ndarray) -> SiteSymmetry:
-    """``sym`` with its cell lengths scaled by (Σ v(target) / Σ v(template))^(1/3) (else unchanged)."""
-    if sym.cell is None:
-        return sym
-    old, new = volumes[template_z], volumes[target_z]
-    if (old <= 0).any() or (new <= 0).any():
-        return sym
-    cell = np.asarray(sym.cell, np.float64).copy()
-    cell[:3] *= (new.sum() / old.sum()) ** (1 / 3)
-    return replace(sym, cell=cell)
-
-
-def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray, *,
-                 volumes: np.ndarray | None = None) -> SiteSymmetry | None:
+def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray) -> SiteSymmetry | None:
     """A template's symmetry renumbered onto a target's sites, or None if the counts do not fit.
 
     The template's elements are exchanged one-to-one for the target's with equal counts (the same
@@ -197,8 +160,6 @@ def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray
         sym: the template crystal's symmetry (its own site order).
         template_z: int (k,) the template's atomic numbers (padding 0 allowed after them).
         target_z: int (S,) the target's atomic numbers, 0 = no site.
-        volumes: float (119,) per-element volumes (:func:`element_volumes`): the template's cell
-            is scaled to the target's elements (its shape kept); None: its own cell.
     """
     template_z = np.asarray(template_z)[: sym.num_sites]
     target_z = np.asarray(target_z)
@@ -211,8 +172,7 @@ def fit_template(sym: SiteSymmetry, template_z: np.ndarray, target_z: np.ndarray
     order = np.empty(sym.num_sites, np.int64)  # target site q takes template site order[q]
     for old, new in pairs.items():
         order[np.flatnonzero(target_z[real] == new)] = np.flatnonzero(template_z == old)
-    fitted = sym.reindexed(order)
-    return fitted if volumes is None else _scaled_cell(fitted, template_z, target_z[real], volumes)
+    return sym.reindexed(order)
 
 
 class TemplateChooser(Protocol):
@@ -271,8 +231,7 @@ def fitting_rows(targets_z: np.ndarray, prior: CrystalSet) -> list[tuple[np.ndar
 
 
 def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float = 0.1,
-                    rank: int = 0, vote: int = 1, ranker: TemplateChooser | None = None,
-                    volumes: np.ndarray | None = None) -> Templates:
+                    rank: int = 0, vote: int = 1, ranker: TemplateChooser | None = None) -> Templates:
     """For every target composition the best-fitting crystal of ``prior`` as its template.
 
     A crystal fits when its element counts equal the target's up to exchanging elements; among
@@ -298,8 +257,6 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
             better-fitting crystal); then ``rank`` r counts the groups in the order of their
             votes. 1: no vote.
         ranker: a learned choice among the fitting crystals (excludes ``rank`` and ``vote``).
-        volumes: per-element volumes to scale each template's cell to its target's elements
-            (:func:`element_volumes`); None: the template's own cell.
 
     Raises:
         CrysgenError: for a vote below 1, or a ranker with a rank or vote.
@@ -313,8 +270,7 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
     if ranker is not None:
         if rank or vote > 1:
             raise CrysgenError("a template ranker chooses one template per target: no rank or vote beside it")
-        return fit_rows(prior, ranker.choose(targets_z, prior, fits), targets_z, symprec=symprec,
-                        volumes=volumes)
+        return fit_rows(prior, ranker.choose(targets_z, prior, fits), targets_z, symprec=symprec)
     chosen: list[int | None] = []
     for fit in fits:
         if fit is None:
@@ -331,11 +287,11 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
                 first = first[np.argsort(-votes, kind="stable")]
             order = order[first]
         chosen.append(int(rows[order[rank]]) if rank < len(order) else None)
-    return fit_rows(prior, chosen, targets_z, symprec=symprec, volumes=volumes)
+    return fit_rows(prior, chosen, targets_z, symprec=symprec)
 
 
 def fit_rows(prior: CrystalSet, rows: list[int | None], targets_z: np.ndarray, *,
-             symprec: float = 0.1, volumes: np.ndarray | None = None) -> Templates:
+             symprec: float = 0.1) -> Templates:
     """Every target with the symmetry of its chosen crystal of ``prior``, fitted to its elements.
 
     Args:
@@ -343,8 +299,6 @@ def fit_rows(prior: CrystalSet, rows: list[int | None], targets_z: np.ndarray, *
         rows: per target the row of ``prior`` to take (None: no template).
         targets_z: int (n, S) the targets' atomic numbers, 0 = no site.
         symprec: spglib's tolerance in Å.
-        volumes: per-element volumes to scale each template's cell to its target's elements
-            (:func:`fit_template`); None: the chosen crystal's own cell.
 
     Returns:
         Templates in the targets' site order (None, source "", where there was no row or the
@@ -359,7 +313,7 @@ def fit_rows(prior: CrystalSet, rows: list[int | None], targets_z: np.ndarray, *
         if choice is not None:
             sym, source = next(it)
             assert sym is not None  # templates_of_rows makes one per row
-            fitted = fit_template(sym, prior.atomic_numbers[choice], row, volumes=volumes)
+            fitted = fit_template(sym, prior.atomic_numbers[choice], row)
         symmetries.append(fitted)
         sources.append(source if fitted is not None else "")
     return Templates(symmetries, sources)
