@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from hashlib import sha256
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -39,7 +40,7 @@ from atom_csp_sweep import seeded_subset
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.symmetry import Templates, match_templates
-from crysgen.pipelines.template_ranking import load_ranker
+from crysgen.pipelines.template_ranking import load_ranker, ranker_file
 from provenance import write_result
 
 
@@ -80,6 +81,7 @@ def main() -> None:
     args = p.parse_args()
 
     ranker = load_ranker(args.ranker) if args.ranker else None
+    ranker_sha = sha256(ranker_file(args.ranker).read_bytes()).hexdigest() if args.ranker else None
     if ranker is not None and (args.ranks > 1 or args.vote != "1"):
         raise SystemExit("--ranker chooses one template per target: no --ranks or --vote beside it")
     targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
@@ -93,7 +95,7 @@ def main() -> None:
         samples = copies(targets, templates)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=True)
         per_rank.append({r["id"]: bool(r["matched"]) for r in res.rows})
-        row = {"rank": rank, "vote": vote, "ranker": args.ranker,
+        row = {"rank": rank, "vote": vote, "ranker": args.ranker, "ranker_sha256": ranker_sha,
                "share_with_template": templates.share_fitted(),
                "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
                "n_invalid_samples": res.n_invalid_samples, "seconds": round(time.perf_counter() - t0, 1),

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
 
 __all__ = ["BUNDLED_RANKER", "FEATURES", "TemplateRanker", "candidate_features", "candidate_pool",
-           "fit_ranker", "load_ranker"]
+           "fit_ranker", "load_ranker", "ranker_file"]
 
 FEATURES = ("cost", "electronegativity", "mendeleev", "radius", "kept", "group_share", "group_count_log",
             "cost_above_best", "electronegativity_above_best", "mendeleev_above_best", "radius_above_best",
@@ -205,9 +205,14 @@ class TemplateRanker:
         return ranker
 
 
+def ranker_file(spec: str) -> Path:
+    """The file ``spec`` names: :data:`BUNDLED_RANKER` for ``"bundled"``, else the path given."""
+    return BUNDLED_RANKER if spec == "bundled" else Path(spec)
+
+
 def load_ranker(spec: str) -> TemplateRanker:
     """``"bundled"`` (:data:`BUNDLED_RANKER`) or the path of a ranker file."""
-    return TemplateRanker.load(BUNDLED_RANKER if spec == "bundled" else spec)
+    return TemplateRanker.load(ranker_file(spec))
 
 
 def fit_ranker(features: list[np.ndarray], matched: list[np.ndarray], *, hidden: tuple[int, ...] = (32,),
