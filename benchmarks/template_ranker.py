@@ -18,7 +18,8 @@ checks; ``csp_template_copy.py --ranker`` scores the test split with the full pr
 Usage::
 
     python benchmarks/template_ranker.py --targets .gpuwork/mp_20_asis_val.npz \
-        --prior .gpuwork/mp_20_asis_train_partial.npz --workers 2
+        --prior .gpuwork/mp_20_asis_train_partial.npz --workers 2 \
+        [--labels benchmarks/.work/ranker_labels.npz]
 """
 
 from __future__ import annotations
@@ -61,6 +62,29 @@ def label(targets: CrystalSet, prior: CrystalSet, pools: list[np.ndarray], worke
     return matched
 
 
+def save_labels(path: str, targets: CrystalSet, candidates: list[np.ndarray],
+                matched: list[np.ndarray]) -> None:
+    """Write the labels with what they were made for (target ids, candidate rows)."""
+    sizes = np.array([len(c) for c in candidates])
+    np.savez_compressed(path, ids=np.asarray(targets.ids).astype(str), sizes=sizes,
+                        rows=np.concatenate(candidates), matched=np.concatenate(matched))
+
+
+def cached_labels(path: str, targets: CrystalSet, candidates: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The labels of ``path`` when it holds these targets' candidates, else None (a note says why)."""
+    try:
+        data = np.load(path)
+    except FileNotFoundError:
+        return None
+    same = (data["ids"].tolist() == np.asarray(targets.ids).astype(str).tolist()
+            and data["sizes"].tolist() == [len(c) for c in candidates]
+            and np.array_equal(data["rows"], np.concatenate(candidates)))
+    if not same:
+        print(f"{path}: made for other targets or candidates; labelling again", flush=True)
+        return None
+    return np.split(data["matched"].astype(bool), np.cumsum(data["sizes"])[:-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", required=True, help="labelled crystals (the validation split)")
@@ -74,6 +98,9 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=str(BUNDLED_RANKER), help="where the ranker fitted on all targets goes")
+    p.add_argument("--labels", default=None, metavar="LABELS.npz",
+                   help="keep the labels here and reuse them when they were made for the same targets and "
+                        "candidates (feature or network changes then skip the matching)")
     p.add_argument("--suffix", default="")
     args = p.parse_args()
 
@@ -89,7 +116,11 @@ def main() -> None:
     features = [candidate_features(z, prior, rows, costs, pool)
                 for z, (rows, costs), pool in zip(targets.atomic_numbers, fits, pools, strict=True)]
     candidates = [rows[pool] for (rows, _), pool in zip(fits, pools, strict=True)]
-    matched = label(targets, prior, candidates, args.workers)
+    matched = cached_labels(args.labels, targets, candidates) if args.labels else None
+    if matched is None:
+        matched = label(targets, prior, candidates, args.workers)
+        if args.labels:
+            save_labels(args.labels, targets, candidates, matched)
     seconds_labels = round(time.perf_counter() - t0, 1)
 
     n = len(targets)
