@@ -101,8 +101,15 @@ def main() -> None:
     p.add_argument("--labels", default=None, metavar="LABELS.npz",
                    help="keep the labels here and reuse them when they were made for the same targets and "
                         "candidates (feature or network changes then skip the matching)")
+    p.add_argument("--without", default="", metavar="NAME[,NAME]",
+                   help="an ablation: these features (or prefixes of their names, e.g. vote_) set to 0 "
+                        "before fitting; cross-validation only, no ranker file written")
     p.add_argument("--suffix", default="")
     args = p.parse_args()
+    dropped = [i for i, name in enumerate(FEATURES)
+               if any(name.startswith(w) for w in args.without.split(",") if w)]
+    if args.without and not dropped:
+        p.error(f"--without {args.without!r} names none of {', '.join(FEATURES)}")
 
     t0 = time.perf_counter()
     full = CrystalSet.load(args.targets)
@@ -123,6 +130,8 @@ def main() -> None:
             save_labels(args.labels, targets, candidates, matched)
     seconds_labels = round(time.perf_counter() - t0, 1)
 
+    for f in features:
+        f[:, dropped] = 0.0
     n = len(targets)
     chosen = np.zeros(n, bool)
     folds = np.random.default_rng(args.seed).permutation(n) % args.folds
@@ -138,9 +147,10 @@ def main() -> None:
     anyone = np.array([m.any() for m in matched])
     fitted_on = (f"{args.targets} ({n} crystals with a fitting template) against {args.prior}; "
                  f"labels: the copy matches (DiffCSP matcher)")
-    final = fit_ranker(features, matched, hidden=(args.hidden,), best=args.best, groups=args.groups,
-                       seed=args.seed, fitted_on=fitted_on)
-    final.save(args.out)
+    if not dropped:
+        final = fit_ranker(features, matched, hidden=(args.hidden,), best=args.best, groups=args.groups,
+                           seed=args.seed, fitted_on=fitted_on)
+        final.save(args.out)
     result = {"dataset": args.dataset, "targets": args.targets, "prior": args.prior,
               "n_targets_drawn": len(keep), "n_with_template": n, "features": list(FEATURES),
               "best": args.best, "groups": args.groups, "hidden": args.hidden,
@@ -148,7 +158,9 @@ def main() -> None:
               "match_rate_percent": {"best_fitting": 100 * float(first.mean()),
                                      "ranker_cross_validated": 100 * float(chosen.mean()),
                                      "any_candidate": 100 * float(anyone.mean())},
-              "per_fold_percent": per_fold, "folds": args.folds, "ranker_file": args.out,
+              "per_fold_percent": per_fold, "folds": args.folds,
+              "ranker_file": None if dropped else args.out,
+              "without": [FEATURES[i] for i in dropped],
               "seconds": {"labels": seconds_labels, "total": round(time.perf_counter() - t0, 1)},
               "note": "copies of candidate templates with the target's elements, DiffCSP matcher, no "
                       "validity check; rates over targets with a fitting template; cross-validated over "
