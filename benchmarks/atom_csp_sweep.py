@@ -25,7 +25,6 @@ import argparse
 import json
 import time
 from dataclasses import asdict
-from hashlib import sha256
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from crysgen.pipelines.symmetry import Templates, match_templates
 from crysgen.pipelines.template_ranking import load_ranker, ranker_file
-from provenance import write_result
+from provenance import file_sha256, write_result
 
 
 def predict(model: AtomDiffusionModel, targets: CrystalSet, *, steps: int, churn: float, device: str,
@@ -142,7 +141,7 @@ def main() -> None:
         same = [reduced_formula(prior.atomic_numbers[row_of[s]]) == reduced_formula(t)
                 for s, t in zip(templates.sources, targets.atomic_numbers, strict=True) if s]
         template_info = {"prior": args.symmetry_prior, "ranker": args.template_ranker,
-                         "ranker_sha256": (sha256(ranker_file(args.template_ranker).read_bytes()).hexdigest()
+                         "ranker_sha256": (file_sha256(ranker_file(args.template_ranker))
                                            if args.template_ranker else None),
                          "share_with_template": templates.share_fitted(),
                          "seconds": round(time.perf_counter() - t0, 2),

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from hashlib import sha256
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -41,7 +40,7 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.symmetry import Templates, match_templates
 from crysgen.pipelines.template_ranking import load_ranker, ranker_file
-from provenance import write_result
+from provenance import file_sha256, write_result
 
 
 def copies(targets: CrystalSet, templates: Templates) -> list[CSPSample]:
@@ -81,7 +80,7 @@ def main() -> None:
     args = p.parse_args()
 
     ranker = load_ranker(args.ranker) if args.ranker else None
-    ranker_sha = sha256(ranker_file(args.ranker).read_bytes()).hexdigest() if args.ranker else None
+    ranker_sha = file_sha256(ranker_file(args.ranker)) if args.ranker else None
     if ranker is not None and (args.ranks > 1 or args.vote != "1"):
         raise SystemExit("--ranker chooses one template per target: no --ranks or --vote beside it")
     targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)

@@ -109,6 +109,11 @@ def libraries() -> dict[str, str]:
     return out
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
     """The scored model: its folder, the SHA-256 of its weight files and, when recorded, its
     training step (``train_summary.json`` of the run next to it, or its config's data) and the
@@ -116,7 +121,7 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir)
     weights = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".pt", ".ckpt", ".npz"))
     out: dict[str, Any] = {"path": str(model_dir),
-                           "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in weights}}
+                           "sha256": {p.name: file_sha256(p) for p in weights}}
     config = path / "config.json"
     data = json.loads(config.read_text()).get("data", {}) if config.is_file() else {}
     data = data if isinstance(data, dict) else {}

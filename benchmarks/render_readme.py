@@ -981,15 +981,13 @@ def _target_figure(d: dict, metric: str) -> float | None:
     """A target's figure in a result file: a suite metric's value, or a CSP sweep's best row (match
     rate as a fraction, or that row's RMSE; "csp:relaxed_*": the same of the row whose samples
     matched best after their CHGNet relaxation); None where the file does not hold it."""
-    if metric.startswith("csp:relaxed_"):
-        rows = [r["relaxed"] for r in d["rows"] if r.get("relaxed")]
+    if metric.startswith("csp:"):
+        rows = ([r["relaxed"] for r in d["rows"] if r.get("relaxed")] if metric.startswith("csp:relaxed_")
+                else d["rows"])
         if not rows:
             return None
         best = max(rows, key=lambda r: r["match_rate_percent"])
-        return best["match_rate_percent"] / 100 if metric == "csp:relaxed_match" else best["rmse"]
-    if metric.startswith("csp:"):
-        best = max(d["rows"], key=lambda r: r["match_rate_percent"])
-        return best["match_rate_percent"] / 100 if metric == "csp:match" else best["rmse"]
+        return best["match_rate_percent"] / 100 if metric.endswith("match") else best["rmse"]
     value = (d.get("metrics", {}).get(metric) or {}).get("value")
     return value if isinstance(value, float | int) else None
 

@@ -277,15 +277,13 @@ def match_templates(targets_z: np.ndarray, prior: CrystalSet, *, symprec: float 
             chosen.append(None)
             continue
         rows, _ = fit
-        order = np.arange(len(rows))
+        order = np.arange(len(rows))  # positions in rows, best-fitting first
         if rank or vote > 1:  # the best crystal of each space group, in the order of its cost
             group_of = prior.space_group[rows]
-            _, first = np.unique(group_of, return_index=True)
-            first = np.sort(first)
+            order = np.sort(np.unique(group_of, return_index=True)[1])
             if vote > 1:  # ... reordered by the votes of the k best crystals (stable: cost breaks ties)
-                votes = np.array([(group_of[:vote] == group_of[f]).sum() for f in first])
-                first = first[np.argsort(-votes, kind="stable")]
-            order = order[first]
+                votes = np.array([(group_of[:vote] == group_of[f]).sum() for f in order])
+                order = order[np.argsort(-votes, kind="stable")]
         chosen.append(int(rows[order[rank]]) if rank < len(order) else None)
     return fit_rows(prior, chosen, targets_z, symprec=symprec)
 
