@@ -94,6 +94,8 @@ def main() -> None:
         sampling = {"seconds": None, "decoded": meta.get("decoded"), "failures": meta.get("failures"),
                     "folder": str(samples), "sampled_from": config["model"],
                     "sample_options": config["options"]}
+        if "relaxation" in config:  # a `crysgen relax` folder: what was relaxed, and how
+            sampling["relaxation"] = config["relaxation"]
     else:
         samples = out / "samples"
         t0 = time.perf_counter()

@@ -131,7 +131,7 @@ def test_every_subcommand_has_a_handler_and_a_help_that_renders():
     walk(build_parser(), ())
     assert sorted(leaves) == sorted([
         "data prepare", "data download", "data label", "codec roundtrip", "codec fit-scaling",
-        "sample", "train diffusion", "train atom-diffusion", "train gan", "train wgan",
+        "sample", "relax", "train diffusion", "train atom-diffusion", "train gan", "train wgan",
         "train segmenter", "train vae", "train property", "evaluate", "compare", "predict", "model cascade",
         "model export"])
     for path, parser in leaves.items():

@@ -1,9 +1,9 @@
 """The ``crysgen`` command: thin wrappers over tested library functions.
 
 One module per subcommand group (``data``, ``codec``, ``sample``, ``train``, ``evaluate``,
-``compare``, ``predict``, ``model``), each with ``register(subparsers)`` and its ``_cmd_*`` handlers; the
-options they share are in ``options``. Handlers import what they need when they run, so that
-``crysgen --help`` starts fast.
+``relax``, ``compare``, ``predict``, ``model``), each with ``register(subparsers)`` and its
+``_cmd_*`` handlers; the options they share are in ``options``. Handlers import what they need
+when they run, so that ``crysgen --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-from crysgen.cli import codec, compare, data, evaluate, model, predict, sample, train
+from crysgen.cli import codec, compare, data, evaluate, model, predict, relax, sample, train
 from crysgen.errors import CrysgenError
 
 __all__ = ["build_parser", "main"]
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"crysgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (data, codec, sample, train, evaluate, compare, predict, model):  # the order of --help
+    # the order of --help
+    for command in (data, codec, sample, train, evaluate, relax, compare, predict, model):
         command.register(sub)
     return parser
 

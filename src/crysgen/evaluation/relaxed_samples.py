@@ -1,0 +1,201 @@
+"""Generated crystals relaxed by CHGNet, written out as a sample folder (`crysgen relax`).
+
+The input is anything :func:`~crysgen.data.structures.load_inputs` reads (a `crysgen sample`
+folder, CIFs, a CrystalSet ``.npz``, ...). Every crystal with a structure is relaxed as
+``crysgen evaluate --stability`` relaxes (:func:`~crysgen.evaluation.suite.relax_all`: positions
+and cell, FIRE, :class:`~crysgen.evaluation.relaxation.RelaxOptions`), structurally invalid ones
+included (close atoms are pushed apart or the relaxation fails). The output folder is itself a
+`crysgen sample` folder, so ``crysgen evaluate OUT`` scores the relaxed crystals as it scores
+samples:
+
+* ``cifs/<id>.cif``: the relaxed structure; the generated one where the relaxation failed
+  (``relaxed`` = 0 in ``relax.csv``, with the reason);
+* ``samples.csv``: the input's rows (a sample folder's columns such as ``target`` kept, undecoded
+  samples kept with their failure) with ``formula``, ``num_sites``, ``structurally_valid`` and
+  ``spglib_space_group`` of the written structure;
+* ``relax.csv``: per crystal ``relaxed``, ``converged``, FIRE ``steps``, the CHGNet energies
+  before and after (eV/atom), the RMSD of the atoms' displacements (Å), the wall time (s) and
+  the reason of a failed relaxation;
+* ``sample_config.json``: the input's sample configuration (a sample folder's) with a
+  ``relaxation`` entry: the source, the settings and the counts; a sample folder's
+  ``summary.json`` (its sampling) is copied as it is.
+
+The folder is written under a temporary name and renamed at the end: an interrupted run leaves
+no half-written output, and an existing non-empty ``--out`` is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crysgen.crystal_set import write_text_atomic
+from crysgen.data.structures import load_inputs
+from crysgen.errors import CrysgenError
+from crysgen.evaluation.relaxation import RelaxOptions, relax_engine
+
+RELAX_TABLE = "relax.csv"
+RELAX_COLUMNS = ("id", "relaxed", "converged", "steps", "initial_energy_per_atom", "energy_per_atom",
+                 "rmsd", "seconds", "reason")
+
+
+@dataclass
+class RelaxedSamples:
+    """What :func:`relax_samples` wrote.
+
+    Attributes:
+        out: the output folder.
+        n: crystals read (with or without a structure).
+        relaxed: crystals whose CIF holds a relaxed structure.
+        converged: of those, relaxations that reached the force criterion.
+        kept_as_generated: crystals with a structure whose relaxation failed (written unrelaxed).
+        without_structure: inputs without a structure (undecoded, unparsable), passed through.
+        structurally_valid_before: of all ``n``, valid as generated (CDVAE's check).
+        structurally_valid_after: of all ``n``, valid as written.
+        mean_rmsd: mean RMSD of the relaxed crystals' atom displacements (Å); None if none.
+        seconds: wall time of the relaxation (s).
+    """
+
+    out: Path
+    n: int
+    relaxed: int
+    converged: int
+    kept_as_generated: int
+    without_structure: int
+    structurally_valid_before: int
+    structurally_valid_after: int
+    mean_rmsd: float | None
+    seconds: float
+
+
+def _source_rows(source: Path) -> tuple[list[dict[str, str]], list[str], dict[str, Any]]:
+    """A `crysgen sample` folder's samples.csv rows, its columns and its sample_config.json (else empty)."""
+    table, config = source / "samples.csv", source / "sample_config.json"
+    if not (source.is_dir() and table.is_file() and config.is_file()):
+        return [], [], {}
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    try:
+        cfg = json.loads(config.read_text())
+    except ValueError as exc:
+        raise CrysgenError(f"{config} is not JSON: {exc}") from exc
+    return rows, columns, cfg
+
+
+def check_relax_output(out: str | Path) -> Path:
+    """Refuse an output folder that is a file or already holds files (before any work)."""
+    from crysgen.data.guards import check_output_dir
+
+    path = check_output_dir(out)
+    if path.is_dir() and any(path.iterdir()):
+        raise CrysgenError(f"--out {path} is not empty: relaxed samples go to a new folder")
+    return path
+
+
+def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | None = None, *,
+                  workers: int = 1, limit: int | None = None, progress: bool = False) -> RelaxedSamples:
+    """Relax every crystal of ``samples`` with CHGNet and write a sample folder (module docstring).
+
+    Args:
+        samples: a `crysgen sample` folder, a folder of CIFs, a CrystalSet ``.npz``, ...
+        out: the folder to write (must not exist or be empty).
+        options: relaxation settings (device, engine, steps, fmax, time limit).
+        workers: processes for ASE's engine (the torch engine runs in this process).
+        limit: the first ``limit`` crystals only.
+        progress: show a progress bar.
+
+    Raises:
+        CrysgenError: for a missing or empty input, an output folder that is a file or not
+            empty, or an unknown engine.
+    """
+    from pymatgen.io.cif import CifWriter
+
+    from crysgen.data.guards import space_group_number_or_zero
+    from crysgen.data.validity import structurally_valid
+    from crysgen.evaluation.suite import relax_all
+
+    o = options or RelaxOptions()
+    relax_engine(o)  # an unknown engine fails before any work
+    dest = check_relax_output(out)
+    source = Path(samples)
+    crystals = load_inputs(source, limit=limit)
+    if not crystals:
+        raise CrysgenError(f"no crystals in {samples}")
+    rows, columns, config = _source_rows(source)
+    by_id = {r["id"]: r for r in rows}
+    todo = [i for i, c in enumerate(crystals) if c.structure is not None]
+    t0 = time.perf_counter()
+    results = relax_all([crystals[i].structure for i in todo], o, workers, progress)
+    seconds = time.perf_counter() - t0
+
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "cifs").mkdir(parents=True)
+    result_of = dict(zip(todo, results, strict=True))
+    table: list[dict[str, Any]] = []
+    out_rows: list[dict[str, Any]] = []
+    counts = {"valid_before": 0, "valid_after": 0, "kept": 0}
+    rmsds: list[float] = []
+    for i, c in enumerate(crystals):
+        row: dict[str, Any] = dict(by_id.get(c.id, {"id": c.id}))
+        r = result_of.get(i)
+        if c.structure is None or r is None:
+            if not row.get("failure"):  # not written as a CIF: the row must say why
+                row["failure"] = c.problem or "no structure"
+            out_rows.append(row)
+            table.append({"id": c.id, "relaxed": 0, "converged": 0, "reason": c.problem or "no structure"})
+            continue
+        counts["valid_before"] += structurally_valid(c.structure)
+        structure = r.structure if r.structure is not None else c.structure
+        counts["kept"] += r.structure is None
+        if r.structure is not None and r.rmsd is not None:
+            rmsds.append(float(r.rmsd))
+        valid = structurally_valid(structure)
+        counts["valid_after"] += valid
+        cif = tmp / "cifs" / f"{c.id}.cif"
+        write_text_atomic(cif, str(CifWriter(structure)))
+        row.update({"formula": structure.composition.reduced_formula, "num_sites": len(structure),
+                    "structurally_valid": int(valid), "cif": f"cifs/{cif.name}"})
+        if "spglib_space_group" in row:  # the relaxed structure's (the decoded one's stays)
+            row["spglib_space_group"] = space_group_number_or_zero(structure)
+        out_rows.append(row)
+        table.append({"id": c.id, "relaxed": int(r.structure is not None), "converged": int(r.converged),
+                      "steps": r.steps, "initial_energy_per_atom": r.initial_energy_per_atom,
+                      "energy_per_atom": r.energy_per_atom, "rmsd": r.rmsd,
+                      "seconds": round(r.seconds, 3), "reason": r.reason or ""})
+    summary = RelaxedSamples(
+        out=dest, n=len(crystals), relaxed=len(todo) - counts["kept"],
+        converged=sum(int(r.converged) for r in results), kept_as_generated=counts["kept"],
+        without_structure=len(crystals) - len(todo), structurally_valid_before=counts["valid_before"],
+        structurally_valid_after=counts["valid_after"],
+        mean_rmsd=float(sum(rmsds) / len(rmsds)) if rmsds else None, seconds=round(seconds, 2))
+    names = columns or ["id", "formula", "num_sites", "structurally_valid", "failure", "cif"]
+    names += [k for row in out_rows for k in row if k not in names]
+    _write_csv(tmp / "samples.csv", out_rows, list(dict.fromkeys(names)))
+    _write_csv(tmp / RELAX_TABLE, table, list(RELAX_COLUMNS))
+    info = {k: v for k, v in asdict(summary).items() if k != "out"}
+    config = config | {"relaxation": {"source": str(source), "options": asdict(o), "limit": limit} | info}
+    write_text_atomic(tmp / "sample_config.json", json.dumps(config, indent=1) + "\n")
+    if config and (source / "summary.json").is_file():  # the sampling's own summary, as it was
+        shutil.copyfile(source / "summary.json", tmp / "summary.json")
+    if dest.exists():
+        dest.rmdir()  # empty (checked above)
+    tmp.rename(dest)
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Rows as CSV (missing values empty)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
