@@ -64,7 +64,7 @@ def test_relaxed_folder_holds_the_relaxed_crystals_and_keeps_every_sample(tmp_pa
     assert samples["sample_000000"]["spglib_space_group"] == "225"  # the relaxed structure's
     cfg = json.loads((out / "sample_config.json").read_text())
     assert cfg["model"] == "m" and cfg["relaxation"]["relaxed"] == 1
-    assert cfg["relaxation"]["options"]["steps"] == 200
+    assert cfg["relaxation"]["options"]["steps"] == 200 and cfg["relaxation"]["device_name"] == "cpu"
     assert json.loads((out / "summary.json").read_text())["failures"] == 1
     # read back as a sample folder: the undecoded sample still counts, with its reason
     back = load_inputs(out)

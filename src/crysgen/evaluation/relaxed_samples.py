@@ -17,7 +17,8 @@ samples:
   before and after (eV/atom), the RMSD of the atoms' displacements (Å), the wall time (s) and
   the reason of a failed relaxation;
 * ``sample_config.json``: the input's sample configuration (a sample folder's) with a
-  ``relaxation`` entry: the source, the settings and the counts; a sample folder's
+  ``relaxation`` entry: the source, the settings, the counts, the crysgen version, the device
+  and the date; a sample folder's
   ``summary.json`` (its sampling) is copied as it is.
 
 The folder is written under a temporary name and renamed at the end: an interrupted run leaves
@@ -182,7 +183,8 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     _write_csv(tmp / "samples.csv", out_rows, list(dict.fromkeys(names)))
     _write_csv(tmp / RELAX_TABLE, table, list(RELAX_COLUMNS))
     info = {k: v for k, v in asdict(summary).items() if k != "out"}
-    config = config | {"relaxation": {"source": str(source), "options": asdict(o), "limit": limit} | info}
+    config = config | {"relaxation": {"source": str(source), "options": asdict(o), "limit": limit}
+                       | info | _where(o.device)}
     write_text_atomic(tmp / "sample_config.json", json.dumps(config, indent=1) + "\n")
     if config and (source / "summary.json").is_file():  # the sampling's own summary, as it was
         shutil.copyfile(source / "summary.json", tmp / "summary.json")
@@ -190,6 +192,19 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
         dest.rmdir()  # empty (checked above)
     tmp.rename(dest)
     return summary
+
+
+def _where(device: str) -> dict[str, str]:
+    """The crysgen version, the date (UTC) and the device's name, for the record."""
+    import datetime
+
+    import torch
+
+    from crysgen import __version__
+
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    return {"crysgen_version": __version__, "device_name": name,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
