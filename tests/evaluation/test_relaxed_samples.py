@@ -109,3 +109,19 @@ def test_cli_relax_writes_a_folder_that_evaluate_reads(tmp_path, capsys):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
     assert metrics["n_samples"]["value"] == 3  # the undecoded sample counts, as an invalid one
     assert metrics["struct_valid"]["value"] == pytest.approx(2 / 3)
+
+
+def test_fixed_cell_relaxes_the_positions_and_keeps_the_generated_cell(tmp_path):
+    shaken = load_cif("NaCl")
+    shaken.perturb(0.15)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.cif").write_text(str(CifWriter(shaken)))
+    res = relax_samples(tmp_path / "in", tmp_path / "r", RelaxOptions(steps=200), relax_cell=False)
+    assert res.relaxed == 1 and res.converged == 1
+    out = Structure.from_file(tmp_path / "r" / "cifs" / "x.cif")
+    assert out.lattice.abc == pytest.approx(shaken.lattice.abc, abs=1e-4)
+    assert out.lattice.angles == pytest.approx(shaken.lattice.angles, abs=1e-3)
+    row = _rows(tmp_path / "r" / "relax.csv")["x"]
+    assert float(row["energy_per_atom"]) < float(row["initial_energy_per_atom"]) - 1e-3  # the atoms moved
+    cfg = json.loads((tmp_path / "r" / "sample_config.json").read_text())
+    assert cfg["relaxation"]["relax_cell"] is False

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="force convergence criterion, eV/Å (%(default)g)")
     p.add_argument("--time-limit", type=float, default=D.time_limit_s,
                    help="seconds per relaxation before it is stopped with a reason (%(default)g)")
+    p.add_argument("--fixed-cell", action="store_true",
+                   help="relax the atoms' positions only, in the generated cell (the density stays "
+                        "the model's)")
     p.add_argument("--engine", default=D.engine, choices=RELAX_ENGINES,
                    help="auto (torch on a GPU, ase on the CPU), ase or torch (%(default)s)")
     p.add_argument("--batch", type=_positive_int, default=None,
@@ -50,8 +53,8 @@ def _cmd_relax(args: argparse.Namespace) -> int:
     check_relax_output(args.out)
     options = RelaxOptions(fmax=args.fmax, steps=args.steps, time_limit_s=args.time_limit,
                            device=args.device, batch_size=args.batch, engine=args.engine)
-    res = relax_samples(args.samples, args.out, options, workers=args.workers, limit=args.limit,
-                        progress=not args.quiet)
+    res = relax_samples(args.samples, args.out, options, relax_cell=not args.fixed_cell,
+                        workers=args.workers, limit=args.limit, progress=not args.quiet)
     rmsd = "n/a" if res.mean_rmsd is None else f"{res.mean_rmsd:.3f} Å"
     print(f"relaxed {res.relaxed} of {res.n} crystals ({res.converged} converged, "
           f"{res.kept_as_generated} kept as generated, {res.without_structure} without a structure) "

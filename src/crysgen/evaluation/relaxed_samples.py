@@ -3,10 +3,10 @@
 The input is anything :func:`~crysgen.data.structures.load_inputs` reads (a `crysgen sample`
 folder, CIFs, a CrystalSet ``.npz``, ...). Every crystal with a structure is relaxed as
 ``crysgen evaluate --stability`` relaxes (:func:`~crysgen.evaluation.suite.relax_all`: positions
-and cell, FIRE, :class:`~crysgen.evaluation.relaxation.RelaxOptions`), structurally invalid ones
-included (close atoms are pushed apart or the relaxation fails). The output folder is itself a
-`crysgen sample` folder, so ``crysgen evaluate OUT`` scores the relaxed crystals as it scores
-samples:
+and cell, FIRE, :class:`~crysgen.evaluation.relaxation.RelaxOptions`; or the positions alone in
+the generated cell), structurally invalid ones included (close atoms are pushed apart or the
+relaxation fails). The output folder is itself a `crysgen sample` folder, so ``crysgen evaluate
+OUT`` scores the relaxed crystals as it scores samples:
 
 * ``cifs/<id>.cif``: the relaxed structure; the generated one where the relaxation failed
   (``relaxed`` = 0 in ``relax.csv``, with the reason);
@@ -101,13 +101,16 @@ def check_relax_output(out: str | Path) -> Path:
 
 
 def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | None = None, *,
-                  workers: int = 1, limit: int | None = None, progress: bool = False) -> RelaxedSamples:
+                  relax_cell: bool = True, workers: int = 1, limit: int | None = None,
+                  progress: bool = False) -> RelaxedSamples:
     """Relax every crystal of ``samples`` with CHGNet and write a sample folder (module docstring).
 
     Args:
         samples: a `crysgen sample` folder, a folder of CIFs, a CrystalSet ``.npz``, ...
         out: the folder to write (must not exist or be empty).
         options: relaxation settings (device, engine, steps, fmax, time limit).
+        relax_cell: relax the cell with the positions; False: the positions only, in the
+            generated cell (its volume, so the density, stays the model's).
         workers: processes for ASE's engine (the torch engine runs in this process).
         limit: the first ``limit`` crystals only.
         progress: show a progress bar.
@@ -133,7 +136,7 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     by_id = {r["id"]: r for r in rows}
     todo = [i for i, c in enumerate(crystals) if c.structure is not None]
     t0 = time.perf_counter()
-    results = relax_all([crystals[i].structure for i in todo], o, workers, progress)
+    results = relax_all([crystals[i].structure for i in todo], o, workers, progress, relax_cell=relax_cell)
     seconds = time.perf_counter() - t0
 
     tmp = dest.with_name(dest.name + ".partial")
@@ -183,7 +186,8 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     _write_csv(tmp / "samples.csv", out_rows, list(dict.fromkeys(names)))
     _write_csv(tmp / RELAX_TABLE, table, list(RELAX_COLUMNS))
     info = {k: v for k, v in asdict(summary).items() if k != "out"}
-    config = config | {"relaxation": {"source": str(source), "options": asdict(o), "limit": limit}
+    config = config | {"relaxation": {"source": str(source), "options": asdict(o), "relax_cell": relax_cell,
+                                      "limit": limit}
                        | info | _where(o.device)}
     write_text_atomic(tmp / "sample_config.json", json.dumps(config, indent=1) + "\n")
     if config and (source / "summary.json").is_file():  # the sampling's own summary, as it was

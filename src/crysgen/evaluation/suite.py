@@ -800,23 +800,24 @@ RELAX_BATCH = 64
 ``EvalOptions.relax_batch_size`` per FIRE step); more structures make more rounds of chunks."""
 
 
-def _relax_chunk(args: tuple[list[Any], Any, int]) -> list[Any]:
+def _relax_chunk(args: tuple[list[Any], Any, int, bool]) -> list[Any]:
     import os
 
     import torch
 
     from crysgen.evaluation.stability import relax_batch
 
-    structures, options, workers = args
+    structures, options, workers, relax_cell = args
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # workers share the cores
     try:
-        return relax_batch(structures, options)
+        return relax_batch(structures, options, relax_cell=relax_cell)
     finally:
         torch.set_num_threads(threads)
 
 
-def relax_all(structures: list[Any], options: Any, workers: int, progress: bool) -> list[Any]:
+def relax_all(structures: list[Any], options: Any, workers: int, progress: bool, *,
+              relax_cell: bool = True) -> list[Any]:
     """Relaxations (:class:`~crysgen.evaluation.stability.Relaxation`) of all structures, in input order.
 
     Args:
@@ -824,6 +825,7 @@ def relax_all(structures: list[Any], options: Any, workers: int, progress: bool)
         options: :class:`~crysgen.evaluation.stability.RelaxOptions`.
         workers: processes, each relaxing its chunks in lockstep batches (ASE's engine).
         progress: show a progress bar.
+        relax_cell: relax the cell too (False: the positions in the given cell).
 
     The torch engine (``options.engine``, :func:`~crysgen.evaluation.stability.relax_engine`)
     relaxes everything here in one batched call. ASE's: interleaved chunks (similar mixes of
@@ -835,12 +837,12 @@ def relax_all(structures: list[Any], options: Any, workers: int, progress: bool)
     from crysgen.evaluation.stability import relax_batch, relax_engine
 
     if relax_engine(options) == "torch":  # one process: the whole set in tensors on the device
-        return relax_batch(structures, options, progress=progress)
+        return relax_batch(structures, options, relax_cell=relax_cell, progress=progress)
     workers = max(1, workers)
     k = workers * -(-len(structures) // (workers * RELAX_BATCH))
     chunks = [structures[j::k] for j in range(k) if structures[j::k]]
-    done = _map(_relax_chunk, [(c, options, workers) for c in chunks], workers, "CHGNet relaxation",
-                progress, spawn=options.device.startswith("cuda"), min_items=2)
+    done = _map(_relax_chunk, [(c, options, workers, relax_cell) for c in chunks], workers,
+                "CHGNet relaxation", progress, spawn=options.device.startswith("cuda"), min_items=2)
     out: list[Any] = [None] * len(structures)
     for j, part in enumerate(done):
         out[j::len(chunks)] = part
