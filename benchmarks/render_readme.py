@@ -93,6 +93,10 @@ def sampler_settings(d: dict) -> str:
     if anneal:
         words.append(f"anti-annealing ρ {anneal:g}"
                      + (f" (lattice {lattice:g})" if lattice is not None and lattice != anneal else ""))
+    relaxed = (d.get("sampling") or {}).get("relaxation")
+    if relaxed:  # a `crysgen relax` folder (without the flag: relaxed before --fixed-cell existed)
+        words.append("CHGNet relaxation (" + ("atoms and cell" if relaxed.get("relax_cell", True)
+                                               else "atoms, cell fixed") + ")")
     return " + ".join(words)
 
 
