@@ -90,7 +90,6 @@ def main() -> None:
     p.add_argument("-n", type=int, default=500, help="test crystals (the first n that fit)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    torch.set_grad_enabled(False)
     write_result(f"denoiser_precision_{args.name}", measure(args.model, args.test, args.n, args.seed),
                  model=args.model)
 

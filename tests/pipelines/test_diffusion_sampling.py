@@ -156,12 +156,12 @@ def test_decoding_in_worker_processes_gives_the_same_result():
 def test_coincident_atoms_fail_with_a_reason_instead_of_an_unreadable_cif(tmp_path):
     from pymatgen.core import Lattice, Structure
 
-    from crysgen.pipelines.sampling import _row
+    from crysgen.pipelines.sampling import write_sample_row
 
     s = Structure(Lattice.cubic(4.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5001]])
-    row = _row(({"id": "x", "failure": ""}, s, tmp_path))
+    row = write_sample_row(({"id": "x", "failure": ""}, s, tmp_path))
     assert row["failure"].startswith("coincident_sites: 1 pair") and not (tmp_path / "x.cif").exists()
-    ok = _row(({"id": "y", "failure": ""}, Structure(Lattice.cubic(4.0), ["Na", "Cl"],
+    ok = write_sample_row(({"id": "y", "failure": ""}, Structure(Lattice.cubic(4.0), ["Na", "Cl"],
                                                      [[0, 0, 0], [0.5, 0.5, 0.5]]), tmp_path))
     assert ok["failure"] == ""
     assert Structure.from_file(tmp_path / "y.cif").composition.reduced_formula == "NaCl"

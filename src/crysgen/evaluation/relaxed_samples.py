@@ -12,7 +12,9 @@ OUT`` scores the relaxed crystals as it scores samples:
   (``relaxed`` = 0 in ``relax.csv``, with the reason);
 * ``samples.csv``: the input's rows (a sample folder's columns such as ``target`` kept, undecoded
   samples kept with their failure) with ``formula``, ``num_sites``, ``structurally_valid`` and
-  ``spglib_space_group`` of the written structure;
+  ``spglib_space_group`` of the written structure, as `crysgen sample` writes them
+  (:func:`~crysgen.pipelines.sampling.write_sample_row`: a relaxed crystal with coincident sites
+  would get a failure instead of a CIF);
 * ``relax.csv``: per crystal ``relaxed``, ``converged``, FIRE ``steps``, the CHGNet energies
   before and after (eV/atom), the RMSD of the atoms' displacements (Å), the wall time (s) and
   the reason of a failed relaxation;
@@ -119,11 +121,9 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
         CrysgenError: for a missing or empty input, an output folder that is a file or not
             empty, or an unknown engine.
     """
-    from pymatgen.io.cif import CifWriter
-
-    from crysgen.data.guards import space_group_number_or_zero
     from crysgen.data.validity import structurally_valid
     from crysgen.evaluation.suite import relax_all
+    from crysgen.pipelines.sampling import write_sample_row
 
     o = options or RelaxOptions()
     relax_engine(o)  # an unknown engine fails before any work
@@ -132,7 +132,7 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     crystals = load_inputs(source, limit=limit)
     if not crystals:
         raise CrysgenError(f"no crystals in {samples}")
-    rows, columns, config = _source_rows(source)
+    rows, columns, sampled = _source_rows(source)
     by_id = {r["id"]: r for r in rows}
     todo = [i for i, c in enumerate(crystals) if c.structure is not None]
     t0 = time.perf_counter()
@@ -162,14 +162,8 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
         counts["kept"] += r.structure is None
         if r.structure is not None and r.rmsd is not None:
             rmsds.append(float(r.rmsd))
-        valid = structurally_valid(structure)
-        counts["valid_after"] += valid
-        cif = tmp / "cifs" / f"{c.id}.cif"
-        write_text_atomic(cif, str(CifWriter(structure)))
-        row.update({"formula": structure.composition.reduced_formula, "num_sites": len(structure),
-                    "structurally_valid": int(valid), "cif": f"cifs/{cif.name}"})
-        if "spglib_space_group" in row:  # the relaxed structure's (the decoded one's stays)
-            row["spglib_space_group"] = space_group_number_or_zero(structure)
+        row = write_sample_row((row, structure, tmp / "cifs"))  # `crysgen sample`'s CIF and columns
+        counts["valid_after"] += row.get("structurally_valid") == 1
         out_rows.append(row)
         table.append({"id": c.id, "relaxed": int(r.structure is not None), "converged": int(r.converged),
                       "steps": r.steps, "initial_energy_per_atom": r.initial_energy_per_atom,
@@ -186,11 +180,11 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     _write_csv(tmp / "samples.csv", out_rows, list(dict.fromkeys(names)))
     _write_csv(tmp / RELAX_TABLE, table, list(RELAX_COLUMNS))
     info = {k: v for k, v in asdict(summary).items() if k != "out"}
-    config = config | {"relaxation": {"source": str(source), "options": asdict(o), "relax_cell": relax_cell,
-                                      "limit": limit}
-                       | info | _where(o.device)}
+    config = sampled | {"relaxation": {"source": str(source), "options": asdict(o), "relax_cell": relax_cell,
+                                       "limit": limit}
+                        | info | _where(o.device)}
     write_text_atomic(tmp / "sample_config.json", json.dumps(config, indent=1) + "\n")
-    if config and (source / "summary.json").is_file():  # the sampling's own summary, as it was
+    if sampled and (source / "summary.json").is_file():  # a sample folder's own summary, as it was
         shutil.copyfile(source / "summary.json", tmp / "summary.json")
     if dest.exists():
         dest.rmdir()  # empty (checked above)

@@ -106,12 +106,16 @@ def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
             jobs.append((row, res.crystals.to_structure(j), cif_dir))
     if workers > 1 and len(jobs) > 1:
         chunk = max(1, len(jobs) // (4 * workers))
-        return robust_map(_row, jobs, workers=workers, died=_row_died, chunksize=chunk)
-    return [_row(job) for job in jobs]
+        return robust_map(write_sample_row, jobs, workers=workers, died=_row_died, chunksize=chunk)
+    return [write_sample_row(job) for job in jobs]
 
 
-def _row(job: tuple[dict[str, Any], Any, Path]) -> dict[str, Any]:
-    """Finish one row: write the CIF, add formula, sites, validity and spglib's space group."""
+def write_sample_row(job: tuple[dict[str, Any], Any, Path]) -> dict[str, Any]:
+    """Finish one samples.csv row: write the CIF, add formula, sites, validity and spglib's space group.
+
+    ``job`` is (row with an ``id``, structure or None, CIF folder). A structure with coincident
+    sites gets a ``failure`` and no CIF (a CIF reader would merge them); None leaves the row as it is.
+    """
     from pymatgen.io.cif import CifWriter
 
     from crysgen.data.validity import pair_distances, structurally_valid
