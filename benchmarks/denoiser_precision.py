@@ -3,8 +3,11 @@
 For test crystals of the model's dataset (their own elements given, as in CSP), the coordinates
 and the lattice are noised to σ (the same noise the training draws: Gaussian on the fractional
 coordinates, wrapped, and on the standardised lattice features) and denoised once,
-D(x_σ; σ). The error of the coordinates before and after, in Å (periodic minimum image in the
-crystal's own cell, the mean displacement of each crystal removed), is recorded per σ: a
+D(x_σ; σ). The crystals are Niggli-reduced first: every atom model trains on Niggli cells
+(``data.niggli``), and a denoiser given a cell unlike those it was trained on misplaces atoms it
+would otherwise restore (the first version of this script, without the reduction, measured that).
+The error of the coordinates before and after, in Å (periodic minimum image in the crystal's
+cell, the mean displacement of each crystal removed), is recorded per σ: a
 denoiser that recovers the crystal returns errors well under the input's, and its floor at small
 σ is the precision its samples can have at best (the last sampler steps run at σ ≤ 0.01).
 It separates "the network cannot place atoms more precisely" from "the sampler loses precision".
@@ -23,7 +26,8 @@ import torch
 from crysgen.crystal_set import CrystalSet
 from crysgen.models.atom_transformer import lattice_matrix
 from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap, wrap_centered
-from crysgen.pipelines.atoms import AtomDiffusionModel
+from crysgen.pipelines.atoms import AtomDiffusionModel, InBf16
+from crysgen.representations.atoms import niggli_reduce
 from provenance import write_result
 
 SIGMAS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -39,13 +43,17 @@ def rms_angstrom(delta: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor) -
     return ((cart**2).sum(-1).sum(1) / mask.sum(1).clamp_min(1)).sqrt().numpy()
 
 
-def measure(path: str, test: str, n: int, seed: int) -> dict:
-    """Input and denoised coordinate errors per σ (see the module docstring)."""
+def measure(path: str, test: str, n: int, seed: int, precision: str = "fp32") -> dict:
+    """Input and denoised coordinate errors per σ (see the module docstring); ``precision`` "bf16"
+    runs the network under bf16 autocast as ``crysgen sample --precision auto`` does on a GPU."""
     model = AtomDiffusionModel.from_pretrained(path)
     crystals = CrystalSet.load(test)
     crystals = crystals.subset(np.flatnonzero(crystals.num_sites <= model.spec.max_atoms)[:n])
+    crystals = niggli_reduce(crystals)  # the cells every atom model trains on (data.niggli)
     sets = model.encode(crystals)
     net = model.net.eval()
+    if precision == "bf16":
+        net = InBf16(net, "cpu")
     consts = Constants.from_spec(model.spec)
     codes = torch.as_tensor(model.spec.codes())
     mask = torch.as_tensor(sets.mask)
@@ -75,11 +83,11 @@ def measure(path: str, test: str, n: int, seed: int) -> dict:
                                         "q90": float(np.quantile(a, 0.9))},
                      "improved_share": float((a < b).mean())})
         print(f"σ {sigma:g}: input {b.mean():.4f} Å, denoised {a.mean():.4f} Å (median {np.median(a):.4f})")
-    return {"model": path, "test": test, "n": len(mask), "seed": seed, "rows": rows,
-            "definition": "RMS over sites of the minimum-image displacement from the test crystal, "
-                          "each crystal's mean displacement removed, in its own cell (Å); elements "
-                          "given; one denoiser call at σ (fractional coordinates; the same σ on the "
-                          "standardised lattice features)"}
+    return {"model": path, "test": test, "n": len(mask), "seed": seed, "precision": precision, "rows": rows,
+            "definition": "RMS over sites of the minimum-image displacement from the test crystal "
+                          "(in its Niggli-reduced cell, as the models train), each crystal's mean "
+                          "displacement removed (Å); elements given; one denoiser call at σ "
+                          "(fractional coordinates; the same σ on the standardised lattice features)"}
 
 
 def main() -> None:
@@ -89,8 +97,11 @@ def main() -> None:
     p.add_argument("--name", required=True, help="result file: denoiser_precision_<name>.json")
     p.add_argument("-n", type=int, default=500, help="test crystals (the first n that fit)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the network's arithmetic (bf16: autocast, as sampling on a GPU runs it)")
     args = p.parse_args()
-    write_result(f"denoiser_precision_{args.name}", measure(args.model, args.test, args.n, args.seed),
+    write_result(f"denoiser_precision_{args.name}",
+                 measure(args.model, args.test, args.n, args.seed, args.precision),
                  model=args.model)
 
 
