@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "from its template crystal itself (coordinates and cell) noised to this σ "
                         "(e.g. 1), so the model refines the template (prototype substitution, then "
                         "diffusion) instead of sampling from noise")
+    p.add_argument("--restart", type=_restart, default=None, metavar="SIGMA:STEPS[:ROUNDS]",
+                   help="atom diffusion: noise every finished sample again to SIGMA and sample it back "
+                        "down with STEPS Heun steps, ROUNDS times (default 1): restart sampling, which "
+                        "lets the model correct what the first pass got wrong above SIGMA (e.g. 0.1:20)")
     p.add_argument("--template-ranker", default=None, metavar="bundled|RANKER.json",
                    help="atom diffusion with --symmetry-prior and --compositions or --formula: choose each "
                         "composition's template among its fitting crystals with a learned ranker ('bundled': "
@@ -136,6 +140,21 @@ def _draw(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be one of {', '.join(DRAWS)}, got {text!r}{hint}")
 
 
+def _restart(text: str) -> tuple[float, int, int]:
+    """``--restart``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        sigma, steps, rounds = float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be SIGMA:STEPS or SIGMA:STEPS:ROUNDS (e.g. 0.1:20), "
+                                         f"got {text!r}") from None
+    if not (sigma > 0 and steps >= 1 and rounds >= 1):
+        raise argparse.ArgumentTypeError(f"needs SIGMA > 0, STEPS >= 1 and ROUNDS >= 1, got {text!r}")
+    return sigma, steps, rounds
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 
@@ -162,7 +181,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             limit_element_count=args.limit_element_count,
                             composition_prior=args.composition_prior, substitute=args.substitute,
                             symmetry_prior=args.symmetry_prior, precision=args.precision,
-                            template_start=args.template_start, template_ranker=args.template_ranker)
+                            template_start=args.template_start, template_ranker=args.template_ranker,
+                            restart=args.restart)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

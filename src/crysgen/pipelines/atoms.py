@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AtomDiffusionModel", "Compositions", "edm_heun", "size_batches"]
 
+RESTART_SEED = 1_000_003  # the restart rounds' noise streams: seeds [*seed, RESTART_SEED + round, i]
+
 
 class AtomDiffusionModel(AtomDiffusionBundle):
     """A trained atom diffusion transformer that samples: the saved bundle and the sampling loop.
@@ -127,7 +129,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 "churn": self.edm.s_churn if options.churn is None else float(options.churn),
                 "anneal_rho": anneal, "anneal_rho_lattice": anneal_l,
                 "limit_element_count": options.limit_element_count, "templates": templates,
-                "precision": precision, "template_start": options.template_start}
+                "precision": precision, "template_start": options.template_start,
+                "restart": self.checked_restart(options.restart)}
 
     def symmetry_templates(self, options: SampleOptions,
                            compositions: Compositions | None = None) -> Templates:
@@ -215,6 +218,18 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             raise CrysgenError(f"--template-start must lie in ({self.edm.sigma_min:g}, "
                                f"{self.edm.sigma_max:g}] (this model's σ range), got {sigma:g}")
 
+    def checked_restart(self, restart: tuple[float, int, int] | None) -> tuple[float, int, int] | None:
+        """``restart`` as (σ, steps, rounds), refused outside this model's σ range (σ_min, σ_max]."""
+        if restart is None:
+            return None
+        sigma, steps, rounds = float(restart[0]), int(restart[1]), int(restart[2])
+        if not self.edm.sigma_min < sigma <= self.edm.sigma_max:
+            raise CrysgenError(f"--restart's σ must lie in ({self.edm.sigma_min:g}, {self.edm.sigma_max:g}] "
+                               f"(this model's σ range), got {sigma:g}")
+        if steps < 1 or rounds < 1:
+            raise CrysgenError(f"--restart needs at least one step and one round, got {steps} and {rounds}")
+        return sigma, steps, rounds
+
     def template_parts(self, symmetries: list[SiteSymmetry | None], width: int, dim: int) -> Parts:
         """The templates' own coordinates and cells as clean parts of width W (element codes zero).
 
@@ -257,7 +272,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                     progress: bool = False, on_batch: Any = None, space_group: int | None = None,
                     guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
                     anneal_rho_lattice: float | None = None, templates: Templates | None = None,
-                    precision: str = "fp32", template_start: float | None = None) -> AtomSets:
+                    precision: str = "fp32", template_start: float | None = None,
+                    restart: tuple[float, int, int] | None = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -297,13 +313,19 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 it down to σ_min; :func:`edm_heun`'s ``start``): with given elements, the
                 template refined by the model. Samples without a template start from noise.
                 None: every sample from noise.
+            restart: (σ, steps, rounds): each finished sample is noised again to σ (coordinates,
+                lattice and, de novo, element codes; fresh noise from a CPU generator seeded
+                ``[*seed, RESTART_SEED + round, i]``) and sampled back down to σ_min with
+                ``steps`` Heun steps, ``rounds`` times (restart sampling, Xu et al. 2023: the
+                added noise contracts the errors the first pass made above σ); given elements and
+                templates stay as they were. None: one pass.
 
         Raises:
             CrysgenError: for a space group outside 1-230, a model without space-group input,
                 a negative churn, templates for another number of samples or sites, templates
                 with a model conditioned on the number of elements, an unknown precision, or a
                 template start without templates, without given elements or outside the
-                model's σ range.
+                model's σ range, or a restart σ outside it.
         """
         from tqdm.auto import tqdm
 
@@ -325,6 +347,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 template_groups = np.array([0 if t is None else t.space_group for t in templates.symmetries])
         if template_start is not None:
             self.check_template_start(template_start, templates, atomic_numbers)
+        restart = self.checked_restart(restart)
         if atomic_numbers is None:
             size_seed = [*np.atleast_1d(seed).tolist(), 1]
             if count_elements:
@@ -382,6 +405,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 x = edm_heun(net, noise, m, given, edm_batch, consts, steps=steps, device=device,
                              churn_noise=steps_noise, conditions=conditions, guidance=guidance,
                              symmetry=symmetry, start=start)
+                for r in range(restart[2] if restart is not None else 0):
+                    assert restart is not None
+                    noise, steps_noise = crystal_noise([*seeds, RESTART_SEED + r], idx, width[idx], w, dim,
+                                                       restart[1] if edm.s_churn > 0 else 0)
+                    x = edm_heun(net, noise, m, given, replace(edm, sigma_max=restart[0]), consts,
+                                 steps=restart[1], device=device, churn_noise=steps_noise,
+                                 conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
@@ -397,14 +427,15 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
                  anneal_rho_lattice: float | None = None,
                  limit_element_count: bool = False, templates: Templates | None = None,
-                 precision: str = "fp32", template_start: float | None = None, **_: Any) -> DecodeResult:
+                 precision: str = "fp32", template_start: float | None = None,
+                 restart: tuple[float, int, int] | None = None, **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
         ``space_group``, ``guidance``, ``churn``, ``anneal_rho(_lattice)`` and ``precision``: see
         :meth:`sample_sets`;
         ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
-        ``--symmetry-prior``) and ``template_start`` too. Every site snaps to
+        ``--symmetry-prior``), ``template_start`` and ``restart`` too. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
         novo samples snap to at most the number of distinct elements each was conditioned on
         (:func:`~crysgen.representations.atoms.nearest_elements_at_most`; on mp_20 this halved
@@ -421,7 +452,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
                                 guidance=guidance, churn=churn, anneal_rho=anneal_rho,
                                 anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision,
-                                template_start=template_start)
+                                template_start=template_start, restart=restart)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None)
         return as_decode_result(res, n)

@@ -89,6 +89,9 @@ class SampleOptions:
     ``template_ranker`` ("bundled" or a ranker file) chooses each given composition's template
     among its fitting crystals of ``symmetry_prior`` with a learned ranker instead of the most
     alike exchange of elements (:mod:`crysgen.pipelines.template_ranking`).
+    ``restart`` (σ, steps, rounds) noises every finished sample again to σ and samples it back
+    down with that many Heun steps, ``rounds`` times (restart sampling; atom diffusion models;
+    :meth:`crysgen.pipelines.atoms.AtomDiffusionModel.sample_sets`).
     """
 
     n: int
@@ -121,6 +124,7 @@ class SampleOptions:
     precision: str = "auto"
     template_start: float | None = None
     template_ranker: str | None = None
+    restart: tuple[float, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -134,6 +138,11 @@ class SampleOptions:
         object.__setattr__(self, "substitute", substitute_draw(self.substitute))  # frozen
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.restart is not None:
+            sigma, steps, rounds = self.restart
+            if not (sigma > 0 and int(steps) == steps >= 1 and int(rounds) == rounds >= 1):
+                raise CrysgenError(f"--restart needs σ > 0, steps >= 1 and rounds >= 1, got {self.restart}")
+            object.__setattr__(self, "restart", (float(sigma), int(steps), int(rounds)))  # frozen
 
 
 class Generator(Protocol):
@@ -267,10 +276,10 @@ def refuse_atom_options(options: SampleOptions) -> None:
             or options.anneal_rho_lattice is not None
             or options.limit_element_count or options.symmetry_prior is not None
             or options.precision != "auto" or options.template_start is not None
-            or options.template_ranker is not None):
+            or options.template_ranker is not None or options.restart is not None):
         raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
-                           "--symmetry-prior, --template-start, --template-ranker and --precision apply "
-                           "to atom diffusion models only")
+                           "--symmetry-prior, --template-start, --template-ranker, --restart and --precision "
+                           "apply to atom diffusion models only")
 
 
 def batch_size_for(device: str, *, cpu: int) -> int:
