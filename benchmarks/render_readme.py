@@ -66,6 +66,8 @@ def sample_mode(d: dict) -> str:
         words.append("symmetry templates")
     if options.get("template_start"):
         words.append(f"started from the template at σ {options['template_start']:g}")
+    if options.get("restart"):
+        words.append(restart_words(options["restart"]))
     if options.get("limit_element_count") or options.get("free_element_count") is False:  # older name
         words.append("element-count limit")
     # a sampler setting other than `crysgen sample`'s defaults (older files record none)
@@ -74,6 +76,17 @@ def sample_mode(d: dict) -> str:
         words.append(("" if sampler in (None, SampleOptions.sampler) else f"{sampler} ")
                      + f"{steps or SampleOptions.steps} steps")
     return " + ".join(words)
+
+
+def restart_words(restart: list) -> str:
+    """``--restart`` (σ, steps, rounds) in words."""
+    sigma, steps, rounds = restart
+    return f"restarted at σ {sigma:g} ({steps} steps" + (f", {rounds} rounds)" if rounds > 1 else ")")
+
+
+def restart_flag(restart: list) -> str:
+    """``--restart``'s value as the command line takes it (SIGMA:STEPS:ROUNDS)."""
+    return ":".join(f"{v:g}" for v in restart)
 
 
 def sampler_ran(d: dict) -> tuple[float | None, float | None, float | None]:
@@ -866,6 +879,7 @@ def default_model_block() -> list[str]:
             + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
             + (f" --template-start {options['template_start']:g}" if options.get("template_start") else "") \
+            + (f" --restart {restart_flag(options['restart'])}" if options.get("restart") else "") \
             + (f" --churn {churn:g}" if churn else "") \
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")

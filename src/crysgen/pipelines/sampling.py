@@ -212,7 +212,8 @@ def sample_to_dir(
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
     else:  # with the sampler settings the options resolved to (e.g. a model's default churn)
-        resolved = {k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        resolved = {k: v for k, v in gen_kwargs.items()
+                    if isinstance(v, (int, float, str, bool, tuple, type(None)))}
         write_text_atomic(config_path, json.dumps(wanted | {"weights": weights, "sampler": resolved},
                                                   indent=1) + "\n")
     n_chunks = -(-options.n // options.chunk_size)
