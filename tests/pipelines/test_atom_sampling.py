@@ -698,8 +698,8 @@ def _mean_shift(a, b) -> float:
 def test_a_restart_resamples_each_sample_from_where_it_ended(model_dir):
     model = AtomDiffusionModel.from_pretrained(model_dir)
     once = model.sample_sets(6, steps=4, seed=3, churn=0.0)
-    shifts = {sigma: _mean_shift(model.sample_sets(6, steps=4, seed=3, churn=0.0, restart=(sigma, 3, 1)), once)
-              for sigma in (0.003, 0.5)}
+    shifts = {sigma: _mean_shift(model.sample_sets(6, steps=4, seed=3, churn=0.0, restart=(sigma, 3, 1)),
+                                 once) for sigma in (0.003, 0.5)}
     # restarted at a tiny σ a sample stays where the first pass left it; at a large σ it moves on
     assert shifts[0.003] < 0.005 < shifts[0.5]
     twice = model.sample_sets(6, steps=4, seed=3, churn=0.0, restart=(0.5, 3, 2))
@@ -709,8 +709,8 @@ def test_a_restart_resamples_each_sample_from_where_it_ended(model_dir):
 
 
 def test_a_restart_keeps_a_given_composition(model_dir, tmp_path):
-    sample_to_dir(model_dir, tmp_path / "s", SampleOptions(n=4, steps=4, formula="SrTiO3", restart=(1.0, 3, 2)),
-                  progress=False)
+    options = SampleOptions(n=4, steps=4, formula="SrTiO3", restart=(1.0, 3, 2))
+    sample_to_dir(model_dir, tmp_path / "s", options, progress=False)
     decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
     assert decoded
     assert all(s.composition.reduced_formula == "SrTiO3" for s in decoded)
