@@ -458,7 +458,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         return as_decode_result(res, n)
 
     def encode(self, crystals: CrystalSet) -> AtomSets:
-        """The model's encoding of crystals (in the cells given)."""
+        """The model's encoding of crystals (in the cells given).
+
+        The shipped models train on Niggli-reduced cells (``data.niggli``): a crystal meant for the
+        denoiser (a start, a template, a benchmark target) should be reduced first with
+        :func:`~crysgen.representations.atoms.niggli_reduce`; in another cell convention the network
+        misplaces atoms it would otherwise restore (docs/atom_diffusion.md).
+        """
         return encode(crystals, self.spec)
 
 
