@@ -405,13 +405,14 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 x = edm_heun(net, noise, m, given, edm_batch, consts, steps=steps, device=device,
                              churn_noise=steps_noise, conditions=conditions, guidance=guidance,
                              symmetry=symmetry, start=start)
-                for r in range(restart[2] if restart is not None else 0):
-                    assert restart is not None
-                    noise, steps_noise = crystal_noise([*seeds, RESTART_SEED + r], idx, width[idx], w, dim,
-                                                       restart[1] if edm.s_churn > 0 else 0)
-                    x = edm_heun(net, noise, m, given, replace(edm, sigma_max=restart[0]), consts,
-                                 steps=restart[1], device=device, churn_noise=steps_noise,
-                                 conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
+                if restart is not None:
+                    sigma_r, steps_r, rounds = restart
+                    for r in range(rounds):
+                        noise, steps_noise = crystal_noise([*seeds, RESTART_SEED + r], idx, width[idx], w,
+                                                           dim, steps_r if edm.s_churn > 0 else 0)
+                        x = edm_heun(net, noise, m, given, replace(edm, sigma_max=sigma_r), consts,
+                                     steps=steps_r, device=device, churn_noise=steps_noise,
+                                     conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
