@@ -125,3 +125,41 @@ def test_fixed_cell_relaxes_the_positions_and_keeps_the_generated_cell(tmp_path)
     assert float(row["energy_per_atom"]) < float(row["initial_energy_per_atom"]) - 1e-3  # the atoms moved
     cfg = json.loads((tmp_path / "r" / "sample_config.json").read_text())
     assert cfg["relaxation"]["relax_cell"] is False
+
+
+def test_an_interrupted_relaxation_resumes_from_its_saved_parts(tmp_path, monkeypatch):
+    import crysgen.evaluation.relaxed_samples as relaxed
+    import crysgen.evaluation.suite as suite
+
+    _sample_folder(tmp_path / "s")
+    monkeypatch.setattr(relaxed, "RESUME_PART", 1)  # one crystal per saved part
+    real, calls = suite.relax_all, []
+
+    def interrupted_after_one(structures, *args, **kwargs):
+        calls.append(len(structures))
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # the run stops during its second part
+        return real(structures, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "relax_all", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        relax_samples(tmp_path / "s", tmp_path / "r", RelaxOptions(steps=200))
+    partial = tmp_path / "r.partial"
+    assert [p.name for p in sorted((partial / "parts").iterdir())] == ["part_00000.json"]
+    assert not (tmp_path / "r").exists()
+    # without --resume the saved part is neither used nor deleted
+    with pytest.raises(CrysgenError, match="--resume"):
+        relax_samples(tmp_path / "s", tmp_path / "r", RelaxOptions(steps=200))
+    # other settings than the interrupted run's are refused
+    with pytest.raises(CrysgenError, match="steps"):
+        relax_samples(tmp_path / "s", tmp_path / "r", RelaxOptions(steps=50), resume=True)
+    assert (partial / "parts" / "part_00000.json").is_file()
+    calls.clear()
+    monkeypatch.setattr(suite, "relax_all", lambda s, *a, **k: calls.append(len(s)) or real(s, *a, **k))
+    res = relax_samples(tmp_path / "s", tmp_path / "r", RelaxOptions(steps=200), resume=True)
+    assert calls == [1]  # only the crystal the interrupted run had not relaxed
+    assert (res.n, res.relaxed, res.kept_as_generated, res.converged) == (3, 1, 1, 1)
+    relaxed_first = Structure.from_file(tmp_path / "r" / "cifs" / "sample_000000.cif")
+    assert 5.4 < relaxed_first.lattice.a < 5.9  # the saved relaxation, written as the CIF
+    assert _rows(tmp_path / "r" / "relax.csv")["sample_000000"]["converged"] == "1"
+    assert not partial.exists() and not (tmp_path / "r" / "parts").exists()

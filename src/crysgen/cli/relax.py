@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="structures per CHGNet forward pass (default: the engine's)")
     p.add_argument("--workers", type=_positive_int, default=1, help="processes for the ase engine (1)")
     p.add_argument("--limit", type=_positive_int, default=None, help="the first N crystals only")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run that left OUT.partial (same SAMPLES, --limit, "
+                        "--fixed-cell, --steps, --fmax and --time-limit); its saved parts are kept")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_relax)
 
@@ -54,7 +57,7 @@ def _cmd_relax(args: argparse.Namespace) -> int:
     options = RelaxOptions(fmax=args.fmax, steps=args.steps, time_limit_s=args.time_limit,
                            device=args.device, batch_size=args.batch, engine=args.engine)
     res = relax_samples(args.samples, args.out, options, relax_cell=not args.fixed_cell,
-                        workers=args.workers, limit=args.limit, progress=not args.quiet)
+                        workers=args.workers, limit=args.limit, progress=not args.quiet, resume=args.resume)
     rmsd = "n/a" if res.mean_rmsd is None else f"{res.mean_rmsd:.3f} Å"
     print(f"relaxed {res.relaxed} of {res.n} crystals ({res.converged} converged, "
           f"{res.kept_as_generated} kept as generated, {res.without_structure} without a structure) "

@@ -140,19 +140,14 @@ def _draw(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be one of {', '.join(DRAWS)}, got {text!r}{hint}")
 
 
-def _restart(text: str) -> tuple[float, int, int]:
-    """``--restart``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds)."""
-    parts = text.split(":")
+def _restart(text: str) -> tuple[float, int, int] | None:
+    """``--restart``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds), refused as argparse refuses."""
+    from crysgen.pipelines.protocol import restart_schedule
+
     try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        sigma, steps, rounds = float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be SIGMA:STEPS or SIGMA:STEPS:ROUNDS (e.g. 0.1:20), "
-                                         f"got {text!r}") from None
-    if not (sigma > 0 and steps >= 1 and rounds >= 1):
-        raise argparse.ArgumentTypeError(f"needs SIGMA > 0, STEPS >= 1 and ROUNDS >= 1, got {text!r}")
-    return sigma, steps, rounds
+        return restart_schedule(text)
+    except CrysgenError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:

@@ -23,8 +23,13 @@ OUT`` scores the relaxed crystals as it scores samples:
   and the date; a sample folder's
   ``summary.json`` (its sampling) is copied as it is.
 
-The folder is written under a temporary name and renamed at the end: an interrupted run leaves
-no half-written output, and an existing non-empty ``--out`` is refused, never overwritten.
+The folder is written under a temporary name (``OUT.partial``) and renamed at the end: an
+interrupted run leaves no half-written output, and an existing non-empty ``--out`` is refused,
+never overwritten. The relaxations are done in parts of :data:`RESUME_PART` crystals, each saved
+to ``OUT.partial/parts/`` as it finishes, so an interrupted run (``crysgen relax --resume``)
+continues where it stopped instead of relaxing everything again; a run without ``--resume`` never
+deletes such parts (it refuses, naming both ways on), and a resume with other inputs or settings
+than the interrupted run's is refused.
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ from typing import Any
 from crysgen.crystal_set import write_text_atomic
 from crysgen.data.structures import load_inputs
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.relaxation import RelaxOptions, relax_engine
+from crysgen.evaluation.relaxation import Relaxation, RelaxOptions, relax_engine
 
+RESUME_PART = 256
+"""Crystals per saved part of the relaxations (the most an interrupted run loses)."""
+PLAN = "plan.json"
 RELAX_TABLE = "relax.csv"
 RELAX_COLUMNS = ("id", "relaxed", "converged", "steps", "initial_energy_per_atom", "energy_per_atom",
                  "rmsd", "seconds", "reason")
@@ -104,7 +112,7 @@ def check_relax_output(out: str | Path) -> Path:
 
 def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | None = None, *,
                   relax_cell: bool = True, workers: int = 1, limit: int | None = None,
-                  progress: bool = False) -> RelaxedSamples:
+                  progress: bool = False, resume: bool = False) -> RelaxedSamples:
     """Relax every crystal of ``samples`` with CHGNet and write a sample folder (module docstring).
 
     Args:
@@ -116,13 +124,15 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
         workers: processes for ASE's engine (the torch engine runs in this process).
         limit: the first ``limit`` crystals only.
         progress: show a progress bar.
+        resume: continue the interrupted run that left ``OUT.partial`` (the same input, limit,
+            relax_cell and relaxation settings; device, engine, batch and workers may differ).
 
     Raises:
         CrysgenError: for a missing or empty input, an output folder that is a file or not
-            empty, or an unknown engine.
+            empty, an unknown engine, an interrupted run's parts without ``resume``, or
+            ``resume`` with inputs or settings other than the interrupted run's.
     """
     from crysgen.data.validity import structurally_valid
-    from crysgen.evaluation.suite import relax_all
     from crysgen.pipelines.sampling import write_sample_row
 
     o = options or RelaxOptions()
@@ -135,13 +145,18 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     rows, columns, sampled = _source_rows(source)
     by_id = {r["id"]: r for r in rows}
     todo = [i for i, c in enumerate(crystals) if c.structure is not None]
+    tmp = dest.with_name(dest.name + ".partial")
+    plan = {"source": str(source.resolve()), "limit": limit, "relax_cell": relax_cell, "n": len(crystals),
+            "ids": [crystals[i].id for i in todo], "fmax": o.fmax, "steps": o.steps,
+            "time_limit_s": o.time_limit_s, "max_volume_ratio": o.max_volume_ratio}
+    saved = _saved_parts(tmp, plan, resume)
     t0 = time.perf_counter()
-    results = relax_all([crystals[i].structure for i in todo], o, workers, progress, relax_cell=relax_cell)
+    results = _relax_in_parts([crystals[i].structure for i in todo], saved, tmp / "parts", o, workers,
+                              progress, relax_cell)
     seconds = time.perf_counter() - t0
 
-    tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if (tmp / "cifs").exists():  # written by a run interrupted after its relaxations
+        shutil.rmtree(tmp / "cifs")
     (tmp / "cifs").mkdir(parents=True)
     result_of = dict(zip(todo, results, strict=True))
     table: list[dict[str, Any]] = []
@@ -186,10 +201,80 @@ def relax_samples(samples: str | Path, out: str | Path, options: RelaxOptions | 
     write_text_atomic(tmp / "sample_config.json", json.dumps(config, indent=1) + "\n")
     if sampled and (source / "summary.json").is_file():  # a sample folder's own summary, as it was
         shutil.copyfile(source / "summary.json", tmp / "summary.json")
+    shutil.rmtree(tmp / "parts")
+    (tmp / PLAN).unlink()
     if dest.exists():
         dest.rmdir()  # empty (checked above)
     tmp.rename(dest)
     return summary
+
+
+def _saved_parts(tmp: Path, plan: dict[str, Any], resume: bool) -> list[list[Relaxation]]:
+    """The parts an interrupted run saved under ``tmp`` (empty for a new run, which sets ``tmp`` up).
+
+    Raises:
+        CrysgenError: for saved parts without ``resume``, or a saved plan other than ``plan``.
+    """
+    parts = sorted((tmp / "parts").glob("part_*.json")) if tmp.is_dir() else []
+    if parts and not resume:
+        raise CrysgenError(f"{tmp} holds {len(parts)} saved part(s) of an interrupted run: pass --resume "
+                           f"to continue it, or delete {tmp} to start again")
+    if parts:
+        try:
+            before = json.loads((tmp / PLAN).read_text())
+        except (OSError, ValueError) as exc:
+            raise CrysgenError(f"{tmp / PLAN} is missing or unreadable ({exc}): cannot resume; "
+                               f"delete {tmp} to start again") from exc
+        changed = sorted(k for k in plan if before.get(k) != plan[k])
+        if changed:
+            raise CrysgenError(f"--resume: the interrupted run in {tmp} had other {', '.join(changed)}; "
+                               f"resume with its inputs and settings, or delete {tmp} to start again")
+        return [_read_part(p) for p in parts]
+    if tmp.exists():
+        shutil.rmtree(tmp)  # nothing saved: a run interrupted before its first part
+    (tmp / "parts").mkdir(parents=True)
+    write_text_atomic(tmp / PLAN, json.dumps(plan) + "\n")
+    return []
+
+
+def _relax_in_parts(structures: list[Any], saved: list[list[Relaxation]], parts: Path, o: RelaxOptions,
+                    workers: int, progress: bool, relax_cell: bool) -> list[Relaxation]:
+    """Relaxations of ``structures`` in order: the ``saved`` parts, then the rest part by part (saved)."""
+    from crysgen.evaluation.suite import relax_all
+
+    results = [r for part in saved for r in part]
+    for k, start in enumerate(range(len(results), len(structures), RESUME_PART), start=len(saved)):
+        if progress:
+            print(f"relaxing crystals {start + 1}-{min(start + RESUME_PART, len(structures))} "
+                  f"of {len(structures)}", flush=True)
+        done = relax_all(structures[start:start + RESUME_PART], o, workers, progress, relax_cell=relax_cell)
+        write_text_atomic(parts / f"part_{k:05d}.json", json.dumps([_relaxation_dict(r) for r in done]))
+        results += done
+    return results
+
+
+def _relaxation_dict(r: Relaxation) -> dict[str, Any]:
+    """A relaxation as JSON-ready values (the structure as pymatgen's dict)."""
+    def number(x: Any) -> float | None:
+        return None if x is None else float(x)
+
+    return {"initial_energy_per_atom": number(r.initial_energy_per_atom),
+            "energy_per_atom": number(r.energy_per_atom), "rmsd": number(r.rmsd), "steps": int(r.steps),
+            "converged": bool(r.converged), "seconds": float(r.seconds), "reason": r.reason,
+            "structure": None if r.structure is None else r.structure.as_dict()}
+
+
+def _read_part(path: Path) -> list[Relaxation]:
+    """A saved part's relaxations."""
+    from pymatgen.core import Structure
+
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CrysgenError(f"{path} is unreadable ({exc}): delete it to relax its crystals again") from exc
+    return [Relaxation(**{k: v for k, v in row.items() if k != "structure"},
+                       structure=None if row["structure"] is None else Structure.from_dict(row["structure"]))
+            for row in rows]
 
 
 def _where(device: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from crysgen.errors import CrysgenError, require_non_negative
 from crysgen.models.atoms import AtomDiffusionBundle
 from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
-from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options
+from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options, restart_schedule
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.pipelines.symmetry import (
     SymmetryBatch,
@@ -219,16 +219,17 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                f"{self.edm.sigma_max:g}] (this model's σ range), got {sigma:g}")
 
     def checked_restart(self, restart: tuple[float, int, int] | None) -> tuple[float, int, int] | None:
-        """``restart`` as (σ, steps, rounds), refused outside this model's σ range (σ_min, σ_max]."""
-        if restart is None:
-            return None
-        sigma, steps, rounds = float(restart[0]), int(restart[1]), int(restart[2])
-        if not self.edm.sigma_min < sigma <= self.edm.sigma_max:
+        """``restart`` (any form :func:`restart_schedule` takes) as (σ, steps, rounds) or None.
+
+        Raises:
+            CrysgenError: for what :func:`restart_schedule` refuses, or σ outside this model's range
+                (σ_min, σ_max].
+        """
+        checked = restart_schedule(restart)
+        if checked is not None and not self.edm.sigma_min < checked[0] <= self.edm.sigma_max:
             raise CrysgenError(f"--restart's σ must lie in ({self.edm.sigma_min:g}, {self.edm.sigma_max:g}] "
-                               f"(this model's σ range), got {sigma:g}")
-        if steps < 1 or rounds < 1:
-            raise CrysgenError(f"--restart needs at least one step and one round, got {steps} and {rounds}")
-        return sigma, steps, rounds
+                               f"(this model's σ range), got {checked[0]:g}")
+        return checked
 
     def template_parts(self, symmetries: list[SiteSymmetry | None], width: int, dim: int) -> Parts:
         """The templates' own coordinates and cells as clean parts of width W (element codes zero).

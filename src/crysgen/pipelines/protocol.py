@@ -12,6 +12,7 @@ sampling run fails before anything is sampled or written.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -51,6 +52,33 @@ def substitute_draw(value: bool | str | None) -> str | None:
     if value is not None and value not in DRAWS:
         raise CrysgenError(f"--substitute must be one of {', '.join(DRAWS)}, got {value!r}")
     return value
+
+
+def restart_schedule(value: str | Sequence[float] | None) -> tuple[float, int, int] | None:
+    """``--restart``'s setting as (σ, steps, rounds), or None (off).
+
+    Args:
+        value: "SIGMA:STEPS[:ROUNDS]" (the CLI's form; ROUNDS defaults to 1), a (σ, steps) or
+            (σ, steps, rounds) sequence, or None.
+
+    Raises:
+        CrysgenError: for another form, σ ≤ 0, or fewer than one step or round (the model's own
+            σ range is checked where the model is known: ``AtomDiffusionModel.checked_restart``).
+    """
+    if value is None:
+        return None
+    parts = value.split(":") if isinstance(value, str) else list(value)
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        sigma, steps, rounds = float(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else 1.0
+    except (TypeError, ValueError):
+        raise CrysgenError(f"--restart must be SIGMA:STEPS or SIGMA:STEPS:ROUNDS (e.g. 0.1:20), "
+                           f"got {value!r}") from None
+    if not (sigma > 0 and steps == int(steps) >= 1 and rounds == int(rounds) >= 1):
+        raise CrysgenError(f"--restart needs SIGMA > 0, STEPS >= 1 and ROUNDS >= 1 (whole numbers), "
+                           f"got {value!r}")
+    return sigma, int(steps), int(rounds)
 
 
 @dataclass(frozen=True)
@@ -138,11 +166,7 @@ class SampleOptions:
         object.__setattr__(self, "substitute", substitute_draw(self.substitute))  # frozen
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.restart is not None:
-            sigma, steps, rounds = self.restart
-            if not (sigma > 0 and int(steps) == steps >= 1 and int(rounds) == rounds >= 1):
-                raise CrysgenError(f"--restart needs σ > 0, steps >= 1 and rounds >= 1, got {self.restart}")
-            object.__setattr__(self, "restart", (float(sigma), int(steps), int(rounds)))  # frozen
+        object.__setattr__(self, "restart", restart_schedule(self.restart))  # frozen
 
 
 class Generator(Protocol):
