@@ -8,7 +8,8 @@ step, raising σ by a factor up to √2; 0 = deterministic) and anti-annealing (
 coordinate and lattice steps lengthened towards low σ; 0 = off). Each setting is scored with
 :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so the rows show what
 sampling alone buys before any retraining, and each row's ``breakdown`` the match rate by the
-target's site and element counts and the targets per miss reason. With ``--relax`` each setting's
+target's site and element counts and the targets per miss reason, and its ``per_target`` each
+target's outcome (``benchmarks/paired_compare.py`` pairs two sweeps on it). With ``--relax`` each setting's
 samples are also relaxed with CHGNet (positions and cell, ``crysgen evaluate --stability``'s FIRE
 settings) and scored again: the row's ``relaxed`` entry. A sample whose relaxation fails is scored
 as generated (counted in ``relaxed.kept_as_generated``).
@@ -29,7 +30,7 @@ from dataclasses import asdict
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, reduced_formula
-from crysgen.evaluation.csp import CSPSample, score_csp
+from crysgen.evaluation.csp import CSPResult, CSPSample, score_csp
 from crysgen.evaluation.relaxation import RelaxOptions
 from crysgen.evaluation.suite import relax_all
 from crysgen.pipelines.atoms import AtomDiffusionModel
@@ -85,6 +86,12 @@ def relax_samples(samples: list[CSPSample], options: RelaxOptions,
             "kept_as_generated": kept, "mean_rmsd_A": float(np.mean(rmsd)) if rmsd else None,
             "seconds": round(time.perf_counter() - t0, 1)}
     return out, info
+
+
+def per_target(res: CSPResult) -> dict[str, list]:
+    """Target id -> [its number of sites, the matched sample's RMS distance or None (a miss)]: what
+    ``paired_compare.py`` pairs two sweeps of the same targets and seed on."""
+    return {r["id"]: [r["num_sites"], r["rms_dist"] if r["matched"] else None] for r in res.rows}
 
 
 def seeded_subset(targets: CrystalSet, n: int, seed: int) -> CrystalSet:
@@ -166,7 +173,8 @@ def main() -> None:
                "anneal_rho_lattice": args.anneal_rho_lattice, "template_start": start,
                "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse, "n_targets": res.n_targets,
                "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
-               "scoring_seconds": res.seconds, "breakdown": res.breakdown()}
+               "scoring_seconds": res.seconds, "breakdown": res.breakdown(),
+               "per_target": per_target(res)}
         if args.relax:
             relaxed, info = relax_samples(samples, relax, args.workers)
             rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)

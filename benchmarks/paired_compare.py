@@ -11,6 +11,13 @@ difference in COV-P (or validity) of a point or less on 10,000 samples, overall 
 Each NAME is a result file ``benchmarks/results/NAME.json`` whose report folder (``--work``/NAME/report)
 still exists, or whose ``structures.csv`` was kept as ``benchmarks/results/reports/NAME_structures.csv.gz``
 (``--keep`` writes that copy); the two must score the same dataset with the same samples' ids.
+
+Two CSP sweeps (``atom_csp_sweep_*.json`` with ``per_target`` rows: one sample per target, the same
+targets and seed) are paired target by target on ``csp_matched`` instead (``--row I`` of each file,
+default 0; site-count bins by the target's sites)::
+
+    python benchmarks/paired_compare.py atom_csp_sweep_mp_20_bundled_cpu atom_csp_sweep_mp_20_site13k_cpu \
+        --name csp_bundled_vs_site13k
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from crysgen.crystal_set import part_path
-from crysgen.evaluation.comparison import PAIRED_COLUMNS, compare_reports
+from crysgen.evaluation.comparison import PAIRED_COLUMNS, compare_outcomes, compare_reports
 from provenance import ROOT, write_result
 
 KEPT = ROOT / "benchmarks" / "results" / "reports"
@@ -43,6 +50,15 @@ def report_of(name: str, work: Path, *, keep: bool) -> Path:
     raise SystemExit(f"neither {table} nor {kept}: re-make the report with the command in {name}.json")
 
 
+def csp_outcomes(result: dict, row: int, name: str) -> dict[str, tuple[bool | None, int]]:
+    """A CSP sweep's row ``row`` as target id -> (matched, the target's sites)."""
+    rows = result["rows"]
+    if not 0 <= row < len(rows) or "per_target" not in rows[row]:
+        raise SystemExit(f"{name} has no row {row} with per-target outcomes (sweeps written before "
+                         "they were kept have none: run the sweep again)")
+    return {t: (rms is not None, int(sites)) for t, (sites, rms) in rows[row]["per_target"].items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name_a", help="model A's result file (benchmarks/results/NAME.json)")
@@ -50,6 +66,7 @@ def main() -> None:
     p.add_argument("--name", required=True, help="output: paired_<name>.json")
     p.add_argument("--columns", default="cov_precise,struct_valid",
                    help=f"comma-separated, of {', '.join(PAIRED_COLUMNS)} (%(default)s)")
+    p.add_argument("--row", type=int, default=0, help="CSP sweeps: the row (sampler setting) of each (0)")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".work"))
     p.add_argument("--keep", action="store_true",
                    help="copy each report's structures.csv, gzipped, to benchmarks/results/reports/ so "
@@ -61,8 +78,12 @@ def main() -> None:
     datasets = {r["dataset"] for r in results.values()}
     if len(datasets) != 1:
         raise SystemExit(f"the two score different datasets: {sorted(datasets)}")
-    reports = [report_of(n, work, keep=args.keep) for n in (args.name_a, args.name_b)]
-    comparisons = {c: asdict(compare_reports(*reports, column=c)) for c in args.columns.split(",")}
+    if all("rows" in r for r in results.values()):  # two CSP sweeps
+        a, b = (csp_outcomes(results[n], args.row, n) for n in (args.name_a, args.name_b))
+        comparisons = {"csp_matched": asdict(compare_outcomes(a, b, "csp_matched"))}
+    else:
+        reports = [report_of(n, work, keep=args.keep) for n in (args.name_a, args.name_b)]
+        comparisons = {c: asdict(compare_reports(*reports, column=c)) for c in args.columns.split(",")}
     for c, d in comparisons.items():
         o = d["overall"]
         print(f"{c}: A {100 * o['rate_a']:.2f} %, B {100 * o['rate_b']:.2f} %, only A {o['only_a']}, "
