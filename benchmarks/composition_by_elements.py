@@ -1,0 +1,78 @@
+"""Compositional validity by number of distinct elements, samples against training crystals
+-> results/composition_by_elements_<name>.json.
+
+CDVAE's compositional validity (SMACT charge neutrality with the Pauling test, as the suite scores
+it: :func:`crysgen.evaluation.compositional.smact_valid`) and W(#elements) are read as one problem
+("too many elements"), but a composition with more elements has more oxidation-state combinations
+to balance, so it passes more often. This splits both sides by the number of distinct elements:
+the share of crystals with k elements and their validity. A generator whose k-element compositions
+are as valid as the training crystals' but too many has a count problem; one whose compositions fail
+at every k has a stoichiometry problem.
+
+    python benchmarks/composition_by_elements.py benchmarks/.work/cpu_samples/samples_mp20bund10k \\
+        --train .gpuwork/mp_20_asis_train_partial.npz --name mp20_bundled_10k
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pymatgen.core import Composition, Element
+from tqdm import tqdm
+
+from crysgen import CrystalSet
+from crysgen.evaluation.compositional import smact_valid
+from provenance import write_result
+
+
+def by_elements(compositions: Iterable[Sequence[int]]) -> dict[str, object]:
+    """Crystals (each its atomic numbers, one per site) split by distinct elements: per k the count,
+    the share and the compositionally valid share; and over all."""
+    n: Counter[int] = Counter()
+    ok: Counter[int] = Counter()
+    for z in compositions:
+        k = len(set(z))
+        n[k] += 1
+        ok[k] += smact_valid(z)
+    total = sum(n.values())
+    return {"n": total, "comp_valid": sum(ok.values()) / total if total else None,
+            "by_elements": {str(k): {"n": n[k], "share": n[k] / total, "comp_valid": ok[k] / n[k]}
+                            for k in sorted(n)}}
+
+
+def sample_compositions(folder: Path) -> list[list[int]]:
+    """Atomic numbers of every decoded sample of a `crysgen sample` folder (from samples.csv's formula)."""
+    with (folder / "samples.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("formula")]
+    out = []
+    for r in tqdm(rows, desc="samples", unit="crystal"):
+        amounts = Composition(r["formula"]).get_el_amt_dict()
+        out.append([Element(e).Z for e, a in amounts.items() for _ in range(round(a))])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("samples", type=Path, help="a `crysgen sample` folder")
+    p.add_argument("--train", required=True, type=Path, help="the training CrystalSet .npz")
+    p.add_argument("--name", required=True, help="output: composition_by_elements_<name>.json")
+    args = p.parse_args()
+    train = CrystalSet.load(args.train)
+    train_z = [[int(z) for z in train.atomic_numbers[i][: train.num_sites[i]]]
+               for i in tqdm(range(len(train)), desc="train", unit="crystal")]
+    generated, reference = by_elements(sample_compositions(args.samples)), by_elements(train_z)
+    for label, d in (("samples", generated), ("train", reference)):
+        print(label, f"{100 * d['comp_valid']:.1f} %",
+              {k: (f"{100 * v['share']:.1f} %", f"{100 * v['comp_valid']:.1f} %")
+               for k, v in d["by_elements"].items()})
+    write_result(f"composition_by_elements_{args.name}", {
+        "samples": str(args.samples), "train": str(args.train), "validity": "smact_valid (suite's)",
+        "generated": generated, "training": reference})
+
+
+if __name__ == "__main__":
+    main()
