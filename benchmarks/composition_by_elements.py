@@ -7,7 +7,9 @@ it: :func:`crysgen.evaluation.compositional.smact_valid`) and W(#elements) are r
 to balance, so it passes more often. This splits both sides by the number of distinct elements:
 the share of crystals with k elements and their validity. A generator whose k-element compositions
 are as valid as the training crystals' but too many has a count problem; one whose compositions fail
-at every k has a stoichiometry problem.
+at every k has a stoichiometry problem. ``generated_valid_at_training_counts`` weighs the samples'
+validity at each k by the training crystals' share of k: the samples' validity with the element
+counts corrected and nothing else.
 
     python benchmarks/composition_by_elements.py benchmarks/.work/cpu_samples/samples_mp20bund10k \\
         --train .gpuwork/mp_20_asis_train_partial.npz --name mp20_bundled_10k
@@ -69,9 +71,15 @@ def main() -> None:
         print(label, f"{100 * d['comp_valid']:.1f} %",
               {k: (f"{100 * v['share']:.1f} %", f"{100 * v['comp_valid']:.1f} %")
                for k, v in d["by_elements"].items()})
+    g, t = generated["by_elements"], reference["by_elements"]
+    # the samples' validity per element count, weighted by the training crystals' shares of the counts
+    at_training_counts = sum(t[k]["share"] * g[k]["comp_valid"] for k in t if k in g) / sum(
+        t[k]["share"] for k in t if k in g)
+    print(f"samples at the training element counts: {100 * at_training_counts:.1f} %")
     write_result(f"composition_by_elements_{args.name}", {
         "samples": str(args.samples), "train": str(args.train), "validity": "smact_valid (suite's)",
-        "generated": generated, "training": reference})
+        "generated": generated, "training": reference,
+        "generated_valid_at_training_counts": at_training_counts})
 
 
 if __name__ == "__main__":
