@@ -9,7 +9,10 @@ the share of crystals with k elements and their validity. A generator whose k-el
 are as valid as the training crystals' but too many has a count problem; one whose compositions fail
 at every k has a stoichiometry problem. ``generated_valid_at_training_counts`` weighs the samples'
 validity at each k by the training crystals' share of k: the samples' validity with the element
-counts corrected and nothing else.
+counts corrected and nothing else. ``by_sites`` splits both sides by the number of sites, and
+``invalid_one_site_off`` is the share of the invalid sample compositions that one atom more or fewer
+of one of their elements makes valid: a generator that draws the number of sites first must fit a
+composition to it.
 
     python benchmarks/composition_by_elements.py benchmarks/.work/cpu_samples/samples_mp20bund10k \\
         --train .gpuwork/mp_20_asis_train_partial.npz --name mp20_bundled_10k
@@ -46,6 +49,33 @@ def by_elements(compositions: Iterable[Sequence[int]]) -> dict[str, object]:
                             for k in sorted(n)}}
 
 
+def one_site_off(z: Sequence[int]) -> bool:
+    """Whether one atom more or fewer of an element the composition holds makes it valid."""
+    for e in sorted(set(z)):
+        fewer = list(z)
+        fewer.remove(e)
+        if (fewer and smact_valid(fewer)) or smact_valid([*z, e]):
+            return True
+    return False
+
+
+def by_sites(compositions: Iterable[Sequence[int]], *, repairs: bool) -> dict[str, dict[str, float]]:
+    """Per number of sites: the count, the valid share and (``repairs``) the share of the invalid
+    compositions that one atom more or fewer of one of their elements makes valid."""
+    n: Counter[int] = Counter()
+    ok: Counter[int] = Counter()
+    fix: Counter[int] = Counter()
+    for z in compositions:
+        v = smact_valid(z)
+        n[len(z)] += 1
+        ok[len(z)] += v
+        fix[len(z)] += bool(repairs and not v and one_site_off(z))
+    out: dict[str, dict[str, float]] = {str(k): {"n": n[k], "comp_valid": ok[k] / n[k]} for k in sorted(n)}
+    for k in sorted(n) if repairs else ():
+        out[str(k)]["invalid_one_site_off"] = fix[k] / (n[k] - ok[k]) if n[k] > ok[k] else None
+    return out
+
+
 def sample_compositions(folder: Path) -> list[list[int]]:
     """Atomic numbers of every decoded sample of a `crysgen sample` folder (from samples.csv's formula)."""
     with (folder / "samples.csv").open(newline="") as f:
@@ -66,7 +96,12 @@ def main() -> None:
     train = CrystalSet.load(args.train)
     train_z = [[int(z) for z in train.atomic_numbers[i][: train.num_sites[i]]]
                for i in tqdm(range(len(train)), desc="train", unit="crystal")]
-    generated, reference = by_elements(sample_compositions(args.samples)), by_elements(train_z)
+    sampled = sample_compositions(args.samples)
+    generated, reference = by_elements(sampled), by_elements(train_z)
+    generated["by_sites"] = by_sites(sampled, repairs=True)
+    reference["by_sites"] = by_sites(train_z, repairs=False)
+    invalid = [z for z in sampled if not smact_valid(z)]
+    generated["invalid_one_site_off"] = sum(one_site_off(z) for z in invalid) / len(invalid) if invalid else None
     for label, d in (("samples", generated), ("train", reference)):
         print(label, f"{100 * d['comp_valid']:.1f} %",
               {k: (f"{100 * v['share']:.1f} %", f"{100 * v['comp_valid']:.1f} %")
