@@ -77,13 +77,15 @@ def by_sites(compositions: Iterable[Sequence[int]], *, repairs: bool) -> dict[st
 
 
 def sample_compositions(folder: Path) -> list[list[int]]:
-    """Atomic numbers of every decoded sample of a `crysgen sample` folder (from samples.csv's formula)."""
+    """Atomic numbers of every decoded sample of a `crysgen sample` folder, one per site (from
+    samples.csv's formula and num_sites)."""
     with (folder / "samples.csv").open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("formula")]
     out = []
     for r in tqdm(rows, desc="samples", unit="crystal"):
-        amounts = Composition(r["formula"]).get_el_amt_dict()
-        out.append([Element(e).Z for e, a in amounts.items() for _ in range(round(a))])
+        amounts = Composition(r["formula"]).get_el_amt_dict()  # the formula may be reduced:
+        scale = int(r["num_sites"]) / sum(amounts.values()) if r.get("num_sites") else 1.0  # the cell's
+        out.append([Element(e).Z for e, a in amounts.items() for _ in range(round(a * scale))])
     return out
 
 
@@ -101,7 +103,8 @@ def main() -> None:
     generated["by_sites"] = by_sites(sampled, repairs=True)
     reference["by_sites"] = by_sites(train_z, repairs=False)
     invalid = [z for z in sampled if not smact_valid(z)]
-    generated["invalid_one_site_off"] = sum(one_site_off(z) for z in invalid) / len(invalid) if invalid else None
+    generated["invalid_one_site_off"] = (sum(one_site_off(z) for z in invalid) / len(invalid)
+                                         if invalid else None)
     for label, d in (("samples", generated), ("train", reference)):
         print(label, f"{100 * d['comp_valid']:.1f} %",
               {k: (f"{100 * v['share']:.1f} %", f"{100 * v['comp_valid']:.1f} %")
