@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +204,75 @@ def test_an_unknown_site_weighting_is_refused_with_the_choices():
 
     with pytest.raises(CrysgenError, match="crystal, sqrt, site"):
         AtomEDMConfig(site_weighting="atom")
+
+
+def _as_sets(parts: Parts, mask: torch.Tensor):
+    from crysgen.representations.atoms import AtomSets
+
+    m = mask.numpy()
+    return AtomSets(parts.types.numpy(), parts.frac.numpy(), parts.lattice.numpy(), m,
+                    np.zeros(m.shape, np.int64))
+
+
+def test_empty_sites_decode_back_to_the_same_crystals():
+    """Empty tokens carry no element's code and the per-token lattice describes the same cell:
+    decoding with ``empty_sites`` gives back each crystal (elements, positions, cell)."""
+    from crysgen.objectives.atom_edm import add_empty_sites
+
+    names = ("NaCl", "SrTiO3", "ZnO_wurtzite")
+    cs = CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names))
+    spec = AtomSetSpec.fit(cs, max_atoms=8)
+    sets = encode(cs, spec)
+    x0 = Parts(torch.from_numpy(sets.types), torch.from_numpy(sets.frac), torch.from_numpy(sets.lattice))
+    mask, consts = torch.from_numpy(sets.mask), Constants.from_spec(spec)
+    empty = torch.tensor([2, 0, 3])
+    gen = torch.Generator().manual_seed(0)
+    parts, tokens = add_empty_sites(x0, mask, empty, consts, extra=4, generator=gen)
+    assert tokens.shape == (3, 12) and tokens.sum(1).tolist() == (mask.sum(1) + empty).tolist()
+    assert torch.equal(tokens[:, :8] & mask, mask)  # real sites stay where they were
+    plain = decode(sets, spec).crystals
+    back = decode(_as_sets(parts, tokens), spec, empty_sites=True).crystals
+    assert back.num_sites.tolist() == plain.num_sites.tolist()
+    np.testing.assert_array_equal(back.atomic_numbers[:, :8], plain.atomic_numbers)
+    assert not back.atomic_numbers[:, 8:].any()
+    np.testing.assert_allclose(back.frac_coords[:, :8], plain.frac_coords, atol=1e-6)
+    np.testing.assert_allclose(back.lattice, plain.lattice, rtol=1e-5)
+    # read without empty sites, the same tokens give other crystals: the flag matters
+    other = decode(_as_sets(parts, tokens), spec).crystals
+    assert other.num_sites.tolist() != plain.num_sites.tolist()
+    with pytest.raises(ValueError, match="cannot hold"):
+        add_empty_sites(x0, mask, empty, consts, extra=2)
+
+
+def test_the_loss_gives_empty_sites_to_de_novo_crystals_only(monkeypatch):
+    import crysgen.objectives.atom_edm as ae
+
+    x0, mask, consts = _batch()
+    seen = []
+    real = ae.add_empty_sites
+
+    def spy(x, m, empty, c, **kw):
+        seen.append((empty.clone(), kw["extra"]))
+        return real(x, m, empty, c, **kw)
+
+    monkeypatch.setattr(ae, "add_empty_sites", spy)
+    net = AtomTransformer(type_dim=39, d_model=16, n_layers=1, n_heads=2, edge_hidden=8).eval()
+    for frac in (0.0, 1.0):
+        cfg = AtomEDMConfig(empty_sites=3, csp_fraction=frac)
+        gens = [torch.Generator().manual_seed(k) for k in range(12)]
+        total = torch.stack([edm_loss(net, x0, mask, cfg, consts, generator=g)[0] for g in gens])
+        assert torch.isfinite(total).all()
+    drawn = torch.cat([e for e, _ in seen[:12]])
+    assert {int(v) for v in drawn} == {0, 1, 2, 3} and all(x == 3 for _, x in seen)
+    assert all(int(e.max()) == 0 for e, _ in seen[12:])  # given compositions keep their atoms
+    seen.clear()
+    edm_loss(net, x0, mask, AtomEDMConfig(), consts, generator=torch.Generator().manual_seed(0))
+    assert not seen
+
+
+@pytest.mark.parametrize("value", [-1, 1.5])
+def test_a_bad_number_of_empty_sites_is_refused(value):
+    from crysgen.errors import CrysgenError
+
+    with pytest.raises(CrysgenError, match="empty_sites"):
+        AtomEDMConfig(empty_sites=value)

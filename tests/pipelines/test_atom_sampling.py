@@ -736,3 +736,63 @@ def test_crystens_models_refuse_a_restart(tmp_path):
 
     with pytest.raises(CrysgenError, match="atom diffusion models only"):
         sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, restart=(0.1, 5, 1)), progress=False)
+
+
+@pytest.fixture(scope="module")
+def empty_model(tmp_path_factory, crystals):
+    """model_dir's network and spec trained (as it says) with up to 3 empty sites per crystal."""
+    torch.manual_seed(0)
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.zeros_(net.lattice_out.weight)
+    torch.nn.init.zeros_(net.lattice_out.bias)
+    spec = AtomSetSpec.fit(crystals, max_atoms=30)
+    model = AtomDiffusionModel(net, AtomEDMConfig(empty_sites=3), spec, {"name": "t"})
+    return model.save_pretrained(tmp_path_factory.mktemp("e") / "m", half=False)
+
+
+def test_a_model_with_empty_sites_draws_its_tokens_from_sites_plus_up_to_that_many_empty(empty_model):
+    empty_model = AtomDiffusionModel.from_pretrained(empty_model)
+    sizes = np.asarray(empty_model.spec.num_atoms_counts, float)
+    drawn = empty_model.draw_tokens(40_000, seed=1)
+    want = np.convolve(sizes, np.ones(4))
+    want /= want.sum()
+    got = np.bincount(drawn, minlength=len(want)) / len(drawn)
+    assert len(got) == len(want) and np.abs(got - want).max() < 0.01
+    assert set(np.flatnonzero(want)) == set(np.unique(drawn))  # e.g. every size + 0..3
+
+
+def test_de_novo_samples_of_a_model_with_empty_sites_drop_the_tokens_that_decode_to_no_element(empty_model):
+    from crysgen.representations.atoms import lattice_parameters
+
+    empty_model = AtomDiffusionModel.from_pretrained(empty_model)
+    n = 48
+    sets = empty_model.sample_sets(n, steps=4, seed=2)
+    assert sets.mask.shape == (n, 33)
+    np.testing.assert_array_equal(sets.mask.sum(1), empty_model.draw_tokens(n, seed=[2, 1]))
+    # the nearest code of each token, computed here: row 0 of the codes is no element
+    spec = empty_model.spec
+    table = spec.codes()[[0, *spec.elements]]
+    dist = ((sets.types[..., None, :] - table) ** 2).sum(-1)
+    holds_atom = (dist.argmin(-1) > 0) & sets.mask
+    assert (holds_atom.sum(1) < sets.mask.sum(1)).any()  # some tokens came out empty
+    res = empty_model.generate(n, steps=4, seed=2)
+    decoded = {cid: (k, lat) for cid, k, lat in zip(res.crystals.ids, res.crystals.num_sites,
+                                                        res.crystals.lattice, strict=True)}
+    cells = lattice_parameters(sets.lattice, sets.mask.sum(1), spec)
+    checked = 0
+    for i in range(n):
+        if f"sample_{i}" in decoded:
+            k, lat = decoded[f"sample_{i}"]
+            assert k == holds_atom[i].sum()
+            np.testing.assert_allclose(lat, cells[i], rtol=1e-5)
+            checked += 1
+    assert checked > n // 2
+
+
+def test_a_model_with_empty_sites_keeps_a_given_composition_whole(empty_model, tmp_path):
+    sample_to_dir(empty_model, tmp_path / "s",
+                  SampleOptions(n=4, steps=3, formula="SrTiO3", num_atoms=5), progress=False)
+    decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
+    assert decoded and all(s.composition.reduced_formula == "SrTiO3" and len(s) == 5 for s in decoded)

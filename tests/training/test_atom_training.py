@@ -301,3 +301,15 @@ def test_permute_axes_reorders_the_training_batch_only_when_asked(tiny_set, monk
     (frac_off, lat_off), (frac_on, lat_on) = seen
     assert torch.equal(frac_off, batch[1]) and torch.equal(lat_off, batch[2])
     assert not torch.equal(lat_on, batch[2]) and not torch.equal(frac_on, batch[1])
+
+
+def test_a_warm_start_with_empty_sites_keeps_the_setting_and_samples_with_it(tiny_set, tmp_path):
+    plain = train_atom_diffusion(tiny_set, tmp_path / "a", config=AtomTrainConfig.from_dict(TINY),
+                                 max_steps=2, accelerator="cpu", progress=False)
+    cfg = AtomTrainConfig.from_dict(TINY | {"edm": {"empty_sites": 2}})
+    warm = train_atom_diffusion(tiny_set, tmp_path / "b", config=cfg, max_steps=2, accelerator="cpu",
+                                progress=False, init=plain, val=tiny_set)
+    model = AtomDiffusionModel.from_pretrained(warm)
+    assert model.edm.empty_sites == 2
+    sets = model.sample_sets(6, steps=2, seed=0)
+    assert sets.mask.shape[1] == model.spec.max_atoms + 2

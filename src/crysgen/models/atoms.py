@@ -62,6 +62,13 @@ class AtomEDMConfig:
             sites, as DiffCSP's losses average over all atoms of a batch), or "sqrt" between the
             two (a crystal weighs in proportion to the square root of its sites). The lattice's
             loss is per crystal under all three. Training only: sampling does not read it.
+        empty_sites: the most empty sites ("no atom" tokens) a de novo training crystal gets
+            beside its real ones (0 = off): each such crystal gets 0 to ``empty_sites`` of them,
+            uniformly, with the code of no element, random coordinates and its lattice features
+            scaled per token (:func:`~crysgen.objectives.atom_edm.add_empty_sites`). The sampler
+            then draws a number of tokens (the training histogram of sites plus empty sites), and
+            the tokens that decode to no element are dropped: the model chooses how many atoms a
+            de novo crystal holds. Crystals with given elements never get any.
     """
 
     p_mean: float = -1.2
@@ -78,6 +85,7 @@ class AtomEDMConfig:
     anneal_rho: float = 0.0
     anneal_rho_lattice: float | None = None
     site_weighting: str = "crystal"
+    empty_sites: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -91,6 +99,9 @@ class AtomEDMConfig:
                                f"got {self.site_weighting!r}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise CrysgenError("edm: need 0 < sigma_min < sigma_max")
+        if int(self.empty_sites) != self.empty_sites or self.empty_sites < 0:
+            raise CrysgenError(f"edm.empty_sites must be a whole number >= 0, got {self.empty_sites}")
+        object.__setattr__(self, "empty_sites", int(self.empty_sites))
         require_non_negative({"edm.s_churn": self.s_churn, "edm.anneal_rho": self.anneal_rho,
                               "edm.anneal_rho_lattice": self.anneal_rho_lattice})
 

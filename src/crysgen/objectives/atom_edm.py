@@ -33,17 +33,23 @@ class Parts(NamedTuple):
 
 @dataclass
 class Constants:
-    """Data statistics the denoiser needs (from the model's AtomSetSpec), as tensors."""
+    """Data statistics the denoiser needs (from the model's AtomSetSpec), as tensors.
+
+    ``empty_code`` (D,) is the centred code of no element (an empty site's; None: the model has
+    no empty sites).
+    """
 
     type_sigma: float
     lattice_mean: torch.Tensor = field(default_factory=lambda: torch.zeros(6))
     lattice_std: torch.Tensor = field(default_factory=lambda: torch.ones(6))
+    empty_code: torch.Tensor | None = None
 
     @classmethod
     def from_spec(cls, spec: Any) -> Constants:
         """From an :class:`~crysgen.representations.atoms.AtomSetSpec`."""
         return cls(float(spec.type_sigma), torch.tensor(spec.lattice_mean, dtype=torch.float32),
-                   torch.tensor(spec.lattice_std, dtype=torch.float32))
+                   torch.tensor(spec.lattice_std, dtype=torch.float32),
+                   torch.as_tensor(spec.codes()[0], dtype=torch.float32))
 
 
 def wrap(x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +87,56 @@ def permute_axes(frac: torch.Tensor, lattice: torch.Tensor, consts: Constants,
     raw = torch.gather(lattice * std + mean, 1, torch.cat([perm, perm + 3], dim=1))
     frac = torch.gather(frac, 2, perm[:, None, :].expand_as(frac))
     return frac, (raw - mean) / std
+
+
+def add_empty_sites(x0: Parts, mask: torch.Tensor, empty: torch.Tensor, consts: Constants, *,
+                    extra: int | None = None, generator: torch.Generator | None = None
+                    ) -> tuple[Parts, torch.Tensor]:
+    """Each crystal with ``empty[i]`` empty sites ("no atom" tokens) in its first free slots.
+
+    An empty site has the code of no element (``consts.empty_code``) and a uniformly random
+    position; the lattice features, whose lengths are per token (ln a - ln(tokens) / 3), are
+    shifted so that they describe the same cell with the new number of tokens. Decoding the
+    result (:func:`~crysgen.representations.atoms.decode` with ``empty_sites``) gives back the
+    crystals.
+
+    Args:
+        x0: clean parts, element codes (B, S, D), coordinates (B, S, 3), lattice (B, 6).
+        mask: bool (B, S) real sites.
+        empty: int (B,) empty sites per crystal (>= 0).
+        consts: data statistics with ``empty_code``.
+        extra: slots added to every row (at least ``empty.max()``; None: that many), so that a
+            compiled network sees one width.
+        generator: a CPU generator for the positions (None: the global one, on the parts' device).
+
+    Returns:
+        (parts, mask) of width S + ``extra``; ``mask`` marks every token, real or empty.
+    """
+    if consts.empty_code is None:
+        raise ValueError("these constants have no empty-site code (Constants.from_spec gives one)")
+    b, s = mask.shape
+    dev = mask.device
+    empty = empty.to(dev)
+    most = int(empty.max()) if len(empty) else 0
+    extra = most if extra is None else int(extra)
+    if extra < most:
+        raise ValueError(f"extra={extra} slots cannot hold {most} empty sites")
+    real = torch.nn.functional.pad(mask, (0, extra))
+    free = ~real
+    hole = free & (torch.cumsum(free.long(), 1) <= empty[:, None])
+    pad = (0, 0, 0, extra)
+    if generator is None:
+        pos = torch.rand(b, s + extra, 3, device=dev)
+    else:
+        pos = torch.rand(b, s + extra, 3, generator=generator, device="cpu").to(dev)
+    code = consts.empty_code.to(x0.types)
+    types = torch.where(hole[..., None], code, torch.nn.functional.pad(x0.types, pad))
+    frac = torch.where(hole[..., None], pos.to(x0.frac), torch.nn.functional.pad(x0.frac, pad))
+    n = mask.sum(1).clamp_min(1).float()
+    ratio = ((n + empty.float()) / n).log() / 3
+    shift = torch.zeros_like(x0.lattice)
+    shift[:, :3] = ratio[:, None] / consts.lattice_std[:3].to(shift)
+    return Parts(types, frac, x0.lattice - shift), real | hole
 
 
 def _precond(sigma: torch.Tensor, sd: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,7 +215,9 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     (equivalently λ(σ)·|D − x|², which weighs every σ alike); padding sites never count, and the
     types' loss skips crystals whose element codes were given. ``conditions`` (int (B,) tensors by
     the network's keyword) condition a conditioned network; for each, ``cfg.cond_dropout`` of the
-    crystals get 0 (none) instead. ``cfg.site_weighting`` says how the per-site parts average over
+    crystals get 0 (none) instead. With ``cfg.empty_sites``, each crystal whose element codes are
+    not given first gets empty sites (:func:`add_empty_sites`), which count as sites in every part.
+    ``cfg.site_weighting`` says how the per-site parts average over
     the batch in the returned total; the returned parts are always per-crystal means (each
     crystal's sites averaged, then the crystals), so that runs with either weighting compare.
     """
@@ -173,6 +231,11 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     sigma = (randn(b) * cfg.p_std + cfg.p_mean).exp()
     given = (torch.rand(b, generator=generator, device="cpu" if generator is not None else dev)
              < cfg.csp_fraction).to(dev)
+    if cfg.empty_sites > 0:  # de novo crystals only: a given composition fixes the atoms
+        where = "cpu" if generator is not None else dev
+        empty = torch.randint(0, cfg.empty_sites + 1, (b,), generator=generator, device=where).to(dev)
+        x0, mask = add_empty_sites(x0, mask, torch.where(given, torch.zeros_like(empty), empty), consts,
+                                   extra=cfg.empty_sites, generator=generator)
     m = mask[..., None].float()
     n_t = randn(*x0.types.shape) * sigma[:, None, None]
     xt = Parts(torch.where(given[:, None, None], x0.types, x0.types + n_t) * m,

@@ -253,6 +253,15 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         """Int (n,) site counts from the training histogram."""
         return _draw(np.asarray(self.spec.num_atoms_counts, float), n, seed)
 
+    def draw_tokens(self, n: int, seed: int | list[int] = 0) -> np.ndarray:
+        """Int (n,) numbers of tokens (sites plus empty sites) for a model with ``edm.empty_sites``.
+
+        Their histogram is the one training made: each crystal's sites plus 0 to
+        ``edm.empty_sites`` empty ones, uniformly (the site histogram convolved with that).
+        """
+        counts = np.convolve(np.asarray(self.spec.num_atoms_counts, float), np.ones(self.edm.empty_sites + 1))
+        return _draw(counts, n, seed)
+
     def draw_sizes(self, n: int, seed: int | list[int] = 0) -> tuple[np.ndarray, np.ndarray]:
         """Int (n,) site counts and (n,) distinct-element counts, drawn jointly.
 
@@ -337,9 +346,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         edm = edm if anneal_rho is None else replace(edm, anneal_rho=float(anneal_rho))
         if anneal_rho_lattice is not None:
             edm = replace(edm, anneal_rho_lattice=float(anneal_rho_lattice))
-        s = self.spec.max_atoms
+        empty = self.edm.empty_sites if atomic_numbers is None else 0
+        s = self.spec.max_atoms + empty
         seeds = [int(v) for v in np.atleast_1d(seed)]
         count_elements = self.net.cfg.num_elements
+        if empty and count_elements:
+            raise CrysgenError("a model with empty sites cannot also be conditioned on its number of "
+                               "elements")
         elements = None
         template_groups = None
         if templates is not None:
@@ -353,6 +366,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             size_seed = [*np.atleast_1d(seed).tolist(), 1]
             if count_elements:
                 num, elements = self.draw_sizes(n, seed=size_seed)
+            elif empty:
+                num = self.draw_tokens(n, seed=size_seed)
             else:
                 num = self.draw_num_atoms(n, seed=size_seed)
             if templates is not None:
@@ -362,6 +377,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         else:
             z = np.asarray(atomic_numbers, np.int64)
             mask = z > 0
+            s = mask.shape[1]
             elements = num_elements(z) if count_elements else None
         codes = torch.as_tensor(self.spec.codes())
         if precision not in ("fp32", "bf16"):
@@ -456,7 +472,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                 anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision,
                                 template_start=template_start, restart=restart)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
-                     max_elements=sets.num_elements if limit_element_count else None)
+                     max_elements=sets.num_elements if limit_element_count else None,
+                     empty_sites=self.edm.empty_sites > 0 and z is None)
         return as_decode_result(res, n)
 
     def encode(self, crystals: CrystalSet) -> AtomSets:

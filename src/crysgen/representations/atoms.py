@@ -284,7 +284,7 @@ class AtomDecodeResult:
 
 def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
            atomic_numbers: np.ndarray | None = None,
-           max_elements: np.ndarray | None = None) -> AtomDecodeResult:
+           max_elements: np.ndarray | None = None, empty_sites: bool = False) -> AtomDecodeResult:
     """:class:`AtomSets` (as sampled: ``types`` may be noisy codes) -> crystals.
 
     Args:
@@ -296,21 +296,31 @@ def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
         max_elements: int (N,) the most distinct elements each sample may snap to (see
             :func:`nearest_elements_at_most`; e.g. the counts an element-count model was
             conditioned on); None: every site snaps on its own.
+        empty_sites: the sets hold empty sites (a model trained with ``edm.empty_sites``): a
+            token whose code is nearest to no element's (:meth:`AtomSetSpec.codes` row 0) is
+            dropped, and the lattice lengths are read per token (``sets.mask``, real and empty),
+            as such a model makes them. Only without ``atomic_numbers`` and ``max_elements``.
 
     A sample fails (with a reason, never an exception) for non-finite numbers, no site, or a
     lattice that is no real cell (lengths outside 0.5-1000 Å, or angles that give no volume).
+
+    Raises:
+        CrysgenError: for ``empty_sites`` with ``atomic_numbers`` or ``max_elements``.
     """
     n = len(sets)
     ids = list(ids) if ids is not None else [f"sample_{i}" for i in range(n)]
     mask = np.asarray(sets.mask, bool)
-    num = mask.sum(1)
+    if empty_sites and (atomic_numbers is not None or max_elements is not None):
+        raise CrysgenError("empty sites are decoded only for de novo samples without an element limit")
     if atomic_numbers is not None:
         z = np.asarray(atomic_numbers, np.int64) * mask
     elif max_elements is not None:
         z = nearest_elements_at_most(sets.types, mask, spec.elements, spec, max_elements)
     else:
-        z = nearest_elements(sets.types, spec.elements, spec) * mask
-    params = lattice_parameters(sets.lattice, num, spec)
+        z = nearest_elements(sets.types, [0, *spec.elements] if empty_sites else spec.elements, spec) * mask
+    real = mask & (z > 0) if empty_sites else mask
+    params = lattice_parameters(sets.lattice, mask.sum(1), spec)
+    num = real.sum(1)
     failures: list[tuple[int, str]] = []
     keep: list[int] = []
     for i in range(n):
@@ -320,9 +330,9 @@ def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
         else:
             keep.append(i)
     keep_a = np.asarray(keep, np.int64)
-    s = spec.max_atoms
-    order = np.argsort(~mask, axis=1, kind="stable")  # real sites first, in their order
-    zz = np.take_along_axis(z, order, 1)[keep_a] if len(keep_a) else np.zeros((0, s), np.int64)
+    s = mask.shape[1]
+    order = np.argsort(~real, axis=1, kind="stable")  # real sites first, in their order
+    zz = np.take_along_axis(z * real, order, 1)[keep_a] if len(keep_a) else np.zeros((0, s), np.int64)
     ff = (np.take_along_axis(np.mod(sets.frac, 1.0), order[..., None], 1)[keep_a] if len(keep_a)
           else np.zeros((0, s, 3)))
     ff = np.where(zz[..., None] > 0, ff, 0.0)
