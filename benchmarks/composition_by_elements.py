@@ -12,7 +12,8 @@ validity at each k by the training crystals' share of k: the samples' validity w
 counts corrected and nothing else. ``by_sites`` splits both sides by the number of sites, and
 ``invalid_one_site_off`` is the share of the invalid sample compositions that one atom more or fewer
 of one of their elements makes valid: a generator that draws the number of sites first must fit a
-composition to it.
+composition to it. ``site_counts`` compares the numbers of sites themselves (total variation, share
+of odd counts).
 
     python benchmarks/composition_by_elements.py benchmarks/.work/cpu_samples/samples_mp20bund10k \\
         --train .gpuwork/mp_20_asis_train_partial.npz --name mp20_bundled_10k
@@ -88,6 +89,20 @@ def by_sites(compositions: Iterable[Sequence[int]], *, repairs: bool) -> dict[st
     return out
 
 
+def site_counts(generated: Sequence[Sequence[int]], training: Sequence[Sequence[int]]) -> dict[str, float]:
+    """How the samples' numbers of sites are distributed against the training crystals': the total
+    variation distance of the two histograms and each side's share of odd counts (a model that
+    chooses its own count, e.g. with empty sites, can lose the training crystals' even counts)."""
+    gen = Counter(len(z) for z in generated)
+    ref = Counter(len(z) for z in training)
+    ng, nr = sum(gen.values()), sum(ref.values())
+    tv = 0.5 * sum(abs(gen[k] / ng - ref[k] / nr) for k in set(gen) | set(ref))
+    return {"tv": tv, "odd_share_generated": sum(v for k, v in gen.items() if k % 2) / ng,
+            "odd_share_training": sum(v for k, v in ref.items() if k % 2) / nr,
+            "mean_generated": sum(k * v for k, v in gen.items()) / ng,
+            "mean_training": sum(k * v for k, v in ref.items()) / nr}
+
+
 def sample_compositions(folder: Path) -> list[list[int]]:
     """Atomic numbers of every decoded sample of a `crysgen sample` folder, one per site (from
     samples.csv's formula and num_sites)."""
@@ -126,10 +141,13 @@ def main() -> None:
     at_training_counts = sum(t[k]["share"] * g[k]["comp_valid"] for k in t if k in g) / sum(
         t[k]["share"] for k in t if k in g)
     print(f"samples at the training element counts: {100 * at_training_counts:.1f} %")
+    sizes = site_counts(sampled, train_z)
+    print(f"site counts: TV {sizes['tv']:.3f}, odd {100 * sizes['odd_share_generated']:.1f} % "
+          f"(training {100 * sizes['odd_share_training']:.1f} %)")
     write_result(f"composition_by_elements_{args.name}", {
         "samples": str(args.samples), "train": str(args.train), "validity": "smact_valid (suite's)",
         "generated": generated, "training": reference,
-        "generated_valid_at_training_counts": at_training_counts})
+        "generated_valid_at_training_counts": at_training_counts, "site_counts": sizes})
 
 
 if __name__ == "__main__":
