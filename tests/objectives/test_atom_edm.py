@@ -19,11 +19,16 @@ from crysgen.representations.atoms import AtomSetSpec, decode, encode, niggli_re
 from tests.conftest import load_cif
 
 
-def _batch():
+def _encoded():
+    """NaCl, SrTiO3 and wurtzite encoded with S = 8: (spec, sets)."""
     names = ("NaCl", "SrTiO3", "ZnO_wurtzite")
     cs = CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names))
     spec = AtomSetSpec.fit(cs, max_atoms=8)
-    sets = encode(cs, spec)
+    return spec, encode(cs, spec)
+
+
+def _batch():
+    spec, sets = _encoded()
     x0 = Parts(torch.from_numpy(sets.types), torch.from_numpy(sets.frac), torch.from_numpy(sets.lattice))
     return x0, torch.from_numpy(sets.mask), Constants.from_spec(spec)
 
@@ -219,12 +224,8 @@ def test_empty_sites_decode_back_to_the_same_crystals():
     decoding with ``empty_sites`` gives back each crystal (elements, positions, cell)."""
     from crysgen.objectives.atom_edm import add_empty_sites
 
-    names = ("NaCl", "SrTiO3", "ZnO_wurtzite")
-    cs = CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names))
-    spec = AtomSetSpec.fit(cs, max_atoms=8)
-    sets = encode(cs, spec)
-    x0 = Parts(torch.from_numpy(sets.types), torch.from_numpy(sets.frac), torch.from_numpy(sets.lattice))
-    mask, consts = torch.from_numpy(sets.mask), Constants.from_spec(spec)
+    spec, sets = _encoded()
+    x0, mask, consts = _batch()
     empty = torch.tensor([2, 0, 3])
     gen = torch.Generator().manual_seed(0)
     parts, tokens = add_empty_sites(x0, mask, empty, consts, extra=4, generator=gen)

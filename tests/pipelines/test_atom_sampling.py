@@ -36,16 +36,21 @@ def crystals() -> CrystalSet:
     return CrystalSet.from_structures([load_cif(n) for n in NAMES], ids=list(NAMES))
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, crystals):
-    torch.manual_seed(0)
-    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16)
+def _random_model(crystals, *, seed: int = 0, edm: AtomEDMConfig | None = None, **net_options):
+    """A tiny untrained model of ``crystals`` (S = 30) whose samples vary with the noise."""
+    torch.manual_seed(seed)
+    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16, **net_options)
     for p in net.parameters():  # a random (not zero-output) network: samples vary with the noise
         torch.nn.init.normal_(p, std=0.05)
     torch.nn.init.zeros_(net.lattice_out.weight)  # lattices shrink to the training mean: cells decode
     torch.nn.init.zeros_(net.lattice_out.bias)
-    model = AtomDiffusionModel(net, AtomEDMConfig(), AtomSetSpec.fit(crystals, max_atoms=30), {"name": "t"})
-    return model.save_pretrained(tmp_path_factory.mktemp("m") / "model", half=False)
+    spec = AtomSetSpec.fit(crystals, max_atoms=30)
+    return AtomDiffusionModel(net, edm or AtomEDMConfig(), spec, {"name": "t"})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, crystals):
+    return _random_model(crystals).save_pretrained(tmp_path_factory.mktemp("m") / "model", half=False)
 
 
 def _rows(folder):
@@ -377,13 +382,7 @@ def test_worker_processes_write_the_same_rows_and_cifs(model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def sg_model(crystals):
-    torch.manual_seed(1)
-    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16, space_groups=True)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    torch.nn.init.zeros_(net.lattice_out.weight)
-    torch.nn.init.zeros_(net.lattice_out.bias)
-    return AtomDiffusionModel(net, AtomEDMConfig(), AtomSetSpec.fit(crystals, max_atoms=30), {"name": "t"})
+    return _random_model(crystals, seed=1, space_groups=True)
 
 
 def test_guidance_without_a_condition_is_unconditional_sampling(sg_model):
@@ -741,14 +740,7 @@ def test_crystens_models_refuse_a_restart(tmp_path):
 @pytest.fixture(scope="module")
 def empty_model(tmp_path_factory, crystals):
     """model_dir's network and spec trained (as it says) with up to 3 empty sites per crystal."""
-    torch.manual_seed(0)
-    net = AtomTransformer(type_dim=39, d_model=32, n_layers=2, n_heads=4, edge_hidden=16)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    torch.nn.init.zeros_(net.lattice_out.weight)
-    torch.nn.init.zeros_(net.lattice_out.bias)
-    spec = AtomSetSpec.fit(crystals, max_atoms=30)
-    model = AtomDiffusionModel(net, AtomEDMConfig(empty_sites=3), spec, {"name": "t"})
+    model = _random_model(crystals, edm=AtomEDMConfig(empty_sites=3))
     return model.save_pretrained(tmp_path_factory.mktemp("e") / "m", half=False)
 
 

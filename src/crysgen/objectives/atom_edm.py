@@ -222,6 +222,7 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
     crystal's sites averaged, then the crystals), so that runs with either weighting compare.
     """
     b, dev = mask.shape[0], mask.device
+    where = "cpu" if generator is not None else dev  # where a draw from ``generator`` happens
 
     def randn(*shape: int) -> torch.Tensor:  # a CPU generator makes the noise device-independent
         if generator is None:
@@ -229,10 +230,8 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
         return torch.randn(*shape, generator=generator, device="cpu").to(dev)
 
     sigma = (randn(b) * cfg.p_std + cfg.p_mean).exp()
-    given = (torch.rand(b, generator=generator, device="cpu" if generator is not None else dev)
-             < cfg.csp_fraction).to(dev)
+    given = (torch.rand(b, generator=generator, device=where) < cfg.csp_fraction).to(dev)
     if cfg.empty_sites > 0:  # de novo crystals only: a given composition fixes the atoms
-        where = "cpu" if generator is not None else dev
         empty = torch.randint(0, cfg.empty_sites + 1, (b,), generator=generator, device=where).to(dev)
         x0, mask = add_empty_sites(x0, mask, torch.where(given, torch.zeros_like(empty), empty), consts,
                                    extra=cfg.empty_sites, generator=generator)
@@ -243,7 +242,6 @@ def edm_loss(net: torch.nn.Module, x0: Parts, mask: torch.Tensor, cfg: AtomEDMCo
                x0.lattice + randn(*x0.lattice.shape) * sigma[:, None])
     kept = {}
     for name, value in sorted((conditions or {}).items()):
-        where = "cpu" if generator is not None else dev
         drop = torch.rand(b, generator=generator, device=where) < cfg.cond_dropout
         kept[name] = torch.where(drop.to(dev), torch.zeros_like(value), value)
     _, (f_t, f_c, f_l), (skip_t, out_t, out_c, skip_l, out_l) = denoise(

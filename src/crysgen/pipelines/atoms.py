@@ -377,7 +377,6 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         else:
             z = np.asarray(atomic_numbers, np.int64)
             mask = z > 0
-            s = mask.shape[1]
             elements = num_elements(z) if count_elements else None
         codes = torch.as_tensor(self.spec.codes())
         if precision not in ("fp32", "bf16"):

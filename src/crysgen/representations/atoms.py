@@ -332,7 +332,7 @@ def decode(sets: AtomSets, spec: AtomSetSpec, *, ids: list[str] | None = None,
     keep_a = np.asarray(keep, np.int64)
     s = mask.shape[1]
     order = np.argsort(~real, axis=1, kind="stable")  # real sites first, in their order
-    zz = np.take_along_axis(z * real, order, 1)[keep_a] if len(keep_a) else np.zeros((0, s), np.int64)
+    zz = np.take_along_axis(z, order, 1)[keep_a] if len(keep_a) else np.zeros((0, s), np.int64)
     ff = (np.take_along_axis(np.mod(sets.frac, 1.0), order[..., None], 1)[keep_a] if len(keep_a)
           else np.zeros((0, s, 3)))
     ff = np.where(zz[..., None] > 0, ff, 0.0)
