@@ -209,3 +209,27 @@ def test_dropped_blocks_compute_what_the_deep_network_does_with_only_those_block
         torch.testing.assert_close(lattice, deep.lattice_out(x[:, 0]), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="cannot keep"):
         drop_blocks(shallow.state_dict(), shallow.config, deep.config)
+
+
+@pytest.mark.parametrize("messages", [False, True], ids=["attention", "pair-messages"])
+def test_the_site_count_embedding_starts_silent_and_reads_the_real_sites(messages):
+    net, (t, f, lat, m, c, g, cell) = _net_and_batch(messages=messages)
+    torch.manual_seed(1)
+    counted = AtomTransformer(**TINY, pair_messages=messages, num_sites=True).eval()
+    missing, unexpected = counted.load_state_dict(net.state_dict(), strict=False)
+    assert missing == ["num_sites.weight"] and not unexpected
+    plain = net(t, f, lat, m, c, g, cell)
+    for a, b in zip(counted(t, f, lat, m, c, g, cell), plain, strict=True):
+        torch.testing.assert_close(a, b)  # zero-initialised: switching it on changes nothing
+    torch.nn.init.normal_(counted.num_sites.weight, std=0.5)
+    with torch.no_grad():  # rows other than the batch's counts (4, 6, 2) stay silent
+        keep = torch.zeros(len(counted.num_sites.weight), dtype=torch.bool)
+        keep[[2, 4, 6]] = True
+        counted.num_sites.weight[~keep] = 0
+    out = counted(t, f, lat, m, c, g, cell)
+    for a, b in zip(out, plain, strict=True):
+        assert not torch.allclose(a, b, atol=1e-3)  # the count reaches every output
+    wide = torch.cat([t, torch.randn(3, 4, 39)], 1), torch.cat([f, torch.rand(3, 4, 3)], 1)
+    out_wide = counted(*wide, lat, torch.cat([m, torch.zeros(3, 4, dtype=torch.bool)], 1), c, g, cell)
+    for a, b in zip(out_wide, out, strict=True):  # counted from the mask, not the padded width
+        torch.testing.assert_close(a[:, :6] if a.dim() == 3 else a, b, atol=1e-5, rtol=1e-4)

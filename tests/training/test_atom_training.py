@@ -175,6 +175,14 @@ def test_a_displacement_head_can_be_switched_on_for_a_trained_network(tiny_set, 
     assert net.displace.out.weight.abs().sum() > 0  # trained from zero
 
 
+def test_a_site_count_embedding_can_be_switched_on_for_a_trained_network(tiny_set, tmp_path):
+    _, warm = _switched_on(tiny_set, tmp_path, num_sites=True)
+    net = AtomDiffusionModel.from_pretrained(warm).net
+    counts = CrystalSet.load(tiny_set).num_sites.astype(int)
+    moved = set(np.flatnonzero(net.num_sites.weight.detach().abs().sum(1).numpy() > 0))
+    assert moved and moved <= set(counts.tolist())  # trained from zero, only at counts the data holds
+
+
 def test_init_may_raise_the_fourier_frequencies_but_not_lower_them(tiny_set, tmp_path):
     _, warm = _switched_on(tiny_set, tmp_path, n_freqs=12, edge_freqs=10)
     net = AtomDiffusionModel.from_pretrained(warm).net

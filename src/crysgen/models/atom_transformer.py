@@ -33,6 +33,9 @@ from torch import nn
 
 from crysgen.representations.atoms import MAX_ELEMENTS
 
+MAX_SITE_COUNT = 256
+"""Largest number of sites with its own row in the ``num_sites`` embedding (more share it)."""
+
 
 @dataclass(frozen=True)
 class AtomNetConfig:
@@ -53,6 +56,12 @@ class AtomNetConfig:
         num_elements: condition on the number of distinct elements (an embedding of
             1-``MAX_ELEMENTS``, 0 = none given; it starts at zero, so switching it on for a
             trained network leaves its outputs unchanged); False: no such input.
+        num_sites: condition on the crystal's number of real sites, counted from the mask (an
+            embedding of 1-``MAX_SITE_COUNT``, larger counts sharing the last row; it starts at
+            zero like ``num_elements``). Attention and pair messages average over the sites, so
+            without it the network sees the count only through the lattice token's share of each
+            site's attention, and chooses each site's element barely knowing how many sites share
+            out the composition; False: no such input.
         pair_messages: add a pair-message sublayer to every block (its output projection starts
             at zero, so switching it on for a trained network leaves its outputs unchanged);
             False: attention only.
@@ -78,6 +87,7 @@ class AtomNetConfig:
     edge_hidden: int = 128
     space_groups: bool = False
     num_elements: bool = False
+    num_sites: bool = False
     pair_messages: bool = False
     message_width: int = 0
     displacement_head: bool = False
@@ -364,6 +374,11 @@ class AtomTransformer(nn.Module):
             counts = nn.Embedding(MAX_ELEMENTS + 1, d)
             nn.init.zeros_(counts.weight)
             self.num_elements = counts
+        self.num_sites: nn.Embedding | None = None
+        if c.num_sites:
+            sites = nn.Embedding(MAX_SITE_COUNT + 1, d)
+            nn.init.zeros_(sites.weight)
+            self.num_sites = sites
         edge_in = 6 * c.edge_freqs + c.edge_rbf
         self.edge = nn.Sequential(nn.Linear(edge_in, c.edge_hidden), nn.SiLU(),
                                   nn.Linear(c.edge_hidden, c.n_layers * c.n_heads))
@@ -447,6 +462,8 @@ class AtomTransformer(nn.Module):
         for embed, value in ((self.space_group, space_group), (self.num_elements, num_elements)):
             if embed is not None:
                 cond = cond + embed((value if value is not None else torch.zeros_like(given)).long())
+        if self.num_sites is not None:
+            cond = cond + self.num_sites(mask.sum(1).clamp(max=MAX_SITE_COUNT).long())
         diff = self.pair_differences(frac.float())
         feats = self.pair_features(diff, cell)
         bias = self.pair_bias(feats, mask).view(b, c.n_layers, c.n_heads, s + 1, s + 1)

@@ -47,8 +47,8 @@ def atom_loader(crystals: CrystalSet, spec: AtomSetSpec, batch_size: int, *,
     return batch_loader(*(torch.from_numpy(p) for p in parts), batch_size=batch_size, shuffle=shuffle)
 
 
-SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements", "pair_messages": "msg",
-              "displacement_head": "displace"}
+SWITCHABLE = {"space_groups": "space_group", "num_elements": "num_elements", "num_sites": "num_sites",
+              "pair_messages": "msg", "displacement_head": "displace"}
 """Network options that ``--init`` may switch on -> the name of the modules each adds (anywhere in a
 weight's dotted name: ``num_elements.weight``, ``blocks.3.msg.out.weight``)."""
 SHAPING = {"pair_messages": ("message_width",), "displacement_head": ("head_width",)}
@@ -184,7 +184,7 @@ def train_atom_diffusion(
         max_minutes: stop (checkpoint and export) after this wall time.
         init: warm start from an ``atom_diffusion`` model directory with the same network config,
             except that the options of :data:`SWITCHABLE` (``space_groups``, ``num_elements``,
-            ``pair_messages``, ``displacement_head``) may be switched on (a new module starts
+            ``num_sites``, ``pair_messages``, ``displacement_head``) may be switched on (a new module starts
             from its initialisation), those of :data:`GROWABLE` raised, :data:`SHRINKABLE`
             lowered (blocks kept evenly spaced) and :data:`FREE` set;
             weights go into the network and its EMA copy, the optimiser starts afresh, and the
