@@ -59,9 +59,8 @@ class AtomNetConfig:
         num_sites: condition on the crystal's number of real sites, counted from the mask (an
             embedding of 1-``MAX_SITE_COUNT``, larger counts sharing the last row; it starts at
             zero like ``num_elements``). Attention and pair messages average over the sites, so
-            without it the network sees the count only through the lattice token's share of each
-            site's attention, and chooses each site's element barely knowing how many sites share
-            out the composition; False: no such input.
+            without it the count reaches the network only through the lattice token's share of
+            each site's attention; False: no such input.
         pair_messages: add a pair-message sublayer to every block (its output projection starts
             at zero, so switching it on for a trained network leaves its outputs unchanged);
             False: attention only.

@@ -184,8 +184,8 @@ def train_atom_diffusion(
         max_minutes: stop (checkpoint and export) after this wall time.
         init: warm start from an ``atom_diffusion`` model directory with the same network config,
             except that the options of :data:`SWITCHABLE` (``space_groups``, ``num_elements``,
-            ``num_sites``, ``pair_messages``, ``displacement_head``) may be switched on (a new module starts
-            from its initialisation), those of :data:`GROWABLE` raised, :data:`SHRINKABLE`
+            ``num_sites``, ``pair_messages``, ``displacement_head``) may be switched on (a new
+            module starts from its initialisation), those of :data:`GROWABLE` raised, :data:`SHRINKABLE`
             lowered (blocks kept evenly spaced) and :data:`FREE` set;
             weights go into the network and its EMA copy, the optimiser starts afresh, and the
             encoding of ``init``'s spec is kept so the encodings agree, with this data's sizes and
