@@ -132,8 +132,8 @@ def test_every_subcommand_has_a_handler_and_a_help_that_renders():
     assert sorted(leaves) == sorted([
         "data prepare", "data download", "data label", "codec roundtrip", "codec fit-scaling",
         "sample", "relax", "train diffusion", "train atom-diffusion", "train gan", "train wgan",
-        "train segmenter", "train vae", "train property", "evaluate", "compare", "predict", "model cascade",
-        "model export"])
+        "train segmenter", "train vae", "train property", "train composition", "evaluate", "compare",
+        "predict", "model cascade", "model export"])
     for path, parser in leaves.items():
         handler = parser.get_default("func")
         assert handler.__module__.startswith("crysgen.cli.") and handler.__name__.startswith("_cmd_"), path

@@ -160,6 +160,55 @@ def test_an_interrupted_run_resumes_to_the_same_crystals(model_dir, tmp_path):
     assert len(formulas) > 1  # samples differ from each other (the noise reaches the output)
 
 
+@pytest.fixture(scope="module")
+def composition_model_dir(tmp_path_factory, crystals):
+    """A tiny composition model fitted to NaCl and SrTiO3 cells (with Rb, which the atom model never saw)."""
+    from crysgen.models.composition_lm import CompositionLM, CompositionModel
+    from crysgen.training.compositions import train_composition_model
+    from crysgen.training.config import CompositionTrainConfig
+
+    folder = tmp_path_factory.mktemp("cm")
+    crystals.subset(np.tile([0, 1], 40)).save(folder / "train.npz")
+    config = CompositionTrainConfig(net={"d_model": 32, "layers": 1, "heads": 2, "dropout": 0.0}, epochs=25,
+                                    batch_size=16, lr=3e-3)
+    with torch.random.fork_rng():
+        out = train_composition_model(folder / "train.npz", folder / "model", config=config, progress=False)
+    model = CompositionModel.from_pretrained(out)
+    CompositionModel(model.net, [*model.elements, 37], model.data).save_pretrained(out)
+    assert isinstance(model.net, CompositionLM)
+    return out
+
+
+def test_a_composition_model_prior_gives_its_compositions_with_the_atom_models_elements(
+        model_dir, composition_model_dir, tmp_path):
+    opts = SampleOptions(n=16, steps=4, chunk_size=8, composition_prior=str(composition_model_dir))
+    with pytest.warns(UserWarning, match="never saw Rb"):
+        summary = sample_to_dir(model_dir, tmp_path / "s", opts, progress=False)
+    assert summary.composition_prior == {"drawn": 16, "sampled": 16}
+    formulas = [r["formula"] for r in _rows(tmp_path / "s") if not r["failure"]]
+    assert len(formulas) >= 12 and all("Rb" not in f for f in formulas)
+    assert sum(f in ("NaCl", "SrTiO3") for f in formulas) >= 0.75 * len(formulas)
+    # resumable: a chunk made again draws the same compositions
+    (tmp_path / "s" / "chunks" / "chunk_00001.csv").unlink()
+    (tmp_path / "s" / "samples.csv").unlink()
+    full = sample_to_dir(model_dir, tmp_path / "t", opts, progress=False)
+    with pytest.warns(UserWarning, match="never saw Rb"):
+        sample_to_dir(model_dir, tmp_path / "s", opts, progress=False)
+    assert (tmp_path / "s" / "samples.csv").read_text() == (tmp_path / "t" / "samples.csv").read_text()
+    assert full.n == 16
+
+
+def test_substitute_with_a_composition_model_or_a_wrong_directory_gets_a_clear_error(
+        model_dir, composition_model_dir, tmp_path, capsys):
+    rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet",
+               "--composition-prior", str(composition_model_dir), "--substitute"])
+    assert rc == 2 and "a composition model's are new already" in capsys.readouterr().err
+    rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet",
+               "--composition-prior", str(model_dir)])
+    assert rc == 2 and "not a composition model" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "samples.csv").exists()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--formula", "Xx2O"], "Xx is not an element"),
     (["--formula", "Fe2O3", "--num-atoms", "7"], "not a multiple"),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from crysgen.crystal_set import CrystalSet
     from crysgen.representations.crystens.layout import CrysTensLayout
-    from crysgen.training.config import Config
+    from crysgen.training.config import Settings
 
 
 def _positive_int(text: str) -> int:
@@ -64,8 +64,8 @@ def _add_run_options(p: argparse.ArgumentParser, steps_help: str = "override opt
                         "is YAML), e.g. --set optim.lr=1e-4 --set 'unet.block_out_channels=[32,64,128,128]'")
 
 
-def _with_set(args: argparse.Namespace, config: Config | None,
-              default: Callable[[], Config]) -> Config | None:
+def _with_set(args: argparse.Namespace, config: Settings | None,
+              default: Callable[[], Settings]) -> Settings | None:
     """A new run's config with ``--set`` applied (over ``default()`` when no config was built).
 
     Raises:

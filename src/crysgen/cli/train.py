@@ -1,4 +1,4 @@
-"""``crysgen train diffusion|atom-diffusion|gan|wgan|segmenter|vae|property``."""
+"""``crysgen train diffusion|atom-diffusion|gan|wgan|segmenter|vae|property|composition``."""
 
 from __future__ import annotations
 
@@ -97,6 +97,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(a resumed run continues up to it)")
     p.set_defaults(func=_cmd_train_property)
 
+    p = tsub.add_parser("composition",
+                        help="a composition language model: the learned prior of `crysgen sample "
+                             "--composition-prior MODEL_DIR` (small; minutes on a CPU)")
+    p.add_argument("--data", required=True,
+                   help="training CrystalSet .npz (its cell compositions are learned)")
+    p.add_argument("--out", required=True, help="model directory (with metrics.csv and curves.png)")
+    p.add_argument("--val", default=None,
+                   help="validation CrystalSet .npz: its likelihood is logged and picks the epoch kept")
+    p.add_argument("--config", default=None,
+                   help="YAML config with CompositionTrainConfig's keys (epochs, lr, net: {d_model, ...})")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the data (default: 30)")
+    p.add_argument("--seed", type=int, default=None, help="seeds the initialisation and batches (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one config setting over --config (repeatable; YAML value), "
+                        "e.g. --set net.layers=4")
+    p.set_defaults(func=_cmd_train_composition, resume=False)
+
 
 def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     from crysgen.crystal_set import CrystalSet
@@ -164,6 +183,21 @@ def _cmd_train_voxel(args: argparse.Namespace) -> int:
                             devices=args.devices, resume=args.resume, progress=not args.quiet,
                             max_minutes=args.max_minutes)
     print(f"model directory: {model_dir}; training curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
+def _cmd_train_composition(args: argparse.Namespace) -> int:
+    from crysgen.data.guards import check_device
+    from crysgen.training.compositions import CompositionTrainConfig, train_composition_model
+    from crysgen.training.config import load_config
+
+    check_device(args.device)
+    config = load_config(args.config, CompositionTrainConfig)
+    overrides = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}
+    config = _with_set(args, replace(config, **overrides), CompositionTrainConfig) or config
+    out = train_composition_model(args.data, args.out, config=config, val=args.val, device=args.device,
+                                  progress=not args.quiet)
+    print(f"model directory: {out}; per-epoch likelihoods: {out / 'metrics.csv'}, {out / 'curves.png'}")
     return 0
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from crysgen.models.atoms import AtomEDMConfig
+    from crysgen.models.composition_lm import CompositionModel
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeResult
     from crysgen.representations.symmetry import SiteSymmetry
@@ -74,8 +75,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         return from_targets(targets, max_sites=self.spec.max_atoms, per_target=per_target,
                             known_elements=set(self.spec.elements))
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
-                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+    def compositions_from_prior(self, prior: CrystalSet | CompositionModel, n: int, *,
+                                substitute: str | None = None, seed: int | list[int] = 0,
+                                ) -> tuple[Compositions, dict[str, int]]:
         """``n`` drawn compositions; see :func:`crysgen.pipelines.compositions.from_prior`."""
         return from_prior(prior, n, max_sites=self.spec.max_atoms, known_elements=set(self.spec.elements),
                           substitute=substitute, seed=seed)

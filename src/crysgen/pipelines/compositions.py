@@ -4,9 +4,10 @@ A model with composition control (atom diffusion, single-stage CrysTens diffusio
 crystals of given elements per site: from a formula (``crysgen sample --formula LiFePO4``, the
 number of formula units given or drawn from the training histogram of site counts), from
 target crystals (``--compositions TARGETS.npz``: crystal structure prediction, one row per
-target and repeat), or drawn from a set of known crystals (``--composition-prior TRAIN.npz``,
-each optionally changed by one ion substitution, ``--substitute``: composition first, then
-structure). Sites are listed element by element in increasing atomic number, as
+target and repeat), or drawn from a prior (composition first, then structure): a set of known
+crystals (``--composition-prior TRAIN.npz``, each optionally changed by one ion substitution,
+``--substitute``) or a composition language model (``--composition-prior MODEL_DIR``,
+:mod:`crysgen.models.composition_lm`). Sites are listed element by element in increasing atomic number, as
 ``crysgen data prepare`` sorts them (pymatgen's order).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from crysgen.crystal_set import CrystalSet, reduced_formula
 from crysgen.errors import CrysgenError
 from crysgen.pipelines.seeding import torch_generator
 from crysgen.representations.atoms import parse_formula
+
+if TYPE_CHECKING:
+    from crysgen.models.composition_lm import CompositionModel
 
 
 @dataclass
@@ -107,10 +112,13 @@ def from_targets(targets: CrystalSet, *, max_sites: int, per_target: int = 1,
                         [str(t) for t in np.repeat(targets.ids, per_target)])
 
 
-def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set[int] | None = None,
-               substitute: str | None = None,
+def from_prior(prior: CrystalSet | CompositionModel, n: int, *, max_sites: int,
+               known_elements: set[int] | None = None, substitute: str | None = None,
                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
-    """``n`` compositions drawn from known crystals, each optionally changed by a substitution.
+    """``n`` compositions drawn from known crystals (each optionally changed by a substitution) or a model.
+
+    A :class:`~crysgen.models.composition_lm.CompositionModel` prior is sampled
+    (:func:`from_model`); the rest of this describes a CrystalSet prior.
 
     The draw is seeded and without replacement while ``n`` does not exceed the crystals that fit
     (with replacement beyond); the samples name no target (their structures are new, not
@@ -134,10 +142,17 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
         ``by_common_states`` (of those, rows without a charge-balanced oxidation-state guess).
 
     Raises:
-        CrysgenError: if no crystal of ``prior`` fits in ``max_sites`` sites, or for an unknown
-            ``substitute`` (:func:`crysgen.data.substitution.substitute` refuses it).
+        CrysgenError: if no crystal of ``prior`` fits in ``max_sites`` sites, for an unknown
+            ``substitute`` (:func:`crysgen.data.substitution.substitute` refuses it), or for
+            ``substitute`` with a model prior.
     """
     from crysgen.data.substitution import substitute as substitute_ions
+
+    if not isinstance(prior, CrystalSet):
+        if substitute:
+            raise CrysgenError("--substitute changes compositions drawn from known crystals; a composition "
+                               "model's are new already (give --composition-prior a CrystalSet .npz)")
+        return from_model(prior, n, max_sites=max_sites, known_elements=known_elements, seed=seed)
 
     seeds = [seed] if isinstance(seed, int) else list(seed)
     pick = draw_rows(prior, n, max_sites=max_sites, seed=seed, what="--composition-prior")
@@ -155,6 +170,53 @@ def from_prior(prior: CrystalSet, n: int, *, max_sites: int, known_elements: set
         z = res.atomic_numbers
         counts |= {"substituted": int(res.changed.sum()), "by_common_states": res.by_common_states}
     return Compositions(z, [""] * n, drawn=pick), counts
+
+
+def from_model(model: CompositionModel, n: int, *, max_sites: int, known_elements: set[int] | None = None,
+               seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+    """``n`` compositions sampled from a composition language model.
+
+    Only elements the structure model knows are written (the composition model's others are
+    masked out, with a warning naming them) and at most ``max_sites`` sites.
+
+    Returns:
+        The compositions (no target, no drawn row) and counts: ``drawn`` (n), ``sampled`` (n).
+
+    Raises:
+        CrysgenError: if the two models share no element.
+    """
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if known_elements is not None:
+        dropped = set(model.elements) - known_elements
+        if dropped:
+            from pymatgen.core import Element
+
+            names = ", ".join(Element.from_Z(z).symbol for z in sorted(dropped))
+            warnings.warn(f"--composition-prior: the structure model never saw {names}; "
+                          "compositions with them are not drawn", stacklevel=3)
+    s = min(max_sites, model.net.cfg.max_sites)
+    z = np.zeros((n, max_sites), np.int64)
+    z[:, :s] = model.sample(n, max_sites=s, elements=known_elements,
+                            generator=torch_generator([*seeds, 6]))
+    return Compositions(z, [""] * n), {"drawn": n, "sampled": n}
+
+
+def load_prior(path: str) -> CrystalSet | CompositionModel:
+    """The ``--composition-prior``: a composition model directory, or a CrystalSet .npz.
+
+    Raises:
+        CrysgenError: for a path that is neither (or a malformed one).
+    """
+    from pathlib import Path
+
+    from crysgen.data.guards import check_input_file
+
+    if Path(path).is_dir():
+        from crysgen.models.composition_lm import CompositionModel
+
+        return CompositionModel.from_pretrained(path)
+    check_input_file(path, "--composition-prior")
+    return CrystalSet.load(path)
 
 
 def draw_rows(prior: CrystalSet, n: int, *, max_sites: int, seed: int | list[int] = 0,

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from crysgen.crystal_set import CrystalSet
+    from crysgen.models.composition_lm import CompositionModel
     from crysgen.models.diffusion import DiffusionConfig
     from crysgen.pipelines.protocol import SampleOptions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
@@ -132,8 +133,9 @@ class DiffusionModel(DiffusionBundle):
         known_region(comps.atomic_numbers, self.scaling)
         return comps
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
-                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+    def compositions_from_prior(self, prior: CrystalSet | CompositionModel, n: int, *,
+                                substitute: str | None = None, seed: int | list[int] = 0,
+                                ) -> tuple[Compositions, dict[str, int]]:
         """``n`` drawn compositions (see :func:`crysgen.pipelines.compositions.from_prior`).
 
         Raises:

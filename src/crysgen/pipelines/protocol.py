@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from crysgen.crystal_set import CrystalSet
+    from crysgen.models.composition_lm import CompositionModel
     from crysgen.pipelines.compositions import Compositions
     from crysgen.representations.crystens import DecodeOptions, DecodeResult
     from crysgen.representations.crystens.decode import DecodeMode
@@ -204,9 +205,10 @@ class Generator(Protocol):
             CrysgenError: for a model without composition control, and for targets it cannot make.
         """
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
-                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
-        """``n`` compositions drawn from known crystals, with the draw's counts.
+    def compositions_from_prior(self, prior: CrystalSet | CompositionModel, n: int, *,
+                                substitute: str | None = None, seed: int | list[int] = 0,
+                                ) -> tuple[Compositions, dict[str, int]]:
+        """``n`` compositions drawn from known crystals or a composition model, with the draw's counts.
 
         See :func:`crysgen.pipelines.compositions.from_prior`.
 
@@ -270,8 +272,9 @@ class NoCompositionControl(ABC):
         """Refused (CrysgenError): this model cannot fix the elements of its samples."""
         raise self._no_control()
 
-    def compositions_from_prior(self, prior: CrystalSet, n: int, *, substitute: str | None = None,
-                                seed: int | list[int] = 0) -> tuple[Compositions, dict[str, int]]:
+    def compositions_from_prior(self, prior: CrystalSet | CompositionModel, n: int, *,
+                                substitute: str | None = None, seed: int | list[int] = 0,
+                                ) -> tuple[Compositions, dict[str, int]]:
         """Refused (CrysgenError): this model cannot fix the elements of its samples."""
         raise self._no_control()
 

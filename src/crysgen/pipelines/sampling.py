@@ -267,6 +267,7 @@ def _compositions(model: Generator, options: SampleOptions
             or one that cannot make them (before any sampling).
     """
     from crysgen.crystal_set import CrystalSet
+    from crysgen.pipelines.compositions import load_prior
 
     given = [name for name, value in (("--formula", options.formula),
                                       ("--compositions", options.compositions),
@@ -284,8 +285,7 @@ def _compositions(model: Generator, options: SampleOptions
         return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
                                                seed=[options.seed, 2]), None
     if options.composition_prior is not None:
-        check_input_file(options.composition_prior, "--composition-prior")
-        return model.compositions_from_prior(CrystalSet.load(options.composition_prior), options.n,
+        return model.compositions_from_prior(load_prior(options.composition_prior), options.n,
                                              substitute=options.substitute, seed=[options.seed, 5])
     assert options.compositions is not None  # neither given: returned above
     check_input_file(options.compositions, "--compositions")

@@ -575,18 +575,71 @@ class PropertyTrainConfig:
             raise CrysgenError(f"bad config: {exc}") from exc
 
 
+@dataclass
+class CompositionTrainConfig:
+    """Settings of ``crysgen train composition`` (one flat section; ``net`` sizes the network).
+
+    Attributes:
+        net: :class:`~crysgen.models.composition_lm.CompositionLMConfig` keys; ``max_sites`` and
+            ``max_elements`` default to the training crystals' largest.
+        epochs: passes over the training crystals.
+        batch_size: compositions per step.
+        lr: peak AdamW learning rate (cosine decay to 0 after 5 % warm-up).
+        weight_decay: AdamW weight decay.
+        seed: seeds the initialisation and the batches.
+    """
+
+    net: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [f"{k} must be positive, got {v}" for k, v in
+               (("epochs", self.epochs), ("batch_size", self.batch_size), ("lr", self.lr)) if not v > 0]
+        if not self.weight_decay >= 0:
+            bad.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if bad:
+            raise CrysgenError("composition config: " + "; ".join(bad))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompositionTrainConfig:
+        """Build from a flat dict (unknown keys are an error)."""
+        from crysgen.models.composition_lm import CompositionLMConfig
+
+        data = dict(data or {})
+        unknown = set(data) - {f.name for f in fields(cls)}
+        unknown |= {f"net.{k}" for k in (data.get("net") or {})} - {f"net.{f.name}" for f in
+                                                                  fields(CompositionLMConfig)}
+        if unknown:
+            raise CrysgenError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CrysgenError(f"bad config: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict."""
+        return asdict(self)
+
+
 Config = TypeVar("Config", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig, AtomTrainConfig,
                  PropertyTrainConfig)
 """A run config class: ``from_dict``, ``to_dict`` and ``with_max_steps``."""
+Settings = TypeVar("Settings", DiffusionTrainConfig, AdversarialTrainConfig, VoxelTrainConfig,
+                   AtomTrainConfig, PropertyTrainConfig, CompositionTrainConfig)
+"""A config class read from YAML and changed by ``--set``: ``from_dict`` and ``to_dict``."""
 
 
 @overload
 def load_config(path: str | Path | None) -> DiffusionTrainConfig: ...
 @overload
-def load_config(path: str | Path | None, klass: type[Config]) -> Config: ...
+def load_config(path: str | Path | None, klass: type[Settings]) -> Settings: ...
 def load_config(path: str | Path | None,
-                klass: type[Config] | type[DiffusionTrainConfig] = DiffusionTrainConfig,
-                ) -> Config | DiffusionTrainConfig:
+                klass: type[Settings] | type[DiffusionTrainConfig] = DiffusionTrainConfig,
+                ) -> Settings | DiffusionTrainConfig:
     """Read a YAML (or JSON) config file into ``klass``; None gives its defaults."""
     if path is None:
         return klass.from_dict({})
@@ -653,7 +706,7 @@ def set_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return new
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+def with_overrides(config: Settings, overrides: dict[str, Any]) -> Settings:
     """``config`` with dotted settings replaced (checked like a config file: a typo is an error)."""
     return type(config).from_dict(set_dotted(config.to_dict(), overrides))
 

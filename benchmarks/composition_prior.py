@@ -1,0 +1,110 @@
+"""A composition model's compositions alone, beside the training draw and the test split.
+
+Writes benchmarks/results/composition_prior_<name>.json.
+
+`crysgen sample --composition-prior MODEL_DIR` keeps each sampled composition exactly, so a
+sample's compositional validity is its composition's. This scores the compositions alone (no
+structure model; a CPU, about a minute per 10,000): ``-n`` compositions sampled (seeded) from the
+composition model as `crysgen sample` draws them for the bundled atom model (its elements, at most
+its sites), against ``-n`` compositions drawn from the training crystals (what `--composition-prior
+TRAIN.npz` gives) and the test crystals' own. Per set: SMACT validity (CDVAE's definition, SMACT
+2.2.1 tables), the share whose reduced formula no training crystal has (novel) and the distinct
+reduced formulas among them (unique), W(#elements), W(sites) and W(mean atomic mass per site)
+against the test split (the last is what sets a sample's density at a given volume per atom), and
+the model's negative log-likelihood of the test compositions (nats per composition) beside that
+of the training ones.
+
+Usage: python benchmarks/composition_prior.py MODEL_DIR --train TRAIN.npz --test TEST.npz
+    [-n 10000] [--seed 0] [--name mp20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from crysgen.crystal_set import CrystalSet, reduced_formula
+from crysgen.evaluation.compositional import smact_valid
+from crysgen.evaluation.distributions import wasserstein
+from crysgen.models.atoms import SPEC_FILE
+from crysgen.models.composition_lm import CompositionModel
+from crysgen.pipelines.compositions import draw_rows, from_model
+from crysgen.pipelines.generators import DEFAULT_MODEL, resolve_model_dir
+from crysgen.representations.atoms import AtomSetSpec, num_elements
+from provenance import write_result
+
+
+def _masses() -> np.ndarray:
+    """Float (119,): atomic mass (u) by atomic number (index 0 unused)."""
+    from pymatgen.core import Element
+
+    out = np.zeros(119)
+    for z in range(1, 104):
+        out[z] = float(Element.from_Z(z).atomic_mass)
+    return out
+
+
+def describe(z: np.ndarray, known: set[str], test: np.ndarray | None, masses: np.ndarray) -> dict[str, float]:
+    """Validity, novelty, uniqueness and distances to the test compositions of int (n, S) rows."""
+    formulas = [reduced_formula(r[r > 0]) for r in z]
+    novel = np.array([f not in known for f in formulas])
+    sites = (z > 0).sum(axis=1)
+    mass = masses[z].sum(axis=1) / sites
+    out = {"n": len(z),
+           "smact_valid": float(np.mean([smact_valid([int(v) for v in r if v]) for r in z])),
+           "novel": float(novel.mean()),
+           "unique": len(set(formulas)) / len(z),
+           "unique_of_novel": (len({f for f, k in zip(formulas, novel, strict=True) if k})
+                               / max(1, int(novel.sum()))),
+           "mean_elements": float(num_elements(z).mean()),
+           "mean_sites": float(sites.mean())}
+    if test is not None:
+        test_sites = (test > 0).sum(axis=1)
+        out |= {"w_num_elements": wasserstein(num_elements(z), num_elements(test)),
+                "w_sites": wasserstein(sites, test_sites),
+                "w_mass_per_site": wasserstein(mass, masses[test].sum(axis=1) / test_sites)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", help="composition model directory")
+    p.add_argument("--train", required=True, help="the training CrystalSet (novelty; the baseline draw)")
+    p.add_argument("--test", required=True, help="the test CrystalSet (the reference)")
+    p.add_argument("-n", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="mp20")
+    args = p.parse_args()
+    model = CompositionModel.from_pretrained(args.model)
+    atom_model = resolve_model_dir(DEFAULT_MODEL)
+    spec = AtomSetSpec.load(atom_model / SPEC_FILE)
+    train, test = CrystalSet.load(args.train), CrystalSet.load(args.test)
+    test = test.subset(np.flatnonzero((test.num_sites > 0) & (test.num_sites <= spec.max_atoms)))
+    known = {reduced_formula(r[r > 0]) for r in train.atomic_numbers[train.num_sites > 0]}
+    masses = _masses()
+    t0 = time.perf_counter()
+    sampled = from_model(model, args.n, max_sites=spec.max_atoms, known_elements=set(spec.elements),
+                         seed=[args.seed, 5])[0].atomic_numbers
+    seconds = time.perf_counter() - t0
+    drawn = train.atomic_numbers[draw_rows(train, args.n, max_sites=spec.max_atoms, seed=[args.seed, 5])]
+    rows = {"model": describe(sampled, known, test.atomic_numbers, masses),
+            "training_draw": describe(drawn, known, test.atomic_numbers, masses),
+            "test": describe(test.atomic_numbers, known, None, masses)}
+    for name, row in rows.items():
+        print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
+    fits = np.flatnonzero((train.num_sites > 0) & (train.num_sites <= spec.max_atoms))
+    nll = {"test_nll": float(model.nll(test.atomic_numbers[:, :model.net.cfg.max_sites]).mean()),
+           "train_nll": float(model.nll(train.atomic_numbers[fits][:, :model.net.cfg.max_sites]).mean())}
+    print(nll)
+    result = {"what": "compositions alone: sampled from the composition model, drawn from the training "
+                      "crystals, and the test crystals' own (SMACT 2.2.1 validity; W against the test split)",
+              "train": args.train, "test": args.test, "seed": args.seed,
+              "seconds_sampling": round(seconds, 2),
+              "structure_model": str(atom_model), "sets": rows} | nll
+    write_result(f"composition_prior_{args.name}", result, "cpu", model=args.model)
+
+
+if __name__ == "__main__":
+    main()
