@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Composition language models (`crysgen train composition`) fitted side by side on the GPU machine,
-# one process each, packed into $OUT/composition_models.tgz (model directories with metrics.csv).
+# one process each, packed into $OUT/composition_models.tgz.part_* (model directories with fp16
+# weights and metrics.csv; unpack with `cat composition_models.tgz.part_* | tar xzf -`).
 # Carry .whl_train and the data folder (WORK, default .gpuwork: <dataset>_asis_{train_partial,val}.npz).
 #   RUNS="tag:--set net.order=z tag2:--set net.d_model=256 --set net.layers=4" \
 #     bash benchmarks/gpu_composition.sh [EPOCHS]
@@ -24,6 +25,14 @@ done < /tmp/comp/runs.txt
 wait
 for f in /tmp/comp/*.log; do echo "== $f"; tail -3 "$f"; done
 for d in /tmp/comp/*/; do echo "$(basename "$d"): $(tail -1 "$d"/metrics.csv)"; done
-(cd /tmp/comp && tar czf "$OUT"/composition_models.tgz --exclude='*.log' */)
+python3 - <<'PY'  # fp16 weights, to bring them all back in one call
+from pathlib import Path
+
+from crysgen.models.composition_lm import CompositionModel
+
+for d in sorted(Path("/tmp/comp").glob("*/config.json")):
+    CompositionModel.from_pretrained(d.parent).save_pretrained(d.parent, half=True)
+PY
+(cd /tmp/comp && tar czf - --exclude='*.log' */ | split -b 15M - "$OUT"/composition_models.tgz.part_)
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT"/gpu.txt
 ls -la "$OUT"
