@@ -196,6 +196,20 @@ def test_a_composition_model_prior_gives_its_compositions_with_the_atom_models_e
         sample_to_dir(model_dir, tmp_path / "s", opts, progress=False)
     assert (tmp_path / "s" / "samples.csv").read_text() == (tmp_path / "t" / "samples.csv").read_text()
     assert full.n == 16
+    # a folder of another composition model's compositions is not resumed
+    import shutil
+
+    other = tmp_path / "other_prior"
+    shutil.copytree(composition_model_dir, other)
+    opts_other = SampleOptions(n=16, steps=4, chunk_size=8, composition_prior=str(other))
+    sample_to_dir(model_dir, tmp_path / "u", opts_other, progress=False)
+    from crysgen.models.composition_lm import CompositionModel
+
+    changed = CompositionModel.from_pretrained(other)
+    torch.nn.init.normal_(changed.net.head.weight)
+    changed.save_pretrained(other)
+    with pytest.raises(CrysgenError, match="other weights"):
+        sample_to_dir(model_dir, tmp_path / "u", opts_other, progress=False)
 
 
 def test_substitute_with_a_composition_model_or_a_wrong_directory_gets_a_clear_error(

@@ -49,11 +49,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom or single-stage CrysTens diffusion: one sample per crystal of this CrystalSet "
                         "with its elements (crystal structure prediction; samples.csv names each "
                         "sample's target)")
-    p.add_argument("--composition-prior", default=None, metavar="TRAIN.npz|MODEL_DIR",
+    p.add_argument("--composition-prior", default=None, metavar="TRAIN.npz|MODEL_DIR|bundled",
                    help="atom or single-stage CrysTens diffusion: give each of the -n samples the "
                         "composition of a crystal drawn (seeded) from this CrystalSet, typically the "
                         "model's training set, or one sampled from a composition model (`crysgen train "
-                        "composition`): composition first, then structure")
+                        "composition`; 'bundled': the one fitted to mp_20): composition first, then "
+                        "structure")
     p.add_argument("--substitute", nargs="?", const="probability", default=None, type=_draw,
                    metavar="{" + ",".join(DRAWS) + "}",
                    help="with --composition-prior: change each drawn composition by one ion "

@@ -122,7 +122,6 @@ class CompositionModel(SavedModel):
 
     KINDS = (KIND,)
     DESCRIPTION = "composition model"
-    HALF = False  # small; float32 keeps the likelihoods it reports exact
 
     net: CompositionLM
     elements: list[int]

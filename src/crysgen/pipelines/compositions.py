@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -201,20 +202,30 @@ def from_model(model: CompositionModel, n: int, *, max_sites: int, known_element
     return Compositions(z, [""] * n), {"drawn": n, "sampled": n}
 
 
+BUNDLED_COMPOSITION_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "composition_mp20"
+"""The composition model fitted to the mp_20 partial training split (``--composition-prior bundled``)."""
+
+
+def prior_model_dir(path: str | None) -> Path | None:
+    """The composition model directory a ``--composition-prior`` names ("bundled" or a folder), else None."""
+    if path == "bundled":
+        return BUNDLED_COMPOSITION_MODEL
+    return Path(path) if path is not None and Path(path).is_dir() else None
+
+
 def load_prior(path: str) -> CrystalSet | CompositionModel:
-    """The ``--composition-prior``: a composition model directory, or a CrystalSet .npz.
+    """The ``--composition-prior``: "bundled", a composition model directory, or a CrystalSet .npz.
 
     Raises:
         CrysgenError: for a path that is neither (or a malformed one).
     """
-    from pathlib import Path
-
     from crysgen.data.guards import check_input_file
 
-    if Path(path).is_dir():
+    model_dir = prior_model_dir(path)
+    if model_dir is not None:
         from crysgen.models.composition_lm import CompositionModel
 
-        return CompositionModel.from_pretrained(path)
+        return CompositionModel.from_pretrained(model_dir)
     check_input_file(path, "--composition-prior")
     return CrystalSet.load(path)
 

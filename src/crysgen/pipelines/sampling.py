@@ -2,9 +2,10 @@
 
 Output folder::
 
-    OUT/sample_config.json      the model's path, the SHA-256 of its weight files and the
-                                options (a resumed run must have the same ones), and the
-                                sampler settings they resolved to (``sampler``)
+    OUT/sample_config.json      the model's path, the SHA-256 of its weight files (and of a
+                                --composition-prior model's) and the options (a resumed run
+                                must have the same ones), and the sampler settings they
+                                resolved to (``sampler``)
     OUT/chunks/chunk_00000.csv  one per finished chunk, written last (its presence = chunk done)
     OUT/chunks/chunk_00000.npz  raw tensors of the chunk (with --save-tensors)
     OUT/cifs/sample_000000.cif  one P1 CIF per decoded crystal
@@ -182,6 +183,7 @@ def sample_to_dir(
     from tqdm.auto import tqdm
 
     from crysgen.data.guards import check_device, check_output_dir
+    from crysgen.pipelines.compositions import prior_model_dir
     from crysgen.pipelines.generators import load_generator, resolve_model_dir
 
     device = check_device(device)
@@ -199,6 +201,9 @@ def sample_to_dir(
     config_path = out / "sample_config.json"
     wanted = json.loads(json.dumps({"model": str(model_dir.resolve()), "options": asdict(options)}))
     weights = weights_sha256(model_dir)
+    prior_dir = prior_model_dir(options.composition_prior)
+    if prior_dir is not None:  # a composition model's weights are part of what the folder holds
+        weights |= {f"composition_prior/{k}": v for k, v in weights_sha256(prior_dir).items()}
     if config_path.exists():
         have = json.loads(config_path.read_text())
         if have.get("weights", weights) != weights:  # (folders written before it was recorded: unchecked)
