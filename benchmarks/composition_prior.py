@@ -8,13 +8,16 @@ structure model; a CPU, about a minute per 10,000): ``-n`` compositions sampled 
 composition model as `crysgen sample` draws them for the bundled atom model (its elements, at most
 its sites), against ``-n`` compositions drawn from the training crystals (what `--composition-prior
 TRAIN.npz` gives) and the test crystals' own. Per set: SMACT validity (CDVAE's definition, SMACT
-2.2.1 tables), the share whose reduced formula no training crystal has (novel) and the distinct
-reduced formulas among them (unique), W(#elements), W(sites) and W(mean atomic mass per site)
-against the test split (the last is what sets a sample's density at a given volume per atom), and
+2.2.1 tables; also of the novel and the known compositions apart), the share whose reduced formula
+no training crystal has (novel) and the distinct reduced formulas among them (unique),
+W(#elements), W(sites) and W(mean atomic mass per site) against the test split (the last is what
+sets a sample's density at a given volume per atom), and
 the model's negative log-likelihood of the test compositions (nats per composition) beside that
 of the training ones.
 
-Usage: python benchmarks/composition_prior.py MODEL_DIR --train TRAIN.npz --test TEST.npz
+Several models (``MODEL_DIR ...``) are scored in one file, each under the name of its folder.
+
+Usage: python benchmarks/composition_prior.py MODEL_DIR [MODEL_DIR ...] --train TRAIN.npz --test TEST.npz
     [-n 10000] [--seed 0] [--name mp20]
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +37,7 @@ from crysgen.models.composition_lm import CompositionModel
 from crysgen.pipelines.compositions import draw_rows, from_model
 from crysgen.pipelines.generators import DEFAULT_MODEL, resolve_model_dir
 from crysgen.representations.atoms import AtomSetSpec, num_elements
-from provenance import write_result
+from provenance import file_sha256, write_result
 
 
 def _masses() -> np.ndarray:
@@ -52,8 +56,11 @@ def describe(z: np.ndarray, known: set[str], test: np.ndarray | None, masses: np
     novel = np.array([f not in known for f in formulas])
     sites = (z > 0).sum(axis=1)
     mass = masses[z].sum(axis=1) / sites
+    ok = np.array([smact_valid([int(v) for v in r if v]) for r in z])
     out = {"n": len(z),
-           "smact_valid": float(np.mean([smact_valid([int(v) for v in r if v]) for r in z])),
+           "smact_valid": float(ok.mean()),
+           "smact_valid_of_novel": float(ok[novel].mean()) if novel.any() else float("nan"),
+           "smact_valid_of_known": float(ok[~novel].mean()) if (~novel).any() else float("nan"),
            "novel": float(novel.mean()),
            "unique": len(set(formulas)) / len(z),
            "unique_of_novel": (len({f for f, k in zip(formulas, novel, strict=True) if k})
@@ -70,40 +77,47 @@ def describe(z: np.ndarray, known: set[str], test: np.ndarray | None, masses: np
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", help="composition model directory")
+    p.add_argument("models", nargs="+", help="composition model directories")
     p.add_argument("--train", required=True, help="the training CrystalSet (novelty; the baseline draw)")
     p.add_argument("--test", required=True, help="the test CrystalSet (the reference)")
     p.add_argument("-n", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="mp20")
     args = p.parse_args()
-    model = CompositionModel.from_pretrained(args.model)
     atom_model = resolve_model_dir(DEFAULT_MODEL)
     spec = AtomSetSpec.load(atom_model / SPEC_FILE)
     train, test = CrystalSet.load(args.train), CrystalSet.load(args.test)
     test = test.subset(np.flatnonzero((test.num_sites > 0) & (test.num_sites <= spec.max_atoms)))
-    known = {reduced_formula(r[r > 0]) for r in train.atomic_numbers[train.num_sites > 0]}
-    masses = _masses()
-    t0 = time.perf_counter()
-    sampled = from_model(model, args.n, max_sites=spec.max_atoms, known_elements=set(spec.elements),
-                         seed=[args.seed, 5])[0].atomic_numbers
-    seconds = time.perf_counter() - t0
-    drawn = train.atomic_numbers[draw_rows(train, args.n, max_sites=spec.max_atoms, seed=[args.seed, 5])]
-    rows = {"model": describe(sampled, known, test.atomic_numbers, masses),
-            "training_draw": describe(drawn, known, test.atomic_numbers, masses),
-            "test": describe(test.atomic_numbers, known, None, masses)}
-    for name, row in rows.items():
-        print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
     fits = np.flatnonzero((train.num_sites > 0) & (train.num_sites <= spec.max_atoms))
-    nll = {"test_nll": float(model.nll(test.atomic_numbers[:, :model.net.cfg.max_sites]).mean()),
-           "train_nll": float(model.nll(train.atomic_numbers[fits][:, :model.net.cfg.max_sites]).mean())}
-    print(nll)
-    result = {"what": "compositions alone: sampled from the composition model, drawn from the training "
-                      "crystals, and the test crystals' own (SMACT 2.2.1 validity; W against the test split)",
-              "train": args.train, "test": args.test, "seed": args.seed,
-              "seconds_sampling": round(seconds, 2),
-              "structure_model": str(atom_model), "sets": rows} | nll
-    write_result(f"composition_prior_{args.name}", result, "cpu", model=args.model)
+    known = {reduced_formula(r[r > 0]) for r in train.atomic_numbers[fits]}
+    masses = _masses()
+    drawn = train.atomic_numbers[draw_rows(train, args.n, max_sites=spec.max_atoms, seed=[args.seed, 5])]
+    sets = {"training_draw": describe(drawn, known, test.atomic_numbers, masses),
+            "test": describe(test.atomic_numbers, known, None, masses)}
+    models = {}
+    for path in args.models:
+        model = CompositionModel.from_pretrained(path)
+        t0 = time.perf_counter()
+        sampled = from_model(model, args.n, max_sites=spec.max_atoms, known_elements=set(spec.elements),
+                             seed=[args.seed, 5])[0].atomic_numbers
+        seconds = time.perf_counter() - t0
+        s = model.net.cfg.max_sites
+        row = describe(sampled, known, test.atomic_numbers, masses) | {
+            "seconds_sampling": round(seconds, 2),
+            "test_nll": float(model.nll(test.atomic_numbers[:, :s]).mean()),
+            "train_nll": float(model.nll(train.atomic_numbers[fits][:, :s]).mean()),
+            "net": model.net.config, "parameters": sum(p.numel() for p in model.net.parameters()),
+            "weights_sha256": file_sha256(Path(path) / "weights.safetensors"), "path": str(path)}
+        models[Path(path).name] = row
+        print(Path(path).name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}, flush=True)
+    for name, row in sets.items():
+        print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
+    result = {"what": "compositions alone: sampled from each composition model, drawn from the training "
+                      "crystals, and the test crystals' own (SMACT 2.2.1 validity; W against the test split; "
+                      "NLL in nats per composition)",
+              "train": args.train, "test": args.test, "seed": args.seed, "structure_model": str(atom_model),
+              "models": models, "sets": sets}
+    write_result(f"composition_prior_{args.name}", result, "cpu")
 
 
 if __name__ == "__main__":

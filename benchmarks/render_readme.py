@@ -59,7 +59,10 @@ def sample_mode(d: dict) -> str:
     """How an evaluation or CSP file sampled, in words ("" for plain sampling)."""
     options = sample_options(d)
     words = []
-    if options.get("composition_prior"):
+    prior = options.get("composition_prior")
+    if prior and not str(prior).endswith(".npz"):  # a composition model's directory
+        words.append("composition model")
+    elif prior:
         words.append("composition prior" + (" + substitution" if options.get("substitute") else "")
                      + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else ""))
     if options.get("symmetry_prior") or d.get("symmetry_templates"):
