@@ -212,6 +212,17 @@ def test_a_composition_model_prior_gives_its_compositions_with_the_atom_models_e
         sample_to_dir(model_dir, tmp_path / "u", opts_other, progress=False)
 
 
+def test_the_bundled_composition_model_samples_from_the_cli(model_dir, tmp_path):
+    rc = main(["sample", str(model_dir), "-n", "6", "--steps", "4", "--out", str(tmp_path / "b"), "--quiet",
+               "--composition-prior", "bundled"])
+    assert rc == 0
+    spec = AtomDiffusionModel.from_pretrained(model_dir).spec
+    rows = _rows(tmp_path / "b")
+    assert len(rows) == 6
+    assert all(el.Z in spec.elements for r in rows if not r["failure"] for el in Composition(r["formula"]))
+    assert "composition_prior/weights.safetensors" in (tmp_path / "b" / "sample_config.json").read_text()
+
+
 def test_substitute_with_a_composition_model_or_a_wrong_directory_gets_a_clear_error(
         model_dir, composition_model_dir, tmp_path, capsys):
     rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet",
