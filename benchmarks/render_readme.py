@@ -949,6 +949,7 @@ _TSTART, _COPY = "atom_csp_sweep_mp_20_bundled_tstart", "csp_template_copy_mp_20
 _COPY_MPTS = "csp_template_copy_mpts_52"
 _RANKED, _COPY_RANKED = "atom_csp_sweep_mp_20_bundled_ranked", "csp_template_copy_mp_20_ranked"
 _SUBST = "eval_atom_diffusion_ext29k_subst_tstart_mp_20"  # composition + template from training, σ 0.02
+_COMP_MODEL, _COMP_MODEL_1K = "eval_cfcm10k_mp_20", "eval_cfcm1k_mp_20"  # the bundled composition model
 TARGETS_MP20 = (
     ("structural validity, 10,000 de novo", _DE_NOVO_10K, "struct_valid", 0.995, "min"),
     ("compositional validity, 10,000 de novo", _DE_NOVO_10K, "comp_valid", 0.88, "min"),
@@ -958,6 +959,19 @@ TARGETS_MP20 = (
     ("W(ρ), 10,000 de novo", _DE_NOVO_10K, "wdist_density", 0.2, "max"),
     ("W(#elements), 10,000 de novo", _DE_NOVO_10K, "wdist_num_elems", 0.08, "max"),
     ("W(#elements), composition first (1,000)", _COMP_FIRST, "wdist_num_elems", 0.08, "max"),
+    ("structural validity, composition model then structure (10,000)", _COMP_MODEL, "struct_valid", 0.995,
+     "min"),
+    ("compositional validity, composition model then structure (10,000)", _COMP_MODEL, "comp_valid", 0.88,
+     "min"),
+    ("COV-R, composition model then structure (10,000)", _COMP_MODEL, "cov_recall", 0.995, "min"),
+    ("COV-P, composition model then structure (10,000)", _COMP_MODEL, "cov_precision", 0.995, "min"),
+    ("W(ρ), composition model then structure (10,000)", _COMP_MODEL, "wdist_density", 0.2, "max"),
+    ("W(#elements), composition model then structure (10,000)", _COMP_MODEL, "wdist_num_elems", 0.08, "max"),
+    ("CHGNet-stable, composition model then structure (1,000)", _COMP_MODEL_1K, "stable_e_hull_le_0.1", 0.5,
+     "min"),
+    ("S.U.N., composition model then structure (1,000)", _COMP_MODEL_1K, "sun_e_hull_le_0.1", 0.3, "min"),
+    ("mean RMSD (Å), composition model then structure (1,000)", _COMP_MODEL_1K, "mean_relax_rmsd", 0.15,
+     "max"),
     ("CHGNet-stable (E_hull ≤ 0.1), 1,000 de novo", _DE_NOVO_1K, "stable_e_hull_le_0.1", 0.5, "min"),
     ("S.U.N., 1,000 de novo", _DE_NOVO_1K, "sun_e_hull_le_0.1", 0.3, "min"),
     ("mean RMSD to the relaxed structure (Å), 1,000 de novo", _DE_NOVO_1K, "mean_relax_rmsd", 0.15, "max"),
