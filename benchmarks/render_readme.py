@@ -877,7 +877,9 @@ def default_model_block() -> list[str]:
         composition first."""
         options = sample_options(d)
         churn, anneal, lattice = sampler_ran(d)
-        flags = (" --composition-prior" if options.get("composition_prior") else "") \
+        prior = options.get("composition_prior")
+        model_prior = bool(prior) and not str(prior).endswith(".npz")  # a composition model's directory
+        flags = (" --composition-prior" + (" MODEL" if model_prior else "") if prior else "") \
             + (" --substitute" if options.get("substitute") else "") \
             + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
@@ -886,8 +888,9 @@ def default_model_block() -> list[str]:
             + (f" --churn {churn:g}" if churn else "") \
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
-        if options.get("composition_prior"):
-            what = "composition first" + (", one ion substituted" if options.get("substitute") else "") \
+        if prior:
+            what = "composition first" + (" from a composition model" if model_prior else "") \
+                + (", one ion substituted" if options.get("substitute") else "") \
                 + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else "")
             what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
             what += ", started from that crystal" if options.get("template_start") else ""

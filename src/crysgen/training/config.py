@@ -565,14 +565,27 @@ class PropertyTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PropertyTrainConfig:
         """Build from a flat dict (unknown keys are an error)."""
-        data = dict(data or {})
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise CrysgenError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise CrysgenError(f"bad config: {exc}") from exc
+        return _from_flat(cls, data)
+
+
+F = TypeVar("F")
+
+
+def _from_flat(cls: type[F], data: dict[str, Any] | None, unknown: set[str] | None = None) -> F:
+    """``cls(**data)`` of a flat config section.
+
+    Raises:
+        CrysgenError: for keys that are no field of ``cls`` (and ``unknown``: keys found unknown
+            further down), and for a bad value's TypeError.
+    """
+    data = dict(data or {})
+    unknown = (unknown or set()) | (set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]  # a dataclass
+    if unknown:
+        raise CrysgenError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise CrysgenError(f"bad config: {exc}") from exc
 
 
 @dataclass
@@ -609,16 +622,9 @@ class CompositionTrainConfig:
         """Build from a flat dict (unknown keys are an error)."""
         from crysgen.models.composition_lm import CompositionLMConfig
 
-        data = dict(data or {})
-        unknown = set(data) - {f.name for f in fields(cls)}
-        unknown |= {f"net.{k}" for k in (data.get("net") or {})} - {f"net.{f.name}" for f in
-                                                                  fields(CompositionLMConfig)}
-        if unknown:
-            raise CrysgenError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise CrysgenError(f"bad config: {exc}") from exc
+        net = (data or {}).get("net") or {}
+        return _from_flat(cls, data, {f"net.{k}" for k in net} - {f"net.{f.name}" for f in
+                                                                  fields(CompositionLMConfig)})
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict."""
