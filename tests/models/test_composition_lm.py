@@ -78,3 +78,14 @@ def test_the_bundled_model_writes_chemically_plausible_compositions():
     # its elements are far from both (a noise sampler fails here)
     assert valid > 0.8, valid
     assert 2.6 < n_elements.mean() < 3.4 and (n_elements == 1).mean() < 0.1
+
+
+def test_stepping_with_cached_keys_equals_the_whole_prefix():
+    net = _model().net
+    tokens = torch.randint(3, net.cfg.vocab.size, (5, net.cfg.vocab.length))
+    with torch.no_grad():
+        full = net(tokens)
+        cache: list = []
+        stepped = torch.stack([net.step(tokens[:, t], cache) for t in range(tokens.shape[1])], dim=1)
+    assert torch.allclose(stepped, full, atol=1e-5)
+    assert len(cache) == net.cfg.layers and cache[0][0].shape[2] == tokens.shape[1]

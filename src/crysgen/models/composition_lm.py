@@ -102,6 +102,37 @@ class CompositionLM(nn.Module):
         return self.head(self.norm(self.blocks(x, mask=causal, is_causal=True)))
 
 
+    def step(self, token: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Next-token logits after one more token, reusing the keys and values of the ones before.
+
+        Equal to ``forward`` on the whole prefix at its last position (eval mode: no dropout), at
+        one token's cost per block instead of the prefix's.
+
+        Args:
+            token: int64 (N,), the token at position ``len(cache[0][0])`` (0 when ``cache`` is empty).
+            cache: per block, keys and values (N, heads, t, d / heads) of the earlier positions;
+                empty before the first token; extended in place.
+
+        Returns:
+            float (N, V).
+        """
+        t = cache[0][0].shape[2] if cache else 0
+        x = (self.token(token) + self.position.weight[t])[:, None]  # (N, 1, d)
+        for i, layer in enumerate(self.blocks.layers):
+            attn = layer.self_attn
+            heads = attn.num_heads
+            qkv = nn.functional.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = (u.unflatten(-1, (heads, -1)).transpose(1, 2) for u in qkv.chunk(3, -1))
+            if len(cache) <= i:
+                cache.append((k, v))
+            else:
+                cache[i] = (torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2))
+            out = nn.functional.scaled_dot_product_attention(q, *cache[i])  # all earlier positions
+            x = x + attn.out_proj(out.transpose(1, 2).flatten(2))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        return self.head(self.norm(x[:, 0]))
+
+
 def sequence_nll(net: CompositionLM, tokens: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood (nats) of each sequence, float (N,); PAD targets are not scored."""
     logits = net(tokens[:, :-1])
@@ -181,8 +212,10 @@ class CompositionModel(SavedModel):
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             seq = torch.full((m, 1), BOS, dtype=torch.long)
+            cache: list[tuple[torch.Tensor, torch.Tensor]] = []
             for _ in range(vocab.length - 1):
-                logits = self.net(seq.to(device))[:, -1].float().cpu()[:, :vocab.size] / temperature
+                logits = self.net.step(seq[:, -1].to(device), cache).float().cpu()[:, :vocab.size]
+                logits = logits / temperature
                 ok = torch.from_numpy(allowed_next(seq.numpy(), vocab, allowed))
                 probs = torch.softmax(logits.masked_fill(~ok, float("-inf")), dim=-1)
                 seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], dim=1)

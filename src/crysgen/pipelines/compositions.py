@@ -213,8 +213,10 @@ def prior_model_dir(path: str | None) -> Path | None:
     return Path(path) if path is not None and Path(path).is_dir() else None
 
 
-def load_prior(path: str) -> CrystalSet | CompositionModel:
+def load_prior(path: str, device: str = "cpu") -> CrystalSet | CompositionModel:
     """The ``--composition-prior``: "bundled", a composition model directory, or a CrystalSet .npz.
+
+    A composition model's network is moved to ``device``.
 
     Raises:
         CrysgenError: for a path that is neither (or a malformed one).
@@ -225,7 +227,9 @@ def load_prior(path: str) -> CrystalSet | CompositionModel:
     if model_dir is not None:
         from crysgen.models.composition_lm import CompositionModel
 
-        return CompositionModel.from_pretrained(model_dir)
+        model = CompositionModel.from_pretrained(model_dir)
+        model.net.to(device)
+        return model
     check_input_file(path, "--composition-prior")
     return CrystalSet.load(path)
 

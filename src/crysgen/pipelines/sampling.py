@@ -191,7 +191,7 @@ def sample_to_dir(
     decode_options = DecodeOptions(mode=options.decode_mode, symprec=options.symprec)
     model_dir = resolve_model_dir(model_dir)
     model = load_generator(model_dir)  # fails before anything is written for a bad directory
-    compositions, prior_counts = _compositions(model, options)  # so do options the model does not take
+    compositions, prior_counts = _compositions(model, options, device)  # so do options it cannot take
     gen_kwargs = model.prepare(options, device=device, compositions=compositions)
     templates = gen_kwargs.get("templates")  # symmetry templates (atom diffusion), named in samples.csv
     batch_size = batch_size or model.default_batch_size(device)
@@ -260,12 +260,13 @@ def _save_tensors(path: Path, tensors: np.ndarray) -> None:
     write_npz_atomic(path, {"tensors": tensors})
 
 
-def _compositions(model: Generator, options: SampleOptions
+def _compositions(model: Generator, options: SampleOptions, device: str = "cpu",
                   ) -> tuple[Compositions | None, dict[str, int] | None]:
     """The elements of every sample, or None (de novo), and the prior draw's counts.
 
     The elements come from ``--formula``, ``--compositions`` or ``--composition-prior``; the
-    counts are None without ``--composition-prior``.
+    counts are None without ``--composition-prior``. A composition model runs on ``device``
+    (its draw stays seeded on the CPU).
 
     Raises:
         CrysgenError: for bad composition options, and from a model without composition control
@@ -290,7 +291,7 @@ def _compositions(model: Generator, options: SampleOptions
         return model.compositions_from_formula(options.formula, options.n, num_atoms=options.num_atoms,
                                                seed=[options.seed, 2]), None
     if options.composition_prior is not None:
-        return model.compositions_from_prior(load_prior(options.composition_prior), options.n,
+        return model.compositions_from_prior(load_prior(options.composition_prior, device), options.n,
                                              substitute=options.substitute, seed=[options.seed, 5])
     assert options.compositions is not None  # neither given: returned above
     check_input_file(options.compositions, "--compositions")
