@@ -7,8 +7,10 @@ target crystals (``--compositions TARGETS.npz``: crystal structure prediction, o
 target and repeat), or drawn from a prior (composition first, then structure): a set of known
 crystals (``--composition-prior TRAIN.npz``, each optionally changed by one ion substitution,
 ``--substitute``) or a composition language model (``--composition-prior MODEL_DIR``,
-:mod:`crysgen.models.composition_lm`). Sites are listed element by element in increasing atomic number, as
-``crysgen data prepare`` sorts them (pymatgen's order).
+:mod:`crysgen.models.composition_lm`). A formula's and a composition model's sites are listed
+element by element in increasing atomic number; drawn and target crystals keep their own order
+(``crysgen data prepare``'s: pymatgen's, by electronegativity). The models are permutation
+equivariant, so the order changes which noise a site gets, not the distribution sampled.
 """
 
 from __future__ import annotations

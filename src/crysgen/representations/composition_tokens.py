@@ -3,7 +3,7 @@
 A crystal's composition (elements and their counts in the cell, not reduced) becomes
 ``BOS, E1, n1, E2, n2, ..., Ek, nk, EOS``: each element token followed by its count token,
 elements in one fixed order, so that every composition has exactly one sequence: increasing
-atomic number (``order="z"``, the order of the sites in a :class:`CrystalSet`) or increasing
+atomic number (``order="z"``) or increasing
 Mendeleev number (``order="mendeleev"``, Pettifor's chemical scale: alkali metals first, then
 the other metals, then the anion formers, halogens and O last, as formulas are written), which
 puts the counts that balance the charges at the end of the sequence. The vocabulary
