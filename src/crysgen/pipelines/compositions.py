@@ -9,8 +9,9 @@ crystals (``--composition-prior TRAIN.npz``, each optionally changed by one ion 
 ``--substitute``) or a composition language model (``--composition-prior MODEL_DIR``,
 :mod:`crysgen.models.composition_lm`). A formula's and a composition model's sites are listed
 element by element in increasing atomic number; drawn and target crystals keep their own order
-(``crysgen data prepare``'s: pymatgen's, by electronegativity). The models are permutation
-equivariant, so the order changes which noise a site gets, not the distribution sampled.
+(``crysgen data prepare``'s: pymatgen's, by electronegativity). The atom model is permutation
+equivariant, so there the order changes which noise a site gets, not the distribution sampled; a
+CrysTens model is not (its rows are the sites in order).
 """
 
 from __future__ import annotations
