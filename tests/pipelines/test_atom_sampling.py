@@ -614,6 +614,20 @@ def test_symmetry_prior_with_compositions_keeps_elements_and_symmetry(model_dir,
         assert SpacegroupAnalyzer(c.structure, symprec=1e-3).get_space_group_number() == 221
 
 
+def test_a_composition_model_prior_takes_templates_that_fit_its_compositions(
+        model_dir, composition_model_dir, crystals, tmp_path):
+    crystals.save(tmp_path / "train.npz")
+    out = tmp_path / "s"
+    options = SampleOptions(n=8, steps=4, composition_prior=str(composition_model_dir),
+                            symmetry_prior=str(tmp_path / "train.npz"))
+    with pytest.warns(UserWarning, match="never saw Rb"):
+        sample_to_dir(model_dir, out, options, progress=False)
+    rows = [r for r in _rows(out) if r["formula"] in ("NaCl", "SrTiO3")]
+    assert len(rows) >= 6
+    # each drawn composition takes the known crystal that fits it (here: itself)
+    assert all(r["template"] == r["formula"] for r in rows)
+
+
 def _template_start_setup(model_dir, crystals, tmp_path):
     """The tiny model, BaTiO3 (three per target) on SrTiO3's template, and its prepared settings."""
     crystals.save(tmp_path / "train.npz")
