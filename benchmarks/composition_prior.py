@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, reduced_formula
+from crysgen.data.substitution import atomic_masses
 from crysgen.evaluation.compositional import smact_valid
 from crysgen.evaluation.distributions import wasserstein
 from crysgen.models.atoms import SPEC_FILE
@@ -38,16 +39,6 @@ from crysgen.pipelines.compositions import draw_rows, from_model
 from crysgen.pipelines.generators import DEFAULT_MODEL, resolve_model_dir
 from crysgen.representations.atoms import AtomSetSpec, num_elements
 from provenance import file_sha256, write_result
-
-
-def _masses() -> np.ndarray:
-    """Float (119,): atomic mass (u) by atomic number (index 0 unused)."""
-    from pymatgen.core import Element
-
-    out = np.zeros(119)
-    for z in range(1, 104):
-        out[z] = float(Element.from_Z(z).atomic_mass)
-    return out
 
 
 def describe(z: np.ndarray, known: set[str], test: np.ndarray | None, masses: np.ndarray) -> dict[str, float]:
@@ -90,7 +81,7 @@ def main() -> None:
     test = test.subset(np.flatnonzero((test.num_sites > 0) & (test.num_sites <= spec.max_atoms)))
     fits = np.flatnonzero((train.num_sites > 0) & (train.num_sites <= spec.max_atoms))
     known = {reduced_formula(r[r > 0]) for r in train.atomic_numbers[fits]}
-    masses = _masses()
+    masses = atomic_masses()
     drawn = train.atomic_numbers[draw_rows(train, args.n, max_sites=spec.max_atoms, seed=[args.seed, 5])]
     sets = {"training_draw": describe(drawn, known, test.atomic_numbers, masses),
             "test": describe(test.atomic_numbers, known, None, masses)}

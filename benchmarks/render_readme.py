@@ -60,7 +60,7 @@ def sample_mode(d: dict) -> str:
     options = sample_options(d)
     words = []
     prior = options.get("composition_prior")
-    if prior and not str(prior).endswith(".npz"):  # a composition model's directory
+    if model_prior(prior):
         words.append("composition model")
     elif prior:
         words.append("composition prior" + (" + substitution" if options.get("substitute") else "")
@@ -79,6 +79,11 @@ def sample_mode(d: dict) -> str:
         words.append(("" if sampler in (None, SampleOptions.sampler) else f"{sampler} ")
                      + f"{steps or SampleOptions.steps} steps")
     return " + ".join(words)
+
+
+def model_prior(prior: str | None) -> bool:
+    """Whether a file's ``composition_prior`` names a composition model (not a CrystalSet .npz)."""
+    return bool(prior) and not str(prior).endswith(".npz")
 
 
 def restart_words(restart: list) -> str:
@@ -878,8 +883,7 @@ def default_model_block() -> list[str]:
         options = sample_options(d)
         churn, anneal, lattice = sampler_ran(d)
         prior = options.get("composition_prior")
-        model_prior = bool(prior) and not str(prior).endswith(".npz")  # a composition model's directory
-        flags = (" --composition-prior" + (" MODEL" if model_prior else "") if prior else "") \
+        flags = (" --composition-prior" + (" MODEL" if model_prior(prior) else "") if prior else "") \
             + (" --substitute" if options.get("substitute") else "") \
             + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
@@ -889,7 +893,7 @@ def default_model_block() -> list[str]:
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
         if prior:
-            what = "composition first" + (" from a composition model" if model_prior else "") \
+            what = "composition first" + (" from a composition model" if model_prior(prior) else "") \
                 + (", one ion substituted" if options.get("substitute") else "") \
                 + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else "")
             what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""

@@ -84,7 +84,7 @@ def substitute(atomic_numbers: np.ndarray, *, allowed: set[int] | None = None,
         raise CrysgenError("atomic numbers must be an (n, S) array of 0 (no site) .. 118")
     if draw not in DRAWS:
         raise CrysgenError(f"a substitution draw must be one of {', '.join(DRAWS)}, got {draw!r}")
-    masses = _masses()
+    masses = atomic_masses()
     rng = np.random.default_rng(seed)
     out = z.copy()
     changed = np.zeros(len(z), bool)
@@ -153,7 +153,7 @@ def tilted(p: np.ndarray, delta: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _masses() -> np.ndarray:
+def atomic_masses() -> np.ndarray:
     """Float (119,) standard atomic masses (u) by atomic number; index 0 (no site) is 0."""
     from pymatgen.core import Element
 

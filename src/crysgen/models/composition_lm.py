@@ -101,7 +101,6 @@ class CompositionLM(nn.Module):
         causal = nn.Transformer.generate_square_subsequent_mask(t, device=tokens.device)
         return self.head(self.norm(self.blocks(x, mask=causal, is_causal=True)))
 
-
     def step(self, token: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Next-token logits after one more token, reusing the keys and values of the ones before.
 
@@ -109,7 +108,7 @@ class CompositionLM(nn.Module):
         one token's cost per block instead of the prefix's.
 
         Args:
-            token: int64 (N,), the token at position ``len(cache[0][0])`` (0 when ``cache`` is empty).
+            token: int64 (N,), the token at the first position ``cache`` does not hold yet.
             cache: per block, keys and values (N, heads, t, d / heads) of the earlier positions;
                 empty before the first token; extended in place.
 

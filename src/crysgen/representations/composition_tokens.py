@@ -11,8 +11,8 @@ puts the counts that balance the charges at the end of the sequence. The vocabul
 1..``max_sites``.
 
 :func:`allowed_next` says which tokens may follow a prefix so that sampling can only write
-sequences that decode: an element after the last one in the order, among the allowed; a count that keeps
-the cell at most ``max_sites`` sites; EOS only after a count.
+sequences that decode: an element after the last one in the order, among the allowed; a count
+that keeps the cell at most ``max_sites`` sites; EOS only after a count.
 
 Everything here is a pure function of numpy arrays.
 """
@@ -92,6 +92,14 @@ class TokenVocab:
         """Token of a count (1..max_sites)."""
         return np.asarray(count) + (_FIRST_ELEMENT + MAX_Z - 1)
 
+    def element_of(self, token: np.ndarray) -> np.ndarray:
+        """Atomic numbers of element tokens (the inverse of :meth:`element_token`)."""
+        return np.asarray(token) - (_FIRST_ELEMENT - 1)
+
+    def count_of(self, token: np.ndarray) -> np.ndarray:
+        """Counts of count tokens (the inverse of :meth:`count_token`)."""
+        return np.asarray(token) - (_FIRST_ELEMENT + MAX_Z - 1)
+
     def is_element(self, token: np.ndarray) -> np.ndarray:
         """Bool: the tokens that are elements."""
         token = np.asarray(token)
@@ -165,8 +173,7 @@ def decode_compositions(tokens: np.ndarray, vocab: TokenVocab, max_sites: int | 
         if len(body) % 2 or not len(body) or not (vocab.is_element(body[0::2]).all()
                                                    and vocab.is_count(body[1::2]).all()):
             raise CrysgenError(f"sequence {i} is not a list of (element, count) pairs")
-        zs = body[0::2] - (_FIRST_ELEMENT - 1)
-        counts = body[1::2] - (_FIRST_ELEMENT + MAX_Z - 1)
+        zs, counts = vocab.element_of(body[0::2]), vocab.count_of(body[1::2])
         if (np.diff(vocab.rank[zs]) <= 0).any() or counts.sum() > s:
             raise CrysgenError(f"sequence {i}: elements out of order, or more than {s} sites")
         by_z = np.argsort(zs)
@@ -196,9 +203,9 @@ def allowed_next(prefix: np.ndarray, vocab: TokenVocab, elements: np.ndarray) ->
     allowed_el[vocab.element_token(np.asarray(elements, np.int64))] = True
     if not allowed_el.any():
         raise CrysgenError("no element may be sampled")
-    used = np.where(vocab.is_count(prefix), prefix - (_FIRST_ELEMENT + MAX_Z - 1), 0).sum(axis=1)
-    n_el = vocab.is_element(prefix).sum(axis=1)
+    used = np.where(vocab.is_count(prefix), vocab.count_of(prefix), 0).sum(axis=1)
     is_el = vocab.is_element(prefix)
+    n_el = is_el.sum(axis=1)
     last_pos = np.where(is_el.any(axis=1), t - 1 - np.argmax(is_el[:, ::-1], axis=1), -1)
     rank = np.zeros(vocab.size, np.int64)
     rank[_FIRST_ELEMENT:_FIRST_ELEMENT + MAX_Z] = vocab.rank[1:]
@@ -207,8 +214,8 @@ def allowed_next(prefix: np.ndarray, vocab: TokenVocab, elements: np.ndarray) ->
     done = ((prefix == EOS) | (prefix == PAD)).any(axis=1)
     after_element = vocab.is_element(last) & ~done
     after_count = ~done & ~after_element
-    count_value = tokens - (_FIRST_ELEMENT + MAX_Z - 1)
-    counts_ok = vocab.is_count(tokens)[None] & (count_value[None] <= (vocab.max_sites - used)[:, None])
+    left = (vocab.max_sites - used)[:, None]
+    counts_ok = vocab.is_count(tokens)[None] & (vocab.count_of(tokens)[None] <= left)
     room = (used < vocab.max_sites) & (n_el < vocab.max_elements) & (t < vocab.length - 1)
     elements_ok = allowed_el[None] & (rank[None] > last_rank[:, None]) & room[:, None]
     ok = np.where(after_element[:, None], counts_ok, False)
