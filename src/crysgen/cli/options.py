@@ -59,9 +59,16 @@ def _add_run_options(p: argparse.ArgumentParser, steps_help: str = "override opt
     p.add_argument("--devices", type=_positive_int, default=1, help="GPUs (DDP when > 1)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set_option(p)
+
+
+def _add_set_option(p: argparse.ArgumentParser,
+                    example: str = "--set optim.lr=1e-4 --set 'unet.block_out_channels=[32,64,128,128]'",
+                    ) -> None:
+    """``--set KEY=VALUE`` (repeatable): one config setting of a new run over ``--config``."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set one config setting of a new run over --config (repeatable; the value "
-                        "is YAML), e.g. --set optim.lr=1e-4 --set 'unet.block_out_channels=[32,64,128,128]'")
+                   help=f"set one config setting of a new run over --config (repeatable; the value "
+                        f"is YAML), e.g. {example}")
 
 
 def _with_set(args: argparse.Namespace, config: Settings | None,

@@ -7,7 +7,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from crysgen.cli.options import _add_layout_options, _add_run_options, _layout, _positive_int, _with_set
+from crysgen.cli.options import (
+    _add_layout_options,
+    _add_run_options,
+    _add_set_option,
+    _layout,
+    _positive_int,
+    _with_set,
+)
 from crysgen.errors import CrysgenError
 
 
@@ -111,9 +118,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", type=int, default=None, help="seeds the initialisation and batches (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set one config setting over --config (repeatable; YAML value), "
-                        "e.g. --set net.layers=4")
+    _add_set_option(p, "--set net.layers=6 --set net.dropout=0.3")
     p.set_defaults(func=_cmd_train_composition, resume=False)
 
 
