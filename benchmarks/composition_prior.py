@@ -16,9 +16,12 @@ the model's negative log-likelihood of the test compositions (nats per compositi
 of the training ones.
 
 Several models (``MODEL_DIR ...``) are scored in one file, each under the name of its folder.
+``--repeats K`` draws K further sets per model (seeds seed+1 … seed+K) and adds their SMACT
+validity, with its mean and standard deviation over all K+1 draws: how much one draw of ``-n``
+moves the headline rate.
 
 Usage: python benchmarks/composition_prior.py MODEL_DIR [MODEL_DIR ...] --train TRAIN.npz --test TEST.npz
-    [-n 10000] [--seed 0] [--name mp20]
+    [-n 10000] [--seed 0] [--repeats K] [--name mp20]
 """
 
 from __future__ import annotations
@@ -41,13 +44,18 @@ from crysgen.representations.atoms import AtomSetSpec, num_elements
 from provenance import file_sha256, write_result
 
 
+def smact_flags(z: np.ndarray) -> np.ndarray:
+    """SMACT validity (CDVAE's definition) of each int (n, S) composition row."""
+    return np.array([smact_valid([int(v) for v in r if v]) for r in z])
+
+
 def describe(z: np.ndarray, known: set[str], test: np.ndarray | None, masses: np.ndarray) -> dict[str, float]:
     """Validity, novelty, uniqueness and distances to the test compositions of int (n, S) rows."""
     formulas = [reduced_formula(r[r > 0]) for r in z]
     novel = np.array([f not in known for f in formulas])
     sites = (z > 0).sum(axis=1)
     mass = masses[z].sum(axis=1) / sites
-    ok = np.array([smact_valid([int(v) for v in r if v]) for r in z])
+    ok = smact_flags(z)
     out = {"n": len(z),
            "smact_valid": float(ok.mean()),
            "smact_valid_of_novel": float(ok[novel].mean()) if novel.any() else float("nan"),
@@ -73,6 +81,9 @@ def main() -> None:
     p.add_argument("--test", required=True, help="the test CrystalSet (the reference)")
     p.add_argument("-n", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=0,
+                   help="also draw this many further sets (seeds seed+1, ...) per model: SMACT validity "
+                        "of each, and their mean and standard deviation with the first")
     p.add_argument("--name", default="mp20")
     args = p.parse_args()
     atom_model = resolve_model_dir(DEFAULT_MODEL)
@@ -99,6 +110,14 @@ def main() -> None:
             "train_nll": float(model.nll(train.atomic_numbers[fits][:, :s]).mean()),
             "net": model.net.config, "parameters": sum(p.numel() for p in model.net.parameters()),
             "weights_sha256": file_sha256(Path(path) / "weights.safetensors"), "path": str(path)}
+        if args.repeats:
+            rates = [row["smact_valid"]] + [
+                float(smact_flags(from_model(model, args.n, max_sites=spec.max_atoms,
+                                             known_elements=set(spec.elements),
+                                             seed=[args.seed + k, 5])[0].atomic_numbers).mean())
+                for k in range(1, args.repeats + 1)]
+            row |= {"smact_valid_by_seed": rates, "smact_valid_mean": float(np.mean(rates)),
+                    "smact_valid_sd": float(np.std(rates, ddof=1))}
         models[Path(path).name] = row
         print(Path(path).name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}, flush=True)
     for name, row in sets.items():
