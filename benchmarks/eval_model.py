@@ -110,7 +110,10 @@ def main() -> None:
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}
-    sampling["sampler"] = json.loads((samples / "sample_config.json").read_text()).get("sampler")
+    written = json.loads((samples / "sample_config.json").read_text())
+    # the sampler settings and the SHA-256 of every weights file that made the samples (the atom
+    # model's, and a composition model's under composition_prior/)
+    sampling |= {"sampler": written.get("sampler"), "weights": written.get("weights")}
     options = EvalOptions(metrics=tuple(args.metrics.split(",")), dataset=args.dataset,
                           comp_scaler_from=args.comp_scaler_from,
                           property_model=args.property_model,

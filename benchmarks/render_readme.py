@@ -20,6 +20,14 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_START, DEFAULT_END = "<!-- default-model:start -->", "<!-- default-model:end -->"
 TARGETS_START, TARGETS_END = "<!-- targets:start -->", "<!-- targets:end -->"
 DEFAULT_MODEL = ROOT / "src" / "crysgen" / "pretrained" / "atom_diffusion_mp20"
+COMPOSITION_MODEL = ROOT / "src" / "crysgen" / "pretrained" / "composition_mp20"
+# The composition model's weights (SHA-256) behind result files scored before eval_model.py recorded
+# them, copied from their sample folders' sample_config.json
+_COMPOSITION_WEIGHTS = {
+    **dict.fromkeys(("eval_cfcm10k_mp_20", "eval_cfcm1k_mp_20", "eval_cfcm1k_mp_20_cpu"),
+                    "2354087837a557fafdf824ea48647bd0046479a68c0a0ff3f47b94cfe2681aaa"),
+    "eval_cfL8d4_10k_mp_20_cpu": "4e739170041c1678db513d5f08bfa3b601ef1bf674036cd315be004e5585462d",
+}
 CRYSTENS_MODEL = ROOT / "src" / "crysgen" / "pretrained" / "crystens_diffusion_mp20"
 
 
@@ -84,6 +92,22 @@ def sample_mode(d: dict) -> str:
 def model_prior(prior: str | None) -> bool:
     """Whether a file's ``composition_prior`` names a composition model (not a CrystalSet .npz)."""
     return bool(prior) and not str(prior).endswith(".npz")
+
+
+def composition_model_name(path: Path, d: dict) -> str:
+    """Which composition model drew a result file's compositions: "the bundled composition model",
+    the folder of a training record under ``results/runs/`` that holds the same weights, or the
+    weights' SHA-256 prefix ("" when not known)."""
+    weights = ((d.get("sampling") or {}).get("weights") or {}).get("composition_prior/weights.safetensors")
+    digest = weights or _COMPOSITION_WEIGHTS.get(path.stem)
+    if not digest:
+        return ""
+    if digest == sha256(COMPOSITION_MODEL / "weights.safetensors"):
+        return "the bundled composition model"
+    for w in sorted((ROOT / "benchmarks" / "results" / "runs").glob("composition_*/*/weights.safetensors")):
+        if sha256(w) == digest:
+            return f"composition model {w.parent.name}"
+    return f"composition model `{digest[:12]}…`"
 
 
 def restart_words(restart: list) -> str:
@@ -877,7 +901,7 @@ def default_model_block() -> list[str]:
              f"crystals (`{data['name']}`, the **partial** mp_20 train split). Every row below is a "
              "result file that scored exactly these weights against the mp_20 test split."]
 
-    def sampling(d: dict) -> tuple[int, str]:
+    def sampling(path: Path, d: dict) -> tuple[int, str]:
         """(order, words) for how a scoring file sampled: plain de novo, de novo with options,
         composition first."""
         options = sample_options(d)
@@ -893,7 +917,8 @@ def default_model_block() -> list[str]:
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
         if prior:
-            what = "composition first" + (" from a composition model" if model_prior(prior) else "") \
+            name = composition_model_name(path, d) or "a composition model"
+            what = "composition first" + (f" from {name}" if model_prior(prior) else "") \
                 + (", one ion substituted" if options.get("substitute") else "") \
                 + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else "")
             what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
@@ -912,14 +937,14 @@ def default_model_block() -> list[str]:
     if evals:
         lines += ["", "| sampled | on | file | n | " + " | ".join(label for _, label in columns) + " |",
                   "|---|---|---|---|" + "---|" * len(columns)]
-        for path in sorted(evals, key=lambda p: (sampling(evals[p])[0], p.name)):
+        for path in sorted(evals, key=lambda p: (sampling(p, evals[p])[0], p.name)):
             d = evals[path]
             m, n = d["metrics"], (d["metrics"].get("n_samples") or {}).get("value")
             device = (d.get("options") or {}).get("device") or "–"  # where it was scored (and relaxed)
             if (d.get("sampling") or {}).get("seconds") is None:  # --samples: made earlier, elsewhere maybe
                 device += ", samples made earlier"
             cells = " | ".join(metric_cell(m, key) for key, _ in columns)
-            lines.append(f"| {sampling(d)[1]} | {device} | [{path.stem}]({path.relative_to(ROOT)}) | "
+            lines.append(f"| {sampling(path, d)[1]} | {device} | [{path.stem}]({path.relative_to(ROOT)}) | "
                          f"{f'{n:,}' if isinstance(n, int) else '–'} | {cells} |")
     else:
         lines += ["", "No result file scores these weights yet."]
