@@ -981,7 +981,8 @@ _TSTART, _COPY = "atom_csp_sweep_mp_20_bundled_tstart", "csp_template_copy_mp_20
 _COPY_MPTS = "csp_template_copy_mpts_52"
 _RANKED, _COPY_RANKED = "atom_csp_sweep_mp_20_bundled_ranked", "csp_template_copy_mp_20_ranked"
 _SUBST = "eval_atom_diffusion_ext29k_subst_tstart_mp_20"  # composition + template from training, σ 0.02
-_COMP_MODEL, _COMP_MODEL_1K = "eval_cfcm10k_mp_20", "eval_cfcm1k_mp_20"  # the bundled composition model
+# the bundled composition model, then the bundled atom model
+_COMP_MODEL, _COMP_MODEL_1K = "eval_cfL8d4_10k_mp_20_cpu", "eval_cfL8d4_1k_mp_20_cpu"
 TARGETS_MP20 = (
     ("structural validity, 10,000 de novo", _DE_NOVO_10K, "struct_valid", 0.995, "min"),
     ("compositional validity, 10,000 de novo", _DE_NOVO_10K, "comp_valid", 0.88, "min"),
