@@ -96,12 +96,16 @@ def main() -> None:
     drawn = train.atomic_numbers[draw_rows(train, args.n, max_sites=spec.max_atoms, seed=[args.seed, 5])]
     sets = {"training_draw": describe(drawn, known, test.atomic_numbers, masses),
             "test": describe(test.atomic_numbers, known, None, masses)}
+    def draw(model: CompositionModel, seed: int) -> np.ndarray:
+        """``-n`` compositions of ``model`` as `crysgen sample` draws them for the atom model."""
+        return from_model(model, args.n, max_sites=spec.max_atoms, known_elements=set(spec.elements),
+                          seed=[seed, 5])[0].atomic_numbers
+
     models = {}
     for path in args.models:
         model = CompositionModel.from_pretrained(path)
         t0 = time.perf_counter()
-        sampled = from_model(model, args.n, max_sites=spec.max_atoms, known_elements=set(spec.elements),
-                             seed=[args.seed, 5])[0].atomic_numbers
+        sampled = draw(model, args.seed)
         seconds = time.perf_counter() - t0
         s = model.net.cfg.max_sites
         row = describe(sampled, known, test.atomic_numbers, masses) | {
@@ -111,11 +115,8 @@ def main() -> None:
             "net": model.net.config, "parameters": sum(p.numel() for p in model.net.parameters()),
             "weights_sha256": file_sha256(Path(path) / "weights.safetensors"), "path": str(path)}
         if args.repeats:
-            rates = [row["smact_valid"]] + [
-                float(smact_flags(from_model(model, args.n, max_sites=spec.max_atoms,
-                                             known_elements=set(spec.elements),
-                                             seed=[args.seed + k, 5])[0].atomic_numbers).mean())
-                for k in range(1, args.repeats + 1)]
+            rates = [row["smact_valid"]] + [float(smact_flags(draw(model, args.seed + k)).mean())
+                                            for k in range(1, args.repeats + 1)]
             row |= {"smact_valid_by_seed": rates, "smact_valid_mean": float(np.mean(rates)),
                     "smact_valid_sd": float(np.std(rates, ddof=1))}
         models[Path(path).name] = row

@@ -5,6 +5,7 @@ Usage: python benchmarks/render_readme.py   (rewrites the block between the resu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -96,18 +97,16 @@ def model_prior(prior: str | None) -> bool:
 
 def composition_model_name(path: Path, d: dict) -> str:
     """Which composition model drew a result file's compositions: "the bundled composition model",
-    the folder of a training record under ``results/runs/`` that holds the same weights, or the
-    weights' SHA-256 prefix ("" when not known)."""
+    else the folder in this tree or in git history that holds its weights (:func:`committed_models`,
+    :func:`replaced_models`), else the weights' SHA-256 prefix ("" when not known)."""
     weights = ((d.get("sampling") or {}).get("weights") or {}).get("composition_prior/weights.safetensors")
     digest = weights or _COMPOSITION_WEIGHTS.get(path.stem)
     if not digest:
         return ""
     if digest == sha256(COMPOSITION_MODEL / "weights.safetensors"):
         return "the bundled composition model"
-    for w in sorted((ROOT / "benchmarks" / "results" / "runs").glob("composition_*/*/weights.safetensors")):
-        if sha256(w) == digest:
-            return f"composition model {w.parent.name}"
-    return f"composition model `{digest[:12]}…`"
+    where = (replaced_models() | committed_models()).get(digest)
+    return f"composition model {Path(where[0]).name}" if where else f"composition model `{digest[:12]}…`"
 
 
 def restart_words(restart: list) -> str:
@@ -817,11 +816,13 @@ def atom_table() -> list[str]:
     return [*lines, ""] if lines else []
 
 
+@functools.cache
 def committed_models() -> dict[str, tuple[str, str]]:
     """SHA-256 of every model weight file in the tree -> (its folder, the steps it was trained)."""
     out = {}
-    folders = [*(ROOT / "src" / "crysgen" / "pretrained").glob("*"),
-               *(ROOT / "benchmarks" / "results" / "runs").glob("*/model")]
+    runs = ROOT / "benchmarks" / "results" / "runs"
+    folders = [*(ROOT / "src" / "crysgen" / "pretrained").glob("*"), *runs.glob("*/model"),
+               *runs.glob("composition_*/*")]  # composition sweeps keep each run's weights in its folder
     for folder in folders:
         weights, config = folder / "weights.safetensors", folder / "config.json"
         if not (weights.is_file() and config.is_file()):
@@ -831,6 +832,7 @@ def committed_models() -> dict[str, tuple[str, str]]:
     return out
 
 
+@functools.cache
 def replaced_models() -> dict[str, tuple[str, str]]:
     """SHA-256 of model weights that left the tree or were overwritten -> (where, the steps trained).
 
@@ -860,7 +862,9 @@ def replaced_models() -> dict[str, tuple[str, str]]:
     return out
 
 
+@functools.cache
 def sha256(path: Path) -> str:
+    """SHA-256 of a file, once per path and run (weights are hashed by several tables)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
