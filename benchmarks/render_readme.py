@@ -75,7 +75,7 @@ def sample_mode(d: dict) -> str:
         words.append("composition prior" + (" + substitution" if options.get("substitute") else "")
                      + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else ""))
     if options.get("symmetry_prior") or d.get("symmetry_templates"):
-        words.append("symmetry templates")
+        words.append("symmetry templates" + (" (ranked)" if options.get("template_ranker") else ""))
     if options.get("template_start"):
         words.append(f"started from the template at σ {options['template_start']:g}")
     if options.get("restart"):
@@ -915,6 +915,7 @@ def default_model_block() -> list[str]:
             + (" --substitute" if options.get("substitute") else "") \
             + (" mass-balanced" if options.get("substitute") == "mass-balanced" else "") \
             + (" --symmetry-prior" if options.get("symmetry_prior") else "") \
+            + (f" --template-ranker {options['template_ranker']}" if options.get("template_ranker") else "") \
             + (f" --template-start {options['template_start']:g}" if options.get("template_start") else "") \
             + (f" --restart {restart_flag(options['restart'])}" if options.get("restart") else "") \
             + (f" --churn {churn:g}" if churn else "") \
@@ -925,7 +926,11 @@ def default_model_block() -> list[str]:
             what = "composition first" + (f" from {name}" if model_prior(prior) else "") \
                 + (", one ion substituted" if options.get("substitute") else "") \
                 + (" (mass-balanced)" if options.get("substitute") == "mass-balanced" else "")
-            what += ", on its crystal's symmetry" if options.get("symmetry_prior") else ""
+            if options.get("symmetry_prior"):  # a drawn crystal's own symmetry, or a fitting one's
+                what += (", on its crystal's symmetry" if not model_prior(prior)
+                         else ", on the symmetry of the training crystal the template ranker picks"
+                         if options.get("template_ranker")
+                         else ", on the best-fitting training crystal's symmetry")
             what += ", started from that crystal" if options.get("template_start") else ""
             return 2, f"{what} (`{flags.strip()}`)"
         if options.get("symmetry_prior"):
