@@ -992,6 +992,9 @@ _RANKED, _COPY_RANKED = "atom_csp_sweep_mp_20_bundled_ranked", "csp_template_cop
 _SUBST = "eval_atom_diffusion_ext29k_subst_tstart_mp_20"  # composition + template from training, σ 0.02
 # the bundled composition model, then the bundled atom model
 _COMP_MODEL, _COMP_MODEL_1K = "eval_cfL8d4_10k_mp_20_cpu", "eval_cfL8d4_1k_mp_20_cpu"
+# the same compositions, each on the training crystal the template ranker picks, started from it at σ 0.02
+_COMP_TPL, _COMP_TPL_1K = "eval_cfL8d4_tpl_10k_mp_20_cpu", "eval_cfL8d4_tpl_1k_mp_20_cpu"
+_TPL = "composition model, ranked template, template start"
 TARGETS_MP20 = (
     ("structural validity, 10,000 de novo", _DE_NOVO_10K, "struct_valid", 0.995, "min"),
     ("compositional validity, 10,000 de novo", _DE_NOVO_10K, "comp_valid", 0.88, "min"),
@@ -1014,6 +1017,15 @@ TARGETS_MP20 = (
     ("S.U.N., composition model then structure (1,000)", _COMP_MODEL_1K, "sun_e_hull_le_0.1", 0.3, "min"),
     ("mean RMSD (Å), composition model then structure (1,000)", _COMP_MODEL_1K, "mean_relax_rmsd", 0.15,
      "max"),
+    (f"structural validity, {_TPL} (10,000)", _COMP_TPL, "struct_valid", 0.995, "min"),
+    (f"compositional validity, {_TPL} (10,000)", _COMP_TPL, "comp_valid", 0.88, "min"),
+    (f"COV-R, {_TPL} (10,000)", _COMP_TPL, "cov_recall", 0.995, "min"),
+    (f"COV-P, {_TPL} (10,000)", _COMP_TPL, "cov_precision", 0.995, "min"),
+    (f"W(ρ), {_TPL} (10,000)", _COMP_TPL, "wdist_density", 0.2, "max"),
+    (f"W(#elements), {_TPL} (10,000)", _COMP_TPL, "wdist_num_elems", 0.08, "max"),
+    (f"CHGNet-stable, {_TPL} (1,000)", _COMP_TPL_1K, "stable_e_hull_le_0.1", 0.5, "min"),
+    (f"S.U.N., {_TPL} (1,000)", _COMP_TPL_1K, "sun_e_hull_le_0.1", 0.3, "min"),
+    (f"mean RMSD (Å), {_TPL} (1,000)", _COMP_TPL_1K, "mean_relax_rmsd", 0.15, "max"),
     ("CHGNet-stable (E_hull ≤ 0.1), 1,000 de novo", _DE_NOVO_1K, "stable_e_hull_le_0.1", 0.5, "min"),
     ("S.U.N., 1,000 de novo", _DE_NOVO_1K, "sun_e_hull_le_0.1", 0.3, "min"),
     ("mean RMSD to the relaxed structure (Å), 1,000 de novo", _DE_NOVO_1K, "mean_relax_rmsd", 0.15, "max"),
