@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -110,6 +111,10 @@ def main() -> None:
         summary = sample_to_dir(args.model, samples, sample_options, device=args.device, progress=False)
         sampling = {"seconds": round(time.perf_counter() - t0, 1), "decoded": summary.decoded,
                     "failures": summary.failures, "composition_prior": summary.composition_prior}
+    if args.reference_limit and (n or 0) > args.reference_limit:  # an easy slip: CDVAE's 10,000 rows use all
+        print(f"warning: {n:,} samples are scored against a seeded {args.reference_limit:,} of the test "
+              "crystals (--reference-limit); the 10,000-sample protocol uses them all: --reference-limit 0",
+              file=sys.stderr)
     written = json.loads((samples / "sample_config.json").read_text())
     # the sampler settings and the SHA-256 of every weights file that made the samples (the atom
     # model's, and a composition model's under composition_prior/)
