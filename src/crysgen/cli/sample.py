@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from crysgen.cli.options import _positive_int
@@ -77,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="atom diffusion: noise every finished sample again to SIGMA and sample it back "
                         "down with STEPS Heun steps, ROUNDS times (default 1): restart sampling, which "
                         "lets the model correct what the first pass got wrong above SIGMA (e.g. 0.1:20)")
+    p.add_argument("--repair", type=functools.partial(_restart, flag="--repair"), default=None,
+                   metavar="SIGMA:STEPS[:ROUNDS]",
+                   help="atom diffusion: sample again from SIGMA (STEPS Heun steps) every sample with two "
+                        "sites closer than 0.5 Å, the later site of each such pair from a fresh random "
+                        "position; up to ROUNDS times (default 1) while any still collide (e.g. 0.3:20:3)")
     p.add_argument("--template-ranker", default=None, metavar="bundled|RANKER.json",
                    help="atom diffusion with --symmetry-prior and --compositions or --formula: choose each "
                         "composition's template among its fitting crystals with a learned ranker ('bundled': "
@@ -142,12 +148,12 @@ def _draw(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be one of {', '.join(DRAWS)}, got {text!r}{hint}")
 
 
-def _restart(text: str) -> tuple[float, int, int] | None:
-    """``--restart``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds), refused as argparse refuses."""
+def _restart(text: str, flag: str = "--restart") -> tuple[float, int, int] | None:
+    """``flag``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds), refused as argparse refuses."""
     from crysgen.pipelines.protocol import restart_schedule
 
     try:
-        return restart_schedule(text)
+        return restart_schedule(text, flag=flag)
     except CrysgenError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -179,7 +185,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             composition_prior=args.composition_prior, substitute=args.substitute,
                             symmetry_prior=args.symmetry_prior, precision=args.precision,
                             template_start=args.template_start, template_ranker=args.template_ranker,
-                            restart=args.restart)
+                            restart=args.restart, repair=args.repair)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

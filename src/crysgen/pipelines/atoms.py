@@ -24,6 +24,7 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError, require_non_negative
 from crysgen.models.atoms import AtomDiffusionBundle
 from crysgen.objectives.atom_edm import Constants, Parts, denoise, wrap
+from crysgen.pipelines.collisions import colliding_sites
 from crysgen.pipelines.compositions import Compositions, from_formula, from_prior, from_targets
 from crysgen.pipelines.protocol import batch_size_for, refuse_voxel_options, restart_schedule
 from crysgen.pipelines.seeding import torch_generator
@@ -35,7 +36,14 @@ from crysgen.pipelines.symmetry import (
     project,
     templates_of_rows,
 )
-from crysgen.representations.atoms import AtomSets, decode, encode, lattice_features, num_elements
+from crysgen.representations.atoms import (
+    AtomSets,
+    decode,
+    encode,
+    lattice_features,
+    nearest_elements,
+    num_elements,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["AtomDiffusionModel", "Compositions", "edm_heun", "size_batches"]
 
 RESTART_SEED = 1_000_003  # the restart rounds' noise streams: seeds [*seed, RESTART_SEED + round, i]
+REPAIR_SEED = 2_000_003  # the repair rounds' noise streams: seeds [*seed, REPAIR_SEED + round, i]
 
 
 class AtomDiffusionModel(AtomDiffusionBundle):
@@ -132,7 +141,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 "anneal_rho": anneal, "anneal_rho_lattice": anneal_l,
                 "limit_element_count": options.limit_element_count, "templates": templates,
                 "precision": precision, "template_start": options.template_start,
-                "restart": self.checked_restart(options.restart)}
+                "restart": self.checked_restart(options.restart),
+                "repair": self.checked_restart(options.repair, flag="--repair")}
 
     def symmetry_templates(self, options: SampleOptions,
                            compositions: Compositions | None = None) -> Templates:
@@ -220,16 +230,19 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             raise CrysgenError(f"--template-start must lie in ({self.edm.sigma_min:g}, "
                                f"{self.edm.sigma_max:g}] (this model's σ range), got {sigma:g}")
 
-    def checked_restart(self, restart: tuple[float, int, int] | None) -> tuple[float, int, int] | None:
+    def checked_restart(self, restart: tuple[float, int, int] | None, *,
+                        flag: str = "--restart") -> tuple[float, int, int] | None:
         """``restart`` (any form :func:`restart_schedule` takes) as (σ, steps, rounds) or None.
+
+        ``flag`` names the option in messages (``--restart``, ``--repair``: the same form).
 
         Raises:
             CrysgenError: for what :func:`restart_schedule` refuses, or σ outside this model's range
                 (σ_min, σ_max].
         """
-        checked = restart_schedule(restart)
+        checked = restart_schedule(restart, flag=flag)
         if checked is not None and not self.edm.sigma_min < checked[0] <= self.edm.sigma_max:
-            raise CrysgenError(f"--restart's σ must lie in ({self.edm.sigma_min:g}, {self.edm.sigma_max:g}] "
+            raise CrysgenError(f"{flag}'s σ must lie in ({self.edm.sigma_min:g}, {self.edm.sigma_max:g}] "
                                f"(this model's σ range), got {checked[0]:g}")
         return checked
 
@@ -285,7 +298,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                     guidance: float = 1.0, churn: float | None = None, anneal_rho: float | None = None,
                     anneal_rho_lattice: float | None = None, templates: Templates | None = None,
                     precision: str = "fp32", template_start: float | None = None,
-                    restart: tuple[float, int, int] | None = None) -> AtomSets:
+                    restart: tuple[float, int, int] | None = None,
+                    repair: tuple[float, int, int] | None = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -331,13 +345,20 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 ``steps`` Heun steps, ``rounds`` times (restart sampling, Xu et al. 2023: the
                 added noise contracts the errors the first pass made above σ); given elements and
                 templates stay as they were. None: one pass.
+            repair: (σ, steps, rounds): after the passes above, each sample with two real sites
+                closer than 0.5 Å (:func:`~crysgen.pipelines.collisions.colliding_sites`) is
+                sampled again from σ like a restart, the later site of every such pair started
+                from a fresh uniform position (the same stream as its restart noise,
+                ``[*seed, REPAIR_SEED + round, i]``); up to ``rounds`` times, each round only the
+                samples still colliding. Samples without a collision are left as they are.
+                None: no repair.
 
         Raises:
             CrysgenError: for a space group outside 1-230, a model without space-group input,
                 a negative churn, templates for another number of samples or sites, templates
                 with a model conditioned on the number of elements, an unknown precision, or a
                 template start without templates, without given elements or outside the
-                model's σ range, or a restart σ outside it.
+                model's σ range, or a restart or repair σ outside it.
         """
         from tqdm.auto import tqdm
 
@@ -364,6 +385,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         if template_start is not None:
             self.check_template_start(template_start, templates, atomic_numbers)
         restart = self.checked_restart(restart)
+        repair = self.checked_restart(repair, flag="--repair")
         if atomic_numbers is None:
             size_seed = [*np.atleast_1d(seed).tolist(), 1]
             if count_elements:
@@ -431,6 +453,15 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                         x = edm_heun(net, noise, m, given, replace(edm, sigma_max=sigma_r), consts,
                                      steps=steps_r, device=device, churn_noise=steps_noise,
                                      conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
+                if repair is not None:
+                    real = m.to(device)
+                    if z is None and empty:  # a de novo model's empty sites are no atoms
+                        codes_now = x.types.float().cpu().numpy()
+                        real = real & torch.as_tensor(nearest_elements(codes_now, [0, *self.spec.elements],
+                                                                       self.spec) > 0, device=device)
+                    x = self.repaired(x, net, m, real, given, edm, consts, repair, seeds=seeds, rows=idx,
+                                      width=width[idx], dim=dim, device=device, conditions=conditions,
+                                      guidance=guidance, symmetry=symmetry)
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
@@ -438,6 +469,53 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 on_batch(b)
         return AtomSets(out_t, out_f, out_l, mask, np.zeros_like(mask, np.int64) if z is None else z,
                         num_elements=elements if z is None else None)
+
+    def repaired(self, x: Parts, net: torch.nn.Module, mask: torch.Tensor, real: torch.Tensor,
+                 given: torch.Tensor | None, edm: AtomEDMConfig, consts: Constants,
+                 repair: tuple[float, int, int], *, seeds: list[int], rows: np.ndarray, width: np.ndarray,
+                 dim: int, device: str, conditions: dict[str, torch.Tensor], guidance: float,
+                 symmetry: SymmetryBatch | None) -> Parts:
+        """One sampled batch with its colliding samples sampled again (``sample_sets``' ``repair``).
+
+        Args:
+            x: the batch as sampled, (B, W, ·) parts on ``device``.
+            net: the denoiser (as the first pass ran it).
+            mask: bool (B, W) the sites the sampler holds.
+            real: bool (B, W) the sites that are atoms.
+            given: (B, W, D) given element codes, or None.
+            edm: the sampler's settings (churn, annealing) of the first pass.
+            consts: data statistics.
+            repair: (σ, steps, rounds).
+            seeds: the run's seed.
+            rows: int (B,) the samples' indices in the run (their noise streams).
+            width: int (B,) sites each sample needs.
+            dim: the element code size.
+            device: where the network runs.
+            conditions: the first pass's conditions, int (B,) each.
+            guidance: the first pass's guidance weight.
+            symmetry: the first pass's templates, or None.
+
+        Returns:
+            The batch with every repaired sample replaced (the rest bit for bit as given).
+        """
+        sigma, steps, rounds = repair
+        for r in range(rounds):
+            hit = colliding_sites(x, mask.to(device), consts, real=real.to(device))
+            redo = hit.any(1).nonzero().flatten()
+            if not len(redo):
+                break
+            sub = redo.cpu().numpy()
+            noise, churn = crystal_noise([*seeds, REPAIR_SEED + r], rows[sub], width[sub], mask.shape[1], dim,
+                                         steps if edm.s_churn > 0 else 0)
+            moved = torch.where(hit[redo][..., None], noise[1].to(device), x.frac[redo])  # fresh uniform
+            start = Parts(x.types[redo], moved, x.lattice[redo])
+            sym = None if symmetry is None else symmetry.to(device).rows(redo)
+            y = edm_heun(net, noise, mask[sub], None if given is None else given[sub],
+                         replace(edm, sigma_max=sigma), consts, steps=steps, device=device, churn_noise=churn,
+                         conditions={k: v[sub] for k, v in conditions.items()}, guidance=guidance,
+                         symmetry=sym, start=start)
+            x = Parts(*(a.index_copy(0, redo, b.to(a.dtype)) for a, b in zip(x, y, strict=True)))
+        return x
 
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
@@ -447,14 +525,15 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  anneal_rho_lattice: float | None = None,
                  limit_element_count: bool = False, templates: Templates | None = None,
                  precision: str = "fp32", template_start: float | None = None,
-                 restart: tuple[float, int, int] | None = None, **_: Any) -> DecodeResult:
+                 restart: tuple[float, int, int] | None = None,
+                 repair: tuple[float, int, int] | None = None, **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
         ``space_group``, ``guidance``, ``churn``, ``anneal_rho(_lattice)`` and ``precision``: see
         :meth:`sample_sets`;
         ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
-        ``--symmetry-prior``), ``template_start`` and ``restart`` too. Every site snaps to
+        ``--symmetry-prior``), ``template_start``, ``restart`` and ``repair`` too. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
         novo samples snap to at most the number of distinct elements each was conditioned on
         (:func:`~crysgen.representations.atoms.nearest_elements_at_most`; on mp_20 this halved
@@ -471,7 +550,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
                                 guidance=guidance, churn=churn, anneal_rho=anneal_rho,
                                 anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision,
-                                template_start=template_start, restart=restart)
+                                template_start=template_start, restart=restart, repair=repair)
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None,
                      empty_sites=self.edm.empty_sites > 0 and z is None)

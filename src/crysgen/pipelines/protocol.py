@@ -55,12 +55,14 @@ def substitute_draw(value: bool | str | None) -> str | None:
     return value
 
 
-def restart_schedule(value: str | Sequence[float] | None) -> tuple[float, int, int] | None:
-    """``--restart``'s setting as (σ, steps, rounds), or None (off).
+def restart_schedule(value: str | Sequence[float] | None, *,
+                     flag: str = "--restart") -> tuple[float, int, int] | None:
+    """``--restart``'s (or ``--repair``'s) setting as (σ, steps, rounds), or None (off).
 
     Args:
         value: "SIGMA:STEPS[:ROUNDS]" (the CLI's form; ROUNDS defaults to 1), a (σ, steps) or
             (σ, steps, rounds) sequence, or None.
+        flag: the option's name in messages.
 
     Raises:
         CrysgenError: for another form, σ ≤ 0, or fewer than one step or round (the model's own
@@ -74,10 +76,10 @@ def restart_schedule(value: str | Sequence[float] | None) -> tuple[float, int, i
             raise ValueError
         sigma, steps, rounds = float(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else 1.0
     except (TypeError, ValueError):
-        raise CrysgenError(f"--restart must be SIGMA:STEPS or SIGMA:STEPS:ROUNDS (e.g. 0.1:20), "
+        raise CrysgenError(f"{flag} must be SIGMA:STEPS or SIGMA:STEPS:ROUNDS (e.g. 0.1:20), "
                            f"got {value!r}") from None
     if not (sigma > 0 and steps == int(steps) >= 1 and rounds == int(rounds) >= 1):
-        raise CrysgenError(f"--restart needs SIGMA > 0, STEPS >= 1 and ROUNDS >= 1 (whole numbers), "
+        raise CrysgenError(f"{flag} needs SIGMA > 0, STEPS >= 1 and ROUNDS >= 1 (whole numbers), "
                            f"got {value!r}")
     return sigma, int(steps), int(rounds)
 
@@ -121,6 +123,9 @@ class SampleOptions:
     ``restart`` (σ, steps, rounds) noises every finished sample again to σ and samples it back
     down with that many Heun steps, ``rounds`` times (restart sampling; atom diffusion models;
     :meth:`crysgen.pipelines.atoms.AtomDiffusionModel.sample_sets`).
+    ``repair`` (σ, steps, rounds) samples again, in the same way, only the samples with two sites
+    closer than 0.5 Å, each time from a fresh position for the later site of every such pair
+    (atom diffusion models).
     """
 
     n: int
@@ -154,6 +159,7 @@ class SampleOptions:
     template_start: float | None = None
     template_ranker: str | None = None
     restart: tuple[float, int, int] | None = None
+    repair: tuple[float, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -168,6 +174,7 @@ class SampleOptions:
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "restart", restart_schedule(self.restart))  # frozen
+        object.__setattr__(self, "repair", restart_schedule(self.repair, flag="--repair"))
 
 
 class Generator(Protocol):
@@ -303,9 +310,11 @@ def refuse_atom_options(options: SampleOptions) -> None:
             or options.anneal_rho_lattice is not None
             or options.limit_element_count or options.symmetry_prior is not None
             or options.precision != "auto" or options.template_start is not None
-            or options.template_ranker is not None or options.restart is not None):
+            or options.template_ranker is not None or options.restart is not None
+            or options.repair is not None):
         raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
-                           "--symmetry-prior, --template-start, --template-ranker, --restart and --precision "
+                           "--symmetry-prior, --template-start, --template-ranker, --restart, --repair "
+                           "and --precision "
                            "apply to atom diffusion models only")
 
 

@@ -373,6 +373,11 @@ class SymmetryBatch:
         return SymmetryBatch(*(t.to(device) for t in (self.rotations, self.translations, self.sources,
                                                       self.weights, self.positions, self.fixed)))
 
+    def rows(self, index: torch.Tensor) -> SymmetryBatch:
+        """The templates of the batch's samples ``index`` (long (b,), on this batch's device)."""
+        return SymmetryBatch(*(t[index] for t in (self.rotations, self.translations, self.sources,
+                                                  self.weights, self.positions, self.fixed)))
+
 
 def project(x: Parts, sym: SymmetryBatch, mask: torch.Tensor, consts: Constants, *,
             types: bool = True) -> Parts:
