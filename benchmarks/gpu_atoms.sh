@@ -45,6 +45,7 @@
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N;
 #                                                      # SWEEP_ARGS: more atom_csp_sweep.py options)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR, packed
+#                                                      # (SAMPLE_ARGS: more `crysgen sample` options)
 #                                                      # into $OUT (N=10000: 80 s for carbon on an H100)
 #   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
 #                                                      # caches in /tmp/evs_cache; result -> /tmp/evs_result
@@ -179,7 +180,7 @@ chain)  # PAIR side by side on one GPU (INIT, STEPS shared), then scored; detach
 denovo)  # MODEL DIR: N samples (seed 0: paired with any other model's N, see `crysgen compare`),
   # packed into $OUT/samples_<DIR's name>.tgz (split at 15 MiB) for `eval_model.py --samples` elsewhere
   install
-  python3 -m crysgen sample $2 -n ${N:-1000} --device cuda --out $3 --quiet
+  python3 -m crysgen sample $2 -n ${N:-1000} ${SAMPLE_ARGS:-} --device cuda --out $3 --quiet
   tail -c 600 $3/summary.json
   ship samples_$(basename $3) -C $(dirname $3) $(basename $3) ;;
 evalspeed)
