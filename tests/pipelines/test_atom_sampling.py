@@ -14,7 +14,7 @@ from crysgen.crystal_set import CrystalSet
 from crysgen.data.structures import load_inputs
 from crysgen.evaluation.validity import structurally_valid
 from crysgen.models.atom_transformer import AtomTransformer
-from crysgen.objectives.atom_edm import AtomEDMConfig
+from crysgen.objectives.atom_edm import AtomEDMConfig, Constants, Parts
 from crysgen.pipelines.atoms import (
     AtomDiffusionModel,
     InBf16,
@@ -23,9 +23,10 @@ from crysgen.pipelines.atoms import (
     karras_sigmas,
     size_batches,
 )
+from crysgen.pipelines.collisions import colliding_sites
 from crysgen.pipelines.generators import DEFAULT_MODEL
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
-from crysgen.representations.atoms import AtomSetSpec
+from crysgen.representations.atoms import AtomSetSpec, nearest_elements
 from tests.conftest import load_cif
 
 NAMES = ("NaCl", "SrTiO3", "ZnO_wurtzite", "triclinic_LiFePO")
@@ -803,10 +804,49 @@ def test_a_restart_keeps_a_given_composition(model_dir, tmp_path):
     assert all(s.composition.reduced_formula == "SrTiO3" for s in decoded)
 
 
+def _colliding(model, sets, real=None) -> np.ndarray:
+    """Bool (N,): the samples with two real sites closer than 0.5 Å."""
+    x = Parts(torch.as_tensor(sets.types), torch.as_tensor(sets.frac), torch.as_tensor(sets.lattice))
+    mask = torch.as_tensor(sets.mask)
+    return colliding_sites(x, mask, Constants.from_spec(model.spec), real=real).any(1).numpy()
+
+
+def test_a_repair_resamples_the_colliding_samples_and_leaves_the_rest(model_dir):
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    first = model.sample_sets(24, steps=4, seed=3, churn=0.0)
+    repaired = model.sample_sets(24, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))
+    hit = _colliding(model, first)
+    assert hit.any(), "the first pass has no collision to repair: pick another seed"
+    assert not _colliding(model, repaired).any()
+    for part in ("frac", "lattice", "types"):  # samples without a collision: bit for bit the first pass
+        np.testing.assert_array_equal(getattr(repaired, part)[~hit], getattr(first, part)[~hit])
+    assert all(not np.array_equal(repaired.frac[i], first.frac[i]) for i in np.flatnonzero(hit))
+    again = model.sample_sets(24, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))
+    np.testing.assert_array_equal(again.frac, repaired.frac)  # seeded
+
+
+def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, empty_model, tmp_path):
+    options = SampleOptions(n=6, steps=4, formula="SrTiO3", repair=(0.5, 3, 2))
+    sample_to_dir(model_dir, tmp_path / "s", options, progress=False)
+    decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
+    assert decoded and all(s.composition.reduced_formula == "SrTiO3" for s in decoded)
+    model = AtomDiffusionModel.from_pretrained(empty_model)
+    first = model.sample_sets(16, steps=4, seed=3, churn=0.0)
+    repaired = model.sample_sets(16, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))
+    def real(sets):  # the sites that decode to an atom, not to an empty site
+        return torch.as_tensor(sets.mask & (nearest_elements(sets.types, [0, *model.spec.elements], model.spec) > 0))
+
+    hit = _colliding(model, first, real(first))
+    np.testing.assert_array_equal(repaired.frac[~hit], first.frac[~hit])
+    assert hit.sum() > _colliding(model, repaired, real(repaired)).sum()
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--restart", "0.1"], "SIGMA:STEPS"),
     (["--restart", "0.1:0"], "STEPS >= 1"),
     (["--restart", "1000:5"], "must lie in"),
+    (["--repair", "0.3"], "--repair must be SIGMA:STEPS"),
+    (["--repair", "1000:5"], "--repair's σ must lie in"),
 ])
 def test_a_bad_restart_gets_a_clear_error(model_dir, tmp_path, capsys, argv, message):
     try:
@@ -823,6 +863,8 @@ def test_crystens_models_refuse_a_restart(tmp_path):
 
     with pytest.raises(CrysgenError, match="atom diffusion models only"):
         sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, restart=(0.1, 5, 1)), progress=False)
+    with pytest.raises(CrysgenError, match="atom diffusion models only"):
+        sample_to_dir(CRYSTENS_MODEL, tmp_path / "p", SampleOptions(n=2, repair=(0.1, 5, 1)), progress=False)
 
 
 @pytest.fixture(scope="module")
