@@ -833,8 +833,10 @@ def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, 
     model = AtomDiffusionModel.from_pretrained(empty_model)
     first = model.sample_sets(16, steps=4, seed=3, churn=0.0)
     repaired = model.sample_sets(16, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))
+
     def real(sets):  # the sites that decode to an atom, not to an empty site
-        return torch.as_tensor(sets.mask & (nearest_elements(sets.types, [0, *model.spec.elements], model.spec) > 0))
+        allowed = [0, *model.spec.elements]
+        return torch.as_tensor(sets.mask & (nearest_elements(sets.types, allowed, model.spec) > 0))
 
     hit = _colliding(model, first, real(first))
     np.testing.assert_array_equal(repaired.frac[~hit], first.frac[~hit])
