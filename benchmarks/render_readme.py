@@ -80,6 +80,8 @@ def sample_mode(d: dict) -> str:
         words.append(f"started from the template at σ {options['template_start']:g}")
     if options.get("restart"):
         words.append(restart_words(options["restart"]))
+    if options.get("repair"):
+        words.append(restart_words(options["repair"], "colliding samples repaired"))
     if options.get("limit_element_count") or options.get("free_element_count") is False:  # older name
         words.append("element-count limit")
     # a sampler setting other than `crysgen sample`'s defaults (older files record none)
@@ -109,10 +111,11 @@ def composition_model_name(path: Path, d: dict) -> str:
     return f"composition model {Path(where[0]).name}" if where else f"composition model `{digest[:12]}…`"
 
 
-def restart_words(restart: list) -> str:
-    """``--restart`` (σ, steps, rounds) in words."""
+def restart_words(restart: list, what: str = "restarted") -> str:
+    """``--restart`` (or ``--repair``, ``what``: "colliding samples repaired") (σ, steps, rounds) in words."""
     sigma, steps, rounds = restart
-    return f"restarted at σ {sigma:g} ({steps} steps" + (f", {rounds} rounds)" if rounds > 1 else ")")
+    most = "" if what == "restarted" else "up to "  # a repair stops once no sample collides
+    return f"{what} at σ {sigma:g} ({steps} steps" + (f", {most}{rounds} rounds)" if rounds > 1 else ")")
 
 
 def restart_flag(restart: list) -> str:
@@ -918,6 +921,7 @@ def default_model_block() -> list[str]:
             + (f" --template-ranker {options['template_ranker']}" if options.get("template_ranker") else "") \
             + (f" --template-start {options['template_start']:g}" if options.get("template_start") else "") \
             + (f" --restart {restart_flag(options['restart'])}" if options.get("restart") else "") \
+            + (f" --repair {restart_flag(options['repair'])}" if options.get("repair") else "") \
             + (f" --churn {churn:g}" if churn else "") \
             + (f" --anneal-rho {anneal:g}" if anneal else "") \
             + (f" --anneal-rho-lattice {lattice:g}" if lattice is not None and lattice != anneal else "")
