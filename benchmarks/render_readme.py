@@ -989,6 +989,7 @@ def default_model_block() -> list[str]:
 # "csp:relaxed_rmse" after the sweep's CHGNet relaxation); rows of
 # _BASELINES measure no model (their "met" says so)
 _DE_NOVO_10K, _DE_NOVO_1K = "eval_atom_diffusion_ext29k_10k_mp_20_cpu", "eval_atom_diffusion_ext29k_mp_20"
+_REPAIRED_10K = "eval_atom_diffusion_ext29k_repair_10k_mp_20_cpu"  # the same draw, `--repair 0.3:20:3`
 _COMP_FIRST, _CSP = "eval_atom_diffusion_ext29k_symcomp_mb_mp_20_cpu", "atom_csp_sweep_mp_20_ext29ka"
 _TSTART, _COPY = "atom_csp_sweep_mp_20_bundled_tstart", "csp_template_copy_mp_20"
 _COPY_MPTS = "csp_template_copy_mpts_52"
@@ -1028,6 +1029,8 @@ TARGETS_MP20 = (
     ("W(ρ), 10,000 de novo", _DE_NOVO_10K, "wdist_density", 0.2, "max"),
     ("W(#elements), 10,000 de novo", _DE_NOVO_10K, "wdist_num_elems", 0.08, "max"),
     ("W(#elements), composition first (1,000)", _COMP_FIRST, "wdist_num_elems", 0.08, "max"),
+    *((f"{what}, 10,000 de novo, colliding samples repaired", _REPAIRED_10K, metric, target, sense)
+      for what, metric, target, sense in _CDVAE_TARGETS),
     *_pipeline_targets("composition model then structure", _COMP_MODEL, _COMP_MODEL_1K),
     *_pipeline_targets(_TPL, _COMP_TPL, _COMP_TPL_1K),
     ("CHGNet-stable (E_hull ≤ 0.1), 1,000 de novo", _DE_NOVO_1K, "stable_e_hull_le_0.1", 0.5, "min"),
