@@ -454,12 +454,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                      steps=steps_r, device=device, churn_noise=steps_noise,
                                      conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
                 if repair is not None:
-                    real = m.to(device)
-                    if z is None and empty:  # a de novo model's empty sites are no atoms
-                        codes_now = x.types.float().cpu().numpy()
-                        real = real & torch.as_tensor(nearest_elements(codes_now, [0, *self.spec.elements],
-                                                                       self.spec) > 0, device=device)
-                    x = self.repaired(x, net, m, real, given, edm, consts, repair, seeds=seeds, rows=idx,
+                    x = self.repaired(x, net, m, given, edm, consts, repair, seeds=seeds, rows=idx,
                                       width=width[idx], dim=dim, device=device, conditions=conditions,
                                       guidance=guidance, symmetry=symmetry)
             out_t[idx, :w] = x.types.cpu().numpy()
@@ -470,8 +465,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         return AtomSets(out_t, out_f, out_l, mask, np.zeros_like(mask, np.int64) if z is None else z,
                         num_elements=elements if z is None else None)
 
-    def repaired(self, x: Parts, net: torch.nn.Module, mask: torch.Tensor, real: torch.Tensor,
-                 given: torch.Tensor | None, edm: AtomEDMConfig, consts: Constants,
+    def repaired(self, x: Parts, net: torch.nn.Module, mask: torch.Tensor, given: torch.Tensor | None,
+                 edm: AtomEDMConfig, consts: Constants,
                  repair: tuple[float, int, int], *, seeds: list[int], rows: np.ndarray, width: np.ndarray,
                  dim: int, device: str, conditions: dict[str, torch.Tensor], guidance: float,
                  symmetry: SymmetryBatch | None) -> Parts:
@@ -480,8 +475,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         Args:
             x: the batch as sampled, (B, W, ·) parts on ``device``.
             net: the denoiser (as the first pass ran it).
-            mask: bool (B, W) the sites the sampler holds.
-            real: bool (B, W) the sites that are atoms.
+            mask: bool (B, W) the sites the sampler holds (de novo with empty sites, those whose
+                element code is nearest to no element's are no atoms, read afresh every round).
             given: (B, W, D) given element codes, or None.
             edm: the sampler's settings (churn, annealing) of the first pass.
             consts: data statistics.
@@ -499,8 +494,14 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             The batch with every repaired sample replaced (the rest bit for bit as given).
         """
         sigma, steps, rounds = repair
+        mask = mask.to(device)
         for r in range(rounds):
-            hit = colliding_sites(x, mask.to(device), consts, real=real.to(device))
+            real = mask
+            if given is None and self.edm.empty_sites:  # a de novo model's empty sites are no atoms
+                codes = x.types.float().cpu().numpy()
+                atoms = nearest_elements(codes, [0, *self.spec.elements], self.spec) > 0
+                real = mask & torch.as_tensor(atoms, device=device)
+            hit = colliding_sites(x, mask, consts, real=real)
             redo = hit.any(1).nonzero().flatten()
             if not len(redo):
                 break
@@ -510,7 +511,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             moved = torch.where(hit[redo][..., None], noise[1].to(device), x.frac[redo])  # fresh uniform
             start = Parts(x.types[redo], moved, x.lattice[redo])
             sym = None if symmetry is None else symmetry.to(device).rows(redo)
-            y = edm_heun(net, noise, mask[sub], None if given is None else given[sub],
+            y = edm_heun(net, noise, mask[redo], None if given is None else given[sub],
                          replace(edm, sigma_max=sigma), consts, steps=steps, device=device, churn_noise=churn,
                          conditions={k: v[sub] for k, v in conditions.items()}, guidance=guidance,
                          symmetry=sym, start=start)
