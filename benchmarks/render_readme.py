@@ -990,6 +990,7 @@ def default_model_block() -> list[str]:
 # _BASELINES measure no model (their "met" says so)
 _DE_NOVO_10K, _DE_NOVO_1K = "eval_atom_diffusion_ext29k_10k_mp_20_cpu", "eval_atom_diffusion_ext29k_mp_20"
 _REPAIRED_10K = "eval_atom_diffusion_ext29k_repair_10k_mp_20_cpu"  # the same draw, `--repair 0.3:20:3`
+_COMP_REPAIRED = "eval_cfL8d4_rep10k_mp_20_cpu"  # _COMP_MODEL's draw with `--repair 0.3:20:3`
 _COMP_FIRST, _CSP = "eval_atom_diffusion_ext29k_symcomp_mb_mp_20_cpu", "atom_csp_sweep_mp_20_ext29ka"
 _TSTART, _COPY = "atom_csp_sweep_mp_20_bundled_tstart", "csp_template_copy_mp_20"
 _COPY_MPTS = "csp_template_copy_mpts_52"
@@ -1032,6 +1033,9 @@ TARGETS_MP20 = (
     *((f"{what}, 10,000 de novo, colliding samples repaired", _REPAIRED_10K, metric, target, sense)
       for what, metric, target, sense in _CDVAE_TARGETS),
     *_pipeline_targets("composition model then structure", _COMP_MODEL, _COMP_MODEL_1K),
+    *((f"{what}, composition model then structure, colliding samples repaired (10,000)", _COMP_REPAIRED,
+       metric, target, sense) for what, metric, target, sense in _CDVAE_TARGETS if metric in
+      ("struct_valid", "comp_valid", "wdist_density", "wdist_num_elems")),
     *_pipeline_targets(_TPL, _COMP_TPL, _COMP_TPL_1K),
     ("CHGNet-stable (E_hull ≤ 0.1), 1,000 de novo", _DE_NOVO_1K, "stable_e_hull_le_0.1", 0.5, "min"),
     ("S.U.N., 1,000 de novo", _DE_NOVO_1K, "sun_e_hull_le_0.1", 0.3, "min"),
