@@ -45,8 +45,8 @@
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N;
 #                                                      # SWEEP_ARGS: more atom_csp_sweep.py options)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR, packed
-#                                                      # (SAMPLE_ARGS: more `crysgen sample` options)
-#                                                      # into $OUT (N=10000: 80 s for carbon on an H100)
+#                                                      # into $OUT (N=10000: 80 s for carbon on an H100;
+#                                                      # SAMPLE_ARGS: more `crysgen sample` options)
 #   COLD=1 bash benchmarks/gpu_atoms.sh evalspeed DIR WAIT   # eval_speed.py (issue 19) on DIR, detached,
 #                                                      # caches in /tmp/evs_cache; result -> /tmp/evs_result
 #                                                      # (RELAX_WORKERS, default 14: with 4 the cold run of

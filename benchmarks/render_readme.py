@@ -81,7 +81,7 @@ def sample_mode(d: dict) -> str:
     if options.get("restart"):
         words.append(restart_words(options["restart"]))
     if options.get("repair"):
-        words.append(restart_words(options["repair"], "colliding samples repaired"))
+        words.append(restart_words(options["repair"], repair=True))
     if options.get("limit_element_count") or options.get("free_element_count") is False:  # older name
         words.append("element-count limit")
     # a sampler setting other than `crysgen sample`'s defaults (older files record none)
@@ -111,10 +111,10 @@ def composition_model_name(path: Path, d: dict) -> str:
     return f"composition model {Path(where[0]).name}" if where else f"composition model `{digest[:12]}…`"
 
 
-def restart_words(restart: list, what: str = "restarted") -> str:
-    """``--restart`` (or ``--repair``, ``what``: "colliding samples repaired") (σ, steps, rounds) in words."""
+def restart_words(restart: list, *, repair: bool = False) -> str:
+    """``--restart``'s (``repair``: ``--repair``'s) (σ, steps, rounds) in words."""
     sigma, steps, rounds = restart
-    most = "" if what == "restarted" else "up to "  # a repair stops once no sample collides
+    what, most = ("colliding samples repaired", "up to ") if repair else ("restarted", "")  # a repair stops
     return f"{what} at σ {sigma:g} ({steps} steps" + (f", {most}{rounds} rounds)" if rounds > 1 else ")")
 
 
@@ -1012,11 +1012,18 @@ _STABILITY_TARGETS = (("CHGNet-stable", "stable_e_hull_le_0.1", 0.5, "min"),
                       ("mean RMSD (Å)", "mean_relax_rmsd", 0.15, "max"))
 
 
+def _cdvae_targets(pipeline: str, file_10k: str,
+                   metrics: tuple[str, ...] | None = None) -> tuple[tuple[str, str, str, float, str], ...]:
+    """A pipeline's target rows of CDVAE's metrics on its 10,000-sample file (``metrics``: only
+    those, for a file that scored no more)."""
+    return tuple((f"{what}, {pipeline} (10,000)", file_10k, metric, target, sense)
+                 for what, metric, target, sense in _CDVAE_TARGETS if metrics is None or metric in metrics)
+
+
 def _pipeline_targets(pipeline: str, file_10k: str,
                       file_1k: str) -> tuple[tuple[str, str, str, float, str], ...]:
     """A pipeline's target rows: CDVAE's metrics on its 10,000-sample file, stability on its 1,000."""
-    return (*((f"{what}, {pipeline} (10,000)", file_10k, metric, target, sense)
-              for what, metric, target, sense in _CDVAE_TARGETS),
+    return (*_cdvae_targets(pipeline, file_10k),
             *((f"{what}, {pipeline} (1,000)", file_1k, metric, target, sense)
               for what, metric, target, sense in _STABILITY_TARGETS))
 
@@ -1030,12 +1037,10 @@ TARGETS_MP20 = (
     ("W(ρ), 10,000 de novo", _DE_NOVO_10K, "wdist_density", 0.2, "max"),
     ("W(#elements), 10,000 de novo", _DE_NOVO_10K, "wdist_num_elems", 0.08, "max"),
     ("W(#elements), composition first (1,000)", _COMP_FIRST, "wdist_num_elems", 0.08, "max"),
-    *((f"{what}, 10,000 de novo, colliding samples repaired", _REPAIRED_10K, metric, target, sense)
-      for what, metric, target, sense in _CDVAE_TARGETS),
+    *_cdvae_targets("de novo, colliding samples repaired", _REPAIRED_10K),
     *_pipeline_targets("composition model then structure", _COMP_MODEL, _COMP_MODEL_1K),
-    *((f"{what}, composition model then structure, colliding samples repaired (10,000)", _COMP_REPAIRED,
-       metric, target, sense) for what, metric, target, sense in _CDVAE_TARGETS if metric in
-      ("struct_valid", "comp_valid", "wdist_density", "wdist_num_elems")),
+    *_cdvae_targets("composition model then structure, colliding samples repaired", _COMP_REPAIRED,
+                    ("struct_valid", "comp_valid", "wdist_density", "wdist_num_elems")),  # no COV scored
     *_pipeline_targets(_TPL, _COMP_TPL, _COMP_TPL_1K),
     ("CHGNet-stable (E_hull ≤ 0.1), 1,000 de novo", _DE_NOVO_1K, "stable_e_hull_le_0.1", 0.5, "min"),
     ("S.U.N., 1,000 de novo", _DE_NOVO_1K, "sun_e_hull_le_0.1", 0.3, "min"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
@@ -370,13 +370,11 @@ class SymmetryBatch:
 
     def to(self, device: str | torch.device) -> SymmetryBatch:
         """On ``device``."""
-        return SymmetryBatch(*(t.to(device) for t in (self.rotations, self.translations, self.sources,
-                                                      self.weights, self.positions, self.fixed)))
+        return SymmetryBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
     def rows(self, index: torch.Tensor) -> SymmetryBatch:
         """The templates of the batch's samples ``index`` (long (b,), on this batch's device)."""
-        return SymmetryBatch(*(t[index] for t in (self.rotations, self.translations, self.sources,
-                                                  self.weights, self.positions, self.fixed)))
+        return SymmetryBatch(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def project(x: Parts, sym: SymmetryBatch, mask: torch.Tensor, consts: Constants, *,
