@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -821,6 +822,8 @@ def test_a_repair_resamples_the_colliding_samples_and_leaves_the_rest(model_dir)
     for part in ("frac", "lattice", "types"):  # samples without a collision: bit for bit the first pass
         np.testing.assert_array_equal(getattr(repaired, part)[~hit], getattr(first, part)[~hit])
     assert all(not np.array_equal(repaired.frac[i], first.frac[i]) for i in np.flatnonzero(hit))
+    assert first.repair_rounds is None
+    np.testing.assert_array_equal(repaired.repair_rounds > 0, hit)  # rounds counted where repaired
     again = model.sample_sets(24, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))
     np.testing.assert_array_equal(again.frac, repaired.frac)  # seeded
     # from a tiny σ the sampler barely moves a site: only the fresh position of the later site of
@@ -834,6 +837,13 @@ def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, 
     sample_to_dir(model_dir, tmp_path / "s", options, progress=False)
     decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
     assert decoded and all(s.composition.reduced_formula == "SrTiO3" for s in decoded)
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    z = model.compositions_from_formula("SrTiO3", 6, seed=[0, 2]).atomic_numbers
+    want = model.sample_sets(6, steps=4, seed=[0, 0], atomic_numbers=z, repair=(0.5, 3, 2)).repair_rounds
+    assert want.any(), "no sample needed a repair: pick another formula"
+    assert [int(r["repair_rounds"]) for r in _rows(tmp_path / "s")] == want.tolist()  # the sampler's count
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["repaired"] == int((want > 0).sum())
     model = AtomDiffusionModel.from_pretrained(empty_model)
     first = model.sample_sets(16, steps=4, seed=3, churn=0.0)
     repaired = model.sample_sets(16, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))

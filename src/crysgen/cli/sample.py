@@ -191,7 +191,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             workers=args.workers)
     print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
           f"{summary.failure_reasons or ''}), {summary.structurally_valid} structurally valid "
-          f"(atoms >= 0.5 Å apart, volume >= 0.1 Å³); {summary.crystals_per_s} crystals/s")
+          f"(atoms >= 0.5 Å apart, volume >= 0.1 Å³)"
+          f"{'' if summary.repaired is None else f', {summary.repaired} repaired'}; "
+          f"{summary.crystals_per_s} crystals/s")
     print(f"CIFs in {Path(args.out) / 'cifs'}, table in {Path(args.out) / 'samples.csv'}, "
           f"summary in {Path(args.out) / 'summary.json'}")
     return 0

@@ -413,6 +413,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         out_t = np.zeros((n, s, dim), np.float32)
         out_f = np.zeros((n, s, 3), np.float32)
         out_l = np.zeros((n, 6), np.float32)
+        out_r = np.zeros(n, np.int64)  # repair rounds per sample
         width = np.where(mask.any(1), s - np.argmax(mask[:, ::-1], 1), 0)  # sites up to the last real one
         slack = 1.25 if torch.device(device).type == "cpu" else float("inf")
         has_template = np.zeros(n, bool)
@@ -454,22 +455,25 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                      steps=steps_r, device=device, churn_noise=steps_noise,
                                      conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
                 if repair is not None:
-                    x = self.repaired(x, net, m, given, edm, consts, repair, seeds=seeds, rows=idx,
-                                      width=width[idx], dim=dim, device=device, conditions=conditions,
-                                      guidance=guidance, symmetry=symmetry)
+                    x, rounds_done = self.repaired(x, net, m, given, edm, consts, repair, seeds=seeds,
+                                                   rows=idx, width=width[idx], dim=dim, device=device,
+                                                   conditions=conditions, guidance=guidance,
+                                                   symmetry=symmetry)
+                    out_r[idx] = rounds_done
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
             out_l[idx] = x.lattice.cpu().numpy()
             if on_batch is not None:
                 on_batch(b)
         return AtomSets(out_t, out_f, out_l, mask, np.zeros_like(mask, np.int64) if z is None else z,
-                        num_elements=elements if z is None else None)
+                        num_elements=elements if z is None else None,
+                        repair_rounds=None if repair is None else out_r)
 
     def repaired(self, x: Parts, net: torch.nn.Module, mask: torch.Tensor, given: torch.Tensor | None,
                  edm: AtomEDMConfig, consts: Constants,
                  repair: tuple[float, int, int], *, seeds: list[int], rows: np.ndarray, width: np.ndarray,
                  dim: int, device: str, conditions: dict[str, torch.Tensor], guidance: float,
-                 symmetry: SymmetryBatch | None) -> Parts:
+                 symmetry: SymmetryBatch | None) -> tuple[Parts, np.ndarray]:
         """One sampled batch with its colliding samples sampled again (``sample_sets``' ``repair``).
 
         Args:
@@ -491,10 +495,12 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             symmetry: the first pass's templates, or None.
 
         Returns:
-            The batch with every repaired sample replaced (the rest bit for bit as given).
+            The batch with every repaired sample replaced (the rest bit for bit as given), and
+            int (B,) the rounds in which each sample was sampled again (0: never).
         """
         sigma, steps, rounds = repair
         mask = mask.to(device)
+        done = np.zeros(len(rows), np.int64)
         for r in range(rounds):
             real = mask
             if given is None and self.edm.empty_sites:  # a de novo model's empty sites are no atoms
@@ -506,6 +512,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             if not len(redo):
                 break
             sub = redo.cpu().numpy()
+            done[sub] += 1
             noise, churn = crystal_noise([*seeds, REPAIR_SEED + r], rows[sub], width[sub], mask.shape[1], dim,
                                          steps if edm.s_churn > 0 else 0)
             moved = torch.where(hit[redo][..., None], noise[1].to(device), x.frac[redo])  # fresh uniform
@@ -516,7 +523,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                          conditions={k: v[sub] for k, v in conditions.items()}, guidance=guidance,
                          symmetry=sym, start=start)
             x = Parts(*(a.index_copy(0, redo, b.to(a.dtype)) for a, b in zip(x, y, strict=True)))
-        return x
+        return x, done
 
     def generate(self, n: int, *, steps: int = 50, seed: int | list[int] = 0, device: str = "cpu",
                  batch_size: int = 256, ids: list[str] | None = None,
@@ -555,7 +562,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None,
                      empty_sites=self.edm.empty_sites > 0 and z is None)
-        return as_decode_result(res, n)
+        return replace(as_decode_result(res, n), repair_rounds=sets.repair_rounds)
 
     def encode(self, crystals: CrystalSet) -> AtomSets:
         """The model's encoding of crystals (in the cells given).

@@ -10,8 +10,8 @@ Output folder::
     OUT/chunks/chunk_00000.npz  raw tensors of the chunk (with --save-tensors)
     OUT/cifs/sample_000000.cif  one P1 CIF per decoded crystal
     OUT/samples.csv             all rows: id, target, template, formula, sites, space groups, failure,
-                                diagnostics
-    OUT/summary.json            counts, failure reasons, mean diagnostics, speed
+                                repair rounds (--repair), diagnostics
+    OUT/summary.json            counts, failure reasons, samples repaired, mean diagnostics, speed
 
 Chunk k draws its noise from seed ``[seed, k]``, so an interrupted run that is resumed gives the
 same crystals as an uninterrupted one, without duplicates or gaps.
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["FIELDS", "SampleOptions", "SampleSummary", "sample_to_dir"]
 
 FIELDS = ("id", "target", "template", "formula", "num_sites", "structurally_valid",
-          "decoded_space_group", "spglib_space_group", "failure",
+          "decoded_space_group", "spglib_space_group", "failure", "repair_rounds",
           *DIAGNOSTICS, "cif")
 
 
@@ -58,6 +58,7 @@ class SampleSummary:
 
     ``seconds`` is the wall time of this call's chunks, of which ``seconds_generating`` went to
     the model (sampling and decoding) and ``seconds_writing`` to the CIFs and per-crystal checks.
+    ``repaired`` counts the samples that ``--repair`` sampled again (None: no repair asked for).
     """
 
     n: int
@@ -73,6 +74,7 @@ class SampleSummary:
     composition_prior: dict[str, int] | None = None
     seconds_generating: float = 0.0
     seconds_writing: float = 0.0
+    repaired: int | None = None
 
 
 COINCIDENT = 0.01
@@ -98,6 +100,8 @@ def _chunk_rows(res: DecodeResult, ids: list[str], cif_dir: Path,
         row["target"] = targets[i] if targets else ""
         row["template"] = templates[i] if templates else ""
         row.update({k: float(res.diagnostics[k][i]) for k in DIAGNOSTICS})
+        if res.repair_rounds is not None:
+            row["repair_rounds"] = int(res.repair_rounds[i])
         if i in failure:
             row["failure"] = failure[i]
             jobs.append((row, None, cif_dir))
@@ -312,6 +316,7 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
     _write_csv(out / "samples.csv", rows)
     failures = Counter(failure_kind(r["failure"]) for r in rows if r["failure"])
     diag = {k: np.array([float(r[k]) for r in rows]) for k in DIAGNOSTICS}
+    rounds = [r.get("repair_rounds", "") for r in rows]
     summary = SampleSummary(
         n=len(rows),
         decoded=len(rows) - sum(failures.values()),
@@ -327,6 +332,7 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         composition_prior=prior_counts,
         seconds_generating=round(phases["generating"], 3),
         seconds_writing=round(phases["writing"], 3),
+        repaired=sum(v not in ("", "0") for v in rounds) if options.repair is not None else None,
     )
     write_text_atomic(out / "summary.json", dumps_strict(asdict(summary) | {"options": asdict(options)},
                                                      indent=1) + "\n")

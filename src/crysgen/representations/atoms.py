@@ -157,6 +157,9 @@ class AtomSets:
     atomic_numbers: np.ndarray
     num_elements: np.ndarray | None = None
     """Int (N,) distinct elements each sample was conditioned on (a sampler's draw), or None."""
+    repair_rounds: np.ndarray | None = None
+    """Int (N,) rounds of a sampler's ``repair`` in which each sample was sampled again (0: none),
+    or None (no repair asked for)."""
 
     def __len__(self) -> int:
         return len(self.mask)

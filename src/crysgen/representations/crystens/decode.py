@@ -112,12 +112,15 @@ class DecodeResult:
         index: int (len(crystals),): input index of each decoded crystal.
         diagnostics: name (see :data:`DIAGNOSTICS`) -> float64 (N,), NaN where it failed.
         failures: one entry per tensor that could not be decoded.
+        repair_rounds: int (N,) rounds of an atom diffusion sampler's ``repair`` in which each
+            input was sampled again (0: none), or None (no repair asked for).
     """
 
     crystals: CrystalSet
     index: np.ndarray
     diagnostics: dict[str, np.ndarray]
     failures: list[DecodeFailure] = field(default_factory=list)
+    repair_rounds: np.ndarray | None = None
 
     @property
     def n_input(self) -> int:
