@@ -832,9 +832,10 @@ def test_a_repair_resamples_the_colliding_samples_and_leaves_the_rest(model_dir)
     assert not _colliding(model, tiny).any()
 
 
-def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, empty_model, tmp_path):
-    options = SampleOptions(n=6, steps=4, formula="SrTiO3", repair=(0.5, 3, 2))
-    sample_to_dir(model_dir, tmp_path / "s", options, progress=False)
+def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, empty_model, tmp_path,
+                                                                     capsys):
+    assert main(["sample", str(model_dir), "-n", "6", "--steps", "4", "--formula", "SrTiO3",
+                 "--repair", "0.5:3:2", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
     assert decoded and all(s.composition.reduced_formula == "SrTiO3" for s in decoded)
     model = AtomDiffusionModel.from_pretrained(model_dir)
@@ -844,6 +845,7 @@ def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, 
     assert [int(r["repair_rounds"]) for r in _rows(tmp_path / "s")] == want.tolist()  # the sampler's count
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["repaired"] == int((want > 0).sum())
+    assert f"{summary['repaired']} repaired;" in capsys.readouterr().out
     model = AtomDiffusionModel.from_pretrained(empty_model)
     first = model.sample_sets(16, steps=4, seed=3, churn=0.0)
     repaired = model.sample_sets(16, steps=4, seed=3, churn=0.0, repair=(0.5, 3, 3))
