@@ -1,7 +1,7 @@
 """Are the crystals `crysgen sample --repair` repaired as stable as the rest? -> repaired_stability_NAME.json
 
-`--repair` samples again only the samples with two sites closer than 0.5 Å; the rest of the draw is
-the plain one bit for bit. This scores the repaired crystals alone and, beside them, a seeded random
+`--repair` samples again only the samples with two sites closer than 0.5 Å; the rest of the draw
+is the plain one bit for bit. This scores the repaired crystals alone and, beside them, a seeded
 control of as many unrepaired crystals of the same folder (same model, sampler and scoring):
 structural and compositional validity, the CHGNet relaxation (RMSD, convergence) and the energy
 above the reference hull (training split + test split), with Fisher's exact test on the stable
@@ -10,12 +10,15 @@ shares and the Mann-Whitney U test on E_hull::
     python benchmarks/repaired_stability.py /tmp/cfgpu/cfrep --plain eval_cfL8d4_10k_mp_20_cpu \\
         --name cfL8d4_rep10k --dataset mp_20 --work /tmp/evA --cache-dir /tmp/evA/cache
 
-The repaired samples are the rows of ``samples.csv`` with ``repair_rounds`` > 0 (folders sampled
-since that column exists); for an older folder, ``--plain`` names the plain draw of the same seed and
-settings: a `crysgen sample` folder, or an evaluation result whose ``structures.csv`` is still in
-``--work`` or kept under ``benchmarks/results/reports/`` (see ``paired_compare.py``), and the repaired
-samples are those it has structurally invalid. ``--work`` holds ``<dataset>_train_partial.npz``
-(else ``_train.npz``) and ``<dataset>_test.npz``.
+The control holds one unrepaired sample with as many sites per repaired one (the colliding samples
+gather in some cell sizes). It cannot match the rest of what made a sample collide (its
+composition, its structure): a gap between the groups mixes what the repair costs with what sets
+those samples apart. The repaired samples are the rows of ``samples.csv`` with ``repair_rounds``
+> 0 (folders sampled since that column exists); for an older folder, ``--plain`` names the plain
+draw of the same seed and settings: a `crysgen sample` folder, or an evaluation result whose
+``structures.csv`` is still in ``--work`` or kept under ``benchmarks/results/reports/`` (see
+``paired_compare.py``), and the repaired samples are those it has structurally invalid. ``--work``
+holds ``<dataset>_train_partial.npz`` (else ``_train.npz``) and ``<dataset>_test.npz``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,26 @@ def repaired_ids(rows: list[dict[str, str]], plain: str | None, work: Path) -> l
     return [r["id"] for r in rows if r["id"] not in valid]
 
 
+def matched_control(chosen: list[str], rest: list[str], sites: dict[str, str], seed: int) -> list[str]:
+    """One unrepaired sample per repaired one, of the same number of sites where one is left.
+
+    The samples that collide are not a random subset (they gather in some cell sizes), so the
+    control is matched on the number of sites, drawn without replacement (seeded); a size with no
+    unrepaired sample left takes one of any size.
+    """
+    rng = np.random.default_rng(seed)
+    pool: dict[str, list[str]] = {}
+    for i in rest:
+        pool.setdefault(sites[i], []).append(i)
+    out = []
+    for i in chosen:
+        same = pool.get(sites[i]) or [j for ids in pool.values() for j in ids]
+        pick = same[int(rng.integers(len(same)))]
+        pool[sites[pick]].remove(pick)
+        out.append(pick)
+    return sorted(out)
+
+
 def _summary(ev: Any) -> dict[str, Any]:
     """The kept metrics of one evaluation, and its per-structure E_hull (eV/atom, NaN: none)."""
     metrics = {k: ev.metrics[k] for k in KEPT_METRICS if k in ev.metrics}
@@ -92,8 +115,9 @@ def main() -> None:
     chosen = sorted(i for i in repaired if i in with_cif)
     if not chosen:
         raise SystemExit(f"no repaired sample with a CIF in {folder}")
-    rest = sorted(i for i in with_cif if i not in repaired)
-    control = sorted(np.random.default_rng(args.control_seed).choice(rest, len(chosen), replace=False))
+    sites = {r["id"]: r["num_sites"] for r in rows}
+    control = matched_control(chosen, sorted(i for i in with_cif if i not in repaired), sites,
+                              args.control_seed)
     train = args.work / f"{args.dataset}_train_partial.npz"
     train = train if train.exists() else args.work / f"{args.dataset}_train.npz"
     options = EvalOptions(metrics=("validity", "novelty", "stability"), dataset=args.dataset,
@@ -117,6 +141,7 @@ def main() -> None:
     result = {
         "samples": str(folder), "plain": args.plain, "dataset": args.dataset,
         "repaired": len(chosen), "control": len(control), "control_seed": args.control_seed,
+        "control_matched_on": "number of sites",
         "groups": {k: {"metrics": g["metrics"],
                        "e_above_hull_quartiles": [float(q) for q in
                                                   np.nanpercentile(g["e_above_hull"], [25, 50, 75])]}
