@@ -897,20 +897,21 @@ def scoring(digest: str, pattern: str, *, runs: bool = False) -> list[Path]:
     return out
 
 
-def _own_sampler_first(sweeps: list[Path]) -> list[Path]:
-    """CSP sweeps of the bundled atom model, those with a row in its own sampler settings first.
+def _own_sampler_rows(sweeps: list[Path]) -> tuple[Path, list[dict]] | None:
+    """The first CSP sweep of the bundled atom model with rows in its own sampler settings, and
+    those rows (else the first sweep and all its rows; None without sweeps).
 
     A row is in the model's settings when its churn and anti-annealing exponents are the ones its
     ``config.json`` samples with (a sweep's own defaults may differ, e.g. no anti-annealing).
     """
     edm = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["edm"]
     own = (edm.get("s_churn"), edm.get("anneal_rho") or 0.0, edm.get("anneal_rho_lattice"))
-
-    def matches(path: Path) -> bool:
-        return any((r["s_churn"], r.get("anneal_rho") or 0.0, r.get("anneal_rho_lattice")) == own
-                   for r in json.loads(path.read_text())["rows"])
-
-    return sorted(sweeps, key=lambda p: not matches(p))
+    for path in sweeps:
+        rows = [r for r in json.loads(path.read_text())["rows"]
+                if (r["s_churn"], r.get("anneal_rho") or 0.0, r.get("anneal_rho_lattice")) == own]
+        if rows:
+            return path, rows
+    return (sweeps[0], json.loads(sweeps[0].read_text())["rows"]) if sweeps else None
 
 
 def default_model_block() -> list[str]:
@@ -1206,14 +1207,14 @@ def side_by_side_table() -> list[str]:
         # the evaluation with stability first (a later GPU scoring of the same weights)
         evals.sort(key=lambda p: "stable_e_hull_le_0.1" not in json.loads(p.read_text())["metrics"])
         csp = "–"
-        sweeps = _own_sampler_first([p for p in scoring(digest, "atom_csp_sweep_*.json")
-                                     if not json.loads(p.read_text()).get("symmetry_templates")])
+        sweep = _own_sampler_rows([p for p in scoring(digest, "atom_csp_sweep_*.json")
+                                   if not json.loads(p.read_text()).get("symmetry_templates")])
         # a csp.py file naming these weights, else one beside an evaluation (the same run's)
         beside = [p.with_name(p.name.replace("eval_", "csp_", 1)) for p in evals]
         scored = scoring(digest, "csp_*.json", runs=True) or [p for p in beside if p.is_file()][:1]
-        if sweeps:
-            best = max(json.loads(sweeps[0].read_text())["rows"], key=lambda r: r["match_rate_percent"])
-            csp = f"[{best['match_rate_percent']:.1f} %]({sweeps[0].relative_to(ROOT)})"
+        if sweep:
+            best = max(sweep[1], key=lambda r: r["match_rate_percent"])
+            csp = f"[{best['match_rate_percent']:.1f} %]({sweep[0].relative_to(ROOT)})"
         elif scored:
             rate = json.loads(scored[0].read_text())["measured"]["match_rate_percent"]
             csp = f"[{rate:.1f} %]({scored[0].relative_to(ROOT)})"
