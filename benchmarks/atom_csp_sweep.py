@@ -5,14 +5,14 @@ Writes benchmarks/results/atom_csp_sweep_<dataset><suffix>.json.
 One trained model, a seeded subset of the target crystals (one sample each, the elements given), and
 a grid of sampler settings: Heun steps, EDM churn (``s_churn``: fresh noise added before every
 step, raising σ by a factor up to √2; 0 = deterministic) and anti-annealing (``--anneal-rho``:
-coordinate and lattice steps lengthened towards low σ; 0 = off). Each setting is scored with
-:func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so the rows show what
-sampling alone buys before any retraining, and each row's ``breakdown`` the match rate by the
-target's site and element counts and the targets per miss reason, and its ``per_target`` each
-target's outcome (``benchmarks/paired_compare.py`` pairs two sweeps on it). With ``--relax`` each setting's
-samples are also relaxed with CHGNet (positions and cell, ``crysgen evaluate --stability``'s FIRE
-settings) and scored again: the row's ``relaxed`` entry. A sample whose relaxation fails is scored
-as generated (counted in ``relaxed.kept_as_generated``).
+coordinate and lattice steps lengthened towards low σ; 0 = off; default: the model's own). Each
+setting is scored with :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's matcher and validity), so
+the rows show what sampling alone buys before any retraining, and each row's ``breakdown`` the
+match rate by the target's site and element counts and the targets per miss reason, and its
+``per_target`` each target's outcome (``benchmarks/paired_compare.py`` pairs two sweeps on it).
+With ``--relax`` each setting's samples are also relaxed with CHGNet (positions and cell,
+``crysgen evaluate --stability``'s FIRE settings) and scored again: the row's ``relaxed`` entry. A
+sample whose relaxation fails is scored as generated (counted in ``relaxed.kept_as_generated``).
 
 Usage (GPU machine)::
 
@@ -108,11 +108,11 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
     p.add_argument("--steps", default="50,100,200", help="comma-separated Heun step counts")
     p.add_argument("--churn", default="0,10,30", help="comma-separated s_churn values")
-    p.add_argument("--anneal-rho", default="0", help="comma-separated anti-annealing exponents (0: off; "
-                   "`crysgen sample --anneal-rho`)")
+    p.add_argument("--anneal-rho", default=None, help="comma-separated anti-annealing exponents (0: off; "
+                   "`crysgen sample --anneal-rho`; default: the model's own)")
     p.add_argument("--anneal-rho-lattice", type=float, default=None,
                    help="the lattice's own anti-annealing exponent in every row (default: the "
-                        "row's --anneal-rho)")
+                        "model's own with the model's --anneal-rho, else the row's --anneal-rho)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--workers", type=int, default=8)
@@ -161,6 +161,10 @@ def main() -> None:
     starts = [None if v in ("", "none") else float(v) for v in args.template_start.split(",")]
     if any(v is not None for v in starts) and templates is None:
         p.error("--template-start needs --symmetry-prior")
+    if args.anneal_rho is None:  # the model's own anti-annealing, lattice included
+        args.anneal_rho = str(model.edm.anneal_rho)
+        if args.anneal_rho_lattice is None:
+            args.anneal_rho_lattice = model.edm.anneal_rho_lattice
     grid = [(int(s), float(c), float(a), t) for s in args.steps.split(",") for c in args.churn.split(",")
             for a in args.anneal_rho.split(",") for t in starts]
     for steps, churn, anneal, start in grid:
