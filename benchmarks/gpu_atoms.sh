@@ -43,7 +43,8 @@
 #   (EVAL_ARGS='--composition-prior train --substitute': more eval_model.py options; new samples)
 #   (every wait ends by the call's clock: CALL_S, default 540 s, see gpu_env.sh)
 #   bash benchmarks/gpu_atoms.sh sweep MODEL           # CSP: Heun steps x churn (STEPS, CHURN, N;
-#                                                      # SWEEP_ARGS: more atom_csp_sweep.py options)
+#                                                      # SWEEP_ARGS: more atom_csp_sweep.py options;
+#                                                      # needs .whl_eval installed, in this call or before)
 #   bash benchmarks/gpu_atoms.sh denovo MODEL DIR      # N (1,000) de novo samples of MODEL into DIR, packed
 #                                                      # into $OUT (N=10000: 80 s for carbon on an H100;
 #                                                      # SAMPLE_ARGS: more `crysgen sample` options)
@@ -114,6 +115,8 @@ case $1 in
 install) install ;;
 sweep)  # sampler settings vs CSP of MODEL (detached: survives between chained calls) -> /tmp/sweep_$G.log
   install
+  # the scoring reads fingerprints with matminer, which only .whl_eval carries: refuse before sampling
+  python3 -c "import matminer" 2> /dev/null || { echo "sweep: no matminer here: carry .whl_eval" >&2; exit 1; }
   setsid nohup python3 $S/benchmarks/atom_csp_sweep.py $2 --targets $W/${D}_asis_test.npz --n ${N:-1000} \
     --steps ${STEPS:-50,200} --churn ${CHURN:-0,10,40} --device cuda --workers ${WORKERS:-10} \
     ${TAG:+--suffix _$TAG} ${SWEEP_ARGS:-} > /tmp/sweep_$G.log 2>&1 < /dev/null &
