@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
-import io
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crysgen.evaluation.comparison import read_outcomes
 from crysgen.evaluation.suite import EvalOptions, evaluate
 from paired_compare import report_of
 from provenance import write_result
@@ -42,10 +41,10 @@ KEPT_METRICS = ("struct_valid", "comp_valid", *STABLE, "median_e_above_hull", "m
                 "relax_converged")
 
 
-def _table(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file, gzipped or not."""
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return list(csv.DictReader(io.StringIO(data.decode())))
+def _samples(folder: Path) -> list[dict[str, str]]:
+    """The rows of a `crysgen sample` folder's samples.csv."""
+    with (folder / "samples.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def repaired_ids(rows: list[dict[str, str]], plain: str | None, work: Path) -> list[str]:
@@ -57,9 +56,10 @@ def repaired_ids(rows: list[dict[str, str]], plain: str | None, work: Path) -> l
                          "existed): name the plain draw with --plain")
     folder = Path(plain)
     if (folder / "samples.csv").exists():
-        valid = {r["id"] for r in _table(folder / "samples.csv") if r["structurally_valid"] == "1"}
+        valid = {r["id"] for r in _samples(folder) if r["structurally_valid"] == "1"}
     else:
-        valid = {r["id"] for r in _table(report_of(plain, work, keep=False)) if r["struct_valid"] == "True"}
+        outcomes = read_outcomes(report_of(plain, work, keep=False), "struct_valid")
+        valid = {i for i, (ok, _) in outcomes.items() if ok}
     return [r["id"] for r in rows if r["id"] not in valid]
 
 
@@ -109,7 +109,7 @@ def main() -> None:
     args = p.parse_args()
 
     folder = Path(args.samples)
-    rows = [r for r in _table(folder / "samples.csv") if r["cif"]]
+    rows = [r for r in _samples(folder) if r["cif"]]
     repaired = set(repaired_ids(rows, args.plain, args.work))
     with_cif = {r["id"]: folder / r["cif"] for r in rows}
     chosen = sorted(i for i in repaired if i in with_cif)

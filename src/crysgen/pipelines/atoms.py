@@ -500,6 +500,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         """
         sigma, steps, rounds = repair
         mask = mask.to(device)
+        symmetry = None if symmetry is None else symmetry.to(device)
         done = np.zeros(len(rows), np.int64)
         for r in range(rounds):
             real = mask
@@ -517,7 +518,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                          steps if edm.s_churn > 0 else 0)
             moved = torch.where(hit[redo][..., None], noise[1].to(device), x.frac[redo])  # fresh uniform
             start = Parts(x.types[redo], moved, x.lattice[redo])
-            sym = None if symmetry is None else symmetry.to(device).rows(redo)
+            sym = None if symmetry is None else symmetry.rows(redo)
             y = edm_heun(net, noise, mask[redo], None if given is None else given[sub],
                          replace(edm, sigma_max=sigma), consts, steps=steps, device=device, churn_noise=churn,
                          conditions={k: v[sub] for k, v in conditions.items()}, guidance=guidance,
