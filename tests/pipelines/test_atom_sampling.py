@@ -25,6 +25,7 @@ from crysgen.pipelines.atoms import (
     size_batches,
 )
 from crysgen.pipelines.collisions import colliding_sites
+from crysgen.pipelines.compositions import Compositions
 from crysgen.pipelines.generators import DEFAULT_MODEL
 from crysgen.pipelines.sampling import SampleOptions, sample_to_dir
 from crysgen.representations.atoms import AtomSetSpec, nearest_elements
@@ -936,3 +937,64 @@ def test_a_model_with_empty_sites_keeps_a_given_composition_whole(empty_model, t
                   SampleOptions(n=4, steps=3, formula="SrTiO3", num_atoms=5), progress=False)
     decoded = [c.structure for c in load_inputs(tmp_path / "s") if c.structure is not None]
     assert decoded and all(s.composition.reduced_formula == "SrTiO3" and len(s) == 5 for s in decoded)
+
+
+CELLS = np.array([[5.6, 5.6, 5.6, 60.0, 60.0, 60.0], [4.0, 5.0, 6.0, 80.0, 95.0, 100.0],
+                  [3.0, 3.0, 9.0, 90.0, 90.0, 120.0]])
+
+
+def test_a_given_cell_is_held_and_the_network_sees_it_noised_with_the_crystals_own_noise(
+        model_dir, monkeypatch):
+    """Only the sites are sampled: the cell comes out as given, and every network evaluation sees
+    it at that step's σ with one fixed noise draw per crystal (replacement), so the sites adapt to it.
+    """
+    import crysgen.pipelines.atoms as atoms
+
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    z = np.zeros((3, model.spec.max_atoms), np.int64)
+    z[:, :2] = [11, 17]
+    seen = []
+    real_denoise = atoms.denoise
+
+    def spy(net, x, sigma, *args, **kwargs):
+        seen.append((x.lattice.clone(), sigma.clone()))
+        return real_denoise(net, x, sigma, *args, **kwargs)
+
+    monkeypatch.setattr(atoms, "denoise", spy)
+    res = model.generate(3, steps=4, seed=2, compositions=Compositions(z, [""] * 3), lattices=CELLS,
+                         churn=5.0)
+    np.testing.assert_allclose(res.crystals.lattice, CELLS, rtol=1e-5)
+    held = torch.as_tensor(model.held_lattices(CELLS, z > 0, None))
+    noise = crystal_noise([2], np.arange(3), np.full(3, 2), 2, 39, 0)[0][2]
+    assert len(seen) == 7  # 4 Heun steps, the last one Euler
+    for lattice, sigma in seen:
+        np.testing.assert_allclose(lattice, held + sigma[:, None] * noise, rtol=1e-5, atol=1e-5)
+    # the sites follow the cell: another cell, other coordinates
+    other = model.sample_sets(3, steps=4, seed=2, atomic_numbers=z, lattices=CELLS[::-1], churn=5.0)
+    first = model.sample_sets(3, steps=4, seed=2, atomic_numbers=z, lattices=CELLS, churn=5.0)
+    assert np.abs(other.frac[0, :2] - first.frac[0, :2]).max() > 1e-3
+
+
+@pytest.mark.parametrize(("cells", "message"), [
+    (CELLS[:2], "one cell"),
+    (CELLS * [1, 1, -1, 1, 1, 1], "positive lengths"),
+    (CELLS * [1, 1, 1, 1, 1, 3], "between 0 and 180"),
+    (CELLS * [np.nan, 1, 1, 1, 1, 1], "finite"),
+])
+def test_a_bad_given_cell_gets_a_clear_error(model_dir, cells, message):
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    z = np.zeros((3, model.spec.max_atoms), np.int64)
+    z[:, :2] = [11, 17]
+    with pytest.raises(CrysgenError, match=message):
+        model.sample_sets(3, steps=2, atomic_numbers=z, lattices=cells)
+
+
+def test_a_given_cell_is_refused_beside_symmetry_templates(model_dir, crystals):
+    from crysgen.pipelines.symmetry import match_templates
+
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    z = model.compositions_from_targets(crystals).atomic_numbers
+    templates = match_templates(z, crystals)
+    with pytest.raises(CrysgenError, match="symmetry templates"):
+        model.sample_sets(len(crystals), steps=2, atomic_numbers=z, templates=templates,
+                          lattices=np.tile(CELLS[:1], (len(crystals), 1)))

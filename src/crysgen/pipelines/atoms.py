@@ -299,7 +299,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                     anneal_rho_lattice: float | None = None, templates: Templates | None = None,
                     precision: str = "fp32", template_start: float | None = None,
                     restart: tuple[float, int, int] | None = None,
-                    repair: tuple[float, int, int] | None = None) -> AtomSets:
+                    repair: tuple[float, int, int] | None = None,
+                    lattices: np.ndarray | None = None) -> AtomSets:
         """``n`` generated atom sets (element codes still continuous; see :func:`decode`).
 
         Args:
@@ -352,13 +353,17 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 ``[*seed, REPAIR_SEED + round, i]``); up to ``rounds`` times, each round only the
                 samples still colliding. Samples without a collision are left as they are.
                 None: no repair.
+            lattices: float (n, 6) cells a, b, c (Å), α, β, γ (degrees) to hold fixed (in the
+                model's cell convention: Niggli-reduced for the shipped models), e.g. a cell
+                indexed from a powder pattern: only the sites are sampled (:func:`edm_heun`'s
+                ``given_lattice``). None: the lattice is sampled.
 
         Raises:
             CrysgenError: for a space group outside 1-230, a model without space-group input,
                 a negative churn, templates for another number of samples or sites, templates
                 with a model conditioned on the number of elements, an unknown precision, or a
                 template start without templates, without given elements or outside the
-                model's σ range, or a restart or repair σ outside it.
+                model's σ range, a restart or repair σ outside it, or unusable ``lattices``.
         """
         from tqdm.auto import tqdm
 
@@ -402,6 +407,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             z = np.asarray(atomic_numbers, np.int64)
             mask = z > 0
             elements = num_elements(z) if count_elements else None
+        if lattices is not None and empty:
+            raise CrysgenError("a given cell needs given elements with a model that has empty sites")
+        held = None if lattices is None else self.held_lattices(lattices, mask, templates)
         codes = torch.as_tensor(self.spec.codes())
         if precision not in ("fp32", "bf16"):
             raise CrysgenError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -442,10 +450,11 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 conditions["num_elements"] = torch.as_tensor(elements[idx], dtype=torch.long)
             symmetry = (None if templates is None
                         else SymmetryBatch.of([templates.symmetries[i] for i in idx], w))
+            held_l = None if held is None else torch.as_tensor(held[idx])
             with torch.no_grad():
                 x = edm_heun(net, noise, m, given, edm_batch, consts, steps=steps, device=device,
                              churn_noise=steps_noise, conditions=conditions, guidance=guidance,
-                             symmetry=symmetry, start=start)
+                             symmetry=symmetry, start=start, given_lattice=held_l)
                 if restart is not None:
                     sigma_r, steps_r, rounds = restart
                     for r in range(rounds):
@@ -453,12 +462,13 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                                            dim, steps_r if edm.s_churn > 0 else 0)
                         x = edm_heun(net, noise, m, given, replace(edm, sigma_max=sigma_r), consts,
                                      steps=steps_r, device=device, churn_noise=steps_noise,
-                                     conditions=conditions, guidance=guidance, symmetry=symmetry, start=x)
+                                     conditions=conditions, guidance=guidance, symmetry=symmetry, start=x,
+                                     given_lattice=held_l)
                 if repair is not None:
                     x, rounds_done = self.repaired(x, net, m, given, edm, consts, repair, seeds=seeds,
                                                    rows=idx, width=width[idx], dim=dim, device=device,
                                                    conditions=conditions, guidance=guidance,
-                                                   symmetry=symmetry)
+                                                   symmetry=symmetry, given_lattice=held_l)
                     out_r[idx] = rounds_done
             out_t[idx, :w] = x.types.cpu().numpy()
             out_f[idx, :w] = x.frac.cpu().numpy()
@@ -469,11 +479,33 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                         num_elements=elements if z is None else None,
                         repair_rounds=None if repair is None else out_r)
 
+    def held_lattices(self, lattices: np.ndarray, mask: np.ndarray,
+                      templates: Templates | None) -> np.ndarray:
+        """Float32 (n, 6) standardised features of the cells to hold (``sample_sets``' ``lattices``).
+
+        Raises:
+            CrysgenError: for another number of cells than samples, cells that are not six
+                finite numbers with positive lengths and angles strictly between 0 and 180
+                degrees, or cells beside symmetry templates (whose metric the projection sets).
+        """
+        cells = np.asarray(lattices, np.float64)
+        if cells.shape != (len(mask), 6):
+            raise CrysgenError(f"expected one cell (a, b, c, alpha, beta, gamma) per sample, {len(mask)} "
+                               f"in all; got an array of shape {cells.shape}")
+        if not np.isfinite(cells).all() or (cells[:, :3] <= 0).any() or (cells[:, 3:] <= 0).any() \
+                or (cells[:, 3:] >= 180).any():
+            raise CrysgenError("a given cell needs finite positive lengths (Å) and angles strictly "
+                               "between 0 and 180 degrees")
+        if templates is not None:
+            raise CrysgenError("a given cell cannot be combined with symmetry templates")
+        return lattice_features(cells, mask.sum(1), self.spec).astype(np.float32)
+
     def repaired(self, x: Parts, net: torch.nn.Module, mask: torch.Tensor, given: torch.Tensor | None,
                  edm: AtomEDMConfig, consts: Constants,
                  repair: tuple[float, int, int], *, seeds: list[int], rows: np.ndarray, width: np.ndarray,
                  dim: int, device: str, conditions: dict[str, torch.Tensor], guidance: float,
-                 symmetry: SymmetryBatch | None) -> tuple[Parts, np.ndarray]:
+                 symmetry: SymmetryBatch | None,
+                 given_lattice: torch.Tensor | None = None) -> tuple[Parts, np.ndarray]:
         """One sampled batch with its colliding samples sampled again (``sample_sets``' ``repair``).
 
         Args:
@@ -493,6 +525,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             conditions: the first pass's conditions, int (B,) each.
             guidance: the first pass's guidance weight.
             symmetry: the first pass's templates, or None.
+            given_lattice: (B, 6) the first pass's held lattice features, or None.
 
         Returns:
             The batch with every repaired sample replaced (the rest bit for bit as given), and
@@ -522,7 +555,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
             y = edm_heun(net, noise, mask[redo], None if given is None else given[sub],
                          replace(edm, sigma_max=sigma), consts, steps=steps, device=device, churn_noise=churn,
                          conditions={k: v[sub] for k, v in conditions.items()}, guidance=guidance,
-                         symmetry=sym, start=start)
+                         symmetry=sym, start=start,
+                         given_lattice=None if given_lattice is None else given_lattice[sub])
             x = Parts(*(a.index_copy(0, redo, b.to(a.dtype)) for a, b in zip(x, y, strict=True)))
         return x, done
 
@@ -535,14 +569,16 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                  limit_element_count: bool = False, templates: Templates | None = None,
                  precision: str = "fp32", template_start: float | None = None,
                  restart: tuple[float, int, int] | None = None,
-                 repair: tuple[float, int, int] | None = None, **_: Any) -> DecodeResult:
+                 repair: tuple[float, int, int] | None = None,
+                 lattices: np.ndarray | None = None, **_: Any) -> DecodeResult:
         """``n`` crystals as a CrysTens-style ``DecodeResult`` (what `crysgen sample` writes out).
 
         ``compositions`` (rows ``offset`` … ``offset + n``) fixes the elements of every sample;
         ``space_group``, ``guidance``, ``churn``, ``anneal_rho(_lattice)`` and ``precision``: see
         :meth:`sample_sets`;
         ``templates`` (rows ``offset`` … ``offset + n``, from :meth:`prepare` with
-        ``--symmetry-prior``), ``template_start``, ``restart`` and ``repair`` too. Every site snaps to
+        ``--symmetry-prior``), ``template_start``, ``restart`` and ``repair`` too; ``lattices``
+        (rows ``offset`` … ``offset + n``) cells to hold fixed. Every site snaps to
         its nearest element, unless ``limit_element_count``: then a ``net.num_elements`` model's de
         novo samples snap to at most the number of distinct elements each was conditioned on
         (:func:`~crysgen.representations.atoms.nearest_elements_at_most`; on mp_20 this halved
@@ -559,7 +595,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                                 atomic_numbers=z, on_batch=on_batch, space_group=space_group,
                                 guidance=guidance, churn=churn, anneal_rho=anneal_rho,
                                 anneal_rho_lattice=anneal_rho_lattice, templates=rows, precision=precision,
-                                template_start=template_start, restart=restart, repair=repair)
+                                template_start=template_start, restart=restart, repair=repair,
+                                lattices=None if lattices is None else lattices[offset:offset + n])
         res = decode(sets, self.spec, ids=ids, atomic_numbers=z,
                      max_elements=sets.num_elements if limit_element_count else None,
                      empty_sites=self.edm.empty_sites > 0 and z is None)
@@ -717,7 +754,8 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
              given: torch.Tensor | None, cfg: AtomEDMConfig, consts: Constants, *, steps: int,
              device: str, churn_noise: torch.Tensor | None = None,
              conditions: dict[str, torch.Tensor] | None = None, guidance: float = 1.0,
-             symmetry: SymmetryBatch | None = None, start: Parts | None = None) -> Parts:
+             symmetry: SymmetryBatch | None = None, start: Parts | None = None,
+             given_lattice: torch.Tensor | None = None) -> Parts:
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on atom sets.
 
     Args:
@@ -741,6 +779,9 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
             with the same unit noise (the coordinates' uniform draw u taken through the normal
             quantile Φ⁻¹(u), wrapped), so the sampler refines them over the σ levels below;
             None: from pure noise (coordinates uniform).
+        given_lattice: (B, 6) clean standardised lattice features to hold fixed, or None: the
+            network sees them noised to each step's σ with the crystal's own lattice noise
+            (``noise[2]``; replacement, as in inpainting), and the result carries them unchanged.
 
     Returns:
         The final denoised parts (coordinates in [0, 1)).
@@ -762,10 +803,14 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
                   start.lattice.to(device) + noise[2].to(device) * sigmas[0])
     gamma_max = min(cfg.s_churn / steps, 2**0.5 - 1)
     cond = {k: v.to(device) for k, v in (conditions or {}).items()}
+    if given_lattice is not None:
+        given_lattice, lattice_noise = given_lattice.to(device), noise[2].to(device)
 
     def d_of(x: Parts, sigma: float) -> Parts:
         """dx/dσ (the coordinates' along the periodic displacement)."""
         s = torch.full((b,), sigma, device=device)
+        if given_lattice is not None:
+            x = Parts(x.types, x.frac, given_lattice + sigma * lattice_noise)
         den = denoise(net, x, s, mask, is_given, cfg, consts, conditions=cond)
         if cond and guidance != 1.0:
             none = denoise(net, x, s, mask, is_given, cfg, consts,
@@ -806,4 +851,6 @@ def edm_heun(net: torch.nn.Module, noise: tuple[torch.Tensor, torch.Tensor, torc
     if symmetry is not None:
         x = project(x, symmetry, mask, consts, types=given is None)
         x = Parts(x.types, wrap(x.frac) * m, x.lattice)
+    if given_lattice is not None:
+        x = Parts(x.types, x.frac, given_lattice)
     return x
