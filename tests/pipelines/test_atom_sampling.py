@@ -248,6 +248,10 @@ def test_substitute_with_a_composition_model_or_a_wrong_directory_gets_a_clear_e
     (["--composition-prior", "absent.npz"], "--composition-prior: no such file: absent.npz"),
     (["--formula", "NaCl", "--composition-prior", "absent.npz"], "--formula and --composition-prior exclude"),
     (["--symmetry-prior", "absent.npz"], "--symmetry-prior: no such file: absent.npz"),
+    (["--formula", "NaCl", "--cell", "4,4,4,90,90,90"], "--cell needs --formula and --num-atoms"),
+    (["--formula", "NaCl", "--num-atoms", "2", "--cell", "4,4,-4,90,90,90"], "positive"),
+    (["--formula", "NaCl", "--num-atoms", "2", "--cell", "4,4,4,90,90,180"], "between 0 and 180"),
+    (["--formula", "NaCl", "--num-atoms", "2", "--cell", "4,4,4,30,30,90"], "no volume"),
 ])
 def test_bad_composition_options_get_a_clear_error(model_dir, tmp_path, capsys, args, message):
     rc = main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "o"), "--quiet", *args])
@@ -407,7 +411,8 @@ def test_bf16_runs_the_network_in_bf16_and_auto_picks_it_on_cuda_only(model_dir,
 def test_crystens_models_refuse_atom_only_options(tmp_path):
     from crysgen.pipelines.generators import CRYSTENS_MODEL
 
-    for option in ({"space_group": 225}, {"anneal_rho": 4.0}, {"template_start": 0.02}):
+    for option in ({"space_group": 225}, {"anneal_rho": 4.0}, {"template_start": 0.02},
+                   {"cell": (4.0, 4.0, 4.0, 90.0, 90.0, 90.0)}):
         with pytest.raises(CrysgenError, match="atom diffusion models only"):
             sample_to_dir(CRYSTENS_MODEL, tmp_path / "o", SampleOptions(n=2, **option), progress=False)
 
@@ -998,3 +1003,24 @@ def test_a_given_cell_is_refused_beside_symmetry_templates(model_dir, crystals):
     with pytest.raises(CrysgenError, match="symmetry templates"):
         model.sample_sets(len(crystals), steps=2, atomic_numbers=z, templates=templates,
                           lattices=np.tile(CELLS[:1], (len(crystals), 1)))
+
+
+def test_the_cli_samples_sites_in_a_given_cell_written_niggli_reduced(model_dir, tmp_path, capsys):
+    from pymatgen.core import Lattice
+
+    out = tmp_path / "o"
+    rc = main(["sample", str(model_dir), "-n", "3", "--steps", "4", "--formula", "NaCl", "--num-atoms", "4",
+               "--cell", "3.99,5.64,5.64,90,90,90", "--out", str(out), "--quiet"])
+    assert rc == 0
+    want = Lattice.from_parameters(3.99, 5.64, 5.64, 90, 90, 90).get_niggli_reduced_lattice()
+    decoded = [c.structure for c in load_inputs(out) if c.structure is not None]
+    assert len(decoded) == 3
+    for s in decoded:
+        assert s.composition.reduced_formula == "NaCl" and len(s) == 4
+        np.testing.assert_allclose(s.lattice.abc, want.abc, rtol=1e-4)
+        np.testing.assert_allclose(s.lattice.angles, want.angles, atol=1e-2)
+    assert json.loads((out / "sample_config.json").read_text())["options"]["cell"] == [3.99, 5.64, 5.64,
+                                                                                       90, 90, 90]
+    with pytest.raises(SystemExit):
+        main(["sample", str(model_dir), "-n", "2", "--out", str(tmp_path / "bad"), "--cell", "4,4,4"])
+    assert "six comma-separated numbers" in capsys.readouterr().err and not (tmp_path / "bad").exists()

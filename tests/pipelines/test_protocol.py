@@ -173,7 +173,7 @@ def test_prepare_hands_each_model_its_own_options(model_dirs):
     assert atoms.prepare(SampleOptions(n=2, steps=7, guidance=2.0, churn=3.0, sampler="dpmsolver")) == {
         "steps": 7, "space_group": None, "guidance": 2.0, "churn": 3.0, "anneal_rho": 0.0,
         "anneal_rho_lattice": None, "limit_element_count": False, "templates": None, "precision": "fp32",
-        "template_start": None, "restart": None, "repair": None}
+        "template_start": None, "restart": None, "repair": None, "lattices": None}
     assert atoms.prepare(SampleOptions(n=2, anneal_rho=4.0))["anneal_rho"] == 4.0
     assert atoms.prepare(SampleOptions(n=2, restart=(0.1, 5, 2)))["restart"] == (0.1, 5, 2)
     assert atoms.prepare(SampleOptions(n=2, repair="0.3:20:3"))["repair"] == (0.3, 20, 3)

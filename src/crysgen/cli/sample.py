@@ -46,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--num-atoms", type=_positive_int, default=None,
                    help="with --formula: sites per cell (a multiple of the formula's; "
                         "default: drawn from the training distribution)")
+    p.add_argument("--cell", type=_cell, default=None, metavar="A,B,C,ALPHA,BETA,GAMMA",
+                   help="atom diffusion with --formula and --num-atoms: hold every sample's cell at these "
+                        "lattice parameters (Å, degrees; e.g. indexed from a powder pattern) and sample "
+                        "only the sites; written in its Niggli-reduced setting")
     p.add_argument("--compositions", default=None, metavar="TARGETS.npz",
                    help="atom or single-stage CrysTens diffusion: one sample per crystal of this CrystalSet "
                         "with its elements (crystal structure prediction; samples.csv names each "
@@ -148,6 +152,18 @@ def _draw(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be one of {', '.join(DRAWS)}, got {text!r}{hint}")
 
 
+def _cell(text: str) -> tuple[float, ...]:
+    """``--cell``'s value A,B,C,ALPHA,BETA,GAMMA as six floats, refused as argparse refuses."""
+    try:
+        cell = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        cell = ()
+    if len(cell) != 6:
+        raise argparse.ArgumentTypeError(f"must be six comma-separated numbers a,b,c,alpha,beta,gamma, "
+                                         f"got {text!r}")
+    return cell
+
+
 def _restart(text: str, flag: str = "--restart") -> tuple[float, int, int] | None:
     """``flag``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds), refused as argparse refuses."""
     from crysgen.pipelines.protocol import restart_schedule
@@ -185,7 +201,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                             composition_prior=args.composition_prior, substitute=args.substitute,
                             symmetry_prior=args.symmetry_prior, precision=args.precision,
                             template_start=args.template_start, template_ranker=args.template_ranker,
-                            restart=args.restart, repair=args.repair)
+                            restart=args.restart, repair=args.repair, cell=args.cell)
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)

@@ -142,7 +142,33 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 "limit_element_count": options.limit_element_count, "templates": templates,
                 "precision": precision, "template_start": options.template_start,
                 "restart": self.checked_restart(options.restart),
-                "repair": self.checked_restart(options.repair, flag="--repair")}
+                "repair": self.checked_restart(options.repair, flag="--repair"),
+                "lattices": None if options.cell is None else self.given_cells(options)}
+
+    def given_cells(self, options: SampleOptions) -> np.ndarray:
+        """Float (n, 6) ``options.cell`` Niggli-reduced (the models' cell convention), once per sample.
+
+        Raises:
+            CrysgenError: without ``--formula`` and ``--num-atoms`` (the sites the cell holds), beside
+                a symmetry prior, or for a cell that is not six finite numbers with positive
+                lengths, angles strictly between 0 and 180 degrees and a positive volume.
+        """
+        from pymatgen.core import Lattice
+
+        if options.formula is None or options.num_atoms is None:
+            raise CrysgenError("--cell needs --formula and --num-atoms (the sites that cell holds)")
+        if options.symmetry_prior is not None:
+            raise CrysgenError("--cell cannot be combined with --symmetry-prior")
+        cell = np.asarray(options.cell, np.float64)
+        if cell.shape != (6,) or not np.isfinite(cell).all() or (cell[:3] <= 0).any() \
+                or (cell[3:] <= 0).any() or (cell[3:] >= 180).any():
+            raise CrysgenError("--cell takes a,b,c,alpha,beta,gamma: six numbers, lengths in Å (positive) "
+                               f"and angles in degrees (strictly between 0 and 180); got {options.cell}")
+        ca, cb, cg = np.cos(np.radians(cell[3:]))
+        if not 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg > 1e-9:  # the metric's determinant / (abc)²
+            raise CrysgenError(f"--cell {options.cell} has no volume (no three vectors meet at these angles)")
+        reduced = Lattice.from_parameters(*cell).get_niggli_reduced_lattice()
+        return np.tile([*reduced.abc, *reduced.angles], (options.n, 1))
 
     def symmetry_templates(self, options: SampleOptions,
                            compositions: Compositions | None = None) -> Templates:

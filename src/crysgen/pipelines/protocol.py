@@ -126,6 +126,9 @@ class SampleOptions:
     ``repair`` (σ, steps, rounds) samples again, in the same way, only the samples with two sites
     closer than 0.5 Å, each time from a fresh position for the later site of every such pair
     (atom diffusion models).
+    ``cell`` (a, b, c in Å, α, β, γ in degrees) holds every sample's cell fixed, e.g. one indexed
+    from a powder pattern, so that only the sites are sampled: with ``formula`` and ``num_atoms``
+    (atom diffusion models; the cell is Niggli-reduced first, the models' convention).
     """
 
     n: int
@@ -160,6 +163,7 @@ class SampleOptions:
     template_ranker: str | None = None
     restart: tuple[float, int, int] | None = None
     repair: tuple[float, int, int] | None = None
+    cell: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -311,10 +315,10 @@ def refuse_atom_options(options: SampleOptions) -> None:
             or options.limit_element_count or options.symmetry_prior is not None
             or options.precision != "auto" or options.template_start is not None
             or options.template_ranker is not None or options.restart is not None
-            or options.repair is not None):
+            or options.repair is not None or options.cell is not None):
         raise CrysgenError("--space-group, --churn, --anneal-rho(-lattice), --limit-element-count, "
-                           "--symmetry-prior, --template-start, --template-ranker, --restart, --repair "
-                           "and --precision "
+                           "--symmetry-prior, --template-start, --template-ranker, --restart, --repair, "
+                           "--cell and --precision "
                            "apply to atom diffusion models only")
 
 
