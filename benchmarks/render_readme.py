@@ -772,7 +772,9 @@ def atom_table() -> list[str]:
             lines += [f"| [{path.stem.removeprefix('atom_csp_sweep_')}]({path.relative_to(ROOT)}) | "
                       f"{d['commit'][:7]} | `{where}` | {trained} | {templates}"
                       + (f", started from them at σ {r['template_start']:g}"
-                         if r.get("template_start") else "") + " | "
+                         if r.get("template_start") else "")
+                      + (", each target's own cell given (an oracle)" if r.get("given_lattice") else "")
+                      + " | "
                       f"{d.get('precision', 'fp32')} | {r['steps']} | "
                       f"{r['s_churn']:g} | {_anneal(r)} | "
                       f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
@@ -902,16 +904,20 @@ def _own_sampler_rows(sweeps: list[Path]) -> tuple[Path, list[dict]] | None:
     those rows (else the first sweep and all its rows; None without sweeps).
 
     A row is in the model's settings when its churn and anti-annealing exponents are the ones its
-    ``config.json`` samples with (a sweep's own defaults may differ, e.g. no anti-annealing).
+    ``config.json`` samples with (a sweep's own defaults may differ, e.g. no anti-annealing). Rows
+    that were given each target's own cell (``--given-lattice``, an oracle) never count.
     """
     edm = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["edm"]
     own = (edm.get("s_churn"), edm.get("anneal_rho") or 0.0, edm.get("anneal_rho_lattice"))
+    sweeps = [p for p in sweeps if not all(r.get("given_lattice") for r in json.loads(p.read_text())["rows"])]
     for path in sweeps:
-        rows = [r for r in json.loads(path.read_text())["rows"]
-                if (r["s_churn"], r.get("anneal_rho") or 0.0, r.get("anneal_rho_lattice")) == own]
+        rows = [r for r in json.loads(path.read_text())["rows"] if not r.get("given_lattice")
+                and (r["s_churn"], r.get("anneal_rho") or 0.0, r.get("anneal_rho_lattice")) == own]
         if rows:
             return path, rows
-    return (sweeps[0], json.loads(sweeps[0].read_text())["rows"]) if sweeps else None
+    if not sweeps:
+        return None
+    return sweeps[0], [r for r in json.loads(sweeps[0].read_text())["rows"] if not r.get("given_lattice")]
 
 
 def default_model_block() -> list[str]:
@@ -992,7 +998,8 @@ def default_model_block() -> list[str]:
             start = f"σ {best['template_start']:g}" if best.get("template_start") else "–"
             lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {d['n_targets']:,} {d['dataset']} | "
                          f"{'yes' if d.get('symmetry_templates') else 'no'}"
-                         f"{' (ranked)' if (d.get('symmetry_templates') or {}).get('ranker') else ''} | "
+                         f"{' (ranked)' if (d.get('symmetry_templates') or {}).get('ranker') else ''}"
+                         f"{'; own cell given (an oracle)' if best.get('given_lattice') else ''} | "
                          f"{start} | "
                          f"{d.get('precision') or 'not recorded'} | {best['match_rate_percent']:.1f} % | "
                          f"{best['rmse']:.4f} | {best['steps']} | "
@@ -1095,6 +1102,8 @@ TARGETS_DIFFCSP = (("perov_5", "10,000 de novo", "eval_atom_diffusion_p5cont_10k
                    ("perov_5", "10,000 composition first",
                     "eval_atom_diffusion_p5cont_compfirst_10k_perov_5_cpu", ""),
                    ("carbon_24", "10,000 de novo", "eval_atom_diffusion_c24sites6_10k_carbon_24_cpu", ""),
+                   ("carbon_24", "10,000 de novo, colliding samples repaired (`--repair 0.3:20:3`)",
+                    "eval_atom_diffusion_c24sites6_rep10k_carbon_24_cpu", ""),
                    ("carbon_24", "the same, atoms then relaxed by CHGNet in their cells (`crysgen relax "
                     "--fixed-cell`)", "eval_atom_diffusion_c24sites6_fixedcell_10k_carbon_24_cpu", "CHGNet"),
                    ("carbon_24", "the same, atoms and cell relaxed by CHGNet (`crysgen relax`)",
