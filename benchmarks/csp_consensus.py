@@ -44,18 +44,6 @@ from crysgen.representations.atoms import AtomSetSpec, lattice_features
 from provenance import write_result
 
 
-def niggli_cell(structure: object) -> np.ndarray:
-    """a, b, c (Å), α, β, γ (degrees) (6,) of a structure's Niggli-reduced cell."""
-    lat = structure.lattice.get_niggli_reduced_lattice()  # type: ignore[attr-defined]
-    return np.array([*lat.abc, *lat.angles], np.float64)
-
-
-def written_cell(structure: object) -> np.ndarray:
-    """a, b, c (Å), α, β, γ (degrees) (6,) of a structure's cell as written."""
-    lat = structure.lattice  # type: ignore[attr-defined]
-    return np.array([*lat.abc, *lat.angles], np.float64)
-
-
 def consensus_cells(candidates: list[list[CSPSample]], num_sites: np.ndarray,
                     spec: AtomSetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Per target, the medoid candidate among its valid candidates and that candidate's cell.
@@ -80,12 +68,13 @@ def consensus_cells(candidates: list[list[CSPSample]], num_sites: np.ndarray,
               and structurally_valid(candidates[j][t].structure)]
         if not ok:
             continue
-        cells = np.stack([niggli_cell(candidates[j][t].structure) for j in ok])
+        cells = np.array([candidates[j][t].structure.lattice.get_niggli_reduced_lattice().parameters
+                          for j in ok])
         feats = lattice_features(cells, np.full(len(ok), num_sites[t]), spec)
         dist = np.linalg.norm(feats[:, None] - feats[None], axis=-1).sum(1)
         best = int(np.argmin(dist))
         pick[t] = ok[best]
-        medoid[t] = written_cell(candidates[ok[best]][t].structure)
+        medoid[t] = candidates[ok[best]][t].structure.lattice.parameters
     return pick, medoid
 
 

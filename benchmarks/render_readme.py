@@ -909,15 +909,15 @@ def _own_sampler_rows(sweeps: list[Path]) -> tuple[Path, list[dict]] | None:
     """
     edm = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["edm"]
     own = (edm.get("s_churn"), edm.get("anneal_rho") or 0.0, edm.get("anneal_rho_lattice"))
-    sweeps = [p for p in sweeps if not all(r.get("given_lattice") for r in json.loads(p.read_text())["rows"])]
-    for path in sweeps:
-        rows = [r for r in json.loads(path.read_text())["rows"] if not r.get("given_lattice")
-                and (r["s_churn"], r.get("anneal_rho") or 0.0, r.get("anneal_rho_lattice")) == own]
-        if rows:
-            return path, rows
-    if not sweeps:
-        return None
-    return sweeps[0], [r for r in json.loads(sweeps[0].read_text())["rows"] if not r.get("given_lattice")]
+    loaded = [(path, [r for r in json.loads(path.read_text())["rows"] if not r.get("given_lattice")])
+              for path in sweeps]
+    loaded = [(path, rows) for path, rows in loaded if rows]
+    for path, rows in loaded:
+        mine = [r for r in rows
+                if (r["s_churn"], r.get("anneal_rho") or 0.0, r.get("anneal_rho_lattice")) == own]
+        if mine:
+            return path, mine
+    return loaded[0] if loaded else None
 
 
 def default_model_block() -> list[str]:

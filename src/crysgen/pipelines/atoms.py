@@ -150,8 +150,7 @@ class AtomDiffusionModel(AtomDiffusionBundle):
 
         Raises:
             CrysgenError: without ``--formula`` and ``--num-atoms`` (the sites the cell holds), beside
-                a symmetry prior, or for a cell that is not six finite numbers with positive
-                lengths, angles strictly between 0 and 180 degrees and a positive volume.
+                a symmetry prior, or for a cell that is not six numbers :func:`check_cells` takes.
         """
         from pymatgen.core import Lattice
 
@@ -160,13 +159,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         if options.symmetry_prior is not None:
             raise CrysgenError("--cell cannot be combined with --symmetry-prior")
         cell = np.asarray(options.cell, np.float64)
-        if cell.shape != (6,) or not np.isfinite(cell).all() or (cell[:3] <= 0).any() \
-                or (cell[3:] <= 0).any() or (cell[3:] >= 180).any():
-            raise CrysgenError("--cell takes a,b,c,alpha,beta,gamma: six numbers, lengths in Å (positive) "
-                               f"and angles in degrees (strictly between 0 and 180); got {options.cell}")
-        ca, cb, cg = np.cos(np.radians(cell[3:]))
-        if not 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg > 1e-9:  # the metric's determinant / (abc)²
-            raise CrysgenError(f"--cell {options.cell} has no volume (no three vectors meet at these angles)")
+        if cell.shape != (6,):
+            raise CrysgenError(f"--cell takes six numbers a,b,c,alpha,beta,gamma; got {options.cell}")
+        check_cells(cell[None], f"--cell {options.cell}")
         reduced = Lattice.from_parameters(*cell).get_niggli_reduced_lattice()
         return np.tile([*reduced.abc, *reduced.angles], (options.n, 1))
 
@@ -510,18 +505,14 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         """Float32 (n, 6) standardised features of the cells to hold (``sample_sets``' ``lattices``).
 
         Raises:
-            CrysgenError: for another number of cells than samples, cells that are not six
-                finite numbers with positive lengths and angles strictly between 0 and 180
-                degrees, or cells beside symmetry templates (whose metric the projection sets).
+            CrysgenError: for another number of cells than samples, cells :func:`check_cells`
+                refuses, or cells beside symmetry templates (whose metric the projection sets).
         """
         cells = np.asarray(lattices, np.float64)
         if cells.shape != (len(mask), 6):
             raise CrysgenError(f"expected one cell (a, b, c, alpha, beta, gamma) per sample, {len(mask)} "
                                f"in all; got an array of shape {cells.shape}")
-        if not np.isfinite(cells).all() or (cells[:, :3] <= 0).any() or (cells[:, 3:] <= 0).any() \
-                or (cells[:, 3:] >= 180).any():
-            raise CrysgenError("a given cell needs finite positive lengths (Å) and angles strictly "
-                               "between 0 and 180 degrees")
+        check_cells(cells, "a given cell")
         if templates is not None:
             raise CrysgenError("a given cell cannot be combined with symmetry templates")
         return lattice_features(cells, mask.sum(1), self.spec).astype(np.float32)
@@ -637,6 +628,23 @@ class AtomDiffusionModel(AtomDiffusionBundle):
         misplaces atoms it would otherwise restore (docs/atom_diffusion.md).
         """
         return encode(crystals, self.spec)
+
+
+def check_cells(cells: np.ndarray, what: str) -> None:
+    """Refuse cells a, b, c (Å), α, β, γ (degrees) (N, 6) that no crystal can have.
+
+    Raises:
+        CrysgenError: naming ``what``, for a number that is not finite, a length that is not
+            positive, an angle outside (0, 180) degrees, or angles no three vectors meet at (the
+            metric's determinant over (abc)² not positive: no volume).
+    """
+    if not np.isfinite(cells).all() or (cells[:, :3] <= 0).any() or (cells[:, 3:] <= 0).any() \
+            or (cells[:, 3:] >= 180).any():
+        raise CrysgenError(f"{what} needs finite positive lengths (Å) and angles strictly between 0 and "
+                           "180 degrees")
+    ca, cb, cg = np.cos(np.radians(cells[:, 3:])).T
+    if not (1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg > 1e-9).all():
+        raise CrysgenError(f"{what} has no volume (no three vectors meet at these angles)")
 
 
 def _draw(counts: np.ndarray, n: int, seed: int | list[int]) -> np.ndarray:
