@@ -105,12 +105,24 @@ def seeded_subset(targets: CrystalSet, n: int, seed: int) -> CrystalSet:
     return targets.subset(np.sort(pick))
 
 
+def add_target_arguments(p: argparse.ArgumentParser, *,
+                         seed_help: str = "the seed of the targets' subset") -> None:
+    """The target options every CSP benchmark shares: ``--targets``, ``--dataset``, ``--n``, ``--seed``."""
+    p.add_argument("--targets", required=True, help="target CrystalSet .npz (e.g. the mp_20 test split)")
+    p.add_argument("--dataset", default="mp_20", help="dataset name in the result file name")
+    p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def load_targets(args: argparse.Namespace) -> CrystalSet:
+    """The seeded subset that :func:`add_target_arguments`' options name."""
+    return seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
-    p.add_argument("--targets", required=True, help="target CrystalSet .npz (e.g. the mp_20 test split)")
-    p.add_argument("--dataset", default="mp_20")
-    p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
+    add_target_arguments(p, seed_help="the seed of the targets' subset and of the sampling noise")
     p.add_argument("--steps", default="50,100,200", help="comma-separated Heun step counts")
     p.add_argument("--churn", default="0,10,30", help="comma-separated s_churn values")
     p.add_argument("--anneal-rho", default=None, help="comma-separated anti-annealing exponents (0: off; "
@@ -121,7 +133,6 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--symmetry-prior", default=None, metavar="TRAIN.npz",
                    help="each target keeps the symmetry of its best-fitting crystal of this set "
                         "(`crysgen sample --compositions ... --symmetry-prior`; template-based CSP)")
@@ -144,7 +155,7 @@ def main() -> None:
     args = p.parse_args()
 
     model = AtomDiffusionModel.from_pretrained(args.model)
-    targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
+    targets = load_targets(args)
     templates, template_info = None, None
     if args.symmetry_prior:
         t0 = time.perf_counter()

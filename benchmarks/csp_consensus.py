@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from atom_csp_sweep import per_target, predict, seeded_subset
+from atom_csp_sweep import add_target_arguments, load_targets, per_target, predict
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import CSPResult, CSPSample, score_csp
 from crysgen.evaluation.validity import structurally_valid
@@ -103,9 +103,7 @@ def row(name: str, res: CSPResult, **extra: object) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
-    p.add_argument("--targets", required=True, help="target CrystalSet .npz (e.g. the mp_20 test split)")
-    p.add_argument("--dataset", default="mp_20")
-    p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
+    add_target_arguments(p)
     p.add_argument("--k", type=int, default=5, help="samples per target")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--churn", type=float, default=None, help="EDM churn (default: the model's own)")
@@ -119,7 +117,7 @@ def main() -> None:
         p.error("--k must be at least 2")
 
     model = AtomDiffusionModel.from_pretrained(args.model)
-    targets = seeded_subset(CrystalSet.load(args.targets), args.n, 0)
+    targets = load_targets(args)
     churn = model.edm.s_churn if args.churn is None else args.churn
     kw = {"steps": args.steps, "churn": churn, "device": args.device, "batch": args.batch,
           "precision": args.precision, "anneal_rho": model.edm.anneal_rho,

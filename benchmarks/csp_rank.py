@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from atom_csp_sweep import predict, seeded_subset
+from atom_csp_sweep import add_target_arguments, load_targets, predict
 from crysgen.crystal_set import CrystalSet
 from crysgen.data.validity import structurally_valid
 from crysgen.errors import CrysgenError
@@ -226,12 +226,9 @@ def relaxed_answers(columns: list[list[CSPSample]], chosen: np.ndarray,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the atom diffusion model directory ('none' when every recipe is a copy)")
-    p.add_argument("--targets", required=True, help="target CrystalSet .npz (e.g. the mp_20 test split)")
+    add_target_arguments(p)
     p.add_argument("--symmetry-prior", required=True, metavar="TRAIN.npz",
                    help="the crystals templates come from (the model's training split)")
-    p.add_argument("--dataset", default="mp_20")
-    p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
-    p.add_argument("--seed", type=int, default=0, help="the subset's seed (atom_csp_sweep.py's)")
     p.add_argument("--candidates", default="templates:0,templates:1,plain:0")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--churn", type=float, default=10.0)
@@ -279,7 +276,7 @@ def main() -> None:
     if args.model == "none" and any(kind != "copy" for kind, _, _ in recipes):
         raise CrysgenError("model 'none' serves copy:RANK recipes only")
     model = None if args.model == "none" else AtomDiffusionModel.from_pretrained(args.model)
-    targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
+    targets = load_targets(args)
     targets_z = (targets.atomic_numbers if model is None
                  else model.compositions_from_targets(targets).atomic_numbers)
     prior = CrystalSet.load(args.symmetry_prior)

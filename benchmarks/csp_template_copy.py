@@ -35,7 +35,7 @@ import time
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from atom_csp_sweep import seeded_subset
+from atom_csp_sweep import add_target_arguments, load_targets
 from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import CSPSample, score_csp
 from crysgen.pipelines.symmetry import Templates, match_templates
@@ -64,11 +64,8 @@ def copies(targets: CrystalSet, templates: Templates) -> list[CSPSample]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", required=True, help="target CrystalSet .npz (e.g. the mp_20 test split)")
+    add_target_arguments(p)
     p.add_argument("--prior", required=True, help="the crystals templates come from (the training split)")
-    p.add_argument("--dataset", default="mp_20")
-    p.add_argument("--n", type=int, default=1000, help="targets drawn (seeded) from the set")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ranks", type=int, default=1, help="also score the best of ranks 0..R-1 (R > 1)")
     p.add_argument("--vote", default="1", help="comma-separated k: the space groups of the k best-fitting "
                    "crystals vote (match_templates's vote; 1: none); one row per k and rank")
@@ -83,7 +80,7 @@ def main() -> None:
     ranker_sha = file_sha256(ranker_file(args.ranker)) if args.ranker else None
     if ranker is not None and (args.ranks > 1 or args.vote != "1"):
         raise SystemExit("--ranker chooses one template per target: no --ranks or --vote beside it")
-    targets = seeded_subset(CrystalSet.load(args.targets), args.n, args.seed)
+    targets = load_targets(args)
     prior = CrystalSet.load(args.prior)
     rows = []
     per_rank = []
