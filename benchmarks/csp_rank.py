@@ -21,6 +21,9 @@ relaxed and ranked like the model's candidates. No target structure is used to c
   ``--relax-steps N[,M...]`` also ranked by each candidate's CHGNet energy after N (M, ...) FIRE
   steps (the candidate as sampled stays the answer), and with ``--score-relaxed`` also that choice
   scored after its relaxation (the relaxed crystal is the answer: generate, relax, rank);
+- with ``--vote``, the candidate that most of the target's other candidates match (DiffCSP's matcher
+  between candidates, :func:`crysgen.evaluation.csp.mutual_matches`; ties by static energy): the
+  sampler's own consensus, no target and no potential needed to choose;
 - best of k (a target counts if any candidate matches, which needs the target to choose: an upper
   bound for any ranking; from each recipe's one-sample verdicts, so an invalid target is a miss,
   stricter than DiffCSP's k > 1 protocol).
@@ -48,7 +51,7 @@ from atom_csp_sweep import add_target_arguments, load_targets, predict
 from crysgen.crystal_set import CrystalSet
 from crysgen.data.validity import structurally_valid
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.csp import CSPSample, score_csp
+from crysgen.evaluation.csp import CSPSample, mutual_matches, score_csp
 from crysgen.evaluation.potentials import static_energies
 from crysgen.evaluation.stability import RelaxOptions
 from crysgen.evaluation.suite import relax_all
@@ -108,8 +111,32 @@ def pick_lowest(energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(e).any(1), np.argmin(e, 1), 0)
 
 
+def pick_agreed(agree: np.ndarray, energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per target (row) the valid candidate that most of its other valid candidates match.
+
+    Ties go to the lower energy (then to the first column); a target without a valid candidate
+    gets column 0, as in :func:`pick_lowest`.
+
+    Args:
+        agree: bool (n, k, k) which candidates match each other (``mutual_matches``).
+        energies: float (n, k) eV/atom, NaN where there is none.
+        valid: bool (n, k) structurally valid candidates.
+
+    Returns:
+        int (n,) the chosen column.
+    """
+    votes = (agree & valid[:, None, :]).sum(2)
+    e = np.where(valid & np.isfinite(energies), energies, np.inf)
+    chosen = np.zeros(len(valid), int)
+    for i in range(len(valid)):
+        ok = np.flatnonzero(valid[i])
+        if len(ok):
+            chosen[i] = ok[np.lexsort((e[i, ok], -votes[i, ok]))[0]]
+    return chosen
+
+
 def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, valid: np.ndarray,
-                 names: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+                 names: list[str], chosen: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ranked answer and best of k over the candidates (columns) of every target (row).
 
     Each candidate's verdict is the one its recipe's one-sample scoring gave it (DiffCSP's matcher
@@ -121,12 +148,14 @@ def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, val
         energies: float (n, k) static energies, eV/atom (NaN where none).
         valid: bool (n, k) structurally valid candidates.
         names: the k recipes' names.
+        chosen: int (n,) the answer's column per target (None: the lowest energy, :func:`pick_lowest`).
 
     Returns:
         (ranked, best of k) rows: match rate in percent and RMSE over matches.
     """
     n = len(matched)
-    chosen = pick_lowest(energies, valid)
+    if chosen is None:
+        chosen = pick_lowest(energies, valid)
     hit = matched[np.arange(n), chosen]
     hit_rms = rms[np.arange(n), chosen][hit]
     ranked = {"match_rate_percent": 100 * float(hit.mean()),
@@ -256,6 +285,9 @@ def main() -> None:
     p.add_argument("--denoising-sigmas", default="",
                    help="also rank by the model's denoising error (denoising_errors) at these "
                         "comma-separated σ, averaged (needs a model; e.g. 0.02,0.05,0.1)")
+    p.add_argument("--vote", action="store_true",
+                   help="also rank by agreement: per target the valid candidate that most of the others "
+                        "match (DiffCSP's matcher between candidates, no target used), ties by energy")
     p.add_argument("--also", action="append", default=[], metavar="RECIPES",
                    help="also rank within these recipes only (a subset of --candidates, same syntax, one "
                         "recipe allowed; repeatable): the same candidates, fewer of them")
@@ -341,6 +373,18 @@ def main() -> None:
         denoising_row = {"sigmas": sig} | rank_columns(matched, rms, errors, valid, names)[0]
         denoising_row["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({"ranked_by_denoising_error": denoising_row}), flush=True)
+    agree = None
+    agreement_row = None
+    if args.vote:
+        t0 = time.perf_counter()
+        cands = [[columns[j][i].structure if valid[i, j] else None for j in range(len(recipes))]
+                 for i in range(n_targets)]
+        agree = mutual_matches(cands, workers=args.workers, progress=False)
+        agreement_row = rank_columns(matched, rms, energies, valid, names,
+                                     chosen=pick_agreed(agree, energies, valid))[0]
+        agreement_row["seconds"] = round(time.perf_counter() - t0, 1)
+        agreement_row["mean_agreeing_pairs"] = float(agree.sum((1, 2)).mean() / 2)
+        print(json.dumps({"ranked_by_agreement": agreement_row}), flush=True)
     relaxed_rows: list[dict[str, Any]] = []
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
@@ -349,6 +393,11 @@ def main() -> None:
                                             [names[c] for c in cols])
         subsets.append({"recipes": [names[c] for c in cols], "columns": cols, "ranked": sub_ranked,
                         "best_of_k": sub_best})
+        if agree is not None:
+            sub_agree = agree[:, cols][:, :, cols]
+            subsets[-1]["ranked_by_agreement"] = rank_columns(
+                matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols], [names[c] for c in cols],
+                chosen=pick_agreed(sub_agree, energies[:, cols], valid[:, cols]))[0]
         print(json.dumps(subsets[-1]), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
@@ -357,14 +406,16 @@ def main() -> None:
               "precision": args.precision, "symmetry_prior": args.symmetry_prior,
               "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
               "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
-              "ranked_by_denoising_error": denoising_row,
+              "ranked_by_denoising_error": denoising_row, "ranked_by_agreement": agreement_row,
               "ranked_relaxed": relaxed_rows, "relax_steps_asked": relax_lengths,
               "complete": not relax_lengths,
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
                       "(no target used); ranked_relaxed = the same by CHGNet energy after relax_steps FIRE "
                       "steps (relaxed_answer: that choice scored after its relaxation); best_of_k = any "
                       "candidate matched (the target chooses; invalid targets are misses, as with one "
-                      "sample); complete = false while relaxations asked for are still to come (the file "
+                      "sample); ranked_by_agreement = per target the valid candidate most other "
+                      "candidates match (DiffCSP's matcher between candidates; ties by static energy); "
+                      "complete = false while relaxations asked for are still to come (the file "
                       "is rewritten after each phase, so a run cut short keeps what it finished)"}
     name = f"csp_rank_{args.dataset}{args.suffix}"
     model_dir = None if model is None else resolve_model_dir(args.model)

@@ -11,7 +11,7 @@ from pymatgen.core.operations import SymmOp
 from crysgen.cli import main
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.csp import CSPSample, load_csp_samples, score_csp
+from crysgen.evaluation.csp import CSPSample, load_csp_samples, mutual_matches, score_csp
 from tests.conftest import load_cif
 
 A = 4.0  # Å, the CsCl-type cells below
@@ -223,3 +223,17 @@ def test_a_crystal_set_whose_ids_are_targets_gives_best_of_k_and_unknown_targets
     assert res.rows[0]["best_sample"] == "t#1"
     with pytest.raises(CrysgenError, match="no sample names"):
         score_csp(loaded, targets(cscl_type(), ids=["other"]), progress=False)
+
+
+def test_mutual_matches_finds_the_candidates_that_agree_and_only_those():
+    # target 0: two near-copies of the CsCl-type cell, the rock-salt polymorph, no candidate;
+    # target 1: the polymorph twice (a supercell of it too) and a CsCl-type cell
+    first = [cscl_type(), cscl_type(0.05), rocksalt(), None]
+    second = [rocksalt(), cscl_type(), rocksalt() * (1, 1, 2), None]
+    agree = mutual_matches([first, second], progress=False)
+    assert agree.shape == (2, 4, 4) and agree.dtype == bool
+    assert (agree == agree.transpose(0, 2, 1)).all() and not agree[:, range(4), range(4)].any()
+    pairs = [sorted({tuple(sorted(p)) for p in zip(*np.nonzero(a), strict=True)}) for a in agree]
+    assert pairs == [[(0, 1)], [(0, 2)]]
+    with pytest.raises(CrysgenError, match="same number of candidates"):
+        mutual_matches([first, second[:3]], progress=False)

@@ -335,6 +335,54 @@ def _pool_map(fn: Callable, items: list, workers: int, desc: str, progress: bool
                          disable=not progress, leave=False))
 
 
+def _match_candidates(args: tuple[list[Any], float | None]) -> list[tuple[int, int]]:
+    """The index pairs (a < b) of one target's candidates that match each other."""
+    import warnings
+
+    structures, limit = args
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [(a, b) for a in range(len(structures)) for b in range(a + 1, len(structures))
+                if structures[a] is not None and structures[b] is not None
+                and _rms((structures[a], structures[b]), limit)[0] is not None]
+
+
+def mutual_matches(candidates: Sequence[Sequence[Any]], *, workers: int = 1,
+                   time_limit_s: float | None = TIME_LIMIT_S, progress: bool = True) -> np.ndarray:
+    """Which of each target's candidate crystals match each other (DiffCSP's matcher, ``MATCHER``).
+
+    The agreement between several predictions of one target, without the target: the candidate
+    that most others match is the sampler's consensus (a self-consistency choice). A match that
+    runs past ``time_limit_s`` or raises counts as no match, as in :func:`score_csp`.
+
+    Args:
+        candidates: per target its k candidate pymatgen structures (None: no candidate there, e.g.
+            an invalid sample); every target the same k.
+        workers: processes (one target per task).
+        time_limit_s: wall-clock limit per match (None: none).
+        progress: show a progress bar.
+
+    Returns:
+        bool (n, k, k), symmetric, False on the diagonal: ``[i, a, b]`` says candidates a and b of
+        target i match.
+
+    Raises:
+        CrysgenError: when the targets have different numbers of candidates.
+    """
+    ks = {len(c) for c in candidates}
+    if len(ks) > 1:
+        raise CrysgenError("mutual_matches: every target needs the same number of candidates, "
+                           f"got {sorted(ks)}")
+    k = ks.pop() if ks else 0
+    out = np.zeros((len(candidates), k, k), bool)
+    done = _pool_map(_match_candidates, [(list(c), time_limit_s) for c in candidates], workers,
+                     "CSP: candidates against each other", progress)
+    for i, pairs in enumerate(done):
+        for a, b in pairs:
+            out[i, a, b] = out[i, b, a] = True
+    return out
+
+
 def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: str = "cdvae",
               require_valid_target: bool | None = None, metre: bool = True, workers: int = 1,
               time_limit_s: float | None = TIME_LIMIT_S, smact_tables: str = "smact-2.2.1",
