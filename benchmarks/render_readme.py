@@ -1113,6 +1113,8 @@ _BASELINES = {_COPY, _COPY_MPTS, _COPY_RANKED}
 # (dataset, how the samples were drawn, result file, what besides the model made them: "" or e.g.
 # "CHGNet", said beside a met verdict)
 TARGETS_DIFFCSP = (("perov_5", "10,000 de novo", "eval_atom_diffusion_p5cont_10k_fp32_perov_5_cpu", ""),
+                   ("perov_5", "10,000 de novo, colliding samples repaired (`--repair 0.3:20:3`)",
+                    "eval_atom_diffusion_p5cont_rep10k_perov_5_cpu", ""),
                    ("perov_5", "10,000 composition first",
                     "eval_atom_diffusion_p5cont_compfirst_10k_perov_5_cpu", ""),
                    ("carbon_24", "10,000 de novo", "eval_atom_diffusion_c24sites6_10k_carbon_24_cpu", ""),
