@@ -23,7 +23,9 @@ relaxed and ranked like the model's candidates. No target structure is used to c
   scored after its relaxation (the relaxed crystal is the answer: generate, relax, rank);
 - with ``--vote``, the candidate that most of the target's other candidates match (DiffCSP's matcher
   between candidates, :func:`crysgen.evaluation.csp.mutual_matches`; ties by static energy): the
-  sampler's own consensus, no target and no potential needed to choose;
+  sampler's own consensus, no target and no potential needed to choose; with ``--by-symmetry``,
+  the candidate of the largest point group (spglib at 0.1 Å; ties by static energy); ``--table``
+  writes every candidate's features and verdict (one CSV row each) for a learned choice;
 - best of k (a target counts if any candidate matches, which needs the target to choose: an upper
   bound for any ranking; from each recipe's one-sample verdicts, so an invalid target is a miss,
   stricter than DiffCSP's k > 1 protocol).
@@ -43,12 +45,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atom_csp_sweep import add_target_arguments, load_targets, predict
-from crysgen.crystal_set import CrystalSet
+from crysgen.crystal_set import CrystalSet, write_text_atomic
 from crysgen.data.validity import structurally_valid
 from crysgen.errors import CrysgenError
 from crysgen.evaluation.csp import CSPSample, mutual_matches, score_csp
@@ -111,28 +114,56 @@ def pick_lowest(energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(e).any(1), np.argmin(e, 1), 0)
 
 
-def pick_agreed(agree: np.ndarray, energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per target (row) the valid candidate that most of its other valid candidates match.
+def pick_most(score: np.ndarray, energies: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per target (row) the valid candidate of the highest ``score``, ties to the lower energy.
 
-    Ties go to the lower energy (then to the first column); a target without a valid candidate
-    gets column 0, as in :func:`pick_lowest`.
+    Ties of both go to the first column; a target without a valid candidate gets column 0, as in
+    :func:`pick_lowest`.
 
     Args:
-        agree: bool (n, k, k) which candidates match each other (``mutual_matches``).
+        score: float or int (n, k), e.g. how many other candidates agree, or a point-group order.
         energies: float (n, k) eV/atom, NaN where there is none.
         valid: bool (n, k) structurally valid candidates.
 
     Returns:
         int (n,) the chosen column.
     """
-    votes = (agree & valid[:, None, :]).sum(2)
     e = np.where(valid & np.isfinite(energies), energies, np.inf)
     chosen = np.zeros(len(valid), int)
     for i in range(len(valid)):
         ok = np.flatnonzero(valid[i])
         if len(ok):
-            chosen[i] = ok[np.lexsort((e[i, ok], -votes[i, ok]))[0]]
+            chosen[i] = ok[np.lexsort((e[i, ok], -score[i, ok]))[0]]
     return chosen
+
+
+def votes(agree: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """int (n, k): how many of each candidate's fellow valid candidates match it (``mutual_matches``)."""
+    return (agree & valid[:, None, :]).sum(2)
+
+
+def point_group_orders(columns: list[list[CSPSample]], valid: np.ndarray,
+                       symprec: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Each valid candidate's point-group order and space-group number (spglib at ``symprec`` Å).
+
+    The point group's order does not depend on the cell chosen, unlike the count of space-group
+    operations. Where spglib gives up: order 1, space group 0.
+
+    Returns:
+        (orders, space groups): int (n, k) each, 0 where the candidate is not valid.
+    """
+    from crysgen.data.guards import spacegroup_analyzer
+
+    orders = np.zeros(valid.shape, int)
+    groups = np.zeros(valid.shape, int)
+    for i, j in zip(*np.nonzero(valid), strict=True):
+        try:
+            sga = spacegroup_analyzer(columns[j][i].structure, symprec)
+            orders[i, j] = len(sga.get_point_group_operations())
+            groups[i, j] = sga.get_space_group_number()
+        except Exception:  # spglib gives up on some generated cells: no symmetry found
+            orders[i, j], groups[i, j] = 1, 0
+    return orders, groups
 
 
 def rank_columns(matched: np.ndarray, rms: np.ndarray, energies: np.ndarray, valid: np.ndarray,
@@ -252,6 +283,32 @@ def relaxed_answers(columns: list[list[CSPSample]], chosen: np.ndarray,
     return out
 
 
+def write_table(path: str, targets: CrystalSet, names: list[str], valid: np.ndarray, matched: np.ndarray,
+                rms: np.ndarray, energies: np.ndarray, agreeing: np.ndarray | None, orders: np.ndarray | None,
+                groups: np.ndarray | None, structures: list[list[Any]]) -> None:
+    """One CSV row per (target, candidate): what each candidate was and whether it matched.
+
+    Columns: target, recipe, sites, valid, matched, rms_dist (empty unless matched), energy_per_atom
+    (static, eV/atom; empty where none), agreeing (other valid candidates that match it; empty
+    without --vote), point_group_order and space_group (spglib at 0.1 Å; empty without
+    --by-symmetry). Written atomically.
+    """
+    def cell(a: np.ndarray | None, i: int, j: int, fmt: str = "{}") -> str:
+        return "" if a is None or not np.isfinite(a[i, j]) else fmt.format(a[i, j])
+
+    rows = ["target,recipe,sites,valid,matched,rms_dist,energy_per_atom,agreeing,point_group_order,"
+            "space_group"]
+    for i, t in enumerate(targets.ids):
+        for j, name in enumerate(names):
+            s = structures[i][j]
+            rows.append(",".join([str(t), name, "" if s is None else str(len(s)), str(int(valid[i, j])),
+                                  str(int(matched[i, j])), cell(rms, i, j, "{:.5f}"),
+                                  cell(energies, i, j, "{:.5f}"), cell(agreeing, i, j),
+                                  cell(orders, i, j), cell(groups, i, j)]))
+    write_text_atomic(Path(path), "\n".join(rows) + "\n")
+    print(f"wrote {path}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the atom diffusion model directory ('none' when every recipe is a copy)")
@@ -288,6 +345,12 @@ def main() -> None:
     p.add_argument("--vote", action="store_true",
                    help="also rank by agreement: per target the valid candidate that most of the others "
                         "match (DiffCSP's matcher between candidates, no target used), ties by energy")
+    p.add_argument("--by-symmetry", action="store_true",
+                   help="also rank by symmetry: per target the valid candidate of the largest point group "
+                        "(spglib at 0.1 Å), ties by energy")
+    p.add_argument("--table", default=None, metavar="CSV",
+                   help="also write one row per candidate (target, recipe, validity, match, RMS distance, "
+                        "energy, agreement, point group, space group): what a learned choice would train on")
     p.add_argument("--also", action="append", default=[], metavar="RECIPES",
                    help="also rank within these recipes only (a subset of --candidates, same syntax, one "
                         "recipe allowed; repeatable): the same candidates, fewer of them")
@@ -381,10 +444,23 @@ def main() -> None:
                  for i in range(n_targets)]
         agree = mutual_matches(cands, workers=args.workers, progress=False)
         agreement_row = rank_columns(matched, rms, energies, valid, names,
-                                     chosen=pick_agreed(agree, energies, valid))[0]
+                                     chosen=pick_most(votes(agree, valid), energies, valid))[0]
         agreement_row["seconds"] = round(time.perf_counter() - t0, 1)
         agreement_row["mean_agreeing_pairs"] = float(agree.sum((1, 2)).mean() / 2)
         print(json.dumps({"ranked_by_agreement": agreement_row}), flush=True)
+    orders = groups = None
+    symmetry_row = None
+    if args.by_symmetry:
+        t0 = time.perf_counter()
+        orders, groups = point_group_orders(columns, valid)
+        symmetry_row = rank_columns(matched, rms, energies, valid, names,
+                                    chosen=pick_most(orders, energies, valid))[0]
+        symmetry_row["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"ranked_by_symmetry": symmetry_row}), flush=True)
+    if args.table:
+        write_table(args.table, targets, names, valid, matched, rms, energies,
+                    votes(agree, valid) if agree is not None else None, orders, groups,
+                    [[columns[j][i].structure for j in range(len(recipes))] for i in range(n_targets)])
     relaxed_rows: list[dict[str, Any]] = []
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
@@ -397,7 +473,11 @@ def main() -> None:
             sub_agree = agree[:, cols][:, :, cols]
             subsets[-1]["ranked_by_agreement"] = rank_columns(
                 matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols], [names[c] for c in cols],
-                chosen=pick_agreed(sub_agree, energies[:, cols], valid[:, cols]))[0]
+                chosen=pick_most(votes(sub_agree, valid[:, cols]), energies[:, cols], valid[:, cols]))[0]
+        if orders is not None:
+            subsets[-1]["ranked_by_symmetry"] = rank_columns(
+                matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols], [names[c] for c in cols],
+                chosen=pick_most(orders[:, cols], energies[:, cols], valid[:, cols]))[0]
         print(json.dumps(subsets[-1]), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
@@ -407,6 +487,7 @@ def main() -> None:
               "share_with_template": {str(r): t.share_fitted() for r, t in templates.items()},
               "recipes": recipe_rows, "ranked": ranked_row, "best_of_k": best_row, "subsets": subsets,
               "ranked_by_denoising_error": denoising_row, "ranked_by_agreement": agreement_row,
+              "ranked_by_symmetry": symmetry_row, "table": args.table,
               "ranked_relaxed": relaxed_rows, "relax_steps_asked": relax_lengths,
               "complete": not relax_lengths,
               "note": "ranked = per target the structurally valid candidate of lowest static energy per atom "
@@ -415,6 +496,8 @@ def main() -> None:
                       "candidate matched (the target chooses; invalid targets are misses, as with one "
                       "sample); ranked_by_agreement = per target the valid candidate most other "
                       "candidates match (DiffCSP's matcher between candidates; ties by static energy); "
+                      "ranked_by_symmetry = the valid candidate of the largest point group (spglib at "
+                      "0.1 Å; ties by static energy); "
                       "complete = false while relaxations asked for are still to come (the file "
                       "is rewritten after each phase, so a run cut short keeps what it finished)"}
     name = f"csp_rank_{args.dataset}{args.suffix}"

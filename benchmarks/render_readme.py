@@ -705,12 +705,17 @@ def relaxed_lines(relaxed: dict | list[dict], ranked: str | None, answer: str) -
     return lines
 
 
-def agreement_line(row: dict | None, within: str) -> list[str]:
-    """The csp_rank row of the answer chosen by agreement (``--vote``), where the file has one."""
-    if not row:
-        return []
-    return [f"| ↳ {within}, ranked by agreement (the candidate most others match) | | | | | "
-            f"{row['match_rate_percent']:.1f} % | {row['rmse']:.4f} | |"]
+def choice_lines(d: dict, within: str) -> list[str]:
+    """A csp_rank file's (or subset's) rows of the answers chosen by agreement (``--vote``) and by
+    symmetry (``--by-symmetry``), where it has them."""
+    lines = []
+    for key, how in (("ranked_by_agreement", "ranked by agreement (the candidate most others match)"),
+                     ("ranked_by_symmetry", "ranked by symmetry (the candidate of the largest point group)")):
+        row = d.get(key)
+        if row:
+            lines.append(f"| ↳ {within}, {how} | | | | | {row['match_rate_percent']:.1f} % | "
+                         f"{row['rmse']:.4f} | |")
+    return lines
 
 
 def atom_table() -> list[str]:
@@ -807,14 +812,14 @@ def atom_table() -> list[str]:
             lines += relaxed_lines(d.get("ranked_relaxed", []),  # the same candidates, after relaxations
                                    "the same, ranked by CHGNet energy after {} FIRE steps",
                                    "that choice scored after its {} FIRE steps")
-            lines += agreement_line(d.get("ranked_by_agreement"), "the same")
+            lines += choice_lines(d, "the same")
             for sub in d.get("subsets", []):  # the same candidates, ranked within fewer recipes
                 ranked, best = sub["ranked"], sub["best_of_k"]
                 within = ", ".join(sub["recipes"])
                 lines.append(f"| ↳ the same, ranked within {within} | | | | | "
                              f"{ranked['match_rate_percent']:.1f} % | {ranked['rmse']:.4f} | "
                              f"{best['match_rate_percent']:.1f} % (k = {best['k']}) |")
-                lines += agreement_line(sub.get("ranked_by_agreement"), f"within {within}")
+                lines += choice_lines(sub, f"within {within}")
                 lines += relaxed_lines(sub.get("ranked_relaxed", []),  # one recipe: nothing to rank
                                        f"within {within}, by CHGNet energy after {{}} FIRE steps"
                                        if len(sub["recipes"]) > 1 else None,
