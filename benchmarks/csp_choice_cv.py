@@ -15,12 +15,13 @@ feature is relative to the target's other candidates, so that the model compares
 - ``symmetry``: log2 of the point-group order (spglib at 0.1 Å) minus the target's largest;
 - ``sites``: the target's site count (the same for every candidate: it only shifts the probability
   of all of them, but it lets the other features' weights depend on the cell size through the
-  interactions ``--interactions`` adds).
+  pairwise products of the last row, fitted with all four features and their products).
 
 The figures are an estimate of what a choice trained on other compositions could reach on these
 candidates (the targets are test crystals: a deployed choice would be fitted on candidates of
-training compositions instead). Beside each feature set: the same candidates chosen by the
-single rules csp_rank.py reports (energy, agreement, symmetry) and best of k.
+training compositions instead). Beside them (``single_rules``): best of k, the first candidate, and
+the lowest static energy (csp_rank.py's ranked answer); the agreement and symmetry rules are in the
+csp_rank.py file that wrote the table.
 
 Usage::
 
@@ -75,7 +76,7 @@ def features(t: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
     """float (targets, k, len(names)): each candidate's features relative to its target's others."""
     valid = t["valid"]
     e = np.where(valid, t["energy"], np.nan)
-    lowest = np.nanmin(np.where(np.isfinite(e), e, np.inf), 1, keepdims=True)
+    lowest = np.min(np.where(np.isfinite(e), e, np.inf), 1, keepdims=True)
     energy = np.where(np.isfinite(e), e - np.where(np.isfinite(lowest), lowest, 0), 1.0)
     others = np.maximum(valid.sum(1, keepdims=True) - 1, 1)
     logo = np.log2(np.maximum(t["order"], 1))

@@ -436,13 +436,13 @@ def main() -> None:
         denoising_row = {"sigmas": sig} | rank_columns(matched, rms, errors, valid, names)[0]
         denoising_row["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({"ranked_by_denoising_error": denoising_row}), flush=True)
+    by_target = [[col[i].structure for col in columns] for i in range(n_targets)]  # (n, k) structures
     agree = None
     agreement_row = None
     if args.vote:
         t0 = time.perf_counter()
-        cands = [[columns[j][i].structure if valid[i, j] else None for j in range(len(recipes))]
-                 for i in range(n_targets)]
-        agree = mutual_matches(cands, workers=args.workers, progress=False)
+        agree = mutual_matches([[s if valid[i, j] else None for j, s in enumerate(row)]
+                                for i, row in enumerate(by_target)], workers=args.workers, progress=False)
         agreement_row = rank_columns(matched, rms, energies, valid, names,
                                      chosen=pick_most(votes(agree, valid), energies, valid))[0]
         agreement_row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -459,8 +459,7 @@ def main() -> None:
         print(json.dumps({"ranked_by_symmetry": symmetry_row}), flush=True)
     if args.table:
         write_table(args.table, targets, names, valid, matched, rms, energies,
-                    votes(agree, valid) if agree is not None else None, orders, groups,
-                    [[columns[j][i].structure for j in range(len(recipes))] for i in range(n_targets)])
+                    votes(agree, valid) if agree is not None else None, orders, groups, by_target)
     relaxed_rows: list[dict[str, Any]] = []
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
