@@ -176,9 +176,9 @@ def test_dropped_blocks_compute_what_the_deep_network_does_with_only_those_block
     blocks (edge.2, one bias per block and head) are kept instead of the kept blocks' ones."""
     from crysgen.models.atom_transformer import (
         _modulate,
-        drop_blocks,
         fourier,
         kept_blocks,
+        resize_blocks,
         timestep_embedding,
     )
 
@@ -190,7 +190,7 @@ def test_dropped_blocks_compute_what_the_deep_network_does_with_only_those_block
     _, (t, f, lat, m, c, g, cell) = _net_and_batch()
     assert kept_blocks(10, 6) == [0, 2, 4, 5, 7, 9] and kept_blocks(5, 3) == [0, 2, 4]
     shallow = AtomTransformer(**(deep.config | {"n_layers": 3})).eval()
-    shallow.load_state_dict(drop_blocks(deep.state_dict(), deep.config, shallow.config))  # strict
+    shallow.load_state_dict(resize_blocks(deep.state_dict(), deep.config, shallow.config))  # strict
     # the deep network run through blocks 0, 2 and 4 only, each with its own pair-bias heads
     c_ = deep.cfg
     atoms = deep.type_in(t) + deep.coord_in(fourier(f, c_.n_freqs))
@@ -207,8 +207,34 @@ def test_dropped_blocks_compute_what_the_deep_network_does_with_only_those_block
         torch.testing.assert_close(types, deep.type_out(x[:, 1:]), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(coords, deep.coord_out(x[:, 1:]), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(lattice, deep.lattice_out(x[:, 0]), atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="cannot keep"):
-        drop_blocks(shallow.state_dict(), shallow.config, deep.config)
+    with pytest.raises(ValueError, match="initial weights"):
+        resize_blocks(shallow.state_dict(), shallow.config, deep.config)
+
+
+@pytest.mark.parametrize("messages", [False, True], ids=["attention", "pair-messages"])
+def test_a_grown_network_computes_what_the_trained_one_did_and_then_trains_its_new_blocks(messages):
+    """Fails when an old block lands out of order or its pair-bias rows (edge.2) are not moved with
+    it, when a new block is not the identity at the start, or when the new blocks get no gradient."""
+    from crysgen.models.atom_transformer import kept_blocks, resize_blocks
+
+    torch.manual_seed(0)
+    old = AtomTransformer(**(TINY | {"n_layers": 3}), pair_messages=messages)
+    for p in old.parameters():  # a "trained" network: every gate and read-out away from zero
+        torch.nn.init.normal_(p, std=0.2)
+    old.eval()
+    _, (t, f, lat, m, c, g, cell) = _net_and_batch()
+    deep = AtomTransformer(**(old.config | {"n_layers": 7}))
+    assert kept_blocks(7, 3) == [0, 3, 6]
+    deep.load_state_dict(resize_blocks(old.state_dict(), old.config, deep.config,
+                                       fresh=deep.state_dict()))  # strict
+    deep.eval()
+    with torch.no_grad():
+        for a, b in zip(old(t, f, lat, m, c, g, cell), deep(t, f, lat, m, c, g, cell), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(deep.blocks[3].qkv.weight, old.blocks[1].qkv.weight)
+    deep.train()
+    sum(o.square().sum() for o in deep(t, f, lat, m, c, g, cell)).backward()
+    assert deep.blocks[1].ada[1].weight.grad.abs().sum() > 0  # a new block learns from the first step
 
 
 @pytest.mark.parametrize("messages", [False, True], ids=["attention", "pair-messages"])

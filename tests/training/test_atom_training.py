@@ -194,7 +194,7 @@ def test_init_may_raise_the_fourier_frequencies_but_not_lower_them(tiny_set, tmp
                              progress=False, init=warm)
 
 
-def test_init_may_drop_blocks_but_not_add_them(tiny_set, tmp_path):
+def test_init_may_drop_blocks_or_add_them(tiny_set, tmp_path):
     deep = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_layers": 3}})
     base = train_atom_diffusion(tiny_set, tmp_path / "deep", config=deep, max_steps=1, accelerator="cpu",
                                 progress=False)
@@ -206,10 +206,14 @@ def test_init_may_drop_blocks_but_not_add_them(tiny_set, tmp_path):
     # the embeddings came from the deep model (one step of training moves them only a little)
     start = AtomDiffusionModel.from_pretrained(base).net
     assert torch.allclose(net.type_in.weight, start.type_in.weight, atol=0.05)
-    deeper = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_layers": 4}})
-    with pytest.raises(CrysgenError, match="lowered"):
-        train_atom_diffusion(tiny_set, tmp_path / "deeper", config=deeper, max_steps=1, accelerator="cpu",
-                             progress=False, init=base)
+    deeper = AtomTrainConfig.from_dict(TINY | {"net": TINY["net"] | {"n_layers": 5}})
+    grown = train_atom_diffusion(tiny_set, tmp_path / "deeper", config=deeper, max_steps=1, accelerator="cpu",
+                                 progress=False, init=base)
+    net = AtomDiffusionModel.from_pretrained(grown).net
+    assert len(net.blocks) == 5 and net.edge[2].out_features == 5 * net.cfg.n_heads
+    # the deep model's last block is the grown one's last, one step of training apart
+    assert torch.allclose(net.blocks[4].qkv.weight, start.blocks[2].qkv.weight, atol=0.05)
+    assert not torch.allclose(net.blocks[3].qkv.weight, start.blocks[2].qkv.weight, atol=0.05)
 
 
 def test_element_count_conditioning_can_be_switched_on_and_conditions_sampling(tiny_set, tmp_path):

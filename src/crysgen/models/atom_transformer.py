@@ -170,35 +170,61 @@ def kept_blocks(old_layers: int, new_layers: int) -> list[int]:
     return [round(i * (old_layers - 1) / (new_layers - 1)) for i in range(new_layers)]
 
 
-def drop_blocks(state: dict[str, torch.Tensor], old: dict[str, Any],
-                new: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A network's weights made to fit a shallower network (layer dropping before a fine-tune).
+def resize_blocks(state: dict[str, torch.Tensor], old: dict[str, Any], new: dict[str, Any],
+                  fresh: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A network's weights made to fit a network with fewer or more blocks.
 
-    The blocks :func:`kept_blocks` picks are renumbered in order, with their rows of the pair-bias
-    MLP's output layer (``edge.2``: one bias per block and head); every other weight is passed
-    through. The shallower network computes something else until it trains.
+    Fewer (layer dropping before a fine-tune): the blocks :func:`kept_blocks` picks are renumbered
+    in order, with their rows of the pair-bias MLP's output layer (``edge.2``: one bias per block
+    and head); the shallower network computes something else until it trains.
+
+    More (growing a trained network): the old blocks keep their order and are spread evenly among
+    the new ones (old block *i* becomes block ``kept_blocks(new, old)[i]``, the first and the last
+    stay first and last), with their ``edge.2`` rows; the new blocks and their ``edge.2`` rows come
+    from ``fresh``, the deeper network's own initialisation, whose adaLN-Zero gates and pair-message
+    read-outs start at zero: each new block is the identity, so the deeper network computes what the
+    old one did until it trains. Every other weight is passed through.
 
     Args:
         state: the old network's ``state_dict()``.
         old: the old network's config (:attr:`AtomTransformer.config`).
-        new: the new network's config; only its ``n_layers`` may differ here (at most the old one's).
+        new: the new network's config; only its ``n_layers`` may differ here.
+        fresh: the new network's initial ``state_dict()``; needed to grow.
 
     Raises:
-        ValueError: for more blocks than ``old``'s.
+        ValueError: for no block, or more blocks without ``fresh``.
     """
-    kept = kept_blocks(old["n_layers"], new["n_layers"])
-    keep = {b: i for i, b in enumerate(kept)}
     heads = old["n_heads"]
-    rows = torch.tensor([b * heads + h for b in kept for h in range(heads)])  # layer-major, as forward reads
-    out = {}
+    if new["n_layers"] <= old["n_layers"]:
+        kept = kept_blocks(old["n_layers"], new["n_layers"])
+        where = {b: i for i, b in enumerate(kept)}
+        rows = torch.tensor([b * heads + h for b in kept for h in range(heads)])  # layer-major
+        out = {}
+        for key, w in state.items():
+            parts = key.split(".")
+            if key in ("edge.2.weight", "edge.2.bias"):
+                out[key] = w[rows]
+            elif parts[0] != "blocks":
+                out[key] = w
+            elif int(parts[1]) in where:
+                out[".".join(["blocks", str(where[int(parts[1])]), *parts[2:]])] = w
+        return out
+    if fresh is None:
+        raise ValueError(f"growing {old['n_layers']} blocks to {new['n_layers']} needs the deeper "
+                         "network's initial weights")
+    placed = kept_blocks(new["n_layers"], old["n_layers"])  # new index of each old block
+    rows = torch.tensor([b * heads + h for b in placed for h in range(heads)])
+    out = {k: w for k, w in fresh.items() if k.split(".")[0] == "blocks"}
     for key, w in state.items():
         parts = key.split(".")
         if key in ("edge.2.weight", "edge.2.bias"):
-            out[key] = w[rows]
+            grown = fresh[key].clone()
+            grown[rows] = w
+            out[key] = grown
         elif parts[0] != "blocks":
             out[key] = w
-        elif int(parts[1]) in keep:
-            out[".".join(["blocks", str(keep[int(parts[1])]), *parts[2:]])] = w
+        else:
+            out[".".join(["blocks", str(placed[int(parts[1])]), *parts[2:]])] = w
     return out
 
 

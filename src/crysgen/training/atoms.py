@@ -17,7 +17,7 @@ import torch
 
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.models.atom_transformer import AtomTransformer, drop_blocks, widen_frequencies
+from crysgen.models.atom_transformer import AtomTransformer, resize_blocks, widen_frequencies
 from crysgen.models.atoms import SPEC_FILE, AtomDiffusionBundle
 from crysgen.objectives.atom_edm import Constants, Parts, edm_loss, permute_axes, wrap
 from crysgen.representations.atoms import AtomSetSpec, encode, niggli_reduce, num_elements
@@ -59,9 +59,11 @@ FREE = ("dropout",)
 GROWABLE = ("n_freqs", "edge_freqs")
 """Network options that ``--init`` may raise (never lower): more Fourier frequencies for the sites'
 and the pairs' coordinates, their new input weights starting at zero (``widen_frequencies``)."""
-SHRINKABLE = ("n_layers",)
-"""Network options that ``--init`` may lower (never raise): fewer blocks, kept evenly spaced from
-the init network's (``drop_blocks``), e.g. a faster CPU variant fine-tuned from a trained model."""
+RESIZABLE = ("n_layers",)
+"""Network options that ``--init`` may lower or raise (``resize_blocks``): fewer blocks, kept evenly
+spaced from the init network's (a faster CPU variant fine-tuned from a trained model), or more, the
+init network's blocks spread evenly among new ones that start as the identity (a deeper network that
+computes what the trained one did until it trains)."""
 
 
 class AtomDiffusionModule(L.LightningModule):
@@ -185,8 +187,8 @@ def train_atom_diffusion(
         init: warm start from an ``atom_diffusion`` model directory with the same network config,
             except that the options of :data:`SWITCHABLE` (``space_groups``, ``num_elements``,
             ``num_sites``, ``pair_messages``, ``displacement_head``) may be switched on (a new
-            module starts from its initialisation), those of :data:`GROWABLE` raised, :data:`SHRINKABLE`
-            lowered (blocks kept evenly spaced) and :data:`FREE` set;
+            module starts from its initialisation), those of :data:`GROWABLE` raised, :data:`RESIZABLE`
+            lowered or raised (blocks kept or spread evenly) and :data:`FREE` set;
             weights go into the network and its EMA copy, the optimiser starts afresh, and the
             encoding of ``init``'s spec is kept so the encodings agree, with this data's sizes and
             elements (``AtomSetSpec.refit``: a model of larger crystals may start from one of
@@ -211,14 +213,13 @@ def train_atom_diffusion(
     if init_model is not None:
         want = AtomTransformer(**(config.net.to_dict() | {"type_dim": CODE_DIM})).config
         have = init_model.net.config
-        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE, *GROWABLE, *SHRINKABLE)} | {
+        switchable = {k: want[k] for k in (*SWITCHABLE, *FREE, *GROWABLE, *RESIZABLE)} | {
             k: want[k] for option, keys in SHAPING.items() if not have[option] for k in keys}
         if (have | switchable != want or any(have[k] and not want[k] for k in SWITCHABLE)
-                or any(want[k] < have[k] for k in GROWABLE) or any(want[k] > have[k] for k in SHRINKABLE)):
+                or any(want[k] < have[k] for k in GROWABLE)):
             raise CrysgenError(f"--init {init}: its network config differs from this run's "
                                f"(only {', '.join(SWITCHABLE)} may be switched on, {', '.join(GROWABLE)} "
-                               f"raised, {', '.join(SHRINKABLE)} lowered, {', '.join(FREE)} set)")
-        state = drop_blocks(widen_frequencies(init_model.net.state_dict(), have, want), have, want)
+                               f"raised, {', '.join(RESIZABLE)} changed, {', '.join(FREE)} set)")
         # step: every step behind the init weights (its own run's and those of the model it began from)
         prior = init_model.data.get("init")
         behind = int(prior.get("step") or 0) if isinstance(prior, dict) else 0
@@ -234,6 +235,9 @@ def train_atom_diffusion(
                                  shuffle=False)
     module = AtomDiffusionModule(config.to_dict(), asdict(spec))
     if init_model is not None:  # a switched-on module starts from its initialisation
+        have, want = init_model.net.config, module.net.config
+        state = resize_blocks(widen_frequencies(init_model.net.state_dict(), have, want), have, want,
+                              fresh=module.net.state_dict())
         added = set(SWITCHABLE.values())
         for net in (module.net, module.ema.module):
             missing, unexpected = net.load_state_dict(state, strict=False)
