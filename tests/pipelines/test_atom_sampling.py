@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -863,6 +864,41 @@ def test_a_repair_keeps_a_given_composition_and_counts_no_empty_site(model_dir, 
     hit = _colliding(model, first, real(first))
     np.testing.assert_array_equal(repaired.frac[~hit], first.frac[~hit])
     assert hit.sum() > _colliding(model, repaired, real(repaired)).sum()
+
+
+def test_a_model_that_sets_a_repair_repairs_by_default_and_off_turns_it_off(crystals, tmp_path, capsys):
+    """Fails when the model's edm.repair is not the default, when --repair off still repairs, or
+    when a folder sampled under another default is resumed with the new one."""
+    plain = _random_model(crystals).save_pretrained(tmp_path / "plain", half=False)
+    model = AtomDiffusionModel.from_pretrained(plain)
+    want = model.sample_sets(6, steps=4, seed=[0, 0], repair=(0.5, 3, 2)).repair_rounds
+    assert want.any(), "no sample needed a repair: pick another seed"
+    config = json.loads((plain / "config.json").read_text())
+    config["config"]["edm"]["repair"] = [0.5, 3, 2]
+    repairing = tmp_path / "repairing"
+    shutil.copytree(plain, repairing)
+    (repairing / "config.json").write_text(json.dumps(config))
+    assert AtomDiffusionModel.from_pretrained(repairing).edm.repair == (0.5, 3, 2)
+    assert main(["sample", str(repairing), "-n", "6", "--steps", "4", "--out", str(tmp_path / "d"),
+                 "--quiet"]) == 0
+    assert [int(r["repair_rounds"]) for r in _rows(tmp_path / "d")] == want.tolist()
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["repaired"] == int((want > 0).sum())
+    assert json.loads((tmp_path / "d" / "sample_config.json").read_text())["sampler"]["repair"] == [0.5, 3, 2]
+    assert main(["sample", str(repairing), "-n", "6", "--steps", "4", "--repair", "off",
+                 "--out", str(tmp_path / "off"), "--quiet"]) == 0
+    assert all(r["repair_rounds"] == "" for r in _rows(tmp_path / "off"))
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["repaired"] is None
+    assert main(["sample", str(plain), "-n", "6", "--steps", "4", "--out", str(tmp_path / "p"),
+                 "--quiet"]) == 0
+    assert _rows(tmp_path / "p") == _rows(tmp_path / "off")  # off: as a model without a repair samples
+    (tmp_path / "p" / "chunks" / "chunk_00000.csv").unlink()  # resume the plain folder with the new default
+    (plain / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    argv = ["sample", str(plain), "-n", "6", "--steps", "4", "--out", str(tmp_path / "p"), "--quiet"]
+    assert main(argv) != 0
+    assert "other sampler settings (repair" in capsys.readouterr().err
+    with pytest.raises(CrysgenError, match=r"edm\.repair"):
+        AtomEDMConfig(repair=(0.5, 0, 1))
 
 
 @pytest.mark.parametrize(("argv", "message"), [

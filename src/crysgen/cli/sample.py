@@ -83,10 +83,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "down with STEPS Heun steps, ROUNDS times (default 1): restart sampling, which "
                         "lets the model correct what the first pass got wrong above SIGMA (e.g. 0.1:20)")
     p.add_argument("--repair", type=functools.partial(_restart, flag="--repair"), default=None,
-                   metavar="SIGMA:STEPS[:ROUNDS]",
+                   metavar="SIGMA:STEPS[:ROUNDS]|off",
                    help="atom diffusion: sample again from SIGMA (STEPS Heun steps) every sample with two "
                         "sites closer than 0.5 Å, the later site of each such pair from a fresh random "
-                        "position; up to ROUNDS times (default 1) while any still collide (e.g. 0.3:20:3)")
+                        "position; up to ROUNDS times (default 1) while any still collide (e.g. 0.3:20:3); "
+                        "default: the model's own (the bundled mp_20 model: 0.3:20:3), 'off': none")
     p.add_argument("--template-ranker", default=None, metavar="bundled|RANKER.json",
                    help="atom diffusion with --symmetry-prior and --compositions or --formula: choose each "
                         "composition's template among its fitting crystals with a learned ranker ('bundled': "
@@ -164,10 +165,15 @@ def _cell(text: str) -> tuple[float, ...]:
     return cell
 
 
-def _restart(text: str, flag: str = "--restart") -> tuple[float, int, int] | None:
-    """``flag``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds), refused as argparse refuses."""
+def _restart(text: str, flag: str = "--restart") -> tuple[float, int, int] | str | None:
+    """``flag``'s value SIGMA:STEPS[:ROUNDS] as (σ, steps, rounds), refused as argparse refuses.
+
+    ``--repair off`` stays "off" (no repair, where the model's own default would repair).
+    """
     from crysgen.pipelines.protocol import restart_schedule
 
+    if flag == "--repair" and text == "off":
+        return text
     try:
         return restart_schedule(text, flag=flag)
     except CrysgenError as err:

@@ -69,6 +69,10 @@ class AtomEDMConfig:
             then draws a number of tokens (the training histogram of sites plus empty sites), and
             the tokens that decode to no element are dropped: the model chooses how many atoms a
             de novo crystal holds. Crystals with given elements never get any.
+        repair: the sampler's default collision repair, (σ, steps, rounds): every sample with two
+            sites closer than 0.5 Å is sampled again from σ with that many Heun steps, up to that
+            many rounds (``crysgen sample --repair``); None: off. Sampling only: training does not
+            read it.
     """
 
     p_mean: float = -1.2
@@ -86,6 +90,7 @@ class AtomEDMConfig:
     anneal_rho_lattice: float | None = None
     site_weighting: str = "crystal"
     empty_sites: int = 0
+    repair: tuple[float, int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -102,12 +107,20 @@ class AtomEDMConfig:
         if int(self.empty_sites) != self.empty_sites or self.empty_sites < 0:
             raise CrysgenError(f"edm.empty_sites must be a whole number >= 0, got {self.empty_sites}")
         object.__setattr__(self, "empty_sites", int(self.empty_sites))
+        if self.repair is not None:
+            r = tuple(self.repair)
+            if (len(r) != 3 or not float(r[0]) > 0
+                    or any(float(v) != int(v) or int(v) < 1 for v in r[1:])):
+                raise CrysgenError("edm.repair takes (σ > 0, steps >= 1, rounds >= 1) or null, "
+                                   f"got {self.repair!r}")
+            object.__setattr__(self, "repair", (float(r[0]), int(r[1]), int(r[2])))
         require_non_negative({"edm.s_churn": self.s_churn, "edm.anneal_rho": self.anneal_rho,
                               "edm.anneal_rho_lattice": self.anneal_rho_lattice})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
-        return asdict(self) | {"weights": list(self.weights)}
+        return asdict(self) | {"weights": list(self.weights),
+                               "repair": None if self.repair is None else list(self.repair)}
 
 
 @dataclass

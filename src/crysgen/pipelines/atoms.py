@@ -111,7 +111,8 @@ class AtomDiffusionModel(AtomDiffusionBundle):
 
         The churn is resolved: ``options.churn``, else the model's own ``edm.s_churn`` (what a
         bundled model sets as its sampler default), and so are the anti-annealing exponent
-        (``edm.anneal_rho``) and the precision ("auto": bf16 on
+        (``edm.anneal_rho``), the collision repair (``edm.repair``; ``options.repair`` "off": none)
+        and the precision ("auto": bf16 on
         CUDA, fp32 on a CPU), so the returned settings say what ran.
         With ``options.symmetry_prior``, ``templates`` holds every sample's template
         (:meth:`symmetry_templates`).
@@ -142,7 +143,9 @@ class AtomDiffusionModel(AtomDiffusionBundle):
                 "limit_element_count": options.limit_element_count, "templates": templates,
                 "precision": precision, "template_start": options.template_start,
                 "restart": self.checked_restart(options.restart),
-                "repair": self.checked_restart(options.repair, flag="--repair"),
+                "repair": self.checked_restart(self.edm.repair if options.repair is None else
+                                               None if isinstance(options.repair, str) else options.repair,
+                                               flag="--repair"),
                 "lattices": None if options.cell is None else self.given_cells(options)}
 
     def given_cells(self, options: SampleOptions) -> np.ndarray:

@@ -125,7 +125,7 @@ class SampleOptions:
     :meth:`crysgen.pipelines.atoms.AtomDiffusionModel.sample_sets`).
     ``repair`` (σ, steps, rounds) samples again, in the same way, only the samples with two sites
     closer than 0.5 Å, each time from a fresh position for the later site of every such pair
-    (atom diffusion models).
+    (atom diffusion models; None: the model's own ``edm.repair``, "off": none).
     ``cell`` (a, b, c in Å, α, β, γ in degrees) holds every sample's cell fixed, e.g. one indexed
     from a powder pattern, so that only the sites are sampled: with ``formula`` and ``num_atoms``
     (atom diffusion models; the cell is Niggli-reduced first, the models' convention).
@@ -162,7 +162,7 @@ class SampleOptions:
     template_start: float | None = None
     template_ranker: str | None = None
     restart: tuple[float, int, int] | None = None
-    repair: tuple[float, int, int] | None = None
+    repair: tuple[float, int, int] | str | None = None
     cell: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -178,7 +178,8 @@ class SampleOptions:
         if self.precision not in PRECISIONS:
             raise CrysgenError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "restart", restart_schedule(self.restart))  # frozen
-        object.__setattr__(self, "repair", restart_schedule(self.repair, flag="--repair"))
+        if self.repair != "off":
+            object.__setattr__(self, "repair", restart_schedule(self.repair, flag="--repair"))
 
 
 class Generator(Protocol):

@@ -208,6 +208,9 @@ def sample_to_dir(
     prior_dir = prior_model_dir(options.composition_prior)
     if prior_dir is not None:  # a composition model's weights are part of what the folder holds
         weights |= {f"composition_prior/{k}": v for k, v in weights_sha256(prior_dir).items()}
+    # the sampler settings the options resolved to (e.g. a model's default churn or repair)
+    resolved = json.loads(json.dumps({k: v for k, v in gen_kwargs.items()
+                                      if isinstance(v, (int, float, str, bool, tuple, type(None)))}))
     if config_path.exists():
         have = json.loads(config_path.read_text())
         if have.get("weights", weights) != weights:  # (folders written before it was recorded: unchecked)
@@ -220,9 +223,12 @@ def sample_to_dir(
         if {k: have.get(k) for k in wanted} != wanted:
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
-    else:  # with the sampler settings the options resolved to (e.g. a model's default churn)
-        resolved = {k: v for k, v in gen_kwargs.items()
-                    if isinstance(v, (int, float, str, bool, tuple, type(None)))}
+        sampler = have.get("sampler", {})  # (settings added since the folder was written: unchecked)
+        changed = sorted(k for k in sampler if k in resolved and resolved[k] != sampler[k])
+        if changed:
+            raise CrysgenError(f"{out} was sampled with other sampler settings ({', '.join(changed)} in "
+                               f"{config_path}: the model's defaults changed since); use a new --out")
+    else:
         write_text_atomic(config_path, json.dumps(wanted | {"weights": weights, "sampler": resolved},
                                                   indent=1) + "\n")
     n_chunks = -(-options.n // options.chunk_size)
@@ -332,7 +338,7 @@ def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: in
         composition_prior=prior_counts,
         seconds_generating=round(phases["generating"], 3),
         seconds_writing=round(phases["writing"], 3),
-        repaired=sum(v not in ("", "0") for v in rounds) if options.repair is not None else None,
+        repaired=sum(v not in ("", "0") for v in rounds) if any(v != "" for v in rounds) else None,
     )
     write_text_atomic(out / "summary.json", dumps_strict(asdict(summary) | {"options": asdict(options)},
                                                      indent=1) + "\n")
