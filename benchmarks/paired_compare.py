@@ -14,6 +14,7 @@ still exists, or whose ``structures.csv`` was kept as ``benchmarks/results/repor
 
 Two CSP sweeps (``atom_csp_sweep_*.json`` with ``per_target`` rows: one sample per target, the same
 targets and seed) are paired target by target on ``csp_matched`` instead (``--row I`` of each file,
+``--row-b J`` for B where its row differs,
 default 0; site-count bins by the target's sites)::
 
     python benchmarks/paired_compare.py atom_csp_sweep_mp_20_bundled_cpu atom_csp_sweep_mp_20_site13k_cpu \
@@ -67,6 +68,8 @@ def main() -> None:
     p.add_argument("--columns", default="cov_precise,struct_valid",
                    help=f"comma-separated, of {', '.join(PAIRED_COLUMNS)} (%(default)s)")
     p.add_argument("--row", type=int, default=0, help="CSP sweeps: the row (sampler setting) of each (0)")
+    p.add_argument("--row-b", type=int, default=None,
+                   help="CSP sweeps: model B's row, where it differs from A's (default --row)")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".work"))
     p.add_argument("--keep", action="store_true",
                    help="copy each report's structures.csv, gzipped, to benchmarks/results/reports/ so "
@@ -79,7 +82,8 @@ def main() -> None:
     if len(datasets) != 1:
         raise SystemExit(f"the two score different datasets: {sorted(datasets)}")
     if all("rows" in r for r in results.values()):  # two CSP sweeps
-        a, b = (csp_outcomes(results[n], args.row, n) for n in (args.name_a, args.name_b))
+        rows = {args.name_a: args.row, args.name_b: args.row if args.row_b is None else args.row_b}
+        a, b = (csp_outcomes(results[n], rows[n], n) for n in (args.name_a, args.name_b))
         comparisons = {"csp_matched": asdict(compare_outcomes(a, b, "csp_matched"))}
     else:
         reports = [report_of(n, work, keep=args.keep) for n in (args.name_a, args.name_b)]
@@ -91,6 +95,8 @@ def main() -> None:
     write_result(f"paired_{args.name}", {
         "a": {"file": args.name_a, "model": results[args.name_a]["model"]},
         "b": {"file": args.name_b, "model": results[args.name_b]["model"]},
+        **({"rows": {"a": args.row, "b": args.row if args.row_b is None else args.row_b}}
+           if all("rows" in r for r in results.values()) else {}),
         "dataset": datasets.pop(),
         "test": "McNemar's exact test (two-sided binomial on the discordant pairs)",
         "comparisons": comparisons,
