@@ -211,8 +211,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     summary = sample_to_dir(args.model, args.out, options, device=args.device,
                             batch_size=args.batch_size, progress=not args.quiet,
                             workers=args.workers)
-    print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures "
-          f"{summary.failure_reasons or ''}), {summary.structurally_valid} structurally valid "
+    reasons = f" {summary.failure_reasons}" if summary.failure_reasons else ""
+    print(f"{summary.decoded} of {summary.n} samples decoded ({summary.failures} failures"
+          f"{reasons}), {summary.structurally_valid} structurally valid "
           f"(atoms >= 0.5 Å apart, volume >= 0.1 Å³)"
           f"{'' if summary.repaired is None else f', {summary.repaired} repaired'}; "
           f"{summary.crystals_per_s} crystals/s")
