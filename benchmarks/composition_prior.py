@@ -5,7 +5,7 @@ Writes benchmarks/results/composition_prior_<name>.json.
 `crysgen sample --composition-prior MODEL_DIR` keeps each sampled composition exactly, so a
 sample's compositional validity is its composition's. This scores the compositions alone (no
 structure model; a CPU, about a minute per 10,000): ``-n`` compositions sampled (seeded) from the
-composition model as `crysgen sample` draws them for the bundled atom model (its elements, at most
+composition model as `crysgen sample` draws them for an atom model (``--atom-model``, default the bundled one: its elements, at most
 its sites), against ``-n`` compositions drawn from the training crystals (what `--composition-prior
 TRAIN.npz` gives) and the test crystals' own. Per set: SMACT validity (CDVAE's definition, SMACT
 2.2.1 tables; also of the novel and the known compositions apart), the share whose reduced formula
@@ -21,7 +21,7 @@ validity, with its mean and standard deviation over all K+1 draws: how much one 
 moves the headline rate.
 
 Usage: python benchmarks/composition_prior.py MODEL_DIR [MODEL_DIR ...] --train TRAIN.npz --test TEST.npz
-    [-n 10000] [--seed 0] [--repeats K] [--name mp20]
+    [-n 10000] [--seed 0] [--repeats K] [--name mp20] [--atom-model ATOM_MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -85,8 +85,11 @@ def main() -> None:
                    help="also draw this many further sets (seeds seed+1, ...) per model: SMACT validity "
                         "of each, and their mean and standard deviation with the first")
     p.add_argument("--name", default="mp20")
+    p.add_argument("--atom-model", default=str(DEFAULT_MODEL),
+                   help="the atom model whose elements and sites the compositions are drawn for "
+                        "(default: the bundled mp_20 one)")
     args = p.parse_args()
-    atom_model = resolve_model_dir(DEFAULT_MODEL)
+    atom_model = resolve_model_dir(args.atom_model)
     spec = AtomSetSpec.load(atom_model / SPEC_FILE)
     train, test = CrystalSet.load(args.train), CrystalSet.load(args.test)
     test = test.subset(np.flatnonzero((test.num_sites > 0) & (test.num_sites <= spec.max_atoms)))
