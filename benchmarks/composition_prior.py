@@ -5,8 +5,8 @@ Writes benchmarks/results/composition_prior_<name>.json.
 `crysgen sample --composition-prior MODEL_DIR` keeps each sampled composition exactly, so a
 sample's compositional validity is its composition's. This scores the compositions alone (no
 structure model; a CPU, about a minute per 10,000): ``-n`` compositions sampled (seeded) from the
-composition model as `crysgen sample` draws them for an atom model (``--atom-model``, default the bundled one: its elements, at most
-its sites), against ``-n`` compositions drawn from the training crystals (what `--composition-prior
+composition model as `crysgen sample` draws them for an atom model (``--atom-model``, default the
+bundled one: its elements, at most its sites), against ``-n`` compositions drawn from the training crystals (what `--composition-prior
 TRAIN.npz` gives) and the test crystals' own. Per set: SMACT validity (CDVAE's definition, SMACT
 2.2.1 tables; also of the novel and the known compositions apart), the share whose reduced formula
 no training crystal has (novel) and the distinct reduced formulas among them (unique),
