@@ -2,18 +2,17 @@
 
 Writes benchmarks/results/composition_prior_<name>.json.
 
-`crysgen sample --composition-prior MODEL_DIR` keeps each sampled composition exactly, so a
-sample's compositional validity is its composition's. This scores the compositions alone (no
-structure model; a CPU, about a minute per 10,000): ``-n`` compositions sampled (seeded) from the
-composition model as `crysgen sample` draws them for an atom model (``--atom-model``, default the
-bundled one: its elements, at most its sites), against ``-n`` compositions drawn from the training crystals (what `--composition-prior
-TRAIN.npz` gives) and the test crystals' own. Per set: SMACT validity (CDVAE's definition, SMACT
-2.2.1 tables; also of the novel and the known compositions apart), the share whose reduced formula
-no training crystal has (novel) and the distinct reduced formulas among them (unique),
-W(#elements), W(sites) and W(mean atomic mass per site) against the test split (the last is what
-sets a sample's density at a given volume per atom), and
-the model's negative log-likelihood of the test compositions (nats per composition) beside that
-of the training ones.
+`crysgen sample --composition-prior MODEL_DIR` keeps each sampled composition exactly, so a sample's
+compositional validity is its composition's. This scores the compositions alone (no structure model;
+a CPU, about a minute per 10,000): ``-n`` compositions sampled (seeded) from the composition model
+as `crysgen sample` draws them for an atom model (``--atom-model``, default the bundled one: its
+elements, at most its sites), against ``-n`` compositions drawn from the training crystals (what
+`--composition-prior TRAIN.npz` gives) and the test crystals' own. Per set: SMACT validity (CDVAE's
+definition, SMACT 2.2.1 tables; also of the novel and the known compositions apart), the share whose
+reduced formula no training crystal has (novel) and the distinct reduced formulas among them
+(unique), W(#elements), W(sites) and W(mean atomic mass per site) against the test split (the last
+is what sets a sample's density at a given volume per atom), and the model's negative log-likelihood
+of the test compositions (nats per composition) beside that of the training ones.
 
 Several models (``MODEL_DIR ...``) are scored in one file, each under the name of its folder.
 ``--repeats K`` draws K further sets per model (seeds seed+1 … seed+K) and adds their SMACT
