@@ -778,7 +778,8 @@ def atom_table() -> list[str]:
             d = json.loads(path.read_text())
             fp = d.get("model", {}) if isinstance(d.get("model"), dict) else {}
             here = next((kept[h] for h in fp.get("sha256", {}).values() if h in kept), None)
-            where, trained = here or (fp.get("path", d.get("model")), fp.get("training_step", "–"))
+            recorded = {"step": fp.get("training_step"), "init": fp.get("init")}  # a model not kept
+            where, trained = here or (fp.get("path", d.get("model")), trained_steps(recorded))
             tpl = d.get("symmetry_templates")
             templates = (f"{100 * tpl['share_with_template']:.1f} % of targets" if tpl else "–")
             templates += ", chosen by the ranker" if tpl and tpl.get("ranker") else ""
