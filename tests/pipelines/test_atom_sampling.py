@@ -405,7 +405,7 @@ def test_bf16_runs_the_network_in_bf16_and_auto_picks_it_on_cuda_only(model_dir,
     del config["options"]["precision"]
     (out / "sample_config.json").write_text(json.dumps(config))
     assert sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2), progress=False).chunks_done_before == 1
-    with pytest.raises(CrysgenError, match="other options"):
+    with pytest.raises(CrysgenError, match=r"other sampler settings \(precision: fp32 there, bf16 now"):
         sample_to_dir(model_dir, out, SampleOptions(n=2, steps=2, precision="bf16"), progress=False)
 
 
@@ -896,7 +896,9 @@ def test_a_model_that_sets_a_repair_repairs_by_default_and_off_turns_it_off(crys
     capsys.readouterr()
     argv = ["sample", str(plain), "-n", "6", "--steps", "4", "--out", str(tmp_path / "p"), "--quiet"]
     assert main(argv) != 0
-    assert "other sampler settings (repair" in capsys.readouterr().err
+    assert "other sampler settings (repair: None there, [0.5, 3, 2] now" in capsys.readouterr().err
+    argv += ["--repair", "off"]  # the folder's own setting, given: it resumes
+    assert main(argv) == 0 and (tmp_path / "p" / "chunks" / "chunk_00000.csv").exists()
     with pytest.raises(CrysgenError, match=r"edm\.repair"):
         AtomEDMConfig(repair=(0.5, 0, 1))
 

@@ -220,14 +220,20 @@ def sample_to_dir(
         defaults = json.loads(json.dumps(asdict(SampleOptions(n=options.n))))
         have["options"] = defaults | have.get("options", {})
         have["options"]["substitute"] = substitute_draw(have["options"]["substitute"])  # older: a bool
-        if {k: have.get(k) for k in wanted} != wanted:
+        sampler = have.get("sampler", {})  # (settings added since the folder was written: unchecked)
+        # an option the model resolves (None: its default) is compared as it resolved, where recorded
+        loose = [k for k in RESOLVED_OPTIONS if k in sampler]
+        if ({k: have.get(k) for k in wanted} | {"options": _without(have["options"], loose)}
+                != wanted | {"options": _without(wanted["options"], loose)}):
             raise CrysgenError(f"{out} holds a sampling run with other options ({config_path}); "
                                "use a new --out or the same options to resume")
-        sampler = have.get("sampler", {})  # (settings added since the folder was written: unchecked)
         changed = sorted(k for k in sampler if k in resolved and resolved[k] != sampler[k])
         if changed:
-            raise CrysgenError(f"{out} was sampled with other sampler settings ({', '.join(changed)} in "
-                               f"{config_path}: the model's defaults changed since); use a new --out")
+            what = "; ".join(f"{k}: {sampler[k]} there, {resolved[k]} now" for k in changed)
+            raise CrysgenError(f"{out} was sampled with other sampler settings ({what}; {config_path}): "
+                               "the model's defaults changed since, or another device resolved "
+                               "--precision auto otherwise; give those settings explicitly (e.g. "
+                               "--repair off, --precision bf16) or use a new --out")
     else:
         write_text_atomic(config_path, json.dumps(wanted | {"weights": weights, "sampler": resolved},
                                                   indent=1) + "\n")
@@ -310,6 +316,15 @@ def _compositions(model: Generator, options: SampleOptions, device: str = "cpu",
         raise CrysgenError(f"--compositions gives {len(comps.targets)} samples "
                            f"({options.per_target} per target), not -n {options.n}")
     return comps, None
+
+
+RESOLVED_OPTIONS = ("churn", "anneal_rho", "anneal_rho_lattice", "precision", "repair")
+"""Sample options whose None (or "auto") a model resolves to its own default: a folder is resumed
+when they resolve to what they resolved to there (``sample_config.json``'s ``sampler``)."""
+
+
+def _without(options: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in keys}
 
 
 def _summarize(out: Path, n_chunks: int, options: SampleOptions, done_before: int,
