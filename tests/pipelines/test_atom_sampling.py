@@ -897,6 +897,10 @@ def test_a_model_that_sets_a_repair_repairs_by_default_and_off_turns_it_off(crys
     argv = ["sample", str(plain), "-n", "6", "--steps", "4", "--out", str(tmp_path / "p"), "--quiet"]
     assert main(argv) != 0
     assert "other sampler settings (repair: None there, [0.5, 3, 2] now" in capsys.readouterr().err
+    written = json.loads((tmp_path / "p" / "sample_config.json").read_text())
+    del written["sampler"]["repair"]  # a folder from before the repair existed was not repaired either
+    (tmp_path / "p" / "sample_config.json").write_text(json.dumps(written))
+    assert main(argv) != 0 and "(repair: None there" in capsys.readouterr().err
     argv += ["--repair", "off"]  # the folder's own setting, given: it resumes
     assert main(argv) == 0 and (tmp_path / "p" / "chunks" / "chunk_00000.csv").exists()
     with pytest.raises(CrysgenError, match=r"edm\.repair"):

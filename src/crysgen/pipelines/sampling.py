@@ -220,7 +220,9 @@ def sample_to_dir(
         defaults = json.loads(json.dumps(asdict(SampleOptions(n=options.n))))
         have["options"] = defaults | have.get("options", {})
         have["options"]["substitute"] = substitute_draw(have["options"]["substitute"])  # older: a bool
-        sampler = have.get("sampler", {})  # (settings added since the folder was written: unchecked)
+        sampler = have.get("sampler", {})  # (settings added since the folder was written: unchecked,
+        if sampler:                        # but a folder from before the repair existed was not repaired)
+            sampler = {"repair": None} | sampler
         # an option the model resolves (None: its default) is compared as it resolved, where recorded
         loose = [k for k in RESOLVED_OPTIONS if k in sampler]
         if ({k: have.get(k) for k in wanted} | {"options": _without(have["options"], loose)}
