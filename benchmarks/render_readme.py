@@ -1123,6 +1123,8 @@ TARGETS_DIFFCSP = (("perov_5", "10,000 de novo", "eval_atom_diffusion_p5cont_10k
                     "eval_atom_diffusion_p5cont_rep10k_perov_5_cpu", ""),
                    ("perov_5", "10,000 composition first",
                     "eval_atom_diffusion_p5cont_compfirst_10k_perov_5_cpu", ""),
+                   ("perov_5", "10,000 from the perov_5 composition model, repaired",
+                    "eval_atom_diffusion_p5cont_cfm10k_perov_5_cpu", ""),
                    ("carbon_24", "10,000 de novo", "eval_atom_diffusion_c24sites6_10k_carbon_24_cpu", ""),
                    ("carbon_24", "10,000 de novo, colliding samples repaired (`--repair 0.3:20:3`)",
                     "eval_atom_diffusion_c24sites6_rep10k_carbon_24_cpu", ""),
