@@ -195,36 +195,27 @@ def resize_blocks(state: dict[str, torch.Tensor], old: dict[str, Any], new: dict
         ValueError: for no block, or more blocks without ``fresh``.
     """
     heads = old["n_heads"]
-    if new["n_layers"] <= old["n_layers"]:
-        kept = kept_blocks(old["n_layers"], new["n_layers"])
-        where = {b: i for i, b in enumerate(kept)}
-        rows = torch.tensor([b * heads + h for b in kept for h in range(heads)])  # layer-major
-        out = {}
-        for key, w in state.items():
-            parts = key.split(".")
-            if key in ("edge.2.weight", "edge.2.bias"):
-                out[key] = w[rows]
-            elif parts[0] != "blocks":
-                out[key] = w
-            elif int(parts[1]) in where:
-                out[".".join(["blocks", str(where[int(parts[1])]), *parts[2:]])] = w
-        return out
-    if fresh is None:
-        raise ValueError(f"growing {old['n_layers']} blocks to {new['n_layers']} needs the deeper "
-                         "network's initial weights")
-    placed = kept_blocks(new["n_layers"], old["n_layers"])  # new index of each old block
-    rows = torch.tensor([b * heads + h for b in placed for h in range(heads)])
-    out = {k: w for k, w in fresh.items() if k.split(".")[0] == "blocks"}
+    base: dict[str, torch.Tensor] = {}  # where the new blocks (and their edge.2 rows) come from
+    if new["n_layers"] > old["n_layers"]:
+        if fresh is None:
+            raise ValueError(f"growing {old['n_layers']} blocks to {new['n_layers']} needs the deeper "
+                             "network's initial weights")
+        base = fresh
+        where = dict(enumerate(kept_blocks(new["n_layers"], old["n_layers"])))  # old block -> new index
+    else:
+        where = {b: i for i, b in enumerate(kept_blocks(old["n_layers"], new["n_layers"]))}
+    out = {k: w for k, w in base.items() if k.split(".")[0] == "blocks"}
     for key, w in state.items():
         parts = key.split(".")
-        if key in ("edge.2.weight", "edge.2.bias"):
-            grown = fresh[key].clone()
-            grown[rows] = w
-            out[key] = grown
+        if key in ("edge.2.weight", "edge.2.bias"):  # one row per block and head, layer-major
+            rows = base[key].clone() if base else w.new_empty(new["n_layers"] * heads, *w.shape[1:])
+            for b, i in where.items():
+                rows[i * heads:(i + 1) * heads] = w[b * heads:(b + 1) * heads]
+            out[key] = rows
         elif parts[0] != "blocks":
             out[key] = w
-        else:
-            out[".".join(["blocks", str(placed[int(parts[1])]), *parts[2:]])] = w
+        elif int(parts[1]) in where:
+            out[".".join(["blocks", str(where[int(parts[1])]), *parts[2:]])] = w
     return out
 
 
