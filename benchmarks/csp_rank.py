@@ -418,7 +418,17 @@ def main() -> None:
                                           device=args.device)
     energy_seconds = time.perf_counter() - t0
     names = [recipe_name(*r) for r in recipes]
-    ranked_row, best_row = rank_columns(matched, rms, energies, valid, names)
+    every = list(range(len(recipes)))
+
+    def ranked_within(cols: list[int],
+                      score: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """rank_columns over the recipes ``cols``: by static energy, or with ``score`` (n, len(cols))
+        the valid candidate of the highest score, ties by energy (:func:`pick_most`)."""
+        e, v = energies[:, cols], valid[:, cols]
+        return rank_columns(matched[:, cols], rms[:, cols], e, v, [names[c] for c in cols],
+                            chosen=None if score is None else pick_most(score, e, v))
+
+    ranked_row, best_row = ranked_within(every)
     ranked_row["energy_seconds"] = round(energy_seconds, 1)
     print(json.dumps(ranked_row), flush=True)
     print(json.dumps(best_row), flush=True)
@@ -443,8 +453,7 @@ def main() -> None:
         t0 = time.perf_counter()
         agree = mutual_matches([[s if valid[i, j] else None for j, s in enumerate(row)]
                                 for i, row in enumerate(by_target)], workers=args.workers, progress=False)
-        agreement_row = rank_columns(matched, rms, energies, valid, names,
-                                     chosen=pick_most(votes(agree, valid), energies, valid))[0]
+        agreement_row = ranked_within(every, votes(agree, valid))[0]
         agreement_row["seconds"] = round(time.perf_counter() - t0, 1)
         agreement_row["mean_agreeing_pairs"] = float(agree.sum((1, 2)).mean() / 2)
         print(json.dumps({"ranked_by_agreement": agreement_row}), flush=True)
@@ -453,8 +462,7 @@ def main() -> None:
     if args.by_symmetry:
         t0 = time.perf_counter()
         orders, groups = point_group_orders(columns, valid)
-        symmetry_row = rank_columns(matched, rms, energies, valid, names,
-                                    chosen=pick_most(orders, energies, valid))[0]
+        symmetry_row = ranked_within(every, orders)[0]
         symmetry_row["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({"ranked_by_symmetry": symmetry_row}), flush=True)
     if args.table:
@@ -464,19 +472,14 @@ def main() -> None:
     subsets = []
     for text in args.also:  # the same candidates' verdicts and energies, fewer recipes
         cols = [recipes.index(r) for r in parse_candidates(text, minimum=1)]
-        sub_ranked, sub_best = rank_columns(matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols],
-                                            [names[c] for c in cols])
+        sub_ranked, sub_best = ranked_within(cols)
         subsets.append({"recipes": [names[c] for c in cols], "columns": cols, "ranked": sub_ranked,
                         "best_of_k": sub_best})
         if agree is not None:
-            sub_agree = agree[:, cols][:, :, cols]
-            subsets[-1]["ranked_by_agreement"] = rank_columns(
-                matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols], [names[c] for c in cols],
-                chosen=pick_most(votes(sub_agree, valid[:, cols]), energies[:, cols], valid[:, cols]))[0]
+            subsets[-1]["ranked_by_agreement"] = ranked_within(
+                cols, votes(agree[:, cols][:, :, cols], valid[:, cols]))[0]
         if orders is not None:
-            subsets[-1]["ranked_by_symmetry"] = rank_columns(
-                matched[:, cols], rms[:, cols], energies[:, cols], valid[:, cols], [names[c] for c in cols],
-                chosen=pick_most(orders[:, cols], energies[:, cols], valid[:, cols]))[0]
+            subsets[-1]["ranked_by_symmetry"] = ranked_within(cols, orders[:, cols])[0]
         print(json.dumps(subsets[-1]), flush=True)
     result = {"model": args.model, "dataset": args.dataset, "targets": args.targets, "n_targets": n_targets,
               "subset_seed": args.seed, "steps": args.steps, "s_churn": args.churn,
