@@ -10,8 +10,11 @@ from crysgen.objectives.atom_edm import (
     AtomEDMConfig,
     Constants,
     Parts,
+    current_cell,
     denoise,
     edm_loss,
+    lattice_metric,
+    metric_features,
     permute_axes,
     wrap_centered,
 )
@@ -113,7 +116,30 @@ def test_a_one_element_dataset_trains_with_finite_loss():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-def test_permuted_axes_give_the_same_crystal_or_its_mirror_image():
+@pytest.mark.parametrize("code", ["lengths_angles", "cholesky"])
+def test_cells_and_metrics_of_the_lattice_features_are_the_crystals(code):
+    names = ("triclinic_LiFePO", "ZnO_wurtzite", "SrTiO3")
+    cs = niggli_reduce(CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names)))
+    spec = AtomSetSpec.fit(cs, lattice_code=code)
+    sets = encode(cs, spec)
+    consts = Constants.from_spec(spec)
+    feats, mask = torch.from_numpy(sets.lattice), torch.from_numpy(sets.mask)
+    log_n = mask.sum(1).double().log()[:, None] / 3
+    metric = lattice_metric(feats, consts, log_n)
+    cell = current_cell(feats, mask, consts).double()
+    for i in range(len(cs)):
+        m = cs.to_structure(i).lattice.matrix
+        np.testing.assert_allclose(metric[i].numpy(), m @ m.T, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose((cell[i] @ cell[i].T).numpy(), m @ m.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(metric_features(metric, consts, log_n).numpy(), sets.lattice, atol=1e-5)
+    # a cell that no crystal is stays finite: wild features give a finite cell of positive volume
+    wild = torch.tensor([[40.0, -40.0, 3.0, 25.0, -30.0, 9.0]] * 3)
+    det = torch.linalg.det(current_cell(wild, mask, consts).double())
+    assert torch.isfinite(det).all() and (det.abs() > 0).all()
+
+
+@pytest.mark.parametrize("code", ["lengths_angles", "cholesky"])
+def test_permuted_axes_give_the_same_crystal_or_its_mirror_image(code):
     import itertools
     from dataclasses import replace
 
@@ -121,7 +147,7 @@ def test_permuted_axes_give_the_same_crystal_or_its_mirror_image():
 
     names = ("triclinic_LiFePO", "ZnO_wurtzite", "SrTiO3")
     cs = niggli_reduce(CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names)))
-    spec = AtomSetSpec.fit(cs)
+    spec = AtomSetSpec.fit(cs, lattice_code=code)
     sets = encode(cs, spec)
     consts = Constants.from_spec(spec)
 

@@ -38,8 +38,9 @@ def test_element_codes_are_unique_and_keep_columns_together():
     assert np.abs(element_code_table()[57] - element_code_table()[58]).sum() == 2  # La != Ce
 
 
-def test_round_trip_keeps_every_crystal(crystals):
-    spec = AtomSetSpec.fit(crystals, max_atoms=32)
+@pytest.mark.parametrize("code", ["lengths_angles", "cholesky"])
+def test_round_trip_keeps_every_crystal(crystals, code):
+    spec = AtomSetSpec.fit(crystals, max_atoms=32, lattice_code=code)
     sets = encode(crystals, spec)
     assert sets.types.shape == (4, 32, 39) and sets.frac.shape == (4, 32, 3) and sets.lattice.shape == (4, 6)
     assert sets.mask.sum() == crystals.num_sites.sum()
@@ -50,6 +51,40 @@ def test_round_trip_keeps_every_crystal(crystals):
     for i in range(len(crystals)):
         a, b = crystals.to_structure(i), res.crystals.to_structure(i)
         assert a.composition == b.composition and sm.fit(a, b)
+
+
+def test_cholesky_code_is_log_diagonal_and_shears_of_the_metric_factor(crystals):
+    red = niggli_reduce(crystals)
+    spec = AtomSetSpec.fit(red, lattice_code="cholesky")
+    raw = encode(red, spec).lattice * np.asarray(spec.lattice_std) + np.asarray(spec.lattice_mean)
+    for i in range(len(red)):
+        m = red.to_structure(i).lattice.matrix
+        chol = np.linalg.cholesky(m @ m.T)  # rows: the cell turned so that a lies along x
+        k = red.num_sites[i]
+        np.testing.assert_allclose(np.exp(raw[i, :3]) * k ** (1 / 3), np.diag(chol), rtol=1e-5)
+        np.testing.assert_allclose(raw[i, 3:], [chol[1, 0] / chol[0, 0], chol[2, 0] / chol[0, 0],
+                                                chol[2, 1] / chol[1, 1]], atol=1e-5)
+    assert np.all(np.abs(raw[:, 3:]) <= 0.5 + 1e-6)  # a Niggli cell's shears
+    # any six numbers are a cell: standard-normal features all decode
+    rng = np.random.default_rng(0)
+    sets = encode(red, spec)
+    noisy = replace(sets, lattice=rng.normal(size=sets.lattice.shape).astype(np.float32))
+    assert not decode(noisy, spec).failures
+
+
+def test_lattice_codes_are_checked_and_old_specs_read_as_lengths_and_angles(crystals, tmp_path):
+    with pytest.raises(CrysgenError, match="unknown lattice code 'polar'"):
+        AtomSetSpec.fit(crystals, lattice_code="polar")
+    spec = AtomSetSpec.fit(crystals)
+    assert spec.lattice_code == "lengths_angles"
+    path = spec.save(tmp_path / "atoms.json")
+    import json
+
+    old = json.loads(path.read_text())
+    del old["lattice_code"]  # written before the field existed
+    path.write_text(json.dumps(old))
+    assert AtomSetSpec.load(path) == spec
+    assert AtomSetSpec.fit(crystals, lattice_code="cholesky").refit(crystals).lattice_code == "cholesky"
 
 
 def test_noisy_codes_snap_to_the_right_elements(crystals):

@@ -77,6 +77,23 @@ def test_init_from_a_model_of_smaller_crystals_takes_the_new_data_s_sizes(tiny_s
     assert warm.sample_sets(2, steps=2, seed=0).mask.shape == (2, 8)
 
 
+def test_a_cholesky_coded_run_trains_samples_and_keeps_its_code_for_init(tiny_set, tmp_path):
+    cfg = AtomTrainConfig.from_dict(TINY | {"data": {"lattice_code": "cholesky"}})
+    model_dir = train_atom_diffusion(tiny_set, tmp_path / "run", config=cfg, max_steps=2, accelerator="cpu",
+                                     progress=False)
+    model = AtomDiffusionModel.from_pretrained(model_dir)
+    assert model.spec.lattice_code == "cholesky"
+    raw = model.spec.lattice_mean
+    assert all(abs(v) <= 0.5 for v in raw[3:])  # the mean shears of Niggli cells, not angles (~1.6 rad)
+    made = model.generate(4, steps=2, seed=0)  # the sampler runs on the code (2 steps: no cells yet)
+    assert len(made.crystals) + len(made.failures) == 4
+    with pytest.raises(CrysgenError, match="encodes lattices as 'cholesky'"):
+        train_atom_diffusion(tiny_set, tmp_path / "warm", config=AtomTrainConfig.from_dict(TINY), max_steps=1,
+                             accelerator="cpu", progress=False, init=model_dir)
+    with pytest.raises(CrysgenError, match="unknown lattice code"):
+        AtomTrainConfig.from_dict(TINY | {"data": {"lattice_code": "matrix"}})
+
+
 def test_bad_configs_are_refused(tiny_set, tmp_path):
     with pytest.raises(CrysgenError, match="unknown key"):
         AtomTrainConfig.from_dict({"net": {"width": 3}})

@@ -36,20 +36,22 @@ class Constants:
     """Data statistics the denoiser needs (from the model's AtomSetSpec), as tensors.
 
     ``empty_code`` (D,) is the centred code of no element (an empty site's; None: the model has
-    no empty sites).
+    no empty sites); ``lattice_code`` how the lattice features encode a cell
+    (:data:`~crysgen.representations.atoms.LATTICE_CODES`).
     """
 
     type_sigma: float
     lattice_mean: torch.Tensor = field(default_factory=lambda: torch.zeros(6))
     lattice_std: torch.Tensor = field(default_factory=lambda: torch.ones(6))
     empty_code: torch.Tensor | None = None
+    lattice_code: str = "lengths_angles"
 
     @classmethod
     def from_spec(cls, spec: Any) -> Constants:
         """From an :class:`~crysgen.representations.atoms.AtomSetSpec`."""
         return cls(float(spec.type_sigma), torch.tensor(spec.lattice_mean, dtype=torch.float32),
                    torch.tensor(spec.lattice_std, dtype=torch.float32),
-                   torch.as_tensor(spec.codes()[0], dtype=torch.float32))
+                   torch.as_tensor(spec.codes()[0], dtype=torch.float32), spec.lattice_code)
 
 
 def wrap(x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +85,13 @@ def permute_axes(frac: torch.Tensor, lattice: torch.Tensor, consts: Constants,
     """
     if perm is None:
         perm = torch.argsort(torch.rand(len(frac), 3, device=frac.device), dim=1)
+    frac = torch.gather(frac, 2, perm[:, None, :].expand_as(frac))
+    if consts.lattice_code == "cholesky":  # through the metric: G'_ij = G_perm(i) perm(j)
+        g = lattice_metric(lattice, consts)
+        g = torch.gather(torch.gather(g, 1, perm[:, :, None].expand_as(g)), 2, perm[:, None, :].expand_as(g))
+        return frac, metric_features(g, consts).to(lattice.dtype)
     mean, std = consts.lattice_mean.to(lattice), consts.lattice_std.to(lattice)
     raw = torch.gather(lattice * std + mean, 1, torch.cat([perm, perm + 3], dim=1))
-    frac = torch.gather(frac, 2, perm[:, None, :].expand_as(frac))
     return frac, (raw - mean) / std
 
 
@@ -145,12 +151,81 @@ def _precond(sigma: torch.Tensor, sd: float) -> tuple[torch.Tensor, torch.Tensor
     return sd**2 / s2, sigma * sd / s2.sqrt(), 1 / s2.sqrt()
 
 
+MAX_SHEAR = 2.0
+"""The largest |shear| (L21 / L11, L31 / L11, L32 / L22) :func:`current_cell` lets a noisy
+Cholesky-coded lattice have (a Niggli-reduced cell's are within ½)."""
+
+
+def _cholesky_factor(scale: torch.Tensor, shears: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) lower-triangular L (rows: cell vectors) from its diagonal (B, 3) and shears (B, 3)."""
+    zero = torch.zeros_like(scale[:, 0])
+    a, b, c = scale.unbind(-1)
+    return torch.stack([torch.stack([a, zero, zero], -1),
+                        torch.stack([shears[:, 0] * a, b, zero], -1),
+                        torch.stack([shears[:, 1] * a, shears[:, 2] * b, c], -1)], 1)
+
+
+def _raw(features: torch.Tensor, consts: Constants) -> torch.Tensor:
+    dev = features.device
+    return features.double() * consts.lattice_std.to(dev).double() + consts.lattice_mean.to(dev).double()
+
+
+def lattice_metric(features: torch.Tensor, consts: Constants,
+                   log_n: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Standardised lattice features (B, 6) -> the metrics G (B, 3, 3), float64.
+
+    ``log_n`` (B, 1) is ln(sites) / 3 per cell (the features' lengths are per atom); the default 0
+    gives the metric of the per-atom cell, enough where it is turned back by :func:`metric_features`
+    with the same ``log_n``.
+    """
+    raw = _raw(features, consts)
+    scale = torch.exp(raw[:, :3] + log_n)
+    if consts.lattice_code == "cholesky":
+        chol = _cholesky_factor(scale, raw[:, 3:])
+        return chol @ chol.transpose(1, 2)
+    a, b, c = scale.unbind(-1)
+    ca, cb, cg = torch.cos(raw[:, 3:]).unbind(-1)
+    return torch.stack([torch.stack([a * a, a * b * cg, a * c * cb], -1),
+                        torch.stack([a * b * cg, b * b, b * c * ca], -1),
+                        torch.stack([a * c * cb, b * c * ca, c * c], -1)], 1)
+
+
+def metric_features(g: torch.Tensor, consts: Constants, log_n: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Metrics (B, 3, 3) -> standardised lattice features (B, 6), float64.
+
+    The inverse of :func:`lattice_metric`; a metric that is not positive definite gives
+    non-finite Cholesky features.
+    """
+    dev = g.device
+    std, mean = consts.lattice_std.to(dev).double(), consts.lattice_mean.to(dev).double()
+    g = g.double()
+    if consts.lattice_code == "cholesky":
+        chol, info = torch.linalg.cholesky_ex(g)
+        diag = torch.diagonal(chol, dim1=1, dim2=2)
+        shears = torch.stack([chol[:, 1, 0] / diag[:, 0], chol[:, 2, 0] / diag[:, 0],
+                              chol[:, 2, 1] / diag[:, 1]], -1)
+        raw = torch.cat([diag.log() - log_n, shears], -1)
+        raw = torch.where((info == 0)[:, None], raw, torch.full_like(raw, float("nan")))
+        return (raw - mean) / std
+    lengths = torch.sqrt(torch.diagonal(g, dim1=1, dim2=2).clamp_min(1e-12))
+    a, b, c = lengths.unbind(-1)
+    cos = torch.stack([g[:, 1, 2] / (b * c), g[:, 0, 2] / (a * c), g[:, 0, 1] / (a * b)], -1)
+    raw = torch.cat([lengths.log() - log_n, torch.arccos(cos.clamp(-1.0, 1.0))], -1)
+    return (raw - mean) / std
+
+
 def current_cell(lattice_t: torch.Tensor, mask: torch.Tensor, consts: Constants) -> torch.Tensor:
-    """(B, 3, 3) Å: the cell that the noisy lattice features describe (clamped to be finite)."""
+    """(B, 3, 3) Å: the cell that the noisy lattice features describe (clamped to be finite).
+
+    Per-site lengths (the first three features) are clamped to 0.5-50 Å, angles to 20-160° and
+    Cholesky shears to ±:data:`MAX_SHEAR`.
+    """
     dev = lattice_t.device
     raw = lattice_t.float() * consts.lattice_std.to(dev) + consts.lattice_mean.to(dev)
     n = mask.sum(1).clamp_min(1).float()
     lengths = torch.exp((raw[:, :3] + n.log()[:, None] / 3).clamp(math.log(0.5), math.log(50.0)))
+    if consts.lattice_code == "cholesky":
+        return _cholesky_factor(lengths, raw[:, 3:].clamp(-MAX_SHEAR, MAX_SHEAR))
     return lattice_matrix(torch.cat([lengths, raw[:, 3:]], -1))
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from crysgen.errors import CrysgenError
-from crysgen.objectives.atom_edm import Constants, Parts, wrap_centered
+from crysgen.objectives.atom_edm import Constants, Parts, lattice_metric, metric_features, wrap_centered
 from crysgen.representations.symmetry import SiteSymmetry, site_symmetry
 
 if TYPE_CHECKING:
@@ -421,19 +421,8 @@ def project(x: Parts, sym: SymmetryBatch, mask: torch.Tensor, consts: Constants,
 def _project_lattice(features: torch.Tensor, sym: SymmetryBatch, w: torch.Tensor, mask: torch.Tensor,
                      consts: Constants) -> torch.Tensor:
     """Standardised lattice features (B, 6) with their metric averaged over the operations."""
-    dev = features.device
-    std, mean = consts.lattice_std.to(dev).double(), consts.lattice_mean.to(dev).double()
-    raw = features.double() * std + mean
     log_n = mask.sum(1).clamp_min(1).double().log()[:, None] / 3
-    a, b, c = torch.exp(raw[:, :3] + log_n).unbind(-1)
-    ca, cb, cg = torch.cos(raw[:, 3:]).unbind(-1)
-    g = torch.stack([torch.stack([a * a, a * b * cg, a * c * cb], -1),
-                     torch.stack([a * b * cg, b * b, b * c * ca], -1),
-                     torch.stack([a * c * cb, b * c * ca, c * c], -1)], 1)
+    g = lattice_metric(features, consts, log_n)
     r = sym.rotations.double()
     g = torch.einsum("bk,bkji,bjl,bklm->bim", w.double(), r, g, r)
-    lengths = torch.sqrt(torch.diagonal(g, dim1=1, dim2=2).clamp_min(1e-12))
-    a, b, c = lengths.unbind(-1)
-    cos = torch.stack([g[:, 1, 2] / (b * c), g[:, 0, 2] / (a * c), g[:, 0, 1] / (a * b)], -1)
-    new_raw = torch.cat([lengths.log() - log_n, torch.arccos(cos.clamp(-1.0, 1.0))], -1)
-    return ((new_raw - mean) / std).to(features.dtype)
+    return metric_features(g, consts, log_n).to(features.dtype)

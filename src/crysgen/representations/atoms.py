@@ -10,9 +10,17 @@ Each crystal of at most ``S`` sites becomes:
   nearest code among the elements allowed (those seen in training, or those a formula gives), so
   noise never turns an element into a neighbouring Z by a small shift.
 - ``frac`` float32 (N, S, 3): fractional coordinates in [0, 1) (a point on the 3-torus).
-- ``lattice`` float32 (N, 6): ln a, ln b, ln c minus ln(num_sites^(1/3)) (Å; length scale per
-  atom) and α, β, γ in radians, standardised with the training mean and std. Lattice parameters
-  are invariant to rotations; :func:`niggli_reduce` makes the cell choice unique up to ties.
+- ``lattice`` float32 (N, 6), standardised with the training mean and std, in one of
+  :data:`LATTICE_CODES` (the spec's ``lattice_code``):
+
+  - ``lengths_angles``: ln a, ln b, ln c minus ln(num_sites^(1/3)) (Å; length scale per atom) and
+    α, β, γ in radians;
+  - ``cholesky``: the lower-triangular Cholesky factor L of the metric G = M Mᵀ (M: the cell
+    vectors as rows; L is M turned so that a lies along x and b in the xy plane): ln L11, ln L22,
+    ln L33 minus ln(num_sites^(1/3)), then the shears L21 / L11, L31 / L11, L32 / L22
+    (dimensionless, within ±½ for a Niggli-reduced cell). Every vector of six numbers is a cell.
+
+  Both are invariant to rotations; :func:`niggli_reduce` makes the cell choice unique up to ties.
 - ``mask`` bool (N, S): real sites.
 
 Everything here is a pure function of numpy arrays and the fitted :class:`AtomSetSpec`.
@@ -57,6 +65,21 @@ def parse_formula(formula: str) -> dict[int, int]:
     return counts
 
 
+LATTICE_CODES = ("lengths_angles", "cholesky")
+"""The lattice encodings a spec may use (see the module docstring)."""
+
+
+def check_lattice_code(code: str) -> str:
+    """``code`` itself if it is one of :data:`LATTICE_CODES`.
+
+    Raises:
+        CrysgenError: for any other name.
+    """
+    if code not in LATTICE_CODES:
+        raise CrysgenError(f"unknown lattice code {code!r} (choose from {', '.join(LATTICE_CODES)})")
+    return code
+
+
 def _positive(std: float) -> float:
     """A data σ that can divide: 1 where the data do not vary (e.g. one element in all crystals)."""
     return std if std > 1e-6 else 1.0
@@ -76,6 +99,8 @@ class AtomSetSpec:
         num_atoms_counts: (max_atoms + 1,) training crystals per number of sites.
         size_counts: (max_atoms + 1, MAX_ELEMENTS + 1) training crystals per (number of sites,
             number of distinct elements); empty in specs written before it existed.
+        lattice_code: how the lattice is encoded, one of :data:`LATTICE_CODES` (specs written
+            before it existed: ``lengths_angles``).
     """
 
     max_atoms: int
@@ -86,14 +111,21 @@ class AtomSetSpec:
     lattice_std: list[float]
     num_atoms_counts: list[int] = field(default_factory=list)
     size_counts: list[list[int]] = field(default_factory=list)
+    lattice_code: str = "lengths_angles"
+
+    def __post_init__(self) -> None:
+        check_lattice_code(self.lattice_code)
 
     @classmethod
-    def fit(cls, crystals: CrystalSet, max_atoms: int | None = None) -> AtomSetSpec:
+    def fit(cls, crystals: CrystalSet, max_atoms: int | None = None,
+            lattice_code: str = "lengths_angles") -> AtomSetSpec:
         """Fit on a training CrystalSet (``max_atoms`` default: its largest crystal).
 
         Raises:
-            CrysgenError: for an empty set, an element beyond Lr, or a crystal above ``max_atoms``.
+            CrysgenError: for an empty set, an element beyond Lr, a crystal above ``max_atoms``
+                or an unknown ``lattice_code``.
         """
+        check_lattice_code(lattice_code)
         if len(crystals) == 0:
             raise CrysgenError("cannot fit an atom-set spec on an empty CrystalSet")
         n = crystals.num_sites.astype(int)
@@ -105,27 +137,27 @@ class AtomSetSpec:
             raise CrysgenError(f"element Z={z.max()} has no code (at most {MAX_Z})")
         codes = element_code_table()[z]
         mean = codes.mean(0)
-        feats = _lattice_features(crystals.lattice, n)
+        feats = _lattice_features(crystals.lattice, n, lattice_code)
         std = feats.std(0)
         return cls(max_atoms=max_atoms, elements=sorted({int(v) for v in z}),
                    code_mean=[float(v) for v in mean], type_sigma=_positive(float((codes - mean).std())),
                    lattice_mean=[float(v) for v in feats.mean(0)],
                    lattice_std=[_positive(float(v)) for v in std],
                    num_atoms_counts=np.bincount(n, minlength=max_atoms + 1).tolist(),
-                   size_counts=_size_counts(crystals, max_atoms))
+                   size_counts=_size_counts(crystals, max_atoms), lattice_code=lattice_code)
 
     def refit(self, crystals: CrystalSet, max_atoms: int | None = None) -> AtomSetSpec:
         """This spec's encoding with the sizes and elements of another training set.
 
-        The element-code centring, the types' σ_data and the lattice standardisation (what a
-        network's weights were trained with) stay; ``max_atoms``, the elements decoding chooses
+        The element-code centring, the types' σ_data and the lattice code and standardisation
+        (what a network's weights were trained with) stay; ``max_atoms``, the elements decoding chooses
         among and the size histograms come from ``crystals`` (a warm start on new data, e.g. a
         model of crystals of up to 52 sites from one trained on up to 20).
 
         Raises:
             CrysgenError: as :meth:`fit`.
         """
-        own = AtomSetSpec.fit(crystals, max_atoms)
+        own = AtomSetSpec.fit(crystals, max_atoms, self.lattice_code)
         return replace(own, code_mean=self.code_mean, type_sigma=self.type_sigma,
                        lattice_mean=self.lattice_mean, lattice_std=self.lattice_std)
 
@@ -187,11 +219,28 @@ def _size_counts(crystals: CrystalSet, max_atoms: int) -> list[list[int]]:
     return counts.tolist()
 
 
-def _lattice_features(lattice: np.ndarray, num_sites: np.ndarray) -> np.ndarray:
-    """(N, 6): ln a, ln b, ln c - ln(n)/3, angles in radians (unstandardised)."""
+def metric_tensor(lattice: np.ndarray) -> np.ndarray:
+    """Cells a, b, c (Å), α, β, γ (degrees) (N, 6) -> their metrics G (N, 3, 3) (Å², G_ij = v_i · v_j)."""
     lat = np.asarray(lattice, np.float64)
+    a, b, c = lat[:, 0], lat[:, 1], lat[:, 2]
+    ca, cb, cg = np.cos(np.radians(lat[:, 3:])).T
+    return np.stack([np.stack([a * a, a * b * cg, a * c * cb], -1),
+                     np.stack([a * b * cg, b * b, b * c * ca], -1),
+                     np.stack([a * c * cb, b * c * ca, c * c], -1)], 1)
+
+
+def _lattice_features(lattice: np.ndarray, num_sites: np.ndarray, code: str = "lengths_angles") -> np.ndarray:
+    """(N, 6) unstandardised features of ``code`` (see the module docstring)."""
+    lat = np.asarray(lattice, np.float64)
+    log_n = np.log(np.maximum(num_sites, 1))[:, None] / 3.0
+    if code == "cholesky":
+        chol = np.linalg.cholesky(metric_tensor(lat))
+        diag = np.diagonal(chol, axis1=1, axis2=2)
+        shears = np.stack([chol[:, 1, 0] / diag[:, 0], chol[:, 2, 0] / diag[:, 0],
+                           chol[:, 2, 1] / diag[:, 1]], -1)
+        return np.concatenate([np.log(diag) - log_n, shears], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lengths = np.log(lat[:, :3]) - np.log(np.maximum(num_sites, 1))[:, None] / 3.0
+        lengths = np.log(lat[:, :3]) - log_n
     return np.concatenate([lengths, np.radians(lat[:, 3:])], axis=1)
 
 
@@ -200,8 +249,8 @@ def lattice_features(lattice: np.ndarray, num_sites: np.ndarray, spec: AtomSetSp
 
     The inverse of :func:`lattice_parameters`; ``num_sites`` (N,) the cells' numbers of sites.
     """
-    return (_lattice_features(lattice, np.asarray(num_sites)) - np.asarray(spec.lattice_mean)) / np.asarray(
-        spec.lattice_std)
+    feats = _lattice_features(lattice, np.asarray(num_sites), spec.lattice_code)
+    return (feats - np.asarray(spec.lattice_mean)) / np.asarray(spec.lattice_std)
 
 
 def encode(crystals: CrystalSet, spec: AtomSetSpec) -> AtomSets:
@@ -230,9 +279,19 @@ def encode(crystals: CrystalSet, spec: AtomSetSpec) -> AtomSets:
 def lattice_parameters(features: np.ndarray, num_sites: np.ndarray, spec: AtomSetSpec) -> np.ndarray:
     """Standardised lattice features (N, 6) -> a, b, c (Å), α, β, γ (degrees)."""
     raw = np.asarray(features, np.float64) * np.asarray(spec.lattice_std) + np.asarray(spec.lattice_mean)
-    with np.errstate(over="ignore"):
-        lengths = np.exp(raw[:, :3] + np.log(np.maximum(num_sites, 1))[:, None] / 3.0)
-    return np.concatenate([lengths, np.degrees(raw[:, 3:])], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = np.exp(raw[:, :3] + np.log(np.maximum(num_sites, 1))[:, None] / 3.0)
+        if spec.lattice_code != "cholesky":
+            return np.concatenate([scale, np.degrees(raw[:, 3:])], axis=1)
+        zero = np.zeros(len(raw))
+        vectors = np.stack([np.stack([scale[:, 0], zero, zero], -1),
+                            np.stack([raw[:, 3] * scale[:, 0], scale[:, 1], zero], -1),
+                            np.stack([raw[:, 4] * scale[:, 0], raw[:, 5] * scale[:, 1], scale[:, 2]], -1)], 1)
+        lengths = np.linalg.norm(vectors, axis=2)
+        cos = np.stack([(vectors[:, 1] * vectors[:, 2]).sum(1) / (lengths[:, 1] * lengths[:, 2]),
+                        (vectors[:, 0] * vectors[:, 2]).sum(1) / (lengths[:, 0] * lengths[:, 2]),
+                        (vectors[:, 0] * vectors[:, 1]).sum(1) / (lengths[:, 0] * lengths[:, 1])], -1)
+    return np.concatenate([lengths, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))], axis=1)
 
 
 def nearest_elements(types: np.ndarray, allowed: list[int], spec: AtomSetSpec) -> np.ndarray:

@@ -196,7 +196,7 @@ def train_atom_diffusion(
 
     Raises:
         CrysgenError: for a missing file, resume without a checkpoint, a crystal larger than
-            ``data.max_atoms``, or an ``init`` model with another network.
+            ``data.max_atoms``, or an ``init`` model with another network or lattice code.
     """
     holder: dict[str, CrystalSet] = {}  # the reduced cells, so a new run reduces them once
     init_model = AtomDiffusionBundle.from_pretrained(init) if init is not None else None
@@ -204,8 +204,11 @@ def train_atom_diffusion(
     def fit_spec(crystals: CrystalSet, config: AtomTrainConfig) -> AtomSetSpec:
         holder["reduced"] = niggli_reduce(crystals) if config.data.niggli else crystals
         if init_model is not None:  # keep the encoding the weights were trained with
+            if init_model.spec.lattice_code != config.data.lattice_code:
+                raise CrysgenError(f"--init {init} encodes lattices as {init_model.spec.lattice_code!r}, "
+                                   f"this run's config as {config.data.lattice_code!r} (data.lattice_code)")
             return init_model.spec.refit(holder["reduced"], config.data.max_atoms or None)
-        return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None)
+        return AtomSetSpec.fit(holder["reduced"], config.data.max_atoms or None, config.data.lattice_code)
     run = open_run(data, out, config, AtomTrainConfig, resume=resume, max_steps=max_steps, init=init,
                    fit_scaling=fit_spec, load_scaling=AtomSetSpec.load, scaling_file=SPEC_FILE)
     config, spec = run.config, run.scaling

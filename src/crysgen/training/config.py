@@ -21,6 +21,7 @@ from crysgen.models.unet2d import UNetConfig
 from crysgen.objectives.atom_edm import AtomEDMConfig
 from crysgen.objectives.cascade import StageConfig
 from crysgen.objectives.diffusion import DiffusionConfig
+from crysgen.representations.atoms import check_lattice_code
 from crysgen.representations.crystens.layout import CrysTensLayout
 
 
@@ -438,12 +439,20 @@ class AtomDataConfig:
             (:func:`~crysgen.objectives.atom_edm.permute_axes`: the same crystal, or its mirror
             image), so that the lattice of a composition is harder to memorise than in the one
             Niggli order; validation keeps the Niggli order.
+        lattice_code: how the lattice is encoded, one of
+            :data:`~crysgen.representations.atoms.LATTICE_CODES` (``lengths_angles``: ln lengths
+            and angles; ``cholesky``: the log-diagonal and shears of the metric's Cholesky factor).
+            A run started with ``--init`` must use its init model's.
     """
 
     max_atoms: int = 0
     niggli: bool = True
     translate: bool = True
     permute_axes: bool = False
+    lattice_code: str = "lengths_angles"
+
+    def __post_init__(self) -> None:
+        check_lattice_code(self.lattice_code)
 
 
 @dataclass(frozen=True)
