@@ -13,7 +13,8 @@ still exists, or whose ``structures.csv`` was kept as ``benchmarks/results/repor
 (``--keep`` writes that copy); the two must score the same dataset with the same samples' ids.
 
 Two CSP sweeps (``atom_csp_sweep_*.json`` with ``per_target`` rows: one sample per target, the same
-targets and seed) are paired target by target on ``csp_matched`` instead (``--row I`` of each file,
+targets and seed) are paired target by target on ``csp_matched`` instead, and on ``cell_shape_matched``
+where both rows keep ``per_target_cell`` (``--row I`` of each file,
 ``--row-b J`` for B where its row differs,
 default 0; site-count bins by the target's sites)::
 
@@ -60,6 +61,16 @@ def csp_outcomes(result: dict, row: int, name: str) -> dict[str, tuple[bool | No
     return {t: (rms is not None, int(sites)) for t, (sites, rms) in rows[row]["per_target"].items()}
 
 
+def cell_outcomes(result: dict, row: int) -> dict[str, tuple[bool | None, int]] | None:
+    """A CSP sweep row's cell shape matches as target id -> (matched, the target's sites), or None
+    where the row has no ``per_target_cell`` (sweeps written before it was kept)."""
+    r = result["rows"][row]
+    if "per_target_cell" not in r:
+        return None
+    sites = {t: int(n) for t, (n, _) in r["per_target"].items()}
+    return {t: (bool(m), sites[t]) for t, (_, m) in r["per_target_cell"].items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name_a", help="model A's result file (benchmarks/results/NAME.json)")
@@ -85,6 +96,9 @@ def main() -> None:
         rows = {args.name_a: args.row, args.name_b: args.row if args.row_b is None else args.row_b}
         a, b = (csp_outcomes(results[n], rows[n], n) for n in (args.name_a, args.name_b))
         comparisons = {"csp_matched": asdict(compare_outcomes(a, b, "csp_matched"))}
+        ca, cb = (cell_outcomes(results[n], rows[n]) for n in (args.name_a, args.name_b))
+        if ca is not None and cb is not None:  # the lattice alone, where both rows kept it
+            comparisons["cell_shape_matched"] = asdict(compare_outcomes(ca, cb, "cell_shape_matched"))
     else:
         reports = [report_of(n, work, keep=args.keep) for n in (args.name_a, args.name_b)]
         comparisons = {c: asdict(compare_reports(*reports, column=c)) for c in args.columns.split(",")}

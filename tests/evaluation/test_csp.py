@@ -11,7 +11,7 @@ from pymatgen.core.operations import SymmOp
 from crysgen.cli import main
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.csp import CSPSample, load_csp_samples, mutual_matches, score_csp
+from crysgen.evaluation.csp import CSPSample, cell_agreement, load_csp_samples, mutual_matches, score_csp
 from tests.conftest import load_cif
 
 A = 4.0  # Å, the CsCl-type cells below
@@ -237,3 +237,26 @@ def test_mutual_matches_finds_the_candidates_that_agree_and_only_those():
     assert pairs == [[(0, 1)], [(0, 2)]]
     with pytest.raises(CrysgenError, match="same number of candidates"):
         mutual_matches([first, second[:3]], progress=False)
+
+
+def test_cell_agreement_reads_the_lattice_alone_in_any_setting():
+    import math
+
+    tri = load_cif("triclinic_LiFePO")
+    ts = targets(cscl_type(), tri, cscl_type(), ids=["same", "tri", "long"])
+    other_setting = tri.copy()
+    other_setting.make_supercell([[1, 1, 0], [0, 1, 0], [0, 0, 1]])  # same lattice, another basis
+    stretched = Structure(Lattice.tetragonal(A, 2 * A), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    samples = [CSPSample("s0", "same", cscl_type(0.3).scale_lattice(1.5 * A**3)),  # wrong sites and volume
+               CSPSample("s1", "tri", other_setting), CSPSample("s1b", "tri", None),  # only the first counts
+               CSPSample("s2", "long", stretched), CSPSample("s3", "elsewhere", stretched)]
+    res = cell_agreement(samples, ts)
+    assert res.per_target["same"][1] and res.per_target["same"][0] == pytest.approx(math.log(1.5))
+    assert res.per_target["tri"] == [pytest.approx(0.0, abs=1e-9), True]
+    assert res.per_target["long"][1] is False  # a cell twice as long on c is another shape
+    assert set(res.per_target) == {"same", "tri", "long"} and res.shape_match_rate == pytest.approx(2 / 3)
+    assert res.median_volume_error == pytest.approx(math.log(1.5))  # of ln 1.5, 0 and ln 2
+    missing = cell_agreement([CSPSample("s", "tri", None)], ts)
+    assert missing.per_target["tri"] == [None, False] and math.isnan(missing.median_volume_error)
+    with pytest.raises(CrysgenError, match="no sample names"):
+        cell_agreement([CSPSample("s", "nowhere", tri)], ts)

@@ -383,6 +383,59 @@ def mutual_matches(candidates: Sequence[Sequence[Any]], *, workers: int = 1,
     return out
 
 
+@dataclass
+class CellAgreement:
+    """How the cells of CSP samples compare with their targets' cells: the lattice alone.
+
+    Attributes:
+        shape_match_rate: targets whose (first) sample's cell, scaled to the target's volume, maps
+            onto the target's cell within :data:`MATCHER`'s ``ltol`` and ``angle_tol`` in any
+            setting of either (pymatgen's ``Lattice.find_all_mappings``, keeping mappings by a
+            unimodular integer matrix; the matcher scales volumes too) / targets named.
+        median_volume_error: median over targets with a sample of |ln(V_sample / V_target)|.
+        per_target: target id -> [|ln(V_sample / V_target)| or None (no sample), shape matched].
+    """
+
+    shape_match_rate: float
+    median_volume_error: float
+    per_target: dict[str, list] = field(default_factory=dict)
+
+
+def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgreement:
+    """The lattice part of CSP: each target's first sample's cell against the target's.
+
+    A sample without a structure counts as a shape miss with no volume error. A sample that is a
+    supercell of a smaller repeat (which the matcher's primitive reduction can still match) counts
+    as a shape miss.
+
+    Raises:
+        CrysgenError: when no sample names a crystal of ``targets``.
+    """
+    row_of = {str(t): j for j, t in enumerate(targets.ids)}
+    first: dict[str, CSPSample] = {}
+    for s in samples:
+        if s.target in row_of:
+            first.setdefault(s.target, s)
+    if not first:
+        raise CrysgenError("no sample names a crystal of the targets set")
+    per_target: dict[str, list] = {}
+    for t, s in first.items():
+        if s.structure is None:
+            per_target[t] = [None, False]
+            continue
+        want = targets.to_structure(row_of[t]).lattice
+        got = s.structure.lattice
+        error = abs(math.log(got.volume / want.volume))
+        mappings = want.find_all_mappings(got.scale(want.volume), ltol=MATCHER["ltol"],
+                                          atol=MATCHER["angle_tol"], skip_rotation_matrix=True)
+        found = any(round(abs(np.linalg.det(m[2]))) == 1 for m in mappings)  # a basis, not a superlattice
+        per_target[t] = [error, found]
+    errors = [e for e, _ in per_target.values() if e is not None]
+    return CellAgreement(shape_match_rate=sum(m for _, m in per_target.values()) / len(per_target),
+                         median_volume_error=float(np.median(errors)) if errors else math.nan,
+                         per_target=per_target)
+
+
 def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: str = "cdvae",
               require_valid_target: bool | None = None, metre: bool = True, workers: int = 1,
               time_limit_s: float | None = TIME_LIMIT_S, smact_tables: str = "smact-2.2.1",
