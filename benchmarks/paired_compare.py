@@ -30,6 +30,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from crysgen.crystal_set import part_path
 from crysgen.evaluation.comparison import PAIRED_COLUMNS, compare_outcomes, compare_reports
 from provenance import ROOT, write_result
@@ -71,6 +73,19 @@ def cell_outcomes(result: dict, row: int) -> dict[str, tuple[bool | None, int]] 
     return {t: (bool(m), sites[t]) for t, (_, m) in r["per_target_cell"].items()}
 
 
+def volume_errors(row_a: dict, row_b: dict) -> dict:
+    """Two sweep rows' |ln(V_sample / V_target)| on the targets where both have a sample: medians
+    and Wilcoxon's signed-rank test on the pairs (two-sided)."""
+    from scipy.stats import wilcoxon
+
+    a, b = row_a["per_target_cell"], row_b["per_target_cell"]
+    both = sorted(t for t in a.keys() & b.keys() if a[t][0] is not None and b[t][0] is not None)
+    ea, eb = np.array([a[t][0] for t in both]), np.array([b[t][0] for t in both])
+    return {"n": len(both), "median_a": float(np.median(ea)), "median_b": float(np.median(eb)),
+            "b_smaller_share": float(np.mean(eb < ea)), "p_value": float(wilcoxon(ea, eb).pvalue),
+            "test": "Wilcoxon signed-rank, two-sided"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name_a", help="model A's result file (benchmarks/results/NAME.json)")
@@ -99,10 +114,15 @@ def main() -> None:
         ca, cb = (cell_outcomes(results[n], rows[n]) for n in (args.name_a, args.name_b))
         if ca is not None and cb is not None:  # the lattice alone, where both rows kept it
             comparisons["cell_shape_matched"] = asdict(compare_outcomes(ca, cb, "cell_shape_matched"))
+            comparisons["cell_volume_error"] = volume_errors(*(results[n]["rows"][rows[n]]
+                                                               for n in (args.name_a, args.name_b)))
     else:
         reports = [report_of(n, work, keep=args.keep) for n in (args.name_a, args.name_b)]
         comparisons = {c: asdict(compare_reports(*reports, column=c)) for c in args.columns.split(",")}
     for c, d in comparisons.items():
+        if "overall" not in d:  # the volume errors
+            print(f"{c}: median A {d['median_a']:.4f}, B {d['median_b']:.4f}, p {d['p_value']:.3g}")
+            continue
         o = d["overall"]
         print(f"{c}: A {100 * o['rate_a']:.2f} %, B {100 * o['rate_b']:.2f} %, only A {o['only_a']}, "
               f"only B {o['only_b']}, p {o['p_value']:.3g}")
