@@ -441,14 +441,20 @@ def paired_table() -> list[str]:
         return []
     lines = ["**Paired comparisons** (`crysgen compare` / `benchmarks/paired_compare.py`: two models sampled "
              "with the same seed and number, so sample *i* of each has the same size and noise; McNemar's "
-             "exact test on the samples where the two disagree; it does not see the spread between training "
-             "seeds)", "",
+             "exact test on the samples where the two disagree, or for two CSP sweeps' cell volume errors the "
+             "medians of |ln V ratio| and Wilcoxon's signed-rank test; it does not see the spread between "
+             "training seeds)", "",
              "| file | A | B | outcome | pairs | A | B | only A | only B | p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         d = json.loads(path.read_text())
         a, b = (d[k]["file"].removeprefix("eval_") for k in ("a", "b"))
         for column, c in d["comparisons"].items():
+            if "overall" not in c:  # paired continuous errors (cell volume): medians, signed-rank test
+                lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {a} | {b} | {column} (median) | "
+                             f"{c['n']:,} | {c['median_a']:.4f} | {c['median_b']:.4f} | – | – | "
+                             f"{c['p_value']:.2g} |")
+                continue
             o = c["overall"]
             lines.append(f"| [{path.stem}]({path.relative_to(ROOT)}) | {a} | {b} | {column} | {o['n']:,} | "
                          f"{pct(o['rate_a'])} | {pct(o['rate_b'])} | {o['only_a']} | {o['only_b']} | "
