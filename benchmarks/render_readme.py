@@ -441,9 +441,9 @@ def paired_table() -> list[str]:
         return []
     lines = ["**Paired comparisons** (`crysgen compare` / `benchmarks/paired_compare.py`: two models sampled "
              "with the same seed and number, so sample *i* of each has the same size and noise; McNemar's "
-             "exact test on the samples where the two disagree, or for two CSP sweeps' cell volume errors the "
-             "medians of |ln V ratio| and Wilcoxon's signed-rank test; it does not see the spread between "
-             "training seeds)", "",
+             "exact test on the samples where the two disagree, or for two CSP sweeps' cell volume errors "
+             "the medians of |ln V ratio| and Wilcoxon's signed-rank test; it does not see the spread "
+             "between training seeds)", "",
              "| file | A | B | outcome | pairs | A | B | only A | only B | p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
