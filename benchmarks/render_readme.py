@@ -433,6 +433,14 @@ def ablation_table() -> list[str]:
     return [*lines, ""]
 
 
+def _cell_columns(row: dict) -> str:
+    """A CSP sweep row's lattice-alone columns: cell shapes matched and the median |ln V ratio|."""
+    cell = row.get("cell")
+    if not cell:
+        return "– | – |"
+    return f"{cell['shape_match_percent']:.1f} % | {100 * cell['median_volume_error']:.1f} % |"
+
+
 def paired_table() -> list[str]:
     """Two models' evaluations of paired samples (paired_*.json of benchmarks/paired_compare.py), one row
     per file and compared column."""
@@ -774,11 +782,15 @@ def atom_table() -> list[str]:
         lines += ["", "**Sampler settings and continuations vs CSP** (`benchmarks/atom_csp_sweep.py`; "
                   "1,000 seeded test targets of the dataset (the same ones in every file), one sample "
                   "each; `crysgen sample --churn`, `--anneal-rho` (anti-annealing; – = off); "
+                  "cell shape matched / median volume error: the lattice alone, each sample's cell scaled to "
+                  "the target's volume and mapped onto it within the matcher's tolerances, and "
+                  "|ln V ratio| (files written before it have –); "
                   "model = the folder in this tree that holds the "
                   "scored weights (by SHA-256), else the folder and commit in git history that held "
                   "them, else where they were scored)", "",
                   "| file | commit | model | steps trained | symmetry templates | network | Heun steps | "
-                  "S_churn | anti-annealing | match rate | RMSE | invalid samples |", "|---" * 12 + "|"]
+                  "S_churn | anti-annealing | match rate | RMSE | invalid samples | cell shape matched | "
+                  "median volume error |", "|---" * 14 + "|"]
         kept = replaced_models() | committed_models()
         for path in sweeps:
             d = json.loads(path.read_text())
@@ -797,7 +809,8 @@ def atom_table() -> list[str]:
                       + " | "
                       f"{d.get('precision', 'fp32')} | {r['steps']} | "
                       f"{r['s_churn']:g} | {_anneal(r)} | "
-                      f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} |"
+                      f"{r['match_rate_percent']:.1f} % | {r['rmse']:.4f} | {r['n_invalid_samples']} | "
+                      + _cell_columns(r)
                       for r in d["rows"]]
     ranks = sorted(res.glob("csp_rank_*.json"))
     if ranks:
