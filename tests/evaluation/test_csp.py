@@ -205,6 +205,10 @@ def test_a_sample_folder_names_targets_and_the_cli_scores_it_without_train(tmp_p
                  "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["csp_match_rate"]["value"] == 0.5 and metrics["csp_match_rate"]["n"] == 2
+    # the lattice alone: t0's sample (read from its CIF) has the target's cell, t1 has no sample
+    assert metrics["csp_cell_shape_match"]["value"] == 0.5 and metrics["csp_cell_shape_match"]["n"] == 2
+    assert metrics["csp_cell_volume_error"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["csp_cell_volume_error"]["n"] == 1
     with (out / "structures.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == ["t0", "t1"] and rows[0]["matched"] == "True"

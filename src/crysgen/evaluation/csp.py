@@ -250,17 +250,24 @@ def _validity(structure: Any, mode: str, tables: str) -> str | None:
     return None
 
 
+def _read(sample: CSPSample) -> tuple[Any, str | None]:
+    """(structure or None, why it is unreadable) of one sample; reading its CIF where needed."""
+    if sample.structure is not None or not sample.path:
+        return sample.structure, None
+    try:
+        from pymatgen.core import Structure
+
+        return Structure.from_file(sample.path), None
+    except Exception as exc:
+        return None, f"unreadable: {type(exc).__name__}: {str(exc)[:100]}"
+
+
 def _read_and_check(args: tuple[CSPSample, str, str]) -> tuple[Any, str | None, str | None]:
     """(structure, problem, invalid reason) of one sample; reading a CIF where needed."""
     sample, mode, tables = args
-    s = sample.structure
-    if s is None and sample.path:
-        try:
-            from pymatgen.core import Structure
-
-            s = Structure.from_file(sample.path)
-        except Exception as exc:
-            return None, f"unreadable: {type(exc).__name__}: {str(exc)[:100]}", None
+    s, unreadable = _read(sample)
+    if unreadable:
+        return None, unreadable, None
     if s is None:
         return None, sample.problem or "no structure", None
     try:
@@ -404,7 +411,8 @@ class CellAgreement:
 def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgreement:
     """The lattice part of CSP: each target's first sample's cell against the target's.
 
-    A sample without a structure counts as a shape miss with no volume error. A sample that is a
+    A sample's CIF is read where it has no structure; one without a structure (or an unreadable
+    CIF) counts as a shape miss with no volume error. A sample that is a
     supercell of a smaller repeat (which the matcher's primitive reduction can still match) counts
     as a shape miss.
 
@@ -420,11 +428,12 @@ def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgr
         raise CrysgenError("no sample names a crystal of the targets set")
     per_target: dict[str, list] = {}
     for t, s in first.items():
-        if s.structure is None:
+        structure, _ = _read(s)
+        if structure is None:
             per_target[t] = [None, False]
             continue
         want = targets.to_structure(row_of[t]).lattice
-        got = s.structure.lattice
+        got = structure.lattice
         error = abs(math.log(got.volume / want.volume))
         mappings = want.find_all_mappings(got.scale(want.volume), ltol=MATCHER["ltol"],
                                           atol=MATCHER["angle_tol"], skip_rotation_matrix=True)

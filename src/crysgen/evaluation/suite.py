@@ -390,13 +390,15 @@ def _comp_scaler(o: EvalOptions, ref_comp: np.ndarray,
 def _csp(samples: str | Path | list[str | Path], reference: str | Path, o: EvalOptions,
          progress: bool) -> Evaluation:
     """The ``csp`` family: samples that name their targets, scored against the reference set."""
-    from crysgen.evaluation.csp import MATCHER, load_csp_samples, score_csp
+    from crysgen.evaluation.csp import MATCHER, cell_agreement, load_csp_samples, score_csp
 
     t0 = time.perf_counter()
     items = [samples] if isinstance(samples, (str, Path)) else list(samples)
     gen = [c for item in items for c in load_csp_samples(item)][: o.limit]
-    res = score_csp(gen, CrystalSet.load(reference), validity=o.csp_validity, metre=o.csp_metre,
+    targets = CrystalSet.load(reference)
+    res = score_csp(gen, targets, validity=o.csp_validity, metre=o.csp_metre,
                     workers=o.workers, smact_tables=o.smact_tables, progress=progress)
+    cells = cell_agreement(gen, targets)
     common = {"k": res.k, "validity": res.validity, "require_valid_target": res.require_valid_target}
     metrics = {
         "csp_match_rate": _metric(res.match_rate, res.n_targets, matcher=MATCHER, **common,
@@ -414,6 +416,12 @@ def _csp(samples: str | Path | list[str | Path], reference: str | Path, o: EvalO
         metrics["csp_metre"] = _metric(res.metre, res.n_targets, **common)
         metrics["csp_metre_rmse"] = _metric(res.metre_rmse, round(res.metre * res.n_targets), **common)
         metrics["csp_metre_crmse"] = _metric(res.metre_crmse, res.n_targets, **common)
+    metrics["csp_cell_shape_match"] = _metric(cells.shape_match_rate, len(cells.per_target),
+                                              over="targets, their first sample's cell alone (scaled to "
+                                                   "the target's volume, mapped within ltol and angle_tol)")
+    volume_n = sum(e is not None for e, _ in cells.per_target.values())
+    metrics["csp_cell_volume_error"] = _metric(cells.median_volume_error, volume_n,
+                                               over="median |ln(V_sample / V_target)| of first samples")
     metrics["csp_n_samples"] = _metric(res.n_samples, res.n_samples)
     return Evaluation(metrics, res.rows, seconds={**res.seconds, "total": round(time.perf_counter() - t0, 2)})
 
