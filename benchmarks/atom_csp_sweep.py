@@ -10,9 +10,9 @@ setting is scored with :func:`crysgen.evaluation.csp.score_csp` (DiffCSP's match
 the rows show what sampling alone buys before any retraining, and each row's ``breakdown`` the
 match rate by the target's site and element counts and the targets per miss reason, and its
 ``per_target`` each target's outcome (``benchmarks/paired_compare.py`` pairs two sweeps on it); its
-``cell`` the lattice alone (:func:`crysgen.evaluation.csp.cell_agreement`: how many samples' cells,
-scaled to the target's volume, map onto the target's cell, and the median |ln V ratio|), and
-``per_target_cell`` each target's.
+``cell`` the lattice alone (``score_csp``'s, :func:`crysgen.evaluation.csp.cell_agreement`: how many
+samples' cells, scaled to the target's volume, map onto the target's cell, and the median |ln V
+ratio|), and ``per_target_cell`` each target's.
 With ``--relax`` each setting's samples are also relaxed with CHGNet (positions and cell,
 ``crysgen evaluate --stability``'s FIRE settings) and scored again: the row's ``relaxed`` entry. A
 sample whose relaxation fails is scored as generated (counted in ``relaxed.kept_as_generated``).
@@ -33,7 +33,7 @@ from dataclasses import asdict
 import numpy as np
 
 from crysgen.crystal_set import CrystalSet, reduced_formula
-from crysgen.evaluation.csp import CSPResult, CSPSample, cell_agreement, score_csp
+from crysgen.evaluation.csp import CSPResult, CSPSample, score_csp
 from crysgen.evaluation.relaxation import RelaxOptions
 from crysgen.evaluation.suite import relax_all
 from crysgen.pipelines.atoms import AtomDiffusionModel
@@ -197,7 +197,7 @@ def main() -> None:
                                    anneal_rho_lattice=args.anneal_rho_lattice, template_start=start,
                                    lattices=lattices)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
-        cells = cell_agreement(samples, targets)
+        cells = res.cell
         row = {"steps": steps, "s_churn": churn, "anneal_rho": anneal,
                "anneal_rho_lattice": args.anneal_rho_lattice, "template_start": start,
                "given_lattice": args.given_lattice,

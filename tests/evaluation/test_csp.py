@@ -260,6 +260,8 @@ def test_cell_agreement_reads_the_lattice_alone_in_any_setting():
     assert res.per_target["long"][1] is False  # a cell twice as long on c is another shape
     assert set(res.per_target) == {"same", "tri", "long"} and res.shape_match_rate == pytest.approx(2 / 3)
     assert res.median_volume_error == pytest.approx(math.log(1.5))  # of ln 1.5, 0 and ln 2
+    # score_csp gives the same from the structures it has read (its first sample per target too)
+    assert score_csp(samples, ts, validity="structural", metre=False, progress=False).cell == res
     missing = cell_agreement([CSPSample("s", "tri", None)], ts)
     assert missing.per_target["tri"] == [None, False] and math.isnan(missing.median_volume_error)
     with pytest.raises(CrysgenError, match="no sample names"):

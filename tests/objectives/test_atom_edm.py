@@ -116,13 +116,19 @@ def test_a_one_element_dataset_trains_with_finite_loss():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("code", ["lengths_angles", "cholesky"])
-def test_cells_and_metrics_of_the_lattice_features_are_the_crystals(code):
+def _reduced_three(code: str):
+    """A triclinic, a hexagonal and a cubic crystal in their Niggli cells, encoded with lattice
+    ``code``: (crystals, spec, sets, constants)."""
     names = ("triclinic_LiFePO", "ZnO_wurtzite", "SrTiO3")
     cs = niggli_reduce(CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names)))
     spec = AtomSetSpec.fit(cs, lattice_code=code)
     sets = encode(cs, spec)
-    consts = Constants.from_spec(spec)
+    return cs, spec, sets, Constants.from_spec(spec)
+
+
+@pytest.mark.parametrize("code", ["lengths_angles", "cholesky"])
+def test_cells_and_metrics_of_the_lattice_features_are_the_crystals(code):
+    cs, _, sets, consts = _reduced_three(code)
     feats, mask = torch.from_numpy(sets.lattice), torch.from_numpy(sets.mask)
     log_n = mask.sum(1).double().log()[:, None] / 3
     metric = lattice_metric(feats, consts, log_n)
@@ -145,11 +151,7 @@ def test_permuted_axes_give_the_same_crystal_or_its_mirror_image(code):
 
     import numpy as np
 
-    names = ("triclinic_LiFePO", "ZnO_wurtzite", "SrTiO3")
-    cs = niggli_reduce(CrystalSet.from_structures([load_cif(n) for n in names], ids=list(names)))
-    spec = AtomSetSpec.fit(cs, lattice_code=code)
-    sets = encode(cs, spec)
-    consts = Constants.from_spec(spec)
+    cs, spec, sets, consts = _reduced_three(code)
 
     def fingerprint(s):
         """Volume per crystal and its sorted periodic distances (blind to a mirror and to the axis order)."""

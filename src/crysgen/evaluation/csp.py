@@ -107,6 +107,8 @@ class CSPResult:
         n_unknown_target: samples whose target is not in the targets set (ignored).
         rows: per target: id, formula, counts, validity, the best match and the METRe match.
         seconds: wall-clock time of reading/validity and of matching.
+        cell: the lattice alone, each target's first sample's cell against the target's
+            (:func:`cell_agreement`).
     """
 
     match_rate: float
@@ -128,10 +130,11 @@ class CSPResult:
     n_unknown_target: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    cell: CellAgreement = field(default_factory=lambda: CellAgreement(math.nan, math.nan))
 
     def summary(self) -> dict[str, Any]:
-        """Every figure except the rows, JSON-ready."""
-        return {k: v for k, v in self.__dict__.items() if k != "rows"}
+        """Every figure except the rows and the cells (:attr:`cell`), JSON-ready."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("rows", "cell")}
 
     def breakdown(self, site_bins: Sequence[int] = SITE_BINS) -> dict[str, Any]:
         """Match rates of the targets grouped by size and chemistry, and why targets were missed.
@@ -414,7 +417,7 @@ def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgr
     A sample's CIF is read where it has no structure; one without a structure (or an unreadable
     CIF) counts as a shape miss with no volume error. A sample that is a
     supercell of a smaller repeat (which the matcher's primitive reduction can still match) counts
-    as a shape miss.
+    as a shape miss. :func:`score_csp` gives the same as its result's ``cell``.
 
     Raises:
         CrysgenError: when no sample names a crystal of ``targets``.
@@ -426,14 +429,17 @@ def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgr
             first.setdefault(s.target, s)
     if not first:
         raise CrysgenError("no sample names a crystal of the targets set")
+    return _cells({t: (_read(s)[0], targets.to_structure(row_of[t])) for t, s in first.items()})
+
+
+def _cells(pairs: dict[str, tuple[Any, Any]]) -> CellAgreement:
+    """:class:`CellAgreement` of target id -> (its first sample's structure or None, the target's)."""
     per_target: dict[str, list] = {}
-    for t, s in first.items():
-        structure, _ = _read(s)
+    for t, (structure, target) in pairs.items():
         if structure is None:
             per_target[t] = [None, False]
             continue
-        want = targets.to_structure(row_of[t]).lattice
-        got = structure.lattice
+        want, got = target.lattice, structure.lattice
         error = abs(math.log(got.volume / want.volume))
         mappings = want.find_all_mappings(got.scale(want.volume), ltol=MATCHER["ltol"],
                                           atol=MATCHER["angle_tol"], skip_rotation_matrix=True)
@@ -561,6 +567,7 @@ def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: st
         return float(np.mean(hit)) if hit else float("nan")
 
     nan = float("nan")
+    cell = _cells({str(targets.ids[j]): (structs[by_target[j][0]], target_structs[j]) for j in named})
     return CSPResult(
         match_rate=sum(x is not None for x in best) / n, rmse=mean(best),
         crmse=float(np.mean([stol if x is None else x for x in best])),
@@ -573,4 +580,4 @@ def score_csp(samples: Sequence[CSPSample], targets: CrystalSet, *, validity: st
         require_valid_target=need_target, validity=validity, n_timeouts=timeouts,
         n_targets_in_file=len(targets), n_unknown_target=len(samples) - len(known), rows=rows,
         seconds={"read_and_validity": round(t_read, 2),
-                 "matching": round(time.perf_counter() - t0 - t_read, 2)})
+                 "matching": round(time.perf_counter() - t0 - t_read, 2)}, cell=cell)

@@ -390,15 +390,14 @@ def _comp_scaler(o: EvalOptions, ref_comp: np.ndarray,
 def _csp(samples: str | Path | list[str | Path], reference: str | Path, o: EvalOptions,
          progress: bool) -> Evaluation:
     """The ``csp`` family: samples that name their targets, scored against the reference set."""
-    from crysgen.evaluation.csp import MATCHER, cell_agreement, load_csp_samples, score_csp
+    from crysgen.evaluation.csp import MATCHER, load_csp_samples, score_csp
 
     t0 = time.perf_counter()
     items = [samples] if isinstance(samples, (str, Path)) else list(samples)
     gen = [c for item in items for c in load_csp_samples(item)][: o.limit]
-    targets = CrystalSet.load(reference)
-    res = score_csp(gen, targets, validity=o.csp_validity, metre=o.csp_metre,
+    res = score_csp(gen, CrystalSet.load(reference), validity=o.csp_validity, metre=o.csp_metre,
                     workers=o.workers, smact_tables=o.smact_tables, progress=progress)
-    cells = cell_agreement(gen, targets)
+    cells = res.cell
     common = {"k": res.k, "validity": res.validity, "require_valid_target": res.require_valid_target}
     metrics = {
         "csp_match_rate": _metric(res.match_rate, res.n_targets, matcher=MATCHER, **common,
