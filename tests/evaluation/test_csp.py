@@ -167,12 +167,23 @@ def test_the_breakdown_groups_match_rates_by_target_size_and_element_count():
     samples = [CSPSample("1", "a", cscl_type(0.1)), CSPSample("2", "b", cscl_type(species=("K", "Cl"))),
                CSPSample("3", "big", big.copy()), CSPSample("4", "rs", problem="failed"),
                CSPSample("5", "tern", ternary.copy())]
-    out = score_csp(samples, tgt, validity="structural", progress=False).breakdown()
-    assert out["by_sites"] == {"1-4": {"targets": 3, "match_rate_percent": 66.67},
-                               "5-8": {"targets": 1, "match_rate_percent": 0.0},
-                               "13-16": {"targets": 1, "match_rate_percent": 100.0}}
-    assert out["by_elements"] == {"2": {"targets": 4, "match_rate_percent": 50.0},
-                                  "3": {"targets": 1, "match_rate_percent": 100.0}}
+    res = score_csp(samples, tgt, validity="structural", progress=False)
+    out = res.breakdown()
+    # every sample keeps its target's cell except the failed one (no cell): the 1-4 group's miss
+    # ("b", wrong species) is a misplaced-atoms miss in the right cell
+    assert out["by_sites"] == {
+        "1-4": {"targets": 3, "match_rate_percent": 66.67, "cell_shape_match_percent": 100.0,
+                "match_rate_right_cell_percent": 66.67},
+        "5-8": {"targets": 1, "match_rate_percent": 0.0, "cell_shape_match_percent": 0.0,
+                "match_rate_right_cell_percent": None},
+        "13-16": {"targets": 1, "match_rate_percent": 100.0, "cell_shape_match_percent": 100.0,
+                  "match_rate_right_cell_percent": 100.0}}
+    assert out["by_elements"]["2"] == {"targets": 4, "match_rate_percent": 50.0,
+                                       "cell_shape_match_percent": 75.0,
+                                       "match_rate_right_cell_percent": 66.67}
+    assert out["by_elements"]["3"]["match_rate_percent"] == 100.0
+    res.cell.per_target["a"][1] = False  # a matched target with a wrong cell leaves the right-cell share
+    assert res.breakdown()["by_sites"]["1-4"]["match_rate_right_cell_percent"] == 50.0
     assert out["problems"]["matched"] == 3 and out["problems"]["no match"] == 1
     assert sum(out["problems"].values()) == 5
 

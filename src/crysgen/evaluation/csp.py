@@ -144,7 +144,11 @@ class CSPResult:
 
         Returns:
             ``by_sites`` and ``by_elements`` (distinct elements of the target): per group
-            ``{"targets": n, "match_rate_percent": p}``; ``problems``: targets per miss reason.
+            ``{"targets": n, "match_rate_percent": p}``, and where :attr:`cell` holds verdicts
+            ``cell_shape_match_percent`` (the group's targets whose first sample has the right cell
+            shape) and ``match_rate_right_cell_percent`` (matched targets among those; None when
+            none has), which split a group's misses into wrong cells and misplaced atoms;
+            ``problems``: targets per miss reason.
         """
         edges = sorted(site_bins)
 
@@ -153,12 +157,25 @@ class CSPResult:
             hi = next((e - 1 for e in edges if e > n), None)
             return f"{lo}-{hi}" if hi is not None else f"{lo}+"
 
-        def grouped(key: Callable[[dict[str, Any]], Any]) -> dict[str, dict[str, float]]:
-            groups: dict[Any, list[bool]] = defaultdict(list)
+        cells = self.cell.per_target
+
+        def percent(flags: list[bool]) -> float | None:
+            return round(100 * sum(flags) / len(flags), 2) if flags else None
+
+        def grouped(key: Callable[[dict[str, Any]], Any]) -> dict[str, dict[str, Any]]:
+            groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
             for r in self.rows:
-                groups[key(r)].append(bool(r["matched"]))
-            return {str(g): {"targets": len(m), "match_rate_percent": round(100 * sum(m) / len(m), 2)}
-                    for g, m in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))}
+                groups[key(r)].append(r)
+            out: dict[str, dict[str, Any]] = {}
+            for g, rs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
+                matched = [bool(r["matched"]) for r in rs]
+                out[str(g)] = {"targets": len(rs), "match_rate_percent": percent(matched)}
+                if cells:
+                    right = [bool(cells.get(r["id"], [None, False])[1]) for r in rs]
+                    out[str(g)] |= {"cell_shape_match_percent": percent(right),
+                                    "match_rate_right_cell_percent": percent(
+                                        [m for m, ok in zip(matched, right, strict=True) if ok])}
+            return out
 
         from pymatgen.core import Composition
 
