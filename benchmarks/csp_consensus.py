@@ -16,7 +16,11 @@ given), and then
   the reduction, and holding the reduced ones cost ~10 points in a first run, clean f9eb8c9:
   38.8 % against 48.1 % for the medoid itself; the mean of several cells' features (29.9 %) was
   dropped for the same reason);
-- ``any``: a target counts if any of the K samples matches (the bound a perfect choice reaches).
+- ``any``: a target counts if any of the K samples matches (the bound a perfect choice reaches);
+  its ``cell_shape_match_percent``, if any of them has the target's cell shape.
+
+Every answer also scores the lattice alone (``cell``: :func:`crysgen.evaluation.csp.cell_agreement`'s
+share of right cell shapes and median volume error; by target size in ``breakdown``).
 
 No target is used to choose. Every answer is scored with DiffCSP's matcher and validity
 (:func:`crysgen.evaluation.csp.score_csp`), one answer per target.
@@ -95,7 +99,9 @@ def row(name: str, res: CSPResult, **extra: object) -> dict:
     """One answer's scores (what each row of the result file holds)."""
     out = {"answer": name, "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
            "n_targets": res.n_targets, "n_invalid_samples": res.n_invalid_samples,
-           "breakdown": res.breakdown(), "per_target": per_target(res)} | extra
+           "breakdown": res.breakdown(), "per_target": per_target(res),
+           "cell": {"shape_match_percent": 100 * res.cell.shape_match_rate,
+                    "median_volume_error": res.cell.median_volume_error}} | extra
     print(json.dumps({k: v for k, v in out.items() if k != "per_target"})[:600], flush=True)
     return out
 
@@ -133,11 +139,14 @@ def main() -> None:
 
     scored = [score(c) for c in candidates]
     rows = [row("first", scored[0]),
-            {"answer": "each", "match_rate_percent": [100 * r.match_rate for r in scored]}]
+            {"answer": "each", "match_rate_percent": [100 * r.match_rate for r in scored],
+             "cell_shape_match_percent": [100 * r.cell.shape_match_rate for r in scored]}]
     print(json.dumps(rows[-1]), flush=True)
     matched = np.array([[{r["id"]: r["matched"] for r in res.rows}[str(t)] for t in targets.ids]
                         for res in scored])
+    right_cell = np.array([[bool(res.cell.per_target[str(t)][1]) for t in targets.ids] for res in scored])
     rows.append({"answer": "any", "match_rate_percent": 100 * float(matched.any(0).mean()),
+                 "cell_shape_match_percent": 100 * float(right_cell.any(0).mean()),
                  "n_targets": len(targets)})
     print(json.dumps(rows[-1]), flush=True)
     pick, medoid = consensus_cells(candidates, targets.num_sites.astype(int), model.spec)
