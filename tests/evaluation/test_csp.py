@@ -11,7 +11,14 @@ from pymatgen.core.operations import SymmOp
 from crysgen.cli import main
 from crysgen.crystal_set import CrystalSet
 from crysgen.errors import CrysgenError
-from crysgen.evaluation.csp import CSPSample, cell_agreement, load_csp_samples, mutual_matches, score_csp
+from crysgen.evaluation.csp import (
+    CSPSample,
+    cell_agreement,
+    load_csp_samples,
+    mutual_matches,
+    same_cell_shape,
+    score_csp,
+)
 from tests.conftest import load_cif
 
 A = 4.0  # Å, the CsCl-type cells below
@@ -277,3 +284,14 @@ def test_cell_agreement_reads_the_lattice_alone_in_any_setting():
     assert missing.per_target["tri"] == [None, False] and math.isnan(missing.median_volume_error)
     with pytest.raises(CrysgenError, match="no sample names"):
         cell_agreement([CSPSample("s", "nowhere", tri)], ts)
+
+
+def test_same_cell_shape_takes_any_basis_and_volume_but_not_a_superlattice_or_another_shape():
+    cubic = Lattice.cubic(4.0)
+    sheared = Lattice(np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]]) @ cubic.matrix)  # another basis
+    assert same_cell_shape(sheared.scale(2 * cubic.volume), cubic)
+    # at the reference's volume: a c-doubled cell and c/a 1.6 (c 37 % long) are other shapes,
+    # c/a 1.25 (c 16 % long, a 7 % short) is within the matcher's ltol 0.3
+    assert not same_cell_shape(Lattice(np.diag([1, 1, 2]) @ cubic.matrix), cubic)
+    assert not same_cell_shape(Lattice.tetragonal(4.0, 6.4), cubic)
+    assert same_cell_shape(Lattice.tetragonal(4.0, 5.0), cubic)

@@ -449,6 +449,22 @@ def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgr
     return _cells({t: (_read(s)[0], targets.to_structure(row_of[t])) for t, s in first.items()})
 
 
+def same_cell_shape(lattice: Any, reference: Any) -> bool:
+    """Whether ``lattice``, scaled to ``reference``'s volume, is ``reference`` in another setting.
+
+    Args:
+        lattice: a pymatgen ``Lattice`` (Å).
+        reference: the ``Lattice`` it is compared with (Å).
+
+    Returns:
+        True when a change of basis (a unimodular integer matrix, so not a superlattice) maps one
+        onto the other within :data:`MATCHER`'s ``ltol`` and ``angle_tol``.
+    """
+    mappings = reference.find_all_mappings(lattice.scale(reference.volume), ltol=MATCHER["ltol"],
+                                           atol=MATCHER["angle_tol"], skip_rotation_matrix=True)
+    return any(round(abs(np.linalg.det(m[2]))) == 1 for m in mappings)
+
+
 def _cells(pairs: dict[str, tuple[Any, Any]]) -> CellAgreement:
     """:class:`CellAgreement` of target id -> (its first sample's structure or None, the target's)."""
     per_target: dict[str, list] = {}
@@ -456,12 +472,8 @@ def _cells(pairs: dict[str, tuple[Any, Any]]) -> CellAgreement:
         if structure is None:
             per_target[t] = [None, False]
             continue
-        want, got = target.lattice, structure.lattice
-        error = abs(math.log(got.volume / want.volume))
-        mappings = want.find_all_mappings(got.scale(want.volume), ltol=MATCHER["ltol"],
-                                          atol=MATCHER["angle_tol"], skip_rotation_matrix=True)
-        found = any(round(abs(np.linalg.det(m[2]))) == 1 for m in mappings)  # a basis, not a superlattice
-        per_target[t] = [error, found]
+        error = abs(math.log(structure.lattice.volume / target.lattice.volume))
+        per_target[t] = [error, same_cell_shape(structure.lattice, target.lattice)]
     errors = [e for e, _ in per_target.values() if e is not None]
     return CellAgreement(shape_match_rate=sum(m for _, m in per_target.values()) / len(per_target),
                          median_volume_error=float(np.median(errors)) if errors else math.nan,
