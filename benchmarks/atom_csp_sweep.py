@@ -197,7 +197,6 @@ def main() -> None:
                                    anneal_rho_lattice=args.anneal_rho_lattice, template_start=start,
                                    lattices=lattices)
         res = score_csp(samples, targets, workers=args.workers, metre=False, progress=False)
-        cells = res.cell
         row = {"steps": steps, "s_churn": churn, "anneal_rho": anneal,
                "anneal_rho_lattice": args.anneal_rho_lattice, "template_start": start,
                "given_lattice": args.given_lattice,
@@ -205,9 +204,7 @@ def main() -> None:
                "n_invalid_samples": res.n_invalid_samples, "sampling_seconds": round(seconds, 2),
                "scoring_seconds": res.seconds, "breakdown": res.breakdown(),
                "per_target": per_target(res),
-               "cell": {"shape_match_percent": 100 * cells.shape_match_rate,
-                        "median_volume_error": cells.median_volume_error},
-               "per_target_cell": cells.per_target}
+               "cell": res.cell.summary(), "per_target_cell": res.cell.per_target}
         if args.relax:
             relaxed, info = relax_samples(samples, relax, args.workers)
             rr = score_csp(relaxed, targets, workers=args.workers, metre=False, progress=False)

@@ -31,8 +31,9 @@ import json
 from collections import defaultdict
 
 from atom_csp_sweep import add_target_arguments, load_targets, predict
-from crysgen.crystal_set import CrystalSet, reduced_formula
+from crysgen.crystal_set import CrystalSet
 from crysgen.evaluation.csp import same_cell_shape, score_csp
+from crysgen.evaluation.diversity import reduced_formulas
 from crysgen.pipelines.atoms import AtomDiffusionModel
 from crysgen.pipelines.generators import resolve_model_dir
 from provenance import write_result
@@ -41,10 +42,10 @@ from provenance import write_result
 def polymorph_cells(targets: CrystalSet, train: CrystalSet) -> list[list[int]]:
     """Per target, the rows of ``train`` with its reduced formula and its number of sites."""
     rows: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for j, (z, n) in enumerate(zip(train.atomic_numbers, train.num_sites, strict=True)):
-        rows[(reduced_formula(z), int(n))].append(j)
-    return [rows.get((reduced_formula(z), int(n)), [])
-            for z, n in zip(targets.atomic_numbers, targets.num_sites, strict=True)]
+    for j, key in enumerate(zip(reduced_formulas(train), train.num_sites.tolist(), strict=True)):
+        rows[key].append(j)
+    keys = zip(reduced_formulas(targets), targets.num_sites.tolist(), strict=True)
+    return [rows.get(key, []) for key in keys]
 
 
 def share(flags: list[bool]) -> float | None:

@@ -100,8 +100,7 @@ def row(name: str, res: CSPResult, **extra: object) -> dict:
     out = {"answer": name, "match_rate_percent": 100 * res.match_rate, "rmse": res.rmse,
            "n_targets": res.n_targets, "n_invalid_samples": res.n_invalid_samples,
            "breakdown": res.breakdown(), "per_target": per_target(res),
-           "cell": {"shape_match_percent": 100 * res.cell.shape_match_rate,
-                    "median_volume_error": res.cell.median_volume_error}} | extra
+           "cell": res.cell.summary()} | extra
     print(json.dumps({k: v for k, v in out.items() if k != "per_target"})[:600], flush=True)
     return out
 

@@ -278,6 +278,8 @@ def test_cell_agreement_reads_the_lattice_alone_in_any_setting():
     assert res.per_target["long"][1] is False  # a cell twice as long on c is another shape
     assert set(res.per_target) == {"same", "tri", "long"} and res.shape_match_rate == pytest.approx(2 / 3)
     assert res.median_volume_error == pytest.approx(math.log(1.5))  # of ln 1.5, 0 and ln 2
+    assert res.summary() == {"shape_match_percent": pytest.approx(200 / 3),
+                             "median_volume_error": pytest.approx(math.log(1.5))}
     # score_csp gives the same from the structures it has read (its first sample per target too)
     assert score_csp(samples, ts, validity="structural", metre=False, progress=False).cell == res
     missing = cell_agreement([CSPSample("s", "tri", None)], ts)

@@ -415,10 +415,9 @@ class CellAgreement:
     """How the cells of CSP samples compare with their targets' cells: the lattice alone.
 
     Attributes:
-        shape_match_rate: targets whose (first) sample's cell, scaled to the target's volume, maps
-            onto the target's cell within :data:`MATCHER`'s ``ltol`` and ``angle_tol`` in any
-            setting of either (pymatgen's ``Lattice.find_all_mappings``, keeping mappings by a
-            unimodular integer matrix; the matcher scales volumes too) / targets named.
+        shape_match_rate: targets whose (first) sample's cell has the target's cell shape
+            (:func:`same_cell_shape`: scaled to the target's volume, mapped within
+            :data:`MATCHER`'s ``ltol`` and ``angle_tol`` in any setting) / targets named.
         median_volume_error: median over targets with a sample of |ln(V_sample / V_target)|.
         per_target: target id -> [|ln(V_sample / V_target)| or None (no sample), shape matched].
     """
@@ -426,6 +425,11 @@ class CellAgreement:
     shape_match_rate: float
     median_volume_error: float
     per_target: dict[str, list] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """``shape_match_percent`` and ``median_volume_error`` (|ln V ratio|), JSON-ready."""
+        return {"shape_match_percent": 100 * self.shape_match_rate,
+                "median_volume_error": self.median_volume_error}
 
 
 def cell_agreement(samples: Sequence[CSPSample], targets: CrystalSet) -> CellAgreement:
